@@ -1,0 +1,704 @@
+/* config.c: YAML -> mt_config, using libyaml's document (node graph) API so
+ * every node keeps its source line for error messages. Unknown keys are
+ * errors: a typo must never silently fall back to a default. */
+#include "agent/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <openssl/ssl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "agent/svid.h"
+
+enum {
+  DEFAULT_MAX_CONNECTIONS = 10000,
+  DEFAULT_RELOAD_INTERVAL_MS = 1000,
+  DEFAULT_HANDSHAKE_TIMEOUT_MS = 10000,
+  DEFAULT_CONNECT_TIMEOUT_MS = 5000,
+  DEFAULT_IDLE_TIMEOUT_MS = 300000,
+  DEFAULT_DRAIN_TIMEOUT_MS = 5000,
+  MAX_WORKERS = 256,
+  MAX_TIMEOUT_MS = 24 * 3600 * 1000,
+  MAX_RULE_PORTS = 64,
+  MAX_RULE_MATCHERS = 64,
+};
+
+typedef struct {
+  const char *path;
+  yaml_document_t *doc;
+  char *err;
+  size_t err_len;
+} parse_ctx;
+
+/* Formats "file:line: message" and returns 0 so callers can `return fail(..)`. */
+static int fail(parse_ctx *pc, const yaml_node_t *node, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(parse_ctx *pc, const yaml_node_t *node, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  unsigned long line = node ? (unsigned long)node->start_mark.line + 1 : 1;
+  snprintf(pc->err, pc->err_len, "%s:%lu: %s", pc->path, line, msg);
+  return 0;
+}
+
+static const char *scalar(const yaml_node_t *node) {
+  return node && node->type == YAML_SCALAR_NODE ? (const char *)node->data.scalar.value : NULL;
+}
+
+static yaml_node_t *node_at(parse_ctx *pc, int index) {
+  return yaml_document_get_node(pc->doc, index);
+}
+
+static int want_scalar(parse_ctx *pc, const yaml_node_t *node, const char *key, const char **out) {
+  *out = scalar(node);
+  if (*out == NULL) return fail(pc, node, "'%s' must be a scalar value", key);
+  return 1;
+}
+
+static int want_string(parse_ctx *pc, const yaml_node_t *node, const char *key, char **out) {
+  const char *s;
+  if (!want_scalar(pc, node, key, &s)) return 0;
+  if (*s == '\0') return fail(pc, node, "'%s' must not be empty", key);
+  free(*out);
+  *out = strdup(s);
+  return *out != NULL || fail(pc, node, "out of memory");
+}
+
+static int want_int(parse_ctx *pc, const yaml_node_t *node, const char *key, long min, long max,
+                    int *out) {
+  const char *s;
+  if (!want_scalar(pc, node, key, &s)) return 0;
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0')
+    return fail(pc, node, "'%s' must be an integer, got '%s'", key, s);
+  if (v < min || v > max)
+    return fail(pc, node, "'%s' must be between %ld and %ld, got %ld", key, min, max, v);
+  *out = (int)v;
+  return 1;
+}
+
+static int want_address(parse_ctx *pc, const yaml_node_t *node, const char *key, int require_port,
+                        mt_sockaddr *out) {
+  const char *s;
+  if (!want_scalar(pc, node, key, &s)) return 0;
+  if (!mt_sockaddr_parse(s, out, require_port))
+    return fail(pc, node, "'%s' is not a valid %s: '%s'", key,
+                require_port ? "IP:port address" : "IP address", s);
+  return 1;
+}
+
+/* Iterates the pairs of a mapping node, calling |on_pair| for each. */
+typedef int (*pair_fn)(parse_ctx *pc, const char *key, yaml_node_t *key_node,
+                       yaml_node_t *value, void *target);
+
+static int each_pair(parse_ctx *pc, yaml_node_t *map, const char *what, pair_fn on_pair,
+                     void *target) {
+  if (map->type != YAML_MAPPING_NODE) return fail(pc, map, "%s must be a mapping", what);
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+       p++) {
+    yaml_node_t *k = node_at(pc, p->key);
+    yaml_node_t *v = node_at(pc, p->value);
+    const char *key = scalar(k);
+    if (key == NULL) return fail(pc, k, "%s keys must be scalars", what);
+    if (!on_pair(pc, key, k, v, target)) return 0;
+  }
+  return 1;
+}
+
+/* Iterates the items of a sequence node. */
+typedef int (*item_fn)(parse_ctx *pc, yaml_node_t *item, size_t index, void *target);
+
+static int each_item(parse_ctx *pc, yaml_node_t *seq, const char *what, item_fn on_item,
+                     void *target) {
+  if (seq->type != YAML_SEQUENCE_NODE) return fail(pc, seq, "%s must be a list", what);
+  size_t i = 0;
+  for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top;
+       it++, i++) {
+    if (!on_item(pc, node_at(pc, *it), i, target)) return 0;
+  }
+  return 1;
+}
+
+static size_t seq_len(const yaml_node_t *seq) {
+  return seq->type == YAML_SEQUENCE_NODE
+             ? (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start)
+             : 0;
+}
+
+/* Allocates a zeroed array for a sequence; the caller's count is set later. */
+static void *alloc_for(parse_ctx *pc, yaml_node_t *seq, const char *what, size_t elem) {
+  if (seq->type != YAML_SEQUENCE_NODE) {
+    fail(pc, seq, "%s must be a list", what);
+    return NULL;
+  }
+  void *p = calloc(seq_len(seq) + 1, elem);
+  if (p == NULL) fail(pc, seq, "out of memory");
+  return p;
+}
+
+/* ---- identity ---------------------------------------------------------- */
+
+static int on_identity_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "cert_file") == 0) return want_string(pc, v, key, &c->cert_file);
+  if (strcmp(key, "key_file") == 0) return want_string(pc, v, key, &c->key_file);
+  if (strcmp(key, "pkcs12_file") == 0) return want_string(pc, v, key, &c->pkcs12_file);
+  if (strcmp(key, "pkcs12_password_file") == 0)
+    return want_string(pc, v, key, &c->pkcs12_password_file);
+  if (strcmp(key, "reload_interval_ms") == 0)
+    return want_int(pc, v, key, 10, MAX_TIMEOUT_MS, &c->reload_interval_ms);
+  return fail(pc, k, "unknown key 'identity.%s'", key);
+}
+
+/* ---- trust bundles ----------------------------------------------------- */
+
+static int on_bundle_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                         void *target) {
+  mt_trust_bundle_config *b = target;
+  if (strcmp(key, "trust_domain") == 0) {
+    if (!want_string(pc, v, key, &b->trust_domain)) return 0;
+    mt_spiffe_err e = mt_trust_domain_validate(b->trust_domain, strlen(b->trust_domain));
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid trust domain '%s': %s", b->trust_domain, mt_spiffe_err_str(e));
+    return 1;
+  }
+  if (strcmp(key, "file") == 0) return want_string(pc, v, key, &b->file);
+  return fail(pc, k, "unknown key 'trust_bundles[].%s'", key);
+}
+
+static int on_bundle(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  mt_config *c = target;
+  mt_trust_bundle_config *b = &c->trust_bundles[i];
+  c->num_trust_bundles = i + 1;
+  if (!each_pair(pc, item, "a trust bundle", on_bundle_key, b)) return 0;
+  if (b->trust_domain == NULL) return fail(pc, item, "trust bundle needs 'trust_domain'");
+  if (b->file == NULL) return fail(pc, item, "trust bundle needs 'file'");
+  for (size_t j = 0; j < i; j++) {
+    if (strcmp(c->trust_bundles[j].trust_domain, b->trust_domain) == 0)
+      return fail(pc, item, "trust domain '%s' has two bundles", b->trust_domain);
+  }
+  return 1;
+}
+
+/* ---- tls / timeouts ---------------------------------------------------- */
+
+static int on_tls_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                      void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "min_version") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (strcmp(s, "1.3") == 0) c->tls_min_version = TLS1_3_VERSION;
+    else if (strcmp(s, "1.2") == 0) c->tls_min_version = TLS1_2_VERSION;
+    else return fail(pc, v, "'min_version' must be \"1.2\" or \"1.3\", got '%s'", s);
+    return 1;
+  }
+  return fail(pc, k, "unknown key 'tls.%s'", key);
+}
+
+static int on_timeout_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                          void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "handshake_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->handshake_timeout_ms);
+  if (strcmp(key, "connect_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->connect_timeout_ms);
+  if (strcmp(key, "idle_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->idle_timeout_ms);
+  if (strcmp(key, "drain_ms") == 0)
+    return want_int(pc, v, key, 0, MAX_TIMEOUT_MS, &c->drain_timeout_ms);
+  return fail(pc, k, "unknown key 'timeouts.%s'", key);
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+typedef struct {
+  mt_config *config;
+  mt_listener_config *list;
+  size_t *count;
+  int inbound;
+} listeners_target;
+
+static int on_listener_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  listeners_target *t = target;
+  mt_listener_config *l = &t->list[*t->count - 1];
+  if (strcmp(key, "address") == 0) return want_address(pc, v, key, 1, &l->listen);
+  if (t->inbound && strcmp(key, "app_port") == 0) {
+    int port;
+    if (!want_int(pc, v, key, 1, 65535, &port)) return 0;
+    l->has_fixed_target = 1;
+    l->app_port = (uint16_t)port;
+    return 1;
+  }
+  if (!t->inbound && strcmp(key, "destination") == 0) {
+    l->has_fixed_target = 1;
+    return want_address(pc, v, key, 1, &l->destination);
+  }
+  return fail(pc, k, "unknown key '%s.listeners[].%s'", t->inbound ? "inbound" : "outbound",
+              key);
+}
+
+static int on_listener(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  listeners_target *t = target;
+  *t->count = i + 1;
+  if (!each_pair(pc, item, "a listener", on_listener_key, t)) return 0;
+  if (t->list[i].listen.addr_len == 0) return fail(pc, item, "listener needs 'address'");
+  return 1;
+}
+
+static int parse_listeners(parse_ctx *pc, yaml_node_t *v, listeners_target *t) {
+  const char *what = t->inbound ? "inbound.listeners" : "outbound.listeners";
+  mt_listener_config **slot = t->inbound ? &t->config->inbound_listeners
+                                         : &t->config->outbound_listeners;
+  free(*slot);
+  *slot = alloc_for(pc, v, what, sizeof(mt_listener_config));
+  if (*slot == NULL) return 0;
+  *t->count = 0;
+  t->list = *slot;
+  return each_item(pc, v, what, on_listener, t);
+}
+
+static int on_inbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                          void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "listeners") == 0) {
+    listeners_target t = {c, NULL, &c->num_inbound_listeners, 1};
+    return parse_listeners(pc, v, &t);
+  }
+  if (strcmp(key, "app_address") == 0)
+    return want_address(pc, v, key, 0, &c->inbound_app_address);
+  if (strcmp(key, "source_address") == 0) {
+    c->has_inbound_source_address = 1;
+    return want_address(pc, v, key, 0, &c->inbound_source_address);
+  }
+  return fail(pc, k, "unknown key 'inbound.%s'", key);
+}
+
+/* ---- outbound destinations --------------------------------------------- */
+
+static int on_destination_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                              void *target) {
+  mt_destination_config *d = target;
+  if (strcmp(key, "address") == 0) return want_address(pc, v, key, 1, &d->address);
+  if (strcmp(key, "spiffe_id") == 0) {
+    if (!want_string(pc, v, key, &d->spiffe_id)) return 0;
+    mt_spiffe_err e = mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid SPIFFE ID '%s': %s", d->spiffe_id, mt_spiffe_err_str(e));
+    return 1;
+  }
+  return fail(pc, k, "unknown key 'outbound.destinations[].%s'", key);
+}
+
+static int on_destination(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  mt_config *c = target;
+  mt_destination_config *d = &c->destinations[i];
+  c->num_destinations = i + 1;
+  if (!each_pair(pc, item, "a destination", on_destination_key, d)) return 0;
+  if (d->address.addr_len == 0) return fail(pc, item, "destination needs 'address'");
+  if (d->spiffe_id == NULL) return fail(pc, item, "destination needs 'spiffe_id'");
+  return 1;
+}
+
+static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "listeners") == 0) {
+    listeners_target t = {c, NULL, &c->num_outbound_listeners, 0};
+    return parse_listeners(pc, v, &t);
+  }
+  if (strcmp(key, "destinations") == 0) {
+    free(c->destinations);
+    c->destinations = alloc_for(pc, v, "outbound.destinations", sizeof(mt_destination_config));
+    c->num_destinations = 0;
+    return c->destinations != NULL && each_item(pc, v, "outbound.destinations", on_destination, c);
+  }
+  if (strcmp(key, "unknown_destination") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (strcmp(s, "trust_domain") == 0) c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+    else if (strcmp(s, "deny") == 0) c->unknown_destination = MT_UNKNOWN_DEST_DENY;
+    else return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
+    return 1;
+  }
+  return fail(pc, k, "unknown key 'outbound.%s'", key);
+}
+
+/* ---- policy ------------------------------------------------------------ */
+
+typedef struct {
+  char *name;
+  mt_action action;
+  int has_action;
+  uint16_t ports[MAX_RULE_PORTS];
+  size_t num_ports;
+  mt_matcher matchers[MAX_RULE_MATCHERS];
+  char *owned[MAX_RULE_MATCHERS]; /* prefix values with the '*' removed */
+  size_t num_matchers;
+} rule_draft;
+
+static int parse_action(parse_ctx *pc, yaml_node_t *v, mt_action *out) {
+  const char *s;
+  if (!want_scalar(pc, v, "action", &s)) return 0;
+  if (strcasecmp(s, "allow") == 0) *out = MT_ACTION_ALLOW;
+  else if (strcasecmp(s, "deny") == 0) *out = MT_ACTION_DENY;
+  else return fail(pc, v, "action must be allow or deny, got '%s'", s);
+  return 1;
+}
+
+static int on_port(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  rule_draft *r = target;
+  int port;
+  if (i >= MAX_RULE_PORTS) return fail(pc, item, "a rule lists at most %d ports", MAX_RULE_PORTS);
+  if (!want_int(pc, item, "ports[]", 1, 65535, &port)) return 0;
+  r->ports[r->num_ports++] = (uint16_t)port;
+  return 1;
+}
+
+static int on_matcher_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                          void *target) {
+  rule_draft *r = target;
+  if (r->num_matchers >= MAX_RULE_MATCHERS)
+    return fail(pc, k, "a rule has at most %d matchers", MAX_RULE_MATCHERS);
+  mt_matcher *m = &r->matchers[r->num_matchers];
+  const char *s;
+  if (!want_scalar(pc, v, key, &s)) return 0;
+  if (strcmp(key, "any") == 0) {
+    if (strcmp(s, "true") != 0) return fail(pc, v, "'any' only takes the value true");
+    m->kind = MT_MATCH_ANY;
+    m->value = NULL;
+  } else if (strcmp(key, "id") == 0) {
+    m->kind = MT_MATCH_EXACT;
+    m->value = s;
+  } else if (strcmp(key, "prefix") == 0) {
+    size_t n = strlen(s);
+    if (n < 2 || s[n - 1] != '*' || s[n - 2] != '/')
+      return fail(pc, v, "prefix must end in '/*', got '%s'", s);
+    m->kind = MT_MATCH_PREFIX;
+    r->owned[r->num_matchers] = strndup(s, n - 1); /* the policy wants it without '*' */
+    if (r->owned[r->num_matchers] == NULL) return fail(pc, v, "out of memory");
+    m->value = r->owned[r->num_matchers];
+  } else if (strcmp(key, "namespace") == 0) {
+    m->kind = MT_MATCH_NAMESPACE;
+    m->value = s;
+  } else if (strcmp(key, "trust_domain") == 0) {
+    m->kind = MT_MATCH_TRUST_DOMAIN;
+    m->value = s;
+  } else {
+    return fail(pc, k, "unknown matcher '%s' (want id, prefix, namespace, trust_domain, any)",
+                key);
+  }
+  r->num_matchers++;
+  return 1;
+}
+
+static int on_matcher(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  (void)i;
+  rule_draft *r = target;
+  if (item->type != YAML_MAPPING_NODE ||
+      item->data.mapping.pairs.top - item->data.mapping.pairs.start != 1)
+    return fail(pc, item, "each 'from' entry is one 'kind: value' pair");
+  return each_pair(pc, item, "a 'from' entry", on_matcher_key, r);
+}
+
+static int on_rule_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                       void *target) {
+  rule_draft *r = target;
+  if (strcmp(key, "name") == 0) return want_string(pc, v, key, &r->name);
+  if (strcmp(key, "action") == 0) return r->has_action = 1, parse_action(pc, v, &r->action);
+  if (strcmp(key, "ports") == 0) return each_item(pc, v, "ports", on_port, r);
+  if (strcmp(key, "from") == 0) return each_item(pc, v, "from", on_matcher, r);
+  return fail(pc, k, "unknown key 'policy.rules[].%s'", key);
+}
+
+static int on_rule(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  (void)i;
+  mt_config *c = target;
+  rule_draft r;
+  memset(&r, 0, sizeof(r));
+  int ok = each_pair(pc, item, "a policy rule", on_rule_key, &r);
+  if (ok && r.name == NULL) ok = fail(pc, item, "policy rule needs 'name'");
+  if (ok && !r.has_action) ok = fail(pc, item, "policy rule '%s' needs 'action'", r.name);
+  if (ok && r.num_matchers == 0) ok = fail(pc, item, "policy rule '%s' needs 'from'", r.name);
+  char why[256];
+  if (ok && !mt_policy_add_rule(c->policy, r.name, r.action, r.ports, r.num_ports, r.matchers,
+                                r.num_matchers, why, sizeof(why)))
+    ok = fail(pc, item, "policy rule '%s': %s", r.name, why);
+  free(r.name);
+  for (size_t m = 0; m < r.num_matchers; m++) free(r.owned[m]);
+  return ok;
+}
+
+static int on_policy_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                         void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "default") == 0) {
+    mt_action a;
+    if (!parse_action(pc, v, &a)) return 0;
+    if (mt_policy_rule_count(c->policy) != 0)
+      return fail(pc, k, "'policy.default' must come before 'policy.rules'");
+    mt_policy_free(c->policy);
+    c->policy = mt_policy_new(a);
+    return c->policy != NULL || fail(pc, v, "out of memory");
+  }
+  if (strcmp(key, "rules") == 0) return each_item(pc, v, "policy.rules", on_rule, c);
+  return fail(pc, k, "unknown key 'policy.%s'", key);
+}
+
+/* ---- top level --------------------------------------------------------- */
+
+static int parse_log_level(parse_ctx *pc, yaml_node_t *v, mt_log_level *out) {
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  const char *s;
+  if (!want_scalar(pc, v, "log_level", &s)) return 0;
+  for (int i = 0; i < 4; i++) {
+    if (strcmp(s, names[i]) == 0) {
+      *out = (mt_log_level)i;
+      return 1;
+    }
+  }
+  return fail(pc, v, "'log_level' must be debug, info, warn or error, got '%s'", s);
+}
+
+static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                      void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "trust_domain") == 0) {
+    if (!want_string(pc, v, key, &c->trust_domain)) return 0;
+    mt_spiffe_err e = mt_trust_domain_validate(c->trust_domain, strlen(c->trust_domain));
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid trust domain '%s': %s", c->trust_domain, mt_spiffe_err_str(e));
+    return 1;
+  }
+  if (strcmp(key, "workers") == 0) return want_int(pc, v, key, 0, MAX_WORKERS, &c->workers);
+  if (strcmp(key, "max_connections") == 0)
+    return want_int(pc, v, key, 1, 1000000, &c->max_connections);
+  if (strcmp(key, "log_level") == 0) return parse_log_level(pc, v, &c->log_level);
+  if (strcmp(key, "access_log") == 0) return want_string(pc, v, key, &c->access_log);
+  if (strcmp(key, "identity") == 0) return each_pair(pc, v, "identity", on_identity_key, c);
+  if (strcmp(key, "trust_bundles") == 0) {
+    free(c->trust_bundles);
+    c->trust_bundles = alloc_for(pc, v, key, sizeof(mt_trust_bundle_config));
+    c->num_trust_bundles = 0;
+    return c->trust_bundles != NULL && each_item(pc, v, key, on_bundle, c);
+  }
+  if (strcmp(key, "tls") == 0) return each_pair(pc, v, "tls", on_tls_key, c);
+  if (strcmp(key, "timeouts") == 0) return each_pair(pc, v, "timeouts", on_timeout_key, c);
+  if (strcmp(key, "inbound") == 0) return each_pair(pc, v, "inbound", on_inbound_key, c);
+  if (strcmp(key, "outbound") == 0) return each_pair(pc, v, "outbound", on_outbound_key, c);
+  if (strcmp(key, "policy") == 0) return each_pair(pc, v, "policy", on_policy_key, c);
+  return fail(pc, k, "unknown key '%s'", key);
+}
+
+/* Cross-field rules that no single key can check. */
+static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
+  if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
+  int has_pair = c->cert_file != NULL || c->key_file != NULL;
+  if (has_pair && c->pkcs12_file != NULL)
+    return fail(pc, root, "identity: use either cert_file + key_file or pkcs12_file, not both");
+  if (!has_pair && c->pkcs12_file == NULL)
+    return fail(pc, root, "identity: set cert_file + key_file, or pkcs12_file");
+  if (has_pair && (c->cert_file == NULL || c->key_file == NULL))
+    return fail(pc, root, "identity: cert_file and key_file go together");
+  if (c->num_trust_bundles == 0)
+    return fail(pc, root, "missing required key 'trust_bundles' (at least one)");
+  if (c->num_inbound_listeners == 0 && c->num_outbound_listeners == 0)
+    return fail(pc, root, "no listeners: configure inbound.listeners and/or outbound.listeners");
+  int own_bundle = 0;
+  for (size_t i = 0; i < c->num_trust_bundles; i++)
+    own_bundle |= strcmp(c->trust_bundles[i].trust_domain, c->trust_domain) == 0;
+  if (!own_bundle)
+    return fail(pc, root, "no trust bundle for the agent's own trust domain '%s'",
+                c->trust_domain);
+  return 1;
+}
+
+static void set_defaults(mt_config *c) {
+  c->max_connections = DEFAULT_MAX_CONNECTIONS;
+  c->log_level = MT_LOG_INFO;
+  c->reload_interval_ms = DEFAULT_RELOAD_INTERVAL_MS;
+  c->tls_min_version = TLS1_3_VERSION;
+  c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+  c->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+  c->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
+  c->drain_timeout_ms = DEFAULT_DRAIN_TIMEOUT_MS;
+  c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+  mt_sockaddr_parse("127.0.0.1", &c->inbound_app_address, 0);
+}
+
+static int load_document(parse_ctx *pc, FILE *f, yaml_document_t *doc) {
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) return fail(pc, NULL, "out of memory");
+  yaml_parser_set_input_file(&parser, f);
+  int ok = yaml_parser_load(&parser, doc);
+  if (!ok) {
+    snprintf(pc->err, pc->err_len, "%s:%lu: YAML syntax error: %s", pc->path,
+             (unsigned long)parser.problem_mark.line + 1,
+             parser.problem ? parser.problem : "unknown");
+  }
+  yaml_parser_delete(&parser);
+  return ok;
+}
+
+mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
+  parse_ctx pc = {path, NULL, err, err_len};
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    snprintf(err, err_len, "%s:1: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  mt_config *c = calloc(1, sizeof(*c));
+  yaml_document_t doc;
+  int ok = c != NULL && load_document(&pc, f, &doc);
+  fclose(f);
+  if (!ok) {
+    if (c == NULL) snprintf(err, err_len, "%s:1: out of memory", path);
+    free(c);
+    return NULL;
+  }
+  pc.doc = &doc;
+  set_defaults(c);
+  c->path = strdup(path);
+  c->policy = mt_policy_new(MT_ACTION_ALLOW);
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (root == NULL) ok = fail(&pc, NULL, "empty configuration");
+  else ok = c->path != NULL && c->policy != NULL &&
+            each_pair(&pc, root, "the configuration", on_top_key, c) && validate(&pc, c, root);
+  yaml_document_delete(&doc);
+  if (!ok) {
+    mt_config_free(c);
+    return NULL;
+  }
+  if (c->access_log == NULL) c->access_log = strdup("-");
+  return c;
+}
+
+void mt_config_free(mt_config *c) {
+  if (c == NULL) return;
+  free(c->path);
+  free(c->trust_domain);
+  free(c->access_log);
+  free(c->cert_file);
+  free(c->key_file);
+  free(c->pkcs12_file);
+  free(c->pkcs12_password_file);
+  for (size_t i = 0; i < c->num_trust_bundles; i++) {
+    free(c->trust_bundles[i].trust_domain);
+    free(c->trust_bundles[i].file);
+  }
+  free(c->trust_bundles);
+  free(c->inbound_listeners);
+  free(c->outbound_listeners);
+  for (size_t i = 0; i < c->num_destinations; i++) free(c->destinations[i].spiffe_id);
+  free(c->destinations);
+  mt_policy_free(c->policy);
+  free(c);
+}
+
+const char *mt_config_expected_id(const mt_config *c, const struct sockaddr *dest) {
+  for (size_t i = 0; i < c->num_destinations; i++) {
+    if (mt_sockaddr_equal((const struct sockaddr *)&c->destinations[i].address.addr, dest))
+      return c->destinations[i].spiffe_id;
+  }
+  return NULL;
+}
+
+/* ---- socket addresses -------------------------------------------------- */
+
+static int parse_port(const char *s, uint16_t *out) {
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 65535) return 0;
+  *out = (uint16_t)v;
+  return 1;
+}
+
+int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
+  char host[INET6_ADDRSTRLEN + 1];
+  const char *port = NULL;
+  size_t len = strlen(text);
+  memset(out, 0, sizeof(*out));
+  if (text[0] == '[') {
+    const char *close = strchr(text, ']');
+    if (close == NULL || (size_t)(close - text - 1) >= sizeof(host)) return 0;
+    memcpy(host, text + 1, (size_t)(close - text - 1));
+    host[close - text - 1] = '\0';
+    if (close[1] == ':') port = close + 2;
+    else if (close[1] != '\0') return 0;
+  } else {
+    const char *colon = strrchr(text, ':');
+    if (colon != NULL && strchr(text, ':') != colon) colon = NULL; /* bare IPv6 */
+    size_t hlen = colon ? (size_t)(colon - text) : len;
+    if (hlen >= sizeof(host)) return 0;
+    memcpy(host, text, hlen);
+    host[hlen] = '\0';
+    if (colon) port = colon + 1;
+  }
+  if (require_port && port == NULL) return 0;
+  uint16_t p = 0;
+  if (port != NULL && !parse_port(port, &p)) return 0;
+  struct sockaddr_in *v4 = (struct sockaddr_in *)&out->addr;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->addr;
+  if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(p);
+    out->addr_len = sizeof(*v4);
+    return 1;
+  }
+  if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(p);
+    out->addr_len = sizeof(*v6);
+    return 1;
+  }
+  return 0;
+}
+
+void mt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len) {
+  char host[INET6_ADDRSTRLEN];
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
+    snprintf(buf, len, "%s:%u", host, ntohs(v4->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
+    snprintf(buf, len, "[%s]:%u", host, ntohs(v6->sin6_port));
+  } else {
+    snprintf(buf, len, "-");
+  }
+}
+
+uint16_t mt_sockaddr_port(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET) return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+  if (sa->sa_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+  return 0;
+}
+
+int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b) {
+  if (a->sa_family != b->sa_family) return 0;
+  if (a->sa_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  if (a->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+  }
+  return 0;
+}

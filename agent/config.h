@@ -1,0 +1,110 @@
+/* config: the agent's YAML configuration, parsed into an immutable snapshot.
+ *
+ * mt_config_load parses with libyaml and validates everything it can without
+ * touching the network or the certificate files (those are loaded by
+ * identity_files.c, which reports its own errors). Every error names
+ * "file:line: what is wrong". The returned snapshot is never modified, so
+ * worker threads read it without locks. Keys are documented in README.md. */
+#ifndef MT_CONFIG_H
+#define MT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "agent/policy.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { MT_LOG_DEBUG, MT_LOG_INFO, MT_LOG_WARN, MT_LOG_ERROR } mt_log_level;
+
+typedef enum {
+  MT_UNKNOWN_DEST_TRUST_DOMAIN, /* any SPIFFE ID of our own trust domain */
+  MT_UNKNOWN_DEST_DENY,         /* refuse destinations with no expected ID */
+} mt_unknown_dest_mode;
+
+typedef struct {
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+} mt_sockaddr;
+
+/* A listener either serves redirected traffic (the original destination comes
+ * from SO_ORIGINAL_DST) or is a fixed port mapping. */
+typedef struct {
+  mt_sockaddr listen;
+  int has_fixed_target;
+  uint16_t app_port;       /* inbound mapping: the local app port */
+  mt_sockaddr destination; /* outbound mapping: the remote agent */
+} mt_listener_config;
+
+typedef struct {
+  mt_sockaddr address;
+  char *spiffe_id;
+} mt_destination_config;
+
+typedef struct {
+  char *trust_domain;
+  char *file;
+} mt_trust_bundle_config;
+
+typedef struct {
+  char *path; /* config file path, for messages */
+
+  char *trust_domain;
+  int workers;              /* 0 = one per core */
+  int max_connections;      /* whole agent */
+  mt_log_level log_level;
+  char *access_log;         /* path, or "-" for stdout */
+
+  char *cert_file;
+  char *key_file;
+  char *pkcs12_file;
+  char *pkcs12_password_file;
+  int reload_interval_ms;
+
+  mt_trust_bundle_config *trust_bundles;
+  size_t num_trust_bundles;
+
+  int tls_min_version;      /* TLS1_2_VERSION or TLS1_3_VERSION */
+
+  int handshake_timeout_ms;
+  int connect_timeout_ms;
+  int idle_timeout_ms;
+  int drain_timeout_ms;
+
+  mt_listener_config *inbound_listeners;
+  size_t num_inbound_listeners;
+  mt_sockaddr inbound_app_address; /* port unused: taken per connection */
+  int has_inbound_source_address;
+  mt_sockaddr inbound_source_address;
+
+  mt_listener_config *outbound_listeners;
+  size_t num_outbound_listeners;
+  mt_destination_config *destinations;
+  size_t num_destinations;
+  mt_unknown_dest_mode unknown_destination;
+
+  mt_policy *policy;
+} mt_config;
+
+/* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */
+mt_config *mt_config_load(const char *path, char *err, size_t err_len);
+void mt_config_free(mt_config *config); /* accepts NULL */
+
+/* Expected server SPIFFE ID for |dest|, or NULL when none is configured. */
+const char *mt_config_expected_id(const mt_config *config, const struct sockaddr *dest);
+
+/* Parses "ip:port", "[v6]:port" (port required). Returns 1 or 0. */
+int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);
+/* Formats as "ip:port" into |buf|. */
+void mt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len);
+uint16_t mt_sockaddr_port(const struct sockaddr *sa);
+int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CONFIG_H */

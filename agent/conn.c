@@ -1,0 +1,245 @@
+/* conn.c: connection lifetime, timers, connect and handshake steps. */
+#include "agent/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/log.h"
+#include "agent/worker.h"
+
+/* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
+ * which cannot be included together with <netinet/in.h>. */
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+enum { RELAY_BUFFER_BYTES = 16 * 1024, ADDR_TEXT_MAX = 64 };
+
+/* Each watcher's data points at its connection; which endpoint fired is
+ * recovered from the watcher's address. */
+static void on_endpoint_io(struct ev_loop *loop, ev_io *w, int revents) {
+  (void)loop;
+  mt_conn *conn = w->data;
+  mt_endpoint *ep = (w == &conn->down.io) ? &conn->down : &conn->up;
+  conn->on_event(conn, ep, revents);
+}
+
+/* Before the relay phase the timer is a hard deadline; during it, an idle
+ * timer that is re-armed lazily (libev's "last activity" pattern) so data
+ * transfer never touches the timer heap. */
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)revents;
+  mt_conn *conn = w->data;
+  if (conn->state != MT_CONN_RELAYING) {
+    mt_conn_close(conn, conn->deadline_reason, NULL);
+    return;
+  }
+  ev_tstamp due = conn->last_activity + conn->idle_timeout_ms / 1000.0;
+  ev_tstamp now = ev_now(loop);
+  if (due > now) {
+    w->repeat = due - now;
+    ev_timer_again(loop, w);
+    return;
+  }
+  mt_conn_close(conn, MT_REASON_IDLE_TIMEOUT, NULL);
+}
+
+static void endpoint_init(mt_conn *conn, mt_endpoint *ep, int fd) {
+  memset(ep, 0, sizeof(*ep));
+  ep->fd = fd;
+  ev_io_init(&ep->io, on_endpoint_io, fd < 0 ? 0 : fd, 0);
+  ep->io.data = conn;
+}
+
+mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
+                     const struct sockaddr *source, mt_conn_event_fn on_event) {
+  /* One allocation: the struct followed by both relay buffers. */
+  mt_conn *conn = calloc(1, sizeof(*conn) + 2 * RELAY_BUFFER_BYTES);
+  if (conn == NULL) {
+    close(fd);
+    return NULL;
+  }
+  conn->worker = worker;
+  conn->loop = mt_worker_loop(worker);
+  conn->direction = direction;
+  conn->on_event = on_event;
+  conn->started = conn->last_activity = ev_now(conn->loop);
+  conn->to_up.data = (uint8_t *)(conn + 1);
+  conn->to_down.data = conn->to_up.data + RELAY_BUFFER_BYTES;
+  conn->to_up.cap = conn->to_down.cap = RELAY_BUFFER_BYTES;
+  memcpy(&conn->source, source,
+         source->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+  endpoint_init(conn, &conn->down, fd);
+  endpoint_init(conn, &conn->up, -1);
+  ev_init(&conn->timer, on_timer);
+  conn->timer.data = conn;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  mt_worker_link(worker, conn);
+  return conn;
+}
+
+static const char *tls_side_version(const mt_conn *conn, const char **cipher) {
+  const SSL *ssl = conn->down.ssl ? conn->down.ssl : conn->up.ssl;
+  *cipher = "";
+  if (ssl == NULL || !SSL_is_init_finished(ssl)) return "";
+  const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+  *cipher = c ? SSL_CIPHER_standard_name(c) : "";
+  return SSL_get_version(ssl);
+}
+
+static void write_access_record(mt_conn *conn, mt_reason reason, const char *detail) {
+  char source[ADDR_TEXT_MAX], target[ADDR_TEXT_MAX];
+  mt_sockaddr_format((const struct sockaddr *)&conn->source, source, sizeof(source));
+  mt_sockaddr_format((const struct sockaddr *)&conn->target, target, sizeof(target));
+  mt_access_record rec;
+  rec.direction = conn->direction == MT_DIR_INBOUND ? "inbound" : "outbound";
+  rec.source = source;
+  rec.destination = conn->target.ss_family ? target : "";
+  rec.peer_id = conn->peer.spiffe_id;
+  rec.local_id = conn->identity ? mt_identity_spiffe_id(conn->identity) : "";
+  rec.decision = conn->admitted ? "allow" : "deny";
+  rec.rule = conn->rule ? conn->rule : "";
+  rec.reason = mt_reason_str(reason);
+  rec.detail = detail ? detail : conn->peer.detail;
+  rec.tls_version = tls_side_version(conn, &rec.cipher);
+  rec.peer_serial = conn->peer.serial;
+  rec.bytes_to_upstream = conn->to_up.total;
+  rec.bytes_to_downstream = conn->to_down.total;
+  ev_tstamp elapsed = ev_time() - conn->started;
+  rec.duration_ms = elapsed > 0 ? (uint64_t)(elapsed * 1000.0) : 0;
+  mt_access_log_write(&rec);
+}
+
+static void endpoint_dispose(mt_conn *conn, mt_endpoint *ep) {
+  ev_io_stop(conn->loop, &ep->io);
+  SSL_free(ep->ssl);
+  ep->ssl = NULL;
+  if (ep->fd >= 0) close(ep->fd);
+  ep->fd = -1;
+}
+
+void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
+  write_access_record(conn, reason, detail);
+  if (reason != MT_REASON_OK)
+    MT_LOG_D("%s connection closed: %s", conn->direction == MT_DIR_INBOUND ? "inbound"
+                                                                            : "outbound",
+             mt_reason_str(reason));
+  ev_timer_stop(conn->loop, &conn->timer);
+  endpoint_dispose(conn, &conn->down);
+  endpoint_dispose(conn, &conn->up);
+  ERR_clear_error(); /* never leak one connection's errors into the next */
+  mt_identity_unref(conn->identity);
+  mt_worker_unlink(conn->worker, conn);
+  free(conn);
+}
+
+void mt_conn_watch(mt_conn *conn, mt_endpoint *ep, int events) {
+  if (ep->fd < 0) return;
+  if (ev_is_active(&ep->io) && ep->events == events) return;
+  ev_io_stop(conn->loop, &ep->io);
+  ep->events = events;
+  if (events == 0) return;
+  ev_io_set(&ep->io, ep->fd, events);
+  ev_io_start(conn->loop, &ep->io);
+}
+
+void mt_conn_set_deadline(mt_conn *conn, int timeout_ms, mt_reason reason_on_expiry) {
+  ev_timer_stop(conn->loop, &conn->timer);
+  conn->deadline_reason = reason_on_expiry;
+  ev_timer_set(&conn->timer, timeout_ms / 1000.0, 0.0);
+  ev_timer_start(conn->loop, &conn->timer);
+}
+
+void mt_conn_start_idle_timer(mt_conn *conn, int idle_ms) {
+  ev_timer_stop(conn->loop, &conn->timer);
+  conn->idle_timeout_ms = idle_ms;
+  conn->last_activity = ev_now(conn->loop);
+  conn->timer.repeat = idle_ms / 1000.0;
+  ev_timer_again(conn->loop, &conn->timer);
+}
+
+int mt_conn_connect_up(mt_conn *conn, const struct sockaddr *target, socklen_t target_len,
+                       const struct sockaddr *source, socklen_t source_len) {
+  char detail[128];
+  int fd = socket(target->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(detail, sizeof(detail), "socket: %s", strerror(errno));
+    mt_conn_close(conn, MT_REASON_CONNECT_FAILED, detail);
+    return 0;
+  }
+  conn->up.fd = fd;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (source != NULL && bind(fd, source, source_len) != 0) {
+    snprintf(detail, sizeof(detail), "bind source address: %s", strerror(errno));
+    mt_conn_close(conn, MT_REASON_CONNECT_FAILED, detail);
+    return 0;
+  }
+  if (connect(fd, target, target_len) != 0 && errno != EINPROGRESS) {
+    snprintf(detail, sizeof(detail), "connect: %s", strerror(errno));
+    mt_conn_close(conn, MT_REASON_CONNECT_FAILED, detail);
+    return 0;
+  }
+  conn->state = MT_CONN_CONNECTING;
+  mt_conn_set_deadline(conn, mt_worker_config(conn->worker)->connect_timeout_ms,
+                       MT_REASON_CONNECT_TIMEOUT);
+  mt_conn_watch(conn, &conn->up, EV_WRITE);
+  return 1;
+}
+
+int mt_conn_finish_connect(mt_conn *conn) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(conn->up.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0) return 1;
+  char detail[128];
+  snprintf(detail, sizeof(detail), "connect: %s", strerror(err));
+  mt_conn_close(conn, MT_REASON_CONNECT_FAILED, detail);
+  return 0;
+}
+
+mt_handshake_result mt_conn_handshake(mt_conn *conn, mt_endpoint *ep) {
+  int rc = SSL_do_handshake(ep->ssl);
+  if (rc == 1) return MT_HANDSHAKE_DONE;
+  int err = SSL_get_error(ep->ssl, rc);
+  if (err == SSL_ERROR_WANT_READ) {
+    mt_conn_watch(conn, ep, EV_READ);
+    return MT_HANDSHAKE_AGAIN;
+  }
+  if (err == SSL_ERROR_WANT_WRITE) {
+    mt_conn_watch(conn, ep, EV_WRITE);
+    return MT_HANDSHAKE_AGAIN;
+  }
+  mt_reason reason = mt_tls_failure_reason(ep->ssl, &conn->peer);
+  if (reason == MT_REASON_HANDSHAKE_FAILED && err == SSL_ERROR_SYSCALL &&
+      conn->peer.detail[0] == '\0')
+    snprintf(conn->peer.detail, sizeof(conn->peer.detail), "connection closed by peer");
+  mt_conn_close(conn, reason, NULL);
+  return MT_HANDSHAKE_FAILED;
+}
+
+int mt_original_dst(int fd, struct sockaddr_storage *out) {
+  struct sockaddr_storage local;
+  socklen_t len = sizeof(local);
+  if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return 0;
+  memset(out, 0, sizeof(*out));
+  len = sizeof(*out);
+  int rc = local.ss_family == AF_INET6
+               ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len)
+               : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+  if (rc != 0) return 0;
+  /* Without NAT, conntrack reports the listener itself: not a redirection. */
+  return !mt_sockaddr_equal((const struct sockaddr *)out, (const struct sockaddr *)&local);
+}

@@ -1,0 +1,168 @@
+/* identity.c: refcounted identity snapshots and per-trust-domain stores. */
+#include "agent/identity.h"
+
+#include <openssl/asn1.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/tls.h"
+
+typedef struct {
+  char *trust_domain;
+  X509_STORE *store;
+} trust_entry;
+
+struct mt_trust {
+  trust_entry *entries;
+  size_t count;
+};
+
+struct mt_identity {
+  atomic_int refs;
+  EVP_PKEY *key;
+  X509 *leaf;
+  STACK_OF(X509) *chain;
+  mt_trust *trust;
+  SSL_CTX *server_ctx;
+  SSL_CTX *client_ctx;
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
+  char serial[MT_SERIAL_HEX_MAX + 1];
+  time_t not_after;
+};
+
+mt_trust *mt_trust_new(void) { return calloc(1, sizeof(mt_trust)); }
+
+void mt_trust_free(mt_trust *trust) {
+  if (trust == NULL) return;
+  for (size_t i = 0; i < trust->count; i++) {
+    free(trust->entries[i].trust_domain);
+    X509_STORE_free(trust->entries[i].store);
+  }
+  free(trust->entries);
+  free(trust);
+}
+
+int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) *roots) {
+  trust_entry *grown = realloc(trust->entries, (trust->count + 1) * sizeof(*grown));
+  if (grown == NULL) return 0;
+  trust->entries = grown;
+  trust_entry *e = &trust->entries[trust->count];
+  e->trust_domain = strdup(trust_domain);
+  e->store = X509_STORE_new();
+  int ok = e->trust_domain != NULL && e->store != NULL;
+  for (size_t i = 0; ok && i < sk_X509_num(roots); i++)
+    ok = X509_STORE_add_cert(e->store, sk_X509_value(roots, i));
+  if (!ok) {
+    free(e->trust_domain);
+    X509_STORE_free(e->store);
+    return 0;
+  }
+  trust->count++;
+  return 1;
+}
+
+X509_STORE *mt_trust_store(const mt_trust *trust, const char *td, size_t len) {
+  for (size_t i = 0; i < trust->count; i++) {
+    const char *name = trust->entries[i].trust_domain;
+    if (strlen(name) == len && memcmp(name, td, len) == 0) return trust->entries[i].store;
+  }
+  return NULL;
+}
+
+size_t mt_trust_num_domains(const mt_trust *trust) { return trust->count; }
+
+static void identity_destroy(mt_identity *id) {
+  SSL_CTX_free(id->server_ctx);
+  SSL_CTX_free(id->client_ctx);
+  EVP_PKEY_free(id->key); /* BoringSSL cleanses freed memory: the key is zeroed */
+  X509_free(id->leaf);
+  sk_X509_pop_free(id->chain, X509_free);
+  mt_trust_free(id->trust);
+  free(id);
+}
+
+/* Our own certificate must pass the same checks we apply to peers: if we
+ * would refuse it, so will everyone else. */
+static int check_own_leaf(mt_identity *id, const mt_config *config, char *err, size_t err_len) {
+  mt_tls_peer self;
+  memset(&self, 0, sizeof(self));
+  if (!mt_tls_verify_svid(id->trust, id->leaf, id->chain, MT_SVID_ROLE_SERVER, &self)) {
+    snprintf(err, err_len, "own certificate rejected (%s): %s", mt_reason_str(self.failure),
+             self.detail);
+    return 0;
+  }
+  mt_spiffe_id_view view;
+  mt_spiffe_id_parse(self.spiffe_id, strlen(self.spiffe_id), &view);
+  if (view.trust_domain_len != strlen(config->trust_domain) ||
+      memcmp(view.trust_domain, config->trust_domain, view.trust_domain_len) != 0) {
+    snprintf(err, err_len, "own certificate %s is not in trust domain '%s'", self.spiffe_id,
+             config->trust_domain);
+    return 0;
+  }
+  memcpy(id->spiffe_id, self.spiffe_id, sizeof(id->spiffe_id));
+  memcpy(id->serial, self.serial, sizeof(id->serial));
+  return 1;
+}
+
+static time_t not_after_of(X509 *cert) {
+  int days = 0, secs = 0;
+  time_t now = time(NULL);
+  ASN1_TIME *from = ASN1_TIME_set(NULL, now);
+  int ok = from != NULL && ASN1_TIME_diff(&days, &secs, from, X509_get0_notAfter(cert));
+  ASN1_TIME_free(from);
+  return ok ? now + (time_t)days * 86400 + secs : 0;
+}
+
+mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
+                             STACK_OF(X509) *chain, mt_trust *trust, char *err, size_t err_len) {
+  mt_identity *id = calloc(1, sizeof(*id));
+  if (id == NULL) {
+    snprintf(err, err_len, "out of memory");
+    EVP_PKEY_free(key);
+    X509_free(leaf);
+    sk_X509_pop_free(chain, X509_free);
+    mt_trust_free(trust);
+    return NULL;
+  }
+  atomic_init(&id->refs, 1);
+  id->key = key;
+  id->leaf = leaf;
+  id->chain = chain;
+  id->trust = trust;
+  int ok = check_own_leaf(id, config, err, err_len);
+  if (ok) {
+    id->server_ctx = mt_tls_ctx_new(config, 1, key, leaf, chain, id, err, err_len);
+    ok = id->server_ctx != NULL;
+  }
+  if (ok) {
+    id->client_ctx = mt_tls_ctx_new(config, 0, key, leaf, chain, id, err, err_len);
+    ok = id->client_ctx != NULL;
+  }
+  if (!ok) {
+    identity_destroy(id);
+    return NULL;
+  }
+  id->not_after = not_after_of(leaf);
+  return id;
+}
+
+mt_identity *mt_identity_ref(mt_identity *id) {
+  atomic_fetch_add_explicit(&id->refs, 1, memory_order_relaxed);
+  return id;
+}
+
+void mt_identity_unref(mt_identity *id) {
+  if (id == NULL) return;
+  if (atomic_fetch_sub_explicit(&id->refs, 1, memory_order_acq_rel) == 1) identity_destroy(id);
+}
+
+SSL_CTX *mt_identity_server_ctx(const mt_identity *id) { return id->server_ctx; }
+SSL_CTX *mt_identity_client_ctx(const mt_identity *id) { return id->client_ctx; }
+const mt_trust *mt_identity_trust(const mt_identity *id) { return id->trust; }
+const char *mt_identity_spiffe_id(const mt_identity *id) { return id->spiffe_id; }
+const char *mt_identity_serial(const mt_identity *id) { return id->serial; }
+time_t mt_identity_not_after(const mt_identity *id) { return id->not_after; }

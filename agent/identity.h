@@ -1,0 +1,62 @@
+/* identity: one immutable snapshot of "who we are and whom we trust".
+ *
+ * A snapshot holds the workload's key and certificate chain, the trust
+ * bundles (one X509_STORE per trust domain), and the TLS contexts built from
+ * them. It is reference counted: each worker holds a reference to its current
+ * snapshot and each connection holds one for its lifetime, so swapping in a
+ * new snapshot never touches live connections. Sources (certificate files
+ * today, the control plane's CA client later) produce snapshots; they never
+ * mutate one. Private keys are owned here and freed (BoringSSL zeroes freed
+ * memory) when the last reference goes. */
+#ifndef MT_IDENTITY_H
+#define MT_IDENTITY_H
+
+#include <stddef.h>
+#include <time.h>
+
+#include <openssl/base.h>
+#include <openssl/x509.h>
+
+#include "agent/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_trust mt_trust;
+typedef struct mt_identity mt_identity;
+
+/* ---- trust bundles ---- */
+mt_trust *mt_trust_new(void);
+void mt_trust_free(mt_trust *trust); /* accepts NULL */
+/* Adds the roots in |certs| (borrowed) for |trust_domain|. Returns 1 or 0. */
+int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) *roots);
+/* The store for |trust_domain| (|len| bytes), or NULL if the domain is unknown. */
+X509_STORE *mt_trust_store(const mt_trust *trust, const char *trust_domain, size_t len);
+size_t mt_trust_num_domains(const mt_trust *trust);
+
+/* ---- snapshots ---- */
+
+/* Builds a snapshot. Takes ownership of |key|, |leaf|, |chain| (intermediates,
+ * may be NULL) and |trust| in every case, success or not. Checks that the key
+ * matches the leaf, that the leaf is a valid X509-SVID of the configured trust
+ * domain, that it chains to our bundle and is currently valid. Returns NULL
+ * with a reason in |err|. */
+mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
+                             STACK_OF(X509) *chain, mt_trust *trust, char *err, size_t err_len);
+
+mt_identity *mt_identity_ref(mt_identity *id);
+void mt_identity_unref(mt_identity *id); /* accepts NULL */
+
+SSL_CTX *mt_identity_server_ctx(const mt_identity *id);
+SSL_CTX *mt_identity_client_ctx(const mt_identity *id);
+const mt_trust *mt_identity_trust(const mt_identity *id);
+const char *mt_identity_spiffe_id(const mt_identity *id);
+const char *mt_identity_serial(const mt_identity *id); /* lowercase hex */
+time_t mt_identity_not_after(const mt_identity *id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_IDENTITY_H */

@@ -1,0 +1,158 @@
+/* inbound.c: the inbound state machine.
+ *
+ *   PEEKING --TLS record--> HANDSHAKING --verified--> [authorize]
+ *      |                                   allow --> CONNECTING --> RELAYING
+ *      +--plaintext--> closed (strict)     deny  --> closed
+ */
+#include "agent/inbound.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/bytestring.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agent/conn.h"
+#include "agent/log.h"
+#include "agent/policy.h"
+#include "agent/relay.h"
+
+enum {
+  TLS_RECORD_HANDSHAKE = 22,
+  TLS_RECORD_HEADER_BYTES = 5,
+  TLS_HANDSHAKE_CLIENT_HELLO = 1,
+};
+
+/* Is |data| the start of a TLS ClientHello record? Parsed with CBS so a
+ * short or hostile prefix can never be over-read. */
+static int looks_like_client_hello(const uint8_t *data, size_t len) {
+  CBS cbs;
+  uint8_t type, hs_type;
+  uint16_t version, length;
+  CBS_init(&cbs, data, len);
+  return CBS_get_u8(&cbs, &type) && type == TLS_RECORD_HANDSHAKE &&
+         CBS_get_u16(&cbs, &version) && (version >> 8) == 3 &&
+         CBS_get_u16(&cbs, &length) && length > 0 && CBS_get_u8(&cbs, &hs_type) &&
+         hs_type == TLS_HANDSHAKE_CLIENT_HELLO;
+}
+
+static void on_event(mt_conn *conn, mt_endpoint *ep, int revents);
+
+static void authorize_and_connect(mt_conn *conn) {
+  const mt_config *config = mt_worker_config(conn->worker);
+  uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
+  mt_decision d = mt_policy_decide(config->policy, conn->peer.spiffe_id, port);
+  conn->rule = d.rule;
+  MT_LOG_D("inbound %s -> port %u: %s by rule '%s' (%s)", conn->peer.spiffe_id, port,
+           mt_action_str(d.action), d.rule, d.reason);
+  if (d.action != MT_ACTION_ALLOW) {
+    mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
+    return;
+  }
+  conn->admitted = 1;
+  const struct sockaddr *source = NULL;
+  socklen_t source_len = 0;
+  if (config->has_inbound_source_address) {
+    source = (const struct sockaddr *)&config->inbound_source_address.addr;
+    source_len = config->inbound_source_address.addr_len;
+  }
+  socklen_t target_len = conn->target.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                            : sizeof(struct sockaddr_in);
+  if (!mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, target_len, source,
+                          source_len))
+    return;
+  mt_conn_watch(conn, &conn->down, 0); /* nothing to read until the app is connected */
+}
+
+static void start_handshake(mt_conn *conn) {
+  mt_identity *identity = mt_worker_identity(conn->worker);
+  if (identity == NULL) {
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
+    return;
+  }
+  conn->identity = mt_identity_ref(identity);
+  conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd,
+                                      &conn->peer);
+  if (conn->down.ssl == NULL) {
+    mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
+    return;
+  }
+  SSL_set_accept_state(conn->down.ssl);
+  conn->state = MT_CONN_HANDSHAKING;
+  if (mt_conn_handshake(conn, &conn->down) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
+}
+
+static void on_peek(mt_conn *conn) {
+  uint8_t head[TLS_RECORD_HEADER_BYTES + 1];
+  ssize_t n = recv(conn->down.fd, head, sizeof(head), MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {
+    mt_conn_close(conn, MT_REASON_HANDSHAKE_FAILED, "client closed before sending anything");
+    return;
+  }
+  /* A short prefix that starts like TLS goes to the TLS stack, which waits
+   * for the rest properly; peeking again would spin on a readable socket. */
+  int tls = (size_t)n < sizeof(head) ? head[0] == TLS_RECORD_HANDSHAKE
+                                     : looks_like_client_hello(head, (size_t)n);
+  if (!tls) {
+    mt_conn_close(conn, MT_REASON_PLAINTEXT_ON_STRICT_PORT,
+                  "first bytes are not a TLS ClientHello; this port requires mTLS");
+    return;
+  }
+  start_handshake(conn);
+}
+
+static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
+  (void)revents;
+  switch (conn->state) {
+    case MT_CONN_PEEKING:
+      on_peek(conn);
+      return;
+    case MT_CONN_HANDSHAKING:
+      if (mt_conn_handshake(conn, ep) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
+      return;
+    case MT_CONN_CONNECTING:
+      if (ep == &conn->up && mt_conn_finish_connect(conn)) mt_relay_start(conn);
+      return;
+    case MT_CONN_RELAYING:
+      mt_relay_on_event(conn, ep, revents);
+      return;
+  }
+}
+
+/* Where allowed traffic goes: the configured app address, on the original
+ * destination port (redirected) or the listener's mapped port. */
+static int resolve_target(mt_conn *conn, const mt_listener_config *listener) {
+  const mt_config *config = mt_worker_config(conn->worker);
+  uint16_t port = listener->app_port;
+  if (!listener->has_fixed_target) {
+    struct sockaddr_storage orig;
+    if (!mt_original_dst(conn->down.fd, &orig)) return 0;
+    port = mt_sockaddr_port((const struct sockaddr *)&orig);
+  }
+  memcpy(&conn->target, &config->inbound_app_address.addr, config->inbound_app_address.addr_len);
+  if (conn->target.ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)&conn->target)->sin6_port = htons(port);
+  else
+    ((struct sockaddr_in *)&conn->target)->sin_port = htons(port);
+  return 1;
+}
+
+void mt_inbound_accept(mt_worker *worker, const mt_listener_config *listener, int fd,
+                       const struct sockaddr *source) {
+  mt_conn *conn = mt_conn_new(worker, MT_DIR_INBOUND, fd, source, on_event);
+  if (conn == NULL) return;
+  if (!resolve_target(conn, listener)) {
+    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
+                  "listener expects redirected traffic but the socket has no original "
+                  "destination");
+    return;
+  }
+  conn->state = MT_CONN_PEEKING;
+  mt_conn_set_deadline(conn, mt_worker_config(worker)->handshake_timeout_ms,
+                       MT_REASON_HANDSHAKE_TIMEOUT);
+  mt_conn_watch(conn, &conn->down, EV_READ);
+}

@@ -1,0 +1,119 @@
+/* outbound.c: the outbound state machine.
+ *
+ *   CONNECTING --connected--> HANDSHAKING --server verified--> [expected ID?]
+ *                                                 yes --> RELAYING
+ *                                                 no  --> closed
+ * The application's socket is not read until the mesh side is ready, so its
+ * first bytes wait in the kernel (backpressure from the start). */
+#include "agent/outbound.h"
+
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/conn.h"
+#include "agent/log.h"
+#include "agent/relay.h"
+#include "agent/svid.h"
+
+#define RULE_EXPECTED_ID "expected-id"
+#define RULE_TRUST_DOMAIN_FALLBACK "trust-domain-fallback"
+
+static int in_trust_domain(const char *id, const char *trust_domain) {
+  mt_spiffe_id_view view;
+  if (mt_spiffe_id_parse(id, strlen(id), &view) != MT_SPIFFE_OK) return 0;
+  return view.trust_domain_len == strlen(trust_domain) &&
+         memcmp(view.trust_domain, trust_domain, view.trust_domain_len) == 0;
+}
+
+/* The server proved an SVID of a known trust domain; is it the one we meant
+ * to reach? */
+static void check_server_identity(mt_conn *conn) {
+  const mt_config *config = mt_worker_config(conn->worker);
+  const char *expected =
+      mt_config_expected_id(config, (const struct sockaddr *)&conn->target);
+  char detail[MT_TLS_DETAIL_MAX];
+  if (expected != NULL) {
+    conn->rule = RULE_EXPECTED_ID;
+    if (strcmp(expected, conn->peer.spiffe_id) != 0) {
+      snprintf(detail, sizeof(detail), "expected %.*s", 140, expected);
+      mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
+      return;
+    }
+  } else {
+    conn->rule = RULE_TRUST_DOMAIN_FALLBACK;
+    if (!in_trust_domain(conn->peer.spiffe_id, config->trust_domain)) {
+      snprintf(detail, sizeof(detail), "no expected ID for this destination; server is not in "
+                                       "trust domain %.*s", 60, config->trust_domain);
+      mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
+      return;
+    }
+  }
+  conn->admitted = 1;
+  mt_relay_start(conn);
+}
+
+static void start_handshake(mt_conn *conn) {
+  conn->up.ssl = mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
+                                    &conn->peer);
+  if (conn->up.ssl == NULL) {
+    mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
+    return;
+  }
+  SSL_set_connect_state(conn->up.ssl);
+  conn->state = MT_CONN_HANDSHAKING;
+  mt_conn_set_deadline(conn, mt_worker_config(conn->worker)->handshake_timeout_ms,
+                       MT_REASON_HANDSHAKE_TIMEOUT);
+  if (mt_conn_handshake(conn, &conn->up) == MT_HANDSHAKE_DONE) check_server_identity(conn);
+}
+
+static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
+  switch (conn->state) {
+    case MT_CONN_CONNECTING:
+      if (ep == &conn->up && mt_conn_finish_connect(conn)) start_handshake(conn);
+      return;
+    case MT_CONN_HANDSHAKING:
+      if (ep == &conn->up && mt_conn_handshake(conn, ep) == MT_HANDSHAKE_DONE)
+        check_server_identity(conn);
+      return;
+    case MT_CONN_RELAYING:
+      mt_relay_on_event(conn, ep, revents);
+      return;
+    case MT_CONN_PEEKING:
+      return; /* not used on outbound */
+  }
+}
+
+static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
+  return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, int fd,
+                        const struct sockaddr *source) {
+  mt_conn *conn = mt_conn_new(worker, MT_DIR_OUTBOUND, fd, source, on_event);
+  if (conn == NULL) return;
+  const mt_config *config = mt_worker_config(worker);
+  if (listener->has_fixed_target) {
+    memcpy(&conn->target, &listener->destination.addr, listener->destination.addr_len);
+  } else if (!mt_original_dst(fd, &conn->target)) {
+    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
+                  "listener expects redirected traffic but the socket has no original "
+                  "destination");
+    return;
+  }
+  if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
+      mt_config_expected_id(config, (const struct sockaddr *)&conn->target) == NULL) {
+    mt_conn_close(conn, MT_REASON_UNKNOWN_DESTINATION,
+                  "no expected SPIFFE ID configured for this destination");
+    return;
+  }
+  mt_identity *identity = mt_worker_identity(worker);
+  if (identity == NULL) {
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
+    return;
+  }
+  conn->identity = mt_identity_ref(identity);
+  mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
+                     NULL, 0);
+}

@@ -1,0 +1,406 @@
+/* policy: compiled ALLOW/DENY rules. See policy.h for the evaluation order. */
+#include "agent/policy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/svid.h"
+
+static const char kMtSpiffeScheme[] = "spiffe://";
+#define MT_SPIFFE_SCHEME_LEN (sizeof(kMtSpiffeScheme) - 1)
+
+/* Namespace matchers look for the Kubernetes convention "/ns/<ns>[/...]". */
+static const char kMtNamespacePathPrefix[] = "/ns/";
+#define MT_NAMESPACE_PATH_PREFIX_LEN (sizeof(kMtNamespacePathPrefix) - 1)
+
+/* Rule name used when the peer ID itself is unusable; not a configured rule. */
+static const char kMtRuleInvalidPeer[] = "invalid-peer-id";
+
+typedef struct {
+  mt_match_kind kind;
+  char *value; /* owned; NULL for MT_MATCH_ANY */
+  size_t value_len;
+} mt_rule_matcher;
+
+typedef struct {
+  char *name; /* owned */
+  mt_action action;
+  uint16_t *ports; /* owned; NULL when the rule covers every port */
+  size_t num_ports;
+  mt_rule_matcher *matchers; /* owned */
+  size_t num_matchers;
+} mt_rule;
+
+struct mt_policy {
+  mt_action default_action;
+  mt_rule *rules;
+  size_t num_rules;
+  size_t cap_rules;
+};
+
+/* A macro rather than a variadic function: the static analyzer mis-models
+ * va_list in inlined variadic helpers, and the message is optional. */
+#define MT_SET_ERR(err, err_len, ...)                \
+  do {                                               \
+    if ((err) != NULL && (err_len) > 0) {            \
+      (void)snprintf((err), (err_len), __VA_ARGS__); \
+    }                                                \
+  } while (0)
+
+static char *mt_strdup(const char *s) {
+  size_t len = strlen(s);
+  char *copy = malloc(len + 1);
+  if (copy != NULL) {
+    memcpy(copy, s, len + 1);
+  }
+  return copy;
+}
+
+static void mt_rule_dispose(mt_rule *rule) {
+  for (size_t i = 0; i < rule->num_matchers; i++) {
+    free(rule->matchers[i].value);
+  }
+  free(rule->matchers);
+  free(rule->ports);
+  free(rule->name);
+}
+
+mt_policy *mt_policy_new(mt_action default_action) {
+  if (default_action != MT_ACTION_ALLOW && default_action != MT_ACTION_DENY) {
+    return NULL;
+  }
+  mt_policy *policy = calloc(1, sizeof(*policy));
+  if (policy != NULL) {
+    policy->default_action = default_action;
+  }
+  return policy;
+}
+
+void mt_policy_free(mt_policy *policy) {
+  if (policy == NULL) {
+    return;
+  }
+  for (size_t i = 0; i < policy->num_rules; i++) {
+    mt_rule_dispose(&policy->rules[i]);
+  }
+  free(policy->rules);
+  free(policy);
+}
+
+size_t mt_policy_rule_count(const mt_policy *policy) {
+  return policy != NULL ? policy->num_rules : 0;
+}
+
+const char *mt_action_str(mt_action action) {
+  switch (action) {
+    case MT_ACTION_ALLOW:
+      return "allow";
+    case MT_ACTION_DENY:
+      return "deny";
+  }
+  return "unknown";
+}
+
+/* ---- building ---------------------------------------------------------- */
+
+static const char *mt_match_kind_str(mt_match_kind kind) {
+  switch (kind) {
+    case MT_MATCH_ANY:
+      return "any";
+    case MT_MATCH_EXACT:
+      return "exact";
+    case MT_MATCH_PREFIX:
+      return "prefix";
+    case MT_MATCH_NAMESPACE:
+      return "namespace";
+    case MT_MATCH_TRUST_DOMAIN:
+      return "trust domain";
+  }
+  return "unknown";
+}
+
+/* Returns NULL when |m| is well formed, else a static description of the
+ * problem. Refusing values that could never match turns a silent
+ * never-allow (or never-deny) into an error at load time. */
+static const char *mt_matcher_problem(const mt_matcher *m) {
+  if (m->kind == MT_MATCH_ANY) {
+    return m->value == NULL ? NULL : "takes no value";
+  }
+  if (m->value == NULL || m->value[0] == '\0') {
+    return "needs a non-empty value";
+  }
+  size_t len = strlen(m->value);
+  switch (m->kind) {
+    case MT_MATCH_EXACT:
+      return mt_spiffe_id_parse(m->value, len, NULL) == MT_SPIFFE_OK ? NULL
+                                                                     : "is not a valid SPIFFE ID";
+    case MT_MATCH_PREFIX:
+      return strncmp(m->value, kMtSpiffeScheme, MT_SPIFFE_SCHEME_LEN) == 0
+                 ? NULL
+                 : "does not start with \"spiffe://\"";
+    case MT_MATCH_NAMESPACE:
+      return strchr(m->value, '/') == NULL ? NULL : "contains '/'";
+    case MT_MATCH_TRUST_DOMAIN:
+      return mt_trust_domain_validate(m->value, len) == MT_SPIFFE_OK
+                 ? NULL
+                 : "is not a valid trust domain";
+    case MT_MATCH_ANY:
+      break;
+  }
+  return "has an unknown kind";
+}
+
+static int mt_validate_matchers(const char *name, const mt_matcher *matchers, size_t num, char *err,
+                                size_t err_len) {
+  for (size_t i = 0; i < num; i++) {
+    const char *problem = mt_matcher_problem(&matchers[i]);
+    if (problem != NULL) {
+      MT_SET_ERR(err, err_len, "rule \"%s\": %s matcher \"%s\" %s", name,
+                 mt_match_kind_str(matchers[i].kind),
+                 matchers[i].value != NULL ? matchers[i].value : "", problem);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* Port 0 is never a destination port, so listing it is a config mistake. */
+static int mt_validate_ports(const char *name, const uint16_t *ports, size_t num, char *err,
+                             size_t err_len) {
+  if (num > 0 && ports == NULL) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": port list is missing", name);
+    return 0;
+  }
+  for (size_t i = 0; i < num; i++) {
+    if (ports[i] == 0) {
+      MT_SET_ERR(err, err_len, "rule \"%s\": port 0 is not a destination port", name);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static const mt_rule *mt_find_rule(const mt_policy *policy, const char *name) {
+  for (size_t i = 0; i < policy->num_rules; i++) {
+    if (strcmp(policy->rules[i].name, name) == 0) {
+      return &policy->rules[i];
+    }
+  }
+  return NULL;
+}
+
+static int mt_validate_rule(const mt_policy *policy, const char *name, mt_action action,
+                            const uint16_t *ports, size_t num_ports, const mt_matcher *matchers,
+                            size_t num_matchers, char *err, size_t err_len) {
+  if (name == NULL || name[0] == '\0') {
+    MT_SET_ERR(err, err_len, "rule has an empty name");
+    return 0;
+  }
+  if (mt_find_rule(policy, name) != NULL) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": duplicate rule name", name);
+    return 0;
+  }
+  if (action != MT_ACTION_ALLOW && action != MT_ACTION_DENY) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": unknown action", name);
+    return 0;
+  }
+  if (matchers == NULL || num_matchers == 0) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": has no matchers", name);
+    return 0;
+  }
+  return mt_validate_ports(name, ports, num_ports, err, err_len) &&
+         mt_validate_matchers(name, matchers, num_matchers, err, err_len);
+}
+
+static int mt_copy_matchers(mt_rule *rule, const mt_matcher *matchers, size_t num) {
+  rule->matchers = calloc(num, sizeof(*rule->matchers));
+  if (rule->matchers == NULL) {
+    return 0;
+  }
+  rule->num_matchers = num;
+  for (size_t i = 0; i < num; i++) {
+    mt_rule_matcher *dst = &rule->matchers[i];
+    dst->kind = matchers[i].kind;
+    if (matchers[i].value == NULL) {
+      continue;
+    }
+    dst->value = mt_strdup(matchers[i].value);
+    if (dst->value == NULL) {
+      return 0;
+    }
+    dst->value_len = strlen(dst->value);
+  }
+  return 1;
+}
+
+/* Fills |rule| with copies of the caller's data; on failure the caller
+ * disposes of whatever was copied. */
+static int mt_copy_rule(mt_rule *rule, const char *name, mt_action action, const uint16_t *ports,
+                        size_t num_ports, const mt_matcher *matchers, size_t num_matchers) {
+  rule->action = action;
+  rule->name = mt_strdup(name);
+  if (rule->name == NULL) {
+    return 0;
+  }
+  if (num_ports > 0) {
+    rule->ports = malloc(num_ports * sizeof(*rule->ports));
+    if (rule->ports == NULL) {
+      return 0;
+    }
+    memcpy(rule->ports, ports, num_ports * sizeof(*rule->ports));
+    rule->num_ports = num_ports;
+  }
+  return mt_copy_matchers(rule, matchers, num_matchers);
+}
+
+static int mt_reserve_rule(mt_policy *policy) {
+  if (policy->num_rules < policy->cap_rules) {
+    return 1;
+  }
+  size_t cap = policy->cap_rules == 0 ? 8 : policy->cap_rules * 2;
+  mt_rule *rules = realloc(policy->rules, cap * sizeof(*rules));
+  if (rules == NULL) {
+    return 0;
+  }
+  policy->rules = rules;
+  policy->cap_rules = cap;
+  return 1;
+}
+
+int mt_policy_add_rule(mt_policy *policy, const char *name, mt_action action, const uint16_t *ports,
+                       size_t num_ports, const mt_matcher *matchers, size_t num_matchers, char *err,
+                       size_t err_len) {
+  if (policy == NULL) {
+    MT_SET_ERR(err, err_len, "no policy to add the rule to");
+    return 0;
+  }
+  if (!mt_validate_rule(policy, name, action, ports, num_ports, matchers, num_matchers, err,
+                        err_len)) {
+    return 0;
+  }
+  mt_rule rule;
+  memset(&rule, 0, sizeof(rule));
+  if (!mt_reserve_rule(policy) ||
+      !mt_copy_rule(&rule, name, action, ports, num_ports, matchers, num_matchers)) {
+    mt_rule_dispose(&rule);
+    MT_SET_ERR(err, err_len, "rule \"%s\": out of memory", name);
+    return 0;
+  }
+  policy->rules[policy->num_rules++] = rule;
+  return 1;
+}
+
+/* ---- deciding ---------------------------------------------------------- */
+
+/* The peer as the matchers see it: the full ID and its parsed parts. */
+typedef struct {
+  const char *id;
+  size_t id_len;
+  mt_spiffe_id_view view;
+} mt_peer;
+
+static int mt_rule_covers_port(const mt_rule *rule, uint16_t port) {
+  if (rule->num_ports == 0) {
+    return 1;
+  }
+  for (size_t i = 0; i < rule->num_ports; i++) {
+    if (rule->ports[i] == port) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* "/ns/<ns>" exactly, or "/ns/<ns>/..." — so "prod" never matches
+ * "/ns/production". */
+static int mt_match_namespace(const mt_rule_matcher *m, const mt_spiffe_id_view *v) {
+  const size_t pre = MT_NAMESPACE_PATH_PREFIX_LEN;
+  if (v->path_len < pre + m->value_len || memcmp(v->path, kMtNamespacePathPrefix, pre) != 0 ||
+      memcmp(v->path + pre, m->value, m->value_len) != 0) {
+    return 0;
+  }
+  size_t end = pre + m->value_len;
+  return v->path_len == end || v->path[end] == '/';
+}
+
+static int mt_matcher_matches(const mt_rule_matcher *m, const mt_peer *peer) {
+  switch (m->kind) {
+    case MT_MATCH_ANY:
+      return 1;
+    case MT_MATCH_EXACT:
+      return peer->id_len == m->value_len && memcmp(peer->id, m->value, m->value_len) == 0;
+    case MT_MATCH_PREFIX:
+      return peer->id_len >= m->value_len && memcmp(peer->id, m->value, m->value_len) == 0;
+    case MT_MATCH_NAMESPACE:
+      return mt_match_namespace(m, &peer->view);
+    case MT_MATCH_TRUST_DOMAIN:
+      return peer->view.trust_domain_len == m->value_len &&
+             memcmp(peer->view.trust_domain, m->value, m->value_len) == 0;
+  }
+  return 0;
+}
+
+static int mt_rule_matches(const mt_rule *rule, const mt_peer *peer) {
+  for (size_t i = 0; i < rule->num_matchers; i++) {
+    if (mt_matcher_matches(&rule->matchers[i], peer)) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static mt_decision mt_make_decision(mt_action action, const char *rule, const char *reason) {
+  mt_decision d;
+  d.action = action;
+  d.rule = rule;
+  d.reason = reason;
+  return d;
+}
+
+/* First matching rule of |action| that covers |port|, or NULL. Sets
+ * |*covered| when any rule of that action covers the port. */
+static const mt_rule *mt_first_match(const mt_policy *policy, mt_action action, const mt_peer *peer,
+                                     uint16_t port, int *covered) {
+  *covered = 0;
+  for (size_t i = 0; i < policy->num_rules; i++) {
+    const mt_rule *rule = &policy->rules[i];
+    if (rule->action != action || !mt_rule_covers_port(rule, port)) {
+      continue;
+    }
+    *covered = 1;
+    if (mt_rule_matches(rule, peer)) {
+      return rule;
+    }
+  }
+  return NULL;
+}
+
+mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint16_t port) {
+  /* The caller promises a verified ID; if that promise is broken, fail
+   * closed rather than let matchers guess at a malformed string. */
+  mt_peer peer;
+  if (policy == NULL || peer_id == NULL) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy or no peer ID");
+  }
+  peer.id = peer_id;
+  peer.id_len = strlen(peer_id);
+  if (mt_spiffe_id_parse(peer.id, peer.id_len, &peer.view) != MT_SPIFFE_OK) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "peer ID is not a valid SPIFFE ID");
+  }
+  int covered;
+  const mt_rule *rule = mt_first_match(policy, MT_ACTION_DENY, &peer, port, &covered);
+  if (rule != NULL) {
+    return mt_make_decision(MT_ACTION_DENY, rule->name, "matched DENY rule");
+  }
+  rule = mt_first_match(policy, MT_ACTION_ALLOW, &peer, port, &covered);
+  if (rule != NULL) {
+    return mt_make_decision(MT_ACTION_ALLOW, rule->name, "matched ALLOW rule");
+  }
+  if (covered) {
+    return mt_make_decision(MT_ACTION_DENY, MT_POLICY_RULE_NO_ALLOW_MATCH,
+                            "no ALLOW rule matched for this port");
+  }
+  return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
+                          "no ALLOW rule covers this port; default action");
+}

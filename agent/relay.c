@@ -1,0 +1,173 @@
+/* relay.c: the byte pump. Both endpoints are non-blocking; every readiness
+ * event runs pump() until no direction can make progress, then re-derives the
+ * events each socket must be watched for. TLS may need the opposite event to
+ * the operation (a read that must write, and vice versa), which is why the
+ * wanted events are recorded per operation rather than assumed. */
+#include "agent/relay.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agent/worker.h"
+
+typedef enum { IO_DONE, IO_WANT_READ, IO_WANT_WRITE, IO_EOF, IO_ERROR } io_status;
+
+/* Maps an SSL call's failure to what the loop should wait for. */
+static io_status ssl_status(SSL *ssl, int rc) {
+  switch (SSL_get_error(ssl, rc)) {
+    case SSL_ERROR_WANT_READ: return IO_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return IO_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: return IO_EOF;
+    case SSL_ERROR_SYSCALL:
+      /* A TCP FIN without close_notify: treat as end of stream; TCP-level
+       * protocols carry their own framing, and the peer is authenticated. */
+      if (ERR_peek_error() == 0 && (rc == 0 || errno == 0)) return IO_EOF;
+      return IO_ERROR;
+    default: return IO_ERROR;
+  }
+}
+
+static io_status ep_read(mt_endpoint *ep, uint8_t *buf, size_t len, size_t *n) {
+  if (ep->ssl) {
+    int rc = SSL_read(ep->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (rc > 0) return *n = (size_t)rc, IO_DONE;
+    return ssl_status(ep->ssl, rc);
+  }
+  ssize_t rc = recv(ep->fd, buf, len, 0);
+  if (rc > 0) return *n = (size_t)rc, IO_DONE;
+  if (rc == 0) return IO_EOF;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return IO_WANT_READ;
+  return IO_ERROR;
+}
+
+static io_status ep_write(mt_endpoint *ep, const uint8_t *buf, size_t len, size_t *n) {
+  if (ep->ssl) {
+    int rc = SSL_write(ep->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (rc > 0) return *n = (size_t)rc, IO_DONE;
+    return ssl_status(ep->ssl, rc);
+  }
+  ssize_t rc = send(ep->fd, buf, len, MSG_NOSIGNAL);
+  if (rc >= 0) return *n = (size_t)rc, IO_DONE;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return IO_WANT_WRITE;
+  return IO_ERROR;
+}
+
+/* Sends close_notify (TLS) and/or FIN. We keep reading afterwards: the other
+ * direction may still be flowing (half-close). */
+static io_status ep_shutdown_write(mt_endpoint *ep) {
+  if (ep->ssl) {
+    int rc = SSL_shutdown(ep->ssl);
+    if (rc < 0) {
+      io_status st = ssl_status(ep->ssl, rc);
+      if (st == IO_WANT_READ || st == IO_WANT_WRITE) return st;
+      ERR_clear_error(); /* peer already gone: the FIN below still goes out */
+    }
+  }
+  shutdown(ep->fd, SHUT_WR);
+  return IO_DONE;
+}
+
+static int events_for(io_status st) {
+  return st == IO_WANT_READ ? EV_READ : st == IO_WANT_WRITE ? EV_WRITE : 0;
+}
+
+typedef struct {
+  int progress;
+  int failed_src; /* 1: source endpoint failed, 2: destination failed */
+} pump_result;
+
+/* Moves bytes src -> pipe -> dst once; records the events each side needs. */
+static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, int *src_events,
+                             int *dst_events) {
+  pump_result r = {0, 0};
+  if (!src->read_eof && pipe->tail < pipe->cap) {
+    size_t n = 0;
+    io_status st = ep_read(src, pipe->data + pipe->tail, pipe->cap - pipe->tail, &n);
+    if (st == IO_DONE) {
+      pipe->tail += n;
+      r.progress = 1;
+    } else if (st == IO_EOF) {
+      src->read_eof = 1;
+      r.progress = 1;
+    } else if (st == IO_ERROR) {
+      r.failed_src = 1;
+      return r;
+    } else {
+      *src_events |= events_for(st);
+    }
+  }
+  if (pipe->head < pipe->tail) {
+    size_t n = 0;
+    io_status st = ep_write(dst, pipe->data + pipe->head, pipe->tail - pipe->head, &n);
+    if (st == IO_DONE) {
+      pipe->head += n;
+      pipe->total += n;
+      if (pipe->head == pipe->tail) pipe->head = pipe->tail = 0;
+      r.progress = 1;
+    } else if (st == IO_ERROR || st == IO_EOF) {
+      r.failed_src = 2;
+      return r;
+    } else {
+      *dst_events |= events_for(st);
+    }
+  }
+  if (src->read_eof && pipe->head == pipe->tail && !dst->write_shut) {
+    io_status st = ep_shutdown_write(dst);
+    if (st == IO_DONE) {
+      dst->write_shut = 1;
+      r.progress = 1;
+    } else {
+      *dst_events |= events_for(st);
+    }
+  }
+  return r;
+}
+
+static int finished(const mt_conn *conn) {
+  return conn->down.read_eof && conn->up.write_shut && conn->up.read_eof &&
+         conn->down.write_shut;
+}
+
+static void pump(mt_conn *conn) {
+  int down_events, up_events;
+  for (;;) {
+    down_events = up_events = 0;
+    pump_result a = pump_once(&conn->down, &conn->to_up, &conn->up, &down_events, &up_events);
+    if (a.failed_src) {
+      mt_conn_close(conn, a.failed_src == 1 ? MT_REASON_DOWNSTREAM_ERROR
+                                            : MT_REASON_UPSTREAM_ERROR, NULL);
+      return;
+    }
+    pump_result b = pump_once(&conn->up, &conn->to_down, &conn->down, &up_events, &down_events);
+    if (b.failed_src) {
+      mt_conn_close(conn, b.failed_src == 1 ? MT_REASON_UPSTREAM_ERROR
+                                            : MT_REASON_DOWNSTREAM_ERROR, NULL);
+      return;
+    }
+    if (a.progress || b.progress) conn->last_activity = ev_now(conn->loop);
+    if (finished(conn)) {
+      mt_conn_close(conn, MT_REASON_OK, NULL);
+      return;
+    }
+    if (!a.progress && !b.progress) break;
+  }
+  mt_conn_watch(conn, &conn->down, down_events);
+  mt_conn_watch(conn, &conn->up, up_events);
+}
+
+void mt_relay_start(mt_conn *conn) {
+  conn->state = MT_CONN_RELAYING;
+  mt_conn_start_idle_timer(conn, mt_worker_config(conn->worker)->idle_timeout_ms);
+  pump(conn);
+}
+
+void mt_relay_on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
+  (void)ep;
+  (void)revents;
+  pump(conn);
+}

@@ -1,0 +1,233 @@
+/* tls.c: SSL_CTX construction and the in-handshake SVID verifier. */
+#include "agent/tls.h"
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <string.h>
+
+/* TLS 1.2 suites, used only when tls.min_version is "1.2": ECDHE + AEAD. */
+static const char kTls12Ciphers[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
+static const char kCurves[] = "X25519:P-256";
+static const uint8_t kAlpnWire[] = {5, 'm', 't', 'l', 's', 'd'};
+
+static int g_peer_index = -1;
+
+static int peer_index(void) {
+  /* Called first from the main thread while building contexts, before any
+   * worker runs, so the lazy initialisation is not racy. */
+  if (g_peer_index < 0) g_peer_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  return g_peer_index;
+}
+
+void mt_tls_serial_hex(X509 *cert, char *out, size_t out_len) {
+  out[0] = '\0';
+  BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
+  char *hex = bn ? BN_bn2hex(bn) : NULL;
+  if (hex) {
+    size_t i = 0;
+    for (; hex[i] && i + 1 < out_len; i++)
+      out[i] = (char)((hex[i] >= 'A' && hex[i] <= 'F') ? hex[i] + 32 : hex[i]);
+    out[i] = '\0';
+  }
+  OPENSSL_free(hex);
+  BN_free(bn);
+}
+
+static mt_reason reason_from_svid(mt_svid_err e) {
+  switch (e) {
+    case MT_SVID_NO_URI_SAN: return MT_REASON_NO_URI_SAN;
+    case MT_SVID_MULTIPLE_URI_SANS: return MT_REASON_MULTIPLE_URI_SANS;
+    case MT_SVID_BAD_SPIFFE_ID: return MT_REASON_BAD_SPIFFE_ID;
+    case MT_SVID_LEAF_IS_CA: return MT_REASON_LEAF_IS_CA;
+    case MT_SVID_BAD_KEY_USAGE:
+    case MT_SVID_BAD_EXT_KEY_USAGE: return MT_REASON_BAD_KEY_USAGE;
+    default: return MT_REASON_BAD_CERT;
+  }
+}
+
+static mt_reason reason_from_x509(int err) {
+  switch (err) {
+    case X509_V_ERR_CERT_HAS_EXPIRED: return MT_REASON_CERT_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID: return MT_REASON_CERT_NOT_YET_VALID;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE: return MT_REASON_UNKNOWN_CA;
+    default: return MT_REASON_BAD_CERT;
+  }
+}
+
+/* X.509 path validation of |leaf| against one trust domain's roots. */
+static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) *untrusted,
+                        mt_svid_role role, mt_tls_peer *peer) {
+  X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+  int ok = ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
+           X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client"
+                                                                     : "ssl_server");
+  if (ok) ok = X509_verify_cert(ctx) == 1;
+  if (!ok) {
+    int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
+    peer->failure = reason_from_x509(err);
+    snprintf(peer->detail, sizeof(peer->detail), "certificate chain: %s",
+             X509_verify_cert_error_string(err));
+  }
+  X509_STORE_CTX_free(ctx);
+  return ok;
+}
+
+int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) *untrusted,
+                       mt_svid_role role, mt_tls_peer *peer) {
+  char id[MT_SPIFFE_ID_MAX_LEN + 1];
+  mt_spiffe_err id_err = MT_SPIFFE_OK;
+  mt_tls_serial_hex(leaf, peer->serial, sizeof(peer->serial));
+  mt_svid_err e = mt_svid_check_leaf(leaf, role, id, sizeof(id), &id_err);
+  if (e != MT_SVID_OK) {
+    peer->failure = reason_from_svid(e);
+    snprintf(peer->detail, sizeof(peer->detail), "%s%s%s", mt_svid_err_str(e),
+             e == MT_SVID_BAD_SPIFFE_ID ? ": " : "",
+             e == MT_SVID_BAD_SPIFFE_ID ? mt_spiffe_err_str(id_err) : "");
+    return 0;
+  }
+  mt_spiffe_id_view view;
+  mt_spiffe_id_parse(id, strlen(id), &view);
+  X509_STORE *store = mt_trust_store(trust, view.trust_domain, view.trust_domain_len);
+  if (store == NULL) {
+    peer->failure = MT_REASON_UNKNOWN_TRUST_DOMAIN;
+    snprintf(peer->detail, sizeof(peer->detail), "no trust bundle for trust domain '%.*s'",
+             (int)(view.trust_domain_len > 100 ? 100 : view.trust_domain_len),
+             view.trust_domain);
+    /* Report the claimed ID: operators need to see who was refused. */
+    snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
+    return 0;
+  }
+  if (!verify_chain(store, leaf, untrusted, role, peer)) {
+    snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
+    return 0;
+  }
+  snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
+  peer->failure = MT_REASON_OK;
+  return 1;
+}
+
+/* Replaces OpenSSL-style verification: the peer's trust domain picks the
+ * store, so one handshake can only ever be judged by its own domain's roots. */
+static int on_cert_verify(X509_STORE_CTX *store_ctx, void *arg) {
+  const mt_identity *id = arg;
+  SSL *ssl = X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+  mt_tls_peer *peer = ssl ? SSL_get_ex_data(ssl, peer_index()) : NULL;
+  mt_tls_peer scratch;
+  if (peer == NULL) {
+    memset(&scratch, 0, sizeof(scratch));
+    peer = &scratch;
+  }
+  X509 *leaf = X509_STORE_CTX_get0_cert(store_ctx);
+  mt_svid_role role = SSL_is_server(ssl) ? MT_SVID_ROLE_CLIENT : MT_SVID_ROLE_SERVER;
+  if (leaf == NULL) {
+    peer->failure = MT_REASON_BAD_CERT;
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_UNSPECIFIED);
+    return 0;
+  }
+  if (!mt_tls_verify_svid(mt_identity_trust(id), leaf, X509_STORE_CTX_get0_untrusted(store_ctx),
+                          role, peer)) {
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  }
+  return 1;
+}
+
+static int on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
+                          unsigned in_len, void *arg) {
+  (void)ssl;
+  (void)arg;
+  uint8_t *selected = NULL;
+  if (SSL_select_next_proto(&selected, out_len, kAlpnWire, sizeof(kAlpnWire), in, in_len) ==
+      OPENSSL_NPN_NEGOTIATED) {
+    *out = selected;
+    return SSL_TLSEXT_ERR_OK;
+  }
+  /* A peer that offers no mesh token still gets a chance: policy decides. */
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
+  if (!SSL_CTX_set_min_proto_version(ctx, (uint16_t)config->tls_min_version) ||
+      !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
+      !SSL_CTX_set1_curves_list(ctx, kCurves) ||
+      !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers))
+    return 0;
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+  return 1;
+}
+
+static int configure_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf,
+                                 STACK_OF(X509) *chain) {
+  if (!SSL_CTX_use_certificate(ctx, leaf) || !SSL_CTX_use_PrivateKey(ctx, key) ||
+      !SSL_CTX_check_private_key(ctx))
+    return 0;
+  return chain == NULL || SSL_CTX_set1_chain(ctx, chain);
+}
+
+SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X509 *leaf,
+                        STACK_OF(X509) *chain, const mt_identity *verify_arg, char *err,
+                        size_t err_len) {
+  peer_index();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  if (ctx == NULL || !configure_protocol(ctx, config) ||
+      !configure_credentials(ctx, key, leaf, chain)) {
+    unsigned long e = ERR_get_error();
+    snprintf(err, err_len, "building the TLS %s context: %s", is_server ? "server" : "client",
+             e ? ERR_reason_error_string(e) : "out of memory");
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  SSL_CTX_set_cert_verify_callback(ctx, on_cert_verify, (void *)verify_arg);
+  if (is_server) {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_alpn_protos(ctx, kAlpnWire, sizeof(kAlpnWire));
+  }
+  return ctx;
+}
+
+SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer) {
+  SSL *ssl = SSL_new(ctx);
+  if (ssl == NULL) return NULL;
+  if (!SSL_set_fd(ssl, fd) || !SSL_set_ex_data(ssl, peer_index(), peer)) {
+    SSL_free(ssl);
+    return NULL;
+  }
+  return ssl;
+}
+
+mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer) {
+  (void)ssl;
+  if (peer->failure != MT_REASON_OK) {
+    ERR_clear_error();
+    return peer->failure;
+  }
+  unsigned long e = ERR_peek_error();
+  mt_reason r = MT_REASON_HANDSHAKE_FAILED;
+  if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+      ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+    r = MT_REASON_NO_CLIENT_CERT;
+  if (e != 0 && peer->detail[0] == '\0')
+    snprintf(peer->detail, sizeof(peer->detail), "%s", ERR_reason_error_string(e));
+  ERR_clear_error();
+  peer->failure = r;
+  return r;
+}

@@ -1,0 +1,305 @@
+/* worker.c: worker threads, their loops and listeners, and the hand-over of
+ * identity snapshots and stop requests from the main thread. */
+#include "agent/worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agent/inbound.h"
+#include "agent/log.h"
+#include "agent/outbound.h"
+
+enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64 };
+
+typedef struct {
+  int fd;
+  ev_io io;
+  const mt_listener_config *config;
+  int inbound;
+  mt_worker *worker;
+} listener;
+
+struct mt_worker {
+  mt_workers *pool;
+  pthread_t thread;
+  int thread_started;
+  struct ev_loop *loop;
+  listener *listeners;
+  size_t num_listeners;
+  ev_async wake;
+  ev_timer drain_timer;
+  mt_identity *identity; /* owned reference; NULL = fail closed */
+  int stopping;
+  mt_conn *conns;
+  size_t num_conns, max_conns;
+  /* Mailbox written by the main thread under pool->lock. */
+  int has_pending_identity;
+  mt_identity *pending_identity;
+  int stop_requested;
+  int drain_ms;
+};
+
+struct mt_workers {
+  const mt_config *config;
+  pthread_mutex_t lock;
+  mt_worker *workers;
+  size_t count;
+};
+
+struct ev_loop *mt_worker_loop(mt_worker *w) { return w->loop; }
+const mt_config *mt_worker_config(const mt_worker *w) { return w->pool->config; }
+mt_identity *mt_worker_identity(mt_worker *w) { return w->identity; }
+
+void mt_worker_link(mt_worker *w, mt_conn *conn) {
+  conn->prev = NULL;
+  conn->next = w->conns;
+  if (w->conns) w->conns->prev = conn;
+  w->conns = conn;
+  w->num_conns++;
+}
+
+void mt_worker_unlink(mt_worker *w, mt_conn *conn) {
+  if (conn->prev) conn->prev->next = conn->next;
+  else w->conns = conn->next;
+  if (conn->next) conn->next->prev = conn->prev;
+  w->num_conns--;
+  if (w->stopping && w->num_conns == 0) ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void close_all(mt_worker *w, mt_reason reason) {
+  while (w->conns) mt_conn_close(w->conns, reason, "agent stopping");
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
+  (void)loop;
+  (void)revents;
+  listener *l = io->data;
+  mt_worker *w = l->worker;
+  for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+    struct sockaddr_storage src;
+    socklen_t len = sizeof(src);
+    int fd = accept4(l->fd, (struct sockaddr *)&src, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        MT_LOG_W("accept: %s", strerror(errno));
+      return;
+    }
+    if (w->num_conns >= w->max_conns) {
+      mt_conn *conn = mt_conn_new(w, l->inbound ? MT_DIR_INBOUND : MT_DIR_OUTBOUND, fd,
+                                  (struct sockaddr *)&src, NULL);
+      if (conn) mt_conn_close(conn, MT_REASON_CONNECTION_LIMIT, "too many connections");
+      continue;
+    }
+    if (l->inbound) mt_inbound_accept(w, l->config, fd, (struct sockaddr *)&src);
+    else mt_outbound_accept(w, l->config, fd, (struct sockaddr *)&src);
+  }
+}
+
+static void stop_listeners(mt_worker *w) {
+  for (size_t i = 0; i < w->num_listeners; i++) {
+    listener *l = &w->listeners[i];
+    if (l->fd < 0) continue;
+    ev_io_stop(w->loop, &l->io);
+    close(l->fd);
+    l->fd = -1;
+  }
+}
+
+static void on_drain_deadline(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)revents;
+  mt_worker *w = t->data;
+  close_all(w, MT_REASON_SHUTDOWN);
+  ev_break(loop, EVBREAK_ALL);
+}
+
+static void begin_stop(mt_worker *w, int drain_ms) {
+  if (w->stopping) return;
+  w->stopping = 1;
+  stop_listeners(w);
+  if (w->num_conns == 0) {
+    ev_break(w->loop, EVBREAK_ALL);
+    return;
+  }
+  ev_timer_init(&w->drain_timer, on_drain_deadline, drain_ms / 1000.0, 0.0);
+  w->drain_timer.data = w;
+  ev_timer_start(w->loop, &w->drain_timer);
+}
+
+/* Main thread -> worker: take whatever the mailbox holds. */
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
+  (void)loop;
+  (void)revents;
+  mt_worker *w = a->data;
+  pthread_mutex_lock(&w->pool->lock);
+  int has_identity = w->has_pending_identity;
+  mt_identity *identity = w->pending_identity;
+  int stop = w->stop_requested;
+  int drain_ms = w->drain_ms;
+  w->has_pending_identity = 0;
+  w->pending_identity = NULL;
+  pthread_mutex_unlock(&w->pool->lock);
+  if (has_identity) {
+    mt_identity_unref(w->identity);
+    w->identity = identity; /* the mailbox's reference becomes ours */
+  }
+  if (stop) begin_stop(w, drain_ms);
+}
+
+static void *worker_main(void *arg) {
+  mt_worker *w = arg;
+  for (size_t i = 0; i < w->num_listeners; i++) ev_io_start(w->loop, &w->listeners[i].io);
+  ev_async_start(w->loop, &w->wake);
+  ev_run(w->loop, 0);
+  close_all(w, MT_REASON_SHUTDOWN);
+  stop_listeners(w);
+  return NULL;
+}
+
+static int bind_listener(const mt_sockaddr *addr, char *err, size_t err_len) {
+  char text[64];
+  mt_sockaddr_format((const struct sockaddr *)&addr->addr, text, sizeof(text));
+  int fd = socket(addr->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      (addr->addr.ss_family == AF_INET6 &&
+       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+      bind(fd, (const struct sockaddr *)&addr->addr, addr->addr_len) != 0 ||
+      listen(fd, LISTEN_BACKLOG) != 0) {
+    snprintf(err, err_len, "listen on %s: %s", text, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, size_t max_conns,
+                        char *err, size_t err_len) {
+  const mt_config *c = pool->config;
+  w->pool = pool;
+  w->max_conns = max_conns;
+  w->identity = identity ? mt_identity_ref(identity) : NULL;
+  w->loop = ev_loop_new(EVFLAG_AUTO);
+  w->num_listeners = c->num_inbound_listeners + c->num_outbound_listeners;
+  w->listeners = calloc(w->num_listeners, sizeof(listener));
+  if (w->loop == NULL || w->listeners == NULL) {
+    snprintf(err, err_len, "out of memory creating a worker");
+    return 0;
+  }
+  ev_async_init(&w->wake, on_wake);
+  w->wake.data = w;
+  for (size_t i = 0; i < w->num_listeners; i++) {
+    listener *l = &w->listeners[i];
+    l->inbound = i < c->num_inbound_listeners;
+    l->config = l->inbound ? &c->inbound_listeners[i]
+                           : &c->outbound_listeners[i - c->num_inbound_listeners];
+    l->worker = w;
+    l->fd = bind_listener(&l->config->listen, err, err_len);
+    if (l->fd < 0) {
+      for (size_t j = i + 1; j < w->num_listeners; j++) w->listeners[j].fd = -1;
+      return 0;
+    }
+    ev_io_init(&l->io, on_accept, l->fd, EV_READ);
+    l->io.data = l;
+  }
+  return 1;
+}
+
+static void free_worker(mt_worker *w) {
+  if (w->loop) {
+    stop_listeners(w);
+    ev_loop_destroy(w->loop);
+  }
+  free(w->listeners);
+  mt_identity_unref(w->identity);
+  mt_identity_unref(w->pending_identity);
+}
+
+static void free_pool(mt_workers *pool) {
+  for (size_t i = 0; i < pool->count; i++) free_worker(&pool->workers[i]);
+  free(pool->workers);
+  pthread_mutex_destroy(&pool->lock);
+  free(pool);
+}
+
+/* Worker threads must never take process signals: the main thread handles
+ * them on its own loop. */
+static int start_threads(mt_workers *pool, char *err, size_t err_len) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int ok = 1;
+  for (size_t i = 0; ok && i < pool->count; i++) {
+    mt_worker *w = &pool->workers[i];
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    if (rc != 0) {
+      snprintf(err, err_len, "starting worker thread: %s", strerror(rc));
+      ok = 0;
+    }
+    w->thread_started = rc == 0;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return ok;
+}
+
+mt_workers *mt_workers_start(const mt_config *config, mt_identity *identity, char *err,
+                             size_t err_len) {
+  mt_workers *pool = calloc(1, sizeof(*pool));
+  if (pool == NULL) return NULL;
+  pthread_mutex_init(&pool->lock, NULL);
+  pool->config = config;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  pool->count = config->workers > 0 ? (size_t)config->workers : (size_t)(cores > 0 ? cores : 1);
+  pool->workers = calloc(pool->count, sizeof(mt_worker));
+  if (pool->workers == NULL) {
+    free_pool(pool);
+    return NULL;
+  }
+  size_t share = ((size_t)config->max_connections + pool->count - 1) / pool->count;
+  int ok = 1;
+  for (size_t i = 0; ok && i < pool->count; i++)
+    ok = setup_worker(pool, &pool->workers[i], identity, share, err, err_len);
+  if (ok) ok = start_threads(pool, err, err_len);
+  if (!ok) {
+    mt_workers_stop(pool, 0);
+    return NULL;
+  }
+  return pool;
+}
+
+void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity) {
+  pthread_mutex_lock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++) {
+    mt_worker *w = &pool->workers[i];
+    mt_identity_unref(w->pending_identity);
+    w->pending_identity = identity ? mt_identity_ref(identity) : NULL;
+    w->has_pending_identity = 1;
+  }
+  pthread_mutex_unlock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++)
+    if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+}
+
+void mt_workers_stop(mt_workers *pool, int drain_ms) {
+  if (pool == NULL) return;
+  pthread_mutex_lock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++) {
+    pool->workers[i].stop_requested = 1;
+    pool->workers[i].drain_ms = drain_ms;
+  }
+  pthread_mutex_unlock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++) {
+    mt_worker *w = &pool->workers[i];
+    if (!w->thread_started) continue;
+    ev_async_send(w->loop, &w->wake);
+    pthread_join(w->thread, NULL);
+  }
+  free_pool(pool);
+}

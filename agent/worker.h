@@ -1,0 +1,50 @@
+/* worker: the threads of the data plane.
+ *
+ * Each worker is one thread running one libev loop with its own copy of every
+ * listener (SO_REUSEPORT lets the kernel spread new connections over them).
+ * A worker owns the connections it accepted and never shares them. The main
+ * thread talks to workers only through mt_workers_* calls, which hand over
+ * immutable snapshots (identity) and stop requests via ev_async; nothing on
+ * the data path takes a lock. */
+#ifndef MT_WORKER_H
+#define MT_WORKER_H
+
+#include <ev.h>
+#include <stddef.h>
+
+#include "agent/config.h"
+#include "agent/conn.h"
+#include "agent/identity.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_workers mt_workers;
+
+/* Binds every listener once per worker and starts the threads. |config| is
+ * borrowed and must outlive the pool; |identity| is borrowed (the pool takes
+ * its own references). Returns NULL with a reason in |err|. */
+mt_workers *mt_workers_start(const mt_config *config, mt_identity *identity, char *err,
+                             size_t err_len);
+
+/* Hands a new identity snapshot (or NULL: no usable identity, fail closed) to
+ * every worker; new connections use it, live ones keep theirs. */
+void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity);
+
+/* Stops accepting, lets live connections run for up to |drain_ms|, closes the
+ * rest, joins the threads and frees the pool. Accepts NULL. */
+void mt_workers_stop(mt_workers *pool, int drain_ms);
+
+/* ---- for the data path, on the worker's own thread only ---- */
+struct ev_loop *mt_worker_loop(mt_worker *worker);
+const mt_config *mt_worker_config(const mt_worker *worker);
+mt_identity *mt_worker_identity(mt_worker *worker); /* borrowed; NULL = none usable */
+void mt_worker_link(mt_worker *worker, mt_conn *conn);
+void mt_worker_unlink(mt_worker *worker, mt_conn *conn);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_WORKER_H */
