@@ -15,7 +15,7 @@ static const char kMtNamespacePathPrefix[] = "/ns/";
 #define MT_NAMESPACE_PATH_PREFIX_LEN (sizeof(kMtNamespacePathPrefix) - 1)
 
 /* Rule name used when the peer ID itself is unusable; not a configured rule. */
-static const char kMtRuleInvalidPeer[] = "invalid-peer-id";
+static const char kMtRuleInvalidPeer[] = MT_POLICY_RULE_INVALID_PEER;
 
 typedef struct {
   mt_match_kind kind;

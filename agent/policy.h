@@ -20,6 +20,8 @@ extern "C" {
 
 #define MT_POLICY_RULE_NO_ALLOW_MATCH "no-allow-rule-matched"
 #define MT_POLICY_RULE_DEFAULT "default"
+/* A NULL policy or an unparsable peer ID is denied (fail closed) under this name. */
+#define MT_POLICY_RULE_INVALID_PEER "invalid-peer-id"
 
 typedef enum { MT_ACTION_ALLOW, MT_ACTION_DENY } mt_action;
 

@@ -1,7 +1,7 @@
 /* svid: SPIFFE ID syntax (SPIFFE-ID.md) and X509-SVID leaf rules (X509-SVID.md).
  *
- * Pure functions over borrowed inputs: nothing here allocates, logs or keeps
- * state, so the verifier can call them on any thread. Chain building and
+ * Pure functions over borrowed inputs: nothing here keeps allocations, logs or
+ * keeps state, so the verifier can call them on any thread. Chain building and
  * validity times are the X.509 verifier's job (tls.c); this module owns only
  * the SPIFFE-specific rules that ordinary path validation does not know. */
 #ifndef MT_SVID_H
@@ -70,8 +70,9 @@ typedef enum {
 const char *mt_svid_err_str(mt_svid_err err);
 
 /* Applies the X509-SVID leaf rules to |leaf| (borrowed). On MT_SVID_OK copies
- * the SPIFFE ID, NUL-terminated, into |out_id| (|out_size| must be at least
- * MT_SPIFFE_ID_MAX_LEN + 1). On MT_SVID_BAD_SPIFFE_ID, |*out_id_err| (may be
+ * the SPIFFE ID, NUL-terminated, into |out_id| (may be NULL; otherwise
+ * |out_size| must be at least MT_SPIFFE_ID_MAX_LEN + 1, or the leaf is refused
+ * as MT_SVID_UNPARSABLE). On MT_SVID_BAD_SPIFFE_ID, |*out_id_err| (may be
  * NULL) says why the ID was refused. */
 mt_svid_err mt_svid_check_leaf(X509 *leaf, mt_svid_role role, char *out_id,
                                size_t out_size, mt_spiffe_err *out_id_err);

@@ -246,6 +246,18 @@ class LeafBuilder {
     return *this;
   }
 
+  // Adds extension |nid| with |der| as its raw value, however malformed.
+  LeafBuilder &RawExt(int nid, const std::string &der) {
+    bssl::UniquePtr<ASN1_OCTET_STRING> value(ASN1_OCTET_STRING_new());
+    EXPECT_TRUE(ASN1_OCTET_STRING_set(value.get(), reinterpret_cast<const uint8_t *>(der.data()),
+                                      static_cast<int>(der.size())));
+    bssl::UniquePtr<X509_EXTENSION> ext(
+        X509_EXTENSION_create_by_NID(nullptr, nid, /*crit=*/0, value.get()));
+    EXPECT_TRUE(ext != nullptr);
+    EXPECT_TRUE(X509_add_ext(x509_.get(), ext.get(), -1));
+    return *this;
+  }
+
   bssl::UniquePtr<X509> Build() {
     bssl::UniquePtr<EVP_PKEY> key = NewP256Key();
     X509 *x = x509_.get();
@@ -259,7 +271,8 @@ class LeafBuilder {
     EXPECT_TRUE(X509_set_issuer_name(x, name));
     EXPECT_TRUE(X509_set_pubkey(x, key.get()));
     if (sk_GENERAL_NAME_num(names_.get()) > 0) {
-      EXPECT_EQ(1, X509_add1_ext_i2d(x, NID_subject_alt_name, names_.get(), 0, X509V3_ADD_DEFAULT));
+      // APPEND, not DEFAULT: a test may already have added a SAN extension.
+      EXPECT_EQ(1, X509_add1_ext_i2d(x, NID_subject_alt_name, names_.get(), 0, X509V3_ADD_APPEND));
     }
     EXPECT_TRUE(X509_sign(x, key.get(), EVP_sha256()));
     return RoundTrip(x);
@@ -435,6 +448,26 @@ TEST(SvidCheckLeaf, RejectsUriSanWithEmbeddedNul) {
   LeafResult r = Check(leaf.get());
   EXPECT_EQ(MT_SVID_BAD_SPIFFE_ID, r.err);
   EXPECT_EQ(MT_SPIFFE_BAD_PATH_CHAR, r.id_err);
+}
+
+TEST(SvidCheckLeaf, ReportsMalformedSanExtensionAsUnparsable) {
+  // An OCTET STRING where the GeneralNames SEQUENCE should be.
+  auto leaf = LeafBuilder().RawExt(NID_subject_alt_name, std::string("\x04\x01\x00", 3)).Build();
+  EXPECT_EQ(MT_SVID_UNPARSABLE, Check(leaf.get()).err);
+}
+
+TEST(SvidCheckLeaf, ReportsMalformedKeyUsageAsUnparsable) {
+  auto leaf = LeafBuilder().Uri(kId).RawExt(NID_key_usage, std::string("\x30\x00", 2)).Build();
+  EXPECT_EQ(MT_SVID_UNPARSABLE, Check(leaf.get()).err);
+}
+
+TEST(SvidCheckLeaf, RejectsTwoSanExtensionsEachWithOneUri) {
+  // Counting URIs in only the first extension would accept this certificate.
+  auto leaf = LeafBuilder()
+                  .Ext(NID_subject_alt_name, "URI:spiffe://example.org/ns/default/sa/db")
+                  .Uri(kId)
+                  .Build();
+  EXPECT_EQ(MT_SVID_UNPARSABLE, Check(leaf.get()).err);
 }
 
 TEST(SvidCheckLeaf, RejectsNullLeaf) { EXPECT_EQ(MT_SVID_UNPARSABLE, Check(nullptr).err); }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every mtlsd test suite from a fresh checkout and ends with one line
+# "N passed, N failed" summing all of them:
+#   unit (googletest) plain, ASan and UBSan;
+#   integration (real agent processes, OpenSSL peers) plain and under ASan+UBSan.
+# Installs missing Debian packages first (needs root for that).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT="$ROOT/tests/out"
+PY=/usr/bin/python3
+COUNT="$PY $ROOT/tests/tools/junit_count.py"
+
+deploy/install_deps.sh || { echo "dependency installation failed"; echo "0 passed, 1 failed"; exit 1; }
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+TOTAL_PASSED=0
+TOTAL_FAILED=0
+
+record() { # suite passed failed
+  echo "== suite $1: $2 passed, $3 failed"
+  TOTAL_PASSED=$((TOTAL_PASSED + $2))
+  TOTAL_FAILED=$((TOTAL_FAILED + $3))
+}
+
+# Unit tests under one Bazel config ("" = plain). Counts individual test
+# cases from the test.xml files Bazel writes.
+run_unit() {
+  local name=$1; shift
+  local log="$OUT/unit-$name.log"
+  bazel test "$@" //tests/unit/... >"$log" 2>&1
+  local rc=$?
+  local logs
+  logs=$(bazel info "$@" bazel-testlogs 2>/dev/null)
+  local xmls
+  xmls=$(find -L "$logs/tests/unit" -name test.xml 2>/dev/null)
+  local counts="0 1"
+  [ -n "$xmls" ] && counts=$($COUNT $xmls)
+  set -- $counts
+  local passed=$1 failed=$2
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    failed=1 # the build or a test binary broke before reporting
+    tail -30 "$log"
+  fi
+  record "unit-$name" "$passed" "$failed"
+}
+
+# Integration tests against one build of the agent.
+run_integration() {
+  local name=$1; shift
+  local log="$OUT/integration-$name.log"
+  if ! bazel build "$@" //agent:mtlsd >"$log" 2>&1; then
+    tail -30 "$log"
+    record "integration-$name" 0 1
+    return
+  fi
+  local bin
+  bin="$(bazel info "$@" bazel-bin 2>/dev/null)/agent/mtlsd"
+  MTLSD_BIN="$bin" $PY -m pytest tests/integration -q -p no:cacheprovider \
+    --junitxml="$OUT/integration-$name.xml" >>"$log" 2>&1
+  local rc=$?
+  tail -5 "$log"
+  set -- $($COUNT "$OUT/integration-$name.xml")
+  local passed=$1 failed=$2
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  record "integration-$name" "$passed" "$failed"
+}
+
+run_unit plain
+run_unit asan --config=asan
+run_unit ubsan --config=ubsan
+run_integration plain
+run_integration asan --config=asan
+run_integration ubsan --config=ubsan
+
+echo "logs: $OUT"
+echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
+[ "$TOTAL_FAILED" -eq 0 ]

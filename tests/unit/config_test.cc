@@ -1,0 +1,219 @@
+// Config loading: every error names file:line and what is wrong; valid files
+// produce the documented defaults.
+#include <gtest/gtest.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "agent/config.h"
+
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+
+  // Writes |yaml| to a temp file and loads it; on failure |error_| holds the message.
+  mt_config *Load(const std::string &yaml) {
+    char tmpl[] = "/tmp/mtlsd-config-XXXXXX";
+    int fd = mkstemp(tmpl);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(write(fd, yaml.data(), yaml.size()), (ssize_t)yaml.size());
+    close(fd);
+    path_ = tmpl;
+    char err[1024] = "";
+    mt_config *c = mt_config_load(path_.c_str(), err, sizeof(err));
+    error_ = err;
+    return c;
+  }
+
+  std::string At(int line) { return path_ + ":" + std::to_string(line) + ": "; }
+
+  std::string path_;
+  std::string error_;
+};
+
+const char kMinimal[] =
+    "trust_domain: example.org\n"
+    "identity:\n"
+    "  cert_file: /c.pem\n"
+    "  key_file: /k.pem\n"
+    "trust_bundles:\n"
+    "  - trust_domain: example.org\n"
+    "    file: /b.pem\n"
+    "inbound:\n"
+    "  listeners:\n"
+    "    - address: 127.0.0.1:15006\n";
+
+TEST_F(ConfigTest, MinimalConfigLoadsWithDefaults) {
+  mt_config *c = Load(kMinimal);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->trust_domain, "example.org");
+  EXPECT_EQ(c->max_connections, 10000);
+  EXPECT_EQ(c->handshake_timeout_ms, 10000);
+  EXPECT_EQ(c->connect_timeout_ms, 5000);
+  EXPECT_EQ(c->idle_timeout_ms, 300000);
+  EXPECT_EQ(c->num_inbound_listeners, 1u);
+  EXPECT_FALSE(c->inbound_listeners[0].has_fixed_target);
+  EXPECT_EQ(mt_sockaddr_port((const sockaddr *)&c->inbound_listeners[0].listen.addr), 15006);
+  EXPECT_STREQ(c->access_log, "-");
+  EXPECT_EQ(c->unknown_destination, MT_UNKNOWN_DEST_TRUST_DOMAIN);
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, UnknownKeyIsRejectedWithItsLine) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "handshake_timeout: 5\n"), nullptr);
+  EXPECT_EQ(error_, At(11) + "unknown key 'handshake_timeout'");
+}
+
+TEST_F(ConfigTest, NestedUnknownKeyNamesItsPath) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "timeouts:\n  handshake: 5\n"), nullptr);
+  EXPECT_EQ(error_, At(12) + "unknown key 'timeouts.handshake'");
+}
+
+TEST_F(ConfigTest, YamlSyntaxErrorNamesTheLine) {
+  EXPECT_EQ(Load("trust_domain: example.org\nidentity: [unclosed\n"), nullptr);
+  EXPECT_NE(error_.find("YAML syntax error"), std::string::npos) << error_;
+  EXPECT_EQ(error_.rfind(path_ + ":", 0), 0u) << error_;
+}
+
+TEST_F(ConfigTest, PortOutOfRangeIsRejected) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "    - address: 127.0.0.1:70000\n"), nullptr);
+  EXPECT_EQ(error_, At(11) + "'address' is not a valid IP:port address: '127.0.0.1:70000'");
+}
+
+TEST_F(ConfigTest, NonNumericTimeoutIsRejected) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "timeouts:\n  idle_ms: soon\n"), nullptr);
+  EXPECT_EQ(error_, At(12) + "'idle_ms' must be an integer, got 'soon'");
+}
+
+TEST_F(ConfigTest, MissingTrustDomainIsRejected) {
+  std::string yaml = kMinimal;
+  yaml.erase(0, yaml.find('\n') + 1);
+  EXPECT_EQ(Load(yaml), nullptr);
+  EXPECT_NE(error_.find("missing required key 'trust_domain'"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, UppercaseTrustDomainIsRejected) {
+  EXPECT_EQ(Load("trust_domain: Example.org\n"), nullptr);
+  EXPECT_EQ(error_.rfind(At(1) + "invalid trust domain 'Example.org'", 0), 0u) << error_;
+}
+
+TEST_F(ConfigTest, InvalidDestinationSpiffeIdIsRejected) {
+  EXPECT_EQ(Load(std::string(kMinimal) +
+                 "outbound:\n"
+                 "  destinations:\n"
+                 "    - address: 10.0.0.1:80\n"
+                 "      spiffe_id: spiffe://example.org/ns//sa/x\n"),
+            nullptr);
+  EXPECT_EQ(error_.rfind(At(14) + "invalid SPIFFE ID 'spiffe://example.org/ns//sa/x'", 0), 0u)
+      << error_;
+}
+
+TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
+  EXPECT_EQ(Load(std::string(kMinimal) +
+                 "policy:\n"
+                 "  rules:\n"
+                 "    - name: r\n"
+                 "      action: permit\n"
+                 "      from: [{any: true}]\n"),
+            nullptr);
+  EXPECT_EQ(error_, At(14) + "action must be allow or deny, got 'permit'");
+}
+
+TEST_F(ConfigTest, PrefixMustEndInSlashStar) {
+  EXPECT_EQ(Load(std::string(kMinimal) +
+                 "policy:\n"
+                 "  rules:\n"
+                 "    - name: r\n"
+                 "      action: allow\n"
+                 "      from:\n"
+                 "        - prefix: spiffe://example.org/ns/prod\n"),
+            nullptr);
+  EXPECT_EQ(error_, At(16) + "prefix must end in '/*', got 'spiffe://example.org/ns/prod'");
+}
+
+TEST_F(ConfigTest, RuleWithoutMatchersIsRejected) {
+  EXPECT_EQ(Load(std::string(kMinimal) +
+                 "policy:\n"
+                 "  rules:\n"
+                 "    - name: r\n"
+                 "      action: allow\n"),
+            nullptr);
+  EXPECT_EQ(error_, At(13) + "policy rule 'r' needs 'from'");
+}
+
+TEST_F(ConfigTest, PolicyRulesCompileIntoDecisions) {
+  mt_config *c = Load(std::string(kMinimal) +
+                      "policy:\n"
+                      "  default: deny\n"
+                      "  rules:\n"
+                      "    - name: prod\n"
+                      "      action: allow\n"
+                      "      ports: [8080]\n"
+                      "      from:\n"
+                      "        - prefix: spiffe://example.org/ns/prod/*\n");
+  ASSERT_NE(c, nullptr) << error_;
+  mt_decision d = mt_policy_decide(c->policy, "spiffe://example.org/ns/prod/sa/a", 8080);
+  EXPECT_EQ(d.action, MT_ACTION_ALLOW);
+  EXPECT_STREQ(d.rule, "prod");
+  d = mt_policy_decide(c->policy, "spiffe://example.org/ns/dev/sa/a", 8080);
+  EXPECT_EQ(d.action, MT_ACTION_DENY);
+  d = mt_policy_decide(c->policy, "spiffe://example.org/ns/prod/sa/a", 9090);
+  EXPECT_EQ(d.action, MT_ACTION_DENY);
+  EXPECT_STREQ(d.rule, MT_POLICY_RULE_DEFAULT);
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, CertAndPkcs12AreExclusive) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "identity:\n  pkcs12_file: /x.p12\n"), nullptr);
+  // identity is given twice: libyaml keeps both; the second mapping adds pkcs12.
+  EXPECT_NE(error_.find("either cert_file + key_file or pkcs12_file"), std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, NoListenersIsRejected) {
+  std::string yaml = kMinimal;
+  yaml.erase(yaml.find("inbound:"));
+  EXPECT_EQ(Load(yaml), nullptr);
+  EXPECT_NE(error_.find("no listeners"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, OwnTrustDomainNeedsABundle) {
+  mt_config *c = Load(
+      "trust_domain: example.org\n"
+      "identity: {cert_file: /c, key_file: /k}\n"
+      "trust_bundles: [{trust_domain: other.org, file: /b}]\n"
+      "inbound: {listeners: [{address: '127.0.0.1:1'}]}\n");
+  EXPECT_EQ(c, nullptr);
+  EXPECT_NE(error_.find("no trust bundle for the agent's own trust domain"), std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, MissingFileIsReported) {
+  char err[512];
+  EXPECT_EQ(mt_config_load("/nonexistent/mtlsd.yaml", err, sizeof(err)), nullptr);
+  EXPECT_STREQ(err, "/nonexistent/mtlsd.yaml:1: cannot open: No such file or directory");
+}
+
+TEST(SockaddrTest, ParsesIpv4AndIpv6WithPorts) {
+  mt_sockaddr a;
+  ASSERT_TRUE(mt_sockaddr_parse("127.0.0.1:8080", &a, 1));
+  EXPECT_EQ(mt_sockaddr_port((const sockaddr *)&a.addr), 8080);
+  ASSERT_TRUE(mt_sockaddr_parse("[::1]:15006", &a, 1));
+  char buf[64];
+  mt_sockaddr_format((const sockaddr *)&a.addr, buf, sizeof(buf));
+  EXPECT_STREQ(buf, "[::1]:15006");
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1", &a, 1));
+  EXPECT_TRUE(mt_sockaddr_parse("127.0.0.1", &a, 0));
+  EXPECT_FALSE(mt_sockaddr_parse("localhost:80", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:-1", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("[::1", &a, 1));
+}
+
+}  // namespace
