@@ -122,6 +122,15 @@ static void write_access_record(mt_conn *conn, mt_reason reason, const char *det
   mt_access_log_write(&rec);
 }
 
+/* A plaintext peer (the application) learns of a failure by a TCP reset, so
+ * it can never mistake a refused or broken connection for a complete reply.
+ * The TLS side has already been told by an alert or close_notify. */
+static void reset_if_failed(mt_endpoint *ep, mt_reason reason) {
+  if (reason == MT_REASON_OK || ep->ssl != NULL || ep->fd < 0) return;
+  struct linger lg = {1, 0};
+  setsockopt(ep->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
 static void endpoint_dispose(mt_conn *conn, mt_endpoint *ep) {
   ev_io_stop(conn->loop, &ep->io);
   SSL_free(ep->ssl);
@@ -137,6 +146,8 @@ void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
                                                                             : "outbound",
              mt_reason_str(reason));
   ev_timer_stop(conn->loop, &conn->timer);
+  reset_if_failed(&conn->down, reason);
+  reset_if_failed(&conn->up, reason);
   endpoint_dispose(conn, &conn->down);
   endpoint_dispose(conn, &conn->up);
   ERR_clear_error(); /* never leak one connection's errors into the next */

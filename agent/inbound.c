@@ -49,6 +49,8 @@ static void authorize_and_connect(mt_conn *conn) {
   MT_LOG_D("inbound %s -> port %u: %s by rule '%s' (%s)", conn->peer.spiffe_id, port,
            mt_action_str(d.action), d.rule, d.reason);
   if (d.action != MT_ACTION_ALLOW) {
+    /* Tell the client's agent why (best effort; never waits on the socket). */
+    SSL_send_fatal_alert(conn->down.ssl, SSL_AD_ACCESS_DENIED);
     mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
     return;
   }

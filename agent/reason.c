@@ -16,6 +16,8 @@ const char *mt_reason_str(mt_reason reason) {
     case MT_REASON_UNKNOWN_CA: return "unknown_ca";
     case MT_REASON_BAD_CERT: return "bad_cert";
     case MT_REASON_UNEXPECTED_SERVER_ID: return "unexpected_server_id";
+    case MT_REASON_PEER_DENIED: return "peer_denied";
+    case MT_REASON_PEER_REJECTED_CERT: return "peer_rejected_cert";
     case MT_REASON_UNKNOWN_DESTINATION: return "unknown_destination";
     case MT_REASON_PLAINTEXT_ON_STRICT_PORT: return "plaintext_on_strict_port";
     case MT_REASON_HANDSHAKE_FAILED: return "handshake_failed";

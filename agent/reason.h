@@ -24,6 +24,8 @@ typedef enum {
   MT_REASON_UNKNOWN_CA,          /* chain does not end at a root of the bundle */
   MT_REASON_BAD_CERT,            /* any other X.509 path validation failure */
   MT_REASON_UNEXPECTED_SERVER_ID,
+  MT_REASON_PEER_DENIED,         /* the peer's policy refused us (TLS access_denied alert) */
+  MT_REASON_PEER_REJECTED_CERT,  /* the peer refused our certificate (TLS alert) */
   MT_REASON_UNKNOWN_DESTINATION, /* outbound: no expected ID and fallback is deny */
   MT_REASON_PLAINTEXT_ON_STRICT_PORT,
   MT_REASON_HANDSHAKE_FAILED,    /* TLS protocol failure not covered above */

@@ -33,6 +33,7 @@ static io_status ssl_status(SSL *ssl, int rc) {
 }
 
 static io_status ep_read(mt_endpoint *ep, uint8_t *buf, size_t len, size_t *n) {
+  errno = 0;
   if (ep->ssl) {
     int rc = SSL_read(ep->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
     if (rc > 0) return *n = (size_t)rc, IO_DONE;
@@ -46,6 +47,7 @@ static io_status ep_read(mt_endpoint *ep, uint8_t *buf, size_t len, size_t *n) {
 }
 
 static io_status ep_write(mt_endpoint *ep, const uint8_t *buf, size_t len, size_t *n) {
+  errno = 0;
   if (ep->ssl) {
     int rc = SSL_write(ep->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
     if (rc > 0) return *n = (size_t)rc, IO_DONE;
@@ -80,6 +82,17 @@ typedef struct {
   int progress;
   int failed_src; /* 1: source endpoint failed, 2: destination failed */
 } pump_result;
+
+/* Ends the connection after an I/O failure on |ep|, keeping what the TLS
+ * stack or the kernel said about it. */
+static void close_failed(mt_conn *conn, mt_endpoint *ep) {
+  mt_reason fallback = ep == &conn->down ? MT_REASON_DOWNSTREAM_ERROR : MT_REASON_UPSTREAM_ERROR;
+  char detail[MT_TLS_DETAIL_MAX];
+  snprintf(detail, sizeof(detail), "%s", errno ? strerror(errno) : "connection failed");
+  mt_reason reason = ep->ssl ? mt_tls_io_failure(ep->ssl, fallback, detail, sizeof(detail))
+                             : fallback;
+  mt_conn_close(conn, reason, detail);
+}
 
 /* Moves bytes src -> pipe -> dst once; records the events each side needs. */
 static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, int *src_events,
@@ -139,14 +152,12 @@ static void pump(mt_conn *conn) {
     down_events = up_events = 0;
     pump_result a = pump_once(&conn->down, &conn->to_up, &conn->up, &down_events, &up_events);
     if (a.failed_src) {
-      mt_conn_close(conn, a.failed_src == 1 ? MT_REASON_DOWNSTREAM_ERROR
-                                            : MT_REASON_UPSTREAM_ERROR, NULL);
+      close_failed(conn, a.failed_src == 1 ? &conn->down : &conn->up);
       return;
     }
     pump_result b = pump_once(&conn->up, &conn->to_down, &conn->down, &up_events, &down_events);
     if (b.failed_src) {
-      mt_conn_close(conn, b.failed_src == 1 ? MT_REASON_UPSTREAM_ERROR
-                                            : MT_REASON_DOWNSTREAM_ERROR, NULL);
+      close_failed(conn, b.failed_src == 1 ? &conn->up : &conn->down);
       return;
     }
     if (a.progress || b.progress) conn->last_activity = ev_now(conn->loop);

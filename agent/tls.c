@@ -214,6 +214,31 @@ SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer) {
   return ssl;
 }
 
+/* In TLS 1.3 the client finishes its handshake before the server has judged
+ * the client certificate, so a refusal arrives as an alert on the first read. */
+static mt_reason reason_from_alert(int lib_reason, mt_reason fallback) {
+  switch (lib_reason) {
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED: return MT_REASON_PEER_DENIED;
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_TLSV1_CERTIFICATE_REQUIRED: return MT_REASON_PEER_REJECTED_CERT;
+    default: return fallback;
+  }
+}
+
+mt_reason mt_tls_io_failure(SSL *ssl, mt_reason fallback, char *detail, size_t detail_len) {
+  (void)ssl;
+  unsigned long e = ERR_peek_error();
+  mt_reason r = fallback;
+  if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL) r = reason_from_alert(ERR_GET_REASON(e), fallback);
+  if (e != 0) snprintf(detail, detail_len, "%s", ERR_reason_error_string(e));
+  ERR_clear_error();
+  return r;
+}
+
 mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer) {
   (void)ssl;
   if (peer->failure != MT_REASON_OK) {
@@ -222,9 +247,11 @@ mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer) {
   }
   unsigned long e = ERR_peek_error();
   mt_reason r = MT_REASON_HANDSHAKE_FAILED;
-  if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
-      ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
-    r = MT_REASON_NO_CLIENT_CERT;
+  if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+    r = ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+            ? MT_REASON_NO_CLIENT_CERT
+            : reason_from_alert(ERR_GET_REASON(e), MT_REASON_HANDSHAKE_FAILED);
+  }
   if (e != 0 && peer->detail[0] == '\0')
     snprintf(peer->detail, sizeof(peer->detail), "%s", ERR_reason_error_string(e));
   ERR_clear_error();

@@ -49,6 +49,10 @@ SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer);
 /* After a failed handshake: the reason, preferring what the verifier recorded. */
 mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer);
 
+/* After a failed read or write on an established session: the reason
+ * (|fallback| unless the peer sent an alert that says more) and a detail. */
+mt_reason mt_tls_io_failure(SSL *ssl, mt_reason fallback, char *detail, size_t detail_len);
+
 /* Verifies |leaf| + |untrusted| as an SVID for |role| against |trust|; fills
  * |peer|. Used by the handshake and by identity loading. Returns 1 or 0. */
 int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) *untrusted,
