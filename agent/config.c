@@ -99,14 +99,13 @@ static int want_address(parse_ctx *pc, const yaml_node_t *node, const char *key,
 }
 
 /* Iterates the pairs of a mapping node, calling |on_pair| for each. */
-typedef int (*pair_fn)(parse_ctx *pc, const char *key, yaml_node_t *key_node,
-                       yaml_node_t *value, void *target);
+typedef int (*pair_fn)(parse_ctx *pc, const char *key, yaml_node_t *key_node, yaml_node_t *value,
+                       void *target);
 
 static int each_pair(parse_ctx *pc, yaml_node_t *map, const char *what, pair_fn on_pair,
                      void *target) {
   if (map->type != YAML_MAPPING_NODE) return fail(pc, map, "%s must be a mapping", what);
-  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
-       p++) {
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
     yaml_node_t *k = node_at(pc, p->key);
     yaml_node_t *v = node_at(pc, p->value);
     const char *key = scalar(k);
@@ -200,9 +199,12 @@ static int on_tls_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "min_version") == 0) {
     const char *s;
     if (!want_scalar(pc, v, key, &s)) return 0;
-    if (strcmp(s, "1.3") == 0) c->tls_min_version = TLS1_3_VERSION;
-    else if (strcmp(s, "1.2") == 0) c->tls_min_version = TLS1_2_VERSION;
-    else return fail(pc, v, "'min_version' must be \"1.2\" or \"1.3\", got '%s'", s);
+    if (strcmp(s, "1.3") == 0)
+      c->tls_min_version = TLS1_3_VERSION;
+    else if (strcmp(s, "1.2") == 0)
+      c->tls_min_version = TLS1_2_VERSION;
+    else
+      return fail(pc, v, "'min_version' must be \"1.2\" or \"1.3\", got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'tls.%s'", key);
@@ -247,8 +249,7 @@ static int on_listener_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
     l->has_fixed_target = 1;
     return want_address(pc, v, key, 1, &l->destination);
   }
-  return fail(pc, k, "unknown key '%s.listeners[].%s'", t->inbound ? "inbound" : "outbound",
-              key);
+  return fail(pc, k, "unknown key '%s.listeners[].%s'", t->inbound ? "inbound" : "outbound", key);
 }
 
 static int on_listener(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
@@ -261,8 +262,8 @@ static int on_listener(parse_ctx *pc, yaml_node_t *item, size_t i, void *target)
 
 static int parse_listeners(parse_ctx *pc, yaml_node_t *v, listeners_target *t) {
   const char *what = t->inbound ? "inbound.listeners" : "outbound.listeners";
-  mt_listener_config **slot = t->inbound ? &t->config->inbound_listeners
-                                         : &t->config->outbound_listeners;
+  mt_listener_config **slot =
+      t->inbound ? &t->config->inbound_listeners : &t->config->outbound_listeners;
   free(*slot);
   *slot = alloc_for(pc, v, what, sizeof(mt_listener_config));
   if (*slot == NULL) return 0;
@@ -278,8 +279,7 @@ static int on_inbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_n
     listeners_target t = {c, NULL, &c->num_inbound_listeners, 1};
     return parse_listeners(pc, v, &t);
   }
-  if (strcmp(key, "app_address") == 0)
-    return want_address(pc, v, key, 0, &c->inbound_app_address);
+  if (strcmp(key, "app_address") == 0) return want_address(pc, v, key, 0, &c->inbound_app_address);
   if (strcmp(key, "source_address") == 0) {
     c->has_inbound_source_address = 1;
     return want_address(pc, v, key, 0, &c->inbound_source_address);
@@ -329,9 +329,12 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
   if (strcmp(key, "unknown_destination") == 0) {
     const char *s;
     if (!want_scalar(pc, v, key, &s)) return 0;
-    if (strcmp(s, "trust_domain") == 0) c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
-    else if (strcmp(s, "deny") == 0) c->unknown_destination = MT_UNKNOWN_DEST_DENY;
-    else return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
+    if (strcmp(s, "trust_domain") == 0)
+      c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+    else if (strcmp(s, "deny") == 0)
+      c->unknown_destination = MT_UNKNOWN_DEST_DENY;
+    else
+      return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'outbound.%s'", key);
@@ -353,9 +356,12 @@ typedef struct {
 static int parse_action(parse_ctx *pc, yaml_node_t *v, mt_action *out) {
   const char *s;
   if (!want_scalar(pc, v, "action", &s)) return 0;
-  if (strcasecmp(s, "allow") == 0) *out = MT_ACTION_ALLOW;
-  else if (strcasecmp(s, "deny") == 0) *out = MT_ACTION_DENY;
-  else return fail(pc, v, "action must be allow or deny, got '%s'", s);
+  if (strcasecmp(s, "allow") == 0)
+    *out = MT_ACTION_ALLOW;
+  else if (strcasecmp(s, "deny") == 0)
+    *out = MT_ACTION_DENY;
+  else
+    return fail(pc, v, "action must be allow or deny, got '%s'", s);
   return 1;
 }
 
@@ -398,8 +404,7 @@ static int on_matcher_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_n
     m->kind = MT_MATCH_TRUST_DOMAIN;
     m->value = s;
   } else {
-    return fail(pc, k, "unknown matcher '%s' (want id, prefix, namespace, trust_domain, any)",
-                key);
+    return fail(pc, k, "unknown matcher '%s' (want id, prefix, namespace, trust_domain, any)", key);
   }
   r->num_matchers++;
   return 1;
@@ -521,8 +526,7 @@ static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   for (size_t i = 0; i < c->num_trust_bundles; i++)
     own_bundle |= strcmp(c->trust_bundles[i].trust_domain, c->trust_domain) == 0;
   if (!own_bundle)
-    return fail(pc, root, "no trust bundle for the agent's own trust domain '%s'",
-                c->trust_domain);
+    return fail(pc, root, "no trust bundle for the agent's own trust domain '%s'", c->trust_domain);
   return 1;
 }
 
@@ -574,9 +578,11 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
   c->path = strdup(path);
   c->policy = mt_policy_new(MT_ACTION_ALLOW);
   yaml_node_t *root = yaml_document_get_root_node(&doc);
-  if (root == NULL) ok = fail(&pc, NULL, "empty configuration");
-  else ok = c->path != NULL && c->policy != NULL &&
-            each_pair(&pc, root, "the configuration", on_top_key, c) && validate(&pc, c, root);
+  if (root == NULL)
+    ok = fail(&pc, NULL, "empty configuration");
+  else
+    ok = c->path != NULL && c->policy != NULL &&
+         each_pair(&pc, root, "the configuration", on_top_key, c) && validate(&pc, c, root);
   yaml_document_delete(&doc);
   if (!ok) {
     mt_config_free(c);
@@ -637,8 +643,10 @@ int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
     if (close == NULL || (size_t)(close - text - 1) >= sizeof(host)) return 0;
     memcpy(host, text + 1, (size_t)(close - text - 1));
     host[close - text - 1] = '\0';
-    if (close[1] == ':') port = close + 2;
-    else if (close[1] != '\0') return 0;
+    if (close[1] == ':')
+      port = close + 2;
+    else if (close[1] != '\0')
+      return 0;
   } else {
     const char *colon = strrchr(text, ':');
     if (colon != NULL && strchr(text, ':') != colon) colon = NULL; /* bare IPv6 */

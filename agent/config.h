@@ -53,10 +53,10 @@ typedef struct {
   char *path; /* config file path, for messages */
 
   char *trust_domain;
-  int workers;              /* 0 = one per core */
-  int max_connections;      /* whole agent */
+  int workers;         /* 0 = one per core */
+  int max_connections; /* whole agent */
   mt_log_level log_level;
-  char *access_log;         /* path, or "-" for stdout */
+  char *access_log; /* path, or "-" for stdout */
 
   char *cert_file;
   char *key_file;
@@ -67,7 +67,7 @@ typedef struct {
   mt_trust_bundle_config *trust_bundles;
   size_t num_trust_bundles;
 
-  int tls_min_version;      /* TLS1_2_VERSION or TLS1_3_VERSION */
+  int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
 
   int handshake_timeout_ms;
   int connect_timeout_ms;

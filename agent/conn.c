@@ -142,8 +142,7 @@ static void endpoint_dispose(mt_conn *conn, mt_endpoint *ep) {
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
   write_access_record(conn, reason, detail);
   if (reason != MT_REASON_OK)
-    MT_LOG_D("%s connection closed: %s", conn->direction == MT_DIR_INBOUND ? "inbound"
-                                                                            : "outbound",
+    MT_LOG_D("%s connection closed: %s", conn->direction == MT_DIR_INBOUND ? "inbound" : "outbound",
              mt_reason_str(reason));
   ev_timer_stop(conn->loop, &conn->timer);
   reset_if_failed(&conn->down, reason);
@@ -247,9 +246,8 @@ int mt_original_dst(int fd, struct sockaddr_storage *out) {
   if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) return 0;
   memset(out, 0, sizeof(*out));
   len = sizeof(*out);
-  int rc = local.ss_family == AF_INET6
-               ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len)
-               : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
+  int rc = local.ss_family == AF_INET6 ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len)
+                                       : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len);
   if (rc != 0) return 0;
   /* Without NAT, conntrack reports the listener itself: not a redirection. */
   return !mt_sockaddr_equal((const struct sockaddr *)out, (const struct sockaddr *)&local);

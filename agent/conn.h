@@ -40,7 +40,7 @@ typedef enum {
 
 typedef struct {
   int fd;
-  SSL *ssl;       /* NULL on the plaintext side */
+  SSL *ssl; /* NULL on the plaintext side */
   ev_io io;
   int read_eof;   /* FIN or close_notify received */
   int write_shut; /* FIN / close_notify sent */
@@ -72,9 +72,9 @@ struct mt_conn {
   mt_identity *identity; /* reference held for the connection's life */
   mt_tls_peer peer;
   struct sockaddr_storage source, target;
-  int admitted;          /* passed verification and policy */
-  const char *rule;      /* static or owned by the config snapshot */
-  mt_conn *prev, *next;  /* worker's list of live connections */
+  int admitted;         /* passed verification and policy */
+  const char *rule;     /* static or owned by the config snapshot */
+  mt_conn *prev, *next; /* worker's list of live connections */
 };
 
 /* Creates a connection for accepted socket |fd|; takes |fd| in every case. */

@@ -25,7 +25,7 @@ struct mt_identity {
   atomic_int refs;
   EVP_PKEY *key;
   X509 *leaf;
-  STACK_OF(X509) *chain;
+  STACK_OF(X509) * chain;
   mt_trust *trust;
   SSL_CTX *server_ctx;
   SSL_CTX *client_ctx;
@@ -46,7 +46,7 @@ void mt_trust_free(mt_trust *trust) {
   free(trust);
 }
 
-int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) *roots) {
+int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roots) {
   trust_entry *grown = realloc(trust->entries, (trust->count + 1) * sizeof(*grown));
   if (grown == NULL) return 0;
   trust->entries = grown;
@@ -118,7 +118,7 @@ static time_t not_after_of(X509 *cert) {
 }
 
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
-                             STACK_OF(X509) *chain, mt_trust *trust, char *err, size_t err_len) {
+                             STACK_OF(X509) * chain, mt_trust *trust, char *err, size_t err_len) {
   mt_identity *id = calloc(1, sizeof(*id));
   if (id == NULL) {
     snprintf(err, err_len, "out of memory");

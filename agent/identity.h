@@ -30,7 +30,7 @@ typedef struct mt_identity mt_identity;
 mt_trust *mt_trust_new(void);
 void mt_trust_free(mt_trust *trust); /* accepts NULL */
 /* Adds the roots in |certs| (borrowed) for |trust_domain|. Returns 1 or 0. */
-int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) *roots);
+int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roots);
 /* The store for |trust_domain| (|len| bytes), or NULL if the domain is unknown. */
 X509_STORE *mt_trust_store(const mt_trust *trust, const char *trust_domain, size_t len);
 size_t mt_trust_num_domains(const mt_trust *trust);
@@ -43,7 +43,7 @@ size_t mt_trust_num_domains(const mt_trust *trust);
  * domain, that it chains to our bundle and is currently valid. Returns NULL
  * with a reason in |err|. */
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
-                             STACK_OF(X509) *chain, mt_trust *trust, char *err, size_t err_len);
+                             STACK_OF(X509) * chain, mt_trust *trust, char *err, size_t err_len);
 
 mt_identity *mt_identity_ref(mt_identity *id);
 void mt_identity_unref(mt_identity *id); /* accepts NULL */

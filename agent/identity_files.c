@@ -38,8 +38,10 @@ static int read_file(const char *path, file_bytes *out, char *err, size_t err_le
   fclose(f);
   if (bad) {
     snprintf(err, err_len, "%s: %s", path,
-             buf == NULL ? "out of memory" : too_big ? "file is larger than 1 MiB"
-                                           : n == 0 ? "file is empty" : "read error");
+             buf == NULL ? "out of memory"
+             : too_big   ? "file is larger than 1 MiB"
+             : n == 0    ? "file is empty"
+                         : "read error");
     OPENSSL_cleanse(buf, MAX_CREDENTIAL_FILE_BYTES);
     free(buf);
     return 0;
@@ -68,8 +70,8 @@ static const char *ssl_error_text(void) {
 }
 
 /* Parses one or more certificates (PEM blocks, or concatenated DER). */
-static STACK_OF(X509) *parse_certs(const char *path, const file_bytes *fb, char *err,
-                                   size_t err_len) {
+static STACK_OF(X509) *
+    parse_certs(const char *path, const file_bytes *fb, char *err, size_t err_len) {
   STACK_OF(X509) *certs = sk_X509_new_null();
   if (certs == NULL) return NULL;
   if (is_pem(fb)) {
@@ -119,15 +121,15 @@ static EVP_PKEY *parse_key(const char *path, const file_bytes *fb, char *err, si
       key = d2i_AutoPrivateKey(NULL, &p, (int)fb->len); /* SEC1 / PKCS#1 */
     }
   }
-  if (key == NULL) snprintf(err, err_len, "%s: not a PEM or DER private key: %s", path,
-                            ssl_error_text());
+  if (key == NULL)
+    snprintf(err, err_len, "%s: not a PEM or DER private key: %s", path, ssl_error_text());
   return key;
 }
 
 /* Splits a certificate list into the leaf (first) and its intermediates. */
-static X509 *take_leaf(STACK_OF(X509) *certs) { return sk_X509_shift(certs); }
+static X509 *take_leaf(STACK_OF(X509) * certs) { return sk_X509_shift(certs); }
 
-static int load_pair(const mt_config *c, EVP_PKEY **key, X509 **leaf, STACK_OF(X509) **chain,
+static int load_pair(const mt_config *c, EVP_PKEY **key, X509 **leaf, STACK_OF(X509) * *chain,
                      char *err, size_t err_len) {
   file_bytes cert_bytes, key_bytes;
   if (!read_file(c->cert_file, &cert_bytes, err, err_len)) return 0;
@@ -159,7 +161,7 @@ static int read_password(const char *path, char *out, size_t out_len, char *err,
   return ok;
 }
 
-static int load_pkcs12(const mt_config *c, EVP_PKEY **key, X509 **leaf, STACK_OF(X509) **chain,
+static int load_pkcs12(const mt_config *c, EVP_PKEY **key, X509 **leaf, STACK_OF(X509) * *chain,
                        char *err, size_t err_len) {
   char password[1024];
   file_bytes fb;

@@ -33,10 +33,9 @@ static int looks_like_client_hello(const uint8_t *data, size_t len) {
   uint8_t type, hs_type;
   uint16_t version, length;
   CBS_init(&cbs, data, len);
-  return CBS_get_u8(&cbs, &type) && type == TLS_RECORD_HANDSHAKE &&
-         CBS_get_u16(&cbs, &version) && (version >> 8) == 3 &&
-         CBS_get_u16(&cbs, &length) && length > 0 && CBS_get_u8(&cbs, &hs_type) &&
-         hs_type == TLS_HANDSHAKE_CLIENT_HELLO;
+  return CBS_get_u8(&cbs, &type) && type == TLS_RECORD_HANDSHAKE && CBS_get_u16(&cbs, &version) &&
+         (version >> 8) == 3 && CBS_get_u16(&cbs, &length) && length > 0 &&
+         CBS_get_u8(&cbs, &hs_type) && hs_type == TLS_HANDSHAKE_CLIENT_HELLO;
 }
 
 static void on_event(mt_conn *conn, mt_endpoint *ep, int revents);
@@ -61,8 +60,8 @@ static void authorize_and_connect(mt_conn *conn) {
     source = (const struct sockaddr *)&config->inbound_source_address.addr;
     source_len = config->inbound_source_address.addr_len;
   }
-  socklen_t target_len = conn->target.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                            : sizeof(struct sockaddr_in);
+  socklen_t target_len =
+      conn->target.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   if (!mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, target_len, source,
                           source_len))
     return;
@@ -76,8 +75,7 @@ static void start_handshake(mt_conn *conn) {
     return;
   }
   conn->identity = mt_identity_ref(identity);
-  conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd,
-                                      &conn->peer);
+  conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd, &conn->peer);
   if (conn->down.ssl == NULL) {
     mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
     return;
@@ -110,18 +108,14 @@ static void on_peek(mt_conn *conn) {
 static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
   (void)revents;
   switch (conn->state) {
-    case MT_CONN_PEEKING:
-      on_peek(conn);
-      return;
+    case MT_CONN_PEEKING: on_peek(conn); return;
     case MT_CONN_HANDSHAKING:
       if (mt_conn_handshake(conn, ep) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
       return;
     case MT_CONN_CONNECTING:
       if (ep == &conn->up && mt_conn_finish_connect(conn)) mt_relay_start(conn);
       return;
-    case MT_CONN_RELAYING:
-      mt_relay_on_event(conn, ep, revents);
-      return;
+    case MT_CONN_RELAYING: mt_relay_on_event(conn, ep, revents); return;
   }
 }
 

@@ -37,7 +37,7 @@ typedef struct {
   const char *detail;      /* free text, may be "" */
   const char *tls_version; /* "" when no handshake completed */
   const char *cipher;
-  const char *peer_serial; /* hex, "" when unknown */
+  const char *peer_serial;      /* hex, "" when unknown */
   uint64_t bytes_to_upstream;   /* from the accepted side to the connected side */
   uint64_t bytes_to_downstream; /* the other way */
   uint64_t duration_ms;

@@ -55,8 +55,7 @@ static void reload_identity(agent *a, int force) {
   }
   a->files_stamp = stamp;
   a->failed_stamp = 0;
-  MT_LOG_I("identity loaded: %s serial %s", mt_identity_spiffe_id(next),
-           mt_identity_serial(next));
+  MT_LOG_I("identity loaded: %s serial %s", mt_identity_spiffe_id(next), mt_identity_serial(next));
   publish(a, next);
 }
 
@@ -99,8 +98,10 @@ static int check_config(const char *path) {
     return 1;
   }
   mt_identity *identity = mt_identity_files_load(config, err, sizeof(err));
-  if (identity == NULL) fprintf(stderr, "%s: identity: %s\n", path, err);
-  else printf("%s: OK (identity %s)\n", path, mt_identity_spiffe_id(identity));
+  if (identity == NULL)
+    fprintf(stderr, "%s: identity: %s\n", path, err);
+  else
+    printf("%s: OK (identity %s)\n", path, mt_identity_spiffe_id(identity));
   int rc = identity == NULL;
   mt_identity_unref(identity);
   mt_config_free(config);
@@ -149,8 +150,8 @@ static int run(const char *path) {
     mt_config_free(config);
     return 1;
   }
-  MT_LOG_I("mtlsd " MTLSD_VERSION " serving as %s (serial %s)",
-           mt_identity_spiffe_id(a.identity), mt_identity_serial(a.identity));
+  MT_LOG_I("mtlsd " MTLSD_VERSION " serving as %s (serial %s)", mt_identity_spiffe_id(a.identity),
+           mt_identity_serial(a.identity));
   struct ev_loop *loop = ev_default_loop(0);
   ev_timer_init(&a.reload_timer, on_reload_timer, 0.0, config->reload_interval_ms / 1000.0);
   a.reload_timer.data = &a;

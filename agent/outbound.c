@@ -31,8 +31,7 @@ static int in_trust_domain(const char *id, const char *trust_domain) {
  * to reach? */
 static void check_server_identity(mt_conn *conn) {
   const mt_config *config = mt_worker_config(conn->worker);
-  const char *expected =
-      mt_config_expected_id(config, (const struct sockaddr *)&conn->target);
+  const char *expected = mt_config_expected_id(config, (const struct sockaddr *)&conn->target);
   char detail[MT_TLS_DETAIL_MAX];
   if (expected != NULL) {
     conn->rule = RULE_EXPECTED_ID;
@@ -44,8 +43,10 @@ static void check_server_identity(mt_conn *conn) {
   } else {
     conn->rule = RULE_TRUST_DOMAIN_FALLBACK;
     if (!in_trust_domain(conn->peer.spiffe_id, config->trust_domain)) {
-      snprintf(detail, sizeof(detail), "no expected ID for this destination; server is not in "
-                                       "trust domain %.*s", 60, config->trust_domain);
+      snprintf(detail, sizeof(detail),
+               "no expected ID for this destination; server is not in "
+               "trust domain %.*s",
+               60, config->trust_domain);
       mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
       return;
     }
@@ -55,8 +56,8 @@ static void check_server_identity(mt_conn *conn) {
 }
 
 static void start_handshake(mt_conn *conn) {
-  conn->up.ssl = mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
-                                    &conn->peer);
+  conn->up.ssl =
+      mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd, &conn->peer);
   if (conn->up.ssl == NULL) {
     mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
     return;
@@ -77,11 +78,8 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
       if (ep == &conn->up && mt_conn_handshake(conn, ep) == MT_HANDSHAKE_DONE)
         check_server_identity(conn);
       return;
-    case MT_CONN_RELAYING:
-      mt_relay_on_event(conn, ep, revents);
-      return;
-    case MT_CONN_PEEKING:
-      return; /* not used on outbound */
+    case MT_CONN_RELAYING: mt_relay_on_event(conn, ep, revents); return;
+    case MT_CONN_PEEKING: return; /* not used on outbound */
   }
 }
 

@@ -94,10 +94,8 @@ size_t mt_policy_rule_count(const mt_policy *policy) {
 
 const char *mt_action_str(mt_action action) {
   switch (action) {
-    case MT_ACTION_ALLOW:
-      return "allow";
-    case MT_ACTION_DENY:
-      return "deny";
+    case MT_ACTION_ALLOW: return "allow";
+    case MT_ACTION_DENY: return "deny";
   }
   return "unknown";
 }
@@ -106,16 +104,11 @@ const char *mt_action_str(mt_action action) {
 
 static const char *mt_match_kind_str(mt_match_kind kind) {
   switch (kind) {
-    case MT_MATCH_ANY:
-      return "any";
-    case MT_MATCH_EXACT:
-      return "exact";
-    case MT_MATCH_PREFIX:
-      return "prefix";
-    case MT_MATCH_NAMESPACE:
-      return "namespace";
-    case MT_MATCH_TRUST_DOMAIN:
-      return "trust domain";
+    case MT_MATCH_ANY: return "any";
+    case MT_MATCH_EXACT: return "exact";
+    case MT_MATCH_PREFIX: return "prefix";
+    case MT_MATCH_NAMESPACE: return "namespace";
+    case MT_MATCH_TRUST_DOMAIN: return "trust domain";
   }
   return "unknown";
 }
@@ -139,14 +132,12 @@ static const char *mt_matcher_problem(const mt_matcher *m) {
       return strncmp(m->value, kMtSpiffeScheme, MT_SPIFFE_SCHEME_LEN) == 0
                  ? NULL
                  : "does not start with \"spiffe://\"";
-    case MT_MATCH_NAMESPACE:
-      return strchr(m->value, '/') == NULL ? NULL : "contains '/'";
+    case MT_MATCH_NAMESPACE: return strchr(m->value, '/') == NULL ? NULL : "contains '/'";
     case MT_MATCH_TRUST_DOMAIN:
       return mt_trust_domain_validate(m->value, len) == MT_SPIFFE_OK
                  ? NULL
                  : "is not a valid trust domain";
-    case MT_MATCH_ANY:
-      break;
+    case MT_MATCH_ANY: break;
   }
   return "has an unknown kind";
 }
@@ -326,14 +317,12 @@ static int mt_match_namespace(const mt_rule_matcher *m, const mt_spiffe_id_view 
 
 static int mt_matcher_matches(const mt_rule_matcher *m, const mt_peer *peer) {
   switch (m->kind) {
-    case MT_MATCH_ANY:
-      return 1;
+    case MT_MATCH_ANY: return 1;
     case MT_MATCH_EXACT:
       return peer->id_len == m->value_len && memcmp(peer->id, m->value, m->value_len) == 0;
     case MT_MATCH_PREFIX:
       return peer->id_len >= m->value_len && memcmp(peer->id, m->value, m->value_len) == 0;
-    case MT_MATCH_NAMESPACE:
-      return mt_match_namespace(m, &peer->view);
+    case MT_MATCH_NAMESPACE: return mt_match_namespace(m, &peer->view);
     case MT_MATCH_TRUST_DOMAIN:
       return peer->view.trust_domain_len == m->value_len &&
              memcmp(peer->view.trust_domain, m->value, m->value_len) == 0;

@@ -48,10 +48,9 @@ void mt_policy_free(mt_policy *policy); /* accepts NULL */
  * ports when |num_ports| is 0) and the peer matches ANY of |matchers|.
  * Strings are copied. Returns 1, or 0 with a message in |err| (rule without
  * matchers, empty name, duplicate name, malformed matcher value). */
-int mt_policy_add_rule(mt_policy *policy, const char *name, mt_action action,
-                       const uint16_t *ports, size_t num_ports,
-                       const mt_matcher *matchers, size_t num_matchers,
-                       char *err, size_t err_len);
+int mt_policy_add_rule(mt_policy *policy, const char *name, mt_action action, const uint16_t *ports,
+                       size_t num_ports, const mt_matcher *matchers, size_t num_matchers, char *err,
+                       size_t err_len);
 
 typedef struct {
   mt_action action;

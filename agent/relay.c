@@ -89,8 +89,8 @@ static void close_failed(mt_conn *conn, mt_endpoint *ep) {
   mt_reason fallback = ep == &conn->down ? MT_REASON_DOWNSTREAM_ERROR : MT_REASON_UPSTREAM_ERROR;
   char detail[MT_TLS_DETAIL_MAX];
   snprintf(detail, sizeof(detail), "%s", errno ? strerror(errno) : "connection failed");
-  mt_reason reason = ep->ssl ? mt_tls_io_failure(ep->ssl, fallback, detail, sizeof(detail))
-                             : fallback;
+  mt_reason reason =
+      ep->ssl ? mt_tls_io_failure(ep->ssl, fallback, detail, sizeof(detail)) : fallback;
   mt_conn_close(conn, reason, detail);
 }
 
@@ -142,8 +142,7 @@ static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, 
 }
 
 static int finished(const mt_conn *conn) {
-  return conn->down.read_eof && conn->up.write_shut && conn->up.read_eof &&
-         conn->down.write_shut;
+  return conn->down.read_eof && conn->up.write_shut && conn->up.read_eof && conn->down.write_shut;
 }
 
 static void pump(mt_conn *conn) {

@@ -128,48 +128,30 @@ mt_spiffe_err mt_trust_domain_validate(const char *td, size_t len) {
 
 const char *mt_spiffe_err_str(mt_spiffe_err err) {
   switch (err) {
-    case MT_SPIFFE_OK:
-      return "valid SPIFFE ID";
-    case MT_SPIFFE_EMPTY:
-      return "SPIFFE ID is empty";
-    case MT_SPIFFE_TOO_LONG:
-      return "SPIFFE ID is longer than 2048 bytes";
-    case MT_SPIFFE_BAD_SCHEME:
-      return "SPIFFE ID does not start with \"spiffe://\"";
-    case MT_SPIFFE_EMPTY_TRUST_DOMAIN:
-      return "trust domain is empty";
-    case MT_SPIFFE_TRUST_DOMAIN_TOO_LONG:
-      return "trust domain is longer than 255 bytes";
-    case MT_SPIFFE_BAD_TRUST_DOMAIN_CHAR:
-      return "trust domain has a character outside [a-z0-9._-]";
-    case MT_SPIFFE_EMPTY_SEGMENT:
-      return "path has an empty segment (\"//\" or a trailing \"/\")";
-    case MT_SPIFFE_DOT_SEGMENT:
-      return "path has a \".\" or \"..\" segment";
-    case MT_SPIFFE_BAD_PATH_CHAR:
-      return "path has a character outside [A-Za-z0-9._-]";
+    case MT_SPIFFE_OK: return "valid SPIFFE ID";
+    case MT_SPIFFE_EMPTY: return "SPIFFE ID is empty";
+    case MT_SPIFFE_TOO_LONG: return "SPIFFE ID is longer than 2048 bytes";
+    case MT_SPIFFE_BAD_SCHEME: return "SPIFFE ID does not start with \"spiffe://\"";
+    case MT_SPIFFE_EMPTY_TRUST_DOMAIN: return "trust domain is empty";
+    case MT_SPIFFE_TRUST_DOMAIN_TOO_LONG: return "trust domain is longer than 255 bytes";
+    case MT_SPIFFE_BAD_TRUST_DOMAIN_CHAR: return "trust domain has a character outside [a-z0-9._-]";
+    case MT_SPIFFE_EMPTY_SEGMENT: return "path has an empty segment (\"//\" or a trailing \"/\")";
+    case MT_SPIFFE_DOT_SEGMENT: return "path has a \".\" or \"..\" segment";
+    case MT_SPIFFE_BAD_PATH_CHAR: return "path has a character outside [A-Za-z0-9._-]";
   }
   return "unknown SPIFFE ID error";
 }
 
 const char *mt_svid_err_str(mt_svid_err err) {
   switch (err) {
-    case MT_SVID_OK:
-      return "valid X509-SVID leaf";
-    case MT_SVID_NO_URI_SAN:
-      return "certificate has no URI SAN";
-    case MT_SVID_MULTIPLE_URI_SANS:
-      return "certificate has more than one URI SAN";
-    case MT_SVID_BAD_SPIFFE_ID:
-      return "URI SAN is not a valid SPIFFE ID";
-    case MT_SVID_LEAF_IS_CA:
-      return "leaf certificate is a CA (basicConstraints cA=TRUE)";
-    case MT_SVID_BAD_KEY_USAGE:
-      return "keyUsage lacks digitalSignature or has keyCertSign/cRLSign";
-    case MT_SVID_BAD_EXT_KEY_USAGE:
-      return "extendedKeyUsage does not allow this TLS role";
-    case MT_SVID_UNPARSABLE:
-      return "certificate extensions could not be decoded";
+    case MT_SVID_OK: return "valid X509-SVID leaf";
+    case MT_SVID_NO_URI_SAN: return "certificate has no URI SAN";
+    case MT_SVID_MULTIPLE_URI_SANS: return "certificate has more than one URI SAN";
+    case MT_SVID_BAD_SPIFFE_ID: return "URI SAN is not a valid SPIFFE ID";
+    case MT_SVID_LEAF_IS_CA: return "leaf certificate is a CA (basicConstraints cA=TRUE)";
+    case MT_SVID_BAD_KEY_USAGE: return "keyUsage lacks digitalSignature or has keyCertSign/cRLSign";
+    case MT_SVID_BAD_EXT_KEY_USAGE: return "extendedKeyUsage does not allow this TLS role";
+    case MT_SVID_UNPARSABLE: return "certificate extensions could not be decoded";
   }
   return "unknown X509-SVID error";
 }

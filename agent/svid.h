@@ -16,21 +16,21 @@ extern "C" {
 #endif
 
 enum {
-  MT_SPIFFE_ID_MAX_LEN = 2048,     /* whole ID, bytes */
-  MT_TRUST_DOMAIN_MAX_LEN = 255,   /* trust domain, bytes */
+  MT_SPIFFE_ID_MAX_LEN = 2048,   /* whole ID, bytes */
+  MT_TRUST_DOMAIN_MAX_LEN = 255, /* trust domain, bytes */
 };
 
 typedef enum {
   MT_SPIFFE_OK = 0,
   MT_SPIFFE_EMPTY,
   MT_SPIFFE_TOO_LONG,
-  MT_SPIFFE_BAD_SCHEME,          /* not exactly "spiffe://" */
+  MT_SPIFFE_BAD_SCHEME, /* not exactly "spiffe://" */
   MT_SPIFFE_EMPTY_TRUST_DOMAIN,
   MT_SPIFFE_TRUST_DOMAIN_TOO_LONG,
   MT_SPIFFE_BAD_TRUST_DOMAIN_CHAR, /* uppercase, port, userinfo, %, ... */
-  MT_SPIFFE_EMPTY_SEGMENT,       /* "//" or trailing "/" */
-  MT_SPIFFE_DOT_SEGMENT,         /* "/." or "/.." */
-  MT_SPIFFE_BAD_PATH_CHAR,       /* %, ?, #, or any char outside [A-Za-z0-9._-] */
+  MT_SPIFFE_EMPTY_SEGMENT,         /* "//" or trailing "/" */
+  MT_SPIFFE_DOT_SEGMENT,           /* "/." or "/.." */
+  MT_SPIFFE_BAD_PATH_CHAR,         /* %, ?, #, or any char outside [A-Za-z0-9._-] */
 } mt_spiffe_err;
 
 /* A parsed ID: views into the caller's string, valid while it lives. */
@@ -74,8 +74,8 @@ const char *mt_svid_err_str(mt_svid_err err);
  * |out_size| must be at least MT_SPIFFE_ID_MAX_LEN + 1, or the leaf is refused
  * as MT_SVID_UNPARSABLE). On MT_SVID_BAD_SPIFFE_ID, |*out_id_err| (may be
  * NULL) says why the ID was refused. */
-mt_svid_err mt_svid_check_leaf(X509 *leaf, mt_svid_role role, char *out_id,
-                               size_t out_size, mt_spiffe_err *out_id_err);
+mt_svid_err mt_svid_check_leaf(X509 *leaf, mt_svid_role role, char *out_id, size_t out_size,
+                               mt_spiffe_err *out_id_err);
 
 #ifdef __cplusplus
 }

@@ -67,12 +67,12 @@ static mt_reason reason_from_x509(int err) {
 }
 
 /* X.509 path validation of |leaf| against one trust domain's roots. */
-static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) *untrusted,
+static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) * untrusted,
                         mt_svid_role role, mt_tls_peer *peer) {
   X509_STORE_CTX *ctx = X509_STORE_CTX_new();
-  int ok = ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
-           X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client"
-                                                                     : "ssl_server");
+  int ok =
+      ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
+      X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client" : "ssl_server");
   if (ok) ok = X509_verify_cert(ctx) == 1;
   if (!ok) {
     int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
@@ -84,7 +84,7 @@ static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) *untrusted
   return ok;
 }
 
-int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) *untrusted,
+int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untrusted,
                        mt_svid_role role, mt_tls_peer *peer) {
   char id[MT_SPIFFE_ID_MAX_LEN + 1];
   mt_spiffe_err id_err = MT_SPIFFE_OK;
@@ -103,8 +103,7 @@ int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) *untrus
   if (store == NULL) {
     peer->failure = MT_REASON_UNKNOWN_TRUST_DOMAIN;
     snprintf(peer->detail, sizeof(peer->detail), "no trust bundle for trust domain '%.*s'",
-             (int)(view.trust_domain_len > 100 ? 100 : view.trust_domain_len),
-             view.trust_domain);
+             (int)(view.trust_domain_len > 100 ? 100 : view.trust_domain_len), view.trust_domain);
     /* Report the claimed ID: operators need to see who was refused. */
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
@@ -171,8 +170,7 @@ static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
   return 1;
 }
 
-static int configure_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf,
-                                 STACK_OF(X509) *chain) {
+static int configure_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf, STACK_OF(X509) * chain) {
   if (!SSL_CTX_use_certificate(ctx, leaf) || !SSL_CTX_use_PrivateKey(ctx, key) ||
       !SSL_CTX_check_private_key(ctx))
     return 0;
@@ -180,7 +178,7 @@ static int configure_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf,
 }
 
 SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X509 *leaf,
-                        STACK_OF(X509) *chain, const mt_identity *verify_arg, char *err,
+                        STACK_OF(X509) * chain, const mt_identity *verify_arg, char *err,
                         size_t err_len) {
   peer_index();
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());

@@ -39,7 +39,7 @@ typedef struct {
 /* Builds the server or client context for an identity snapshot. |verify_arg|
  * (the snapshot) must outlive every SSL made from the context. */
 SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X509 *leaf,
-                        STACK_OF(X509) *chain, const mt_identity *verify_arg, char *err,
+                        STACK_OF(X509) * chain, const mt_identity *verify_arg, char *err,
                         size_t err_len);
 
 /* Creates an SSL for |fd| from |ctx| and attaches |peer| (borrowed, must
@@ -55,7 +55,7 @@ mt_reason mt_tls_io_failure(SSL *ssl, mt_reason fallback, char *detail, size_t d
 
 /* Verifies |leaf| + |untrusted| as an SVID for |role| against |trust|; fills
  * |peer|. Used by the handshake and by identity loading. Returns 1 or 0. */
-int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) *untrusted,
+int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untrusted,
                        mt_svid_role role, mt_tls_peer *peer);
 
 /* Formats a certificate serial as lowercase hex. */

@@ -16,11 +16,12 @@
 #include "agent/log.h"
 #include "agent/outbound.h"
 
-enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64 };
+enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64, ACCEPT_PAUSE_MS = 100 };
 
 typedef struct {
   int fd;
   ev_io io;
+  ev_timer pause; /* out of file descriptors: stop accepting for a moment */
   const mt_listener_config *config;
   int inbound;
   mt_worker *worker;
@@ -53,7 +54,9 @@ struct mt_workers {
   size_t count;
 };
 
-struct ev_loop *mt_worker_loop(mt_worker *w) { return w->loop; }
+struct ev_loop *mt_worker_loop(mt_worker *w) {
+  return w->loop;
+}
 const mt_config *mt_worker_config(const mt_worker *w) { return w->pool->config; }
 mt_identity *mt_worker_identity(mt_worker *w) { return w->identity; }
 
@@ -66,8 +69,10 @@ void mt_worker_link(mt_worker *w, mt_conn *conn) {
 }
 
 void mt_worker_unlink(mt_worker *w, mt_conn *conn) {
-  if (conn->prev) conn->prev->next = conn->next;
-  else w->conns = conn->next;
+  if (conn->prev)
+    conn->prev->next = conn->next;
+  else
+    w->conns = conn->next;
   if (conn->next) conn->next->prev = conn->prev;
   w->num_conns--;
   if (w->stopping && w->num_conns == 0) ev_break(w->loop, EVBREAK_ALL);
@@ -75,6 +80,21 @@ void mt_worker_unlink(mt_worker *w, mt_conn *conn) {
 
 static void close_all(mt_worker *w, mt_reason reason) {
   while (w->conns) mt_conn_close(w->conns, reason, "agent stopping");
+}
+
+static void on_pause_over(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)revents;
+  listener *l = t->data;
+  if (l->fd >= 0) ev_io_start(loop, &l->io);
+}
+
+/* With no descriptor left, a level-triggered listener would wake the loop
+ * forever; park it briefly instead. */
+static void pause_listener(listener *l) {
+  MT_LOG_W("accept: %s; pausing the listener for %d ms", strerror(errno), ACCEPT_PAUSE_MS);
+  ev_io_stop(l->worker->loop, &l->io);
+  ev_timer_set(&l->pause, ACCEPT_PAUSE_MS / 1000.0, 0.0);
+  ev_timer_start(l->worker->loop, &l->pause);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
@@ -87,7 +107,9 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
     socklen_t len = sizeof(src);
     int fd = accept4(l->fd, (struct sockaddr *)&src, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        pause_listener(l);
+      else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
         MT_LOG_W("accept: %s", strerror(errno));
       return;
     }
@@ -97,8 +119,10 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
       if (conn) mt_conn_close(conn, MT_REASON_CONNECTION_LIMIT, "too many connections");
       continue;
     }
-    if (l->inbound) mt_inbound_accept(w, l->config, fd, (struct sockaddr *)&src);
-    else mt_outbound_accept(w, l->config, fd, (struct sockaddr *)&src);
+    if (l->inbound)
+      mt_inbound_accept(w, l->config, fd, (struct sockaddr *)&src);
+    else
+      mt_outbound_accept(w, l->config, fd, (struct sockaddr *)&src);
   }
 }
 
@@ -107,6 +131,7 @@ static void stop_listeners(mt_worker *w) {
     listener *l = &w->listeners[i];
     if (l->fd < 0) continue;
     ev_io_stop(w->loop, &l->io);
+    ev_timer_stop(w->loop, &l->pause);
     close(l->fd);
     l->fd = -1;
   }
@@ -208,6 +233,8 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
     }
     ev_io_init(&l->io, on_accept, l->fd, EV_READ);
     l->io.data = l;
+    ev_timer_init(&l->pause, on_pause_over, 0.0, 0.0);
+    l->pause.data = l;
   }
   return 1;
 }

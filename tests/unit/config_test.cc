@@ -105,45 +105,41 @@ TEST_F(ConfigTest, UppercaseTrustDomainIsRejected) {
 }
 
 TEST_F(ConfigTest, InvalidDestinationSpiffeIdIsRejected) {
-  EXPECT_EQ(Load(std::string(kMinimal) +
-                 "outbound:\n"
-                 "  destinations:\n"
-                 "    - address: 10.0.0.1:80\n"
-                 "      spiffe_id: spiffe://example.org/ns//sa/x\n"),
+  EXPECT_EQ(Load(std::string(kMinimal) + "outbound:\n"
+                                         "  destinations:\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_id: spiffe://example.org/ns//sa/x\n"),
             nullptr);
   EXPECT_EQ(error_.rfind(At(14) + "invalid SPIFFE ID 'spiffe://example.org/ns//sa/x'", 0), 0u)
       << error_;
 }
 
 TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
-  EXPECT_EQ(Load(std::string(kMinimal) +
-                 "policy:\n"
-                 "  rules:\n"
-                 "    - name: r\n"
-                 "      action: permit\n"
-                 "      from: [{any: true}]\n"),
+  EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
+                                         "  rules:\n"
+                                         "    - name: r\n"
+                                         "      action: permit\n"
+                                         "      from: [{any: true}]\n"),
             nullptr);
   EXPECT_EQ(error_, At(14) + "action must be allow or deny, got 'permit'");
 }
 
 TEST_F(ConfigTest, PrefixMustEndInSlashStar) {
-  EXPECT_EQ(Load(std::string(kMinimal) +
-                 "policy:\n"
-                 "  rules:\n"
-                 "    - name: r\n"
-                 "      action: allow\n"
-                 "      from:\n"
-                 "        - prefix: spiffe://example.org/ns/prod\n"),
+  EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
+                                         "  rules:\n"
+                                         "    - name: r\n"
+                                         "      action: allow\n"
+                                         "      from:\n"
+                                         "        - prefix: spiffe://example.org/ns/prod\n"),
             nullptr);
   EXPECT_EQ(error_, At(16) + "prefix must end in '/*', got 'spiffe://example.org/ns/prod'");
 }
 
 TEST_F(ConfigTest, RuleWithoutMatchersIsRejected) {
-  EXPECT_EQ(Load(std::string(kMinimal) +
-                 "policy:\n"
-                 "  rules:\n"
-                 "    - name: r\n"
-                 "      action: allow\n"),
+  EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
+                                         "  rules:\n"
+                                         "    - name: r\n"
+                                         "      action: allow\n"),
             nullptr);
   EXPECT_EQ(error_, At(13) + "policy rule 'r' needs 'from'");
 }
@@ -173,8 +169,7 @@ TEST_F(ConfigTest, PolicyRulesCompileIntoDecisions) {
 TEST_F(ConfigTest, CertAndPkcs12AreExclusive) {
   EXPECT_EQ(Load(std::string(kMinimal) + "identity:\n  pkcs12_file: /x.p12\n"), nullptr);
   // identity is given twice: libyaml keeps both; the second mapping adds pkcs12.
-  EXPECT_NE(error_.find("either cert_file + key_file or pkcs12_file"), std::string::npos)
-      << error_;
+  EXPECT_NE(error_.find("either cert_file + key_file or pkcs12_file"), std::string::npos) << error_;
 }
 
 TEST_F(ConfigTest, NoListenersIsRejected) {

@@ -1,0 +1,612 @@
+"""Shared fixtures and helpers for the mtlsd integration suite.
+
+Everything runs as real processes on 127.0.0.1: the agent binary (MTLSD_BIN),
+`openssl s_client` / `openssl s_server` as foreign TLS peers, and small Python
+TCP applications running in threads of the test process.
+
+Rules every helper follows:
+  * every wait is bounded (WAIT seconds unless a test says otherwise);
+  * every spawned process is tracked and stopped by PID at teardown
+    (SIGTERM, bounded wait, then SIGKILL);
+  * an agent whose stderr shows a sanitizer report fails the test.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MTLSD_BIN = os.environ.get("MTLSD_BIN") or str(REPO / "bazel-bin" / "agent" / "mtlsd")
+MKPKI = REPO / "certs" / "mkpki.sh"
+
+TRUST_DOMAIN = "example.org"
+# Upper bound for any single wait. Generous so that ASan builds on a loaded
+# 2-core machine pass; a healthy run never comes close to it.
+WAIT = float(os.environ.get("MTLSD_TEST_WAIT", "30"))
+# Upper bound for a process to exit after SIGTERM before we SIGKILL it.
+STOP_WAIT = float(os.environ.get("MTLSD_TEST_STOP_WAIT", "15"))
+
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",  # UBSan
+)
+
+
+def spiffe_id(name):
+    return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"
+
+
+# --------------------------------------------------------------------------
+# waiting, ports
+
+
+def wait_until(predicate, what, timeout=WAIT, interval=0.02):
+    """Polls |predicate| until it returns a truthy value (returned) or fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+_handed_out_ports = set()
+
+
+def free_port():
+    """A currently free loopback TCP port (bind 0, read, close), never the same
+    one twice in a session."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out_ports:
+            _handed_out_ports.add(port)
+            return port
+    raise RuntimeError("could not find a free port")
+
+
+def _listening_ports():
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except FileNotFoundError:
+            pass
+    return ports
+
+
+def is_listening(port):
+    return port in _listening_ports()
+
+
+def addr(sock):
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+class Processes:
+    """Owns every process a test (or module) spawns; stops them all by PID."""
+
+    def __init__(self):
+        self._procs = []
+
+    def spawn(self, args, **kwargs):
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen([str(a) for a in args], **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc, timeout=STOP_WAIT):
+        """SIGTERM, bounded wait, then SIGKILL. Returns the exit status and
+        whether SIGKILL was needed."""
+        killed = False
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                killed = True
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=timeout)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        return proc.returncode, killed
+
+    def stop_all(self):
+        for proc in reversed(self._procs):
+            self.stop(proc)
+        self._procs.clear()
+
+
+@pytest.fixture
+def procs():
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_procs():
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def read_until(stream, predicate, timeout=WAIT):
+    """Reads a pipe (non-blocking, via select) until predicate(buffer) holds or
+    EOF; returns the buffer. Bounded by |timeout|."""
+    buf = b""
+    fd = stream.fileno()
+    deadline = time.monotonic() + timeout
+    while not predicate(buf):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout:.1f}s reading a pipe; got {buf!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.2))
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+# --------------------------------------------------------------------------
+# PKI
+
+
+class Pki:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.bundle = self.root / "bundle.pem"
+        self.intermediate = self.root / "intermediate.pem"
+        # Root + intermediate: for leaf-only identities (DER), whose peers
+        # cannot get the intermediate from the handshake.
+        self.bundle_with_intermediate = self.root / "bundle+intermediate.pem"
+
+    def workload(self, name):
+        return self.root / "workloads" / name
+
+    def bad(self, case):
+        return self.root / "bad" / case
+
+    def id_of(self, directory):
+        return Path(directory, "spiffe_id").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pki")
+    res = subprocess.run(
+        ["bash", str(MKPKI), "--out", str(out), "--bad", "frontend", "backend", "other"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, f"mkpki.sh failed:\n{res.stdout}\n{res.stderr}"
+    p = Pki(out)
+    p.bundle_with_intermediate.write_text(p.bundle.read_text() + p.intermediate.read_text())
+    return p
+
+
+def issue_new_leaf(pki, workdir, name):
+    """Issues a fresh leaf for |name| from the session's CA (same root and
+    intermediate, new key and serial) in a private copy of the CA directory.
+    Returns the new workload directory."""
+    ca = Path(workdir)
+    ca.mkdir(parents=True, exist_ok=True)
+    for f in ("root.pem", "root.key", "intermediate.pem", "intermediate.key", "bundle.pem"):
+        shutil.copy2(pki.root / f, ca / f)
+    res = subprocess.run(["bash", str(MKPKI), "--out", str(ca), name],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"mkpki.sh failed:\n{res.stdout}\n{res.stderr}"
+    return ca / "workloads" / name
+
+
+def cert_serial(cert_pem_path):
+    """The serial number of the first certificate in a PEM file, as an int."""
+    from cryptography import x509
+
+    data = Path(cert_pem_path).read_bytes()
+    return x509.load_pem_x509_certificate(data).serial_number
+
+
+# --------------------------------------------------------------------------
+# the agent
+
+
+@pytest.fixture(scope="session")
+def mtlsd_bin():
+    if not (os.path.isfile(MTLSD_BIN) and os.access(MTLSD_BIN, os.X_OK)):
+        pytest.fail(f"agent binary not found: {MTLSD_BIN} (build it with "
+                    f"`bazel build //agent:mtlsd` or set MTLSD_BIN)")
+    return MTLSD_BIN
+
+
+def base_config(pki, *, workload="backend", identity=None, bundle=None, timeouts=None,
+                inbound=None, outbound=None, policy=None, **extra):
+    """An agent configuration as a dict (dumped to YAML in key order)."""
+    wl = pki.workload(workload)
+    cfg = {
+        "trust_domain": TRUST_DOMAIN,
+        "workers": 2,
+        "log_level": "debug",
+        "identity": identity or {
+            "cert_file": str(wl / "chain.pem"),
+            "key_file": str(wl / "key.pem"),
+            "reload_interval_ms": 200,
+        },
+        "trust_bundles": [{"trust_domain": TRUST_DOMAIN, "file": str(bundle or pki.bundle)}],
+        "timeouts": {"handshake_ms": 10000, "connect_ms": 5000, "idle_ms": 300000,
+                     "drain_ms": 1000, **(timeouts or {})},
+    }
+    if inbound is not None:
+        cfg["inbound"] = inbound
+    if outbound is not None:
+        cfg["outbound"] = outbound
+    if policy is not None:
+        cfg["policy"] = policy
+    cfg.update(extra)
+    return cfg
+
+
+def inbound_section(port_in, app_port):
+    return {"listeners": [{"address": f"127.0.0.1:{port_in}", "app_port": app_port}],
+            "app_address": "127.0.0.1"}
+
+
+def outbound_section(port_out, destination_port, expected_id=None, unknown="trust_domain"):
+    section = {
+        "listeners": [{"address": f"127.0.0.1:{port_out}",
+                       "destination": f"127.0.0.1:{destination_port}"}],
+    }
+    if expected_id is not None:
+        section["destinations"] = [{"address": f"127.0.0.1:{destination_port}",
+                                    "spiffe_id": expected_id}]
+    section["unknown_destination"] = unknown
+    return section
+
+
+def frontend_only_policy(app_port):
+    return {
+        "default": "allow",
+        "rules": [{
+            "name": "frontend-only",
+            "action": "allow",
+            "ports": [app_port],
+            "from": [{"id": spiffe_id("frontend")}],
+        }],
+    }
+
+
+class Agent:
+    """One mtlsd process with its own directory (config, access log, stderr)."""
+
+    def __init__(self, procs, binary, directory, config):
+        self.procs = procs
+        self.binary = binary
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.config_path = self.dir / "mtlsd.yaml"
+        self.access_log = self.dir / "access.log"
+        self.stderr_path = self.dir / "stderr.log"
+        self.stdout_path = self.dir / "stdout.log"
+        config.setdefault("access_log", str(self.access_log))
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.proc = None
+
+    def listener_ports(self):
+        ports = []
+        for section in ("inbound", "outbound"):
+            for listener in self.config.get(section, {}).get("listeners", []):
+                ports.append(int(listener["address"].rsplit(":", 1)[1]))
+        return ports
+
+    def start(self):
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = self.procs.spawn([self.binary, "--config", self.config_path],
+                                         stdout=out, stderr=err)
+        ports = self.listener_ports()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode} during "
+                                     f"start-up; stderr:\n{self.stderr()}")
+            listening = _listening_ports()
+            return all(p in listening for p in ports)
+
+        wait_until(ready, f"agent listeners {ports}")
+        return self
+
+    def stderr(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def check_sanitizers(self):
+        text = self.stderr()
+        for marker in SANITIZER_MARKERS:
+            if marker in text:
+                raise AssertionError(f"sanitizer report in agent stderr ({self.stderr_path}):\n"
+                                     f"{text[-6000:]}")
+
+    def stop(self, timeout=STOP_WAIT):
+        """SIGTERM and wait (bounded); returns (exit status, needed SIGKILL)."""
+        return Processes.stop(self.proc, timeout)
+
+    # ---- access log
+
+    def log_lines(self):
+        try:
+            data = self.access_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        lines = []
+        for raw in data.split("\n")[:-1]:  # only complete lines
+            if raw.strip():
+                lines.append(json.loads(raw))
+        return lines
+
+    def find_log(self, **match):
+        for line in self.log_lines():
+            if all((v(line.get(k)) if callable(v) else line.get(k) == v)
+                   for k, v in match.items()):
+                return line
+        return None
+
+    def wait_log(self, timeout=WAIT, **match):
+        try:
+            return wait_until(lambda: self.find_log(**match),
+                              f"an access-log line matching {match}", timeout=timeout)
+        except AssertionError as e:
+            lines = "\n".join(json.dumps(l) for l in self.log_lines()[-20:])
+            raise AssertionError(f"{e}\naccess log of {self.dir.name}:\n{lines}\n"
+                                 f"stderr tail:\n{self.stderr()[-3000:]}") from None
+
+
+@pytest.fixture
+def agents(procs, mtlsd_bin, tmp_path):
+    """Factory: agents(name, config) -> started Agent. Stopped at teardown,
+    and the test fails if any of them printed a sanitizer report."""
+    started = []
+
+    def make(name, config, start=True):
+        agent = Agent(procs, mtlsd_bin, tmp_path / name, config)
+        started.append(agent)
+        return agent.start() if start else agent
+
+    yield make
+    for agent in started:
+        if agent.proc is not None:
+            agent.stop()
+    for agent in started:
+        agent.check_sanitizers()
+
+
+# --------------------------------------------------------------------------
+# applications (plain TCP servers in threads)
+
+
+class App:
+    """A plain TCP application on 127.0.0.1.
+
+    mode "echo": echoes everything; on EOF shuts down its write side.
+    mode "reply_after_eof": reads until EOF, then sends
+        b"reply after EOF: <n> bytes" and closes.
+    mode "count": accepts, reads and discards until EOF (a sink).
+    Records every connection (bytes received, whether EOF was seen)."""
+
+    def __init__(self, mode="echo"):
+        self.mode = mode
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.connections = []  # dicts: received, eof, error
+        self.stopping = threading.Event()
+        self.threads = []
+        self.acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        self.acceptor.start()
+
+    @property
+    def connection_count(self):
+        with self.lock:
+            return len(self.connections)
+
+    def _accept_loop(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            record = {"received": 0, "eof": False, "error": None}
+            with self.lock:
+                self.connections.append(record)
+            t = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn, record):
+        conn.settimeout(WAIT)
+        try:
+            with conn:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        record["eof"] = True
+                        break
+                    record["received"] += len(data)
+                    if self.mode == "echo":
+                        conn.sendall(data)
+                if self.mode == "reply_after_eof":
+                    conn.sendall(b"reply after EOF: %d bytes" % record["received"])
+                conn.shutdown(socket.SHUT_WR)
+                # Wait (bounded) for the peer to finish too, so closing never
+                # turns into a reset while our last bytes are in flight.
+                while conn.recv(65536):
+                    pass
+        except OSError as e:
+            record["error"] = repr(e)
+
+    def close(self):
+        self.stopping.set()
+        self.sock.close()
+        self.acceptor.join(timeout=WAIT)
+        for t in self.threads:
+            t.join(timeout=WAIT)
+
+
+@pytest.fixture
+def apps():
+    made = []
+
+    def make(mode="echo"):
+        app = App(mode)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.close()
+
+
+# --------------------------------------------------------------------------
+# clients
+
+
+def connect(port, timeout=WAIT):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_until_eof(sock, limit=64 * 1024 * 1024):
+    """Reads until EOF (bounded by the socket timeout per recv)."""
+    chunks = []
+    total = 0
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        total += len(data)
+        assert total <= limit, "peer sent more than expected"
+
+
+def send_all_then_shut(sock, payload):
+    """Sends |payload| and SHUT_WR from a thread, so the caller can read
+    concurrently (no deadlock on full buffers). Returns (thread, errors)."""
+    errors = []
+
+    def run():
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors
+
+
+def roundtrip(port, payload):
+    """Connects, sends |payload|, half-closes, reads until EOF. Returns
+    (received bytes, client's local "ip:port")."""
+    with connect(port) as sock:
+        local = addr(sock)
+        t, errors = send_all_then_shut(sock, payload)
+        received = recv_until_eof(sock)
+        t.join(timeout=WAIT)
+        assert not t.is_alive(), "sender thread did not finish"
+        assert not errors, f"sending failed: {errors}"
+    return received, local
+
+
+def tls_client_context(pki, cert_dir=None, chain_file="chain.pem"):
+    """A Python (OpenSSL) TLS 1.3 client context that verifies the server
+    against the bundle and presents |cert_dir|'s chain (None = no cert)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # SPIFFE SVIDs carry a URI SAN, no DNS name
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(str(pki.bundle))
+    if cert_dir is not None:
+        ctx.load_cert_chain(str(Path(cert_dir) / chain_file), str(Path(cert_dir) / "key.pem"))
+    ctx.set_alpn_protocols(["mtlsd"])
+    return ctx
+
+
+def expect_refused_tls(ctx, port, payload=b"hello"):
+    """Runs a TLS client that the server is expected to refuse. Returns
+    (client's local "ip:port", what the client observed). Fails if the server
+    sent any application data or if the close never came."""
+    raw = connect(port)
+    local = addr(raw)
+    observed = None
+    received = b""
+    try:
+        tls = ctx.wrap_socket(raw)  # TLS 1.3: may "succeed" before the server judges us
+        try:
+            tls.sendall(payload)
+            while True:
+                data = tls.recv(4096)
+                if not data:
+                    observed = "eof"
+                    break
+                received += data
+        finally:
+            tls.close()
+    except TimeoutError:
+        raise AssertionError("the server neither refused nor closed the connection "
+                             f"within {WAIT}s") from None
+    except (ssl.SSLError, OSError) as e:
+        observed = f"{type(e).__name__}: {e}"
+    finally:
+        raw.close()
+    assert received == b"", f"server sent data to a refused client: {received!r}"
+    return local, observed
