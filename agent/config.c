@@ -102,6 +102,17 @@ static int want_address(parse_ctx *pc, const yaml_node_t *node, const char *key,
 typedef int (*pair_fn)(parse_ctx *pc, const char *key, yaml_node_t *key_node, yaml_node_t *value,
                        void *target);
 
+/* YAML allows a key twice in one mapping and libyaml keeps both; we refuse,
+ * since which one "wins" would otherwise be an accident of parsing order. */
+static int is_duplicate_key(parse_ctx *pc, yaml_node_t *map, yaml_node_pair_t *upto,
+                            const char *key) {
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < upto; p++) {
+    const char *earlier = scalar(node_at(pc, p->key));
+    if (earlier != NULL && strcmp(earlier, key) == 0) return 1;
+  }
+  return 0;
+}
+
 static int each_pair(parse_ctx *pc, yaml_node_t *map, const char *what, pair_fn on_pair,
                      void *target) {
   if (map->type != YAML_MAPPING_NODE) return fail(pc, map, "%s must be a mapping", what);
@@ -110,6 +121,7 @@ static int each_pair(parse_ctx *pc, yaml_node_t *map, const char *what, pair_fn 
     yaml_node_t *v = node_at(pc, p->value);
     const char *key = scalar(k);
     if (key == NULL) return fail(pc, k, "%s keys must be scalars", what);
+    if (is_duplicate_key(pc, map, p, key)) return fail(pc, k, "duplicate key '%s'", key);
     if (!on_pair(pc, key, k, v, target)) return 0;
   }
   return 1;
@@ -368,7 +380,8 @@ static int parse_action(parse_ctx *pc, yaml_node_t *v, mt_action *out) {
 static int on_port(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
   rule_draft *r = target;
   int port;
-  if (i >= MAX_RULE_PORTS) return fail(pc, item, "a rule lists at most %d ports", MAX_RULE_PORTS);
+  (void)i;
+  if (r->num_ports >= MAX_RULE_PORTS) return fail(pc, item, "a rule lists at most %d ports", MAX_RULE_PORTS);
   if (!want_int(pc, item, "ports[]", 1, 65535, &port)) return 0;
   r->ports[r->num_ports++] = (uint16_t)port;
   return 1;

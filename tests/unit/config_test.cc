@@ -167,9 +167,16 @@ TEST_F(ConfigTest, PolicyRulesCompileIntoDecisions) {
 }
 
 TEST_F(ConfigTest, CertAndPkcs12AreExclusive) {
-  EXPECT_EQ(Load(std::string(kMinimal) + "identity:\n  pkcs12_file: /x.p12\n"), nullptr);
-  // identity is given twice: libyaml keeps both; the second mapping adds pkcs12.
+  std::string yaml = kMinimal;
+  yaml.replace(yaml.find("  key_file: /k.pem\n"), 18,
+               "  key_file: /k.pem\n  pkcs12_file: /x.p12\n");
+  EXPECT_EQ(Load(yaml), nullptr);
   EXPECT_NE(error_.find("either cert_file + key_file or pkcs12_file"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, DuplicateKeyIsRejectedWithItsLine) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "trust_domain: other.org\n"), nullptr);
+  EXPECT_EQ(error_, At(11) + "duplicate key 'trust_domain'");
 }
 
 TEST_F(ConfigTest, NoListenersIsRejected) {
