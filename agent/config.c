@@ -381,7 +381,8 @@ static int on_port(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
   rule_draft *r = target;
   int port;
   (void)i;
-  if (r->num_ports >= MAX_RULE_PORTS) return fail(pc, item, "a rule lists at most %d ports", MAX_RULE_PORTS);
+  if (r->num_ports >= MAX_RULE_PORTS)
+    return fail(pc, item, "a rule lists at most %d ports", MAX_RULE_PORTS);
   if (!want_int(pc, item, "ports[]", 1, 65535, &port)) return 0;
   r->ports[r->num_ports++] = (uint16_t)port;
   return 1;

@@ -44,6 +44,13 @@ SANITIZER_MARKERS = (
 )
 
 
+def assert_no_sanitizer_report(stderr_text, where):
+    for marker in SANITIZER_MARKERS:
+        if marker in stderr_text:
+            raise AssertionError(f"sanitizer report in agent stderr ({where}):\n"
+                                 f"{stderr_text[-6000:]}")
+
+
 def spiffe_id(name):
     return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"
 
@@ -121,9 +128,9 @@ class Processes:
         return proc
 
     @staticmethod
-    def stop(proc, timeout=STOP_WAIT):
+    def stop(proc, timeout=STOP_WAIT, on_hang=None):
         """SIGTERM, bounded wait, then SIGKILL. Returns the exit status and
-        whether SIGKILL was needed."""
+        whether SIGKILL was needed. |on_hang(proc)| runs before the SIGKILL."""
         killed = False
         if proc.poll() is None:
             try:
@@ -134,6 +141,11 @@ class Processes:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 killed = True
+                if on_hang is not None:
+                    try:
+                        on_hang(proc)
+                    except Exception:  # diagnostics only; never skip the kill
+                        pass
                 try:
                     os.kill(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -363,15 +375,36 @@ class Agent:
             return ""
 
     def check_sanitizers(self):
-        text = self.stderr()
-        for marker in SANITIZER_MARKERS:
-            if marker in text:
-                raise AssertionError(f"sanitizer report in agent stderr ({self.stderr_path}):\n"
-                                     f"{text[-6000:]}")
+        assert_no_sanitizer_report(self.stderr(), str(self.stderr_path))
 
     def stop(self, timeout=STOP_WAIT):
-        """SIGTERM and wait (bounded); returns (exit status, needed SIGKILL)."""
-        return Processes.stop(self.proc, timeout)
+        """SIGTERM and wait (bounded); returns (exit status, needed SIGKILL).
+        If the agent does not exit in time, the stacks of all its threads are
+        saved to hang-backtrace.txt (when gdb is installed) before SIGKILL."""
+        return Processes.stop(self.proc, timeout, on_hang=self._dump_stacks)
+
+    def _dump_stacks(self, proc):
+        gdb = shutil.which("gdb")
+        if gdb is None:
+            return
+        res = subprocess.run([gdb, "-p", str(proc.pid), "-batch", "-nx",
+                              "-ex", "thread apply all bt"],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        (self.dir / "hang-backtrace.txt").write_text(res.stdout + res.stderr)
+
+    def check_stopped_cleanly(self):
+        """After stop(): exited by itself with status 0."""
+        status, killed = self.stop()
+        trace = self.dir / "hang-backtrace.txt"
+        if killed:
+            raise AssertionError(
+                f"agent {self.dir.name} did not exit within {STOP_WAIT}s of SIGTERM and was "
+                f"killed; thread stacks: {trace if trace.exists() else '(gdb unavailable)'}\n"
+                f"stderr tail:\n{self.stderr()[-3000:]}")
+        if status != 0:
+            raise AssertionError(f"agent {self.dir.name} exited with status {status} on SIGTERM;"
+                                 f" stderr tail:\n{self.stderr()[-3000:]}")
 
     # ---- access log
 
@@ -415,11 +448,21 @@ def agents(procs, mtlsd_bin, tmp_path):
         return agent.start() if start else agent
 
     yield make
+    problems = []
     for agent in started:
-        if agent.proc is not None:
-            agent.stop()
+        if agent.proc is None:
+            continue
+        try:
+            agent.check_stopped_cleanly()
+        except AssertionError as e:
+            problems.append(str(e))
     for agent in started:
-        agent.check_sanitizers()
+        try:
+            agent.check_sanitizers()
+        except AssertionError as e:
+            problems.append(str(e))
+    if problems:
+        raise AssertionError("\n\n".join(problems))
 
 
 # --------------------------------------------------------------------------
@@ -518,9 +561,22 @@ def apps():
 # clients
 
 
-def connect(port, timeout=WAIT):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def client_socket(timeout=WAIT):
+    """A TCP socket already bound to its loopback source port, so its address
+    is known even if the connection is refused or reset during connect()."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
     sock.settimeout(timeout)
+    return sock
+
+
+def connect(port, timeout=WAIT):
+    sock = client_socket(timeout)
+    try:
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -585,11 +641,12 @@ def expect_refused_tls(ctx, port, payload=b"hello"):
     """Runs a TLS client that the server is expected to refuse. Returns
     (client's local "ip:port", what the client observed). Fails if the server
     sent any application data or if the close never came."""
-    raw = connect(port)
+    raw = client_socket()
     local = addr(raw)
     observed = None
     received = b""
     try:
+        raw.connect(("127.0.0.1", port))
         tls = ctx.wrap_socket(raw)  # TLS 1.3: may "succeed" before the server judges us
         try:
             tls.sendall(payload)
