@@ -246,9 +246,13 @@ mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer) {
   unsigned long e = ERR_peek_error();
   mt_reason r = MT_REASON_HANDSHAKE_FAILED;
   if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
-    r = ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
-            ? MT_REASON_NO_CLIENT_CERT
-            : reason_from_alert(ERR_GET_REASON(e), MT_REASON_HANDSHAKE_FAILED);
+    int lib_reason = ERR_GET_REASON(e);
+    if (lib_reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) r = MT_REASON_NO_CLIENT_CERT;
+    /* BoringSSL checks keyUsage against the handshake before our verifier runs. */
+    else if (lib_reason == SSL_R_KEY_USAGE_BIT_INCORRECT)
+      r = MT_REASON_BAD_KEY_USAGE;
+    else
+      r = reason_from_alert(lib_reason, MT_REASON_HANDSHAKE_FAILED);
   }
   if (e != 0 && peer->detail[0] == '\0')
     snprintf(peer->detail, sizeof(peer->detail), "%s", ERR_reason_error_string(e));

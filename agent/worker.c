@@ -177,10 +177,11 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
   if (stop) begin_stop(w, drain_ms);
 }
 
+/* The watchers were started by setup_worker before this thread existed: an
+ * ev_async_send that arrives before ev_run is then kept, not lost (starting
+ * an ev_async clears any pending send). */
 static void *worker_main(void *arg) {
   mt_worker *w = arg;
-  for (size_t i = 0; i < w->num_listeners; i++) ev_io_start(w->loop, &w->listeners[i].io);
-  ev_async_start(w->loop, &w->wake);
   ev_run(w->loop, 0);
   close_all(w, MT_REASON_SHUTDOWN);
   stop_listeners(w);
@@ -220,6 +221,7 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   }
   ev_async_init(&w->wake, on_wake);
   w->wake.data = w;
+  ev_async_start(w->loop, &w->wake);
   for (size_t i = 0; i < w->num_listeners; i++) {
     listener *l = &w->listeners[i];
     l->inbound = i < c->num_inbound_listeners;
@@ -233,6 +235,7 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
     }
     ev_io_init(&l->io, on_accept, l->fd, EV_READ);
     l->io.data = l;
+    ev_io_start(w->loop, &l->io);
     ev_timer_init(&l->pause, on_pause_over, 0.0, 0.0);
     l->pause.data = l;
   }
@@ -322,11 +325,11 @@ void mt_workers_stop(mt_workers *pool, int drain_ms) {
     pool->workers[i].drain_ms = drain_ms;
   }
   pthread_mutex_unlock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++) {
-    mt_worker *w = &pool->workers[i];
-    if (!w->thread_started) continue;
-    ev_async_send(w->loop, &w->wake);
-    pthread_join(w->thread, NULL);
-  }
+  /* Wake every worker before joining any, so they all drain concurrently. */
+  for (size_t i = 0; i < pool->count; i++)
+    if (pool->workers[i].thread_started)
+      ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+  for (size_t i = 0; i < pool->count; i++)
+    if (pool->workers[i].thread_started) pthread_join(pool->workers[i].thread, NULL);
   free_pool(pool);
 }

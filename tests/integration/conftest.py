@@ -11,6 +11,7 @@ Rules every helper follows:
   * an agent whose stderr shows a sanitizer report fails the test.
 """
 
+import errno
 import json
 import os
 import select
@@ -344,6 +345,8 @@ class Agent:
         config.setdefault("access_log", str(self.access_log))
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc = None
+        self.stop_result = None  # (exit status, needed SIGKILL) once stopped
+        self.expect_clean_stop = True  # teardown fails unless SIGTERM -> exit 0
 
     def listener_ports(self):
         ports = []
@@ -352,10 +355,10 @@ class Agent:
                 ports.append(int(listener["address"].rsplit(":", 1)[1]))
         return ports
 
-    def start(self):
+    def start(self, env=None):
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = self.procs.spawn([self.binary, "--config", self.config_path],
-                                         stdout=out, stderr=err)
+                                         stdout=out, stderr=err, env=env)
         ports = self.listener_ports()
 
         def ready():
@@ -381,7 +384,9 @@ class Agent:
         """SIGTERM and wait (bounded); returns (exit status, needed SIGKILL).
         If the agent does not exit in time, the stacks of all its threads are
         saved to hang-backtrace.txt (when gdb is installed) before SIGKILL."""
-        return Processes.stop(self.proc, timeout, on_hang=self._dump_stacks)
+        if self.proc.poll() is None or self.stop_result is None:
+            self.stop_result = Processes.stop(self.proc, timeout, on_hang=self._dump_stacks)
+        return self.stop_result
 
     def _dump_stacks(self, proc):
         gdb = shutil.which("gdb")
@@ -442,15 +447,18 @@ def agents(procs, mtlsd_bin, tmp_path):
     and the test fails if any of them printed a sanitizer report."""
     started = []
 
-    def make(name, config, start=True):
+    def make(name, config, start=True, env=None):
         agent = Agent(procs, mtlsd_bin, tmp_path / name, config)
         started.append(agent)
-        return agent.start() if start else agent
+        return agent.start(env=env) if start else agent
 
     yield make
     problems = []
     for agent in started:
         if agent.proc is None:
+            continue
+        if not agent.expect_clean_stop:
+            agent.stop()
             continue
         try:
             agent.check_stopped_cleanly()
@@ -563,11 +571,22 @@ def apps():
 
 def client_socket(timeout=WAIT):
     """A TCP socket already bound to its loopback source port, so its address
-    is known even if the connection is refused or reset during connect()."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(timeout)
-    return sock
+    is known even if the connection is refused or reset during connect().
+    The port is never reused within the session, so a client's address
+    identifies its access-log line (the kernel would hand a just-freed port
+    out again)."""
+    for _ in range(50):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", free_port()))
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                continue  # taken since free_port() looked
+            raise
+        sock.settimeout(timeout)
+        return sock
+    raise RuntimeError("could not bind a client socket to a fresh port")
 
 
 def connect(port, timeout=WAIT):
