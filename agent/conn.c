@@ -122,11 +122,15 @@ static void write_access_record(mt_conn *conn, mt_reason reason, const char *det
   mt_access_log_write(&rec);
 }
 
-/* A plaintext peer (the application) learns of a failure by a TCP reset, so
- * it can never mistake a refused or broken connection for a complete reply.
- * The TLS side has already been told by an alert or close_notify. */
-static void reset_if_failed(mt_endpoint *ep, mt_reason reason) {
-  if (reason == MT_REASON_OK || ep->ssl != NULL || ep->fd < 0) return;
+/* How a failure travels: a plaintext peer (the application) always gets a
+ * TCP reset, so a refused or broken connection never looks like a complete
+ * reply. A TLS peer that was refused has been told by an alert (which a reset
+ * could destroy in flight), but once a connection was admitted a later
+ * failure (app down, peer reset, timeout) is passed on as a reset too, and
+ * the agent at the other end turns it into a reset for its application. */
+static void reset_if_failed(const mt_conn *conn, mt_endpoint *ep, mt_reason reason) {
+  if (reason == MT_REASON_OK || ep->fd < 0) return;
+  if (ep->ssl != NULL && !conn->admitted) return;
   struct linger lg = {1, 0};
   setsockopt(ep->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
@@ -145,8 +149,8 @@ void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
     MT_LOG_D("%s connection closed: %s", conn->direction == MT_DIR_INBOUND ? "inbound" : "outbound",
              mt_reason_str(reason));
   ev_timer_stop(conn->loop, &conn->timer);
-  reset_if_failed(&conn->down, reason);
-  reset_if_failed(&conn->up, reason);
+  reset_if_failed(conn, &conn->down, reason);
+  reset_if_failed(conn, &conn->up, reason);
   endpoint_dispose(conn, &conn->down);
   endpoint_dispose(conn, &conn->up);
   ERR_clear_error(); /* never leak one connection's errors into the next */

@@ -10,6 +10,7 @@ PACKAGES=(
   libnghttp2-dev
   libprotobuf-c-dev
   protobuf-c-compiler
+  libprotobuf-dev
   libev-dev
   libyaml-dev
   googletest
