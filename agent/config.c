@@ -638,11 +638,15 @@ const char *mt_config_expected_id(const mt_config *c, const struct sockaddr *des
 
 /* ---- socket addresses -------------------------------------------------- */
 
+/* Digits only, 1..65535: strtol alone would take " 80", "+80" and "-0". */
 static int parse_port(const char *s, uint16_t *out) {
-  char *end = NULL;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 65535) return 0;
+  unsigned long v = 0;
+  size_t n = 0;
+  for (; s[n] != '\0'; n++) {
+    if (s[n] < '0' || s[n] > '9' || n >= 5) return 0;
+    v = v * 10 + (unsigned long)(s[n] - '0');
+  }
+  if (n == 0 || v == 0 || v > 65535) return 0;
   *out = (uint16_t)v;
   return 1;
 }

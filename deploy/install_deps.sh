@@ -14,6 +14,8 @@ PACKAGES=(
   libev-dev
   libyaml-dev
   googletest
+  clang
+  libclang-rt-14-dev
   libgtest-dev
   openssl
   curl

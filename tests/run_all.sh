@@ -2,7 +2,8 @@
 # Runs every mtlsd test suite from a fresh checkout and ends with one line
 # "N passed, N failed" summing all of them:
 #   unit (googletest) plain, ASan and UBSan;
-#   integration (real agent processes, OpenSSL peers) plain and under ASan+UBSan.
+#   integration (real agent processes, OpenSSL peers) plain, ASan and UBSan;
+#   libFuzzer targets, time-boxed (FUZZ_SECONDS per target, default 15).
 # Installs missing Debian packages first (needs root for that).
 set -uo pipefail
 
@@ -68,12 +69,32 @@ run_integration() {
   record "integration-$name" "$passed" "$failed"
 }
 
+# libFuzzer targets (SPIFFE IDs, certificates, config, policy), time-boxed;
+# the recorded crashers are replayed first as regression tests.
+run_fuzz() {
+  local log="$OUT/fuzz.log"
+  tests/fuzz/run.sh "${FUZZ_SECONDS:-15}" >"$log" 2>&1
+  local rc=$?
+  grep -E '^fuzz ' "$log"
+  local line
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+  local passed=0 failed=1
+  if [ -n "$line" ]; then
+    passed=${line%% passed*}
+    failed=${line#*passed, }
+    failed=${failed%% failed*}
+  fi
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  record fuzz "$passed" "$failed"
+}
+
 run_unit plain
 run_unit asan --config=asan
 run_unit ubsan --config=ubsan
 run_integration plain
 run_integration asan --config=asan
 run_integration ubsan --config=ubsan
+run_fuzz
 
 echo "logs: $OUT"
 echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"

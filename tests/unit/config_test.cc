@@ -215,6 +215,10 @@ TEST(SockaddrTest, ParsesIpv4AndIpv6WithPorts) {
   EXPECT_TRUE(mt_sockaddr_parse("127.0.0.1", &a, 0));
   EXPECT_FALSE(mt_sockaddr_parse("localhost:80", &a, 1));
   EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:-1", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1: 80", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:+80", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:0", &a, 1));
+  EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:080808", &a, 1));
   EXPECT_FALSE(mt_sockaddr_parse("[::1", &a, 1));
 }
 
