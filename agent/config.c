@@ -13,6 +13,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "agent/mesh.h"
 #include "agent/svid.h"
 
 enum {
@@ -603,6 +604,13 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
     return NULL;
   }
   if (c->access_log == NULL) c->access_log = strdup("-");
+  c->mesh = mt_mesh_new("static", c->policy, c->destinations, c->num_destinations);
+  if (c->access_log == NULL || c->mesh == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", path);
+    c->policy = NULL; /* mt_mesh_new took it */
+    mt_config_free(c);
+    return NULL;
+  }
   return c;
 }
 
@@ -624,7 +632,10 @@ void mt_config_free(mt_config *c) {
   free(c->outbound_listeners);
   for (size_t i = 0; i < c->num_destinations; i++) free(c->destinations[i].spiffe_id);
   free(c->destinations);
-  mt_policy_free(c->policy);
+  if (c->mesh != NULL)
+    mt_mesh_unref(c->mesh);
+  else
+    mt_policy_free(c->policy);
   free(c);
 }
 

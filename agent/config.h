@@ -18,6 +18,8 @@
 extern "C" {
 #endif
 
+typedef struct mt_mesh mt_mesh; /* agent/mesh.h */
+
 typedef enum { MT_LOG_DEBUG, MT_LOG_INFO, MT_LOG_WARN, MT_LOG_ERROR } mt_log_level;
 
 typedef enum {
@@ -86,7 +88,8 @@ typedef struct {
   size_t num_destinations;
   mt_unknown_dest_mode unknown_destination;
 
-  mt_policy *policy;
+  mt_policy *policy; /* owned by |mesh| once the load succeeded */
+  mt_mesh *mesh;     /* policy + destinations as a snapshot (version "static") */
 } mt_config;
 
 /* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */

@@ -27,6 +27,7 @@ struct mt_identity {
   X509 *leaf;
   STACK_OF(X509) * chain;
   mt_trust *trust;
+  mt_mesh *mesh;
   SSL_CTX *server_ctx;
   SSL_CTX *client_ctx;
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
@@ -82,6 +83,7 @@ static void identity_destroy(mt_identity *id) {
   X509_free(id->leaf);
   sk_X509_pop_free(id->chain, X509_free);
   mt_trust_free(id->trust);
+  mt_mesh_unref(id->mesh);
   free(id);
 }
 
@@ -118,7 +120,8 @@ static time_t not_after_of(X509 *cert) {
 }
 
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
-                             STACK_OF(X509) * chain, mt_trust *trust, char *err, size_t err_len) {
+                             STACK_OF(X509) * chain, mt_trust *trust, mt_mesh *mesh, char *err,
+                             size_t err_len) {
   mt_identity *id = calloc(1, sizeof(*id));
   if (id == NULL) {
     snprintf(err, err_len, "out of memory");
@@ -133,6 +136,7 @@ mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
   id->leaf = leaf;
   id->chain = chain;
   id->trust = trust;
+  id->mesh = mt_mesh_ref(mesh);
   int ok = check_own_leaf(id, config, err, err_len);
   if (ok) {
     id->server_ctx = mt_tls_ctx_new(config, 1, key, leaf, chain, id, err, err_len);
@@ -163,6 +167,7 @@ void mt_identity_unref(mt_identity *id) {
 SSL_CTX *mt_identity_server_ctx(const mt_identity *id) { return id->server_ctx; }
 SSL_CTX *mt_identity_client_ctx(const mt_identity *id) { return id->client_ctx; }
 const mt_trust *mt_identity_trust(const mt_identity *id) { return id->trust; }
+const mt_mesh *mt_identity_mesh(const mt_identity *id) { return id->mesh; }
 const char *mt_identity_spiffe_id(const mt_identity *id) { return id->spiffe_id; }
 const char *mt_identity_serial(const mt_identity *id) { return id->serial; }
 time_t mt_identity_not_after(const mt_identity *id) { return id->not_after; }

@@ -1,13 +1,14 @@
-/* identity: one immutable snapshot of "who we are and whom we trust".
+/* identity: one immutable snapshot of "who we are, whom we trust, whom we
+ * admit and whom we expect".
  *
  * A snapshot holds the workload's key and certificate chain, the trust
- * bundles (one X509_STORE per trust domain), and the TLS contexts built from
- * them. It is reference counted: each worker holds a reference to its current
- * snapshot and each connection holds one for its lifetime, so swapping in a
- * new snapshot never touches live connections. Sources (certificate files
- * today, the control plane's CA client later) produce snapshots; they never
- * mutate one. Private keys are owned here and freed (BoringSSL zeroes freed
- * memory) when the last reference goes. */
+ * bundles (one X509_STORE per trust domain), the TLS contexts built from
+ * them, and the mesh view (policy + expected destination IDs, mesh.h), so a
+ * connection is judged against one consistent version of all of them. It is reference counted: each
+ * worker holds a reference to its current snapshot and each connection holds one for its lifetime,
+ * so swapping in a new snapshot never touches live connections. Sources (certificate files today,
+ * the control plane's CA client later) produce snapshots; they never mutate one. Private keys are
+ * owned here and freed (BoringSSL zeroes freed memory) when the last reference goes. */
 #ifndef MT_IDENTITY_H
 #define MT_IDENTITY_H
 
@@ -18,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "agent/config.h"
+#include "agent/mesh.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,12 +40,14 @@ size_t mt_trust_num_domains(const mt_trust *trust);
 /* ---- snapshots ---- */
 
 /* Builds a snapshot. Takes ownership of |key|, |leaf|, |chain| (intermediates,
- * may be NULL) and |trust| in every case, success or not. Checks that the key
+ * may be NULL) and |trust| in every case, success or not; takes its own
+ * reference to |mesh|. Checks that the key
  * matches the leaf, that the leaf is a valid X509-SVID of the configured trust
  * domain, that it chains to our bundle and is currently valid. Returns NULL
  * with a reason in |err|. */
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
-                             STACK_OF(X509) * chain, mt_trust *trust, char *err, size_t err_len);
+                             STACK_OF(X509) * chain, mt_trust *trust, mt_mesh *mesh, char *err,
+                             size_t err_len);
 
 mt_identity *mt_identity_ref(mt_identity *id);
 void mt_identity_unref(mt_identity *id); /* accepts NULL */
@@ -51,6 +55,7 @@ void mt_identity_unref(mt_identity *id); /* accepts NULL */
 SSL_CTX *mt_identity_server_ctx(const mt_identity *id);
 SSL_CTX *mt_identity_client_ctx(const mt_identity *id);
 const mt_trust *mt_identity_trust(const mt_identity *id);
+const mt_mesh *mt_identity_mesh(const mt_identity *id);
 const char *mt_identity_spiffe_id(const mt_identity *id);
 const char *mt_identity_serial(const mt_identity *id); /* lowercase hex */
 time_t mt_identity_not_after(const mt_identity *id);

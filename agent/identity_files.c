@@ -229,7 +229,7 @@ mt_identity *mt_identity_files_load(const mt_config *c, char *err, size_t err_le
     sk_X509_free(chain);
     chain = NULL;
   }
-  return mt_identity_new(c, key, leaf, chain, trust, err, err_len);
+  return mt_identity_new(c, key, leaf, chain, trust, c->mesh, err, err_len);
 }
 
 static uint64_t mix(uint64_t h, uint64_t v) {

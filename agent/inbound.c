@@ -43,7 +43,8 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents);
 static void authorize_and_connect(mt_conn *conn) {
   const mt_config *config = mt_worker_config(conn->worker);
   uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
-  mt_decision d = mt_policy_decide(config->policy, conn->peer.spiffe_id, port);
+  const mt_policy *policy = mt_mesh_policy(mt_identity_mesh(conn->identity));
+  mt_decision d = mt_policy_decide(policy, conn->peer.spiffe_id, port);
   conn->rule = d.rule;
   MT_LOG_D("inbound %s -> port %u: %s by rule '%s' (%s)", conn->peer.spiffe_id, port,
            mt_action_str(d.action), d.rule, d.reason);

@@ -31,7 +31,8 @@ static int in_trust_domain(const char *id, const char *trust_domain) {
  * to reach? */
 static void check_server_identity(mt_conn *conn) {
   const mt_config *config = mt_worker_config(conn->worker);
-  const char *expected = mt_config_expected_id(config, (const struct sockaddr *)&conn->target);
+  const char *expected =
+      mt_mesh_expected_id(mt_identity_mesh(conn->identity), (const struct sockaddr *)&conn->target);
   char detail[MT_TLS_DETAIL_MAX];
   if (expected != NULL) {
     conn->rule = RULE_EXPECTED_ID;
@@ -100,18 +101,19 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
                   "destination");
     return;
   }
-  if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
-      mt_config_expected_id(config, (const struct sockaddr *)&conn->target) == NULL) {
-    mt_conn_close(conn, MT_REASON_UNKNOWN_DESTINATION,
-                  "no expected SPIFFE ID configured for this destination");
-    return;
-  }
   mt_identity *identity = mt_worker_identity(worker);
   if (identity == NULL) {
     mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
     return;
   }
   conn->identity = mt_identity_ref(identity);
+  if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
+      mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) ==
+          NULL) {
+    mt_conn_close(conn, MT_REASON_UNKNOWN_DESTINATION,
+                  "no expected SPIFFE ID configured for this destination");
+    return;
+  }
   mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
                      NULL, 0);
 }

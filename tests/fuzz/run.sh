@@ -39,7 +39,7 @@ target_sources() {
   case $1 in
     spiffe_id | svid) echo "agent/svid.c" ;;
     policy) echo "agent/svid.c agent/policy.c" ;;
-    config) echo "agent/svid.c agent/policy.c agent/config.c" ;;
+    config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c" ;;
   esac
 }
 
