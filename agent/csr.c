@@ -56,26 +56,24 @@ EVP_PKEY *mt_csr_generate_key(void) {
 /* The CA refuses anything weaker, so refusing it here gives the clearer error
  * (and never sends a doomed request). */
 static int mt_csr_key_acceptable(const EVP_PKEY *key, char *err, size_t err_len) {
-  switch (EVP_PKEY_id(key)) {
-    case EVP_PKEY_EC: {
-      const EC_GROUP *group = EC_KEY_get0_group(EVP_PKEY_get0_EC_KEY(key));
-      if (group != NULL && EC_GROUP_get_curve_name(group) == NID_X9_62_prime256v1) {
-        return 1;
-      }
-      mt_csr_set_err(err, err_len, "EC key is not on curve P-256");
-      return 0;
+  if (EVP_PKEY_id(key) == EVP_PKEY_EC) {
+    const EC_GROUP *group = EC_KEY_get0_group(EVP_PKEY_get0_EC_KEY(key));
+    if (group != NULL && EC_GROUP_get_curve_name(group) == NID_X9_62_prime256v1) {
+      return 1;
     }
-    case EVP_PKEY_RSA:
-      if (EVP_PKEY_bits(key) >= MT_CSR_MIN_RSA_BITS) {
-        return 1;
-      }
-      mt_csr_set_err(err, err_len, "RSA key has %d bits, fewer than %d", EVP_PKEY_bits(key),
-                     MT_CSR_MIN_RSA_BITS);
-      return 0;
-    default:
-      mt_csr_set_err(err, err_len, "key type is neither EC P-256 nor RSA");
-      return 0;
+    mt_csr_set_err(err, err_len, "EC key is not on curve P-256");
+    return 0;
   }
+  if (EVP_PKEY_id(key) == EVP_PKEY_RSA) {
+    if (EVP_PKEY_bits(key) >= MT_CSR_MIN_RSA_BITS) {
+      return 1;
+    }
+    mt_csr_set_err(err, err_len, "RSA key has %d bits, fewer than %d", EVP_PKEY_bits(key),
+                   MT_CSR_MIN_RSA_BITS);
+    return 0;
+  }
+  mt_csr_set_err(err, err_len, "key type is neither EC P-256 nor RSA");
+  return 0;
 }
 
 static int mt_csr_check_id(const char *spiffe_id, char *err, size_t err_len) {
@@ -156,7 +154,9 @@ static char *mt_csr_bio_to_string(const BIO *bio) {
   }
   char *out = malloc(len + 1);
   if (out != NULL) {
-    memcpy(out, data, len);
+    if (len > 0) {
+      memcpy(out, data, len); /* an empty BIO has no data pointer at all */
+    }
     out[len] = '\0';
   }
   return out;

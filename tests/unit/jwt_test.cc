@@ -1,0 +1,816 @@
+// Specification of controlplane/jwt: which bearer tokens mtls-ca accepts.
+// Every token here is built and signed in the test with BoringSSL, with keys
+// generated in the test; nothing is a canned string from elsewhere.
+#include "controlplane/jwt.h"
+
+#include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/bytestring.h>
+#include <openssl/digest.h>
+#include <openssl/ec_key.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/mem.h>
+#include <openssl/nid.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+const int64_t kNow = 1700000000;
+const char kIssuer[] = "https://kubernetes.default.svc.cluster.local";
+const char kAudience[] = "istio-ca";
+const char kSub[] = "system:serviceaccount:default:frontend";
+
+// ---- Keys ------------------------------------------------------------------
+
+bssl::UniquePtr<EVP_PKEY> NewEcKey(int curve = NID_X9_62_prime256v1) {
+  bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(curve));
+  EXPECT_TRUE(EC_KEY_generate_key(ec.get()));
+  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
+  EXPECT_TRUE(EVP_PKEY_assign_EC_KEY(key.get(), ec.release()));
+  return key;
+}
+
+bssl::UniquePtr<EVP_PKEY> NewRsaKey(int bits) {
+  bssl::UniquePtr<RSA> rsa(RSA_new());
+  bssl::UniquePtr<BIGNUM> e(BN_new());
+  EXPECT_TRUE(BN_set_word(e.get(), RSA_F4));
+  EXPECT_TRUE(RSA_generate_key_ex(rsa.get(), bits, e.get(), nullptr));
+  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
+  EXPECT_TRUE(EVP_PKEY_assign_RSA(key.get(), rsa.release()));
+  return key;
+}
+
+// Generated once per process: RSA key generation is slow under ASan.
+EVP_PKEY *EcKey() {
+  static bssl::UniquePtr<EVP_PKEY> key = NewEcKey();
+  return key.get();
+}
+EVP_PKEY *OtherEcKey() {
+  static bssl::UniquePtr<EVP_PKEY> key = NewEcKey();
+  return key.get();
+}
+EVP_PKEY *RsaKey() {
+  static bssl::UniquePtr<EVP_PKEY> key = NewRsaKey(2048);
+  return key.get();
+}
+EVP_PKEY *OtherRsaKey() {
+  static bssl::UniquePtr<EVP_PKEY> key = NewRsaKey(2048);
+  return key.get();
+}
+
+std::string PublicPem(EVP_PKEY *key) {
+  bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  EXPECT_TRUE(PEM_write_bio_PUBKEY(bio.get(), key));
+  const uint8_t *data;
+  size_t len;
+  EXPECT_TRUE(BIO_mem_contents(bio.get(), &data, &len));
+  return std::string(reinterpret_cast<const char *>(data), len);
+}
+
+struct KeysDeleter {
+  void operator()(mt_jwt_keys *keys) const { mt_jwt_keys_free(keys); }
+};
+using KeysPtr = std::unique_ptr<mt_jwt_keys, KeysDeleter>;
+
+KeysPtr LoadKeys(const std::string &pem, std::string *err = nullptr) {
+  char buf[256] = "";
+  KeysPtr keys(mt_jwt_keys_load_pem(pem.data(), pem.size(), buf, sizeof(buf)));
+  if (err != nullptr) *err = buf;
+  return keys;
+}
+
+// ---- Token construction ---------------------------------------------------
+
+std::string B64Url(const std::string &in) {
+  static const char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : in) {
+    acc = (acc << 8) | c;
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out += kAlphabet[(acc >> bits) & 0x3f];
+    }
+  }
+  if (bits > 0) out += kAlphabet[(acc << (6 - bits)) & 0x3f];
+  return out;
+}
+
+// Kubernetes' kid: base64url(SHA-256(DER SubjectPublicKeyInfo)).
+std::string KubernetesKid(EVP_PKEY *key) {
+  bssl::ScopedCBB cbb;
+  EXPECT_TRUE(CBB_init(cbb.get(), 128));
+  EXPECT_TRUE(EVP_marshal_public_key(cbb.get(), key));
+  uint8_t digest[SHA256_DIGEST_LENGTH];
+  SHA256(CBB_data(cbb.get()), CBB_len(cbb.get()), digest);
+  return B64Url(std::string(reinterpret_cast<char *>(digest), sizeof(digest)));
+}
+
+std::string DigestSign(EVP_PKEY *key, const std::string &input) {
+  bssl::ScopedEVP_MD_CTX ctx;
+  EXPECT_TRUE(EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key));
+  size_t len = 0;
+  EXPECT_TRUE(EVP_DigestSign(ctx.get(), nullptr, &len,
+                             reinterpret_cast<const uint8_t *>(input.data()), input.size()));
+  std::vector<uint8_t> sig(len);
+  EXPECT_TRUE(EVP_DigestSign(ctx.get(), sig.data(), &len,
+                             reinterpret_cast<const uint8_t *>(input.data()), input.size()));
+  return std::string(reinterpret_cast<char *>(sig.data()), len);
+}
+
+// JWS ES256: the DER ECDSA signature rewritten as r || s, 32 bytes each.
+std::string Es256Raw(const std::string &der) {
+  bssl::UniquePtr<ECDSA_SIG> sig(
+      ECDSA_SIG_from_bytes(reinterpret_cast<const uint8_t *>(der.data()), der.size()));
+  EXPECT_TRUE(sig != nullptr);
+  uint8_t raw[64];
+  EXPECT_TRUE(BN_bn2bin_padded(raw, 32, ECDSA_SIG_get0_r(sig.get())));
+  EXPECT_TRUE(BN_bn2bin_padded(raw + 32, 32, ECDSA_SIG_get0_s(sig.get())));
+  return std::string(reinterpret_cast<char *>(raw), sizeof(raw));
+}
+
+enum class Sig { kEs256Raw, kDer, kRsa, kHs256WithPem };
+
+// header.payload.signature, the signature made by |key| the way |how| says.
+std::string Token(const std::string &header, const std::string &payload, EVP_PKEY *key, Sig how) {
+  std::string input = B64Url(header) + "." + B64Url(payload);
+  std::string sig;
+  switch (how) {
+    case Sig::kEs256Raw: sig = Es256Raw(DigestSign(key, input)); break;
+    case Sig::kDer:
+    case Sig::kRsa: sig = DigestSign(key, input); break;
+    case Sig::kHs256WithPem: {
+      // The classic confusion attack: HMAC keyed with the public key's PEM.
+      std::string secret = PublicPem(key);
+      uint8_t mac[EVP_MAX_MD_SIZE];
+      unsigned mac_len = 0;
+      HMAC(EVP_sha256(), secret.data(), secret.size(),
+           reinterpret_cast<const uint8_t *>(input.data()), input.size(), mac, &mac_len);
+      sig.assign(reinterpret_cast<char *>(mac), mac_len);
+      break;
+    }
+  }
+  return input + "." + B64Url(sig);
+}
+
+std::string Header(const std::string &alg, const std::string &kid = "") {
+  std::string h = "{\"alg\":\"" + alg + "\",\"typ\":\"JWT\"";
+  if (!kid.empty()) h += ",\"kid\":\"" + kid + "\"";
+  return h + "}";
+}
+
+std::string Quote(const std::string &s) { return "\"" + s + "\""; }
+
+// The claims of a Kubernetes projected service-account token; each test
+// changes what it is about.
+class Claims {
+ public:
+  Claims() {
+    Set("aud", "[\"istio-ca\"]");
+    Set("exp", std::to_string(kNow + 3600));
+    Set("iat", std::to_string(kNow - 10));
+    Set("iss", Quote(kIssuer));
+    Set("kubernetes.io",
+        "{\"namespace\":\"default\",\"pod\":{\"name\":\"fe-1\",\"uid\":\"u1\"},"
+        "\"serviceaccount\":{\"name\":\"frontend\",\"uid\":\"u2\"}}");
+    Set("nbf", std::to_string(kNow - 10));
+    Set("sub", Quote(kSub));
+  }
+  Claims &Set(const std::string &name, const std::string &raw_json) {
+    members_[name] = raw_json;
+    return *this;
+  }
+  Claims &Drop(const std::string &name) {
+    members_.erase(name);
+    return *this;
+  }
+  std::string Json() const {
+    std::string out = "{";
+    for (const auto &m : members_) {
+      if (out.size() > 1) out += ",";
+      out += Quote(m.first) + ":" + m.second;
+    }
+    return out + "}";
+  }
+
+ private:
+  std::map<std::string, std::string> members_;
+};
+
+std::string Es256(const std::string &payload, EVP_PKEY *key = EcKey()) {
+  return Token(Header("ES256"), payload, key, Sig::kEs256Raw);
+}
+
+std::string Rs256(const std::string &payload, EVP_PKEY *key = RsaKey()) {
+  return Token(Header("RS256"), payload, key, Sig::kRsa);
+}
+
+// ---- Verification ---------------------------------------------------------
+
+struct Result {
+  mt_jwt_err code;
+  std::string message;
+  mt_jwt_claims claims;
+};
+
+const mt_jwt_keys *BothKeys() {
+  static KeysPtr keys = LoadKeys(PublicPem(EcKey()) + PublicPem(RsaKey()));
+  return keys.get();
+}
+
+Result Verify(const std::string &token, const mt_jwt_keys *keys = BothKeys(), int64_t now = kNow) {
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, now);
+  Result r;
+  mt_jwt_error err;
+  memset(&r.claims, 'Z', sizeof(r.claims));
+  r.code = mt_jwt_verify(keys, token.data(), token.size(), &expect, &r.claims, &err);
+  EXPECT_EQ(r.code, err.code);
+  r.message = err.message;
+  return r;
+}
+
+#define EXPECT_REJECTED(code_, token_)       \
+  do {                                       \
+    Result r_ = Verify(token_);              \
+    EXPECT_EQ(code_, r_.code) << r_.message; \
+    EXPECT_FALSE(r_.message.empty());        \
+    EXPECT_STREQ("", r_.claims.sub);         \
+  } while (0)
+
+// ---- Accepted tokens -------------------------------------------------------
+
+TEST(JwtVerify, AcceptsValidEs256Token) {
+  Result r = Verify(Es256(Claims().Json()));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_STREQ(kSub, r.claims.sub);
+  EXPECT_STREQ(kIssuer, r.claims.iss);
+  EXPECT_EQ(kNow + 3600, r.claims.exp);
+}
+
+TEST(JwtVerify, AcceptsValidRs256Token) {
+  Result r = Verify(Rs256(Claims().Json()));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_STREQ(kSub, r.claims.sub);
+}
+
+TEST(JwtVerify, AcceptsKidNamingTheSigningKey) {
+  std::string token =
+      Token(Header("ES256", KubernetesKid(EcKey())), Claims().Json(), EcKey(), Sig::kEs256Raw);
+  EXPECT_EQ(MT_JWT_OK, Verify(token).code);
+}
+
+TEST(JwtVerify, AcceptsUnknownKidWhenAKeyOfTheSetVerifies) {
+  std::string token =
+      Token(Header("ES256", "some-other-kid"), Claims().Json(), EcKey(), Sig::kEs256Raw);
+  EXPECT_EQ(MT_JWT_OK, Verify(token).code);
+}
+
+TEST(JwtVerify, AcceptsAnyKeyOfAMultiKeySet) {
+  KeysPtr keys = LoadKeys(PublicPem(OtherEcKey()) + PublicPem(EcKey()));
+  ASSERT_TRUE(keys != nullptr);
+  EXPECT_EQ(2u, mt_jwt_keys_count(keys.get()));
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Json()), keys.get()).code);
+}
+
+TEST(JwtVerify, AcceptsAudienceAsString) {
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("aud", Quote(kAudience)).Json())).code);
+}
+
+TEST(JwtVerify, AcceptsAudienceAmongSeveral) {
+  Claims c;
+  c.Set("aud", "[\"https://kubernetes.default.svc\",\"istio-ca\"]");
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(c.Json())).code);
+}
+
+TEST(JwtVerify, AcceptsExpiryWithinLeeway) {
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("exp", std::to_string(kNow - 59)).Json())).code);
+}
+
+TEST(JwtVerify, AcceptsNbfWithinLeeway) {
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("nbf", std::to_string(kNow + 60)).Json())).code);
+}
+
+TEST(JwtVerify, AcceptsTokenWithoutNbf) {
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Drop("nbf").Json())).code);
+}
+
+TEST(JwtVerify, AcceptsJsonWhitespaceAndEscapes) {
+  std::string payload =
+      " { \"sub\" : \"system:serviceaccount:default:fr\\u006fntend\" ,\n"
+      "\"iss\":\"" +
+      std::string(kIssuer) +
+      "\",\t\"aud\":\"istio-ca\","
+      "\"exp\":" +
+      std::to_string(kNow + 10) +
+      ", \"x\": [1.5e3, true, null,"
+      " {\"y\": \"\\ud83d\\ude00\"}] } ";
+  Result r = Verify(Es256(payload));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_STREQ(kSub, r.claims.sub);
+}
+
+TEST(JwtVerify, AcceptsTokenOfTheMaximumSize) {
+  // Size of an ES256 token whose payload is P bytes: unpadded base64url of
+  // the header and the payload, two dots, 86 signature characters.
+  const size_t header_len = B64Url(Header("ES256")).size();
+  auto token_len = [&](size_t payload_len) {
+    return header_len + 1 + (4 * payload_len + 2) / 3 + 1 + 86;
+  };
+  const size_t base = Claims().Set("pad", Quote("")).Json().size();
+  size_t pad = 0;
+  while (token_len(base + pad + 1) <= MT_JWT_MAX_TOKEN_LEN) pad++;
+  std::string token = Es256(Claims().Set("pad", Quote(std::string(pad, 'p'))).Json());
+  ASSERT_EQ(token_len(base + pad), token.size());
+  ASSERT_GE(token.size(), static_cast<size_t>(MT_JWT_MAX_TOKEN_LEN - 1));
+  EXPECT_EQ(MT_JWT_OK, Verify(token).code);
+}
+
+TEST(JwtVerify, ReadsOnlyLenBytes) {
+  std::string token = Es256(Claims().Json());
+  std::string longer = token + ".trailing";
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  EXPECT_EQ(MT_JWT_OK,
+            mt_jwt_verify(BothKeys(), longer.data(), token.size(), &expect, nullptr, nullptr));
+}
+
+// ---- Signature and algorithm ----------------------------------------------
+
+TEST(JwtVerify, RejectsFlippedSignatureByte) {
+  std::string token = Es256(Claims().Json());
+  size_t sig_start = token.rfind('.') + 1;
+  token[sig_start + 5] = token[sig_start + 5] == 'A' ? 'B' : 'A';
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, token);
+}
+
+TEST(JwtVerify, RejectsFlippedRs256SignatureByte) {
+  std::string token = Rs256(Claims().Json());
+  size_t sig_start = token.rfind('.') + 1;
+  token[sig_start + 10] = token[sig_start + 10] == 'A' ? 'B' : 'A';
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, token);
+}
+
+TEST(JwtVerify, RejectsChangedPayload) {
+  std::string good = Es256(Claims().Json());
+  std::string evil =
+      B64Url(Claims().Set("sub", "\"system:serviceaccount:kube-system:admin\"").Json());
+  size_t p1 = good.find('.') + 1, p2 = good.rfind('.');
+  std::string token = good.substr(0, p1) + evil + good.substr(p2);
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, token);
+}
+
+TEST(JwtVerify, RejectsTokenSignedByAnotherEcKey) {
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, Es256(Claims().Json(), OtherEcKey()));
+}
+
+TEST(JwtVerify, RejectsTokenSignedByAnotherRsaKey) {
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, Rs256(Claims().Json(), OtherRsaKey()));
+}
+
+TEST(JwtVerify, RejectsKidOfTrustedKeyOnTokenSignedByAnother) {
+  std::string token =
+      Token(Header("ES256", KubernetesKid(EcKey())), Claims().Json(), OtherEcKey(), Sig::kEs256Raw);
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, token);
+}
+
+TEST(JwtVerify, RejectsAlgNone) {
+  std::string unsigned_token = B64Url("{\"alg\":\"none\"}") + "." + B64Url(Claims().Json()) + ".";
+  EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG, unsigned_token);
+}
+
+TEST(JwtVerify, RejectsAlgNoneInOtherSpellings) {
+  for (const char *alg : {"None", "NONE", "nOnE"}) {
+    std::string token = B64Url(Header(alg)) + "." + B64Url(Claims().Json()) + ".";
+    EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG, token);
+  }
+}
+
+TEST(JwtVerify, RejectsAlgNoneEvenWithASignature) {
+  EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG,
+                  Token(Header("none"), Claims().Json(), EcKey(), Sig::kEs256Raw));
+}
+
+TEST(JwtVerify, RejectsHs256KeyedWithThePublicKey) {
+  EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG,
+                  Token(Header("HS256"), Claims().Json(), RsaKey(), Sig::kHs256WithPem));
+}
+
+TEST(JwtVerify, RejectsOtherAlgorithms) {
+  for (const char *alg : {"ES384", "RS512", "PS256", "EdDSA", "es256", "ES256 ", ""}) {
+    EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG,
+                    Token(Header(alg), Claims().Json(), EcKey(), Sig::kDer));
+  }
+}
+
+TEST(JwtVerify, RejectsRs256HeaderWhenOnlyAnEcKeyIsTrusted) {
+  KeysPtr ec_only = LoadKeys(PublicPem(EcKey()));
+  std::string token = Token(Header("RS256"), Claims().Json(), EcKey(), Sig::kDer);
+  Result r = Verify(token, ec_only.get());
+  EXPECT_EQ(MT_JWT_UNKNOWN_KEY, r.code) << r.message;
+}
+
+TEST(JwtVerify, RejectsEs256HeaderWhenOnlyAnRsaKeyIsTrusted) {
+  KeysPtr rsa_only = LoadKeys(PublicPem(RsaKey()));
+  Result r = Verify(Es256(Claims().Json()), rsa_only.get());
+  EXPECT_EQ(MT_JWT_UNKNOWN_KEY, r.code) << r.message;
+}
+
+TEST(JwtVerify, RejectsRs256HeaderOverEcSignatureInMixedSet) {
+  for (Sig how : {Sig::kDer, Sig::kEs256Raw}) {
+    EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE, Token(Header("RS256"), Claims().Json(), EcKey(), how));
+  }
+}
+
+TEST(JwtVerify, RejectsKidOfEcKeyUnderRs256) {
+  std::string token =
+      Token(Header("RS256", KubernetesKid(EcKey())), Claims().Json(), EcKey(), Sig::kDer);
+  EXPECT_REJECTED(MT_JWT_UNKNOWN_KEY, token);
+}
+
+TEST(JwtVerify, RejectsDerEncodedEs256Signature) {
+  EXPECT_REJECTED(MT_JWT_BAD_SIGNATURE,
+                  Token(Header("ES256"), Claims().Json(), EcKey(), Sig::kDer));
+}
+
+TEST(JwtVerify, RejectsCritHeader) {
+  std::string header = "{\"alg\":\"ES256\",\"crit\":[\"exp\"],\"exp\":1}";
+  EXPECT_REJECTED(MT_JWT_UNSUPPORTED_ALG, Token(header, Claims().Json(), EcKey(), Sig::kEs256Raw));
+}
+
+TEST(JwtVerify, RejectsHeaderWithoutAlg) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED,
+                  Token("{\"typ\":\"JWT\"}", Claims().Json(), EcKey(), Sig::kEs256Raw));
+}
+
+TEST(JwtVerify, RejectsDuplicateAlg) {
+  std::string header = "{\"alg\":\"ES256\",\"alg\":\"none\"}";
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Token(header, Claims().Json(), EcKey(), Sig::kEs256Raw));
+}
+
+// ---- Time ------------------------------------------------------------------
+
+TEST(JwtVerify, RejectsExpiredToken) {
+  EXPECT_REJECTED(MT_JWT_EXPIRED, Es256(Claims().Set("exp", std::to_string(kNow - 60)).Json()));
+  EXPECT_REJECTED(MT_JWT_EXPIRED, Es256(Claims().Set("exp", std::to_string(kNow - 86400)).Json()));
+}
+
+TEST(JwtVerify, RejectsNbfInTheFuture) {
+  EXPECT_REJECTED(MT_JWT_NOT_YET_VALID,
+                  Es256(Claims().Set("nbf", std::to_string(kNow + 61)).Json()));
+}
+
+TEST(JwtVerify, HonoursConfiguredLeeway) {
+  std::string token = Es256(Claims().Set("exp", std::to_string(kNow - 5)).Json());
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  expect.leeway_s = 0;
+  EXPECT_EQ(MT_JWT_EXPIRED,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, nullptr, nullptr));
+  expect.leeway_s = 10;
+  EXPECT_EQ(MT_JWT_OK,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, nullptr, nullptr));
+}
+
+TEST(JwtVerify, RejectsFractionalOrStringTimes) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("exp", "1700003600.5").Json()));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("exp", "17e8").Json()));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("exp", "\"1700003600\"").Json()));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("nbf", "null").Json()));
+}
+
+TEST(JwtVerify, RejectsTimesBeyond64Bits) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("exp", "9223372036854775808").Json()));
+  EXPECT_REJECTED(MT_JWT_EXPIRED, Es256(Claims().Set("exp", "-9223372036854775808").Json()));
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("exp", "9223372036854775807").Json())).code);
+}
+
+// ---- Issuer, audience, required claims -------------------------------------
+
+TEST(JwtVerify, RejectsWrongIssuer) {
+  EXPECT_REJECTED(MT_JWT_WRONG_ISSUER,
+                  Es256(Claims().Set("iss", "\"https://evil.example\"").Json()));
+  EXPECT_REJECTED(MT_JWT_WRONG_ISSUER,
+                  Es256(Claims().Set("iss", Quote(std::string(kIssuer) + "/")).Json()));
+}
+
+TEST(JwtVerify, RejectsAudienceMismatchAsString) {
+  EXPECT_REJECTED(MT_JWT_WRONG_AUDIENCE, Es256(Claims().Set("aud", "\"istio-ca-other\"").Json()));
+  EXPECT_REJECTED(MT_JWT_WRONG_AUDIENCE, Es256(Claims().Set("aud", "\"istio-c\"").Json()));
+}
+
+TEST(JwtVerify, RejectsAudienceMismatchAsArray) {
+  EXPECT_REJECTED(MT_JWT_WRONG_AUDIENCE,
+                  Es256(Claims().Set("aud", "[\"https://kubernetes.default.svc\"]").Json()));
+  EXPECT_REJECTED(MT_JWT_WRONG_AUDIENCE, Es256(Claims().Set("aud", "[]").Json()));
+}
+
+TEST(JwtVerify, RejectsNonStringAudience) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("aud", "[\"istio-ca\", 1]").Json()));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("aud", "{\"istio-ca\":1}").Json()));
+}
+
+TEST(JwtVerify, RejectsMissingSub) {
+  EXPECT_REJECTED(MT_JWT_MISSING_CLAIM, Es256(Claims().Drop("sub").Json()));
+  EXPECT_REJECTED(MT_JWT_MISSING_CLAIM, Es256(Claims().Set("sub", "\"\"").Json()));
+}
+
+TEST(JwtVerify, RejectsMissingExp) {
+  EXPECT_REJECTED(MT_JWT_MISSING_CLAIM, Es256(Claims().Drop("exp").Json()));
+}
+
+TEST(JwtVerify, RejectsMissingIssOrAud) {
+  EXPECT_REJECTED(MT_JWT_MISSING_CLAIM, Es256(Claims().Drop("iss").Json()));
+  EXPECT_REJECTED(MT_JWT_MISSING_CLAIM, Es256(Claims().Drop("aud").Json()));
+}
+
+TEST(JwtVerify, RejectsNonStringSub) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("sub", "42").Json()));
+}
+
+// ---- base64url ------------------------------------------------------------
+
+std::string WithPart(const std::string &token, int part, const std::string &text) {
+  size_t p1 = token.find('.'), p2 = token.rfind('.');
+  std::string parts[3] = {token.substr(0, p1), token.substr(p1 + 1, p2 - p1 - 1),
+                          token.substr(p2 + 1)};
+  parts[part] = text;
+  return parts[0] + "." + parts[1] + "." + parts[2];
+}
+
+std::string Part(const std::string &token, int part) {
+  size_t p1 = token.find('.'), p2 = token.rfind('.');
+  return part == 0   ? token.substr(0, p1)
+         : part == 1 ? token.substr(p1 + 1, p2 - p1 - 1)
+                     : token.substr(p2 + 1);
+}
+
+TEST(JwtVerify, RejectsPaddedBase64url) {
+  std::string token = Es256(Claims().Json());
+  // 64 signature bytes are 86 characters; standard base64 would pad with "==".
+  ASSERT_EQ(86u, Part(token, 2).size());
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 2, Part(token, 2) + "=="));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 1, Part(token, 1) + "="));
+}
+
+TEST(JwtVerify, RejectsStandardBase64Characters) {
+  std::string token = Es256(Claims().Json());
+  std::string sig = Part(token, 2);
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 2, "+" + sig.substr(1)));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 2, "/" + sig.substr(1)));
+}
+
+TEST(JwtVerify, RejectsWhitespaceAndOtherCharacters) {
+  std::string token = Es256(Claims().Json());
+  std::string payload = Part(token, 1);
+  EXPECT_REJECTED(MT_JWT_MALFORMED,
+                  WithPart(token, 1, payload.substr(0, 4) + " " + payload.substr(5)));
+  EXPECT_REJECTED(MT_JWT_MALFORMED,
+                  WithPart(token, 1, payload.substr(0, 4) + "*" + payload.substr(5)));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 1, std::string("\0", 1) + payload.substr(1)));
+}
+
+TEST(JwtVerify, RejectsImpossibleBase64urlLength) {
+  std::string token = Es256(Claims().Json());
+  // 86 + 3 = 89 characters: the last one would carry 6 bits, not a byte.
+  std::string sig = Part(token, 2);
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 2, sig + "AAA"));
+}
+
+TEST(JwtVerify, RejectsNonCanonicalTrailingBits) {
+  // A second spelling of the same bytes: set a bit that decoding drops.
+  std::string token = Es256(Claims().Json());
+  std::string sig = Part(token, 2);
+  char last = sig.back();
+  // The last of 86 characters carries 2 meaningful bits and 4 zero bits.
+  std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  char stray = alphabet[alphabet.find(last) | 1];
+  EXPECT_REJECTED(MT_JWT_MALFORMED, WithPart(token, 2, sig.substr(0, 85) + stray));
+}
+
+TEST(JwtVerify, RejectsWrongNumberOfParts) {
+  std::string token = Es256(Claims().Json());
+  EXPECT_REJECTED(MT_JWT_MALFORMED, token.substr(0, token.rfind('.')));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, token + ".x");
+  EXPECT_REJECTED(MT_JWT_MALFORMED, std::string(""));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, std::string(".."));
+}
+
+// ---- JSON ------------------------------------------------------------------
+
+TEST(JwtVerify, RejectsTrailingGarbageAfterJson) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Json() + "x"));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Json() + "{}"));
+}
+
+TEST(JwtVerify, RejectsUnterminatedString) {
+  std::string json = Claims().Json();
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256("{\"sub\":\"system:serviceaccount:a:b"));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(json.substr(0, json.size() - 1)));
+}
+
+TEST(JwtVerify, RejectsDuplicateSub) {
+  std::string json = Claims().Json();
+  std::string dup = json.substr(0, json.size() - 1) + ",\"sub\":\"system:serviceaccount:a:b\"}";
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(dup));
+}
+
+TEST(JwtVerify, RejectsDuplicateSubSpelledWithAnEscape) {
+  std::string json = Claims().Json();
+  std::string dup =
+      json.substr(0, json.size() - 1) + ",\"s\\u0075b\":\"system:serviceaccount:a:b\"}";
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(dup));
+}
+
+TEST(JwtVerify, RejectsDuplicateNamesInNestedObjects) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("x", "{\"a\":1,\"a\":2}").Json()));
+}
+
+TEST(JwtVerify, RejectsMalformedJsonValues) {
+  for (const char *bad :
+       {"tru", "nul", "01", "1.", "-", "+1", ".5", "1e", "[1,]", "[,1]", "{\"a\"}", "{\"a\":1,}",
+        "{a:1}", "'x'", "\"\\x\"", "\"\\u12\"", "[", "{"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("x", bad).Json()));
+  }
+}
+
+TEST(JwtVerify, RejectsControlCharactersAndBadUtf8InStrings) {
+  for (const char *bad : {"\"a\tb\"", "\"\xff\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\\ud800\"",
+                          "\"\\udc00x\"", "\"\\u0000\""}) {
+    SCOPED_TRACE(bad);
+    EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("x", bad).Json()));
+  }
+}
+
+TEST(JwtVerify, RejectsDeepNesting) {
+  std::string deep = std::string(40, '[') + std::string(40, ']');
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("x", deep).Json()));
+  std::string ok = std::string(10, '[') + std::string(10, ']');
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("x", ok).Json())).code);
+}
+
+TEST(JwtVerify, RejectsPayloadThatIsNotAnObject) {
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256("[]"));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256("\"sub\""));
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(""));
+}
+
+TEST(JwtVerify, RejectsOverlongSub) {
+  std::string sub = "system:serviceaccount:default:" + std::string(MT_JWT_CLAIM_MAX_LEN, 'a');
+  EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("sub", Quote(sub)).Json()));
+}
+
+// ---- Size ------------------------------------------------------------------
+
+TEST(JwtVerify, RejectsTokenOver16KiB) {
+  std::string token = Es256(Claims().Set("pad", Quote(std::string(13000, 'p'))).Json());
+  ASSERT_GT(token.size(), static_cast<size_t>(MT_JWT_MAX_TOKEN_LEN));
+  EXPECT_REJECTED(MT_JWT_TOO_LARGE, token);
+  EXPECT_REJECTED(MT_JWT_TOO_LARGE, std::string(MT_JWT_MAX_TOKEN_LEN + 1, 'a'));
+}
+
+// ---- Arguments and names ---------------------------------------------------
+
+TEST(JwtVerify, RejectsBadArguments) {
+  std::string token = Es256(Claims().Json());
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  mt_jwt_error err;
+  EXPECT_EQ(MT_JWT_INVALID_ARGUMENT,
+            mt_jwt_verify(nullptr, token.data(), token.size(), &expect, nullptr, &err));
+  EXPECT_EQ(MT_JWT_INVALID_ARGUMENT, mt_jwt_verify(BothKeys(), nullptr, 0, &expect, nullptr, &err));
+  EXPECT_EQ(MT_JWT_INVALID_ARGUMENT,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), nullptr, nullptr, &err));
+  expect.leeway_s = -1;
+  EXPECT_EQ(MT_JWT_INVALID_ARGUMENT,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, nullptr, &err));
+  expect.leeway_s = MT_JWT_MAX_LEEWAY_S + 1;
+  EXPECT_EQ(MT_JWT_INVALID_ARGUMENT,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, nullptr, &err));
+}
+
+TEST(JwtVerify, DefaultLeewayIsSixtySeconds) {
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  EXPECT_EQ(60, expect.leeway_s);
+}
+
+TEST(JwtErrName, EveryCodeHasAName) {
+  for (int e = MT_JWT_OK; e <= MT_JWT_INTERNAL; e++) {
+    EXPECT_STRNE("unknown", mt_jwt_err_name(static_cast<mt_jwt_err>(e)));
+  }
+}
+
+// ---- Key set ----------------------------------------------------------------
+
+TEST(JwtKeys, LoadsEcAndRsaKeys) {
+  std::string err;
+  KeysPtr keys = LoadKeys("# signing keys\n" + PublicPem(EcKey()) + PublicPem(RsaKey()), &err);
+  ASSERT_TRUE(keys != nullptr) << err;
+  EXPECT_EQ(2u, mt_jwt_keys_count(keys.get()));
+}
+
+TEST(JwtKeys, RejectsRsaUnder2048Bits) {
+  std::string err;
+  EXPECT_TRUE(LoadKeys(PublicPem(NewRsaKey(1024).get()), &err) == nullptr);
+  EXPECT_NE(std::string::npos, err.find("1024")) << err;
+}
+
+TEST(JwtKeys, RejectsEcKeysOffP256) {
+  std::string err;
+  EXPECT_TRUE(LoadKeys(PublicPem(NewEcKey(NID_secp384r1).get()), &err) == nullptr);
+  EXPECT_NE(std::string::npos, err.find("P-256")) << err;
+}
+
+TEST(JwtKeys, RejectsOneBadKeyAmongGoodOnes) {
+  std::string err;
+  std::string pem = PublicPem(EcKey()) + PublicPem(NewEcKey(NID_secp384r1).get());
+  EXPECT_TRUE(LoadKeys(pem, &err) == nullptr);
+  EXPECT_NE(std::string::npos, err.find("key 2")) << err;
+}
+
+TEST(JwtKeys, RejectsOtherPemBlocks) {
+  std::string err;
+  EXPECT_TRUE(LoadKeys("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", &err) ==
+              nullptr);
+  EXPECT_FALSE(err.empty());
+}
+
+TEST(JwtKeys, RejectsEmptyAndGarbage) {
+  std::string err;
+  EXPECT_TRUE(LoadKeys("", &err) == nullptr);
+  EXPECT_TRUE(LoadKeys("not a key", &err) == nullptr);
+  EXPECT_NE(std::string::npos, err.find("no \"PUBLIC KEY\"")) << err;
+  EXPECT_TRUE(LoadKeys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", &err) ==
+              nullptr);
+}
+
+// ---- Service account -> SPIFFE ID --------------------------------------------
+
+std::string Map(const char *sub, const char *td = "example.org", size_t out_len = 256) {
+  std::vector<char> out(out_len, 'Z');
+  if (mt_jwt_sub_to_spiffe_id(sub, td, out.data(), out.size())) {
+    return std::string(out.data());
+  }
+  EXPECT_EQ('\0', out[0]) << "a refusal leaves an empty string";
+  return "REJECTED";
+}
+
+TEST(JwtSubToSpiffeId, MapsServiceAccount) {
+  EXPECT_EQ("spiffe://example.org/ns/default/sa/frontend", Map(kSub));
+  EXPECT_EQ("spiffe://cluster.local/ns/kube-system/sa/coredns.v1",
+            Map("system:serviceaccount:kube-system:coredns.v1", "cluster.local"));
+}
+
+TEST(JwtSubToSpiffeId, MapsTheSubOfAVerifiedToken) {
+  Result r = Verify(Rs256(Claims().Json()));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_EQ("spiffe://example.org/ns/default/sa/frontend", Map(r.claims.sub));
+}
+
+TEST(JwtSubToSpiffeId, RejectsSubjectsThatAreNotServiceAccounts) {
+  for (const char *sub : {"alice", "system:node:worker-1", "system:serviceaccounts:default:x",
+                          "System:serviceaccount:default:x", "", "system:serviceaccount:"}) {
+    EXPECT_EQ("REJECTED", Map(sub)) << sub;
+  }
+}
+
+TEST(JwtSubToSpiffeId, RejectsMalformedNamespaceOrAccount) {
+  for (const char *sub :
+       {"system:serviceaccount:default", "system:serviceaccount::frontend",
+        "system:serviceaccount:default:", "system:serviceaccount:a/b:c",
+        "system:serviceaccount:a:b/c", "system:serviceaccount:default:frontend:extra",
+        "system:serviceaccount:..:x", "system:serviceaccount:x:.", "system:serviceaccount:a b:c",
+        "system:serviceaccount:a%2f:c"}) {
+    EXPECT_EQ("REJECTED", Map(sub)) << sub;
+  }
+}
+
+TEST(JwtSubToSpiffeId, RejectsBadTrustDomain) {
+  EXPECT_EQ("REJECTED", Map(kSub, "Example.org"));
+  EXPECT_EQ("REJECTED", Map(kSub, ""));
+  EXPECT_EQ("REJECTED", Map(kSub, "example.org/x"));
+}
+
+TEST(JwtSubToSpiffeId, RejectsTooSmallBuffer) {
+  std::string id = "spiffe://example.org/ns/default/sa/frontend";
+  EXPECT_EQ("REJECTED", Map(kSub, "example.org", id.size()));
+  EXPECT_EQ(id, Map(kSub, "example.org", id.size() + 1));
+  EXPECT_EQ(0, mt_jwt_sub_to_spiffe_id(kSub, "example.org", nullptr, 0));
+}
+
+}  // namespace
