@@ -24,6 +24,11 @@ enum {
   DEFAULT_IDLE_TIMEOUT_MS = 300000,
   DEFAULT_DRAIN_TIMEOUT_MS = 5000,
   MAX_WORKERS = 256,
+  DEFAULT_CERT_TTL_S = 3600,
+  DEFAULT_CP_REQUEST_TIMEOUT_MS = 10000,
+  DEFAULT_CP_RETRY_INITIAL_MS = 500,
+  DEFAULT_CP_RETRY_MAX_MS = 30000,
+  DEFAULT_CP_KEEPALIVE_MS = 30000,
   MAX_TIMEOUT_MS = 24 * 3600 * 1000,
   MAX_RULE_PORTS = 64,
   MAX_RULE_MATCHERS = 64,
@@ -171,7 +176,59 @@ static int on_identity_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
     return want_string(pc, v, key, &c->pkcs12_password_file);
   if (strcmp(key, "reload_interval_ms") == 0)
     return want_int(pc, v, key, 10, MAX_TIMEOUT_MS, &c->reload_interval_ms);
+  if (strcmp(key, "spiffe_id") == 0) {
+    if (!want_string(pc, v, key, &c->spiffe_id)) return 0;
+    mt_spiffe_err e = mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid SPIFFE ID '%s': %s", c->spiffe_id, mt_spiffe_err_str(e));
+    return 1;
+  }
   return fail(pc, k, "unknown key 'identity.%s'", key);
+}
+
+/* ---- control plane ----------------------------------------------------- */
+
+static int on_control_plane_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                                void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "address") == 0) {
+    mt_sockaddr probe;
+    if (!want_address(pc, v, key, 1, &probe)) return 0;
+    return want_string(pc, v, key, &c->cp_address);
+  }
+  if (strcmp(key, "root_file") == 0) return want_string(pc, v, key, &c->cp_root_file);
+  if (strcmp(key, "spiffe_id") == 0) {
+    if (!want_string(pc, v, key, &c->cp_spiffe_id)) return 0;
+    mt_spiffe_err e = mt_spiffe_id_parse(c->cp_spiffe_id, strlen(c->cp_spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid SPIFFE ID '%s': %s", c->cp_spiffe_id, mt_spiffe_err_str(e));
+    return 1;
+  }
+  if (strcmp(key, "token_file") == 0) return want_string(pc, v, key, &c->cp_token_file);
+  if (strcmp(key, "cluster_id") == 0) return want_string(pc, v, key, &c->cp_cluster_id);
+  if (strcmp(key, "node_id") == 0) return want_string(pc, v, key, &c->cp_node_id);
+  if (strcmp(key, "cert_ttl_s") == 0)
+    return want_int(pc, v, key, 1, 365 * 24 * 3600, &c->cp_cert_ttl_s);
+  if (strcmp(key, "request_timeout_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->cp_request_timeout_ms);
+  if (strcmp(key, "retry_initial_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->cp_retry_initial_ms);
+  if (strcmp(key, "retry_max_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->cp_retry_max_ms);
+  if (strcmp(key, "keepalive_ms") == 0)
+    return want_int(pc, v, key, 0, MAX_TIMEOUT_MS, &c->cp_keepalive_ms);
+  if (strcmp(key, "watch") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (strcmp(s, "true") == 0)
+      c->cp_watch = 1;
+    else if (strcmp(s, "false") == 0)
+      c->cp_watch = 0;
+    else
+      return fail(pc, v, "'watch' must be true or false, got '%s'", s);
+    return 1;
+  }
+  return fail(pc, k, "unknown key 'control_plane.%s'", key);
 }
 
 /* ---- trust bundles ----------------------------------------------------- */
@@ -342,12 +399,9 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
   if (strcmp(key, "unknown_destination") == 0) {
     const char *s;
     if (!want_scalar(pc, v, key, &s)) return 0;
-    if (strcmp(s, "trust_domain") == 0)
-      c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
-    else if (strcmp(s, "deny") == 0)
-      c->unknown_destination = MT_UNKNOWN_DEST_DENY;
-    else
-      return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
+    if (strcmp(s, "trust_domain") == 0) c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+    else if (strcmp(s, "deny") == 0) c->unknown_destination = MT_UNKNOWN_DEST_DENY;
+    else return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'outbound.%s'", key);
@@ -509,6 +563,10 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "log_level") == 0) return parse_log_level(pc, v, &c->log_level);
   if (strcmp(key, "access_log") == 0) return want_string(pc, v, key, &c->access_log);
   if (strcmp(key, "identity") == 0) return each_pair(pc, v, "identity", on_identity_key, c);
+  if (strcmp(key, "control_plane") == 0) {
+    c->has_control_plane = 1;
+    return each_pair(pc, v, "control_plane", on_control_plane_key, c);
+  }
   if (strcmp(key, "trust_bundles") == 0) {
     free(c->trust_bundles);
     c->trust_bundles = alloc_for(pc, v, key, sizeof(mt_trust_bundle_config));
@@ -524,8 +582,30 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
 }
 
 /* Cross-field rules that no single key can check. */
+/* With a control plane, certificates come from the CA and bundles may come
+ * from the mesh stream, so neither files nor bundles are required. */
+static int validate_control_plane(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
+  if (c->cp_address == NULL) return fail(pc, root, "control_plane needs 'address'");
+  if (c->cp_root_file == NULL) return fail(pc, root, "control_plane needs 'root_file'");
+  if (c->cp_spiffe_id == NULL) return fail(pc, root, "control_plane needs 'spiffe_id'");
+  if (c->spiffe_id == NULL)
+    return fail(pc, root, "identity.spiffe_id is required with a control plane");
+  if (c->cert_file != NULL || c->key_file != NULL || c->pkcs12_file != NULL)
+    return fail(pc, root, "identity: certificate files and control_plane are exclusive");
+  mt_spiffe_id_view view;
+  mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), &view);
+  if (view.trust_domain_len != strlen(c->trust_domain) ||
+      memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
+    return fail(pc, root, "identity.spiffe_id '%s' is not in trust domain '%s'", c->spiffe_id,
+                c->trust_domain);
+  if (c->num_inbound_listeners == 0 && c->num_outbound_listeners == 0)
+    return fail(pc, root, "no listeners: configure inbound.listeners and/or outbound.listeners");
+  return 1;
+}
+
 static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
+  if (c->has_control_plane) return validate_control_plane(pc, c, root);
   int has_pair = c->cert_file != NULL || c->key_file != NULL;
   if (has_pair && c->pkcs12_file != NULL)
     return fail(pc, root, "identity: use either cert_file + key_file or pkcs12_file, not both");
@@ -555,6 +635,12 @@ static void set_defaults(mt_config *c) {
   c->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
   c->drain_timeout_ms = DEFAULT_DRAIN_TIMEOUT_MS;
   c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+  c->cp_cert_ttl_s = DEFAULT_CERT_TTL_S;
+  c->cp_request_timeout_ms = DEFAULT_CP_REQUEST_TIMEOUT_MS;
+  c->cp_retry_initial_ms = DEFAULT_CP_RETRY_INITIAL_MS;
+  c->cp_retry_max_ms = DEFAULT_CP_RETRY_MAX_MS;
+  c->cp_keepalive_ms = DEFAULT_CP_KEEPALIVE_MS;
+  c->cp_watch = 1;
   mt_sockaddr_parse("127.0.0.1", &c->inbound_app_address, 0);
 }
 
@@ -623,6 +709,13 @@ void mt_config_free(mt_config *c) {
   free(c->key_file);
   free(c->pkcs12_file);
   free(c->pkcs12_password_file);
+  free(c->spiffe_id);
+  free(c->cp_address);
+  free(c->cp_root_file);
+  free(c->cp_spiffe_id);
+  free(c->cp_token_file);
+  free(c->cp_cluster_id);
+  free(c->cp_node_id);
   for (size_t i = 0; i < c->num_trust_bundles; i++) {
     free(c->trust_bundles[i].trust_domain);
     free(c->trust_bundles[i].file);

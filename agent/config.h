@@ -66,6 +66,23 @@ typedef struct {
   char *pkcs12_password_file;
   int reload_interval_ms;
 
+  char *spiffe_id; /* identity.spiffe_id: what to ask the CA for */
+
+  /* control_plane: certificates and mesh config from mtls-ca (or istiod). */
+  int has_control_plane;
+  char *cp_address;    /* "ip:port" */
+  char *cp_root_file;  /* roots for the control plane's TLS certificate */
+  char *cp_spiffe_id;  /* the control plane's expected SPIFFE ID */
+  char *cp_token_file; /* bearer token (projected service-account token) */
+  char *cp_cluster_id;
+  char *cp_node_id;
+  int cp_cert_ttl_s;
+  int cp_request_timeout_ms;
+  int cp_retry_initial_ms;
+  int cp_retry_max_ms;
+  int cp_keepalive_ms;
+  int cp_watch; /* subscribe to the mesh config stream */
+
   mt_trust_bundle_config *trust_bundles;
   size_t num_trust_bundles;
 

@@ -191,16 +191,19 @@ static int load_pkcs12(const mt_config *c, EVP_PKEY **key, X509 **leaf, STACK_OF
   return 0;
 }
 
+STACK_OF(X509) * mt_identity_files_load_certs(const char *path, char *err, size_t err_len) {
+  file_bytes fb;
+  if (!read_file(path, &fb, err, err_len)) return NULL;
+  STACK_OF(X509) *certs = parse_certs(path, &fb, err, err_len);
+  file_bytes_wipe(&fb);
+  return certs;
+}
+
 static mt_trust *load_trust(const mt_config *c, char *err, size_t err_len) {
   mt_trust *trust = mt_trust_new();
   for (size_t i = 0; trust && i < c->num_trust_bundles; i++) {
     const mt_trust_bundle_config *b = &c->trust_bundles[i];
-    file_bytes fb;
-    STACK_OF(X509) *roots = NULL;
-    if (read_file(b->file, &fb, err, err_len)) {
-      roots = parse_certs(b->file, &fb, err, err_len);
-      file_bytes_wipe(&fb);
-    }
+    STACK_OF(X509) *roots = mt_identity_files_load_certs(b->file, err, err_len);
     int ok = roots != NULL && mt_trust_add(trust, b->trust_domain, roots);
     if (roots != NULL && !ok) snprintf(err, err_len, "%s: cannot build the store", b->file);
     sk_X509_pop_free(roots, X509_free);

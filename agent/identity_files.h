@@ -14,12 +14,18 @@
 #include "agent/config.h"
 #include "agent/identity.h"
 
+#include <openssl/x509.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* Loads a snapshot. Returns NULL with "path: what is wrong" in |err|. */
 mt_identity *mt_identity_files_load(const mt_config *config, char *err, size_t err_len);
+
+/* Reads one or more certificates (PEM, or concatenated DER) from |path|.
+ * Returns NULL with "path: what is wrong" in |err|. */
+STACK_OF(X509) * mt_identity_files_load_certs(const char *path, char *err, size_t err_len);
 
 /* A cheap digest of the files' inode, size and mtime: equal stamps mean
  * nothing changed. Missing files hash as such (and fail to load later). */

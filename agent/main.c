@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent/cert_manager.h"
 #include "agent/config.h"
 #include "agent/identity.h"
 #include "agent/identity_files.h"
@@ -21,7 +22,8 @@ enum { ERR_TEXT_MAX = 1024 };
 typedef struct {
   const mt_config *config;
   mt_workers *workers;
-  mt_identity *identity; /* what the workers currently serve; NULL = none */
+  mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
+  mt_identity *identity;         /* what the workers currently serve; NULL = none */
   uint64_t files_stamp;
   uint64_t failed_stamp;
   ev_timer reload_timer;
@@ -68,6 +70,9 @@ static void enforce_expiry(agent *a) {
   publish(a, NULL);
 }
 
+/* The control-plane source hands over snapshots (it owns their timing). */
+static void on_cert_manager_publish(void *arg, mt_identity *identity) { publish(arg, identity); }
+
 static void on_reload_timer(struct ev_loop *loop, ev_timer *t, int revents) {
   (void)loop;
   (void)revents;
@@ -80,6 +85,7 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents) {
   (void)loop;
   (void)revents;
   agent *a = s->data;
+  if (a->cert_manager != NULL) return; /* certificates come from the control plane */
   MT_LOG_I("SIGHUP: reloading certificate files");
   reload_identity(a, 1);
 }
@@ -97,13 +103,19 @@ static int check_config(const char *path) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }
-  mt_identity *identity = mt_identity_files_load(config, err, sizeof(err));
-  if (identity == NULL)
-    fprintf(stderr, "%s: identity: %s\n", path, err);
-  else
-    printf("%s: OK (identity %s)\n", path, mt_identity_spiffe_id(identity));
-  int rc = identity == NULL;
-  mt_identity_unref(identity);
+  int rc = 0;
+  if (config->has_control_plane) {
+    printf("%s: OK (identity %s from control plane %s)\n", path, config->spiffe_id,
+           config->cp_address);
+  } else {
+    mt_identity *identity = mt_identity_files_load(config, err, sizeof(err));
+    if (identity == NULL)
+      fprintf(stderr, "%s: identity: %s\n", path, err);
+    else
+      printf("%s: OK (identity %s)\n", path, mt_identity_spiffe_id(identity));
+    rc = identity == NULL;
+    mt_identity_unref(identity);
+  }
   mt_config_free(config);
   return rc;
 }
@@ -116,6 +128,27 @@ static void watch_signals(struct ev_loop *loop, agent *a) {
   ev_signal_start(loop, &a->sigterm);
   ev_signal_start(loop, &a->sigint);
   ev_signal_start(loop, &a->sighup);
+}
+
+/* Certificate files: loaded now (a bad set stops start-up), then polled. */
+static int start_file_source(agent *a, struct ev_loop *loop, char *err, size_t err_len) {
+  a->files_stamp = mt_identity_files_stamp(a->config);
+  mt_identity *identity = mt_identity_files_load(a->config, err, err_len);
+  if (identity == NULL) return 0;
+  publish(a, identity);
+  MT_LOG_I("serving as %s (serial %s)", mt_identity_spiffe_id(identity),
+           mt_identity_serial(identity));
+  ev_timer_init(&a->reload_timer, on_reload_timer, 0.0, a->config->reload_interval_ms / 1000.0);
+  a->reload_timer.data = a;
+  ev_timer_again(loop, &a->reload_timer);
+  return 1;
+}
+
+static void stop_agent(agent *a, struct ev_loop *loop) {
+  mt_cert_manager_free(a->cert_manager);
+  mt_workers_stop(a->workers, a->config->drain_timeout_ms);
+  mt_identity_unref(a->identity);
+  ev_loop_destroy(loop);
 }
 
 static int run(const char *path) {
@@ -134,39 +167,35 @@ static int run(const char *path) {
   agent a;
   memset(&a, 0, sizeof(a));
   a.config = config;
-  a.files_stamp = mt_identity_files_stamp(config);
-  a.identity = mt_identity_files_load(config, err, sizeof(err));
-  if (a.identity == NULL) {
-    MT_LOG_E("%s: identity: %s", path, err);
-    mt_access_log_close();
-    mt_config_free(config);
-    return 1;
-  }
-  a.workers = mt_workers_start(config, a.identity, err, sizeof(err));
-  if (a.workers == NULL) {
-    MT_LOG_E("%s", err);
-    mt_identity_unref(a.identity);
-    mt_access_log_close();
-    mt_config_free(config);
-    return 1;
-  }
-  MT_LOG_I("mtlsd " MTLSD_VERSION " serving as %s (serial %s)", mt_identity_spiffe_id(a.identity),
-           mt_identity_serial(a.identity));
   struct ev_loop *loop = ev_default_loop(0);
-  ev_timer_init(&a.reload_timer, on_reload_timer, 0.0, config->reload_interval_ms / 1000.0);
-  a.reload_timer.data = &a;
-  ev_timer_again(loop, &a.reload_timer);
-  watch_signals(loop, &a);
-  ev_run(loop, 0);
-  mt_workers_stop(a.workers, config->drain_timeout_ms);
-  mt_identity_unref(a.identity);
-  ev_loop_destroy(loop);
+  /* Workers start with no identity: they refuse connections until one is
+   * published (fail closed while the control plane has not answered). */
+  a.workers = mt_workers_start(config, NULL, err, sizeof(err));
+  int ok = a.workers != NULL;
+  if (ok && config->has_control_plane) {
+    a.cert_manager =
+        mt_cert_manager_start(loop, config, on_cert_manager_publish, &a, err, sizeof(err));
+    ok = a.cert_manager != NULL;
+  } else if (ok) {
+    ok = start_file_source(&a, loop, err, sizeof(err));
+  }
+  int rc = 1;
+  if (ok) {
+    MT_LOG_I("mtlsd " MTLSD_VERSION " started (%s)", config->has_control_plane
+                                                         ? "certificates from the control plane"
+                                                         : "certificates from files");
+    watch_signals(loop, &a);
+    ev_run(loop, 0);
+    rc = 0;
+  } else {
+    MT_LOG_E("%s: %s", path, err);
+  }
+  stop_agent(&a, loop);
   mt_access_log_close();
   mt_config_free(config);
-  MT_LOG_I("stopped");
-  return 0;
+  if (rc == 0) MT_LOG_I("stopped");
+  return rc;
 }
-
 int main(int argc, char **argv) {
   static const struct option options[] = {
       {"config", required_argument, NULL, 'c'},

@@ -58,7 +58,13 @@ struct ev_loop *mt_worker_loop(mt_worker *w) {
   return w->loop;
 }
 const mt_config *mt_worker_config(const mt_worker *w) { return w->pool->config; }
-mt_identity *mt_worker_identity(mt_worker *w) { return w->identity; }
+/* An expired snapshot is never used, even before the main thread notices:
+ * handing it out would present (or accept peers with) a dead certificate. */
+mt_identity *mt_worker_identity(mt_worker *w) {
+  if (w->identity != NULL && (double)mt_identity_not_after(w->identity) <= ev_now(w->loop))
+    return NULL;
+  return w->identity;
+}
 
 void mt_worker_link(mt_worker *w, mt_conn *conn) {
   conn->prev = NULL;

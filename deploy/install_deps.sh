@@ -25,6 +25,9 @@ PACKAGES=(
   python3-pytest
   python3-yaml
   python3-grpcio
+  python3-jwt
+  python3-protobuf
+  python3-cryptography
 )
 
 missing=()

@@ -1,0 +1,483 @@
+/* cert_manager.c: certificate lifecycle and mesh config from the control
+ * plane, assembled into identity snapshots.
+ *
+ * Certificate states (one timer drives them):
+ *   REQUESTING --ok--> VALID --renewal time--> REQUESTING
+ *        |                                         |
+ *        +--error--> BACKOFF --delay--> REQUESTING <+
+ * Expiry is a separate timer: when the served certificate's notAfter
+ * passes, the workers get "no identity" until a request succeeds. */
+#include "agent/cert_manager.h"
+
+#include <openssl/asn1.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "agent/ca_client.h"
+#include "agent/csr.h"
+#include "agent/identity_files.h"
+#include "agent/log.h"
+#include "agent/mesh_watch.h"
+#include "agent/pem.h"
+#include "agent/tls.h"
+#include "grpc/client.h"
+
+enum {
+  ERR_MAX = 512,
+  JITTER_PERCENT = 10,         /* renewal: +-10% of the certificate's life */
+  BACKOFF_JITTER_PERCENT = 20, /* retries: +-20% of the delay */
+  WATCH_RETRY_MAX_MS = 30000,
+};
+
+static const double MIN_RENEWAL_DELAY_S = 0.1;
+
+typedef enum { CM_REQUESTING, CM_VALID, CM_BACKOFF } cm_state;
+
+struct mt_cert_manager {
+  struct ev_loop *loop;
+  const mt_config *config;
+  mt_publish_fn publish;
+  void *publish_arg;
+
+  mt_trust *cp_trust; /* roots that sign the control plane's certificate */
+  SSL_CTX *cp_ctx;
+  mt_grpc_client *grpc;
+
+  cm_state state;
+  mt_ca_request *request;
+  EVP_PKEY *pending_key; /* the key the request in flight certifies */
+  int backoff_ms;
+  ev_timer cert_timer;   /* renewal or retry */
+  ev_timer expiry_timer; /* notAfter of the served certificate */
+
+  /* Current credentials (NULL until the first success). */
+  EVP_PKEY *key;
+  X509 *leaf;
+  STACK_OF(X509) * chain;
+  STACK_OF(X509) * ca_roots;
+  time_t not_before, not_after;
+  int serving; /* workers have a valid identity from us */
+
+  /* Trust and mesh: from the Watch stream once it delivered, else config. */
+  mt_bundle *static_bundles;
+  size_t num_static_bundles;
+  mt_mesh_update watched;
+  int have_watched;
+  mt_mesh_watch *watch;
+  ev_timer watch_timer;
+  int watch_backoff_ms;
+};
+
+static void request_certificate(mt_cert_manager *m);
+static void start_watch(mt_cert_manager *m);
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static double jitter(double value, int percent) {
+  uint32_t r = 0;
+  RAND_bytes((uint8_t *)&r, sizeof(r));
+  double unit = (double)r / (double)UINT32_MAX * 2.0 - 1.0; /* [-1, 1] */
+  return value * (1.0 + unit * percent / 100.0);
+}
+
+static time_t asn1_to_time(const ASN1_TIME *t, time_t now) {
+  int days = 0, secs = 0;
+  ASN1_TIME *from = ASN1_TIME_set(NULL, now);
+  int ok = from != NULL && ASN1_TIME_diff(&days, &secs, from, t);
+  ASN1_TIME_free(from);
+  return ok ? now + (time_t)days * 86400 + secs : 0;
+}
+
+static void set_timer(mt_cert_manager *m, ev_timer *t, double seconds) {
+  ev_timer_stop(m->loop, t);
+  ev_timer_set(t, seconds < 0 ? 0 : seconds, 0.0);
+  ev_timer_start(m->loop, t);
+}
+
+/* Merges |roots| for |td| into |list| (one entry per trust domain). */
+static int bundle_add(mt_bundle **list, size_t *count, const char *td,
+                      const STACK_OF(X509) * roots) {
+  mt_bundle *b = NULL;
+  for (size_t i = 0; i < *count; i++)
+    if (strcmp((*list)[i].trust_domain, td) == 0) b = &(*list)[i];
+  if (b == NULL) {
+    mt_bundle *grown = realloc(*list, (*count + 1) * sizeof(**list));
+    if (grown == NULL) return 0;
+    *list = grown;
+    b = &grown[(*count)++];
+    b->trust_domain = strdup(td);
+    b->roots = sk_X509_new_null();
+    if (b->trust_domain == NULL || b->roots == NULL) return 0;
+  }
+  for (size_t i = 0; i < sk_X509_num(roots); i++) {
+    X509 *x = sk_X509_value(roots, i);
+    X509_up_ref(x);
+    if (!sk_X509_push(b->roots, x)) {
+      X509_free(x);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void bundles_free(mt_bundle *list, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    free(list[i].trust_domain);
+    sk_X509_pop_free(list[i].roots, X509_free);
+  }
+  free(list);
+}
+
+/* The trust the next snapshot uses: the mesh stream's bundles when it has
+ * spoken (the control plane is the authority, which is what lets it retire
+ * a root), else the configured bundles plus the CA's own roots. */
+static mt_trust *assemble_trust(mt_cert_manager *m) {
+  mt_bundle *list = NULL;
+  size_t count = 0;
+  int ok = 1;
+  if (m->have_watched) {
+    for (size_t i = 0; ok && i < m->watched.num_bundles; i++)
+      ok = bundle_add(&list, &count, m->watched.bundles[i].trust_domain,
+                      m->watched.bundles[i].roots);
+  } else {
+    for (size_t i = 0; ok && i < m->num_static_bundles; i++)
+      ok = bundle_add(&list, &count, m->static_bundles[i].trust_domain, m->static_bundles[i].roots);
+    if (ok && m->ca_roots != NULL && sk_X509_num(m->ca_roots) > 0)
+      ok = bundle_add(&list, &count, m->config->trust_domain, m->ca_roots);
+  }
+  mt_trust *trust = ok ? mt_trust_new() : NULL;
+  for (size_t i = 0; trust != NULL && i < count; i++) {
+    if (!mt_trust_add(trust, list[i].trust_domain, list[i].roots)) {
+      mt_trust_free(trust);
+      trust = NULL;
+    }
+  }
+  bundles_free(list, count);
+  return trust;
+}
+
+/* Builds and publishes a snapshot from the current parts. Returns 1 when
+ * the workers got it. */
+static int rebuild(mt_cert_manager *m) {
+  if (m->leaf == NULL || m->not_after <= time(NULL)) return 0;
+  char err[ERR_MAX];
+  mt_trust *trust = assemble_trust(m);
+  STACK_OF(X509) *chain = m->chain ? mt_pem_dup_certs(m->chain) : NULL;
+  if (trust == NULL || (m->chain != NULL && chain == NULL)) {
+    mt_trust_free(trust);
+    sk_X509_pop_free(chain, X509_free);
+    MT_LOG_E("control plane: out of memory assembling the identity");
+    return 0;
+  }
+  EVP_PKEY_up_ref(m->key);
+  X509_up_ref(m->leaf);
+  mt_mesh *mesh = m->have_watched ? m->watched.mesh : m->config->mesh;
+  mt_identity *id =
+      mt_identity_new(m->config, m->key, m->leaf, chain, trust, mesh, err, sizeof(err));
+  if (id == NULL) {
+    MT_LOG_E("control plane: cannot serve the issued certificate: %s", err);
+    return 0;
+  }
+  MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
+           mt_identity_serial(id), mt_mesh_version(mesh));
+  m->serving = 1;
+  m->publish(m->publish_arg, id);
+  return 1;
+}
+
+/* ---- certificate lifecycle ---------------------------------------------- */
+
+static void schedule_retry(mt_cert_manager *m) {
+  m->state = CM_BACKOFF;
+  double delay_s = jitter(m->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  MT_LOG_W("control plane: retrying the certificate request in %.1f s", delay_s);
+  set_timer(m, &m->cert_timer, delay_s);
+  m->backoff_ms *= 2;
+  if (m->backoff_ms > m->config->cp_retry_max_ms) m->backoff_ms = m->config->cp_retry_max_ms;
+}
+
+/* Renew when about half of the remaining life is left, with jitter so a
+ * fleet started together does not renew together. Counting from now rather
+ * than from notBefore matters: CAs backdate notBefore for clock skew (60 s
+ * for mtls-ca), which on a short-lived certificate would put "half of its
+ * life" in the past and renew in a loop. */
+static void schedule_renewal(mt_cert_manager *m) {
+  m->state = CM_VALID;
+  m->backoff_ms = m->config->cp_retry_initial_ms;
+  double remaining = difftime(m->not_after, time(NULL));
+  double delay = jitter(remaining / 2, JITTER_PERCENT);
+  set_timer(m, &m->cert_timer, delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
+  set_timer(m, &m->expiry_timer, remaining);
+}
+
+/* Takes the CA's answer for |key| if it is usable: the leaf must certify our
+ * key; the SVID rules and the chain are checked when the snapshot is built. */
+static int accept_certificate(mt_cert_manager *m, EVP_PKEY *key, mt_ca_result *r) {
+  X509 *leaf = sk_X509_shift(r->chain);
+  if (leaf == NULL || !X509_check_private_key(leaf, key)) {
+    ERR_clear_error();
+    MT_LOG_E("control plane: the issued certificate does not match the requested key");
+    X509_free(leaf);
+    return 0;
+  }
+  EVP_PKEY_free(m->key);
+  X509_free(m->leaf);
+  sk_X509_pop_free(m->chain, X509_free);
+  m->key = key;
+  m->leaf = leaf;
+  m->chain = r->chain;
+  r->chain = NULL;
+  if (sk_X509_num(r->roots) > 0) {
+    sk_X509_pop_free(m->ca_roots, X509_free);
+    m->ca_roots = r->roots;
+    r->roots = NULL;
+  }
+  time_t now = time(NULL);
+  m->not_before = asn1_to_time(X509_get0_notBefore(leaf), now);
+  m->not_after = asn1_to_time(X509_get0_notAfter(leaf), now);
+  return 1;
+}
+
+static void on_ca_done(void *arg, mt_ca_result *r) {
+  mt_cert_manager *m = arg;
+  EVP_PKEY *key = m->pending_key;
+  m->pending_key = NULL;
+  m->request = NULL;
+  if (r->status != MT_GRPC_OK) {
+    MT_LOG_E("control plane: certificate request failed: %s", r->message);
+    EVP_PKEY_free(key);
+    schedule_retry(m);
+    return;
+  }
+  if (!accept_certificate(m, key, r)) {
+    EVP_PKEY_free(key);
+    schedule_retry(m);
+    return;
+  }
+  if (!rebuild(m)) {
+    schedule_retry(m);
+    return;
+  }
+  schedule_renewal(m);
+}
+
+static void request_certificate(mt_cert_manager *m) {
+  const mt_config *c = m->config;
+  char err[ERR_MAX];
+  m->state = CM_REQUESTING;
+  m->pending_key = mt_csr_generate_key();
+  mt_ca_request_options o = {c->spiffe_id, c->cp_cert_ttl_s, c->cp_token_file, c->cp_cluster_id,
+                             c->cp_request_timeout_ms};
+  m->request = m->pending_key ? mt_ca_request_start(m->grpc, m->pending_key, &o, on_ca_done, m, err,
+                                                    sizeof(err))
+                              : NULL;
+  if (m->request == NULL) {
+    MT_LOG_E("control plane: cannot send a certificate request: %s",
+             m->pending_key ? err : "key generation failed");
+    EVP_PKEY_free(m->pending_key);
+    m->pending_key = NULL;
+    schedule_retry(m);
+  }
+}
+
+static void on_cert_timer(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)loop;
+  (void)revents;
+  request_certificate(t->data);
+}
+
+static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)loop;
+  (void)revents;
+  mt_cert_manager *m = t->data;
+  time_t now = time(NULL);
+  if (m->not_after > now) { /* renewed meanwhile, or the timer ran early */
+    set_timer(m, &m->expiry_timer, difftime(m->not_after, now));
+    return;
+  }
+  MT_LOG_E(
+      "control plane: the workload certificate expired without renewal; refusing new "
+      "connections until the CA answers");
+  m->serving = 0;
+  m->publish(m->publish_arg, NULL);
+}
+
+/* ---- mesh config stream -------------------------------------------------- */
+
+static void on_watch_update(void *arg, mt_mesh_update *u) {
+  mt_cert_manager *m = arg;
+  m->watch_backoff_ms = m->config->cp_retry_initial_ms;
+  mt_mesh_update_clear(&m->watched);
+  m->watched = *u;
+  memset(u, 0, sizeof(*u));
+  m->have_watched = 1;
+  MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
+           mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
+           mt_mesh_num_destinations(m->watched.mesh));
+  rebuild(m);
+}
+
+static void on_watch_rejected(void *arg, const char *why) {
+  (void)arg;
+  MT_LOG_E("control plane: mesh config rejected, keeping the last good one: %s", why);
+}
+
+static void on_watch_end(void *arg, mt_grpc_status status, const char *message) {
+  mt_cert_manager *m = arg;
+  m->watch = NULL;
+  MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
+           mt_grpc_status_name(status), message);
+  double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  m->watch_backoff_ms *= 2;
+  if (m->watch_backoff_ms > WATCH_RETRY_MAX_MS) m->watch_backoff_ms = WATCH_RETRY_MAX_MS;
+  set_timer(m, &m->watch_timer, delay_s);
+}
+
+static void start_watch(mt_cert_manager *m) {
+  static const mt_mesh_watch_handlers handlers = {on_watch_update, on_watch_rejected, on_watch_end};
+  char auth[MT_CA_AUTH_HEADER_MAX];
+  char err[ERR_MAX];
+  mt_grpc_metadata md[1];
+  size_t num_md = 0;
+  if (m->config->cp_token_file != NULL) {
+    if (!mt_ca_read_bearer(m->config->cp_token_file, auth, sizeof(auth), err, sizeof(err))) {
+      MT_LOG_E("control plane: cannot watch mesh config: %s", err);
+      on_watch_end(m, MT_GRPC_UNAUTHENTICATED, "no token");
+      return;
+    }
+    md[num_md++] = (mt_grpc_metadata){"authorization", auth};
+  }
+  const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
+  m->watch = mt_mesh_watch_start(m->grpc, m->config->cp_node_id, m->config->spiffe_id, version, md,
+                                 num_md, &handlers, m);
+  OPENSSL_cleanse(auth, sizeof(auth));
+  if (m->watch == NULL) on_watch_end(m, MT_GRPC_INTERNAL, "cannot start the Watch call");
+}
+
+static void on_watch_timer(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)loop;
+  (void)revents;
+  start_watch(t->data);
+}
+
+/* ---- control-plane TLS ------------------------------------------------------ */
+
+/* The control plane must prove the SPIFFE ID we were told to expect, under
+ * the roots we were given for it: a token must never go to an impostor. */
+static int on_cp_verify(X509_STORE_CTX *store_ctx, void *arg) {
+  mt_cert_manager *m = arg;
+  X509 *leaf = X509_STORE_CTX_get0_cert(store_ctx);
+  mt_tls_peer peer;
+  memset(&peer, 0, sizeof(peer));
+  if (leaf == NULL ||
+      !mt_tls_verify_svid(m->cp_trust, leaf, X509_STORE_CTX_get0_untrusted(store_ctx),
+                          MT_SVID_ROLE_SERVER, &peer)) {
+    MT_LOG_E("control plane certificate refused (%s): %s", mt_reason_str(peer.failure),
+             peer.detail);
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  }
+  if (strcmp(peer.spiffe_id, m->config->cp_spiffe_id) != 0) {
+    MT_LOG_E("control plane presented %s, expected %s", peer.spiffe_id, m->config->cp_spiffe_id);
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+  }
+  return 1;
+}
+
+static int setup_cp_tls(mt_cert_manager *m, char *err, size_t err_len) {
+  const mt_config *c = m->config;
+  STACK_OF(X509) *roots = mt_identity_files_load_certs(c->cp_root_file, err, err_len);
+  if (roots == NULL) return 0;
+  mt_spiffe_id_view view;
+  mt_spiffe_id_parse(c->cp_spiffe_id, strlen(c->cp_spiffe_id), &view);
+  char td[MT_TRUST_DOMAIN_MAX_LEN + 1];
+  snprintf(td, sizeof(td), "%.*s", (int)view.trust_domain_len, view.trust_domain);
+  m->cp_trust = mt_trust_new();
+  int ok = m->cp_trust != NULL && mt_trust_add(m->cp_trust, td, roots);
+  sk_X509_pop_free(roots, X509_free);
+  m->cp_ctx = ok ? SSL_CTX_new(TLS_method()) : NULL;
+  if (m->cp_ctx == NULL || !SSL_CTX_set_min_proto_version(m->cp_ctx, TLS1_2_VERSION)) {
+    snprintf(err, err_len, "cannot build the control-plane TLS context");
+    return 0;
+  }
+  SSL_CTX_set_verify(m->cp_ctx, SSL_VERIFY_PEER, NULL);
+  SSL_CTX_set_cert_verify_callback(m->cp_ctx, on_cp_verify, m);
+  return 1;
+}
+
+static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
+  for (size_t i = 0; i < m->config->num_trust_bundles; i++) {
+    const mt_trust_bundle_config *b = &m->config->trust_bundles[i];
+    STACK_OF(X509) *roots = mt_identity_files_load_certs(b->file, err, err_len);
+    int ok = roots != NULL &&
+             bundle_add(&m->static_bundles, &m->num_static_bundles, b->trust_domain, roots);
+    sk_X509_pop_free(roots, X509_free);
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
+mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, const mt_config *config,
+                                       mt_publish_fn publish, void *arg, char *err,
+                                       size_t err_len) {
+  mt_cert_manager *m = calloc(1, sizeof(*m));
+  if (m == NULL) return NULL;
+  m->loop = loop;
+  m->config = config;
+  m->publish = publish;
+  m->publish_arg = arg;
+  m->backoff_ms = config->cp_retry_initial_ms;
+  m->watch_backoff_ms = config->cp_retry_initial_ms;
+  ev_init(&m->cert_timer, on_cert_timer);
+  ev_init(&m->expiry_timer, on_expiry);
+  ev_init(&m->watch_timer, on_watch_timer);
+  m->cert_timer.data = m->expiry_timer.data = m->watch_timer.data = m;
+  if (!setup_cp_tls(m, err, err_len) || !load_static_bundles(m, err, err_len)) {
+    mt_cert_manager_free(m);
+    return NULL;
+  }
+  mt_grpc_client_options o;
+  memset(&o, 0, sizeof(o));
+  o.target = config->cp_address;
+  o.ssl_ctx = m->cp_ctx;
+  o.connect_timeout_ms = config->cp_request_timeout_ms;
+  o.keepalive_interval_ms = config->cp_keepalive_ms;
+  m->grpc = mt_grpc_client_new(loop, &o);
+  if (m->grpc == NULL) {
+    snprintf(err, err_len, "control_plane.address '%s' is not usable", config->cp_address);
+    mt_cert_manager_free(m);
+    return NULL;
+  }
+  request_certificate(m);
+  if (config->cp_watch) start_watch(m);
+  return m;
+}
+
+void mt_cert_manager_free(mt_cert_manager *m) {
+  if (m == NULL) return;
+  ev_timer_stop(m->loop, &m->cert_timer);
+  ev_timer_stop(m->loop, &m->expiry_timer);
+  ev_timer_stop(m->loop, &m->watch_timer);
+  mt_ca_request_cancel(m->request);
+  mt_mesh_watch_cancel(m->watch);
+  mt_grpc_client_free(m->grpc);
+  SSL_CTX_free(m->cp_ctx);
+  mt_trust_free(m->cp_trust);
+  EVP_PKEY_free(m->pending_key);
+  EVP_PKEY_free(m->key);
+  X509_free(m->leaf);
+  sk_X509_pop_free(m->chain, X509_free);
+  sk_X509_pop_free(m->ca_roots, X509_free);
+  bundles_free(m->static_bundles, m->num_static_bundles);
+  mt_mesh_update_clear(&m->watched);
+  free(m);
+}
+
+int mt_cert_manager_ready(const mt_cert_manager *m) { return m->serving; }

@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""A control plane written against the same .proto files with a different
+gRPC stack (Python grpcio), so the agent's client is tested against a peer
+it shares no code with.
+
+Serves IstioCertificateService/CreateCertificate (signs the CSR's key for
+the identity the CSR names; the real mtls-ca takes it from the token
+instead) and MeshConfig/Watch (the snapshot in --mesh-json, re-sent when the
+file changes). Flags let tests make it misbehave. Prints "listening PORT".
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from google.protobuf import descriptor_pb2, message_factory
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_messages():
+    with tempfile.NamedTemporaryFile(suffix=".desc") as out:
+        subprocess.run(["protoc-c", "-I" + REPO, "-I/usr/include", "--include_imports",
+                        "--descriptor_set_out=" + out.name, "proto/istio/ca.proto",
+                        "proto/mtlsd/mesh.proto"], check=True, cwd=REPO)
+        fds = descriptor_pb2.FileDescriptorSet.FromString(open(out.name, "rb").read())
+    return message_factory.GetMessages(fds.file)
+
+
+MSGS = load_messages()
+Request = MSGS["istio.v1.auth.IstioCertificateRequest"]
+Response = MSGS["istio.v1.auth.IstioCertificateResponse"]
+WatchRequest = MSGS["mtlsd.mesh.v1.WatchRequest"]
+Snapshot = MSGS["mtlsd.mesh.v1.MeshSnapshot"]
+
+
+class Ca:
+    def __init__(self, args):
+        self.args = args
+        self.issuer = x509.load_pem_x509_certificate(open(args.signer_cert, "rb").read())
+        self.issuer_key = serialization.load_pem_private_key(
+            open(args.signer_key, "rb").read(), None)
+        self.root_pem = open(args.root, "rb").read().decode()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def sign(self, csr, ttl):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        (uri,) = uris.get_values_for_type(x509.UniformResourceIdentifier)
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([]))
+                   .issuer_name(self.issuer.subject)
+                   .public_key(csr.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(seconds=5))
+                   .not_valid_after(now + datetime.timedelta(seconds=ttl))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                   .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                                False, False), True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.UniformResourceIdentifier(uri)]), True))
+        leaf = builder.sign(self.issuer_key, hashes.SHA256())
+        return leaf.public_bytes(serialization.Encoding.PEM).decode()
+
+    def create_certificate(self, raw, context):
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        md = dict(context.invocation_metadata())
+        if self.args.require_token and md.get("authorization") != "Bearer " + self.args.require_token:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer token")
+        if self.args.fail_first > 0 and n <= self.args.fail_first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "induced failure %d" % n)
+        req = Request.FromString(raw)
+        if self.args.garbage:
+            return b"\xff\x00garbage"
+        csr = x509.load_pem_x509_csr(req.csr.encode())
+        ttl = self.args.ttl if req.validity_duration <= 0 else min(req.validity_duration,
+                                                                    self.args.ttl)
+        resp = Response()
+        resp.cert_chain.append(self.sign(csr, ttl))
+        resp.cert_chain.append(self.issuer.public_bytes(serialization.Encoding.PEM).decode())
+        resp.root_cert.ca_cert.append(self.root_pem)
+        print("issued %s ttl %d" % (req.csr[:0] or "cert", ttl), flush=True)
+        return resp.SerializeToString()
+
+    def snapshot(self):
+        spec = json.load(open(self.args.mesh_json))
+        snap = Snapshot()
+        snap.version = str(spec["version"])
+        for td, files in spec.get("trust_bundles", {}).items():
+            b = snap.trust_bundles.add()
+            b.trust_domain = td
+            for f in files:
+                b.roots_pem.append(open(f).read())
+        pol = spec.get("policy", {})
+        snap.policy.default_action = 1 if pol.get("default", "allow") == "allow" else 2
+        for r in pol.get("rules", []):
+            rule = snap.policy.rules.add()
+            rule.name = r["name"]
+            rule.action = 1 if r["action"] == "allow" else 2
+            rule.ports.extend(r.get("ports", []))
+            for m in r["from"]:
+                matcher = getattr(rule, "from").add()
+                (kind, value), = m.items()
+                setattr(matcher, "namespace" if kind == "namespace" else kind, value)
+        for d in spec.get("destinations", []):
+            dst = snap.destinations.add()
+            dst.address = d["address"]
+            dst.spiffe_id = d["spiffe_id"]
+        return snap.SerializeToString()
+
+    def watch(self, raw, context):
+        WatchRequest.FromString(raw)
+        last = None
+        deadline = time.monotonic() + self.args.watch_seconds
+        while context.is_active() and time.monotonic() < deadline:
+            stamp = os.stat(self.args.mesh_json).st_mtime_ns if self.args.mesh_json else None
+            if self.args.mesh_json and stamp != last:
+                last = stamp
+                yield self.snapshot()
+            time.sleep(0.05)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--tls-cert", required=True)
+    p.add_argument("--tls-key", required=True)
+    p.add_argument("--signer-cert", required=True)
+    p.add_argument("--signer-key", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--ttl", type=int, default=3600)
+    p.add_argument("--mesh-json")
+    p.add_argument("--require-token")
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--garbage", action="store_true")
+    p.add_argument("--watch-seconds", type=float, default=120)
+    args = p.parse_args()
+    ca = Ca(args)
+    handlers = {
+        "CreateCertificate": grpc.unary_unary_rpc_method_handler(ca.create_certificate),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("istio.v1.auth.IstioCertificateService", handlers),
+        grpc.method_handlers_generic_handler("mtlsd.mesh.v1.MeshConfig", {
+            "Watch": grpc.unary_stream_rpc_method_handler(ca.watch)}),
+    ))
+    creds = grpc.ssl_server_credentials(
+        [(open(args.tls_key, "rb").read(), open(args.tls_cert, "rb").read())])
+    port = server.add_secure_port(args.listen, creds)
+    server.start()
+    print("listening %d" % port, flush=True)
+    try:
+        server.wait_for_termination(timeout=600)
+    except KeyboardInterrupt:
+        pass
+    server.stop(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
