@@ -250,3 +250,60 @@ def test_control_plane_with_an_unexpected_identity_gets_no_token(procs, agents, 
     wait_until(lambda: "control plane presented" in agent.stderr(), "the refusal")
     assert "expected spiffe://example.org/ns/mtls-system/sa/other-ca" in agent.stderr()
     assert "identity ready" not in agent.stderr()
+
+
+def test_root_rotation_with_overlapping_trust_drops_no_connection(procs, agents, apps, cp_pki,
+                                                                  tmp_path_factory, tmp_path):
+    """Add a second root, move issuance to it, retire the first: the order an
+    operator follows. Traffic flows the whole time."""
+    new_pki = tmp_path_factory.mktemp("new-root")
+    res = subprocess.run(["bash", str(MKPKI), "--out", str(new_pki), "unused"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    ttl = 3
+    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=ttl)
+    port_in = backend.listener_ports()[0]
+    old_root, new_root = str(cp_pki / "root.pem"), str(new_pki / "root.pem")
+
+    failures, done = [], [0]
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set() and done[0] < 5000:
+            try:
+                received, _ = roundtrip(port_out, b"ping")
+                if received != b"ping":
+                    failures.append(received)
+            except (OSError, AssertionError) as e:
+                failures.append(repr(e))
+            done[0] += 1
+            time.sleep(0.02)
+
+    def set_roots(version, roots):
+        spec = mesh_spec(cp_pki, version=version, backend_addr=f"127.0.0.1:{port_in}")
+        spec["trust_bundles"] = {TRUST_DOMAIN: roots}
+        ca.write_mesh(spec)
+        for agent in (frontend, backend):
+            wait_until(lambda: f"mesh config version {version}:" in agent.stderr(),
+                       f"{agent.dir.name} to apply version {version}")
+
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        set_roots(2, [old_root, new_root])                 # 1. trust both
+        ca.stop()                                          # 2. issue from the new root
+        ca.args[ca.args.index("--signer-cert") + 1] = new_pki / "intermediate.pem"
+        ca.args[ca.args.index("--signer-key") + 1] = new_pki / "intermediate.key"
+        ca.args[ca.args.index("--root") + 1] = new_pki / "root.pem"
+        ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
+        ca.start()
+        time.sleep(2 * ttl)                                # every certificate renewed
+        set_roots(3, [new_root])                           # 3. retire the old root
+        time.sleep(ttl)
+    finally:
+        stop.set()
+        t.join(timeout=WAIT)
+    assert done[0] > 50
+    assert not failures, f"{len(failures)} of {done[0]} connections failed: {failures[:3]}"
+    last = backend.log_lines()[-1]
+    assert last["decision"] == "allow"
