@@ -744,7 +744,8 @@ static int is_ip_literal(const char *name) {
 static SSL *ssl_new(mt_grpc_client *c, int fd) {
   SSL *ssl = SSL_new(c->ssl_ctx);
   if (ssl == NULL) return NULL;
-  int ok = SSL_set_fd(ssl, fd) && SSL_set_alpn_protos(ssl, kAlpnH2Wire, sizeof(kAlpnH2Wire)) == 0;
+  int ok =
+      mt_h2_ssl_attach(ssl, fd) && SSL_set_alpn_protos(ssl, kAlpnH2Wire, sizeof(kAlpnH2Wire)) == 0;
   if (ok && c->server_name != NULL) {
     /* The name is checked only if the SSL_CTX uses the built-in verifier. */
     X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
@@ -760,7 +761,6 @@ static SSL *ssl_new(mt_grpc_client *c, int fd) {
     return NULL;
   }
   SSL_set_connect_state(ssl);
-  mt_h2_ssl_prepare(ssl);
   return ssl;
 }
 

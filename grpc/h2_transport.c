@@ -4,12 +4,15 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -72,11 +75,55 @@ void mt_h2_transport_want_write(mt_h2_transport *t) {
   mt_h2_transport_watch(t, t->events | EV_WRITE);
 }
 
-void mt_h2_ssl_prepare(SSL *ssl) {
+/* The socket BIO: BoringSSL's own writes with write(2), which raises SIGPIPE
+ * on a reset connection; a library must not impose SIG_IGN on its process. */
+static pthread_once_t g_bio_once = PTHREAD_ONCE_INIT;
+static BIO_METHOD *g_bio_method;
+
+static int bio_fd(BIO *bio) { return (int)(intptr_t)BIO_get_data(bio); }
+
+static int is_transient(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+static int bio_write(BIO *bio, const char *buf, int len) {
+  BIO_clear_retry_flags(bio);
+  ssize_t n = send(bio_fd(bio), buf, (size_t)len, MSG_NOSIGNAL);
+  if (n < 0 && is_transient(errno)) BIO_set_retry_write(bio);
+  return (int)n;
+}
+
+static int bio_read(BIO *bio, char *buf, int len) {
+  BIO_clear_retry_flags(bio);
+  ssize_t n = recv(bio_fd(bio), buf, (size_t)len, 0);
+  if (n < 0 && is_transient(errno)) BIO_set_retry_read(bio);
+  return (int)n;
+}
+
+static long bio_ctrl(BIO *bio, int cmd, long num, void *ptr) {
+  (void)bio;
+  (void)num;
+  (void)ptr;
+  return cmd == BIO_CTRL_FLUSH; /* nothing is buffered here */
+}
+
+static void make_bio_method(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mt_h2_socket");
+  if (m != NULL && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) &&
+      BIO_meth_set_ctrl(m, bio_ctrl))
+    g_bio_method = m;
+}
+
+int mt_h2_ssl_attach(SSL *ssl, int fd) {
+  pthread_once(&g_bio_once, make_bio_method);
+  BIO *bio = g_bio_method ? BIO_new(g_bio_method) : NULL;
+  if (bio == NULL) return 0;
+  BIO_set_data(bio, (void *)(intptr_t)fd);
+  BIO_set_init(bio, 1);
+  BIO_free(bio); SSL_set_fd(ssl, fd);
   /* Partial writes let a large buffer drain record by record; the moving
    * buffer flag allows the buffer to be compacted between retries (the
    * retried bytes are always the same, only their address changes). */
   SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  return 1;
 }
 
 /* Describes a failed TLS operation in one line, preferring what certificate

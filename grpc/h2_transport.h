@@ -89,9 +89,12 @@ ssize_t mt_h2_transport_buffer(mt_h2_transport *t, const uint8_t *data, size_t l
  * TLS close_notify on the wire before a close; never blocks, ignores errors. */
 void mt_h2_transport_flush_best_effort(mt_h2_transport *t);
 
-/* Sets SSL_MODE flags the transport relies on; the owner calls it on every
- * SSL it creates (the SSL_CTX is the caller's and is left untouched). */
-void mt_h2_ssl_prepare(SSL *ssl);
+/* Attaches |fd| to |ssl| through a socket BIO that writes with MSG_NOSIGNAL
+ * (a peer that vanished is an error to report, not a SIGPIPE that kills the
+ * process), and sets the SSL_MODE flags the transport relies on. The owner
+ * calls it on every SSL it creates; the caller's SSL_CTX is left untouched.
+ * Returns 1, or 0 when out of memory. */
+int mt_h2_ssl_attach(SSL *ssl, int fd);
 
 /* "ip:port" or "[ipv6]:port" (numeric only; no name resolution, which would
  * block). Returns 1, or 0 when malformed. */

@@ -199,7 +199,7 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
   }
   mt_srv_conn *conn = calloc(1, sizeof(*conn));
   SSL *ssl = conn ? SSL_new(server->ssl_ctx) : NULL;
-  if (ssl == NULL || !SSL_set_fd(ssl, fd)) {
+  if (ssl == NULL || !mt_h2_ssl_attach(ssl, fd)) {
     report(server, peer_text, "out of memory for a new connection");
     SSL_free(ssl);
     free(conn);
@@ -207,7 +207,6 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
     return;
   }
   SSL_set_accept_state(ssl);
-  mt_h2_ssl_prepare(ssl);
   if (!mt_h2_transport_init(&conn->t, server->loop, fd, ssl, on_conn_io, conn)) {
     report(server, peer_text, "out of memory for a new connection");
     free(conn);
