@@ -24,6 +24,9 @@ enum {
   /* One TLS record's plaintext at most: each SSL_read takes a whole record,
    * so nothing stays buffered inside TLS out of the loop's sight. */
   READ_CHUNK_BYTES = 16 * 1024,
+  /* Bytes one pump reads before letting other connections have the loop;
+   * the rest waits in the kernel, and the level-triggered watcher returns. */
+  READ_BUDGET_BYTES = 256 * 1024,
   PORT_MAX = 65535,
 };
 
@@ -118,7 +121,7 @@ int mt_h2_ssl_attach(SSL *ssl, int fd) {
   if (bio == NULL) return 0;
   BIO_set_data(bio, (void *)(intptr_t)fd);
   BIO_set_init(bio, 1);
-  BIO_free(bio); SSL_set_fd(ssl, fd);
+  SSL_set_bio(ssl, bio, bio); /* |ssl| takes the one reference */
   /* Partial writes let a large buffer drain record by record; the moving
    * buffer flag allows the buffer to be compacted between retries (the
    * retried bytes are always the same, only their address changes). */
@@ -189,13 +192,17 @@ ssize_t mt_h2_transport_buffer(mt_h2_transport *t, const uint8_t *data, size_t l
 
 typedef enum { IO_OK, IO_WANT_WRITE, IO_EOF, IO_FAILED } io_result;
 
-/* Reads every TLS record available and feeds it to nghttp2. */
+/* Reads the TLS records available (up to a budget) and feeds them to nghttp2. */
 static io_result read_phase(mt_h2_transport *t) {
   uint8_t buf[READ_CHUNK_BYTES];
+  size_t budget = READ_BUDGET_BYTES;
   while (!t->stop && !t->read_eof) {
+    /* Only stop while TLS holds nothing decrypted: epoll cannot see that. */
+    if (budget == 0 && SSL_pending(t->ssl) == 0) return IO_OK;
     errno = 0;
     int n = SSL_read(t->ssl, buf, sizeof(buf));
     if (n > 0) {
+      budget = (size_t)n < budget ? budget - (size_t)n : 0;
       t->last_activity = ev_now(t->loop);
       ssize_t rv = nghttp2_session_mem_recv(t->session, buf, (size_t)n);
       if (rv < 0) {

@@ -119,9 +119,10 @@ size_t mt_grpc_stream_queued_bytes(const mt_grpc_stream *stream);
 int mt_grpc_stream_finish(mt_grpc_stream *stream, mt_grpc_status status, const char *message);
 
 /* For handlers that keep a stream past on_call: |on_closed| runs once if the
- * stream ends before the handler finishes it (client cancel or disconnect:
- * CANCELLED; deadline: DEADLINE_EXCEEDED; server shutdown or idle close:
- * UNAVAILABLE). After on_closed returns the stream pointer is invalid. */
+ * stream ends before the handler finishes it (client cancel, reset or
+ * disconnect: CANCELLED; the call's deadline: DEADLINE_EXCEEDED; server
+ * freed: UNAVAILABLE). After on_closed returns the stream pointer is
+ * invalid. */
 void mt_grpc_stream_set_on_closed(mt_grpc_stream *stream,
                                   void (*on_closed)(void *arg, mt_grpc_status why), void *arg);
 
