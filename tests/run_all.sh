@@ -26,19 +26,32 @@ record() { # suite passed failed
   TOTAL_FAILED=$((TOTAL_FAILED + $3))
 }
 
+# Bazel test packages (googletest) that exist in this checkout.
+unit_targets() {
+  local dir
+  for dir in tests/unit tests/grpc tests/controlplane; do
+    [ -f "$dir/BUILD.bazel" ] && echo "//$dir/..."
+  done
+}
+
 # Unit tests under one Bazel config ("" = plain). Counts individual test
 # cases from the test.xml files Bazel writes.
 run_unit() {
   local name=$1; shift
   local log="$OUT/unit-$name.log"
-  bazel test "$@" //tests/unit/... >"$log" 2>&1
+  # shellcheck disable=SC2046
+  bazel test "$@" $(unit_targets) >"$log" 2>&1
   local rc=$?
   local logs
   logs=$(bazel info "$@" bazel-testlogs 2>/dev/null)
-  local xmls
-  xmls=$(find -L "$logs/tests/unit" -name test.xml 2>/dev/null)
+  local xmls=""
+  local target
+  for target in $(unit_targets); do
+    target=${target#//}
+    xmls="$xmls $(find -L "$logs/${target%/...}" -name test.xml 2>/dev/null)"
+  done
   local counts="0 1"
-  [ -n "$xmls" ] && counts=$($COUNT $xmls)
+  [ -n "${xmls// /}" ] && counts=$($COUNT $xmls)
   set -- $counts
   local passed=$1 failed=$2
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
@@ -48,25 +61,41 @@ run_unit() {
   record "unit-$name" "$passed" "$failed"
 }
 
-# Integration tests against one build of the agent.
+# One pytest directory against the binaries in $BIN_DIR.
+run_pytest() { # suite-name dir
+  local name=$1 dir=$2
+  local log="$OUT/$name.log"
+  MTLSD_BIN="$BIN_DIR/agent/mtlsd" GRPC_PROBE="$BIN_DIR/tests/grpc/grpc_probe" \
+    MTLS_CA_BIN="$BIN_DIR/controlplane/mtls-ca" \
+    $PY -m pytest "$dir" -q -p no:cacheprovider --junitxml="$OUT/$name.xml" >"$log" 2>&1
+  local rc=$?
+  tail -3 "$log"
+  set -- $($COUNT "$OUT/$name.xml")
+  local passed=$1 failed=$2
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+  record "$name" "$passed" "$failed"
+}
+
+# Integration and interop suites (real processes, real peers) against one
+# build of the binaries.
 run_integration() {
   local name=$1; shift
-  local log="$OUT/integration-$name.log"
-  if ! bazel build "$@" //agent:mtlsd >"$log" 2>&1; then
+  local log="$OUT/build-$name.log"
+  local targets="//agent:mtlsd"
+  [ -f tests/grpc/BUILD.bazel ] && targets="$targets //tests/grpc:grpc_probe"
+  [ -f controlplane/main.c ] && targets="$targets //controlplane:mtls-ca"
+  # shellcheck disable=SC2086
+  if ! bazel build "$@" $targets >"$log" 2>&1; then
     tail -30 "$log"
     record "integration-$name" 0 1
     return
   fi
-  local bin
-  bin="$(bazel info "$@" bazel-bin 2>/dev/null)/agent/mtlsd"
-  MTLSD_BIN="$bin" $PY -m pytest tests/integration -q -p no:cacheprovider \
-    --junitxml="$OUT/integration-$name.xml" >>"$log" 2>&1
-  local rc=$?
-  tail -5 "$log"
-  set -- $($COUNT "$OUT/integration-$name.xml")
-  local passed=$1 failed=$2
-  if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
-  record "integration-$name" "$passed" "$failed"
+  BIN_DIR="$(bazel info "$@" bazel-bin 2>/dev/null)"
+  run_pytest "integration-$name" tests/integration
+  [ -f tests/grpc/interop_test.py ] && run_pytest "grpc-interop-$name" tests/grpc/interop_test.py
+  if ls tests/controlplane/test_*.py >/dev/null 2>&1; then
+    run_pytest "controlplane-$name" tests/controlplane
+  fi
 }
 
 # libFuzzer targets (SPIFFE IDs, certificates, config, policy), time-boxed;
