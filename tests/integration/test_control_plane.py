@@ -112,6 +112,17 @@ def refused_connection(port, payload=b""):
     return local
 
 
+def wait_serving(port_out, payload=b"ready?"):
+    """Workers take a new snapshot asynchronously, just after the agent logs
+    it: wait (bounded) until a call goes through."""
+    def served():
+        try:
+            return roundtrip(port_out, payload)[0] == payload
+        except (OSError, AssertionError):
+            return False
+    wait_until(served, "the mesh to serve calls")
+
+
 def wait_ready(agent, count=1):
     wait_until(lambda: agent.stderr().count("identity ready:") >= count,
                f"{agent.dir.name} to get {count} certificate(s) from the control plane")
@@ -130,6 +141,7 @@ def mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=3600, ca_extra=()):
         "unknown_destination": "deny"}))
     wait_ready(backend)
     wait_ready(frontend)
+    wait_serving(port_out)
     return ca, frontend, backend, port_out
 
 
@@ -153,8 +165,17 @@ def test_policy_and_destinations_follow_the_watch_stream(procs, agents, apps, cp
     port_in = backend.listener_ports()[0]
     ca.write_mesh(mesh_spec(cp_pki, version=2, allow="other", backend_addr=f"127.0.0.1:{port_in}"))
     wait_until(lambda: "mesh config version 2" in backend.stderr(), "backend to apply version 2")
-    local = refused_connection(port_out, b"hello")
-    line = backend.wait_log(direction="inbound", peer_id=spiffe_id("frontend"), decision="deny")
+    locals_tried = []
+
+    def refused():
+        try:
+            locals_tried.append(refused_connection(port_out, b"hello"))
+        except AssertionError:  # still admitted: the old snapshot served it
+            return None
+        return backend.find_log(direction="inbound", peer_id=spiffe_id("frontend"),
+                                decision="deny")
+    line = wait_until(refused, "the new policy to refuse frontend")
+    local = locals_tried[-1]
     assert line["rule"] == "no-allow-rule-matched"
     assert frontend.wait_log(direction="outbound", source=local)["reason"] == "peer_denied"
 
@@ -207,14 +228,7 @@ def test_ca_outage_fails_closed_at_expiry_and_recovers(procs, agents, apps, cp_p
     ca.start()
     wait_ready(frontend, count=2)
     wait_ready(backend, count=2)
-
-    def served():
-        # Workers pick the new snapshot up asynchronously, just after the log line.
-        try:
-            return roundtrip(port_out, b"after recovery")[0] == b"after recovery"
-        except (OSError, AssertionError):
-            return False
-    wait_until(served, "service to resume without restarting the agents")
+    wait_serving(port_out, b"after recovery")
 
 
 def test_ca_errors_are_retried_with_backoff(procs, agents, apps, cp_pki, tmp_path):
