@@ -15,7 +15,7 @@ REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
 
 usage() {
     cat <<EOF
-usage: $PROG [--out DIR] [--trust-domain TD] [--validity-minutes N] [--bad] WORKLOAD...
+usage: $PROG [--out DIR] [--trust-domain TD] [--validity-minutes N] [--bad] [--control-plane] WORKLOAD...
 
 Creates (or reuses) a root CA and an intermediate CA in DIR and issues one X509-SVID
 per WORKLOAD, signed by the intermediate.
@@ -25,6 +25,12 @@ per WORKLOAD, signed by the intermediate.
   --validity-minutes N    leaf lifetime in minutes (default: 60); the leaf's
                           notBefore is one minute in the past
   --bad                   also write the adversarial cases to DIR/bad/CASE/
+  --control-plane         also write what mtls-ca needs: DIR/control-plane/chain.pem
+                          and key.pem (server SVID spiffe://TD/ns/mtls-system/sa/mtls-ca,
+                          DNS SAN mtls-ca, signed by the intermediate, valid as long as
+                          the CAs) and DIR/tokens/signer.key + signer.pub.pem (an ES256
+                          P-256 key pair for signing test service-account tokens; kept
+                          when it already exists)
   -h, --help              this text
 
 WORKLOAD is NAME or NAME:NAMESPACE:SERVICEACCOUNT. A plain NAME means namespace
@@ -48,6 +54,7 @@ OUT="$REPO_ROOT/certs/out"
 TD=example.org
 VALIDITY_MIN=60
 BAD=0
+CONTROL_PLANE=0
 WORKLOADS=()
 
 while (($# > 0)); do
@@ -59,6 +66,7 @@ while (($# > 0)); do
     --validity-minutes) (($# >= 2)) || die "--validity-minutes needs a value"; VALIDITY_MIN=$2; shift 2 ;;
     --validity-minutes=*) VALIDITY_MIN=${1#*=}; shift ;;
     --bad) BAD=1; shift ;;
+    --control-plane) CONTROL_PLANE=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; WORKLOADS+=("$@"); break ;;
     -*) usage >&2; die "unknown option: $1" ;;
@@ -74,7 +82,7 @@ if ! [[ $VALIDITY_MIN =~ ^[0-9]{1,7}$ ]] || ((10#$VALIDITY_MIN == 0)); then
     die "--validity-minutes must be an integer from 1 to 9999999, got '$VALIDITY_MIN'"
 fi
 VALIDITY_MIN=$((10#$VALIDITY_MIN))
-if ((${#WORKLOADS[@]} == 0 && BAD == 0)); then
+if ((${#WORKLOADS[@]} == 0 && BAD == 0 && CONTROL_PLANE == 0)); then
     usage >&2
     die "no WORKLOAD given"
 fi
@@ -385,6 +393,43 @@ if ((BAD)); then
         "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END" \
         "$TMP/evil-int.pem" "$TMP/evil-int.key" "$TMP/evil-int.pem"
     install_file "$TMP/evil-root.pem" "$OUT/bad/unknown-root/root.pem"
+fi
+
+# ---------------------------------------------------------------------------
+# Control plane (--control-plane): mtls-ca's server SVID and a token signer
+# ---------------------------------------------------------------------------
+if ((CONTROL_PLANE)); then
+    cp_id=spiffe://$TD/ns/mtls-system/sa/mtls-ca
+    dir=$OUT/control-plane stage=$TMP/cp
+    rm -rf -- "$stage"
+    mkdir -p -- "$stage" "$dir"
+    # A long-running server: it lives as long as the intermediate (which may
+    # be an older, reused one), not as the leaves.
+    int_end=$(openssl x509 -in "$INT_PEM" -noout -enddate) || die "cannot read $INT_PEM"
+    int_end=$(date -u -d "${int_end#notAfter=}" +%s) || die "cannot parse the end date of $INT_PEM"
+    cp_end=$(date -u -d "@$int_end" +%Y%m%d%H%M%SZ)
+    issue "$stage/key.pem" "$stage/cert.pem" mtls-ca "URI:$cp_id, DNS:mtls-ca" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_EKU" "$LEAF_START" "$cp_end"
+    cat "$stage/cert.pem" "$INT_PEM" >"$stage/chain.pem"
+    printf '%s\n' "$cp_id" >"$stage/spiffe_id"
+    for f in cert.pem chain.pem spiffe_id; do
+        install_file "$stage/$f" "$dir/$f"
+    done
+    install_file "$stage/key.pem" "$dir/key.pem" 600
+    echo "issued $cp_id -> $dir"
+
+    # Reused when present, so tokens minted earlier stay valid.
+    tdir=$OUT/tokens
+    mkdir -p -- "$tdir"
+    if [[ -s $tdir/signer.key ]]; then
+        echo "reusing token signer $tdir/signer.key"
+    else
+        genkey "$TMP/signer.key"
+        install_file "$TMP/signer.key" "$tdir/signer.key" 600
+        echo "created token signer $tdir/signer.key"
+    fi
+    run openssl pkey -in "$tdir/signer.key" -pubout -out "$TMP/signer.pub.pem"
+    install_file "$TMP/signer.pub.pem" "$tdir/signer.pub.pem"
 fi
 
 echo "done: $OUT (trust domain $TD)"

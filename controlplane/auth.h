@@ -1,0 +1,65 @@
+/* auth: who is calling mtls-ca. A caller presents a bearer token (a
+ * Kubernetes service-account JWT) in the "authorization" metadata; the
+ * token is verified with jwt.h against the configured issuer, audience and
+ * keys, and its subject is mapped to the SPIFFE ID the caller is entitled
+ * to. Shared by every method the server offers.
+ *
+ * The key set can be replaced at run time (SIGHUP); the verdict of one call
+ * never depends on state kept from an earlier call. Nothing here logs. */
+#ifndef MT_CP_AUTH_H
+#define MT_CP_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/svid.h"
+#include "controlplane/jwt.h"
+#include "grpc/server.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  MT_CA_AUTH_REASON_MAX = 32,
+  MT_CA_AUTH_MESSAGE_MAX = MT_JWT_ERROR_MAX_LEN + 64,
+};
+
+typedef struct mt_ca_auth mt_ca_auth;
+
+/* The verdict on one call. */
+typedef struct {
+  mt_grpc_status status; /* OK, UNAUTHENTICATED, PERMISSION_DENIED or INTERNAL */
+  /* Stable code for counters and the access log: "ok", "no_token",
+   * "malformed_authorization", "not_service_account", or a jwt.h error name
+   * ("expired", "bad_signature", "wrong_audience", ...). */
+  char reason[MT_CA_AUTH_REASON_MAX];
+  /* For the caller (grpc-message) and the logs, e.g. "token expired: ...". */
+  char message[MT_CA_AUTH_MESSAGE_MAX];
+  char subject[MT_JWT_CLAIM_MAX_LEN + 1];   /* the token's sub, "" before verification */
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* set when status is OK */
+} mt_ca_auth_result;
+
+/* Strings are copied. Takes |keys|. Returns NULL when out of memory (|keys|
+ * is then freed). */
+mt_ca_auth *mt_ca_auth_new(const char *trust_domain, const char *issuer, const char *audience,
+                           int64_t leeway_s, mt_jwt_keys *keys);
+void mt_ca_auth_free(mt_ca_auth *auth); /* accepts NULL */
+
+/* Replaces the key set (takes |keys|; the old one is freed). */
+void mt_ca_auth_set_keys(mt_ca_auth *auth, mt_jwt_keys *keys);
+
+/* Judges the call |req| at |now_s| (Unix seconds). */
+void mt_ca_auth_check(const mt_ca_auth *auth, const mt_grpc_request *req, int64_t now_s,
+                      mt_ca_auth_result *out);
+
+/* The bearer token in an "authorization" value: "Bearer <token>" (scheme
+ * case-insensitive, one or more spaces). Returns 1 with the token's bounds,
+ * or 0 for any other form. */
+int mt_ca_auth_bearer(const char *value, const char **token, size_t *token_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_AUTH_H */

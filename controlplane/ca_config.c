@@ -1,0 +1,208 @@
+/* ca_config.c: YAML -> mt_ca_config. Unknown keys are errors: a typo must
+ * never silently fall back to a default. */
+#include "controlplane/ca_config.h"
+
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/svid.h"
+#include "controlplane/yaml_doc.h"
+#include "controlplane/jwt.h"
+
+enum {
+  MESH_POLL_MIN_MS = 10,
+  MESH_POLL_MAX_MS = 3600 * 1000,
+};
+
+static const char kDefaultListen[] = "0.0.0.0:15012";
+static const char kDefaultAudience[] = "istio-ca";
+
+/* A file path, resolved against the configuration file's directory. */
+static int want_path(mt_yaml_ctx *ctx, const yaml_node_t *v, const char *key, char **out) {
+  char *raw = NULL;
+  if (!mt_yaml_want_string(ctx, v, key, &raw)) return 0;
+  free(*out);
+  *out = mt_yaml_resolve_path(ctx->path, raw);
+  free(raw);
+  return *out != NULL || mt_yaml_fail(ctx, v, "out of memory");
+}
+
+static int on_tls_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                      void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "cert_file") == 0) return want_path(ctx, v, key, &c->tls_cert_file);
+  if (strcmp(key, "key_file") == 0) return want_path(ctx, v, key, &c->tls_key_file);
+  if (strcmp(key, "min_version") == 0) {
+    const char *s;
+    if (!mt_yaml_want_scalar(ctx, v, key, &s)) return 0;
+    if (strcmp(s, "1.3") == 0)
+      c->tls_min_version = TLS1_3_VERSION;
+    else if (strcmp(s, "1.2") == 0)
+      c->tls_min_version = TLS1_2_VERSION;
+    else
+      return mt_yaml_fail(ctx, v, "'min_version' must be \"1.2\" or \"1.3\", got '%s'", s);
+    return 1;
+  }
+  return mt_yaml_fail(ctx, k, "unknown key 'tls.%s'", key);
+}
+
+static int on_signer_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                         void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "cert_file") == 0) return want_path(ctx, v, key, &c->signer_cert_file);
+  if (strcmp(key, "key_file") == 0) return want_path(ctx, v, key, &c->signer_key_file);
+  return mt_yaml_fail(ctx, k, "unknown key 'signer.%s'", key);
+}
+
+static int on_tokens_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                         void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "issuer") == 0) return mt_yaml_want_string(ctx, v, key, &c->token_issuer);
+  if (strcmp(key, "audience") == 0) return mt_yaml_want_string(ctx, v, key, &c->token_audience);
+  if (strcmp(key, "keys_file") == 0) return want_path(ctx, v, key, &c->token_keys_file);
+  if (strcmp(key, "leeway_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, 0, MT_JWT_MAX_LEEWAY_S, &c->token_leeway_s);
+  return mt_yaml_fail(ctx, k, "unknown key 'tokens.%s'", key);
+}
+
+static int want_trust_domain(mt_yaml_ctx *ctx, const yaml_node_t *v, mt_ca_config *c) {
+  if (!mt_yaml_want_string(ctx, v, "trust_domain", &c->trust_domain)) return 0;
+  mt_spiffe_err e = mt_trust_domain_validate(c->trust_domain, strlen(c->trust_domain));
+  if (e != MT_SPIFFE_OK)
+    return mt_yaml_fail(ctx, v, "invalid trust domain '%s': %s", c->trust_domain,
+                        mt_spiffe_err_str(e));
+  return 1;
+}
+
+static int want_listen(mt_yaml_ctx *ctx, const yaml_node_t *v, mt_ca_config *c) {
+  if (!mt_yaml_want_string(ctx, v, "listen", &c->listen)) return 0;
+  if (!mt_yaml_address_valid(c->listen, 1))
+    return mt_yaml_fail(ctx, v, "'listen' must be IP:port (port 0 = any free port), got '%s'",
+                        c->listen);
+  return 1;
+}
+
+static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                      void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "trust_domain") == 0) return want_trust_domain(ctx, v, c);
+  if (strcmp(key, "listen") == 0) return want_listen(ctx, v, c);
+  if (strcmp(key, "tls") == 0) {
+    c->tls_line = mt_yaml_line(k);
+    return mt_yaml_each_pair(ctx, v, "tls", on_tls_key, c);
+  }
+  if (strcmp(key, "signer") == 0) {
+    c->signer_line = mt_yaml_line(k);
+    return mt_yaml_each_pair(ctx, v, "signer", on_signer_key, c);
+  }
+  if (strcmp(key, "roots_file") == 0) {
+    c->roots_line = mt_yaml_line(k);
+    return want_path(ctx, v, key, &c->roots_file);
+  }
+  if (strcmp(key, "max_cert_ttl_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MT_CA_MIN_CERT_TTL_S, MT_CA_MAX_CERT_TTL_S,
+                              &c->max_cert_ttl_s);
+  if (strcmp(key, "default_cert_ttl_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MT_CA_MIN_CERT_TTL_S, MT_CA_MAX_CERT_TTL_S,
+                              &c->default_cert_ttl_s);
+  if (strcmp(key, "tokens") == 0) {
+    c->tokens_line = mt_yaml_line(k);
+    return mt_yaml_each_pair(ctx, v, "tokens", on_tokens_key, c);
+  }
+  if (strcmp(key, "mesh_file") == 0) {
+    c->mesh_line = mt_yaml_line(k);
+    return want_path(ctx, v, key, &c->mesh_file);
+  }
+  if (strcmp(key, "mesh_poll_ms") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MESH_POLL_MIN_MS, MESH_POLL_MAX_MS, &c->mesh_poll_ms);
+  if (strcmp(key, "access_log") == 0) return mt_yaml_want_string(ctx, v, key, &c->access_log);
+  return mt_yaml_fail(ctx, k, "unknown key '%s'", key);
+}
+
+/* Required keys and cross-field rules, reported at the top of the file or
+ * at the section that is incomplete. */
+static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
+  if (c->trust_domain == NULL)
+    return mt_yaml_fail(ctx, root, "missing required key 'trust_domain'");
+  if (c->tls_cert_file == NULL || c->tls_key_file == NULL)
+    return mt_yaml_fail(ctx, root,
+                        "'tls' needs 'cert_file' and 'key_file' (the CA server's own "
+                        "certificate chain and key)");
+  if (c->signer_cert_file == NULL || c->signer_key_file == NULL)
+    return mt_yaml_fail(ctx, root, "'signer' needs 'cert_file' and 'key_file' (the issuing CA)");
+  if (c->roots_file == NULL) return mt_yaml_fail(ctx, root, "missing required key 'roots_file'");
+  if (c->token_issuer == NULL || c->token_keys_file == NULL)
+    return mt_yaml_fail(ctx, root, "'tokens' needs 'issuer' and 'keys_file'");
+  if (c->default_cert_ttl_s > c->max_cert_ttl_s)
+    return mt_yaml_fail(ctx, root, "default_cert_ttl_s (%lld) exceeds max_cert_ttl_s (%lld)",
+                        (long long)c->default_cert_ttl_s, (long long)c->max_cert_ttl_s);
+  return 1;
+}
+
+static int set_defaults(mt_ca_config *c) {
+  c->tls_min_version = TLS1_3_VERSION;
+  c->token_leeway_s = MT_CA_DEFAULT_LEEWAY_S;
+  c->mesh_poll_ms = MT_CA_DEFAULT_MESH_POLL_MS;
+  c->listen = strdup(kDefaultListen);
+  c->token_audience = strdup(kDefaultAudience);
+  c->access_log = strdup("-");
+  return c->listen != NULL && c->token_audience != NULL && c->access_log != NULL;
+}
+
+/* Unset TTLs: default 1 h, maximum 24 h, and never a default above the
+ * configured maximum. */
+static void settle_ttls(mt_ca_config *c) {
+  if (c->max_cert_ttl_s == 0) {
+    c->max_cert_ttl_s = MT_CA_DEFAULT_MAX_CERT_TTL_S;
+    if (c->default_cert_ttl_s > c->max_cert_ttl_s) c->max_cert_ttl_s = c->default_cert_ttl_s;
+  }
+  if (c->default_cert_ttl_s == 0)
+    c->default_cert_ttl_s =
+        c->max_cert_ttl_s < MT_CA_DEFAULT_CERT_TTL_S ? c->max_cert_ttl_s : MT_CA_DEFAULT_CERT_TTL_S;
+}
+
+mt_ca_config *mt_ca_config_load(const char *path, char *err, size_t err_len) {
+  mt_yaml_ctx ctx = {path, NULL, err, err_len};
+  mt_ca_config *c = calloc(1, sizeof(*c));
+  if (c == NULL || (c->path = strdup(path)) == NULL || !set_defaults(c)) {
+    snprintf(err, err_len, "%s:1: out of memory", path);
+    mt_ca_config_free(c);
+    return NULL;
+  }
+  yaml_document_t doc;
+  yaml_node_t *root = NULL;
+  ctx.doc = &doc;
+  if (!mt_yaml_load_file(&ctx, &doc, &root)) {
+    mt_ca_config_free(c);
+    return NULL;
+  }
+  int ok = mt_yaml_each_pair(&ctx, root, "the configuration", on_top_key, c);
+  if (ok) settle_ttls(c);
+  ok = ok && validate(&ctx, c, root);
+  yaml_document_delete(&doc);
+  if (!ok) {
+    mt_ca_config_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void mt_ca_config_free(mt_ca_config *c) {
+  if (c == NULL) return;
+  free(c->path);
+  free(c->trust_domain);
+  free(c->listen);
+  free(c->tls_cert_file);
+  free(c->tls_key_file);
+  free(c->signer_cert_file);
+  free(c->signer_key_file);
+  free(c->roots_file);
+  free(c->token_issuer);
+  free(c->token_audience);
+  free(c->token_keys_file);
+  free(c->mesh_file);
+  free(c->access_log);
+  free(c);
+}

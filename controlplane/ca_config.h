@@ -1,0 +1,61 @@
+/* ca_config: mtls-ca's YAML configuration, parsed into an immutable value.
+ *
+ * mt_ca_config_load checks everything it can from the YAML alone (types,
+ * ranges, required keys, unknown keys, SPIFFE trust domain, addresses); the
+ * files it names are read by their owners (ca_files.c, mesh_file.c), which
+ * report problems at the line of the key that named the file. Relative paths
+ * are taken from the directory of the configuration file. Every error reads
+ * "file:line: what is wrong". Keys are documented in controlplane/README.md. */
+#ifndef MT_CP_CA_CONFIG_H
+#define MT_CP_CA_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  MT_CA_DEFAULT_CERT_TTL_S = 3600,
+  MT_CA_DEFAULT_MAX_CERT_TTL_S = 24 * 3600,
+  MT_CA_MIN_CERT_TTL_S = 60,
+  MT_CA_MAX_CERT_TTL_S = 365 * 24 * 3600,
+  MT_CA_DEFAULT_MESH_POLL_MS = 500,
+  MT_CA_DEFAULT_LEEWAY_S = 60,
+};
+
+typedef struct {
+  char *path; /* the configuration file, for messages */
+
+  char *trust_domain;
+  char *listen;        /* "ip:port" / "[v6]:port"; port 0 = any free port */
+  int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
+  char *tls_cert_file; /* the CA server's own chain (PEM, leaf first) */
+  char *tls_key_file;
+  char *signer_cert_file; /* issuing CA first, then the chain up to (excluding) the root */
+  char *signer_key_file;
+  char *roots_file; /* PEM roots returned as root_cert */
+  int64_t max_cert_ttl_s;
+  int64_t default_cert_ttl_s;
+  char *token_issuer;
+  char *token_audience;
+  char *token_keys_file; /* PEM public keys */
+  int64_t token_leeway_s;
+  char *mesh_file; /* NULL: no mesh config stream (Watch is not served) */
+  int64_t mesh_poll_ms;
+  char *access_log; /* path (appended) or "-" for stdout */
+
+  /* Lines of the keys that name files, for errors found reading them. */
+  unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line;
+} mt_ca_config;
+
+/* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */
+mt_ca_config *mt_ca_config_load(const char *path, char *err, size_t err_len);
+void mt_ca_config_free(mt_ca_config *config); /* accepts NULL */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_CA_CONFIG_H */

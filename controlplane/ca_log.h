@@ -1,0 +1,100 @@
+/* ca_log: mtls-ca's three outputs about itself: the diagnostic log (stderr,
+ * one timestamped line per event), the access log (one JSON line per call,
+ * to a file or stdout), and the counters kept in memory (printed on SIGUSR1
+ * and at exit).
+ *
+ * Single-threaded: everything runs on the server's loop. Each line goes out
+ * with one write(2) (O_APPEND for files), so lines never interleave with
+ * another writer's. */
+#ifndef MT_CP_CA_LOG_H
+#define MT_CP_CA_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "grpc/frame.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The methods mtls-ca serves, for counters and the access log. */
+typedef enum {
+  MT_CA_METHOD_CREATE_CERTIFICATE,
+  MT_CA_METHOD_WATCH,
+  MT_CA_METHOD_COUNT,
+} mt_ca_method;
+
+/* Events counted besides the calls themselves. */
+typedef enum {
+  MT_CA_EV_CERTS_ISSUED,
+  MT_CA_EV_WATCH_STREAMS_OPENED,
+  MT_CA_EV_WATCH_STREAMS_ENDED,
+  MT_CA_EV_SNAPSHOTS_SENT,
+  MT_CA_EV_MESH_LOADS,         /* a new snapshot version came into force */
+  MT_CA_EV_MESH_LOAD_FAILURES, /* a changed mesh file was refused */
+  MT_CA_EV_ISSUER_RELOADS,
+  MT_CA_EV_ISSUER_RELOAD_FAILURES,
+  MT_CA_EV_TOKEN_KEY_RELOADS,
+  MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES,
+  MT_CA_EV_TLS_RELOADS,
+  MT_CA_EV_TLS_RELOAD_FAILURES,
+  MT_CA_EV_CONNECTION_ERRORS, /* TLS failures, garbage, timeouts, limits */
+  MT_CA_EV_COUNT,
+} mt_ca_event;
+
+/* Refusal reasons counted by name (auth reasons, "bad_request", ...). */
+enum { MT_CA_LOG_MAX_REASONS = 32, MT_CA_LOG_REASON_MAX = 32 };
+
+/* One finished (or refused) call. Strings are borrowed for the call; NULL
+ * and "" both mean "none". */
+typedef struct {
+  mt_ca_method method;
+  const char *peer;     /* "ip:port" */
+  const char *identity; /* the caller's SPIFFE ID once authenticated */
+  mt_grpc_status status;
+  const char *reason;  /* stable code: "ok", "expired", "bad_csr", ... */
+  const char *message; /* what the caller was told */
+  const char *serial;  /* issued certificate serial, hex */
+  int64_t ttl_s;       /* issued certificate lifetime, 0 when none */
+  const char *version; /* Watch: the last snapshot version sent */
+  int64_t duration_ms;
+  int refused; /* the server turned the call down (counted by reason) */
+} mt_ca_access_entry;
+
+typedef struct mt_ca_log mt_ca_log;
+
+/* |access_log_path|: a file (created if missing, appended) or "-" for
+ * stdout. Returns NULL with errno set. */
+mt_ca_log *mt_ca_log_new(const char *access_log_path);
+void mt_ca_log_free(mt_ca_log *log); /* accepts NULL */
+
+/* Diagnostic line to stderr: "<UTC time> mtls-ca <level>: <message>". */
+void mt_ca_log_info(mt_ca_log *log, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mt_ca_log_warn(mt_ca_log *log, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mt_ca_log_error(mt_ca_log *log, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Writes the access-log line and counts the call (method x status, and the
+ * reason of a refusal). */
+void mt_ca_log_access(mt_ca_log *log, const mt_ca_access_entry *entry);
+
+void mt_ca_log_count(mt_ca_log *log, mt_ca_event event);
+uint64_t mt_ca_log_counter(const mt_ca_log *log, mt_ca_event event);
+uint64_t mt_ca_log_calls(const mt_ca_log *log, mt_ca_method method, mt_grpc_status status);
+
+/* Writes every non-zero counter, one "name value" line each, to |out|. */
+void mt_ca_log_dump_counters(const mt_ca_log *log, FILE *out);
+
+/* The JSON access-log line for |entry| at |now_ms| (Unix milliseconds),
+ * without the newline; returns its length (truncated to |cap| - 1). */
+size_t mt_ca_log_format_access(const mt_ca_access_entry *entry, int64_t now_ms, char *out,
+                               size_t cap);
+
+const char *mt_ca_method_path(mt_ca_method method);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_CA_LOG_H */

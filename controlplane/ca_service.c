@@ -1,0 +1,296 @@
+/* ca_service.c: CreateCertificate. */
+#include "controlplane/ca_service.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+#include "proto/istio/ca.pb-c.h"
+
+enum {
+  SIGN_ERR_MAX = 512,
+  MESSAGE_MAX = 640,
+  SERIAL_HEX_MAX = 2 * 20 + 1, /* RFC 5280: at most 20 octets */
+  MS_PER_SECOND = 1000,
+  NS_PER_MS = 1000000,
+  SECONDS_PER_DAY = 24 * 3600,
+};
+
+static const char kPemEnd[] = "-----END CERTIFICATE-----";
+static const char kPemBegin[] = "-----BEGIN CERTIFICATE-----";
+/* Prefixes of mt_signer_sign_csr messages that are the server's fault, not
+ * the CSR's (signer.h has no error codes). */
+static const char *const kInternalSignErrors[] = {"out of memory", "cannot build", "maximum TTL",
+                                                  "issuer certificate"};
+
+struct mt_ca_service {
+  const mt_ca_auth *auth;
+  mt_ca_log *log;
+  mt_ca_issuer *issuer;
+  int64_t default_ttl_s, max_ttl_s;
+};
+
+/* Everything one call produces for its reply and its log line. */
+typedef struct {
+  const mt_grpc_request *req;
+  int64_t started_ms;
+  mt_ca_auth_result auth;
+  mt_grpc_status status;
+  const char *reason;
+  char message[MESSAGE_MAX];
+  char serial[SERIAL_HEX_MAX];
+  int64_t ttl_s;
+} call_state;
+
+static int64_t monotonic_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
+}
+
+mt_ca_service *mt_ca_service_new(const mt_ca_auth *auth, mt_ca_log *log, mt_ca_issuer *issuer,
+                                 int64_t default_ttl_s, int64_t max_ttl_s) {
+  mt_ca_service *svc = calloc(1, sizeof(*svc));
+  if (svc == NULL) {
+    mt_ca_issuer_free(issuer);
+    return NULL;
+  }
+  svc->auth = auth;
+  svc->log = log;
+  svc->issuer = issuer;
+  svc->default_ttl_s = default_ttl_s;
+  svc->max_ttl_s = max_ttl_s;
+  return svc;
+}
+
+void mt_ca_service_free(mt_ca_service *svc) {
+  if (svc == NULL) return;
+  mt_ca_issuer_free(svc->issuer);
+  free(svc);
+}
+
+void mt_ca_service_set_issuer(mt_ca_service *svc, mt_ca_issuer *issuer) {
+  mt_ca_issuer_free(svc->issuer);
+  svc->issuer = issuer;
+}
+
+/* ---- the certificate chain --------------------------------------------- */
+
+/* Splits a PEM chain into one malloc'd string per certificate. Returns the
+ * count (0 when out of memory or when there is none). */
+static size_t split_pem_chain(const char *pem, char ***out) {
+  size_t count = 0;
+  char **list = NULL;
+  const char *p = pem;
+  const char *begin;
+  while ((begin = strstr(p, kPemBegin)) != NULL) {
+    const char *end = strstr(begin, kPemEnd);
+    if (end == NULL) break;
+    end += sizeof(kPemEnd) - 1;
+    if (*end == '\n') end++;
+    char **grown = realloc(list, (count + 1) * sizeof(*list));
+    char *one = grown != NULL ? strndup(begin, (size_t)(end - begin)) : NULL;
+    if (grown != NULL) list = grown;
+    if (one == NULL) {
+      for (size_t i = 0; i < count; i++) free(list[i]);
+      free(list);
+      *out = NULL;
+      return 0;
+    }
+    list[count++] = one;
+    p = end;
+  }
+  *out = list;
+  return count;
+}
+
+static void free_list(char **list, size_t count) {
+  for (size_t i = 0; i < count; i++) free(list[i]);
+  free(list);
+}
+
+/* Serial (lowercase hex) and remaining lifetime of the leaf PEM. */
+static void describe_leaf(const char *leaf_pem, time_t now, call_state *st) {
+  BIO *bio = BIO_new_mem_buf(leaf_pem, -1);
+  X509 *leaf = bio != NULL ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+  BIGNUM *bn = leaf != NULL ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL) : NULL;
+  char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+  if (hex != NULL) {
+    size_t i = 0;
+    for (; hex[i] != '\0' && i + 1 < sizeof(st->serial); i++)
+      st->serial[i] = (char)(hex[i] >= 'A' && hex[i] <= 'F' ? hex[i] - 'A' + 'a' : hex[i]);
+    st->serial[i] = '\0';
+  }
+  ASN1_TIME *at_now = leaf != NULL ? ASN1_TIME_set(NULL, now) : NULL;
+  int days = 0, secs = 0;
+  if (at_now != NULL && ASN1_TIME_diff(&days, &secs, at_now, X509_get0_notAfter(leaf)))
+    st->ttl_s = (int64_t)days * SECONDS_PER_DAY + secs;
+  ASN1_TIME_free(at_now);
+  OPENSSL_free(hex);
+  BN_free(bn);
+  X509_free(leaf);
+  BIO_free(bio);
+  ERR_clear_error();
+}
+
+/* ---- replying ---------------------------------------------------------- */
+
+static void set_outcome(call_state *st, mt_grpc_status status, const char *reason, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+static void set_outcome(call_state *st, mt_grpc_status status, const char *reason, const char *fmt,
+                        ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  st->status = status;
+  st->reason = reason;
+  vsnprintf(st->message, sizeof(st->message), fmt, ap);
+  va_end(ap);
+}
+
+/* Finishes the call with its outcome; logs, counts. */
+static void conclude(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st) {
+  const mt_grpc_request *req = st->req;
+  mt_grpc_stream_finish(stream, st->status, st->status == MT_GRPC_OK ? NULL : st->message);
+  if (st->status == MT_GRPC_OK) {
+    mt_ca_log_count(svc->log, MT_CA_EV_CERTS_ISSUED);
+    mt_ca_log_info(svc->log, "issued serial %s to %s from %s, ttl %llds", st->serial,
+                   st->auth.spiffe_id, req->peer_address, (long long)st->ttl_s);
+  } else {
+    mt_ca_log_warn(svc->log, "CreateCertificate from %s (%s) refused: %s (%s): %s",
+                   req->peer_address,
+                   st->auth.spiffe_id[0] ? st->auth.spiffe_id : "unauthenticated",
+                   mt_grpc_status_name((int)st->status), st->reason, st->message);
+  }
+  mt_ca_access_entry e = {
+      .method = MT_CA_METHOD_CREATE_CERTIFICATE,
+      .peer = req->peer_address,
+      .identity = st->auth.spiffe_id,
+      .status = st->status,
+      .reason = st->reason,
+      .message = st->status == MT_GRPC_OK ? "" : st->message,
+      .serial = st->serial,
+      .ttl_s = st->ttl_s,
+      .duration_ms = monotonic_ms() - st->started_ms,
+      .refused = st->status != MT_GRPC_OK,
+  };
+  mt_ca_log_access(svc->log, &e);
+}
+
+/* Encodes and queues the response; returns 1, or 0 with the outcome set. */
+static int send_response(mt_ca_service *svc, mt_grpc_stream *stream, char **chain, size_t n,
+                         call_state *st) {
+  const mt_pem_certs *roots = mt_ca_issuer_roots(svc->issuer);
+  Istio__V1__Auth__Roots root_cert = ISTIO__V1__AUTH__ROOTS__INIT;
+  root_cert.n_ca_cert = roots->count;
+  root_cert.ca_cert = roots->pems;
+  Istio__V1__Auth__IstioCertificateResponse resp =
+      ISTIO__V1__AUTH__ISTIO_CERTIFICATE_RESPONSE__INIT;
+  resp.n_cert_chain = n;
+  resp.cert_chain = chain;
+  resp.root_cert = &root_cert;
+  size_t len = istio__v1__auth__istio_certificate_response__get_packed_size(&resp);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    set_outcome(st, MT_GRPC_INTERNAL, "no_memory", "out of memory encoding the response");
+    return 0;
+  }
+  istio__v1__auth__istio_certificate_response__pack(&resp, buf);
+  mt_grpc_send_result r = mt_grpc_stream_send(stream, buf, len);
+  free(buf);
+  if (r != MT_GRPC_SEND_OK) {
+    set_outcome(st, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
+    return 0;
+  }
+  set_outcome(st, MT_GRPC_OK, "ok", "%s", "");
+  return 1;
+}
+
+/* ---- signing ----------------------------------------------------------- */
+
+static int is_internal_sign_error(const char *err) {
+  for (size_t i = 0; i < sizeof(kInternalSignErrors) / sizeof(kInternalSignErrors[0]); i++)
+    if (strncmp(err, kInternalSignErrors[i], strlen(kInternalSignErrors[i])) == 0) return 1;
+  return 0;
+}
+
+/* requested > 0: that, capped at the maximum; otherwise the default. */
+static int64_t pick_ttl(const mt_ca_service *svc, int64_t requested) {
+  if (requested <= 0) return svc->default_ttl_s;
+  return requested < svc->max_ttl_s ? requested : svc->max_ttl_s;
+}
+
+/* Signs |csr| for the caller; on success queues the response. */
+static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const char *csr,
+                           int64_t requested_ttl_s, call_state *st) {
+  time_t now = time(NULL);
+  if (now >= mt_ca_issuer_not_after(svc->issuer)) {
+    set_outcome(st, MT_GRPC_UNAVAILABLE, "issuer_expired",
+                "the issuing CA has expired; it must be rotated (SIGHUP after replacing it)");
+    return;
+  }
+  char err[SIGN_ERR_MAX] = "";
+  char *chain_pem = NULL;
+  if (!mt_signer_sign_csr(mt_ca_issuer_signer(svc->issuer), csr, strlen(csr), st->auth.spiffe_id,
+                          pick_ttl(svc, requested_ttl_s), svc->max_ttl_s, now, &chain_pem, err,
+                          sizeof(err))) {
+    if (is_internal_sign_error(err))
+      set_outcome(st, MT_GRPC_INTERNAL, "sign_failed", "cannot sign: %s", err);
+    else
+      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "bad CSR: %s", err);
+    return;
+  }
+  char **chain = NULL;
+  size_t n = split_pem_chain(chain_pem, &chain);
+  if (n == 0) {
+    set_outcome(st, MT_GRPC_INTERNAL, "no_memory", "out of memory splitting the chain");
+  } else {
+    describe_leaf(chain[0], now, st);
+    send_response(svc, stream, chain, n, st);
+  }
+  free_list(chain, n);
+  free(chain_pem);
+}
+
+/* Authenticated caller: decode the request, then sign. */
+static void handle_request(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st) {
+  const mt_grpc_request *req = st->req;
+  Istio__V1__Auth__IstioCertificateRequest *r =
+      istio__v1__auth__istio_certificate_request__unpack(NULL, req->message_len, req->message);
+  if (r == NULL) {
+    set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_request",
+                "the request is not an IstioCertificateRequest message");
+    return;
+  }
+  if (r->csr == NULL || r->csr[0] == '\0')
+    set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "csr is empty");
+  else
+    sign_and_reply(svc, stream, r->csr, r->validity_duration, st);
+  istio__v1__auth__istio_certificate_request__free_unpacked(r, NULL);
+}
+
+static void on_create_certificate(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
+  mt_ca_service *svc = arg;
+  call_state st;
+  memset(&st, 0, sizeof(st));
+  st.req = req;
+  st.started_ms = monotonic_ms();
+  mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &st.auth);
+  if (st.auth.status != MT_GRPC_OK)
+    set_outcome(&st, st.auth.status, st.auth.reason, "%s", st.auth.message);
+  else
+    handle_request(svc, stream, &st);
+  conclude(svc, stream, &st);
+}
+
+int mt_ca_service_register(mt_ca_service *svc, mt_grpc_server *server) {
+  return mt_grpc_server_handle(server, mt_ca_method_path(MT_CA_METHOD_CREATE_CERTIFICATE),
+                               on_create_certificate, svc);
+}

@@ -1,0 +1,48 @@
+/* ca_service: the server side of Istio's CA API,
+ * /istio.v1.auth.IstioCertificateService/CreateCertificate (PROTOCOL.md 1).
+ *
+ * A call is authenticated with its bearer token (auth.h); the CSR's public
+ * key is certified for the token's identity only, whatever the CSR or the
+ * request metadata ask for. The response carries the leaf and the
+ * intermediates as one PEM certificate per cert_chain entry (leaf first)
+ * and the roots in root_cert.ca_cert. Refusals: no or bad token ->
+ * UNAUTHENTICATED with the reason; a token for something other than a
+ * service account -> PERMISSION_DENIED; a request or CSR that cannot be
+ * used -> INVALID_ARGUMENT; an issuing CA past its notAfter -> UNAVAILABLE.
+ * Every call is access-logged and counted; refusals also go to stderr. */
+#ifndef MT_CP_CA_SERVICE_H
+#define MT_CP_CA_SERVICE_H
+
+#include <stdint.h>
+
+#include "controlplane/auth.h"
+#include "controlplane/ca_files.h"
+#include "controlplane/ca_log.h"
+#include "grpc/server.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_ca_service mt_ca_service;
+
+/* |auth| and |log| are borrowed and must outlive the service; |issuer| is
+ * taken. TTLs in seconds: a request's validity_duration when > 0, else
+ * |default_ttl_s|, capped at |max_ttl_s|. Returns NULL when out of memory
+ * (|issuer| is then freed). */
+mt_ca_service *mt_ca_service_new(const mt_ca_auth *auth, mt_ca_log *log, mt_ca_issuer *issuer,
+                                 int64_t default_ttl_s, int64_t max_ttl_s);
+void mt_ca_service_free(mt_ca_service *svc); /* accepts NULL */
+
+/* Routes CreateCertificate of |server| to this service. Returns 1 or 0. */
+int mt_ca_service_register(mt_ca_service *svc, mt_grpc_server *server);
+
+/* Replaces the issuing CA and its roots (takes |issuer|): calls after this
+ * one are signed by it. */
+void mt_ca_service_set_issuer(mt_ca_service *svc, mt_ca_issuer *issuer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_CA_SERVICE_H */

@@ -1,0 +1,313 @@
+/* main.c: mtls-ca's command line, start-up, signals and shutdown. One libev
+ * loop, no threads.
+ *
+ *   mtls-ca --config FILE          run
+ *   mtls-ca --check-config FILE    load and check the config and every file
+ *                                  it names; exit 0, or 1 with "file:line: ..."
+ *
+ * Signals: SIGTERM / SIGINT stop and exit 0; SIGHUP re-reads the issuing CA
+ * (signer + roots), the token keys, the server's TLS certificate and the
+ * mesh file, each keeping its previous version when the new one is refused;
+ * SIGUSR1 prints the counters to stderr (they are printed at exit too). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ev.h>
+#include <openssl/ssl.h>
+
+#include "controlplane/auth.h"
+#include "controlplane/ca_config.h"
+#include "controlplane/ca_files.h"
+#include "controlplane/ca_log.h"
+#include "controlplane/ca_service.h"
+#include "controlplane/mesh_file.h"
+#include "controlplane/mesh_service.h"
+#include "grpc/server.h"
+
+enum {
+  ERR_MAX = 1536,
+  WHY_MAX = 1024,
+  EXIT_OK = 0,
+  EXIT_FAILURE_CODE = 1,
+  EXIT_USAGE = 2,
+};
+
+typedef struct {
+  mt_ca_config *config;
+  struct ev_loop *loop;
+  mt_ca_log *log;
+  SSL_CTX *ssl_ctx;
+  mt_ca_auth *auth;
+  mt_ca_service *ca;
+  mt_mesh_service *mesh;
+  mt_grpc_server *server;
+  ev_signal on_term, on_int, on_hup, on_usr1;
+} mt_ca_app;
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: mtls-ca --config FILE        run the control plane\n"
+          "       mtls-ca --check-config FILE  check FILE and the files it names; exit 0 or 1\n");
+}
+
+/* "config:line: section: path: what" for a problem in a file the config names. */
+static void file_error(const mt_ca_config *c, unsigned long line, const char *section,
+                       const char *why, char *err, size_t err_len) {
+  snprintf(err, err_len, "%s:%lu: %s: %s", c->path, line ? line : 1, section, why);
+}
+
+/* Loads the material every start needs; on success the app owns it. */
+static int load_material(mt_ca_app *app, mt_ca_issuer **issuer, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  char why[WHY_MAX];
+  *issuer = mt_ca_issuer_load(c->signer_cert_file, c->signer_key_file, c->roots_file,
+                              c->trust_domain, why, sizeof(why));
+  if (*issuer == NULL) {
+    file_error(c, c->signer_line, "signer", why, err, err_len);
+    return 0;
+  }
+  mt_jwt_keys *keys = mt_ca_token_keys_load(c->token_keys_file, why, sizeof(why));
+  if (keys == NULL) {
+    file_error(c, c->tokens_line, "tokens.keys_file", why, err, err_len);
+    return 0;
+  }
+  app->auth =
+      mt_ca_auth_new(c->trust_domain, c->token_issuer, c->token_audience, c->token_leeway_s, keys);
+  app->ssl_ctx = mt_ca_tls_ctx_new(c->tls_min_version);
+  if (app->auth == NULL || app->ssl_ctx == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", c->path);
+    return 0;
+  }
+  if (!mt_ca_tls_use_files(app->ssl_ctx, c->tls_cert_file, c->tls_key_file, why, sizeof(why))) {
+    file_error(c, c->tls_line, "tls", why, err, err_len);
+    return 0;
+  }
+  return 1;
+}
+
+/* Frees in the order that keeps borrowed pointers valid: streams end before
+ * the server goes, the server before what its handlers use. */
+static void app_dispose(mt_ca_app *app) {
+  mt_mesh_service_free(app->mesh);
+  mt_grpc_server_free(app->server);
+  mt_ca_service_free(app->ca);
+  mt_ca_auth_free(app->auth);
+  SSL_CTX_free(app->ssl_ctx);
+  mt_ca_log_free(app->log);
+  mt_ca_config_free(app->config);
+  memset(app, 0, sizeof(*app));
+}
+
+/* --check-config: everything a start would load, without listening. */
+static int check_config(const char *path) {
+  char err[ERR_MAX];
+  mt_ca_app app;
+  memset(&app, 0, sizeof(app));
+  app.config = mt_ca_config_load(path, err, sizeof(err));
+  mt_ca_issuer *issuer = NULL;
+  int ok = app.config != NULL && load_material(&app, &issuer, err, sizeof(err));
+  mt_ca_issuer_free(issuer);
+  if (ok && app.config->mesh_file != NULL) {
+    char why[WHY_MAX];
+    mt_mesh_file *mesh =
+        mt_mesh_file_load(app.config->mesh_file, app.config->trust_domain, why, sizeof(why));
+    ok = mesh != NULL;
+    if (!ok) snprintf(err, sizeof(err), "%s", why);
+    mt_mesh_file_free(mesh);
+  }
+  if (ok)
+    printf("%s: ok\n", path);
+  else
+    fprintf(stderr, "%s\n", err);
+  app_dispose(&app);
+  return ok ? EXIT_OK : EXIT_FAILURE_CODE;
+}
+
+/* ---- signals ----------------------------------------------------------- */
+
+static void on_stop(struct ev_loop *loop, ev_signal *w, int revents) {
+  (void)revents;
+  mt_ca_app *app = w->data;
+  mt_ca_log_info(app->log, "signal %d: stopping", w->signum);
+  ev_break(loop, EVBREAK_ALL);
+}
+
+static void reload_issuer(mt_ca_app *app) {
+  const mt_ca_config *c = app->config;
+  char why[WHY_MAX];
+  mt_ca_issuer *issuer = mt_ca_issuer_load(c->signer_cert_file, c->signer_key_file, c->roots_file,
+                                           c->trust_domain, why, sizeof(why));
+  if (issuer == NULL) {
+    mt_ca_log_count(app->log, MT_CA_EV_ISSUER_RELOAD_FAILURES);
+    mt_ca_log_error(app->log, "signer reload refused, the previous issuing CA stays: %s", why);
+    return;
+  }
+  mt_ca_log_count(app->log, MT_CA_EV_ISSUER_RELOADS);
+  mt_ca_log_info(app->log, "issuing CA (re)loaded: %s", mt_ca_issuer_describe(issuer));
+  mt_ca_service_set_issuer(app->ca, issuer);
+}
+
+static void reload_token_keys(mt_ca_app *app) {
+  char why[WHY_MAX];
+  mt_jwt_keys *keys = mt_ca_token_keys_load(app->config->token_keys_file, why, sizeof(why));
+  if (keys == NULL) {
+    mt_ca_log_count(app->log, MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES);
+    mt_ca_log_error(app->log, "token key reload refused, the previous keys stay: %s", why);
+    return;
+  }
+  mt_ca_log_count(app->log, MT_CA_EV_TOKEN_KEY_RELOADS);
+  mt_ca_log_info(app->log, "token keys (re)loaded: %zu key%s", mt_jwt_keys_count(keys),
+                 mt_jwt_keys_count(keys) == 1 ? "" : "s");
+  mt_ca_auth_set_keys(app->auth, keys);
+}
+
+static void reload_tls(mt_ca_app *app) {
+  const mt_ca_config *c = app->config;
+  char why[WHY_MAX];
+  if (!mt_ca_tls_use_files(app->ssl_ctx, c->tls_cert_file, c->tls_key_file, why, sizeof(why))) {
+    mt_ca_log_count(app->log, MT_CA_EV_TLS_RELOAD_FAILURES);
+    mt_ca_log_error(app->log, "TLS certificate reload refused, the previous one stays: %s", why);
+    return;
+  }
+  mt_ca_log_count(app->log, MT_CA_EV_TLS_RELOADS);
+  mt_ca_log_info(app->log, "TLS certificate (re)loaded from %s", c->tls_cert_file);
+}
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
+  (void)loop;
+  (void)revents;
+  mt_ca_app *app = w->data;
+  mt_ca_log_info(app->log, "SIGHUP: re-reading the signer, roots, token keys, TLS certificate%s",
+                 app->mesh != NULL ? " and mesh file" : "");
+  reload_issuer(app);
+  reload_token_keys(app);
+  reload_tls(app);
+  if (app->mesh != NULL) mt_mesh_service_reload(app->mesh);
+}
+
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents) {
+  (void)loop;
+  (void)revents;
+  mt_ca_app *app = w->data;
+  mt_ca_log_dump_counters(app->log, stderr);
+}
+
+static void watch_signal(mt_ca_app *app, ev_signal *w, int signum,
+                         void (*cb)(struct ev_loop *, ev_signal *, int)) {
+  ev_signal_init(w, cb, signum);
+  w->data = app;
+  ev_signal_start(app->loop, w);
+}
+
+static void unwatch_signals(mt_ca_app *app) {
+  ev_signal_stop(app->loop, &app->on_term);
+  ev_signal_stop(app->loop, &app->on_int);
+  ev_signal_stop(app->loop, &app->on_hup);
+  ev_signal_stop(app->loop, &app->on_usr1);
+}
+
+/* ---- running ----------------------------------------------------------- */
+
+static void on_connection_error(void *arg, const char *peer, const char *what) {
+  mt_ca_app *app = arg;
+  mt_ca_log_count(app->log, MT_CA_EV_CONNECTION_ERRORS);
+  mt_ca_log_warn(app->log, "connection from %s closed: %s", peer, what);
+}
+
+/* The start-up line tests and operators wait for, with the bound port
+ * (which differs from the configured one when that is 0). */
+static void log_listening(mt_ca_app *app) {
+  const char *listen = app->config->listen;
+  const char *colon = strrchr(listen, ':');
+  int host_len = colon != NULL ? (int)(colon - listen) : (int)strlen(listen);
+  mt_ca_log_info(app->log, "listening on %.*s:%d (trust domain %s)", host_len, listen,
+                 mt_grpc_server_port(app->server), app->config->trust_domain);
+}
+
+static int start_server(mt_ca_app *app, char *err, size_t err_len) {
+  mt_grpc_server_options opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.listen = app->config->listen;
+  opts.ssl_ctx = app->ssl_ctx;
+  opts.on_connection_error = on_connection_error;
+  opts.on_connection_error_arg = app;
+  app->server = mt_grpc_server_new(app->loop, &opts);
+  if (app->server == NULL) {
+    snprintf(err, err_len, "cannot listen on %s: %s", app->config->listen, strerror(errno));
+    return 0;
+  }
+  if (!mt_ca_service_register(app->ca, app->server) ||
+      (app->mesh != NULL && !mt_mesh_service_register(app->mesh, app->server))) {
+    snprintf(err, err_len, "out of memory registering the methods");
+    return 0;
+  }
+  return 1;
+}
+
+static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len) {
+  const mt_ca_config *c;
+  mt_ca_issuer *issuer = NULL;
+  app->config = mt_ca_config_load(path, err, err_len);
+  if (app->config == NULL) return 0;
+  c = app->config;
+  app->log = mt_ca_log_new(c->access_log);
+  if (app->log == NULL) {
+    snprintf(err, err_len, "%s: access_log '%s': %s", c->path, c->access_log, strerror(errno));
+    return 0;
+  }
+  if (!load_material(app, &issuer, err, err_len)) {
+    mt_ca_issuer_free(issuer);
+    return 0;
+  }
+  mt_ca_log_info(app->log, "issuing CA: %s", mt_ca_issuer_describe(issuer));
+  app->ca =
+      mt_ca_service_new(app->auth, app->log, issuer, c->default_cert_ttl_s, c->max_cert_ttl_s);
+  if (app->ca == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  if (c->mesh_file != NULL) {
+    app->mesh = mt_mesh_service_new(app->loop, c->mesh_file, c->trust_domain, c->mesh_poll_ms,
+                                    app->auth, app->log, err, err_len);
+    if (app->mesh == NULL) return 0;
+    mt_ca_log_info(app->log, "mesh snapshot version %s from %s", mt_mesh_service_version(app->mesh),
+                   c->mesh_file);
+  }
+  return start_server(app, err, err_len);
+}
+
+int main(int argc, char **argv) {
+  if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+    usage(stdout);
+    return EXIT_OK;
+  }
+  if (argc != 3 || (strcmp(argv[1], "--config") != 0 && strcmp(argv[1], "--check-config") != 0)) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  if (strcmp(argv[1], "--check-config") == 0) return check_config(argv[2]);
+  signal(SIGPIPE, SIG_IGN); /* a peer that hangs up must not kill the CA */
+  mt_ca_app app;
+  memset(&app, 0, sizeof(app));
+  struct ev_loop *loop = ev_default_loop(0);
+  app.loop = loop;
+  /* Watched before anything slow happens, so a stop request that arrives
+   * during start-up is handled as soon as the loop runs, not lost. */
+  watch_signal(&app, &app.on_term, SIGTERM, on_stop);
+  watch_signal(&app, &app.on_int, SIGINT, on_stop);
+  watch_signal(&app, &app.on_hup, SIGHUP, on_hup);
+  watch_signal(&app, &app.on_usr1, SIGUSR1, on_usr1);
+  char err[ERR_MAX];
+  int ok = app_start(&app, argv[2], err, sizeof(err));
+  if (ok) {
+    log_listening(&app);
+    ev_run(loop, 0);
+    mt_ca_log_dump_counters(app.log, stderr);
+  } else {
+    fprintf(stderr, "mtls-ca: %s\n", err);
+  }
+  unwatch_signals(&app);
+  app_dispose(&app);
+  ev_loop_destroy(loop);
+  return ok ? EXIT_OK : EXIT_FAILURE_CODE;
+}

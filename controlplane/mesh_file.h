@@ -1,0 +1,54 @@
+/* mesh_file: the mesh configuration mtls-ca streams to agents (trust
+ * bundles, inbound policy, destination identities), read from a YAML file
+ * and the PEM root files it names, validated as strictly as the agent
+ * validates the same values, and encoded once as a MeshSnapshot message
+ * (proto/mtlsd/mesh.proto) without a version.
+ *
+ * Relative paths in the file are taken from the file's own directory.
+ * Errors read "file:line: what is wrong". A loaded value is immutable. */
+#ifndef MT_CP_MESH_FILE_H
+#define MT_CP_MESH_FILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  MT_MESH_DIGEST_LEN = 32,     /* SHA-256 */
+  MT_MESH_MAX_RULE_PORTS = 64, /* as the agent's config */
+  MT_MESH_MAX_RULE_MATCHERS = 64,
+  MT_MESH_MAX_ROOTS_FILES = 64, /* per trust bundle */
+};
+
+typedef struct mt_mesh_file mt_mesh_file;
+
+/* Parses |path|. |own_trust_domain| (may be NULL) must have a bundle: an
+ * agent replaces its bundles with the snapshot's, so leaving out the mesh's
+ * own domain would cut every agent off. Returns NULL with the reason in
+ * |err|. */
+mt_mesh_file *mt_mesh_file_load(const char *path, const char *own_trust_domain, char *err,
+                                size_t err_len);
+void mt_mesh_file_free(mt_mesh_file *mesh); /* accepts NULL */
+
+/* The snapshot content, encoded with an empty version. Borrowed. */
+const uint8_t *mt_mesh_file_content(const mt_mesh_file *mesh, size_t *len);
+
+/* SHA-256 of the content: equal digests mean nothing an agent sees changed. */
+const uint8_t *mt_mesh_file_digest(const mt_mesh_file *mesh);
+
+/* The files the content was built from (the YAML file, then every roots
+ * file), for change detection. Borrowed. */
+size_t mt_mesh_file_sources(const mt_mesh_file *mesh, const char *const **paths);
+
+/* The encoded snapshot with |version| set: malloc'd, length in |*len|.
+ * NULL when out of memory. */
+uint8_t *mt_mesh_file_encode(const mt_mesh_file *mesh, const char *version, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_MESH_FILE_H */

@@ -1,0 +1,677 @@
+"""mtls-ca against a real gRPC client (Python grpcio) over verified TLS.
+
+Run after `bazel build //controlplane:mtls-ca`:
+
+    /usr/bin/python3 -m pytest tests/controlplane -q
+
+MTLS_CA_BIN names the binary (default bazel-bin/controlplane/mtls-ca), e.g.
+an ASan build: MTLS_CA_BIN=$(bazel info --config=asan bazel-bin)/controlplane/mtls-ca
+"""
+
+import datetime
+import os
+import queue
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import threading
+import time
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from conftest import (CREATE, DEFAULT_TTL_S, MAX_TTL_S, MTLS_CA_BIN, RPC_TIMEOUT, TRUST_DOMAIN,
+                      WAIT, WATCH, assert_clean_stderr, make_csr, mint_token, openssl,
+                      wait_until, write_atomically, write_mesh)
+
+pytestmark = pytest.mark.skipif(not os.access(MTLS_CA_BIN, os.X_OK),
+                                reason=f"build //controlplane:mtls-ca first ({MTLS_CA_BIN})")
+
+FRONTEND_SUB = "system:serviceaccount:default:frontend"
+FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/frontend"
+# Lets certificates' notBefore (backdated by the signer) and clocks differ.
+SKEW_S = 120
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def create(ca, msgs, token=None, csr=None, validity=0, channel=None, raw=None):
+    """One CreateCertificate call; returns the response message."""
+    own = channel is None
+    ch = channel or ca.channel()
+    try:
+        if raw is not None:
+            call = ch.unary_unary(CREATE)
+            request = raw
+        else:
+            call = ch.unary_unary(CREATE, request_serializer=msgs.CertRequest.SerializeToString,
+                                  response_deserializer=msgs.CertResponse.FromString)
+            if csr is None:
+                csr, _ = make_csr()
+            request = msgs.CertRequest(csr=csr, validity_duration=validity)
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        return call(request, timeout=RPC_TIMEOUT, metadata=metadata)
+    finally:
+        if own:
+            ch.close()
+
+
+def refused(ca, msgs, **kwargs):
+    with pytest.raises(grpc.RpcError) as e:
+        create(ca, msgs, **kwargs)
+    return e.value.code(), e.value.details()
+
+
+def leaf_of(resp):
+    return x509.load_pem_x509_certificate(resp.cert_chain[0].encode())
+
+
+def uri_sans(cert):
+    san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def ttl_of(cert):
+    not_after = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return (not_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+
+
+def verify_chain(tmp_path, resp):
+    """openssl verify: leaf -> intermediates from cert_chain -> roots from root_cert."""
+    (tmp_path / "leaf.pem").write_text(resp.cert_chain[0])
+    (tmp_path / "untrusted.pem").write_text("".join(resp.cert_chain[1:]))
+    (tmp_path / "roots.pem").write_text("".join(resp.root_cert.ca_cert))
+    return subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "roots.pem"),
+                           "-untrusted", str(tmp_path / "untrusted.pem"),
+                           str(tmp_path / "leaf.pem")], capture_output=True, text=True,
+                          timeout=WAIT)
+
+
+class Watcher:
+    """A Watch stream read by a thread into a queue (so waits are bounded)."""
+
+    def __init__(self, ca, msgs, token, spiffe_id="", last_version=""):
+        self.channel = ca.channel()
+        call = self.channel.unary_stream(WATCH,
+                                         request_serializer=msgs.WatchRequest.SerializeToString,
+                                         response_deserializer=msgs.MeshSnapshot.FromString)
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        self.call = call(msgs.WatchRequest(node_id="test-node", spiffe_id=spiffe_id,
+                                           last_applied_version=last_version),
+                         metadata=metadata)
+        self.snapshots = queue.Queue()
+        self.error = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for snap in self.call:
+                self.snapshots.put(snap)
+        except grpc.RpcError as e:
+            self.error = e
+        self.snapshots.put(None)
+
+    def next(self, timeout=WAIT):
+        try:
+            snap = self.snapshots.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no snapshot within {timeout}s")
+        assert snap is not None, f"stream ended: {self.error}"
+        return snap
+
+    def nothing_within(self, seconds):
+        try:
+            snap = self.snapshots.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected message: {snap}")
+
+    def close(self):
+        self.call.cancel()
+        self.thread.join(timeout=WAIT)
+        self.channel.close()
+
+
+def new_intermediate(pki, directory):
+    """A second intermediate under the same root (for signer rotation)."""
+    d = directory
+    (d / "int2.ext").write_text(
+        "[ext]\nbasicConstraints = critical, CA:TRUE, pathlen:0\n"
+        "keyUsage = critical, keyCertSign, cRLSign\n"
+        f"subjectAltName = URI:spiffe://{TRUST_DOMAIN}\n"
+        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n")
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", d / "int2.key")
+    openssl("req", "-new", "-key", d / "int2.key", "-subj", "/CN=rotated intermediate",
+            "-out", d / "int2.csr")
+    openssl("x509", "-req", "-in", d / "int2.csr", "-CA", pki["root"], "-CAkey", pki["root_key"],
+            "-CAcreateserial", "-days", "30", "-extfile", d / "int2.ext", "-extensions", "ext",
+            "-out", d / "int2.pem")
+    return d / "int2.pem", d / "int2.key"
+
+
+# --------------------------------------------------------------------------
+# CreateCertificate: issuance
+
+
+def test_valid_token_gets_a_chain_for_its_service_account(ca, msgs, pki, tmp_path):
+    token = mint_token(pki["token_key"], sub="system:serviceaccount:shop:cart-sa")
+    resp = create(ca, msgs, token=token)
+    leaf = leaf_of(resp)
+    assert uri_sans(leaf) == [f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/cart-sa"]
+    # One PEM certificate per entry, leaf first, then the intermediate.
+    assert len(resp.cert_chain) == 2
+    assert all(e.count("BEGIN CERTIFICATE") == 1 for e in resp.cert_chain)
+    assert resp.cert_chain[1].strip() == pki["intermediate"].read_text().strip()
+    assert [r.strip() for r in resp.root_cert.ca_cert] == [pki["root"].read_text().strip()]
+    v = verify_chain(tmp_path, resp)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert 0 < ttl_of(leaf) <= DEFAULT_TTL_S + SKEW_S
+    assert ttl_of(leaf) <= MAX_TTL_S
+
+
+def test_issued_leaf_is_an_x509_svid(ca, msgs, pki):
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))
+    bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and not bc.value.ca
+    ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_cert_sign and not ku.crl_sign
+    assert len(uri_sans(leaf)) == 1
+
+
+def test_requested_ttl_is_honoured_below_the_maximum(ca, msgs, pki):
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"]), validity=600))
+    assert 600 - SKEW_S <= ttl_of(leaf) <= 600
+
+
+def test_requested_ttl_is_capped_at_the_maximum(ca, msgs, pki):
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"]), validity=10 * MAX_TTL_S))
+    assert MAX_TTL_S - SKEW_S <= ttl_of(leaf) <= MAX_TTL_S
+
+
+def test_csr_asking_for_another_identity_gets_the_tokens_identity(ca, msgs, pki):
+    csr, _ = make_csr(uri=f"spiffe://{TRUST_DOMAIN}/ns/kube-system/sa/admin", cn="admin")
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"]), csr=csr))
+    assert uri_sans(leaf) == [FRONTEND_ID]
+    assert leaf.subject.rfc4514_string() == ""
+
+
+def test_issued_key_is_the_csrs_key(ca, msgs, pki):
+    csr, key = make_csr()
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"]), csr=csr))
+    assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+def test_every_issuance_is_access_logged_as_json(ca, msgs, pki):
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))
+    lines = wait_until(lambda: [l for l in ca.access_lines() if l["method"] == CREATE],
+                       "the access-log line")
+    line = lines[-1]
+    assert line["status"] == "OK" and line["code"] == 0
+    assert line["identity"] == FRONTEND_ID
+    assert line["peer"].startswith("127.0.0.1:")
+    assert int(line["serial"], 16) == leaf.serial_number
+    assert 0 < line["ttl"] <= DEFAULT_TTL_S
+    assert {"time", "message", "reason", "duration_ms"} <= set(line)
+
+
+# --------------------------------------------------------------------------
+# CreateCertificate: refusals
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("forged signature", "bad signature"),
+    ("expired", "token expired"),
+    ("wrong audience", "wrong audience"),
+    ("wrong issuer", "wrong issuer"),
+    ("no token", "missing bearer token"),
+    ("not bearer", "not \"Bearer <JWT>\""),
+    ("garbage token", "malformed token"),
+])
+def test_bad_tokens_are_unauthenticated_with_a_reason(ca, msgs, pki, case, expected):
+    key = pki["token_key"]
+    tokens = {
+        "forged signature": lambda: mint_token(pki["forged_key"]),
+        "expired": lambda: mint_token(key, exp_in=-10),
+        "wrong audience": lambda: mint_token(key, aud="someone-else"),
+        "wrong issuer": lambda: mint_token(key, iss="https://evil.example"),
+        "no token": lambda: None,
+        "garbage token": lambda: "not.a.jwt",
+    }
+    if case == "not bearer":
+        ch = ca.channel()
+        call = ch.unary_unary(CREATE, request_serializer=msgs.CertRequest.SerializeToString,
+                              response_deserializer=msgs.CertResponse.FromString)
+        with pytest.raises(grpc.RpcError) as e:
+            call(msgs.CertRequest(csr=make_csr()[0]), timeout=RPC_TIMEOUT,
+                 metadata=[("authorization", "Basic dXNlcjpwYXNz")])
+        ch.close()
+        code, details = e.value.code(), e.value.details()
+    else:
+        code, details = refused(ca, msgs, token=tokens[case]())
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert expected in details
+    logged = wait_until(lambda: [l for l in ca.access_lines() if l["status"] == "UNAUTHENTICATED"],
+                        "the refusal in the access log")
+    assert logged[-1]["identity"] == "" and logged[-1]["message"] == details
+    assert "refused: UNAUTHENTICATED" in ca.stderr()
+
+
+def test_subject_that_is_not_a_service_account_is_permission_denied(ca, msgs, pki):
+    code, details = refused(ca, msgs, token=mint_token(pki["token_key"], sub="system:node:node-1"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a Kubernetes service account" in details
+
+
+def test_malformed_csr_is_invalid_argument(ca, msgs, pki):
+    code, details = refused(ca, msgs, token=mint_token(pki["token_key"]),
+                            csr="-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
+                                "-----END CERTIFICATE REQUEST-----\n")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bad CSR" in details
+
+
+def test_empty_csr_is_invalid_argument(ca, msgs, pki):
+    code, details = refused(ca, msgs, token=mint_token(pki["token_key"]), csr="")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "csr is empty" in details
+
+
+def test_request_that_is_not_protobuf_is_invalid_argument(ca, msgs, pki):
+    code, _ = refused(ca, msgs, token=mint_token(pki["token_key"]), raw=b"\xff\xff\xff\xff")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_token_is_checked_before_the_request_is_read(ca, msgs, pki):
+    code, _ = refused(ca, msgs, token=None, raw=b"\xff\xff\xff\xff")
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_oversized_message_is_resource_exhausted_and_the_channel_survives(ca, msgs, pki):
+    token = mint_token(pki["token_key"])
+    with ca.channel() as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            create(ca, msgs, token=token, raw=b"\0" * (4 * 1024 * 1024 + 1), channel=ch)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert uri_sans(leaf_of(create(ca, msgs, token=token, channel=ch))) == [FRONTEND_ID]
+
+
+def test_refusals_are_counted(ca, msgs, pki):
+    refused(ca, msgs, token=mint_token(pki["token_key"], exp_in=-10))
+    create(ca, msgs, token=mint_token(pki["token_key"]))
+    ca.signal(signal.SIGUSR1)
+    text = wait_until(lambda: "mtls_ca_refusals_total" in ca.stderr() and ca.stderr(),
+                      "the counters on SIGUSR1")
+    assert 'mtls_ca_refusals_total{reason="expired"} 1' in text
+    assert 'mtls_ca_calls_total{method="CreateCertificate",status="OK"} 1' in text
+    assert "mtls_ca_certs_issued_total 1" in text
+
+
+# --------------------------------------------------------------------------
+# TLS and robustness
+
+
+def test_client_verifies_the_servers_certificate(ca, msgs, pki, tmp_path):
+    # The happy path above used root.pem and the name "mtls-ca"; a client
+    # that trusts another root, or expects another name, must refuse.
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", tmp_path / "other.key", "-out", tmp_path / "other.pem", "-days", "1",
+            "-subj", "/CN=other root")
+    token = mint_token(pki["token_key"])
+    for ch in (ca.channel(root=tmp_path / "other.pem"), ca.channel(name="not-mtls-ca")):
+        with ch, pytest.raises(grpc.RpcError) as e:
+            create(ca, msgs, token=token, channel=ch)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The server's certificate is its SPIFFE identity with the DNS name.
+    der = ssl.get_server_certificate(("127.0.0.1", ca.port))
+    cert = x509.load_pem_x509_certificate(der.encode())
+    assert uri_sans(cert) == [f"spiffe://{TRUST_DOMAIN}/ns/mtls-system/sa/mtls-ca"]
+
+
+@pytest.mark.parametrize("junk", [
+    b"\x00" * 64,
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\x16\x03\x01\x00\x05hello",                # a truncated TLS record
+    os.urandom(4096),
+])
+def test_garbage_on_the_socket_does_not_hurt_the_server(ca, msgs, pki, junk):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", ca.port), timeout=WAIT) as s:
+            s.sendall(junk)
+            s.settimeout(WAIT)
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, socket.timeout):
+                pass
+    assert ca.alive()
+    assert uri_sans(leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))) == [FRONTEND_ID]
+
+
+def test_garbage_after_the_tls_handshake_does_not_hurt_the_server(ca, msgs, pki):
+    ctx = ssl.create_default_context(cafile=str(pki["root"]))
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", ca.port), timeout=WAIT) as raw:
+        with ctx.wrap_socket(raw, server_hostname="mtls-ca") as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(2048))
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, ssl.SSLError, socket.timeout):
+                pass
+    assert ca.alive()
+    assert uri_sans(leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))) == [FRONTEND_ID]
+
+
+def test_many_sequential_issuances_on_one_channel(ca, msgs, pki):
+    """~200 calls on one channel; prints p50/p99 (never asserted: speed is
+    bench/'s business)."""
+    token = mint_token(pki["token_key"])
+    csr, _ = make_csr()
+    durations = []
+    with ca.channel() as ch:
+        create(ca, msgs, token=token, csr=csr, channel=ch)  # connection set-up
+        for _ in range(200):
+            started = time.perf_counter()
+            resp = create(ca, msgs, token=token, csr=csr, channel=ch)
+            durations.append(time.perf_counter() - started)
+            assert len(resp.cert_chain) == 2
+    durations.sort()
+    p50 = statistics.median(durations) * 1000
+    p99 = durations[int(len(durations) * 0.99) - 1] * 1000
+    print(f"\nCreateCertificate over one channel, {len(durations)} calls: "
+          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
+# --------------------------------------------------------------------------
+# Watch
+
+
+def snapshot_roots(snap):
+    return {b.trust_domain: [r.strip() for r in b.roots_pem] for b in snap.trust_bundles}
+
+
+def test_watch_sends_the_mesh_file_at_once(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]), spiffe_id=FRONTEND_ID)
+    try:
+        snap = w.next()
+    finally:
+        w.close()
+    assert snap.version
+    assert snapshot_roots(snap) == {TRUST_DOMAIN: [pki["root"].read_text().strip()]}
+    assert snap.policy.default_action == 1  # ALLOW
+    (rule,) = snap.policy.rules
+    assert (rule.name, rule.action, list(rule.ports)) == ("frontend-only", 1, [8080])
+    matchers = getattr(rule, "from")  # "from" is a Python keyword
+    kinds = [(m.WhichOneof("kind"), getattr(m, m.WhichOneof("kind"))) for m in matchers]
+    assert kinds == [("id", FRONTEND_ID), ("prefix", "spiffe://example.org/ns/prod/*"),
+                     ("namespace", "prod"), ("trust_domain", "example.org"), ("any", True)]
+    assert [(d.address, d.spiffe_id) for d in snap.destinations] == [
+        ("127.0.0.1:15006", "spiffe://example.org/ns/default/sa/backend")]
+
+
+def test_editing_the_mesh_file_pushes_a_new_version(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        first = w.next()
+        write_mesh(ca.mesh, pki, destinations=(
+            "  - address: 127.0.0.1:15006\n"
+            "    spiffe_id: spiffe://example.org/ns/default/sa/backend\n"
+            "  - address: 10.0.0.7:15006\n"
+            "    spiffe_id: spiffe://example.org/ns/shop/sa/cart\n"))
+        second = w.next()
+        assert second.version != first.version
+        assert [d.address for d in second.destinations] == ["127.0.0.1:15006", "10.0.0.7:15006"]
+        # Touching the file without changing it pushes nothing.
+        os.utime(ca.mesh)
+        w.nothing_within(1.0)
+    finally:
+        w.close()
+
+
+def test_root_rotation_overlap_sends_both_roots(ca, msgs, pki, tmp_path):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", tmp_path / "root2.key", "-out", tmp_path / "root2.pem", "-days", "1",
+            "-subj", "/CN=next root", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        w.next()
+        write_mesh(ca.mesh, pki, extra_roots=[tmp_path / "root2.pem"])
+        snap = w.next()
+    finally:
+        w.close()
+    assert snapshot_roots(snap)[TRUST_DOMAIN] == [pki["root"].read_text().strip(),
+                                                 (tmp_path / "root2.pem").read_text().strip()]
+
+
+def test_bad_mesh_edit_keeps_the_last_good_snapshot(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        first = w.next()
+        text = ca.mesh.read_text()
+        write_atomically(ca.mesh, text.replace("action: allow", "action: maybe"))
+        wait_until(lambda: "mesh file refused" in ca.stderr(), "the refusal in the log")
+        assert "mesh.yaml:8: 'action' must be allow or deny, got 'maybe'" in ca.stderr()
+        w.nothing_within(1.0)
+        # A late subscriber still gets the last good snapshot.
+        late = Watcher(ca, msgs, mint_token(pki["token_key"]))
+        try:
+            assert late.next().version == first.version
+        finally:
+            late.close()
+        # Fixing the file brings a new version.
+        write_mesh(ca.mesh, pki, destinations=(
+            "  - address: 10.1.1.1:80\n    spiffe_id: spiffe://example.org/ns/a/sa/b\n"))
+        fixed = w.next()
+        assert fixed.version != first.version
+        assert [d.address for d in fixed.destinations] == ["10.1.1.1:80"]
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("      ports: [0]\n", "'ports[]' must be between 1 and 65535"),
+    ("      ports: [70000]\n", "'ports[]' must be between 1 and 65535"),
+])
+def test_bad_ports_are_refused_with_file_and_line(ca, msgs, pki, bad, message):
+    text = ca.mesh.read_text().replace("      ports: [8080]\n", bad)
+    write_atomically(ca.mesh, text)
+    wait_until(lambda: "mesh file refused" in ca.stderr(), "the refusal in the log")
+    assert f"mesh.yaml:9: {message}" in ca.stderr()
+
+
+def test_watch_without_a_token_is_unauthenticated(ca, msgs, pki):
+    w = Watcher(ca, msgs, None)
+    wait_until(lambda: not w.thread.is_alive(), "the stream to end")
+    assert w.error is not None and w.error.code() == grpc.StatusCode.UNAUTHENTICATED
+    w.close()
+
+
+def test_watch_for_someone_elses_identity_is_permission_denied(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]),
+                spiffe_id=f"spiffe://{TRUST_DOMAIN}/ns/default/sa/backend")
+    wait_until(lambda: not w.thread.is_alive(), "the stream to end")
+    assert w.error is not None and w.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    w.close()
+
+
+def test_cancelled_watch_is_cleaned_up_and_logged(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    w.next()
+    w.close()
+    line = wait_until(lambda: [l for l in ca.access_lines() if l["method"] == WATCH],
+                      "the Watch access-log line")[-1]
+    assert line["status"] == "CANCELLED" and line["identity"] == FRONTEND_ID
+    assert line["version"]
+    # The server keeps serving watches afterwards.
+    w2 = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        assert w2.next().version == line["version"]
+    finally:
+        w2.close()
+
+
+def test_watch_deadline_ends_the_stream_on_both_sides(ca, msgs, pki):
+    with ca.channel() as ch:
+        call = ch.unary_stream(WATCH, request_serializer=msgs.WatchRequest.SerializeToString,
+                               response_deserializer=msgs.MeshSnapshot.FromString)
+        stream = call(msgs.WatchRequest(), timeout=1.0,
+                      metadata=[("authorization", f"Bearer {mint_token(pki['token_key'])}")])
+        received = []
+        with pytest.raises(grpc.RpcError) as e:
+            for snap in stream:
+                received.append(snap)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(received) == 1
+    line = wait_until(lambda: [l for l in ca.access_lines() if l["method"] == WATCH],
+                      "the Watch access-log line")[-1]
+    assert line["status"] in ("DEADLINE_EXCEEDED", "CANCELLED")
+
+
+def test_watch_clients_that_disconnect_abruptly_are_cleaned_up(ca, msgs, pki):
+    watchers = [Watcher(ca, msgs, mint_token(pki["token_key"])) for _ in range(5)]
+    for w in watchers:
+        w.next()
+        w.channel.close()  # no cancel first: the connection just goes away
+    wait_until(lambda: len([l for l in ca.access_lines() if l["method"] == WATCH]) == 5,
+               "five Watch streams to end")
+    for w in watchers:
+        w.thread.join(timeout=WAIT)
+
+
+def test_open_watch_streams_end_cleanly_on_sigterm(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    w.next()
+    assert ca.stop() == 0
+    w.thread.join(timeout=WAIT)
+    assert not w.thread.is_alive()
+    assert w.error is not None and w.error.code() == grpc.StatusCode.UNAVAILABLE
+    w.channel.close()
+    assert_clean_stderr(ca.stderr())
+
+
+# --------------------------------------------------------------------------
+# reloads and lifecycle
+
+
+def test_sighup_rotates_the_signer_without_a_restart(ca, msgs, pki, tmp_path):
+    int2, int2_key = new_intermediate(pki, tmp_path)
+    before = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))
+    os.replace(int2, ca.signer_cert)
+    os.replace(int2_key, ca.signer_key)
+    ca.signal(signal.SIGHUP)
+    wait_until(lambda: "CN=rotated intermediate" in ca.stderr(), "the reload")
+    resp = create(ca, msgs, token=mint_token(pki["token_key"]))
+    after = leaf_of(resp)
+    assert before.issuer != after.issuer
+    assert "rotated intermediate" in after.issuer.rfc4514_string()
+    v = verify_chain(tmp_path, resp)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_sighup_with_a_broken_signer_keeps_the_old_one(ca, msgs, pki):
+    ca.signer_key.write_text("not a key\n")
+    ca.signal(signal.SIGHUP)
+    wait_until(lambda: "signer reload refused" in ca.stderr(), "the refusal")
+    leaf = leaf_of(create(ca, msgs, token=mint_token(pki["token_key"])))
+    assert "intermediate" in leaf.issuer.rfc4514_string()
+
+
+def test_sighup_rereads_the_mesh_file(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        first = w.next()
+        ca.signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP" in ca.stderr(), "the reload")
+        w.nothing_within(0.5)  # same content: same version, nothing pushed
+    finally:
+        w.close()
+    assert first.version
+
+
+def test_sighup_rotates_the_token_keys(ca, msgs, pki):
+    from cryptography.hazmat.primitives import serialization
+    forged = serialization.load_pem_private_key(pki["forged_key"], None)
+    ca.token_keys.write_bytes(forged.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ca.signal(signal.SIGHUP)
+    wait_until(lambda: "token keys (re)loaded: 1 key" in ca.stderr(), "the reload")
+    code, _ = refused(ca, msgs, token=mint_token(pki["token_key"]))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert uri_sans(leaf_of(create(ca, msgs, token=mint_token(pki["forged_key"])))) == [FRONTEND_ID]
+
+
+def test_sigterm_exits_zero_and_prints_the_counters(ca, msgs, pki):
+    create(ca, msgs, token=mint_token(pki["token_key"]))
+    assert ca.stop() == 0
+    text = ca.stderr()
+    assert "mtls_ca_certs_issued_total 1" in text
+    assert_clean_stderr(text)
+
+
+# --------------------------------------------------------------------------
+# command line
+
+
+def run_ca(*args):
+    return subprocess.run([MTLS_CA_BIN, *map(str, args)], capture_output=True, text=True,
+                          timeout=WAIT)
+
+
+def test_check_config_accepts_a_good_config(start_ca):
+    ca = start_ca()
+    p = run_ca("--check-config", ca.config)
+    assert p.returncode == 0, p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("trust_domain: example.org", "trust_domain: Example.ORG"), "ca.yaml:1: invalid trust domain"),
+    (("listen: 127.0.0.1:0", "listen: localhost:15012"), "ca.yaml:2: 'listen' must be IP:port"),
+    (("max_cert_ttl_s: 3600", "max_cert_ttl_s: 1h"),
+     "ca.yaml:6: 'max_cert_ttl_s' must be an integer"),
+    (("  leeway_s: 0", "  leeway_s: 0\n  colour: blue"), "ca.yaml:13: unknown key 'tokens.colour'"),
+    (("signer: {cert_file: signer.pem", "signer: {cert_file: missing.pem"),
+     "ca.yaml:4: signer: "),
+    (("mesh_file: mesh.yaml", "mesh_file: nowhere.yaml"), "nowhere.yaml:1: cannot open"),
+])
+def test_check_config_reports_file_and_line(ca, change, expected):
+    ca.config.write_text(ca.config.read_text().replace(*change))
+    p = run_ca("--check-config", ca.config)
+    assert p.returncode == 1
+    assert expected in p.stderr, p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+def test_a_port_in_use_is_reported_and_exits_one(ca):
+    taken = ca.config.read_text().replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{ca.port}")
+    ca.config.write_text(taken)
+    p = run_ca("--config", ca.config)
+    assert p.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{ca.port}: Address already in use" in p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+def test_tls_below_the_minimum_version_is_refused(ca):
+    ctx = ssl.create_default_context(cafile=str(ca.pki["root"]))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", ca.port), timeout=WAIT) as raw:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(raw, server_hostname="mtls-ca")
+    assert ca.alive()
+
+
+def test_a_bad_config_does_not_start(tmp_path):
+    (tmp_path / "ca.yaml").write_text("trust_domain: example.org\nbogus: 1\n")
+    p = run_ca("--config", tmp_path / "ca.yaml")
+    assert p.returncode == 1
+    assert "ca.yaml:2: unknown key 'bogus'" in p.stderr
+    assert_clean_stderr(p.stderr)
