@@ -1,6 +1,8 @@
 /* csr: workload key generation and CSR construction. See csr.h. */
 #include "agent/csr.h"
 
+#include "agent/errmsg.h"
+
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,26 +24,6 @@ enum { MT_CSR_MIN_RSA_BITS = 2048 };
 
 static const char kMtCsrOrganization[] = "mtlsd";
 
-static void mt_csr_set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void mt_csr_set_err(char *err, size_t err_len, const char *fmt, ...) {
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
-}
-
-/* BoringSSL's reason for the last failure; an empty queue means it ran out
- * of memory without saying so. */
-static const char *mt_csr_ssl_reason(void) {
-  const char *reason = ERR_reason_error_string(ERR_peek_last_error());
-  return reason != NULL ? reason : "out of memory";
-}
-
 EVP_PKEY *mt_csr_generate_key(void) {
   EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
   EVP_PKEY *pkey = EVP_PKEY_new();
@@ -61,36 +43,35 @@ static int mt_csr_key_acceptable(const EVP_PKEY *key, char *err, size_t err_len)
     if (group != NULL && EC_GROUP_get_curve_name(group) == NID_X9_62_prime256v1) {
       return 1;
     }
-    mt_csr_set_err(err, err_len, "EC key is not on curve P-256");
+    mt_errmsg_set(err, err_len, "EC key is not on curve P-256");
     return 0;
   }
   if (EVP_PKEY_id(key) == EVP_PKEY_RSA) {
     if (EVP_PKEY_bits(key) >= MT_CSR_MIN_RSA_BITS) {
       return 1;
     }
-    mt_csr_set_err(err, err_len, "RSA key has %d bits, fewer than %d", EVP_PKEY_bits(key),
-                   MT_CSR_MIN_RSA_BITS);
+    mt_errmsg_set(err, err_len, "RSA key has %d bits, fewer than %d", EVP_PKEY_bits(key),
+                  MT_CSR_MIN_RSA_BITS);
     return 0;
   }
-  mt_csr_set_err(err, err_len, "key type is neither EC P-256 nor RSA");
+  mt_errmsg_set(err, err_len, "key type is neither EC P-256 nor RSA");
   return 0;
 }
 
 static int mt_csr_check_id(const char *spiffe_id, char *err, size_t err_len) {
   if (spiffe_id == NULL) {
-    mt_csr_set_err(err, err_len, "no SPIFFE ID given");
+    mt_errmsg_set(err, err_len, "no SPIFFE ID given");
     return 0;
   }
   mt_spiffe_id_view view;
   mt_spiffe_err id_err = mt_spiffe_id_parse(spiffe_id, strlen(spiffe_id), &view);
   if (id_err != MT_SPIFFE_OK) {
-    mt_csr_set_err(err, err_len, "SPIFFE ID \"%.*s\": %s", MT_SPIFFE_ID_MAX_LEN, spiffe_id,
-                   mt_spiffe_err_str(id_err));
+    mt_errmsg_set(err, err_len, "SPIFFE ID \"%.*s\": %s", MT_SPIFFE_ID_MAX_LEN, spiffe_id,
+                  mt_spiffe_err_str(id_err));
     return 0;
   }
   if (view.path_len == 0) {
-    mt_csr_set_err(err, err_len, "SPIFFE ID \"%s\" has no path: a workload ID needs one",
-                   spiffe_id);
+    mt_errmsg_set(err, err_len, "SPIFFE ID \"%s\" has no path: a workload ID needs one", spiffe_id);
     return 0;
   }
   return 1;
@@ -164,7 +145,7 @@ static char *mt_csr_bio_to_string(const BIO *bio) {
 
 char *mt_csr_create_pem(EVP_PKEY *key, const char *spiffe_id, char *err, size_t err_len) {
   if (key == NULL) {
-    mt_csr_set_err(err, err_len, "no key given");
+    mt_errmsg_set(err, err_len, "no key given");
     return NULL;
   }
   if (!mt_csr_check_id(spiffe_id, err, err_len) || !mt_csr_key_acceptable(key, err, err_len)) {
@@ -177,7 +158,7 @@ char *mt_csr_create_pem(EVP_PKEY *key, const char *spiffe_id, char *err, size_t 
     pem = mt_csr_bio_to_string(bio);
   }
   if (pem == NULL) {
-    mt_csr_set_err(err, err_len, "cannot build the CSR: %s", mt_csr_ssl_reason());
+    mt_errmsg_set(err, err_len, "cannot build the CSR: %s", mt_errmsg_ssl_reason());
   }
   ERR_clear_error();
   BIO_free(bio);

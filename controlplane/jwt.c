@@ -8,6 +8,8 @@
  *   4. the key set, the signature check and the claim checks. */
 #include "controlplane/jwt.h"
 
+#include "agent/errmsg.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,19 +55,6 @@ static mt_jwt_err mt_jwt_fail(mt_jwt_error *err, mt_jwt_err code, const char *fm
     va_end(ap);
   }
   return code;
-}
-
-static void mt_jwt_set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void mt_jwt_set_err(char *err, size_t err_len, const char *fmt, ...) {
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
 }
 
 /* Token text ends up in logs: quote at most MT_JWT_SHOWN_MAX bytes and turn
@@ -631,7 +620,7 @@ static int mt_jwt_key_classify(const EVP_PKEY *pkey, mt_jwt_alg *alg, char *err,
   if (EVP_PKEY_id(pkey) == EVP_PKEY_EC) {
     const EC_GROUP *group = EC_KEY_get0_group(EVP_PKEY_get0_EC_KEY(pkey));
     if (group == NULL || EC_GROUP_get_curve_name(group) != NID_X9_62_prime256v1) {
-      mt_jwt_set_err(err, err_len, "EC key is not on curve P-256 (ES256 needs P-256)");
+      mt_errmsg_set(err, err_len, "EC key is not on curve P-256 (ES256 needs P-256)");
       return 0;
     }
     *alg = MT_JWT_ALG_ES256;
@@ -639,14 +628,14 @@ static int mt_jwt_key_classify(const EVP_PKEY *pkey, mt_jwt_alg *alg, char *err,
   }
   if (EVP_PKEY_id(pkey) == EVP_PKEY_RSA) {
     if (bits < MT_JWT_MIN_RSA_BITS || bits > MT_JWT_MAX_RSA_BITS) {
-      mt_jwt_set_err(err, err_len, "RSA key has %d bits; %d to %d are accepted", bits,
-                     MT_JWT_MIN_RSA_BITS, MT_JWT_MAX_RSA_BITS);
+      mt_errmsg_set(err, err_len, "RSA key has %d bits; %d to %d are accepted", bits,
+                    MT_JWT_MIN_RSA_BITS, MT_JWT_MAX_RSA_BITS);
       return 0;
     }
     *alg = MT_JWT_ALG_RS256;
     return 1;
   }
-  mt_jwt_set_err(err, err_len, "key is neither EC P-256 nor RSA");
+  mt_errmsg_set(err, err_len, "key is neither EC P-256 nor RSA");
   return 0;
 }
 
@@ -672,21 +661,21 @@ static int mt_jwt_key_id(const EVP_PKEY *pkey, char *kid) {
 static int mt_jwt_key_parse(const char *name, const uint8_t *der, long der_len, mt_jwt_key *key,
                             char *err, size_t err_len) {
   if (strcmp(name, "PUBLIC KEY") != 0) {
-    mt_jwt_set_err(err, err_len, "PEM block \"%.40s\" is not a \"PUBLIC KEY\"", name);
+    mt_errmsg_set(err, err_len, "PEM block \"%.40s\" is not a \"PUBLIC KEY\"", name);
     return 0;
   }
   CBS cbs;
   CBS_init(&cbs, der, (size_t)der_len);
   key->pkey = EVP_parse_public_key(&cbs);
   if (key->pkey == NULL || CBS_len(&cbs) != 0) {
-    mt_jwt_set_err(err, err_len, "PUBLIC KEY block is not a valid SubjectPublicKeyInfo");
+    mt_errmsg_set(err, err_len, "PUBLIC KEY block is not a valid SubjectPublicKeyInfo");
     return 0;
   }
   if (!mt_jwt_key_classify(key->pkey, &key->alg, err, err_len)) {
     return 0;
   }
   if (!mt_jwt_key_id(key->pkey, key->kid)) {
-    mt_jwt_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
     return 0;
   }
   return 1;
@@ -713,19 +702,19 @@ static int mt_jwt_keys_next(BIO *bio, mt_jwt_keys *keys, char *err, size_t err_l
     if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
       return 0;
     }
-    mt_jwt_set_err(err, err_len, "key %zu: PEM block cannot be decoded", keys->count + 1);
+    mt_errmsg_set(err, err_len, "key %zu: PEM block cannot be decoded", keys->count + 1);
     return -1;
   }
   int rc = -1;
   if (!mt_jwt_keys_grow(keys)) {
-    mt_jwt_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
   } else {
     char why[MT_JSON_MSG_MAX];
     mt_jwt_key *key = &keys->keys[keys->count++];
     if (mt_jwt_key_parse(name, der, der_len, key, why, sizeof(why))) {
       rc = 1;
     } else {
-      mt_jwt_set_err(err, err_len, "key %zu: %s", keys->count, why);
+      mt_errmsg_set(err, err_len, "key %zu: %s", keys->count, why);
     }
   }
   OPENSSL_free(name);
@@ -736,20 +725,20 @@ static int mt_jwt_keys_next(BIO *bio, mt_jwt_keys *keys, char *err, size_t err_l
 
 mt_jwt_keys *mt_jwt_keys_load_pem(const char *pem, size_t len, char *err, size_t err_len) {
   if (pem == NULL || len == 0 || len > MT_JWT_MAX_KEYS_PEM_LEN) {
-    mt_jwt_set_err(err, err_len, "key PEM is empty or larger than %d bytes",
-                   MT_JWT_MAX_KEYS_PEM_LEN);
+    mt_errmsg_set(err, err_len, "key PEM is empty or larger than %d bytes",
+                  MT_JWT_MAX_KEYS_PEM_LEN);
     return NULL;
   }
   mt_jwt_keys *keys = calloc(1, sizeof(*keys));
   BIO *bio = BIO_new_mem_buf(pem, (int)len);
   int rc = -1;
   if (keys == NULL || bio == NULL) {
-    mt_jwt_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
   } else {
     while ((rc = mt_jwt_keys_next(bio, keys, err, err_len)) == 1) {
     }
     if (rc == 0 && keys->count == 0) {
-      mt_jwt_set_err(err, err_len, "no \"PUBLIC KEY\" PEM block found");
+      mt_errmsg_set(err, err_len, "no \"PUBLIC KEY\" PEM block found");
       rc = -1;
     }
   }

@@ -1,6 +1,8 @@
 /* signer: issues X509-SVID leaves from CSRs. See signer.h. */
 #include "controlplane/signer.h"
 
+#include "agent/errmsg.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,26 +42,6 @@ struct mt_signer {
   ASN1_OCTET_STRING *issuer_key_id; /* becomes every leaf's authorityKeyIdentifier */
   char *chain_pem;                  /* issuer + chain without self-signed roots */
 };
-
-static void mt_signer_set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void mt_signer_set_err(char *err, size_t err_len, const char *fmt, ...) {
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
-}
-
-/* BoringSSL's reason for the last failure; an empty queue means it ran out
- * of memory without saying so. */
-static const char *mt_signer_ssl_reason(void) {
-  const char *reason = ERR_reason_error_string(ERR_peek_last_error());
-  return reason != NULL ? reason : "out of memory";
-}
 
 void mt_signer_free(mt_signer *signer) {
   if (signer == NULL) {
@@ -129,21 +111,21 @@ static int mt_signer_is_self_signed(X509 *cert) {
 static int mt_signer_check_issuer(X509 *issuer, EVP_PKEY *key, char *err, size_t err_len) {
   int type = EVP_PKEY_id(key);
   if (type != EVP_PKEY_EC && type != EVP_PKEY_RSA) {
-    mt_signer_set_err(err, err_len, "issuer key is neither EC nor RSA");
+    mt_errmsg_set(err, err_len, "issuer key is neither EC nor RSA");
     return 0;
   }
   if (!X509_check_private_key(issuer, key)) {
     ERR_clear_error();
-    mt_signer_set_err(err, err_len, "issuer key does not match the issuer certificate");
+    mt_errmsg_set(err, err_len, "issuer key does not match the issuer certificate");
     return 0;
   }
   uint32_t flags = X509_get_extension_flags(issuer);
   if ((flags & EXFLAG_INVALID) || !(flags & EXFLAG_BCONS) || !(flags & EXFLAG_CA)) {
-    mt_signer_set_err(err, err_len, "issuer certificate is not a CA (basicConstraints cA)");
+    mt_errmsg_set(err, err_len, "issuer certificate is not a CA (basicConstraints cA)");
     return 0;
   }
   if ((flags & EXFLAG_KUSAGE) && !(X509_get_key_usage(issuer) & KU_KEY_CERT_SIGN)) {
-    mt_signer_set_err(err, err_len, "issuer certificate's keyUsage lacks keyCertSign");
+    mt_errmsg_set(err, err_len, "issuer certificate's keyUsage lacks keyCertSign");
     return 0;
   }
   return 1;
@@ -160,8 +142,7 @@ static int mt_signer_check_chain(X509 *issuer, STACK_OF(X509) * chain, char *err
     EVP_PKEY_free(pub);
     ERR_clear_error();
     if (!ok) {
-      mt_signer_set_err(err, err_len, "chain certificate %zu did not sign the one before it",
-                        i + 1);
+      mt_errmsg_set(err, err_len, "chain certificate %zu did not sign the one before it", i + 1);
       return 0;
     }
     child = parent;
@@ -193,7 +174,7 @@ static int mt_signer_init(mt_signer *s, char *err, size_t err_len) {
   s->issuer_key_id = ski != NULL ? ASN1_OCTET_STRING_dup(ski) : mt_signer_key_id(s->issuer);
   s->chain_pem = mt_signer_chain_pem(s->issuer, s->chain);
   if (s->issuer_key_id == NULL || s->chain_pem == NULL) {
-    mt_signer_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
     return 0;
   }
   return 1;
@@ -206,14 +187,14 @@ mt_signer *mt_signer_new(X509 *issuer_cert, EVP_PKEY *issuer_key, STACK_OF(X509)
     X509_free(issuer_cert);
     EVP_PKEY_free(issuer_key);
     sk_X509_pop_free(chain_to_root, X509_free);
-    mt_signer_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
     return NULL;
   }
   s->issuer = issuer_cert;
   s->key = issuer_key;
   s->chain = chain_to_root != NULL ? chain_to_root : sk_X509_new_null();
   if (s->issuer == NULL || s->key == NULL || s->chain == NULL) {
-    mt_signer_set_err(err, err_len, "no issuer certificate or key (or out of memory)");
+    mt_errmsg_set(err, err_len, "no issuer certificate or key (or out of memory)");
     mt_signer_free(s);
     return NULL;
   }
@@ -233,21 +214,21 @@ static STACK_OF(X509) * mt_signer_read_certs(const char *path, char *err, size_t
   STACK_OF(X509) *certs = sk_X509_new_null();
   X509 *cert;
   if (bio == NULL || certs == NULL) {
-    mt_signer_set_err(err, err_len, "%s: cannot open", path);
+    mt_errmsg_set(err, err_len, "%s: cannot open", path);
     goto fail;
   }
   while ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
     if (!sk_X509_push(certs, cert)) {
       X509_free(cert);
-      mt_signer_set_err(err, err_len, "%s: out of memory", path);
+      mt_errmsg_set(err, err_len, "%s: out of memory", path);
       goto fail;
     }
   }
   uint32_t e = ERR_peek_last_error();
   if (ERR_GET_LIB(e) != ERR_LIB_PEM || ERR_GET_REASON(e) != PEM_R_NO_START_LINE ||
       sk_X509_num(certs) == 0) {
-    mt_signer_set_err(err, err_len, "%s: no PEM certificate, or a broken one: %s", path,
-                      mt_signer_ssl_reason());
+    mt_errmsg_set(err, err_len, "%s: no PEM certificate, or a broken one: %s", path,
+                  mt_errmsg_ssl_reason());
     goto fail;
   }
   ERR_clear_error();
@@ -264,8 +245,8 @@ static EVP_PKEY *mt_signer_read_key(const char *path, char *err, size_t err_len)
   BIO *bio = BIO_new_file(path, "r");
   EVP_PKEY *key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
   if (key == NULL) {
-    mt_signer_set_err(err, err_len, "%s: cannot read an unencrypted PEM private key: %s", path,
-                      mt_signer_ssl_reason());
+    mt_errmsg_set(err, err_len, "%s: cannot read an unencrypted PEM private key: %s", path,
+                  mt_errmsg_ssl_reason());
   }
   ERR_clear_error();
   BIO_free(bio);
@@ -275,7 +256,7 @@ static EVP_PKEY *mt_signer_read_key(const char *path, char *err, size_t err_len)
 mt_signer *mt_signer_load_pem_files(const char *cert_chain_file, const char *key_file, char *err,
                                     size_t err_len) {
   if (cert_chain_file == NULL || key_file == NULL) {
-    mt_signer_set_err(err, err_len, "no certificate or key file given");
+    mt_errmsg_set(err, err_len, "no certificate or key file given");
     return NULL;
   }
   STACK_OF(X509) *certs = mt_signer_read_certs(cert_chain_file, err, err_len);
@@ -291,7 +272,7 @@ mt_signer *mt_signer_load_pem_files(const char *cert_chain_file, const char *key
   char why[256];
   mt_signer *s = mt_signer_new(issuer, key, certs, why, sizeof(why));
   if (s == NULL) {
-    mt_signer_set_err(err, err_len, "%s: %s", cert_chain_file, why);
+    mt_errmsg_set(err, err_len, "%s: %s", cert_chain_file, why);
   }
   return s;
 }
@@ -307,19 +288,19 @@ static X509_REQ *mt_signer_parse_csr(const char *pem, size_t len, char *err, siz
   X509_REQ *req = NULL;
   if (bio == NULL ||
       !PEM_bytes_read_bio(&der, &der_len, NULL, PEM_STRING_X509_REQ, bio, NULL, NULL)) {
-    mt_signer_set_err(err, err_len, "CSR is not a PEM \"CERTIFICATE REQUEST\"");
+    mt_errmsg_set(err, err_len, "CSR is not a PEM \"CERTIFICATE REQUEST\"");
     goto done;
   }
   CBS cbs, seq;
   CBS_init(&cbs, der, (size_t)der_len);
   if (!CBS_get_asn1_element(&cbs, &seq, CBS_ASN1_SEQUENCE) || CBS_len(&cbs) != 0) {
-    mt_signer_set_err(err, err_len, "CSR is not one DER SEQUENCE");
+    mt_errmsg_set(err, err_len, "CSR is not one DER SEQUENCE");
     goto done;
   }
   const uint8_t *p = CBS_data(&seq);
   req = d2i_X509_REQ(NULL, &p, (long)CBS_len(&seq));
   if (req == NULL || p != CBS_data(&seq) + CBS_len(&seq)) {
-    mt_signer_set_err(err, err_len, "CSR cannot be decoded: %s", mt_signer_ssl_reason());
+    mt_errmsg_set(err, err_len, "CSR cannot be decoded: %s", mt_errmsg_ssl_reason());
     X509_REQ_free(req);
     req = NULL;
   }
@@ -337,18 +318,18 @@ static int mt_signer_check_leaf_key(EVP_PKEY *pub, char *err, size_t err_len) {
     if (group != NULL && EC_GROUP_get_curve_name(group) == NID_X9_62_prime256v1) {
       return 1;
     }
-    mt_signer_set_err(err, err_len, "CSR key is an EC key not on P-256");
+    mt_errmsg_set(err, err_len, "CSR key is an EC key not on P-256");
     return 0;
   }
   if (EVP_PKEY_id(pub) == EVP_PKEY_RSA) {
     if (bits >= MT_SIGNER_MIN_RSA_BITS && bits <= MT_SIGNER_MAX_RSA_BITS) {
       return 1;
     }
-    mt_signer_set_err(err, err_len, "CSR key is RSA with %d bits; %d to %d are accepted", bits,
-                      MT_SIGNER_MIN_RSA_BITS, MT_SIGNER_MAX_RSA_BITS);
+    mt_errmsg_set(err, err_len, "CSR key is RSA with %d bits; %d to %d are accepted", bits,
+                  MT_SIGNER_MIN_RSA_BITS, MT_SIGNER_MAX_RSA_BITS);
     return 0;
   }
-  mt_signer_set_err(err, err_len, "CSR key is neither EC P-256 nor RSA");
+  mt_errmsg_set(err, err_len, "CSR key is neither EC P-256 nor RSA");
   return 0;
 }
 
@@ -358,13 +339,13 @@ static int mt_signer_check_leaf_key(EVP_PKEY *pub, char *err, size_t err_len) {
 static EVP_PKEY *mt_signer_csr_key(X509_REQ *req, char *err, size_t err_len) {
   EVP_PKEY *pub = X509_REQ_get_pubkey(req);
   if (pub == NULL) {
-    mt_signer_set_err(err, err_len, "CSR public key cannot be decoded");
+    mt_errmsg_set(err, err_len, "CSR public key cannot be decoded");
   } else if (mt_signer_check_leaf_key(pub, err, err_len)) {
     if (X509_REQ_verify(req, pub) == 1) {
       ERR_clear_error();
       return pub;
     }
-    mt_signer_set_err(err, err_len, "CSR signature does not verify with its own key");
+    mt_errmsg_set(err, err_len, "CSR signature does not verify with its own key");
   }
   ERR_clear_error();
   EVP_PKEY_free(pub);
@@ -376,11 +357,11 @@ static int mt_signer_check_id(const char *spiffe_id, char *err, size_t err_len) 
   mt_spiffe_err id_err =
       spiffe_id != NULL ? mt_spiffe_id_parse(spiffe_id, strlen(spiffe_id), &view) : MT_SPIFFE_EMPTY;
   if (id_err != MT_SPIFFE_OK) {
-    mt_signer_set_err(err, err_len, "identity to sign: %s", mt_spiffe_err_str(id_err));
+    mt_errmsg_set(err, err_len, "identity to sign: %s", mt_spiffe_err_str(id_err));
     return 0;
   }
   if (view.path_len == 0) {
-    mt_signer_set_err(err, err_len, "identity to sign is a bare trust domain ID");
+    mt_errmsg_set(err, err_len, "identity to sign is a bare trust domain ID");
     return 0;
   }
   return 1;
@@ -496,11 +477,11 @@ static int mt_signer_ttl(const mt_signer *s, int64_t requested_ttl_s, int64_t ma
                          int64_t *ttl_s, char *err, size_t err_len) {
   int64_t remaining;
   if (max_ttl_s <= 0) {
-    mt_signer_set_err(err, err_len, "maximum TTL must be positive");
+    mt_errmsg_set(err, err_len, "maximum TTL must be positive");
     return 0;
   }
   if (!mt_signer_issuer_remaining(s, now, &remaining) || remaining <= 0) {
-    mt_signer_set_err(err, err_len, "issuer certificate has expired");
+    mt_errmsg_set(err, err_len, "issuer certificate has expired");
     return 0;
   }
   int64_t ttl = requested_ttl_s > 0 && requested_ttl_s < max_ttl_s ? requested_ttl_s : max_ttl_s;
@@ -522,12 +503,12 @@ static char *mt_signer_response_pem(const mt_signer *s, X509 *leaf) {
 static int mt_signer_check_request(const mt_signer *s, const char *csr_pem, size_t len,
                                    char **out_chain_pem, char *err, size_t err_len) {
   if (s == NULL || csr_pem == NULL || out_chain_pem == NULL) {
-    mt_signer_set_err(err, err_len, "no signer, CSR or output given");
+    mt_errmsg_set(err, err_len, "no signer, CSR or output given");
     return 0;
   }
   if (len == 0 || len > MT_SIGNER_MAX_CSR_LEN) {
-    mt_signer_set_err(err, err_len, "CSR is %zu bytes; 1 to %d are accepted", len,
-                      MT_SIGNER_MAX_CSR_LEN);
+    mt_errmsg_set(err, err_len, "CSR is %zu bytes; 1 to %d are accepted", len,
+                  MT_SIGNER_MAX_CSR_LEN);
     return 0;
   }
   return 1;
@@ -549,10 +530,10 @@ int mt_signer_sign_csr(const mt_signer *s, const char *csr_pem, size_t len, cons
   EVP_PKEY *pub = req != NULL ? mt_signer_csr_key(req, err, err_len) : NULL;
   X509 *leaf = pub != NULL ? mt_signer_build_leaf(s, pub, spiffe_id, now, ttl_s) : NULL;
   if (pub != NULL && leaf == NULL) {
-    mt_signer_set_err(err, err_len, "cannot build the certificate: %s", mt_signer_ssl_reason());
+    mt_errmsg_set(err, err_len, "cannot build the certificate: %s", mt_errmsg_ssl_reason());
   }
   if (leaf != NULL && (*out_chain_pem = mt_signer_response_pem(s, leaf)) == NULL) {
-    mt_signer_set_err(err, err_len, "out of memory");
+    mt_errmsg_set(err, err_len, "out of memory");
   }
   ERR_clear_error();
   X509_free(leaf);
