@@ -342,6 +342,15 @@ static int parse_listeners(parse_ctx *pc, yaml_node_t *v, listeners_target *t) {
   return each_item(pc, v, what, on_listener, t);
 }
 
+static int on_permissive_port(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  (void)i;
+  mt_config *c = target;
+  int port;
+  if (!want_int(pc, item, "permissive_ports[]", 1, 65535, &port)) return 0;
+  c->permissive_ports[c->num_permissive_ports++] = (uint16_t)port;
+  return 1;
+}
+
 static int on_inbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                           void *target) {
   mt_config *c = target;
@@ -350,6 +359,13 @@ static int on_inbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_n
     return parse_listeners(pc, v, &t);
   }
   if (strcmp(key, "app_address") == 0) return want_address(pc, v, key, 0, &c->inbound_app_address);
+  if (strcmp(key, "permissive_ports") == 0) {
+    free(c->permissive_ports);
+    c->permissive_ports = alloc_for(pc, v, "inbound.permissive_ports", sizeof(uint16_t));
+    c->num_permissive_ports = 0;
+    return c->permissive_ports != NULL &&
+           each_item(pc, v, "inbound.permissive_ports", on_permissive_port, c);
+  }
   if (strcmp(key, "source_address") == 0) {
     c->has_inbound_source_address = 1;
     return want_address(pc, v, key, 0, &c->inbound_source_address);
@@ -399,9 +415,12 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
   if (strcmp(key, "unknown_destination") == 0) {
     const char *s;
     if (!want_scalar(pc, v, key, &s)) return 0;
-    if (strcmp(s, "trust_domain") == 0) c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
-    else if (strcmp(s, "deny") == 0) c->unknown_destination = MT_UNKNOWN_DEST_DENY;
-    else return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
+    if (strcmp(s, "trust_domain") == 0)
+      c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
+    else if (strcmp(s, "deny") == 0)
+      c->unknown_destination = MT_UNKNOWN_DEST_DENY;
+    else
+      return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'outbound.%s'", key);
@@ -722,6 +741,7 @@ void mt_config_free(mt_config *c) {
   }
   free(c->trust_bundles);
   free(c->inbound_listeners);
+  free(c->permissive_ports);
   free(c->outbound_listeners);
   for (size_t i = 0; i < c->num_destinations; i++) free(c->destinations[i].spiffe_id);
   free(c->destinations);

@@ -96,6 +96,8 @@ typedef struct {
   mt_listener_config *inbound_listeners;
   size_t num_inbound_listeners;
   mt_sockaddr inbound_app_address; /* port unused: taken per connection */
+  uint16_t *permissive_ports;       /* app ports that also admit non-mesh peers */
+  size_t num_permissive_ports;
   int has_inbound_source_address;
   mt_sockaddr inbound_source_address;
 

@@ -8,40 +8,28 @@
 
 #include <errno.h>
 #include <netinet/in.h>
-#include <openssl/bytestring.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "agent/client_hello.h"
 #include "agent/conn.h"
 #include "agent/log.h"
 #include "agent/policy.h"
 #include "agent/relay.h"
 
 enum {
-  TLS_RECORD_HANDSHAKE = 22,
-  TLS_RECORD_HEADER_BYTES = 5,
-  TLS_HANDSHAKE_CLIENT_HELLO = 1,
+  PERMISSIVE_PEEK_BYTES = 4096, /* a ClientHello fits; a larger one takes the mTLS path */
+  STRICT_PEEK_BYTES = 6,        /* record header + handshake type: enough to tell TLS */
 };
-
-/* Is |data| the start of a TLS ClientHello record? Parsed with CBS so a
- * short or hostile prefix can never be over-read. */
-static int looks_like_client_hello(const uint8_t *data, size_t len) {
-  CBS cbs;
-  uint8_t type, hs_type;
-  uint16_t version, length;
-  CBS_init(&cbs, data, len);
-  return CBS_get_u8(&cbs, &type) && type == TLS_RECORD_HANDSHAKE && CBS_get_u16(&cbs, &version) &&
-         (version >> 8) == 3 && CBS_get_u16(&cbs, &length) && length > 0 &&
-         CBS_get_u8(&cbs, &hs_type) && hs_type == TLS_HANDSHAKE_CLIENT_HELLO;
-}
 
 static void on_event(mt_conn *conn, mt_endpoint *ep, int revents);
 
+static void connect_app(mt_conn *conn);
+
 static void authorize_and_connect(mt_conn *conn) {
-  const mt_config *config = mt_worker_config(conn->worker);
   uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
   const mt_policy *policy = mt_mesh_policy(mt_identity_mesh(conn->identity));
   mt_decision d = mt_policy_decide(policy, conn->peer.spiffe_id, port);
@@ -54,6 +42,12 @@ static void authorize_and_connect(mt_conn *conn) {
     mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
     return;
   }
+  connect_app(conn);
+}
+
+/* Admitted: plain TCP to the local application. */
+static void connect_app(mt_conn *conn) {
+  const mt_config *config = mt_worker_config(conn->worker);
   conn->admitted = 1;
   const struct sockaddr *source = NULL;
   socklen_t source_len = 0;
@@ -86,18 +80,68 @@ static void start_handshake(mt_conn *conn) {
   if (mt_conn_handshake(conn, &conn->down) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
 }
 
-static void on_peek(mt_conn *conn) {
-  uint8_t head[TLS_RECORD_HEADER_BYTES + 1];
+static int is_permissive(const mt_config *config, uint16_t port) {
+  for (size_t i = 0; i < config->num_permissive_ports; i++)
+    if (config->permissive_ports[i] == port) return 1;
+  return 0;
+}
+
+/* A permissive port admits a peer without mesh TLS as an unauthenticated
+ * peer, and only where no policy rule asks for an identity. Its bytes reach
+ * the app untouched (a non-mesh TLS client keeps its own end-to-end TLS). */
+static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
+  mt_identity *identity = mt_worker_identity(conn->worker);
+  if (identity == NULL) { /* no snapshot means no policy to consult: fail closed */
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
+    return;
+  }
+  conn->identity = mt_identity_ref(identity);
+  snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
+  mt_decision d =
+      mt_policy_decide_unauthenticated(mt_mesh_policy(mt_identity_mesh(identity)), port);
+  conn->rule = d.rule;
+  if (d.action != MT_ACTION_ALLOW) {
+    mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
+    return;
+  }
+  connect_app(conn);
+}
+
+static void on_peek_permissive(mt_conn *conn, uint16_t port) {
+  uint8_t head[PERMISSIVE_PEEK_BYTES];
   ssize_t n = recv(conn->down.fd, head, sizeof(head), MSG_PEEK);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
   if (n <= 0) {
     mt_conn_close(conn, MT_REASON_HANDSHAKE_FAILED, "client closed before sending anything");
     return;
   }
-  /* A short prefix that starts like TLS goes to the TLS stack, which waits
-   * for the rest properly; peeking again would spin on a readable socket. */
-  int tls = (size_t)n < sizeof(head) ? head[0] == TLS_RECORD_HANDSHAKE
-                                     : looks_like_client_hello(head, (size_t)n);
+  /* Anything that might be mesh TLS (including a ClientHello that has not
+   * fully arrived) takes the mTLS path: a mesh peer must never be demoted
+   * to plaintext by how its bytes were segmented. */
+  mt_hello_kind kind = mt_client_hello_classify(head, (size_t)n, MT_ALPN_MESH);
+  if (kind == MT_HELLO_NOT_TLS || kind == MT_HELLO_TLS_OTHER)
+    admit_unauthenticated(conn, port);
+  else
+    start_handshake(conn);
+}
+
+static void on_peek(mt_conn *conn) {
+  uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
+  if (is_permissive(mt_worker_config(conn->worker), port)) {
+    on_peek_permissive(conn, port);
+    return;
+  }
+  uint8_t head[STRICT_PEEK_BYTES];
+  ssize_t n = recv(conn->down.fd, head, sizeof(head), MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {
+    mt_conn_close(conn, MT_REASON_HANDSHAKE_FAILED, "client closed before sending anything");
+    return;
+  }
+  /* Only what is certainly not TLS is refused here; a short or odd prefix
+   * goes to the TLS stack, which waits for the rest properly (peeking again
+   * would spin on a readable socket) and fails the handshake if need be. */
+  int tls = mt_client_hello_classify(head, (size_t)n, MT_ALPN_MESH) != MT_HELLO_NOT_TLS;
   if (!tls) {
     mt_conn_close(conn, MT_REASON_PLAINTEXT_ON_STRICT_PORT,
                   "first bytes are not a TLS ClientHello; this port requires mTLS");

@@ -393,3 +393,17 @@ mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint1
   return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
                           "no ALLOW rule covers this port; default action");
 }
+
+mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t port) {
+  if (policy == NULL) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy");
+  }
+  for (size_t i = 0; i < policy->num_rules; i++) {
+    if (mt_rule_covers_port(&policy->rules[i], port)) {
+      return mt_make_decision(MT_ACTION_DENY, policy->rules[i].name,
+                              "rule needs a peer identity; the peer is unauthenticated");
+    }
+  }
+  return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
+                          "no rule covers this port; default action");
+}

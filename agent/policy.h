@@ -61,6 +61,12 @@ typedef struct {
 /* Decides for an already verified |peer_id| connecting to |port|. */
 mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint16_t port);
 
+/* Decides for a peer without an identity (plaintext on a permissive port).
+ * Fails closed: any rule covering |port| -- ALLOW or DENY -- speaks about
+ * identities an unauthenticated peer cannot prove, so it denies (naming that
+ * rule); otherwise the default action applies. */
+mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t port);
+
 size_t mt_policy_rule_count(const mt_policy *policy);
 
 const char *mt_action_str(mt_action action); /* "allow" / "deny" */

@@ -347,3 +347,29 @@ TEST(Policy, ActionNames) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(PolicyUnauthenticatedTest, AllowedOnlyWhereNoRuleSpeaks) {
+  mt_policy *p = mt_policy_new(MT_ACTION_ALLOW);
+  const uint16_t port = 8080;
+  const mt_matcher any = {MT_MATCH_ANY, nullptr};
+  char err[256];
+  ASSERT_TRUE(mt_policy_add_rule(p, "any-peer", MT_ACTION_ALLOW, &port, 1, &any, 1, err,
+                                 sizeof(err)));
+  mt_decision d = mt_policy_decide_unauthenticated(p, 8080);
+  EXPECT_EQ(d.action, MT_ACTION_DENY);
+  EXPECT_STREQ(d.rule, "any-peer");
+  d = mt_policy_decide_unauthenticated(p, 9090);
+  EXPECT_EQ(d.action, MT_ACTION_ALLOW);
+  EXPECT_STREQ(d.rule, MT_POLICY_RULE_DEFAULT);
+  mt_policy_free(p);
+}
+
+TEST(PolicyUnauthenticatedTest, DefaultDenyDeniesPlaintext) {
+  mt_policy *p = mt_policy_new(MT_ACTION_DENY);
+  EXPECT_EQ(mt_policy_decide_unauthenticated(p, 8080).action, MT_ACTION_DENY);
+  mt_policy_free(p);
+}
+
+}  // namespace
