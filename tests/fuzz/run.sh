@@ -32,7 +32,7 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config)
+TARGETS=(spiffe_id svid policy config client_hello)
 
 # Agent sources each target links.
 target_sources() {
@@ -40,6 +40,7 @@ target_sources() {
     spiffe_id | svid) echo "agent/svid.c" ;;
     policy) echo "agent/svid.c agent/policy.c" ;;
     config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c" ;;
+    client_hello) echo "agent/client_hello.c" ;;
   esac
 }
 
