@@ -129,19 +129,45 @@ int mt_h2_ssl_attach(SSL *ssl, int fd) {
   return 1;
 }
 
-/* Describes a failed TLS operation in one line, preferring what certificate
- * verification concluded, then the library's reason, then the socket. */
+static const char *reason_text(uint32_t e) {
+  const char *reason = ERR_reason_error_string(e);
+  return reason ? reason : "TLS error";
+}
+
+/* Describes a failed TLS operation in one line and empties the error queue.
+ *
+ * Certificate verification comes first, but only when it happened and
+ * failed: before there is a session (bytes that are not TLS, no common
+ * protocol, no ALPN match) BoringSSL answers X509_V_ERR_INVALID_CALL, which
+ * is not a verdict. Then an alert the peer sent (it says why the peer gave
+ * up). Then the library's errors: the newest (what failed) with the oldest
+ * (where it started) when they differ, e.g. "DECRYPTION_FAILED_OR_BAD_RECORD_MAC
+ * (BAD_PACKET_LENGTH)". Last, the socket.
+ *
+ * The queue holds this operation's errors only: BoringSSL empties it on entry
+ * to SSL_do_handshake, SSL_read and SSL_write, and it is emptied here, so no
+ * connection's errors (nor the application's) show up in another's text. */
 static void describe_tls_failure(mt_h2_transport *t, int ssl_error, const char *what) {
+  int saved_errno = errno;
   long verify = SSL_get_verify_result(t->ssl);
-  unsigned long e = ERR_peek_error();
-  if (verify != X509_V_OK) {
+  uint32_t e, oldest = 0, newest = 0, alert = 0;
+  while ((e = ERR_get_error()) != 0) {
+    if (oldest == 0) oldest = e;
+    newest = e;
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET) alert = e;
+  }
+  if (verify != X509_V_OK && verify != X509_V_ERR_INVALID_CALL) {
     snprintf(t->error, sizeof(t->error), "%s: certificate verification failed: %s", what,
              X509_verify_cert_error_string(verify));
-  } else if (e != 0) {
-    const char *reason = ERR_reason_error_string(e);
-    snprintf(t->error, sizeof(t->error), "%s: %s", what, reason ? reason : "TLS error");
-  } else if (ssl_error == SSL_ERROR_SYSCALL && errno != 0) {
-    snprintf(t->error, sizeof(t->error), "%s: %s", what, strerror(errno));
+  } else if (alert != 0) {
+    snprintf(t->error, sizeof(t->error), "%s: peer sent alert %s", what, reason_text(alert));
+  } else if (newest != 0 && newest != oldest) {
+    snprintf(t->error, sizeof(t->error), "%s: %s (%s)", what, reason_text(newest),
+             reason_text(oldest));
+  } else if (newest != 0) {
+    snprintf(t->error, sizeof(t->error), "%s: %s", what, reason_text(newest));
+  } else if (ssl_error == SSL_ERROR_SYSCALL && saved_errno != 0) {
+    snprintf(t->error, sizeof(t->error), "%s: %s", what, strerror(saved_errno));
   } else {
     snprintf(t->error, sizeof(t->error), "%s: connection closed by peer", what);
   }

@@ -320,6 +320,8 @@ mt_grpc_server *mt_grpc_server_new(struct ev_loop *loop, const mt_grpc_server_op
 #undef OR_DEFAULT
   server->on_connection_error = options->on_connection_error;
   server->on_connection_error_arg = options->on_connection_error_arg;
+  server->on_call_refused = options->on_call_refused;
+  server->on_call_refused_arg = options->on_call_refused_arg;
   if (server->max_metadata_bytes > UINT32_MAX || !listen_on(server, options->listen)) {
     int saved = errno ? errno : EINVAL;
     free(server);

@@ -55,6 +55,29 @@ typedef struct {
    * counters. |peer| is "ip:port"; both strings valid during the call. */
   void (*on_connection_error)(void *arg, const char *peer, const char *what);
   void *on_connection_error_arg;
+  /* Optional: told about every call the server answers itself, before any
+   * handler sees it, for the caller's access log and counters:
+   *   unknown method                         UNIMPLEMENTED
+   *   a request message over max_message_bytes, request headers over
+   *   max_metadata_bytes                     RESOURCE_EXHAUSTED
+   *   non-POST (sent as HTTP 405), content-type not application/grpc
+   *   (HTTP 415), malformed grpc-timeout, no :path, a truncated request
+   *   message or none                        INTERNAL
+   *   grpc-encoding other than identity, a second request message
+   *                                          UNIMPLEMENTED
+   *   no memory for the request              RESOURCE_EXHAUSTED
+   * |status| and |message| are what the client is sent (|message| as plain
+   * text, before percent-encoding; it tells the cases apart, e.g. "gRPC
+   * requires the POST method"). |peer_address| is "ip:port"; |path| is the
+   * request's :path as received, "" when it had none. All strings are valid
+   * during the call only. It runs once per refused call, on the loop, after
+   * the refusal is queued; it may call mt_grpc_server_free. Not told:
+   * calls a handler finishes with an error (the handler knows), streams
+   * nghttp2 refuses on its own (over max_concurrent_streams:
+   * RST_STREAM(REFUSED_STREAM)), and connection failures (on_connection_error). */
+  void (*on_call_refused)(void *arg, const char *peer_address, const char *path,
+                          mt_grpc_status status, const char *message);
+  void *on_call_refused_arg;
 } mt_grpc_server_options;
 
 /* What a handler gets. Everything is borrowed and valid during on_call

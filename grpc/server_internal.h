@@ -54,6 +54,9 @@ struct mt_grpc_server {
   int handshake_timeout_ms, idle_timeout_ms;
   void (*on_connection_error)(void *arg, const char *peer, const char *what);
   void *on_connection_error_arg;
+  void (*on_call_refused)(void *arg, const char *peer_address, const char *path,
+                          mt_grpc_status status, const char *message);
+  void *on_call_refused_arg;
   int listen_fd;
   int port;
   ev_io listen_io;

@@ -195,10 +195,18 @@ static int respond_trailers_only(mt_grpc_stream *s, int http_status, mt_grpc_sta
   return rv == 0;
 }
 
-/* Refuses a request that has not been dispatched. If the client is still
+static const char *stream_path(const mt_grpc_stream *s) {
+  return s->path_index < 0 ? NULL : s->arena + s->headers[s->path_index].value;
+}
+
+/* Refuses a request that has not been dispatched, and tells the application
+ * (on_call_refused) once the response is queued. If the client is still
  * sending, RST_STREAM(NO_ERROR) once the response has left tells it to stop
- * (see on_frame_send: queued any earlier, it would cancel the response). */
+ * (see on_frame_send: queued any earlier, it would cancel the response).
+ * Runs inside nghttp2 callbacks, within mt_srv_enter/leave: the application
+ * may free the server from its hook. */
 static void reject(mt_grpc_stream *s, int http_status, mt_grpc_status status, const char *message) {
+  mt_grpc_server *server = s->conn->server;
   char *encoded = encode_message(message);
   s->state = MT_SRV_STREAM_RESPONDED;
   mt_grpc_decoder_dispose(&s->decoder);
@@ -206,6 +214,11 @@ static void reject(mt_grpc_stream *s, int http_status, mt_grpc_status status, co
   if (!respond_trailers_only(s, http_status, status, encoded))
     nghttp2_submit_rst_stream(s->conn->t.session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
   free(encoded);
+  if (server->on_call_refused != NULL && !server->free_requested) {
+    const char *path = stream_path(s);
+    server->on_call_refused(server->on_call_refused_arg, s->conn->peer_text, path ? path : "",
+                            status, message ? message : "");
+  }
 }
 
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
@@ -303,10 +316,6 @@ static const mt_srv_route *find_route(const mt_grpc_server *server, const char *
   for (const mt_srv_route *r = server->routes; r; r = r->next)
     if (strcmp(r->path, path) == 0) return r;
   return NULL;
-}
-
-static const char *stream_path(const mt_grpc_stream *s) {
-  return s->path_index < 0 ? NULL : s->arena + s->headers[s->path_index].value;
 }
 
 /* The header block is complete: refuse what is not a gRPC call we serve. */

@@ -10,15 +10,20 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/ec_key.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -124,6 +129,12 @@ struct ServerSide {
   std::string last_peer_cn;
   int flood_sent = 0;
   std::vector<std::string> connection_errors;
+  struct Refusal {
+    std::string peer, path;
+    int status;
+    std::string message;
+  };
+  std::vector<Refusal> refused;  // on_call_refused
 };
 
 void OnHeldClosed(void *arg, mt_grpc_status why) {
@@ -201,11 +212,35 @@ void OnConnectionError(void *arg, const char *peer, const char *what) {
   static_cast<ServerSide *>(arg)->connection_errors.push_back(what);
 }
 
+void OnCallRefused(void *arg, const char *peer, const char *path, mt_grpc_status status,
+                   const char *message) {
+  static_cast<ServerSide *>(arg)->refused.push_back({peer, path, status, message});
+}
+
+// Leaves an error on this thread's OpenSSL error queue, as careless
+// application code (a failed parse it did not clear) would.
+void LeaveAStaleError() {
+  const uint8_t junk[] = {0x30, 0x03, 0xff, 0xff, 0xff};
+  const uint8_t *p = junk;
+  X509 *x = d2i_X509(nullptr, &p, sizeof(junk));
+  X509_free(x);
+  ASSERT_NE(ERR_peek_error(), 0u);
+}
+
+// Echoes, leaving an error on the queue behind it.
+void DirtyEcho(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
+  (void)arg;
+  LeaveAStaleError();
+  mt_grpc_stream_send(stream, req->message, req->message_len);
+  mt_grpc_stream_finish(stream, MT_GRPC_OK, nullptr);
+}
+
 void Tick(struct ev_loop *, ev_timer *, int) {}
 
 class GrpcEndToEnd : public ::testing::Test {
  protected:
   void SetUp() override {
+    ERR_clear_error();         // this thread runs every test's loop: start clean
     signal(SIGPIPE, SIG_IGN);  // for the blocking helper peers; grpc/ never needs it
     loop_ = ev_loop_new(EVFLAG_AUTO);
     server_ctx_ = ServerCtx();
@@ -232,6 +267,8 @@ class GrpcEndToEnd : public ::testing::Test {
     o.idle_timeout_ms = idle_timeout_ms;
     o.on_connection_error = OnConnectionError;
     o.on_connection_error_arg = &side_;
+    o.on_call_refused = OnCallRefused;
+    o.on_call_refused_arg = &side_;
     server_ = mt_grpc_server_new(loop_, &o);
     ASSERT_NE(server_, nullptr);
     port_ = mt_grpc_server_port(server_);
@@ -243,6 +280,7 @@ class GrpcEndToEnd : public ::testing::Test {
     ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Metadata", Metadata, &side_));
     ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Peer", Peer, &side_));
     ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Flood", Flood, &side_));
+    ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Dirty", DirtyEcho, &side_));
     EXPECT_FALSE(mt_grpc_server_handle(server_, "/test.Echo/Unary", Echo, &side_));
   }
 
@@ -741,6 +779,361 @@ TEST_F(GrpcEndToEnd, IdleConnectionGetsGoawayAndTheClientReconnects) {
   Start(client_, "/test.Echo/Unary", "2", &second);
   ASSERT_TRUE(RunUntil([&] { return second.closes > 0; }));
   EXPECT_EQ(second.status, MT_GRPC_OK);
+  EXPECT_TRUE(side_.connection_errors.empty());
+}
+
+// ---- TLS failure text: what the queue and the verifier really say ----
+
+// Sends |bytes| where a ClientHello belongs and waits for the server to hang up.
+void SendRawBytes(int port, const std::string &bytes) {
+  int fd = ConnectTo(port);
+  (void)!write(fd, bytes.data(), bytes.size());
+  WaitForClose(fd);
+  close(fd);
+}
+
+TEST_F(GrpcEndToEnd, NonTlsBytesAreReportedWithTheTlsReasonNotAsAVerificationFailure) {
+  // No TLS session exists yet, so there was no verification to speak of.
+  struct Case {
+    const char *bytes, *reason;
+  } cases[] = {
+      {"GET / HTTP/1.1\r\n\r\n", "HTTP_REQUEST"},
+      {"SSH-2.0-OpenSSH_9.2\r\n", "WRONG_VERSION_NUMBER"},
+      {"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "WRONG_VERSION_NUMBER"},  // h2c, no TLS
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    RawPeer peer([&] { SendRawBytes(port_, cases[i].bytes); });
+    ASSERT_TRUE(RunUntil([&] { return peer.done() && side_.connection_errors.size() > i; }));
+    const std::string &what = side_.connection_errors[i];
+    EXPECT_EQ(what, std::string("TLS handshake failed: ") + cases[i].reason) << cases[i].bytes;
+    EXPECT_EQ(what.find("verif"), std::string::npos) << what;
+  }
+  EXPECT_EQ(side_.connection_errors.size(), sizeof(cases) / sizeof(cases[0]));
+}
+
+TEST_F(GrpcEndToEnd, AClientThatDoesNotOfferH2IsToldSoNotAVerificationFailure) {
+  SSL_CTX *ctx = ClientCtx(true, false);
+  static const uint8_t kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  SSL_CTX_set_alpn_protos(ctx, kHttp11, sizeof(kHttp11));
+  std::atomic<int> connected{-1};
+  RawPeer peer([&] {
+    int fd = ConnectTo(port_);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    connected = SSL_connect(ssl) == 1;
+    ERR_clear_error();  // this thread's queue
+    SSL_free(ssl);
+    close(fd);
+  });
+  ASSERT_TRUE(RunUntil([&] { return peer.done() && !side_.connection_errors.empty(); }));
+  EXPECT_EQ(connected, 0);
+  EXPECT_EQ(side_.connection_errors[0], "TLS handshake failed: NO_APPLICATION_PROTOCOL");
+  SSL_CTX_free(ctx);
+}
+
+TEST_F(GrpcEndToEnd, OurClientReachingANonTlsServerIsNotToldOfAVerificationFailure) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  bind(lfd, reinterpret_cast<sockaddr *>(&a), len);
+  listen(lfd, 1);
+  getsockname(lfd, reinterpret_cast<sockaddr *>(&a), &len);
+  RawPeer peer([&] {  // a plain HTTP/1.1 server
+    int fd = accept(lfd, nullptr, nullptr);
+    char buf[4096];
+    (void)!read(fd, buf, sizeof(buf));  // the ClientHello
+    const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    (void)!write(fd, reply, sizeof(reply) - 1);
+    shutdown(fd, SHUT_WR);
+    WaitForClose(fd);
+    close(fd);
+  });
+  mt_grpc_client *c = NewClient(client_ctx_, ntohs(a.sin_port));
+  CallResult r;
+  Start(c, "/test.Echo/Unary", "", &r);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0; }));
+  EXPECT_EQ(r.status, MT_GRPC_UNAVAILABLE);
+  EXPECT_EQ(r.message.rfind("TLS handshake failed: ", 0), 0u) << r.message;
+  EXPECT_EQ(r.message.find("verif"), std::string::npos) << r.message;
+  mt_grpc_client_free(c);
+  ASSERT_TRUE(RunUntil([&] { return peer.done(); }));
+  close(lfd);
+}
+
+TEST_F(GrpcEndToEnd, AClientRejectingOurCertificateIsReportedWithItsAlert) {
+  SSL_CTX *untrusting = ClientCtx(/*trust_server=*/false, /*present_cert=*/false);
+  mt_grpc_client *c = NewClient(untrusting, port_);
+  CallResult r;
+  Start(c, "/test.Echo/Unary", "", &r);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0 && !side_.connection_errors.empty(); }));
+  EXPECT_EQ(side_.connection_errors[0],
+            "TLS handshake failed: peer sent alert TLSV1_ALERT_UNKNOWN_CA");
+  mt_grpc_client_free(c);
+  SSL_CTX_free(untrusting);
+}
+
+TEST_F(GrpcEndToEnd, AnUntrustedClientCertificateIsReportedAsAVerificationFailure) {
+  Pki stranger;  // same name, another key: not the one the server trusts
+  SSL_CTX *ctx = ClientCtx(/*trust_server=*/true, /*present_cert=*/false);
+  SSL_CTX_use_certificate(ctx, stranger.cert);
+  SSL_CTX_use_PrivateKey(ctx, stranger.key);
+  mt_grpc_client *c = NewClient(ctx, port_);
+  CallResult r;
+  Start(c, "/test.Echo/Unary", "", &r);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0 && !side_.connection_errors.empty(); }));
+  EXPECT_EQ(r.status, MT_GRPC_UNAVAILABLE);
+  EXPECT_EQ(side_.connection_errors[0].rfind(
+                "TLS handshake failed: certificate verification failed: ", 0),
+            0u)
+      << side_.connection_errors[0];
+  // The client hears the server's alert (on its first read, in TLS 1.3).
+  EXPECT_NE(r.message.find("peer sent alert"), std::string::npos) << r.message;
+  mt_grpc_client_free(c);
+  SSL_CTX_free(ctx);
+}
+
+TEST_F(GrpcEndToEnd, ErrorsAlreadyOnTheQueueDoNotLeakIntoAConnectionErrorText) {
+  LeaveAStaleError();
+  std::string stale = ERR_reason_error_string(ERR_peek_error());
+  RawPeer peer([&] { SendRawBytes(port_, "GET / HTTP/1.1\r\n\r\n"); });
+  ASSERT_TRUE(RunUntil([&] { return peer.done() && !side_.connection_errors.empty(); }));
+  EXPECT_EQ(side_.connection_errors[0], "TLS handshake failed: HTTP_REQUEST") << "stale: " << stale;
+  EXPECT_EQ(side_.connection_errors.size(), 1u);
+}
+
+TEST_F(GrpcEndToEnd, AnErrorLeftOnTheQueueByAHandlerDoesNotBreakItsConnection) {
+  CallResult dirty, after;
+  Start(client_, "/test.Echo/Dirty", "d", &dirty);
+  ASSERT_TRUE(RunUntil([&] { return dirty.closes > 0; }));
+  EXPECT_EQ(dirty.status, MT_GRPC_OK) << dirty.message;
+  RunFor(0.05);
+  EXPECT_TRUE(side_.connection_errors.empty())
+      << side_.connection_errors.size() << ": " << side_.connection_errors[0];
+  EXPECT_TRUE(mt_grpc_client_is_connected(client_));
+  Start(client_, "/test.Echo/Unary", "clean", &after);
+  ASSERT_TRUE(RunUntil([&] { return after.closes > 0; }));
+  EXPECT_EQ(after.status, MT_GRPC_OK) << after.message;
+}
+
+TEST_F(GrpcEndToEnd, AnErrorLeftOnTheQueueByAClientCallbackDoesNotBreakItsConnection) {
+  struct Ctx {
+    int closes = 0;
+    int status = -1;
+  } ctx;
+  mt_grpc_call_handlers h = {nullptr, [](void *arg, mt_grpc_status status, const char *) {
+                               auto *c = static_cast<Ctx *>(arg);
+                               c->closes++;
+                               c->status = status;
+                               LeaveAStaleError();
+                             }};
+  std::string req = "x";
+  mt_grpc_client_start_call(client_, "/test.Echo/Unary", nullptr, 0,
+                            reinterpret_cast<const uint8_t *>(req.data()), req.size(), 0, &h, &ctx);
+  ASSERT_TRUE(RunUntil([&] { return ctx.closes > 0; }));
+  EXPECT_EQ(ctx.status, MT_GRPC_OK);
+  RunFor(0.05);
+  EXPECT_TRUE(mt_grpc_client_is_connected(client_));
+  CallResult after;
+  Start(client_, "/test.Echo/Unary", "clean", &after);
+  ASSERT_TRUE(RunUntil([&] { return after.closes > 0; }));
+  EXPECT_EQ(after.status, MT_GRPC_OK) << after.message;
+  EXPECT_TRUE(side_.connection_errors.empty());
+}
+
+// ---- on_call_refused ----
+
+TEST_F(GrpcEndToEnd, CallsRefusedBeforeAnyHandlerAreReportedToTheApplication) {
+  CallResult unknown, big, ok, failed;
+  Start(client_, "/test.Echo/Nope", "x", &unknown);
+  Start(client_, "/test.Echo/Unary", std::string(kServerMaxMessage + 1, 'o'), &big);
+  Start(client_, "/test.Echo/Unary", "fine", &ok);
+  Start(client_, "/test.Echo/Fail", "", &failed);  // the handler's verdict: not a refusal
+  ASSERT_TRUE(RunUntil([&] { return unknown.closes && big.closes && ok.closes && failed.closes; }));
+  EXPECT_EQ(unknown.status, MT_GRPC_UNIMPLEMENTED);
+  EXPECT_EQ(big.status, MT_GRPC_RESOURCE_EXHAUSTED);
+  ASSERT_EQ(side_.refused.size(), 2u);
+  std::map<std::string, ServerSide::Refusal> by_status;
+  for (auto &x : side_.refused) {
+    EXPECT_EQ(x.peer.rfind("127.0.0.1:", 0), 0u) << x.peer;
+    by_status[mt_grpc_status_name(static_cast<mt_grpc_status>(x.status))] = x;
+  }
+  ASSERT_EQ(by_status.count("UNIMPLEMENTED"), 1u);
+  EXPECT_EQ(by_status["UNIMPLEMENTED"].path, "/test.Echo/Nope");
+  EXPECT_EQ(by_status["UNIMPLEMENTED"].message, unknown.message);
+  ASSERT_EQ(by_status.count("RESOURCE_EXHAUSTED"), 1u);
+  EXPECT_EQ(by_status["RESOURCE_EXHAUSTED"].path, "/test.Echo/Unary");
+  EXPECT_EQ(by_status["RESOURCE_EXHAUSTED"].message, big.message);
+  EXPECT_FALSE(big.message.empty());
+}
+
+TEST_F(GrpcEndToEnd, FreeingTheServerInsideOnCallRefusedIsSafe) {
+  mt_grpc_server_free(server_);
+  server_ = nullptr;
+  struct Ctx {
+    mt_grpc_server *server = nullptr;
+    int refused = 0;
+  } ctx;
+  mt_grpc_server_options o = {};
+  o.listen = "127.0.0.1:0";
+  o.ssl_ctx = server_ctx_;
+  o.on_call_refused = [](void *arg, const char *, const char *, mt_grpc_status, const char *) {
+    auto *c = static_cast<Ctx *>(arg);
+    c->refused++;
+    mt_grpc_server_free(c->server);
+  };
+  o.on_call_refused_arg = &ctx;
+  ctx.server = mt_grpc_server_new(loop_, &o);
+  ASSERT_NE(ctx.server, nullptr);
+  mt_grpc_client *c = NewClient(client_ctx_, mt_grpc_server_port(ctx.server));
+  CallResult r;
+  Start(c, "/test.Echo/Nope", "x", &r);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0; }));
+  EXPECT_EQ(ctx.refused, 1);
+  EXPECT_TRUE(r.status == MT_GRPC_UNIMPLEMENTED || r.status == MT_GRPC_UNAVAILABLE) << r.status;
+  mt_grpc_client_free(c);
+}
+
+// One HTTP/2 request with headers of our choosing (what our client never
+// sends), from a blocking TLS + nghttp2 client on the calling thread.
+struct RawH2Response {
+  int http_status = -1;
+  std::string grpc_status, grpc_message;
+  bool closed = false;
+};
+
+struct RawH2Io {
+  SSL *ssl;
+  RawH2Response *response;
+  std::string body;
+  size_t body_off = 0;
+};
+
+ssize_t RawH2Send(nghttp2_session *, const uint8_t *data, size_t len, int, void *user) {
+  int n = SSL_write(static_cast<RawH2Io *>(user)->ssl, data, static_cast<int>(len));
+  return n > 0 ? n : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+int RawH2Header(nghttp2_session *, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                const uint8_t *value, size_t valuelen, uint8_t, void *user) {
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  RawH2Response *r = static_cast<RawH2Io *>(user)->response;
+  std::string n(reinterpret_cast<const char *>(name), namelen);
+  std::string v(reinterpret_cast<const char *>(value), valuelen);
+  if (n == ":status") r->http_status = std::stoi(v);
+  if (n == "grpc-status") r->grpc_status = v;
+  if (n == "grpc-message") r->grpc_message = v;
+  return 0;
+}
+
+int RawH2Close(nghttp2_session *, int32_t, uint32_t, void *user) {
+  static_cast<RawH2Io *>(user)->response->closed = true;
+  return 0;
+}
+
+ssize_t RawH2Body(nghttp2_session *, int32_t, uint8_t *buf, size_t length, uint32_t *flags,
+                  nghttp2_data_source *, void *user) {
+  auto *io = static_cast<RawH2Io *>(user);
+  size_t n = std::min(length, io->body.size() - io->body_off);
+  memcpy(buf, io->body.data() + io->body_off, n);
+  io->body_off += n;
+  if (io->body_off == io->body.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(n);
+}
+
+RawH2Response RawH2Request(int port,
+                           const std::vector<std::pair<std::string, std::string>> &headers,
+                           const std::string &body) {
+  RawH2Response response;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  static const uint8_t kH2[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(ctx, kH2, sizeof(kH2));
+  int fd = ConnectTo(port);
+  timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  SSL *ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  RawH2Io io{ssl, &response, body};
+  if (SSL_connect(ssl) == 1) {
+    nghttp2_session_callbacks *cbs = nullptr;
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_send_callback(cbs, RawH2Send);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, RawH2Header);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, RawH2Close);
+    nghttp2_session *session = nullptr;
+    nghttp2_session_client_new(&session, cbs, &io);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, nullptr, 0);
+    std::vector<nghttp2_nv> nva;
+    for (auto &h : headers)
+      nva.push_back({reinterpret_cast<uint8_t *>(const_cast<char *>(h.first.c_str())),
+                     reinterpret_cast<uint8_t *>(const_cast<char *>(h.second.c_str())),
+                     h.first.size(), h.second.size(), NGHTTP2_NV_FLAG_NONE});
+    nghttp2_data_provider provider;
+    provider.source.ptr = nullptr;
+    provider.read_callback = RawH2Body;
+    nghttp2_submit_request(session, nullptr, nva.data(), nva.size(),
+                           body.empty() ? nullptr : &provider, nullptr);
+    uint8_t buf[16384];
+    while (!response.closed && nghttp2_session_send(session) == 0) {
+      int n = SSL_read(ssl, buf, sizeof(buf));
+      if (n <= 0 || nghttp2_session_mem_recv(session, buf, static_cast<size_t>(n)) < 0) break;
+    }
+    nghttp2_session_del(session);
+  }
+  ERR_clear_error();  // this thread's queue
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+  return response;
+}
+
+std::string Framed(const std::string &message) {
+  std::string out(5, '\0');
+  out[4] = static_cast<char>(message.size());  // short messages only
+  return out + message;
+}
+
+TEST_F(GrpcEndToEnd, HttpLevelRefusalsAreReportedToTheApplication) {
+  struct Case {
+    const char *method, *content_type, *timeout;
+    int http_status;
+    mt_grpc_status status;
+    const char *message_part;
+  } cases[] = {
+      {"GET", "application/grpc", nullptr, 405, MT_GRPC_INTERNAL, "POST"},
+      {"POST", "application/json", nullptr, 415, MT_GRPC_INTERNAL, "content-type"},
+      {"POST", "application/grpc", "12 parsecs", 200, MT_GRPC_INTERNAL, "grpc-timeout"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const Case &c = cases[i];
+    std::vector<std::pair<std::string, std::string>> headers = {
+        {":method", c.method},
+        {":scheme", "https"},
+        {":path", "/test.Echo/Unary"},
+        {":authority", "localhost"},
+        {"content-type", c.content_type},
+        {"te", "trailers"},
+    };
+    if (c.timeout) headers.push_back({"grpc-timeout", c.timeout});
+    RawH2Response response;
+    {
+      RawPeer peer([&] {
+        response = RawH2Request(port_, headers, strcmp(c.method, "GET") ? Framed("x") : "");
+      });
+      ASSERT_TRUE(RunUntil([&] { return peer.done(); }));
+    }
+    EXPECT_TRUE(response.closed) << c.method << " " << c.content_type;
+    EXPECT_EQ(response.http_status, c.http_status);
+    EXPECT_EQ(response.grpc_status, std::to_string(c.status));
+    ASSERT_EQ(side_.refused.size(), i + 1) << c.method << " " << c.content_type;
+    const ServerSide::Refusal &x = side_.refused[i];
+    EXPECT_EQ(x.peer.rfind("127.0.0.1:", 0), 0u) << x.peer;
+    EXPECT_EQ(x.path, "/test.Echo/Unary");
+    EXPECT_EQ(x.status, c.status);
+    EXPECT_NE(x.message.find(c.message_part), std::string::npos) << x.message;
+  }
   EXPECT_TRUE(side_.connection_errors.empty());
 }
 

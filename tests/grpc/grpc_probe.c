@@ -13,6 +13,9 @@
  *       [--max-message N]
  *     Prints "listening PORT" once bound, serves until SIGTERM/SIGINT.
  *     With --ca, client certificates are requested and verified (optional).
+ *     Logs to stderr, one line each, connections that end in error
+ *     ("connection from PEER: WHAT") and calls refused before any handler
+ *     ("refused call from PEER to PATH: STATUS_NAME: MESSAGE").
  *     Methods (request and response bytes are opaque):
  *       /test.Echo/Unary     the request, once
  *       /test.Echo/Stream    the request, three times
@@ -320,6 +323,13 @@ static void on_connection_error(void *arg, const char *peer, const char *what) {
   fprintf(stderr, "grpc_probe: connection from %s: %s\n", peer, what);
 }
 
+static void on_call_refused(void *arg, const char *peer, const char *path, mt_grpc_status status,
+                            const char *message) {
+  (void)arg;
+  fprintf(stderr, "grpc_probe: refused call from %s to %s: %s: %s\n", peer, path,
+          mt_grpc_status_name(status), message);
+}
+
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
   (void)w;
   (void)revents;
@@ -337,6 +347,7 @@ static int run_server(const probe_args *a) {
   o.ssl_ctx = ctx;
   o.max_message_bytes = a->max_message;
   o.on_connection_error = on_connection_error;
+  o.on_call_refused = on_call_refused;
   mt_grpc_server *server = mt_grpc_server_new(EV_DEFAULT, &o);
   if (server == NULL) {
     perror("grpc_probe: listen");

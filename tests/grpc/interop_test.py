@@ -17,6 +17,7 @@ relative to the repository root).
 
 import concurrent.futures
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -355,3 +356,89 @@ def test_non_grpc_content_type_gets_415_from_our_server(pki, our_server):
     status, _, headers = curl(pki, port, "-X", "POST", "-H", "content-type: application/json")
     assert status == 415
     assert headers.get("grpc-status") == "13"
+
+
+# ---------------------------------------------------------------------------
+# what our server logs (grpc_probe's on_connection_error / on_call_refused)
+
+
+def server_log(pki):
+    return (pki["dir"] / "server.err").read_text().splitlines()
+
+
+def wait_for_log_line(pki, skip, needle):
+    """The first server log line after the first |skip| lines that contains |needle|."""
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while True:
+        lines = server_log(pki)[skip:]
+        hits = [line for line in lines if needle in line]
+        if hits:
+            return hits[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {needle!r} in the server log after line {skip}: {lines}")
+        time.sleep(0.05)
+
+
+def test_plain_http_to_our_server_is_logged_with_the_tls_reason(pki, our_server):
+    # No TLS session ever existed: no "certificate verification" in the text.
+    port, _ = our_server
+    skip = len(server_log(pki))
+    for payload, reason in [(b"GET / HTTP/1.1\r\n\r\n", "HTTP_REQUEST"),
+                            (b"SSH-2.0-OpenSSH_9.2\r\n", "WRONG_VERSION_NUMBER")]:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            peer = "%s:%d" % s.getsockname()
+            s.sendall(payload)
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+        line = wait_for_log_line(pki, skip, f"connection from {peer}:")
+        assert line.endswith(f": TLS handshake failed: {reason}"), line
+
+
+def openssl_client_rejecting_our_server(pki, port, version):
+    p = subprocess.run(
+        ["openssl", "s_client", f"-{version}", "-connect", f"127.0.0.1:{port}", "-alpn", "h2",
+         "-verify_return_error", "-CAfile", pki["other_root"]],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    assert p.returncode != 0
+    assert "unable to get local issuer certificate" in p.stdout + p.stderr
+
+
+def test_tls12_openssl_client_rejecting_our_certificate_is_logged_with_its_alert(pki, our_server):
+    port, _ = our_server
+    skip = len(server_log(pki))
+    openssl_client_rejecting_our_server(pki, port, "tls1_2")
+    line = wait_for_log_line(pki, skip, "TLS handshake failed")
+    assert line.endswith(": TLS handshake failed: peer sent alert TLSV1_ALERT_UNKNOWN_CA"), line
+
+
+def test_tls13_openssl_client_rejecting_our_certificate_is_logged_as_a_record_error(
+        pki, our_server):
+    # OpenSSL sends this alert before it has switched to the handshake keys,
+    # i.e. unencrypted, where BoringSSL expects an encrypted record: the
+    # server cannot read the alert, only that a 2-byte record did not decrypt.
+    # Both errors are reported: the newest (what failed), then the oldest
+    # (where it started).
+    port, _ = our_server
+    skip = len(server_log(pki))
+    openssl_client_rejecting_our_server(pki, port, "tls1_3")
+    line = wait_for_log_line(pki, skip, "TLS handshake failed")
+    assert line.endswith(
+        ": TLS handshake failed: DECRYPTION_FAILED_OR_BAD_RECORD_MAC (BAD_PACKET_LENGTH)"), line
+
+
+def test_calls_refused_by_our_server_are_logged(pki, our_server):
+    port, _ = our_server
+    skip = len(server_log(pki))
+    with channel(pki, port) as ch:
+        with pytest.raises(grpc.RpcError):
+            ch.unary_unary("/test.Echo/Gone")(b"", timeout=10)
+        with pytest.raises(grpc.RpcError):
+            ch.unary_unary("/test.Echo/Unary")(b"x" * 70000, timeout=10)
+    line = wait_for_log_line(pki, skip, " to /test.Echo/Gone: ")
+    assert line.startswith("grpc_probe: refused call from 127.0.0.1:"), line
+    assert line.endswith(": UNIMPLEMENTED: unknown method /test.Echo/Gone"), line
+    line = wait_for_log_line(pki, skip, " to /test.Echo/Unary: ")
+    assert ": RESOURCE_EXHAUSTED: " in line, line
