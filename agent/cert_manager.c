@@ -62,7 +62,8 @@ struct mt_cert_manager {
   STACK_OF(X509) * chain;
   STACK_OF(X509) * ca_roots;
   time_t not_before, not_after;
-  int serving; /* workers have a valid identity from us */
+  int serving;                              /* workers have a valid identity from us */
+  char issued_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* what the CA granted ("" before) */
 
   /* Trust and mesh: from the Watch stream once it delivered, else config. */
   mt_bundle *static_bundles;
@@ -186,6 +187,13 @@ static int rebuild(mt_cert_manager *m) {
   }
   MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
            mt_identity_serial(id), mt_mesh_version(mesh));
+  /* The CA decides who we are (from the token); say so when that is not
+   * what the config asked for, and use the granted ID from now on. */
+  if (strcmp(m->issued_id, mt_identity_spiffe_id(id)) != 0 &&
+      strcmp(m->config->spiffe_id, mt_identity_spiffe_id(id)) != 0)
+    MT_LOG_W("control plane granted %s, not the configured identity.spiffe_id %s",
+             mt_identity_spiffe_id(id), m->config->spiffe_id);
+  snprintf(m->issued_id, sizeof(m->issued_id), "%s", mt_identity_spiffe_id(id));
   m->serving = 1;
   m->publish(m->publish_arg, id);
   return 1;
@@ -354,8 +362,9 @@ static void start_watch(mt_cert_manager *m) {
     md[num_md++] = (mt_grpc_metadata){"authorization", auth};
   }
   const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
-  m->watch = mt_mesh_watch_start(m->grpc, m->config->cp_node_id, m->config->spiffe_id, version, md,
-                                 num_md, &handlers, m);
+  const char *who = m->issued_id[0] != '\0' ? m->issued_id : m->config->spiffe_id;
+  m->watch =
+      mt_mesh_watch_start(m->grpc, m->config->cp_node_id, who, version, md, num_md, &handlers, m);
   OPENSSL_cleanse(auth, sizeof(auth));
   if (m->watch == NULL) on_watch_end(m, MT_GRPC_INTERNAL, "cannot start the Watch call");
 }

@@ -1,8 +1,15 @@
 """Certificates and mesh config from a control plane: the agent's gRPC client
-against a CA written with another gRPC stack (Python grpcio, py_ca.py).
-No workload certificate or key ever touches the disk."""
+against a CA written with another gRPC stack (Python grpcio, py_ca.py) and,
+in the tests parametrized over `ca_kind` ("grpcio", "mtls-ca"), against the
+project's own control plane too (mtls-ca, driven by mtls_ca.py: bearer
+tokens from certs/mint-token.py, a YAML mesh file, issuer rotation by
+SIGHUP). No workload certificate or key ever touches the disk.
+
+The rotation tests print what they observed (run with -s to see it):
+connections made, failures, distinct certificate serials."""
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -22,9 +29,12 @@ from conftest import (
     spiffe_id,
     wait_until,
 )
+from mtls_ca import MTLS_CA_BIN, MtlsCa, make_pki, mint_token
 
 PY_CA = REPO / "tests" / "integration" / "py_ca.py"
 CP_ID = "spiffe://example.org/ns/mtls-system/sa/mtls-ca"
+# The control planes the agent-side tests run against.
+CA_KINDS = ["grpcio", "mtls-ca"]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +45,53 @@ def cp_pki(tmp_path_factory):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def mtls_ca_bin():
+    if not (os.path.isfile(MTLS_CA_BIN) and os.access(MTLS_CA_BIN, os.X_OK)):
+        pytest.fail(f"control-plane binary not found: {MTLS_CA_BIN} (build it with "
+                    f"`bazel build //controlplane:mtls-ca` or set MTLS_CA_BIN)")
+    return MTLS_CA_BIN
+
+
+@pytest.fixture(scope="module")
+def mca_pki(tmp_path_factory):
+    """mtls-ca's PKI: root, intermediate, the server SVID, the token signer."""
+    return make_pki(tmp_path_factory.mktemp("mtls-ca-pki"))
+
+
+@pytest.fixture
+def ca_pki(request, ca_kind):
+    return request.getfixturevalue("cp_pki" if ca_kind == "grpcio" else "mca_pki")
+
+
+@pytest.fixture
+def start_ca(request, procs, tmp_path, ca_kind, ca_pki):
+    """Factory: start_ca(ttl, mesh, extra) -> a started PyCa or MtlsCa (as
+    ca_kind says). Every mtls-ca is stopped by PID at teardown and must have
+    exited 0 on every SIGTERM, without a sanitizer report."""
+    binary = request.getfixturevalue("mtls_ca_bin") if ca_kind == "mtls-ca" else None
+    started = []
+
+    def start(ttl=3600, mesh=None, extra=()):
+        if ca_kind == "grpcio":
+            return PyCa(procs, ca_pki, tmp_path, ttl=ttl, mesh=mesh, extra=extra)
+        assert not extra, "py_ca.py's misbehaviour flags have no mtls-ca equivalent"
+        ca = MtlsCa(procs, binary, ca_pki, tmp_path / f"mtls-ca{len(started) or ''}", mesh=mesh)
+        started.append(ca)
+        return ca
+
+    yield start
+    problems = []
+    for ca in started:
+        ca.stop()
+        try:
+            ca.check()
+        except AssertionError as e:
+            problems.append(str(e))
+    if problems:
+        raise AssertionError("\n\n".join(problems))
 
 
 class PyCa:
@@ -95,6 +152,24 @@ def cp_config(pki, ca_port, workload, ttl=3600, **sections):
     return cfg
 
 
+def agent_config(ca, pki, tmp_path, workload, ttl=3600, token_for=None, **sections):
+    """cp_config, plus (for mtls-ca) a bearer token for service account
+    |token_for| (default: the workload's own) in control_plane.token_file."""
+    cfg = cp_config(pki, ca.port, workload, ttl=ttl, **sections)
+    if isinstance(ca, MtlsCa):
+        token = mint_token(pki, tmp_path / f"{workload}.token", token_for or workload)
+        cfg["control_plane"]["token_file"] = str(token)
+    return cfg
+
+
+def mesh_version_applied(ca, agent, n):
+    """Whether |agent| applied the n-th mesh snapshot: py_ca sends the spec's
+    version ("2"), mtls-ca its own "<n>-<hash>"."""
+    if isinstance(ca, MtlsCa):
+        return ca.version_logged(agent, n)
+    return f"mesh config version {n}:" in agent.stderr()
+
+
 def refused_connection(port, payload=b""):
     """Connects and expects the mesh to close without a byte (the reset may
     even beat connect() back). Returns the client's "ip:port"."""
@@ -128,14 +203,14 @@ def wait_ready(agent, count=1):
                f"{agent.dir.name} to get {count} certificate(s) from the control plane")
 
 
-def mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=3600, ca_extra=()):
+def mesh_pair(start_ca, agents, apps, pki, tmp_path, ttl=3600, ca_extra=()):
     app = apps("echo")
     port_in, port_out = free_port(), free_port()
-    ca = PyCa(procs, cp_pki, tmp_path, ttl=ttl,
-              mesh=mesh_spec(cp_pki, backend_addr=f"127.0.0.1:{port_in}"), extra=ca_extra)
-    backend = agents("backend", cp_config(cp_pki, ca.port, "backend", ttl=ttl, inbound={
+    ca = start_ca(ttl=ttl, mesh=mesh_spec(pki, backend_addr=f"127.0.0.1:{port_in}"),
+                  extra=ca_extra)
+    backend = agents("backend", agent_config(ca, pki, tmp_path, "backend", ttl=ttl, inbound={
         "listeners": [{"address": f"127.0.0.1:{port_in}", "app_port": app.port}]}))
-    frontend = agents("frontend", cp_config(cp_pki, ca.port, "frontend", ttl=ttl, outbound={
+    frontend = agents("frontend", agent_config(ca, pki, tmp_path, "frontend", ttl=ttl, outbound={
         "listeners": [{"address": f"127.0.0.1:{port_out}",
                        "destination": f"127.0.0.1:{port_in}"}],
         "unknown_destination": "deny"}))
@@ -145,9 +220,10 @@ def mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=3600, ca_extra=()):
     return ca, frontend, backend, port_out
 
 
-def test_agents_serve_with_certificates_issued_by_a_grpcio_ca(procs, agents, apps, cp_pki,
-                                                              tmp_path):
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path)
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_agents_serve_with_certificates_issued_by_the_ca(start_ca, agents, apps, ca_pki,
+                                                         tmp_path):
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
     received, local = roundtrip(port_out, b"x" * 100000)
     assert received == b"x" * 100000
     out = frontend.wait_log(direction="outbound", source=local)
@@ -155,16 +231,17 @@ def test_agents_serve_with_certificates_issued_by_a_grpcio_ca(procs, agents, app
     assert out["peer_id"] == spiffe_id("backend")
     inbound = backend.wait_log(direction="inbound", peer_id=spiffe_id("frontend"))
     assert (inbound["decision"], inbound["rule"]) == ("allow", "allow-frontend")
-    assert "mesh config version 1" in backend.stderr()
+    assert mesh_version_applied(ca, backend, 1)
     for agent in (frontend, backend):
         assert not list(agent.dir.glob("*.pem")), "a certificate was written to disk"
 
 
-def test_policy_and_destinations_follow_the_watch_stream(procs, agents, apps, cp_pki, tmp_path):
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path)
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_policy_and_destinations_follow_the_watch_stream(start_ca, agents, apps, ca_pki, tmp_path):
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
     port_in = backend.listener_ports()[0]
-    ca.write_mesh(mesh_spec(cp_pki, version=2, allow="other", backend_addr=f"127.0.0.1:{port_in}"))
-    wait_until(lambda: "mesh config version 2" in backend.stderr(), "backend to apply version 2")
+    ca.write_mesh(mesh_spec(ca_pki, version=2, allow="other", backend_addr=f"127.0.0.1:{port_in}"))
+    wait_until(lambda: mesh_version_applied(ca, backend, 2), "backend to apply version 2")
     locals_tried = []
 
     def refused():
@@ -180,23 +257,46 @@ def test_policy_and_destinations_follow_the_watch_stream(procs, agents, apps, cp
     assert frontend.wait_log(direction="outbound", source=local)["reason"] == "peer_denied"
 
 
-def test_invalid_mesh_snapshot_is_rejected_and_the_last_good_one_kept(procs, agents, apps, cp_pki,
-                                                                     tmp_path):
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path)
-    bad = mesh_spec(cp_pki, version=3)
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_invalid_mesh_snapshot_is_rejected_and_the_last_good_one_kept(start_ca, agents, apps,
+                                                                     ca_pki, tmp_path):
+    """py_ca sends the bad snapshot and the agent refuses it; mtls-ca
+    validates with the agent's own policy module and never sends it."""
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
+    bad = mesh_spec(ca_pki, version=3)
     bad["policy"]["rules"][0]["from"] = [{"prefix": "spiffe://example.org/ns/prod"}]
     ca.write_mesh(bad)
-    wait_until(lambda: "mesh config rejected" in backend.stderr(), "the bad snapshot's rejection")
-    assert "malformed" in backend.stderr()
+    if isinstance(ca, MtlsCa):
+        wait_until(lambda: "mesh file refused" in ca.stderr(), "mtls-ca to refuse the mesh file")
+        assert re.search(r"mesh\.yaml:\d+: ", ca.stderr()), ca.stderr()[-2000:]
+        assert "mesh config rejected" not in backend.stderr()
+        assert not mesh_version_applied(ca, backend, 2)
+    else:
+        wait_until(lambda: "mesh config rejected" in backend.stderr(),
+                   "the bad snapshot's rejection")
+        assert "malformed" in backend.stderr()
     received, _ = roundtrip(port_out, b"still works")
     assert received == b"still works"
+    if isinstance(ca, MtlsCa):  # the stream still works; the refusal used no version
+        port_in = backend.listener_ports()[0]
+        good = mesh_spec(ca_pki, version=2, backend_addr=f"127.0.0.1:{port_in}")
+        good["policy"]["rules"].append({"name": "allow-other", "action": "allow",
+                                        "from": [{"id": spiffe_id("other")}]})
+        ca.write_mesh(good)
+        wait_until(lambda: mesh_version_applied(ca, backend, 2), "backend to apply version 2")
+        wait_serving(port_out, b"after the good edit")
 
 
-def test_rotation_under_steady_traffic_drops_no_connection(procs, agents, apps, cp_pki, tmp_path):
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_rotation_under_steady_traffic_drops_no_connection(start_ca, agents, apps, ca_pki, tmp_path,
+                                                           ca_kind):
+    """4 s certificates (mtls-ca honours any request below max_cert_ttl_s;
+    its 60 s minimum applies to the configured TTLs, not to requests)."""
     ttl = 4
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=ttl)
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path, ttl=ttl)
     failures, done = [], 0
-    deadline = time.monotonic() + 3.5 * ttl
+    started = time.monotonic()
+    deadline = started + 3.5 * ttl
     while time.monotonic() < deadline and done < 2000:
         try:
             received, _ = roundtrip(port_out, b"ping")
@@ -206,16 +306,25 @@ def test_rotation_under_steady_traffic_drops_no_connection(procs, agents, apps, 
             failures.append(repr(e))
         done += 1
         time.sleep(0.02)
-    assert not failures, f"{len(failures)} of {done} connections failed: {failures[:3]}"
+    elapsed = time.monotonic() - started
     serials = {l["peer_serial"] for l in backend.log_lines() if l["direction"] == "inbound"}
+    issued = ""
+    if isinstance(ca, MtlsCa):
+        issued = (f", certificates issued by mtls-ca "
+                  f"{sum(1 for l in ca.access_lines() if l['serial'])}")
+    print(f"\n[rotation under traffic, {ca_kind}, ttl {ttl}s] {done} connections in "
+          f"{elapsed:.1f}s, {len(failures)} failed, {len(serials)} distinct frontend serials "
+          f"seen by backend{issued}")
+    assert not failures, f"{len(failures)} of {done} connections failed: {failures[:3]}"
     assert len(serials) >= 3, f"expected at least 3 frontend certificates, saw {serials}"
     assert backend.stderr().count("identity ready:") >= 3
 
 
-def test_ca_outage_fails_closed_at_expiry_and_recovers(procs, agents, apps, cp_pki, tmp_path):
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_ca_outage_fails_closed_at_expiry_and_recovers(start_ca, agents, apps, ca_pki, tmp_path):
     ttl = 4
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=ttl)
-    ca.stop()
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path, ttl=ttl)
+    ca.stop()  # by PID
     stopped = time.monotonic()
     received, _ = roundtrip(port_out, b"before expiry")
     assert received == b"before expiry"
@@ -224,8 +333,9 @@ def test_ca_outage_fails_closed_at_expiry_and_recovers(procs, agents, apps, cp_p
     assert time.monotonic() - stopped <= ttl + 10
     local = refused_connection(port_out)
     assert frontend.wait_log(direction="outbound", source=local)["reason"] == "no_identity"
-    ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
-    ca.start()
+    if isinstance(ca, PyCa):
+        ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
+    ca.start()  # mtls-ca: the same ca.yaml, which names the same port
     wait_ready(frontend, count=2)
     wait_ready(backend, count=2)
     wait_serving(port_out, b"after recovery")
@@ -250,15 +360,27 @@ def test_garbage_from_the_ca_is_refused_without_crashing(procs, agents, cp_pki, 
     assert "identity ready" not in agent.stderr()
 
 
-def test_bearer_token_is_sent_from_the_token_file(procs, agents, cp_pki, tmp_path):
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    ca = PyCa(procs, cp_pki, tmp_path, extra=("--require-token", "s3cret-token"))
-    cfg = cp_config(cp_pki, ca.port, "backend", inbound={
-        "listeners": [{"address": f"127.0.0.1:{free_port()}", "app_port": 9}]})
-    cfg["control_plane"]["token_file"] = str(token)
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_bearer_token_is_sent_from_the_token_file(start_ca, agents, ca_pki, tmp_path, ca_kind):
+    """py_ca: a fixed secret. mtls-ca: a minted service-account JWT, which
+    alone decides the identity the certificate is for."""
+    inbound = {"listeners": [{"address": f"127.0.0.1:{free_port()}", "app_port": 9}]}
+    if ca_kind == "grpcio":
+        token = tmp_path / "token"
+        token.write_text("s3cret-token\n")
+        ca = start_ca(extra=("--require-token", "s3cret-token"))
+        cfg = cp_config(ca_pki, ca.port, "backend", inbound=inbound)
+        cfg["control_plane"]["token_file"] = str(token)
+    else:
+        ca = start_ca()
+        cfg = agent_config(ca, ca_pki, tmp_path, "backend", inbound=inbound)
     agent = agents("backend", cfg)
     wait_ready(agent)
+    assert f"identity ready: {spiffe_id('backend')} " in agent.stderr()
+    if isinstance(ca, MtlsCa):
+        issued = [l for l in ca.access_lines() if l["method"].endswith("/CreateCertificate")]
+        assert issued and all(l["status"] == "OK" for l in issued), issued
+        assert {l["identity"] for l in issued} == {spiffe_id("backend")}
 
 
 def test_control_plane_with_an_unexpected_identity_gets_no_token(procs, agents, cp_pki, tmp_path):
@@ -272,18 +394,22 @@ def test_control_plane_with_an_unexpected_identity_gets_no_token(procs, agents, 
     assert "identity ready" not in agent.stderr()
 
 
-def test_root_rotation_with_overlapping_trust_drops_no_connection(procs, agents, apps, cp_pki,
-                                                                  tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agents, apps, ca_pki,
+                                                                  tmp_path_factory, tmp_path,
+                                                                  ca_kind):
     """Add a second root, move issuance to it, retire the first: the order an
-    operator follows. Traffic flows the whole time."""
+    operator follows. Traffic flows the whole time. py_ca is restarted with
+    the new signer; mtls-ca gets its signer and roots files rewritten and a
+    SIGHUP, as its README describes, and keeps running."""
     new_pki = tmp_path_factory.mktemp("new-root")
     res = subprocess.run(["bash", str(MKPKI), "--out", str(new_pki), "unused"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     ttl = 3
-    ca, frontend, backend, port_out = mesh_pair(procs, agents, apps, cp_pki, tmp_path, ttl=ttl)
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path, ttl=ttl)
     port_in = backend.listener_ports()[0]
-    old_root, new_root = str(cp_pki / "root.pem"), str(new_pki / "root.pem")
+    old_root, new_root = str(ca_pki / "root.pem"), str(new_pki / "root.pem")
 
     failures, done = [], [0]
     stop = threading.Event()
@@ -300,30 +426,109 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(procs, agents,
             time.sleep(0.02)
 
     def set_roots(version, roots):
-        spec = mesh_spec(cp_pki, version=version, backend_addr=f"127.0.0.1:{port_in}")
+        spec = mesh_spec(ca_pki, version=version, backend_addr=f"127.0.0.1:{port_in}")
         spec["trust_bundles"] = {TRUST_DOMAIN: roots}
         ca.write_mesh(spec)
         for agent in (frontend, backend):
-            wait_until(lambda: f"mesh config version {version}:" in agent.stderr(),
+            wait_until(lambda: mesh_version_applied(ca, agent, version),
                        f"{agent.dir.name} to apply version {version}")
 
+    started = time.monotonic()
     t = threading.Thread(target=traffic, daemon=True)
     t.start()
     try:
         set_roots(2, [old_root, new_root])                 # 1. trust both
-        ca.stop()                                          # 2. issue from the new root
-        ca.args[ca.args.index("--signer-cert") + 1] = new_pki / "intermediate.pem"
-        ca.args[ca.args.index("--signer-key") + 1] = new_pki / "intermediate.key"
-        ca.args[ca.args.index("--root") + 1] = new_pki / "root.pem"
-        ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
-        ca.start()
+        if isinstance(ca, MtlsCa):                         # 2. issue from the new root
+            ca.rotate_issuer(new_pki / "intermediate.pem", new_pki / "intermediate.key",
+                             new_pki / "root.pem")
+            rotated_at = len(ca.stderr())
+        else:
+            ca.stop()
+            ca.args[ca.args.index("--signer-cert") + 1] = new_pki / "intermediate.pem"
+            ca.args[ca.args.index("--signer-key") + 1] = new_pki / "intermediate.key"
+            ca.args[ca.args.index("--root") + 1] = new_pki / "root.pem"
+            ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
+            ca.start()
         time.sleep(2 * ttl)                                # every certificate renewed
         set_roots(3, [new_root])                           # 3. retire the old root
         time.sleep(ttl)
     finally:
         stop.set()
         t.join(timeout=WAIT)
+    elapsed = time.monotonic() - started
+    serials = {l["peer_serial"] for l in backend.log_lines() if l["direction"] == "inbound"}
+    after = ""
+    if isinstance(ca, MtlsCa):
+        tail = ca.stderr()[rotated_at:]
+        after = {name: len(re.findall(rf"issued serial \S+ to {re.escape(spiffe_id(name))} ",
+                                      tail))
+                 for name in ("frontend", "backend")}
+    print(f"\n[root rotation under traffic, {ca_kind}, ttl {ttl}s] {done[0]} connections in "
+          f"{elapsed:.1f}s, {len(failures)} failed, {len(serials)} distinct frontend serials "
+          f"seen by backend" + (f", issued from the new intermediate: {after}" if after else ""))
     assert done[0] > 50
     assert not failures, f"{len(failures)} of {done[0]} connections failed: {failures[:3]}"
     last = backend.log_lines()[-1]
     assert last["decision"] == "allow"
+    if after:
+        assert all(after.values()), after
+
+
+# --------------------------------------------------------------------------
+# mtls-ca only: the token, not the request, decides the identity
+
+
+@pytest.mark.parametrize("ca_kind", ["mtls-ca"])
+def test_mtls_ca_signs_the_tokens_identity_not_the_requested_one(start_ca, agents, apps, ca_pki,
+                                                                 tmp_path):
+    """The agent asks for .../sa/admin (identity.spiffe_id, the CSR's SAN)
+    with a token for service account frontend: it is issued, and serves as,
+    .../sa/frontend, and its peer sees that ID."""
+    app = apps("echo")
+    port_in, port_out = free_port(), free_port()
+    ca = start_ca(mesh=mesh_spec(ca_pki, backend_addr=f"127.0.0.1:{port_in}"))
+    backend = agents("backend", agent_config(ca, ca_pki, tmp_path, "backend", inbound={
+        "listeners": [{"address": f"127.0.0.1:{port_in}", "app_port": app.port}]}))
+    # Static destinations: this agent's Watch names .../sa/admin, which is not
+    # its token's identity, so the mesh config may never reach it.
+    client = agents("frontend", agent_config(ca, ca_pki, tmp_path, "admin", token_for="frontend",
+                                             outbound={
+        "listeners": [{"address": f"127.0.0.1:{port_out}",
+                       "destination": f"127.0.0.1:{port_in}"}],
+        "destinations": [{"address": f"127.0.0.1:{port_in}", "spiffe_id": spiffe_id("backend")}],
+        "unknown_destination": "deny"}))
+    wait_ready(backend)
+    wait_ready(client)
+    ready = re.findall(r"identity ready: (\S+) ", client.stderr())
+    assert ready and set(ready) == {spiffe_id("frontend")}, ready
+    wait_serving(port_out)
+    received, local = roundtrip(port_out, b"who am i")
+    assert received == b"who am i"
+    out = client.wait_log(direction="outbound", source=local)
+    assert (out["decision"], out["peer_id"]) == ("allow", spiffe_id("backend"))
+    inbound = backend.wait_log(direction="inbound", peer_id=spiffe_id("frontend"))
+    assert (inbound["decision"], inbound["rule"]) == ("allow", "allow-frontend")
+    assert not backend.find_log(peer_id=spiffe_id("admin"))
+    issued = [l for l in ca.access_lines() if l["method"].endswith("/CreateCertificate")]
+    assert {l["identity"] for l in issued} == {spiffe_id("frontend"), spiffe_id("backend")}
+    watches = [l for l in ca.access_lines() if l["method"].endswith("/Watch")
+               and l["identity"] == spiffe_id("frontend")]
+    print(f"\n[token identity] agent asked for {spiffe_id('admin')}, serves as {ready[-1]}; "
+          f"its Watch calls so far: {[(l['status'], l['reason']) for l in watches]}; "
+          f"mesh config applied: {'mesh config version' in client.stderr()}")
+
+
+@pytest.mark.parametrize("ca_kind", ["mtls-ca"])
+def test_expired_token_never_gets_a_certificate(start_ca, agents, ca_pki, tmp_path):
+    ca = start_ca()
+    cfg = agent_config(ca, ca_pki, tmp_path, "backend", inbound={
+        "listeners": [{"address": f"127.0.0.1:{free_port()}", "app_port": 9}]})
+    mint_token(ca_pki, cfg["control_plane"]["token_file"], "backend", ttl_s=-3600)
+    agent = agents("backend", cfg)
+    refusal = "certificate request failed: UNAUTHENTICATED: token expired"
+    wait_until(lambda: agent.stderr().count(refusal) >= 3, "three refused certificate requests")
+    assert "identity ready" not in agent.stderr()
+    refused = [l for l in ca.access_lines() if l["method"].endswith("/CreateCertificate")]
+    assert refused and {(l["status"], l["reason"]) for l in refused} == {
+        ("UNAUTHENTICATED", "expired")}, refused
+    assert not any(l["serial"] for l in refused)
