@@ -32,7 +32,13 @@ enum {
   MAX_TIMEOUT_MS = 24 * 3600 * 1000,
   MAX_RULE_PORTS = 64,
   MAX_RULE_MATCHERS = 64,
+  DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
+  DEFAULT_INBOUND_CAPTURE_PORT = 15006,
+  IPV4_BITS = 32,
+  IPV6_BITS = 128,
 };
+
+#define DEFAULT_APP_SOURCE_ADDRESS "127.0.0.6"
 
 typedef struct {
   const char *path;
@@ -426,6 +432,173 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
   return fail(pc, k, "unknown key 'outbound.%s'", key);
 }
 
+/* ---- interception ------------------------------------------------------ */
+
+typedef struct {
+  const char *key; /* the list's key, for messages */
+  mt_port_list *ports;
+  mt_cidr_list *cidrs;
+} list_target;
+
+static int on_list_port(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  list_target *t = target;
+  char name[64];
+  snprintf(name, sizeof(name), "%s[]", t->key);
+  int port;
+  if (!want_int(pc, item, name, 1, 65535, &port)) return 0;
+  t->ports->ports[i] = (uint16_t)port;
+  t->ports->count = i + 1;
+  return 1;
+}
+
+/* A list of ports, or (when |star_ok|) "*" for every port. */
+static int want_port_list(parse_ctx *pc, yaml_node_t *v, const char *key, int star_ok,
+                          mt_port_list *out) {
+  free(out->ports);
+  memset(out, 0, sizeof(*out));
+  const char *s = scalar(v);
+  if (s != NULL && star_ok && strcmp(s, "*") == 0) return out->all = 1, 1;
+  if (v->type != YAML_SEQUENCE_NODE)
+    return fail(pc, v, "'%s' must be %sa list of ports", key, star_ok ? "\"*\" or " : "");
+  out->ports = alloc_for(pc, v, key, sizeof(uint16_t));
+  list_target t = {key, out, NULL};
+  return out->ports != NULL && each_item(pc, v, key, on_list_port, &t);
+}
+
+/* "a.b.c.d/n", "v6/n", or a bare address (a single host). Host bits must be
+ * zero: "10.0.0.1/8" is more likely a typo than a wish for 10.0.0.0/8. */
+static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const char *text,
+                      mt_cidr *out) {
+  char host[INET6_ADDRSTRLEN + 1];
+  const char *slash = strchr(text, '/');
+  size_t hlen = slash ? (size_t)(slash - text) : strlen(text);
+  memset(out, 0, sizeof(*out));
+  if (hlen >= sizeof(host)) return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+  memcpy(host, text, hlen);
+  host[hlen] = '\0';
+  int bits;
+  if (inet_pton(AF_INET, host, out->addr) == 1) {
+    out->family = AF_INET;
+    bits = IPV4_BITS;
+  } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+    out->family = AF_INET6;
+    bits = IPV6_BITS;
+  } else {
+    return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+  }
+  out->prefix_len = bits;
+  if (slash != NULL) {
+    const char *p = slash + 1;
+    int len = 0;
+    size_t n = 0;
+    for (; p[n] != '\0' && n < 4; n++) {
+      if (p[n] < '0' || p[n] > '9') break;
+      len = len * 10 + (p[n] - '0');
+    }
+    if (n == 0 || p[n] != '\0' || len > bits)
+      return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+    out->prefix_len = len;
+  }
+  for (int b = out->prefix_len; b < bits; b++) {
+    if (out->addr[b / 8] & (0x80 >> (b % 8)))
+      return fail(pc, node, "'%s': '%s' has address bits set beyond the /%d prefix", key, text,
+                  out->prefix_len);
+  }
+  return 1;
+}
+
+static int on_list_cidr(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  list_target *t = target;
+  char name[64];
+  snprintf(name, sizeof(name), "%s[]", t->key);
+  const char *s;
+  if (!want_scalar(pc, item, name, &s) || !parse_cidr(pc, item, name, s, &t->cidrs->cidrs[i]))
+    return 0;
+  t->cidrs->count = i + 1;
+  return 1;
+}
+
+/* A list of CIDRs, or (when |star_ok|) "*" for every address. */
+static int want_cidr_list(parse_ctx *pc, yaml_node_t *v, const char *key, int star_ok,
+                          mt_cidr_list *out) {
+  free(out->cidrs);
+  memset(out, 0, sizeof(*out));
+  const char *s = scalar(v);
+  if (s != NULL && star_ok && strcmp(s, "*") == 0) return out->all = 1, 1;
+  if (v->type != YAML_SEQUENCE_NODE)
+    return fail(pc, v, "'%s' must be %sa list of CIDRs", key, star_ok ? "\"*\" or " : "");
+  out->cidrs = alloc_for(pc, v, key, sizeof(mt_cidr));
+  list_target t = {key, NULL, out};
+  return out->cidrs != NULL && each_item(pc, v, key, on_list_cidr, &t);
+}
+
+static int want_port(parse_ctx *pc, yaml_node_t *v, const char *key, uint16_t *out) {
+  int port;
+  if (!want_int(pc, v, key, 1, 65535, &port)) return 0;
+  *out = (uint16_t)port;
+  return 1;
+}
+
+static int on_interception_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                               void *target) {
+  mt_interception_config *ic = target;
+  if (strcmp(key, "proxy_uid") == 0) return want_int(pc, v, key, 0, INT_MAX, &ic->proxy_uid);
+  if (strcmp(key, "proxy_gid") == 0) {
+    ic->has_proxy_gid = 1;
+    return want_int(pc, v, key, 0, INT_MAX, &ic->proxy_gid);
+  }
+  if (strcmp(key, "outbound_port") == 0) return want_port(pc, v, key, &ic->outbound_port);
+  if (strcmp(key, "inbound_port") == 0) return want_port(pc, v, key, &ic->inbound_port);
+  if (strcmp(key, "include_inbound_ports") == 0)
+    return want_port_list(pc, v, key, 1, &ic->include_inbound_ports);
+  if (strcmp(key, "exclude_inbound_ports") == 0)
+    return want_port_list(pc, v, key, 0, &ic->exclude_inbound_ports);
+  if (strcmp(key, "exclude_outbound_ports") == 0)
+    return want_port_list(pc, v, key, 0, &ic->exclude_outbound_ports);
+  if (strcmp(key, "include_outbound_cidrs") == 0)
+    return want_cidr_list(pc, v, key, 1, &ic->include_outbound_cidrs);
+  if (strcmp(key, "exclude_outbound_cidrs") == 0)
+    return want_cidr_list(pc, v, key, 0, &ic->exclude_outbound_cidrs);
+  if (strcmp(key, "app_source_address") == 0) {
+    if (!want_address(pc, v, key, 0, &ic->app_source_address)) return 0;
+    if (mt_sockaddr_port((const struct sockaddr *)&ic->app_source_address.addr) != 0)
+      return fail(pc, v, "'app_source_address' is an IP address without a port");
+    return 1;
+  }
+  return fail(pc, k, "unknown key 'interception.%s'", key);
+}
+
+/* proxy_uid has no default: excluding the wrong UID would make the agent
+ * capture its own traffic, a loop. */
+static int parse_interception(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
+  mt_interception_config *ic = &c->interception;
+  c->has_interception = 1;
+  ic->proxy_uid = -1;
+  if (!each_pair(pc, v, "interception", on_interception_key, ic)) return 0;
+  if (ic->proxy_uid < 0) return fail(pc, v, "interception needs 'proxy_uid'");
+  return 1;
+}
+
+/* The first listener that serves redirected traffic (a fixed mapping ignores
+ * the original destination, so it cannot be a capture target). */
+static uint16_t first_redirect_port(const mt_listener_config *l, size_t n, uint16_t fallback) {
+  for (size_t i = 0; i < n; i++) {
+    if (!l[i].has_fixed_target) return mt_sockaddr_port((const struct sockaddr *)&l[i].listen.addr);
+  }
+  return fallback;
+}
+
+static void resolve_interception(mt_config *c) {
+  mt_interception_config *ic = &c->interception;
+  if (!c->has_interception) return;
+  if (ic->outbound_port == 0)
+    ic->outbound_port = first_redirect_port(c->outbound_listeners, c->num_outbound_listeners,
+                                            DEFAULT_OUTBOUND_CAPTURE_PORT);
+  if (ic->inbound_port == 0)
+    ic->inbound_port = first_redirect_port(c->inbound_listeners, c->num_inbound_listeners,
+                                           DEFAULT_INBOUND_CAPTURE_PORT);
+}
+
 /* ---- policy ------------------------------------------------------------ */
 
 typedef struct {
@@ -597,6 +770,7 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "inbound") == 0) return each_pair(pc, v, "inbound", on_inbound_key, c);
   if (strcmp(key, "outbound") == 0) return each_pair(pc, v, "outbound", on_outbound_key, c);
   if (strcmp(key, "policy") == 0) return each_pair(pc, v, "policy", on_policy_key, c);
+  if (strcmp(key, "interception") == 0) return parse_interception(pc, v, c);
   return fail(pc, k, "unknown key '%s'", key);
 }
 
@@ -661,6 +835,9 @@ static void set_defaults(mt_config *c) {
   c->cp_keepalive_ms = DEFAULT_CP_KEEPALIVE_MS;
   c->cp_watch = 1;
   mt_sockaddr_parse("127.0.0.1", &c->inbound_app_address, 0);
+  c->interception.include_inbound_ports.all = 1;
+  c->interception.include_outbound_cidrs.all = 1;
+  mt_sockaddr_parse(DEFAULT_APP_SOURCE_ADDRESS, &c->interception.app_source_address, 0);
 }
 
 static int load_document(parse_ctx *pc, FILE *f, yaml_document_t *doc) {
@@ -708,6 +885,7 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
     mt_config_free(c);
     return NULL;
   }
+  resolve_interception(c);
   if (c->access_log == NULL) c->access_log = strdup("-");
   c->mesh = mt_mesh_new("static", c->policy, c->destinations, c->num_destinations);
   if (c->access_log == NULL || c->mesh == NULL) {
@@ -745,6 +923,11 @@ void mt_config_free(mt_config *c) {
   free(c->outbound_listeners);
   for (size_t i = 0; i < c->num_destinations; i++) free(c->destinations[i].spiffe_id);
   free(c->destinations);
+  free(c->interception.include_inbound_ports.ports);
+  free(c->interception.exclude_inbound_ports.ports);
+  free(c->interception.exclude_outbound_ports.ports);
+  free(c->interception.include_outbound_cidrs.cidrs);
+  free(c->interception.exclude_outbound_cidrs.cidrs);
   if (c->mesh != NULL)
     mt_mesh_unref(c->mesh);
   else

@@ -51,6 +51,43 @@ typedef struct {
   char *file;
 } mt_trust_bundle_config;
 
+/* An address block: family, network bytes (host bits zero) and prefix. */
+typedef struct {
+  int family; /* AF_INET or AF_INET6 */
+  uint8_t addr[16];
+  int prefix_len;
+} mt_cidr;
+
+/* A port list that may instead be "*" (every port). */
+typedef struct {
+  int all;
+  uint16_t *ports;
+  size_t count;
+} mt_port_list;
+
+/* A CIDR list that may instead be "*" (every address). */
+typedef struct {
+  int all;
+  mt_cidr *cidrs;
+  size_t count;
+} mt_cidr_list;
+
+/* interception: the traffic-redirection rules `mtlsd init-iptables`
+ * installs (agent/redirect.h). Defaults are resolved at load. */
+typedef struct {
+  int proxy_uid; /* the agent's own traffic is never captured */
+  int has_proxy_gid;
+  int proxy_gid;
+  uint16_t outbound_port; /* REDIRECT target of outbound capture */
+  uint16_t inbound_port;  /* REDIRECT target of inbound capture */
+  mt_port_list include_inbound_ports;
+  mt_port_list exclude_inbound_ports;
+  mt_port_list exclude_outbound_ports;
+  mt_cidr_list include_outbound_cidrs;
+  mt_cidr_list exclude_outbound_cidrs;
+  mt_sockaddr app_source_address; /* port unused */
+} mt_interception_config;
+
 typedef struct {
   char *path; /* config file path, for messages */
 
@@ -106,6 +143,9 @@ typedef struct {
   mt_destination_config *destinations;
   size_t num_destinations;
   mt_unknown_dest_mode unknown_destination;
+
+  int has_interception; /* the optional `interception:` section is present */
+  mt_interception_config interception;
 
   mt_policy *policy; /* owned by |mesh| once the load succeeded */
   mt_mesh *mesh;     /* policy + destinations as a snapshot (version "static") */

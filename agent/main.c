@@ -13,6 +13,7 @@
 #include "agent/identity.h"
 #include "agent/identity_files.h"
 #include "agent/log.h"
+#include "agent/redirect.h"
 #include "agent/worker.h"
 
 #define MTLSD_VERSION "0.1.0"
@@ -34,6 +35,7 @@ static void usage(FILE *out) {
   fprintf(out,
           "usage: mtlsd --config FILE        run the agent\n"
           "       mtlsd --check-config FILE  validate FILE (and the files it names), then exit\n"
+          "       mtlsd init-iptables --config FILE (--apply | --remove | --print)\n"
           "       mtlsd --version\n");
 }
 
@@ -205,6 +207,8 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   signal(SIGPIPE, SIG_IGN);
+  if (argc > 1 && strcmp(argv[1], "init-iptables") == 0)
+    return mt_redirect_main(argc - 1, argv + 1);
   const char *config_path = NULL;
   int opt;
   while ((opt = getopt_long(argc, argv, "c:k:vh", options, NULL)) != -1) {

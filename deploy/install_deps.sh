@@ -28,6 +28,7 @@ PACKAGES=(
   python3-jwt
   python3-protobuf
   python3-cryptography
+  yamllint
 )
 
 missing=()
