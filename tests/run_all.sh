@@ -121,6 +121,9 @@ run_unit plain
 run_unit asan --config=asan
 run_unit ubsan --config=ubsan
 run_integration plain
+# Kubernetes manifests: yamllint, security properties, embedded configs
+# checked by the real binaries (the plain build from the step above).
+[ -d tests/deploy ] && run_pytest deploy tests/deploy
 run_integration asan --config=asan
 run_integration ubsan --config=ubsan
 run_fuzz

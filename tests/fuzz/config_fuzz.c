@@ -121,12 +121,23 @@ static void check_config(const mt_config *c) {
   CHECK(c->handshake_timeout_ms >= 1 && c->connect_timeout_ms >= 1 && c->idle_timeout_ms >= 1);
   CHECK(c->drain_timeout_ms >= 0);
   CHECK(c->reload_interval_ms >= 1);
-  /* Identity: a cert/key pair or a PKCS#12 file, not both. */
-  int pair = c->cert_file != NULL && c->key_file != NULL;
-  CHECK(pair != (c->pkcs12_file != NULL));
-  CHECK((c->cert_file != NULL) == (c->key_file != NULL));
-
-  CHECK(c->num_trust_bundles >= 1 && c->trust_bundles != NULL);
+  if (c->has_control_plane) {
+    /* Identity from the CA: no files, an ID in our trust domain, and the
+     * control plane fully named. */
+    CHECK(c->cert_file == NULL && c->key_file == NULL && c->pkcs12_file == NULL);
+    CHECK(c->spiffe_id != NULL && c->cp_address != NULL && c->cp_root_file != NULL &&
+          c->cp_spiffe_id != NULL);
+    mt_spiffe_id_view view;
+    CHECK(mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), &view) == MT_SPIFFE_OK);
+    CHECK(view.trust_domain_len == strlen(c->trust_domain) &&
+          memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) == 0);
+  } else {
+    /* Identity: a cert/key pair or a PKCS#12 file, not both. */
+    int pair = c->cert_file != NULL && c->key_file != NULL;
+    CHECK(pair != (c->pkcs12_file != NULL));
+    CHECK((c->cert_file != NULL) == (c->key_file != NULL));
+    CHECK(c->num_trust_bundles >= 1 && c->trust_bundles != NULL);
+  }
   int own = 0;
   for (size_t i = 0; i < c->num_trust_bundles; i++) {
     const mt_trust_bundle_config *b = &c->trust_bundles[i];
@@ -135,7 +146,8 @@ static void check_config(const mt_config *c) {
     own |= strcmp(b->trust_domain, c->trust_domain) == 0;
     for (size_t j = 0; j < i; j++) CHECK(strcmp(c->trust_bundles[j].trust_domain, b->trust_domain) != 0);
   }
-  CHECK(own);
+  /* Bundles may come from the control plane's stream instead. */
+  CHECK(own || c->has_control_plane);
 
   CHECK(c->num_inbound_listeners + c->num_outbound_listeners >= 1);
   for (size_t i = 0; i < c->num_inbound_listeners; i++) {
