@@ -84,6 +84,21 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
   }
 }
 
+/* A destination that is one of our own listeners means traffic was
+ * redirected back into the agent (a missing exclusion rule): relaying it
+ * would loop until descriptors run out. */
+static int is_own_listener(const mt_config *config, const struct sockaddr *target) {
+  for (size_t i = 0; i < config->num_outbound_listeners; i++)
+    if (mt_sockaddr_equal((const struct sockaddr *)&config->outbound_listeners[i].listen.addr,
+                          target))
+      return 1;
+  for (size_t i = 0; i < config->num_inbound_listeners; i++)
+    if (mt_sockaddr_equal((const struct sockaddr *)&config->inbound_listeners[i].listen.addr,
+                          target))
+      return 1;
+  return 0;
+}
+
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
   return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
@@ -99,6 +114,11 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
     mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
                   "listener expects redirected traffic but the socket has no original "
                   "destination");
+    return;
+  }
+  if (is_own_listener(config, (const struct sockaddr *)&conn->target)) {
+    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
+                  "the destination is this agent's own listener (redirect loop)");
     return;
   }
   mt_identity *identity = mt_worker_identity(worker);

@@ -90,9 +90,11 @@ static int load_material(mt_ca_app *app, mt_ca_issuer **issuer, char *err, size_
 
 /* Frees in the order that keeps borrowed pointers valid: streams end before
  * the server goes, the server before what its handlers use. */
-static void app_dispose(mt_ca_app *app) {
+static void app_dispose(mt_ca_app *app, int dump_counters) {
   mt_mesh_service_free(app->mesh);
   mt_grpc_server_free(app->server);
+  /* Only now: ending the Watch streams above counts and logs them. */
+  if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
   mt_ca_service_free(app->ca);
   mt_ca_auth_free(app->auth);
   SSL_CTX_free(app->ssl_ctx);
@@ -122,7 +124,7 @@ static int check_config(const char *path) {
     printf("%s: ok\n", path);
   else
     fprintf(stderr, "%s\n", err);
-  app_dispose(&app);
+  app_dispose(&app, 0);
   return ok ? EXIT_OK : EXIT_FAILURE_CODE;
 }
 
@@ -302,12 +304,11 @@ int main(int argc, char **argv) {
   if (ok) {
     log_listening(&app);
     ev_run(loop, 0);
-    mt_ca_log_dump_counters(app.log, stderr);
   } else {
     fprintf(stderr, "mtls-ca: %s\n", err);
   }
   unwatch_signals(&app);
-  app_dispose(&app);
+  app_dispose(&app, ok);
   ev_loop_destroy(loop);
   return ok ? EXIT_OK : EXIT_FAILURE_CODE;
 }

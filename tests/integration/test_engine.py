@@ -150,3 +150,26 @@ def test_idle_connection_is_closed_after_idle_timeout(pki, agents, apps):
     line = frontend.wait_log(direction="outbound", source=local)
     assert line["reason"] == "idle_timeout"
     assert line["bytes_to_upstream"] == 4 and line["bytes_to_downstream"] == 4
+
+
+def test_destination_that_is_the_agent_itself_is_refused_not_looped(pki, agents):
+    """A fixed mapping (or a missing iptables exclusion) that points the
+    outbound listener at itself must not relay into itself forever."""
+    port_out = free_port()
+    frontend = agents("frontend", base_config(
+        pki, workload="frontend",
+        outbound={"listeners": [{"address": f"127.0.0.1:{port_out}",
+                                 "destination": f"127.0.0.1:{port_out}"}]}))
+    sock = client_socket()
+    local = addr(sock)
+    try:
+        sock.connect(("127.0.0.1", port_out))
+        assert sock.recv(16) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    line = frontend.wait_log(direction="outbound", source=local)
+    assert line["reason"] == "no_original_dst"
+    assert "redirect loop" in line["detail"]
+    assert len(frontend.log_lines()) == 1, "the agent connected to itself"
