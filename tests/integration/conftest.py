@@ -686,3 +686,36 @@ def expect_refused_tls(ctx, port, payload=b"hello"):
         raw.close()
     assert received == b"", f"server sent data to a refused client: {received!r}"
     return local, observed
+
+
+# --------------------------------------------------------------------------
+# network namespaces (tests that need root skip with a reason without it)
+
+NETNS_TOOLS = ("ip", "iptables", "iptables-save", "iptables-restore", "setpriv", "ss")
+
+
+def netns_unavailable():
+    """Why namespace tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces and iptables"
+    for tool in NETNS_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+@pytest.fixture
+def netns():
+    """A fresh, private network namespace, deleted afterwards."""
+    why = netns_unavailable()
+    if why:
+        pytest.skip(why)
+    import uuid
+    name = "mtlsd-test-" + uuid.uuid4().hex[:8]
+    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {res.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)

@@ -3,12 +3,10 @@ like istio-init. Each test runs in a fresh network namespace (needs root;
 skipped with a reason otherwise), so the host's tables are never touched.
 Config errors are checked without root, with --print."""
 import json
-import os
-import re
 import shutil
+import re
 import subprocess
 import textwrap
-import uuid
 
 import pytest
 import yaml
@@ -19,30 +17,6 @@ PROXY_UID = 1337
 CONTROL_PLANE = ("127.0.0.5", 15012)
 JUMPS = ("-A PREROUTING -p tcp -j MTLSD_INBOUND", "-A OUTPUT -p tcp -j MTLSD_OUTPUT")
 CHAINS = ("MTLSD_INBOUND", "MTLSD_IN_REDIRECT", "MTLSD_OUTPUT", "MTLSD_REDIRECT")
-
-
-def netns_unavailable():
-    if os.geteuid() != 0:
-        return "needs root for network namespaces and iptables"
-    for tool in ("ip", "iptables", "iptables-save", "iptables-restore", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-@pytest.fixture
-def netns():
-    why = netns_unavailable()
-    if why:
-        pytest.skip(why)
-    name = "mtlsd-ipt-" + uuid.uuid4().hex[:8]
-    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {res.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 def write_config(path, interception=None, inbound=None, outbound=None):

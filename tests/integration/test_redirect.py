@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,30 +15,6 @@ from conftest import TRUST_DOMAIN, spiffe_id
 
 AGENT_UID = 65534
 SCENARIO = Path(__file__).with_name("redirect_scenario.py")
-
-
-def netns_available():
-    if os.geteuid() != 0:
-        return "needs root for network namespaces and iptables"
-    for tool in ("ip", "iptables-restore", "setpriv", "ss"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-@pytest.fixture
-def netns():
-    why = netns_available()
-    if why:
-        pytest.skip(why)
-    name = "mtlsd-test-" + uuid.uuid4().hex[:8]
-    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {res.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 @pytest.fixture
