@@ -2,6 +2,7 @@
 #include "agent/csr.h"
 
 #include "agent/errmsg.h"
+#include "agent/x509_util.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -80,27 +81,12 @@ static int mt_csr_check_id(const char *spiffe_id, char *err, size_t err_len) {
 /* The subjectAltName the CSR asks for, carried in an extensionRequest
  * attribute: exactly one URI name. */
 static int mt_csr_add_san(X509_REQ *req, const char *spiffe_id) {
-  GENERAL_NAMES *names = GENERAL_NAMES_new();
-  GENERAL_NAME *name = GENERAL_NAME_new();
-  ASN1_IA5STRING *uri = ASN1_IA5STRING_new();
+  GENERAL_NAMES *names = mt_x509_uri_names(spiffe_id);
   STACK_OF(X509_EXTENSION) *exts = NULL;
-  int ok = 0;
-  if (names == NULL || name == NULL || uri == NULL ||
-      !ASN1_STRING_set(uri, spiffe_id, (int)strlen(spiffe_id))) {
-    goto done;
-  }
-  GENERAL_NAME_set0_value(name, GEN_URI, uri);
-  uri = NULL; /* owned by |name| */
-  if (!sk_GENERAL_NAME_push(names, name)) {
-    goto done;
-  }
-  name = NULL; /* owned by |names| */
-  ok = X509V3_add1_i2d(&exts, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT) == 1 &&
-       X509_REQ_add_extensions(req, exts);
-done:
+  int ok = names != NULL &&
+           X509V3_add1_i2d(&exts, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT) == 1 &&
+           X509_REQ_add_extensions(req, exts);
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-  ASN1_IA5STRING_free(uri);
-  GENERAL_NAME_free(name);
   GENERAL_NAMES_free(names);
   return ok;
 }
@@ -125,24 +111,6 @@ static X509_REQ *mt_csr_build(EVP_PKEY *key, const char *spiffe_id) {
   return req;
 }
 
-/* Copies the memory BIO's bytes into a NUL-terminated malloc'd string, so the
- * caller owns plain memory and needs no BoringSSL call to free it. */
-static char *mt_csr_bio_to_string(const BIO *bio) {
-  const uint8_t *data;
-  size_t len;
-  if (!BIO_mem_contents(bio, &data, &len)) {
-    return NULL;
-  }
-  char *out = malloc(len + 1);
-  if (out != NULL) {
-    if (len > 0) {
-      memcpy(out, data, len); /* an empty BIO has no data pointer at all */
-    }
-    out[len] = '\0';
-  }
-  return out;
-}
-
 char *mt_csr_create_pem(EVP_PKEY *key, const char *spiffe_id, char *err, size_t err_len) {
   if (key == NULL) {
     mt_errmsg_set(err, err_len, "no key given");
@@ -155,7 +123,7 @@ char *mt_csr_create_pem(EVP_PKEY *key, const char *spiffe_id, char *err, size_t 
   BIO *bio = BIO_new(BIO_s_mem());
   char *pem = NULL;
   if (req != NULL && bio != NULL && PEM_write_bio_X509_REQ(bio, req)) {
-    pem = mt_csr_bio_to_string(bio);
+    pem = mt_x509_bio_to_string(bio);
   }
   if (pem == NULL) {
     mt_errmsg_set(err, err_len, "cannot build the CSR: %s", mt_errmsg_ssl_reason());

@@ -2,6 +2,7 @@
 #include "controlplane/signer.h"
 
 #include "agent/errmsg.h"
+#include "agent/x509_util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -56,23 +57,6 @@ void mt_signer_free(mt_signer *signer) {
 }
 
 /* ---- Shared helpers ------------------------------------------------------ */
-
-/* Copies a memory BIO into a NUL-terminated malloc'd string. */
-static char *mt_signer_bio_string(const BIO *bio) {
-  const uint8_t *data;
-  size_t len;
-  if (!BIO_mem_contents(bio, &data, &len)) {
-    return NULL;
-  }
-  char *out = malloc(len + 1);
-  if (out != NULL) {
-    if (len > 0) {
-      memcpy(out, data, len); /* an empty BIO has no data pointer at all */
-    }
-    out[len] = '\0';
-  }
-  return out;
-}
 
 /* RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING value. */
 static ASN1_OCTET_STRING *mt_signer_key_id(const X509 *cert) {
@@ -160,7 +144,7 @@ static char *mt_signer_chain_pem(X509 *issuer, STACK_OF(X509) * chain) {
       ok = PEM_write_bio_X509(bio, cert);
     }
   }
-  char *pem = ok ? mt_signer_bio_string(bio) : NULL;
+  char *pem = ok ? mt_x509_bio_to_string(bio) : NULL;
   BIO_free(bio);
   return pem;
 }
@@ -406,21 +390,8 @@ static int mt_signer_add_ext(X509 *leaf, int nid, void *value, int critical) {
 
 /* The subject is empty, so RFC 5280 4.2.1.6 wants the SAN critical. */
 static int mt_signer_add_san(X509 *leaf, const char *spiffe_id) {
-  GENERAL_NAMES *names = GENERAL_NAMES_new();
-  GENERAL_NAME *name = GENERAL_NAME_new();
-  ASN1_IA5STRING *uri = ASN1_IA5STRING_new();
-  int ok = 0;
-  if (names != NULL && name != NULL && uri != NULL &&
-      ASN1_STRING_set(uri, spiffe_id, (int)strlen(spiffe_id))) {
-    GENERAL_NAME_set0_value(name, GEN_URI, uri);
-    uri = NULL; /* owned by |name| */
-    if (sk_GENERAL_NAME_push(names, name)) {
-      name = NULL; /* owned by |names| */
-      ok = mt_signer_add_ext(leaf, NID_subject_alt_name, names, 1);
-    }
-  }
-  ASN1_IA5STRING_free(uri);
-  GENERAL_NAME_free(name);
+  GENERAL_NAMES *names = mt_x509_uri_names(spiffe_id);
+  int ok = mt_signer_add_ext(leaf, NID_subject_alt_name, names, 1);
   GENERAL_NAMES_free(names);
   return ok;
 }
@@ -495,7 +466,7 @@ static char *mt_signer_response_pem(const mt_signer *s, X509 *leaf) {
   size_t chain_len = strlen(s->chain_pem);
   int ok = bio != NULL && PEM_write_bio_X509(bio, leaf) &&
            (chain_len == 0 || BIO_write(bio, s->chain_pem, (int)chain_len) == (int)chain_len);
-  char *pem = ok ? mt_signer_bio_string(bio) : NULL;
+  char *pem = ok ? mt_x509_bio_to_string(bio) : NULL;
   BIO_free(bio);
   return pem;
 }
