@@ -239,6 +239,22 @@ def pki(tmp_path_factory):
     return p
 
 
+# Every broken certificate certs/mkpki.sh --bad makes, with the reason the
+# agent must log for it (certificate directory under the PKI, reason). Used
+# for client certificates (inbound) and server certificates (outbound) alike.
+BAD_CERT_CASES = {
+    "unknown-trust-domain": ("bad/other-td", "unknown_trust_domain"),
+    "expired": ("bad/expired", "cert_expired"),
+    "not-yet-valid": ("bad/notyetvalid", "cert_not_yet_valid"),
+    "two-uri-sans": ("bad/two-uri", "multiple_uri_sans"),
+    "no-uri-san": ("bad/no-uri", "no_uri_san"),
+    "ca-leaf": ("bad/ca-leaf", "leaf_is_ca"),
+    "unknown-root": ("bad/unknown-root", "unknown_ca"),
+    "bad-key-usage": ("bad/bad-keyusage", "bad_key_usage"),
+    "bad-spiffe-id": ("bad/bad-spiffe-id", "bad_spiffe_id"),
+}
+
+
 def issue_new_leaf(pki, workdir, name):
     """Issues a fresh leaf for |name| from the session's CA (same root and
     intermediate, new key and serial) in a private copy of the CA directory.

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import (
+    BAD_CERT_CASES,
     WAIT,
     Agent,
     App,
@@ -57,18 +58,7 @@ def backend(strict_backend):
 
 
 # (certificate directory under the PKI, expected reason)
-CASES = {
-    "id-not-allowed": ("workloads/other", "policy_denied"),
-    "unknown-trust-domain": ("bad/other-td", "unknown_trust_domain"),
-    "expired": ("bad/expired", "cert_expired"),
-    "not-yet-valid": ("bad/notyetvalid", "cert_not_yet_valid"),
-    "two-uri-sans": ("bad/two-uri", "multiple_uri_sans"),
-    "no-uri-san": ("bad/no-uri", "no_uri_san"),
-    "ca-leaf": ("bad/ca-leaf", "leaf_is_ca"),
-    "unknown-root": ("bad/unknown-root", "unknown_ca"),
-    "bad-key-usage": ("bad/bad-keyusage", "bad_key_usage"),
-    "bad-spiffe-id": ("bad/bad-spiffe-id", "bad_spiffe_id"),
-}
+CASES = {"id-not-allowed": ("workloads/other", "policy_denied"), **BAD_CERT_CASES}
 
 
 

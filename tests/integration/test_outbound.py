@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (
+    BAD_CERT_CASES,
     addr,
     base_config,
     cert_serial,
@@ -89,17 +90,7 @@ def test_server_with_unexpected_id_is_refused(pki, agents, procs, tmp_path):
     assert line["bytes_to_upstream"] == 0 and line["bytes_to_downstream"] == 0
 
 
-SERVER_CASES = {
-    "unknown-trust-domain": ("bad/other-td", "unknown_trust_domain"),
-    "expired": ("bad/expired", "cert_expired"),
-    "not-yet-valid": ("bad/notyetvalid", "cert_not_yet_valid"),
-    "two-uri-sans": ("bad/two-uri", "multiple_uri_sans"),
-    "no-uri-san": ("bad/no-uri", "no_uri_san"),
-    "ca-leaf": ("bad/ca-leaf", "leaf_is_ca"),
-    "unknown-root": ("bad/unknown-root", "unknown_ca"),
-    "bad-key-usage": ("bad/bad-keyusage", "bad_key_usage"),
-    "bad-spiffe-id": ("bad/bad-spiffe-id", "bad_spiffe_id"),
-}
+SERVER_CASES = BAD_CERT_CASES
 
 
 @pytest.mark.parametrize("case", list(SERVER_CASES))
