@@ -935,14 +935,6 @@ void mt_config_free(mt_config *c) {
   free(c);
 }
 
-const char *mt_config_expected_id(const mt_config *c, const struct sockaddr *dest) {
-  for (size_t i = 0; i < c->num_destinations; i++) {
-    if (mt_sockaddr_equal((const struct sockaddr *)&c->destinations[i].address.addr, dest))
-      return c->destinations[i].spiffe_id;
-  }
-  return NULL;
-}
-
 /* ---- socket addresses -------------------------------------------------- */
 
 /* Digits only, 1..65535: strtol alone would take " 80", "+80" and "-0". */

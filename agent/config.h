@@ -155,9 +155,6 @@ typedef struct {
 mt_config *mt_config_load(const char *path, char *err, size_t err_len);
 void mt_config_free(mt_config *config); /* accepts NULL */
 
-/* Expected server SPIFFE ID for |dest|, or NULL when none is configured. */
-const char *mt_config_expected_id(const mt_config *config, const struct sockaddr *dest);
-
 /* Parses "ip:port", "[v6]:port" (port required). Returns 1 or 0. */
 int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);
 /* Formats as "ip:port" into |buf|. */

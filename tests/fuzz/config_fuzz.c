@@ -8,7 +8,7 @@
  *    with 1 <= line <= (number of line breaks in the input) + 1;
  *  - on success the snapshot satisfies what config.h and the validation
  *    promise: a valid own trust domain that has a bundle, at least one
- *    listener, valid destination IDs that mt_config_expected_id finds, a
+ *    listener, valid destination IDs that the config's mesh view finds, a
  *    known TLS version, a policy that decides with a named rule. */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 
 #include "agent/config.h"
+#include "agent/mesh.h"
 #include "agent/policy.h"
 #include "agent/svid.h"
 
@@ -164,7 +165,7 @@ static void check_config(const mt_config *c) {
     const mt_destination_config *d = &c->destinations[i];
     CHECK(d->address.addr_len != 0 && d->spiffe_id != NULL);
     CHECK(mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL) == MT_SPIFFE_OK);
-    const char *id = mt_config_expected_id(c, (const struct sockaddr *)&d->address.addr);
+    const char *id = mt_mesh_expected_id(c->mesh, (const struct sockaddr *)&d->address.addr);
     CHECK(id != NULL);
     char text[64];
     mt_sockaddr_format((const struct sockaddr *)&d->address.addr, text, sizeof(text));
