@@ -291,6 +291,13 @@ typedef struct {
   mt_spiffe_id_view view;
 } mt_peer;
 
+/* Parses |id| for the matchers. Returns 0 when it is not a SPIFFE ID. */
+static int mt_peer_init(mt_peer *peer, const char *id) {
+  peer->id = id;
+  peer->id_len = strlen(id);
+  return mt_spiffe_id_parse(peer->id, peer->id_len, &peer->view) == MT_SPIFFE_OK;
+}
+
 static int mt_rule_covers_port(const mt_rule *rule, uint16_t port) {
   if (rule->num_ports == 0) {
     return 1;
@@ -372,9 +379,7 @@ mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint1
   if (policy == NULL || peer_id == NULL) {
     return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy or no peer ID");
   }
-  peer.id = peer_id;
-  peer.id_len = strlen(peer_id);
-  if (mt_spiffe_id_parse(peer.id, peer.id_len, &peer.view) != MT_SPIFFE_OK) {
+  if (!mt_peer_init(&peer, peer_id)) {
     return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "peer ID is not a valid SPIFFE ID");
   }
   int covered;
@@ -406,4 +411,90 @@ mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t p
   }
   return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
                           "no rule covers this port; default action");
+}
+
+/* ---- explaining -------------------------------------------------------- */
+
+/* Appends the trace of rule |position|, its matchers' traces taken from
+ * |*storage| (advanced past them). |peer| is NULL when no matcher can be
+ * evaluated. Uses the predicates mt_policy_decide uses. */
+static void mt_trace_rule(mt_policy_trace *trace, const mt_policy *policy, size_t position,
+                          const mt_peer *peer, uint16_t port, mt_matcher_trace **storage) {
+  const mt_rule *rule = &policy->rules[position];
+  mt_rule_trace *out = &trace->rules[trace->num_rules++];
+  mt_matcher_trace *matchers = *storage;
+  for (size_t i = 0; i < rule->num_matchers; i++) {
+    matchers[i].kind = rule->matchers[i].kind;
+    matchers[i].value = rule->matchers[i].value;
+    matchers[i].matches = peer != NULL && mt_matcher_matches(&rule->matchers[i], peer);
+  }
+  *storage = matchers + rule->num_matchers;
+  out->name = rule->name;
+  out->action = rule->action;
+  out->position = position;
+  out->ports = rule->ports;
+  out->num_ports = rule->num_ports;
+  out->covers_port = mt_rule_covers_port(rule, port);
+  out->matches_peer = peer != NULL && mt_rule_matches(rule, peer);
+  /* Decisions borrow rule names, so identity (not spelling) tells which
+   * rule decided: a rule named "default" never takes the default's credit. */
+  out->decided = trace->decision.rule == rule->name;
+  out->matchers = matchers;
+  out->num_matchers = rule->num_matchers;
+}
+
+/* Lists the rules in the order the deciding function consults them. */
+static void mt_trace_rules(mt_policy_trace *trace, const mt_policy *policy, int authenticated,
+                           const mt_peer *peer, uint16_t port) {
+  mt_matcher_trace *storage = trace->matcher_storage;
+  if (!authenticated) {
+    for (size_t i = 0; i < policy->num_rules; i++) {
+      mt_trace_rule(trace, policy, i, NULL, port, &storage);
+    }
+    return;
+  }
+  static const mt_action kOrder[] = {MT_ACTION_DENY, MT_ACTION_ALLOW};
+  for (size_t a = 0; a < sizeof(kOrder) / sizeof(kOrder[0]); a++) {
+    for (size_t i = 0; i < policy->num_rules; i++) {
+      if (policy->rules[i].action == kOrder[a]) {
+        mt_trace_rule(trace, policy, i, peer, port, &storage);
+      }
+    }
+  }
+}
+
+int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const char *peer_id,
+                         uint16_t port) {
+  memset(trace, 0, sizeof(*trace));
+  trace->decision = peer_id != NULL ? mt_policy_decide(policy, peer_id, port)
+                                    : mt_policy_decide_unauthenticated(policy, port);
+  trace->default_action = policy != NULL ? policy->default_action : MT_ACTION_DENY;
+  if (policy == NULL || policy->num_rules == 0) {
+    return 1;
+  }
+  mt_peer peer;
+  trace->peer_evaluated = peer_id != NULL && mt_peer_init(&peer, peer_id);
+  size_t num_matchers = 0;
+  for (size_t i = 0; i < policy->num_rules; i++) {
+    num_matchers += policy->rules[i].num_matchers;
+  }
+  trace->rules = calloc(policy->num_rules, sizeof(*trace->rules));
+  trace->matcher_storage = calloc(num_matchers, sizeof(*trace->matcher_storage));
+  if (trace->rules == NULL || trace->matcher_storage == NULL) {
+    mt_policy_trace_dispose(trace);
+    return 0;
+  }
+  mt_trace_rules(trace, policy, peer_id != NULL, trace->peer_evaluated ? &peer : NULL, port);
+  return 1;
+}
+
+void mt_policy_trace_dispose(mt_policy_trace *trace) {
+  if (trace == NULL) {
+    return;
+  }
+  free(trace->rules);
+  free(trace->matcher_storage);
+  trace->rules = NULL;
+  trace->matcher_storage = NULL;
+  trace->num_rules = 0;
 }

@@ -7,7 +7,12 @@
  *      (rule name MT_POLICY_RULE_NO_ALLOW_MATCH);
  *   3. no ALLOW rule covers the port -> the policy's default action
  *      (rule name MT_POLICY_RULE_DEFAULT).
- * Every decision names the rule that made it. */
+ * Every decision names the rule that made it.
+ *
+ * For explaining a decision (`mtlsd explain`), mt_policy_trace_init reports
+ * what the decision saw, rule by rule, using the same matching code; its
+ * decision is the one mt_policy_decide (or _unauthenticated) returns, so an
+ * explanation never disagrees with the data path. */
 #ifndef MT_POLICY_H
 #define MT_POLICY_H
 
@@ -68,6 +73,49 @@ mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint1
 mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t port);
 
 size_t mt_policy_rule_count(const mt_policy *policy);
+
+/* ---- explaining a decision (read-only) ---- */
+
+typedef struct {
+  mt_match_kind kind;
+  const char *value; /* borrowed from the policy; NULL for MT_MATCH_ANY;
+                        a prefix without its '*' */
+  int matches;       /* the peer matches it; 0 when the peer was not evaluated */
+} mt_matcher_trace;
+
+typedef struct {
+  const char *name; /* borrowed from the policy */
+  mt_action action;
+  size_t position;       /* 0-based, in the order the rules were added */
+  const uint16_t *ports; /* borrowed; NULL when the rule covers every port */
+  size_t num_ports;
+  int covers_port;                  /* the traced port is one of |ports| (or every port is) */
+  int matches_peer;                 /* some matcher matches, whether or not the port is covered */
+  int decided;                      /* this rule is the decision's rule */
+  const mt_matcher_trace *matchers; /* owned by the trace, in the rule's order */
+  size_t num_matchers;
+} mt_rule_trace;
+
+/* Embeddable; filled by mt_policy_trace_init, released by _dispose. */
+typedef struct {
+  mt_decision decision; /* what mt_policy_decide(_unauthenticated) returns */
+  mt_action default_action;
+  int peer_evaluated;   /* a peer ID that parses as a SPIFFE ID: matchers were run */
+  mt_rule_trace *rules; /* every rule, in evaluation order (below) */
+  size_t num_rules;
+  mt_matcher_trace *matcher_storage; /* private: behind rules[].matchers */
+} mt_policy_trace;
+
+/* Traces the decision for |peer_id| on |port|; a NULL |peer_id| traces
+ * mt_policy_decide_unauthenticated. Evaluation order: for a peer ID, every
+ * DENY rule, then every ALLOW rule, each group by position; for an
+ * unauthenticated peer, all rules by position. An unparsable peer ID is
+ * decided MT_POLICY_RULE_INVALID_PEER and no matcher is evaluated. The trace
+ * borrows from |policy|: dispose of it first. Returns 1, or 0 when out of
+ * memory (the trace then holds the decision but no rules). */
+int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const char *peer_id,
+                         uint16_t port);
+void mt_policy_trace_dispose(mt_policy_trace *trace); /* accepts NULL */
 
 const char *mt_action_str(mt_action action); /* "allow" / "deny" */
 
