@@ -26,6 +26,7 @@
 #include "agent/mesh_watch.h"
 #include "agent/pem.h"
 #include "agent/tls.h"
+#include "agent/x509_util.h"
 #include "grpc/client.h"
 
 enum {
@@ -41,7 +42,7 @@ typedef enum { CM_REQUESTING, CM_VALID, CM_BACKOFF } cm_state;
 
 struct mt_cert_manager {
   struct ev_loop *loop;
-  const mt_config *config;
+  mt_config *config; /* owned reference; replaced by mt_cert_manager_set_config */
   mt_publish_fn publish;
   void *publish_arg;
 
@@ -73,6 +74,8 @@ struct mt_cert_manager {
   mt_mesh_watch *watch;
   ev_timer watch_timer;
   int watch_backoff_ms;
+
+  mt_cert_manager_stats stats;
 };
 
 static void request_certificate(mt_cert_manager *m);
@@ -87,13 +90,6 @@ static double jitter(double value, int percent) {
   return value * (1.0 + unit * percent / 100.0);
 }
 
-static time_t asn1_to_time(const ASN1_TIME *t, time_t now) {
-  int days = 0, secs = 0;
-  ASN1_TIME *from = ASN1_TIME_set(NULL, now);
-  int ok = from != NULL && ASN1_TIME_diff(&days, &secs, from, t);
-  ASN1_TIME_free(from);
-  return ok ? now + (time_t)days * 86400 + secs : 0;
-}
 
 static void set_timer(mt_cert_manager *m, ev_timer *t, double seconds) {
   ev_timer_stop(m->loop, t);
@@ -203,6 +199,7 @@ static int rebuild(mt_cert_manager *m) {
 
 static void schedule_retry(mt_cert_manager *m) {
   m->state = CM_BACKOFF;
+  m->stats.certificate_failures++;
   double delay_s = jitter(m->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   MT_LOG_W("control plane: retrying the certificate request in %.1f s", delay_s);
   set_timer(m, &m->cert_timer, delay_s);
@@ -247,8 +244,8 @@ static int accept_certificate(mt_cert_manager *m, EVP_PKEY *key, mt_ca_result *r
     r->roots = NULL;
   }
   time_t now = time(NULL);
-  m->not_before = asn1_to_time(X509_get0_notBefore(leaf), now);
-  m->not_after = asn1_to_time(X509_get0_notAfter(leaf), now);
+  m->not_before = mt_x509_time(X509_get0_notBefore(leaf), now);
+  m->not_after = mt_x509_time(X509_get0_notAfter(leaf), now);
   return 1;
 }
 
@@ -272,6 +269,7 @@ static void on_ca_done(void *arg, mt_ca_result *r) {
     schedule_retry(m);
     return;
   }
+  m->stats.certificates_issued++;
   schedule_renewal(m);
 }
 
@@ -325,6 +323,9 @@ static void on_watch_update(void *arg, mt_mesh_update *u) {
   m->watched = *u;
   memset(u, 0, sizeof(*u));
   m->have_watched = 1;
+  m->stats.mesh_updates++;
+  m->stats.watch_state = MT_WATCH_STREAMING;
+  m->stats.has_mesh_config = 1;
   MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
            mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
            mt_mesh_num_destinations(m->watched.mesh));
@@ -332,13 +333,19 @@ static void on_watch_update(void *arg, mt_mesh_update *u) {
 }
 
 static void on_watch_rejected(void *arg, const char *why) {
-  (void)arg;
+  mt_cert_manager *m = arg;
+  m->stats.mesh_rejected++;
   MT_LOG_E("control plane: mesh config rejected, keeping the last good one: %s", why);
 }
 
 static void on_watch_end(void *arg, mt_grpc_status status, const char *message) {
   mt_cert_manager *m = arg;
   m->watch = NULL;
+  m->stats.watch_state = MT_WATCH_RETRYING;
+  if (status == MT_GRPC_UNIMPLEMENTED) { /* static config is all there will be */
+    m->stats.watch_state = MT_WATCH_UNSUPPORTED;
+    m->stats.has_mesh_config = 1;
+  }
   MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
            mt_grpc_status_name(status), message);
   double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
@@ -363,6 +370,7 @@ static void start_watch(mt_cert_manager *m) {
   }
   const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
   const char *who = m->issued_id[0] != '\0' ? m->issued_id : m->config->spiffe_id;
+  m->stats.watch_state = MT_WATCH_CONNECTING;
   m->watch =
       mt_mesh_watch_start(m->grpc, m->config->cp_node_id, who, version, md, num_md, &handlers, m);
   OPENSSL_cleanse(auth, sizeof(auth));
@@ -433,13 +441,13 @@ static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   return 1;
 }
 
-mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, const mt_config *config,
+mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
                                        mt_publish_fn publish, void *arg, char *err,
                                        size_t err_len) {
   mt_cert_manager *m = calloc(1, sizeof(*m));
   if (m == NULL) return NULL;
   m->loop = loop;
-  m->config = config;
+  m->config = mt_config_ref(config);
   m->publish = publish;
   m->publish_arg = arg;
   m->backoff_ms = config->cp_retry_initial_ms;
@@ -465,7 +473,12 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, const mt_config *co
     return NULL;
   }
   request_certificate(m);
-  if (config->cp_watch) start_watch(m);
+  if (config->cp_watch) {
+    start_watch(m);
+  } else {
+    m->stats.watch_state = MT_WATCH_DISABLED;
+    m->stats.has_mesh_config = 1;
+  }
   return m;
 }
 
@@ -486,7 +499,29 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   sk_X509_pop_free(m->ca_roots, X509_free);
   bundles_free(m->static_bundles, m->num_static_bundles);
   mt_mesh_update_clear(&m->watched);
+  mt_config_free(m->config);
   free(m);
 }
 
 int mt_cert_manager_ready(const mt_cert_manager *m) { return m->serving; }
+
+void mt_cert_manager_set_config(mt_cert_manager *m, mt_config *config) {
+  mt_config_free(m->config);
+  m->config = mt_config_ref(config);
+  rebuild(m); /* the static policy, TLS settings and timeouts may have changed */
+}
+
+const char *mt_watch_state_str(mt_watch_state state) {
+  switch (state) {
+    case MT_WATCH_DISABLED: return "disabled";
+    case MT_WATCH_CONNECTING: return "connecting";
+    case MT_WATCH_STREAMING: return "streaming";
+    case MT_WATCH_RETRYING: return "retrying";
+    case MT_WATCH_UNSUPPORTED: return "unsupported";
+  }
+  return "unknown";
+}
+
+void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *out) {
+  *out = m->stats;
+}

@@ -29,15 +29,43 @@ typedef void (*mt_publish_fn)(void *arg, mt_identity *identity);
 typedef struct mt_cert_manager mt_cert_manager;
 
 /* Validates the control-plane settings (root file, expected ID) and starts
- * the first certificate request and the Watch stream on |loop|. |config|
- * must outlive the manager. Returns NULL with a reason in |err|. */
-mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, const mt_config *config,
+ * the first certificate request and the Watch stream on |loop|. Takes its
+ * own reference to |config|. Returns NULL with a reason in |err|. */
+mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
                                        mt_publish_fn publish, void *arg, char *err, size_t err_len);
 
 void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
 
+/* A reloaded config: the static policy and destinations (used until the
+ * Watch stream delivers), TLS and timeout settings. Connection settings of
+ * the control plane itself only change at restart. Republishes the current
+ * identity rebuilt from it. */
+void mt_cert_manager_set_config(mt_cert_manager *manager, mt_config *config);
+
 /* 1 while a valid certificate is being served. */
 int mt_cert_manager_ready(const mt_cert_manager *manager);
+
+typedef enum {
+  MT_WATCH_DISABLED,   /* control_plane.watch: false */
+  MT_WATCH_CONNECTING, /* call started, no snapshot on it yet */
+  MT_WATCH_STREAMING,  /* the current call has delivered a snapshot */
+  MT_WATCH_RETRYING,   /* the call ended; waiting to start another */
+  MT_WATCH_UNSUPPORTED /* the control plane does not serve Watch (UNIMPLEMENTED) */
+} mt_watch_state;
+
+const char *mt_watch_state_str(mt_watch_state state); /* "streaming", ... */
+
+/* What the admin endpoint reports; counters only grow. */
+typedef struct {
+  uint64_t certificates_issued;  /* CA answers that became the served identity */
+  uint64_t certificate_failures; /* requests that failed or gave an unusable answer */
+  mt_watch_state watch_state;
+  uint64_t mesh_updates;   /* snapshots applied */
+  uint64_t mesh_rejected;  /* snapshots refused (the last good one stayed) */
+  int has_mesh_config;     /* a snapshot arrived, or none will (disabled/unsupported) */
+} mt_cert_manager_stats;
+
+void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
 
 #ifdef __cplusplus
 }

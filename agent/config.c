@@ -34,6 +34,7 @@ enum {
   MAX_RULE_MATCHERS = 64,
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
   DEFAULT_INBOUND_CAPTURE_PORT = 15006,
+  DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
   IPV4_BITS = 32,
   IPV6_BITS = 128,
 };
@@ -739,6 +740,74 @@ static int parse_log_level(parse_ctx *pc, yaml_node_t *v, mt_log_level *out) {
   return fail(pc, v, "'log_level' must be debug, info, warn or error, got '%s'", s);
 }
 
+/* ---- admin ------------------------------------------------------------ */
+
+static int want_bool(parse_ctx *pc, const yaml_node_t *v, const char *key, int *out) {
+  const char *s;
+  if (!want_scalar(pc, v, key, &s)) return 0;
+  if (strcmp(s, "true") == 0 || strcmp(s, "false") == 0) {
+    *out = strcmp(s, "true") == 0;
+    return 1;
+  }
+  return fail(pc, v, "'%s' must be true or false, not '%s'", key, s);
+}
+
+/* Like want_address, but port 0 ("any free port", logged at start) is allowed. */
+static int want_bindable_address(parse_ctx *pc, const yaml_node_t *node, const char *key,
+                                 mt_sockaddr *out) {
+  const char *s;
+  if (!want_scalar(pc, node, key, &s)) return 0;
+  size_t len = strlen(s);
+  if (len > 2 && strcmp(s + len - 2, ":0") == 0 && len < 64) {
+    char host[64];
+    memcpy(host, s, len - 2);
+    host[len - 2] = '\0';
+    if (host[0] == '[' && host[len - 3] == ']') { /* "[v6]:0" */
+      memmove(host, host + 1, len - 4);
+      host[len - 4] = '\0';
+    }
+    if (mt_sockaddr_parse(host, out, 0)) return 1;
+  }
+  return want_address(pc, node, key, 1, out);
+}
+
+static int on_admin_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                        void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "enabled") == 0) return want_bool(pc, v, key, &c->admin_enabled);
+  if (strcmp(key, "address") == 0) return want_bindable_address(pc, v, key, &c->admin_address);
+  if (strcmp(key, "telemetry_address") == 0) {
+    c->has_admin_telemetry_address = 1;
+    return want_bindable_address(pc, v, key, &c->admin_telemetry_address);
+  }
+  if (strcmp(key, "allow_non_local") == 0) return want_bool(pc, v, key, &c->admin_allow_non_local);
+  return fail(pc, k, "unknown key 'admin.%s'", key);
+}
+
+static int is_loopback(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+  return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+}
+
+/* The admin API shows identities, policy and config and can stop the agent:
+ * it stays on loopback unless the operator says otherwise. The telemetry
+ * listener (health and metrics only) is what probes and Prometheus reach from
+ * outside the pod, so it may bind anywhere. */
+static int parse_admin(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
+  if (!each_pair(pc, v, "admin", on_admin_key, c)) return 0;
+  if (c->admin_enabled && !c->admin_allow_non_local &&
+      !is_loopback((const struct sockaddr *)&c->admin_address.addr)) {
+    char text[64];
+    mt_sockaddr_format((const struct sockaddr *)&c->admin_address.addr, text, sizeof(text));
+    return fail(pc, v,
+                "admin.address %s is not a loopback address; the admin API exposes identities "
+                "and can stop the agent (set admin.allow_non_local: true to allow it)",
+                text);
+  }
+  return 1;
+}
+
 static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                       void *target) {
   mt_config *c = target;
@@ -771,6 +840,7 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "outbound") == 0) return each_pair(pc, v, "outbound", on_outbound_key, c);
   if (strcmp(key, "policy") == 0) return each_pair(pc, v, "policy", on_policy_key, c);
   if (strcmp(key, "interception") == 0) return parse_interception(pc, v, c);
+  if (strcmp(key, "admin") == 0) return parse_admin(pc, v, c);
   return fail(pc, k, "unknown key '%s'", key);
 }
 
@@ -834,6 +904,9 @@ static void set_defaults(mt_config *c) {
   c->cp_retry_max_ms = DEFAULT_CP_RETRY_MAX_MS;
   c->cp_keepalive_ms = DEFAULT_CP_KEEPALIVE_MS;
   c->cp_watch = 1;
+  c->admin_enabled = 1;
+  mt_sockaddr_parse("127.0.0.1", &c->admin_address, 0);
+  ((struct sockaddr_in *)&c->admin_address.addr)->sin_port = htons(DEFAULT_ADMIN_PORT);
   mt_sockaddr_parse("127.0.0.1", &c->inbound_app_address, 0);
   c->interception.include_inbound_ports.all = 1;
   c->interception.include_outbound_cidrs.all = 1;
@@ -871,6 +944,7 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
     return NULL;
   }
   pc.doc = &doc;
+  c->refs_ = 1;
   set_defaults(c);
   c->path = strdup(path);
   c->policy = mt_policy_new(MT_ACTION_ALLOW);
@@ -897,8 +971,14 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
   return c;
 }
 
+mt_config *mt_config_ref(mt_config *c) {
+  __atomic_fetch_add(&c->refs_, 1, __ATOMIC_RELAXED);
+  return c;
+}
+
 void mt_config_free(mt_config *c) {
   if (c == NULL) return;
+  if (__atomic_fetch_sub(&c->refs_, 1, __ATOMIC_ACQ_REL) != 1) return;
   free(c->path);
   free(c->trust_domain);
   free(c->access_log);
@@ -1026,4 +1106,77 @@ int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b) {
            memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
   }
   return 0;
+}
+
+/* ---- reload --------------------------------------------------------------- */
+
+static int str_differs(const char *a, const char *b) {
+  if (a == NULL || b == NULL) return a != b;
+  return strcmp(a, b) != 0;
+}
+
+static int addr_differs(const mt_sockaddr *a, const mt_sockaddr *b) {
+  return !mt_sockaddr_equal((const struct sockaddr *)&a->addr, (const struct sockaddr *)&b->addr);
+}
+
+static int listeners_differ(const mt_listener_config *a, size_t na, const mt_listener_config *b,
+                            size_t nb) {
+  if (na != nb) return 1;
+  for (size_t i = 0; i < na; i++)
+    if (addr_differs(&a[i].listen, &b[i].listen) || a[i].has_fixed_target != b[i].has_fixed_target ||
+        a[i].app_port != b[i].app_port || addr_differs(&a[i].destination, &b[i].destination))
+      return 1;
+  return 0;
+}
+
+static int bundles_differ(const mt_config *a, const mt_config *b) {
+  if (a->num_trust_bundles != b->num_trust_bundles) return 1;
+  for (size_t i = 0; i < a->num_trust_bundles; i++)
+    if (str_differs(a->trust_bundles[i].trust_domain, b->trust_bundles[i].trust_domain) ||
+        str_differs(a->trust_bundles[i].file, b->trust_bundles[i].file))
+      return 1;
+  return 0;
+}
+
+int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out, size_t out_len) {
+  struct {
+    const char *name;
+    int differs;
+  } checks[] = {
+      {"trust_domain", str_differs(o->trust_domain, n->trust_domain)},
+      {"workers", o->workers != n->workers},
+      {"max_connections", o->max_connections != n->max_connections},
+      {"access_log", str_differs(o->access_log, n->access_log)},
+      {"identity.spiffe_id", str_differs(o->spiffe_id, n->spiffe_id)},
+      {"control_plane", o->has_control_plane != n->has_control_plane ||
+                            str_differs(o->cp_address, n->cp_address) ||
+                            str_differs(o->cp_root_file, n->cp_root_file) ||
+                            str_differs(o->cp_spiffe_id, n->cp_spiffe_id) ||
+                            str_differs(o->cp_token_file, n->cp_token_file) ||
+                            str_differs(o->cp_cluster_id, n->cp_cluster_id) ||
+                            str_differs(o->cp_node_id, n->cp_node_id) ||
+                            o->cp_cert_ttl_s != n->cp_cert_ttl_s || o->cp_watch != n->cp_watch},
+      /* With a control plane the bundles are loaded once, by the cert manager. */
+      {"trust_bundles", o->has_control_plane && bundles_differ(o, n)},
+      {"inbound.listeners", listeners_differ(o->inbound_listeners, o->num_inbound_listeners,
+                                             n->inbound_listeners, n->num_inbound_listeners)},
+      {"outbound.listeners", listeners_differ(o->outbound_listeners, o->num_outbound_listeners,
+                                              n->outbound_listeners, n->num_outbound_listeners)},
+      {"admin", o->admin_enabled != n->admin_enabled ||
+                    addr_differs(&o->admin_address, &n->admin_address) ||
+                    o->has_admin_telemetry_address != n->has_admin_telemetry_address ||
+                    (o->has_admin_telemetry_address &&
+                     addr_differs(&o->admin_telemetry_address, &n->admin_telemetry_address))},
+  };
+  int count = 0;
+  size_t pos = 0;
+  if (out_len > 0) out[0] = '\0';
+  for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
+    if (!checks[i].differs) continue;
+    int w = snprintf(out + pos, out_len > pos ? out_len - pos : 0, "%s%s", count ? ", " : "",
+                     checks[i].name);
+    if (w > 0 && pos + (size_t)w < out_len) pos += (size_t)w;
+    count++;
+  }
+  return count;
 }

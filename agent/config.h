@@ -4,7 +4,9 @@
  * touching the network or the certificate files (those are loaded by
  * identity_files.c, which reports its own errors). Every error names
  * "file:line: what is wrong". The returned snapshot is never modified, so
- * worker threads read it without locks. Keys are documented in README.md. */
+ * worker threads read it without locks; it is reference counted so a reload
+ * can hand a new one to the workers while connections finish on the old.
+ * Keys are documented in README.md. */
 #ifndef MT_CONFIG_H
 #define MT_CONFIG_H
 
@@ -89,6 +91,7 @@ typedef struct {
 } mt_interception_config;
 
 typedef struct {
+  int refs_; /* private: use mt_config_ref / mt_config_free */
   char *path; /* config file path, for messages */
 
   char *trust_domain;
@@ -144,6 +147,13 @@ typedef struct {
   size_t num_destinations;
   mt_unknown_dest_mode unknown_destination;
 
+  /* admin: the operator's HTTP endpoint (agent/admin.h). */
+  int admin_enabled;
+  mt_sockaddr admin_address;          /* full admin API; loopback unless admin_allow_non_local */
+  int has_admin_telemetry_address;    /* optional second listener: /healthz /ready /metrics */
+  mt_sockaddr admin_telemetry_address;
+  int admin_allow_non_local;
+
   int has_interception; /* the optional `interception:` section is present */
   mt_interception_config interception;
 
@@ -151,9 +161,18 @@ typedef struct {
   mt_mesh *mesh;     /* policy + destinations as a snapshot (version "static") */
 } mt_config;
 
-/* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */
+/* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|.
+ * The caller holds the only reference. */
 mt_config *mt_config_load(const char *path, char *err, size_t err_len);
-void mt_config_free(mt_config *config); /* accepts NULL */
+mt_config *mt_config_ref(mt_config *config);
+/* Drops one reference; the last one frees. Accepts NULL. */
+void mt_config_free(mt_config *config);
+
+/* Which settings differ between |old| and |next| that only take effect at
+ * start (listeners, workers, admin, control plane, access log, ...): their
+ * names, comma-separated, in |out| ("" when none). Returns how many. */
+int mt_config_restart_changes(const mt_config *old, const mt_config *next, char *out,
+                              size_t out_len);
 
 /* Parses "ip:port", "[v6]:port" (port required). Returns 1 or 0. */
 int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/worker.h"
 
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
@@ -87,6 +88,7 @@ mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   mt_worker_link(worker, conn);
+  mt_metrics_conn_opened(mt_worker_metrics_of(worker), direction);
   return conn;
 }
 
@@ -145,6 +147,10 @@ static void endpoint_dispose(mt_conn *conn, mt_endpoint *ep) {
 
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
   write_access_record(conn, reason, detail);
+  mt_worker_metrics *metrics = mt_worker_metrics_of(conn->worker);
+  if (conn->state == MT_CONN_HANDSHAKING && !conn->handshake_done)
+    mt_metrics_handshake(metrics, conn->direction, 0, 0, NULL, NULL);
+  mt_metrics_conn_closed(metrics, conn->direction, reason, conn->to_up.total, conn->to_down.total);
   if (reason != MT_REASON_OK)
     MT_LOG_D("%s connection closed: %s", conn->direction == MT_DIR_INBOUND ? "inbound" : "outbound",
              mt_reason_str(reason));
@@ -225,8 +231,16 @@ int mt_conn_finish_connect(mt_conn *conn) {
 }
 
 mt_handshake_result mt_conn_handshake(mt_conn *conn, mt_endpoint *ep) {
+  if (conn->handshake_started == 0) conn->handshake_started = ev_time();
   int rc = SSL_do_handshake(ep->ssl);
-  if (rc == 1) return MT_HANDSHAKE_DONE;
+  if (rc == 1) {
+    conn->handshake_done = 1;
+    const char *cipher;
+    const char *version = tls_side_version(conn, &cipher);
+    mt_metrics_handshake(mt_worker_metrics_of(conn->worker), conn->direction, 1,
+                         ev_time() - conn->handshake_started, version, cipher);
+    return MT_HANDSHAKE_DONE;
+  }
   int err = SSL_get_error(ep->ssl, rc);
   if (err == SSL_ERROR_WANT_READ) {
     mt_conn_watch(conn, ep, EV_READ);

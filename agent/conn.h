@@ -68,6 +68,8 @@ struct mt_conn {
   ev_timer timer;
   mt_reason deadline_reason; /* what the timer means before the relay phase */
   ev_tstamp started, last_activity;
+  ev_tstamp handshake_started; /* 0 until the first mesh-side handshake step */
+  int handshake_done;
   int idle_timeout_ms;
   mt_identity *identity; /* reference held for the connection's life */
   mt_tls_peer peer;

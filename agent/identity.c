@@ -10,10 +10,12 @@
 #include <string.h>
 
 #include "agent/tls.h"
+#include "agent/x509_util.h"
 
 typedef struct {
   char *trust_domain;
   X509_STORE *store;
+  STACK_OF(X509) * roots; /* the same certificates, for reporting */
 } trust_entry;
 
 struct mt_trust {
@@ -42,6 +44,7 @@ void mt_trust_free(mt_trust *trust) {
   for (size_t i = 0; i < trust->count; i++) {
     free(trust->entries[i].trust_domain);
     X509_STORE_free(trust->entries[i].store);
+    sk_X509_pop_free(trust->entries[i].roots, X509_free);
   }
   free(trust->entries);
   free(trust);
@@ -54,12 +57,17 @@ int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roo
   trust_entry *e = &trust->entries[trust->count];
   e->trust_domain = strdup(trust_domain);
   e->store = X509_STORE_new();
-  int ok = e->trust_domain != NULL && e->store != NULL;
-  for (size_t i = 0; ok && i < sk_X509_num(roots); i++)
-    ok = X509_STORE_add_cert(e->store, sk_X509_value(roots, i));
+  e->roots = sk_X509_new_null();
+  int ok = e->trust_domain != NULL && e->store != NULL && e->roots != NULL;
+  for (size_t i = 0; ok && i < sk_X509_num(roots); i++) {
+    X509 *root = sk_X509_value(roots, i);
+    ok = X509_STORE_add_cert(e->store, root) && sk_X509_push(e->roots, root);
+    if (ok) X509_up_ref(root);
+  }
   if (!ok) {
     free(e->trust_domain);
     X509_STORE_free(e->store);
+    sk_X509_pop_free(e->roots, X509_free);
     return 0;
   }
   trust->count++;
@@ -75,6 +83,12 @@ X509_STORE *mt_trust_store(const mt_trust *trust, const char *td, size_t len) {
 }
 
 size_t mt_trust_num_domains(const mt_trust *trust) { return trust->count; }
+const char *mt_trust_domain_at(const mt_trust *trust, size_t i) {
+  return trust->entries[i].trust_domain;
+}
+const STACK_OF(X509) * mt_trust_roots_at(const mt_trust *trust, size_t i) {
+  return trust->entries[i].roots;
+}
 
 static void identity_destroy(mt_identity *id) {
   SSL_CTX_free(id->server_ctx);
@@ -110,14 +124,6 @@ static int check_own_leaf(mt_identity *id, const mt_config *config, char *err, s
   return 1;
 }
 
-static time_t not_after_of(X509 *cert) {
-  int days = 0, secs = 0;
-  time_t now = time(NULL);
-  ASN1_TIME *from = ASN1_TIME_set(NULL, now);
-  int ok = from != NULL && ASN1_TIME_diff(&days, &secs, from, X509_get0_notAfter(cert));
-  ASN1_TIME_free(from);
-  return ok ? now + (time_t)days * 86400 + secs : 0;
-}
 
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
                              STACK_OF(X509) * chain, mt_trust *trust, mt_mesh *mesh, char *err,
@@ -150,7 +156,7 @@ mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
     identity_destroy(id);
     return NULL;
   }
-  id->not_after = not_after_of(leaf);
+  id->not_after = mt_x509_time(X509_get0_notAfter(leaf), time(NULL));
   return id;
 }
 
@@ -171,3 +177,5 @@ const mt_mesh *mt_identity_mesh(const mt_identity *id) { return id->mesh; }
 const char *mt_identity_spiffe_id(const mt_identity *id) { return id->spiffe_id; }
 const char *mt_identity_serial(const mt_identity *id) { return id->serial; }
 time_t mt_identity_not_after(const mt_identity *id) { return id->not_after; }
+X509 *mt_identity_leaf(const mt_identity *id) { return id->leaf; }
+const STACK_OF(X509) * mt_identity_chain(const mt_identity *id) { return id->chain; }

@@ -36,6 +36,9 @@ int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roo
 /* The store for |trust_domain| (|len| bytes), or NULL if the domain is unknown. */
 X509_STORE *mt_trust_store(const mt_trust *trust, const char *trust_domain, size_t len);
 size_t mt_trust_num_domains(const mt_trust *trust);
+/* The |i|th trust domain (i < mt_trust_num_domains) and its roots (borrowed). */
+const char *mt_trust_domain_at(const mt_trust *trust, size_t i);
+const STACK_OF(X509) * mt_trust_roots_at(const mt_trust *trust, size_t i);
 
 /* ---- snapshots ---- */
 
@@ -59,6 +62,9 @@ const mt_mesh *mt_identity_mesh(const mt_identity *id);
 const char *mt_identity_spiffe_id(const mt_identity *id);
 const char *mt_identity_serial(const mt_identity *id); /* lowercase hex */
 time_t mt_identity_not_after(const mt_identity *id);
+/* The certificates we present (borrowed; the chain may be NULL). Never the key. */
+X509 *mt_identity_leaf(const mt_identity *id);
+const STACK_OF(X509) * mt_identity_chain(const mt_identity *id);
 
 #ifdef __cplusplus
 }

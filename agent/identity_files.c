@@ -250,6 +250,8 @@ static uint64_t stamp_file(uint64_t h, const char *path) {
   return mix(h, (uint64_t)st.st_mtim.tv_nsec);
 }
 
+uint64_t mt_file_stamp(const char *path) { return stamp_file(0, path); }
+
 uint64_t mt_identity_files_stamp(const mt_config *c) {
   uint64_t h = 0;
   h = stamp_file(h, c->cert_file);

@@ -30,6 +30,9 @@ STACK_OF(X509) * mt_identity_files_load_certs(const char *path, char *err, size_
 /* A cheap digest of the files' inode, size and mtime: equal stamps mean
  * nothing changed. Missing files hash as such (and fail to load later). */
 uint64_t mt_identity_files_stamp(const mt_config *config);
+/* The same stamp for one file (symlinks followed, so a Kubernetes ConfigMap
+ * or Secret update, which swaps a symlink, changes it). */
+uint64_t mt_file_stamp(const char *path);
 
 #ifdef __cplusplus
 }

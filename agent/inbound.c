@@ -17,6 +17,7 @@
 #include "agent/client_hello.h"
 #include "agent/conn.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/policy.h"
 #include "agent/relay.h"
 
@@ -34,6 +35,7 @@ static void authorize_and_connect(mt_conn *conn) {
   const mt_policy *policy = mt_mesh_policy(mt_identity_mesh(conn->identity));
   mt_decision d = mt_policy_decide(policy, conn->peer.spiffe_id, port);
   conn->rule = d.rule;
+  mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_INBOUND, d.action, d.rule);
   MT_LOG_D("inbound %s -> port %u: %s by rule '%s' (%s)", conn->peer.spiffe_id, port,
            mt_action_str(d.action), d.rule, d.reason);
   if (d.action != MT_ACTION_ALLOW) {
@@ -100,6 +102,7 @@ static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
   mt_decision d =
       mt_policy_decide_unauthenticated(mt_mesh_policy(mt_identity_mesh(identity)), port);
   conn->rule = d.rule;
+  mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_INBOUND, d.action, d.rule);
   if (d.action != MT_ACTION_ALLOW) {
     mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
     return;

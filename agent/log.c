@@ -13,10 +13,10 @@
 
 enum { LOG_LINE_MAX = 4096, ACCESS_LINE_MAX = 8192 };
 
-static mt_log_level g_level = MT_LOG_INFO;
+static int g_level = MT_LOG_INFO; /* read by every thread: atomic access only */
 static int g_access_fd = -1;
 
-void mt_log_set_level(mt_log_level level) { g_level = level; }
+void mt_log_set_level(mt_log_level level) { __atomic_store_n(&g_level, (int)level, __ATOMIC_RELAXED); }
 
 static size_t format_time(char *buf, size_t len) {
   struct timespec ts;
@@ -40,7 +40,7 @@ static void write_all(int fd, const char *buf, size_t len) {
 
 void mt_log(mt_log_level level, const char *fmt, ...) {
   static const char *const names[] = {"debug", "info", "warn", "error"};
-  if (level < g_level) return;
+  if ((int)level < __atomic_load_n(&g_level, __ATOMIC_RELAXED)) return;
   char line[LOG_LINE_MAX];
   size_t n = format_time(line, sizeof(line));
   int m = snprintf(line + n, sizeof(line) - n, " %s mtlsd: ", names[level]);

@@ -8,8 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent/admin.h"
 #include "agent/cert_manager.h"
 #include "agent/config.h"
+#include "agent/explain.h"
 #include "agent/identity.h"
 #include "agent/identity_files.h"
 #include "agent/log.h"
@@ -21,14 +23,21 @@
 enum { ERR_TEXT_MAX = 1024 };
 
 typedef struct {
-  const mt_config *config;
+  mt_config *config; /* in force now (owned reference); replaced by a good reload */
+  struct ev_loop *loop;
   mt_workers *workers;
   mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
-  mt_identity *identity;         /* what the workers currently serve; NULL = none */
-  uint64_t files_stamp;
-  uint64_t failed_stamp;
-  ev_timer reload_timer;
+  mt_admin *admin;
+  mt_identity *identity; /* what the workers currently serve; NULL = none */
+  uint64_t files_stamp, failed_stamp;
+  uint64_t config_stamp, config_failed_stamp;
+  ev_timer reload_timer; /* polls the config file (and certificate files) */
   ev_signal sigterm, sigint, sighup;
+  /* What the admin endpoint reports. */
+  uint64_t identity_updates, identity_update_failures;
+  uint64_t config_reloads, config_reload_failures;
+  char last_reload_error[ERR_TEXT_MAX];
+  time_t started;
 } agent;
 
 static void usage(FILE *out) {
@@ -36,6 +45,7 @@ static void usage(FILE *out) {
           "usage: mtlsd --config FILE        run the agent\n"
           "       mtlsd --check-config FILE  validate FILE (and the files it names), then exit\n"
           "       mtlsd init-iptables --config FILE (--apply | --remove | --print)\n"
+          "       mtlsd explain --config FILE (--peer ID | --plaintext) --port PORT [--json]\n"
           "       mtlsd --version\n");
 }
 
@@ -54,11 +64,13 @@ static void reload_identity(agent *a, int force) {
   mt_identity *next = mt_identity_files_load(a->config, err, sizeof(err));
   if (next == NULL) {
     a->failed_stamp = stamp;
+    a->identity_update_failures++;
     MT_LOG_E("certificate reload failed, keeping the current identity: %s", err);
     return;
   }
   a->files_stamp = stamp;
   a->failed_stamp = 0;
+  a->identity_updates++;
   MT_LOG_I("identity loaded: %s serial %s", mt_identity_spiffe_id(next), mt_identity_serial(next));
   publish(a, next);
 }
@@ -75,10 +87,73 @@ static void enforce_expiry(agent *a) {
 /* The control-plane source hands over snapshots (it owns their timing). */
 static void on_cert_manager_publish(void *arg, mt_identity *identity) { publish(arg, identity); }
 
+static int refuse_reload(agent *a, uint64_t stamp, char *msg, size_t msg_len) {
+  a->config_failed_stamp = stamp;
+  a->config_reload_failures++;
+  snprintf(a->last_reload_error, sizeof(a->last_reload_error), "%s", msg);
+  MT_LOG_E("config reload refused, the running config stays in force: %s", msg);
+  (void)msg_len;
+  return 0;
+}
+
+/* Loads the config file again and, if it is valid and changes nothing that
+ * needs a restart, puts it in force: policy, destinations, timeouts, TLS
+ * settings, trust bundles, log level and (with certificate files) the
+ * identity files. Live connections finish under the snapshot they started
+ * with. Anything wrong leaves the running config untouched. */
+static int reload_config(agent *a, int force, char *msg, size_t msg_len) {
+  uint64_t stamp = mt_file_stamp(a->config->path);
+  if (!force && (stamp == a->config_stamp || stamp == a->config_failed_stamp)) return 1;
+  a->config_stamp = stamp;
+  char err[ERR_TEXT_MAX];
+  mt_config *next = mt_config_load(a->config->path, err, sizeof(err));
+  if (next == NULL) {
+    snprintf(msg, msg_len, "%s", err);
+    return refuse_reload(a, stamp, msg, msg_len);
+  }
+  char changed[512];
+  if (mt_config_restart_changes(a->config, next, changed, sizeof(changed)) > 0) {
+    snprintf(msg, msg_len, "%s: %s changed; these take effect only at start, restart the agent",
+             next->path, changed);
+    mt_config_free(next);
+    return refuse_reload(a, stamp, msg, msg_len);
+  }
+  mt_identity *identity = NULL;
+  if (a->cert_manager == NULL) {
+    identity = mt_identity_files_load(next, err, sizeof(err));
+    if (identity == NULL) {
+      snprintf(msg, msg_len, "%s: identity: %s", next->path, err);
+      mt_config_free(next);
+      return refuse_reload(a, stamp, msg, msg_len);
+    }
+  }
+  mt_log_set_level(next->log_level);
+  mt_workers_publish_config(a->workers, next);
+  mt_config_free(a->config);
+  a->config = next;
+  if (a->cert_manager != NULL) {
+    mt_cert_manager_set_config(a->cert_manager, next);
+  } else {
+    a->files_stamp = mt_identity_files_stamp(next);
+    a->failed_stamp = 0;
+    publish(a, identity);
+  }
+  a->config_failed_stamp = 0;
+  a->config_reloads++;
+  a->last_reload_error[0] = '\0';
+  snprintf(msg, msg_len, "%s: reloaded (%zu policy rules)", next->path,
+           mt_policy_rule_count(next->policy));
+  MT_LOG_I("config reloaded from %s", msg);
+  return 1;
+}
+
 static void on_reload_timer(struct ev_loop *loop, ev_timer *t, int revents) {
   (void)loop;
   (void)revents;
   agent *a = t->data;
+  char msg[ERR_TEXT_MAX];
+  reload_config(a, 0, msg, sizeof(msg));
+  if (a->cert_manager != NULL) return;
   reload_identity(a, 0);
   enforce_expiry(a);
 }
@@ -87,15 +162,52 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents) {
   (void)loop;
   (void)revents;
   agent *a = s->data;
-  if (a->cert_manager != NULL) return; /* certificates come from the control plane */
-  MT_LOG_I("SIGHUP: reloading certificate files");
-  reload_identity(a, 1);
+  char msg[ERR_TEXT_MAX];
+  MT_LOG_I("SIGHUP: reloading the config%s", a->cert_manager ? "" : " and certificate files");
+  if (reload_config(a, 1, msg, sizeof(msg)) && a->cert_manager == NULL) reload_identity(a, 1);
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents) {
   (void)revents;
   MT_LOG_I("signal %d: draining connections and stopping", s->signum);
   ev_break(loop, EVBREAK_ALL);
+}
+
+/* ---- admin endpoint hooks ---- */
+
+static void admin_view(void *arg, mt_admin_view *v) {
+  agent *a = arg;
+  static mt_cert_manager_stats cp; /* main thread only; valid for the request */
+  v->config = a->config;
+  v->identity = a->identity;
+  v->identity_source = a->cert_manager ? "control-plane" : "files";
+  v->worker_metrics = mt_workers_metrics(a->workers, &v->num_workers);
+  v->identity_updates = a->identity_updates;
+  v->identity_update_failures = a->identity_update_failures;
+  if (a->cert_manager != NULL) {
+    mt_cert_manager_get_stats(a->cert_manager, &cp);
+    v->control_plane = &cp;
+    v->identity_updates = cp.certificates_issued;
+    v->identity_update_failures = cp.certificate_failures;
+  }
+  v->config_reloads = a->config_reloads;
+  v->config_reload_failures = a->config_reload_failures;
+  v->last_reload_error = a->last_reload_error;
+  v->started = a->started;
+  v->now = time(NULL);
+}
+
+static void admin_quit(void *arg) {
+  agent *a = arg;
+  ev_break(a->loop, EVBREAK_ALL);
+}
+
+static int admin_reload(void *arg, char *msg, size_t msg_len) {
+  agent *a = arg;
+  MT_LOG_I("admin: reload requested");
+  int ok = reload_config(a, 1, msg, msg_len);
+  if (ok && a->cert_manager == NULL) reload_identity(a, 1);
+  return ok;
 }
 
 static int check_config(const char *path) {
@@ -122,35 +234,50 @@ static int check_config(const char *path) {
   return rc;
 }
 
-static void watch_signals(struct ev_loop *loop, agent *a) {
+static void watch_signals(agent *a) {
   ev_signal_init(&a->sigterm, on_stop_signal, SIGTERM);
   ev_signal_init(&a->sigint, on_stop_signal, SIGINT);
   ev_signal_init(&a->sighup, on_sighup, SIGHUP);
   a->sighup.data = a;
-  ev_signal_start(loop, &a->sigterm);
-  ev_signal_start(loop, &a->sigint);
-  ev_signal_start(loop, &a->sighup);
+  ev_signal_start(a->loop, &a->sigterm);
+  ev_signal_start(a->loop, &a->sigint);
+  ev_signal_start(a->loop, &a->sighup);
 }
 
 /* Certificate files: loaded now (a bad set stops start-up), then polled. */
-static int start_file_source(agent *a, struct ev_loop *loop, char *err, size_t err_len) {
+static int start_file_source(agent *a, char *err, size_t err_len) {
   a->files_stamp = mt_identity_files_stamp(a->config);
   mt_identity *identity = mt_identity_files_load(a->config, err, err_len);
   if (identity == NULL) return 0;
+  a->identity_updates++;
   publish(a, identity);
   MT_LOG_I("serving as %s (serial %s)", mt_identity_spiffe_id(identity),
            mt_identity_serial(identity));
-  ev_timer_init(&a->reload_timer, on_reload_timer, 0.0, a->config->reload_interval_ms / 1000.0);
-  a->reload_timer.data = a;
-  ev_timer_again(loop, &a->reload_timer);
   return 1;
 }
 
-static void stop_agent(agent *a, struct ev_loop *loop) {
+static void start_polling(agent *a) {
+  a->config_stamp = mt_file_stamp(a->config->path);
+  ev_timer_init(&a->reload_timer, on_reload_timer, 0.0, a->config->reload_interval_ms / 1000.0);
+  a->reload_timer.data = a;
+  ev_timer_again(a->loop, &a->reload_timer);
+}
+
+static int start_admin(agent *a, char *err, size_t err_len) {
+  if (!a->config->admin_enabled) return 1;
+  mt_admin_hooks hooks = {admin_view, admin_quit, admin_reload, a};
+  a->admin = mt_admin_start(a->loop, a->config, &hooks, err, err_len);
+  return a->admin != NULL;
+}
+
+/* Order matters: the admin endpoint goes first (it reads the workers), the
+ * identity source next, then the workers drain. */
+static void stop_agent(agent *a) {
+  mt_admin_free(a->admin);
   mt_cert_manager_free(a->cert_manager);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);
   mt_identity_unref(a->identity);
-  ev_loop_destroy(loop);
+  ev_loop_destroy(a->loop);
 }
 
 static int run(const char *path) {
@@ -169,35 +296,38 @@ static int run(const char *path) {
   agent a;
   memset(&a, 0, sizeof(a));
   a.config = config;
-  struct ev_loop *loop = ev_default_loop(0);
+  a.started = time(NULL);
+  a.loop = ev_default_loop(0);
   /* Workers start with no identity: they refuse connections until one is
    * published (fail closed while the control plane has not answered). */
   a.workers = mt_workers_start(config, NULL, err, sizeof(err));
-  int ok = a.workers != NULL;
+  int ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
   if (ok && config->has_control_plane) {
     a.cert_manager =
-        mt_cert_manager_start(loop, config, on_cert_manager_publish, &a, err, sizeof(err));
+        mt_cert_manager_start(a.loop, config, on_cert_manager_publish, &a, err, sizeof(err));
     ok = a.cert_manager != NULL;
   } else if (ok) {
-    ok = start_file_source(&a, loop, err, sizeof(err));
+    ok = start_file_source(&a, err, sizeof(err));
   }
   int rc = 1;
   if (ok) {
     MT_LOG_I("mtlsd " MTLSD_VERSION " started (%s)", config->has_control_plane
                                                          ? "certificates from the control plane"
                                                          : "certificates from files");
-    watch_signals(loop, &a);
-    ev_run(loop, 0);
+    start_polling(&a);
+    watch_signals(&a);
+    ev_run(a.loop, 0);
     rc = 0;
   } else {
     MT_LOG_E("%s: %s", path, err);
   }
-  stop_agent(&a, loop);
+  stop_agent(&a);
   mt_access_log_close();
-  mt_config_free(config);
+  mt_config_free(a.config);
   if (rc == 0) MT_LOG_I("stopped");
   return rc;
 }
+
 int main(int argc, char **argv) {
   static const struct option options[] = {
       {"config", required_argument, NULL, 'c'},
@@ -209,6 +339,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc > 1 && strcmp(argv[1], "init-iptables") == 0)
     return mt_redirect_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "explain") == 0) return mt_explain_main(argc - 1, argv + 1);
   const char *config_path = NULL;
   int opt;
   while ((opt = getopt_long(argc, argv, "c:k:vh", options, NULL)) != -1) {

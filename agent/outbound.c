@@ -14,11 +14,17 @@
 
 #include "agent/conn.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/relay.h"
 #include "agent/svid.h"
 
 #define RULE_EXPECTED_ID "expected-id"
 #define RULE_TRUST_DOMAIN_FALLBACK "trust-domain-fallback"
+#define RULE_UNKNOWN_DESTINATION "unknown-destination"
+
+static void count_decision(mt_conn *conn, mt_action action) {
+  mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_OUTBOUND, action, conn->rule);
+}
 
 static int in_trust_domain(const char *id, const char *trust_domain) {
   mt_spiffe_id_view view;
@@ -38,6 +44,7 @@ static void check_server_identity(mt_conn *conn) {
     conn->rule = RULE_EXPECTED_ID;
     if (strcmp(expected, conn->peer.spiffe_id) != 0) {
       snprintf(detail, sizeof(detail), "expected %.*s", 140, expected);
+      count_decision(conn, MT_ACTION_DENY);
       mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
       return;
     }
@@ -48,11 +55,13 @@ static void check_server_identity(mt_conn *conn) {
                "no expected ID for this destination; server is not in "
                "trust domain %.*s",
                60, config->trust_domain);
+      count_decision(conn, MT_ACTION_DENY);
       mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
       return;
     }
   }
   conn->admitted = 1;
+  count_decision(conn, MT_ACTION_ALLOW);
   mt_relay_start(conn);
 }
 
@@ -130,6 +139,8 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
   if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
       mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) ==
           NULL) {
+    conn->rule = RULE_UNKNOWN_DESTINATION;
+    count_decision(conn, MT_ACTION_DENY);
     mt_conn_close(conn, MT_REASON_UNKNOWN_DESTINATION,
                   "no expected SPIFFE ID configured for this destination");
     return;

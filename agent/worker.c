@@ -37,27 +37,37 @@ struct mt_worker {
   ev_async wake;
   ev_timer drain_timer;
   mt_identity *identity; /* owned reference; NULL = fail closed */
+  mt_worker_metrics *metrics; /* written by this thread only */
+  mt_config *config;          /* owned reference: the current config */
   int stopping;
   mt_conn *conns;
   size_t num_conns, max_conns;
   /* Mailbox written by the main thread under pool->lock. */
   int has_pending_identity;
   mt_identity *pending_identity;
+  mt_config *pending_config; /* NULL = none */
   int stop_requested;
   int drain_ms;
 };
 
 struct mt_workers {
-  const mt_config *config;
+  mt_config *config; /* the start config: listeners point into it */
   pthread_mutex_t lock;
   mt_worker *workers;
+  mt_worker_metrics **metrics; /* one per worker, same order */
   size_t count;
 };
 
 struct ev_loop *mt_worker_loop(mt_worker *w) {
   return w->loop;
 }
-const mt_config *mt_worker_config(const mt_worker *w) { return w->pool->config; }
+const mt_config *mt_worker_config(const mt_worker *w) { return w->config; }
+mt_worker_metrics *mt_worker_metrics_of(mt_worker *w) { return w->metrics; }
+
+mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *count) {
+  *count = pool->count;
+  return pool->metrics;
+}
 /* An expired snapshot is never used, even before the main thread notices:
  * handing it out would present (or accept peers with) a dead certificate. */
 mt_identity *mt_worker_identity(mt_worker *w) {
@@ -171,11 +181,17 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
   pthread_mutex_lock(&w->pool->lock);
   int has_identity = w->has_pending_identity;
   mt_identity *identity = w->pending_identity;
+  mt_config *config = w->pending_config;
+  w->pending_config = NULL;
   int stop = w->stop_requested;
   int drain_ms = w->drain_ms;
   w->has_pending_identity = 0;
   w->pending_identity = NULL;
   pthread_mutex_unlock(&w->pool->lock);
+  if (config != NULL) { /* before the identity built from it */
+    mt_config_free(w->config);
+    w->config = config;
+  }
   if (has_identity) {
     mt_identity_unref(w->identity);
     w->identity = identity; /* the mailbox's reference becomes ours */
@@ -218,10 +234,12 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   w->pool = pool;
   w->max_conns = max_conns;
   w->identity = identity ? mt_identity_ref(identity) : NULL;
+  w->config = mt_config_ref(pool->config);
+  w->metrics = pool->metrics[w - pool->workers];
   w->loop = ev_loop_new(EVFLAG_AUTO);
   w->num_listeners = c->num_inbound_listeners + c->num_outbound_listeners;
   w->listeners = calloc(w->num_listeners, sizeof(listener));
-  if (w->loop == NULL || w->listeners == NULL) {
+  if (w->loop == NULL || w->listeners == NULL || w->metrics == NULL) {
     snprintf(err, err_len, "out of memory creating a worker");
     return 0;
   }
@@ -256,11 +274,17 @@ static void free_worker(mt_worker *w) {
   free(w->listeners);
   mt_identity_unref(w->identity);
   mt_identity_unref(w->pending_identity);
+  mt_config_free(w->config);
+  mt_config_free(w->pending_config);
 }
 
 static void free_pool(mt_workers *pool) {
   for (size_t i = 0; i < pool->count; i++) free_worker(&pool->workers[i]);
+  for (size_t i = 0; pool->metrics && i < pool->count; i++)
+    mt_worker_metrics_free(pool->metrics[i]);
+  free(pool->metrics);
   free(pool->workers);
+  mt_config_free(pool->config);
   pthread_mutex_destroy(&pool->lock);
   free(pool);
 }
@@ -285,19 +309,21 @@ static int start_threads(mt_workers *pool, char *err, size_t err_len) {
   return ok;
 }
 
-mt_workers *mt_workers_start(const mt_config *config, mt_identity *identity, char *err,
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err,
                              size_t err_len) {
   mt_workers *pool = calloc(1, sizeof(*pool));
   if (pool == NULL) return NULL;
   pthread_mutex_init(&pool->lock, NULL);
-  pool->config = config;
+  pool->config = mt_config_ref(config);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   pool->count = config->workers > 0 ? (size_t)config->workers : (size_t)(cores > 0 ? cores : 1);
   pool->workers = calloc(pool->count, sizeof(mt_worker));
-  if (pool->workers == NULL) {
+  pool->metrics = calloc(pool->count, sizeof(mt_worker_metrics *));
+  if (pool->workers == NULL || pool->metrics == NULL) {
     free_pool(pool);
     return NULL;
   }
+  for (size_t i = 0; i < pool->count; i++) pool->metrics[i] = mt_worker_metrics_new();
   size_t share = ((size_t)config->max_connections + pool->count - 1) / pool->count;
   int ok = 1;
   for (size_t i = 0; ok && i < pool->count; i++)
@@ -308,6 +334,18 @@ mt_workers *mt_workers_start(const mt_config *config, mt_identity *identity, cha
     return NULL;
   }
   return pool;
+}
+
+void mt_workers_publish_config(mt_workers *pool, mt_config *config) {
+  pthread_mutex_lock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++) {
+    mt_worker *w = &pool->workers[i];
+    mt_config_free(w->pending_config);
+    w->pending_config = mt_config_ref(config);
+  }
+  pthread_mutex_unlock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++)
+    if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
 }
 
 void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity) {

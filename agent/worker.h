@@ -15,6 +15,7 @@
 #include "agent/config.h"
 #include "agent/conn.h"
 #include "agent/identity.h"
+#include "agent/metrics.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -22,11 +23,16 @@ extern "C" {
 
 typedef struct mt_workers mt_workers;
 
-/* Binds every listener once per worker and starts the threads. |config| is
- * borrowed and must outlive the pool; |identity| is borrowed (the pool takes
- * its own references). Returns NULL with a reason in |err|. */
-mt_workers *mt_workers_start(const mt_config *config, mt_identity *identity, char *err,
+/* Binds every listener once per worker and starts the threads. The pool
+ * takes its own references to |config| (whose listeners it keeps for its
+ * whole life) and |identity|. Returns NULL with a reason in |err|. */
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err,
                              size_t err_len);
+
+/* Hands a reloaded config to every worker (its listener settings are
+ * ignored: listeners live as long as the pool). New connections and the
+ * next phase of live ones read it; the pool takes its own references. */
+void mt_workers_publish_config(mt_workers *pool, mt_config *config);
 
 /* Hands a new identity snapshot (or NULL: no usable identity, fail closed) to
  * every worker; new connections use it, live ones keep theirs. */
@@ -36,10 +42,15 @@ void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity);
  * rest, joins the threads and frees the pool. Accepts NULL. */
 void mt_workers_stop(mt_workers *pool, int drain_ms);
 
+/* The workers' counters, for scraping from any thread (|*count| entries;
+ * valid until mt_workers_stop). */
+mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *count);
+
 /* ---- for the data path, on the worker's own thread only ---- */
 struct ev_loop *mt_worker_loop(mt_worker *worker);
-const mt_config *mt_worker_config(const mt_worker *worker);
+const mt_config *mt_worker_config(const mt_worker *worker); /* the current one */
 mt_identity *mt_worker_identity(mt_worker *worker); /* borrowed; NULL = none usable */
+mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);
 void mt_worker_unlink(mt_worker *worker, mt_conn *conn);
 

@@ -31,3 +31,11 @@ char *mt_x509_bio_to_string(const BIO *bio) {
   }
   return out;
 }
+
+time_t mt_x509_time(const ASN1_TIME *t, time_t now) {
+  int days = 0, secs = 0;
+  ASN1_TIME *from = ASN1_TIME_set(NULL, now);
+  int ok = from != NULL && ASN1_TIME_diff(&days, &secs, from, t);
+  ASN1_TIME_free(from);
+  return ok ? now + (time_t)days * 86400 + secs : 0;
+}

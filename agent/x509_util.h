@@ -6,6 +6,7 @@
 
 #include <openssl/base.h>
 #include <openssl/x509v3.h>
+#include <time.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,6 +19,10 @@ GENERAL_NAMES *mt_x509_uri_names(const char *uri);
 /* Copies a memory BIO's bytes into a NUL-terminated malloc'd string, so the
  * caller owns plain memory and frees it with free(). NULL on failure. */
 char *mt_x509_bio_to_string(const BIO *bio);
+
+/* |t| as seconds since the epoch (0 when it cannot be read). Computed as a
+ * difference from |now|, which BoringSSL can do for any ASN1_TIME. */
+time_t mt_x509_time(const ASN1_TIME *t, time_t now);
 
 #ifdef __cplusplus
 }

@@ -195,6 +195,7 @@ trust_domain: example.org
 workers: $w
 log_level: warn
 access_log: $OUT/$name-backend.access.log
+admin: {address: "127.0.0.1:0"}
 identity:
   cert_file: $PKI/workloads/backend/chain.pem
   key_file: $PKI/workloads/backend/key.pem
@@ -222,6 +223,7 @@ trust_domain: example.org
 workers: $w
 log_level: warn
 access_log: $OUT/$name-frontend.access.log
+admin: {address: "127.0.0.1:0"}
 identity:
   cert_file: $PKI/workloads/frontend/chain.pem
   key_file: $PKI/workloads/frontend/key.pem

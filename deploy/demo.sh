@@ -85,6 +85,7 @@ agent_config() { # name, listeners-yaml
 trust_domain: $TD
 workers: 1
 access_log: $WORK/$1.access.log
+admin: {address: "127.0.0.1:0"}
 identity:
   spiffe_id: spiffe://$TD/ns/default/sa/$1
 control_plane:

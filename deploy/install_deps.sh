@@ -13,6 +13,7 @@ PACKAGES=(
   libprotobuf-dev
   libev-dev
   libyaml-dev
+  libmicrohttpd-dev
   googletest
   clang
   libclang-rt-14-dev
@@ -28,6 +29,7 @@ PACKAGES=(
   python3-jwt
   python3-protobuf
   python3-cryptography
+  python3-prometheus-client
   yamllint
 )
 

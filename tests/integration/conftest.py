@@ -14,6 +14,7 @@ Rules every helper follows:
 import errno
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -22,6 +23,8 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -359,6 +362,9 @@ class Agent:
         self.stderr_path = self.dir / "stderr.log"
         self.stdout_path = self.dir / "stdout.log"
         config.setdefault("access_log", str(self.access_log))
+        # Many agents share this network namespace: let the kernel pick each
+        # admin port (the agent logs it; see admin_url).
+        config.setdefault("admin", {"address": "127.0.0.1:0"})
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc = None
         self.stop_result = None  # (exit status, needed SIGKILL) once stopped
@@ -386,6 +392,23 @@ class Agent:
 
         wait_until(ready, f"agent listeners {ports}")
         return self
+
+    def admin_url(self, telemetry=False):
+        """http://IP:PORT of the admin listener, from the agent's start-up log."""
+        pattern = (r"admin listening on (\S+) \(health and metrics only\)" if telemetry
+                   else r"admin listening on (\S+)$")
+        found = wait_until(lambda: re.search(pattern, self.stderr(), re.M),
+                           "the agent's 'admin listening on' log line")
+        return f"http://{found.group(1)}"
+
+    def admin(self, path, method="GET", telemetry=False):
+        """(status, body text) of one admin request."""
+        req = urllib.request.Request(self.admin_url(telemetry) + path, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def stderr(self):
         try:

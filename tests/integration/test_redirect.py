@@ -48,6 +48,7 @@ def write_config(path, bundle, identity_dir, section, body, policy=None):
                      "key_file": str(identity_dir / "key.pem")},
         "trust_bundles": [{"trust_domain": TRUST_DOMAIN, "file": str(bundle)}],
         section: body,
+        "admin": {"address": "127.0.0.1:0"},  # two agents share this namespace
     }
     if policy:
         cfg["policy"] = policy
