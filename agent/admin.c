@@ -252,12 +252,12 @@ static int start_listener(mt_admin *admin, admin_listener *l, const mt_sockaddr 
   unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
   if (addr->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   l->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, l, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr->addr,
+      flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+      MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr->addr,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)ADMIN_MAX_CONNECTIONS,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)ADMIN_IDLE_TIMEOUT_S,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_MEMORY_PER_CONN,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_END);
   if (l->daemon == NULL) {
     snprintf(err, err_len, "admin: cannot listen on %s (address in use or not local?)", text);
     return 0;

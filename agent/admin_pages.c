@@ -418,7 +418,9 @@ int mt_admin_render_explain(const mt_admin_view *v, const char *peer_id, uint16_
   int permissive = 0;
   for (size_t i = 0; i < v->config->num_permissive_ports; i++)
     permissive |= v->config->permissive_ports[i] == port;
-  mt_explain_query q = {"the running agent", mt_mesh_version(mesh), 0, peer_id, port, permissive};
+  int replaceable = v->control_plane != NULL && v->config->cp_watch;
+  mt_explain_query q = {"the running agent", mt_mesh_version(mesh), replaceable, peer_id, port,
+                        permissive};
   const mt_policy *policy = mt_mesh_policy(mesh);
   char probe[1];
   int need = mt_explain_render(policy, &q, 1, probe, sizeof(probe));
