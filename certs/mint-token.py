@@ -3,9 +3,14 @@
 service-account token (a JWT signed with ES256) that mtls-ca accepts.
 
   certs/mint-token.py --key DIR/tokens/signer.key --namespace default \\
-      --service-account frontend [--audience istio-ca] [--ttl 3600] > token
+      --service-account frontend [--audience istio-ca] [--ttl 3600] \\
+      [--node NAME] > token
 
-The issuer defaults to https://kubernetes.default.svc, as in a cluster."""
+The issuer defaults to https://kubernetes.default.svc, as in a cluster.
+--node NAME adds the claims of a token bound to a pod on node NAME
+(Kubernetes 1.30+: "kubernetes.io": {"namespace", "serviceaccount": {"name"},
+"node": {"name"}}), which a node agent needs to ask mtls-ca for the
+certificates of workloads on its node."""
 import argparse
 import sys
 import time
@@ -22,6 +27,7 @@ def main():
     p.add_argument("--issuer", default="https://kubernetes.default.svc")
     p.add_argument("--ttl", type=int, default=3600, help="seconds")
     p.add_argument("--algorithm", default="ES256", choices=["ES256", "RS256"])
+    p.add_argument("--node", help="the node the token is bound to (kubernetes.io.node.name)")
     args = p.parse_args()
     now = int(time.time())
     claims = {
@@ -32,6 +38,12 @@ def main():
         "nbf": now - 5,
         "exp": now + args.ttl,
     }
+    if args.node is not None:
+        claims["kubernetes.io"] = {
+            "namespace": args.namespace,
+            "serviceaccount": {"name": args.service_account},
+            "node": {"name": args.node},
+        }
     with open(args.key, "rb") as f:
         key = f.read()
     sys.stdout.write(jwt.encode(claims, key, algorithm=args.algorithm) + "\n")

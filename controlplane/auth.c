@@ -132,6 +132,7 @@ void mt_ca_auth_check(const mt_ca_auth *a, const mt_grpc_request *req, int64_t n
     return;
   }
   snprintf(out->subject, sizeof(out->subject), "%s", claims.sub);
+  snprintf(out->node_name, sizeof(out->node_name), "%s", claims.node_name);
   if (!mt_jwt_sub_to_spiffe_id(claims.sub, a->trust_domain, out->spiffe_id,
                                sizeof(out->spiffe_id))) {
     refuse_subject(out);

@@ -38,6 +38,9 @@ typedef struct {
   char message[MT_CA_AUTH_MESSAGE_MAX];
   char subject[MT_JWT_CLAIM_MAX_LEN + 1];   /* the token's sub, "" before verification */
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* set when status is OK */
+  /* The token's kubernetes.io.node.name (the caller's node), as the token
+   * says it (unvalidated); "" when it has none or was not verified. */
+  char node_name[MT_JWT_CLAIM_MAX_LEN + 1];
 } mt_ca_auth_result;
 
 /* Strings are copied. Takes |keys|. Returns NULL when out of memory (|keys|

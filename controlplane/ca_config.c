@@ -84,6 +84,37 @@ static int want_listen(mt_yaml_ctx *ctx, const yaml_node_t *v, mt_ca_config *c) 
   return 1;
 }
 
+/* One node_agents entry: a SPIFFE ID with a path, listed once. Its trust
+ * domain is checked in validate(), once trust_domain is known. */
+static int on_node_agent(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target) {
+  mt_ca_config *c = target;
+  if (i >= MT_CA_MAX_NODE_AGENTS)
+    return mt_yaml_fail(ctx, item, "'node_agents' lists at most %d identities",
+                        MT_CA_MAX_NODE_AGENTS);
+  char *id = NULL;
+  if (!mt_yaml_want_string(ctx, item, "node_agents[]", &id)) return 0;
+  c->node_agents[c->num_node_agents++] = id;
+  mt_spiffe_id_view view;
+  mt_spiffe_err e = mt_spiffe_id_parse(id, strlen(id), &view);
+  if (e != MT_SPIFFE_OK)
+    return mt_yaml_fail(ctx, item, "invalid SPIFFE ID '%s': %s", id, mt_spiffe_err_str(e));
+  if (view.path_len == 0)
+    return mt_yaml_fail(ctx, item, "node agent '%s' has no path (a service account's ID has one)",
+                        id);
+  for (size_t j = 0; j + 1 < c->num_node_agents; j++)
+    if (strcmp(c->node_agents[j], id) == 0)
+      return mt_yaml_fail(ctx, item, "node agent '%s' is listed twice", id);
+  return 1;
+}
+
+static int want_node_agents(mt_yaml_ctx *ctx, yaml_node_t *v, mt_ca_config *c) {
+  if (c->node_agents == NULL) {
+    c->node_agents = calloc(MT_CA_MAX_NODE_AGENTS, sizeof(*c->node_agents));
+    if (c->node_agents == NULL) return mt_yaml_fail(ctx, v, "out of memory");
+  }
+  return mt_yaml_each_item(ctx, v, "node_agents", on_node_agent, c);
+}
+
 static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
                       void *target) {
   mt_ca_config *c = target;
@@ -118,7 +149,52 @@ static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_no
   if (strcmp(key, "mesh_poll_ms") == 0)
     return mt_yaml_want_int64(ctx, v, key, MESH_POLL_MIN_MS, MESH_POLL_MAX_MS, &c->mesh_poll_ms);
   if (strcmp(key, "access_log") == 0) return mt_yaml_want_string(ctx, v, key, &c->access_log);
+  if (strcmp(key, "node_agents") == 0) return want_node_agents(ctx, v, c);
+  if (strcmp(key, "workloads_file") == 0) {
+    c->workloads_line = mt_yaml_line(k);
+    return want_path(ctx, v, key, &c->workloads_file);
+  }
   return mt_yaml_fail(ctx, k, "unknown key '%s'", key);
+}
+
+/* The key node |key| of the top-level mapping |root|, or NULL. */
+static yaml_node_t *find_top_key(mt_yaml_ctx *ctx, yaml_node_t *root, const char *key,
+                                 yaml_node_t **value) {
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+       p++) {
+    yaml_node_t *k = yaml_document_get_node(ctx->doc, p->key);
+    const char *name = mt_yaml_scalar(k);
+    if (name != NULL && strcmp(name, key) == 0) {
+      *value = yaml_document_get_node(ctx->doc, p->value);
+      return k;
+    }
+  }
+  return NULL;
+}
+
+/* Node agents need the registry, and only identities of this trust domain
+ * can ever be callers (each is reported at its own line). */
+static int validate_node_agents(mt_yaml_ctx *ctx, const mt_ca_config *c, yaml_node_t *root) {
+  if (c->num_node_agents == 0) return 1;
+  yaml_node_t *list = NULL;
+  yaml_node_t *key = find_top_key(ctx, root, "node_agents", &list);
+  if (c->workloads_file == NULL)
+    return mt_yaml_fail(ctx, key,
+                        "'node_agents' needs 'workloads_file' (which workload runs on which "
+                        "node)");
+  size_t td_len = strlen(c->trust_domain);
+  for (size_t i = 0; i < c->num_node_agents; i++) {
+    mt_spiffe_id_view view;
+    mt_spiffe_id_parse(c->node_agents[i], strlen(c->node_agents[i]), &view);
+    if (view.trust_domain_len == td_len && memcmp(view.trust_domain, c->trust_domain, td_len) == 0)
+      continue;
+    yaml_node_t *item = list != NULL && i < mt_yaml_seq_len(list)
+                            ? yaml_document_get_node(ctx->doc, list->data.sequence.items.start[i])
+                            : key;
+    return mt_yaml_fail(ctx, item, "node agent '%s' is not in the trust domain '%s'",
+                        c->node_agents[i], c->trust_domain);
+  }
+  return 1;
 }
 
 /* Required keys and cross-field rules, reported at the top of the file or
@@ -138,7 +214,7 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
   if (c->default_cert_ttl_s > c->max_cert_ttl_s)
     return mt_yaml_fail(ctx, root, "default_cert_ttl_s (%lld) exceeds max_cert_ttl_s (%lld)",
                         (long long)c->default_cert_ttl_s, (long long)c->max_cert_ttl_s);
-  return 1;
+  return validate_node_agents(ctx, c, root);
 }
 
 static int set_defaults(mt_ca_config *c) {
@@ -204,5 +280,8 @@ void mt_ca_config_free(mt_ca_config *c) {
   free(c->token_keys_file);
   free(c->mesh_file);
   free(c->access_log);
+  for (size_t i = 0; i < c->num_node_agents; i++) free(c->node_agents[i]);
+  free(c->node_agents);
+  free(c->workloads_file);
   free(c);
 }

@@ -23,6 +23,7 @@ enum {
   MT_CA_MAX_CERT_TTL_S = 365 * 24 * 3600,
   MT_CA_DEFAULT_MESH_POLL_MS = 500,
   MT_CA_DEFAULT_LEEWAY_S = 60,
+  MT_CA_MAX_NODE_AGENTS = 64,
 };
 
 typedef struct {
@@ -43,11 +44,16 @@ typedef struct {
   char *token_keys_file; /* PEM public keys */
   int64_t token_leeway_s;
   char *mesh_file; /* NULL: no mesh config stream (Watch is not served) */
-  int64_t mesh_poll_ms;
-  char *access_log; /* path (appended) or "-" for stdout */
+  int64_t mesh_poll_ms; /* how often mesh_file (and its roots) and workloads_file are checked */
+  char *access_log;     /* path (appended) or "-" for stdout */
+  /* Node agents: SPIFFE IDs (in trust_domain) that may ask for certificates
+   * of workloads on their own node (node_auth.h); none by default. */
+  char **node_agents;
+  size_t num_node_agents;
+  char *workloads_file; /* the workload registry (workloads_file.h); NULL: none */
 
   /* Lines of the keys that name files, for errors found reading them. */
-  unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line;
+  unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line;
 } mt_ca_config;
 
 /* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */

@@ -48,6 +48,9 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_TLS_RELOADS] = "tls_reloads",
     [MT_CA_EV_TLS_RELOAD_FAILURES] = "tls_reload_failures",
     [MT_CA_EV_CONNECTION_ERRORS] = "connection_errors",
+    [MT_CA_EV_IMPERSONATED_CERTS_ISSUED] = "impersonated_certs_issued",
+    [MT_CA_EV_WORKLOADS_LOADS] = "workloads_loads",
+    [MT_CA_EV_WORKLOADS_LOAD_FAILURES] = "workloads_load_failures",
 };
 
 static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {
@@ -220,7 +223,10 @@ size_t mt_ca_log_format_access(const mt_ca_access_entry *e, int64_t now_ms, char
   put_field_str(&o, "time", when, 1);
   put_field_str(&o, "method", mt_ca_method_path(e->method), 0);
   put_field_str(&o, "peer", e->peer, 0);
+  put_field_str(&o, "caller", e->caller, 0);
   put_field_str(&o, "identity", e->identity, 0);
+  put_field_str(&o, "impersonated", e->impersonated, 0);
+  put_field_str(&o, "node", e->node, 0);
   put_field_str(&o, "status", mt_grpc_status_name((int)e->status), 0);
   put_field_int(&o, "code", (int64_t)e->status);
   put_field_str(&o, "reason", e->reason, 0);

@@ -40,7 +40,10 @@ typedef enum {
   MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES,
   MT_CA_EV_TLS_RELOADS,
   MT_CA_EV_TLS_RELOAD_FAILURES,
-  MT_CA_EV_CONNECTION_ERRORS, /* TLS failures, garbage, timeouts, limits */
+  MT_CA_EV_CONNECTION_ERRORS,         /* TLS failures, garbage, timeouts, limits */
+  MT_CA_EV_IMPERSONATED_CERTS_ISSUED, /* of certs_issued: to a node agent for a workload */
+  MT_CA_EV_WORKLOADS_LOADS,           /* a workload registry came into force */
+  MT_CA_EV_WORKLOADS_LOAD_FAILURES,   /* a changed workloads file was refused */
   MT_CA_EV_COUNT,
 } mt_ca_event;
 
@@ -51,8 +54,13 @@ enum { MT_CA_LOG_MAX_REASONS = 32, MT_CA_LOG_REASON_MAX = 32 };
  * and "" both mean "none". */
 typedef struct {
   mt_ca_method method;
-  const char *peer;     /* "ip:port" */
-  const char *identity; /* the caller's SPIFFE ID once authenticated */
+  const char *peer;   /* "ip:port" */
+  const char *caller; /* the caller's SPIFFE ID once authenticated */
+  /* The identity the call was authorized for: the caller's own, or (for a
+   * node agent, CreateCertificate) the workload it asked for. */
+  const char *identity;
+  const char *impersonated; /* CreateCertificate: the ImpersonatedIdentity asked for */
+  const char *node;         /* the node its token names (kubernetes.io.node.name) */
   mt_grpc_status status;
   const char *reason;  /* stable code: "ok", "expired", "bad_csr", ... */
   const char *message; /* what the caller was told */

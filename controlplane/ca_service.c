@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
+#include "controlplane/node_auth.h"
 #include "proto/istio/ca.pb-c.h"
 
 enum {
@@ -35,6 +36,10 @@ struct mt_ca_service {
   mt_ca_log *log;
   mt_ca_issuer *issuer;
   int64_t default_ttl_s, max_ttl_s;
+  /* Who may ask for whom: the trust domain and node agents; the workloads
+   * come from |registry| (NULL: none) at each call. */
+  mt_node_auth_policy node_policy;
+  const mt_workload_registry *registry;
 };
 
 /* Everything one call produces for its reply and its log line. */
@@ -42,6 +47,10 @@ typedef struct {
   const mt_grpc_request *req;
   int64_t started_ms;
   mt_ca_auth_result auth;
+  /* The identity the call is for: the caller's own once authenticated, the
+   * workload's once an impersonation is allowed, "" once one is refused. */
+  char identity[MT_SPIFFE_ID_MAX_LEN + 1];
+  char impersonated[MT_SPIFFE_ID_MAX_LEN + 1]; /* as asked for (cut if longer), or "" */
   mt_grpc_status status;
   const char *reason;
   char message[MESSAGE_MAX];
@@ -79,6 +88,15 @@ void mt_ca_service_free(mt_ca_service *svc) {
 void mt_ca_service_set_issuer(mt_ca_service *svc, mt_ca_issuer *issuer) {
   mt_ca_issuer_free(svc->issuer);
   svc->issuer = issuer;
+}
+
+void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domain,
+                                     const char *const *node_agents, size_t count,
+                                     const mt_workload_registry *registry) {
+  svc->node_policy.trust_domain = trust_domain;
+  svc->node_policy.node_agents = node_agents;
+  svc->node_policy.num_node_agents = count;
+  svc->registry = registry;
 }
 
 /* ---- the certificate chain --------------------------------------------- */
@@ -155,14 +173,28 @@ static void set_outcome(call_state *st, mt_grpc_status status, const char *reaso
   va_end(ap);
 }
 
+/* The diagnostic line of an issuance; a node agent's names it and its node
+ * (both checked by node_auth before anything was issued). */
+static void log_issued(mt_ca_service *svc, const call_state *st) {
+  const mt_grpc_request *req = st->req;
+  mt_ca_log_count(svc->log, MT_CA_EV_CERTS_ISSUED);
+  if (st->impersonated[0] == '\0') {
+    mt_ca_log_info(svc->log, "issued serial %s to %s from %s, ttl %llds", st->serial, st->identity,
+                   req->peer_address, (long long)st->ttl_s);
+    return;
+  }
+  mt_ca_log_count(svc->log, MT_CA_EV_IMPERSONATED_CERTS_ISSUED);
+  mt_ca_log_info(svc->log, "issued serial %s to %s for node agent %s on node %s from %s, ttl %llds",
+                 st->serial, st->identity, st->auth.spiffe_id, st->auth.node_name,
+                 req->peer_address, (long long)st->ttl_s);
+}
+
 /* Finishes the call with its outcome; logs, counts. */
 static void conclude(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st) {
   const mt_grpc_request *req = st->req;
   mt_grpc_stream_finish(stream, st->status, st->status == MT_GRPC_OK ? NULL : st->message);
   if (st->status == MT_GRPC_OK) {
-    mt_ca_log_count(svc->log, MT_CA_EV_CERTS_ISSUED);
-    mt_ca_log_info(svc->log, "issued serial %s to %s from %s, ttl %llds", st->serial,
-                   st->auth.spiffe_id, req->peer_address, (long long)st->ttl_s);
+    log_issued(svc, st);
   } else {
     mt_ca_log_warn(svc->log, "CreateCertificate from %s (%s) refused: %s (%s): %s",
                    req->peer_address,
@@ -172,7 +204,10 @@ static void conclude(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st)
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_CREATE_CERTIFICATE,
       .peer = req->peer_address,
-      .identity = st->auth.spiffe_id,
+      .caller = st->auth.spiffe_id,
+      .identity = st->identity,
+      .impersonated = st->impersonated,
+      .node = st->auth.node_name,
       .status = st->status,
       .reason = st->reason,
       .message = st->status == MT_GRPC_OK ? "" : st->message,
@@ -238,7 +273,7 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
   }
   char err[SIGN_ERR_MAX] = "";
   char *chain_pem = NULL;
-  if (!mt_signer_sign_csr(mt_ca_issuer_signer(svc->issuer), csr, strlen(csr), st->auth.spiffe_id,
+  if (!mt_signer_sign_csr(mt_ca_issuer_signer(svc->issuer), csr, strlen(csr), st->identity,
                           pick_ttl(svc, requested_ttl_s), svc->max_ttl_s, now, &chain_pem, err,
                           sizeof(err))) {
     if (is_internal_sign_error(err))
@@ -259,7 +294,59 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
   free(chain_pem);
 }
 
-/* Authenticated caller: decode the request, then sign. */
+/* ---- who the certificate is for --------------------------------------- */
+
+/* The request's ImpersonatedIdentity: |*id| NULL when the metadata has none.
+ * A key given twice or a value that is not a string is refused rather than
+ * guessed at. Returns 1, or 0 with the outcome set. */
+static int find_impersonation(const Istio__V1__Auth__IstioCertificateRequest *r, const char **id,
+                              call_state *st) {
+  *id = NULL;
+  const Google__Protobuf__Struct *md = r->metadata;
+  for (size_t i = 0; md != NULL && i < md->n_fields; i++) {
+    const Google__Protobuf__Struct__FieldsEntry *f = md->fields[i];
+    if (f == NULL || f->key == NULL || strcmp(f->key, MT_NODE_AUTH_IMPERSONATION_KEY) != 0)
+      continue;
+    if (*id != NULL) {
+      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
+                  "metadata \"%s\" is given more than once", MT_NODE_AUTH_IMPERSONATION_KEY);
+      return 0;
+    }
+    if (f->value == NULL || f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
+      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
+                  "metadata \"%s\" must be a string (a SPIFFE ID)", MT_NODE_AUTH_IMPERSONATION_KEY);
+      return 0;
+    }
+    *id = f->value->string_value;
+  }
+  return 1;
+}
+
+/* Decides the identity to certify (node_auth.h). Returns 1 with
+ * st->identity set, or 0 with the outcome set. */
+static int authorize(const mt_ca_service *svc, const Istio__V1__Auth__IstioCertificateRequest *r,
+                     call_state *st) {
+  const char *impersonated = NULL;
+  int ok = find_impersonation(r, &impersonated, st);
+  if (impersonated != NULL)
+    snprintf(st->impersonated, sizeof(st->impersonated), "%s", impersonated);
+  if (ok) {
+    mt_node_auth_policy policy = svc->node_policy;
+    policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
+    mt_node_auth_request request = {st->auth.spiffe_id, st->auth.node_name, impersonated};
+    mt_node_auth_decision d;
+    mt_node_auth_decide(&policy, &request, &d);
+    ok = d.status == MT_GRPC_OK;
+    if (ok)
+      snprintf(st->identity, sizeof(st->identity), "%s", d.identity);
+    else
+      set_outcome(st, d.status, d.reason, "%s", d.message);
+  }
+  if (!ok) st->identity[0] = '\0';
+  return ok;
+}
+
+/* Authenticated caller: decode the request, decide whom it is for, sign. */
 static void handle_request(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st) {
   const mt_grpc_request *req = st->req;
   Istio__V1__Auth__IstioCertificateRequest *r =
@@ -269,10 +356,12 @@ static void handle_request(mt_ca_service *svc, mt_grpc_stream *stream, call_stat
                 "the request is not an IstioCertificateRequest message");
     return;
   }
-  if (r->csr == NULL || r->csr[0] == '\0')
-    set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "csr is empty");
-  else
-    sign_and_reply(svc, stream, r->csr, r->validity_duration, st);
+  if (authorize(svc, r, st)) {
+    if (r->csr == NULL || r->csr[0] == '\0')
+      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "csr is empty");
+    else
+      sign_and_reply(svc, stream, r->csr, r->validity_duration, st);
+  }
   istio__v1__auth__istio_certificate_request__free_unpacked(r, NULL);
 }
 
@@ -283,10 +372,12 @@ static void on_create_certificate(void *arg, mt_grpc_stream *stream, const mt_gr
   st.req = req;
   st.started_ms = monotonic_ms();
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &st.auth);
-  if (st.auth.status != MT_GRPC_OK)
+  if (st.auth.status != MT_GRPC_OK) {
     set_outcome(&st, st.auth.status, st.auth.reason, "%s", st.auth.message);
-  else
+  } else {
+    snprintf(st.identity, sizeof(st.identity), "%s", st.auth.spiffe_id);
     handle_request(svc, stream, &st);
+  }
   conclude(svc, stream, &st);
 }
 

@@ -2,14 +2,18 @@
  * /istio.v1.auth.IstioCertificateService/CreateCertificate (PROTOCOL.md 1).
  *
  * A call is authenticated with its bearer token (auth.h); the CSR's public
- * key is certified for the token's identity only, whatever the CSR or the
- * request metadata ask for. The response carries the leaf and the
- * intermediates as one PEM certificate per cert_chain entry (leaf first)
- * and the roots in root_cert.ca_cert. Refusals: no or bad token ->
- * UNAUTHENTICATED with the reason; a token for something other than a
- * service account -> PERMISSION_DENIED; a request or CSR that cannot be
- * used -> INVALID_ARGUMENT; an issuing CA past its notAfter -> UNAVAILABLE.
- * Every call is access-logged and counted; refusals also go to stderr. */
+ * key is certified for the identity node_auth.h decides, whatever the CSR
+ * asks for: the token's own identity, or, for a node agent whose request
+ * metadata names an ImpersonatedIdentity, that workload's identity when the
+ * workload registry lists it on the agent's node. The response carries the
+ * leaf and the intermediates as one PEM certificate per cert_chain entry
+ * (leaf first) and the roots in root_cert.ca_cert. Refusals: no or bad
+ * token -> UNAUTHENTICATED with the reason; a token for something other
+ * than a service account, or an impersonation node_auth.h refuses ->
+ * PERMISSION_DENIED; a request, its metadata or the CSR that cannot be used
+ * -> INVALID_ARGUMENT; an issuing CA past its notAfter -> UNAVAILABLE.
+ * Every call is access-logged (caller, identity, node) and counted;
+ * refusals also go to stderr. */
 #ifndef MT_CP_CA_SERVICE_H
 #define MT_CP_CA_SERVICE_H
 
@@ -18,6 +22,7 @@
 #include "controlplane/auth.h"
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
+#include "controlplane/workload_registry.h"
 #include "grpc/server.h"
 
 #ifdef __cplusplus
@@ -40,6 +45,14 @@ int mt_ca_service_register(mt_ca_service *svc, mt_grpc_server *server);
 /* Replaces the issuing CA and its roots (takes |issuer|): calls after this
  * one are signed by it. */
 void mt_ca_service_set_issuer(mt_ca_service *svc, mt_ca_issuer *issuer);
+
+/* Lets |node_agents| (|count| SPIFFE IDs) ask for certificates of the
+ * identities in |trust_domain| that |registry| lists on their node. All
+ * borrowed; they must outlive the service. Until this is called, every
+ * request naming an ImpersonatedIdentity is refused ("not_node_agent"). */
+void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domain,
+                                     const char *const *node_agents, size_t count,
+                                     const mt_workload_registry *registry);
 
 #ifdef __cplusplus
 }

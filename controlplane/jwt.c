@@ -914,6 +914,7 @@ typedef struct {
   int64_t exp, nbf;
   char sub[MT_JWT_CLAIM_MAX_LEN + 1];
   char iss[MT_JWT_CLAIM_MAX_LEN + 1];
+  char node_name[MT_JWT_CLAIM_MAX_LEN + 1];
   char aud_shown[MT_JWT_SHOWN_MAX + 4]; /* the first audience, for the message */
 } mt_jwt_claim_state;
 
@@ -962,6 +963,34 @@ static int mt_jwt_on_aud(mt_json *j, mt_jwt_claim_state *st, int depth) {
   return mt_jwt_on_audience(j, st, depth);
 }
 
+/* An object value whose members go to |on_member|; any other type is
+ * refused, so a claim we read has exactly one meaning. */
+static int mt_jwt_claim_object(mt_json *j, const char *what, mt_json_on_member on_member, void *ctx,
+                               int depth) {
+  mt_json_ws(j);
+  if (mt_json_peek(j) != '{') {
+    return mt_json_fail(j, "%s is not an object", what);
+  }
+  return mt_json_object(j, on_member, ctx, depth);
+}
+
+static int mt_jwt_on_k8s_node_member(mt_json *j, void *ctx, CBS name, int depth) {
+  mt_jwt_claim_state *st = ctx;
+  if (mt_cbs_is(name, "name")) {
+    return mt_jwt_claim_string(j, "claim \"kubernetes.io\".node.name", st->node_name);
+  }
+  return mt_json_skip_value(j, depth);
+}
+
+/* "kubernetes.io" of a projected token: only node.name is read. */
+static int mt_jwt_on_k8s_member(mt_json *j, void *ctx, CBS name, int depth) {
+  if (mt_cbs_is(name, "node")) {
+    return mt_jwt_claim_object(j, "claim \"kubernetes.io\".node", mt_jwt_on_k8s_node_member, ctx,
+                               depth);
+  }
+  return mt_json_skip_value(j, depth);
+}
+
 static int mt_jwt_on_claim(mt_json *j, void *ctx, CBS name, int depth) {
   mt_jwt_claim_state *st = ctx;
   if (mt_cbs_is(name, "sub")) {
@@ -982,6 +1011,9 @@ static int mt_jwt_on_claim(mt_json *j, void *ctx, CBS name, int depth) {
   if (mt_cbs_is(name, "nbf")) {
     st->have_nbf = 1;
     return mt_json_int64(j, "claim \"nbf\"", &st->nbf);
+  }
+  if (mt_cbs_is(name, "kubernetes.io")) {
+    return mt_jwt_claim_object(j, "claim \"kubernetes.io\"", mt_jwt_on_k8s_member, st, depth);
   }
   return mt_json_skip_value(j, depth);
 }
@@ -1120,6 +1152,7 @@ static mt_jwt_err mt_jwt_run(const mt_jwt_keys *keys, const mt_jws_parts *p, mt_
 static void mt_jwt_copy_out(const mt_jwt_claim_state *st, mt_jwt_claims *out) {
   memcpy(out->sub, st->sub, sizeof(out->sub));
   memcpy(out->iss, st->iss, sizeof(out->iss));
+  memcpy(out->node_name, st->node_name, sizeof(out->node_name));
   out->exp = st->exp;
 }
 

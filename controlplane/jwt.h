@@ -85,6 +85,9 @@ typedef struct {
   char sub[MT_JWT_CLAIM_MAX_LEN + 1];
   char iss[MT_JWT_CLAIM_MAX_LEN + 1];
   int64_t exp; /* Unix seconds */
+  /* "kubernetes.io": {"node": {"name": ...}}: the node of the pod the token
+   * is bound to (Kubernetes 1.30+); "" when the token has none. */
+  char node_name[MT_JWT_CLAIM_MAX_LEN + 1];
 } mt_jwt_claims;
 
 /* Verifies |token| (|len| bytes, compact form "header.payload.signature",
@@ -92,7 +95,9 @@ typedef struct {
  * 64 bytes) or RS256 (PKCS#1 v1.5, SHA-256); "kid" optional: when it names a
  * key of the set only that key is tried, otherwise every key of alg's type.
  * A "crit" header is refused. Claims: iss, aud, exp, sub required; nbf
- * optional; exp and nbf must be integers; other claims are skipped.
+ * optional; exp and nbf must be integers; "kubernetes.io" optional, and
+ * when present it must be an object whose "node" (optional) is an object
+ * whose "name" (optional) is a string; other claims are skipped.
  * Returns MT_JWT_OK and fills |out| (may be NULL), or the first failed check
  * with its message in |err| (may be NULL); |out| is zeroed on failure. */
 mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,

@@ -6,8 +6,9 @@
  *                                  it names; exit 0, or 1 with "file:line: ..."
  *
  * Signals: SIGTERM / SIGINT stop and exit 0; SIGHUP re-reads the issuing CA
- * (signer + roots), the token keys, the server's TLS certificate and the
- * mesh file, each keeping its previous version when the new one is refused;
+ * (signer + roots), the token keys, the server's TLS certificate, the mesh
+ * file and the workloads file, each keeping its previous version when the
+ * new one is refused;
  * SIGUSR1 prints the counters to stderr (they are printed at exit too). */
 #include <errno.h>
 #include <signal.h>
@@ -25,6 +26,8 @@
 #include "controlplane/ca_service.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/mesh_service.h"
+#include "controlplane/workload_registry.h"
+#include "controlplane/workloads_file.h"
 #include "grpc/server.h"
 
 enum {
@@ -43,6 +46,7 @@ typedef struct {
   mt_ca_auth *auth;
   mt_ca_service *ca;
   mt_mesh_service *mesh;
+  mt_workload_registry *workloads; /* NULL without workloads_file */
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -96,6 +100,7 @@ static void app_dispose(mt_ca_app *app, int dump_counters) {
   /* Only now: ending the Watch streams above counts and logs them. */
   if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
   mt_ca_service_free(app->ca);
+  mt_workload_registry_free(app->workloads); /* after the service that borrows it */
   mt_ca_auth_free(app->auth);
   SSL_CTX_free(app->ssl_ctx);
   mt_ca_log_free(app->log);
@@ -119,6 +124,14 @@ static int check_config(const char *path) {
     ok = mesh != NULL;
     if (!ok) snprintf(err, sizeof(err), "%s", why);
     mt_mesh_file_free(mesh);
+  }
+  if (ok && app.config->workloads_file != NULL) {
+    char why[WHY_MAX];
+    mt_workloads *workloads =
+        mt_workloads_load(app.config->workloads_file, app.config->trust_domain, why, sizeof(why));
+    ok = workloads != NULL;
+    if (!ok) snprintf(err, sizeof(err), "%s", why);
+    mt_workloads_free(workloads);
   }
   if (ok)
     printf("%s: ok\n", path);
@@ -182,12 +195,14 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
   (void)loop;
   (void)revents;
   mt_ca_app *app = w->data;
-  mt_ca_log_info(app->log, "SIGHUP: re-reading the signer, roots, token keys, TLS certificate%s",
-                 app->mesh != NULL ? " and mesh file" : "");
+  mt_ca_log_info(app->log, "SIGHUP: re-reading the signer, roots, token keys, TLS certificate%s%s",
+                 app->mesh != NULL ? ", mesh file" : "",
+                 app->workloads != NULL ? ", workloads file" : "");
   reload_issuer(app);
   reload_token_keys(app);
   reload_tls(app);
   if (app->mesh != NULL) mt_mesh_service_reload(app->mesh);
+  if (app->workloads != NULL) mt_workload_registry_reload(app->workloads);
 }
 
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -249,6 +264,20 @@ static int start_server(mt_ca_app *app, char *err, size_t err_len) {
   return 1;
 }
 
+/* The workload registry and the node agents that may use it. */
+static int start_node_agents(mt_ca_app *app, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  if (c->workloads_file == NULL) return 1;
+  app->workloads = mt_workload_registry_new(app->loop, c->workloads_file, c->trust_domain,
+                                            c->mesh_poll_ms, app->log, err, err_len);
+  if (app->workloads == NULL) return 0;
+  mt_ca_service_allow_node_agents(app->ca, c->trust_domain, (const char *const *)c->node_agents,
+                                  c->num_node_agents, app->workloads);
+  for (size_t i = 0; i < c->num_node_agents; i++)
+    mt_ca_log_info(app->log, "node agent: %s", c->node_agents[i]);
+  return 1;
+}
+
 static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len) {
   const mt_ca_config *c;
   mt_ca_issuer *issuer = NULL;
@@ -268,6 +297,7 @@ static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len
   app->ca =
       mt_ca_service_new(app->auth, app->log, issuer, c->default_cert_ttl_s, c->max_cert_ttl_s);
   if (app->ca == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  if (!start_node_agents(app, err, err_len)) return 0;
   if (c->mesh_file != NULL) {
     app->mesh = mt_mesh_service_new(app->loop, c->mesh_file, c->trust_domain, c->mesh_poll_ms,
                                     app->auth, app->log, err, err_len);

@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
+#include "controlplane/file_stamp.h"
 #include "controlplane/mesh_file.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
@@ -22,15 +22,6 @@ enum {
 };
 
 static const char kShutdownMessage[] = "server shutting down";
-
-/* What stat(2) says about one watched file; a missing file is a state too. */
-typedef struct {
-  int exists;
-  dev_t dev;
-  ino_t ino;
-  off_t size;
-  struct timespec mtime, ctime;
-} file_stamp;
 
 typedef struct mt_watcher {
   mt_mesh_service *svc;
@@ -58,7 +49,7 @@ struct mt_mesh_service {
   size_t encoded_len;
   /* Change detection. */
   char **watched;
-  file_stamp *stamps;
+  mt_file_stamp *stamps;
   size_t num_watched;
   /* Open streams. */
   mt_watcher *watchers;
@@ -72,24 +63,6 @@ static int64_t monotonic_ms(void) {
 }
 
 /* ---- change detection -------------------------------------------------- */
-
-static void stamp_of(const char *path, file_stamp *out) {
-  struct stat st;
-  memset(out, 0, sizeof(*out));
-  if (stat(path, &st) != 0) return;
-  out->exists = 1;
-  out->dev = st.st_dev;
-  out->ino = st.st_ino;
-  out->size = st.st_size;
-  out->mtime = st.st_mtim;
-  out->ctime = st.st_ctim;
-}
-
-static int stamp_equal(const file_stamp *a, const file_stamp *b) {
-  return a->exists == b->exists && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-         a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
-         a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
-}
 
 static void clear_watched(mt_mesh_service *svc) {
   for (size_t i = 0; i < svc->num_watched; i++) free(svc->watched[i]);
@@ -107,11 +80,11 @@ static void watch_sources(mt_mesh_service *svc, const mt_mesh_file *mesh) {
   size_t n = mt_mesh_file_sources(mesh, &paths);
   clear_watched(svc);
   char **watched = calloc(n, sizeof(*watched));
-  file_stamp *stamps = calloc(n, sizeof(*stamps));
+  mt_file_stamp *stamps = calloc(n, sizeof(*stamps));
   int ok = watched != NULL && stamps != NULL;
   for (size_t i = 0; ok && i < n; i++) {
     ok = (watched[i] = strdup(paths[i])) != NULL;
-    if (ok) stamp_of(paths[i], &stamps[i]);
+    if (ok) mt_file_stamp_read(paths[i], &stamps[i]);
   }
   if (!ok) {
     for (size_t i = 0; watched != NULL && i < n; i++) free(watched[i]);
@@ -127,9 +100,9 @@ static void watch_sources(mt_mesh_service *svc, const mt_mesh_file *mesh) {
 static int sources_changed(const mt_mesh_service *svc) {
   if (svc->num_watched == 0) return 1;
   for (size_t i = 0; i < svc->num_watched; i++) {
-    file_stamp now;
-    stamp_of(svc->watched[i], &now);
-    if (!stamp_equal(&now, &svc->stamps[i])) return 1;
+    mt_file_stamp now;
+    mt_file_stamp_read(svc->watched[i], &now);
+    if (!mt_file_stamp_equal(&now, &svc->stamps[i])) return 1;
   }
   return 0;
 }
@@ -149,6 +122,7 @@ static void log_stream_end(mt_watcher *w, mt_grpc_status status, const char *rea
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_WATCH,
       .peer = w->peer,
+      .caller = w->identity,
       .identity = w->identity,
       .status = status,
       .reason = reason,
@@ -298,6 +272,7 @@ static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_r
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_WATCH,
       .peer = req->peer_address,
+      .caller = identity,
       .identity = identity,
       .status = status,
       .reason = reason,

@@ -68,6 +68,7 @@ TEST(AccessLog, OneJsonObjectWithEveryField) {
   mt_ca_access_entry e = {};
   e.method = MT_CA_METHOD_CREATE_CERTIFICATE;
   e.peer = "127.0.0.1:5000";
+  e.caller = "spiffe://example.org/ns/a/sa/b";
   e.identity = "spiffe://example.org/ns/a/sa/b";
   e.status = MT_GRPC_OK;
   e.reason = "ok";
@@ -79,9 +80,29 @@ TEST(AccessLog, OneJsonObjectWithEveryField) {
   EXPECT_EQ(std::string(line, n),
             "{\"time\":\"2026-11-25T17:33:19.005Z\","
             "\"method\":\"/istio.v1.auth.IstioCertificateService/CreateCertificate\","
-            "\"peer\":\"127.0.0.1:5000\",\"identity\":\"spiffe://example.org/ns/a/sa/b\","
+            "\"peer\":\"127.0.0.1:5000\",\"caller\":\"spiffe://example.org/ns/a/sa/b\","
+            "\"identity\":\"spiffe://example.org/ns/a/sa/b\",\"impersonated\":\"\",\"node\":\"\","
             "\"status\":\"OK\",\"code\":0,\"reason\":\"ok\",\"message\":\"\",\"serial\":\"0a1b\","
             "\"ttl\":3600,\"version\":\"\",\"duration_ms\":2}");
+}
+
+TEST(AccessLog, ANodeAgentsCallShowsCallerIdentityAndNode) {
+  mt_ca_access_entry e = {};
+  e.method = MT_CA_METHOD_CREATE_CERTIFICATE;
+  e.caller = "spiffe://example.org/ns/mtls-system/sa/mtlsd-node";
+  e.identity = "spiffe://example.org/ns/demo/sa/frontend";
+  e.impersonated = "spiffe://example.org/ns/demo/sa/frontend";
+  e.node = "node-1";
+  e.status = MT_GRPC_OK;
+  char line[2048];
+  mt_ca_log_format_access(&e, 0, line, sizeof(line));
+  EXPECT_NE(
+      std::string(line).find(
+          "\"caller\":\"spiffe://example.org/ns/mtls-system/sa/mtlsd-node\","
+          "\"identity\":\"spiffe://example.org/ns/demo/sa/frontend\","
+          "\"impersonated\":\"spiffe://example.org/ns/demo/sa/frontend\",\"node\":\"node-1\""),
+      std::string::npos)
+      << line;
 }
 
 TEST(AccessLog, EscapesWhatTheCallerControls) {

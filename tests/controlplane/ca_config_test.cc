@@ -136,6 +136,43 @@ TEST(CaConfig, ALargeDefaultRaisesTheUnsetMaximum) {
   EXPECT_EQ(l.config->max_cert_ttl_s, 172800);
 }
 
+TEST(CaConfig, NodeAgentsAndTheWorkloadsFileAreOffByDefault) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir, kMinimal, &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->num_node_agents, 0u);
+  EXPECT_EQ(l.config->workloads_file, nullptr);
+}
+
+TEST(CaConfig, ReadsNodeAgentsAndTheWorkloadsFile) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir,
+       std::string(kMinimal) +
+           "node_agents:\n"
+           "  - spiffe://example.org/ns/mtls-system/sa/mtlsd-node\n"
+           "  - spiffe://example.org/ns/mtls-system/sa/mtlsd-node-canary\n"
+           "workloads_file: conf/workloads.yaml\n",
+       &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  const mt_ca_config *c = l.config;
+  ASSERT_EQ(c->num_node_agents, 2u);
+  EXPECT_STREQ(c->node_agents[0], "spiffe://example.org/ns/mtls-system/sa/mtlsd-node");
+  EXPECT_STREQ(c->node_agents[1], "spiffe://example.org/ns/mtls-system/sa/mtlsd-node-canary");
+  EXPECT_EQ(std::string(c->workloads_file), dir.path() + "/conf/workloads.yaml");
+  EXPECT_EQ(c->workloads_line, 9u);
+}
+
+TEST(CaConfig, AWorkloadsFileWithoutNodeAgentsIsAccepted) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir, std::string(kMinimal) + "node_agents: []\nworkloads_file: /srv/workloads.yaml\n", &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->num_node_agents, 0u);
+  EXPECT_STREQ(l.config->workloads_file, "/srv/workloads.yaml");
+}
+
 TEST(CaConfig, MissingFileIsReportedAtLineOne) {
   char err[512];
   EXPECT_EQ(mt_ca_config_load("/nonexistent/ca.yaml", err, sizeof(err)), nullptr);
@@ -219,7 +256,31 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"PathIsAList", "trust_domain: example.org\nroots_file: [a, b]\n",
                 ":2: 'roots_file' must be a scalar value"},
         BadCase{"AccessLogIsAMapping", M + "access_log: {path: x}\n",
-                ":6: 'access_log' must be a scalar value"}),
+                ":6: 'access_log' must be a scalar value"},
+        BadCase{"NodeAgentsWithoutWorkloadsFile",
+                M + "node_agents: [spiffe://example.org/ns/mtls-system/sa/mtlsd-node]\n",
+                ":6: 'node_agents' needs 'workloads_file'"},
+        BadCase{"NodeAgentNotASpiffeId",
+                M + "workloads_file: w.yaml\nnode_agents:\n  - spiffe://example.org/ns/a/sa/b\n"
+                    "  - mtls-system/mtlsd-node\n",
+                ":9: invalid SPIFFE ID 'mtls-system/mtlsd-node'"},
+        BadCase{"NodeAgentWithoutPath",
+                M + "workloads_file: w.yaml\nnode_agents: [spiffe://example.org]\n",
+                ":7: node agent 'spiffe://example.org' has no path"},
+        BadCase{"NodeAgentListedTwice",
+                M + "workloads_file: w.yaml\nnode_agents:\n  - spiffe://example.org/ns/a/sa/b\n"
+                    "  - spiffe://example.org/ns/a/sa/b\n",
+                ":9: node agent 'spiffe://example.org/ns/a/sa/b' is listed twice"},
+        BadCase{"NodeAgentOfAnotherTrustDomain",
+                "node_agents:\n  - spiffe://example.org/ns/a/sa/b\n"
+                "  - spiffe://other.org/ns/a/sa/b\n" +
+                    M + "workloads_file: w.yaml\n",
+                ":3: node agent 'spiffe://other.org/ns/a/sa/b' is not in the trust domain "
+                "'example.org'"},
+        BadCase{"NodeAgentsNotAList", M + "node_agents: spiffe://example.org/ns/a/sa/b\n",
+                ":6: node_agents must be a list"},
+        BadCase{"EmptyWorkloadsFile", M + "workloads_file: \"\"\n",
+                ":6: 'workloads_file' must not be empty"}),
     [](const ::testing::TestParamInfo<BadCase> &info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -123,9 +123,16 @@ def msgs(tmp_path_factory):
 
 
 def mint_token(key_pem, sub="system:serviceaccount:default:frontend", iss=ISSUER, aud=AUDIENCE,
-               exp_in=600, **extra):
+               exp_in=600, node=None, **extra):
+    """A projected service-account token; |node| adds the claims of a token
+    bound to a pod on that node (Kubernetes 1.30+: kubernetes.io.node.name)."""
     now = int(time.time())
     claims = {"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + exp_in}
+    if node is not None:
+        _, _, namespace, account = sub.split(":", 3)
+        claims["kubernetes.io"] = {"namespace": namespace, "node": {"name": node, "uid": "n-1"},
+                                   "pod": {"name": f"{account}-x7k2p", "uid": "p-1"},
+                                   "serviceaccount": {"name": account, "uid": "s-1"}}
     claims.update(extra)
     return jwt.encode(claims, key_pem, algorithm="ES256")
 
@@ -174,14 +181,24 @@ def write_atomically(path, text):
     os.replace(tmp, path)
 
 
+def write_workloads(path, workloads):
+    """Writes a workloads file (atomically) from (node, spiffe_id) pairs."""
+    text = "workloads:\n" + "".join(f"  - node: {node}\n    spiffe_id: {spiffe_id}\n"
+                                    for node, spiffe_id in workloads)
+    if not workloads:
+        text = "workloads: []\n"
+    write_atomically(path, text)
+
+
 class CA:
     """One mtls-ca process with its own config, mesh file and logs."""
 
-    def __init__(self, workdir, pki, config_text=None):
+    def __init__(self, workdir, pki, config_text=None, extra_config=""):
         self.dir = Path(workdir)
         self.pki = pki
         self.config = self.dir / "ca.yaml"
         self.mesh = self.dir / "mesh.yaml"
+        self.workloads = self.dir / "workloads.yaml"  # written by tests that name it
         self.signer_cert = self.dir / "signer.pem"
         self.signer_key = self.dir / "signer.key"
         self.token_keys = self.dir / "token-keys.pem"
@@ -192,7 +209,7 @@ class CA:
         shutil.copy(pki["intermediate_key"], self.signer_key)
         shutil.copy(pki["token_pub"], self.token_keys)
         write_mesh(self.mesh, pki)
-        self.config.write_text(config_text or self.default_config())
+        self.config.write_text((config_text or self.default_config()) + extra_config)
         self.proc = None
         self.port = None
 
@@ -279,10 +296,12 @@ def start_ca(tmp_path, pki):
     exit 0 with a clean stderr) when the test ends."""
     started = []
 
-    def start(config_text=None, subdir="ca"):
+    def start(config_text=None, subdir="ca", extra_config="", workloads=None):
         d = tmp_path / subdir
         d.mkdir()
-        ca = CA(d, pki, config_text)
+        ca = CA(d, pki, config_text, extra_config)
+        if workloads is not None:
+            write_workloads(ca.workloads, workloads)
         started.append(ca)
         return ca.start()
 

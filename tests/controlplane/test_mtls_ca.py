@@ -20,13 +20,14 @@ import threading
 import time
 
 import grpc
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from conftest import (CREATE, DEFAULT_TTL_S, MAX_TTL_S, MTLS_CA_BIN, RPC_TIMEOUT, TRUST_DOMAIN,
-                      WAIT, WATCH, assert_clean_stderr, make_csr, mint_token, openssl,
-                      wait_until, write_atomically, write_mesh)
+from conftest import (CREATE, DEFAULT_TTL_S, MAX_TTL_S, MTLS_CA_BIN, REPO, RPC_TIMEOUT,
+                      TRUST_DOMAIN, WAIT, WATCH, assert_clean_stderr, make_csr, mint_token,
+                      openssl, wait_until, write_atomically, write_mesh, write_workloads)
 
 pytestmark = pytest.mark.skipif(not os.access(MTLS_CA_BIN, os.X_OK),
                                 reason=f"build //controlplane:mtls-ca first ({MTLS_CA_BIN})")
@@ -41,8 +42,10 @@ SKEW_S = 120
 # helpers
 
 
-def create(ca, msgs, token=None, csr=None, validity=0, channel=None, raw=None):
-    """One CreateCertificate call; returns the response message."""
+def create(ca, msgs, token=None, csr=None, validity=0, channel=None, raw=None, metadata=None):
+    """One CreateCertificate call; returns the response message. |metadata|
+    (a dict) fills the request's metadata Struct: str values as string_value,
+    numbers as number_value."""
     own = channel is None
     ch = channel or ca.channel()
     try:
@@ -55,6 +58,11 @@ def create(ca, msgs, token=None, csr=None, validity=0, channel=None, raw=None):
             if csr is None:
                 csr, _ = make_csr()
             request = msgs.CertRequest(csr=csr, validity_duration=validity)
+            for key, value in (metadata or {}).items():
+                if isinstance(value, str):
+                    request.metadata.fields[key].string_value = value
+                else:
+                    request.metadata.fields[key].number_value = value
         metadata = [("authorization", f"Bearer {token}")] if token is not None else []
         return call(request, timeout=RPC_TIMEOUT, metadata=metadata)
     finally:
@@ -312,6 +320,253 @@ def test_refusals_are_counted(ca, msgs, pki):
     assert 'mtls_ca_refusals_total{reason="expired"} 1' in text
     assert 'mtls_ca_calls_total{method="CreateCertificate",status="OK"} 1' in text
     assert "mtls_ca_certs_issued_total 1" in text
+
+
+# --------------------------------------------------------------------------
+# CreateCertificate: node agents asking on behalf of workloads on their node
+
+
+NODE_AGENT_SUB = "system:serviceaccount:mtls-system:mtlsd-node"
+NODE_AGENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/mtls-system/sa/mtlsd-node"
+DEMO_FRONTEND = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
+DEMO_BACKEND = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
+IMPERSONATE = "ImpersonatedIdentity"
+NODE_AGENT_CONFIG = f"node_agents: [{NODE_AGENT_ID}]\nworkloads_file: workloads.yaml\n"
+WORKLOADS = [("node-1", DEMO_FRONTEND), ("node-2", DEMO_BACKEND)]
+# mesh_poll_ms also paces the workloads file: an hour means only SIGHUP reloads it.
+NO_POLLING = ("mesh_poll_ms: 100\n", "mesh_poll_ms: 3600000\n")
+
+
+@pytest.fixture
+def node_ca(start_ca):
+    """A CA with one node agent and frontend on node-1, backend on node-2."""
+    return start_ca(extra_config=NODE_AGENT_CONFIG, workloads=WORKLOADS)
+
+
+def node_agent_token(pki, node="node-1"):
+    return mint_token(pki["token_key"], sub=NODE_AGENT_SUB, node=node)
+
+
+def last_create_line(ca):
+    return wait_until(lambda: [l for l in ca.access_lines() if l["method"] == CREATE],
+                      "the CreateCertificate access-log line")[-1]
+
+
+def registry_loads(ca):
+    return ca.stderr().count("workload registry (re)loaded")
+
+
+def test_node_agent_gets_a_certificate_for_a_workload_on_its_node(node_ca, msgs, pki, tmp_path):
+    # The CSR asks for another identity: only the impersonated one is signed.
+    csr, key = make_csr(uri=f"spiffe://{TRUST_DOMAIN}/ns/kube-system/sa/admin", cn="admin")
+    resp = create(node_ca, msgs, token=node_agent_token(pki), csr=csr,
+                  metadata={IMPERSONATE: DEMO_FRONTEND, "WorkloadIP": "10.77.1.2"})
+    leaf = leaf_of(resp)
+    assert uri_sans(leaf) == [DEMO_FRONTEND]
+    assert leaf.subject.rfc4514_string() == ""
+    assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
+    v = verify_chain(tmp_path, resp)
+    assert v.returncode == 0, v.stdout + v.stderr
+    line = last_create_line(node_ca)
+    assert (line["status"], line["reason"]) == ("OK", "ok")
+    assert line["caller"] == NODE_AGENT_ID
+    assert line["identity"] == DEMO_FRONTEND
+    assert line["impersonated"] == DEMO_FRONTEND
+    assert line["node"] == "node-1"
+    assert int(line["serial"], 16) == leaf.serial_number
+    assert (f"issued serial {line['serial']} to {DEMO_FRONTEND} for node agent {NODE_AGENT_ID} "
+            "on node node-1") in node_ca.stderr()
+
+
+def test_node_agent_without_impersonation_gets_its_own_identity(node_ca, msgs, pki):
+    leaf = leaf_of(create(node_ca, msgs, token=node_agent_token(pki)))
+    assert uri_sans(leaf) == [NODE_AGENT_ID]
+    line = last_create_line(node_ca)
+    assert (line["caller"], line["identity"], line["impersonated"], line["node"]) == (
+        NODE_AGENT_ID, NODE_AGENT_ID, "", "node-1")
+
+
+def test_node_agent_is_refused_a_workload_on_another_node(node_ca, msgs, pki):
+    code, details = refused(node_ca, msgs, token=node_agent_token(pki),
+                            metadata={IMPERSONATE: DEMO_BACKEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details == f"identity {DEMO_BACKEND} has no workload on node node-1"
+    line = last_create_line(node_ca)
+    assert (line["status"], line["reason"]) == ("PERMISSION_DENIED", "not_on_node")
+    assert (line["caller"], line["identity"], line["impersonated"], line["node"]) == (
+        NODE_AGENT_ID, "", DEMO_BACKEND, "node-1")
+    assert line["serial"] == "" and line["message"] == details
+    # The same agent on node-2 may have it.
+    resp = create(node_ca, msgs, token=node_agent_token(pki, node="node-2"),
+                  metadata={IMPERSONATE: DEMO_BACKEND})
+    assert uri_sans(leaf_of(resp)) == [DEMO_BACKEND]
+
+
+def test_node_agent_without_a_node_claim_is_refused(node_ca, msgs, pki):
+    token = mint_token(pki["token_key"], sub=NODE_AGENT_SUB)
+    code, details = refused(node_ca, msgs, token=token, metadata={IMPERSONATE: DEMO_FRONTEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"the token of node agent {NODE_AGENT_ID} has no node name claim" in details
+    line = last_create_line(node_ca)
+    assert (line["reason"], line["caller"], line["node"]) == ("no_node_claim", NODE_AGENT_ID, "")
+
+
+def test_a_caller_that_is_not_a_node_agent_may_not_impersonate(node_ca, msgs, pki):
+    # frontend's own pod-bound token, and backend is registered on its node.
+    token = mint_token(pki["token_key"], sub="system:serviceaccount:demo:frontend", node="node-2")
+    code, details = refused(node_ca, msgs, token=token, metadata={IMPERSONATE: DEMO_BACKEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"caller {DEMO_FRONTEND} is not a node agent" in details
+    line = last_create_line(node_ca)
+    assert (line["reason"], line["caller"], line["identity"]) == ("not_node_agent",
+                                                                  DEMO_FRONTEND, "")
+    # Without the metadata the same token still gets its own certificate.
+    assert uri_sans(leaf_of(create(node_ca, msgs, token=token))) == [DEMO_FRONTEND]
+
+
+def test_impersonation_is_refused_where_no_node_agents_are_configured(ca, msgs, pki):
+    code, details = refused(ca, msgs, token=node_agent_token(pki),
+                            metadata={IMPERSONATE: DEMO_FRONTEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "is not a node agent" in details
+
+
+@pytest.mark.parametrize("requested, expected", [
+    (f"spiffe://{TRUST_DOMAIN}/ns//sa/frontend", "is not a valid SPIFFE ID"),
+    ("frontend", "is not a valid SPIFFE ID"),
+    ("spiffe://other.org/ns/demo/sa/frontend", "is not in this CA's trust domain example.org"),
+    (f"spiffe://{TRUST_DOMAIN}", "has no path"),
+])
+def test_impersonated_identity_must_be_a_workload_id_of_the_trust_domain(node_ca, msgs, pki,
+                                                                         requested, expected):
+    code, details = refused(node_ca, msgs, token=node_agent_token(pki),
+                            metadata={IMPERSONATE: requested})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in details
+    assert last_create_line(node_ca)["reason"] == "bad_impersonated_identity"
+
+
+def test_impersonated_identity_that_is_not_a_string_is_invalid_argument(node_ca, msgs, pki):
+    code, details = refused(node_ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: 7})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f'metadata "{IMPERSONATE}" must be a string (a SPIFFE ID)'
+    assert last_create_line(node_ca)["reason"] == "bad_metadata"
+
+
+def test_impersonated_identity_given_twice_is_invalid_argument(node_ca, msgs, pki):
+    # Two metadata fields on the wire are merged into one map with the key
+    # twice; the CA must not pick one of them.
+    def one(identity):
+        r = msgs.CertRequest(csr=make_csr()[0])
+        r.metadata.fields[IMPERSONATE].string_value = identity
+        return r.SerializeToString()
+    code, details = refused(node_ca, msgs, token=node_agent_token(pki),
+                            raw=one(DEMO_FRONTEND) + one(DEMO_BACKEND))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "given more than once" in details
+
+
+def test_node_agent_refusals_and_issuances_are_counted(node_ca, msgs, pki):
+    create(node_ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: DEMO_FRONTEND})
+    refused(node_ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: DEMO_BACKEND})
+    node_ca.signal(signal.SIGUSR1)
+    text = wait_until(lambda: "mtls_ca_refusals_total" in node_ca.stderr() and node_ca.stderr(),
+                      "the counters on SIGUSR1")
+    assert 'mtls_ca_refusals_total{reason="not_on_node"} 1' in text
+    assert "mtls_ca_impersonated_certs_issued_total 1" in text
+    assert "mtls_ca_certs_issued_total 1" in text
+    assert "mtls_ca_workloads_loads_total 1" in text
+
+
+def test_sighup_rereads_the_workloads_file(start_ca, msgs, pki):
+    ca = start_ca(extra_config=NODE_AGENT_CONFIG, workloads=WORKLOADS)
+    ca.config.write_text(ca.config.read_text().replace(*NO_POLLING))
+    assert ca.stop() == 0
+    ca.start()  # the same directory, now without polling
+    token = node_agent_token(pki)
+    code, _ = refused(ca, msgs, token=token, metadata={IMPERSONATE: DEMO_BACKEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    # backend moves to node-1, frontend leaves it.
+    write_workloads(ca.workloads, [("node-1", DEMO_BACKEND), ("node-2", DEMO_FRONTEND)])
+    time.sleep(0.5)  # no poll runs: nothing may change before the signal
+    assert uri_sans(leaf_of(create(ca, msgs, token=token,
+                                   metadata={IMPERSONATE: DEMO_FRONTEND}))) == [DEMO_FRONTEND]
+    loads = registry_loads(ca)
+    ca.signal(signal.SIGHUP)
+    wait_until(lambda: registry_loads(ca) > loads, "the registry reload")
+    assert "workloads file" in ca.stderr()
+    assert uri_sans(leaf_of(create(ca, msgs, token=token,
+                                   metadata={IMPERSONATE: DEMO_BACKEND}))) == [DEMO_BACKEND]
+    code, details = refused(ca, msgs, token=token, metadata={IMPERSONATE: DEMO_FRONTEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details == f"identity {DEMO_FRONTEND} has no workload on node node-1"
+
+
+def test_editing_the_workloads_file_is_picked_up_without_a_signal(node_ca, msgs, pki):
+    token = node_agent_token(pki)
+    loads = registry_loads(node_ca)
+    write_workloads(node_ca.workloads, WORKLOADS + [("node-1", DEMO_BACKEND)])
+    wait_until(lambda: registry_loads(node_ca) > loads, "the registry reload on poll")
+    assert "3 workloads on 2 nodes" in node_ca.stderr()
+    assert uri_sans(leaf_of(create(node_ca, msgs, token=token,
+                                   metadata={IMPERSONATE: DEMO_BACKEND}))) == [DEMO_BACKEND]
+
+
+@pytest.mark.parametrize("bad_text, expected", [
+    pytest.param("workloads:\n  - node: node-1\n    spiffe_id: " + DEMO_BACKEND + "\n"
+                 "    namespace: demo\n",
+                 "workloads.yaml:4: unknown key 'workloads[].namespace'", id="unknown-key"),
+    pytest.param("workloads:\n  - node: node-1\n"
+                 "    spiffe_id: spiffe://other.org/ns/demo/sa/backend\n",
+                 "workloads.yaml:3: SPIFFE ID 'spiffe://other.org/ns/demo/sa/backend' is not in "
+                 "the trust domain 'example.org'", id="other-trust-domain"),
+    pytest.param("workloads:\n  - node: node-1\n    spiffe_id: " + DEMO_BACKEND + "\n"
+                 "  - node: node-1\n    spiffe_id: " + DEMO_BACKEND + "\n",
+                 "workloads.yaml:4: workload '" + DEMO_BACKEND + "' on node 'node-1' is listed "
+                 "twice", id="listed-twice"),
+])
+def test_a_bad_workloads_edit_is_refused_and_the_last_good_registry_stays(node_ca, msgs, pki,
+                                                                          bad_text, expected):
+    token = node_agent_token(pki)
+    write_atomically(node_ca.workloads, bad_text)
+    wait_until(lambda: "workloads file refused" in node_ca.stderr(), "the refusal in the log")
+    assert expected in node_ca.stderr()
+    # A SIGHUP does not change that either.
+    node_ca.signal(signal.SIGHUP)
+    wait_until(lambda: node_ca.stderr().count("workloads file refused") >= 2, "the second refusal")
+    assert uri_sans(leaf_of(create(node_ca, msgs, token=token,
+                                   metadata={IMPERSONATE: DEMO_FRONTEND}))) == [DEMO_FRONTEND]
+    code, _ = refused(node_ca, msgs, token=token, metadata={IMPERSONATE: DEMO_BACKEND})
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    # Fixing the file brings the new registry in.
+    loads = registry_loads(node_ca)
+    write_workloads(node_ca.workloads, [("node-1", DEMO_BACKEND)])
+    wait_until(lambda: registry_loads(node_ca) > loads, "the fixed registry")
+    assert uri_sans(leaf_of(create(node_ca, msgs, token=token,
+                                   metadata={IMPERSONATE: DEMO_BACKEND}))) == [DEMO_BACKEND]
+
+
+def test_a_bad_workloads_file_stops_the_start(start_ca):
+    ca = start_ca(extra_config=NODE_AGENT_CONFIG, workloads=WORKLOADS)
+    write_atomically(ca.workloads, "workloads:\n  - node: Node_1\n    spiffe_id: " +
+                     DEMO_FRONTEND + "\n")
+    p = run_ca("--config", ca.config)
+    assert p.returncode == 1
+    assert "workloads.yaml:2: 'node' must be a Kubernetes node name" in p.stderr, p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+def test_mint_token_script_mints_a_node_bound_token(node_ca, msgs, pki):
+    p = subprocess.run(["/usr/bin/python3", str(REPO / "certs" / "mint-token.py"),
+                        "--key", str(pki["dir"] / "tokens" / "signer.key"),
+                        "--namespace", "mtls-system", "--service-account", "mtlsd-node",
+                        "--node", "node-1"], capture_output=True, text=True, timeout=WAIT)
+    assert p.returncode == 0, p.stderr
+    token = p.stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["kubernetes.io"]["node"] == {"name": "node-1"}
+    resp = create(node_ca, msgs, token=token, metadata={IMPERSONATE: DEMO_FRONTEND})
+    assert uri_sans(leaf_of(resp)) == [DEMO_FRONTEND]
 
 
 # --------------------------------------------------------------------------
@@ -626,8 +881,10 @@ def run_ca(*args):
                           timeout=WAIT)
 
 
-def test_check_config_accepts_a_good_config(start_ca):
-    ca = start_ca()
+@pytest.mark.parametrize("kind", ["plain", "node-agents"])
+def test_check_config_accepts_a_good_config(start_ca, kind):
+    ca = (start_ca(extra_config=NODE_AGENT_CONFIG, workloads=WORKLOADS) if kind == "node-agents"
+          else start_ca())
     p = run_ca("--check-config", ca.config)
     assert p.returncode == 0, p.stderr
     assert_clean_stderr(p.stderr)
@@ -642,9 +899,18 @@ def test_check_config_accepts_a_good_config(start_ca):
     (("signer: {cert_file: signer.pem", "signer: {cert_file: missing.pem"),
      "ca.yaml:4: signer: "),
     (("mesh_file: mesh.yaml", "mesh_file: nowhere.yaml"), "nowhere.yaml:1: cannot open"),
+    (("workloads_file: workloads.yaml", "workloads_file: nowhere.yaml"),
+     "nowhere.yaml:1: cannot open"),
+    (("workloads_file: workloads.yaml\n", ""), "ca.yaml:16: 'node_agents' needs 'workloads_file'"),
+    (("mtls-system/sa/mtlsd-node", "mtls-system/sa//mtlsd-node"),
+     "ca.yaml:16: invalid SPIFFE ID"),
+    (("node-2", "node_2"), "workloads.yaml:4: 'node' must be a Kubernetes node name"),
+    (("sa/backend", "sa/back end"), "workloads.yaml:5: invalid SPIFFE ID"),
 ])
-def test_check_config_reports_file_and_line(ca, change, expected):
-    ca.config.write_text(ca.config.read_text().replace(*change))
+def test_check_config_reports_file_and_line(node_ca, change, expected):
+    ca = node_ca
+    for path in (ca.config, ca.workloads):
+        path.write_text(path.read_text().replace(*change))
     p = run_ca("--check-config", ca.config)
     assert p.returncode == 1
     assert expected in p.stderr, p.stderr
