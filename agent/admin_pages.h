@@ -15,6 +15,7 @@
 #include "agent/config.h"
 #include "agent/identity.h"
 #include "agent/metrics.h"
+#include "agent/workloads.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +25,7 @@ extern "C" {
 typedef struct {
   const mt_config *config;
   mt_identity *identity;       /* served now; NULL = none (fail closed) */
+  const mt_workloads *workloads; /* node mode: the workloads served now (NULL = none) */
   const char *identity_source; /* "files" or "control-plane" */
   mt_worker_metrics *const *worker_metrics;
   size_t num_workers;

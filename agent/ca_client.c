@@ -115,6 +115,19 @@ static uint8_t *pack_request(EVP_PKEY *key, const mt_ca_request_options *o, size
   Istio__V1__Auth__IstioCertificateRequest req = ISTIO__V1__AUTH__ISTIO_CERTIFICATE_REQUEST__INIT;
   req.csr = csr;
   req.validity_duration = o->ttl_s;
+  Google__Protobuf__Value who = GOOGLE__PROTOBUF__VALUE__INIT;
+  Google__Protobuf__Struct__FieldsEntry entry = GOOGLE__PROTOBUF__STRUCT__FIELDS_ENTRY__INIT;
+  Google__Protobuf__Struct__FieldsEntry *entries[1] = {&entry};
+  Google__Protobuf__Struct metadata = GOOGLE__PROTOBUF__STRUCT__INIT;
+  if (o->impersonate) {
+    who.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+    who.string_value = (char *)o->spiffe_id;
+    entry.key = (char *)MT_CA_IMPERSONATED_IDENTITY;
+    entry.value = &who;
+    metadata.n_fields = 1;
+    metadata.fields = entries;
+    req.metadata = &metadata;
+  }
   *out_len = istio__v1__auth__istio_certificate_request__get_packed_size(&req);
   uint8_t *buf = malloc(*out_len ? *out_len : 1);
   if (buf != NULL)

@@ -22,6 +22,7 @@ extern "C" {
 #endif
 
 #define MT_CA_METHOD "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+#define MT_CA_IMPERSONATED_IDENTITY "ImpersonatedIdentity"
 
 /* "Bearer " + a token of at most 16 KiB + NUL. */
 enum { MT_CA_AUTH_HEADER_MAX = 16 * 1024 + 16 };
@@ -43,6 +44,10 @@ typedef struct {
   int64_t ttl_s;          /* requested validity_duration; 0 = CA default */
   const char *token_file; /* bearer token file, NULL = no authorization header */
   const char *cluster_id; /* "ClusterID" metadata, NULL = none */
+  /* Node mode: ask for |spiffe_id| on behalf of a workload of this node
+   * ("ImpersonatedIdentity" in the request's metadata, as Istio's ztunnel
+   * does); the token is the node agent's own. 0 = for ourselves. */
+  int impersonate;
   int64_t deadline_ms;
 } mt_ca_request_options;
 

@@ -26,6 +26,7 @@
 #include "agent/mesh_watch.h"
 #include "agent/pem.h"
 #include "agent/tls.h"
+#include "agent/workloads.h"
 #include "agent/x509_util.h"
 #include "grpc/client.h"
 
@@ -40,31 +41,41 @@ static const double MIN_RENEWAL_DELAY_S = 0.1;
 
 typedef enum { CM_REQUESTING, CM_VALID, CM_BACKOFF } cm_state;
 
-struct mt_cert_manager {
-  struct ev_loop *loop;
-  mt_config *config; /* owned reference; replaced by mt_cert_manager_set_config */
-  mt_publish_fn publish;
-  void *publish_arg;
-
-  mt_trust *cp_trust; /* roots that sign the control plane's certificate */
-  SSL_CTX *cp_ctx;
-  mt_grpc_client *grpc;
-
+/* One certificate we keep valid: our own (sidecar mode) or one workload's
+ * (node mode, requested on its behalf). Each runs the state machine above. */
+typedef struct {
+  mt_cert_manager *m;
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* what we ask the CA for */
+  int impersonate;                          /* node mode: on a workload's behalf */
+  size_t workload;                          /* node mode: index in config->node_workloads */
   cm_state state;
   mt_ca_request *request;
   EVP_PKEY *pending_key; /* the key the request in flight certifies */
   int backoff_ms;
   ev_timer cert_timer;   /* renewal or retry */
   ev_timer expiry_timer; /* notAfter of the served certificate */
-
   /* Current credentials (NULL until the first success). */
   EVP_PKEY *key;
   X509 *leaf;
   STACK_OF(X509) * chain;
-  STACK_OF(X509) * ca_roots;
   time_t not_before, not_after;
-  int serving;                              /* workers have a valid identity from us */
+  int serving;                              /* a valid identity from this slot is published */
   char issued_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* what the CA granted ("" before) */
+  mt_identity *identity;                    /* the last snapshot built (owned) */
+} cert_slot;
+
+struct mt_cert_manager {
+  struct ev_loop *loop;
+  mt_config *config; /* owned reference; replaced by mt_cert_manager_set_config */
+  mt_cert_manager_sink sink;
+
+  mt_trust *cp_trust; /* roots that sign the control plane's certificate */
+  SSL_CTX *cp_ctx;
+  mt_grpc_client *grpc;
+
+  cert_slot *slots; /* one (sidecar) or one per node workload */
+  size_t num_slots;
+  STACK_OF(X509) * ca_roots; /* the CA's roots from its latest answer */
 
   /* Trust and mesh: from the Watch stream once it delivered, else config. */
   mt_bundle *static_bundles;
@@ -78,7 +89,7 @@ struct mt_cert_manager {
   mt_cert_manager_stats stats;
 };
 
-static void request_certificate(mt_cert_manager *m);
+static void request_certificate(cert_slot *slot);
 static void start_watch(mt_cert_manager *m);
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -159,52 +170,99 @@ static mt_trust *assemble_trust(mt_cert_manager *m) {
   return trust;
 }
 
-/* Builds and publishes a snapshot from the current parts. Returns 1 when
- * the workers got it. */
-static int rebuild(mt_cert_manager *m) {
-  if (m->leaf == NULL || m->not_after <= time(NULL)) return 0;
+/* The policy a slot's snapshot carries: the mesh stream's once it spoke,
+ * else the config's (node mode: the workload's own policy if it has one). */
+static mt_mesh *slot_mesh(const cert_slot *slot) {
+  const mt_cert_manager *m = slot->m;
+  if (m->have_watched) return m->watched.mesh;
+  if (slot->impersonate) return m->config->node_workloads[slot->workload].mesh;
+  return m->config->mesh;
+}
+
+/* Builds the slot's snapshot from its current parts. Returns 1 when it has
+ * a servable one. */
+static int build_slot(cert_slot *slot) {
+  mt_cert_manager *m = slot->m;
+  if (slot->leaf == NULL || slot->not_after <= time(NULL)) return 0;
   char err[ERR_MAX];
   mt_trust *trust = assemble_trust(m);
-  STACK_OF(X509) *chain = m->chain ? mt_pem_dup_certs(m->chain) : NULL;
-  if (trust == NULL || (m->chain != NULL && chain == NULL)) {
+  STACK_OF(X509) *chain = slot->chain ? mt_pem_dup_certs(slot->chain) : NULL;
+  if (trust == NULL || (slot->chain != NULL && chain == NULL)) {
     mt_trust_free(trust);
     sk_X509_pop_free(chain, X509_free);
     MT_LOG_E("control plane: out of memory assembling the identity");
     return 0;
   }
-  EVP_PKEY_up_ref(m->key);
-  X509_up_ref(m->leaf);
-  mt_mesh *mesh = m->have_watched ? m->watched.mesh : m->config->mesh;
+  EVP_PKEY_up_ref(slot->key);
+  X509_up_ref(slot->leaf);
+  mt_mesh *mesh = slot_mesh(slot);
   mt_identity *id =
-      mt_identity_new(m->config, m->key, m->leaf, chain, trust, mesh, err, sizeof(err));
+      mt_identity_new(m->config, slot->key, slot->leaf, chain, trust, mesh, err, sizeof(err));
   if (id == NULL) {
-    MT_LOG_E("control plane: cannot serve the issued certificate: %s", err);
+    MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id,
+             err);
     return 0;
   }
   MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
            mt_identity_serial(id), mt_mesh_version(mesh));
   /* The CA decides who we are (from the token); say so when that is not
    * what the config asked for, and use the granted ID from now on. */
-  if (strcmp(m->issued_id, mt_identity_spiffe_id(id)) != 0 &&
-      strcmp(m->config->spiffe_id, mt_identity_spiffe_id(id)) != 0)
-    MT_LOG_W("control plane granted %s, not the configured identity.spiffe_id %s",
-             mt_identity_spiffe_id(id), m->config->spiffe_id);
-  snprintf(m->issued_id, sizeof(m->issued_id), "%s", mt_identity_spiffe_id(id));
-  m->serving = 1;
-  m->publish(m->publish_arg, id);
+  if (strcmp(slot->issued_id, mt_identity_spiffe_id(id)) != 0 &&
+      strcmp(slot->spiffe_id, mt_identity_spiffe_id(id)) != 0)
+    MT_LOG_W("control plane granted %s, not the requested %s", mt_identity_spiffe_id(id),
+             slot->spiffe_id);
+  snprintf(slot->issued_id, sizeof(slot->issued_id), "%s", mt_identity_spiffe_id(id));
+  mt_identity_unref(slot->identity);
+  slot->identity = id;
+  slot->serving = 1;
   return 1;
+}
+
+/* Hands the workers what the slots hold now: the one identity (sidecar) or
+ * the table of every workload with a valid certificate (node mode). */
+static void publish_all(mt_cert_manager *m) {
+  if (!m->config->node_mode) {
+    cert_slot *slot = &m->slots[0];
+    m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
+    return;
+  }
+  mt_workloads *table = mt_workloads_new(m->config->num_node_workloads);
+  for (size_t i = 0; table != NULL && i < m->num_slots; i++) {
+    cert_slot *slot = &m->slots[i];
+    if (!slot->serving) continue;
+    for (size_t w = 0; w < m->config->num_node_workloads; w++)
+      if (strcmp(m->config->node_workloads[w].spiffe_id, slot->spiffe_id) == 0)
+        mt_workloads_add(table,
+                         (const struct sockaddr *)&m->config->node_workloads[w].address.addr,
+                         slot->identity);
+  }
+  if (table == NULL) MT_LOG_E("control plane: out of memory building the workload table");
+  m->sink.publish_workloads(m->sink.arg, table);
+}
+
+/* Trust or policy changed: rebuild every servable slot and publish. */
+static void rebuild_all(mt_cert_manager *m) {
+  for (size_t i = 0; i < m->num_slots; i++)
+    if (m->slots[i].serving) build_slot(&m->slots[i]);
+  publish_all(m);
 }
 
 /* ---- certificate lifecycle ---------------------------------------------- */
 
-static void schedule_retry(mt_cert_manager *m) {
-  m->state = CM_BACKOFF;
+static void set_slot_timer(cert_slot *slot, ev_timer *t, double seconds) {
+  set_timer(slot->m, t, seconds);
+}
+
+static void schedule_retry(cert_slot *slot) {
+  mt_cert_manager *m = slot->m;
+  slot->state = CM_BACKOFF;
   m->stats.certificate_failures++;
-  double delay_s = jitter(m->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
-  MT_LOG_W("control plane: retrying the certificate request in %.1f s", delay_s);
-  set_timer(m, &m->cert_timer, delay_s);
-  m->backoff_ms *= 2;
-  if (m->backoff_ms > m->config->cp_retry_max_ms) m->backoff_ms = m->config->cp_retry_max_ms;
+  double delay_s = jitter(slot->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  MT_LOG_W("control plane: retrying the certificate request for %s in %.1f s", slot->spiffe_id,
+           delay_s);
+  set_slot_timer(slot, &slot->cert_timer, delay_s);
+  slot->backoff_ms *= 2;
+  if (slot->backoff_ms > m->config->cp_retry_max_ms) slot->backoff_ms = m->config->cp_retry_max_ms;
 }
 
 /* Renew when about half of the remaining life is left, with jitter so a
@@ -212,18 +270,18 @@ static void schedule_retry(mt_cert_manager *m) {
  * than from notBefore matters: CAs backdate notBefore for clock skew (60 s
  * for mtls-ca), which on a short-lived certificate would put "half of its
  * life" in the past and renew in a loop. */
-static void schedule_renewal(mt_cert_manager *m) {
-  m->state = CM_VALID;
-  m->backoff_ms = m->config->cp_retry_initial_ms;
-  double remaining = difftime(m->not_after, time(NULL));
+static void schedule_renewal(cert_slot *slot) {
+  slot->state = CM_VALID;
+  slot->backoff_ms = slot->m->config->cp_retry_initial_ms;
+  double remaining = difftime(slot->not_after, time(NULL));
   double delay = jitter(remaining / 2, JITTER_PERCENT);
-  set_timer(m, &m->cert_timer, delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
-  set_timer(m, &m->expiry_timer, remaining);
+  set_slot_timer(slot, &slot->cert_timer, delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
+  set_slot_timer(slot, &slot->expiry_timer, remaining);
 }
 
 /* Takes the CA's answer for |key| if it is usable: the leaf must certify our
  * key; the SVID rules and the chain are checked when the snapshot is built. */
-static int accept_certificate(mt_cert_manager *m, EVP_PKEY *key, mt_ca_result *r) {
+static int accept_certificate(cert_slot *slot, EVP_PKEY *key, mt_ca_result *r) {
   X509 *leaf = sk_X509_shift(r->chain);
   if (leaf == NULL || !X509_check_private_key(leaf, key)) {
     ERR_clear_error();
@@ -231,64 +289,66 @@ static int accept_certificate(mt_cert_manager *m, EVP_PKEY *key, mt_ca_result *r
     X509_free(leaf);
     return 0;
   }
-  EVP_PKEY_free(m->key);
-  X509_free(m->leaf);
-  sk_X509_pop_free(m->chain, X509_free);
-  m->key = key;
-  m->leaf = leaf;
-  m->chain = r->chain;
+  EVP_PKEY_free(slot->key);
+  X509_free(slot->leaf);
+  sk_X509_pop_free(slot->chain, X509_free);
+  slot->key = key;
+  slot->leaf = leaf;
+  slot->chain = r->chain;
   r->chain = NULL;
   if (sk_X509_num(r->roots) > 0) {
-    sk_X509_pop_free(m->ca_roots, X509_free);
-    m->ca_roots = r->roots;
+    sk_X509_pop_free(slot->m->ca_roots, X509_free);
+    slot->m->ca_roots = r->roots;
     r->roots = NULL;
   }
   time_t now = time(NULL);
-  m->not_before = mt_x509_time(X509_get0_notBefore(leaf), now);
-  m->not_after = mt_x509_time(X509_get0_notAfter(leaf), now);
+  slot->not_before = mt_x509_time(X509_get0_notBefore(leaf), now);
+  slot->not_after = mt_x509_time(X509_get0_notAfter(leaf), now);
   return 1;
 }
 
 static void on_ca_done(void *arg, mt_ca_result *r) {
-  mt_cert_manager *m = arg;
-  EVP_PKEY *key = m->pending_key;
-  m->pending_key = NULL;
-  m->request = NULL;
+  cert_slot *slot = arg;
+  EVP_PKEY *key = slot->pending_key;
+  slot->pending_key = NULL;
+  slot->request = NULL;
   if (r->status != MT_GRPC_OK) {
-    MT_LOG_E("control plane: certificate request failed: %s", r->message);
+    MT_LOG_E("control plane: certificate request for %s failed: %s", slot->spiffe_id, r->message);
     EVP_PKEY_free(key);
-    schedule_retry(m);
+    schedule_retry(slot);
     return;
   }
-  if (!accept_certificate(m, key, r)) {
+  if (!accept_certificate(slot, key, r)) {
     EVP_PKEY_free(key);
-    schedule_retry(m);
+    schedule_retry(slot);
     return;
   }
-  if (!rebuild(m)) {
-    schedule_retry(m);
+  if (!build_slot(slot)) {
+    schedule_retry(slot);
     return;
   }
-  m->stats.certificates_issued++;
-  schedule_renewal(m);
+  publish_all(slot->m);
+  slot->m->stats.certificates_issued++;
+  schedule_renewal(slot);
 }
 
-static void request_certificate(mt_cert_manager *m) {
-  const mt_config *c = m->config;
+static void request_certificate(cert_slot *slot) {
+  const mt_config *c = slot->m->config;
   char err[ERR_MAX];
-  m->state = CM_REQUESTING;
-  m->pending_key = mt_csr_generate_key();
-  mt_ca_request_options o = {c->spiffe_id, c->cp_cert_ttl_s, c->cp_token_file, c->cp_cluster_id,
-                             c->cp_request_timeout_ms};
-  m->request = m->pending_key ? mt_ca_request_start(m->grpc, m->pending_key, &o, on_ca_done, m, err,
-                                                    sizeof(err))
-                              : NULL;
-  if (m->request == NULL) {
+  slot->state = CM_REQUESTING;
+  slot->pending_key = mt_csr_generate_key();
+  mt_ca_request_options o = {slot->spiffe_id,         c->cp_cert_ttl_s, c->cp_token_file,
+                             c->cp_cluster_id,        c->cp_request_timeout_ms,
+                             slot->impersonate};
+  slot->request = slot->pending_key ? mt_ca_request_start(slot->m->grpc, slot->pending_key, &o,
+                                                          on_ca_done, slot, err, sizeof(err))
+                                    : NULL;
+  if (slot->request == NULL) {
     MT_LOG_E("control plane: cannot send a certificate request: %s",
-             m->pending_key ? err : "key generation failed");
-    EVP_PKEY_free(m->pending_key);
-    m->pending_key = NULL;
-    schedule_retry(m);
+             slot->pending_key ? err : "key generation failed");
+    EVP_PKEY_free(slot->pending_key);
+    slot->pending_key = NULL;
+    schedule_retry(slot);
   }
 }
 
@@ -301,17 +361,18 @@ static void on_cert_timer(struct ev_loop *loop, ev_timer *t, int revents) {
 static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
   (void)loop;
   (void)revents;
-  mt_cert_manager *m = t->data;
+  cert_slot *slot = t->data;
   time_t now = time(NULL);
-  if (m->not_after > now) { /* renewed meanwhile, or the timer ran early */
-    set_timer(m, &m->expiry_timer, difftime(m->not_after, now));
+  if (slot->not_after > now) { /* renewed meanwhile, or the timer ran early */
+    set_slot_timer(slot, &slot->expiry_timer, difftime(slot->not_after, now));
     return;
   }
   MT_LOG_E(
-      "control plane: the workload certificate expired without renewal; refusing new "
-      "connections until the CA answers");
-  m->serving = 0;
-  m->publish(m->publish_arg, NULL);
+      "control plane: the certificate for %s expired without renewal; refusing its new "
+      "connections until the CA answers",
+      slot->spiffe_id);
+  slot->serving = 0;
+  publish_all(slot->m);
 }
 
 /* ---- mesh config stream -------------------------------------------------- */
@@ -329,7 +390,7 @@ static void on_watch_update(void *arg, mt_mesh_update *u) {
   MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
            mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
            mt_mesh_num_destinations(m->watched.mesh));
-  rebuild(m);
+  rebuild_all(m);
 }
 
 static void on_watch_rejected(void *arg, const char *why) {
@@ -369,7 +430,9 @@ static void start_watch(mt_cert_manager *m) {
     md[num_md++] = (mt_grpc_metadata){"authorization", auth};
   }
   const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
-  const char *who = m->issued_id[0] != '\0' ? m->issued_id : m->config->spiffe_id;
+  /* Node mode watches as the node agent itself; sidecars as the granted ID. */
+  const char *issued = m->config->node_mode ? "" : m->slots[0].issued_id;
+  const char *who = issued[0] != '\0' ? issued : m->config->spiffe_id;
   m->stats.watch_state = MT_WATCH_CONNECTING;
   m->watch =
       mt_mesh_watch_start(m->grpc, m->config->cp_node_id, who, version, md, num_md, &handlers, m);
@@ -441,21 +504,54 @@ static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   return 1;
 }
 
+static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id, int impersonate,
+                      size_t workload) {
+  slot->m = m;
+  snprintf(slot->spiffe_id, sizeof(slot->spiffe_id), "%s", spiffe_id);
+  slot->impersonate = impersonate;
+  slot->workload = workload;
+  slot->backoff_ms = m->config->cp_retry_initial_ms;
+  ev_init(&slot->cert_timer, on_cert_timer);
+  ev_init(&slot->expiry_timer, on_expiry);
+  slot->cert_timer.data = slot->expiry_timer.data = slot;
+}
+
+/* Sidecar: one slot, our own identity. Node mode: one slot per distinct
+ * workload identity (pods of one service account share a certificate). */
+static int make_slots(mt_cert_manager *m) {
+  const mt_config *c = m->config;
+  size_t max = c->node_mode ? c->num_node_workloads : 1;
+  m->slots = calloc(max, sizeof(cert_slot));
+  if (m->slots == NULL) return 0;
+  if (!c->node_mode) {
+    slot_init(m, &m->slots[m->num_slots++], c->spiffe_id, 0, 0);
+    return 1;
+  }
+  for (size_t w = 0; w < c->num_node_workloads; w++) {
+    const char *id = c->node_workloads[w].spiffe_id;
+    int seen = 0;
+    for (size_t i = 0; i < m->num_slots; i++) seen |= strcmp(m->slots[i].spiffe_id, id) == 0;
+    if (!seen) slot_init(m, &m->slots[m->num_slots++], id, 1, w);
+  }
+  return 1;
+}
+
 mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
-                                       mt_publish_fn publish, void *arg, char *err,
+                                       const mt_cert_manager_sink *sink, char *err,
                                        size_t err_len) {
   mt_cert_manager *m = calloc(1, sizeof(*m));
   if (m == NULL) return NULL;
   m->loop = loop;
   m->config = mt_config_ref(config);
-  m->publish = publish;
-  m->publish_arg = arg;
-  m->backoff_ms = config->cp_retry_initial_ms;
+  m->sink = *sink;
   m->watch_backoff_ms = config->cp_retry_initial_ms;
-  ev_init(&m->cert_timer, on_cert_timer);
-  ev_init(&m->expiry_timer, on_expiry);
   ev_init(&m->watch_timer, on_watch_timer);
-  m->cert_timer.data = m->expiry_timer.data = m->watch_timer.data = m;
+  m->watch_timer.data = m;
+  if (!make_slots(m)) {
+    snprintf(err, err_len, "out of memory");
+    mt_cert_manager_free(m);
+    return NULL;
+  }
   if (!setup_cp_tls(m, err, err_len) || !load_static_bundles(m, err, err_len)) {
     mt_cert_manager_free(m);
     return NULL;
@@ -472,7 +568,7 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
     mt_cert_manager_free(m);
     return NULL;
   }
-  request_certificate(m);
+  for (size_t i = 0; i < m->num_slots; i++) request_certificate(&m->slots[i]);
   if (config->cp_watch) {
     start_watch(m);
   } else {
@@ -482,20 +578,26 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
   return m;
 }
 
+static void slot_dispose(cert_slot *slot) {
+  ev_timer_stop(slot->m->loop, &slot->cert_timer);
+  ev_timer_stop(slot->m->loop, &slot->expiry_timer);
+  mt_ca_request_cancel(slot->request);
+  EVP_PKEY_free(slot->pending_key);
+  EVP_PKEY_free(slot->key);
+  X509_free(slot->leaf);
+  sk_X509_pop_free(slot->chain, X509_free);
+  mt_identity_unref(slot->identity);
+}
+
 void mt_cert_manager_free(mt_cert_manager *m) {
   if (m == NULL) return;
-  ev_timer_stop(m->loop, &m->cert_timer);
-  ev_timer_stop(m->loop, &m->expiry_timer);
+  for (size_t i = 0; i < m->num_slots; i++) slot_dispose(&m->slots[i]);
+  free(m->slots);
   ev_timer_stop(m->loop, &m->watch_timer);
-  mt_ca_request_cancel(m->request);
   mt_mesh_watch_cancel(m->watch);
   mt_grpc_client_free(m->grpc);
   SSL_CTX_free(m->cp_ctx);
   mt_trust_free(m->cp_trust);
-  EVP_PKEY_free(m->pending_key);
-  EVP_PKEY_free(m->key);
-  X509_free(m->leaf);
-  sk_X509_pop_free(m->chain, X509_free);
   sk_X509_pop_free(m->ca_roots, X509_free);
   bundles_free(m->static_bundles, m->num_static_bundles);
   mt_mesh_update_clear(&m->watched);
@@ -503,12 +605,17 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   free(m);
 }
 
-int mt_cert_manager_ready(const mt_cert_manager *m) { return m->serving; }
+/* Ready when every certificate we keep is valid. */
+int mt_cert_manager_ready(const mt_cert_manager *m) {
+  for (size_t i = 0; i < m->num_slots; i++)
+    if (!m->slots[i].serving) return 0;
+  return m->num_slots > 0;
+}
 
 void mt_cert_manager_set_config(mt_cert_manager *m, mt_config *config) {
   mt_config_free(m->config);
   m->config = mt_config_ref(config);
-  rebuild(m); /* the static policy, TLS settings and timeouts may have changed */
+  rebuild_all(m); /* the static policy, TLS settings and timeouts may have changed */
 }
 
 const char *mt_watch_state_str(mt_watch_state state) {

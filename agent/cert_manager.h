@@ -18,13 +18,21 @@
 
 #include "agent/config.h"
 #include "agent/identity.h"
+#include "agent/workloads.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Receives one reference to |identity| (NULL = no usable identity). */
-typedef void (*mt_publish_fn)(void *arg, mt_identity *identity);
+/* Where snapshots go. |publish| receives one reference to |identity| (NULL
+ * = no usable identity; sidecar mode). In node mode |publish_workloads|
+ * receives one reference to the table of workloads with a valid
+ * certificate (NULL only when out of memory: fail closed). */
+typedef struct {
+  void (*publish)(void *arg, mt_identity *identity);
+  void (*publish_workloads)(void *arg, mt_workloads *table);
+  void *arg;
+} mt_cert_manager_sink;
 
 typedef struct mt_cert_manager mt_cert_manager;
 
@@ -32,7 +40,8 @@ typedef struct mt_cert_manager mt_cert_manager;
  * the first certificate request and the Watch stream on |loop|. Takes its
  * own reference to |config|. Returns NULL with a reason in |err|. */
 mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
-                                       mt_publish_fn publish, void *arg, char *err, size_t err_len);
+                                       const mt_cert_manager_sink *sink, char *err,
+                                       size_t err_len);
 
 void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
 
@@ -42,7 +51,7 @@ void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
  * identity rebuilt from it. */
 void mt_cert_manager_set_config(mt_cert_manager *manager, mt_config *config);
 
-/* 1 while a valid certificate is being served. */
+/* 1 while every certificate it keeps (ours, or each node workload's) is valid. */
 int mt_cert_manager_ready(const mt_cert_manager *manager);
 
 typedef enum {

@@ -560,6 +560,8 @@ static int on_interception_key(parse_ctx *pc, const char *key, yaml_node_t *k, y
     return want_cidr_list(pc, v, key, 1, &ic->include_outbound_cidrs);
   if (strcmp(key, "exclude_outbound_cidrs") == 0)
     return want_cidr_list(pc, v, key, 0, &ic->exclude_outbound_cidrs);
+  if (strcmp(key, "node_pod_cidrs") == 0)
+    return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
   if (strcmp(key, "app_source_address") == 0) {
     if (!want_address(pc, v, key, 0, &ic->app_source_address)) return 0;
     if (mt_sockaddr_port((const struct sockaddr *)&ic->app_source_address.addr) != 0)
@@ -577,6 +579,9 @@ static int parse_interception(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   ic->proxy_uid = -1;
   if (!each_pair(pc, v, "interception", on_interception_key, ic)) return 0;
   if (ic->proxy_uid < 0) return fail(pc, v, "interception needs 'proxy_uid'");
+  for (size_t i = 0; i < ic->node_pod_cidrs.count; i++)
+    if (ic->node_pod_cidrs.cidrs[i].prefix_len == 0)
+      return fail(pc, v, "interception.node_pod_cidrs: a pod CIDR cannot be everything");
   return 1;
 }
 
@@ -693,7 +698,7 @@ static int on_rule_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node
 
 static int on_rule(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
   (void)i;
-  mt_config *c = target;
+  mt_policy **policy = target;
   rule_draft r;
   memset(&r, 0, sizeof(r));
   int ok = each_pair(pc, item, "a policy rule", on_rule_key, &r);
@@ -701,7 +706,7 @@ static int on_rule(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
   if (ok && !r.has_action) ok = fail(pc, item, "policy rule '%s' needs 'action'", r.name);
   if (ok && r.num_matchers == 0) ok = fail(pc, item, "policy rule '%s' needs 'from'", r.name);
   char why[256];
-  if (ok && !mt_policy_add_rule(c->policy, r.name, r.action, r.ports, r.num_ports, r.matchers,
+  if (ok && !mt_policy_add_rule(*policy, r.name, r.action, r.ports, r.num_ports, r.matchers,
                                 r.num_matchers, why, sizeof(why)))
     ok = fail(pc, item, "policy rule '%s': %s", r.name, why);
   free(r.name);
@@ -709,19 +714,21 @@ static int on_rule(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
   return ok;
 }
 
+/* |target| is the mt_policy ** being filled (the top level's or a node
+ * workload's own). */
 static int on_policy_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                          void *target) {
-  mt_config *c = target;
+  mt_policy **policy = target;
   if (strcmp(key, "default") == 0) {
     mt_action a;
     if (!parse_action(pc, v, &a)) return 0;
-    if (mt_policy_rule_count(c->policy) != 0)
+    if (mt_policy_rule_count(*policy) != 0)
       return fail(pc, k, "'policy.default' must come before 'policy.rules'");
-    mt_policy_free(c->policy);
-    c->policy = mt_policy_new(a);
-    return c->policy != NULL || fail(pc, v, "out of memory");
+    mt_policy_free(*policy);
+    *policy = mt_policy_new(a);
+    return *policy != NULL || fail(pc, v, "out of memory");
   }
-  if (strcmp(key, "rules") == 0) return each_item(pc, v, "policy.rules", on_rule, c);
+  if (strcmp(key, "rules") == 0) return each_item(pc, v, "policy.rules", on_rule, policy);
   return fail(pc, k, "unknown key 'policy.%s'", key);
 }
 
@@ -738,6 +745,60 @@ static int parse_log_level(parse_ctx *pc, yaml_node_t *v, mt_log_level *out) {
     }
   }
   return fail(pc, v, "'log_level' must be debug, info, warn or error, got '%s'", s);
+}
+
+/* ---- node mode ----------------------------------------------------------- */
+
+static int on_workload_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  mt_node_workload_config *w = target;
+  if (strcmp(key, "address") == 0) return want_address(pc, v, key, 0, &w->address);
+  if (strcmp(key, "spiffe_id") == 0) {
+    if (!want_string(pc, v, key, &w->spiffe_id)) return 0;
+    mt_spiffe_id_view view;
+    mt_spiffe_err e = mt_spiffe_id_parse(w->spiffe_id, strlen(w->spiffe_id), &view);
+    if (e != MT_SPIFFE_OK)
+      return fail(pc, v, "invalid SPIFFE ID '%s': %s", w->spiffe_id, mt_spiffe_err_str(e));
+    return 1;
+  }
+  if (strcmp(key, "policy") == 0) {
+    w->policy = mt_policy_new(MT_ACTION_ALLOW);
+    if (w->policy == NULL) return fail(pc, v, "out of memory");
+    return each_pair(pc, v, "policy", on_policy_key, &w->policy);
+  }
+  return fail(pc, k, "unknown key 'node.workloads[].%s'", key);
+}
+
+static int on_workload(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  mt_config *c = target;
+  mt_node_workload_config *w = &c->node_workloads[i];
+  c->num_node_workloads = i + 1;
+  if (!each_pair(pc, item, "a node workload", on_workload_key, w)) return 0;
+  if (w->address.addr.ss_family == 0) return fail(pc, item, "node workload needs 'address'");
+  if (w->spiffe_id == NULL) return fail(pc, item, "node workload needs 'spiffe_id'");
+  for (size_t j = 0; j < i; j++)
+    if (mt_sockaddr_equal((const struct sockaddr *)&c->node_workloads[j].address.addr,
+                          (const struct sockaddr *)&w->address.addr))
+      return fail(pc, item, "node workload address listed twice");
+  return 1;
+}
+
+static int on_node_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                       void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "name") == 0) return want_string(pc, v, key, &c->node_name);
+  if (strcmp(key, "workloads") == 0) {
+    c->node_workloads = alloc_for(pc, v, key, sizeof(mt_node_workload_config));
+    return c->node_workloads != NULL && each_item(pc, v, key, on_workload, c);
+  }
+  return fail(pc, k, "unknown key 'node.%s'", key);
+}
+
+static int parse_node(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
+  c->node_mode = 1;
+  if (!each_pair(pc, v, "node", on_node_key, c)) return 0;
+  if (c->node_name == NULL) return fail(pc, v, "node needs 'name'");
+  return 1;
 }
 
 /* ---- admin ------------------------------------------------------------ */
@@ -838,7 +899,8 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "timeouts") == 0) return each_pair(pc, v, "timeouts", on_timeout_key, c);
   if (strcmp(key, "inbound") == 0) return each_pair(pc, v, "inbound", on_inbound_key, c);
   if (strcmp(key, "outbound") == 0) return each_pair(pc, v, "outbound", on_outbound_key, c);
-  if (strcmp(key, "policy") == 0) return each_pair(pc, v, "policy", on_policy_key, c);
+  if (strcmp(key, "policy") == 0) return each_pair(pc, v, "policy", on_policy_key, &c->policy);
+  if (strcmp(key, "node") == 0) return parse_node(pc, v, c);
   if (strcmp(key, "interception") == 0) return parse_interception(pc, v, c);
   if (strcmp(key, "admin") == 0) return parse_admin(pc, v, c);
   return fail(pc, k, "unknown key '%s'", key);
@@ -866,8 +928,30 @@ static int validate_control_plane(parse_ctx *pc, mt_config *c, yaml_node_t *root
   return 1;
 }
 
+/* Node mode: certificates for the node's workloads come from the control
+ * plane (the agent has no files for them), and every workload must belong
+ * to our trust domain. */
+static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
+  if (!c->has_control_plane)
+    return fail(pc, root, "node mode needs 'control_plane' (workload certificates come from it)");
+  if (c->num_node_workloads == 0) return fail(pc, root, "node mode needs 'node.workloads'");
+  for (size_t i = 0; i < c->num_node_workloads; i++) {
+    const char *id = c->node_workloads[i].spiffe_id;
+    mt_spiffe_id_view view;
+    mt_spiffe_id_parse(id, strlen(id), &view);
+    if (view.trust_domain_len != strlen(c->trust_domain) ||
+        memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
+      return fail(pc, root, "node workload '%s' is not in trust domain '%s'", id, c->trust_domain);
+  }
+  for (size_t i = 0; i < c->num_inbound_listeners; i++)
+    if (c->inbound_listeners[i].has_fixed_target)
+      return fail(pc, root, "node mode: inbound listeners must be redirected (no app_port)");
+  return 1;
+}
+
 static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
+  if (c->node_mode && !validate_node(pc, c, root)) return 0;
   if (c->has_control_plane) return validate_control_plane(pc, c, root);
   int has_pair = c->cert_file != NULL || c->key_file != NULL;
   if (has_pair && c->pkcs12_file != NULL)
@@ -962,7 +1046,15 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
   resolve_interception(c);
   if (c->access_log == NULL) c->access_log = strdup("-");
   c->mesh = mt_mesh_new("static", c->policy, c->destinations, c->num_destinations);
-  if (c->access_log == NULL || c->mesh == NULL) {
+  int meshes_ok = c->mesh != NULL;
+  for (size_t i = 0; meshes_ok && i < c->num_node_workloads; i++) {
+    mt_node_workload_config *w = &c->node_workloads[i];
+    w->mesh = w->policy ? mt_mesh_new("static", w->policy, c->destinations, c->num_destinations)
+                        : mt_mesh_ref(c->mesh);
+    w->policy = NULL; /* owned by the mesh now (freed by mt_mesh_new on failure) */
+    meshes_ok = w->mesh != NULL;
+  }
+  if (c->access_log == NULL || !meshes_ok) {
     snprintf(err, err_len, "%s:1: out of memory", path);
     c->policy = NULL; /* mt_mesh_new took it */
     mt_config_free(c);
@@ -1008,10 +1100,18 @@ void mt_config_free(mt_config *c) {
   free(c->interception.exclude_outbound_ports.ports);
   free(c->interception.include_outbound_cidrs.cidrs);
   free(c->interception.exclude_outbound_cidrs.cidrs);
+  free(c->interception.node_pod_cidrs.cidrs);
   if (c->mesh != NULL)
     mt_mesh_unref(c->mesh);
   else
     mt_policy_free(c->policy);
+  for (size_t i = 0; i < c->num_node_workloads; i++) {
+    free(c->node_workloads[i].spiffe_id);
+    mt_policy_free(c->node_workloads[i].policy);
+    mt_mesh_unref(c->node_workloads[i].mesh);
+  }
+  free(c->node_workloads);
+  free(c->node_name);
   free(c);
 }
 
@@ -1116,6 +1216,7 @@ static int str_differs(const char *a, const char *b) {
 }
 
 static int addr_differs(const mt_sockaddr *a, const mt_sockaddr *b) {
+  if (a->addr.ss_family == 0 && b->addr.ss_family == 0) return 0; /* both unset */
   return !mt_sockaddr_equal((const struct sockaddr *)&a->addr, (const struct sockaddr *)&b->addr);
 }
 
@@ -1138,12 +1239,24 @@ static int bundles_differ(const mt_config *a, const mt_config *b) {
   return 0;
 }
 
+/* Workload identities are requested at start; their policies may change. */
+static int node_workloads_differ(const mt_config *a, const mt_config *b) {
+  if (a->num_node_workloads != b->num_node_workloads) return 1;
+  for (size_t i = 0; i < a->num_node_workloads; i++)
+    if (addr_differs(&a->node_workloads[i].address, &b->node_workloads[i].address) ||
+        str_differs(a->node_workloads[i].spiffe_id, b->node_workloads[i].spiffe_id))
+      return 1;
+  return 0;
+}
+
 int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out, size_t out_len) {
   struct {
     const char *name;
     int differs;
   } checks[] = {
       {"trust_domain", str_differs(o->trust_domain, n->trust_domain)},
+      {"node", o->node_mode != n->node_mode || str_differs(o->node_name, n->node_name) ||
+                   node_workloads_differ(o, n)},
       {"workers", o->workers != n->workers},
       {"max_connections", o->max_connections != n->max_connections},
       {"access_log", str_differs(o->access_log, n->access_log)},

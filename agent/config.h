@@ -88,7 +88,18 @@ typedef struct {
   mt_cidr_list include_outbound_cidrs;
   mt_cidr_list exclude_outbound_cidrs;
   mt_sockaddr app_source_address; /* port unused */
+  /* Node mode: the CIDRs of this node's pods. Non-empty selects the node
+   * layout (capture in PREROUTING by pod CIDR; nothing in OUTPUT). */
+  mt_cidr_list node_pod_cidrs;
 } mt_interception_config;
+
+/* node mode: one workload (pod) served by this agent. */
+typedef struct {
+  mt_sockaddr address; /* the pod's IP (port unused) */
+  char *spiffe_id;     /* the identity requested for it from the control plane */
+  mt_policy *policy;   /* private: parsed policy, owned by |mesh| after the load */
+  mt_mesh *mesh;       /* its inbound policy: its own `policy:` or the top-level one */
+} mt_node_workload_config;
 
 typedef struct {
   int refs_; /* private: use mt_config_ref / mt_config_free */
@@ -153,6 +164,14 @@ typedef struct {
   int has_admin_telemetry_address;    /* optional second listener: /healthz /ready /metrics */
   mt_sockaddr admin_telemetry_address;
   int admin_allow_non_local;
+
+  /* node: one agent for several workloads (a DaemonSet). Outbound traffic
+   * presents the certificate of the workload it comes from (by source IP);
+   * inbound traffic is judged by the policy of the workload it goes to. */
+  int node_mode;
+  char *node_name;
+  mt_node_workload_config *node_workloads;
+  size_t num_node_workloads;
 
   int has_interception; /* the optional `interception:` section is present */
   mt_interception_config interception;

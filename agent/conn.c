@@ -161,6 +161,7 @@ void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
   endpoint_dispose(conn, &conn->up);
   ERR_clear_error(); /* never leak one connection's errors into the next */
   mt_identity_unref(conn->identity);
+  mt_identity_unref(conn->local_peer);
   mt_worker_unlink(conn->worker, conn);
   free(conn);
 }

@@ -72,6 +72,7 @@ struct mt_conn {
   int handshake_done;
   int idle_timeout_ms;
   mt_identity *identity; /* reference held for the connection's life */
+  mt_identity *local_peer; /* node-local delivery: the destination pod's snapshot */
   mt_tls_peer peer;
   struct sockaddr_storage source, target;
   int admitted;         /* passed verification and policy */

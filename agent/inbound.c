@@ -65,12 +65,22 @@ static void connect_app(mt_conn *conn) {
   mt_conn_watch(conn, &conn->down, 0); /* nothing to read until the app is connected */
 }
 
+/* The identity answering for the workload being called: ours (sidecar) or,
+ * in node mode, the destination pod's. NULL closes the connection. */
+static mt_identity *destination_identity(mt_conn *conn) {
+  mt_identity *identity =
+      mt_worker_identity_for(conn->worker, (const struct sockaddr *)&conn->target);
+  if (identity == NULL)
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
+                  mt_worker_config(conn->worker)->node_mode
+                      ? "the destination is not a workload of this node with a valid certificate"
+                      : "no valid workload certificate");
+  return identity;
+}
+
 static void start_handshake(mt_conn *conn) {
-  mt_identity *identity = mt_worker_identity(conn->worker);
-  if (identity == NULL) {
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
-    return;
-  }
+  mt_identity *identity = destination_identity(conn);
+  if (identity == NULL) return;
   conn->identity = mt_identity_ref(identity);
   conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd, &conn->peer);
   if (conn->down.ssl == NULL) {
@@ -92,11 +102,8 @@ static int is_permissive(const mt_config *config, uint16_t port) {
  * peer, and only where no policy rule asks for an identity. Its bytes reach
  * the app untouched (a non-mesh TLS client keeps its own end-to-end TLS). */
 static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
-  mt_identity *identity = mt_worker_identity(conn->worker);
-  if (identity == NULL) { /* no snapshot means no policy to consult: fail closed */
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
-    return;
-  }
+  mt_identity *identity = destination_identity(conn);
+  if (identity == NULL) return; /* no snapshot means no policy to consult: fail closed */
   conn->identity = mt_identity_ref(identity);
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
   mt_decision d =
@@ -168,9 +175,12 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
 }
 
 /* Where allowed traffic goes: the configured app address, on the original
- * destination port (redirected) or the listener's mapped port. */
+ * destination port (redirected) or the listener's mapped port; in node mode
+ * the original destination itself (a pod on this node). */
 static int resolve_target(mt_conn *conn, const mt_listener_config *listener) {
   const mt_config *config = mt_worker_config(conn->worker);
+  if (config->node_mode) /* the pod itself, at the address and port the peer dialled */
+    return mt_original_dst(conn->down.fd, &conn->target);
   uint16_t port = listener->app_port;
   if (!listener->has_fixed_target) {
     struct sockaddr_storage orig;

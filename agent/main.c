@@ -28,7 +28,8 @@ typedef struct {
   mt_workers *workers;
   mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
   mt_admin *admin;
-  mt_identity *identity; /* what the workers currently serve; NULL = none */
+  mt_identity *identity;   /* what the workers currently serve; NULL = none */
+  mt_workloads *workloads; /* node mode: what the workers currently serve */
   uint64_t files_stamp, failed_stamp;
   uint64_t config_stamp, config_failed_stamp;
   ev_timer reload_timer; /* polls the config file (and certificate files) */
@@ -86,6 +87,13 @@ static void enforce_expiry(agent *a) {
 
 /* The control-plane source hands over snapshots (it owns their timing). */
 static void on_cert_manager_publish(void *arg, mt_identity *identity) { publish(arg, identity); }
+
+static void on_cert_manager_workloads(void *arg, mt_workloads *table) {
+  agent *a = arg;
+  mt_workers_publish_workloads(a->workers, table);
+  mt_workloads_unref(a->workloads);
+  a->workloads = table;
+}
 
 static int refuse_reload(agent *a, uint64_t stamp, char *msg, size_t msg_len) {
   a->config_failed_stamp = stamp;
@@ -180,6 +188,7 @@ static void admin_view(void *arg, mt_admin_view *v) {
   static mt_cert_manager_stats cp; /* main thread only; valid for the request */
   v->config = a->config;
   v->identity = a->identity;
+  v->workloads = a->workloads;
   v->identity_source = a->cert_manager ? "control-plane" : "files";
   v->worker_metrics = mt_workers_metrics(a->workers, &v->num_workers);
   v->identity_updates = a->identity_updates;
@@ -277,6 +286,7 @@ static void stop_agent(agent *a) {
   mt_cert_manager_free(a->cert_manager);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);
   mt_identity_unref(a->identity);
+  mt_workloads_unref(a->workloads);
   ev_loop_destroy(a->loop);
 }
 
@@ -303,8 +313,8 @@ static int run(const char *path) {
   a.workers = mt_workers_start(config, NULL, err, sizeof(err));
   int ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
   if (ok && config->has_control_plane) {
-    a.cert_manager =
-        mt_cert_manager_start(a.loop, config, on_cert_manager_publish, &a, err, sizeof(err));
+    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a};
+    a.cert_manager = mt_cert_manager_start(a.loop, config, &sink, err, sizeof(err));
     ok = a.cert_manager != NULL;
   } else if (ok) {
     ok = start_file_source(&a, err, sizeof(err));

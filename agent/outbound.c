@@ -3,6 +3,10 @@
  *   CONNECTING --connected--> HANDSHAKING --server verified--> [expected ID?]
  *                                                 yes --> RELAYING
  *                                                 no  --> closed
+ * Node mode, destination on this node: both ends are our workloads, so the
+ * destination's inbound policy is applied here (the packets never pass an
+ * inbound listener) and the connection goes straight to the pod:
+ *   [policy] allow --> CONNECTING --connected--> RELAYING
  * The application's socket is not read until the mesh side is ready, so its
  * first bytes wait in the kernel (backpressure from the start). */
 #include "agent/outbound.h"
@@ -82,7 +86,11 @@ static void start_handshake(mt_conn *conn) {
 static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
   switch (conn->state) {
     case MT_CONN_CONNECTING:
-      if (ep == &conn->up && mt_conn_finish_connect(conn)) start_handshake(conn);
+      if (ep != &conn->up || !mt_conn_finish_connect(conn)) return;
+      if (conn->admitted) /* node-local delivery: already authorized */
+        mt_relay_start(conn);
+      else
+        start_handshake(conn);
       return;
     case MT_CONN_HANDSHAKING:
       if (ep == &conn->up && mt_conn_handshake(conn, ep) == MT_HANDSHAKE_DONE)
@@ -108,6 +116,57 @@ static int is_own_listener(const mt_config *config, const struct sockaddr *targe
   return 0;
 }
 
+static socklen_t sockaddr_len(const struct sockaddr_storage *ss);
+
+static int is_node_workload(const mt_config *config, const struct sockaddr *addr) {
+  for (size_t i = 0; i < config->num_node_workloads; i++) {
+    const struct sockaddr *w = (const struct sockaddr *)&config->node_workloads[i].address.addr;
+    if (w->sa_family != addr->sa_family) continue;
+    if (addr->sa_family == AF_INET &&
+        ((const struct sockaddr_in *)w)->sin_addr.s_addr ==
+            ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
+      return 1;
+    if (addr->sa_family == AF_INET6 &&
+        memcmp(&((const struct sockaddr_in6 *)w)->sin6_addr,
+               &((const struct sockaddr_in6 *)addr)->sin6_addr, sizeof(struct in6_addr)) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* Node mode: when the destination is a pod of this node, judge the call by
+ * that pod's inbound policy with the caller's identity (we hold both
+ * certificates, so both identities are proven to us) and connect to the pod
+ * directly. Returns 0 when the destination is not local. */
+static int deliver_on_node(mt_conn *conn) {
+  const struct sockaddr *target = (const struct sockaddr *)&conn->target;
+  mt_identity *dest = mt_worker_identity_for(conn->worker, target);
+  if (dest == NULL) {
+    if (!is_node_workload(mt_worker_config(conn->worker), target)) return 0;
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
+                  "the destination pod of this node has no valid certificate yet");
+    return 1;
+  }
+  /* Held for the connection's life: its policy decides, and the access log
+   * names the deciding rule at close. */
+  conn->local_peer = mt_identity_ref(dest);
+  const char *caller = mt_identity_spiffe_id(conn->identity);
+  uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
+  mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
+  snprintf(conn->peer.spiffe_id, sizeof(conn->peer.spiffe_id), "%s", mt_identity_spiffe_id(dest));
+  conn->rule = d.rule;
+  mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_OUTBOUND, d.action, d.rule);
+  if (d.action != MT_ACTION_ALLOW) {
+    mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
+    return 1;
+  }
+  conn->admitted = 1;
+  snprintf(conn->peer.detail, sizeof(conn->peer.detail), "node-local delivery from %s", caller);
+  mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
+                     NULL, 0);
+  return 1;
+}
+
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
   return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
@@ -130,12 +189,16 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
                   "the destination is this agent's own listener (redirect loop)");
     return;
   }
-  mt_identity *identity = mt_worker_identity(worker);
+  mt_identity *identity = mt_worker_identity_for(worker, source);
   if (identity == NULL) {
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY, "no valid workload certificate");
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
+                  config->node_mode ? "the source is not a workload of this node with a valid "
+                                      "certificate"
+                                    : "no valid workload certificate");
     return;
   }
   conn->identity = mt_identity_ref(identity);
+  if (config->node_mode && deliver_on_node(conn)) return;
   if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
       mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) ==
           NULL) {

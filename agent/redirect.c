@@ -29,7 +29,7 @@ enum {
 #define XTABLES_WAIT "--wait=10" /* seconds to wait for the xtables lock */
 
 static const char *const our_chains[] = {MT_CHAIN_INBOUND, MT_CHAIN_IN_REDIRECT, MT_CHAIN_OUTPUT,
-                                         MT_CHAIN_REDIRECT};
+                                         MT_CHAIN_REDIRECT, MT_CHAIN_NODE_OUT};
 enum { NUM_CHAINS = sizeof(our_chains) / sizeof(our_chains[0]) };
 
 /* The jumps from the built-in chains, as `iptables -S` prints them (after -A). */
@@ -196,6 +196,45 @@ static void emit_output_listener_returns(strbuf *b, const mt_config *c) {
   }
 }
 
+/* The control plane and the excluded destinations are never captured. */
+static void emit_outbound_returns(strbuf *b, const mt_config *c, int family, const char *chain) {
+  const mt_interception_config *ic = &c->interception;
+  char text[INET6_ADDRSTRLEN + 8];
+  mt_sockaddr cp;
+  if (c->has_control_plane && c->cp_address != NULL && mt_sockaddr_parse(c->cp_address, &cp, 1) &&
+      family_of(&cp) == family) {
+    format_host(&cp, text, sizeof(text));
+    sb_printf(b, "-A %s -d %s -p tcp -m tcp --dport %u -j RETURN\n", chain, text, port_of(&cp));
+  }
+  for (size_t i = 0; i < ic->exclude_outbound_cidrs.count; i++) {
+    const mt_cidr *x = &ic->exclude_outbound_cidrs.cidrs[i];
+    if (x->family != family) continue;
+    format_cidr(x, text, sizeof(text));
+    if (x->prefix_len == 0)
+      sb_printf(b, "-A %s -j RETURN\n", chain);
+    else
+      sb_printf(b, "-A %s -d %s -j RETURN\n", chain, text);
+  }
+  for (size_t i = 0; i < ic->exclude_outbound_ports.count; i++) {
+    uint16_t p = ic->exclude_outbound_ports.ports[i];
+    if (!list_has(ic->exclude_outbound_ports.ports, i, p))
+      sb_printf(b, "-A %s -p tcp -m tcp --dport %u -j RETURN\n", chain, p);
+  }
+  if (ic->include_outbound_cidrs.all) {
+    sb_printf(b, "-A %s -j " MT_CHAIN_REDIRECT "\n", chain);
+    return;
+  }
+  for (size_t i = 0; i < ic->include_outbound_cidrs.count; i++) {
+    const mt_cidr *x = &ic->include_outbound_cidrs.cidrs[i];
+    if (x->family != family) continue;
+    format_cidr(x, text, sizeof(text));
+    if (x->prefix_len == 0)
+      sb_printf(b, "-A %s -j " MT_CHAIN_REDIRECT "\n", chain);
+    else
+      sb_printf(b, "-A %s -d %s -j " MT_CHAIN_REDIRECT "\n", chain, text);
+  }
+}
+
 static void emit_output(strbuf *b, const mt_config *c, int family) {
   const mt_interception_config *ic = &c->interception;
   char text[INET6_ADDRSTRLEN + 8];
@@ -209,40 +248,43 @@ static void emit_output(strbuf *b, const mt_config *c, int family) {
   sb_printf(b, "-A " MT_CHAIN_OUTPUT " -d %s -j RETURN\n",
             family == AF_INET6 ? "::1/128" : "127.0.0.1/32");
   emit_output_listener_returns(b, c);
-  mt_sockaddr cp;
-  if (c->has_control_plane && c->cp_address != NULL && mt_sockaddr_parse(c->cp_address, &cp, 1) &&
-      family_of(&cp) == family) {
-    format_host(&cp, text, sizeof(text));
-    sb_printf(b, "-A " MT_CHAIN_OUTPUT " -d %s -p tcp -m tcp --dport %u -j RETURN\n", text,
-              port_of(&cp));
-  }
-  for (size_t i = 0; i < ic->exclude_outbound_cidrs.count; i++) {
-    const mt_cidr *x = &ic->exclude_outbound_cidrs.cidrs[i];
+  emit_outbound_returns(b, c, family, MT_CHAIN_OUTPUT);
+}
+
+/* Node mode, from PREROUTING: a packet from one of our pods is outbound
+ * (MTLSD_NODE_OUT, which also catches pod-to-pod calls on this node); one
+ * for our pods from anywhere else is inbound. Packets the agent itself
+ * sends never pass PREROUTING, so no owner match is needed (nor allowed). */
+static void emit_node(strbuf *b, const mt_config *c, int family) {
+  const mt_interception_config *ic = &c->interception;
+  char text[INET6_ADDRSTRLEN + 8];
+  for (size_t i = 0; i < ic->node_pod_cidrs.count; i++) {
+    const mt_cidr *x = &ic->node_pod_cidrs.cidrs[i];
     if (x->family != family) continue;
     format_cidr(x, text, sizeof(text));
-    if (x->prefix_len == 0)
-      sb_printf(b, "-A " MT_CHAIN_OUTPUT " -j RETURN\n");
-    else
-      sb_printf(b, "-A " MT_CHAIN_OUTPUT " -d %s -j RETURN\n", text);
+    sb_printf(b, "-A " MT_CHAIN_INBOUND " -s %s -j " MT_CHAIN_NODE_OUT "\n", text);
   }
-  for (size_t i = 0; i < ic->exclude_outbound_ports.count; i++) {
-    uint16_t p = ic->exclude_outbound_ports.ports[i];
-    if (!list_has(ic->exclude_outbound_ports.ports, i, p))
-      sb_printf(b, "-A " MT_CHAIN_OUTPUT " -p tcp -m tcp --dport %u -j RETURN\n", p);
+  const char *ret = "-A " MT_CHAIN_INBOUND " -p tcp -m tcp --dport %u -j RETURN\n";
+  for (size_t i = 0; i < ic->exclude_inbound_ports.count; i++) {
+    uint16_t p = ic->exclude_inbound_ports.ports[i];
+    if (!list_has(ic->exclude_inbound_ports.ports, i, p)) sb_printf(b, ret, p);
   }
-  if (ic->include_outbound_cidrs.all) {
-    sb_printf(b, "-A " MT_CHAIN_OUTPUT " -j " MT_CHAIN_REDIRECT "\n");
-    return;
-  }
-  for (size_t i = 0; i < ic->include_outbound_cidrs.count; i++) {
-    const mt_cidr *x = &ic->include_outbound_cidrs.cidrs[i];
+  for (size_t i = 0; i < ic->node_pod_cidrs.count; i++) {
+    const mt_cidr *x = &ic->node_pod_cidrs.cidrs[i];
     if (x->family != family) continue;
     format_cidr(x, text, sizeof(text));
-    if (x->prefix_len == 0)
-      sb_printf(b, "-A " MT_CHAIN_OUTPUT " -j " MT_CHAIN_REDIRECT "\n");
-    else
-      sb_printf(b, "-A " MT_CHAIN_OUTPUT " -d %s -j " MT_CHAIN_REDIRECT "\n", text);
+    if (ic->include_inbound_ports.all) {
+      sb_printf(b, "-A " MT_CHAIN_INBOUND " -d %s -j " MT_CHAIN_IN_REDIRECT "\n", text);
+      continue;
+    }
+    for (size_t j = 0; j < ic->include_inbound_ports.count; j++) {
+      uint16_t p = ic->include_inbound_ports.ports[j];
+      if (!list_has(ic->include_inbound_ports.ports, j, p))
+        sb_printf(b, "-A " MT_CHAIN_INBOUND " -d %s -p tcp -m tcp --dport %u -j " MT_CHAIN_IN_REDIRECT
+                     "\n", text, p);
+    }
   }
+  emit_outbound_returns(b, c, family, MT_CHAIN_NODE_OUT);
 }
 
 /* One jump from a built-in chain: add it when missing, delete extras. */
@@ -254,13 +296,21 @@ static void emit_single_jump(strbuf *b, const char *jump, unsigned installed) {
 char *mt_redirect_install_text(const mt_config *c, int family, const mt_redirect_state *now) {
   const mt_interception_config *ic = &c->interception;
   strbuf b = {NULL, 0, 0, 0};
+  int node = ic->node_pod_cidrs.count > 0;
   emit_header(&b);
-  emit_inbound(&b, c);
+  if (node)
+    emit_node(&b, c, family);
+  else
+    emit_inbound(&b, c);
   sb_printf(&b, "-A " MT_CHAIN_IN_REDIRECT " -p tcp -j REDIRECT --to-ports %u\n", ic->inbound_port);
-  emit_output(&b, c, family);
+  if (!node) emit_output(&b, c, family);
   sb_printf(&b, "-A " MT_CHAIN_REDIRECT " -p tcp -j REDIRECT --to-ports %u\n", ic->outbound_port);
   emit_single_jump(&b, PREROUTING_JUMP, now->prerouting_jumps);
-  emit_single_jump(&b, OUTPUT_JUMP, now->output_jumps);
+  /* Node mode leaves the node's own traffic alone: no OUTPUT jump at all. */
+  if (node)
+    for (unsigned k = 0; k < now->output_jumps; k++) sb_printf(&b, "-D %s\n", OUTPUT_JUMP);
+  else
+    emit_single_jump(&b, OUTPUT_JUMP, now->output_jumps);
   sb_printf(&b, "COMMIT\n");
   return sb_take(&b);
 }

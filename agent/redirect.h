@@ -1,8 +1,11 @@
 /* redirect: the traffic-interception rules behind `mtlsd init-iptables`.
  *
- * The rules live in four chains of the nat table, jumped to from PREROUTING
- * and OUTPUT (layout in README.md, "Interception rules"). This module owns
- * their text and their installation:
+ * The rules live in chains of the nat table, jumped to from PREROUTING and
+ * OUTPUT (layout in README.md, "Interception rules"). Node mode
+ * (interception.node_pod_cidrs) captures in PREROUTING only: what the
+ * node's pods send goes to the outbound port, what arrives for them from
+ * elsewhere to the inbound port; the node's own traffic is left alone.
+ * This module owns their text and their installation:
  *
  *  - generation is pure: (config, what is installed now) -> the input of one
  *    `iptables-restore --noflush` transaction, so it is tested on exact text;
@@ -25,12 +28,13 @@ extern "C" {
 #define MT_CHAIN_IN_REDIRECT "MTLSD_IN_REDIRECT" /* REDIRECT to interception.inbound_port */
 #define MT_CHAIN_OUTPUT "MTLSD_OUTPUT"           /* jumped from OUTPUT -p tcp */
 #define MT_CHAIN_REDIRECT "MTLSD_REDIRECT"       /* REDIRECT to interception.outbound_port */
+#define MT_CHAIN_NODE_OUT "MTLSD_NODE_OUT"       /* node mode: what pods send, from PREROUTING */
 
 /* What one address family's nat table holds of ours right now. */
 typedef struct {
   unsigned prerouting_jumps; /* "-A PREROUTING -p tcp -j MTLSD_INBOUND" rules */
   unsigned output_jumps;     /* "-A OUTPUT -p tcp -j MTLSD_OUTPUT" rules */
-  unsigned chains;           /* how many of the four MTLSD_ chains exist */
+  unsigned chains;           /* how many of our MTLSD_ chains exist */
 } mt_redirect_state;
 
 /* Reads the output of `iptables -t nat -S` (or ip6tables). */

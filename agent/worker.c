@@ -39,6 +39,7 @@ struct mt_worker {
   mt_identity *identity; /* owned reference; NULL = fail closed */
   mt_worker_metrics *metrics; /* written by this thread only */
   mt_config *config;          /* owned reference: the current config */
+  mt_workloads *workloads;    /* node mode: owned reference; NULL = none */
   int stopping;
   mt_conn *conns;
   size_t num_conns, max_conns;
@@ -46,6 +47,8 @@ struct mt_worker {
   int has_pending_identity;
   mt_identity *pending_identity;
   mt_config *pending_config; /* NULL = none */
+  int has_pending_workloads;
+  mt_workloads *pending_workloads;
   int stop_requested;
   int drain_ms;
 };
@@ -74,6 +77,13 @@ mt_identity *mt_worker_identity(mt_worker *w) {
   if (w->identity != NULL && (double)mt_identity_not_after(w->identity) <= ev_now(w->loop))
     return NULL;
   return w->identity;
+}
+
+mt_identity *mt_worker_identity_for(mt_worker *w, const struct sockaddr *workload) {
+  if (!w->config->node_mode) return mt_worker_identity(w);
+  mt_identity *id = mt_workloads_find(w->workloads, workload);
+  if (id != NULL && (double)mt_identity_not_after(id) <= ev_now(w->loop)) return NULL;
+  return id;
 }
 
 void mt_worker_link(mt_worker *w, mt_conn *conn) {
@@ -183,6 +193,10 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
   mt_identity *identity = w->pending_identity;
   mt_config *config = w->pending_config;
   w->pending_config = NULL;
+  int has_workloads = w->has_pending_workloads;
+  mt_workloads *workloads = w->pending_workloads;
+  w->has_pending_workloads = 0;
+  w->pending_workloads = NULL;
   int stop = w->stop_requested;
   int drain_ms = w->drain_ms;
   w->has_pending_identity = 0;
@@ -191,6 +205,10 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
   if (config != NULL) { /* before the identity built from it */
     mt_config_free(w->config);
     w->config = config;
+  }
+  if (has_workloads) {
+    mt_workloads_unref(w->workloads);
+    w->workloads = workloads;
   }
   if (has_identity) {
     mt_identity_unref(w->identity);
@@ -276,6 +294,8 @@ static void free_worker(mt_worker *w) {
   mt_identity_unref(w->pending_identity);
   mt_config_free(w->config);
   mt_config_free(w->pending_config);
+  mt_workloads_unref(w->workloads);
+  mt_workloads_unref(w->pending_workloads);
 }
 
 static void free_pool(mt_workers *pool) {
@@ -342,6 +362,19 @@ void mt_workers_publish_config(mt_workers *pool, mt_config *config) {
     mt_worker *w = &pool->workers[i];
     mt_config_free(w->pending_config);
     w->pending_config = mt_config_ref(config);
+  }
+  pthread_mutex_unlock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++)
+    if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+}
+
+void mt_workers_publish_workloads(mt_workers *pool, mt_workloads *table) {
+  pthread_mutex_lock(&pool->lock);
+  for (size_t i = 0; i < pool->count; i++) {
+    mt_worker *w = &pool->workers[i];
+    mt_workloads_unref(w->pending_workloads);
+    w->pending_workloads = table ? mt_workloads_ref(table) : NULL;
+    w->has_pending_workloads = 1;
   }
   pthread_mutex_unlock(&pool->lock);
   for (size_t i = 0; i < pool->count; i++)

@@ -16,6 +16,7 @@
 #include "agent/conn.h"
 #include "agent/identity.h"
 #include "agent/metrics.h"
+#include "agent/workloads.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +39,10 @@ void mt_workers_publish_config(mt_workers *pool, mt_config *config);
  * every worker; new connections use it, live ones keep theirs. */
 void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity);
 
+/* Node mode: hands a new workload table (NULL = none usable) to every
+ * worker, like mt_workers_publish_identity. */
+void mt_workers_publish_workloads(mt_workers *pool, mt_workloads *table);
+
 /* Stops accepting, lets live connections run for up to |drain_ms|, closes the
  * rest, joins the threads and frees the pool. Accepts NULL. */
 void mt_workers_stop(mt_workers *pool, int drain_ms);
@@ -50,6 +55,10 @@ mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *cou
 struct ev_loop *mt_worker_loop(mt_worker *worker);
 const mt_config *mt_worker_config(const mt_worker *worker); /* the current one */
 mt_identity *mt_worker_identity(mt_worker *worker); /* borrowed; NULL = none usable */
+/* The identity that speaks for |workload| (port ignored): in node mode the
+ * pod at that address, in sidecar mode our one identity. Borrowed; NULL =
+ * none usable (unknown pod, no certificate, or expired). */
+mt_identity *mt_worker_identity_for(mt_worker *worker, const struct sockaddr *workload);
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);
 void mt_worker_unlink(mt_worker *worker, mt_conn *conn);

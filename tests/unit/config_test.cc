@@ -9,6 +9,7 @@
 #include <string>
 
 #include "agent/config.h"
+#include "agent/mesh.h"
 
 namespace {
 
@@ -220,6 +221,105 @@ TEST(SockaddrTest, ParsesIpv4AndIpv6WithPorts) {
   EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:0", &a, 1));
   EXPECT_FALSE(mt_sockaddr_parse("127.0.0.1:080808", &a, 1));
   EXPECT_FALSE(mt_sockaddr_parse("[::1", &a, 1));
+}
+
+// ---- node mode and admin ----------------------------------------------------
+
+const char kNode[] =
+    "trust_domain: example.org\n"
+    "identity:\n"
+    "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtlsd-node\n"
+    "control_plane:\n"
+    "  address: 127.0.0.1:15012\n"
+    "  root_file: /r.pem\n"
+    "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+    "inbound:\n"
+    "  listeners:\n"
+    "    - address: 0.0.0.0:15006\n"
+    "node:\n"
+    "  name: node-1\n"
+    "  workloads:\n"
+    "    - address: 10.77.1.2\n"
+    "      spiffe_id: spiffe://example.org/ns/demo/sa/frontend\n"
+    "    - address: 10.77.1.6\n"
+    "      spiffe_id: spiffe://example.org/ns/demo/sa/backend\n"
+    "      policy:\n"
+    "        default: deny\n"
+    "        rules:\n"
+    "          - name: fe\n"
+    "            action: allow\n"
+    "            from: [{id: spiffe://example.org/ns/demo/sa/frontend}]\n";
+
+TEST_F(ConfigTest, NodeModeGivesEachWorkloadItsPolicy) {
+  mt_config *c = Load(kNode);
+  ASSERT_NE(c, nullptr) << error_;
+  ASSERT_TRUE(c->node_mode);
+  EXPECT_STREQ(c->node_name, "node-1");
+  ASSERT_EQ(c->num_node_workloads, 2u);
+  EXPECT_EQ(c->node_workloads[0].mesh, c->mesh); /* no policy of its own: the top level's */
+  ASSERT_NE(c->node_workloads[1].mesh, nullptr);
+  EXPECT_NE(c->node_workloads[1].mesh, c->mesh);
+  mt_decision d = mt_policy_decide(mt_mesh_policy(c->node_workloads[1].mesh),
+                                   "spiffe://example.org/ns/demo/sa/other", 8080);
+  EXPECT_EQ(d.action, MT_ACTION_DENY);
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, NodeModeNeedsAControlPlane) {
+  std::string yaml = kMinimal;
+  yaml += "node:\n  name: n\n  workloads:\n    - {address: 10.0.0.1, spiffe_id: "
+          "\"spiffe://example.org/ns/a/sa/b\"}\n";
+  EXPECT_EQ(Load(yaml), nullptr);
+  EXPECT_NE(error_.find("node mode needs 'control_plane'"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, NodeWorkloadMistakesAreNamed) {
+  std::string yaml = kNode;
+  EXPECT_EQ(Load(yaml + "    - {address: 10.77.1.2, spiffe_id: "
+                        "\"spiffe://example.org/ns/a/sa/b\"}\n"),
+            nullptr);
+  EXPECT_NE(error_.find(At(24) + "node workload address listed twice"), std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(yaml + "    - {address: 10.77.1.9, spiffe_id: \"spiffe://other.org/ns/a/sa/b\"}\n"),
+            nullptr);
+  EXPECT_NE(error_.find("not in trust domain"), std::string::npos) << error_;
+  EXPECT_EQ(Load(yaml + "    - {address: 10.77.1.9, spiffe_id: \"spiffe://example.org/x\", "
+                        "port: 1}\n"),
+            nullptr);
+  EXPECT_NE(error_.find("unknown key 'node.workloads[].port'"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, AdminStaysOnLoopbackUnlessAllowed) {
+  mt_config *c = Load(kMinimal);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_TRUE(c->admin_enabled);
+  EXPECT_EQ(mt_sockaddr_port((const sockaddr *)&c->admin_address.addr), 15000);
+  mt_config_free(c);
+  EXPECT_EQ(Load(std::string(kMinimal) + "admin:\n  address: 0.0.0.0:15000\n"), nullptr);
+  EXPECT_NE(error_.find(At(12) + "admin.address 0.0.0.0:15000 is not a loopback address"),
+            std::string::npos)
+      << error_;
+  c = Load(std::string(kMinimal) + "admin:\n  address: 0.0.0.0:0\n  allow_non_local: true\n");
+  ASSERT_NE(c, nullptr) << error_;
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, ReloadNamesSettingsThatNeedARestart) {
+  mt_config *a = Load(kMinimal);
+  ASSERT_NE(a, nullptr) << error_;
+  mt_config *b = Load(std::string(kMinimal) + "    - address: 127.0.0.1:15007\nworkers: 3\n");
+  ASSERT_NE(b, nullptr) << error_;
+  mt_config *same = Load(std::string(kMinimal) + "policy:\n  default: deny\n");
+  ASSERT_NE(same, nullptr) << error_;
+  char out[256];
+  EXPECT_EQ(b->workers, 3);
+  EXPECT_EQ(mt_config_restart_changes(a, b, out, sizeof(out)), 2);
+  EXPECT_STREQ(out, "workers, inbound.listeners");
+  EXPECT_EQ(mt_config_restart_changes(a, same, out, sizeof(out)), 0);
+  EXPECT_STREQ(out, "");
+  mt_config_free(a);
+  mt_config_free(b);
+  mt_config_free(same);
 }
 
 }  // namespace

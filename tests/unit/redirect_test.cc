@@ -50,7 +50,8 @@ const char kChains[] =
     ":MTLSD_INBOUND - [0:0]\n"
     ":MTLSD_IN_REDIRECT - [0:0]\n"
     ":MTLSD_OUTPUT - [0:0]\n"
-    ":MTLSD_REDIRECT - [0:0]\n";
+    ":MTLSD_REDIRECT - [0:0]\n"
+    ":MTLSD_NODE_OUT - [0:0]\n";
 
 const char kJumps[] =
     "-A PREROUTING -p tcp -j MTLSD_INBOUND\n"
@@ -413,6 +414,7 @@ TEST_F(RedirectTest, RemoveDeletesJumpsThenChains) {
                                    "-X MTLSD_IN_REDIRECT\n"
                                    "-X MTLSD_OUTPUT\n"
                                    "-X MTLSD_REDIRECT\n"
+                                   "-X MTLSD_NODE_OUT\n"
                                    "COMMIT\n");
 }
 
@@ -443,3 +445,37 @@ TEST_F(RedirectTest, StateCountsOnlyOurExactJumpsAndChains) {
 }
 
 }  // namespace
+
+// ---- node mode -------------------------------------------------------------
+
+TEST_F(RedirectTest, NodeModeCapturesPodTrafficInPreroutingOnly) {
+  ASSERT_NE(Load(std::string(kBase) + kRedirectListeners +
+                 "interception:\n"
+                 "  proxy_uid: 1337\n"
+                 "  node_pod_cidrs: [10.77.1.0/24]\n"
+                 "  exclude_inbound_ports: [22]\n"
+                 "  exclude_outbound_cidrs: [10.96.0.0/12]\n"),
+            nullptr)
+      << error_;
+  EXPECT_EQ(Install(config_, AF_INET, {0, 1, 0}),
+            std::string(kChains) +
+                "-A MTLSD_INBOUND -s 10.77.1.0/24 -j MTLSD_NODE_OUT\n"
+                "-A MTLSD_INBOUND -p tcp -m tcp --dport 22 -j RETURN\n"
+                "-A MTLSD_INBOUND -d 10.77.1.0/24 -j MTLSD_IN_REDIRECT\n"
+                "-A MTLSD_NODE_OUT -d 10.96.0.0/12 -j RETURN\n"
+                "-A MTLSD_NODE_OUT -j MTLSD_REDIRECT\n"
+                "-A MTLSD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n"
+                "-A MTLSD_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
+                "-A PREROUTING -p tcp -j MTLSD_INBOUND\n"
+                "-D OUTPUT -p tcp -j MTLSD_OUTPUT\n" /* a sidecar-layout leftover goes */
+                "COMMIT\n");
+}
+
+TEST_F(RedirectTest, NodePodCidrCannotBeEverything) {
+  EXPECT_EQ(Load(std::string(kBase) + kRedirectListeners +
+                 "interception:\n"
+                 "  proxy_uid: 1337\n"
+                 "  node_pod_cidrs: [0.0.0.0/0]\n"),
+            nullptr);
+  EXPECT_NE(error_.find("node_pod_cidrs"), std::string::npos) << error_;
+}
