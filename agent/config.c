@@ -943,6 +943,16 @@ static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
         memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
       return fail(pc, root, "node workload '%s' is not in trust domain '%s'", id, c->trust_domain);
   }
+  /* The policy travels with the identity's snapshot, so pods sharing an
+   * identity (one service account) cannot have different policies. */
+  for (size_t i = 0; i < c->num_node_workloads; i++)
+    for (size_t j = i + 1; j < c->num_node_workloads; j++)
+      if (strcmp(c->node_workloads[i].spiffe_id, c->node_workloads[j].spiffe_id) == 0 &&
+          (c->node_workloads[i].policy != NULL || c->node_workloads[j].policy != NULL))
+        return fail(pc, root,
+                    "node workloads %zu and %zu share the identity '%s' and so must share the "
+                    "top-level policy (remove their own 'policy:')",
+                    i + 1, j + 1, c->node_workloads[i].spiffe_id);
   for (size_t i = 0; i < c->num_inbound_listeners; i++)
     if (c->inbound_listeners[i].has_fixed_target)
       return fail(pc, root, "node mode: inbound listeners must be redirected (no app_port)");
