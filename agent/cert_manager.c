@@ -337,9 +337,14 @@ static void request_certificate(cert_slot *slot) {
   char err[ERR_MAX];
   slot->state = CM_REQUESTING;
   slot->pending_key = mt_csr_generate_key();
-  mt_ca_request_options o = {slot->spiffe_id,         c->cp_cert_ttl_s, c->cp_token_file,
-                             c->cp_cluster_id,        c->cp_request_timeout_ms,
-                             slot->impersonate};
+  mt_ca_request_options o = {
+      .spiffe_id = slot->spiffe_id,
+      .ttl_s = c->cp_cert_ttl_s,
+      .token_file = c->cp_token_file,
+      .cluster_id = c->cp_cluster_id,
+      .impersonate = slot->impersonate,
+      .deadline_ms = c->cp_request_timeout_ms,
+  };
   slot->request = slot->pending_key ? mt_ca_request_start(slot->m->grpc, slot->pending_key, &o,
                                                           on_ca_done, slot, err, sizeof(err))
                                     : NULL;
@@ -631,4 +636,7 @@ const char *mt_watch_state_str(mt_watch_state state) {
 
 void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *out) {
   *out = m->stats;
+  out->certificates_wanted = m->num_slots;
+  out->certificates_valid = 0;
+  for (size_t i = 0; i < m->num_slots; i++) out->certificates_valid += m->slots[i].serving;
 }

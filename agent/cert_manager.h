@@ -72,6 +72,8 @@ typedef struct {
   uint64_t mesh_updates;   /* snapshots applied */
   uint64_t mesh_rejected;  /* snapshots refused (the last good one stayed) */
   int has_mesh_config;     /* a snapshot arrived, or none will (disabled/unsupported) */
+  size_t certificates_wanted; /* 1, or one per distinct node workload identity */
+  size_t certificates_valid;  /* of those, how many are being served now */
 } mt_cert_manager_stats;
 
 void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
