@@ -1,4 +1,5 @@
-"""A simulated Kubernetes node for test_pods.py.
+"""A simulated Kubernetes node for test_pods.py, and what every namespace
+bed shares (NetnsBed; nodebed.py builds the two-node bed on it).
 
 Pods are network namespaces, each joined by a veth pair to a Linux bridge
 living in a "node" namespace; every address is in a private /24 that exists
@@ -63,8 +64,10 @@ def sa_id(name):
     return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"
 
 
-def unavailable():
-    """Why the bed cannot be built here (None if it can)."""
+def unavailable(bridge=True):
+    """Why a namespace bed cannot be built here (None if it can). |bridge|:
+    whether the bed needs a Linux bridge (the pod bed does; the node bed
+    routes instead, and needs IP forwarding in a namespace)."""
     if os.geteuid() != 0:
         return "needs root for network namespaces and iptables"
     for tool in ("ip", "iptables", "iptables-save", "iptables-restore", "setpriv", "curl", "ss"):
@@ -80,13 +83,33 @@ def unavailable():
                              capture_output=True, text=True, timeout=30)
         if res.returncode != 0:
             return f"iptables (nat table) does not work in a namespace: {res.stderr.strip()}"
-        res = subprocess.run(["ip", "-n", probe, "link", "add", "probe-br", "type", "bridge"],
-                             capture_output=True, text=True, timeout=30)
-        if res.returncode != 0:
-            return f"cannot create a Linux bridge: {res.stderr.strip()}"
+        if bridge:
+            res = subprocess.run(["ip", "-n", probe, "link", "add", "probe-br", "type", "bridge"],
+                                 capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                return f"cannot create a Linux bridge: {res.stderr.strip()}"
+        else:
+            res = subprocess.run(["ip", "netns", "exec", probe] + IP_FORWARD_ON,
+                                 capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                return f"cannot enable IP forwarding in a namespace: {res.stderr.strip()}"
     finally:
         subprocess.run(["ip", "netns", "delete", probe], capture_output=True, timeout=30)
     return None
+
+
+# Run inside a namespace: /proc/sys/net is the namespace's own.
+IP_FORWARD_ON = ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]
+
+
+def require_mtls_ca_bin():
+    """The control plane binary (MTLS_CA_BIN), or the test fails saying how to build it."""
+    import pytest  # not at the top: the capture script (below) runs without it
+    binary = os.environ.get("MTLS_CA_BIN") or str(REPO / "bazel-bin" / "controlplane" / "mtls-ca")
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        pytest.fail(f"control plane binary not found: {binary} (build it with "
+                    f"`bazel build //controlplane:mtls-ca` or set MTLS_CA_BIN)")
+    return binary
 
 
 def wait_until(predicate, what, timeout):
@@ -100,19 +123,40 @@ def wait_until(predicate, what, timeout):
         time.sleep(0.05)
 
 
-class PodBed:
-    """Builds the node; `close()` undoes everything it did (idempotent)."""
+def write_json(path, doc, mode=None):
+    """|doc| as JSON, which is YAML, for configs the agent and mtls-ca read."""
+    path = Path(path)
+    path.write_text(json.dumps(doc, indent=1))
+    if mode is not None:
+        os.chmod(path, mode)
 
-    def __init__(self, procs, mtlsd_bin, mtls_ca_bin, wait=30.0):
+
+def _matches(line, match):
+    """Access-log field matching: equal values, or a predicate on the field."""
+    return all(v(line.get(k)) if callable(v) else line.get(k) == v for k, v in match.items())
+
+
+class NetnsBed:
+    """What every namespace bed shares: named namespaces and veths, a dev PKI
+    and mtls-ca, agents as PROXY_UID behind `mtlsd init-iptables`, their logs,
+    packet captures. `close()` undoes everything it did (idempotent).
+
+    Subclasses build the network and write each agent's config
+    (write_agent_config)."""
+
+    def __init__(self, procs, mtlsd_bin, mtls_ca_bin, wait=30.0, dir_prefix="mtlsd-bed-"):
         self.procs, self.mtlsd, self.mtls_ca, self.wait = procs, mtlsd_bin, mtls_ca_bin, wait
         self.tag = uuid.uuid4().hex[:6]
         self.namespaces = []  # created, in order
-        self.agents = {}      # pod -> Popen
-        self.others = []      # mtls-ca, the app: Popen
+        self.agents = {}      # pod (or node) -> Popen
+        self.others = []      # mtls-ca, the apps: Popen
         self.stops = {}       # pod -> (exit status, needed SIGKILL)
-        self.dir = Path(tempfile.mkdtemp(prefix="mtlsd-pods-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))
         os.chmod(self.dir, 0o755)
         os.chown(self.dir, PROXY_UID, PROXY_UID)
+        self.ca_dir = self.dir / "ca"  # mtls-ca's config, files and logs: root only
+        self.ca_dir.mkdir()
+        os.chmod(self.ca_dir, 0o700)
 
     # ---- names, commands
 
@@ -140,25 +184,21 @@ class PodBed:
 
     # ---- network
 
-    def build_network(self):
-        for pod in ("node",) + tuple(POD_HOSTS):
-            self._ip("netns", "add", self.ns(pod))
-            self.namespaces.append(self.ns(pod))
-            self._ip("-n", self.ns(pod), "link", "set", "lo", "up")
-        node = self.ns("node")
-        self._ip("-n", node, "link", "add", "br0", "type", "bridge")
-        self._ip("-n", node, "addr", "add", f"{NODE_IP}/{PREFIX}", "dev", "br0")
-        self._ip("-n", node, "link", "set", "br0", "up")
-        for pod in POD_HOSTS:
-            veth = self.veth(pod)
-            # Both ends are created inside our namespaces: the host's never sees them.
-            self._ip("-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                     "netns", self.ns(pod))
-            self._ip("-n", node, "link", "set", veth, "master", "br0")
-            self._ip("-n", node, "link", "set", veth, "up")
-            self._ip("-n", self.ns(pod), "addr", "add", f"{pod_ip(pod)}/{PREFIX}", "dev", "eth0")
-            self._ip("-n", self.ns(pod), "link", "set", "eth0", "up")
-        # The /24 is on-link everywhere; no default route is needed (or wanted).
+    def add_namespace(self, pod):
+        self._ip("netns", "add", self.ns(pod))
+        self.namespaces.append(self.ns(pod))
+        self._ip("-n", self.ns(pod), "link", "set", "lo", "up")
+
+    def add_veth(self, pod_a, name_a, pod_b, name_b, addr_a=None, addr_b=None):
+        """A veth pair between two of our namespaces (created inside them: the
+        host's namespace never sees either end), up, with optional addresses
+        ("ip/prefix")."""
+        self._ip("-n", self.ns(pod_a), "link", "add", name_a, "type", "veth", "peer", "name",
+                 name_b, "netns", self.ns(pod_b))
+        for pod, name, address in ((pod_a, name_a, addr_a), (pod_b, name_b, addr_b)):
+            if address:
+                self._ip("-n", self.ns(pod), "addr", "add", address, "dev", name)
+            self._ip("-n", self.ns(pod), "link", "set", name, "up")
 
     @staticmethod
     def veth(pod):
@@ -166,40 +206,42 @@ class PodBed:
 
     # ---- control plane
 
-    def start_control_plane(self):
+    def make_pki(self):
+        """certs/mkpki.sh --control-plane; the root goes where the agents (UID
+        PROXY_UID) can read it, as the only file of the PKI they may."""
         pki = self.dir / "pki"
         res = subprocess.run(["bash", str(MKPKI), "--out", str(pki), "--control-plane"],
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, f"mkpki.sh --control-plane failed:\n{res.stdout}{res.stderr}"
         self.pki = pki
-        # What the agents read (as UID 1337): the root (control plane's and
-        # the mesh's trust anchor) and their own token. Nothing else.
         shutil.copy(pki / "root.pem", self.dir / "root.pem")
         os.chmod(self.dir / "root.pem", 0o644)
-        for sa in AGENT_PODS:
-            res = subprocess.run([PY, str(MINT_TOKEN), "--key", str(pki / "tokens" / "signer.key"),
-                                  "--namespace", "default", "--service-account", sa],
-                                 capture_output=True, text=True, timeout=60)
-            assert res.returncode == 0, f"mint-token.py failed: {res.stderr}"
-            token = self.dir / f"{sa}.token"
-            token.write_text(res.stdout)
-            os.chown(token, PROXY_UID, PROXY_UID)
-            os.chmod(token, 0o600)
-        mesh = {
-            "trust_bundles": [{"trust_domain": TRUST_DOMAIN,
-                               "roots_files": [str(pki / "root.pem")]}],
-            "policy": {"rules": [{"name": "frontend-may-call-backend", "action": "allow",
-                                  "ports": [APP_PORT], "from": [{"id": sa_id("frontend")}]}]},
-            "destinations": [{"address": f"{pod_ip('backend')}:{APP_PORT}",
-                              "spiffe_id": sa_id("backend")}],
-        }
-        ca_dir = self.dir / "ca"
-        ca_dir.mkdir()
-        os.chmod(ca_dir, 0o700)
-        (ca_dir / "mesh.yaml").write_text(json.dumps(mesh, indent=1))
-        ca = {
+        return pki
+
+    def mint_token(self, name, namespace, service_account, node=None):
+        """A token for system:serviceaccount:NAMESPACE:SERVICE_ACCOUNT (bound to
+        |node| when given), readable by PROXY_UID only, at <dir>/<name>.token."""
+        args = [PY, str(MINT_TOKEN), "--key", str(self.pki / "tokens" / "signer.key"),
+                "--namespace", namespace, "--service-account", service_account]
+        if node is not None:
+            args += ["--node", node]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, f"mint-token.py failed: {res.stderr}"
+        token = self.dir / f"{name}.token"
+        token.write_text(res.stdout)
+        os.chown(token, PROXY_UID, PROXY_UID)
+        os.chmod(token, 0o600)
+        return token
+
+    def start_mtls_ca(self, pod, ip, extra):
+        """mtls-ca in |pod|'s namespace on ip:CA_PORT, with the bed's PKI and
+        |extra| keys (mesh_file, node_agents, ...) in its config; files go to
+        <dir>/ca (ca_dir)."""
+        pki = self.pki
+        self.ca_address = f"{ip}:{CA_PORT}"
+        config = {
             "trust_domain": TRUST_DOMAIN,
-            "listen": f"{pod_ip('ca')}:{CA_PORT}",
+            "listen": self.ca_address,
             "tls": {"cert_file": str(pki / "control-plane" / "chain.pem"),
                     "key_file": str(pki / "control-plane" / "key.pem")},
             "signer": {"cert_file": str(pki / "intermediate.pem"),
@@ -208,13 +250,13 @@ class PodBed:
             "max_cert_ttl_s": 3600,
             "tokens": {"issuer": "https://kubernetes.default.svc", "audience": "istio-ca",
                        "keys_file": str(pki / "tokens" / "signer.pub.pem")},
-            "mesh_file": str(ca_dir / "mesh.yaml"),
-            "access_log": str(ca_dir / "access.log"),
+            "access_log": str(self.ca_dir / "access.log"),
         }
-        (ca_dir / "ca.yaml").write_text(json.dumps(ca, indent=1))  # JSON is YAML
-        self.ca_stderr = ca_dir / "stderr.log"
+        config.update(extra)
+        write_json(self.ca_dir / "ca.yaml", config)
+        self.ca_stderr = self.ca_dir / "stderr.log"
         with open(self.ca_stderr, "wb") as err:
-            proc = self.spawn("ca", [self.mtls_ca, "--config", ca_dir / "ca.yaml"],
+            proc = self.spawn(pod, [self.mtls_ca, "--config", self.ca_dir / "ca.yaml"],
                               stdout=subprocess.DEVNULL, stderr=err)
         self.others.append(proc)
         self.ca_proc = proc
@@ -223,11 +265,18 @@ class PodBed:
             if proc.poll() is not None:
                 raise AssertionError(f"mtls-ca exited with {proc.returncode}:\n"
                                      f"{self.ca_stderr.read_text(errors='replace')[-3000:]}")
-            return f"listening on {pod_ip('ca')}:{CA_PORT}" in self.ca_stderr.read_text(
+            return f"listening on {self.ca_address}" in self.ca_stderr.read_text(
                 errors="replace")
         wait_until(up, "mtls-ca to listen", self.wait)
 
-    # ---- pods
+    def ca_access_lines(self):
+        try:
+            data = (self.ca_dir / "access.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [json.loads(l) for l in data.split("\n")[:-1] if l.strip()]
+
+    # ---- agents
 
     def config_path(self, pod):
         return self.dir / f"{pod}.yaml"
@@ -239,29 +288,10 @@ class PodBed:
         return self.dir / f"{pod}.stderr"
 
     def write_agent_config(self, pod):
-        cfg = {
-            "trust_domain": TRUST_DOMAIN,
-            "workers": 1,
-            "access_log": str(self.access_log_path(pod)),
-            "identity": {"spiffe_id": sa_id(pod)},
-            "control_plane": {
-                "address": f"{pod_ip('ca')}:{CA_PORT}",
-                "root_file": str(self.dir / "root.pem"),
-                "spiffe_id": CA_ID,
-                "token_file": str(self.dir / f"{pod}.token"),
-                "cert_ttl_s": 600,
-            },
-            "inbound": {"listeners": [{"address": f"0.0.0.0:{INBOUND_PORT}"}]},
-            "outbound": {"listeners": [{"address": f"0.0.0.0:{OUTBOUND_PORT}"}]},
-            "interception": {
-                "proxy_uid": PROXY_UID,
-                "proxy_gid": PROXY_UID,
-                "exclude_outbound_cidrs": [f"{pod_ip('ca')}/32"],
-            },
-        }
-        path = self.config_path(pod)
-        path.write_text(json.dumps(cfg, indent=1))
-        os.chmod(path, 0o644)
+        raise NotImplementedError
+
+    def write_config(self, pod, cfg):
+        write_json(self.config_path(pod), cfg, 0o644)  # read by the agent (PROXY_UID)
 
     def init_iptables(self, pod, action):
         return self.run(pod, self.mtlsd, "init-iptables", "--config", self.config_path(pod),
@@ -272,9 +302,8 @@ class PodBed:
         res = self.init_iptables(pod, "--apply")  # like istio-init: before the agent
         assert res.returncode == 0, f"init-iptables --apply in {pod}: {res.stderr}"
         with open(self.stderr_path(pod), "wb") as err:
-            self.agents[pod] = self.spawn(pod, [
-                "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                self.mtlsd, "--config", self.config_path(pod)],
+            self.agents[pod] = self.spawn(pod, as_uid(PROXY_UID, [
+                self.mtlsd, "--config", self.config_path(pod)]),
                 stdout=subprocess.DEVNULL, stderr=err)
 
     def agent_stderr(self, pod):
@@ -283,52 +312,24 @@ class PodBed:
         except FileNotFoundError:
             return ""
 
-    def wait_agent_ready(self, pod):
+    def check_agent_alive(self, pod):
         proc = self.agents[pod]
-
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"agent in {pod} exited with {proc.returncode}:\n"
-                                     f"{self.agent_stderr(pod)[-3000:]}")
-            text = self.agent_stderr(pod)
-            # published to the workers with the control plane's mesh (policy,
-            # destinations), not only the static one
-            return (re.search(r"identity ready: .* mesh version \d", text)
-                    and self.listening(pod, INBOUND_PORT) and self.listening(pod, OUTBOUND_PORT))
-        wait_until(ready, f"the agent in {pod} to have an identity, the mesh config and "
-                          f"its listeners", self.wait)
+        if proc.poll() is not None:
+            raise AssertionError(f"agent in {pod} exited with {proc.returncode}:\n"
+                                 f"{self.agent_stderr(pod)[-3000:]}")
 
     def listening(self, pod, port):
         out = self.run(pod, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
         return "LISTEN" in out
 
-    def start_app(self):
-        www = self.dir / "www"
-        www.mkdir()
-        (www / "index.html").write_text("hello from the backend pod\n")
-        self.app_log = self.dir / "app.log"
-        with open(self.app_log, "wb") as log:
-            self.app = self.spawn("backend", [PY, "-m", "http.server", str(APP_PORT), "--bind",
-                                              "0.0.0.0", "--directory", www],
-                                  stdout=log, stderr=subprocess.STDOUT)
-        self.others.append(self.app)
-        wait_until(lambda: self.listening("backend", APP_PORT), "the backend app", self.wait)
-
-    def start(self):
-        self.build_network()
-        self.start_control_plane()
-        for pod in AGENT_PODS:
-            self.start_agent(pod)
-        self.start_app()
-        for pod in AGENT_PODS:
-            self.wait_agent_ready(pod)
-        return self
-
     # ---- what the tests look at
 
-    def curl(self, pod, url, *extra, timeout=10):
-        return self.run(pod, "curl", "-sS", "--max-time", str(timeout), *extra, url,
-                        check=False, timeout=timeout + 10)
+    def curl(self, pod, url, *extra, timeout=10, uid=None):
+        """curl in |pod| (as |uid| when given, else root); never raises on failure."""
+        argv = ["curl", "-sS", "--max-time", str(timeout), *extra, url]
+        if uid is not None:
+            argv = as_uid(uid, argv)
+        return self.run(pod, *argv, check=False, timeout=timeout + 10)
 
     def log_lines(self, pod):
         try:
@@ -337,15 +338,18 @@ class PodBed:
             return []
         return [json.loads(l) for l in data.split("\n")[:-1] if l.strip()]
 
+    def find_log(self, pod, **match):
+        for line in self.log_lines(pod):
+            if _matches(line, match):
+                return line
+        return None
+
     def wait_log(self, pod, **match):
-        """The first access-log line (written at close) whose fields equal |match|."""
-        def find():
-            for line in self.log_lines(pod):
-                if all(line.get(k) == v for k, v in match.items()):
-                    return line
-            return None
+        """The first access-log line (written at close) whose fields equal
+        |match| (or satisfy it, for a callable)."""
         try:
-            return wait_until(find, f"an access-log line in {pod} with {match}", self.wait)
+            return wait_until(lambda: self.find_log(pod, **match),
+                              f"an access-log line in {pod} with {match}", self.wait)
         except AssertionError as e:
             raise AssertionError(f"{e}\nlog lines: {self.log_lines(pod)}") from None
 
@@ -389,6 +393,108 @@ class PodBed:
                                timeout=self.wait)
             self.namespaces.clear()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def as_uid(uid, argv):
+    """|argv| run as |uid|:|uid| with no supplementary groups (setpriv exec()s)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] + list(argv)
+
+
+class PodBed(NetnsBed):
+    """Builds the node; `close()` undoes everything it did (idempotent)."""
+
+    def __init__(self, procs, mtlsd_bin, mtls_ca_bin, wait=30.0):
+        super().__init__(procs, mtlsd_bin, mtls_ca_bin, wait, dir_prefix="mtlsd-pods-")
+
+    # ---- network
+
+    def build_network(self):
+        for pod in ("node",) + tuple(POD_HOSTS):
+            self.add_namespace(pod)
+        node = self.ns("node")
+        self._ip("-n", node, "link", "add", "br0", "type", "bridge")
+        self._ip("-n", node, "addr", "add", f"{NODE_IP}/{PREFIX}", "dev", "br0")
+        self._ip("-n", node, "link", "set", "br0", "up")
+        for pod in POD_HOSTS:
+            self.add_veth("node", self.veth(pod), pod, "eth0", addr_b=f"{pod_ip(pod)}/{PREFIX}")
+            self._ip("-n", node, "link", "set", self.veth(pod), "master", "br0")
+        # The /24 is on-link everywhere; no default route is needed (or wanted).
+
+    # ---- control plane
+
+    def start_control_plane(self):
+        pki = self.make_pki()
+        # What the agents read (as UID 1337): the root (control plane's and
+        # the mesh's trust anchor) and their own token. Nothing else.
+        for sa in AGENT_PODS:
+            self.mint_token(sa, "default", sa)
+        mesh = {
+            "trust_bundles": [{"trust_domain": TRUST_DOMAIN,
+                               "roots_files": [str(pki / "root.pem")]}],
+            "policy": {"rules": [{"name": "frontend-may-call-backend", "action": "allow",
+                                  "ports": [APP_PORT], "from": [{"id": sa_id("frontend")}]}]},
+            "destinations": [{"address": f"{pod_ip('backend')}:{APP_PORT}",
+                              "spiffe_id": sa_id("backend")}],
+        }
+        write_json(self.ca_dir / "mesh.yaml", mesh)
+        self.start_mtls_ca("ca", pod_ip("ca"), {"mesh_file": str(self.ca_dir / "mesh.yaml")})
+
+    # ---- pods
+
+    def write_agent_config(self, pod):
+        self.write_config(pod, {
+            "trust_domain": TRUST_DOMAIN,
+            "workers": 1,
+            "access_log": str(self.access_log_path(pod)),
+            "identity": {"spiffe_id": sa_id(pod)},
+            "control_plane": {
+                "address": f"{pod_ip('ca')}:{CA_PORT}",
+                "root_file": str(self.dir / "root.pem"),
+                "spiffe_id": CA_ID,
+                "token_file": str(self.dir / f"{pod}.token"),
+                "cert_ttl_s": 600,
+            },
+            "inbound": {"listeners": [{"address": f"0.0.0.0:{INBOUND_PORT}"}]},
+            "outbound": {"listeners": [{"address": f"0.0.0.0:{OUTBOUND_PORT}"}]},
+            "interception": {
+                "proxy_uid": PROXY_UID,
+                "proxy_gid": PROXY_UID,
+                "exclude_outbound_cidrs": [f"{pod_ip('ca')}/32"],
+            },
+        })
+
+    def wait_agent_ready(self, pod):
+        def ready():
+            self.check_agent_alive(pod)
+            text = self.agent_stderr(pod)
+            # published to the workers with the control plane's mesh (policy,
+            # destinations), not only the static one
+            return (re.search(r"identity ready: .* mesh version \d", text)
+                    and self.listening(pod, INBOUND_PORT) and self.listening(pod, OUTBOUND_PORT))
+        wait_until(ready, f"the agent in {pod} to have an identity, the mesh config and "
+                          f"its listeners", self.wait)
+
+    def start_app(self):
+        www = self.dir / "www"
+        www.mkdir()
+        (www / "index.html").write_text("hello from the backend pod\n")
+        self.app_log = self.dir / "app.log"
+        with open(self.app_log, "wb") as log:
+            self.app = self.spawn("backend", [PY, "-m", "http.server", str(APP_PORT), "--bind",
+                                              "0.0.0.0", "--directory", www],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        self.others.append(self.app)
+        wait_until(lambda: self.listening("backend", APP_PORT), "the backend app", self.wait)
+
+    def start(self):
+        self.build_network()
+        self.start_control_plane()
+        for pod in AGENT_PODS:
+            self.start_agent(pod)
+        self.start_app()
+        for pod in AGENT_PODS:
+            self.wait_agent_ready(pod)
+        return self
 
 
 def _readline_bounded(stream, timeout):

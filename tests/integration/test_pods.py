@@ -9,26 +9,21 @@ iptables; skipped with the reason otherwise) and torn down by PID and
 `ip netns delete`. The tests run in file order: the last two remove the
 rules and stop the agents.
 """
-import os
 import uuid
 
 import pytest
 
-from conftest import REPO, assert_no_sanitizer_report
+from conftest import assert_no_sanitizer_report
 import podbed
 from podbed import APP_PORT, pod_ip, sa_id
 
-MTLS_CA_BIN = os.environ.get("MTLS_CA_BIN") or str(REPO / "bazel-bin" / "controlplane" / "mtls-ca")
 BACKEND = pod_ip("backend")
 BACKEND_URL = f"http://{BACKEND}:{APP_PORT}/"
 
 
 @pytest.fixture(scope="module")
 def mtls_ca_bin():
-    if not (os.path.isfile(MTLS_CA_BIN) and os.access(MTLS_CA_BIN, os.X_OK)):
-        pytest.fail(f"control plane binary not found: {MTLS_CA_BIN} (build it with "
-                    f"`bazel build //controlplane:mtls-ca` or set MTLS_CA_BIN)")
-    return MTLS_CA_BIN
+    return podbed.require_mtls_ca_bin()
 
 
 @pytest.fixture(scope="module")

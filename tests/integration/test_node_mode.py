@@ -1,0 +1,257 @@
+"""Node mode on two simulated nodes (nodebed.py): one mtlsd per node serves
+every pod of its node with that pod's own certificate, asked for from
+mtls-ca on the pod's behalf, which the CA grants only for pods registered on
+the caller's node.
+
+The bed is built once for the module (needs root, `ip netns add`, iptables
+and IP forwarding in a namespace; skipped with the reason otherwise) and
+torn down by PID and `ip netns delete`. The tests run in file order: the
+last two remove the rules and stop the agents.
+"""
+import uuid
+
+import pytest
+
+from conftest import assert_no_sanitizer_report
+import nodebed
+import podbed
+from nodebed import APP_PORT, CACHE_PORT, NODE_AGENT_ID, NODE_LINK_IFACE, NODES, PODS
+
+FRONTEND, OTHER, CACHE = PODS["frontend"], PODS["other"], PODS["cache"]
+BACKEND, IMPOSTOR = PODS["backend"], PODS["impostor"]
+PAGE = "hello from the {} pod\n"
+
+
+@pytest.fixture(scope="module")
+def mtls_ca_bin():
+    return podbed.require_mtls_ca_bin()
+
+
+@pytest.fixture(scope="module")
+def bed(request, module_procs):
+    # first: without root, skip rather than look for binaries
+    why = podbed.unavailable(bridge=False)
+    if why:
+        pytest.skip(why)
+    nodes = nodebed.NodeBed(module_procs, request.getfixturevalue("mtlsd_bin"),
+                            request.getfixturevalue("mtls_ca_bin"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def from_pod(pod):
+    """Access-log matcher: the connection came from |pod|."""
+    return lambda source: source is not None and source.startswith(pod.ip + ":")
+
+
+def probe_path():
+    """A path that names one call, so the app's own log shows whether it arrived."""
+    return f"/index.html?probe={uuid.uuid4().hex}"
+
+
+# ---- across nodes: policy of the destination pod
+
+
+def test_frontend_on_node_1_reaches_backend_on_node_2(bed):
+    res = bed.call("frontend", "backend")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == PAGE.format("backend")
+
+    inbound = bed.wait_log("node-2", direction="inbound", peer_id=FRONTEND.spiffe_id)
+    assert (inbound["decision"], inbound["reason"]) == ("allow", "ok"), inbound
+    assert inbound["rule"] == "frontend-may-call-backend", inbound
+    assert inbound["destination"] == f"{BACKEND.ip}:{APP_PORT}", inbound
+
+    outbound = bed.wait_log("node-1", direction="outbound", source=from_pod(FRONTEND),
+                            destination=f"{BACKEND.ip}:{APP_PORT}")
+    assert (outbound["decision"], outbound["reason"]) == ("allow", "ok"), outbound
+
+
+def test_other_on_node_1_is_denied_by_backend_policy(bed):
+    path = probe_path()
+    res = bed.call("other", "backend", path=path)
+    assert res.returncode != 0, f"the call went through: {res.stdout!r}"
+    assert PAGE.format("backend") not in res.stdout
+
+    denied = bed.wait_log("node-2", direction="inbound", peer_id=OTHER.spiffe_id)
+    assert (denied["decision"], denied["reason"]) == ("deny", "policy_denied"), denied
+    assert denied["rule"] == "no-allow-rule-matched", denied
+    assert denied["local_id"] == BACKEND.spiffe_id, denied
+
+    caller = bed.wait_log("node-1", direction="outbound", source=from_pod(OTHER),
+                          destination=f"{BACKEND.ip}:{APP_PORT}")
+    assert caller["reason"] == "peer_denied", caller
+    assert caller["local_id"] == OTHER.spiffe_id, caller
+    assert path not in bed.app_log("backend")
+
+
+def test_each_pod_speaks_with_its_own_certificate(bed):
+    res = bed.call("frontend", "backend")
+    assert res.returncode == 0, res.stderr
+
+    inbound = bed.wait_log("node-2", direction="inbound", peer_id=FRONTEND.spiffe_id)
+    assert inbound["local_id"] == BACKEND.spiffe_id, inbound
+    outbound = bed.wait_log("node-1", direction="outbound", source=from_pod(FRONTEND),
+                            destination=f"{BACKEND.ip}:{APP_PORT}")
+    assert outbound["local_id"] == FRONTEND.spiffe_id, outbound
+    assert outbound["peer_id"] == BACKEND.spiffe_id, outbound
+    # not the node agent's own identity, on either side
+    assert NODE_AGENT_ID not in (inbound["local_id"], inbound["peer_id"],
+                                 outbound["local_id"], outbound["peer_id"])
+
+
+def test_bytes_between_nodes_are_tls_while_the_pod_veth_sees_plaintext(bed):
+    marker = f"PLAINTEXT-MARKER-{uuid.uuid4()}"
+    wire = bed.capture("node-1", NODE_LINK_IFACE["node-1"])  # the cable between the nodes
+    pod_cable = bed.capture("node-1", bed.veth("frontend"))  # frontend -> node-1 (the control)
+    try:
+        res = bed.call("frontend", "backend", "-H", f"X-Marker: {marker}")
+    finally:
+        wire_frames = bed.stop_capture(wire)
+        pod_frames = bed.stop_capture(pod_cable)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == PAGE.format("backend")
+
+    assert any(marker.encode() in f for f in pod_frames), \
+        f"control failed: marker not seen on frontend's veth ({len(pod_frames)} frames)"
+
+    to_backend = [s for s in podbed.tcp_segments(wire_frames)
+                  if s[1] == BACKEND.ip and s[3] == APP_PORT]
+    assert to_backend, (f"no packet to {BACKEND.ip}:{APP_PORT} between the nodes "
+                        f"({len(wire_frames)} frames)")
+    assert not any(marker.encode() in f for f in wire_frames), "plaintext marker between nodes"
+    first = next(s[4] for s in to_backend if s[4])
+    assert first[:1] == b"\x16" and first[1:2] == b"\x03", \
+        f"first bytes to port {APP_PORT} are not a TLS handshake record: {first[:16]!r}"
+
+
+# ---- same node: the destination's policy, in-process
+
+
+def test_same_node_call_is_allowed_by_the_destination_pod_policy(bed):
+    res = bed.call("frontend", "cache")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == PAGE.format("cache")
+
+    line = bed.wait_log("node-1", direction="outbound", source=from_pod(FRONTEND),
+                        destination=f"{CACHE.ip}:{CACHE_PORT}")
+    assert (line["decision"], line["reason"]) == ("allow", "ok"), line
+    assert line["rule"] == "frontend-may-call-cache", line
+    assert line["detail"] == f"node-local delivery from {FRONTEND.spiffe_id}", line
+    assert line["peer_id"] == CACHE.spiffe_id, line
+
+
+def test_same_node_call_is_denied_by_the_destination_pod_policy(bed):
+    path = probe_path()
+    res = bed.call("other", "cache", path=path)
+    assert res.returncode != 0, f"the call went through: {res.stdout!r}"
+
+    line = bed.wait_log("node-1", direction="outbound", source=from_pod(OTHER),
+                        destination=f"{CACHE.ip}:{CACHE_PORT}")
+    assert (line["decision"], line["reason"]) == ("deny", "policy_denied"), line
+    assert line["rule"] == "no-allow-rule-matched", line
+    assert line["detail"] == "no ALLOW rule matched for this port", line
+    assert path not in bed.app_log("cache")
+
+
+# ---- the CA scopes a node agent to its own node's workloads
+
+
+def test_ca_refuses_node_1_an_identity_registered_on_node_2(bed):
+    def refusal():
+        return next((l for l in bed.ca_access_lines()
+                     if l.get("caller") == NODE_AGENT_ID and l.get("node") == "node-1"
+                     and l.get("impersonated") == BACKEND.spiffe_id), None)
+    line = podbed.wait_until(refusal, "mtls-ca's line for node-1 asking for backend", bed.wait)
+    assert (line["status"], line["reason"]) == ("PERMISSION_DENIED", "not_on_node"), line
+    assert line["identity"] == "", line
+
+    issued_to_node_1 = {l["identity"] for l in bed.ca_access_lines()
+                        if l.get("node") == "node-1" and l.get("status") == "OK"}
+    assert BACKEND.spiffe_id not in issued_to_node_1, issued_to_node_1
+    assert {p.spiffe_id for p in nodebed.pods_on("node-1") if p.registered} <= issued_to_node_1
+    assert f"identity ready: {BACKEND.spiffe_id}" not in bed.agent_stderr("node-1")
+
+
+def test_node_without_every_certificate_is_not_ready_and_says_why(bed):
+    status, body = bed.admin("node-1", "/ready")
+    assert status == 503, body
+    logged = (f"certificate request for {BACKEND.spiffe_id} failed: PERMISSION_DENIED"
+              in bed.agent_stderr("node-1"))
+    assert BACKEND.spiffe_id in body or logged, \
+        f"neither /ready ({body!r}) nor the log names {BACKEND.spiffe_id}"
+    _, metrics = bed.admin("node-1", "/metrics")
+    assert "\nmtlsd_ready 0\n" in "\n" + metrics, metrics
+
+
+def test_node_with_every_certificate_is_ready(bed):
+    status, body = bed.admin("node-2", "/ready")
+    assert status == 200, body
+    _, metrics = bed.admin("node-2", "/metrics")
+    assert "\nmtlsd_ready 1\n" in "\n" + metrics, metrics
+
+
+def test_pod_without_a_certificate_cannot_call_out(bed):
+    path = probe_path()
+    res = bed.call("impostor", "backend", path=path)
+    assert res.returncode != 0, f"the call went through: {res.stdout!r}"
+    line = bed.wait_log("node-1", direction="outbound", source=from_pod(IMPOSTOR))
+    assert (line["decision"], line["reason"]) == ("deny", "no_identity"), line
+    assert path not in bed.app_log("backend")
+
+
+def test_pod_without_a_certificate_cannot_be_called_from_its_node(bed):
+    path = probe_path()
+    res = bed.call("frontend", "impostor", path=path)
+    assert res.returncode != 0, f"the call went through: {res.stdout!r}"
+    line = bed.wait_log("node-1", direction="outbound", source=from_pod(FRONTEND),
+                        destination=f"{IMPOSTOR.ip}:{APP_PORT}")
+    assert (line["decision"], line["reason"]) == ("deny", "no_identity"), line
+    assert path not in bed.app_log("impostor")
+
+
+def test_pod_without_a_certificate_cannot_be_called_from_another_node(bed):
+    path = probe_path()
+    res = bed.call("backend", "impostor", path=path)
+    assert res.returncode != 0, f"the call went through: {res.stdout!r}"
+    line = bed.wait_log("node-1", direction="inbound", reason="no_identity")
+    assert line["decision"] == "deny", line
+    assert line["destination"] == f"{IMPOSTOR.ip}:{APP_PORT}", line
+    assert line["source"].startswith(nodebed.NODE_LINK_IP["node-2"] + ":"), line
+    assert path not in bed.app_log("impostor")
+
+
+# ---- interception and teardown
+
+
+def test_node_rules_capture_pod_traffic_only(bed):
+    for node in NODES:
+        rules = bed.run(node, "iptables-save", "-t", "nat").stdout
+        assert "-A PREROUTING -p tcp -j MTLSD_INBOUND" in rules, f"{node}:\n{rules}"
+        assert nodebed.pod_cidr(node) in rules, f"{node}:\n{rules}"
+        assert not [l for l in rules.splitlines() if l.startswith("-A OUTPUT")], \
+            f"{node}: the node's own traffic is captured:\n{rules}"
+
+
+def test_init_iptables_remove_leaves_no_mtlsd_chain(bed):
+    for node in NODES:
+        before = bed.run(node, "iptables-save", "-t", "nat").stdout
+        assert ":MTLSD_INBOUND" in before, f"{node}:\n{before}"
+        res = bed.init_iptables(node, "--remove")
+        assert_no_sanitizer_report(res.stderr, f"init-iptables --remove in {node}")
+        assert res.returncode == 0, f"{node}: {res.stderr}"
+        after = bed.run(node, "iptables-save", "-t", "nat").stdout
+        assert "MTLSD" not in after, f"{node}:\n{after}"
+
+
+def test_agents_stop_cleanly(bed):
+    stops = bed.stop_agents()
+    assert set(stops) == set(NODES)
+    for node, (status, killed) in stops.items():
+        assert not killed and status == 0, \
+            f"agent of {node}: {'killed' if killed else f'exit {status}'}\n" \
+            f"{bed.agent_stderr(node)[-3000:]}"
+        assert_no_sanitizer_report(bed.agent_stderr(node), f"agent of {node}")
