@@ -313,7 +313,8 @@ static void on_ca_done(void *arg, mt_ca_result *r) {
   slot->pending_key = NULL;
   slot->request = NULL;
   if (r->status != MT_GRPC_OK) {
-    MT_LOG_E("control plane: certificate request for %s failed: %s", slot->spiffe_id, r->message);
+    MT_LOG_E("control plane: certificate request failed: %s (identity %s)", r->message,
+             slot->spiffe_id);
     EVP_PKEY_free(key);
     schedule_retry(slot);
     return;
