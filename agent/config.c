@@ -426,8 +426,10 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
       c->unknown_destination = MT_UNKNOWN_DEST_TRUST_DOMAIN;
     else if (strcmp(s, "deny") == 0)
       c->unknown_destination = MT_UNKNOWN_DEST_DENY;
+    else if (strcmp(s, "passthrough") == 0)
+      c->unknown_destination = MT_UNKNOWN_DEST_PASSTHROUGH;
     else
-      return fail(pc, v, "'unknown_destination' must be trust_domain or deny, got '%s'", s);
+      return fail(pc, v, "'unknown_destination' must be trust_domain, deny or passthrough, got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'outbound.%s'", key);
@@ -1123,6 +1125,15 @@ void mt_config_free(mt_config *c) {
   free(c->node_workloads);
   free(c->node_name);
   free(c);
+}
+
+const char *mt_unknown_destination_str(mt_unknown_dest_mode mode) {
+  switch (mode) {
+    case MT_UNKNOWN_DEST_TRUST_DOMAIN: return "trust_domain";
+    case MT_UNKNOWN_DEST_DENY: return "deny";
+    case MT_UNKNOWN_DEST_PASSTHROUGH: return "passthrough";
+  }
+  return "unknown";
 }
 
 /* ---- socket addresses -------------------------------------------------- */

@@ -27,6 +27,7 @@ typedef enum { MT_LOG_DEBUG, MT_LOG_INFO, MT_LOG_WARN, MT_LOG_ERROR } mt_log_lev
 typedef enum {
   MT_UNKNOWN_DEST_TRUST_DOMAIN, /* any SPIFFE ID of our own trust domain */
   MT_UNKNOWN_DEST_DENY,         /* refuse destinations with no expected ID */
+  MT_UNKNOWN_DEST_PASSTHROUGH,  /* outside the mesh: relay them in plaintext, untouched */
 } mt_unknown_dest_mode;
 
 typedef struct {
@@ -192,6 +193,9 @@ void mt_config_free(mt_config *config);
  * names, comma-separated, in |out| ("" when none). Returns how many. */
 int mt_config_restart_changes(const mt_config *old, const mt_config *next, char *out,
                               size_t out_len);
+
+/* "trust_domain", "deny" or "passthrough", as the config spells it. */
+const char *mt_unknown_destination_str(mt_unknown_dest_mode mode);
 
 /* Parses "ip:port", "[v6]:port" (port required). Returns 1 or 0. */
 int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);

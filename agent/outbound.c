@@ -3,6 +3,8 @@
  *   CONNECTING --connected--> HANDSHAKING --server verified--> [expected ID?]
  *                                                 yes --> RELAYING
  *                                                 no  --> closed
+ * A destination with no expected ID under `unknown_destination: passthrough`
+ * is outside the mesh: CONNECTING --connected--> RELAYING, no TLS.
  * Node mode, destination on this node: both ends are our workloads, so the
  * destination's inbound policy is applied here (the packets never pass an
  * inbound listener) and the connection goes straight to the pod:
@@ -25,6 +27,7 @@
 #define RULE_EXPECTED_ID "expected-id"
 #define RULE_TRUST_DOMAIN_FALLBACK "trust-domain-fallback"
 #define RULE_UNKNOWN_DESTINATION "unknown-destination"
+#define RULE_PASSTHROUGH "passthrough"
 
 static void count_decision(mt_conn *conn, mt_action action) {
   mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_OUTBOUND, action, conn->rule);
@@ -87,7 +90,7 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
   switch (conn->state) {
     case MT_CONN_CONNECTING:
       if (ep != &conn->up || !mt_conn_finish_connect(conn)) return;
-      if (conn->admitted) /* node-local delivery: already authorized */
+      if (conn->admitted) /* node-local delivery or passthrough: no mesh TLS */
         mt_relay_start(conn);
       else
         start_handshake(conn);
@@ -199,14 +202,23 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
   }
   conn->identity = mt_identity_ref(identity);
   if (config->node_mode && deliver_on_node(conn)) return;
-  if (config->unknown_destination == MT_UNKNOWN_DEST_DENY &&
-      mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) ==
-          NULL) {
+  int known =
+      mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) !=
+      NULL;
+  if (!known && config->unknown_destination == MT_UNKNOWN_DEST_DENY) {
     conn->rule = RULE_UNKNOWN_DESTINATION;
     count_decision(conn, MT_ACTION_DENY);
     mt_conn_close(conn, MT_REASON_UNKNOWN_DESTINATION,
                   "no expected SPIFFE ID configured for this destination");
     return;
+  }
+  if (!known && config->unknown_destination == MT_UNKNOWN_DEST_PASSTHROUGH) {
+    /* Outside the mesh: the app's bytes go out as they are (its own TLS, if
+     * any, stays end to end); the access log says so. */
+    conn->rule = RULE_PASSTHROUGH;
+    conn->admitted = 1;
+    count_decision(conn, MT_ACTION_ALLOW);
+    snprintf(conn->peer.detail, sizeof(conn->peer.detail), "passthrough: outside the mesh");
   }
   mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
                      NULL, 0);

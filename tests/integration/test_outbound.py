@@ -22,6 +22,7 @@ from conftest import (
     inbound_section,
     outbound_section,
     recv_until_eof,
+    roundtrip,
     spiffe_id,
     wait_until,
 )
@@ -167,6 +168,26 @@ def test_unknown_destination_deny(pki, agents, apps):
     assert line["destination"] == f"127.0.0.1:{app.port}"
     assert line["peer_id"] == ""
     assert app.connection_count == 0, "the agent connected to a destination it must refuse"
+
+
+def test_unknown_destination_passthrough_relays_plaintext(pki, agents, apps):
+    """Outside the mesh: a destination with no expected ID is relayed as it
+    is (the plain echo app here would choke on a ClientHello), and the log
+    says passthrough; a listed destination still gets mesh TLS."""
+    app = apps("echo")
+    port_out = free_port()
+    frontend = agents("frontend", base_config(
+        pki, workload="frontend",
+        outbound=outbound_section(port_out, app.port, expected_id=None, unknown="passthrough")))
+
+    received, local = roundtrip(port_out, b"plain outside the mesh\n")
+
+    assert received == b"plain outside the mesh\n"
+    line = frontend.wait_log(direction="outbound", source=local)
+    assert (line["decision"], line["rule"], line["reason"]) == ("allow", "passthrough", "ok"), \
+        json.dumps(line)
+    assert line["tls_version"] == "" and line["peer_id"] == ""
+    assert "outside the mesh" in line["detail"]
 
 
 def test_denied_client_agent_logs_peer_denied(pki, agents, apps):
