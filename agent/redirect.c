@@ -293,6 +293,14 @@ static void emit_single_jump(strbuf *b, const char *jump, unsigned installed) {
   for (unsigned k = 1; k < installed; k++) sb_printf(b, "-D %s\n", jump);
 }
 
+/* Node mode shares PREROUTING with kube-proxy, whose Service DNAT would
+ * otherwise decide first (the nat table stops at the first target): our jump
+ * goes to the top, re-inserted there on every apply. */
+static void emit_first_jump(strbuf *b, const char *chain, const char *rule, unsigned installed) {
+  for (unsigned k = 0; k < installed; k++) sb_printf(b, "-D %s %s\n", chain, rule);
+  sb_printf(b, "-I %s 1 %s\n", chain, rule);
+}
+
 char *mt_redirect_install_text(const mt_config *c, int family, const mt_redirect_state *now) {
   const mt_interception_config *ic = &c->interception;
   strbuf b = {NULL, 0, 0, 0};
@@ -305,7 +313,10 @@ char *mt_redirect_install_text(const mt_config *c, int family, const mt_redirect
   sb_printf(&b, "-A " MT_CHAIN_IN_REDIRECT " -p tcp -j REDIRECT --to-ports %u\n", ic->inbound_port);
   if (!node) emit_output(&b, c, family);
   sb_printf(&b, "-A " MT_CHAIN_REDIRECT " -p tcp -j REDIRECT --to-ports %u\n", ic->outbound_port);
-  emit_single_jump(&b, PREROUTING_JUMP, now->prerouting_jumps);
+  if (node)
+    emit_first_jump(&b, "PREROUTING", "-p tcp -j " MT_CHAIN_INBOUND, now->prerouting_jumps);
+  else
+    emit_single_jump(&b, PREROUTING_JUMP, now->prerouting_jumps);
   /* Node mode leaves the node's own traffic alone: no OUTPUT jump at all. */
   if (node)
     for (unsigned k = 0; k < now->output_jumps; k++) sb_printf(&b, "-D %s\n", OUTPUT_JUMP);

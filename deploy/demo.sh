@@ -1,163 +1,105 @@
 #!/usr/bin/env bash
-# Local mesh demo on loopback, with every workload certificate issued by the
-# control plane (mtls-ca): no workload key or certificate is ever written to
-# disk. One backend app behind an mtlsd inbound listener; two client
-# workloads (frontend, other) each behind an mtlsd outbound listener.
-# Policy (pushed by mtls-ca's Watch stream) allows frontend only. Shows the
-# calls, the issued identities, the access logs, then tears everything down.
+# The mtlsd demo: a small mesh in which mtls-ca issues every certificate and
+# pushes the policy (only frontend may call backend). It makes one allowed
+# and one denied call with unmodified apps (python3 -m http.server, curl),
+# then shows the access-log lines, the backend agent's metrics and the
+# identity it serves, and removes everything it created (also on error or
+# Ctrl-C). No workload key or certificate is ever written to disk.
+#
+#   as root, where `ip netns add` works: three pods as network namespaces
+#     on a bridge (deploy/demo/pods.sh), each with its app and an mtlsd
+#     agent as UID 1337 behind `mtlsd init-iptables --apply`: the apps dial
+#     and serve plain HTTP and the agents intercept it, as in Kubernetes;
+#   otherwise: the same mesh on 127.0.0.1 with fixed port mappings
+#     (deploy/demo/loopback.sh).
+#
+# Environment:
+#   MTLSD_BIN, MTLS_CA_BIN  the binaries to run; when both are set, the
+#                           dependency check and the bazel build are skipped
+#   MTLSD_DEMO_MODE         auto (default), pods (fail rather than fall
+#                           back) or loopback
+# Exit status: 0 when the allowed call returned the page and the denied call
+# was refused by the backend's policy, 1 otherwise (2: usage).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-deploy/install_deps.sh
-bazel build //agent:mtlsd //controlplane:mtls-ca >/dev/null 2>&1 ||
-  bazel build //agent:mtlsd //controlplane:mtls-ca
-BIN=$(bazel info bazel-bin 2>/dev/null)
-MTLSD="$BIN/agent/mtlsd"
-MTLS_CA="$BIN/controlplane/mtls-ca"
 PY=/usr/bin/python3
-
-WORK=$(mktemp -d /tmp/mtlsd-demo.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-CA_PORT=15012       # mtls-ca (Istio's istiod port)
-APP_PORT=18080      # the backend application (plain HTTP)
-BACKEND_IN=15006    # backend's mtlsd inbound (mTLS)
-FRONTEND_OUT=15001  # frontend's mtlsd outbound (plain, from the frontend app)
-OTHER_OUT=15011     # other's mtlsd outbound
 TD=example.org
+MODE=${MTLSD_DEMO_MODE:-auto}
+case $MODE in
+  auto | pods | loopback) ;;
+  *)
+    echo "demo: MTLSD_DEMO_MODE must be auto, pods or loopback, not '$MODE'" >&2
+    exit 2
+    ;;
+esac
 
-wait_listening() {
-  for _ in $(seq 100); do
-    ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  return 1
-}
-
-echo "== 1. PKI: root -> intermediate (the CA's signer), mtls-ca's own SVID, a token signing key"
-certs/mkpki.sh --out "$WORK/pki" --control-plane | tail -1
-
-echo "== 2. service-account tokens (what kubelet would project into each pod)"
-for sa in frontend backend other; do
-  $PY certs/mint-token.py --key "$WORK/pki/tokens/signer.key" --namespace default \
-    --service-account "$sa" >"$WORK/$sa.token"
-  echo "   $sa: system:serviceaccount:default:$sa"
-done
-
-cat >"$WORK/mesh.yaml" <<YAML
-trust_bundles:
-  - trust_domain: $TD
-    roots_files: [$WORK/pki/root.pem]
-policy:
-  rules:
-    - name: frontend-may-call-backend
-      action: allow
-      ports: [$APP_PORT]
-      from:
-        - id: spiffe://$TD/ns/default/sa/frontend
-destinations:
-  - address: 127.0.0.1:$BACKEND_IN
-    spiffe_id: spiffe://$TD/ns/default/sa/backend
-YAML
-cat >"$WORK/ca.yaml" <<YAML
-trust_domain: $TD
-listen: 127.0.0.1:$CA_PORT
-tls: {cert_file: $WORK/pki/control-plane/chain.pem, key_file: $WORK/pki/control-plane/key.pem}
-signer: {cert_file: $WORK/pki/intermediate.pem, key_file: $WORK/pki/intermediate.key}
-roots_file: $WORK/pki/root.pem
-max_cert_ttl_s: 3600
-tokens: {issuer: https://kubernetes.default.svc, audience: istio-ca,
-         keys_file: $WORK/pki/tokens/signer.pub.pem}
-mesh_file: $WORK/mesh.yaml
-access_log: $WORK/ca.access.log
-YAML
-
-agent_config() { # name, listeners-yaml
-  cat >"$WORK/$1.yaml" <<YAML
-trust_domain: $TD
-workers: 1
-access_log: $WORK/$1.access.log
-admin: {address: "127.0.0.1:0"}
-identity:
-  spiffe_id: spiffe://$TD/ns/default/sa/$1
-control_plane:
-  address: 127.0.0.1:$CA_PORT
-  root_file: $WORK/pki/root.pem
-  spiffe_id: spiffe://$TD/ns/mtls-system/sa/mtls-ca
-  token_file: $WORK/$1.token
-  cert_ttl_s: 600
-$2
-YAML
-}
-agent_config backend "inbound:
-  listeners:
-    - address: 127.0.0.1:$BACKEND_IN
-      app_port: $APP_PORT"
-agent_config frontend "outbound:
-  listeners:
-    - address: 127.0.0.1:$FRONTEND_OUT
-      destination: 127.0.0.1:$BACKEND_IN
-  unknown_destination: deny"
-agent_config other "outbound:
-  listeners:
-    - address: 127.0.0.1:$OTHER_OUT
-      destination: 127.0.0.1:$BACKEND_IN
-  unknown_destination: deny"
-
-echo "== 3. starting mtls-ca, the backend app (python http.server) and three agents"
-"$MTLS_CA" --check-config "$WORK/ca.yaml" >/dev/null
-"$MTLS_CA" --config "$WORK/ca.yaml" 2>"$WORK/ca.err" &
-PIDS+=($!)
-wait_listening $CA_PORT
-mkdir -p "$WORK/www" && echo "hello from backend" >"$WORK/www/index.html"
-$PY -m http.server "$APP_PORT" --bind 127.0.0.1 --directory "$WORK/www" >"$WORK/app.log" 2>&1 &
-PIDS+=($!)
-for name in backend frontend other; do
-  "$MTLSD" --config "$WORK/$name.yaml" 2>"$WORK/$name.err" &
-  PIDS+=($!)
-done
-for name in backend frontend other; do
-  for _ in $(seq 100); do
-    grep -q "mesh version [0-9]" "$WORK/$name.err" 2>/dev/null && break
-    sleep 0.1
-  done
-  echo "   $name: $(grep -o 'identity ready: [^,]*' "$WORK/$name.err" | tail -1)"
-done
-wait_listening $APP_PORT
-sleep 0.2
-
-echo
-echo "== 4. allowed call: frontend app -> frontend agent -> mTLS -> backend agent -> app"
-echo "\$ curl -s http://127.0.0.1:$FRONTEND_OUT/"
-curl -s --max-time 5 "http://127.0.0.1:$FRONTEND_OUT/" || echo "(call failed)"
-
-echo
-echo "== 5. denied call: other app -> other agent -> mTLS -> backend agent (policy says no)"
-echo "\$ curl -s http://127.0.0.1:$OTHER_OUT/"
-if curl -s --max-time 5 "http://127.0.0.1:$OTHER_OUT/"; then
-  echo "(unexpected: the call went through)"
+if [ -n "${MTLSD_BIN:-}" ] && [ -n "${MTLS_CA_BIN:-}" ]; then
+  MTLSD=$MTLSD_BIN
+  MTLS_CA=$MTLS_CA_BIN
 else
-  echo "(connection reset by the mesh: curl exit $?)"
+  deploy/install_deps.sh
+  bazel build //agent:mtlsd //controlplane:mtls-ca >/dev/null 2>&1 ||
+    bazel build //agent:mtlsd //controlplane:mtls-ca
+  BIN=$(bazel info bazel-bin 2>/dev/null)
+  MTLSD=${MTLSD_BIN:-$BIN/agent/mtlsd}
+  MTLS_CA=${MTLS_CA_BIN:-$BIN/controlplane/mtls-ca}
 fi
-
-sleep 0.3
-echo
-for name in frontend other backend; do
-  echo "== access log of $name's agent"
-  cat "$WORK/$name.access.log" 2>/dev/null || true
+for b in "$MTLSD" "$MTLS_CA"; do
+  [ -x "$b" ] || { echo "demo: $b is not an executable (MTLSD_BIN / MTLS_CA_BIN)" >&2; exit 1; }
 done
-echo
-echo "== mtls-ca's access log (one line per issued certificate / Watch)"
-cat "$WORK/ca.access.log" 2>/dev/null || true
-echo
-echo "== workload keys or certificates on disk: $(find "$WORK" -path "$WORK/pki" -prune -o \
-  -name '*.pem' -print | wc -l) (everything is in the agents' memory)"
-echo "== done; everything is stopped and $WORK removed"
+
+DEMO_TAG=$$ # in the namespace names: two runs never collide
+DEMO_DEADLINE=$((SECONDS + 30))
+
+# shellcheck source=SCRIPTDIR/demo/common.sh
+source deploy/demo/common.sh
+# shellcheck source=SCRIPTDIR/demo/pods.sh
+source deploy/demo/pods.sh
+# shellcheck source=SCRIPTDIR/demo/loopback.sh
+source deploy/demo/loopback.sh
+
+# Runs on every exit: processes stopped by PID, the pods' rules removed
+# (`init-iptables --remove`), the namespaces deleted, the work dir removed.
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  local what="${#PIDS[@]} processes stopped by PID"
+  [ "${#RULES[@]}" -eq 0 ] || what+=", rules removed in ${#RULES[@]} pods"
+  [ "${#NETNS[@]}" -eq 0 ] || what+=", ${#NETNS[@]} namespaces deleted"
+  pods_teardown
+  [ "$rc" -eq 0 ] || [ "$rc" -ge 128 ] || show_stderr_tails
+  rm -rf "$WORK"
+  step "teardown: $what, $WORK removed"
+  exit "$rc"
+}
+WORK=$(mktemp -d /tmp/mtlsd-demo.XXXXXX)
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+chmod 755 "$WORK" # pods mode: the agents (UID 1337) and the apps read files here
+
+# Pods if this machine allows network namespaces, else loopback.
+why=""
+if [ "$MODE" != loopback ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    why="not root (network namespaces and iptables need root)"
+  else
+    for tool in ip iptables iptables-restore setpriv ss curl; do
+      command -v "$tool" >/dev/null || why="$tool is not installed"
+    done
+    [ -n "$why" ] || pods_available || why=$POD_UNAVAILABLE
+  fi
+  if [ "$MODE" = pods ] && [ -n "$why" ]; then fail "MTLSD_DEMO_MODE=pods, but: $why"; fi
+fi
+command -v curl >/dev/null || fail "curl is not installed"
+
+if [ "$MODE" != loopback ] && [ -z "$why" ]; then
+  say "mtlsd demo: pods in network namespaces (work dir $WORK)"
+  pods_run
+else
+  say "mtlsd demo on loopback (${why:-MTLSD_DEMO_MODE=loopback}; work dir $WORK)"
+  loopback_run
+fi

@@ -165,10 +165,9 @@ def configmap_for_projected_file(spec, volume_name, path):
 
 
 def agent_config(workload):
-    """The workload's mtlsd.yaml, parsed (placeholders left in)."""
+    """A sidecar workload's mtlsd.yaml, parsed (placeholders left in)."""
     spec = pod_spec(workload)
-    agent = init_container(spec, "mtlsd") if workload["kind"] != "DaemonSet" else \
-        app_containers(spec)[0]
+    agent = init_container(spec, "mtlsd")
     assert agent["args"] == ["--config", "/etc/mtlsd/mtlsd.yaml"]
     vol_name = mounts_of(agent)["/etc/mtlsd"]
     name, key = configmap_for_projected_file(spec, vol_name, "mtlsd.yaml")
@@ -282,7 +281,7 @@ CONTAINER_SECURITY_FIELDS = {"runAsUser", "runAsGroup", "runAsNonRoot", "privile
                              "allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities",
                              "seccompProfile"}
 MOUNT_FIELDS = {"name", "mountPath", "readOnly"}
-VOLUME_FIELDS = {"name", "configMap", "secret", "projected", "emptyDir"}
+VOLUME_FIELDS = {"name", "configMap", "secret", "projected", "emptyDir", "hostPath"}
 
 
 def test_pod_specs_use_only_known_fields():
@@ -459,6 +458,33 @@ def test_agent_config_matches_the_pod(workload):
     assert mounts_of(init)["/etc/mtlsd"] == mounts_of(agent)["/etc/mtlsd"]
 
 
+TELEMETRY_PORT = 15021  # the agent's /healthz /ready /metrics listener (Istio's health port)
+
+
+@pytest.mark.parametrize("workload", SIDECARS, ids=SIDECAR_IDS)
+def test_agent_sidecar_probes_and_scrape_use_the_telemetry_listener(workload):
+    """kubelet and Prometheus reach the agent on the pod IP, port 15021: the
+    telemetry listener (health and metrics only), never the full admin API,
+    and the interception rules leave that port to the agent."""
+    spec = pod_spec(workload)
+    agent = init_container(spec, "mtlsd")
+    config = agent_config(workload)
+    assert config["admin"]["telemetry_address"] == f"0.0.0.0:{TELEMETRY_PORT}"
+    assert config["admin"]["address"].startswith("127.0.0.1:"), "the full admin API stays in the pod"
+    assert TELEMETRY_PORT in config["interception"]["exclude_inbound_ports"]
+    # A native sidecar's startupProbe holds back the app containers until the
+    # agent has its certificate; readiness follows it afterwards.
+    for probe in ("startupProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"] == {"path": "/ready", "port": TELEMETRY_PORT}, probe
+    assert {"name": "http-telemetry", "containerPort": TELEMETRY_PORT, "protocol": "TCP"} in agent["ports"]
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(TELEMETRY_PORT),
+                           "prometheus.io/path": "/metrics"}
+    # Apps keep their probe-less state: a plaintext probe on an app port would be refused.
+    for c in app_containers(spec):
+        assert "readinessProbe" not in c and "livenessProbe" not in c, c["name"]
+
+
 # ---- mtls-ca -----------------------------------------------------------------------
 
 def test_mtls_ca_deployment_is_locked_down():
@@ -514,6 +540,7 @@ def test_mtls_ca_files_come_from_mounted_volumes():
         "roots_file": ca_config["roots_file"],
         "tokens.keys_file": ca_config["tokens"]["keys_file"],
         "mesh_file": ca_config["mesh_file"],
+        "workloads_file": ca_config["workloads_file"],
     }
     for bundle in mesh["trust_bundles"]:
         for i, f in enumerate(bundle["roots_files"]):
@@ -533,6 +560,7 @@ def test_mtls_ca_files_come_from_mounted_volumes():
         if what in ("tls.key_file", "signer.key_file"):
             assert "secret" in vol, f"{what} must come from a Secret"
     assert paths["mesh_file"] == "/etc/mtls-ca/config/mesh.yaml"
+    assert paths["workloads_file"] == "/etc/mtls-ca/config/workloads.yaml"
 
 
 def test_mtls_ca_has_no_api_access():
@@ -558,55 +586,186 @@ def test_namespaces_pod_security():
     assert labels["mtls-system"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-# ---- node-mode preview ----------------------------------------------------------------
+# ---- node mode ----------------------------------------------------------------------
+
+NODE_CONFIG_DIR = "/etc/mtlsd"
+NODE_CONFIG_ARG = f"{NODE_CONFIG_DIR}/$(NODE_NAME).yaml"  # expanded by kubelet from env
+
 
 def node_daemonset():
     (ds,) = objects("DaemonSet", "daemonset-node-mode.yaml")
     return ds
 
 
-def test_node_mode_is_marked_preview_and_opt_in():
+def node_agent_id():
     ds = node_daemonset()
-    assert ds["metadata"]["labels"]["mtlsd/status"] == "preview"
-    assert ds["metadata"]["annotations"]["mtlsd/preview"].startswith("preview:")
-    assert pod_spec(ds)["nodeSelector"]["mtlsd-node-mode-preview"] == "true"
-    assert "PREVIEW" in (K8S / "daemonset-node-mode.yaml").read_text()
+    return spiffe_id(ds["metadata"]["namespace"], pod_spec(ds)["serviceAccountName"])
 
 
-def test_node_mode_pod():
+def node_configs():
+    """{node name: (raw text, parsed)} of every per-node file the DaemonSet's
+    config volume holds (a whole ConfigMap, one key <node>.yaml per node)."""
+    ds = node_daemonset()
+    spec = pod_spec(ds)
+    (agent,) = spec["containers"]
+    vol = volume(spec, mounts_of(agent)[NODE_CONFIG_DIR])
+    (whole,) = [src["configMap"] for src in vol["projected"]["sources"]
+                if "configMap" in src and "items" not in src["configMap"]]
+    cm = one("ConfigMap", whole["name"], ds["metadata"]["namespace"])
+    out = {}
+    for key, text in cm["data"].items():
+        assert key.endswith(".yaml"), f"{whole['name']}: key {key} is not <node>.yaml"
+        out[key[:-len(".yaml")]] = (text, yaml.safe_load(text))
+    assert out, "no per-node configuration"
+    return out
+
+
+NODE_CONFIGS = node_configs()
+
+
+def node_name_env(container):
+    env = {e["name"]: e for e in container.get("env", [])}
+    return env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+
+
+def test_node_mode_is_no_longer_a_preview_and_is_opt_in():
+    ds = node_daemonset()
+    text = (K8S / "daemonset-node-mode.yaml").read_text()
+    assert "PREVIEW" not in text and "preview" not in json.dumps(ds)
+    # Opt-in per node: a node without a rendered config must not get the pod.
+    assert pod_spec(ds)["nodeSelector"]["mtlsd/node-mode"] == "true"
+    # The static pod list is stated where the operator reads it.
+    assert "KNOWN LIMITATION" in text and "does\n# not watch the Kubernetes API" in text
+
+
+def test_node_mode_pod_uses_the_host_network_and_no_api_token():
     ds = node_daemonset()
     spec = pod_spec(ds)
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    (agent,) = spec["containers"]
-    env = {e["name"]: e for e in agent["env"]}
-    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    sc = agent["securityContext"]
-    assert sc["runAsUser"] == AGENT_UID and sc["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    assert "runAsUser" not in spec["securityContext"], "each container says its own UID"
+
+
+def test_node_mode_capabilities_only_on_the_init_container():
+    spec = pod_spec(node_daemonset())
+    init = init_container(spec, "mtlsd-init")
+    assert "restartPolicy" not in init, "the rules are in place before the agent starts"
+    assert init["command"] == ["mtlsd", "init-iptables", "--config", NODE_CONFIG_ARG, "--apply"]
+    assert node_name_env(init) == "spec.nodeName"
+    sc = init["securityContext"]
+    assert sc["runAsUser"] == 0
+    assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    token_vol = volume(spec, mounts_of(agent)[TOKEN_DIR])
-    assert token_vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == TOKEN_AUDIENCE
-    config = agent_config(ds)
-    assert config["identity"]["spiffe_id"] == spiffe_id(ds["metadata"]["namespace"],
-                                                        spec["serviceAccountName"])
-    # hostNetwork: nothing listens on the node's addresses while this is a preview.
-    for direction in ("inbound", "outbound"):
-        for listener in config[direction]["listeners"]:
-            assert listener["address"].startswith("127.0.0.1:"), listener
+    assert TOKEN_DIR not in mounts_of(init), "the init container needs no token"
+    (agent,) = spec["containers"]
+    sc = agent["securityContext"]
+    assert sc["runAsUser"] == AGENT_UID and sc["runAsGroup"] == AGENT_UID
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}, "the agent adds no capability"
 
 
-def test_node_mode_rbac_reads_pods_only():
+def test_node_mode_host_path_is_only_the_iptables_lock():
+    spec = pod_spec(node_daemonset())
+    host = [v for v in spec["volumes"] if "hostPath" in v]
+    assert [v["hostPath"] for v in host] == [{"path": "/run/xtables.lock", "type": "FileOrCreate"}]
+    for c in containers(spec):
+        mounted = host[0]["name"] in mounts_of(c).values()
+        assert mounted == (c["name"] == "mtlsd-init"), c["name"]
+    assert mounts_of(init_container(spec, "mtlsd-init"))["/run/xtables.lock"] == host[0]["name"]
+    # No other workload mounts anything of the host.
+    for _, obj in OBJECTS:
+        if obj["kind"] in WORKLOAD_KINDS and obj is not node_daemonset():
+            assert not any("hostPath" in v for v in pod_spec(obj).get("volumes", [])), obj["metadata"]
+
+
+def test_node_mode_agent_reads_its_node_config_and_the_token():
+    ds = node_daemonset()
+    spec = pod_spec(ds)
+    (agent,) = spec["containers"]
+    assert agent["args"] == ["--config", NODE_CONFIG_ARG]
+    assert node_name_env(agent) == "spec.nodeName"
+    init = init_container(spec, "mtlsd-init")
+    assert mounts_of(init)[NODE_CONFIG_DIR] == mounts_of(agent)[NODE_CONFIG_DIR]
+    vol = volume(spec, mounts_of(agent)[TOKEN_DIR])
+    (source,) = vol["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == TOKEN_AUDIENCE and token["expirationSeconds"] == 3600
+    assert vol["projected"]["defaultMode"] & 0o007 == 0
+    assert spec["securityContext"]["fsGroup"] == AGENT_UID
+    for _, (_, config) in NODE_CONFIGS.items():
+        assert config["control_plane"]["token_file"] == f"{TOKEN_DIR}/{token['path']}"
+
+
+def test_node_mode_readiness_on_the_telemetry_port():
+    spec = pod_spec(node_daemonset())
+    (agent,) = spec["containers"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"] == {"path": "/ready", "port": 15021}, probe
+    for _, (_, config) in NODE_CONFIGS.items():
+        assert config["admin"]["telemetry_address"] == "0.0.0.0:15021"
+        # hostNetwork: the full admin API (it can stop the agent) stays on the node's loopback
+        assert config["admin"]["address"].startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
+def test_node_config_matches_the_node_and_the_ca(node):
+    _, config = NODE_CONFIGS[node]
+    ca_config, _ = mtls_ca_config()
+    assert config["trust_domain"] == ca_config["trust_domain"] == TRUST_DOMAIN
+    # The agent's own identity is the one mtls-ca lets act for the node's pods.
+    assert config["identity"]["spiffe_id"] == node_agent_id()
+    assert node_agent_id() in ca_config["node_agents"]
+    assert ca_config["workloads_file"]
+    # The key is the node's name, and so is everything that names the node.
+    assert config["node"]["name"] == node
+    assert config["control_plane"]["node_id"] == node
+    assert config["control_plane"]["address"] == "${MTLS_CA_CLUSTER_IP}:%d" % CA_PORT
+    for w in config["node"]["workloads"]:
+        assert w["spiffe_id"].startswith(f"spiffe://{TRUST_DOMAIN}/ns/"), w
+    # PREROUTING capture: listeners on every address, the node layout selected.
+    assert [l["address"] for l in config["inbound"]["listeners"]] == [f"0.0.0.0:{INBOUND_PORT}"]
+    assert [l["address"] for l in config["outbound"]["listeners"]] == [f"0.0.0.0:{OUTBOUND_PORT}"]
+    assert config["interception"]["node_pod_cidrs"], "node_pod_cidrs selects the node layout"
+    assert config["interception"]["proxy_uid"] == AGENT_UID
+
+
+@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
+def test_node_config_passes_check_config(node, tmp_path):
+    need_binary(MTLSD_BIN)
+    r = check_config(NODE_CONFIGS[node][0], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"identity {node_agent_id()}" in r.stdout
+
+
+@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
+def test_init_iptables_rules_for_the_node(node, tmp_path):
+    """PREROUTING only, by the node's pod CIDR: the node's own traffic (kubelet,
+    the agent, hostNetwork pods) is never captured."""
+    need_binary(MTLSD_BIN)
+    path = tmp_path / "mtlsd.yaml"
+    path.write_text(substitute(NODE_CONFIGS[node][0]))
+    r = subprocess.run([str(MTLSD_BIN), "init-iptables", "--config", str(path), "--print"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rules = r.stdout.splitlines()
+    for cidr in NODE_CONFIGS[node][1]["interception"]["node_pod_cidrs"]:
+        assert f"-A MTLSD_INBOUND -s {cidr} -j MTLSD_NODE_OUT" in rules
+        assert f"-A MTLSD_INBOUND -d {cidr} -j MTLSD_IN_REDIRECT" in rules
+    assert "-A PREROUTING -p tcp -j MTLSD_INBOUND" in rules
+    assert not any(rule.startswith("-A OUTPUT") for rule in rules), rules
+
+
+def test_node_agent_has_no_api_access():
     ds = node_daemonset()
     sa_name = pod_spec(ds)["serviceAccountName"]
     ns = ds["metadata"]["namespace"]
-    one("ServiceAccount", sa_name, ns)
-    bindings = [b for b in objects("ClusterRoleBinding") + objects("RoleBinding")
-                if {"kind": "ServiceAccount", "name": sa_name, "namespace": ns} in b["subjects"]]
-    assert len(bindings) == 1
-    role = one(bindings[0]["roleRef"]["kind"], bindings[0]["roleRef"]["name"])
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
-                              "verbs": ["get", "list", "watch"]}]
+    assert one("ServiceAccount", sa_name, ns)["automountServiceAccountToken"] is False
+    assert not objects("ClusterRole") and not objects("Role")
+    for binding in objects("RoleBinding") + objects("ClusterRoleBinding"):
+        assert {"kind": "ServiceAccount", "name": sa_name, "namespace": ns} not in binding["subjects"]
 
 
 # ---- the real binaries load the embedded configurations --------------------------------
@@ -616,21 +775,21 @@ def need_binary(path):
         pytest.skip(f"{path} not built (bazel build //agent:mtlsd //controlplane:mtls-ca)")
 
 
-AGENT_WORKLOADS = SIDECARS + objects("DaemonSet")
+def check_config(text, tmp_path):
+    path = tmp_path / "mtlsd.yaml"
+    path.write_text(substitute(text))
+    return subprocess.run([str(MTLSD_BIN), "--check-config", str(path)],
+                          capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("workload", AGENT_WORKLOADS,
-                         ids=[f"{w['kind']}/{w['metadata']['name']}" for w in AGENT_WORKLOADS])
+@pytest.mark.parametrize("workload", SIDECARS, ids=SIDECAR_IDS)
 def test_agent_config_passes_check_config(workload, tmp_path):
     need_binary(MTLSD_BIN)
     spec = pod_spec(workload)
-    agent = init_container(spec, "mtlsd") if workload["kind"] != "DaemonSet" else spec["containers"][0]
+    agent = init_container(spec, "mtlsd")
     name, key = configmap_for_projected_file(spec, mounts_of(agent)["/etc/mtlsd"], "mtlsd.yaml")
     cm = one("ConfigMap", name, workload["metadata"]["namespace"])
-    path = tmp_path / "mtlsd.yaml"
-    path.write_text(substitute(cm["data"][key]))
-    r = subprocess.run([str(MTLSD_BIN), "--check-config", str(path)],
-                       capture_output=True, text=True, timeout=30)
+    r = check_config(cm["data"][key], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
 

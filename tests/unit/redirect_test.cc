@@ -457,7 +457,7 @@ TEST_F(RedirectTest, NodeModeCapturesPodTrafficInPreroutingOnly) {
                  "  exclude_outbound_cidrs: [10.96.0.0/12]\n"),
             nullptr)
       << error_;
-  EXPECT_EQ(Install(config_, AF_INET, {0, 1, 0}),
+  EXPECT_EQ(Install(config_, AF_INET, {1, 1, 0}),
             std::string(kChains) +
                 "-A MTLSD_INBOUND -s 10.77.1.0/24 -j MTLSD_NODE_OUT\n"
                 "-A MTLSD_INBOUND -p tcp -m tcp --dport 22 -j RETURN\n"
@@ -466,7 +466,8 @@ TEST_F(RedirectTest, NodeModeCapturesPodTrafficInPreroutingOnly) {
                 "-A MTLSD_NODE_OUT -j MTLSD_REDIRECT\n"
                 "-A MTLSD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n"
                 "-A MTLSD_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
-                "-A PREROUTING -p tcp -j MTLSD_INBOUND\n"
+                "-D PREROUTING -p tcp -j MTLSD_INBOUND\n" /* re-inserted above kube-proxy */
+                "-I PREROUTING 1 -p tcp -j MTLSD_INBOUND\n"
                 "-D OUTPUT -p tcp -j MTLSD_OUTPUT\n" /* a sidecar-layout leftover goes */
                 "COMMIT\n");
 }
