@@ -69,16 +69,24 @@ static void schedule(admin_listener *l) {
   ev_timer_start(loop, &l->timer);
 }
 
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned int status,
-                               const char *content_type, const char *body, size_t len) {
+/* |allow| (NULL = none) is the Allow header a 405 must carry (RFC 9110 15.5.6). */
+static enum MHD_Result respond_with(struct MHD_Connection *c, unsigned int status,
+                                    const char *content_type, const char *allow, const char *body,
+                                    size_t len) {
   struct MHD_Response *r =
       MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
   if (r == NULL) return MHD_NO;
   MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
   MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  if (allow != NULL) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
   enum MHD_Result rc = MHD_queue_response(c, status, r);
   MHD_destroy_response(r);
   return rc;
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned int status,
+                               const char *content_type, const char *body, size_t len) {
+  return respond_with(c, status, content_type, NULL, body, len);
 }
 
 static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status,
@@ -102,6 +110,15 @@ static enum MHD_Result respond_rendered(struct MHD_Connection *c, const char *co
                                            t->len);
   mt_text_free(t);
   return rc;
+}
+
+static enum MHD_Result respond_not_allowed(struct MHD_Connection *c, const char *path,
+                                           const char *want, const char *allow) {
+  char body[256];
+  int n = snprintf(body, sizeof(body), "%s needs %s\n", path, want);
+  size_t len = n < 0 ? 0 : (size_t)n >= sizeof(body) ? sizeof(body) - 1 : (size_t)n;
+  return respond_with(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", allow, body,
+                      len);
 }
 
 typedef enum { PAGE_METRICS, PAGE_CERTS, PAGE_POLICY, PAGE_CONFIG } page;
@@ -219,7 +236,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     const char *want = r->method == ROUTE_GET ? MHD_HTTP_METHOD_GET : MHD_HTTP_METHOD_POST;
     int head_ok = r->method == ROUTE_GET && strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     if (strcmp(method, want) != 0 && !head_ok)
-      return respond_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "%s needs %s\n", r->path, want);
+      return respond_not_allowed(c, r->path, want, r->method == ROUTE_GET ? "GET, HEAD" : "POST");
     return dispatch(l, c, r, state);
   }
   return respond_text(c, MHD_HTTP_NOT_FOUND, "no such endpoint: %s\n", url);

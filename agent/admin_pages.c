@@ -1,6 +1,8 @@
 /* admin_pages.c: /ready, /metrics, /certs, /config and /policy bodies. */
 #include "agent/admin_pages.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/bio.h>
 #include <openssl/digest.h>
 #include <openssl/ssl.h>
@@ -17,24 +19,77 @@
 
 enum { TEXT_MAX = 256 };
 
-int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
+/* ---- the identities being served ---- */
+
+/* How many identity slots there are to look at: the sidecar's one, or one
+ * per entry of node mode's workload table. */
+static size_t num_served(const mt_admin_view *v) {
+  if (!v->config->node_mode) return v->identity != NULL;
+  return v->workloads != NULL ? mt_workloads_count(v->workloads) : 0;
+}
+
+/* The identity in slot |i|, or NULL when an earlier slot holds the same one
+ * (pods of one service account share a certificate): each is shown once. */
+static mt_identity *served_at(const mt_admin_view *v, size_t i) {
+  if (!v->config->node_mode) return v->identity;
+  mt_identity *id = mt_workloads_identity_at(v->workloads, i);
+  for (size_t j = 0; j < i; j++)
+    if (mt_workloads_identity_at(v->workloads, j) == id) return NULL;
+  return id;
+}
+
+/* Node mode: the identity serving workload |w| now; NULL when it has none. */
+static mt_identity *workload_identity(const mt_admin_view *v, const mt_node_workload_config *w) {
+  if (v->workloads == NULL) return NULL;
+  return mt_workloads_find(v->workloads, (const struct sockaddr *)&w->address.addr);
+}
+
+/* Node mode: every listed workload needs a valid certificate of its own. */
+static int node_certificates_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  const mt_config *c = v->config;
+  size_t missing = 0;
+  const char *first = NULL;
+  for (size_t i = 0; i < c->num_node_workloads; i++) {
+    const mt_node_workload_config *w = &c->node_workloads[i];
+    mt_identity *id = workload_identity(v, w);
+    if (id != NULL && mt_identity_not_after(id) > v->now) continue;
+    if (missing++ == 0) first = w->spiffe_id;
+  }
+  if (missing == 0) return 1;
+  snprintf(why, why_len, "not ready: %zu of %zu workloads have no valid certificate (first: %s)",
+           missing, c->num_node_workloads, first);
+  return 0;
+}
+
+static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t why_len) {
   if (v->identity == NULL) {
     snprintf(why, why_len, "not ready: no valid workload certificate yet (source: %s)",
              v->identity_source);
     return 0;
   }
-  time_t not_after = mt_identity_not_after(v->identity);
-  if (not_after <= v->now) {
+  if (mt_identity_not_after(v->identity) <= v->now) {
     snprintf(why, why_len, "not ready: the workload certificate expired");
     return 0;
   }
+  return 1;
+}
+
+int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  int node = v->config->node_mode;
+  if (!(node ? node_certificates_ready(v, why, why_len)
+             : sidecar_certificate_ready(v, why, why_len)))
+    return 0;
   if (v->control_plane != NULL && !v->control_plane->has_mesh_config) {
     snprintf(why, why_len, "not ready: waiting for the first mesh config from the control plane");
     return 0;
   }
+  if (node) {
+    snprintf(why, why_len, "ready: serving %zu workloads", v->config->num_node_workloads);
+    return 1;
+  }
   snprintf(why, why_len, "ready: serving as %s (serial %s, expires in %lld s)",
            mt_identity_spiffe_id(v->identity), mt_identity_serial(v->identity),
-           (long long)(not_after - v->now));
+           (long long)(mt_identity_not_after(v->identity) - v->now));
   return 1;
 }
 
@@ -44,20 +99,49 @@ static void metric_header(mt_text *out, const char *name, const char *type, cons
   mt_text_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void render_identity_metrics(const mt_admin_view *v, mt_text *out) {
-  metric_header(out, "mtlsd_certificate_not_after_seconds", "gauge",
-                "notAfter of the workload certificate being served (Unix time).");
-  metric_header(out, "mtlsd_certificate_expiry_seconds", "gauge",
-                "Seconds until the served workload certificate expires.");
-  if (v->identity != NULL) {
-    time_t not_after = mt_identity_not_after(v->identity);
-    mt_text_printf(out, "mtlsd_certificate_not_after_seconds{spiffe_id=\"");
-    mt_text_label_value(out, mt_identity_spiffe_id(v->identity));
-    mt_text_printf(out, "\",serial=\"%s\"} %lld\n", mt_identity_serial(v->identity),
-                   (long long)not_after);
-    mt_text_printf(out, "mtlsd_certificate_expiry_seconds %lld\n",
-                   (long long)(not_after - v->now));
+/* One sample per served certificate, labelled with its SPIFFE ID and serial:
+ * its notBefore (|not_before|) or notAfter. */
+static void render_validity_gauge(const mt_admin_view *v, mt_text *out, const char *name,
+                                  int not_before) {
+  for (size_t i = 0; i < num_served(v); i++) {
+    mt_identity *id = served_at(v, i);
+    if (id == NULL) continue;
+    time_t t = not_before ? mt_x509_time(X509_get0_notBefore(mt_identity_leaf(id)), v->now)
+                          : mt_identity_not_after(id);
+    mt_text_printf(out, "%s{spiffe_id=\"", name);
+    mt_text_label_value(out, mt_identity_spiffe_id(id));
+    mt_text_printf(out, "\",serial=\"%s\"} %lld\n", mt_identity_serial(id), (long long)t);
   }
+}
+
+/* The served certificate that expires first; NULL when none is served. */
+static mt_identity *soonest_expiring(const mt_admin_view *v) {
+  mt_identity *soonest = NULL;
+  for (size_t i = 0; i < num_served(v); i++) {
+    mt_identity *id = served_at(v, i);
+    if (id != NULL &&
+        (soonest == NULL || mt_identity_not_after(id) < mt_identity_not_after(soonest)))
+      soonest = id;
+  }
+  return soonest;
+}
+
+/* Each family's samples follow its own HELP/TYPE lines: a parser files a
+ * sample under the family whose header it read last. */
+static void render_identity_metrics(const mt_admin_view *v, mt_text *out) {
+  mt_identity *soonest = soonest_expiring(v);
+  metric_header(out, "mtlsd_certificate_not_after_seconds", "gauge",
+                "notAfter of each workload certificate being served (Unix time).");
+  render_validity_gauge(v, out, "mtlsd_certificate_not_after_seconds", 0);
+  metric_header(out, "mtlsd_certificate_not_before_seconds", "gauge",
+                "notBefore of each workload certificate being served (Unix time).");
+  render_validity_gauge(v, out, "mtlsd_certificate_not_before_seconds", 1);
+  metric_header(out, "mtlsd_certificate_expiry_seconds", "gauge",
+                "Seconds until the served workload certificate expires (node mode: the one "
+                "that expires first).");
+  if (soonest != NULL)
+    mt_text_printf(out, "mtlsd_certificate_expiry_seconds %lld\n",
+                   (long long)(mt_identity_not_after(soonest) - v->now));
   metric_header(out, "mtlsd_certificate_rotations_total", "counter",
                 "New workload certificates put into service.");
   mt_text_printf(out, "mtlsd_certificate_rotations_total{source=\"%s\"} %llu\n",
@@ -68,8 +152,8 @@ static void render_identity_metrics(const mt_admin_view *v, mt_text *out) {
                  v->identity_source, (unsigned long long)v->identity_update_failures);
   metric_header(out, "mtlsd_trust_bundle_roots", "gauge",
                 "Root certificates trusted, by trust domain.");
-  if (v->identity != NULL) {
-    const mt_trust *trust = mt_identity_trust(v->identity);
+  if (soonest != NULL) { /* every served identity is built on the same trust */
+    const mt_trust *trust = mt_identity_trust(soonest);
     for (size_t i = 0; i < mt_trust_num_domains(trust); i++) {
       mt_text_printf(out, "mtlsd_trust_bundle_roots{trust_domain=\"");
       mt_text_label_value(out, mt_trust_domain_at(trust, i));
@@ -153,6 +237,16 @@ static void json_address(mt_text *out, int *first, const char *key, const mt_soc
   json_str(out, first, key, text);
 }
 
+/* An address whose port means nothing (a pod's IP), without the port. */
+static void json_ip(mt_text *out, int *first, const char *key, const mt_sockaddr *a) {
+  char text[INET6_ADDRSTRLEN] = "";
+  if (a->addr.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->addr)->sin6_addr, text, sizeof(text));
+  else
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)&a->addr)->sin_addr, text, sizeof(text));
+  json_str(out, first, key, text);
+}
+
 /* ---- /certs ---- */
 
 static void cert_name(X509_NAME *name, char *buf, size_t len) {
@@ -209,35 +303,71 @@ static void render_bundles(mt_text *out, const mt_trust *trust, time_t now) {
   mt_text_printf(out, "]");
 }
 
+/* The certificate of |id|: SPIFFE ID, serial, validity, chain (leaf first). */
+static void render_identity_fields(mt_text *out, int *first, mt_identity *id, time_t now) {
+  X509 *leaf = mt_identity_leaf(id);
+  time_t not_after = mt_identity_not_after(id);
+  json_str(out, first, "spiffe_id", mt_identity_spiffe_id(id));
+  json_str(out, first, "serial", mt_identity_serial(id));
+  json_time(out, first, "not_before", mt_x509_time(X509_get0_notBefore(leaf), now));
+  json_time(out, first, "not_after", not_after);
+  json_int(out, first, "seconds_to_expiry", (long long)(not_after - now));
+  json_key(out, first, "chain");
+  mt_text_printf(out, "[");
+  render_cert(out, leaf, now);
+  const STACK_OF(X509) *chain = mt_identity_chain(id);
+  for (size_t i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
+    mt_text_printf(out, ",");
+    render_cert(out, sk_X509_value(chain, i), now);
+  }
+  mt_text_printf(out, "]");
+  json_str(out, first, "mesh_version", mt_mesh_version(mt_identity_mesh(id)));
+}
+
+/* Node mode: one entry per listed workload, with its certificate when it
+ * has a valid one. */
+static void render_node_certs(const mt_admin_view *v, mt_text *out, int *first) {
+  const mt_config *c = v->config;
+  mt_identity *any = NULL;
+  json_key(out, first, "workloads");
+  mt_text_printf(out, "[");
+  for (size_t i = 0; i < c->num_node_workloads; i++) {
+    const mt_node_workload_config *w = &c->node_workloads[i];
+    mt_identity *id = workload_identity(v, w);
+    int f = 1;
+    mt_text_printf(out, "%s{", i ? "," : "");
+    json_ip(out, &f, "address", &w->address);
+    if (id != NULL) {
+      render_identity_fields(out, &f, id, v->now);
+      any = any ? any : id;
+    } else {
+      json_str(out, &f, "spiffe_id", w->spiffe_id);
+      json_str(out, &f, "serial", NULL);
+      json_str(out, &f, "error", "no valid certificate for this workload");
+    }
+    mt_text_printf(out, "}");
+  }
+  mt_text_printf(out, "]");
+  if (any != NULL) {
+    json_key(out, first, "trust_bundles");
+    render_bundles(out, mt_identity_trust(any), v->now);
+  }
+}
+
 void mt_admin_render_certs(const mt_admin_view *v, mt_text *out) {
   int first = 1;
   mt_text_printf(out, "{");
   json_str(out, &first, "source", v->identity_source);
-  if (v->identity == NULL) {
+  if (v->config->node_mode) {
+    render_node_certs(v, out, &first);
+  } else if (v->identity == NULL) {
     json_str(out, &first, "spiffe_id", NULL);
     json_str(out, &first, "error", "no valid workload certificate is being served");
-    mt_text_printf(out, "}\n");
-    return;
+  } else {
+    render_identity_fields(out, &first, v->identity, v->now);
+    json_key(out, &first, "trust_bundles");
+    render_bundles(out, mt_identity_trust(v->identity), v->now);
   }
-  X509 *leaf = mt_identity_leaf(v->identity);
-  time_t not_after = mt_identity_not_after(v->identity);
-  json_str(out, &first, "spiffe_id", mt_identity_spiffe_id(v->identity));
-  json_str(out, &first, "serial", mt_identity_serial(v->identity));
-  json_time(out, &first, "not_before", mt_x509_time(X509_get0_notBefore(leaf), v->now));
-  json_time(out, &first, "not_after", not_after);
-  json_int(out, &first, "seconds_to_expiry", (long long)(not_after - v->now));
-  json_key(out, &first, "chain");
-  mt_text_printf(out, "[");
-  render_cert(out, leaf, v->now);
-  const STACK_OF(X509) *chain = mt_identity_chain(v->identity);
-  for (size_t i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
-    mt_text_printf(out, ",");
-    render_cert(out, sk_X509_value(chain, i), v->now);
-  }
-  mt_text_printf(out, "]");
-  json_key(out, &first, "trust_bundles");
-  render_bundles(out, mt_identity_trust(v->identity), v->now);
-  json_str(out, &first, "mesh_version", mt_mesh_version(mt_identity_mesh(v->identity)));
   mt_text_printf(out, "}\n");
 }
 
@@ -325,7 +455,7 @@ void mt_admin_render_config(const mt_admin_view *v, mt_text *out) {
   json_key(out, &first, "outbound_listeners");
   render_listeners(out, c->outbound_listeners, c->num_outbound_listeners, 0);
   json_str(out, &first, "unknown_destination",
-           c->unknown_destination == MT_UNKNOWN_DEST_DENY ? "deny" : "trust-domain");
+           mt_unknown_destination_str(c->unknown_destination));
   json_address(out, &first, "admin_address", &c->admin_address);
   if (c->has_admin_telemetry_address)
     json_address(out, &first, "admin_telemetry_address", &c->admin_telemetry_address);
@@ -339,10 +469,12 @@ void mt_admin_render_config(const mt_admin_view *v, mt_text *out) {
 
 /* ---- /policy ---- */
 
+/* The config key of a matcher kind: /policy reads like the YAML and like
+ * the explain output of /policy?peer=. */
 static const char *match_kind_name(mt_match_kind kind) {
   switch (kind) {
     case MT_MATCH_ANY: return "any";
-    case MT_MATCH_EXACT: return "exact";
+    case MT_MATCH_EXACT: return "id";
     case MT_MATCH_PREFIX: return "prefix";
     case MT_MATCH_NAMESPACE: return "namespace";
     case MT_MATCH_TRUST_DOMAIN: return "trust_domain";
@@ -375,8 +507,22 @@ static void render_rules(const mt_policy *policy, mt_text *out, int *first) {
     for (size_t m = 0; m < r->num_matchers; m++) {
       int g = 1;
       mt_text_printf(out, "%s{", m ? "," : "");
-      json_str(out, &g, "kind", match_kind_name(r->matchers[m].kind));
-      json_str(out, &g, "value", r->matchers[m].value);
+      const mt_matcher_trace *mt = &r->matchers[m];
+      json_str(out, &g, "kind", match_kind_name(mt->kind));
+      if (mt->kind == MT_MATCH_PREFIX && mt->value != NULL) {
+        /* The policy keeps the prefix without its "*"; show it as configured. */
+        size_t len = strlen(mt->value);
+        char *configured = malloc(len + 2);
+        if (configured != NULL) {
+          memcpy(configured, mt->value, len);
+          memcpy(configured + len, "*", 2);
+        }
+        json_str(out, &g, "value", configured);
+        out->failed |= configured == NULL; /* the page is answered with a 500 */
+        free(configured);
+      } else {
+        json_str(out, &g, "value", mt->value);
+      }
       mt_text_printf(out, "}");
     }
     mt_text_printf(out, "]}");
@@ -403,7 +549,7 @@ void mt_admin_render_policy(const mt_admin_view *v, mt_text *out) {
   mt_text_printf(out, "]");
   json_int(out, &first, "destinations", (long long)mt_mesh_num_destinations(mesh));
   json_str(out, &first, "unknown_destination",
-           v->config->unknown_destination == MT_UNKNOWN_DEST_DENY ? "deny" : "trust-domain");
+           mt_unknown_destination_str(v->config->unknown_destination));
   mt_text_printf(out, "}\n");
 }
 

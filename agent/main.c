@@ -142,9 +142,18 @@ static int reload_config(agent *a, int force, char *msg, size_t msg_len) {
   if (a->cert_manager != NULL) {
     mt_cert_manager_set_config(a->cert_manager, next);
   } else {
+    /* The files were re-read with the new settings; only a different
+     * certificate counts as a rotation. */
+    if (a->identity == NULL ||
+        strcmp(mt_identity_serial(a->identity), mt_identity_serial(identity)) != 0)
+      a->identity_updates++;
     a->files_stamp = mt_identity_files_stamp(next);
     a->failed_stamp = 0;
     publish(a, identity);
+  }
+  if (a->reload_timer.repeat != next->reload_interval_ms / 1000.0) {
+    a->reload_timer.repeat = next->reload_interval_ms / 1000.0;
+    ev_timer_again(a->loop, &a->reload_timer);
   }
   a->config_failed_stamp = 0;
   a->config_reloads++;
@@ -172,7 +181,7 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents) {
   agent *a = s->data;
   char msg[ERR_TEXT_MAX];
   MT_LOG_I("SIGHUP: reloading the config%s", a->cert_manager ? "" : " and certificate files");
-  if (reload_config(a, 1, msg, sizeof(msg)) && a->cert_manager == NULL) reload_identity(a, 1);
+  reload_config(a, 1, msg, sizeof(msg)); /* with files, this re-reads them too */
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents) {
@@ -214,9 +223,7 @@ static void admin_quit(void *arg) {
 static int admin_reload(void *arg, char *msg, size_t msg_len) {
   agent *a = arg;
   MT_LOG_I("admin: reload requested");
-  int ok = reload_config(a, 1, msg, msg_len);
-  if (ok && a->cert_manager == NULL) reload_identity(a, 1);
-  return ok;
+  return reload_config(a, 1, msg, msg_len); /* with files, this re-reads them too */
 }
 
 static int check_config(const char *path) {

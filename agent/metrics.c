@@ -186,6 +186,9 @@ void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action actio
 
 static const char *const dir_names[NUM_DIRS] = {"inbound", "outbound"};
 
+/* The label value of keys that did not fit (and of a key spelled the same). */
+#define OTHER_KEY "other"
+
 /* Sums one keyed table over the workers into parallel arrays of distinct
  * keys (borrowed from the tables, which never free them while running). */
 typedef struct {
@@ -199,6 +202,10 @@ static void keyed_collect(keyed_sum *s, keyed_table *t) {
   for (size_t i = 0; i < TABLE_SLOTS; i++) {
     const char *k = atomic_load_explicit(&t->key[i], memory_order_acquire);
     if (k == NULL) break;
+    if (strcmp(k, OTHER_KEY) == 0) { /* a rule really named "other": one series, never two */
+      s->other += peek(&t->count[i]);
+      continue;
+    }
     size_t j = 0;
     while (j < s->n && strcmp(s->key[j], k) != 0) j++;
     if (j == s->n) {
@@ -330,8 +337,8 @@ static void render_keyed(mt_text *out, mt_worker_metrics *const *workers, size_t
     }
     if (s.other)
       mt_text_printf(out,
-                     "mtlsd_tls_handshakes_total{direction=\"%s\",version=\"other\","
-                     "cipher=\"other\"} %llu\n",
+                     "mtlsd_tls_handshakes_total{direction=\"%s\","
+                     "version=\"" OTHER_KEY "\",cipher=\"" OTHER_KEY "\"} %llu\n",
                      dir_names[d], (unsigned long long)s.other);
   }
   mt_text_printf(out,
@@ -353,7 +360,7 @@ static void render_keyed(mt_text *out, mt_worker_metrics *const *workers, size_t
       if (s.other)
         mt_text_printf(out,
                        "mtlsd_authz_decisions_total{direction=\"%s\",decision=\"%s\","
-                       "rule=\"other\"} %llu\n",
+                       "rule=\"" OTHER_KEY "\"} %llu\n",
                        dir_names[d], decision, (unsigned long long)s.other);
     }
 }

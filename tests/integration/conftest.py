@@ -668,6 +668,20 @@ def send_all_then_shut(sock, payload):
     return t, errors
 
 
+def recv_exactly(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        assert chunk, f"connection closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return buf
+
+
+def echo_once(sock, message):
+    sock.sendall(message)
+    assert recv_exactly(sock, len(message)) == message
+
+
 def roundtrip(port, payload):
     """Connects, sends |payload|, half-closes, reads until EOF. Returns
     (received bytes, client's local "ip:port")."""

@@ -14,30 +14,18 @@ from conftest import (
     base_config,
     cert_serial,
     connect,
+    echo_once,
     free_port,
     frontend_only_policy,
     inbound_section,
     issue_new_leaf,
     outbound_section,
+    recv_exactly,
     recv_until_eof,
     roundtrip,
     spiffe_id,
     wait_until,
 )
-
-
-def recv_exactly(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        assert chunk, f"connection closed after {len(buf)} of {n} bytes"
-        buf += chunk
-    return buf
-
-
-def echo_once(sock, message):
-    sock.sendall(message)
-    assert recv_exactly(sock, len(message)) == message
 
 
 @pytest.mark.parametrize("swap", ["replace-files", "swap-directory-symlink"])
