@@ -754,7 +754,8 @@ def test_init_iptables_rules_for_the_node(node, tmp_path):
     for cidr in NODE_CONFIGS[node][1]["interception"]["node_pod_cidrs"]:
         assert f"-A MTLSD_INBOUND -s {cidr} -j MTLSD_NODE_OUT" in rules
         assert f"-A MTLSD_INBOUND -d {cidr} -j MTLSD_IN_REDIRECT" in rules
-    assert "-A PREROUTING -p tcp -j MTLSD_INBOUND" in rules
+    # First in PREROUTING, ahead of kube-proxy's Service DNAT.
+    assert "-I PREROUTING 1 -p tcp -j MTLSD_INBOUND" in rules
     assert not any(rule.startswith("-A OUTPUT") for rule in rules), rules
 
 
