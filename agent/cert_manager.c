@@ -73,8 +73,11 @@ struct mt_cert_manager {
   SSL_CTX *cp_ctx;
   mt_grpc_client *grpc;
 
-  cert_slot *slots; /* one (sidecar) or one per node workload */
-  size_t num_slots;
+  /* One (sidecar) or one per distinct node workload identity. Each slot is
+   * its own allocation: its timers and its request in flight point at it,
+   * and a reload may add or remove slots around it. */
+  cert_slot **slots;
+  size_t num_slots, cap_slots;
   STACK_OF(X509) * ca_roots; /* the CA's roots from its latest answer */
 
   /* Trust and mesh: from the Watch stream once it delivered, else config. */
@@ -222,13 +225,13 @@ static int build_slot(cert_slot *slot) {
  * the table of every workload with a valid certificate (node mode). */
 static void publish_all(mt_cert_manager *m) {
   if (!m->config->node_mode) {
-    cert_slot *slot = &m->slots[0];
+    cert_slot *slot = m->slots[0];
     m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
     return;
   }
   mt_workloads *table = mt_workloads_new(m->config->num_node_workloads);
   for (size_t i = 0; table != NULL && i < m->num_slots; i++) {
-    cert_slot *slot = &m->slots[i];
+    cert_slot *slot = m->slots[i];
     if (!slot->serving) continue;
     for (size_t w = 0; w < m->config->num_node_workloads; w++)
       if (strcmp(m->config->node_workloads[w].spiffe_id, slot->spiffe_id) == 0)
@@ -243,7 +246,7 @@ static void publish_all(mt_cert_manager *m) {
 /* Trust or policy changed: rebuild every servable slot and publish. */
 static void rebuild_all(mt_cert_manager *m) {
   for (size_t i = 0; i < m->num_slots; i++)
-    if (m->slots[i].serving) build_slot(&m->slots[i]);
+    if (m->slots[i]->serving) build_slot(m->slots[i]);
   publish_all(m);
 }
 
@@ -437,7 +440,7 @@ static void start_watch(mt_cert_manager *m) {
   }
   const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
   /* Node mode watches as the node agent itself; sidecars as the granted ID. */
-  const char *issued = m->config->node_mode ? "" : m->slots[0].issued_id;
+  const char *issued = m->config->node_mode ? "" : m->slots[0]->issued_id;
   const char *who = issued[0] != '\0' ? issued : m->config->spiffe_id;
   m->stats.watch_state = MT_WATCH_CONNECTING;
   m->watch =
@@ -522,22 +525,36 @@ static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id
   slot->cert_timer.data = slot->expiry_timer.data = slot;
 }
 
+static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id) {
+  for (size_t i = 0; i < m->num_slots; i++)
+    if (strcmp(m->slots[i]->spiffe_id, spiffe_id) == 0) return m->slots[i];
+  return NULL;
+}
+
+static cert_slot *add_slot(mt_cert_manager *m, const char *spiffe_id, int impersonate,
+                           size_t workload) {
+  if (m->num_slots == m->cap_slots) {
+    size_t cap = m->cap_slots ? 2 * m->cap_slots : 4;
+    cert_slot **grown = realloc(m->slots, cap * sizeof(*grown));
+    if (grown == NULL) return NULL;
+    m->slots = grown;
+    m->cap_slots = cap;
+  }
+  cert_slot *slot = calloc(1, sizeof(*slot));
+  if (slot == NULL) return NULL;
+  slot_init(m, slot, spiffe_id, impersonate, workload);
+  m->slots[m->num_slots++] = slot;
+  return slot;
+}
+
 /* Sidecar: one slot, our own identity. Node mode: one slot per distinct
  * workload identity (pods of one service account share a certificate). */
 static int make_slots(mt_cert_manager *m) {
   const mt_config *c = m->config;
-  size_t max = c->node_mode ? c->num_node_workloads : 1;
-  m->slots = calloc(max, sizeof(cert_slot));
-  if (m->slots == NULL) return 0;
-  if (!c->node_mode) {
-    slot_init(m, &m->slots[m->num_slots++], c->spiffe_id, 0, 0);
-    return 1;
-  }
+  if (!c->node_mode) return add_slot(m, c->spiffe_id, 0, 0) != NULL;
   for (size_t w = 0; w < c->num_node_workloads; w++) {
     const char *id = c->node_workloads[w].spiffe_id;
-    int seen = 0;
-    for (size_t i = 0; i < m->num_slots; i++) seen |= strcmp(m->slots[i].spiffe_id, id) == 0;
-    if (!seen) slot_init(m, &m->slots[m->num_slots++], id, 1, w);
+    if (find_slot(m, id) == NULL && add_slot(m, id, 1, w) == NULL) return 0;
   }
   return 1;
 }
@@ -574,7 +591,7 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
     mt_cert_manager_free(m);
     return NULL;
   }
-  for (size_t i = 0; i < m->num_slots; i++) request_certificate(&m->slots[i]);
+  for (size_t i = 0; i < m->num_slots; i++) request_certificate(m->slots[i]);
   if (config->cp_watch) {
     start_watch(m);
   } else {
@@ -593,11 +610,12 @@ static void slot_dispose(cert_slot *slot) {
   X509_free(slot->leaf);
   sk_X509_pop_free(slot->chain, X509_free);
   mt_identity_unref(slot->identity);
+  free(slot);
 }
 
 void mt_cert_manager_free(mt_cert_manager *m) {
   if (m == NULL) return;
-  for (size_t i = 0; i < m->num_slots; i++) slot_dispose(&m->slots[i]);
+  for (size_t i = 0; i < m->num_slots; i++) slot_dispose(m->slots[i]);
   free(m->slots);
   ev_timer_stop(m->loop, &m->watch_timer);
   mt_mesh_watch_cancel(m->watch);
@@ -614,13 +632,47 @@ void mt_cert_manager_free(mt_cert_manager *m) {
 /* Ready when every certificate we keep is valid. */
 int mt_cert_manager_ready(const mt_cert_manager *m) {
   for (size_t i = 0; i < m->num_slots; i++)
-    if (!m->slots[i].serving) return 0;
+    if (!m->slots[i]->serving) return 0;
   return m->num_slots > 0;
+}
+
+/* Node mode after a reload: pods came and went. Identities no longer listed
+ * lose their slot (and their certificate); new ones get a slot and a
+ * request; the rest keep their certificate and point at their new entry. */
+static void reconcile_node_slots(mt_cert_manager *m) {
+  const mt_config *c = m->config;
+  size_t kept = 0;
+  for (size_t i = 0; i < m->num_slots; i++) {
+    cert_slot *slot = m->slots[i];
+    size_t w = 0;
+    while (w < c->num_node_workloads && strcmp(c->node_workloads[w].spiffe_id, slot->spiffe_id))
+      w++;
+    if (w == c->num_node_workloads) {
+      MT_LOG_I("node workload identity %s is gone; dropping its certificate", slot->spiffe_id);
+      slot_dispose(slot);
+      continue;
+    }
+    slot->workload = w;
+    m->slots[kept++] = slot;
+  }
+  m->num_slots = kept;
+  for (size_t w = 0; w < c->num_node_workloads; w++) {
+    const char *id = c->node_workloads[w].spiffe_id;
+    if (find_slot(m, id) != NULL) continue;
+    cert_slot *slot = add_slot(m, id, 1, w);
+    if (slot == NULL) {
+      MT_LOG_E("control plane: out of memory adding node workload %s", id);
+      continue;
+    }
+    MT_LOG_I("new node workload identity %s; requesting its certificate", id);
+    request_certificate(slot);
+  }
 }
 
 void mt_cert_manager_set_config(mt_cert_manager *m, mt_config *config) {
   mt_config_free(m->config);
   m->config = mt_config_ref(config);
+  if (config->node_mode) reconcile_node_slots(m);
   rebuild_all(m); /* the static policy, TLS settings and timeouts may have changed */
 }
 
@@ -639,5 +691,5 @@ void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *
   *out = m->stats;
   out->certificates_wanted = m->num_slots;
   out->certificates_valid = 0;
-  for (size_t i = 0; i < m->num_slots; i++) out->certificates_valid += m->slots[i].serving;
+  for (size_t i = 0; i < m->num_slots; i++) out->certificates_valid += m->slots[i]->serving;
 }

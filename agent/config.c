@@ -1260,24 +1260,14 @@ static int bundles_differ(const mt_config *a, const mt_config *b) {
   return 0;
 }
 
-/* Workload identities are requested at start; their policies may change. */
-static int node_workloads_differ(const mt_config *a, const mt_config *b) {
-  if (a->num_node_workloads != b->num_node_workloads) return 1;
-  for (size_t i = 0; i < a->num_node_workloads; i++)
-    if (addr_differs(&a->node_workloads[i].address, &b->node_workloads[i].address) ||
-        str_differs(a->node_workloads[i].spiffe_id, b->node_workloads[i].spiffe_id))
-      return 1;
-  return 0;
-}
-
 int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out, size_t out_len) {
   struct {
     const char *name;
     int differs;
   } checks[] = {
       {"trust_domain", str_differs(o->trust_domain, n->trust_domain)},
-      {"node", o->node_mode != n->node_mode || str_differs(o->node_name, n->node_name) ||
-                   node_workloads_differ(o, n)},
+      /* node.workloads may change: pods come and go (cert_manager reconciles). */
+      {"node", o->node_mode != n->node_mode || str_differs(o->node_name, n->node_name)},
       {"workers", o->workers != n->workers},
       {"max_connections", o->max_connections != n->max_connections},
       {"access_log", str_differs(o->access_log, n->access_log)},

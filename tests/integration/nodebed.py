@@ -153,9 +153,12 @@ class NodeBed(NetnsBed):
 
     # ---- agents
 
-    def write_agent_config(self, node):
+    def write_agent_config(self, node, without=()):
+        """|without|: pod names left out of node.workloads (pods that left)."""
         workloads = []
         for pod in pods_on(node):
+            if pod.name in without:
+                continue
             entry = {"address": pod.ip, "spiffe_id": pod.spiffe_id}
             if pod.policy is not None:
                 entry["policy"] = pod.policy
@@ -209,6 +212,14 @@ class NodeBed(NetnsBed):
                     and self.listening(node, OUTBOUND_PORT) and self.listening(node, ADMIN_PORT))
         wait_until(ready, f"the agent of {node} to have certificates for {sorted(expected)} "
                           f"and its listeners", self.wait)
+
+    def reload(self, node):
+        """POST /reload on |node|'s admin endpoint: (HTTP status, body)."""
+        res = self.run(node, "curl", "-sS", "--max-time", "5", "-X", "POST", "-w", "\n%{http_code}",
+                       f"http://127.0.0.1:{ADMIN_PORT}/reload", check=False, timeout=15)
+        assert res.returncode == 0, f"reload on {node}: {res.stderr}"
+        body, _, status = res.stdout.rpartition("\n")
+        return int(status), body
 
     def admin(self, node, path):
         """(HTTP status, body) of GET |path| on |node|'s admin endpoint."""

@@ -179,8 +179,9 @@ def test_ca_refuses_node_1_an_identity_registered_on_node_2(bed):
 def test_node_without_every_certificate_is_not_ready_and_says_why(bed):
     status, body = bed.admin("node-1", "/ready")
     assert status == 503, body
-    logged = (f"certificate request for {BACKEND.spiffe_id} failed: PERMISSION_DENIED"
-              in bed.agent_stderr("node-1"))
+    logged = any("certificate request failed: PERMISSION_DENIED" in line
+                 and BACKEND.spiffe_id in line
+                 for line in bed.agent_stderr("node-1").splitlines())
     assert BACKEND.spiffe_id in body or logged, \
         f"neither /ready ({body!r}) nor the log names {BACKEND.spiffe_id}"
     _, metrics = bed.admin("node-1", "/metrics")
@@ -225,6 +226,45 @@ def test_pod_without_a_certificate_cannot_be_called_from_another_node(bed):
 
 
 # ---- interception and teardown
+
+
+# ---- pods come and go: node.workloads reloads without a restart
+
+
+def test_reloaded_workload_list_drops_and_adds_pods(bed):
+    # The impostor (never granted) and other leave the node's list.
+    bed.write_agent_config("node-1", without=("impostor", "other"))
+    status, body = bed.reload("node-1")
+    assert status == 200, body
+    podbed.wait_until(lambda: bed.admin("node-1", "/ready")[0] == 200,
+                      "node-1 ready once every listed pod has a certificate", bed.wait)
+    res = bed.call("other", "backend")
+    assert res.returncode != 0, f"a pod no longer listed still got out: {res.stdout!r}"
+    gone = bed.wait_log("node-1", direction="outbound", source=from_pod(OTHER),
+                        reason="no_identity")  # other had no such line before
+    assert "not a workload of this node" in gone["detail"], gone
+    assert bed.call("frontend", "backend").returncode == 0  # the others keep working
+
+    # other comes back: a fresh certificate is requested for it.
+    issued_before = bed.agent_stderr("node-1").count(f"identity ready: {OTHER.spiffe_id} ")
+    bed.write_agent_config("node-1", without=("impostor",))
+    status, body = bed.reload("node-1")
+    assert status == 200, body
+    podbed.wait_until(
+        lambda: bed.agent_stderr("node-1").count(f"identity ready: {OTHER.spiffe_id} ")
+        > issued_before, "a new certificate for other", bed.wait)
+    def denials():
+        return [l for l in bed.log_lines("node-1")
+                if l["direction"] == "outbound" and from_pod(OTHER)(l["source"])
+                and l["reason"] == "policy_denied" and l["peer_id"] == CACHE.spiffe_id]
+    before = len(denials())
+    res = bed.call("other", "cache")  # other is known again: judged by cache's policy
+    assert res.returncode != 0
+    podbed.wait_until(lambda: len(denials()) > before, "other denied by cache's policy again",
+                      bed.wait)
+
+    bed.write_agent_config("node-1")  # as the bed started
+    assert bed.reload("node-1")[0] == 200
 
 
 def test_node_rules_capture_pod_traffic_only(bed):
