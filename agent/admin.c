@@ -135,12 +135,14 @@ static enum MHD_Result serve_page(admin_listener *l, struct MHD_Connection *c, p
       return respond_rendered(c, "text/plain; version=0.0.4; charset=utf-8", &t);
     case PAGE_CERTS: mt_admin_render_certs(&v, &t); break;
     case PAGE_POLICY: {
-      /* ?peer=ID&port=N (or ?plaintext=1&port=N) explains one decision. */
+      /* ?peer=ID&port=N (or ?plaintext=1&port=N) explains one decision;
+       * in node mode &workload=IP names the destination pod. */
       const char *peer = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "peer");
       const char *plain = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "plaintext");
       const char *port = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "port");
+      const char *workload = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workload");
       if (peer == NULL && plain == NULL && port == NULL) {
-        mt_admin_render_policy(&v, &t);
+        mt_admin_render_policy(&v, workload, &t);
         break;
       }
       char *end = NULL;
@@ -149,7 +151,7 @@ static enum MHD_Result serve_page(admin_listener *l, struct MHD_Connection *c, p
           (peer == NULL) == (plain == NULL))
         return respond_text(c, MHD_HTTP_BAD_REQUEST,
                             "use /policy?peer=SPIFFE_ID&port=N or /policy?plaintext=1&port=N\n");
-      mt_admin_render_explain(&v, peer, (uint16_t)n, &t);
+      mt_admin_render_explain(&v, workload, peer, (uint16_t)n, &t);
       break;
     }
     case PAGE_CONFIG: mt_admin_render_config(&v, &t); break;

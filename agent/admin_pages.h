@@ -45,12 +45,15 @@ int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len);
 void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out);
 void mt_admin_render_certs(const mt_admin_view *v, mt_text *out);
 void mt_admin_render_config(const mt_admin_view *v, mt_text *out);
-/* The policy in force (mesh version, rules, destinations). */
-void mt_admin_render_policy(const mt_admin_view *v, mt_text *out);
-/* Why the policy in force allows or denies |peer_id| (NULL = plaintext) on
- * |port|, as `mtlsd explain --json` says it. Returns 1 allow, 0 deny. */
-int mt_admin_render_explain(const mt_admin_view *v, const char *peer_id, uint16_t port,
-                            mt_text *out);
+/* The policy in force (mesh version, rules, destinations). Node mode:
+ * that of the pod at |workload| (an IP), or every pod's when NULL;
+ * |workload| is ignored in sidecar mode. */
+void mt_admin_render_policy(const mt_admin_view *v, const char *workload, mt_text *out);
+/* Why the policy in force (node mode: |workload|'s) allows or denies
+ * |peer_id| (NULL = plaintext) on |port|, as `mtlsd explain --json` says it.
+ * Returns 1 allow, 0 deny. */
+int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const char *peer_id,
+                            uint16_t port, mt_text *out);
 
 #ifdef __cplusplus
 }

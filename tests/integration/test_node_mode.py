@@ -8,6 +8,7 @@ and IP forwarding in a namespace; skipped with the reason otherwise) and
 torn down by PID and `ip netns delete`. The tests run in file order: the
 last two remove the rules and stop the agents.
 """
+import json
 import uuid
 
 import pytest
@@ -226,6 +227,25 @@ def test_pod_without_a_certificate_cannot_be_called_from_another_node(bed):
 
 
 # ---- interception and teardown
+
+
+def test_policy_endpoint_explains_per_pod(bed):
+    status, body = bed.admin("node-1", "/policy")
+    assert status == 200, body
+    listing = json.loads(body)
+    by_ip = {w["address"]: w for w in listing["workloads"]}
+    assert listing["node"] == "node-1"
+    assert by_ip[CACHE.ip]["spiffe_id"] == CACHE.spiffe_id
+    assert [r["name"] for r in by_ip[CACHE.ip]["rules"]] == ["frontend-may-call-cache"]
+    query = f"/policy?workload={CACHE.ip}&port={CACHE_PORT}&peer="
+    status, body = bed.admin("node-1", query + OTHER.spiffe_id)
+    assert status == 200, body
+    assert json.loads(body)["decision"] == "deny", body
+    status, body = bed.admin("node-1", query + FRONTEND.spiffe_id)
+    verdict = json.loads(body)
+    assert (verdict["decision"], verdict["rule"]) == ("allow", "frontend-may-call-cache"), body
+    status, body = bed.admin("node-1", f"/policy?port={CACHE_PORT}&peer={FRONTEND.spiffe_id}")
+    assert "workload=IP" in json.loads(body)["reason"], body
 
 
 # ---- pods come and go: node.workloads reloads without a restart
