@@ -75,6 +75,10 @@ static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t w
 }
 
 int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  if (v->draining) {
+    snprintf(why, why_len, "not ready: draining connections before exit");
+    return 0;
+  }
   int node = v->config->node_mode;
   if (!(node ? node_certificates_ready(v, why, why_len)
              : sidecar_certificate_ready(v, why, why_len)))

@@ -37,6 +37,7 @@ typedef struct {
   const char *last_reload_error; /* "" when the last reload worked */
   time_t started;
   time_t now;
+  int draining; /* stopping: not ready, whatever else holds */
 } mt_admin_view;
 
 /* 1 when ready; |why| gets a one-line reason either way. */

@@ -34,6 +34,8 @@ typedef struct {
   uint64_t config_stamp, config_failed_stamp;
   ev_timer reload_timer; /* polls the config file (and certificate files) */
   ev_signal sigterm, sigint, sighup;
+  int draining;        /* stopping: workers drain while the admin endpoint answers */
+  ev_timer drain_poll; /* until every worker has finished */
   /* What the admin endpoint reports. */
   uint64_t identity_updates, identity_update_failures;
   uint64_t config_reloads, config_reload_failures;
@@ -184,10 +186,30 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents) {
   reload_config(a, 1, msg, sizeof(msg)); /* with files, this re-reads them too */
 }
 
-static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents) {
+static void on_drain_poll(struct ev_loop *loop, ev_timer *t, int revents) {
   (void)revents;
-  MT_LOG_I("signal %d: draining connections and stopping", s->signum);
-  ev_break(loop, EVBREAK_ALL);
+  agent *a = t->data;
+  if (mt_workers_drained(a->workers)) ev_break(loop, EVBREAK_ALL);
+}
+
+/* Stop accepting and let live connections finish (each worker closes what
+ * is left at the drain deadline); meanwhile the loop keeps running, so the
+ * admin endpoint reports "draining" and certificates stay fresh. */
+static void begin_drain(agent *a, const char *why) {
+  if (a->draining) return;
+  a->draining = 1;
+  MT_LOG_I("%s: draining connections for up to %d ms, then stopping", why,
+           a->config->drain_timeout_ms);
+  mt_workers_begin_stop(a->workers, a->config->drain_timeout_ms);
+  ev_timer_init(&a->drain_poll, on_drain_poll, 0.02, 0.02);
+  a->drain_poll.data = a;
+  ev_timer_start(a->loop, &a->drain_poll);
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents) {
+  (void)loop;
+  (void)revents;
+  begin_drain(s->data, s->signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 /* ---- admin endpoint hooks ---- */
@@ -212,13 +234,11 @@ static void admin_view(void *arg, mt_admin_view *v) {
   v->config_reload_failures = a->config_reload_failures;
   v->last_reload_error = a->last_reload_error;
   v->started = a->started;
+  v->draining = a->draining;
   v->now = time(NULL);
 }
 
-static void admin_quit(void *arg) {
-  agent *a = arg;
-  ev_break(a->loop, EVBREAK_ALL);
-}
+static void admin_quit(void *arg) { begin_drain(arg, "POST /quitquitquit"); }
 
 static int admin_reload(void *arg, char *msg, size_t msg_len) {
   agent *a = arg;
@@ -254,7 +274,7 @@ static void watch_signals(agent *a) {
   ev_signal_init(&a->sigterm, on_stop_signal, SIGTERM);
   ev_signal_init(&a->sigint, on_stop_signal, SIGINT);
   ev_signal_init(&a->sighup, on_sighup, SIGHUP);
-  a->sighup.data = a;
+  a->sigterm.data = a->sigint.data = a->sighup.data = a;
   ev_signal_start(a->loop, &a->sigterm);
   ev_signal_start(a->loop, &a->sigint);
   ev_signal_start(a->loop, &a->sighup);
@@ -286,9 +306,11 @@ static int start_admin(agent *a, char *err, size_t err_len) {
   return a->admin != NULL;
 }
 
-/* Order matters: the admin endpoint goes first (it reads the workers), the
- * identity source next, then the workers drain. */
+/* After the drain (or a failed start). Order matters: the admin endpoint
+ * goes first (it reads the workers), the identity source next, then the
+ * workers are joined. */
 static void stop_agent(agent *a) {
+  if (a->draining) ev_timer_stop(a->loop, &a->drain_poll);
   mt_admin_free(a->admin);
   mt_cert_manager_free(a->cert_manager);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,7 @@ struct mt_workers {
   mt_worker *workers;
   mt_worker_metrics **metrics; /* one per worker, same order */
   size_t count;
+  atomic_int finished; /* worker threads whose loop has ended */
 };
 
 struct ev_loop *mt_worker_loop(mt_worker *w) {
@@ -225,6 +227,7 @@ static void *worker_main(void *arg) {
   ev_run(w->loop, 0);
   close_all(w, MT_REASON_SHUTDOWN);
   stop_listeners(w);
+  atomic_fetch_add(&w->pool->finished, 1);
   return NULL;
 }
 
@@ -335,6 +338,7 @@ mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err
   if (pool == NULL) return NULL;
   pthread_mutex_init(&pool->lock, NULL);
   pool->config = mt_config_ref(config);
+  atomic_init(&pool->finished, 0);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   pool->count = config->workers > 0 ? (size_t)config->workers : (size_t)(cores > 0 ? cores : 1);
   pool->workers = calloc(pool->count, sizeof(mt_worker));
@@ -394,18 +398,28 @@ void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity) {
     if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
 }
 
-void mt_workers_stop(mt_workers *pool, int drain_ms) {
+void mt_workers_begin_stop(mt_workers *pool, int drain_ms) {
   if (pool == NULL) return;
   pthread_mutex_lock(&pool->lock);
   for (size_t i = 0; i < pool->count; i++) {
+    if (pool->workers[i].stop_requested) continue; /* the first deadline stands */
     pool->workers[i].stop_requested = 1;
     pool->workers[i].drain_ms = drain_ms;
   }
   pthread_mutex_unlock(&pool->lock);
-  /* Wake every worker before joining any, so they all drain concurrently. */
+  /* Wake every worker, so they all drain concurrently. */
   for (size_t i = 0; i < pool->count; i++)
     if (pool->workers[i].thread_started)
       ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+}
+
+int mt_workers_drained(const mt_workers *pool) {
+  return atomic_load(&((mt_workers *)pool)->finished) == (int)pool->count;
+}
+
+void mt_workers_stop(mt_workers *pool, int drain_ms) {
+  if (pool == NULL) return;
+  mt_workers_begin_stop(pool, drain_ms);
   for (size_t i = 0; i < pool->count; i++)
     if (pool->workers[i].thread_started) pthread_join(pool->workers[i].thread, NULL);
   free_pool(pool);

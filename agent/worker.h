@@ -43,8 +43,16 @@ void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity);
  * worker, like mt_workers_publish_identity. */
 void mt_workers_publish_workloads(mt_workers *pool, mt_workloads *table);
 
-/* Stops accepting, lets live connections run for up to |drain_ms|, closes the
- * rest, joins the threads and frees the pool. Accepts NULL. */
+/* Stops accepting and lets live connections run for up to |drain_ms| (then
+ * closes the rest), without waiting: the caller's loop keeps running (the
+ * admin endpoint answers "draining") and polls mt_workers_drained. A second
+ * call keeps the first deadline. Accepts NULL. */
+void mt_workers_begin_stop(mt_workers *pool, int drain_ms);
+/* 1 once every worker has finished (no connection left). */
+int mt_workers_drained(const mt_workers *pool);
+
+/* mt_workers_begin_stop if not yet begun, then joins the threads and frees
+ * the pool. Accepts NULL. */
 void mt_workers_stop(mt_workers *pool, int drain_ms);
 
 /* The workers' counters, for scraping from any thread (|*count| entries;

@@ -820,6 +820,10 @@ def test_quitquitquit_lets_an_inflight_connection_finish_then_exits_0(pki, agent
         assert (status, body) == (200, "draining and exiting\n")
         wait_until(lambda: not is_listening(port_in), "the backend to stop accepting")
         assert backend.proc.poll() is None, "exited with a connection still in flight"
+        # While draining the admin endpoint still answers: alive, not ready.
+        status, _, body = http(backend, "/ready")
+        assert (status, body) == (503, "not ready: draining connections before exit\n")
+        assert http(backend, "/healthz")[0] == 200
         echo_once(sock, b"still relayed while draining\n")
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_eof(sock) == b""
