@@ -13,6 +13,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "agent/admin_metrics.h"
+#include "agent/admin_pages.h"
+#include "agent/admin_policy.h"
 #include "agent/log.h"
 
 enum {

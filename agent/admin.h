@@ -14,14 +14,14 @@
  *
  * The admin module owns no agent state. For each request it asks the agent
  * for a fresh mt_admin_view (borrowed pointers valid for that call) and
- * renders it with admin_pages.h. */
+ * renders it with admin_pages.h, admin_metrics.h and admin_policy.h. */
 #ifndef MT_ADMIN_H
 #define MT_ADMIN_H
 
 #include <ev.h>
 #include <stddef.h>
 
-#include "agent/admin_pages.h"
+#include "agent/admin_view.h"
 #include "agent/config.h"
 
 #ifdef __cplusplus

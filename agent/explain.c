@@ -113,18 +113,6 @@ mt_decision mt_explain_decide(const mt_policy *policy, const mt_explain_query *q
   return d;
 }
 
-/* The config key of a matcher kind, so the output reads like the YAML. */
-static const char *matcher_key(mt_match_kind kind) {
-  switch (kind) {
-    case MT_MATCH_ANY: return "any";
-    case MT_MATCH_EXACT: return "id";
-    case MT_MATCH_PREFIX: return "prefix";
-    case MT_MATCH_NAMESPACE: return "namespace";
-    case MT_MATCH_TRUST_DOMAIN: return "trust_domain";
-  }
-  return "unknown";
-}
-
 /* The peer ID's syntax problem, or NULL when it is a valid SPIFFE ID. */
 static const char *peer_id_problem(const char *peer_id) {
   mt_spiffe_err e = mt_spiffe_id_parse(peer_id, strlen(peer_id), NULL);
@@ -185,7 +173,7 @@ static void text_rule(writer *w, size_t n, const mt_rule_trace *r, int evaluated
       verdict(evaluated, r->matches_peer, "yes", "no"));
   for (size_t i = 0; i < r->num_matchers; i++) {
     const mt_matcher_trace *m = &r->matchers[i];
-    put(w, "       - %s", matcher_key(m->kind));
+    put(w, "       - %s", mt_match_kind_key(m->kind));
     if (m->value != NULL) put(w, " %s%s", m->value, m->kind == MT_MATCH_PREFIX ? "*" : "");
     put(w, ": %s\n", verdict(evaluated, m->matches, "matches", "no match"));
   }
@@ -258,7 +246,7 @@ static void json_rule(writer *w, const mt_rule_trace *r, int evaluated, int cons
       json_bool(consulted && r->decided));
   for (size_t i = 0; i < r->num_matchers; i++) {
     const mt_matcher_trace *m = &r->matchers[i];
-    put(w, "%s{\"kind\":\"%s\",\"value\":", i == 0 ? "" : ",", matcher_key(m->kind));
+    put(w, "%s{\"kind\":\"%s\",\"value\":", i == 0 ? "" : ",", mt_match_kind_key(m->kind));
     if (m->kind == MT_MATCH_PREFIX && m->value != NULL) {
       put(w, "\"");
       put_json_chars(w, m->value);

@@ -12,8 +12,8 @@
  * "other" rather than allocating on the data path forever.
  *
  * Rendering writes the Prometheus text exposition format (version 0.0.4)
- * into an mt_text buffer; the agent-wide gauges (certificate, control plane,
- * reloads) are rendered by the admin module with the helpers below. */
+ * into an mt_text buffer (agent/text.h); the agent-wide gauges (certificate,
+ * control plane, reloads) follow in the same buffer, from admin_metrics.c. */
 #ifndef MT_METRICS_H
 #define MT_METRICS_H
 
@@ -23,25 +23,11 @@
 #include "agent/conn.h"
 #include "agent/policy.h"
 #include "agent/reason.h"
+#include "agent/text.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ---- a growable text buffer (for rendering on the main thread) ---- */
-typedef struct {
-  char *data;
-  size_t len, cap;
-  int failed; /* an allocation failed; the text is incomplete */
-} mt_text;
-
-void mt_text_init(mt_text *t);
-void mt_text_free(mt_text *t);
-void mt_text_printf(mt_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends |s| escaped for a Prometheus label value (\\, \", \n). */
-void mt_text_label_value(mt_text *t, const char *s);
-/* Appends |s| escaped for a JSON string, with the quotes. */
-void mt_text_json_string(mt_text *t, const char *s);
 
 /* ---- per-worker counters ---- */
 typedef struct mt_worker_metrics mt_worker_metrics;

@@ -102,13 +102,13 @@ const char *mt_action_str(mt_action action) {
 
 /* ---- building ---------------------------------------------------------- */
 
-static const char *mt_match_kind_str(mt_match_kind kind) {
+const char *mt_match_kind_key(mt_match_kind kind) {
   switch (kind) {
     case MT_MATCH_ANY: return "any";
-    case MT_MATCH_EXACT: return "exact";
+    case MT_MATCH_EXACT: return "id";
     case MT_MATCH_PREFIX: return "prefix";
     case MT_MATCH_NAMESPACE: return "namespace";
-    case MT_MATCH_TRUST_DOMAIN: return "trust domain";
+    case MT_MATCH_TRUST_DOMAIN: return "trust_domain";
   }
   return "unknown";
 }
@@ -148,7 +148,7 @@ static int mt_validate_matchers(const char *name, const mt_matcher *matchers, si
     const char *problem = mt_matcher_problem(&matchers[i]);
     if (problem != NULL) {
       MT_SET_ERR(err, err_len, "rule \"%s\": %s matcher \"%s\" %s", name,
-                 mt_match_kind_str(matchers[i].kind),
+                 mt_match_kind_key(matchers[i].kind),
                  matchers[i].value != NULL ? matchers[i].value : "", problem);
       return 0;
     }

@@ -118,6 +118,9 @@ int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const 
 void mt_policy_trace_dispose(mt_policy_trace *trace); /* accepts NULL */
 
 const char *mt_action_str(mt_action action); /* "allow" / "deny" */
+/* The config key that writes |kind| ("id", "prefix", "namespace",
+ * "trust_domain", "any"), so messages and reports read like the YAML. */
+const char *mt_match_kind_key(mt_match_kind kind);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "agent/metrics.h"
+#include "agent/text.h"
 
 namespace {
 

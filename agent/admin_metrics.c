@@ -1,0 +1,140 @@
+/* admin_metrics.c: /metrics, the workers' counters then the agent-wide gauges. */
+#include "agent/admin_metrics.h"
+
+#include <openssl/x509.h>
+
+#include "agent/admin_pages.h"
+#include "agent/x509_util.h"
+
+#define MTLSD_VERSION_TEXT "0.1.0"
+
+enum { TEXT_MAX = 256 };
+
+/* ---- the certificates being served ---- */
+
+/* How many identity slots there are to look at: the sidecar's one, or one
+ * per entry of node mode's workload table. */
+static size_t num_served(const mt_admin_view *v) {
+  if (!v->config->node_mode) return v->identity != NULL;
+  return v->workloads != NULL ? mt_workloads_count(v->workloads) : 0;
+}
+
+/* The identity in slot |i|, or NULL when an earlier slot holds the same one
+ * (pods of one service account share a certificate): each is shown once. */
+static mt_identity *served_at(const mt_admin_view *v, size_t i) {
+  if (!v->config->node_mode) return v->identity;
+  mt_identity *id = mt_workloads_identity_at(v->workloads, i);
+  for (size_t j = 0; j < i; j++)
+    if (mt_workloads_identity_at(v->workloads, j) == id) return NULL;
+  return id;
+}
+
+/* ---- /metrics: agent-wide gauges after the workers' counters ---- */
+
+static void metric_header(mt_text *out, const char *name, const char *type, const char *help) {
+  mt_text_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One sample per served certificate, labelled with its SPIFFE ID and serial:
+ * its notBefore (|not_before|) or notAfter. */
+static void render_validity_gauge(const mt_admin_view *v, mt_text *out, const char *name,
+                                  int not_before) {
+  for (size_t i = 0; i < num_served(v); i++) {
+    mt_identity *id = served_at(v, i);
+    if (id == NULL) continue;
+    time_t t = not_before ? mt_x509_time(X509_get0_notBefore(mt_identity_leaf(id)), v->now)
+                          : mt_identity_not_after(id);
+    mt_text_printf(out, "%s{spiffe_id=\"", name);
+    mt_text_label_value(out, mt_identity_spiffe_id(id));
+    mt_text_printf(out, "\",serial=\"%s\"} %lld\n", mt_identity_serial(id), (long long)t);
+  }
+}
+
+/* The served certificate that expires first; NULL when none is served. */
+static mt_identity *soonest_expiring(const mt_admin_view *v) {
+  mt_identity *soonest = NULL;
+  for (size_t i = 0; i < num_served(v); i++) {
+    mt_identity *id = served_at(v, i);
+    if (id != NULL &&
+        (soonest == NULL || mt_identity_not_after(id) < mt_identity_not_after(soonest)))
+      soonest = id;
+  }
+  return soonest;
+}
+
+/* Each family's samples follow its own HELP/TYPE lines: a parser files a
+ * sample under the family whose header it read last. */
+static void render_identity_metrics(const mt_admin_view *v, mt_text *out) {
+  mt_identity *soonest = soonest_expiring(v);
+  metric_header(out, "mtlsd_certificate_not_after_seconds", "gauge",
+                "notAfter of each workload certificate being served (Unix time).");
+  render_validity_gauge(v, out, "mtlsd_certificate_not_after_seconds", 0);
+  metric_header(out, "mtlsd_certificate_not_before_seconds", "gauge",
+                "notBefore of each workload certificate being served (Unix time).");
+  render_validity_gauge(v, out, "mtlsd_certificate_not_before_seconds", 1);
+  metric_header(out, "mtlsd_certificate_expiry_seconds", "gauge",
+                "Seconds until the served workload certificate expires (node mode: the one "
+                "that expires first).");
+  if (soonest != NULL)
+    mt_text_printf(out, "mtlsd_certificate_expiry_seconds %lld\n",
+                   (long long)(mt_identity_not_after(soonest) - v->now));
+  metric_header(out, "mtlsd_certificate_rotations_total", "counter",
+                "New workload certificates put into service.");
+  mt_text_printf(out, "mtlsd_certificate_rotations_total{source=\"%s\"} %llu\n", v->identity_source,
+                 (unsigned long long)v->identity_updates);
+  metric_header(out, "mtlsd_certificate_rotation_failures_total", "counter",
+                "Certificate requests or reloads that failed (the old certificate stayed).");
+  mt_text_printf(out, "mtlsd_certificate_rotation_failures_total{source=\"%s\"} %llu\n",
+                 v->identity_source, (unsigned long long)v->identity_update_failures);
+  metric_header(out, "mtlsd_trust_bundle_roots", "gauge",
+                "Root certificates trusted, by trust domain.");
+  if (soonest != NULL) { /* every served identity is built on the same trust */
+    const mt_trust *trust = mt_identity_trust(soonest);
+    for (size_t i = 0; i < mt_trust_num_domains(trust); i++) {
+      mt_text_printf(out, "mtlsd_trust_bundle_roots{trust_domain=\"");
+      mt_text_label_value(out, mt_trust_domain_at(trust, i));
+      mt_text_printf(out, "\"} %zu\n", sk_X509_num(mt_trust_roots_at(trust, i)));
+    }
+  }
+}
+
+static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
+  const mt_cert_manager_stats *cp = v->control_plane;
+  if (cp == NULL) return;
+  static const mt_watch_state states[] = {MT_WATCH_DISABLED, MT_WATCH_CONNECTING,
+                                          MT_WATCH_STREAMING, MT_WATCH_RETRYING,
+                                          MT_WATCH_UNSUPPORTED};
+  metric_header(out, "mtlsd_control_plane_stream_state", "gauge",
+                "State of the mesh config stream (1 for the current state).");
+  for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+    mt_text_printf(out, "mtlsd_control_plane_stream_state{state=\"%s\"} %d\n",
+                   mt_watch_state_str(states[i]), cp->watch_state == states[i]);
+  metric_header(out, "mtlsd_mesh_config_updates_total", "counter",
+                "Mesh config snapshots applied from the control plane.");
+  mt_text_printf(out, "mtlsd_mesh_config_updates_total %llu\n",
+                 (unsigned long long)cp->mesh_updates);
+  metric_header(out, "mtlsd_mesh_config_rejected_total", "counter",
+                "Mesh config snapshots refused (the last good one stayed).");
+  mt_text_printf(out, "mtlsd_mesh_config_rejected_total %llu\n",
+                 (unsigned long long)cp->mesh_rejected);
+}
+
+void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
+  char why[TEXT_MAX];
+  metric_header(out, "mtlsd_info", "gauge", "Build and identity source of this agent.");
+  mt_text_printf(out, "mtlsd_info{version=\"%s\",source=\"%s\"} 1\n", MTLSD_VERSION_TEXT,
+                 v->identity_source);
+  metric_header(out, "mtlsd_start_time_seconds", "gauge", "When the agent started (Unix time).");
+  mt_text_printf(out, "mtlsd_start_time_seconds %lld\n", (long long)v->started);
+  metric_header(out, "mtlsd_ready", "gauge", "1 when the agent serves a valid identity.");
+  mt_text_printf(out, "mtlsd_ready %d\n", mt_admin_ready(v, why, sizeof(why)));
+  mt_metrics_render(out, v->worker_metrics, v->num_workers);
+  render_identity_metrics(v, out);
+  render_control_plane_metrics(v, out);
+  metric_header(out, "mtlsd_config_reloads_total", "counter",
+                "Configuration reloads (SIGHUP, file change or POST /reload), by result.");
+  mt_text_printf(out, "mtlsd_config_reloads_total{result=\"success\"} %llu\n",
+                 (unsigned long long)v->config_reloads);
+  mt_text_printf(out, "mtlsd_config_reloads_total{result=\"failure\"} %llu\n",
+                 (unsigned long long)v->config_reload_failures);
+}

@@ -1,0 +1,31 @@
+/* admin_policy: the /policy page and its live explain (?peer=ID&port=N), as
+ * JSON. The policy shown is the one in force: that of the identity snapshot
+ * being served (node mode: of the pod named by its IP). Pure functions of
+ * the view. */
+#ifndef MT_ADMIN_POLICY_H
+#define MT_ADMIN_POLICY_H
+
+#include <stdint.h>
+
+#include "agent/admin_view.h"
+#include "agent/text.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The policy in force (mesh version, rules, destinations). Node mode:
+ * that of the pod at |workload| (an IP), or every pod's when NULL;
+ * |workload| is ignored in sidecar mode. */
+void mt_admin_render_policy(const mt_admin_view *v, const char *workload, mt_text *out);
+/* Why the policy in force (node mode: |workload|'s) allows or denies
+ * |peer_id| (NULL = plaintext) on |port|, as `mtlsd explain --json` says it.
+ * Returns 1 allow, 0 deny. */
+int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const char *peer_id,
+                            uint16_t port, mt_text *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_ADMIN_POLICY_H */
