@@ -173,11 +173,13 @@ static mt_trust *assemble_trust(mt_cert_manager *m) {
   return trust;
 }
 
-/* The policy a slot's snapshot carries: the mesh stream's once it spoke,
- * else the config's (node mode: the workload's own policy if it has one). */
+/* The policy a slot's snapshot carries: the mesh stream's once it spoke
+ * (the workload's own entry in it, if any), else the config's (node mode:
+ * the workload's own `policy:`, if any). */
 static mt_mesh *slot_mesh(const cert_slot *slot) {
   const mt_cert_manager *m = slot->m;
-  if (m->have_watched) return m->watched.mesh;
+  const char *who = slot->issued_id[0] != '\0' ? slot->issued_id : slot->spiffe_id;
+  if (m->have_watched) return mt_mesh_update_for(&m->watched, who);
   if (slot->impersonate) return m->config->node_workloads[slot->workload].mesh;
   return m->config->mesh;
 }

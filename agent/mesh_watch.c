@@ -25,7 +25,18 @@ void mt_mesh_update_clear(mt_mesh_update *u) {
     sk_X509_pop_free(u->bundles[i].roots, X509_free);
   }
   free(u->bundles);
+  for (size_t i = 0; i < u->num_workloads; i++) {
+    free(u->workloads[i].spiffe_id);
+    mt_mesh_unref(u->workloads[i].mesh);
+  }
+  free(u->workloads);
   memset(u, 0, sizeof(*u));
+}
+
+mt_mesh *mt_mesh_update_for(const mt_mesh_update *u, const char *spiffe_id) {
+  for (size_t i = 0; spiffe_id != NULL && i < u->num_workloads; i++)
+    if (strcmp(u->workloads[i].spiffe_id, spiffe_id) == 0) return u->workloads[i].mesh;
+  return u->mesh;
 }
 
 static int decode_bundles(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out, char *err,
@@ -162,6 +173,38 @@ static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destin
   return 1;
 }
 
+static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
+                                    const mt_destination_config *dests, mt_mesh_update *out,
+                                    char *err, size_t err_len) {
+  out->workloads = calloc(s->n_workload_policies + 1, sizeof(mt_workload_mesh));
+  if (out->workloads == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  for (size_t i = 0; i < s->n_workload_policies; i++) {
+    const Mtlsd__Mesh__V1__WorkloadPolicy *w = s->workload_policies[i];
+    mt_spiffe_err e = mt_spiffe_id_parse(w->spiffe_id, strlen(w->spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return snprintf(err, err_len, "workload_policies[%zu]: invalid SPIFFE ID: %s", i,
+                      mt_spiffe_err_str(e)),
+             0;
+    if (w->policy == NULL)
+      return snprintf(err, err_len, "workload_policies[%zu]: no policy", i), 0;
+    for (size_t j = 0; j < out->num_workloads; j++)
+      if (strcmp(out->workloads[j].spiffe_id, w->spiffe_id) == 0)
+        return snprintf(err, err_len, "workload_policies: '%.128s' listed twice", w->spiffe_id),
+               0;
+    char why[200];
+    mt_policy *policy = decode_policy(w->policy, why, sizeof(why));
+    if (policy == NULL)
+      return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why),
+             0;
+    mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
+    dst->spiffe_id = strdup(w->spiffe_id);
+    dst->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    if (dst->spiffe_id == NULL || dst->mesh == NULL)
+      return snprintf(err, err_len, "out of memory"), 0;
+  }
+  return 1;
+}
+
 int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
                             size_t err_len) {
   memset(out, 0, sizeof(*out));
@@ -175,6 +218,7 @@ int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out,
     dests = calloc(s->n_destinations + 1, sizeof(*dests));
     ok = dests != NULL && decode_destinations(s, dests, err, err_len);
   }
+  if (ok) ok = decode_workload_policies(s, dests, out, err, err_len);
   mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
   if (policy != NULL) {
     out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);

@@ -2,8 +2,9 @@
  * (mtlsd.mesh.v1.MeshConfig/Watch, server streaming).
  *
  * Every MeshSnapshot is validated in full before anything is used: trust
- * bundles (valid trust domains, parsable roots), policy (known actions,
- * well-formed matchers) and destinations (IP:port, valid SPIFFE IDs). A
+ * bundles (valid trust domains, parsable roots), policy and each workload's
+ * policy (known actions, well-formed matchers, one entry per SPIFFE ID) and
+ * destinations (IP:port, valid SPIFFE IDs). A
  * snapshot with any error is rejected as a whole with a message naming what
  * was wrong; the last good one stays in force. */
 #ifndef MT_MESH_WATCH_H
@@ -29,12 +30,25 @@ typedef struct {
   STACK_OF(X509) * roots;
 } mt_bundle;
 
+/* A workload's own inbound policy, as a mesh view of its own (same
+ * version and destinations as the snapshot's). */
+typedef struct {
+  char *spiffe_id;
+  mt_mesh *mesh;
+} mt_workload_mesh;
+
 /* One decoded, validated snapshot. */
 typedef struct {
   mt_mesh *mesh; /* version, policy, destinations */
   mt_bundle *bundles;
   size_t num_bundles;
+  mt_workload_mesh *workloads; /* workload_policies */
+  size_t num_workloads;
 } mt_mesh_update;
+
+/* The mesh view that judges calls to |spiffe_id|: its workload policy if
+ * the snapshot has one, else the snapshot's general one. Borrowed. */
+mt_mesh *mt_mesh_update_for(const mt_mesh_update *update, const char *spiffe_id);
 
 void mt_mesh_update_clear(mt_mesh_update *update);
 

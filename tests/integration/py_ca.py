@@ -44,6 +44,20 @@ WatchRequest = MSGS["mtlsd.mesh.v1.WatchRequest"]
 Snapshot = MSGS["mtlsd.mesh.v1.MeshSnapshot"]
 
 
+def fill_policy(msg, pol):
+    """A Policy message from the YAML-shaped dict the tests write."""
+    msg.default_action = 1 if pol.get("default", "allow") == "allow" else 2
+    for r in pol.get("rules", []):
+        rule = msg.rules.add()
+        rule.name = r["name"]
+        rule.action = 1 if r["action"] == "allow" else 2
+        rule.ports.extend(r.get("ports", []))
+        for m in r["from"]:
+            matcher = getattr(rule, "from").add()
+            (kind, value), = m.items()
+            setattr(matcher, "namespace" if kind == "namespace" else kind, value)
+
+
 class Ca:
     def __init__(self, args):
         self.args = args
@@ -106,17 +120,11 @@ class Ca:
             b.trust_domain = td
             for f in files:
                 b.roots_pem.append(open(f).read())
-        pol = spec.get("policy", {})
-        snap.policy.default_action = 1 if pol.get("default", "allow") == "allow" else 2
-        for r in pol.get("rules", []):
-            rule = snap.policy.rules.add()
-            rule.name = r["name"]
-            rule.action = 1 if r["action"] == "allow" else 2
-            rule.ports.extend(r.get("ports", []))
-            for m in r["from"]:
-                matcher = getattr(rule, "from").add()
-                (kind, value), = m.items()
-                setattr(matcher, "namespace" if kind == "namespace" else kind, value)
+        fill_policy(snap.policy, spec.get("policy", {}))
+        for w in spec.get("workload_policies", []):
+            entry = snap.workload_policies.add()
+            entry.spiffe_id = w["spiffe_id"]
+            fill_policy(entry.policy, w["policy"])
         for d in spec.get("destinations", []):
             dst = snap.destinations.add()
             dst.address = d["address"]

@@ -257,6 +257,39 @@ def test_policy_and_destinations_follow_the_watch_stream(start_ca, agents, apps,
     assert frontend.wait_log(direction="outbound", source=local)["reason"] == "peer_denied"
 
 
+@pytest.mark.parametrize("ca_kind", ["grpcio"])  # sends what mtls-ca would refuse to send
+def test_a_workload_policy_replaces_the_general_one_for_that_workload(start_ca, agents, apps,
+                                                                     ca_pki, tmp_path):
+    """The snapshot's general policy admits frontend; backend's own entry in
+    workload_policies admits only other, so the backend refuses frontend by
+    that entry's rule. A snapshot naming a workload twice is refused whole."""
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
+    port_in = backend.listener_ports()[0]
+    spec = mesh_spec(ca_pki, version=2, backend_addr=f"127.0.0.1:{port_in}")
+    spec["workload_policies"] = [{"spiffe_id": spiffe_id("backend"), "policy": {
+        "default": "deny",
+        "rules": [{"name": "backend-own-rule", "action": "allow",
+                   "from": [{"id": spiffe_id("other")}]}]}}]
+    ca.write_mesh(spec)
+    wait_until(lambda: mesh_version_applied(ca, backend, 2), "backend to apply version 2")
+
+    def refused():
+        try:
+            refused_connection(port_out, b"hello")
+        except AssertionError:  # still admitted by the general policy
+            return None
+        return backend.find_log(direction="inbound", peer_id=spiffe_id("frontend"),
+                                decision="deny")
+    line = wait_until(refused, "backend's own policy to refuse frontend")
+    assert line["rule"] == "no-allow-rule-matched", line
+
+    spec["version"] = 3
+    spec["workload_policies"].append(dict(spec["workload_policies"][0]))
+    ca.write_mesh(spec)
+    wait_until(lambda: "mesh config rejected" in backend.stderr(), "the duplicate's rejection")
+    assert "listed twice" in backend.stderr()
+
+
 @pytest.mark.parametrize("ca_kind", CA_KINDS)
 def test_invalid_mesh_snapshot_is_rejected_and_the_last_good_one_kept(start_ca, agents, apps,
                                                                      ca_pki, tmp_path):
