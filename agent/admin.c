@@ -92,11 +92,11 @@ static enum MHD_Result respond(struct MHD_Connection *c, unsigned int status,
   return respond_with(c, status, content_type, NULL, body, len);
 }
 
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status,
-                                    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status, const char *fmt,
+                                    ...) __attribute__((format(printf, 3, 4)));
 
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status,
-                                    const char *fmt, ...) {
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status, const char *fmt,
+                                    ...) {
   char body[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -108,9 +108,9 @@ static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int statu
 
 static enum MHD_Result respond_rendered(struct MHD_Connection *c, const char *content_type,
                                         mt_text *t) {
-  enum MHD_Result rc = t->failed ? respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n")
-                                 : respond(c, MHD_HTTP_OK, content_type, t->data ? t->data : "",
-                                           t->len);
+  enum MHD_Result rc = t->failed
+                           ? respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n")
+                           : respond(c, MHD_HTTP_OK, content_type, t->data ? t->data : "", t->len);
   mt_text_free(t);
   return rc;
 }
@@ -192,9 +192,9 @@ typedef struct {
 } route;
 
 static const route routes[] = {
-    {"/healthz", ROUTE_GET, 1, R_HEALTHZ},   {"/ready", ROUTE_GET, 1, R_READY},
-    {"/metrics", ROUTE_GET, 1, R_METRICS},   {"/certs", ROUTE_GET, 0, R_CERTS},
-    {"/policy", ROUTE_GET, 0, R_POLICY},     {"/config", ROUTE_GET, 0, R_CONFIG},
+    {"/healthz", ROUTE_GET, 1, R_HEALTHZ},    {"/ready", ROUTE_GET, 1, R_READY},
+    {"/metrics", ROUTE_GET, 1, R_METRICS},    {"/certs", ROUTE_GET, 0, R_CERTS},
+    {"/policy", ROUTE_GET, 0, R_POLICY},      {"/config", ROUTE_GET, 0, R_CONFIG},
     {"/quitquitquit", ROUTE_POST, 0, R_QUIT}, {"/reload", ROUTE_POST, 0, R_RELOAD},
 };
 
@@ -275,17 +275,15 @@ static int start_listener(mt_admin *admin, admin_listener *l, const mt_sockaddr 
   if (addr->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   l->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr->addr,
-      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)ADMIN_MAX_CONNECTIONS,
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)ADMIN_IDLE_TIMEOUT_S,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_MEMORY_PER_CONN,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_END);
+      MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr->addr, MHD_OPTION_CONNECTION_LIMIT,
+      (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned int)ADMIN_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      (size_t)ADMIN_MEMORY_PER_CONN, MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_END);
   if (l->daemon == NULL) {
     snprintf(err, err_len, "admin: cannot listen on %s (address in use or not local?)", text);
     return 0;
   }
-  const union MHD_DaemonInfo *epoll_info =
-      MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+  const union MHD_DaemonInfo *epoll_info = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
   const union MHD_DaemonInfo *listen_info =
       MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_LISTEN_FD);
   if (epoll_info == NULL || listen_info == NULL) {

@@ -104,7 +104,6 @@ static double jitter(double value, int percent) {
   return value * (1.0 + unit * percent / 100.0);
 }
 
-
 static void set_timer(mt_cert_manager *m, ev_timer *t, double seconds) {
   ev_timer_stop(m->loop, t);
   ev_timer_set(t, seconds < 0 ? 0 : seconds, 0.0);
@@ -204,8 +203,7 @@ static int build_slot(cert_slot *slot) {
   mt_identity *id =
       mt_identity_new(m->config, slot->key, slot->leaf, chain, trust, mesh, err, sizeof(err));
   if (id == NULL) {
-    MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id,
-             err);
+    MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id, err);
     return 0;
   }
   MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
@@ -237,8 +235,7 @@ static void publish_all(mt_cert_manager *m) {
     if (!slot->serving) continue;
     for (size_t w = 0; w < m->config->num_node_workloads; w++)
       if (strcmp(m->config->node_workloads[w].spiffe_id, slot->spiffe_id) == 0)
-        mt_workloads_add(table,
-                         (const struct sockaddr *)&m->config->node_workloads[w].address.addr,
+        mt_workloads_add(table, (const struct sockaddr *)&m->config->node_workloads[w].address.addr,
                          slot->identity);
   }
   if (table == NULL) MT_LOG_E("control plane: out of memory building the workload table");
@@ -280,7 +277,8 @@ static void schedule_renewal(cert_slot *slot) {
   slot->backoff_ms = slot->m->config->cp_retry_initial_ms;
   double remaining = difftime(slot->not_after, time(NULL));
   double delay = jitter(remaining / 2, JITTER_PERCENT);
-  set_slot_timer(slot, &slot->cert_timer, delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
+  set_slot_timer(slot, &slot->cert_timer,
+                 delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
   set_slot_timer(slot, &slot->expiry_timer, remaining);
 }
 

@@ -40,8 +40,7 @@ typedef struct mt_cert_manager mt_cert_manager;
  * the first certificate request and the Watch stream on |loop|. Takes its
  * own reference to |config|. Returns NULL with a reason in |err|. */
 mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
-                                       const mt_cert_manager_sink *sink, char *err,
-                                       size_t err_len);
+                                       const mt_cert_manager_sink *sink, char *err, size_t err_len);
 
 void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
 
@@ -69,9 +68,9 @@ typedef struct {
   uint64_t certificates_issued;  /* CA answers that became the served identity */
   uint64_t certificate_failures; /* requests that failed or gave an unusable answer */
   mt_watch_state watch_state;
-  uint64_t mesh_updates;   /* snapshots applied */
-  uint64_t mesh_rejected;  /* snapshots refused (the last good one stayed) */
-  int has_mesh_config;     /* a snapshot arrived, or none will (disabled/unsupported) */
+  uint64_t mesh_updates;      /* snapshots applied */
+  uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
+  int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
   size_t certificates_wanted; /* 1, or one per distinct node workload identity */
   size_t certificates_valid;  /* of those, how many are being served now */
 } mt_cert_manager_stats;

@@ -429,7 +429,8 @@ static int on_outbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
     else if (strcmp(s, "passthrough") == 0)
       c->unknown_destination = MT_UNKNOWN_DEST_PASSTHROUGH;
     else
-      return fail(pc, v, "'unknown_destination' must be trust_domain, deny or passthrough, got '%s'", s);
+      return fail(pc, v,
+                  "'unknown_destination' must be trust_domain, deny or passthrough, got '%s'", s);
     return 1;
   }
   return fail(pc, k, "unknown key 'outbound.%s'", key);
@@ -562,8 +563,7 @@ static int on_interception_key(parse_ctx *pc, const char *key, yaml_node_t *k, y
     return want_cidr_list(pc, v, key, 1, &ic->include_outbound_cidrs);
   if (strcmp(key, "exclude_outbound_cidrs") == 0)
     return want_cidr_list(pc, v, key, 0, &ic->exclude_outbound_cidrs);
-  if (strcmp(key, "node_pod_cidrs") == 0)
-    return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
+  if (strcmp(key, "node_pod_cidrs") == 0) return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
   if (strcmp(key, "app_source_address") == 0) {
     if (!want_address(pc, v, key, 0, &ic->app_source_address)) return 0;
     if (mt_sockaddr_port((const struct sockaddr *)&ic->app_source_address.addr) != 0)
@@ -1245,8 +1245,9 @@ static int listeners_differ(const mt_listener_config *a, size_t na, const mt_lis
                             size_t nb) {
   if (na != nb) return 1;
   for (size_t i = 0; i < na; i++)
-    if (addr_differs(&a[i].listen, &b[i].listen) || a[i].has_fixed_target != b[i].has_fixed_target ||
-        a[i].app_port != b[i].app_port || addr_differs(&a[i].destination, &b[i].destination))
+    if (addr_differs(&a[i].listen, &b[i].listen) ||
+        a[i].has_fixed_target != b[i].has_fixed_target || a[i].app_port != b[i].app_port ||
+        addr_differs(&a[i].destination, &b[i].destination))
       return 1;
   return 0;
 }

@@ -103,7 +103,7 @@ typedef struct {
 } mt_node_workload_config;
 
 typedef struct {
-  int refs_; /* private: use mt_config_ref / mt_config_free */
+  int refs_;  /* private: use mt_config_ref / mt_config_free */
   char *path; /* config file path, for messages */
 
   char *trust_domain;
@@ -148,7 +148,7 @@ typedef struct {
   mt_listener_config *inbound_listeners;
   size_t num_inbound_listeners;
   mt_sockaddr inbound_app_address; /* port unused: taken per connection */
-  uint16_t *permissive_ports;       /* app ports that also admit non-mesh peers */
+  uint16_t *permissive_ports;      /* app ports that also admit non-mesh peers */
   size_t num_permissive_ports;
   int has_inbound_source_address;
   mt_sockaddr inbound_source_address;
@@ -161,8 +161,8 @@ typedef struct {
 
   /* admin: the operator's HTTP endpoint (agent/admin.h). */
   int admin_enabled;
-  mt_sockaddr admin_address;          /* full admin API; loopback unless admin_allow_non_local */
-  int has_admin_telemetry_address;    /* optional second listener: /healthz /ready /metrics */
+  mt_sockaddr admin_address;       /* full admin API; loopback unless admin_allow_non_local */
+  int has_admin_telemetry_address; /* optional second listener: /healthz /ready /metrics */
   mt_sockaddr admin_telemetry_address;
   int admin_allow_non_local;
 

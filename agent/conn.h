@@ -71,7 +71,7 @@ struct mt_conn {
   ev_tstamp handshake_started; /* 0 until the first mesh-side handshake step */
   int handshake_done;
   int idle_timeout_ms;
-  mt_identity *identity; /* reference held for the connection's life */
+  mt_identity *identity;   /* reference held for the connection's life */
   mt_identity *local_peer; /* node-local delivery: the destination pod's snapshot */
   mt_tls_peer peer;
   struct sockaddr_storage source, target;

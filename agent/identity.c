@@ -124,7 +124,6 @@ static int check_own_leaf(mt_identity *id, const mt_config *config, char *err, s
   return 1;
 }
 
-
 mt_identity *mt_identity_new(const mt_config *config, EVP_PKEY *key, X509 *leaf,
                              STACK_OF(X509) * chain, mt_trust *trust, mt_mesh *mesh, char *err,
                              size_t err_len) {

@@ -16,7 +16,9 @@ enum { LOG_LINE_MAX = 4096, ACCESS_LINE_MAX = 8192 };
 static int g_level = MT_LOG_INFO; /* read by every thread: atomic access only */
 static int g_access_fd = -1;
 
-void mt_log_set_level(mt_log_level level) { __atomic_store_n(&g_level, (int)level, __ATOMIC_RELAXED); }
+void mt_log_set_level(mt_log_level level) {
+  __atomic_store_n(&g_level, (int)level, __ATOMIC_RELAXED);
+}
 
 static size_t format_time(char *buf, size_t len) {
   struct timespec ts;

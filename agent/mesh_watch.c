@@ -185,17 +185,14 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
       return snprintf(err, err_len, "workload_policies[%zu]: invalid SPIFFE ID: %s", i,
                       mt_spiffe_err_str(e)),
              0;
-    if (w->policy == NULL)
-      return snprintf(err, err_len, "workload_policies[%zu]: no policy", i), 0;
+    if (w->policy == NULL) return snprintf(err, err_len, "workload_policies[%zu]: no policy", i), 0;
     for (size_t j = 0; j < out->num_workloads; j++)
       if (strcmp(out->workloads[j].spiffe_id, w->spiffe_id) == 0)
-        return snprintf(err, err_len, "workload_policies: '%.128s' listed twice", w->spiffe_id),
-               0;
+        return snprintf(err, err_len, "workload_policies: '%.128s' listed twice", w->spiffe_id), 0;
     char why[200];
     mt_policy *policy = decode_policy(w->policy, why, sizeof(why));
     if (policy == NULL)
-      return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why),
-             0;
+      return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
     mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
     dst->spiffe_id = strdup(w->spiffe_id);
     dst->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);

@@ -26,7 +26,7 @@ enum {
 };
 
 const double mt_handshake_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                       0.1,    0.25,  0.5,    1.0,   2.5,   5.0,   10.0};
+                                       0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
 const size_t mt_num_handshake_buckets = sizeof(mt_handshake_buckets) / sizeof(double);
 
 /* Append-only string-keyed counters; the key is published after it is written. */
@@ -61,8 +61,8 @@ static void keyed_free(keyed_table *t) {
 struct mt_worker_metrics {
   counter opened[NUM_DIRS];
   counter closed[NUM_DIRS][NUM_REASONS];
-  counter bytes[NUM_DIRS][2]; /* [0] toward upstream, [1] toward downstream */
-  counter handshakes[NUM_DIRS][2]; /* [0] failure, [1] success */
+  counter bytes[NUM_DIRS][2];                   /* [0] toward upstream, [1] toward downstream */
+  counter handshakes[NUM_DIRS][2];              /* [0] failure, [1] success */
   counter hs_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* last = above every bound */
   counter hs_sum_us[NUM_DIRS];
   keyed_table decisions[NUM_DIRS][NUM_ACTIONS];
@@ -230,7 +230,8 @@ static void render_handshakes(mt_text *out, const totals *t) {
     for (size_t b = 0; b <= mt_num_handshake_buckets; b++) {
       cumulative += t->hs_bucket[d][b];
       if (b < mt_num_handshake_buckets)
-        mt_text_printf(out, "mtlsd_handshake_duration_seconds_bucket{direction=\"%s\",le=\"%g\"} "
+        mt_text_printf(out,
+                       "mtlsd_handshake_duration_seconds_bucket{direction=\"%s\",le=\"%g\"} "
                        "%llu\n",
                        dir_names[d], mt_handshake_buckets[b], (unsigned long long)cumulative);
       else
@@ -278,8 +279,7 @@ static void render_keyed(mt_text *out, mt_worker_metrics *const *workers, size_t
       for (size_t w = 0; w < num_workers; w++) keyed_collect(&s, &workers[w]->decisions[d][a]);
       const char *decision = a == 0 ? "allow" : "deny";
       for (size_t i = 0; i < s.n; i++) {
-        mt_text_printf(out,
-                       "mtlsd_authz_decisions_total{direction=\"%s\",decision=\"%s\",rule=\"",
+        mt_text_printf(out, "mtlsd_authz_decisions_total{direction=\"%s\",decision=\"%s\",rule=\"",
                        dir_names[d], decision);
         mt_text_label_value(out, s.key[i]);
         mt_text_printf(out, "\"} %llu\n", (unsigned long long)s.count[i]);

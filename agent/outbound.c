@@ -125,9 +125,8 @@ static int is_node_workload(const mt_config *config, const struct sockaddr *addr
   for (size_t i = 0; i < config->num_node_workloads; i++) {
     const struct sockaddr *w = (const struct sockaddr *)&config->node_workloads[i].address.addr;
     if (w->sa_family != addr->sa_family) continue;
-    if (addr->sa_family == AF_INET &&
-        ((const struct sockaddr_in *)w)->sin_addr.s_addr ==
-            ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
+    if (addr->sa_family == AF_INET && ((const struct sockaddr_in *)w)->sin_addr.s_addr ==
+                                          ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
       return 1;
     if (addr->sa_family == AF_INET6 &&
         memcmp(&((const struct sockaddr_in6 *)w)->sin6_addr,
@@ -202,9 +201,8 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
   }
   conn->identity = mt_identity_ref(identity);
   if (config->node_mode && deliver_on_node(conn)) return;
-  int known =
-      mt_mesh_expected_id(mt_identity_mesh(identity), (const struct sockaddr *)&conn->target) !=
-      NULL;
+  int known = mt_mesh_expected_id(mt_identity_mesh(identity),
+                                  (const struct sockaddr *)&conn->target) != NULL;
   if (!known && config->unknown_destination == MT_UNKNOWN_DEST_DENY) {
     conn->rule = RULE_UNKNOWN_DESTINATION;
     count_decision(conn, MT_ACTION_DENY);

@@ -280,8 +280,10 @@ static void emit_node(strbuf *b, const mt_config *c, int family) {
     for (size_t j = 0; j < ic->include_inbound_ports.count; j++) {
       uint16_t p = ic->include_inbound_ports.ports[j];
       if (!list_has(ic->include_inbound_ports.ports, j, p))
-        sb_printf(b, "-A " MT_CHAIN_INBOUND " -d %s -p tcp -m tcp --dport %u -j " MT_CHAIN_IN_REDIRECT
-                     "\n", text, p);
+        sb_printf(b,
+                  "-A " MT_CHAIN_INBOUND " -d %s -p tcp -m tcp --dport %u -j " MT_CHAIN_IN_REDIRECT
+                  "\n",
+                  text, p);
     }
   }
   emit_outbound_returns(b, c, family, MT_CHAIN_NODE_OUT);

@@ -37,7 +37,7 @@ struct mt_worker {
   size_t num_listeners;
   ev_async wake;
   ev_timer drain_timer;
-  mt_identity *identity; /* owned reference; NULL = fail closed */
+  mt_identity *identity;      /* owned reference; NULL = fail closed */
   mt_worker_metrics *metrics; /* written by this thread only */
   mt_config *config;          /* owned reference: the current config */
   mt_workloads *workloads;    /* node mode: owned reference; NULL = none */
@@ -332,8 +332,7 @@ static int start_threads(mt_workers *pool, char *err, size_t err_len) {
   return ok;
 }
 
-mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err,
-                             size_t err_len) {
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err, size_t err_len) {
   mt_workers *pool = calloc(1, sizeof(*pool));
   if (pool == NULL) return NULL;
   pthread_mutex_init(&pool->lock, NULL);

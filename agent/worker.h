@@ -27,8 +27,7 @@ typedef struct mt_workers mt_workers;
 /* Binds every listener once per worker and starts the threads. The pool
  * takes its own references to |config| (whose listeners it keeps for its
  * whole life) and |identity|. Returns NULL with a reason in |err|. */
-mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err,
-                             size_t err_len);
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err, size_t err_len);
 
 /* Hands a reloaded config to every worker (its listener settings are
  * ignored: listeners live as long as the pool). New connections and the
@@ -62,7 +61,7 @@ mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *cou
 /* ---- for the data path, on the worker's own thread only ---- */
 struct ev_loop *mt_worker_loop(mt_worker *worker);
 const mt_config *mt_worker_config(const mt_worker *worker); /* the current one */
-mt_identity *mt_worker_identity(mt_worker *worker); /* borrowed; NULL = none usable */
+mt_identity *mt_worker_identity(mt_worker *worker);         /* borrowed; NULL = none usable */
 /* The identity that speaks for |workload| (port ignored): in node mode the
  * pod at that address, in sidecar mode our one identity. Borrowed; NULL =
  * none usable (unknown pod, no certificate, or expired). */

@@ -36,7 +36,8 @@ class SnapshotBuilder {
   }
 
   std::vector<uint8_t> Pack(const std::vector<const char *> &ids, bool with_policy = true) {
-    entries_.assign(ids.size(), Mtlsd__Mesh__V1__WorkloadPolicy(MTLSD__MESH__V1__WORKLOAD_POLICY__INIT));
+    entries_.assign(ids.size(),
+                    Mtlsd__Mesh__V1__WorkloadPolicy(MTLSD__MESH__V1__WORKLOAD_POLICY__INIT));
     pointers_.clear();
     for (size_t i = 0; i < ids.size(); i++) {
       entries_[i].spiffe_id = const_cast<char *>(ids[i]);
