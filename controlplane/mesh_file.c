@@ -1,8 +1,9 @@
 /* mesh_file.c: mesh YAML -> MeshSnapshot. The protobuf-c structures are
  * built by hand (every string and array malloc'd here) and freed by
- * free_snapshot(), which walks exactly what the builders allocate. */
+ * mt_mesh_file_free(), which walks exactly what the builders allocate. */
 #include "controlplane/mesh_file.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -15,7 +16,10 @@
 #include "controlplane/yaml_doc.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
-enum { WHY_MAX = 512 };
+enum {
+  WHY_MAX = 512,
+  WHERE_MAX = 64, /* "workload_policies[].policy.rules" and the like */
+};
 
 struct mt_mesh_file {
   Mtlsd__Mesh__V1__MeshSnapshot snap;
@@ -27,13 +31,11 @@ struct mt_mesh_file {
   size_t num_sources;
 };
 
-/* Parsing state: the value being built plus an agent policy that every rule
- * is also added to, so the agent's own checks run on the server first. */
+/* Parsing state: the value being built and the control plane's trust
+ * domain (NULL: not known, so not checked). */
 typedef struct {
   mt_mesh_file *mesh;
-  mt_policy *check;
-  int have_default;
-  mt_action default_action;
+  const char *own_trust_domain;
 } mesh_draft;
 
 /* ---- freeing ----------------------------------------------------------- */
@@ -59,6 +61,20 @@ static void free_rule(Mtlsd__Mesh__V1__Rule *r) {
   free(r);
 }
 
+/* The rules of |p|, not |p| itself (the top-level policy is embedded). */
+static void free_policy_rules(Mtlsd__Mesh__V1__Policy *p) {
+  for (size_t i = 0; i < p->n_rules; i++) free_rule(p->rules[i]);
+  free(p->rules);
+}
+
+static void free_workload_policy(Mtlsd__Mesh__V1__WorkloadPolicy *wp) {
+  if (wp == NULL) return;
+  if (wp->spiffe_id != protobuf_c_empty_string) free(wp->spiffe_id);
+  if (wp->policy != NULL) free_policy_rules(wp->policy);
+  free(wp->policy);
+  free(wp);
+}
+
 static void free_bundle(Mtlsd__Mesh__V1__TrustBundle *b) {
   if (b == NULL) return;
   if (b->trust_domain != protobuf_c_empty_string) free(b->trust_domain);
@@ -78,11 +94,13 @@ void mt_mesh_file_free(mt_mesh_file *mesh) {
   if (mesh == NULL) return;
   for (size_t i = 0; i < mesh->snap.n_trust_bundles; i++) free_bundle(mesh->snap.trust_bundles[i]);
   free(mesh->snap.trust_bundles);
-  for (size_t i = 0; i < mesh->policy.n_rules; i++) free_rule(mesh->policy.rules[i]);
-  free(mesh->policy.rules);
+  free_policy_rules(&mesh->policy);
   for (size_t i = 0; i < mesh->snap.n_destinations; i++)
     free_destination(mesh->snap.destinations[i]);
   free(mesh->snap.destinations);
+  for (size_t i = 0; i < mesh->snap.n_workload_policies; i++)
+    free_workload_policy(mesh->snap.workload_policies[i]);
+  free(mesh->snap.workload_policies);
   for (size_t i = 0; i < mesh->num_sources; i++) free(mesh->sources[i]);
   free(mesh->sources);
   free(mesh->content);
@@ -204,8 +222,18 @@ static int on_bundle(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target
 
 /* ---- policy ------------------------------------------------------------ */
 
+/* One policy being parsed (the top-level one or a workload's): the message
+ * it fills, plus an agent policy that every rule is also added to, so the
+ * agent's own checks run on the server first. |where| is the policy's path
+ * in the file ("policy", "workload_policies[].policy"), for errors. */
 typedef struct {
-  mesh_draft *draft;
+  Mtlsd__Mesh__V1__Policy *policy;
+  mt_policy *check;
+  const char *where;
+} policy_draft;
+
+typedef struct {
+  policy_draft *draft;
   Mtlsd__Mesh__V1__Rule *rule;
   int has_action;
 } rule_target;
@@ -324,11 +352,11 @@ static int on_rule_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_n
   }
   if (strcmp(key, "ports") == 0) return mt_yaml_each_item(ctx, v, "ports", on_port, t);
   if (strcmp(key, "from") == 0) return mt_yaml_each_item(ctx, v, "from", on_matcher, t);
-  return mt_yaml_fail(ctx, k, "unknown key 'policy.rules[].%s'", key);
+  return mt_yaml_fail(ctx, k, "unknown key '%s.rules[].%s'", t->draft->where, key);
 }
 
 /* The rule as the agent will see it, added to the draft's check policy. */
-static int agent_accepts(mt_yaml_ctx *ctx, yaml_node_t *item, mesh_draft *d,
+static int agent_accepts(mt_yaml_ctx *ctx, yaml_node_t *item, policy_draft *d,
                          const Mtlsd__Mesh__V1__Rule *r) {
   uint16_t ports[MT_MESH_MAX_RULE_PORTS];
   mt_matcher matchers[MT_MESH_MAX_RULE_MATCHERS];
@@ -365,8 +393,8 @@ static int agent_accepts(mt_yaml_ctx *ctx, yaml_node_t *item, mesh_draft *d,
 }
 
 static int on_rule(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target) {
-  mesh_draft *d = target;
-  Mtlsd__Mesh__V1__Policy *p = &d->mesh->policy;
+  policy_draft *d = target;
+  Mtlsd__Mesh__V1__Policy *p = d->policy;
   (void)i;
   Mtlsd__Mesh__V1__Rule *r = malloc(sizeof(*r));
   if (r == NULL) return mt_yaml_fail(ctx, item, "out of memory");
@@ -389,13 +417,32 @@ static int on_rule(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target) 
 
 static int on_policy_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
                          void *target) {
-  mesh_draft *d = target;
+  policy_draft *d = target;
   if (strcmp(key, "default") == 0) {
-    d->have_default = 1;
-    return parse_action(ctx, v, key, &d->default_action);
+    mt_action a = MT_ACTION_ALLOW;
+    if (!parse_action(ctx, v, key, &a)) return 0;
+    d->policy->default_action = proto_action(a);
+    return 1;
   }
-  if (strcmp(key, "rules") == 0) return mt_yaml_each_item(ctx, v, "policy.rules", on_rule, d);
-  return mt_yaml_fail(ctx, k, "unknown key 'policy.%s'", key);
+  if (strcmp(key, "rules") == 0) {
+    char what[WHERE_MAX];
+    snprintf(what, sizeof(what), "%s.rules", d->where);
+    return mt_yaml_each_item(ctx, v, what, on_rule, d);
+  }
+  return mt_yaml_fail(ctx, k, "unknown key '%s.%s'", d->where, key);
+}
+
+/* Fills |p| (freshly initialised) from the policy mapping |v|: without
+ * 'default', ALLOW; without 'rules', none. Each policy gets its own agent
+ * check, so rule names need only be unique within one policy. */
+static int parse_policy(mt_yaml_ctx *ctx, yaml_node_t *v, const char *where,
+                        Mtlsd__Mesh__V1__Policy *p) {
+  policy_draft d = {p, mt_policy_new(MT_ACTION_ALLOW), where};
+  if (d.check == NULL) return mt_yaml_fail(ctx, v, "out of memory");
+  p->default_action = MTLSD__MESH__V1__ACTION__ALLOW;
+  int ok = mt_yaml_each_pair(ctx, v, where, on_policy_key, &d);
+  mt_policy_free(d.check);
+  return ok;
 }
 
 /* ---- destinations ------------------------------------------------------ */
@@ -441,6 +488,96 @@ static int on_destination(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *t
   return 1;
 }
 
+/* ---- workload policies ------------------------------------------------- */
+
+typedef struct {
+  mesh_draft *draft;
+  Mtlsd__Mesh__V1__WorkloadPolicy *wp;
+} workload_policy_target;
+
+static int on_workload_policy_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                                  void *target) {
+  workload_policy_target *t = target;
+  Mtlsd__Mesh__V1__WorkloadPolicy *wp = t->wp;
+  if (strcmp(key, "spiffe_id") == 0) {
+    char *id = NULL;
+    int ok = mt_yaml_want_workload_id(ctx, v, key, t->draft->own_trust_domain, &id);
+    if (id != NULL) wp->spiffe_id = id;
+    return ok;
+  }
+  if (strcmp(key, "policy") == 0) {
+    wp->policy = malloc(sizeof(*wp->policy));
+    if (wp->policy == NULL) return mt_yaml_fail(ctx, v, "out of memory");
+    mtlsd__mesh__v1__policy__init(wp->policy);
+    return parse_policy(ctx, v, "workload_policies[].policy", wp->policy);
+  }
+  return mt_yaml_fail(ctx, k, "unknown key 'workload_policies[].%s'", key);
+}
+
+static int on_workload_policy(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target) {
+  mesh_draft *d = target;
+  Mtlsd__Mesh__V1__MeshSnapshot *s = &d->mesh->snap;
+  (void)i;
+  Mtlsd__Mesh__V1__WorkloadPolicy *wp = malloc(sizeof(*wp));
+  if (wp == NULL) return mt_yaml_fail(ctx, item, "out of memory");
+  mtlsd__mesh__v1__workload_policy__init(wp);
+  if (!push_ptr((void ***)&s->workload_policies, &s->n_workload_policies, wp)) {
+    free(wp);
+    return mt_yaml_fail(ctx, item, "out of memory");
+  }
+  workload_policy_target t = {d, wp};
+  if (!mt_yaml_each_pair(ctx, item, "a workload policy", on_workload_policy_key, &t)) return 0;
+  if (wp->spiffe_id == protobuf_c_empty_string)
+    return mt_yaml_fail(ctx, item, "workload policy needs 'spiffe_id'");
+  if (wp->policy == NULL)
+    return mt_yaml_fail(ctx, item, "workload policy for '%s' needs 'policy'", wp->spiffe_id);
+  return 1;
+}
+
+/* An entry of workload_policies: its ID and its item (for the line). */
+typedef struct {
+  const char *spiffe_id;
+  const yaml_node_t *item;
+} workload_seen;
+
+/* By ID, then by position in the file. */
+static int compare_seen(const void *pa, const void *pb) {
+  const workload_seen *a = pa, *b = pb;
+  int c = strcmp(a->spiffe_id, b->spiffe_id);
+  if (c != 0) return c;
+  return (a->item->start_mark.index > b->item->start_mark.index) -
+         (a->item->start_mark.index < b->item->start_mark.index);
+}
+
+/* One policy per workload: refuses an ID listed twice, reported at the
+ * repeat that comes first in the file. Sorted rather than compared pairwise,
+ * so a list of every workload of a large mesh still loads quickly. */
+static int workload_ids_unique(mt_yaml_ctx *ctx, yaml_node_t *seq,
+                               const Mtlsd__Mesh__V1__MeshSnapshot *s) {
+  size_t n = s->n_workload_policies;
+  if (n < 2) return 1;
+  workload_seen *seen = malloc(n * sizeof(*seen));
+  if (seen == NULL) return mt_yaml_fail(ctx, seq, "out of memory");
+  for (size_t i = 0; i < n; i++)
+    seen[i] = (workload_seen){s->workload_policies[i]->spiffe_id,
+                              yaml_document_get_node(ctx->doc, seq->data.sequence.items.start[i])};
+  qsort(seen, n, sizeof(*seen), compare_seen);
+  const workload_seen *repeat = NULL, *original = NULL;
+  for (size_t i = 1; i < n; i++) {
+    if (strcmp(seen[i - 1].spiffe_id, seen[i].spiffe_id) == 0 &&
+        (repeat == NULL || seen[i].item->start_mark.index < repeat->item->start_mark.index)) {
+      repeat = &seen[i];
+      original = &seen[i - 1];
+    }
+  }
+  int ok =
+      repeat == NULL || mt_yaml_fail(ctx, repeat->item,
+                                     "workload policy for '%s' is listed twice (first at line %lu)",
+                                     repeat->spiffe_id, mt_yaml_line(original->item));
+  free(seen);
+  return ok;
+}
+
 /* ---- top level --------------------------------------------------------- */
 
 static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
@@ -448,9 +585,12 @@ static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_no
   mesh_draft *d = target;
   if (strcmp(key, "trust_bundles") == 0)
     return mt_yaml_each_item(ctx, v, "trust_bundles", on_bundle, d);
-  if (strcmp(key, "policy") == 0) return mt_yaml_each_pair(ctx, v, "policy", on_policy_key, d);
+  if (strcmp(key, "policy") == 0) return parse_policy(ctx, v, "policy", &d->mesh->policy);
   if (strcmp(key, "destinations") == 0)
     return mt_yaml_each_item(ctx, v, "destinations", on_destination, d);
+  if (strcmp(key, "workload_policies") == 0)
+    return mt_yaml_each_item(ctx, v, "workload_policies", on_workload_policy, d) &&
+           workload_ids_unique(ctx, v, &d->mesh->snap);
   return mt_yaml_fail(ctx, k, "unknown key '%s'", key);
 }
 
@@ -461,8 +601,7 @@ static int has_bundle_for(const mt_mesh_file *mesh, const char *td) {
 }
 
 /* Encodes the content (version "") and its digest. */
-static int finish(mt_mesh_file *mesh, mesh_draft *d) {
-  mesh->policy.default_action = proto_action(d->have_default ? d->default_action : MT_ACTION_ALLOW);
+static int finish(mt_mesh_file *mesh) {
   mesh->snap.policy = &mesh->policy;
   mesh->content_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&mesh->snap);
   mesh->content = malloc(mesh->content_len ? mesh->content_len : 1);
@@ -477,6 +616,7 @@ static mt_mesh_file *mesh_new(const char *path) {
   if (mesh == NULL) return NULL;
   mtlsd__mesh__v1__mesh_snapshot__init(&mesh->snap);
   mtlsd__mesh__v1__policy__init(&mesh->policy);
+  mesh->policy.default_action = MTLSD__MESH__V1__ACTION__ALLOW; /* without 'policy' */
   char *copy = strdup(path);
   if (copy == NULL || !push_ptr((void ***)&mesh->sources, &mesh->num_sources, copy)) {
     free(copy);
@@ -489,23 +629,22 @@ static mt_mesh_file *mesh_new(const char *path) {
 mt_mesh_file *mt_mesh_file_load(const char *path, const char *own_trust_domain, char *err,
                                 size_t err_len) {
   mt_yaml_ctx ctx = {path, NULL, err, err_len};
-  mesh_draft d = {mesh_new(path), mt_policy_new(MT_ACTION_ALLOW), 0, MT_ACTION_ALLOW};
+  mesh_draft d = {mesh_new(path), own_trust_domain};
   yaml_document_t doc;
   yaml_node_t *root = NULL;
   ctx.doc = &doc;
-  int ok = d.mesh != NULL && d.check != NULL;
+  int ok = d.mesh != NULL;
   if (!ok) mt_yaml_fail(&ctx, NULL, "out of memory");
   if (ok && mt_yaml_load_file(&ctx, &doc, &root)) {
     ok = mt_yaml_each_pair(&ctx, root, "the mesh file", on_top_key, &d);
     if (ok && own_trust_domain != NULL && !has_bundle_for(d.mesh, own_trust_domain))
       ok = mt_yaml_fail(&ctx, root, "no trust bundle for the control plane's trust domain '%s'",
                         own_trust_domain);
-    if (ok && !finish(d.mesh, &d)) ok = mt_yaml_fail(&ctx, root, "out of memory");
+    if (ok && !finish(d.mesh)) ok = mt_yaml_fail(&ctx, root, "out of memory");
     yaml_document_delete(&doc);
   } else {
     ok = 0;
   }
-  mt_policy_free(d.check);
   if (!ok) {
     mt_mesh_file_free(d.mesh);
     return NULL;

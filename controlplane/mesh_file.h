@@ -1,5 +1,6 @@
 /* mesh_file: the mesh configuration mtls-ca streams to agents (trust
- * bundles, inbound policy, destination identities), read from a YAML file
+ * bundles, inbound policy, per-workload inbound policies, destination
+ * identities), read from a YAML file
  * and the PEM root files it names, validated as strictly as the agent
  * validates the same values, and encoded once as a MeshSnapshot message
  * (proto/mtlsd/mesh.proto) without a version.
@@ -27,8 +28,9 @@ typedef struct mt_mesh_file mt_mesh_file;
 
 /* Parses |path|. |own_trust_domain| (may be NULL) must have a bundle: an
  * agent replaces its bundles with the snapshot's, so leaving out the mesh's
- * own domain would cut every agent off. Returns NULL with the reason in
- * |err|. */
+ * own domain would cut every agent off. It is also the domain every
+ * workload_policies entry must name an identity in (when NULL, any valid
+ * SPIFFE ID with a path will do). Returns NULL with the reason in |err|. */
 mt_mesh_file *mt_mesh_file_load(const char *path, const char *own_trust_domain, char *err,
                                 size_t err_len);
 void mt_mesh_file_free(mt_mesh_file *mesh); /* accepts NULL */

@@ -3,14 +3,16 @@
  * Owns the snapshot in force (from mesh_file.c) and every open Watch
  * stream. A caller authenticates like any other (bearer token, auth.h); it
  * gets the current snapshot at once, then every new one, until it cancels
- * or disconnects. The mesh file and the roots files it names are polled
- * (stat) every |poll_ms|; a change that parses becomes a new version
- * ("<counter>-<first 12 hex digits of the content's SHA-256>", the counter
- * starting at 1 with every start of the server), a change that does not is
- * logged with file:line and the last good snapshot stays in force. A stream
- * whose send queue is full is retried on the next poll with whatever
- * snapshot is then current (snapshots are complete, so skipping one loses
- * nothing). Runs on one libev loop; no threads. */
+ * or disconnects. Every stream gets the same complete snapshot, all
+ * workload policies included: nothing is scoped to the caller (policies are
+ * not secret; each agent picks its own). The mesh file and the roots files
+ * it names are polled (stat) every |poll_ms|; a change that parses becomes a
+ * new version ("<counter>-<first 12 hex digits of the content's SHA-256>",
+ * the counter starting at 1 with every start of the server), a change that
+ * does not is logged with file:line and the last good snapshot stays in
+ * force. A stream whose send queue is full is retried on the next poll with
+ * whatever snapshot is then current (snapshots are complete, so skipping one
+ * loses nothing). Runs on one libev loop; no threads. */
 #ifndef MT_CP_MESH_SERVICE_H
 #define MT_CP_MESH_SERVICE_H
 

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/svid.h"
 #include "controlplane/yaml_doc.h"
 
 enum { NODE_LABEL_MAX_LEN = 63 };
@@ -86,24 +85,6 @@ static int want_node(mt_yaml_ctx *ctx, const yaml_node_t *v, workload_entry *e) 
   return 1;
 }
 
-/* A workload identity: a valid SPIFFE ID with a path, in the CA's domain. */
-static int want_workload_id(mt_yaml_ctx *ctx, const yaml_node_t *v, const char *trust_domain,
-                            workload_entry *e) {
-  if (!mt_yaml_want_string(ctx, v, "spiffe_id", &e->spiffe_id)) return 0;
-  mt_spiffe_id_view id;
-  mt_spiffe_err rc = mt_spiffe_id_parse(e->spiffe_id, strlen(e->spiffe_id), &id);
-  if (rc != MT_SPIFFE_OK)
-    return mt_yaml_fail(ctx, v, "invalid SPIFFE ID '%s': %s", e->spiffe_id, mt_spiffe_err_str(rc));
-  if (id.trust_domain_len != strlen(trust_domain) ||
-      memcmp(id.trust_domain, trust_domain, id.trust_domain_len) != 0)
-    return mt_yaml_fail(ctx, v, "SPIFFE ID '%s' is not in the trust domain '%s'", e->spiffe_id,
-                        trust_domain);
-  if (id.path_len == 0)
-    return mt_yaml_fail(ctx, v, "SPIFFE ID '%s' has no path (a workload identity needs one)",
-                        e->spiffe_id);
-  return 1;
-}
-
 static int want_address(mt_yaml_ctx *ctx, const yaml_node_t *v, workload_entry *e) {
   unsigned char addr[sizeof(struct in6_addr)];
   if (!mt_yaml_want_string(ctx, v, "address", &e->address)) return 0;
@@ -124,7 +105,7 @@ static int on_workload_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, ya
   entry_target *t = target;
   if (strcmp(key, "node") == 0) return want_node(ctx, v, t->entry);
   if (strcmp(key, "spiffe_id") == 0)
-    return want_workload_id(ctx, v, t->draft->trust_domain, t->entry);
+    return mt_yaml_want_workload_id(ctx, v, key, t->draft->trust_domain, &t->entry->spiffe_id);
   if (strcmp(key, "address") == 0) return want_address(ctx, v, t->entry);
   return mt_yaml_fail(ctx, k, "unknown key 'workloads[].%s'", key);
 }

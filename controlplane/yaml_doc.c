@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/svid.h"
+
 enum {
   FAIL_MESSAGE_MAX = 512,
   PORT_MAX = 65535,
@@ -75,6 +77,23 @@ int mt_yaml_want_bool(mt_yaml_ctx *ctx, const yaml_node_t *node, const char *key
     *out = 0;
   else
     return mt_yaml_fail(ctx, node, "'%s' must be true or false, got '%s'", key, s);
+  return 1;
+}
+
+int mt_yaml_want_workload_id(mt_yaml_ctx *ctx, const yaml_node_t *node, const char *key,
+                             const char *trust_domain, char **out) {
+  if (!mt_yaml_want_string(ctx, node, key, out)) return 0;
+  mt_spiffe_id_view id;
+  mt_spiffe_err rc = mt_spiffe_id_parse(*out, strlen(*out), &id);
+  if (rc != MT_SPIFFE_OK)
+    return mt_yaml_fail(ctx, node, "invalid SPIFFE ID '%s': %s", *out, mt_spiffe_err_str(rc));
+  if (trust_domain != NULL && (id.trust_domain_len != strlen(trust_domain) ||
+                               memcmp(id.trust_domain, trust_domain, id.trust_domain_len) != 0))
+    return mt_yaml_fail(ctx, node, "SPIFFE ID '%s' is not in the trust domain '%s'", *out,
+                        trust_domain);
+  if (id.path_len == 0)
+    return mt_yaml_fail(ctx, node, "SPIFFE ID '%s' has no path (a workload identity needs one)",
+                        *out);
   return 1;
 }
 

@@ -43,6 +43,11 @@ int mt_yaml_want_int64(mt_yaml_ctx *ctx, const yaml_node_t *node, const char *ke
                        int64_t max, int64_t *out);
 /* "true" or "false". */
 int mt_yaml_want_bool(mt_yaml_ctx *ctx, const yaml_node_t *node, const char *key, int *out);
+/* A workload identity: a valid SPIFFE ID with a path, in |trust_domain|
+ * (not checked when NULL), copied into |*out| (any previous value freed; on
+ * a refusal |*out| may still hold the copy, for the caller to free). */
+int mt_yaml_want_workload_id(mt_yaml_ctx *ctx, const yaml_node_t *node, const char *key,
+                             const char *trust_domain, char **out);
 
 /* Calls |on_pair| for each key/value of the mapping |map| ("what" names it
  * in errors). Refuses non-scalar and duplicate keys. Stops at the first 0. */

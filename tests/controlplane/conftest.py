@@ -152,8 +152,10 @@ def make_csr(uri=None, cn="workload"):
 # the server
 
 
-def write_mesh(path, pki, extra_roots=(), rules=None, destinations=None):
-    """Writes a mesh file atomically (rename), as a ConfigMap update would."""
+def write_mesh(path, pki, extra_roots=(), rules=None, destinations=None, workload_policies=None):
+    """Writes a mesh file atomically (rename), as a ConfigMap update would.
+    |workload_policies|, when given, is the YAML of the list's entries; the
+    key then starts at line 14, its first entry at line 15."""
     roots = ", ".join(str(r) for r in [pki["root"], *extra_roots])
     if rules is None:
         rules = ("    - name: frontend-only\n"
@@ -172,6 +174,8 @@ def write_mesh(path, pki, extra_roots=(), rules=None, destinations=None):
             "  default: allow\n"
             "  rules:\n" + rules +
             "destinations:\n" + destinations)
+    if workload_policies is not None:
+        text += "workload_policies:\n" + workload_policies
     write_atomically(path, text)
 
 

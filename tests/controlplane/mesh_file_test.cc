@@ -74,7 +74,16 @@ const char kExample[] =
     " {trust_domain: example.org}, {any: true}]\n"
     "destinations:\n"
     "  - address: 127.0.0.1:15006\n"
-    "    spiffe_id: spiffe://example.org/ns/default/sa/backend\n";
+    "    spiffe_id: spiffe://example.org/ns/default/sa/backend\n"
+    "workload_policies:\n"
+    "  - spiffe_id: spiffe://example.org/ns/demo/sa/cache\n"
+    "    policy:\n"
+    "      default: deny\n"
+    "      rules:\n"
+    "        - name: frontend-only\n"
+    "          action: allow\n"
+    "          ports: [6379]\n"
+    "          from: [{id: spiffe://example.org/ns/demo/sa/frontend}]\n";
 
 std::string Trim(const std::string &s) {
   size_t end = s.find_last_not_of("\n");
@@ -116,6 +125,22 @@ TEST_F(MeshFile, EncodesTheReferenceExample) {
   ASSERT_EQ(snap_->n_destinations, 1u);
   EXPECT_STREQ(snap_->destinations[0]->address, "127.0.0.1:15006");
   EXPECT_STREQ(snap_->destinations[0]->spiffe_id, "spiffe://example.org/ns/default/sa/backend");
+
+  // A rule name need only be unique within its own policy.
+  ASSERT_EQ(snap_->n_workload_policies, 1u);
+  const Mtlsd__Mesh__V1__WorkloadPolicy *wp = snap_->workload_policies[0];
+  EXPECT_STREQ(wp->spiffe_id, "spiffe://example.org/ns/demo/sa/cache");
+  ASSERT_NE(wp->policy, nullptr);
+  EXPECT_EQ(wp->policy->default_action, MTLSD__MESH__V1__ACTION__DENY);
+  ASSERT_EQ(wp->policy->n_rules, 1u);
+  const Mtlsd__Mesh__V1__Rule *w = wp->policy->rules[0];
+  EXPECT_STREQ(w->name, "frontend-only");
+  EXPECT_EQ(w->action, MTLSD__MESH__V1__ACTION__ALLOW);
+  ASSERT_EQ(w->n_ports, 1u);
+  EXPECT_EQ(w->ports[0], 6379u);
+  ASSERT_EQ(w->n_from, 1u);
+  EXPECT_EQ(w->from[0]->kind_case, MTLSD__MESH__V1__MATCHER__KIND_ID);
+  EXPECT_STREQ(w->from[0]->id, "spiffe://example.org/ns/demo/sa/frontend");
 }
 
 TEST_F(MeshFile, EncodeSetsTheVersionAndNothingElse) {
@@ -129,6 +154,7 @@ TEST_F(MeshFile, EncodeSetsTheVersionAndNothingElse) {
   EXPECT_EQ(s->n_trust_bundles, 1u);
   EXPECT_EQ(s->policy->n_rules, 1u);
   EXPECT_EQ(s->n_destinations, 1u);
+  EXPECT_EQ(s->n_workload_policies, 1u);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, nullptr);
   free(bytes);
 }
@@ -155,12 +181,64 @@ TEST_F(MeshFile, SameContentSameDigestDifferentContentDifferentDigest) {
   EXPECT_NE(0, memcmp(first.data(), mt_mesh_file_digest(mesh_), MT_MESH_DIGEST_LEN));
 }
 
+TEST_F(MeshFile, EditingAWorkloadPolicyChangesTheDigest) {
+  ASSERT_TRUE(Load(kExample)) << error_;
+  std::vector<uint8_t> first(mt_mesh_file_digest(mesh_),
+                             mt_mesh_file_digest(mesh_) + MT_MESH_DIGEST_LEN);
+  std::string changed = kExample;
+  changed.replace(changed.find("[6379]"), 6, "[6380]");
+  ASSERT_TRUE(Load(changed)) << error_;
+  EXPECT_NE(0, memcmp(first.data(), mt_mesh_file_digest(mesh_), MT_MESH_DIGEST_LEN));
+}
+
 TEST_F(MeshFile, BundlesAloneMeanAllowByDefault) {
   ASSERT_TRUE(Load(kBundle)) << error_;
   ASSERT_NE(snap_->policy, nullptr);
   EXPECT_EQ(snap_->policy->default_action, MTLSD__MESH__V1__ACTION__ALLOW);
   EXPECT_EQ(snap_->policy->n_rules, 0u);
   EXPECT_EQ(snap_->n_destinations, 0u);
+  EXPECT_EQ(snap_->n_workload_policies, 0u);
+}
+
+TEST_F(MeshFile, WorkloadPoliciesKeepFileOrderAndDefaultToAllow) {
+  ASSERT_TRUE(Load(std::string(kBundle) + "workload_policies:\n"
+                                          "  - spiffe_id: spiffe://example.org/ns/demo/sa/db\n"
+                                          "    policy: {}\n"
+                                          "  - spiffe_id: spiffe://example.org/ns/demo/sa/cache\n"
+                                          "    policy: {default: deny}\n"))
+      << error_;
+  // The top-level policy is unaffected by the workloads' ones.
+  EXPECT_EQ(snap_->policy->default_action, MTLSD__MESH__V1__ACTION__ALLOW);
+  ASSERT_EQ(snap_->n_workload_policies, 2u);
+  EXPECT_STREQ(snap_->workload_policies[0]->spiffe_id, "spiffe://example.org/ns/demo/sa/db");
+  EXPECT_EQ(snap_->workload_policies[0]->policy->default_action, MTLSD__MESH__V1__ACTION__ALLOW);
+  EXPECT_EQ(snap_->workload_policies[0]->policy->n_rules, 0u);
+  EXPECT_STREQ(snap_->workload_policies[1]->spiffe_id, "spiffe://example.org/ns/demo/sa/cache");
+  EXPECT_EQ(snap_->workload_policies[1]->policy->default_action, MTLSD__MESH__V1__ACTION__DENY);
+}
+
+TEST_F(MeshFile, EmptyWorkloadPoliciesListIsFine) {
+  ASSERT_TRUE(Load(std::string(kBundle) + "workload_policies: []\n")) << error_;
+  EXPECT_EQ(snap_->n_workload_policies, 0u);
+}
+
+// Without the control plane's trust domain any workload ID is accepted, as
+// long as it is one: a valid SPIFFE ID with a path.
+TEST_F(MeshFile, WithoutAnOwnTrustDomainWorkloadIdsNeedOnlyAPath) {
+  ASSERT_TRUE(
+      Load("workload_policies:\n"
+           "  - {spiffe_id: spiffe://partner.org/ns/a/sa/b, policy: {}}\n",
+           nullptr))
+      << error_;
+  ASSERT_EQ(snap_->n_workload_policies, 1u);
+  EXPECT_STREQ(snap_->workload_policies[0]->spiffe_id, "spiffe://partner.org/ns/a/sa/b");
+  EXPECT_FALSE(
+      Load("workload_policies:\n"
+           "  - {spiffe_id: spiffe://partner.org, policy: {}}\n",
+           nullptr));
+  EXPECT_NE(error_.find("mesh.yaml:2: SPIFFE ID 'spiffe://partner.org' has no path"),
+            std::string::npos)
+      << error_;
 }
 
 TEST_F(MeshFile, DefaultDenyAndDenyRulesAndEveryPort) {
@@ -232,6 +310,22 @@ std::string Rule(const std::string &body) {
 }
 
 const std::string B = kBundle;
+
+// workload_policies at line 4 of a file whose first 3 lines are kBundle;
+// the first entry at line 5.
+std::string Workloads(const std::string &entries) { return B + "workload_policies:\n" + entries; }
+
+const char kCache[] = "spiffe://example.org/ns/demo/sa/cache";
+
+// An entry for |id| whose policy is |policy| (lines indented below "policy:").
+std::string Entry(const std::string &id, const std::string &policy) {
+  return "  - spiffe_id: " + id + "\n    policy:" + policy;
+}
+
+// A workload policy with one rule "r" at line 8: the entry at line 5.
+std::string WorkloadRule(const std::string &body) {
+  return Workloads(Entry(kCache, "\n      rules:\n        - name: r\n" + body));
+}
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, MeshFileRefuses,
@@ -333,7 +427,67 @@ INSTANTIATE_TEST_SUITE_P(
                 B + "destinations:\n"
                     "  - {address: 10.0.0.1:80, spiffe_id: spiffe://example.org/a}\n"
                     "  - {address: 10.0.0.1:80, spiffe_id: spiffe://example.org/b}\n",
-                ":6: destination '10.0.0.1:80' is listed twice"}),
+                ":6: destination '10.0.0.1:80' is listed twice"},
+        BadMesh{"WorkloadPoliciesNotAList", B + "workload_policies: {a: b}\n",
+                ":4: workload_policies must be a list"},
+        BadMesh{"WorkloadPolicyBadId", Workloads(Entry("spiffe://example.org/ns//sa/x", " {}\n")),
+                ":5: invalid SPIFFE ID 'spiffe://example.org/ns//sa/x'"},
+        BadMesh{"WorkloadPolicyNotASpiffeId", Workloads(Entry("https://example.org/x", " {}\n")),
+                ":5: invalid SPIFFE ID 'https://example.org/x'"},
+        BadMesh{"WorkloadPolicyOtherTrustDomain",
+                Workloads(Entry("spiffe://partner.org/ns/a/sa/b", " {}\n")),
+                ":5: SPIFFE ID 'spiffe://partner.org/ns/a/sa/b' is not in the trust domain "
+                "'example.org'"},
+        BadMesh{"WorkloadPolicyIdWithoutPath", Workloads(Entry("spiffe://example.org", " {}\n")),
+                ":5: SPIFFE ID 'spiffe://example.org' has no path"},
+        BadMesh{"WorkloadPolicyWithoutId", Workloads("  - policy: {}\n"),
+                ":5: workload policy needs 'spiffe_id'"},
+        BadMesh{"WorkloadPolicyWithoutPolicy",
+                Workloads("  - spiffe_id: spiffe://example.org/ns/demo/sa/cache\n"),
+                ":5: workload policy for 'spiffe://example.org/ns/demo/sa/cache' needs 'policy'"},
+        BadMesh{"WorkloadPolicyNullPolicy", Workloads(Entry(kCache, "\n")),
+                ":6: workload_policies[].policy must be a mapping"},
+        BadMesh{"WorkloadPolicyPolicyNotAMapping", Workloads(Entry(kCache, " deny\n")),
+                ":6: workload_policies[].policy must be a mapping"},
+        // db at 5, cache at 7, db again at 9, cache again at 11: the first
+        // repeat in the file is reported, with the line of its original.
+        BadMesh{"WorkloadPolicyTwice",
+                Workloads(Entry("spiffe://example.org/ns/demo/sa/db", " {}\n") +
+                          Entry(kCache, " {default: deny}\n") +
+                          Entry("spiffe://example.org/ns/demo/sa/db", " {}\n") +
+                          Entry(kCache, " {}\n")),
+                ":9: workload policy for 'spiffe://example.org/ns/demo/sa/db' is listed twice "
+                "(first at line 5)"},
+        BadMesh{"WorkloadPolicyGivenTwiceInOneEntry",
+                Workloads(Entry(kCache, " {}\n") + "    policy: {default: deny}\n"),
+                ":7: duplicate key 'policy'"},
+        BadMesh{"UnknownWorkloadPolicyKey", Workloads(Entry(kCache, " {}\n") + "    rules: []\n"),
+                ":7: unknown key 'workload_policies[].rules'"},
+        BadMesh{"UnknownKeyInAWorkloadsPolicy",
+                Workloads(Entry(kCache, "\n      defaults: deny\n")),
+                ":7: unknown key 'workload_policies[].policy.defaults'"},
+        BadMesh{"WorkloadPolicyBadDefault", Workloads(Entry(kCache, " {default: maybe}\n")),
+                ":6: 'default' must be allow or deny, got 'maybe'"},
+        BadMesh{"WorkloadPolicyRulesNotAList", Workloads(Entry(kCache, " {rules: {}}\n")),
+                ":6: workload_policies[].policy.rules must be a list"},
+        BadMesh{"WorkloadPolicyRuleWithoutAction", WorkloadRule("          from: [{any: true}]\n"),
+                ":8: policy rule 'r' needs 'action'"},
+        BadMesh{"WorkloadPolicyPortZero",
+                WorkloadRule("          action: allow\n          ports: [0]\n"
+                             "          from: [{any: true}]\n"),
+                ":10: 'ports[]' must be between 1 and 65535, got 0"},
+        BadMesh{"WorkloadPolicyDuplicateRuleName",
+                WorkloadRule("          action: allow\n          from: [{any: true}]\n"
+                             "        - name: r\n          action: deny\n"
+                             "          from: [{any: true}]\n"),
+                ":11: policy rule 'r': rule \"r\": duplicate rule name"},
+        BadMesh{"WorkloadPolicyUnknownRuleKey",
+                WorkloadRule("          action: allow\n          from: [{any: true}]\n"
+                             "          to: [x]\n"),
+                ":11: unknown key 'workload_policies[].policy.rules[].to'"},
+        BadMesh{"WorkloadPolicyBadMatcher",
+                WorkloadRule("          action: allow\n          from: [{namespace: a/b}]\n"),
+                ":10: namespace 'a/b' is not a valid SPIFFE path segment"}),
     [](const ::testing::TestParamInfo<BadMesh> &info) { return std::string(info.param.name); });
 
 }  // namespace

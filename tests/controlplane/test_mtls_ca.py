@@ -743,6 +743,106 @@ def test_bad_ports_are_refused_with_file_and_line(ca, msgs, pki, bad, message):
     assert f"mesh.yaml:9: {message}" in ca.stderr()
 
 
+CACHE_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/cache"
+DB_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/db"
+
+
+def cache_and_db_policies(cache_port=6379):
+    """workload_policies entries: cache admits frontend on one port, db nobody."""
+    return (f"  - spiffe_id: {CACHE_ID}\n"
+            "    policy:\n"
+            "      default: deny\n"
+            "      rules:\n"
+            "        - name: frontend-only\n"
+            "          action: allow\n"
+            f"          ports: [{cache_port}]\n"
+            f"          from: [{{id: {FRONTEND_ID}}}]\n"
+            f"  - spiffe_id: {DB_ID}\n"
+            "    policy: {default: deny}\n")
+
+
+def workload_policies_of(snap):
+    """{spiffe_id: (default_action, [(name, action, ports, [(kind, value)])])}"""
+    def rules(policy):
+        return [(r.name, r.action, list(r.ports),
+                 [(m.WhichOneof("kind"), getattr(m, m.WhichOneof("kind")))
+                  for m in getattr(r, "from")])
+                for r in policy.rules]
+    return {wp.spiffe_id: (wp.policy.default_action, rules(wp.policy))
+            for wp in snap.workload_policies}
+
+
+def expected_workload_policies(cache_port=6379):
+    return {CACHE_ID: (2, [("frontend-only", 1, [cache_port], [("id", FRONTEND_ID)])]),  # DENY
+            DB_ID: (2, [])}
+
+
+def test_every_watch_snapshot_carries_every_workload_policy(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        assert not w.next().workload_policies
+        write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies())
+        pushed = w.next()
+    finally:
+        w.close()
+    assert workload_policies_of(pushed) == expected_workload_policies()
+    # The general policy is still there, unchanged, beside them.
+    assert [r.name for r in pushed.policy.rules] == ["frontend-only"]
+    # Not scoped to the caller: a workload with an entry, and one without,
+    # get the same complete list at once (each agent picks its own).
+    for sub in ("system:serviceaccount:demo:cache", FRONTEND_SUB):
+        late = Watcher(ca, msgs, mint_token(pki["token_key"], sub=sub))
+        try:
+            snap = late.next()
+        finally:
+            late.close()
+        assert snap.version == pushed.version
+        assert workload_policies_of(snap) == expected_workload_policies()
+
+
+def test_editing_a_workload_policy_pushes_a_new_snapshot_with_the_change(ca, msgs, pki):
+    write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies())
+    wait_until(lambda: "mesh snapshot version 2-" in ca.stderr(), "the server to load the edit")
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        first = w.next()
+        assert workload_policies_of(first) == expected_workload_policies()
+        write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies(cache_port=6380))
+        changed = w.next()
+        assert changed.version != first.version
+        assert workload_policies_of(changed) == expected_workload_policies(cache_port=6380)
+        # Removing an entry is a change too.
+        write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies(cache_port=6380)
+                   .split(f"  - spiffe_id: {DB_ID}")[0])
+        removed = w.next()
+        assert removed.version != changed.version
+        assert list(workload_policies_of(removed)) == [CACHE_ID]
+        # Touching the file without changing it pushes nothing.
+        os.utime(ca.mesh)
+        w.nothing_within(1.0)
+    finally:
+        w.close()
+
+
+def test_a_bad_workload_policy_edit_keeps_the_last_good_snapshot(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    try:
+        first = w.next()
+        write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies() +
+                   f"  - spiffe_id: {CACHE_ID}\n    policy: {{}}\n")
+        wait_until(lambda: "mesh file refused" in ca.stderr(), "the refusal in the log")
+        assert (f"mesh.yaml:25: workload policy for '{CACHE_ID}' is listed twice "
+                "(first at line 15)") in ca.stderr()
+        w.nothing_within(1.0)
+        late = Watcher(ca, msgs, mint_token(pki["token_key"]))
+        try:
+            assert late.next().version == first.version
+        finally:
+            late.close()
+    finally:
+        w.close()
+
+
 def test_watch_without_a_token_is_unauthenticated(ca, msgs, pki):
     w = Watcher(ca, msgs, None)
     wait_until(lambda: not w.thread.is_alive(), "the stream to end")
@@ -911,6 +1011,36 @@ def test_check_config_reports_file_and_line(node_ca, change, expected):
     ca = node_ca
     for path in (ca.config, ca.workloads):
         path.write_text(path.read_text().replace(*change))
+    p = run_ca("--check-config", ca.config)
+    assert p.returncode == 1
+    assert expected in p.stderr, p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+def test_check_config_accepts_workload_policies(ca):
+    write_mesh(ca.mesh, ca.pki, workload_policies=cache_and_db_policies())
+    p = run_ca("--check-config", ca.config)
+    assert p.returncode == 0, p.stderr
+    assert_clean_stderr(p.stderr)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ("  - {spiffe_id: spiffe://partner.org/ns/demo/sa/cache, policy: {}}\n",
+     "mesh.yaml:15: SPIFFE ID 'spiffe://partner.org/ns/demo/sa/cache' is not in the trust "
+     "domain 'example.org'"),
+    ("  - {spiffe_id: spiffe://example.org/ns//sa/cache, policy: {}}\n",
+     "mesh.yaml:15: invalid SPIFFE ID"),
+    (f"  - spiffe_id: {CACHE_ID}\n",
+     f"mesh.yaml:15: workload policy for '{CACHE_ID}' needs 'policy'"),
+    (f"  - {{spiffe_id: {CACHE_ID}, policy: {{}}}}\n" * 2,
+     f"mesh.yaml:16: workload policy for '{CACHE_ID}' is listed twice (first at line 15)"),
+    (f"  - {{spiffe_id: {CACHE_ID}, policy: {{}}, ports: [1]}}\n",
+     "mesh.yaml:15: unknown key 'workload_policies[].ports'"),
+    (f"  - {{spiffe_id: {CACHE_ID}, policy: {{rules: [{{name: r, action: allow}}]}}}}\n",
+     "mesh.yaml:15: policy rule 'r' needs 'from'"),
+])
+def test_check_config_reports_workload_policy_errors_with_file_and_line(ca, entries, expected):
+    write_mesh(ca.mesh, ca.pki, workload_policies=entries)
     p = run_ca("--check-config", ca.config)
     assert p.returncode == 1
     assert expected in p.stderr, p.stderr
