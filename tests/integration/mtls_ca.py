@@ -63,6 +63,17 @@ def mint_token(pki, path, service_account, namespace="default", ttl_s=3600):
     return path
 
 
+def policy_yaml(spec_policy):
+    policy = {"default": spec_policy.get("default", "allow"), "rules": []}
+    for rule in spec_policy.get("rules", []):
+        out = {"name": rule["name"], "action": rule["action"]}
+        if rule.get("ports"):
+            out["ports"] = list(rule["ports"])
+        out["from"] = [dict(m) for m in rule["from"]]
+        policy["rules"].append(out)
+    return policy
+
+
 def mesh_yaml(spec):
     """The test's mesh dictionary (see mesh_spec in test_control_plane.py) as
     an mtls-ca mesh file. `version` is dropped: mtls-ca numbers snapshots
@@ -70,14 +81,11 @@ def mesh_yaml(spec):
     doc = {"trust_bundles": [{"trust_domain": td, "roots_files": [str(f) for f in files]}
                              for td, files in spec.get("trust_bundles", {}).items()]}
     if "policy" in spec:
-        policy = {"default": spec["policy"].get("default", "allow"), "rules": []}
-        for rule in spec["policy"].get("rules", []):
-            out = {"name": rule["name"], "action": rule["action"]}
-            if rule.get("ports"):
-                out["ports"] = list(rule["ports"])
-            out["from"] = [dict(m) for m in rule["from"]]
-            policy["rules"].append(out)
-        doc["policy"] = policy
+        doc["policy"] = policy_yaml(spec["policy"])
+    if spec.get("workload_policies"):
+        doc["workload_policies"] = [{"spiffe_id": w["spiffe_id"],
+                                     "policy": policy_yaml(w["policy"])}
+                                    for w in spec["workload_policies"]]
     if spec.get("destinations"):
         doc["destinations"] = [dict(d) for d in spec["destinations"]]
     return yaml.safe_dump(doc, sort_keys=False)
