@@ -32,7 +32,8 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot)
+GEN="$OUT/gen" # protoc-c output for targets that decode protobuf
 
 # Agent sources each target links.
 target_sources() {
@@ -41,6 +42,10 @@ target_sources() {
     policy) echo "agent/svid.c agent/policy.c" ;;
     config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
+    mesh_snapshot)
+      echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c"
+      echo "agent/mesh_snapshot.c $GEN/proto/mtlsd/mesh.pb-c.c"
+      ;;
   esac
 }
 
@@ -63,6 +68,8 @@ install_deps() {
   local missing=()
   command -v clang >/dev/null 2>&1 || missing+=(clang)
   [ -f /usr/include/yaml.h ] || missing+=(libyaml-dev)
+  command -v protoc-c >/dev/null 2>&1 || missing+=(protobuf-c-compiler)
+  [ -f /usr/include/protobuf-c/protobuf-c.h ] || missing+=(libprotobuf-c-dev)
   { [ -f "$BSSL_INC/openssl/ssl.h" ] && [ -e "$BSSL_LIB/libcrypto.so" ] &&
     [ -e "$BSSL_LIB/libssl.so" ]; } || missing+=(android-libboringssl-dev)
   if [ "${#missing[@]}" -eq 0 ] && fuzzer_runtime; then
@@ -95,14 +102,19 @@ install_deps() {
 
 CFLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
   -fno-sanitize-recover=undefined -D_GNU_SOURCE -std=c11 -Wall -Wextra -Werror
-  -I"$ROOT" -I"$BSSL_INC")
-LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml)
+  -I"$ROOT" -I"$GEN" -I"$BSSL_INC")
+LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml -lprotobuf-c)
+
+# The C code of proto/mtlsd/mesh.proto, as Bazel generates it (//proto:mesh_c).
+generate_protos() {
+  mkdir -p "$GEN" && (cd "$ROOT" && protoc-c -I. --c_out="$GEN" proto/mtlsd/mesh.proto)
+}
 
 # build TARGET: writes $OUT/TARGET_fuzz; returns 1 with the log kept on failure.
 build() {
   local t=$1 bin="$OUT/$1_fuzz" log="$OUT/$1.build.log"
   local srcs
-  read -r -a srcs <<<"$(target_sources "$t")"
+  read -r -a srcs <<<"$(target_sources "$t" | tr '\n' ' ')"
   rm -f "$bin"
   (cd "$ROOT" && clang "${CFLAGS[@]}" -o "$bin" "tests/fuzz/${t}_fuzz.c" "${srcs[@]}" \
     "${LDLIBS[@]}") >"$log" 2>&1 || return 1
@@ -196,6 +208,7 @@ result() { # target status [reason]
 if ! install_deps; then
   for t in "${TARGETS[@]}"; do result "$t" FAIL "missing clang/libFuzzer/libyaml/BoringSSL, see tests/out/fuzz/deps.log"; done
 else
+  generate_protos >"$OUT/gen.log" 2>&1 || echo "protoc-c failed, see $OUT/gen.log" >&2
   for t in "${TARGETS[@]}"; do
     if ! build "$t"; then
       result "$t" FAIL "build failed, see tests/out/fuzz/$t.build.log"

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/mesh_watch.h"
+#include "agent/mesh_snapshot.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
 namespace {
@@ -69,7 +69,7 @@ mt_action Decide(const mt_mesh *mesh, const char *peer) {
   return mt_policy_decide(mt_mesh_policy(mesh), peer, 8080).action;
 }
 
-TEST(MeshWatch, AWorkloadEntryReplacesTheGeneralPolicyForThatWorkloadOnly) {
+TEST(MeshSnapshot, AWorkloadEntryReplacesTheGeneralPolicyForThatWorkloadOnly) {
   SnapshotBuilder b(kFrontend);
   std::vector<uint8_t> msg = b.Pack({kCache});
   mt_mesh_update u;
@@ -88,7 +88,7 @@ TEST(MeshWatch, AWorkloadEntryReplacesTheGeneralPolicyForThatWorkloadOnly) {
   mt_mesh_update_clear(&u);
 }
 
-TEST(MeshWatch, MalformedWorkloadEntriesRejectTheSnapshot) {
+TEST(MeshSnapshot, MalformedWorkloadEntriesRejectTheSnapshot) {
   SnapshotBuilder b(kFrontend);
   struct {
     std::vector<const char *> ids;

@@ -1,0 +1,222 @@
+/* mesh_snapshot.c: MeshSnapshot -> a validated mt_mesh_update. */
+#include "agent/mesh_snapshot.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/pem.h"
+#include "agent/svid.h"
+#include "proto/mtlsd/mesh.pb-c.h"
+
+enum { MAX_MATCHERS_PER_RULE = 256 };
+
+void mt_mesh_update_clear(mt_mesh_update *u) {
+  mt_mesh_unref(u->mesh);
+  for (size_t i = 0; i < u->num_bundles; i++) {
+    free(u->bundles[i].trust_domain);
+    sk_X509_pop_free(u->bundles[i].roots, X509_free);
+  }
+  free(u->bundles);
+  for (size_t i = 0; i < u->num_workloads; i++) {
+    free(u->workloads[i].spiffe_id);
+    mt_mesh_unref(u->workloads[i].mesh);
+  }
+  free(u->workloads);
+  memset(u, 0, sizeof(*u));
+}
+
+mt_mesh *mt_mesh_update_for(const mt_mesh_update *u, const char *spiffe_id) {
+  for (size_t i = 0; spiffe_id != NULL && i < u->num_workloads; i++)
+    if (strcmp(u->workloads[i].spiffe_id, spiffe_id) == 0) return u->workloads[i].mesh;
+  return u->mesh;
+}
+
+static int decode_bundles(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out, char *err,
+                          size_t err_len) {
+  out->bundles = calloc(s->n_trust_bundles + 1, sizeof(mt_bundle));
+  if (out->bundles == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  for (size_t i = 0; i < s->n_trust_bundles; i++) {
+    const Mtlsd__Mesh__V1__TrustBundle *b = s->trust_bundles[i];
+    mt_spiffe_err e = mt_trust_domain_validate(b->trust_domain, strlen(b->trust_domain));
+    if (e != MT_SPIFFE_OK)
+      return snprintf(err, err_len, "trust_bundles[%zu]: invalid trust domain '%.64s': %s", i,
+                      b->trust_domain, mt_spiffe_err_str(e)),
+             0;
+    for (size_t j = 0; j < i; j++) {
+      if (strcmp(out->bundles[j].trust_domain, b->trust_domain) == 0)
+        return snprintf(err, err_len, "trust domain '%.64s' has two bundles", b->trust_domain), 0;
+    }
+    mt_bundle *dst = &out->bundles[out->num_bundles++];
+    dst->trust_domain = strdup(b->trust_domain);
+    dst->roots = sk_X509_new_null();
+    if (dst->trust_domain == NULL || dst->roots == NULL)
+      return snprintf(err, err_len, "out of memory"), 0;
+    for (size_t j = 0; j < b->n_roots_pem; j++) {
+      if (mt_pem_append_certs(b->roots_pem[j], strlen(b->roots_pem[j]), dst->roots) == 0)
+        return snprintf(err, err_len, "trust_bundles[%zu].roots_pem[%zu]: no PEM certificate", i,
+                        j),
+               0;
+    }
+    if (sk_X509_num(dst->roots) == 0)
+      return snprintf(err, err_len, "trust domain '%.64s' has no roots", b->trust_domain), 0;
+  }
+  return 1;
+}
+
+static int decode_action(Mtlsd__Mesh__V1__Action a, mt_action *out) {
+  if (a == MTLSD__MESH__V1__ACTION__ALLOW)
+    *out = MT_ACTION_ALLOW;
+  else if (a == MTLSD__MESH__V1__ACTION__DENY)
+    *out = MT_ACTION_DENY;
+  else
+    return 0;
+  return 1;
+}
+
+/* Fills |m| from a protobuf matcher; prefix values lose their "*" into
+ * |prefix_buf|. */
+static int decode_matcher(const Mtlsd__Mesh__V1__Matcher *pm, mt_matcher *m, char **owned) {
+  switch (pm->kind_case) {
+    case MTLSD__MESH__V1__MATCHER__KIND_ID: *m = (mt_matcher){MT_MATCH_EXACT, pm->id}; return 1;
+    case MTLSD__MESH__V1__MATCHER__KIND_NAMESPACE:
+      *m = (mt_matcher){MT_MATCH_NAMESPACE, pm->namespace_};
+      return 1;
+    case MTLSD__MESH__V1__MATCHER__KIND_TRUST_DOMAIN:
+      *m = (mt_matcher){MT_MATCH_TRUST_DOMAIN, pm->trust_domain};
+      return 1;
+    case MTLSD__MESH__V1__MATCHER__KIND_ANY: *m = (mt_matcher){MT_MATCH_ANY, NULL}; return pm->any;
+    case MTLSD__MESH__V1__MATCHER__KIND_PREFIX: {
+      size_t n = strlen(pm->prefix);
+      if (n < 2 || pm->prefix[n - 1] != '*' || pm->prefix[n - 2] != '/') return 0;
+      *owned = strndup(pm->prefix, n - 1);
+      *m = (mt_matcher){MT_MATCH_PREFIX, *owned};
+      return *owned != NULL;
+    }
+    default: return 0;
+  }
+}
+
+static int decode_rule(mt_policy *policy, const Mtlsd__Mesh__V1__Rule *r, size_t index, char *err,
+                       size_t err_len) {
+  mt_action action;
+  if (!decode_action(r->action, &action))
+    return snprintf(err, err_len, "rule %zu ('%.64s'): action must be ALLOW or DENY", index,
+                    r->name),
+           0;
+  if (r->n_from == 0 || r->n_from > MAX_MATCHERS_PER_RULE)
+    return snprintf(err, err_len, "rule '%.64s': needs 1..%d 'from' matchers", r->name,
+                    MAX_MATCHERS_PER_RULE),
+           0;
+  uint16_t ports[64];
+  if (r->n_ports > sizeof(ports) / sizeof(ports[0]))
+    return snprintf(err, err_len, "rule '%.64s': more than 64 ports", r->name), 0;
+  for (size_t i = 0; i < r->n_ports; i++) {
+    if (r->ports[i] == 0 || r->ports[i] > 65535)
+      return snprintf(err, err_len, "rule '%.64s': port %u out of range", r->name, r->ports[i]), 0;
+    ports[i] = (uint16_t)r->ports[i];
+  }
+  mt_matcher matchers[MAX_MATCHERS_PER_RULE];
+  char *owned[MAX_MATCHERS_PER_RULE] = {0};
+  int ok = 1;
+  for (size_t i = 0; ok && i < r->n_from; i++) {
+    ok = decode_matcher(r->from[i], &matchers[i], &owned[i]);
+    if (!ok) snprintf(err, err_len, "rule '%.64s': matcher %zu is empty or malformed", r->name, i);
+  }
+  char why[256];
+  if (ok && !mt_policy_add_rule(policy, r->name, action, ports, r->n_ports, matchers, r->n_from,
+                                why, sizeof(why))) {
+    snprintf(err, err_len, "rule '%.64s': %s", r->name, why);
+    ok = 0;
+  }
+  for (size_t i = 0; i < r->n_from; i++) free(owned[i]);
+  return ok;
+}
+
+static mt_policy *decode_policy(const Mtlsd__Mesh__V1__Policy *p, char *err, size_t err_len) {
+  mt_action def = MT_ACTION_ALLOW; /* unset: Istio's default, allow verified peers */
+  if (p != NULL && p->default_action != MTLSD__MESH__V1__ACTION__ACTION_UNSPECIFIED &&
+      !decode_action(p->default_action, &def)) {
+    snprintf(err, err_len, "policy.default_action %d is not ALLOW or DENY", p->default_action);
+    return NULL;
+  }
+  mt_policy *policy = mt_policy_new(def);
+  for (size_t i = 0; policy != NULL && p != NULL && i < p->n_rules; i++) {
+    if (!decode_rule(policy, p->rules[i], i, err, err_len)) {
+      mt_policy_free(policy);
+      return NULL;
+    }
+  }
+  return policy;
+}
+
+static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destination_config *dests,
+                               char *err, size_t err_len) {
+  for (size_t i = 0; i < s->n_destinations; i++) {
+    const Mtlsd__Mesh__V1__Destination *d = s->destinations[i];
+    if (!mt_sockaddr_parse(d->address, &dests[i].address, 1))
+      return snprintf(err, err_len, "destinations[%zu]: '%.64s' is not IP:port", i, d->address), 0;
+    mt_spiffe_err e = mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return snprintf(err, err_len, "destinations[%zu]: invalid SPIFFE ID: %s", i,
+                      mt_spiffe_err_str(e)),
+             0;
+    dests[i].spiffe_id = d->spiffe_id; /* borrowed: mt_mesh_new copies */
+  }
+  return 1;
+}
+
+static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
+                                    const mt_destination_config *dests, mt_mesh_update *out,
+                                    char *err, size_t err_len) {
+  out->workloads = calloc(s->n_workload_policies + 1, sizeof(mt_workload_mesh));
+  if (out->workloads == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  for (size_t i = 0; i < s->n_workload_policies; i++) {
+    const Mtlsd__Mesh__V1__WorkloadPolicy *w = s->workload_policies[i];
+    mt_spiffe_err e = mt_spiffe_id_parse(w->spiffe_id, strlen(w->spiffe_id), NULL);
+    if (e != MT_SPIFFE_OK)
+      return snprintf(err, err_len, "workload_policies[%zu]: invalid SPIFFE ID: %s", i,
+                      mt_spiffe_err_str(e)),
+             0;
+    if (w->policy == NULL) return snprintf(err, err_len, "workload_policies[%zu]: no policy", i), 0;
+    for (size_t j = 0; j < out->num_workloads; j++)
+      if (strcmp(out->workloads[j].spiffe_id, w->spiffe_id) == 0)
+        return snprintf(err, err_len, "workload_policies: '%.128s' listed twice", w->spiffe_id), 0;
+    char why[200];
+    mt_policy *policy = decode_policy(w->policy, why, sizeof(why));
+    if (policy == NULL)
+      return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
+    mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
+    dst->spiffe_id = strdup(w->spiffe_id);
+    dst->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    if (dst->spiffe_id == NULL || dst->mesh == NULL)
+      return snprintf(err, err_len, "out of memory"), 0;
+  }
+  return 1;
+}
+
+int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
+                            size_t err_len) {
+  memset(out, 0, sizeof(*out));
+  Mtlsd__Mesh__V1__MeshSnapshot *s = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, len, msg);
+  if (s == NULL) return snprintf(err, err_len, "malformed MeshSnapshot"), 0;
+  int ok = s->version[0] != '\0';
+  if (!ok) snprintf(err, err_len, "snapshot has no version");
+  if (ok) ok = decode_bundles(s, out, err, err_len);
+  mt_destination_config *dests = NULL;
+  if (ok) {
+    dests = calloc(s->n_destinations + 1, sizeof(*dests));
+    ok = dests != NULL && decode_destinations(s, dests, err, err_len);
+  }
+  if (ok) ok = decode_workload_policies(s, dests, out, err, err_len);
+  mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
+  if (policy != NULL) {
+    out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    if (out->mesh == NULL) snprintf(err, err_len, "out of memory");
+  }
+  ok = out->mesh != NULL;
+  free(dests);
+  mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);
+  if (!ok) mt_mesh_update_clear(out);
+  return ok;
+}

@@ -1,0 +1,59 @@
+/* mesh_snapshot: decoding and validating one MeshSnapshot
+ * (proto/mtlsd/mesh.proto) into what the agent applies.
+ *
+ * Everything is validated before anything is used: trust bundles (valid
+ * trust domains, parsable roots), the policy and each workload's policy
+ * (known actions, well-formed matchers, one entry per SPIFFE ID) and the
+ * destinations (IP:port, valid SPIFFE IDs). A snapshot with any error is
+ * refused as a whole with a message naming what was wrong. Pure: no I/O. */
+#ifndef MT_MESH_SNAPSHOT_H
+#define MT_MESH_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/base.h>
+#include <openssl/x509.h>
+
+#include "agent/mesh.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  char *trust_domain;
+  STACK_OF(X509) * roots;
+} mt_bundle;
+
+/* A workload's own inbound policy, as a mesh view of its own (same
+ * version and destinations as the snapshot's). */
+typedef struct {
+  char *spiffe_id;
+  mt_mesh *mesh;
+} mt_workload_mesh;
+
+/* One decoded, validated snapshot. */
+typedef struct {
+  mt_mesh *mesh; /* version, policy, destinations */
+  mt_bundle *bundles;
+  size_t num_bundles;
+  mt_workload_mesh *workloads; /* workload_policies */
+  size_t num_workloads;
+} mt_mesh_update;
+
+/* The mesh view that judges calls to |spiffe_id|: its workload policy if
+ * the snapshot has one, else the snapshot's general one. Borrowed. */
+mt_mesh *mt_mesh_update_for(const mt_mesh_update *update, const char *spiffe_id);
+
+void mt_mesh_update_clear(mt_mesh_update *update);
+
+/* Decodes and validates a MeshSnapshot. Returns 1, or 0 with a reason. */
+int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
+                            size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_MESH_SNAPSHOT_H */
