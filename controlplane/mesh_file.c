@@ -641,6 +641,13 @@ mt_mesh_file *mt_mesh_file_load(const char *path, const char *own_trust_domain, 
       ok = mt_yaml_fail(&ctx, root, "no trust bundle for the control plane's trust domain '%s'",
                         own_trust_domain);
     if (ok && !finish(d.mesh)) ok = mt_yaml_fail(&ctx, root, "out of memory");
+    /* An agent refuses a message over its limit, and would then never get
+     * any snapshot again: refuse the file here, with the numbers. */
+    if (ok && d.mesh->content_len > MT_MESH_SNAPSHOT_MAX_BYTES)
+      ok = mt_yaml_fail(&ctx, root,
+                        "the snapshot would be %zu bytes; agents accept at most %d (fewer roots "
+                        "or workload policies, or split the mesh)",
+                        d.mesh->content_len, MT_MESH_SNAPSHOT_MAX_BYTES);
     yaml_document_delete(&doc);
   } else {
     ok = 0;

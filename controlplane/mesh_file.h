@@ -22,6 +22,9 @@ enum {
   MT_MESH_MAX_RULE_PORTS = 64, /* as the agent's config */
   MT_MESH_MAX_RULE_MATCHERS = 64,
   MT_MESH_MAX_ROOTS_FILES = 64, /* per trust bundle */
+  /* Largest encoded snapshot: an agent's gRPC message limit (4 MiB) less
+   * room for the version string and framing. */
+  MT_MESH_SNAPSHOT_MAX_BYTES = 4 * 1024 * 1024 - 4096,
 };
 
 typedef struct mt_mesh_file mt_mesh_file;

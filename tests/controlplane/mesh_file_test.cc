@@ -143,6 +143,23 @@ TEST_F(MeshFile, EncodesTheReferenceExample) {
   EXPECT_STREQ(w->from[0]->id, "spiffe://example.org/ns/demo/sa/frontend");
 }
 
+TEST_F(MeshFile, ASnapshotTooLargeForAgentsIsRefused) {
+  // Five roots files just under their own 1 MiB limit: over 4 MiB together.
+  std::string many;
+  while (many.size() + root_.size() < 1000 * 1000) many += root_;
+  std::string files;
+  for (int i = 0; i < 5; i++) {
+    std::string name = "many" + std::to_string(i) + ".pem";
+    dir_.Write(name, many);
+    files += (i ? ", " : "") + name;
+  }
+  EXPECT_FALSE(Load("trust_bundles:\n"
+                    "  - trust_domain: example.org\n"
+                    "    roots_files: [" + files + "]\n"));
+  EXPECT_NE(error_.find(path_ + ":1: the snapshot would be "), std::string::npos) << error_;
+  EXPECT_NE(error_.find("agents accept at most 4190208"), std::string::npos) << error_;
+}
+
 TEST_F(MeshFile, EncodeSetsTheVersionAndNothingElse) {
   ASSERT_TRUE(Load(kExample)) << error_;
   size_t len;
