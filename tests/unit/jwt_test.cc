@@ -776,6 +776,55 @@ TEST(JwtSubToSpiffeId, MapsServiceAccount) {
             Map("system:serviceaccount:kube-system:coredns.v1", "cluster.local"));
 }
 
+// ---- The caller's node ---------------------------------------------------------
+// Kubernetes 1.30+ projected tokens bound to a pod carry
+// "kubernetes.io": {"node": {"name": ...}}; node agents are scoped by it.
+
+TEST(JwtNodeClaim, ReadsTheNodeNameOfAPodBoundToken) {
+  Result r = Verify(Es256(Claims()
+                              .Set("sub", Quote("system:serviceaccount:mtls-system:mtlsd-node"))
+                              .Set("kubernetes.io",
+                                   "{\"namespace\":\"mtls-system\","
+                                   "\"node\":{\"name\":\"node-1\",\"uid\":\"6f2a\"},"
+                                   "\"pod\":{\"name\":\"mtlsd-node-x7\",\"uid\":\"9b1c\"},"
+                                   "\"serviceaccount\":{\"name\":\"mtlsd-node\",\"uid\":\"1d2e\"}}")
+                              .Json()));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_STREQ("node-1", r.claims.node_name);
+  EXPECT_STREQ("system:serviceaccount:mtls-system:mtlsd-node", r.claims.sub);
+}
+
+TEST(JwtNodeClaim, IsEmptyWhenTheTokenNamesNoNode) {
+  std::vector<std::string> tokens = {
+      Es256(Claims().Json()),  // kubernetes.io without "node"
+      Es256(Claims().Drop("kubernetes.io").Json()),
+      Es256(Claims().Set("kubernetes.io", "{\"node\":{\"uid\":\"6f2a\"}}").Json()),
+      Es256(Claims().Drop("kubernetes.io").Set("node", "{\"name\":\"node-1\"}").Json()),
+  };
+  for (const std::string &token : tokens) {
+    Result r = Verify(token);
+    ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+    EXPECT_STREQ("", r.claims.node_name);
+  }
+}
+
+TEST(JwtNodeClaim, AWrongTypeOnThePathMakesTheTokenMalformed) {
+  struct {
+    const char *kubernetes_io, *message;
+  } cases[] = {
+      {"\"node-1\"", "claim \"kubernetes.io\" is not an object"},
+      {"{\"node\":\"node-1\"}", "claim \"kubernetes.io\".node is not an object"},
+      {"{\"node\":{\"name\":7}}", "claim \"kubernetes.io\".node.name is not a string"},
+      {"{\"node\":{\"name\":\"a\",\"name\":\"b\"}}", "duplicate member"},
+  };
+  for (const auto &c : cases) {
+    Result r = Verify(Es256(Claims().Set("kubernetes.io", c.kubernetes_io).Json()));
+    EXPECT_EQ(MT_JWT_MALFORMED, r.code) << c.kubernetes_io;
+    EXPECT_NE(r.message.find(c.message), std::string::npos) << r.message;
+    EXPECT_STREQ("", r.claims.node_name);
+  }
+}
+
 TEST(JwtSubToSpiffeId, MapsTheSubOfAVerifiedToken) {
   Result r = Verify(Rs256(Claims().Json()));
   ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
