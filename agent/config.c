@@ -1215,18 +1215,21 @@ uint16_t mt_sockaddr_port(const struct sockaddr *sa) {
   return 0;
 }
 
-int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b) {
+int mt_sockaddr_same_host(const struct sockaddr *a, const struct sockaddr *b) {
   if (a->sa_family != b->sa_family) return 0;
   if (a->sa_family == AF_INET) {
     const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    return x->sin_addr.s_addr == y->sin_addr.s_addr;
   }
   if (a->sa_family == AF_INET6) {
     const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
   }
   return 0;
+}
+
+int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b) {
+  return mt_sockaddr_same_host(a, b) && mt_sockaddr_port(a) == mt_sockaddr_port(b);
 }
 
 /* ---- reload --------------------------------------------------------------- */

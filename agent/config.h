@@ -203,6 +203,8 @@ int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);
 void mt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len);
 uint16_t mt_sockaddr_port(const struct sockaddr *sa);
 int mt_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b);
+/* The same IP address, whatever the ports. */
+int mt_sockaddr_same_host(const struct sockaddr *a, const struct sockaddr *b);
 
 #ifdef __cplusplus
 }

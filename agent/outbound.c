@@ -122,17 +122,10 @@ static int is_own_listener(const mt_config *config, const struct sockaddr *targe
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss);
 
 static int is_node_workload(const mt_config *config, const struct sockaddr *addr) {
-  for (size_t i = 0; i < config->num_node_workloads; i++) {
-    const struct sockaddr *w = (const struct sockaddr *)&config->node_workloads[i].address.addr;
-    if (w->sa_family != addr->sa_family) continue;
-    if (addr->sa_family == AF_INET && ((const struct sockaddr_in *)w)->sin_addr.s_addr ==
-                                          ((const struct sockaddr_in *)addr)->sin_addr.s_addr)
+  for (size_t i = 0; i < config->num_node_workloads; i++)
+    if (mt_sockaddr_same_host((const struct sockaddr *)&config->node_workloads[i].address.addr,
+                              addr))
       return 1;
-    if (addr->sa_family == AF_INET6 &&
-        memcmp(&((const struct sockaddr_in6 *)w)->sin6_addr,
-               &((const struct sockaddr_in6 *)addr)->sin6_addr, sizeof(struct in6_addr)) == 0)
-      return 1;
-  }
   return 0;
 }
 

@@ -25,17 +25,6 @@ mt_workloads *mt_workloads_new(size_t capacity) {
   return t;
 }
 
-static int same_host(const struct sockaddr *a, const struct sockaddr_storage *b) {
-  if (a->sa_family != b->ss_family) return 0;
-  if (a->sa_family == AF_INET)
-    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-  if (a->sa_family == AF_INET6)
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
-  return 0;
-}
-
 int mt_workloads_add(mt_workloads *t, const struct sockaddr *address, mt_identity *identity) {
   if (t->count == t->capacity) return 0;
   entry *e = &t->entries[t->count++];
@@ -58,7 +47,8 @@ void mt_workloads_unref(mt_workloads *t) {
 
 mt_identity *mt_workloads_find(const mt_workloads *t, const struct sockaddr *address) {
   for (size_t i = 0; t != NULL && i < t->count; i++)
-    if (same_host(address, &t->entries[i].address)) return t->entries[i].identity;
+    if (mt_sockaddr_same_host(address, (const struct sockaddr *)&t->entries[i].address))
+      return t->entries[i].identity;
   return NULL;
 }
 
