@@ -150,7 +150,7 @@ static int deliver_on_node(mt_conn *conn) {
   mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
   snprintf(conn->peer.spiffe_id, sizeof(conn->peer.spiffe_id), "%s", mt_identity_spiffe_id(dest));
   conn->rule = d.rule;
-  mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_OUTBOUND, d.action, d.rule);
+  count_decision(conn, d.action);
   if (d.action != MT_ACTION_ALLOW) {
     mt_conn_close(conn, MT_REASON_POLICY_DENIED, d.reason);
     return 1;
