@@ -815,23 +815,16 @@ static int want_bool(parse_ctx *pc, const yaml_node_t *v, const char *key, int *
   return fail(pc, v, "'%s' must be true or false, not '%s'", key, s);
 }
 
+static int parse_sockaddr(const char *text, mt_sockaddr *out, int require_port, int allow_any_port);
+
 /* Like want_address, but port 0 ("any free port", logged at start) is allowed. */
 static int want_bindable_address(parse_ctx *pc, const yaml_node_t *node, const char *key,
                                  mt_sockaddr *out) {
   const char *s;
   if (!want_scalar(pc, node, key, &s)) return 0;
-  size_t len = strlen(s);
-  if (len > 2 && strcmp(s + len - 2, ":0") == 0 && len < 64) {
-    char host[64];
-    memcpy(host, s, len - 2);
-    host[len - 2] = '\0';
-    if (host[0] == '[' && host[len - 3] == ']') { /* "[v6]:0" */
-      memmove(host, host + 1, len - 4);
-      host[len - 4] = '\0';
-    }
-    if (mt_sockaddr_parse(host, out, 0)) return 1;
-  }
-  return want_address(pc, node, key, 1, out);
+  if (!parse_sockaddr(s, out, 1, 1))
+    return fail(pc, node, "'%s' is not a valid IP:port address: '%s'", key, s);
+  return 1;
 }
 
 static int on_admin_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
@@ -1139,19 +1132,21 @@ const char *mt_unknown_destination_str(mt_unknown_dest_mode mode) {
 /* ---- socket addresses -------------------------------------------------- */
 
 /* Digits only, 1..65535: strtol alone would take " 80", "+80" and "-0". */
-static int parse_port(const char *s, uint16_t *out) {
+/* |allow_any|: a lone "0" (the kernel picks the port) is accepted too. */
+static int parse_port(const char *s, int allow_any, uint16_t *out) {
   unsigned long v = 0;
   size_t n = 0;
   for (; s[n] != '\0'; n++) {
     if (s[n] < '0' || s[n] > '9' || n >= 5) return 0;
     v = v * 10 + (unsigned long)(s[n] - '0');
   }
-  if (n == 0 || v == 0 || v > 65535) return 0;
+  if (n == 0 || v > 65535 || (v == 0 && !(allow_any && n == 1))) return 0;
   *out = (uint16_t)v;
   return 1;
 }
 
-int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
+static int parse_sockaddr(const char *text, mt_sockaddr *out, int require_port,
+                          int allow_any_port) {
   char host[INET6_ADDRSTRLEN + 1];
   const char *port = NULL;
   size_t len = strlen(text);
@@ -1176,7 +1171,7 @@ int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
   }
   if (require_port && port == NULL) return 0;
   uint16_t p = 0;
-  if (port != NULL && !parse_port(port, &p)) return 0;
+  if (port != NULL && !parse_port(port, allow_any_port, &p)) return 0;
   struct sockaddr_in *v4 = (struct sockaddr_in *)&out->addr;
   struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->addr;
   if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
@@ -1192,6 +1187,10 @@ int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
     return 1;
   }
   return 0;
+}
+
+int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port) {
+  return parse_sockaddr(text, out, require_port, 0);
 }
 
 void mt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len) {
