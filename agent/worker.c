@@ -359,42 +359,45 @@ mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err
   return pool;
 }
 
-void mt_workers_publish_config(mt_workers *pool, mt_config *config) {
+/* Main thread -> every worker: |put| fills one worker's mailbox under the
+ * pool lock (replacing what it held), then every loop is woken. */
+typedef void (*mailbox_put_fn)(mt_worker *w, void *arg);
+
+static void post_to_all(mt_workers *pool, mailbox_put_fn put, void *arg) {
   pthread_mutex_lock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++) {
-    mt_worker *w = &pool->workers[i];
-    mt_config_free(w->pending_config);
-    w->pending_config = mt_config_ref(config);
-  }
+  for (size_t i = 0; i < pool->count; i++) put(&pool->workers[i], arg);
   pthread_mutex_unlock(&pool->lock);
   for (size_t i = 0; i < pool->count; i++)
     if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+}
+
+static void put_config(mt_worker *w, void *arg) {
+  mt_config_free(w->pending_config);
+  w->pending_config = mt_config_ref(arg);
+}
+
+static void put_workloads(mt_worker *w, void *arg) {
+  mt_workloads_unref(w->pending_workloads);
+  w->pending_workloads = arg ? mt_workloads_ref(arg) : NULL;
+  w->has_pending_workloads = 1;
+}
+
+static void put_identity(mt_worker *w, void *arg) {
+  mt_identity_unref(w->pending_identity);
+  w->pending_identity = arg ? mt_identity_ref(arg) : NULL;
+  w->has_pending_identity = 1;
+}
+
+void mt_workers_publish_config(mt_workers *pool, mt_config *config) {
+  post_to_all(pool, put_config, config);
 }
 
 void mt_workers_publish_workloads(mt_workers *pool, mt_workloads *table) {
-  pthread_mutex_lock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++) {
-    mt_worker *w = &pool->workers[i];
-    mt_workloads_unref(w->pending_workloads);
-    w->pending_workloads = table ? mt_workloads_ref(table) : NULL;
-    w->has_pending_workloads = 1;
-  }
-  pthread_mutex_unlock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++)
-    if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+  post_to_all(pool, put_workloads, table);
 }
 
 void mt_workers_publish_identity(mt_workers *pool, mt_identity *identity) {
-  pthread_mutex_lock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++) {
-    mt_worker *w = &pool->workers[i];
-    mt_identity_unref(w->pending_identity);
-    w->pending_identity = identity ? mt_identity_ref(identity) : NULL;
-    w->has_pending_identity = 1;
-  }
-  pthread_mutex_unlock(&pool->lock);
-  for (size_t i = 0; i < pool->count; i++)
-    if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+  post_to_all(pool, put_identity, identity);
 }
 
 void mt_workers_begin_stop(mt_workers *pool, int drain_ms) {
