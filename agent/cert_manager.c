@@ -629,13 +629,6 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   free(m);
 }
 
-/* Ready when every certificate we keep is valid. */
-int mt_cert_manager_ready(const mt_cert_manager *m) {
-  for (size_t i = 0; i < m->num_slots; i++)
-    if (!m->slots[i]->serving) return 0;
-  return m->num_slots > 0;
-}
-
 /* Node mode after a reload: pods came and went. Identities no longer listed
  * lose their slot (and their certificate); new ones get a slot and a
  * request; the rest keep their certificate and point at their new entry. */
@@ -689,7 +682,4 @@ const char *mt_watch_state_str(mt_watch_state state) {
 
 void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *out) {
   *out = m->stats;
-  out->certificates_wanted = m->num_slots;
-  out->certificates_valid = 0;
-  for (size_t i = 0; i < m->num_slots; i++) out->certificates_valid += m->slots[i]->serving;
 }

@@ -50,9 +50,6 @@ void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
  * identity rebuilt from it. */
 void mt_cert_manager_set_config(mt_cert_manager *manager, mt_config *config);
 
-/* 1 while every certificate it keeps (ours, or each node workload's) is valid. */
-int mt_cert_manager_ready(const mt_cert_manager *manager);
-
 typedef enum {
   MT_WATCH_DISABLED,   /* control_plane.watch: false */
   MT_WATCH_CONNECTING, /* call started, no snapshot on it yet */
@@ -71,8 +68,6 @@ typedef struct {
   uint64_t mesh_updates;      /* snapshots applied */
   uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
   int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
-  size_t certificates_wanted; /* 1, or one per distinct node workload identity */
-  size_t certificates_valid;  /* of those, how many are being served now */
 } mt_cert_manager_stats;
 
 void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
