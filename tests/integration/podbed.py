@@ -519,6 +519,18 @@ def read_frames(path):
     return frames
 
 
+def assert_tls_only(frames, dst_ip, dst_port, marker, where):
+    """The capture |frames| holds segments to dst_ip:dst_port, never the
+    plaintext |marker|, and the first payload to that port is a TLS
+    handshake record."""
+    to_dst = [s for s in tcp_segments(frames) if s[1] == dst_ip and s[3] == dst_port]
+    assert to_dst, f"no packet to {dst_ip}:{dst_port} {where} ({len(frames)} frames)"
+    assert not any(marker.encode() in f for f in frames), f"plaintext marker {where}"
+    first = next(s[4] for s in to_dst if s[4])
+    assert first[:1] == b"\x16" and first[1:2] == b"\x03", \
+        f"first bytes to port {dst_port} are not a TLS handshake record: {first[:16]!r}"
+
+
 def tcp_segments(frames):
     """(src ip, dst ip, src port, dst port, payload) of each IPv4/TCP frame
     (Ethernet framing, which is also what AF_PACKET shows on lo)."""

@@ -119,14 +119,7 @@ def test_bytes_between_nodes_are_tls_while_the_pod_veth_sees_plaintext(bed):
     assert any(marker.encode() in f for f in pod_frames), \
         f"control failed: marker not seen on frontend's veth ({len(pod_frames)} frames)"
 
-    to_backend = [s for s in podbed.tcp_segments(wire_frames)
-                  if s[1] == BACKEND.ip and s[3] == APP_PORT]
-    assert to_backend, (f"no packet to {BACKEND.ip}:{APP_PORT} between the nodes "
-                        f"({len(wire_frames)} frames)")
-    assert not any(marker.encode() in f for f in wire_frames), "plaintext marker between nodes"
-    first = next(s[4] for s in to_backend if s[4])
-    assert first[:1] == b"\x16" and first[1:2] == b"\x03", \
-        f"first bytes to port {APP_PORT} are not a TLS handshake record: {first[:16]!r}"
+    podbed.assert_tls_only(wire_frames, BACKEND.ip, APP_PORT, marker, "between the nodes")
 
 
 # ---- same node: the destination's policy, in-process

@@ -91,14 +91,7 @@ def test_bytes_between_pods_are_tls_while_the_app_sees_plaintext(bed):
     assert any(marker.encode() in f for f in local_frames), \
         f"control failed: marker not seen on the backend pod's lo ({len(local_frames)} frames)"
 
-    to_app_port = [s for s in podbed.tcp_segments(wire_frames)
-                   if s[1] == BACKEND and s[3] == APP_PORT]
-    assert to_app_port, (f"no packet to {BACKEND}:{APP_PORT} on the wire "
-                         f"({len(wire_frames)} frames)")
-    assert not any(marker.encode() in f for f in wire_frames), "plaintext marker on the wire"
-    first = next(s[4] for s in to_app_port if s[4])
-    assert first[:1] == b"\x16" and first[1:2] == b"\x03", \
-        f"first bytes to port {APP_PORT} are not a TLS handshake record: {first[:16]!r}"
+    podbed.assert_tls_only(wire_frames, BACKEND, APP_PORT, marker, "on the wire")
 
 
 def test_plaintext_from_outside_the_mesh_is_refused_on_a_strict_port(bed):
