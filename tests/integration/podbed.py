@@ -36,6 +36,8 @@ import time
 import uuid
 from pathlib import Path
 
+from conftest import assert_no_sanitizer_report
+
 SUBNET = "10.233.77"
 PREFIX = 24
 NODE_IP = f"{SUBNET}.1"
@@ -380,6 +382,26 @@ class NetnsBed:
             if pod not in self.stops:
                 self.stops[pod] = self.procs.stop(proc)
         return self.stops
+
+    def assert_agents_stopped_cleanly(self):
+        """Stops every agent: each must exit 0 by itself, with no sanitizer
+        report. Returns the namespaces whose agents stopped."""
+        stops = self.stop_agents()
+        for ns, (status, killed) in stops.items():
+            assert not killed and status == 0, \
+                f"agent in {ns}: {'killed' if killed else f'exit {status}'}\n" \
+                f"{self.agent_stderr(ns)[-3000:]}"
+            assert_no_sanitizer_report(self.agent_stderr(ns), f"agent in {ns}")
+        return set(stops)
+
+    def remove_rules(self, ns):
+        """`mtlsd init-iptables --remove` in |ns|, which must succeed without a
+        sanitizer report: the nat table (iptables-save) before and after."""
+        before = self.run(ns, "iptables-save", "-t", "nat").stdout
+        res = self.init_iptables(ns, "--remove")
+        assert_no_sanitizer_report(res.stderr, f"init-iptables --remove in {ns}")
+        assert res.returncode == 0, f"{ns}: {res.stderr}"
+        return before, self.run(ns, "iptables-save", "-t", "nat").stdout
 
     def close(self):
         try:

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from conftest import assert_no_sanitizer_report
 import nodebed
 import podbed
 from nodebed import APP_PORT, CACHE_PORT, NODE_AGENT_ID, NODE_LINK_IFACE, NODES, PODS
@@ -291,20 +290,10 @@ def test_node_rules_capture_pod_traffic_only(bed):
 
 def test_init_iptables_remove_leaves_no_mtlsd_chain(bed):
     for node in NODES:
-        before = bed.run(node, "iptables-save", "-t", "nat").stdout
+        before, after = bed.remove_rules(node)
         assert ":MTLSD_INBOUND" in before, f"{node}:\n{before}"
-        res = bed.init_iptables(node, "--remove")
-        assert_no_sanitizer_report(res.stderr, f"init-iptables --remove in {node}")
-        assert res.returncode == 0, f"{node}: {res.stderr}"
-        after = bed.run(node, "iptables-save", "-t", "nat").stdout
         assert "MTLSD" not in after, f"{node}:\n{after}"
 
 
 def test_agents_stop_cleanly(bed):
-    stops = bed.stop_agents()
-    assert set(stops) == set(NODES)
-    for node, (status, killed) in stops.items():
-        assert not killed and status == 0, \
-            f"agent of {node}: {'killed' if killed else f'exit {status}'}\n" \
-            f"{bed.agent_stderr(node)[-3000:]}"
-        assert_no_sanitizer_report(bed.agent_stderr(node), f"agent of {node}")
+    assert bed.assert_agents_stopped_cleanly() == set(NODES)

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from conftest import assert_no_sanitizer_report
 import podbed
 from podbed import APP_PORT, pod_ip, sa_id
 
@@ -108,19 +107,10 @@ def test_plaintext_from_outside_the_mesh_is_refused_on_a_strict_port(bed):
 
 def test_init_iptables_remove_leaves_no_mtlsd_chain(bed):
     for pod in podbed.AGENT_PODS:
-        before = bed.run(pod, "iptables-save", "-t", "nat").stdout
+        before, after = bed.remove_rules(pod)
         assert ":MTLSD_OUTPUT" in before and ":MTLSD_INBOUND" in before, before
-        res = bed.init_iptables(pod, "--remove")
-        assert_no_sanitizer_report(res.stderr, f"init-iptables --remove in {pod}")
-        assert res.returncode == 0, f"{pod}: {res.stderr}"
-        after = bed.run(pod, "iptables-save", "-t", "nat").stdout
         assert "MTLSD" not in after, f"{pod}:\n{after}"
 
 
 def test_agents_stop_cleanly(bed):
-    stops = bed.stop_agents()
-    for pod, (status, killed) in stops.items():
-        assert not killed and status == 0, \
-            f"agent in {pod}: {'killed' if killed else f'exit {status}'}\n" \
-            f"{bed.agent_stderr(pod)[-3000:]}"
-        assert_no_sanitizer_report(bed.agent_stderr(pod), f"agent in {pod}")
+    bed.assert_agents_stopped_cleanly()
