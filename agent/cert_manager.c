@@ -222,8 +222,15 @@ static int build_slot(cert_slot *slot) {
 }
 
 /* Hands the workers what the slots hold now: the one identity (sidecar) or
- * the table of every workload with a valid certificate (node mode). */
+ * the table of every workload with a valid certificate (node mode). Nothing
+ * is handed over before the first mesh config (when one is watched for):
+ * until then a connection would be judged by a policy and destinations the
+ * control plane has not confirmed, so the workers keep holding it. */
 static void publish_all(mt_cert_manager *m) {
+  if (!m->stats.has_mesh_config) {
+    MT_LOG_I("control plane: certificate ready; serving starts with the first mesh config");
+    return;
+  }
   if (!m->config->node_mode) {
     cert_slot *slot = m->slots[0];
     m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
@@ -414,7 +421,10 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
   m->stats.watch_state = MT_WATCH_RETRYING;
   if (status == MT_GRPC_UNIMPLEMENTED) { /* static config is all there will be */
     m->stats.watch_state = MT_WATCH_UNSUPPORTED;
-    m->stats.has_mesh_config = 1;
+    if (!m->stats.has_mesh_config) {
+      m->stats.has_mesh_config = 1;
+      publish_all(m); /* what was held back for the first mesh config */
+    }
   }
   MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
            mt_grpc_status_name(status), message);

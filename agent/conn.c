@@ -42,6 +42,13 @@ static void on_endpoint_io(struct ev_loop *loop, ev_io *w, int revents) {
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)revents;
   mt_conn *conn = w->data;
+  if (conn->state == MT_CONN_AWAITING_IDENTITY) {
+    char detail[MT_TLS_DETAIL_MAX];
+    snprintf(detail, sizeof(detail), "%s (waited %.0f ms, up to the handshake deadline)",
+             conn->hold_why, (ev_now(loop) - conn->held_since) * 1000.0);
+    mt_conn_close(conn, MT_REASON_NO_IDENTITY, detail);
+    return;
+  }
   if (conn->state != MT_CONN_RELAYING) {
     mt_conn_close(conn, conn->deadline_reason, NULL);
     return;
@@ -121,6 +128,7 @@ static void write_access_record(mt_conn *conn, mt_reason reason, const char *det
   rec.bytes_to_downstream = conn->to_down.total;
   ev_tstamp elapsed = ev_time() - conn->started;
   rec.duration_ms = elapsed > 0 ? (uint64_t)(elapsed * 1000.0) : 0;
+  rec.held_ms = (uint64_t)(conn->held_seconds * 1000.0);
   mt_access_log_write(&rec);
 }
 
@@ -145,7 +153,41 @@ static void endpoint_dispose(mt_conn *conn, mt_endpoint *ep) {
   ep->fd = -1;
 }
 
+/* Leaves the worker's held list and records how long the hold lasted. */
+static void end_hold(mt_conn *conn, int resumed) {
+  if (conn->held_since == 0) return;
+  double seconds = ev_now(conn->loop) - conn->held_since;
+  if (seconds < 0) seconds = 0;
+  conn->held_seconds += seconds;
+  conn->held_since = 0;
+  mt_worker_unhold(conn->worker, conn);
+  mt_metrics_hold_ended(mt_worker_metrics_of(conn->worker), conn->direction, resumed, seconds);
+}
+
+void mt_conn_hold(mt_conn *conn, mt_conn_resume_fn resume, const char *why) {
+  mt_conn_watch(conn, &conn->down, 0);
+  mt_conn_watch(conn, &conn->up, 0);
+  conn->state = MT_CONN_AWAITING_IDENTITY;
+  conn->resume = resume;
+  conn->hold_why = why;
+  if (!ev_is_active(&conn->timer))
+    mt_conn_set_deadline(conn, mt_worker_config(conn->worker)->handshake_timeout_ms,
+                         MT_REASON_NO_IDENTITY);
+  conn->deadline_reason = MT_REASON_NO_IDENTITY;
+  if (conn->held_since == 0) { /* a new hold; a resume that holds again continues it */
+    mt_metrics_hold_began(mt_worker_metrics_of(conn->worker), conn->direction);
+    conn->held_since = ev_now(conn->loop);
+  }
+  mt_worker_hold(conn->worker, conn);
+}
+
+void mt_conn_hold_over(mt_conn *conn) {
+  conn->deadline_reason = MT_REASON_HANDSHAKE_TIMEOUT;
+  end_hold(conn, 1);
+}
+
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
+  end_hold(conn, 0);
   write_access_record(conn, reason, detail);
   mt_worker_metrics *metrics = mt_worker_metrics_of(conn->worker);
   if (conn->state == MT_CONN_HANDSHAKING && !conn->handshake_done)

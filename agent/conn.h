@@ -32,10 +32,11 @@ typedef struct mt_conn mt_conn;
 typedef enum { MT_DIR_INBOUND, MT_DIR_OUTBOUND } mt_direction;
 
 typedef enum {
-  MT_CONN_PEEKING,     /* inbound: reading the first bytes without consuming them */
-  MT_CONN_HANDSHAKING, /* TLS handshake on the mesh side */
-  MT_CONN_CONNECTING,  /* non-blocking TCP connect of the up endpoint */
-  MT_CONN_RELAYING,    /* bytes flow both ways (relay.c) */
+  MT_CONN_AWAITING_IDENTITY, /* no certificate yet for the workload it speaks for: held */
+  MT_CONN_PEEKING,           /* inbound: reading the first bytes without consuming them */
+  MT_CONN_HANDSHAKING,       /* TLS handshake on the mesh side */
+  MT_CONN_CONNECTING,        /* non-blocking TCP connect of the up endpoint */
+  MT_CONN_RELAYING,          /* bytes flow both ways (relay.c) */
 } mt_conn_state;
 
 typedef struct {
@@ -56,6 +57,8 @@ typedef struct {
 } mt_pipe;
 
 typedef void (*mt_conn_event_fn)(mt_conn *conn, mt_endpoint *ep, int revents);
+/* Called when a held connection may find its identity (see mt_conn_hold). */
+typedef void (*mt_conn_resume_fn)(mt_conn *conn);
 
 struct mt_conn {
   mt_worker *worker;
@@ -78,6 +81,13 @@ struct mt_conn {
   int admitted;         /* passed verification and policy */
   const char *rule;     /* static or owned by the config snapshot */
   mt_conn *prev, *next; /* worker's list of live connections */
+  /* Waiting for a certificate (MT_CONN_AWAITING_IDENTITY): */
+  mt_conn_resume_fn resume;       /* what to do when an identity may be there */
+  const char *hold_why;           /* static: which certificate it waits for */
+  ev_tstamp held_since;           /* 0 = not held now */
+  double held_seconds;            /* total time spent held, for the access log */
+  mt_conn *held_prev, *held_next; /* worker's list of held connections */
+  int held_linked;                /* on that list now (not while being resumed) */
 };
 
 /* Creates a connection for accepted socket |fd|; takes |fd| in every case. */
@@ -86,6 +96,21 @@ mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
 
 /* Ends the connection (see header comment); |detail| may be NULL. */
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail);
+
+/* No certificate is there yet for the workload this connection speaks for
+ * (the agent is starting, or a node-mode pod is new): parks the connection
+ * instead of refusing it. It stops watching its sockets (the peer's first
+ * bytes wait in the kernel) and joins the worker's held list; whenever the
+ * worker receives a new identity, workload table or config, |resume| runs
+ * and looks again (and may hold again). A hold ends at the connection's
+ * current deadline (armed here with handshake_ms when none is running), and
+ * the connection is then closed with MT_REASON_NO_IDENTITY and |why| (a
+ * static string: which certificate is missing) in the access log. */
+void mt_conn_hold(mt_conn *conn, mt_conn_resume_fn resume, const char *why);
+
+/* The identity was found: ends the hold accounting (metrics, access log) of
+ * a connection that had been held; no-op otherwise. */
+void mt_conn_hold_over(mt_conn *conn);
 
 /* Watches |events| (EV_READ|EV_WRITE, 0 = none) on |ep|. */
 void mt_conn_watch(mt_conn *conn, mt_endpoint *ep, int events);

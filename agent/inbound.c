@@ -3,6 +3,10 @@
  *   PEEKING --TLS record--> HANDSHAKING --verified--> [authorize]
  *      |                                   allow --> CONNECTING --> RELAYING
  *      +--plaintext--> closed (strict)     deny  --> closed
+ *      |
+ *      +--no certificate for the called workload yet--> AWAITING_IDENTITY
+ *            identity published --> PEEKING again (the peeked bytes are still queued)
+ *            handshake deadline --> closed (no_identity)
  */
 #include "agent/inbound.h"
 
@@ -65,16 +69,29 @@ static void connect_app(mt_conn *conn) {
   mt_conn_watch(conn, &conn->down, 0); /* nothing to read until the app is connected */
 }
 
+static void on_peek(mt_conn *conn);
+
+/* An identity may have arrived: the ClientHello still waits in the kernel
+ * (it was only peeked), so the connection starts over from the peek. */
+static void resume_after_hold(mt_conn *conn) {
+  conn->state = MT_CONN_PEEKING;
+  mt_conn_watch(conn, &conn->down, EV_READ);
+  on_peek(conn);
+}
+
 /* The identity answering for the workload being called: ours (sidecar) or,
- * in node mode, the destination pod's. NULL closes the connection. */
+ * in node mode, the destination pod's. NULL holds the connection until a
+ * certificate arrives (or the handshake deadline refuses it). */
 static mt_identity *destination_identity(mt_conn *conn) {
   mt_identity *identity =
       mt_worker_identity_for(conn->worker, (const struct sockaddr *)&conn->target);
   if (identity == NULL)
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
-                  mt_worker_config(conn->worker)->node_mode
-                      ? "the destination is not a workload of this node with a valid certificate"
-                      : "no valid workload certificate");
+    mt_conn_hold(conn, resume_after_hold,
+                 mt_worker_config(conn->worker)->node_mode
+                     ? "the destination is not a workload of this node with a valid certificate"
+                     : "no valid workload certificate");
+  else
+    mt_conn_hold_over(conn);
   return identity;
 }
 
@@ -103,7 +120,7 @@ static int is_permissive(const mt_config *config, uint16_t port) {
  * the app untouched (a non-mesh TLS client keeps its own end-to-end TLS). */
 static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
   mt_identity *identity = destination_identity(conn);
-  if (identity == NULL) return; /* no snapshot means no policy to consult: fail closed */
+  if (identity == NULL) return; /* held: no snapshot means no policy to consult yet */
   conn->identity = mt_identity_ref(identity);
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
   mt_decision d =
@@ -171,6 +188,7 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
       if (ep == &conn->up && mt_conn_finish_connect(conn)) mt_relay_start(conn);
       return;
     case MT_CONN_RELAYING: mt_relay_on_event(conn, ep, revents); return;
+    case MT_CONN_AWAITING_IDENTITY: return; /* nothing is watched while held */
   }
 }
 

@@ -138,6 +138,7 @@ void mt_access_log_write(const mt_access_record *r) {
   put_u64(line, sizeof(line), &pos, "bytes_to_upstream", r->bytes_to_upstream);
   put_u64(line, sizeof(line), &pos, "bytes_to_downstream", r->bytes_to_downstream);
   put_u64(line, sizeof(line), &pos, "duration_ms", r->duration_ms);
+  put_u64(line, sizeof(line), &pos, "held_ms", r->held_ms);
   /* Always close the object, even if a field was truncated. */
   if (pos > sizeof(line) - 3) pos = sizeof(line) - 3;
   line[pos++] = '}';

@@ -41,6 +41,7 @@ typedef struct {
   uint64_t bytes_to_upstream;   /* from the accepted side to the connected side */
   uint64_t bytes_to_downstream; /* the other way */
   uint64_t duration_ms;
+  uint64_t held_ms; /* of duration_ms, time spent waiting for a workload certificate */
 } mt_access_record;
 
 /* Opens the access-log sink: a file path (append) or "-" for stdout.

@@ -82,8 +82,10 @@ static void reload_identity(agent *a, int force) {
  * refuse new connections both ways until a valid one is loaded. */
 static void enforce_expiry(agent *a) {
   if (a->identity == NULL || mt_identity_not_after(a->identity) > time(NULL)) return;
-  MT_LOG_E("workload certificate %s expired; refusing new connections until it is replaced",
-           mt_identity_serial(a->identity));
+  MT_LOG_E(
+      "workload certificate %s expired; new connections wait for a replacement up to the "
+      "handshake deadline, then are refused",
+      mt_identity_serial(a->identity));
   publish(a, NULL);
 }
 
@@ -280,15 +282,16 @@ static void watch_signals(agent *a) {
   ev_signal_start(a->loop, &a->sighup);
 }
 
-/* Certificate files: loaded now (a bad set stops start-up), then polled. */
-static int start_file_source(agent *a, char *err, size_t err_len) {
+/* Certificate files: loaded before the listeners exist (a bad set stops
+ * start-up, and no connection is ever accepted without an identity), then
+ * polled. */
+static int load_file_source(agent *a, char *err, size_t err_len) {
   a->files_stamp = mt_identity_files_stamp(a->config);
-  mt_identity *identity = mt_identity_files_load(a->config, err, err_len);
-  if (identity == NULL) return 0;
+  a->identity = mt_identity_files_load(a->config, err, err_len);
+  if (a->identity == NULL) return 0;
   a->identity_updates++;
-  publish(a, identity);
-  MT_LOG_I("serving as %s (serial %s)", mt_identity_spiffe_id(identity),
-           mt_identity_serial(identity));
+  MT_LOG_I("serving as %s (serial %s)", mt_identity_spiffe_id(a->identity),
+           mt_identity_serial(a->identity));
   return 1;
 }
 
@@ -337,16 +340,18 @@ static int run(const char *path) {
   a.config = config;
   a.started = time(NULL);
   a.loop = ev_default_loop(0);
-  /* Workers start with no identity: they refuse connections until one is
-   * published (fail closed while the control plane has not answered). */
-  a.workers = mt_workers_start(config, NULL, err, sizeof(err));
-  int ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
+  /* With the control plane, workers start with no identity: a connection
+   * that arrives first is held until the certificate is published (or
+   * refused at its handshake deadline: fail closed). */
+  int ok = config->has_control_plane || load_file_source(&a, err, sizeof(err));
+  if (ok) {
+    a.workers = mt_workers_start(config, a.identity, err, sizeof(err));
+    ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
+  }
   if (ok && config->has_control_plane) {
     mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a};
     a.cert_manager = mt_cert_manager_start(a.loop, config, &sink, err, sizeof(err));
     ok = a.cert_manager != NULL;
-  } else if (ok) {
-    ok = start_file_source(&a, err, sizeof(err));
   }
   int rc = 1;
   if (ok) {

@@ -65,6 +65,10 @@ struct mt_worker_metrics {
   counter handshakes[NUM_DIRS][2];              /* [0] failure, [1] success */
   counter hs_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* last = above every bound */
   counter hs_sum_us[NUM_DIRS];
+  counter holds[NUM_DIRS];                        /* began */
+  counter holds_ended[NUM_DIRS][2];               /* [0] closed while held, [1] resumed */
+  counter hold_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* wait time, handshake buckets */
+  counter hold_sum_us[NUM_DIRS];
   keyed_table decisions[NUM_DIRS][NUM_ACTIONS];
   keyed_table tls[NUM_DIRS]; /* key "version cipher" */
 };
@@ -90,15 +94,20 @@ void mt_metrics_conn_closed(mt_worker_metrics *m, mt_direction dir, mt_reason re
   bump(&m->bytes[dir][1], bytes_to_downstream);
 }
 
+/* One observation of a histogram over the handshake buckets. */
+static void observe(counter *buckets, counter *sum_us, double seconds) {
+  if (seconds < 0) seconds = 0;
+  size_t b = 0;
+  while (b < mt_num_handshake_buckets && seconds > mt_handshake_buckets[b]) b++;
+  bump(&buckets[b], 1);
+  bump(sum_us, (uint64_t)(seconds * 1e6));
+}
+
 void mt_metrics_handshake(mt_worker_metrics *m, mt_direction dir, int ok, double seconds,
                           const char *version, const char *cipher) {
   bump(&m->handshakes[dir][ok ? 1 : 0], 1);
   if (!ok) return;
-  if (seconds < 0) seconds = 0;
-  size_t b = 0;
-  while (b < mt_num_handshake_buckets && seconds > mt_handshake_buckets[b]) b++;
-  bump(&m->hs_bucket[dir][b], 1);
-  bump(&m->hs_sum_us[dir], (uint64_t)(seconds * 1e6));
+  observe(m->hs_bucket[dir], &m->hs_sum_us[dir], seconds);
   char key[128];
   snprintf(key, sizeof(key), "%s %s", version ? version : "", cipher ? cipher : "");
   keyed_bump(&m->tls[dir], key);
@@ -107,6 +116,13 @@ void mt_metrics_handshake(mt_worker_metrics *m, mt_direction dir, int ok, double
 void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action action,
                          const char *rule) {
   keyed_bump(&m->decisions[dir][action == MT_ACTION_ALLOW ? 0 : 1], rule ? rule : "");
+}
+
+void mt_metrics_hold_began(mt_worker_metrics *m, mt_direction dir) { bump(&m->holds[dir], 1); }
+
+void mt_metrics_hold_ended(mt_worker_metrics *m, mt_direction dir, int resumed, double seconds) {
+  bump(&m->holds_ended[dir][resumed ? 1 : 0], 1);
+  observe(m->hold_bucket[dir], &m->hold_sum_us[dir], seconds);
 }
 
 /* ---- rendering ---- */
@@ -156,6 +172,10 @@ typedef struct {
   uint64_t handshakes[NUM_DIRS][2];
   uint64_t hs_bucket[NUM_DIRS][MAX_BUCKETS + 1];
   uint64_t hs_sum_us[NUM_DIRS];
+  uint64_t holds[NUM_DIRS];
+  uint64_t holds_ended[NUM_DIRS][2];
+  uint64_t hold_bucket[NUM_DIRS][MAX_BUCKETS + 1];
+  uint64_t hold_sum_us[NUM_DIRS];
 } totals;
 
 static void collect(totals *t, mt_worker_metrics *const *workers, size_t num_workers) {
@@ -172,6 +192,11 @@ static void collect(totals *t, mt_worker_metrics *const *workers, size_t num_wor
       }
       for (size_t b = 0; b <= MAX_BUCKETS; b++) t->hs_bucket[d][b] += peek(&m->hs_bucket[d][b]);
       t->hs_sum_us[d] += peek(&m->hs_sum_us[d]);
+      /* Ended before began, for the same reason as closed before opened. */
+      for (int r = 0; r < 2; r++) t->holds_ended[d][r] += peek(&m->holds_ended[d][r]);
+      t->holds[d] += peek(&m->holds[d]);
+      for (size_t b = 0; b <= MAX_BUCKETS; b++) t->hold_bucket[d][b] += peek(&m->hold_bucket[d][b]);
+      t->hold_sum_us[d] += peek(&m->hold_sum_us[d]);
     }
   }
 }
@@ -211,6 +236,24 @@ static void render_connections(mt_text *out, const totals *t) {
                      f == 0 ? "upstream" : "downstream", (unsigned long long)t->bytes[d][f]);
 }
 
+/* One direction's series of a histogram over the handshake buckets. */
+static void render_histogram(mt_text *out, const char *name, int d, const uint64_t *buckets,
+                             uint64_t sum_us) {
+  uint64_t cumulative = 0;
+  for (size_t b = 0; b <= mt_num_handshake_buckets; b++) {
+    cumulative += buckets[b];
+    if (b < mt_num_handshake_buckets)
+      mt_text_printf(out, "%s_bucket{direction=\"%s\",le=\"%g\"} %llu\n", name, dir_names[d],
+                     mt_handshake_buckets[b], (unsigned long long)cumulative);
+    else
+      mt_text_printf(out, "%s_bucket{direction=\"%s\",le=\"+Inf\"} %llu\n", name, dir_names[d],
+                     (unsigned long long)cumulative);
+  }
+  mt_text_printf(out, "%s_sum{direction=\"%s\"} %.6f\n", name, dir_names[d], sum_us / 1e6);
+  mt_text_printf(out, "%s_count{direction=\"%s\"} %llu\n", name, dir_names[d],
+                 (unsigned long long)cumulative);
+}
+
 static void render_handshakes(mt_text *out, const totals *t) {
   mt_text_printf(out,
                  "# HELP mtlsd_handshakes_total Mesh-side TLS handshakes, by direction and "
@@ -225,26 +268,44 @@ static void render_handshakes(mt_text *out, const totals *t) {
                  "# HELP mtlsd_handshake_duration_seconds Time from the first handshake step "
                  "to a verified peer.\n"
                  "# TYPE mtlsd_handshake_duration_seconds histogram\n");
-  for (int d = 0; d < NUM_DIRS; d++) {
-    uint64_t cumulative = 0;
-    for (size_t b = 0; b <= mt_num_handshake_buckets; b++) {
-      cumulative += t->hs_bucket[d][b];
-      if (b < mt_num_handshake_buckets)
-        mt_text_printf(out,
-                       "mtlsd_handshake_duration_seconds_bucket{direction=\"%s\",le=\"%g\"} "
-                       "%llu\n",
-                       dir_names[d], mt_handshake_buckets[b], (unsigned long long)cumulative);
-      else
-        mt_text_printf(out,
-                       "mtlsd_handshake_duration_seconds_bucket{direction=\"%s\",le=\"+Inf\"} "
-                       "%llu\n",
-                       dir_names[d], (unsigned long long)cumulative);
-    }
-    mt_text_printf(out, "mtlsd_handshake_duration_seconds_sum{direction=\"%s\"} %.6f\n",
-                   dir_names[d], t->hs_sum_us[d] / 1e6);
-    mt_text_printf(out, "mtlsd_handshake_duration_seconds_count{direction=\"%s\"} %llu\n",
-                   dir_names[d], (unsigned long long)cumulative);
-  }
+  for (int d = 0; d < NUM_DIRS; d++)
+    render_histogram(out, "mtlsd_handshake_duration_seconds", d, t->hs_bucket[d], t->hs_sum_us[d]);
+}
+
+/* Connections that arrived before a certificate for their workload. */
+static void render_holds(mt_text *out, const totals *t) {
+  mt_text_printf(out,
+                 "# HELP mtlsd_connections_held_total Connections that had to wait for a "
+                 "workload certificate (start-up, a new node-mode pod), by direction.\n"
+                 "# TYPE mtlsd_connections_held_total counter\n");
+  for (int d = 0; d < NUM_DIRS; d++)
+    mt_text_printf(out, "mtlsd_connections_held_total{direction=\"%s\"} %llu\n", dir_names[d],
+                   (unsigned long long)t->holds[d]);
+  mt_text_printf(out,
+                 "# HELP mtlsd_connections_awaiting_identity Connections waiting for a workload "
+                 "certificate now, by direction.\n"
+                 "# TYPE mtlsd_connections_awaiting_identity gauge\n");
+  for (int d = 0; d < NUM_DIRS; d++)
+    mt_text_printf(out, "mtlsd_connections_awaiting_identity{direction=\"%s\"} %llu\n",
+                   dir_names[d],
+                   (unsigned long long)(t->holds[d] - t->holds_ended[d][0] - t->holds_ended[d][1]));
+  mt_text_printf(out,
+                 "# HELP mtlsd_connection_holds_ended_total Waits for a certificate that ended, "
+                 "by direction and result (resumed = the certificate came; refused = the "
+                 "handshake deadline passed or the peer left first).\n"
+                 "# TYPE mtlsd_connection_holds_ended_total counter\n");
+  for (int d = 0; d < NUM_DIRS; d++)
+    for (int r = 1; r >= 0; r--)
+      mt_text_printf(
+          out, "mtlsd_connection_holds_ended_total{direction=\"%s\",result=\"%s\"} %llu\n",
+          dir_names[d], r ? "resumed" : "refused", (unsigned long long)t->holds_ended[d][r]);
+  mt_text_printf(out,
+                 "# HELP mtlsd_connection_hold_duration_seconds How long a connection waited "
+                 "for a workload certificate.\n"
+                 "# TYPE mtlsd_connection_hold_duration_seconds histogram\n");
+  for (int d = 0; d < NUM_DIRS; d++)
+    render_histogram(out, "mtlsd_connection_hold_duration_seconds", d, t->hold_bucket[d],
+                     t->hold_sum_us[d]);
 }
 
 static void render_keyed(mt_text *out, mt_worker_metrics *const *workers, size_t num_workers) {
@@ -297,5 +358,6 @@ void mt_metrics_render(mt_text *out, mt_worker_metrics *const *workers, size_t n
   collect(&t, workers, num_workers);
   render_connections(out, &t);
   render_handshakes(out, &t);
+  render_holds(out, &t);
   render_keyed(out, workers, num_workers);
 }

@@ -45,6 +45,10 @@ void mt_metrics_handshake(mt_worker_metrics *m, mt_direction dir, int ok, double
                           const char *version, const char *cipher);
 void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action action,
                          const char *rule);
+/* A connection began waiting for a certificate (mt_conn_hold), and its wait
+ * ended after |seconds|: |resumed| with an identity, or not (closed). */
+void mt_metrics_hold_began(mt_worker_metrics *m, mt_direction dir);
+void mt_metrics_hold_ended(mt_worker_metrics *m, mt_direction dir, int resumed, double seconds);
 
 /* Handshake latency buckets (upper bounds, seconds), shared with tests. */
 extern const double mt_handshake_buckets[];

@@ -9,6 +9,10 @@
  * destination's inbound policy is applied here (the packets never pass an
  * inbound listener) and the connection goes straight to the pod:
  *   [policy] allow --> CONNECTING --connected--> RELAYING
+ * No certificate yet for the calling workload (the agent is starting, a
+ * node-mode pod is new), or for the destination pod of this node:
+ *   AWAITING_IDENTITY --identity published--> looked up again from the start
+ *                     --handshake deadline--> closed (no_identity)
  * The application's socket is not read until the mesh side is ready, so its
  * first bytes wait in the kernel (backpressure from the start). */
 #include "agent/outbound.h"
@@ -100,7 +104,8 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
         check_server_identity(conn);
       return;
     case MT_CONN_RELAYING: mt_relay_on_event(conn, ep, revents); return;
-    case MT_CONN_PEEKING: return; /* not used on outbound */
+    case MT_CONN_PEEKING: return;           /* not used on outbound */
+    case MT_CONN_AWAITING_IDENTITY: return; /* nothing is watched while held */
   }
 }
 
@@ -120,6 +125,7 @@ static int is_own_listener(const mt_config *config, const struct sockaddr *targe
 }
 
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss);
+static void resume_after_hold(mt_conn *conn);
 
 static int is_node_workload(const mt_config *config, const struct sockaddr *addr) {
   for (size_t i = 0; i < config->num_node_workloads; i++)
@@ -138,10 +144,11 @@ static int deliver_on_node(mt_conn *conn) {
   mt_identity *dest = mt_worker_identity_for(conn->worker, target);
   if (dest == NULL) {
     if (!is_node_workload(mt_worker_config(conn->worker), target)) return 0;
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
-                  "the destination pod of this node has no valid certificate yet");
+    mt_conn_hold(conn, resume_after_hold, /* the pod's certificate may be on its way */
+                 "the destination pod of this node has no valid certificate");
     return 1;
   }
+  mt_conn_hold_over(conn);
   /* Held for the connection's life: its policy decides, and the access log
    * names the deciding rule at close. */
   conn->local_peer = mt_identity_ref(dest);
@@ -166,32 +173,20 @@ static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
   return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, int fd,
-                        const struct sockaddr *source) {
-  mt_conn *conn = mt_conn_new(worker, MT_DIR_OUTBOUND, fd, source, on_event);
-  if (conn == NULL) return;
-  const mt_config *config = mt_worker_config(worker);
-  if (listener->has_fixed_target) {
-    memcpy(&conn->target, &listener->destination.addr, listener->destination.addr_len);
-  } else if (!mt_original_dst(fd, &conn->target)) {
-    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
-                  "listener expects redirected traffic but the socket has no original "
-                  "destination");
-    return;
-  }
-  if (is_own_listener(config, (const struct sockaddr *)&conn->target)) {
-    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
-                  "the destination is this agent's own listener (redirect loop)");
-    return;
-  }
-  mt_identity *identity = mt_worker_identity_for(worker, source);
+/* From here on the connection speaks for the calling workload, whose
+ * certificate must be there; without one it is held (see the header). */
+static void proceed_with_identity(mt_conn *conn) {
+  const mt_config *config = mt_worker_config(conn->worker);
+  mt_identity *identity =
+      mt_worker_identity_for(conn->worker, (const struct sockaddr *)&conn->source);
   if (identity == NULL) {
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY,
-                  config->node_mode ? "the source is not a workload of this node with a valid "
-                                      "certificate"
-                                    : "no valid workload certificate");
+    mt_conn_hold(conn, resume_after_hold,
+                 config->node_mode
+                     ? "the source is not a workload of this node with a valid certificate"
+                     : "no valid workload certificate");
     return;
   }
+  mt_conn_hold_over(conn);
   conn->identity = mt_identity_ref(identity);
   if (config->node_mode && deliver_on_node(conn)) return;
   int known = mt_mesh_expected_id(mt_identity_mesh(identity),
@@ -213,4 +208,37 @@ void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, i
   }
   mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
                      NULL, 0);
+}
+
+/* Held, and something was published: start over from the identity lookup
+ * with whatever the worker holds now (the caller's snapshot may have been
+ * replaced meanwhile). */
+static void resume_after_hold(mt_conn *conn) {
+  mt_identity_unref(conn->identity);
+  conn->identity = NULL;
+  mt_identity_unref(conn->local_peer);
+  conn->local_peer = NULL;
+  conn->peer.spiffe_id[0] = '\0';
+  proceed_with_identity(conn);
+}
+
+void mt_outbound_accept(mt_worker *worker, const mt_listener_config *listener, int fd,
+                        const struct sockaddr *source) {
+  mt_conn *conn = mt_conn_new(worker, MT_DIR_OUTBOUND, fd, source, on_event);
+  if (conn == NULL) return;
+  const mt_config *config = mt_worker_config(worker);
+  if (listener->has_fixed_target) {
+    memcpy(&conn->target, &listener->destination.addr, listener->destination.addr_len);
+  } else if (!mt_original_dst(fd, &conn->target)) {
+    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
+                  "listener expects redirected traffic but the socket has no original "
+                  "destination");
+    return;
+  }
+  if (is_own_listener(config, (const struct sockaddr *)&conn->target)) {
+    mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
+                  "the destination is this agent's own listener (redirect loop)");
+    return;
+  }
+  proceed_with_identity(conn);
 }

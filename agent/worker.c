@@ -44,6 +44,7 @@ struct mt_worker {
   int stopping;
   mt_conn *conns;
   size_t num_conns, max_conns;
+  mt_conn *held; /* connections waiting for an identity */
   /* Mailbox written by the main thread under pool->lock. */
   int has_pending_identity;
   mt_identity *pending_identity;
@@ -104,6 +105,41 @@ void mt_worker_unlink(mt_worker *w, mt_conn *conn) {
   if (conn->next) conn->next->prev = conn->prev;
   w->num_conns--;
   if (w->stopping && w->num_conns == 0) ev_break(w->loop, EVBREAK_ALL);
+}
+
+void mt_worker_hold(mt_worker *w, mt_conn *conn) {
+  if (conn->held_linked) return;
+  conn->held_linked = 1;
+  conn->held_prev = NULL;
+  conn->held_next = w->held;
+  if (w->held) w->held->held_prev = conn;
+  w->held = conn;
+}
+
+void mt_worker_unhold(mt_worker *w, mt_conn *conn) {
+  if (!conn->held_linked) return;
+  conn->held_linked = 0;
+  if (conn->held_prev)
+    conn->held_prev->held_next = conn->held_next;
+  else
+    w->held = conn->held_next;
+  if (conn->held_next) conn->held_next->held_prev = conn->held_prev;
+  conn->held_prev = conn->held_next = NULL;
+}
+
+/* Something a held connection may be waiting for has arrived. The list is
+ * taken whole first: a resumed connection that still finds no identity is
+ * held again, onto the fresh list, and is not looked at twice. */
+static void resume_held(mt_worker *w) {
+  mt_conn *list = w->held;
+  w->held = NULL;
+  for (mt_conn *c = list; c != NULL; c = c->held_next) c->held_linked = 0;
+  while (list != NULL) {
+    mt_conn *conn = list;
+    list = conn->held_next;
+    conn->held_prev = conn->held_next = NULL;
+    conn->resume(conn); /* may close the connection, or hold it again */
+  }
 }
 
 static void close_all(mt_worker *w, mt_reason reason) {
@@ -216,6 +252,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
     mt_identity_unref(w->identity);
     w->identity = identity; /* the mailbox's reference becomes ours */
   }
+  if (has_identity || has_workloads || config != NULL) resume_held(w);
   if (stop) begin_stop(w, drain_ms);
 }
 

@@ -69,6 +69,11 @@ mt_identity *mt_worker_identity_for(mt_worker *worker, const struct sockaddr *wo
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);
 void mt_worker_unlink(mt_worker *worker, mt_conn *conn);
+/* The held list (see mt_conn_hold): every connection on it has its resume
+ * function called after the worker takes a new identity, workload table or
+ * config from its mailbox. Both calls are idempotent. */
+void mt_worker_hold(mt_worker *worker, mt_conn *conn);
+void mt_worker_unhold(mt_worker *worker, mt_conn *conn);
 
 #ifdef __cplusplus
 }

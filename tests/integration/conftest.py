@@ -383,14 +383,19 @@ class Agent:
                                          stdout=out, stderr=err, env=env)
         ports = self.listener_ports()
 
+        # What a user sees: the "started" line, logged once every listener
+        # is bound (and, with certificate files, the identity is loaded).
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode} during "
                                      f"start-up; stderr:\n{self.stderr()}")
+            if not re.search(r" mtlsd \S+ started \(", self.stderr()):
+                return False
             listening = _listening_ports()
-            return all(p in listening for p in ports)
+            assert all(p in listening for p in ports), f"started without listeners {ports}"
+            return True
 
-        wait_until(ready, f"agent listeners {ports}")
+        wait_until(ready, f"agent {self.dir.name} to log 'started' (listeners {ports})")
         return self
 
     def admin_url(self, telemetry=False):

@@ -9,6 +9,10 @@ torn down by PID and `ip netns delete`. The tests run in file order: the
 last two remove the rules and stop the agents.
 """
 import json
+import os
+import re
+import signal
+import threading
 import uuid
 
 import pytest
@@ -277,6 +281,48 @@ def test_reloaded_workload_list_drops_and_adds_pods(bed):
 
     bed.write_agent_config("node-1")  # as the bed started
     assert bed.reload("node-1")[0] == 200
+
+
+def test_a_new_pod_calling_before_its_certificate_arrives_is_held_not_reset(bed):
+    """A pod that has just joined the node calls out at once, while its
+    certificate is still being issued (mtls-ca is paused with SIGSTOP, so
+    the order is certain): the call waits and goes through once the
+    certificate arrives."""
+    bed.write_agent_config("node-1", without=("impostor", "frontend"))
+    assert bed.reload("node-1")[0] == 200
+    podbed.wait_until(lambda: FRONTEND.spiffe_id not in bed.admin("node-1", "/certs")[1],
+                      "node-1 to drop frontend's certificate", bed.wait)
+
+    def awaiting_outbound():
+        _, metrics = bed.admin("node-1", "/metrics")
+        found = re.search(r'^mtlsd_connections_awaiting_identity\{direction="outbound"\} (\d+)$',
+                          metrics, re.M)
+        return found and int(found.group(1)) >= 1
+
+    path = probe_path()
+    outcome = {}
+    os.kill(bed.ca_proc.pid, signal.SIGSTOP)
+    try:
+        bed.write_agent_config("node-1", without=("impostor",))  # frontend is back, no cert yet
+        assert bed.reload("node-1")[0] == 200
+        caller = threading.Thread(
+            target=lambda: outcome.update(res=bed.call("frontend", "backend", path=path)))
+        caller.start()
+        podbed.wait_until(awaiting_outbound, "node-1 to hold the new pod's call", bed.wait)
+    finally:
+        os.kill(bed.ca_proc.pid, signal.SIGCONT)
+    caller.join(timeout=bed.wait)
+    assert not caller.is_alive(), "the held call never ended"
+    assert outcome["res"].returncode == 0, outcome["res"].stderr
+    assert outcome["res"].stdout == PAGE.format("backend")
+    line = bed.wait_log("node-1", direction="outbound", source=from_pod(FRONTEND),
+                        destination=f"{BACKEND.ip}:{APP_PORT}", held_ms=lambda v: v and v > 0)
+    assert (line["decision"], line["reason"]) == ("allow", "ok"), line
+    assert path in bed.app_log("backend")
+
+    bed.write_agent_config("node-1")  # as the bed started
+    assert bed.reload("node-1")[0] == 200
+    bed.wait_agent_ready("node-1")
 
 
 def test_node_rules_capture_pod_traffic_only(bed):

@@ -58,6 +58,7 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
   r.bytes_to_upstream = 7;
   r.bytes_to_downstream = 9;
   r.duration_ms = 3;
+  r.held_ms = 2;
   mt_access_log_write(&r);
   mt_access_log_close();
   std::ifstream in(path);
@@ -71,8 +72,10 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("\"reason\":\"policy_denied\""), std::string::npos);
-  EXPECT_NE(text.find("\"bytes_to_upstream\":7,\"bytes_to_downstream\":9,\"duration_ms\":3}"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find(
+          "\"bytes_to_upstream\":7,\"bytes_to_downstream\":9,\"duration_ms\":3,\"held_ms\":2}"),
+      std::string::npos)
       << text;
 }
 

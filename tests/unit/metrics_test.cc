@@ -345,6 +345,36 @@ TEST(MetricsTest, AnOutOfRangeReasonCountsAsInternalError) {
   EXPECT_EQ(Value(text, "mtlsd_connections_active{direction=\"inbound\"}"), 0);
 }
 
+TEST(MetricsTest, HeldConnectionsAreCountedWithTheirWaitAndOutcome) {
+  Workers w(2);
+  mt_metrics_hold_began(w[0], MT_DIR_OUTBOUND);
+  mt_metrics_hold_began(w[1], MT_DIR_OUTBOUND);
+  mt_metrics_hold_began(w[1], MT_DIR_OUTBOUND);
+  mt_metrics_hold_ended(w[0], MT_DIR_OUTBOUND, 1, 0.2);
+  mt_metrics_hold_ended(w[1], MT_DIR_OUTBOUND, 0, 12.0);
+  std::string text = w.Render();
+  EXPECT_EQ(Value(text, "mtlsd_connections_held_total{direction=\"outbound\"}"), 3);
+  EXPECT_EQ(Value(text, "mtlsd_connections_held_total{direction=\"inbound\"}"), 0);
+  EXPECT_EQ(Value(text, "mtlsd_connections_awaiting_identity{direction=\"outbound\"}"), 1);
+  EXPECT_EQ(
+      Value(text, "mtlsd_connection_holds_ended_total{direction=\"outbound\",result=\"resumed\"}"),
+      1);
+  EXPECT_EQ(
+      Value(text, "mtlsd_connection_holds_ended_total{direction=\"outbound\",result=\"refused\"}"),
+      1);
+  EXPECT_EQ(
+      Value(text,
+            "mtlsd_connection_hold_duration_seconds_bucket{direction=\"outbound\",le=\"0.25\"}"),
+      1);
+  EXPECT_EQ(
+      Value(text,
+            "mtlsd_connection_hold_duration_seconds_bucket{direction=\"outbound\",le=\"+Inf\"}"),
+      2);
+  EXPECT_EQ(Value(text, "mtlsd_connection_hold_duration_seconds_count{direction=\"outbound\"}"), 2);
+  EXPECT_NEAR(Value(text, "mtlsd_connection_hold_duration_seconds_sum{direction=\"outbound\"}"),
+              12.2, 1e-6);
+}
+
 TEST(MetricsTest, EveryFamilyHasOneHelpAndOneTypeLine) {
   Workers w(2);
   mt_metrics_decision(w[0], MT_DIR_INBOUND, MT_ACTION_ALLOW, "r");
@@ -359,7 +389,7 @@ TEST(MetricsTest, EveryFamilyHasOneHelpAndOneTypeLine) {
     if (hash != "#") continue;
     (kind == "HELP" ? help : type).insert(name);
   }
-  EXPECT_EQ(help.size(), 8u);
+  EXPECT_EQ(help.size(), 12u);
   EXPECT_EQ(std::set<std::string>(help.begin(), help.end()).size(), help.size());
   EXPECT_EQ(help, type);
 }
