@@ -340,6 +340,10 @@ static int run(const char *path) {
   a.config = config;
   a.started = time(NULL);
   a.loop = ev_default_loop(0);
+  /* Before anything can be observed from outside (listeners, the "started"
+   * line): a SIGTERM sent as soon as the agent looks up is queued by libev
+   * and handled by the loop, never the default action. */
+  watch_signals(&a);
   /* With the control plane, workers start with no identity: a connection
    * that arrives first is held until the certificate is published (or
    * refused at its handshake deadline: fail closed). */
@@ -359,7 +363,6 @@ static int run(const char *path) {
                                                          ? "certificates from the control plane"
                                                          : "certificates from files");
     start_polling(&a);
-    watch_signals(&a);
     ev_run(a.loop, 0);
     rc = 0;
   } else {
