@@ -468,6 +468,18 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
             wait_until(lambda: mesh_version_applied(ca, agent, version),
                        f"{agent.dir.name} to apply version {version}")
 
+    def serials(agent):
+        return re.findall(r"identity ready: \S+ serial (\S+),", agent.stderr())
+
+    def renewed_after(mark, count):
+        """Each agent has served |count| certificates it did not have at
+        |mark| (taken just after the rotation): the second was asked for
+        after it, so it comes from the new issuer (the first may have been
+        in flight)."""
+        for agent in (frontend, backend):
+            wait_until(lambda: len(set(serials(agent)) - mark[agent.dir.name]) >= count,
+                       f"{agent.dir.name} to be issued {count} new certificates")
+
     started = time.monotonic()
     t = threading.Thread(target=traffic, daemon=True)
     t.start()
@@ -484,9 +496,12 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
             ca.args[ca.args.index("--root") + 1] = new_pki / "root.pem"
             ca.args[ca.args.index("--listen") + 1] = f"127.0.0.1:{ca.port}"
             ca.start()
-        time.sleep(2 * ttl)                                # every certificate renewed
+        rotation_mark = {a.dir.name: set(serials(a)) for a in (frontend, backend)}
+        renewed_after(rotation_mark, 2)                    # every certificate renewed
         set_roots(3, [new_root])                           # 3. retire the old root
-        time.sleep(ttl)
+        mark = done[0]
+        wait_until(lambda: done[0] >= mark + 20 or failures,
+                   "calls under the new root alone")
     finally:
         stop.set()
         t.join(timeout=WAIT)
