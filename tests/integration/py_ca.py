@@ -12,6 +12,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,20 +62,29 @@ def fill_policy(msg, pol):
 class Ca:
     def __init__(self, args):
         self.args = args
-        self.issuer = x509.load_pem_x509_certificate(open(args.signer_cert, "rb").read())
-        self.issuer_key = serialization.load_pem_private_key(
-            open(args.signer_key, "rb").read(), None)
-        self.root_pem = open(args.root, "rb").read().decode()
         self.calls = 0
         self.lock = threading.Lock()
+        self.load_issuer()
+
+    def load_issuer(self):
+        """(Re)reads the signer and root files; on SIGHUP too, so a test can
+        rotate the issuer without a restart (an outage would let short-lived
+        certificates expire)."""
+        issuer = x509.load_pem_x509_certificate(open(self.args.signer_cert, "rb").read())
+        key = serialization.load_pem_private_key(open(self.args.signer_key, "rb").read(), None)
+        root_pem = open(self.args.root, "rb").read().decode()
+        with self.lock:
+            self.issuer, self.issuer_key, self.root_pem = issuer, key, root_pem
 
     def sign(self, csr, ttl):
+        with self.lock:
+            issuer, issuer_key = self.issuer, self.issuer_key
         now = datetime.datetime.now(datetime.timezone.utc)
         uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         (uri,) = uris.get_values_for_type(x509.UniformResourceIdentifier)
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([]))
-                   .issuer_name(self.issuer.subject)
+                   .issuer_name(issuer.subject)
                    .public_key(csr.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(seconds=5))
@@ -86,8 +96,9 @@ class Ca:
                                                          ExtendedKeyUsageOID.CLIENT_AUTH]), False)
                    .add_extension(x509.SubjectAlternativeName(
                        [x509.UniformResourceIdentifier(uri)]), True))
-        leaf = builder.sign(self.issuer_key, hashes.SHA256())
-        return leaf.public_bytes(serialization.Encoding.PEM).decode()
+        leaf = builder.sign(issuer_key, hashes.SHA256())
+        return (leaf.public_bytes(serialization.Encoding.PEM).decode(),
+                issuer.public_bytes(serialization.Encoding.PEM).decode())
 
     def create_certificate(self, raw, context):
         with self.lock:
@@ -104,10 +115,12 @@ class Ca:
         csr = x509.load_pem_x509_csr(req.csr.encode())
         ttl = self.args.ttl if req.validity_duration <= 0 else min(req.validity_duration,
                                                                     self.args.ttl)
+        leaf_pem, issuer_pem = self.sign(csr, ttl)
         resp = Response()
-        resp.cert_chain.append(self.sign(csr, ttl))
-        resp.cert_chain.append(self.issuer.public_bytes(serialization.Encoding.PEM).decode())
-        resp.root_cert.ca_cert.append(self.root_pem)
+        resp.cert_chain.append(leaf_pem)
+        resp.cert_chain.append(issuer_pem)
+        with self.lock:
+            resp.root_cert.ca_cert.append(self.root_pem)
         print("issued %s ttl %d" % (req.csr[:0] or "cert", ttl), flush=True)
         return resp.SerializeToString()
 
@@ -171,6 +184,15 @@ def main():
     creds = grpc.ssl_server_credentials(
         [(open(args.tls_key, "rb").read(), open(args.tls_cert, "rb").read())])
     port = server.add_secure_port(args.listen, creds)
+
+    def on_sighup(signum, frame):
+        try:
+            ca.load_issuer()
+            print("issuer reloaded", flush=True)
+        except (OSError, ValueError) as e:
+            print("issuer reload refused: %s" % e, flush=True)
+
+    signal.signal(signal.SIGHUP, on_sighup)
     server.start()
     print("listening %d" % port, flush=True)
     try:
