@@ -41,6 +41,7 @@ CONNECTS_IN_FLIGHT = 200      # below the agents' listen backlog (1024)
 PHASE_TIMEOUT_S = 120         # upper bound of opening or closing one burst
 LISTEN_TIMEOUT_S = 15
 SAMPLE_PERIOD_S = 0.1
+SPLIT_MIN_KB = 64             # mappings smaller than this are left out of the split
 FRONT_ID = "spiffe://example.org/ns/default/sa/frontend"
 BACK_ID = "spiffe://example.org/ns/default/sa/backend"
 
@@ -76,6 +77,35 @@ def fd_count(pid):
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
+
+
+def rss_by_mapping(pid):
+    """VmRSS split by what is mapped: each shared library (code + data), the
+    main heap, anonymous memory (thread arenas, stacks, libev arrays)."""
+    split = {}
+    name = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                    path = fields[5] if len(fields) > 5 else "[anon]"
+                    name = os.path.basename(path) if path.startswith("/") else path
+                elif fields[0] == "Rss:":
+                    split[name] = split.get(name, 0) + int(fields[1])
+    except OSError:
+        pass
+    return split
+
+
+def print_split(title, before, after):
+    print(title)
+    print(f"  {'mapping':32}{'idle KB':>10}{'end KB':>10}")
+    names = sorted(set(before) | set(after), key=lambda n: -max(before.get(n, 0), after.get(n, 0)))
+    for n in names:
+        if max(before.get(n, 0), after.get(n, 0)) >= SPLIT_MIN_KB:
+            print(f"  {n[:32]:32}{before.get(n, 0):>10}{after.get(n, 0):>10}")
+    print(f"  {'(total)':32}{sum(before.values()):>10}{sum(after.values()):>10}")
 
 
 def agent_yaml(role, pki, out, workers, max_conns, ports):
@@ -252,6 +282,7 @@ def main():
         time.sleep(1.0)
         idle = bed.rss()
         idle_fds = bed.fds()
+        idle_split = rss_by_mapping(bed.agents["frontend"].pid)
 
         held, failed = open_held(bed.front_port, args.held, lambda: None)
         time.sleep(1.0)
@@ -280,6 +311,7 @@ def main():
             later = bed.rss()
             rows.append((i, len(held), failed, opened_s, closed_ok, peak, after_close, later))
             print(f"burst {i}: {len(held)} connections in {opened_s:.1f} s, {failed} failed")
+        end_split = rss_by_mapping(bed.agents["frontend"].pid)
     finally:
         bed.down()
 
@@ -294,6 +326,8 @@ def main():
         print(f"{f'burst {i} ({n} conns) peak':28}{mb(peak['frontend']):>14}{mb(peak['backend']):>14}")
         print(f"{'  all closed':28}{mb(after['frontend']):>14}{mb(after['backend']):>14}{note}")
         print(f"{f'  +{args.settle:g} s':28}{mb(later['frontend']):>14}{mb(later['backend']):>14}")
+    print()
+    print_split("frontend RSS by mapping, idle and after the last burst", idle_split, end_split)
     return 0
 
 
