@@ -12,9 +12,9 @@ Measures, for each agent (VmRSS from /proc/PID/status):
               once the agent has closed them all, and --settle seconds later
 
 Usage:  bench/memory.py [--workers 2] [--held 1000] [--burst 8000] [--bursts 3]
-Writes configs and logs to bench/out/memory/ (git-ignored). Builds nothing: it
-runs bazel-bin/agent/mtlsd unless --mtlsd says otherwise (copied first, so a
-rebuild during the run cannot swap it). Makes its PKI with certs/mkpki.sh.
+Writes configs and logs to bench/out/memory/ (git-ignored). Unless --mtlsd names
+a binary, builds //agent:mtlsd like run.sh (optimised, see .bazelrc) and copies
+it, so a rebuild during the run cannot swap it. Makes its PKI with certs/mkpki.sh.
 
 Every loop is bounded in count and time, all traffic is to 127.0.0.1, and only
 the processes this script started are stopped, by PID.
@@ -41,6 +41,7 @@ CONNECTS_IN_FLIGHT = 200      # below the agents' listen backlog (1024)
 PHASE_TIMEOUT_S = 120         # upper bound of opening or closing one burst
 LISTEN_TIMEOUT_S = 15
 SAMPLE_PERIOD_S = 0.1
+BUILD_TIMEOUT_S = 1200
 SPLIT_MIN_KB = 64             # mappings smaller than this are left out of the split
 FRONT_ID = "spiffe://example.org/ns/default/sa/frontend"
 BACK_ID = "spiffe://example.org/ns/default/sa/backend"
@@ -81,7 +82,10 @@ def fd_count(pid):
 
 def rss_by_mapping(pid):
     """VmRSS split by what is mapped: each shared library (code + data), the
-    main heap, anonymous memory (thread arenas, stacks, libev arrays)."""
+    main heap, anonymous memory (thread arenas, stacks). Per mapping name:
+    [Rss KB, Private_Dirty KB]; a library's Rss is mostly pages shared with
+    every other process that maps it, its Private_Dirty is this process's own
+    (relocations, data, what its constructors allocated)."""
     split = {}
     name = None
     try:
@@ -91,8 +95,11 @@ def rss_by_mapping(pid):
                 if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
                     path = fields[5] if len(fields) > 5 else "[anon]"
                     name = os.path.basename(path) if path.startswith("/") else path
+                    split.setdefault(name, [0, 0])
                 elif fields[0] == "Rss:":
-                    split[name] = split.get(name, 0) + int(fields[1])
+                    split[name][0] += int(fields[1])
+                elif fields[0] == "Private_Dirty:":
+                    split[name][1] += int(fields[1])
     except OSError:
         pass
     return split
@@ -100,12 +107,18 @@ def rss_by_mapping(pid):
 
 def print_split(title, before, after):
     print(title)
-    print(f"  {'mapping':32}{'idle KB':>10}{'end KB':>10}")
-    names = sorted(set(before) | set(after), key=lambda n: -max(before.get(n, 0), after.get(n, 0)))
+    print(f"  {'mapping':28}{'idle Rss':>10}{'idle own':>10}{'end Rss':>10}{'end own':>10}")
+    zero = [0, 0]
+    names = sorted(set(before) | set(after),
+                   key=lambda n: -max(before.get(n, zero)[0], after.get(n, zero)[0]))
     for n in names:
-        if max(before.get(n, 0), after.get(n, 0)) >= SPLIT_MIN_KB:
-            print(f"  {n[:32]:32}{before.get(n, 0):>10}{after.get(n, 0):>10}")
-    print(f"  {'(total)':32}{sum(before.values()):>10}{sum(after.values()):>10}")
+        b, a = before.get(n, zero), after.get(n, zero)
+        if max(b[0], a[0]) >= SPLIT_MIN_KB:
+            print(f"  {n[:28]:28}{b[0]:>10}{b[1]:>10}{a[0]:>10}{a[1]:>10}")
+    total = [[sum(v[i] for v in d.values()) for i in (0, 1)] for d in (before, after)]
+    print(f"  {'(total KB)':28}{total[0][0]:>10}{total[0][1]:>10}{total[1][0]:>10}"
+          f"{total[1][1]:>10}")
+    print("  own = Private_Dirty: pages no other process shares")
 
 
 def agent_yaml(role, pki, out, workers, max_conns, ports):
@@ -258,6 +271,16 @@ def wait_closed(bed, baseline_fds, on_tick):
     return False
 
 
+def build_agent():
+    """bazel build //agent:mtlsd; its path from `bazel info` (bazel-bin may point
+    at another configuration's output after a --config=asan build)."""
+    subprocess.run(["bazel", "build", "//agent:mtlsd"], cwd=ROOT, check=True, timeout=BUILD_TIMEOUT_S,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bin_dir = subprocess.run(["bazel", "info", "bazel-bin"], cwd=ROOT, check=True, text=True,
+                             capture_output=True, timeout=BUILD_TIMEOUT_S).stdout.strip()
+    return os.path.join(bin_dir, "agent", "mtlsd")
+
+
 def mb(kb):
     return f"{kb / 1024:.1f}"
 
@@ -265,7 +288,7 @@ def mb(kb):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mtlsd", default=os.path.join(ROOT, "bazel-bin", "agent", "mtlsd"))
+    ap.add_argument("--mtlsd", help="agent binary (default: bazel build //agent:mtlsd)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--held", type=int, default=1000)
     ap.add_argument("--burst", type=int, default=8000)
@@ -275,6 +298,8 @@ def main():
     nofile = raise_nofile()
     if args.burst + AGENT_FD_HEADROOM > nofile:
         sys.exit(f"--burst {args.burst} needs more open files than the limit {nofile}")
+    if args.mtlsd is None:
+        args.mtlsd = build_agent()
     bed = Bed(args)
     rows = []
     try:
@@ -291,6 +316,8 @@ def main():
         for s in held:
             s.close()
         wait_closed(bed, idle_fds, lambda: None)
+        time.sleep(args.settle)
+        warm = bed.rss()  # threads' stacks and arenas have now been used once
         print(f"held {len(held)} idle connections ({failed} failed)")
 
         for i in range(1, args.bursts + 1):
@@ -321,6 +348,8 @@ def main():
     print(f"{'idle':28}{mb(idle['frontend']):>14}{mb(idle['backend']):>14}")
     print(f"{f'per idle connection (KB, {args.held} held)':28}"
           f"{per_conn['frontend'] / 1024:>14.1f}{per_conn['backend'] / 1024:>14.1f}")
+    print(f"{f'{args.held} held closed, +{args.settle:g} s':28}"
+          f"{mb(warm['frontend']):>14}{mb(warm['backend']):>14}")
     for i, n, failed, secs, closed_ok, peak, after, later in rows:
         note = "" if closed_ok else "  (agents had not closed every connection)"
         print(f"{f'burst {i} ({n} conns) peak':28}{mb(peak['frontend']):>14}{mb(peak['backend']):>14}")
