@@ -11,6 +11,12 @@ enum {
   /* Trim only when at least this many connections have gone since the last
    * peak: a few closes free little, and a trim walks the whole heap. */
   TRIM_MIN_DROP_CONNS = 64,
+  /* glibc's default, made fixed. Left dynamic, freeing one mmapped block
+   * (libev grows its per-fd arrays past the mmap threshold in a burst)
+   * raises the trim threshold to twice that block's size, after which every
+   * worker arena keeps that much free memory at its top for good; and
+   * malloc_trim(0) does not trim the top of a thread's arena. */
+  MALLOC_TRIM_THRESHOLD_BYTES = 128 * 1024,
 };
 
 struct mt_mem_trim {
@@ -33,6 +39,7 @@ static void on_trim_due(struct ev_loop *loop, ev_timer *w, int revents) {
 }
 
 mt_mem_trim *mt_mem_trim_new(struct ev_loop *loop, mt_buffer_pool *buffers) {
+  mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
   mt_mem_trim *t = calloc(1, sizeof(*t));
   if (t == NULL) return NULL;
   t->loop = loop;

@@ -6,7 +6,9 @@
  * recent peak, a one-shot timer on the worker's loop frees the relay-buffer
  * cache and calls malloc_trim(0), which returns every free page of every
  * arena. It runs at most once per delay, never on the data path, and
- * never while the connection count is steady. One per worker thread. */
+ * never while the connection count is steady. One per worker thread.
+ * Creating one also fixes glibc's trim threshold for the process (see
+ * mem_trim.c), so each arena gives back a large free top by itself. */
 #ifndef MT_MEM_TRIM_H
 #define MT_MEM_TRIM_H
 
