@@ -201,7 +201,7 @@ static int finished(const mt_conn *conn) {
 /* The relay cannot go on without a buffer; end the connection rather than
  * stall it with bytes waiting in the kernel. */
 static void close_no_buffer(mt_conn *conn) {
-  mt_conn_close(conn, MT_REASON_OUT_OF_MEMORY, "no relay buffer: the worker's pool is exhausted");
+  mt_conn_close(conn, MT_REASON_OUT_OF_MEMORY, "no relay buffer (pool limit or malloc failure)");
 }
 
 static void pump(mt_conn *conn) {
