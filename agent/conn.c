@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include "agent/log.h"
+#include "agent/mem_trim.h"
 #include "agent/metrics.h"
+#include "agent/relay.h"
 #include "agent/worker.h"
 
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
@@ -25,7 +27,7 @@
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
 
-enum { RELAY_BUFFER_BYTES = 16 * 1024, ADDR_TEXT_MAX = 64 };
+enum { ADDR_TEXT_MAX = 64 };
 
 /* Each watcher's data points at its connection; which endpoint fired is
  * recovered from the watcher's address. */
@@ -72,8 +74,8 @@ static void endpoint_init(mt_conn *conn, mt_endpoint *ep, int fd) {
 
 mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
                      const struct sockaddr *source, mt_conn_event_fn on_event) {
-  /* One allocation: the struct followed by both relay buffers. */
-  mt_conn *conn = calloc(1, sizeof(*conn) + 2 * RELAY_BUFFER_BYTES);
+  /* Relay buffers are borrowed later, only while bytes are in flight. */
+  mt_conn *conn = calloc(1, sizeof(*conn));
   if (conn == NULL) {
     close(fd);
     return NULL;
@@ -83,9 +85,6 @@ mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
   conn->direction = direction;
   conn->on_event = on_event;
   conn->started = conn->last_activity = ev_now(conn->loop);
-  conn->to_up.data = (uint8_t *)(conn + 1);
-  conn->to_down.data = conn->to_up.data + RELAY_BUFFER_BYTES;
-  conn->to_up.cap = conn->to_down.cap = RELAY_BUFFER_BYTES;
   memcpy(&conn->source, source,
          source->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
   endpoint_init(conn, &conn->down, fd);
@@ -95,6 +94,7 @@ mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   mt_worker_link(worker, conn);
+  mt_mem_trim_conn_opened(mt_worker_mem_trim(worker));
   mt_metrics_conn_opened(mt_worker_metrics_of(worker), direction);
   return conn;
 }
@@ -204,7 +204,9 @@ void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
   ERR_clear_error(); /* never leak one connection's errors into the next */
   mt_identity_unref(conn->identity);
   mt_identity_unref(conn->local_peer);
+  mt_relay_release(conn);
   mt_worker_unlink(conn->worker, conn);
+  mt_mem_trim_conn_closed(mt_worker_mem_trim(conn->worker));
   free(conn);
 }
 

@@ -1,8 +1,9 @@
 /* conn: one proxied connection, shared by inbound.c, outbound.c and relay.c.
  *
  * A connection has two endpoints: "down" is the socket we accepted, "up" the
- * one we connect. All of its memory (the struct, both relay buffers) is one
- * allocation owned by the connection, and mt_conn_close is the single place
+ * one we connect. Its memory (the struct, and a relay buffer per direction
+ * only while bytes are in flight, see relay.h) is owned by the connection,
+ * and mt_conn_close is the single place
  * where a connection ends: it writes the access-log line, closes sockets,
  * frees TLS state, drops its identity reference and frees the memory.
  * The phase a connection is in is the explicit `state`; inbound.c and
@@ -48,8 +49,8 @@ typedef struct {
   int events;     /* what the relay last asked the loop to watch */
 } mt_endpoint;
 
-/* One direction of the relay: a fixed buffer, filled from one endpoint and
- * drained into the other. */
+/* One direction of the relay: a buffer filled from one endpoint and drained
+ * into the other, borrowed from the worker's pool (NULL while empty). */
 typedef struct {
   uint8_t *data;
   size_t head, tail, cap;

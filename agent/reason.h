@@ -39,6 +39,7 @@ typedef enum {
   MT_REASON_DOWNSTREAM_ERROR, /* the accepted side failed mid-stream */
   MT_REASON_UPSTREAM_ERROR,   /* the connected side failed mid-stream */
   MT_REASON_SHUTDOWN,         /* agent stopped before the connection ended */
+  MT_REASON_OUT_OF_MEMORY,    /* no relay buffer could be had (pool limit or malloc) */
   MT_REASON_INTERNAL,
 } mt_reason;
 

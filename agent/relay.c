@@ -2,7 +2,12 @@
  * event runs pump() until no direction can make progress, then re-derives the
  * events each socket must be watched for. TLS may need the opposite event to
  * the operation (a read that must write, and vice versa), which is why the
- * wanted events are recorded per operation rather than assumed. */
+ * wanted events are recorded per operation rather than assumed.
+ *
+ * A direction holds a buffer from the worker's pool only while it carries
+ * bytes: the buffer is borrowed just before a read and given back as soon as
+ * the direction is empty again (the read found nothing, or the write drained
+ * it), so an idle connection holds none. */
 #include "agent/relay.h"
 
 #include <errno.h>
@@ -13,7 +18,49 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "agent/buffer_pool.h"
 #include "agent/worker.h"
+
+enum {
+  RELAY_BUFFER_BYTES = 16 * 1024, /* one TLS record's payload: a full record per read */
+  /* Free buffers a worker keeps for the next burst of traffic (512 KiB). */
+  RELAY_BUFFER_CACHE = 32,
+  BUFFERS_PER_CONN = 2, /* one per direction */
+};
+
+mt_buffer_pool *mt_relay_buffer_pool_new(size_t max_conns) {
+  return mt_buffer_pool_new(RELAY_BUFFER_BYTES, BUFFERS_PER_CONN * (max_conns ? max_conns : 1),
+                            RELAY_BUFFER_CACHE);
+}
+
+void mt_relay_release(mt_conn *conn) {
+  mt_buffer_pool *pool = mt_worker_buffers(conn->worker);
+  mt_pipe *pipes[] = {&conn->to_up, &conn->to_down};
+  for (size_t i = 0; i < sizeof(pipes) / sizeof(pipes[0]); i++) {
+    mt_buffer_pool_put(pool, pipes[i]->data);
+    pipes[i]->data = NULL;
+    pipes[i]->head = pipes[i]->tail = pipes[i]->cap = 0;
+  }
+}
+
+/* Borrows a buffer for an empty direction; 0 when the pool has none. */
+static int pipe_borrow(mt_conn *conn, mt_pipe *pipe) {
+  if (pipe->data != NULL) return 1;
+  mt_buffer_pool *pool = mt_worker_buffers(conn->worker);
+  pipe->data = mt_buffer_pool_get(pool);
+  if (pipe->data == NULL) return 0;
+  pipe->head = pipe->tail = 0;
+  pipe->cap = mt_buffer_pool_buffer_bytes(pool);
+  return 1;
+}
+
+/* Gives the buffer back once the direction holds no byte. */
+static void pipe_return_if_empty(mt_conn *conn, mt_pipe *pipe) {
+  if (pipe->data == NULL || pipe->head != pipe->tail) return;
+  mt_buffer_pool_put(mt_worker_buffers(conn->worker), pipe->data);
+  pipe->data = NULL;
+  pipe->head = pipe->tail = pipe->cap = 0;
+}
 
 typedef enum { IO_DONE, IO_WANT_READ, IO_WANT_WRITE, IO_EOF, IO_ERROR } io_status;
 
@@ -81,6 +128,7 @@ static int events_for(io_status st) {
 typedef struct {
   int progress;
   int failed_src; /* 1: source endpoint failed, 2: destination failed */
+  int no_buffer;  /* the worker's buffer pool had none to lend */
 } pump_result;
 
 /* Ends the connection after an I/O failure on |ep|, keeping what the TLS
@@ -95,10 +143,14 @@ static void close_failed(mt_conn *conn, mt_endpoint *ep) {
 }
 
 /* Moves bytes src -> pipe -> dst once; records the events each side needs. */
-static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, int *src_events,
-                             int *dst_events) {
-  pump_result r = {0, 0};
-  if (!src->read_eof && pipe->tail < pipe->cap) {
+static pump_result pump_once(mt_conn *conn, mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst,
+                             int *src_events, int *dst_events) {
+  pump_result r = {0, 0, 0};
+  if (!src->read_eof && (pipe->data == NULL || pipe->tail < pipe->cap)) {
+    if (!pipe_borrow(conn, pipe)) {
+      r.no_buffer = 1;
+      return r;
+    }
     size_t n = 0;
     io_status st = ep_read(src, pipe->data + pipe->tail, pipe->cap - pipe->tail, &n);
     if (st == IO_DONE) {
@@ -113,6 +165,7 @@ static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, 
     } else {
       *src_events |= events_for(st);
     }
+    pipe_return_if_empty(conn, pipe);
   }
   if (pipe->head < pipe->tail) {
     size_t n = 0;
@@ -120,7 +173,7 @@ static pump_result pump_once(mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst, 
     if (st == IO_DONE) {
       pipe->head += n;
       pipe->total += n;
-      if (pipe->head == pipe->tail) pipe->head = pipe->tail = 0;
+      pipe_return_if_empty(conn, pipe);
       r.progress = 1;
     } else if (st == IO_ERROR || st == IO_EOF) {
       r.failed_src = 2;
@@ -145,16 +198,31 @@ static int finished(const mt_conn *conn) {
   return conn->down.read_eof && conn->up.write_shut && conn->up.read_eof && conn->down.write_shut;
 }
 
+/* The relay cannot go on without a buffer; end the connection rather than
+ * stall it with bytes waiting in the kernel. */
+static void close_no_buffer(mt_conn *conn) {
+  mt_conn_close(conn, MT_REASON_OUT_OF_MEMORY, "no relay buffer (pool limit or malloc failure)");
+}
+
 static void pump(mt_conn *conn) {
   int down_events, up_events;
   for (;;) {
     down_events = up_events = 0;
-    pump_result a = pump_once(&conn->down, &conn->to_up, &conn->up, &down_events, &up_events);
+    pump_result a = pump_once(conn, &conn->down, &conn->to_up, &conn->up, &down_events, &up_events);
+    if (a.no_buffer) {
+      close_no_buffer(conn);
+      return;
+    }
     if (a.failed_src) {
       close_failed(conn, a.failed_src == 1 ? &conn->down : &conn->up);
       return;
     }
-    pump_result b = pump_once(&conn->up, &conn->to_down, &conn->down, &up_events, &down_events);
+    pump_result b =
+        pump_once(conn, &conn->up, &conn->to_down, &conn->down, &up_events, &down_events);
+    if (b.no_buffer) {
+      close_no_buffer(conn);
+      return;
+    }
     if (b.failed_src) {
       close_failed(conn, b.failed_src == 1 ? &conn->up : &conn->down);
       return;

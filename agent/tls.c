@@ -3,6 +3,7 @@
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/pool.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -18,12 +19,21 @@ static const char kCurves[] = "X25519:P-256";
 static const uint8_t kAlpnWire[] = {5, 'm', 't', 'l', 's', 'd'};
 
 static int g_peer_index = -1;
+static int g_ctx_identity_index = -1;
 
 static int peer_index(void) {
   /* Called first from the main thread while building contexts, before any
    * worker runs, so the lazy initialisation is not racy. */
   if (g_peer_index < 0) g_peer_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
   return g_peer_index;
+}
+
+/* The identity whose trust bundles judge a client context's peers (the
+ * custom verifier has no argument of its own). Same initialisation rule. */
+static int ctx_identity_index(void) {
+  if (g_ctx_identity_index < 0)
+    g_ctx_identity_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  return g_ctx_identity_index;
 }
 
 void mt_tls_serial_hex(X509 *cert, char *out, size_t out_len) {
@@ -143,6 +153,46 @@ static int on_cert_verify(X509_STORE_CTX *store_ctx, void *arg) {
   return 1;
 }
 
+/* The outbound (client) side's verifier. Its context uses the buffers
+ * method, so BoringSSL keeps the server's chain only as DER for the
+ * connection's life; the parsed certificates live only for this call. */
+static enum ssl_verify_result_t on_custom_verify(SSL *ssl, uint8_t *out_alert) {
+  const mt_identity *id = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_identity_index());
+  mt_tls_peer *peer = SSL_get_ex_data(ssl, peer_index());
+  mt_tls_peer scratch;
+  if (peer == NULL) {
+    memset(&scratch, 0, sizeof(scratch));
+    peer = &scratch;
+  }
+  const STACK_OF(CRYPTO_BUFFER) *der = SSL_get0_peer_certificates(ssl);
+  X509 *leaf = NULL;
+  STACK_OF(X509) *untrusted = sk_X509_new_null();
+  int ok = der != NULL && sk_CRYPTO_BUFFER_num(der) > 0 && untrusted != NULL;
+  for (size_t i = 0; ok && i < sk_CRYPTO_BUFFER_num(der); i++) {
+    X509 *cert = X509_parse_from_buffer(sk_CRYPTO_BUFFER_value(der, i));
+    if (cert == NULL) {
+      ok = 0;
+    } else if (i == 0) {
+      leaf = cert;
+    } else if (!sk_X509_push(untrusted, cert)) {
+      X509_free(cert);
+      ok = 0;
+    }
+  }
+  if (!ok) {
+    peer->failure = MT_REASON_BAD_CERT;
+    snprintf(peer->detail, sizeof(peer->detail), "unparsable server certificate chain");
+  } else {
+    ok = mt_tls_verify_svid(mt_identity_trust(id), leaf, untrusted, MT_SVID_ROLE_SERVER, peer);
+  }
+  X509_free(leaf);
+  sk_X509_pop_free(untrusted, X509_free);
+  if (ok) return ssl_verify_ok;
+  /* The alert the X509-based verifier sent for the same refusal. */
+  *out_alert = (uint8_t)SSL_alert_from_verify_result(X509_V_ERR_APPLICATION_VERIFICATION);
+  return ssl_verify_invalid;
+}
+
 static int on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
                           unsigned in_len, void *arg) {
   (void)ssl;
@@ -177,13 +227,49 @@ static int configure_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf, STACK_
   return chain == NULL || SSL_CTX_set1_chain(ctx, chain);
 }
 
+static CRYPTO_BUFFER *cert_to_buffer(X509 *cert) {
+  uint8_t *der = NULL;
+  int len = i2d_X509(cert, &der);
+  CRYPTO_BUFFER *buf = len > 0 ? CRYPTO_BUFFER_new(der, (size_t)len, NULL) : NULL;
+  OPENSSL_free(der);
+  return buf;
+}
+
+enum { MAX_CHAIN_CERTS = 16 }; /* leaf + intermediates we present */
+
+/* The same credentials for a buffers-method context (no X509 objects):
+ * SSL_CTX_set_chain_and_key also checks that |key| matches the leaf. */
+static int configure_buffer_credentials(SSL_CTX *ctx, EVP_PKEY *key, X509 *leaf,
+                                        STACK_OF(X509) * chain) {
+  CRYPTO_BUFFER *certs[MAX_CHAIN_CERTS];
+  size_t n = 0;
+  int ok = 1;
+  size_t extra = chain ? sk_X509_num(chain) : 0;
+  if (extra + 1 > MAX_CHAIN_CERTS) return 0;
+  for (size_t i = 0; ok && i <= extra; i++) {
+    certs[n] = cert_to_buffer(i == 0 ? leaf : sk_X509_value(chain, i - 1));
+    if (certs[n] == NULL)
+      ok = 0;
+    else
+      n++;
+  }
+  ok = ok && SSL_CTX_set_chain_and_key(ctx, certs, n, key, NULL);
+  for (size_t i = 0; i < n; i++) CRYPTO_BUFFER_free(certs[i]);
+  return ok;
+}
+
 SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X509 *leaf,
                         STACK_OF(X509) * chain, const mt_identity *verify_arg, char *err,
                         size_t err_len) {
   peer_index();
-  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  ctx_identity_index();
+  /* The client side verifies with on_custom_verify and keeps no X509 objects
+   * per connection (see there); the server side keeps only a hash instead. */
+  SSL_CTX *ctx = SSL_CTX_new(is_server ? TLS_method() : TLS_with_buffers_method());
   if (ctx == NULL || !configure_protocol(ctx, config) ||
-      !configure_credentials(ctx, key, leaf, chain)) {
+      !(is_server ? configure_credentials(ctx, key, leaf, chain)
+                  : configure_buffer_credentials(ctx, key, leaf, chain)) ||
+      (!is_server && !SSL_CTX_set_ex_data(ctx, ctx_identity_index(), (void *)verify_arg))) {
     unsigned long e = ERR_get_error();
     snprintf(err, err_len, "building the TLS %s context: %s", is_server ? "server" : "client",
              e ? ERR_reason_error_string(e) : "out of memory");
@@ -191,12 +277,16 @@ SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X
     SSL_CTX_free(ctx);
     return NULL;
   }
-  SSL_CTX_set_cert_verify_callback(ctx, on_cert_verify, (void *)verify_arg);
   if (is_server) {
+    SSL_CTX_set_cert_verify_callback(ctx, on_cert_verify, (void *)verify_arg);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
+    /* The client's chain is judged in on_cert_verify and what the access log
+     * needs is copied into mt_tls_peer; keeping the parsed chain for the
+     * connection's life cost several KB per idle connection. */
+    SSL_CTX_set_retain_only_sha256_of_client_certs(ctx, 1);
   } else {
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, on_custom_verify);
     SSL_CTX_set_alpn_protos(ctx, kAlpnWire, sizeof(kAlpnWire));
   }
   return ctx;

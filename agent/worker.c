@@ -15,7 +15,9 @@
 
 #include "agent/inbound.h"
 #include "agent/log.h"
+#include "agent/mem_trim.h"
 #include "agent/outbound.h"
+#include "agent/relay.h"
 
 enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64, ACCEPT_PAUSE_MS = 100 };
 
@@ -41,6 +43,8 @@ struct mt_worker {
   mt_worker_metrics *metrics; /* written by this thread only */
   mt_config *config;          /* owned reference: the current config */
   mt_workloads *workloads;    /* node mode: owned reference; NULL = none */
+  mt_buffer_pool *buffers;    /* relay buffers, lent to connections while bytes are in flight */
+  mt_mem_trim *trim;          /* gives freed memory back after a burst */
   int stopping;
   mt_conn *conns;
   size_t num_conns, max_conns;
@@ -69,6 +73,8 @@ struct ev_loop *mt_worker_loop(mt_worker *w) {
 }
 const mt_config *mt_worker_config(const mt_worker *w) { return w->config; }
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *w) { return w->metrics; }
+mt_buffer_pool *mt_worker_buffers(mt_worker *w) { return w->buffers; }
+mt_mem_trim *mt_worker_mem_trim(mt_worker *w) { return w->trim; }
 
 mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *count) {
   *count = pool->count;
@@ -297,7 +303,10 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   w->loop = ev_loop_new(EVFLAG_AUTO);
   w->num_listeners = c->num_inbound_listeners + c->num_outbound_listeners;
   w->listeners = calloc(w->num_listeners, sizeof(listener));
-  if (w->loop == NULL || w->listeners == NULL || w->metrics == NULL) {
+  w->buffers = mt_relay_buffer_pool_new(max_conns);
+  if (w->loop != NULL) w->trim = mt_mem_trim_new(w->loop, w->buffers);
+  if (w->loop == NULL || w->listeners == NULL || w->metrics == NULL || w->buffers == NULL ||
+      w->trim == NULL) {
     snprintf(err, err_len, "out of memory creating a worker");
     return 0;
   }
@@ -327,8 +336,10 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
 static void free_worker(mt_worker *w) {
   if (w->loop) {
     stop_listeners(w);
+    mt_mem_trim_free(w->trim);
     ev_loop_destroy(w->loop);
   }
+  mt_buffer_pool_free(w->buffers);
   free(w->listeners);
   mt_identity_unref(w->identity);
   mt_identity_unref(w->pending_identity);

@@ -67,6 +67,8 @@ mt_identity *mt_worker_identity(mt_worker *worker);         /* borrowed; NULL = 
  * none usable (unknown pod, no certificate, or expired). */
 mt_identity *mt_worker_identity_for(mt_worker *worker, const struct sockaddr *workload);
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
+struct mt_buffer_pool *mt_worker_buffers(mt_worker *worker); /* the relay buffers */
+struct mt_mem_trim *mt_worker_mem_trim(mt_worker *worker);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);
 void mt_worker_unlink(mt_worker *worker, mt_conn *conn);
 /* The held list (see mt_conn_hold): every connection on it has its resume
