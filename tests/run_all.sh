@@ -67,7 +67,8 @@ run_pytest() { # suite-name dir
   local log="$OUT/$name.log"
   MTLSD_BIN="$BIN_DIR/agent/mtlsd" GRPC_PROBE="$BIN_DIR/tests/grpc/grpc_probe" \
     MTLS_CA_BIN="$BIN_DIR/controlplane/mtls-ca" \
-    $PY -m pytest "$dir" -q -p no:cacheprovider --junitxml="$OUT/$name.xml" >"$log" 2>&1
+    $PY -m pytest "$dir" -q -p no:cacheprovider --junitxml="$OUT/$name.xml" \
+    --basetemp="$OUT/tmp/$name" >"$log" 2>&1
   local rc=$?
   tail -3 "$log"
   set -- $($COUNT "$OUT/$name.xml")

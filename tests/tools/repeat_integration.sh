@@ -3,8 +3,10 @@
 # ASan and the UBSan builds (the two side by side, each the other's load),
 # optionally beside a CPU hog, and prints one summary line per run.
 #   tests/tools/repeat_integration.sh [N] [--hog]
-# Logs and junit files go to tests/out/repeat/. Exit status 1 if any run
-# failed. Every run is bounded (timeout); the hog is stopped by PID.
+# Logs and junit files go to tests/out/repeat/; each pytest session has its
+# own --basetemp (pytest prunes old temp directories of other sessions).
+# Exit status 1 if any run failed. Every run is bounded (timeout); the hog
+# is stopped by PID.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -38,7 +40,7 @@ for i in $(seq 1 "$N"); do
     ( MTLSD_BIN="$b/agent/mtlsd" MTLS_CA_BIN="$b/controlplane/mtls-ca" \
         GRPC_PROBE="$b/tests/grpc/grpc_probe" \
         timeout "$RUN_LIMIT_S" $PY -m pytest tests/integration -q -p no:cacheprovider \
-        --junitxml="$OUT/$cfg-$i.xml" >"$OUT/$cfg-$i.log" 2>&1 ) &
+        --junitxml="$OUT/$cfg-$i.xml" --basetemp="$OUT/tmp/$cfg-$i" >"$OUT/$cfg-$i.log" 2>&1 ) &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
