@@ -14,6 +14,8 @@ PACKAGES=(
   libev-dev
   libyaml-dev
   libmicrohttpd-dev
+  libcurl4-gnutls-dev
+  libjansson-dev
   googletest
   clang
   libclang-rt-14-dev

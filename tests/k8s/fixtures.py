@@ -144,6 +144,8 @@ def pod(ns, name, sa, node, ips, phase="Running", ready=True, app=None, replicas
             _container_status(app, "registry.example.org/%s:1.4.2" % app, ready),
             _container_status("log-shipper", "registry.example.org/fluent-bit:2.2", ready),
         ]
+    if not node:
+        del obj["spec"]["nodeName"]  # unscheduled: the API omits it
     if ips:
         obj["status"]["podIP"] = ips[0]
         obj["status"]["podIPs"] = [{"ip": ip} for ip in ips]
