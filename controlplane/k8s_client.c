@@ -71,7 +71,8 @@ static void on_socket_ready(struct ev_loop *loop, ev_io *w, int revents) {
   (void)loop;
   sock_watch *s = (sock_watch *)w;
   mt_k8s_client *c = s->client;
-  int flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
+  int flags =
+      (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
   int running = 0;
   curl_multi_socket_action(c->multi, s->fd, flags, &running);
   on_done_messages(c);
@@ -138,7 +139,8 @@ static void on_done_messages(mt_k8s_client *client) {
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     char error[MT_K8S_ERROR_MAX] = "";
     if (result != CURLE_OK)
-      snprintf(error, sizeof(error), "%s", r->curl_error[0] ? r->curl_error : curl_easy_strerror(result));
+      snprintf(error, sizeof(error), "%s",
+               r->curl_error[0] ? r->curl_error : curl_easy_strerror(result));
     mt_k8s_request_callbacks cb = r->cb;
     void *ctx = r->ctx;
     request_unlink_free(r);
@@ -188,8 +190,8 @@ static int refresh_token(mt_k8s_client *c, char *err, size_t err_len) {
 
 /* --- client --- */
 
-static int resolve_server(const mt_k8s_client_config *config, char *out, size_t out_len,
-                          char *err, size_t err_len) {
+static int resolve_server(const mt_k8s_client_config *config, char *out, size_t out_len, char *err,
+                          size_t err_len) {
   if (config->server != NULL && config->server[0] != '\0') {
     if (strncmp(config->server, "https://", strlen("https://")) != 0) {
       snprintf(err, err_len, "server %s: must be an https:// URL", config->server);
@@ -221,7 +223,7 @@ static int resolve_server(const mt_k8s_client_config *config, char *out, size_t 
 }
 
 mt_k8s_client *mt_k8s_client_new(struct ev_loop *loop, const mt_k8s_client_config *config,
-                                  char *err, size_t err_len) {
+                                 char *err, size_t err_len) {
   if (!global_init_done) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
       snprintf(err, err_len, "libcurl did not initialise");
@@ -302,7 +304,8 @@ static int setup_easy(mt_k8s_request *r, const char *url, int64_t total_timeout_
   ok = ok && curl_easy_setopt(e, CURLOPT_PRIVATE, r) == CURLE_OK;
   ok = ok && curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_error) == CURLE_OK;
   ok = ok && curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK;
-  ok = ok && curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms) == CURLE_OK;
+  ok =
+      ok && curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms) == CURLE_OK;
   ok = ok && curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)total_timeout_ms) == CURLE_OK;
   ok = ok && curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) == CURLE_OK;
   ok = ok && curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, (long)KEEPALIVE_IDLE_S) == CURLE_OK;

@@ -63,7 +63,7 @@ typedef struct {
 /* Resolves the defaults, checks the token and CA files can be read.
  * Returns NULL with the reason in |err|. */
 mt_k8s_client *mt_k8s_client_new(struct ev_loop *loop, const mt_k8s_client_config *config,
-                                  char *err, size_t err_len);
+                                 char *err, size_t err_len);
 
 /* Aborts every transfer (no callbacks) and frees; accepts NULL. */
 void mt_k8s_client_free(mt_k8s_client *client);

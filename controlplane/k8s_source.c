@@ -70,8 +70,8 @@ static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *obje
   const char *name = kResources[r->index].name;
   char err[ERR_MAX] = "";
   mt_cluster_change change = type == MT_K8S_EVENT_DELETED ? MT_CLUSTER_REMOVE : MT_CLUSTER_UPSERT;
-  int ok = mt_cluster_state_apply(s->state, kResources[r->index].kind, change, object, err,
-                                  sizeof(err));
+  int ok =
+      mt_cluster_state_apply(s->state, kResources[r->index].kind, change, object, err, sizeof(err));
   const char *ns = meta_string(object, "namespace");
   log_line(s, "%s %s %s %s%s%s rv=%s%s%s", ok ? "event" : "refused", name, event_name(type), ns,
            ns[0] ? "/" : "", meta_string(object, "name"), meta_string(object, "resourceVersion"),
@@ -98,11 +98,16 @@ static void on_watch_problem(void *ctx, const char *what) {
   log_line(r->source, "problem %s: %s", kResources[r->index].name, what);
 }
 
+static void on_watch_bookmark(void *ctx, const char *resource_version) {
+  resource *r = ctx;
+  log_line(r->source, "bookmark %s rv=%s", kResources[r->index].name, resource_version);
+}
+
 mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_config *config,
                                  const mt_k8s_source_callbacks *callbacks, void *ctx, char *err,
                                  size_t err_len) {
-  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event, on_watch_synced,
-                                                  on_watch_problem};
+  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event, on_watch_synced, on_watch_problem,
+                                                  on_watch_bookmark};
   mt_k8s_source *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     snprintf(err, err_len, "out of memory");
@@ -125,6 +130,7 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
     resource *r = &s->resources[i];
     mt_k8s_watch_config wc = {.path = kResources[i].path,
                               .watch_timeout_s = config->watch_timeout_s,
+                              .idle_grace_ms = config->idle_grace_ms,
                               .backoff_initial_ms = config->backoff_initial_ms,
                               .backoff_max_ms = config->backoff_max_ms};
     r->source = s;

@@ -28,6 +28,7 @@ typedef struct {
   mt_k8s_client_config client;
   const char *trust_domain;
   int64_t watch_timeout_s;    /* 0: k8s_watch's default */
+  int64_t idle_grace_ms;      /* 0: default */
   int64_t backoff_initial_ms; /* 0: default */
   int64_t backoff_max_ms;     /* 0: default */
 } mt_k8s_source_config;

@@ -120,7 +120,7 @@ static int buf_append(mt_k8s_watch *w, const char *data, size_t len, size_t max)
 static const char *rv_of(const json_t *obj) {
   const json_t *rv = json_object_get(json_object_get(obj, "metadata"), "resourceVersion");
   return json_is_string(rv) && json_string_length(rv) <= MT_K8S_RV_MAX ? json_string_value(rv)
-                                                                         : NULL;
+                                                                       : NULL;
 }
 
 /* "namespace/name" of an API object; 0 when it has none. */
@@ -211,8 +211,8 @@ static void start_list(mt_k8s_watch *w) {
   w->buf_len = 0;
   w->state = MT_K8S_WATCH_LISTING;
   ev_timer_stop(w->loop, &w->idle);
-  w->request = mt_k8s_client_get(w->client, w->path, w->config.list_timeout_ms, &cb, w, err,
-                                 sizeof(err));
+  w->request =
+      mt_k8s_client_get(w->client, w->path, w->config.list_timeout_ms, &cb, w, err, sizeof(err));
   if (w->request == NULL) {
     problem(w, "LIST: %s", err);
     enter_backoff(w);
@@ -246,6 +246,7 @@ static int handle_event(mt_k8s_watch *w, const json_t *event) {
   if (strcmp(t, "BOOKMARK") == 0) {
     w->stats.bookmarks++;
     snprintf(w->rv, sizeof(w->rv), "%s", rv);
+    if (w->cb.on_bookmark) w->cb.on_bookmark(w->ctx, w->rv);
     return 1;
   }
   char key[KEY_MAX];
@@ -289,8 +290,8 @@ static int on_watch_data(void *ctx, const char *data, size_t len) {
   while ((nl = memchr(w->buf + start, '\n', w->buf_len - start)) != NULL) {
     size_t line_len = (size_t)(nl - (w->buf + start));
     json_error_t jerr;
-    json_t *event = line_len ? json_loadb(w->buf + start, line_len, JSON_REJECT_DUPLICATES, &jerr)
-                             : NULL;
+    json_t *event =
+        line_len ? json_loadb(w->buf + start, line_len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     start += line_len + 1;
     if (line_len == 0) continue;
     if (event == NULL) {

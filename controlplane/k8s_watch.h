@@ -57,25 +57,27 @@ typedef struct {
   void (*on_synced)(void *ctx);
   /* Something failed and will be retried (for the log and the counters). */
   void (*on_problem)(void *ctx, const char *what);
+  /* A BOOKMARK moved the version on (optional; for the log). */
+  void (*on_bookmark)(void *ctx, const char *resource_version);
 } mt_k8s_watch_callbacks;
 
 /* Zero fields take the defaults below. Borrowed for _new. */
 typedef struct {
-  const char *path;          /* required: "/api/v1/pods" etc. */
-  int64_t watch_timeout_s;   /* timeoutSeconds asked of the server; default 300 */
-  int64_t idle_grace_ms;     /* silence beyond the timeout before giving up; default 10000 */
-  int64_t list_timeout_ms;   /* a whole LIST; default 60000 */
+  const char *path;           /* required: "/api/v1/pods" etc. */
+  int64_t watch_timeout_s;    /* timeoutSeconds asked of the server; default 300 */
+  int64_t idle_grace_ms;      /* silence beyond the timeout before giving up; default 10000 */
+  int64_t list_timeout_ms;    /* a whole LIST; default 60000 */
   int64_t backoff_initial_ms; /* default 200 */
-  int64_t backoff_max_ms;    /* default 30000 */
-  size_t max_list_bytes;     /* default 256 MiB */
-  size_t max_event_bytes;    /* one watch line; default 16 MiB */
+  int64_t backoff_max_ms;     /* default 30000 */
+  size_t max_list_bytes;      /* default 256 MiB */
+  size_t max_event_bytes;     /* one watch line; default 16 MiB */
 } mt_k8s_watch_config;
 
 typedef struct {
-  uint64_t lists;         /* LISTs completed */
-  uint64_t relists_gone;  /* of those, after a 410 */
-  uint64_t watches;       /* WATCH requests started */
-  uint64_t events;        /* events handed to on_event */
+  uint64_t lists;        /* LISTs completed */
+  uint64_t relists_gone; /* of those, after a 410 */
+  uint64_t watches;      /* WATCH requests started */
+  uint64_t events;       /* events handed to on_event */
   uint64_t bookmarks;
   uint64_t idle_restarts; /* watches dropped for silence */
   uint64_t failures;      /* retries after a failure */

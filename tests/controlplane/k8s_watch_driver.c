@@ -3,7 +3,7 @@
  *
  *   k8s_watch_driver --server URL --token-file F --ca-file F
  *                    --trust-domain TD --dump FILE [--watch-timeout-s N]
- *                    [--backoff-max-ms N]
+ *                    [--backoff-max-ms N] [--idle-grace-ms N]
  *
  * Prints one line per event, sync and problem on stdout (line-buffered),
  * and rewrites FILE atomically with the derived state
@@ -64,10 +64,15 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents) {
 
 int main(int argc, char **argv) {
   static const struct option options[] = {
-      {"server", required_argument, NULL, 's'},     {"token-file", required_argument, NULL, 't'},
-      {"ca-file", required_argument, NULL, 'c'},    {"trust-domain", required_argument, NULL, 'd'},
-      {"dump", required_argument, NULL, 'o'},       {"watch-timeout-s", required_argument, NULL, 'w'},
-      {"backoff-max-ms", required_argument, NULL, 'b'}, {NULL, 0, NULL, 0},
+      {"server", required_argument, NULL, 's'},
+      {"token-file", required_argument, NULL, 't'},
+      {"ca-file", required_argument, NULL, 'c'},
+      {"trust-domain", required_argument, NULL, 'd'},
+      {"dump", required_argument, NULL, 'o'},
+      {"watch-timeout-s", required_argument, NULL, 'w'},
+      {"backoff-max-ms", required_argument, NULL, 'b'},
+      {"idle-grace-ms", required_argument, NULL, 'g'},
+      {NULL, 0, NULL, 0},
   };
   mt_k8s_source_config config = {.trust_domain = "example.org"};
   driver d = {0};
@@ -81,6 +86,7 @@ int main(int argc, char **argv) {
       case 'o': d.dump_path = optarg; break;
       case 'w': config.watch_timeout_s = atoll(optarg); break;
       case 'b': config.backoff_max_ms = atoll(optarg); break;
+      case 'g': config.idle_grace_ms = atoll(optarg); break;
       default: return 2;
     }
   }
@@ -115,12 +121,13 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
     mt_k8s_watch_stats st;
     mt_k8s_source_watch_stats(d.source, kinds[i].kind, &st);
-    printf("stats %s lists=%llu relists_gone=%llu watches=%llu events=%llu bookmarks=%llu "
-           "idle_restarts=%llu failures=%llu\n",
-           kinds[i].name, (unsigned long long)st.lists, (unsigned long long)st.relists_gone,
-           (unsigned long long)st.watches, (unsigned long long)st.events,
-           (unsigned long long)st.bookmarks, (unsigned long long)st.idle_restarts,
-           (unsigned long long)st.failures);
+    printf(
+        "stats %s lists=%llu relists_gone=%llu watches=%llu events=%llu bookmarks=%llu "
+        "idle_restarts=%llu failures=%llu\n",
+        kinds[i].name, (unsigned long long)st.lists, (unsigned long long)st.relists_gone,
+        (unsigned long long)st.watches, (unsigned long long)st.events,
+        (unsigned long long)st.bookmarks, (unsigned long long)st.idle_restarts,
+        (unsigned long long)st.failures);
   }
   mt_k8s_source_free(d.source);
   printf("stopped\n");

@@ -16,6 +16,7 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/apply   {"op": "add"|"modify"|"delete", "resource": "pods", "object": {...}}
   POST /admin/compact  forget all history: every older resourceVersion is now 410
   POST /admin/drop     end every open watch stream at once (as an apiserver restart does)
+  POST /admin/stall    {"on": true|false} open watches go silent (no events, no end)
   POST /admin/bookmark send a BOOKMARK now on every watch that asked for them
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "watch_requests": N}
@@ -95,6 +96,7 @@ class Store:
         self.oldest_kept_rv = 1  # a watch from an rv below this is 410
         self.epoch = 0  # bumped by drop(): open watches end
         self.bookmark_epoch = 0
+        self.stalled = False  # watches send nothing, not even their end, until unstalled
         self.state_file = state_file
         if state_file and os.path.exists(state_file):
             with open(state_file) as f:
@@ -167,6 +169,11 @@ class Store:
     def drop(self):
         with self.cond:
             self.epoch += 1
+            self.cond.notify_all()
+
+    def stall(self, on):
+        with self.cond:
+            self.stalled = on
             self.cond.notify_all()
 
     def bookmark(self):
@@ -290,7 +297,13 @@ class Handler(BaseHTTPRequestHandler):
                 while True:
                     pending = [h for h in store.history if h[0] > last_rv and h[1] == resource]
                     left = deadline - time.monotonic()
-                    if pending or left <= 0 or store.epoch != epoch or store.bookmark_epoch != bookmark_epoch:
+                    if store.epoch != epoch:
+                        break
+                    if store.stalled:
+                        # A connection that died without either end being told.
+                        store.cond.wait()
+                        continue
+                    if pending or left <= 0 or store.bookmark_epoch != bookmark_epoch:
                         break
                     store.cond.wait(left)
                 if store.epoch != epoch:
@@ -308,7 +321,7 @@ class Handler(BaseHTTPRequestHandler):
                     {"kind": item_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(current_rv)}},
                 )
                 last_rv = max(last_rv, current_rv)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and not store.stalled:
                 return
 
 
@@ -351,6 +364,9 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._reply(200, {"oldest": app.store.oldest_kept_rv})
         elif self.path == "/admin/drop":
             app.store.drop()
+            self._reply(200, {})
+        elif self.path == "/admin/stall":
+            app.store.stall(bool(body.get("on", True)))
             self._reply(200, {})
         elif self.path == "/admin/bookmark":
             app.store.bookmark()
