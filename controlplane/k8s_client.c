@@ -1,6 +1,7 @@
 #include "controlplane/k8s_client.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,6 +17,9 @@ enum {
   KEEPALIVE_IDLE_S = 30,
   KEEPALIVE_INTERVAL_S = 10,
   PATH_MAX_BYTES = 4096,
+  /* libssh2.h's LIBSSH2_INIT_NO_CRYPTO: initialise without touching the
+   * crypto library. Spelled here so that no libssh2 header is needed. */
+  LIBSSH2_INIT_NO_CRYPTO_FLAG = 0x0001,
 };
 
 #define AUTH_PREFIX "Authorization: Bearer "
@@ -53,6 +57,18 @@ typedef struct {
 static void on_done_messages(mt_k8s_client *client);
 
 static int global_init_done;
+
+/* curl_global_init calls libssh2_init(0), which runs OpenSSL's engine
+ * set-up (ENGINE_load_builtin_engines) in libcrypto.so.3, whose internal
+ * calls resolve partly to BoringSSL's same-named functions loaded first:
+ * undefined behaviour. libssh2 initialises its crypto only on its first
+ * init, so initialising it here first, without crypto, means no OpenSSL
+ * code runs at all (requests are HTTPS only, so libssh2 is never used).
+ * Looked up at run time: libssh2 is there only as libcurl's dependency. */
+static void keep_libssh2_from_openssl(void) {
+  int (*ssh2_init)(int) = (int (*)(int))dlsym(RTLD_DEFAULT, "libssh2_init");
+  if (ssh2_init != NULL) ssh2_init(LIBSSH2_INIT_NO_CRYPTO_FLAG);
+}
 
 static void request_unlink_free(mt_k8s_request *r) {
   mt_k8s_client *c = r->client;
@@ -225,6 +241,7 @@ static int resolve_server(const mt_k8s_client_config *config, char *out, size_t 
 mt_k8s_client *mt_k8s_client_new(struct ev_loop *loop, const mt_k8s_client_config *config,
                                  char *err, size_t err_len) {
   if (!global_init_done) {
+    keep_libssh2_from_openssl();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
       snprintf(err, err_len, "libcurl did not initialise");
       return NULL;

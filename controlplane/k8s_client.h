@@ -15,8 +15,11 @@
  * Snag, measured: Debian's libcurl-gnutls links libssh2, which links
  * OpenSSL's libcrypto.so.3, so that library is loaded too (never libssl).
  * BoringSSL's libcrypto is a direct dependency of the binary and so comes
- * first in the lookup scope for everything mtls-ca calls; libssh2 is only
- * used for scp/sftp, which requests here never enable. See README.
+ * first in the lookup scope: mtls-ca's calls reach BoringSSL, but so would
+ * many of OpenSSL's own internal calls. The one OpenSSL code path that
+ * would run (libssh2's crypto init inside curl_global_init) is switched
+ * off before libcurl is initialised (see k8s_client.c), and libssh2 is
+ * otherwise only used for scp/sftp, which requests here never enable.
  *
  * One loop, no threads. A client must not be freed from inside one of its
  * requests' callbacks. */
