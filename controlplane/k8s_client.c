@@ -369,6 +369,12 @@ mt_k8s_request *mt_k8s_client_get(mt_k8s_client *client, const char *path_and_qu
   return r;
 }
 
+long mt_k8s_request_status(const mt_k8s_request *request) {
+  long status = 0;
+  curl_easy_getinfo(request->easy, CURLINFO_RESPONSE_CODE, &status);
+  return status;
+}
+
 void mt_k8s_request_cancel(mt_k8s_request *request) {
   if (request == NULL) return;
   request_unlink_free(request);

@@ -81,6 +81,10 @@ mt_k8s_request *mt_k8s_client_get(mt_k8s_client *client, const char *path_and_qu
                                   int64_t total_timeout_ms, const mt_k8s_request_callbacks *cb,
                                   void *ctx, char *err, size_t err_len);
 
+/* The HTTP status received so far (0 before the response headers); usable
+ * from on_data, e.g. to tell a watch stream from an error body. */
+long mt_k8s_request_status(const mt_k8s_request *request);
+
 /* Aborts a transfer; none of its callbacks runs afterwards. Not from
  * inside that request's own on_data. Accepts NULL. */
 void mt_k8s_request_cancel(mt_k8s_request *request);

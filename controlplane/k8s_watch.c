@@ -277,6 +277,9 @@ static int handle_event(mt_k8s_watch *w, const json_t *event) {
 
 static int on_watch_data(void *ctx, const char *data, size_t len) {
   mt_k8s_watch *w = ctx;
+  /* An error answer (401, 410, 500...) is a Status document, not events:
+   * on_watch_done judges it by its HTTP status. */
+  if (w->request != NULL && mt_k8s_request_status(w->request) != HTTP_OK) return 1;
   w->watch_got_data = 1;
   ev_timer_again(w->loop, &w->idle);
   if (!buf_append(w, data, len, w->config.max_event_bytes)) {

@@ -203,7 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             sys.stderr.write("standin: " + (fmt % args) + "\n")
 
     def _send_json(self, code, body):
-        data = json.dumps(body).encode()
+        # The real server's JSON encoder ends every document with a newline.
+        data = json.dumps(body).encode() + b"\n"
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
