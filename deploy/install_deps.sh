@@ -31,6 +31,7 @@ PACKAGES=(
   python3-jwt
   python3-protobuf
   python3-cryptography
+  python3-h2
   python3-prometheus-client
   yamllint
 )

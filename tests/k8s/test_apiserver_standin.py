@@ -1,5 +1,6 @@
 """The stand-in behaves like kube-apiserver on the wire: checked with real
-peers (curl, Python's http.client over verified TLS)."""
+peers (curl over HTTP/2 and HTTP/1.1, Python's http.client over verified
+TLS, which offers no ALPN and so gets HTTP/1.1)."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ import subprocess
 import pytest
 
 import fixtures as fx
-from standin import StandIn
+from standin import StandIn, wait_until
 
 
 @pytest.fixture
@@ -28,11 +29,12 @@ def read_events(resp, count):
 
 def test_a_request_without_a_known_bearer_token_is_401_unauthorized(api):
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "10", "--cacert", str(api.ca_file), "-w", "\n%{http_code}", api.server + "/api/v1/pods"],
+        ["curl", "-sS", "--http1.1", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-w", "\n%{http_code} %{http_version}", api.server + "/api/v1/pods"],
         capture_output=True, text=True, check=True,
     )
     body, code = out.stdout.rsplit("\n", 1)
-    assert code == "401"
+    assert code == "401 1.1"
     assert json.loads(body)["kind"] == "Status" and json.loads(body)["code"] == 401
     conn, resp = api.get("/api/v1/pods", token="wrong")
     assert resp.status == 401
@@ -42,11 +44,13 @@ def test_a_request_without_a_known_bearer_token_is_401_unauthorized(api):
 def test_curl_lists_pods_as_a_podlist_with_a_resource_version(api):
     api.apply("add", "pods", fx.pod("demo", "web-7d9f8b6c5d-abcde", "web", "node-1", ["10.244.1.5", "fd00:10:244:1::5"]))
     out = subprocess.run(
-        ["curl", "-sS", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
-         "-H", "Authorization: Bearer " + api.token, api.server + "/api/v1/pods"],
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token, "-w", "\n%{http_version}", api.server + "/api/v1/pods"],
         capture_output=True, text=True, check=True,
     )
-    body = json.loads(out.stdout)
+    text, version = out.stdout.rsplit("\n", 1)
+    assert version == "2"  # ALPN chose h2, as kube-apiserver does for client-go
+    body = json.loads(text)
     assert body["kind"] == "PodList" and body["apiVersion"] == "v1"
     assert body["metadata"]["resourceVersion"] == str(api.stats()["resourceVersion"])
     [item] = body["items"]
@@ -157,3 +161,56 @@ def test_tokens_can_be_rotated(api):
     conn, resp = api.get("/api/v1/pods", token="rotated")
     assert resp.status == 200
     conn.close()
+
+
+def test_curl_over_http2_gets_401_and_watch_events_as_json_lines(api):
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-w", "\n%{http_code} %{http_version}", api.server + "/api/v1/pods"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.rsplit("\n", 1)[1] == "401 2"
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.apply("add", "namespaces", fx.namespace("other"))
+    # A watch that ends at its timeout: curl's whole output is the event lines.
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token, "-w", "%{http_version}",
+         api.server + "/api/v1/namespaces?watch=1&resourceVersion=1&timeoutSeconds=1"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = out.stdout.split("\n")
+    assert lines[-1] == "2"
+    events = [json.loads(line) for line in lines[:-1]]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "demo"), ("ADDED", "other")]
+
+
+def test_curl_over_http2_sees_410_expired_as_an_error_event(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.admin("/admin/compact")
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token,
+         api.server + "/api/v1/namespaces?watch=1&resourceVersion=1&allowWatchBookmarks=true"],
+        capture_output=True, text=True, check=True,
+    )
+    [event] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
+def test_a_drop_cuts_an_http2_watch_mid_stream(api):
+    proc = subprocess.Popen(
+        ["curl", "-sS", "-N", "--http2", "--max-time", "20", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token,
+         api.server + "/api/v1/namespaces?watch=1&timeoutSeconds=30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until(lambda: api.stats()["watches"] == 1, "the watch to be open")
+        api.admin("/admin/drop")
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode != 0, err  # no END_STREAM: the client sees a failure
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
