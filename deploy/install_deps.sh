@@ -14,7 +14,6 @@ PACKAGES=(
   libev-dev
   libyaml-dev
   libmicrohttpd-dev
-  libcurl4-gnutls-dev
   libjansson-dev
   googletest
   clang

@@ -60,12 +60,12 @@ def expected(pods, ids):
 class Driver:
     """k8s_watch_driver as a process; its stdout lines collected by a thread."""
 
-    def __init__(self, tmp_path, api, token_file, ca_file=None):
+    def __init__(self, tmp_path, api, token_file, ca_file=None, server=None):
         self.dump = tmp_path / "state.txt"
         self.lines = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [DRIVER, "--server", api.server, "--token-file", str(token_file), "--ca-file", str(ca_file or api.ca_file),
+            [DRIVER, "--server", server or api.server, "--token-file", str(token_file), "--ca-file", str(ca_file or api.ca_file),
              "--trust-domain", TD, "--dump", str(self.dump), "--watch-timeout-s", str(WATCH_TIMEOUT_S),
              "--idle-grace-ms", str(IDLE_GRACE_MS), "--backoff-max-ms", str(BACKOFF_MAX_MS)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -304,3 +304,25 @@ def test_a_server_certificate_from_another_ca_is_refused(bed, tmp_path):
     d.wait_line(r"^problem namespaces: LIST .*\(HTTP 0\)")
     assert not any(l == "all synced" for l in d.lines)
     d.stop()
+
+
+def test_a_server_named_by_host_name_is_checked_against_its_dns_san(bed, tmp_path):
+    api, token_file, _ = bed
+    seed(api)
+    d = Driver(tmp_path, api, token_file, server="https://localhost:%d" % api.port)
+    d.wait_line("^all synced$")
+    d.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_server_certificate_that_does_not_name_the_host_is_refused(tmp_path, host):
+    api = StandIn(tmp_path / "api", extra_args=["--san", "DNS:kubernetes.default.svc"]).start()
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text(api.token + "\n")
+        d = Driver(tmp_path, api, token_file, server="https://%s:%d" % (host, api.port))
+        d.wait_line(r"^problem namespaces: LIST .*certificate verification failed: .*mismatch.*\(HTTP 0\)")
+        assert not any(l == "all synced" for l in d.lines)
+        d.stop()
+    finally:
+        api.stop()
