@@ -462,6 +462,8 @@ class H2Server:
                         break
                     room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
                     if room <= 0:
+                        # What is queued must leave for the window to reopen.
+                        self._wake()
                         self.cond.wait()
                         continue
                     self.conn.send_data(stream_id, data[:room], end_stream=end and len(data) <= room)
@@ -722,7 +724,7 @@ def serve(args):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_path, key_path)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    ctx.set_alpn_protocols(["http/1.1"] if args.http1_only else ["h2", "http/1.1"])
     api.socket = ctx.wrap_socket(api.socket, server_side=True)
     api.app = app
     api.verbose = args.verbose
@@ -751,6 +753,7 @@ def main():
     parser.add_argument("--state-file", help="keep objects and resourceVersion across restarts")
     parser.add_argument("--gone-as-http", action="store_true", help="answer a too-old watch with HTTP 410")
     parser.add_argument("--san", action="append", help="DNS:name or IP:address for the server certificate (repeatable; default %s)" % " ".join(DEFAULT_SANS))
+    parser.add_argument("--http1-only", action="store_true", help="offer no h2 in ALPN (an old or odd server)")
     parser.add_argument("--verbose", action="store_true")
     serve(parser.parse_args())
 
