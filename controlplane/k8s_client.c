@@ -238,7 +238,13 @@ mt_k8s_client *mt_k8s_client_new(struct ev_loop *loop, const mt_k8s_client_confi
 void mt_k8s_client_free(mt_k8s_client *client) {
   if (client == NULL) return;
   while (client->conns != NULL) mt_k8s_conn_close(client->conns);
-  while (client->queued.head != NULL) mt_k8s_req_free(client->queued.head);
+  /* Walked by saved next pointers: no callback runs here. */
+  for (mt_k8s_request *r = client->queued.head, *next; r != NULL; r = next) {
+    next = r->next;
+    r->list = NULL;
+    mt_k8s_req_free(r);
+  }
+  client->queued.head = NULL;
   free(client->token_file);
   free(client->ca_file);
   explicit_bzero(client->token, sizeof(client->token));
