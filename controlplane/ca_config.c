@@ -67,6 +67,33 @@ static int on_tokens_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml
   return mt_yaml_fail(ctx, k, "unknown key 'tokens.%s'", key);
 }
 
+static int on_kubernetes_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                             void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "server") == 0) {
+    if (!mt_yaml_want_string(ctx, v, key, &c->k8s_server)) return 0;
+    if (strncmp(c->k8s_server, "https://", strlen("https://")) != 0)
+      return mt_yaml_fail(ctx, v, "'kubernetes.server' must be an https:// URL, got '%s'",
+                          c->k8s_server);
+    return 1;
+  }
+  if (strcmp(key, "token_file") == 0) return want_path(ctx, v, key, &c->k8s_token_file);
+  if (strcmp(key, "ca_file") == 0) return want_path(ctx, v, key, &c->k8s_ca_file);
+  if (strcmp(key, "watch_timeout_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MT_CA_K8S_MIN_WATCH_TIMEOUT_S,
+                              MT_CA_K8S_MAX_WATCH_TIMEOUT_S, &c->k8s_watch_timeout_s);
+  return mt_yaml_fail(ctx, k, "unknown key 'kubernetes.%s'", key);
+}
+
+/* `kubernetes: {}` (or an empty `kubernetes:`) means: in a pod, all defaults. */
+static int want_kubernetes(mt_yaml_ctx *ctx, yaml_node_t *k, yaml_node_t *v, mt_ca_config *c) {
+  c->kubernetes = 1;
+  c->kubernetes_line = mt_yaml_line(k);
+  const char *s = v->type == YAML_SCALAR_NODE ? mt_yaml_scalar(v) : NULL;
+  if (s != NULL && (s[0] == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0)) return 1;
+  return mt_yaml_each_pair(ctx, v, "kubernetes", on_kubernetes_key, c);
+}
+
 static int want_trust_domain(mt_yaml_ctx *ctx, const yaml_node_t *v, mt_ca_config *c) {
   if (!mt_yaml_want_string(ctx, v, "trust_domain", &c->trust_domain)) return 0;
   mt_spiffe_err e = mt_trust_domain_validate(c->trust_domain, strlen(c->trust_domain));
@@ -150,6 +177,7 @@ static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_no
     return mt_yaml_want_int64(ctx, v, key, MESH_POLL_MIN_MS, MESH_POLL_MAX_MS, &c->mesh_poll_ms);
   if (strcmp(key, "access_log") == 0) return mt_yaml_want_string(ctx, v, key, &c->access_log);
   if (strcmp(key, "node_agents") == 0) return want_node_agents(ctx, v, c);
+  if (strcmp(key, "kubernetes") == 0) return want_kubernetes(ctx, k, v, c);
   if (strcmp(key, "workloads_file") == 0) {
     c->workloads_line = mt_yaml_line(k);
     return want_path(ctx, v, key, &c->workloads_file);
@@ -178,10 +206,10 @@ static int validate_node_agents(mt_yaml_ctx *ctx, const mt_ca_config *c, yaml_no
   if (c->num_node_agents == 0) return 1;
   yaml_node_t *list = NULL;
   yaml_node_t *key = find_top_key(ctx, root, "node_agents", &list);
-  if (c->workloads_file == NULL)
+  if (c->workloads_file == NULL && !c->kubernetes)
     return mt_yaml_fail(ctx, key,
-                        "'node_agents' needs 'workloads_file' (which workload runs on which "
-                        "node)");
+                        "'node_agents' needs 'workloads_file' or 'kubernetes' (which workload "
+                        "runs on which node)");
   size_t td_len = strlen(c->trust_domain);
   for (size_t i = 0; i < c->num_node_agents; i++) {
     mt_spiffe_id_view view;
@@ -214,6 +242,12 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
   if (c->default_cert_ttl_s > c->max_cert_ttl_s)
     return mt_yaml_fail(ctx, root, "default_cert_ttl_s (%lld) exceeds max_cert_ttl_s (%lld)",
                         (long long)c->default_cert_ttl_s, (long long)c->max_cert_ttl_s);
+  if (c->kubernetes && c->workloads_file != NULL) {
+    yaml_node_t *v = NULL;
+    return mt_yaml_fail(ctx, find_top_key(ctx, root, "workloads_file", &v),
+                        "'workloads_file' and 'kubernetes' both say which workload runs where; "
+                        "keep one");
+  }
   return validate_node_agents(ctx, c, root);
 }
 
@@ -283,5 +317,8 @@ void mt_ca_config_free(mt_ca_config *c) {
   for (size_t i = 0; i < c->num_node_agents; i++) free(c->node_agents[i]);
   free(c->node_agents);
   free(c->workloads_file);
+  free(c->k8s_server);
+  free(c->k8s_token_file);
+  free(c->k8s_ca_file);
   free(c);
 }

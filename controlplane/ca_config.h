@@ -24,6 +24,8 @@ enum {
   MT_CA_DEFAULT_MESH_POLL_MS = 500,
   MT_CA_DEFAULT_LEEWAY_S = 60,
   MT_CA_MAX_NODE_AGENTS = 64,
+  MT_CA_K8S_MIN_WATCH_TIMEOUT_S = 1,
+  MT_CA_K8S_MAX_WATCH_TIMEOUT_S = 3600,
 };
 
 typedef struct {
@@ -51,9 +53,18 @@ typedef struct {
   char **node_agents;
   size_t num_node_agents;
   char *workloads_file; /* the workload registry (workloads_file.h); NULL: none */
+  /* The Kubernetes API as the source of which workload runs where
+   * (k8s_source.h); exclusive with workloads_file. NULL fields: in-cluster
+   * defaults. */
+  int kubernetes;
+  char *k8s_server;
+  char *k8s_token_file;
+  char *k8s_ca_file;
+  int64_t k8s_watch_timeout_s; /* 0: the watch's default */
 
   /* Lines of the keys that name files, for errors found reading them. */
-  unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line;
+  unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line,
+      kubernetes_line;
 } mt_ca_config;
 
 /* Loads and validates |path|. Returns NULL with "file:line: reason" in |err|. */

@@ -40,6 +40,7 @@ struct mt_ca_service {
    * come from |registry| (NULL: none) at each call. */
   mt_node_auth_policy node_policy;
   const mt_workload_registry *registry;
+  const mt_cluster_state *cluster; /* set: replaces |registry| */
 };
 
 /* Everything one call produces for its reply and its log line. */
@@ -97,6 +98,10 @@ void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domai
   svc->node_policy.node_agents = node_agents;
   svc->node_policy.num_node_agents = count;
   svc->registry = registry;
+}
+
+void mt_ca_service_use_cluster(mt_ca_service *svc, const mt_cluster_state *cluster) {
+  svc->cluster = cluster;
 }
 
 /* ---- the certificate chain --------------------------------------------- */
@@ -333,6 +338,7 @@ static int authorize(const mt_ca_service *svc, const Istio__V1__Auth__IstioCerti
   if (ok) {
     mt_node_auth_policy policy = svc->node_policy;
     policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
+    policy.cluster = svc->cluster;
     mt_node_auth_request request = {st->auth.spiffe_id, st->auth.node_name, impersonated};
     mt_node_auth_decision d;
     mt_node_auth_decide(&policy, &request, &d);

@@ -22,6 +22,7 @@
 #include "controlplane/auth.h"
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
+#include "controlplane/cluster_state.h"
 #include "controlplane/workload_registry.h"
 #include "grpc/server.h"
 
@@ -53,6 +54,11 @@ void mt_ca_service_set_issuer(mt_ca_service *svc, mt_ca_issuer *issuer);
 void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domain,
                                      const char *const *node_agents, size_t count,
                                      const mt_workload_registry *registry);
+
+/* Takes which workload runs on which node from the Kubernetes API's view
+ * (borrowed, must outlive the service) instead of a registry; node agents
+ * are still allowed with mt_ca_service_allow_node_agents (registry NULL). */
+void mt_ca_service_use_cluster(mt_ca_service *svc, const mt_cluster_state *cluster);
 
 #ifdef __cplusplus
 }

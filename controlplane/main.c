@@ -24,6 +24,7 @@
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
 #include "controlplane/ca_service.h"
+#include "controlplane/k8s_source.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/mesh_service.h"
 #include "controlplane/workload_registry.h"
@@ -47,6 +48,7 @@ typedef struct {
   mt_ca_service *ca;
   mt_mesh_service *mesh;
   mt_workload_registry *workloads; /* NULL without workloads_file */
+  mt_k8s_source *cluster;          /* NULL without kubernetes */
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -101,6 +103,7 @@ static void app_dispose(mt_ca_app *app, int dump_counters) {
   if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
   mt_ca_service_free(app->ca);
   mt_workload_registry_free(app->workloads); /* after the service that borrows it */
+  mt_k8s_source_free(app->cluster);          /* likewise */
   mt_ca_auth_free(app->auth);
   SSL_CTX_free(app->ssl_ctx);
   mt_ca_log_free(app->log);
@@ -132,6 +135,20 @@ static int check_config(const char *path) {
     ok = workloads != NULL;
     if (!ok) snprintf(err, sizeof(err), "%s", why);
     mt_workloads_free(workloads);
+  }
+  if (ok && app.config->kubernetes) {
+    /* Settings and files only: checking makes no request to the API. */
+    char why[WHY_MAX];
+    const mt_ca_config *c = app.config;
+    mt_k8s_client_config kc = {c->k8s_server, c->k8s_token_file, c->k8s_ca_file, 0};
+    struct ev_loop *loop = ev_loop_new(0);
+    mt_k8s_client *client = loop ? mt_k8s_client_new(loop, &kc, why, sizeof(why)) : NULL;
+    ok = client != NULL;
+    if (!ok)
+      file_error(c, c->kubernetes_line, "kubernetes", loop ? why : "no event loop", err,
+                 sizeof(err));
+    mt_k8s_client_free(client);
+    if (loop) ev_loop_destroy(loop);
   }
   if (ok)
     printf("%s: ok\n", path);
@@ -264,9 +281,57 @@ static int start_server(mt_ca_app *app, char *err, size_t err_len) {
   return 1;
 }
 
-/* The workload registry and the node agents that may use it. */
+static void on_cluster_log(void *ctx, const char *line) {
+  mt_ca_app *app = ctx;
+  /* Events are many and routine; failures and syncs are what operators need. */
+  if (strncmp(line, "event ", strlen("event ")) == 0) return;
+  if (strncmp(line, "problem ", strlen("problem ")) == 0 ||
+      strncmp(line, "refused ", strlen("refused ")) == 0)
+    mt_ca_log_warn(app->log, "kubernetes: %s", line);
+  else
+    mt_ca_log_info(app->log, "kubernetes: %s", line);
+}
+
+static void on_cluster_synced(void *ctx) {
+  mt_ca_app *app = ctx;
+  mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
+                 mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
+}
+
+/* The Kubernetes API as the source of which workload runs where. */
+static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  static const mt_k8s_source_callbacks cb = {NULL, on_cluster_synced, on_cluster_log};
+  mt_k8s_source_config kc;
+  memset(&kc, 0, sizeof(kc));
+  kc.client.server = c->k8s_server;
+  kc.client.token_file = c->k8s_token_file;
+  kc.client.ca_file = c->k8s_ca_file;
+  kc.trust_domain = c->trust_domain;
+  kc.watch_timeout_s = c->k8s_watch_timeout_s;
+  char why[WHY_MAX];
+  app->cluster = mt_k8s_source_new(app->loop, &kc, &cb, app, why, sizeof(why));
+  if (app->cluster == NULL) {
+    file_error(c, c->kubernetes_line, "kubernetes", why, err, err_len);
+    return 0;
+  }
+  mt_ca_log_info(app->log, "kubernetes: watching %s",
+                 c->k8s_server ? c->k8s_server : "the in-cluster API server");
+  mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
+  return 1;
+}
+
+/* The workload registry (or the cluster) and the node agents that may use it. */
 static int start_node_agents(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
+  if (c->kubernetes) {
+    if (!start_cluster(app, err, err_len)) return 0;
+    mt_ca_service_allow_node_agents(app->ca, c->trust_domain, (const char *const *)c->node_agents,
+                                    c->num_node_agents, NULL);
+    for (size_t i = 0; i < c->num_node_agents; i++)
+      mt_ca_log_info(app->log, "node agent: %s", c->node_agents[i]);
+    return 1;
+  }
   if (c->workloads_file == NULL) return 1;
   app->workloads = mt_workload_registry_new(app->loop, c->workloads_file, c->trust_domain,
                                             c->mesh_poll_ms, app->log, err, err_len);

@@ -101,7 +101,10 @@ void mt_node_auth_decide(const mt_node_auth_policy *p, const mt_node_auth_reques
     return;
   }
   if (!check_requested_id(p, r->impersonated_id, out)) return;
-  if (!mt_workloads_on_node(p->workloads, node, r->impersonated_id)) {
+  int on_node = p->cluster != NULL
+                    ? mt_cluster_state_identity_on_node(p->cluster, r->impersonated_id, node)
+                    : mt_workloads_on_node(p->workloads, node, r->impersonated_id);
+  if (!on_node) {
     decide(out, MT_GRPC_PERMISSION_DENIED, "not_on_node", "identity %s has no workload on node %s",
            r->impersonated_id, node);
     return;

@@ -12,7 +12,8 @@
  *      as a valid Kubernetes node name        else PERMISSION_DENIED "bad_node_claim"
  *   3. the requested identity is a SPIFFE ID
  *      with a path, in |trust_domain|         else INVALID_ARGUMENT  "bad_impersonated_identity"
- *   4. the registry lists it on that node     else PERMISSION_DENIED "not_on_node"
+ *   4. the registry (or the cluster state)
+ *      lists it on that node                  else PERMISSION_DENIED "not_on_node"
  * and then the answer is the requested identity. Text the caller controls
  * appears in messages only after validation, or quoted with anything but
  * printable ASCII replaced. */
@@ -21,6 +22,7 @@
 
 #include <stddef.h>
 
+#include "controlplane/cluster_state.h"
 #include "controlplane/workloads_file.h"
 #include "grpc/frame.h"
 
@@ -40,6 +42,10 @@ typedef struct {
   const char *const *node_agents; /* SPIFFE IDs that may ask for others */
   size_t num_node_agents;
   const mt_workloads *workloads; /* NULL: no registry, nobody is on any node */
+  /* When set, the Kubernetes API's view (cluster_state.h) replaces
+   * |workloads|: a workload is on a node when a Running pod of that
+   * identity is scheduled there. */
+  const mt_cluster_state *cluster;
 } mt_node_auth_policy;
 
 /* One call. Borrowed for the call. */

@@ -14,6 +14,7 @@ PACKAGES=(
   libev-dev
   libyaml-dev
   libmicrohttpd-dev
+  libjansson-dev
   googletest
   clang
   libclang-rt-14-dev
@@ -29,6 +30,7 @@ PACKAGES=(
   python3-jwt
   python3-protobuf
   python3-cryptography
+  python3-h2
   python3-prometheus-client
   yamllint
 )

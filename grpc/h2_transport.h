@@ -1,5 +1,6 @@
 /* h2_transport: one TLS connection carrying an HTTP/2 session on a libev
- * loop; shared by the gRPC client and server, private to grpc/.
+ * loop; shared by the gRPC client and server and by mtls-ca's Kubernetes
+ * API client (controlplane/k8s_client.c). Nothing here is gRPC-specific.
  *
  * The transport owns the socket, the SSL (its owner creates and configures
  * it), the nghttp2 session (its owner creates it once the handshake is done)

@@ -67,6 +67,8 @@ run_pytest() { # suite-name dir
   local log="$OUT/$name.log"
   MTLSD_BIN="$BIN_DIR/agent/mtlsd" GRPC_PROBE="$BIN_DIR/tests/grpc/grpc_probe" \
     MTLS_CA_BIN="$BIN_DIR/controlplane/mtls-ca" \
+    K8S_WATCH_DRIVER_BIN="$BIN_DIR/tests/controlplane/k8s_watch_driver" \
+    K8S_GET_DRIVER_BIN="$BIN_DIR/tests/controlplane/k8s_get_driver" \
     $PY -m pytest "$dir" -q -p no:cacheprovider --junitxml="$OUT/$name.xml" \
     --basetemp="$OUT/tmp/$name" >"$log" 2>&1
   local rc=$?
@@ -85,6 +87,7 @@ run_integration() {
   local targets="//agent:mtlsd"
   [ -f tests/grpc/BUILD.bazel ] && targets="$targets //tests/grpc:grpc_probe"
   [ -f controlplane/main.c ] && targets="$targets //controlplane:mtls-ca"
+  [ -d tests/k8s ] && targets="$targets //tests/controlplane:k8s_watch_driver //tests/controlplane:k8s_get_driver"
   # shellcheck disable=SC2086
   if ! bazel build "$@" $targets >"$log" 2>&1; then
     tail -30 "$log"
@@ -97,6 +100,8 @@ run_integration() {
   if ls tests/controlplane/test_*.py >/dev/null 2>&1; then
     run_pytest "controlplane-$name" tests/controlplane
   fi
+  # The Kubernetes API server stand-in and mtls-ca's Kubernetes source.
+  [ -d tests/k8s ] && run_pytest "k8s-$name" tests/k8s
 }
 
 # libFuzzer targets (SPIFFE IDs, certificates, config, policy), time-boxed;

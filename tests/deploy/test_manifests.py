@@ -50,7 +50,8 @@ INIT_COMMAND = ["mtlsd", "init-iptables", "--config", "/etc/mtlsd/mtlsd.yaml", "
 # The only placeholders the manifests may carry (README: envsubst at apply time).
 PLACEHOLDERS = {"MTLS_CA_CLUSTER_IP": "10.96.0.150"}
 RUNTIME_PACKAGES = {"android-libboringssl", "libev4", "libyaml-0-2", "libnghttp2-14",
-                    "libprotobuf-c1", "libmicrohttpd12", "iptables"}
+                    "libprotobuf-c1", "libmicrohttpd12", "libjansson4",
+                    "iptables"}
 # What the runtime base image (debian:bookworm-slim) already has.
 BASE_IMAGE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}

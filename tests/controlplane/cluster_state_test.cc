@@ -1,0 +1,228 @@
+// cluster_state: workloads and service identities derived from API events.
+#include "controlplane/cluster_state.h"
+
+#include <stdlib.h>
+
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "tests/controlplane/k8s_fixture.h"
+
+using mt_test::Json;
+using mt_test::LoadK8sFixture;
+using mt_test::SetPath;
+
+namespace {
+
+const char kWeb[] = "spiffe://example.org/ns/demo/sa/web";
+
+class ClusterState : public ::testing::Test {
+ protected:
+  void SetUp() override { state_ = mt_cluster_state_new("example.org"); }
+  void TearDown() override { mt_cluster_state_free(state_); }
+
+  void Apply(mt_k8s_kind kind, mt_cluster_change change, json_t *obj) {
+    char err[256] = "";
+    ASSERT_TRUE(mt_cluster_state_apply(state_, kind, change, obj, err, sizeof(err))) << err;
+  }
+  void Upsert(mt_k8s_kind kind, json_t *obj) { Apply(kind, MT_CLUSTER_UPSERT, obj); }
+  void Remove(mt_k8s_kind kind, json_t *obj) { Apply(kind, MT_CLUSTER_REMOVE, obj); }
+
+  // The mesh namespace "demo", the pod web on node-1, Service web, its slice.
+  void LoadDemo() {
+    Json ns(LoadK8sFixture("namespace.json"));
+    Json pod(LoadK8sFixture("pod.json"));
+    Json svc(LoadK8sFixture("service.json"));
+    Json slice(LoadK8sFixture("endpointslice.json"));
+    Upsert(MT_K8S_KIND_NAMESPACE, ns);
+    Upsert(MT_K8S_KIND_POD, pod);
+    Upsert(MT_K8S_KIND_SERVICE, svc);
+    Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  }
+
+  std::string Dump() {
+    char *text = mt_cluster_state_dump(state_);
+    std::string s = text ? text : "(null)";
+    free(text);
+    return s;
+  }
+
+  std::string ServiceIds(const char *ip, uint16_t port) {
+    const char *ids[8];
+    size_t n = mt_cluster_state_service_ids(state_, ip, port, ids, 8);
+    std::string s;
+    for (size_t i = 0; i < n && i < 8; i++) s += (i ? "," : "") + std::string(ids[i]);
+    return s;
+  }
+
+  mt_cluster_state *state_ = nullptr;
+};
+
+TEST_F(ClusterState, ARunningPodInAMeshNamespaceIsAWorkloadWithItsServiceAccountIdentity) {
+  LoadDemo();
+  ASSERT_EQ(mt_cluster_state_num_workloads(state_), 1u);
+  mt_cluster_workload w;
+  ASSERT_TRUE(mt_cluster_state_workload_by_ip(state_, "10.244.1.5", &w));
+  EXPECT_STREQ(w.spiffe_id, kWeb);
+  EXPECT_STREQ(w.node, "node-1");
+  EXPECT_STREQ(w.pod, "web-7d9f8b6c5d-x2v9q");
+  ASSERT_EQ(w.num_ips, 2u);
+  EXPECT_TRUE(mt_cluster_state_workload_by_ip(state_, "fd00:10:244:1:0::5", &w));
+  EXPECT_TRUE(mt_cluster_state_identity_on_node(state_, kWeb, "node-1"));
+  EXPECT_FALSE(mt_cluster_state_identity_on_node(state_, kWeb, "node-2"));
+}
+
+TEST_F(ClusterState, APodIsNoWorkloadUntilItsNamespaceOptsIn) {
+  Json pod(LoadK8sFixture("pod.json"));
+  Upsert(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  Json ns(LoadK8sFixture("namespace.json"));
+  Upsert(MT_K8S_KIND_NAMESPACE, ns);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 1u);
+}
+
+TEST_F(ClusterState, UnlabellingOrDeletingTheNamespaceTakesItsPodsOut) {
+  LoadDemo();
+  Json ns(LoadK8sFixture("namespace.json"));
+  SetPath(ns, "metadata.labels", json_pack("{s:s}", "mtlsd.io/mesh", "disabled"));
+  Upsert(MT_K8S_KIND_NAMESPACE, ns);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80), "");
+  Json again(LoadK8sFixture("namespace.json"));
+  Upsert(MT_K8S_KIND_NAMESPACE, again);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 1u);
+  Remove(MT_K8S_KIND_NAMESPACE, again);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+}
+
+TEST_F(ClusterState, ATerminatingPodLeavesAtOnce) {
+  LoadDemo();
+  Json terminating(LoadK8sFixture("pod-terminating.json"));
+  Upsert(MT_K8S_KIND_POD, terminating);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  EXPECT_FALSE(mt_cluster_state_identity_on_node(state_, kWeb, "node-1"));
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80), "");
+}
+
+TEST_F(ClusterState, ADeletedPodLeaves) {
+  LoadDemo();
+  Json pod(LoadK8sFixture("pod.json"));
+  Remove(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  mt_cluster_workload w;
+  EXPECT_FALSE(mt_cluster_state_workload_by_ip(state_, "10.244.1.5", &w));
+}
+
+TEST_F(ClusterState, APendingPodWithoutIpIsNoWorkload) {
+  LoadDemo();
+  Json pending(LoadK8sFixture("pod-pending.json"));
+  Upsert(MT_K8S_KIND_POD, pending);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 1u);
+}
+
+TEST_F(ClusterState, FailedAndHostNetworkPodsAreNoWorkloads) {
+  LoadDemo();
+  Json pod(LoadK8sFixture("pod.json"));
+  SetPath(pod, "status.phase", json_string("Failed"));
+  Upsert(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  SetPath(pod, "status.phase", json_string("Running"));
+  SetPath(pod, "spec.hostNetwork", json_true());
+  Upsert(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+}
+
+TEST_F(ClusterState, APodMovingNodesIsOnlyOnItsNewNode) {
+  LoadDemo();
+  Json pod(LoadK8sFixture("pod.json"));
+  SetPath(pod, "spec.nodeName", json_string("node-2"));
+  Upsert(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 1u);
+  EXPECT_FALSE(mt_cluster_state_identity_on_node(state_, kWeb, "node-1"));
+  EXPECT_TRUE(mt_cluster_state_identity_on_node(state_, kWeb, "node-2"));
+}
+
+TEST_F(ClusterState, AServiceAddressMapsToTheIdentitiesOfItsReadyEndpoints) {
+  LoadDemo();
+  // The second endpoint (not ready) is a pod of another service account.
+  Json other(LoadK8sFixture("pod.json"));
+  SetPath(other, "metadata.name", json_string("web-7d9f8b6c5d-k8j7h"));
+  SetPath(other, "spec.serviceAccountName", json_string("web-canary"));
+  SetPath(other, "status.podIPs", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  Upsert(MT_K8S_KIND_POD, other);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80), kWeb);
+  EXPECT_EQ(ServiceIds("fd00:96::20", 9090), kWeb);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 81), "");  // not a port of the service
+
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  json_t *ep = json_array_get(json_object_get(slice, "endpoints"), 1);
+  json_object_set_new(ep, "conditions", json_pack("{s:b}", "ready", 1));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80),
+            "spiffe://example.org/ns/demo/sa/web,spiffe://example.org/ns/demo/sa/web-canary");
+
+  Remove(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80), "");
+}
+
+TEST_F(ClusterState, EndpointsOfTheSameServiceAccountGiveOneIdentity) {
+  LoadDemo();
+  Json twin(LoadK8sFixture("pod.json"));
+  SetPath(twin, "metadata.name", json_string("web-7d9f8b6c5d-k8j7h"));
+  SetPath(twin, "status.podIPs", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  Upsert(MT_K8S_KIND_POD, twin);
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  json_t *ep = json_array_get(json_object_get(slice, "endpoints"), 1);
+  json_object_del(ep, "conditions");
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  EXPECT_EQ(ServiceIds("10.96.0.20", 80), kWeb);
+}
+
+TEST_F(ClusterState, ARefusedObjectChangesNothing) {
+  LoadDemo();
+  std::string before = Dump();
+  Json bad(LoadK8sFixture("pod.json"));
+  SetPath(bad, "status.podIPs", json_pack("[{s:s}]", "ip", "bogus"));
+  char err[256] = "";
+  EXPECT_FALSE(
+      mt_cluster_state_apply(state_, MT_K8S_KIND_POD, MT_CLUSTER_UPSERT, bad, err, sizeof(err)));
+  EXPECT_NE(std::string(err).find("not an IP"), std::string::npos) << err;
+  EXPECT_EQ(Dump(), before);
+}
+
+TEST_F(ClusterState, RemovingAnUnknownObjectIsANoOp) {
+  Json pod(LoadK8sFixture("pod.json"));
+  Remove(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+}
+
+TEST_F(ClusterState, TheDumpListsWorkloadsAndServiceAddressesSorted) {
+  LoadDemo();
+  EXPECT_EQ(Dump(),
+            "service demo/web 10.96.0.20:80 spiffe://example.org/ns/demo/sa/web\n"
+            "service demo/web 10.96.0.20:9090 spiffe://example.org/ns/demo/sa/web\n"
+            "service demo/web [fd00:96::20]:80 spiffe://example.org/ns/demo/sa/web\n"
+            "service demo/web [fd00:96::20]:9090 spiffe://example.org/ns/demo/sa/web\n"
+            "workload demo/web-7d9f8b6c5d-x2v9q spiffe://example.org/ns/demo/sa/web node=node-1 "
+            "ips=10.244.1.5,fd00:10:244:1::5\n");
+}
+
+TEST_F(ClusterState, WorkloadsOnANodeAreListedForItsAgent) {
+  LoadDemo();
+  size_t seen = 0;
+  size_t n = mt_cluster_state_foreach_on_node(
+      state_, "node-1",
+      [](void *ctx, const mt_cluster_workload *w) {
+        EXPECT_STREQ(w->spiffe_id, kWeb);
+        ++*static_cast<size_t *>(ctx);
+      },
+      &seen);
+  EXPECT_EQ(n, 1u);
+  EXPECT_EQ(seen, 1u);
+  EXPECT_EQ(mt_cluster_state_foreach_on_node(
+                state_, "node-2", [](void *, const mt_cluster_workload *) { FAIL(); }, nullptr),
+            0u);
+}
+
+}  // namespace

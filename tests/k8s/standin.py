@@ -1,0 +1,128 @@
+"""Test-side handle on apiserver_standin.py: start it as a process, wait for
+its listening line, drive its admin port, stop it by PID.
+
+Every wait is bounded (WAIT seconds) and waits on something observable.
+"""
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STANDIN = HERE / "apiserver_standin.py"
+PYTHON = "/usr/bin/python3"
+WAIT = float(os.environ.get("MTLS_K8S_TEST_WAIT", "20"))
+
+
+class StandIn:
+    def __init__(self, workdir, token="standin-token-1", extra_args=(), port=0, admin_port=0):
+        self.workdir = Path(workdir)
+        self.token = token
+        self.extra_args = list(extra_args)
+        self.pki_dir = self.workdir / "pki"
+        self.state_file = self.workdir / "state.json"
+        self.ca_file = self.pki_dir / "ca.crt"
+        self.port = port
+        self.admin_port = admin_port
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                str(STANDIN),
+                "--port", str(self.port),
+                "--admin-port", str(self.admin_port),
+                "--pki-dir", str(self.pki_dir),
+                "--state-file", str(self.state_file),
+                "--token", self.token,
+            ]
+            + self.extra_args,
+            stdout=subprocess.PIPE,
+            stderr=sys.stderr,
+            text=True,
+        )
+        # The first line is printed once both ports are bound; readline is
+        # bounded because the process either prints it or exits.
+        line = self.proc.stdout.readline()
+        if not line.startswith("standin listening"):
+            self.stop()
+            raise RuntimeError("stand-in did not start: %r" % line)
+        parts = line.split()
+        self.port = int(parts[2].rsplit(":", 1)[1])
+        self.admin_port = int(parts[4].rsplit(":", 1)[1])
+        self.server = "https://127.0.0.1:%d" % self.port
+        return self
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+        self.proc.stdout.close()
+        self.proc = None
+
+    def restart(self):
+        """Stop and start on the same ports; objects and resourceVersion survive."""
+        self.stop()
+        return self.start()
+
+    # --- admin port ---
+    def admin(self, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=WAIT)
+        try:
+            if body is None and path.endswith("stats"):
+                conn.request("GET", path)
+            else:
+                conn.request("POST", path, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"{}")
+            return resp.status, data
+        finally:
+            conn.close()
+
+    def apply(self, op, resource, obj):
+        code, data = self.admin("/admin/apply", {"op": op, "resource": resource, "object": obj})
+        assert code == 200, (code, data)
+        return data
+
+    def stats(self):
+        return self.admin("/admin/stats")[1]
+
+    # --- API port, as a client ---
+    def ssl_context(self):
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        return ctx
+
+    def connect(self):
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ssl_context(), timeout=WAIT)
+
+    def get(self, path, token=None):
+        conn = self.connect()
+        headers = {}
+        if token is not False:
+            headers["Authorization"] = "Bearer " + (token or self.token)
+        conn.request("GET", path, headers=headers)
+        return conn, conn.getresponse()
+
+
+def wait_until(predicate, what, timeout=WAIT, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)

@@ -1,0 +1,216 @@
+"""The stand-in behaves like kube-apiserver on the wire: checked with real
+peers (curl over HTTP/2 and HTTP/1.1, Python's http.client over verified
+TLS, which offers no ALPN and so gets HTTP/1.1)."""
+
+import json
+import subprocess
+
+import pytest
+
+import fixtures as fx
+from standin import StandIn, wait_until
+
+
+@pytest.fixture
+def api(tmp_path):
+    s = StandIn(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def read_events(resp, count):
+    events = []
+    for _ in range(count):
+        line = resp.readline()
+        assert line.endswith(b"\n"), line
+        events.append(json.loads(line))
+    return events
+
+
+def test_a_request_without_a_known_bearer_token_is_401_unauthorized(api):
+    out = subprocess.run(
+        ["curl", "-sS", "--http1.1", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-w", "\n%{http_code} %{http_version}", api.server + "/api/v1/pods"],
+        capture_output=True, text=True, check=True,
+    )
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "401 1.1"
+    assert json.loads(body)["kind"] == "Status" and json.loads(body)["code"] == 401
+    conn, resp = api.get("/api/v1/pods", token="wrong")
+    assert resp.status == 401
+    conn.close()
+
+
+def test_curl_lists_pods_as_a_podlist_with_a_resource_version(api):
+    api.apply("add", "pods", fx.pod("demo", "web-7d9f8b6c5d-abcde", "web", "node-1", ["10.244.1.5", "fd00:10:244:1::5"]))
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token, "-w", "\n%{http_version}", api.server + "/api/v1/pods"],
+        capture_output=True, text=True, check=True,
+    )
+    text, version = out.stdout.rsplit("\n", 1)
+    assert version == "2"  # ALPN chose h2, as kube-apiserver does for client-go
+    body = json.loads(text)
+    assert body["kind"] == "PodList" and body["apiVersion"] == "v1"
+    assert body["metadata"]["resourceVersion"] == str(api.stats()["resourceVersion"])
+    [item] = body["items"]
+    assert item["status"]["podIPs"] == [{"ip": "10.244.1.5"}, {"ip": "fd00:10:244:1::5"}]
+    assert item["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    assert "kind" not in item  # the API leaves it to the list
+
+
+@pytest.mark.parametrize(
+    "path,kind",
+    [("/api/v1/services", "ServiceList"), ("/api/v1/namespaces", "NamespaceList"),
+     ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList")],
+)
+def test_every_resource_lists_with_its_list_kind(api, path, kind):
+    conn, resp = api.get(path)
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200 and body["kind"] == kind and body["items"] == []
+
+
+def test_a_watch_from_the_list_version_streams_added_modified_deleted_in_order(api):
+    conn, resp = api.get("/api/v1/services")
+    rv = json.loads(resp.read())["metadata"]["resourceVersion"]
+    conn.close()
+    conn, resp = api.get("/api/v1/services?watch=1&resourceVersion=%s&allowWatchBookmarks=true&timeoutSeconds=30" % rv)
+    assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+    svc = fx.service("demo", "web", ["10.96.0.20", "fd00:96::20"], [("http", 80, 8080)])
+    api.apply("add", "services", svc)
+    svc["spec"]["ports"].append({"name": "grpc", "port": 9090, "protocol": "TCP", "targetPort": 9090})
+    api.apply("modify", "services", svc)
+    api.apply("delete", "services", svc)
+    events = read_events(resp, 3)
+    conn.close()
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    assert all(e["object"]["kind"] == "Service" for e in events)
+    rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert rvs == sorted(rvs) and rvs[0] > int(rv)
+
+
+def test_a_bookmark_carries_only_a_newer_resource_version(api):
+    conn, resp = api.get("/api/v1/pods?watch=1&resourceVersion=1&allowWatchBookmarks=true&timeoutSeconds=30")
+    api.apply("add", "namespaces", fx.namespace("demo"))  # another resource moves the version on
+    api.admin("/admin/bookmark")
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "BOOKMARK"
+    assert event["object"]["kind"] == "Pod"
+    assert event["object"]["metadata"] == {"resourceVersion": str(api.stats()["resourceVersion"])}
+
+
+def test_a_watch_from_a_compacted_version_gets_an_error_event_410_expired(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.admin("/admin/compact")
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1&allowWatchBookmarks=true")
+    assert resp.status == 200
+    [event] = read_events(resp, 1)
+    assert resp.read() == b""  # and the stream ends
+    conn.close()
+    assert event["type"] == "ERROR"
+    assert event["object"]["kind"] == "Status"
+    assert event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+
+
+def test_a_stale_watch_can_be_answered_with_http_410_gone(tmp_path):
+    api = StandIn(tmp_path, extra_args=["--gone-as-http"]).start()
+    try:
+        api.apply("add", "namespaces", fx.namespace("demo"))
+        api.admin("/admin/compact")
+        conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1")
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 410 and body["code"] == 410 and body["reason"] == "Expired"
+    finally:
+        api.stop()
+
+
+def test_a_watch_ends_cleanly_at_its_timeout(api):
+    conn, resp = api.get("/api/v1/pods?watch=1&resourceVersion=1&timeoutSeconds=1")
+    assert resp.read() == b""  # terminating chunk, no event
+    conn.close()
+
+
+def test_a_watch_without_a_version_starts_with_the_current_objects_as_added(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    conn, resp = api.get("/api/v1/namespaces?watch=1&timeoutSeconds=30")
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == "demo"
+
+
+def test_objects_and_the_resource_version_survive_a_restart(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    rv = api.stats()["resourceVersion"]
+    api.restart()
+    assert api.stats()["resourceVersion"] == rv
+    conn, resp = api.get("/api/v1/namespaces")
+    body = json.loads(resp.read())
+    conn.close()
+    assert [i["metadata"]["name"] for i in body["items"]] == ["demo"]
+
+
+def test_tokens_can_be_rotated(api):
+    api.admin("/admin/tokens", {"tokens": ["rotated"]})
+    conn, resp = api.get("/api/v1/pods")
+    assert resp.status == 401
+    resp.read()
+    conn.close()
+    conn, resp = api.get("/api/v1/pods", token="rotated")
+    assert resp.status == 200
+    conn.close()
+
+
+def test_curl_over_http2_gets_401_and_watch_events_as_json_lines(api):
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-w", "\n%{http_code} %{http_version}", api.server + "/api/v1/pods"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.rsplit("\n", 1)[1] == "401 2"
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.apply("add", "namespaces", fx.namespace("other"))
+    # A watch that ends at its timeout: curl's whole output is the event lines.
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token, "-w", "%{http_version}",
+         api.server + "/api/v1/namespaces?watch=1&resourceVersion=1&timeoutSeconds=1"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = out.stdout.split("\n")
+    assert lines[-1] == "2"
+    events = [json.loads(line) for line in lines[:-1]]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "demo"), ("ADDED", "other")]
+
+
+def test_curl_over_http2_sees_410_expired_as_an_error_event(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.admin("/admin/compact")
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--fail", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token,
+         api.server + "/api/v1/namespaces?watch=1&resourceVersion=1&allowWatchBookmarks=true"],
+        capture_output=True, text=True, check=True,
+    )
+    [event] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
+def test_a_drop_cuts_an_http2_watch_mid_stream(api):
+    proc = subprocess.Popen(
+        ["curl", "-sS", "-N", "--http2", "--max-time", "20", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + api.token,
+         api.server + "/api/v1/namespaces?watch=1&timeoutSeconds=30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until(lambda: api.stats()["watches"] == 1, "the watch to be open")
+        api.admin("/admin/drop")
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode != 0, err  # no END_STREAM: the client sees a failure
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
