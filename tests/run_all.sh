@@ -16,7 +16,7 @@ COUNT="$PY $ROOT/tests/tools/junit_count.py"
 deploy/install_deps.sh || { echo "dependency installation failed"; echo "0 passed, 1 failed"; exit 1; }
 
 rm -rf "$OUT"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$OUT/tmp"
 TOTAL_PASSED=0
 TOTAL_FAILED=0
 

@@ -15,7 +15,7 @@ HOG=${2:-}
 OUT="$ROOT/tests/out/repeat"
 PY=/usr/bin/python3
 RUN_LIMIT_S=1800
-mkdir -p "$OUT"
+mkdir -p "$OUT/tmp"
 
 declare -A BIN
 for cfg in asan ubsan; do
