@@ -445,7 +445,7 @@ char *mt_cluster_state_dump(const mt_cluster_state *state) {
   dump_services(state, &l);
   char *text = NULL;
   if (!l.failed) {
-    qsort(l.lines, l.len, sizeof(*l.lines), compare_lines);
+    if (l.len > 0) qsort(l.lines, l.len, sizeof(*l.lines), compare_lines); /* NULL when empty */
     size_t total = 1;
     for (size_t i = 0; i < l.len; i++) total += strlen(l.lines[i]) + 1;
     text = malloc(total);
