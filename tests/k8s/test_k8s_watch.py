@@ -176,6 +176,10 @@ def test_list_then_watch_then_modify_then_delete_give_exactly_the_api_state(bed)
     api.apply("delete", "pods", DB)
     api.apply("delete", "endpointslices", slice_for())
     d.wait_state(expected([WEB_B], []))
+    # The state file is written after the event's line is printed, but the
+    # line may not have been read from the pipe yet: stop first, then every
+    # line the driver printed is in.
+    stats = d.stop()
 
     # Order is per watch (one per resource), so it is checked per resource.
     per_resource = {}
@@ -186,7 +190,6 @@ def test_list_then_watch_then_modify_then_delete_give_exactly_the_api_state(bed)
                  "DELETED demo/web-7d9f8b6c5d-aaaaa", "DELETED demo/db-5c4b3a2918-ccccc"],
         "endpointslices": ["MODIFIED demo/web-x1", "MODIFIED demo/web-x1", "DELETED demo/web-x1"],
     }
-    stats = d.stop()
     assert all(s["lists"] == 1 and s["failures"] == 0 for s in stats.values()), stats
 
 
@@ -216,6 +219,7 @@ def test_after_410_a_relist_reports_exactly_what_changed_while_away(tmp_path, go
         d.wait_state(expected([WEB_B], ["spiffe://example.org/ns/demo/sa/web"]))
         d.wait_line("^synced pods ", mark)
         d.wait_line("^synced endpointslices ", mark)
+        stats = d.stop()  # every printed line is read (see the first test)
         pod_events = sorted(" ".join(l.split()[1:4]) for l in d.events_since(mark) if l.split()[1] != "namespaces")
         assert pod_events == sorted([
             "pods ADDED demo/web-7d9f8b6c5d-bbbbb",
@@ -223,7 +227,6 @@ def test_after_410_a_relist_reports_exactly_what_changed_while_away(tmp_path, go
             "pods DELETED demo/web-7d9f8b6c5d-aaaaa",
             "endpointslices MODIFIED demo/web-x1",
         ])  # nothing unchanged (OUTSIDE, the Service, namespaces) is reported again
-        stats = d.stop()
         assert stats["pods"]["relists_gone"] >= 1 and stats["pods"]["lists"] == 2, stats
     finally:
         if d is not None and d.proc.poll() is None:
@@ -242,9 +245,10 @@ def test_a_restart_of_the_api_server_is_survived(bed):
     api.start()  # same ports, same objects and resourceVersion
     api.apply("add", "pods", WEB_B)
     d.wait_state(expected([WEB_A, WEB_B, DB], ["spiffe://example.org/ns/demo/sa/web"]))
+    rv = api.stats()["resourceVersion"]
+    d.stop()  # every printed line is read (see the first test)
     assert [l for l in d.events_since(mark) if "pods" in l] == [
-        "event pods ADDED demo/web-7d9f8b6c5d-bbbbb rv=%s" % api.stats()["resourceVersion"]]
-    d.stop()
+        "event pods ADDED demo/web-7d9f8b6c5d-bbbbb rv=%s" % rv]
 
 
 def test_a_rotated_token_is_read_again_from_its_file(bed):
@@ -252,7 +256,9 @@ def test_a_rotated_token_is_read_again_from_its_file(bed):
     seed(api)
     d = start_driver()
     mark = d.mark()
-    token_file.write_text("rotated-token\n")
+    rotated = token_file.with_name(token_file.name + ".new")
+    rotated.write_text("rotated-token\n")
+    os.replace(rotated, token_file)  # as the kubelet swaps a projected token: never half-written
     api.admin("/admin/tokens", {"tokens": ["rotated-token"]})
     api.admin("/admin/drop")
     api.apply("add", "pods", WEB_B)
@@ -260,8 +266,8 @@ def test_a_rotated_token_is_read_again_from_its_file(bed):
     # driver read it (a request already in flight with the old one may be
     # refused once and retried).
     d.wait_state(expected([WEB_A, WEB_B, DB], ["spiffe://example.org/ns/demo/sa/web"]))
+    d.stop()  # every printed line is read (see the first test)
     assert d.lines[mark:].count("event pods ADDED demo/web-7d9f8b6c5d-bbbbb rv=9") == 1
-    d.stop()
 
 
 def test_a_bookmark_spares_a_relist_after_history_is_compacted(bed):
