@@ -305,9 +305,7 @@ static void on_conn_io(struct ev_loop *loop, ev_io *w, int revents) {
   char why[MT_K8S_ERROR_MAX];
   switch (conn->state) {
     case MT_K8S_CONN_CONNECTING: {
-      int err = 0;
-      socklen_t len = sizeof(err);
-      if (getsockopt(conn->t.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      int err = mt_h2_transport_connect_error(&conn->t);
       if (err == EINPROGRESS) return;
       if (err != 0) {
         mt_h2_textf(why, sizeof(why), "connect to %s: %s", c->server, strerror(err));

@@ -203,9 +203,7 @@ static void conn_on_io(mt_cli_conn *conn) {
   char why[MT_CLI_WHY_MAX];
   switch (conn->state) {
     case MT_CLI_CONN_CONNECTING: {
-      int err = 0;
-      socklen_t len = sizeof(err);
-      if (getsockopt(conn->t.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      int err = mt_h2_transport_connect_error(&conn->t);
       if (err == EINPROGRESS) return;
       if (err != 0) {
         mt_h2_textf(why, sizeof(why), "connect to %s: %s", c->target_text, strerror(err));

@@ -174,6 +174,13 @@ static void describe_tls_failure(mt_h2_transport *t, int ssl_error, const char *
   ERR_clear_error();
 }
 
+int mt_h2_transport_connect_error(const mt_h2_transport *t) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  return err;
+}
+
 mt_h2_step mt_h2_transport_handshake(mt_h2_transport *t, int require_alpn) {
   errno = 0;
   int rc = SSL_do_handshake(t->ssl);

@@ -69,6 +69,10 @@ typedef enum { MT_H2_STEP_DONE, MT_H2_STEP_AGAIN, MT_H2_STEP_FAILED } mt_h2_step
  * DONE: the handshake finished and ALPN selected "h2" (|require_alpn| 0
  * also accepts no ALPN at all). FAILED: |error| says why (certificate
  * verification, alert from the peer, connection closed...). */
+/* After EV_WRITE on a connecting socket: 0 once connected, EINPROGRESS while
+ * still connecting, else the errno that ended the connect. */
+int mt_h2_transport_connect_error(const mt_h2_transport *t);
+
 mt_h2_step mt_h2_transport_handshake(mt_h2_transport *t, int require_alpn);
 
 typedef enum {
