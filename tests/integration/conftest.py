@@ -75,19 +75,57 @@ def wait_until(predicate, what, timeout=WAIT, interval=0.02):
         time.sleep(interval)
 
 
-_handed_out_ports = set()
+# Ports handed to agents are picked below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default), so no outgoing
+# connect() of this or another process can take one as its source port
+# between the pick and the agent's bind. The range is cut into blocks; a
+# session owns a block through an flock on a file shared by every test
+# session of the machine (one descriptor per block, held until the process
+# exits), so two concurrent sessions never hand out the same port.
+_PORT_RANGE = (20000, 32000)
+_PORT_BLOCK = 250
+_PORT_LOCK_DIR = Path("/tmp/mtlsd-test-ports")
+_port_blocks = []   # open, flocked lock files of the blocks this session owns
+_next_ports = iter(())
+
+
+def _claim_port_block():
+    import fcntl
+    import random
+    low, high = _PORT_RANGE
+    count = (high - low) // _PORT_BLOCK
+    _PORT_LOCK_DIR.mkdir(mode=0o1777, exist_ok=True)
+    first = random.randrange(count)
+    for i in range(count):
+        block = (first + i) % count
+        f = open(_PORT_LOCK_DIR / f"block-{block}", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _port_blocks.append(f)
+        start = low + block * _PORT_BLOCK
+        return iter(range(start, start + _PORT_BLOCK))
+    raise RuntimeError("every test port block is owned by another session")
 
 
 def free_port():
-    """A currently free loopback TCP port (bind 0, read, close), never the same
-    one twice in a session."""
-    for _ in range(100):
+    """A loopback TCP port that is free now, outside the ephemeral range and
+    owned by this session (never handed out twice on this machine while the
+    session lives)."""
+    global _next_ports
+    for _ in range(_PORT_RANGE[1] - _PORT_RANGE[0]):
+        port = next(_next_ports, None)
+        if port is None:
+            _next_ports = _claim_port_block()
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out_ports:
-            _handed_out_ports.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     raise RuntimeError("could not find a free port")
 
 
