@@ -115,6 +115,44 @@ TEST_F(ConfigTest, InvalidDestinationSpiffeIdIsRejected) {
       << error_;
 }
 
+TEST_F(ConfigTest, DestinationsTakeSeveralIdsAndIpAloneAddresses) {
+  mt_config *c = Load(std::string(kMinimal) + "outbound:\n"
+                                               "  destinations:\n"
+                                               "    - address: 10.96.0.10:80\n"
+                                               "      spiffe_ids:\n"
+                                               "        - spiffe://example.org/ns/a/sa/x\n"
+                                               "        - spiffe://example.org/ns/a/sa/y\n"
+                                               "    - address: 10.0.0.7\n"
+                                               "      spiffe_id: spiffe://example.org/ns/a/sa/p\n");
+  ASSERT_NE(c, nullptr) << error_;
+  ASSERT_EQ(c->num_destinations, 2u);
+  ASSERT_EQ(c->destinations[0].num_spiffe_ids, 2u);
+  EXPECT_STREQ(c->destinations[0].spiffe_ids[1], "spiffe://example.org/ns/a/sa/y");
+  EXPECT_EQ(mt_sockaddr_port((const struct sockaddr *)&c->destinations[1].address.addr), 0);
+  ASSERT_EQ(c->destinations[1].num_spiffe_ids, 1u);
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, DestinationNeedsAnIdAndAnAddressOnlyOnce) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "outbound:\n"
+                                         "  destinations:\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_ids: []\n"),
+            nullptr);
+  EXPECT_NE(error_.find("destination needs 'spiffe_id' or a non-empty 'spiffe_ids'"),
+            std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "outbound:\n"
+                                         "  destinations:\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_id: spiffe://example.org/ns/a/sa/y\n"),
+            nullptr);
+  EXPECT_NE(error_.find("destination address listed twice (entries 1 and 2)"), std::string::npos)
+      << error_;
+}
+
 TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
   EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
                                          "  rules:\n"
