@@ -15,6 +15,7 @@
 
 #include "agent/mesh.h"
 #include "agent/svid.h"
+#include "grpc/resolver.h"
 
 enum {
   DEFAULT_MAX_CONNECTIONS = 10000,
@@ -199,8 +200,13 @@ static int on_control_plane_key(parse_ctx *pc, const char *key, yaml_node_t *k, 
                                 void *target) {
   mt_config *c = target;
   if (strcmp(key, "address") == 0) {
-    mt_sockaddr probe;
-    if (!want_address(pc, v, key, 1, &probe)) return 0;
+    /* A Service name is the usual form in a cluster; it is looked up off
+     * the loop, again at every reconnect (grpc/resolver.h). */
+    const char *s;
+    mt_resolve_target probe;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (!mt_resolve_parse(s, &probe))
+      return fail(pc, v, "'address' must be IP:port, [IPv6]:port or name:port, got '%s'", s);
     return want_string(pc, v, key, &c->cp_address);
   }
   if (strcmp(key, "root_file") == 0) return want_string(pc, v, key, &c->cp_root_file);

@@ -277,6 +277,23 @@ def test_policy_and_destinations_follow_the_watch_stream(start_ca, agents, apps,
 
 
 @pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_the_control_plane_is_found_by_name(start_ca, agents, apps, ca_pki, tmp_path):
+    """control_plane.address may name the CA (a Service name in a cluster):
+    the agent looks it up off its loop and reaches it. "localhost" comes
+    from /etc/hosts, so no DNS server is involved."""
+    app = apps("echo")
+    port_in = free_port()
+    ca = start_ca(mesh=mesh_spec(ca_pki, backend_addr=f"127.0.0.1:{port_in}"))
+    cfg = agent_config(ca, ca_pki, tmp_path, "backend", inbound={
+        "listeners": [{"address": f"127.0.0.1:{port_in}", "app_port": app.port}]})
+    cfg["control_plane"]["address"] = f"localhost:{ca.port}"
+    backend = agents("backend", cfg)
+    wait_ready(backend)
+    assert "serving as " + spiffe_id("backend") in backend.stderr() or \
+        "identity ready: " + spiffe_id("backend") in backend.stderr()
+
+
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
 def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca_pki, tmp_path):
     """Istio's secure naming: a Service address accepts the identity of any
     of its endpoints. A destination listing backend among several IDs admits

@@ -153,6 +153,32 @@ TEST_F(ConfigTest, DestinationNeedsAnIdAndAnAddressOnlyOnce) {
       << error_;
 }
 
+TEST_F(ConfigTest, ControlPlaneAddressMayBeANameButNotGarbage) {
+  auto with_address = [](const char *address) {
+    return std::string(
+               "trust_domain: example.org\n"
+               "identity:\n"
+               "  spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+               "control_plane:\n"
+               "  root_file: /dev/null\n"
+               "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+               "  address: ") +
+           address +
+           "\n"
+           "inbound:\n"
+           "  listeners:\n"
+           "    - address: 127.0.0.1:15006\n";
+  };
+  mt_config *c = Load(with_address("mtls-ca.mtls-system.svc:15012"));
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->cp_address, "mtls-ca.mtls-system.svc:15012");
+  mt_config_free(c);
+  EXPECT_EQ(Load(with_address("mtls_ca:15012")), nullptr);
+  EXPECT_NE(error_.find("'address' must be IP:port, [IPv6]:port or name:port, got 'mtls_ca:15012'"),
+            std::string::npos)
+      << error_;
+}
+
 TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
   EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
                                          "  rules:\n"
