@@ -483,8 +483,7 @@ static size_t indexed_service_ids(service_index *ix, const mt_k8s_service *svc) 
 }
 
 int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
-                                             mt_cluster_on_service_address on_address,
-                                             void *ctx) {
+                                             mt_cluster_on_service_address on_address, void *ctx) {
   service_index ix;
   int ok = service_index_build(state, &ix);
   for (size_t i = 0; ok && i < state->services.len; i++) {

@@ -109,8 +109,7 @@ typedef void (*mt_cluster_on_service_address)(void *ctx, const char *ip, uint16_
  * a whole cluster costs O((pods + endpoints) log n). Returns 1, or 0 when
  * out of memory (some calls may have been made). */
 int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
-                                             mt_cluster_on_service_address on_address,
-                                             void *ctx);
+                                             mt_cluster_on_service_address on_address, void *ctx);
 
 /* The identities accepted for Service address |ip|:|port|: up to |max| of
  * them, sorted and unique, into |ids| (borrowed until the next apply).

@@ -340,8 +340,8 @@ static void reload(mt_mesh_service *svc) {
   mt_mesh_view *view = build_view(svc, mesh, err, sizeof(err));
   if (view == NULL) {
     mt_ca_log_count(svc->log, MT_CA_EV_MESH_LOAD_FAILURES);
-    mt_ca_log_error(svc->log, "mesh file refused, version %s stays in force: %s: %s",
-                    svc->version, svc->mesh_path, err);
+    mt_ca_log_error(svc->log, "mesh file refused, version %s stays in force: %s: %s", svc->version,
+                    svc->mesh_path, err);
     mt_mesh_file_free(mesh);
     return;
   }

@@ -50,8 +50,8 @@ typedef struct mt_mesh_service mt_mesh_service;
 typedef struct {
   const char *const *node_agents; /* SPIFFE IDs, as configured */
   size_t num_node_agents;
-  const mt_cluster_state *cluster; /* the Kubernetes source's state; NULL: none */
-  int cluster_synced;              /* 0: hold every stream until _cluster_synced */
+  const mt_cluster_state *cluster;      /* the Kubernetes source's state; NULL: none */
+  int cluster_synced;                   /* 0: hold every stream until _cluster_synced */
   const mt_workload_registry *registry; /* NULL: none; unused with |cluster| */
 } mt_mesh_sources;
 

@@ -159,7 +159,8 @@ static char **file_addresses(const Mtlsd__Mesh__V1__MeshSnapshot *file, size_t *
   for (size_t i = 0; i < file->n_destinations; i++) {
     char canonical[ADDRESS_MAX];
     const char *a = file->destinations[i]->address;
-    if (!canonical_address(a, canonical, sizeof(canonical))) snprintf(canonical, sizeof(canonical), "%s", a);
+    if (!canonical_address(a, canonical, sizeof(canonical)))
+      snprintf(canonical, sizeof(canonical), "%s", a);
     if ((out[*n] = strdup(canonical)) == NULL) {
       for (size_t j = 0; j < *n; j++) free(out[j]);
       free(out);
@@ -246,7 +247,8 @@ static int add_workload(mt_mesh_view *v, const char *node, const char *spiffe_id
   w->msg.pod = strdup(pod);
   w->msg.ips = calloc(num_ips + 1, sizeof(char *));
   int ok = w->node && w->msg.spiffe_id && w->msg.namespace_ && w->msg.pod && w->msg.ips;
-  for (size_t i = 0; ok && i < num_ips; i++) ok = (w->msg.ips[w->msg.n_ips++] = strdup(ips[i])) != NULL;
+  for (size_t i = 0; ok && i < num_ips; i++)
+    ok = (w->msg.ips[w->msg.n_ips++] = strdup(ips[i])) != NULL;
   if (!ok) {
     node_workload_clear(w);
     return 0;
@@ -262,7 +264,8 @@ typedef struct {
 
 static void on_cluster_workload(void *ctx, const mt_cluster_workload *w) {
   copy_ctx *c = ctx;
-  if (!c->failed && !add_workload(c->view, w->node, w->spiffe_id, w->ips, w->num_ips, w->ns, w->pod))
+  if (!c->failed &&
+      !add_workload(c->view, w->node, w->spiffe_id, w->ips, w->num_ips, w->ns, w->pod))
     c->failed = 1;
 }
 

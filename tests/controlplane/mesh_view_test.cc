@@ -42,12 +42,13 @@ std::string PodJson(const std::string &ns, const std::string &name, const std::s
   std::string labels = extra_label.empty() ? "{}" : "{\"" + extra_label + "\":\"x\"}";
   return "{\"metadata\":{\"name\":\"" + name + "\",\"namespace\":\"" + ns +
          "\",\"labels\":" + labels + "},\"spec\":{\"nodeName\":\"" + node +
-         "\",\"serviceAccountName\":\"" + sa + "\"},\"status\":{\"phase\":\"Running\",\"podIPs\":[" +
-         pod_ips + "]}}";
+         "\",\"serviceAccountName\":\"" + sa +
+         "\"},\"status\":{\"phase\":\"Running\",\"podIPs\":[" + pod_ips + "]}}";
 }
 
 std::string ServiceJson(const std::string &ns, const std::string &name,
-                        const std::vector<std::string> &cluster_ips, const std::vector<int> &ports) {
+                        const std::vector<std::string> &cluster_ips,
+                        const std::vector<int> &ports) {
   std::string p;
   for (int port : ports) p += (p.empty() ? "" : ",") + ("{\"port\":" + std::to_string(port) + "}");
   return "{\"metadata\":{\"name\":\"" + name + "\",\"namespace\":\"" + ns +
@@ -193,7 +194,8 @@ class MeshView : public ::testing::Test {
     for (size_t i = 0; i < s.msg->n_destinations; i++) {
       const Mtlsd__Mesh__V1__Destination *d = s.msg->destinations[i];
       std::string ids = std::string(d->spiffe_id) + "|";
-      for (size_t j = 0; j < d->n_spiffe_ids; j++) ids += (j ? "," : "") + std::string(d->spiffe_ids[j]);
+      for (size_t j = 0; j < d->n_spiffe_ids; j++)
+        ids += (j ? "," : "") + std::string(d->spiffe_ids[j]);
       out.emplace_back(d->address, ids);
     }
     return out;
@@ -235,9 +237,9 @@ TEST_F(MeshView, ANodeAgentGetsTheWorkloadsAndPoliciesOfItsOwnNodeOnly) {
   ASSERT_NE(n1.msg->node_workloads, nullptr);
   EXPECT_STREQ(n1.msg->node_workloads->node_name, "node-1");
   EXPECT_EQ(NodeWorkloads(n1),
-            (std::vector<std::string>{"demo/api-a " + std::string(kApi) + " 10.244.1.6",
-                                      "demo/web-a " + std::string(kWeb) +
-                                          " 10.244.1.5,fd00:10:244:1::5"}));
+            (std::vector<std::string>{
+                "demo/api-a " + std::string(kApi) + " 10.244.1.6",
+                "demo/web-a " + std::string(kWeb) + " 10.244.1.5,fd00:10:244:1::5"}));
   EXPECT_EQ(PolicyIds(n1), std::vector<std::string>{kWeb});  // api has no entry
   ASSERT_TRUE(For(kNodeAgent, true, "node-2", &n2)) << error_;
   EXPECT_EQ(NodeWorkloads(n2),
@@ -279,13 +281,14 @@ TEST_F(MeshView, WithoutAnySourceANodeAgentGetsNoNodeWorkloads) {
 
 TEST_F(MeshView, TheRegistryFeedsNodeWorkloadsWhenThereIsNoCluster) {
   LoadMesh();
-  std::string path = dir_.Write("workloads.yaml",
-                                "workloads:\n"
-                                "  - {node: node-1, spiffe_id: 'spiffe://example.org/ns/demo/sa/web',"
-                                " address: 10.77.1.2}\n"
-                                "  - {node: node-1, spiffe_id: 'spiffe://example.org/ns/demo/sa/cache'}\n"
-                                "  - {node: node-2, spiffe_id: 'spiffe://example.org/ns/demo/sa/api',"
-                                " address: 10.77.2.2}\n");
+  std::string path =
+      dir_.Write("workloads.yaml",
+                 "workloads:\n"
+                 "  - {node: node-1, spiffe_id: 'spiffe://example.org/ns/demo/sa/web',"
+                 " address: 10.77.1.2}\n"
+                 "  - {node: node-1, spiffe_id: 'spiffe://example.org/ns/demo/sa/cache'}\n"
+                 "  - {node: node-2, spiffe_id: 'spiffe://example.org/ns/demo/sa/api',"
+                 " address: 10.77.2.2}\n");
   char err[512] = "";
   workloads_ = mt_workloads_load(path.c_str(), "example.org", err, sizeof(err));
   ASSERT_NE(workloads_, nullptr) << err;
@@ -385,10 +388,11 @@ TEST_F(MeshView, TheContentAndDigestDoNotDependOnTheOrderEventsArrivedIn) {
   ASSERT_TRUE(For(kNodeAgent, true, "node-2", &a));
   // The same objects, applied in reverse order, into a fresh state.
   mt_cluster_state *other = mt_cluster_state_new("example.org");
-  ApplyTo(other, SliceJson("demo", "web", "web-1",
-                           {{"cache-a", "10.244.2.7", false},
-                            {"api-b", "10.244.2.6", true},
-                            {"web-a", "10.244.1.5", true}}),
+  ApplyTo(other,
+          SliceJson("demo", "web", "web-1",
+                    {{"cache-a", "10.244.2.7", false},
+                     {"api-b", "10.244.2.6", true},
+                     {"web-a", "10.244.1.5", true}}),
           MT_K8S_KIND_ENDPOINTSLICE);
   ApplyTo(other, ServiceJson("demo", "web", {"10.96.0.20", "fd00:96::20"}, {80}),
           MT_K8S_KIND_SERVICE);
