@@ -133,6 +133,7 @@ static void log_stream_end(mt_watcher *w, mt_grpc_status status, const char *rea
       .peer = w->peer,
       .caller = w->identity,
       .identity = w->identity,
+      .node = w->node, /* the node its snapshot was scoped to, if any */
       .status = status,
       .reason = reason,
       .message = message,

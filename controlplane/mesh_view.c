@@ -377,8 +377,9 @@ static int encode_shared(mt_mesh_view *v, const mt_mesh_view_inputs *in, char *e
     snap.n_workload_policies = 0;
     snap.workload_policies = NULL;
     snap.node_workloads = NULL;
-    memcpy(all, file->destinations, file->n_destinations * sizeof(*all));
-    memcpy(all + file->n_destinations, derived.ptrs, derived.n * sizeof(*all));
+    /* Either array may be NULL when empty (memcpy must not see that). */
+    for (size_t i = 0; i < file->n_destinations; i++) all[i] = file->destinations[i];
+    for (size_t i = 0; i < derived.n; i++) all[file->n_destinations + i] = derived.ptrs[i];
     snap.destinations = all;
     snap.n_destinations = file->n_destinations + derived.n;
     v->num_derived = derived.n;
