@@ -16,7 +16,9 @@ enum {
   INITIAL_CAPACITY = 64,
 };
 
-/* A workload on a node, copied from the source; |msg| owns its strings. */
+/* A workload on a node, copied from the source; |msg| owns its strings.
+ * One without an IP (a registry entry without address) is not sent as a
+ * Workload but still selects its identity's workload policy. */
 typedef struct {
   char *node;
   Mtlsd__Mesh__V1__Workload msg;
@@ -272,9 +274,8 @@ static void on_cluster_workload(void *ctx, const mt_cluster_workload *w) {
 static void on_registry_entry(void *ctx, const char *node, const char *spiffe_id,
                               const char *address) {
   copy_ctx *c = ctx;
-  /* Without an address the agent could not tell the workload's traffic. */
-  if (c->failed || address == NULL) return;
-  if (!add_workload(c->view, node, spiffe_id, &address, 1, "", "")) c->failed = 1;
+  if (c->failed) return;
+  if (!add_workload(c->view, node, spiffe_id, &address, address != NULL, "", "")) c->failed = 1;
 }
 
 static int compare_workloads(const void *pa, const void *pb) {
@@ -470,7 +471,8 @@ static int encode_own(const mt_mesh_view *v, const mt_mesh_caller *caller,
     /* Workloads of one node are sorted by identity: repeats are adjacent. */
     for (size_t i = first; i < end; i++) {
       const node_workload *w = &v->workloads[i];
-      workloads[nw.n_workloads++] = (Mtlsd__Mesh__V1__Workload *)&w->msg;
+      /* Without an IP the agent could not tell the workload's traffic. */
+      if (w->msg.n_ips > 0) workloads[nw.n_workloads++] = (Mtlsd__Mesh__V1__Workload *)&w->msg;
       if (i > first && strcmp(v->workloads[i - 1].msg.spiffe_id, w->msg.spiffe_id) == 0) continue;
       const Mtlsd__Mesh__V1__WorkloadPolicy *p = policy_of(v, w->msg.spiffe_id);
       if (p != NULL) policies[own.n_workload_policies++] = (Mtlsd__Mesh__V1__WorkloadPolicy *)p;

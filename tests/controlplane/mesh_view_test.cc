@@ -298,7 +298,7 @@ TEST_F(MeshView, TheRegistryFeedsNodeWorkloadsWhenThereIsNoCluster) {
   ASSERT_TRUE(For(kNodeAgent, true, "node-1", &s)) << error_;
   // cache has no address: not a Workload, but its policy still comes along.
   EXPECT_EQ(NodeWorkloads(s), std::vector<std::string>{"/ " + std::string(kWeb) + " 10.77.1.2"});
-  EXPECT_EQ(PolicyIds(s), std::vector<std::string>{kWeb});
+  EXPECT_EQ(PolicyIds(s), (std::vector<std::string>{kCache, kWeb}));
   EXPECT_EQ(mt_mesh_view_num_derived_destinations(view_), 0u);  // the registry derives none
 }
 

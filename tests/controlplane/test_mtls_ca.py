@@ -512,6 +512,33 @@ def test_editing_the_workloads_file_is_picked_up_without_a_signal(node_ca, msgs,
                                    metadata={IMPERSONATE: DEMO_BACKEND}))) == [DEMO_BACKEND]
 
 
+def test_a_node_agents_watch_follows_the_workloads_file(node_ca, msgs, pki):
+    """The registry feeds node_workloads (entries with an address: a
+    Workload needs an IP) and scopes workload_policies; a reload re-pushes."""
+    write_mesh(node_ca.mesh, pki, workload_policies=(
+        f"  - spiffe_id: {DEMO_FRONTEND}\n    policy: {{default: deny}}\n"
+        f"  - spiffe_id: {DEMO_BACKEND}\n    policy: {{default: deny}}\n"))
+    wait_until(lambda: "mesh snapshot version 2-" in node_ca.stderr(), "the mesh edit")
+    w = Watcher(node_ca, msgs, node_agent_token(pki, node="node-1"))
+    try:
+        first = w.next()
+        assert first.node_workloads.node_name == "node-1"
+        assert list(first.node_workloads.workloads) == []  # frontend has no address
+        assert [p.spiffe_id for p in first.workload_policies] == [DEMO_FRONTEND]
+        write_atomically(node_ca.workloads,
+                         "workloads:\n"
+                         f"  - {{node: node-1, spiffe_id: '{DEMO_FRONTEND}', address: 10.77.1.2}}\n"
+                         f"  - {{node: node-1, spiffe_id: '{DEMO_BACKEND}', address: 10.77.1.3}}\n"
+                         f"  - {{node: node-2, spiffe_id: '{DEMO_BACKEND}', address: 10.77.2.3}}\n")
+        pushed = w.next()
+    finally:
+        w.close()
+    assert [(x.spiffe_id, list(x.ips)) for x in pushed.node_workloads.workloads] == [
+        (DEMO_BACKEND, ["10.77.1.3"]), (DEMO_FRONTEND, ["10.77.1.2"])]
+    assert [p.spiffe_id for p in pushed.workload_policies] == [DEMO_BACKEND, DEMO_FRONTEND]
+    assert "in force (workloads file;" in node_ca.stderr()
+
+
 @pytest.mark.parametrize("bad_text, expected", [
     pytest.param("workloads:\n  - node: node-1\n    spiffe_id: " + DEMO_BACKEND + "\n"
                  "    namespace: demo\n",
