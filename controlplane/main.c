@@ -308,6 +308,18 @@ static void on_cluster_synced(void *ctx) {
   mt_ca_app *app = ctx;
   mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
                  mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
+  if (app->mesh != NULL) mt_mesh_service_cluster_synced(app->mesh);
+}
+
+/* Every applied event; the mesh service coalesces them into rounds. */
+static void on_cluster_change(void *ctx) {
+  mt_ca_app *app = ctx;
+  if (app->mesh != NULL) mt_mesh_service_sources_changed(app->mesh);
+}
+
+static void on_registry_change(void *ctx) {
+  mt_ca_app *app = ctx;
+  if (app->mesh != NULL) mt_mesh_service_sources_changed(app->mesh);
 }
 
 static void on_api_token_keys(void *ctx, mt_jwt_keys *keys, size_t skipped) {
@@ -350,7 +362,7 @@ static int start_api_token_keys(mt_ca_app *app, char *err, size_t err_len) {
 /* The Kubernetes API as the source of which workload runs where. */
 static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
-  static const mt_k8s_source_callbacks cb = {NULL, on_cluster_synced, on_cluster_log};
+  static const mt_k8s_source_callbacks cb = {on_cluster_change, on_cluster_synced, on_cluster_log};
   mt_k8s_source_config kc;
   memset(&kc, 0, sizeof(kc));
   kc.client.server = c->k8s_server;
@@ -386,6 +398,7 @@ static int start_node_agents(mt_ca_app *app, char *err, size_t err_len) {
   app->workloads = mt_workload_registry_new(app->loop, c->workloads_file, c->trust_domain,
                                             c->mesh_poll_ms, app->log, err, err_len);
   if (app->workloads == NULL) return 0;
+  mt_workload_registry_set_on_change(app->workloads, on_registry_change, app);
   mt_ca_service_allow_node_agents(app->ca, c->trust_domain, (const char *const *)c->node_agents,
                                   c->num_node_agents, app->workloads);
   for (size_t i = 0; i < c->num_node_agents; i++)
@@ -417,6 +430,17 @@ static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len
     app->mesh = mt_mesh_service_new(app->loop, c->mesh_file, c->trust_domain, c->mesh_poll_ms,
                                     app->auth, app->log, err, err_len);
     if (app->mesh == NULL) return 0;
+    /* Snapshots follow the cluster (or the registry) and are scoped per
+     * caller; with the API, nothing is sent before its first full listing. */
+    mt_mesh_sources src = {(const char *const *)c->node_agents, c->num_node_agents,
+                           app->cluster != NULL ? mt_k8s_source_state(app->cluster) : NULL,
+                           app->cluster != NULL && mt_k8s_source_synced(app->cluster),
+                           app->workloads};
+    char why[WHY_MAX];
+    if (!mt_mesh_service_use_sources(app->mesh, &src, why, sizeof(why))) {
+      snprintf(err, err_len, "%s: %s", c->mesh_file, why);
+      return 0;
+    }
     mt_ca_log_info(app->log, "mesh snapshot version %s from %s", mt_mesh_service_version(app->mesh),
                    c->mesh_file);
   }

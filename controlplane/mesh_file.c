@@ -693,6 +693,10 @@ const uint8_t *mt_mesh_file_content(const mt_mesh_file *mesh, size_t *len) {
 
 const uint8_t *mt_mesh_file_digest(const mt_mesh_file *mesh) { return mesh->digest; }
 
+const Mtlsd__Mesh__V1__MeshSnapshot *mt_mesh_file_message(const mt_mesh_file *mesh) {
+  return &mesh->snap;
+}
+
 size_t mt_mesh_file_sources(const mt_mesh_file *mesh, const char *const **paths) {
   *paths = (const char *const *)mesh->sources;
   return mesh->num_sources;
