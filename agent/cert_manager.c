@@ -107,6 +107,7 @@ static void request_certificate(cert_slot *slot);
 static void start_watch(mt_cert_manager *m);
 static void slot_dispose(cert_slot *slot);
 static void update_node_workloads(mt_cert_manager *m);
+static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -251,13 +252,17 @@ static void publish_all(mt_cert_manager *m) {
     m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
     return;
   }
+  /* Every listed pod goes in, those without a valid certificate with no
+   * identity: the workers then hold their traffic rather than treat them
+   * as strangers. */
   mt_workloads *table = mt_workloads_new(m->num_entries);
-  for (size_t i = 0; table != NULL && i < m->num_slots; i++) {
-    cert_slot *slot = m->slots[i];
-    if (!slot->serving) continue;
-    for (size_t e = 0; e < m->num_entries; e++)
-      if (strcmp(m->entries[e].spiffe_id, slot->spiffe_id) == 0)
-        mt_workloads_add(table, m->entries[e].address, slot->identity);
+  for (size_t e = 0; table != NULL && e < m->num_entries; e++) {
+    const cert_slot *slot = find_slot(m, m->entries[e].spiffe_id);
+    mt_identity *identity = slot != NULL && slot->serving ? slot->identity : NULL;
+    if (!mt_workloads_add(table, m->entries[e].address, m->entries[e].spiffe_id, identity)) {
+      mt_workloads_unref(table);
+      table = NULL;
+    }
   }
   if (table == NULL) MT_LOG_E("control plane: out of memory building the workload table");
   m->sink.publish_workloads(m->sink.arg, table);

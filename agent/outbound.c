@@ -131,14 +131,6 @@ static int is_own_listener(const mt_config *config, const struct sockaddr *targe
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss);
 static void resume_after_hold(mt_conn *conn);
 
-static int is_node_workload(const mt_config *config, const struct sockaddr *addr) {
-  for (size_t i = 0; i < config->num_node_workloads; i++)
-    if (mt_sockaddr_same_host((const struct sockaddr *)&config->node_workloads[i].address.addr,
-                              addr))
-      return 1;
-  return 0;
-}
-
 /* Node mode: when the destination is a pod of this node, judge the call by
  * that pod's inbound policy with the caller's identity (we hold both
  * certificates, so both identities are proven to us) and connect to the pod
@@ -147,7 +139,7 @@ static int deliver_on_node(mt_conn *conn) {
   const struct sockaddr *target = (const struct sockaddr *)&conn->target;
   mt_identity *dest = mt_worker_identity_for(conn->worker, target);
   if (dest == NULL) {
-    if (!is_node_workload(mt_worker_config(conn->worker), target)) return 0;
+    if (!mt_worker_lists_workload(conn->worker, target)) return 0;
     mt_conn_hold(conn, resume_after_hold, /* the pod's certificate may be on its way */
                  "the destination pod of this node has no valid certificate");
     return 1;

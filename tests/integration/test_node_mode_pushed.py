@@ -82,7 +82,9 @@ def test_each_node_serves_the_pods_the_control_plane_lists_for_it(bed):
     # NodeBed.start waited for every registered pod's certificate on its node.
     for node in NODES:
         for pod in pods_on(node):
-            assert serves(bed, node, pod) == pod.registered, (node, pod.name)
+            if serves(bed, node, pod) != pod.registered:
+                pytest.fail(f"{node} serves {pod.name}: {not pod.registered}; its log:\n"
+                            + bed.agent_stderr(node)[-4000:])
     # The impostor claims backend's identity on node-1 in test_node_mode.py;
     # here node-1 never even asks for it: the control plane did not list it.
     assert f"new node workload identity {FRONTEND.spiffe_id}" in bed.agent_stderr("node-1")
