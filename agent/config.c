@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "agent/mesh.h"
@@ -835,7 +836,19 @@ static int on_node_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node
 static int parse_node(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   c->node_mode = 1;
   if (!each_pair(pc, v, "node", on_node_key, c)) return 0;
-  if (c->node_name == NULL) return fail(pc, v, "node needs 'name'");
+  if (c->node_name == NULL) {
+    /* One config for every node of a DaemonSet: the pod spec passes
+     * spec.nodeName as NODE_NAME (downward API); else the host name, which
+     * a hostNetwork pod shares with its node. */
+    const char *env = getenv("NODE_NAME");
+    char host[HOST_NAME_MAX + 1] = "";
+    if (env != NULL && env[0] != '\0')
+      c->node_name = strdup(env);
+    else if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0')
+      c->node_name = strdup(host);
+    if (c->node_name == NULL)
+      return fail(pc, v, "node needs 'name' (or NODE_NAME in the environment)");
+  }
   return 1;
 }
 

@@ -179,6 +179,28 @@ TEST_F(ConfigTest, ControlPlaneAddressMayBeANameButNotGarbage) {
       << error_;
 }
 
+TEST_F(ConfigTest, NodeNameComesFromNodeNameInTheEnvironmentWhenNotGiven) {
+  const std::string node_config =
+      "trust_domain: example.org\n"
+      "identity:\n"
+      "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtlsd-node\n"
+      "control_plane:\n"
+      "  root_file: /dev/null\n"
+      "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+      "  address: mtls-ca.mtls-system.svc:15012\n"
+      "inbound:\n"
+      "  listeners:\n"
+      "    - address: 0.0.0.0:15006\n"
+      "node: {}\n";
+  setenv("NODE_NAME", "worker-7", 1);
+  mt_config *c = Load(node_config);
+  unsetenv("NODE_NAME");
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->node_name, "worker-7");
+  EXPECT_EQ(c->num_node_workloads, 0u) << "pods come from the control plane's Watch";
+  mt_config_free(c);
+}
+
 TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
   EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
                                          "  rules:\n"
