@@ -16,7 +16,7 @@
 
 #include "agent/mesh.h"
 #include "agent/svid.h"
-#include "grpc/resolver.h"
+#include "grpc/target.h"
 
 enum {
   DEFAULT_MAX_CONNECTIONS = 10000,

@@ -17,7 +17,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "grpc/h2_transport.h"
 
 struct mt_resolve {
   atomic_int refs; /* the loop's side and the thread's */
@@ -29,51 +28,6 @@ struct mt_resolve {
   mt_resolve_done on_done;
   void *arg;
 };
-
-static int host_name_valid(const char *host) {
-  size_t len = strlen(host);
-  if (len == 0 || len > MT_RESOLVE_HOST_MAX || host[0] == '-' || host[0] == '.') return 0;
-  for (const char *p = host; *p; p++) {
-    char ch = *p;
-    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-             ch == '-' || ch == '.';
-    if (!ok || (ch == '.' && p[1] == '.')) return 0;
-  }
-  return 1;
-}
-
-static int port_valid(const char *port) {
-  if (port[0] == '\0' || strlen(port) > 5) return 0;
-  long v = 0;
-  for (const char *p = port; *p; p++) {
-    if (*p < '0' || *p > '9') return 0;
-    v = v * 10 + (*p - '0');
-  }
-  return v >= 1 && v <= 65535;
-}
-
-int mt_resolve_parse(const char *text, mt_resolve_target *out) {
-  memset(out, 0, sizeof(*out));
-  if (text == NULL) return 0;
-  if (mt_h2_parse_address(text, &out->address, &out->address_len)) {
-    out->numeric = 1;
-    const char *colon = strrchr(text, ':');
-    snprintf(out->port, sizeof(out->port), "%s", colon + 1);
-    snprintf(out->host, sizeof(out->host), "%.*s", (int)(colon - text), text);
-    return 1;
-  }
-  const char *colon = strrchr(text, ':');
-  if (colon == NULL || text[0] == '[' || (size_t)(colon - text) > MT_RESOLVE_HOST_MAX ||
-      strlen(colon + 1) >= sizeof(out->port))
-    return 0;
-  snprintf(out->host, sizeof(out->host), "%.*s", (int)(colon - text), text);
-  snprintf(out->port, sizeof(out->port), "%s", colon + 1);
-  /* A string with an IP shape that did not parse as one (e.g. a port out of
-   * range on an IP) is malformed, not a name to look up. */
-  unsigned char probe[sizeof(struct in6_addr)];
-  if (inet_pton(AF_INET, out->host, probe) == 1) return 0;
-  return host_name_valid(out->host) && port_valid(out->port);
-}
 
 static void release(mt_resolve *r) {
   if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;

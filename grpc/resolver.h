@@ -18,29 +18,16 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "grpc/target.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 enum {
-  MT_RESOLVE_HOST_MAX = 253, /* a DNS name's longest text form */
   MT_RESOLVE_MAX_ADDRESSES = 8,
   MT_RESOLVE_ERROR_MAX = 160,
 };
-
-/* A parsed "host:port": |numeric| when the host is an IP literal (then
- * |address| holds it with the port). */
-typedef struct {
-  char host[MT_RESOLVE_HOST_MAX + 1];
-  char port[6];
-  int numeric;
-  struct sockaddr_storage address;
-  socklen_t address_len;
-} mt_resolve_target;
-
-/* Parses "ip:port", "[ipv6]:port" or "name:port" (a DNS name of letters,
- * digits, '-' and '.', port 1..65535). Returns 1, or 0 when malformed. */
-int mt_resolve_parse(const char *text, mt_resolve_target *out);
 
 typedef struct {
   struct sockaddr_storage addresses[MT_RESOLVE_MAX_ADDRESSES];
