@@ -19,6 +19,7 @@ checked as files:
 
 Run: /usr/bin/python3 -m pytest tests/deploy
 Needs python3-yaml, python3-cryptography and yamllint (deploy/install_deps.sh).
+The schema validation against Kubernetes' API is test_manifest_schema.py.
 """
 
 import base64
@@ -1246,5 +1247,6 @@ def test_runtime_packages_provide_every_needed_library():
 def test_image_docs_and_deps():
     assert "docker build -f deploy/image/Dockerfile -t mtlsd:dev ." in \
         (REPO / "deploy" / "image" / "README.md").read_text()
-    # This suite's own tool is installed by the project's dependency script.
-    assert "yamllint" in install_deps_packages()
+    # This suite's own tools are installed by the project's dependency script
+    # (test_manifest_schema.py validates against python3-kubernetes' models).
+    assert {"yamllint", "python3-kubernetes"} <= install_deps_packages()
