@@ -18,26 +18,23 @@ enum { TEXT_MAX = 256 };
 
 /* ---- readiness ---- */
 
-/* Node mode: the identity serving workload |w| now; NULL when it has none. */
-static mt_identity *workload_identity(const mt_admin_view *v, const mt_node_workload_config *w) {
-  if (v->workloads == NULL) return NULL;
-  return mt_workloads_find(v->workloads, (const struct sockaddr *)&w->address.addr);
-}
-
-/* Node mode: every listed workload needs a valid certificate of its own. */
+/* Node mode: every pod the agent serves (node.workloads, or the control
+ * plane's list) needs a valid certificate of its own. */
 static int node_certificates_ready(const mt_admin_view *v, char *why, size_t why_len) {
-  const mt_config *c = v->config;
-  size_t missing = 0;
+  size_t count = mt_workloads_count(v->workloads), missing = 0;
   const char *first = NULL;
-  for (size_t i = 0; i < c->num_node_workloads; i++) {
-    const mt_node_workload_config *w = &c->node_workloads[i];
-    mt_identity *id = workload_identity(v, w);
+  if (v->workloads == NULL) {
+    snprintf(why, why_len, "not ready: the node's workloads are not known yet");
+    return 0;
+  }
+  for (size_t i = 0; i < count; i++) {
+    mt_identity *id = mt_workloads_identity_at(v->workloads, i);
     if (id != NULL && mt_identity_not_after(id) > v->now) continue;
-    if (missing++ == 0) first = w->spiffe_id;
+    if (missing++ == 0) first = mt_workloads_spiffe_id_at(v->workloads, i);
   }
   if (missing == 0) return 1;
   snprintf(why, why_len, "not ready: %zu of %zu workloads have no valid certificate (first: %s)",
-           missing, c->num_node_workloads, first);
+           missing, count, first);
   return 0;
 }
 
@@ -68,7 +65,7 @@ int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
     return 0;
   }
   if (node) {
-    snprintf(why, why_len, "ready: serving %zu workloads", v->config->num_node_workloads);
+    snprintf(why, why_len, "ready: serving %zu workloads", mt_workloads_count(v->workloads));
     return 1;
   }
   snprintf(why, why_len, "ready: serving as %s (serial %s, expires in %lld s)",
@@ -183,21 +180,25 @@ static void render_identity_fields(mt_text *out, int *first, mt_identity *id, ti
 /* Node mode: one entry per listed workload, with its certificate when it
  * has a valid one. */
 static void render_node_certs(const mt_admin_view *v, mt_text *out, int *first) {
-  const mt_config *c = v->config;
   mt_identity *any = NULL;
   mt_json_key(out, first, "workloads");
   mt_text_printf(out, "[");
-  for (size_t i = 0; i < c->num_node_workloads; i++) {
-    const mt_node_workload_config *w = &c->node_workloads[i];
-    mt_identity *id = workload_identity(v, w);
+  for (size_t i = 0; i < mt_workloads_count(v->workloads); i++) {
+    mt_sockaddr address;
+    memset(&address, 0, sizeof(address));
+    const struct sockaddr *sa = mt_workloads_address_at(v->workloads, i);
+    memcpy(&address.addr, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    mt_identity *id = mt_workloads_identity_at(v->workloads, i);
+    if (id != NULL && mt_identity_not_after(id) <= v->now) id = NULL;
     int f = 1;
     mt_text_printf(out, "%s{", i ? "," : "");
-    json_ip(out, &f, "address", &w->address);
+    json_ip(out, &f, "address", &address);
     if (id != NULL) {
       render_identity_fields(out, &f, id, v->now);
       any = any ? any : id;
     } else {
-      mt_json_str(out, &f, "spiffe_id", w->spiffe_id);
+      mt_json_str(out, &f, "spiffe_id", mt_workloads_spiffe_id_at(v->workloads, i));
       mt_json_str(out, &f, "serial", NULL);
       mt_json_str(out, &f, "error", "no valid certificate for this workload");
     }

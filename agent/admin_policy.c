@@ -106,7 +106,13 @@ static void render_node_policies(const mt_admin_view *v, mt_text *out) {
     if (colon != NULL) *colon = '\0';
     mt_text_printf(out, "%s{", i ? "," : "");
     mt_json_str(out, &first, "address", addr);
-    render_one_policy(v, mt_workloads_identity_at(v->workloads, i), out, &first);
+    mt_identity *owner = mt_workloads_identity_at(v->workloads, i);
+    if (owner != NULL) {
+      render_one_policy(v, owner, out, &first);
+    } else { /* listed, no certificate yet: nothing it serves, nothing judged */
+      mt_json_str(out, &first, "spiffe_id", mt_workloads_spiffe_id_at(v->workloads, i));
+      mt_json_str(out, &first, "error", "no valid certificate for this workload");
+    }
     mt_text_printf(out, "}");
   }
   mt_text_printf(out, "]}\n");

@@ -41,13 +41,17 @@ static const double MIN_RENEWAL_DELAY_S = 0.1;
 
 typedef enum { CM_REQUESTING, CM_VALID, CM_BACKOFF } cm_state;
 
+typedef struct {
+  const struct sockaddr *address;
+  const char *spiffe_id;
+} node_entry;
+
 /* One certificate we keep valid: our own (sidecar mode) or one workload's
  * (node mode, requested on its behalf). Each runs the state machine above. */
 typedef struct {
   mt_cert_manager *m;
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* what we ask the CA for */
   int impersonate;                          /* node mode: on a workload's behalf */
-  size_t workload;                          /* node mode: index in config->node_workloads */
   cm_state state;
   mt_ca_request *request;
   EVP_PKEY *pending_key; /* the key the request in flight certifies */
@@ -89,11 +93,21 @@ struct mt_cert_manager {
   ev_timer watch_timer;
   int watch_backoff_ms;
 
+  /* Node mode: the pods served, as (address, identity) pairs: the control
+   * plane's list once a snapshot carried one, else node.workloads. Points
+   * into |config| or |watched|; rebuilt whenever either is replaced. */
+  node_entry *entries;
+  size_t num_entries;
+  int entries_pushed; /* 1: from the control plane */
+
   mt_cert_manager_stats stats;
 };
 
 static void request_certificate(cert_slot *slot);
 static void start_watch(mt_cert_manager *m);
+static void slot_dispose(cert_slot *slot);
+static void update_node_workloads(mt_cert_manager *m);
+static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -179,7 +193,9 @@ static mt_mesh *slot_mesh(const cert_slot *slot) {
   const mt_cert_manager *m = slot->m;
   const char *who = slot->issued_id[0] != '\0' ? slot->issued_id : slot->spiffe_id;
   if (m->have_watched) return mt_mesh_update_for(&m->watched, who);
-  if (slot->impersonate) return m->config->node_workloads[slot->workload].mesh;
+  for (size_t w = 0; slot->impersonate && w < m->config->num_node_workloads; w++)
+    if (strcmp(m->config->node_workloads[w].spiffe_id, slot->spiffe_id) == 0)
+      return m->config->node_workloads[w].mesh;
   return m->config->mesh;
 }
 
@@ -236,14 +252,17 @@ static void publish_all(mt_cert_manager *m) {
     m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
     return;
   }
-  mt_workloads *table = mt_workloads_new(m->config->num_node_workloads);
-  for (size_t i = 0; table != NULL && i < m->num_slots; i++) {
-    cert_slot *slot = m->slots[i];
-    if (!slot->serving) continue;
-    for (size_t w = 0; w < m->config->num_node_workloads; w++)
-      if (strcmp(m->config->node_workloads[w].spiffe_id, slot->spiffe_id) == 0)
-        mt_workloads_add(table, (const struct sockaddr *)&m->config->node_workloads[w].address.addr,
-                         slot->identity);
+  /* Every listed pod goes in, those without a valid certificate with no
+   * identity: the workers then hold their traffic rather than treat them
+   * as strangers. */
+  mt_workloads *table = mt_workloads_new(m->num_entries);
+  for (size_t e = 0; table != NULL && e < m->num_entries; e++) {
+    const cert_slot *slot = find_slot(m, m->entries[e].spiffe_id);
+    mt_identity *identity = slot != NULL && slot->serving ? slot->identity : NULL;
+    if (!mt_workloads_add(table, m->entries[e].address, m->entries[e].spiffe_id, identity)) {
+      mt_workloads_unref(table);
+      table = NULL;
+    }
   }
   if (table == NULL) MT_LOG_E("control plane: out of memory building the workload table");
   m->sink.publish_workloads(m->sink.arg, table);
@@ -396,16 +415,24 @@ static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
 static void on_watch_update(void *arg, mt_mesh_update *u) {
   mt_cert_manager *m = arg;
   m->watch_backoff_ms = m->config->cp_retry_initial_ms;
-  mt_mesh_update_clear(&m->watched);
+  mt_mesh_update previous = m->watched; /* the node entries may point into it */
   m->watched = *u;
   memset(u, 0, sizeof(*u));
   m->have_watched = 1;
   m->stats.mesh_updates++;
   m->stats.watch_state = MT_WATCH_STREAMING;
   m->stats.has_mesh_config = 1;
-  MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
-           mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-           mt_mesh_num_destinations(m->watched.mesh));
+  if (m->watched.has_node_workloads)
+    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations, %zu workloads on "
+             "this node",
+             mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
+             mt_mesh_num_destinations(m->watched.mesh), m->watched.num_node_workloads);
+  else
+    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
+             mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
+             mt_mesh_num_destinations(m->watched.mesh));
+  if (m->config->node_mode) update_node_workloads(m);
+  mt_mesh_update_clear(&previous);
   rebuild_all(m);
 }
 
@@ -523,12 +550,11 @@ static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   return 1;
 }
 
-static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id, int impersonate,
-                      size_t workload) {
+static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id,
+                      int impersonate) {
   slot->m = m;
   snprintf(slot->spiffe_id, sizeof(slot->spiffe_id), "%s", spiffe_id);
   slot->impersonate = impersonate;
-  slot->workload = workload;
   slot->backoff_ms = m->config->cp_retry_initial_ms;
   ev_init(&slot->cert_timer, on_cert_timer);
   ev_init(&slot->expiry_timer, on_expiry);
@@ -541,8 +567,7 @@ static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id) {
   return NULL;
 }
 
-static cert_slot *add_slot(mt_cert_manager *m, const char *spiffe_id, int impersonate,
-                           size_t workload) {
+static cert_slot *add_slot(mt_cert_manager *m, const char *spiffe_id, int impersonate) {
   if (m->num_slots == m->cap_slots) {
     size_t cap = m->cap_slots ? 2 * m->cap_slots : 4;
     cert_slot **grown = realloc(m->slots, cap * sizeof(*grown));
@@ -552,19 +577,98 @@ static cert_slot *add_slot(mt_cert_manager *m, const char *spiffe_id, int impers
   }
   cert_slot *slot = calloc(1, sizeof(*slot));
   if (slot == NULL) return NULL;
-  slot_init(m, slot, spiffe_id, impersonate, workload);
+  slot_init(m, slot, spiffe_id, impersonate);
   m->slots[m->num_slots++] = slot;
   return slot;
+}
+
+/* Node mode: lists the pods to serve from the control plane's latest
+ * snapshot when it carried node workloads, else from node.workloads.
+ * Returns 0 when out of memory (the previous list stays). */
+static int refresh_node_entries(mt_cert_manager *m) {
+  const mt_config *c = m->config;
+  int pushed = m->have_watched && m->watched.has_node_workloads;
+  size_t n = 0;
+  if (pushed)
+    for (size_t w = 0; w < m->watched.num_node_workloads; w++)
+      n += m->watched.node_workloads[w].num_addresses;
+  else
+    n = c->num_node_workloads;
+  node_entry *entries = calloc(n + 1, sizeof(*entries));
+  if (entries == NULL) return 0;
+  size_t k = 0;
+  if (pushed) {
+    for (size_t w = 0; w < m->watched.num_node_workloads; w++) {
+      const mt_pushed_workload *pw = &m->watched.node_workloads[w];
+      for (size_t a = 0; a < pw->num_addresses; a++)
+        entries[k++] = (node_entry){(const struct sockaddr *)&pw->addresses[a].addr, pw->spiffe_id};
+    }
+  } else {
+    for (size_t w = 0; w < c->num_node_workloads; w++)
+      entries[k++] = (node_entry){(const struct sockaddr *)&c->node_workloads[w].address.addr,
+                                  c->node_workloads[w].spiffe_id};
+  }
+  free(m->entries);
+  m->entries = entries;
+  m->num_entries = k;
+  if (pushed != m->entries_pushed)
+    MT_LOG_I("node workloads now come from %s",
+             pushed ? "the control plane" : "the config file (node.workloads)");
+  m->entries_pushed = pushed;
+  return 1;
+}
+
+/* Node mode: pods came and went. Identities no longer listed lose their
+ * slot (and their certificate) at once; new ones get a slot and a request;
+ * the rest keep their certificate. */
+static void reconcile_node_slots(mt_cert_manager *m) {
+  size_t kept = 0;
+  for (size_t i = 0; i < m->num_slots; i++) {
+    cert_slot *slot = m->slots[i];
+    size_t e = 0;
+    while (e < m->num_entries && strcmp(m->entries[e].spiffe_id, slot->spiffe_id) != 0) e++;
+    if (e == m->num_entries) {
+      MT_LOG_I("node workload identity %s is gone; dropping its certificate", slot->spiffe_id);
+      slot_dispose(slot);
+      continue;
+    }
+    m->slots[kept++] = slot;
+  }
+  m->num_slots = kept;
+  for (size_t e = 0; e < m->num_entries; e++) {
+    const char *id = m->entries[e].spiffe_id;
+    if (find_slot(m, id) != NULL) continue;
+    cert_slot *slot = add_slot(m, id, 1);
+    if (slot == NULL) {
+      MT_LOG_E("control plane: out of memory adding node workload %s", id);
+      continue;
+    }
+    MT_LOG_I("new node workload identity %s; requesting its certificate", id);
+    if (m->grpc != NULL) request_certificate(slot);
+  }
+}
+
+/* The list of pods may have changed: re-list them and reconcile the slots.
+ * Out of memory serves no pod at all (fail closed) rather than a stale list
+ * whose storage is about to go. */
+static void update_node_workloads(mt_cert_manager *m) {
+  if (!refresh_node_entries(m)) {
+    MT_LOG_E("control plane: out of memory listing node workloads; serving none");
+    free(m->entries);
+    m->entries = NULL;
+    m->num_entries = 0;
+  }
+  reconcile_node_slots(m);
 }
 
 /* Sidecar: one slot, our own identity. Node mode: one slot per distinct
  * workload identity (pods of one service account share a certificate). */
 static int make_slots(mt_cert_manager *m) {
-  const mt_config *c = m->config;
-  if (!c->node_mode) return add_slot(m, c->spiffe_id, 0, 0) != NULL;
-  for (size_t w = 0; w < c->num_node_workloads; w++) {
-    const char *id = c->node_workloads[w].spiffe_id;
-    if (find_slot(m, id) == NULL && add_slot(m, id, 1, w) == NULL) return 0;
+  if (!m->config->node_mode) return add_slot(m, m->config->spiffe_id, 0) != NULL;
+  if (!refresh_node_entries(m)) return 0;
+  for (size_t e = 0; e < m->num_entries; e++) {
+    const char *id = m->entries[e].spiffe_id;
+    if (find_slot(m, id) == NULL && add_slot(m, id, 1) == NULL) return 0;
   }
   return 1;
 }
@@ -635,47 +739,16 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   sk_X509_pop_free(m->ca_roots, X509_free);
   bundles_free(m->static_bundles, m->num_static_bundles);
   mt_mesh_update_clear(&m->watched);
+  free(m->entries);
   mt_config_free(m->config);
   free(m);
 }
 
-/* Node mode after a reload: pods came and went. Identities no longer listed
- * lose their slot (and their certificate); new ones get a slot and a
- * request; the rest keep their certificate and point at their new entry. */
-static void reconcile_node_slots(mt_cert_manager *m) {
-  const mt_config *c = m->config;
-  size_t kept = 0;
-  for (size_t i = 0; i < m->num_slots; i++) {
-    cert_slot *slot = m->slots[i];
-    size_t w = 0;
-    while (w < c->num_node_workloads && strcmp(c->node_workloads[w].spiffe_id, slot->spiffe_id))
-      w++;
-    if (w == c->num_node_workloads) {
-      MT_LOG_I("node workload identity %s is gone; dropping its certificate", slot->spiffe_id);
-      slot_dispose(slot);
-      continue;
-    }
-    slot->workload = w;
-    m->slots[kept++] = slot;
-  }
-  m->num_slots = kept;
-  for (size_t w = 0; w < c->num_node_workloads; w++) {
-    const char *id = c->node_workloads[w].spiffe_id;
-    if (find_slot(m, id) != NULL) continue;
-    cert_slot *slot = add_slot(m, id, 1, w);
-    if (slot == NULL) {
-      MT_LOG_E("control plane: out of memory adding node workload %s", id);
-      continue;
-    }
-    MT_LOG_I("new node workload identity %s; requesting its certificate", id);
-    request_certificate(slot);
-  }
-}
-
 void mt_cert_manager_set_config(mt_cert_manager *m, mt_config *config) {
-  mt_config_free(m->config);
+  mt_config *previous = m->config; /* the node entries may point into it */
   m->config = mt_config_ref(config);
-  if (config->node_mode) reconcile_node_slots(m);
+  if (config->node_mode) update_node_workloads(m);
+  mt_config_free(previous);
   rebuild_all(m); /* the static policy, TLS settings and timeouts may have changed */
 }
 

@@ -11,10 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "agent/mesh.h"
 #include "agent/svid.h"
+#include "grpc/target.h"
 
 enum {
   DEFAULT_MAX_CONNECTIONS = 10000,
@@ -199,8 +201,13 @@ static int on_control_plane_key(parse_ctx *pc, const char *key, yaml_node_t *k, 
                                 void *target) {
   mt_config *c = target;
   if (strcmp(key, "address") == 0) {
-    mt_sockaddr probe;
-    if (!want_address(pc, v, key, 1, &probe)) return 0;
+    /* A Service name is the usual form in a cluster; it is looked up off
+     * the loop, again at every reconnect (grpc/resolver.h). */
+    const char *s;
+    mt_resolve_target probe;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (!mt_resolve_parse(s, &probe))
+      return fail(pc, v, "'address' must be IP:port, [IPv6]:port or name:port, got '%s'", s);
     return want_string(pc, v, key, &c->cp_address);
   }
   if (strcmp(key, "root_file") == 0) return want_string(pc, v, key, &c->cp_root_file);
@@ -382,17 +389,42 @@ static int on_inbound_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_n
 
 /* ---- outbound destinations --------------------------------------------- */
 
+static int add_destination_id(parse_ctx *pc, yaml_node_t *v, mt_destination_config *d) {
+  char *id = NULL;
+  if (!want_string(pc, v, "spiffe_id", &id)) return 0;
+  mt_spiffe_err e = mt_spiffe_id_parse(id, strlen(id), NULL);
+  if (e != MT_SPIFFE_OK) {
+    int r = fail(pc, v, "invalid SPIFFE ID '%s': %s", id, mt_spiffe_err_str(e));
+    free(id);
+    return r;
+  }
+  for (size_t i = 0; i < d->num_spiffe_ids; i++)
+    if (strcmp(d->spiffe_ids[i], id) == 0) {
+      free(id); /* listed twice: one is enough */
+      return 1;
+    }
+  char **grown = realloc(d->spiffe_ids, (d->num_spiffe_ids + 1) * sizeof(*grown));
+  if (grown == NULL) {
+    free(id);
+    return fail(pc, v, "out of memory");
+  }
+  d->spiffe_ids = grown;
+  d->spiffe_ids[d->num_spiffe_ids++] = id;
+  return 1;
+}
+
+static int on_destination_id(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  (void)i;
+  return add_destination_id(pc, item, target);
+}
+
 static int on_destination_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                               void *target) {
   mt_destination_config *d = target;
-  if (strcmp(key, "address") == 0) return want_address(pc, v, key, 1, &d->address);
-  if (strcmp(key, "spiffe_id") == 0) {
-    if (!want_string(pc, v, key, &d->spiffe_id)) return 0;
-    mt_spiffe_err e = mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL);
-    if (e != MT_SPIFFE_OK)
-      return fail(pc, v, "invalid SPIFFE ID '%s': %s", d->spiffe_id, mt_spiffe_err_str(e));
-    return 1;
-  }
+  if (strcmp(key, "address") == 0) return want_address(pc, v, key, 0, &d->address);
+  if (strcmp(key, "spiffe_id") == 0) return add_destination_id(pc, v, d);
+  if (strcmp(key, "spiffe_ids") == 0)
+    return each_item(pc, v, "outbound.destinations[].spiffe_ids", on_destination_id, d);
   return fail(pc, k, "unknown key 'outbound.destinations[].%s'", key);
 }
 
@@ -402,7 +434,12 @@ static int on_destination(parse_ctx *pc, yaml_node_t *item, size_t i, void *targ
   c->num_destinations = i + 1;
   if (!each_pair(pc, item, "a destination", on_destination_key, d)) return 0;
   if (d->address.addr_len == 0) return fail(pc, item, "destination needs 'address'");
-  if (d->spiffe_id == NULL) return fail(pc, item, "destination needs 'spiffe_id'");
+  if (d->num_spiffe_ids == 0)
+    return fail(pc, item, "destination needs 'spiffe_id' or a non-empty 'spiffe_ids'");
+  for (size_t j = 0; j < i; j++)
+    if (mt_sockaddr_equal((const struct sockaddr *)&c->destinations[j].address.addr,
+                          (const struct sockaddr *)&d->address.addr))
+      return fail(pc, item, "destination address listed twice (entries %zu and %zu)", j + 1, i + 1);
   return 1;
 }
 
@@ -799,7 +836,19 @@ static int on_node_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node
 static int parse_node(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   c->node_mode = 1;
   if (!each_pair(pc, v, "node", on_node_key, c)) return 0;
-  if (c->node_name == NULL) return fail(pc, v, "node needs 'name'");
+  if (c->node_name == NULL) {
+    /* One config for every node of a DaemonSet: the pod spec passes
+     * spec.nodeName as NODE_NAME (downward API); else the host name, which
+     * a hostNetwork pod shares with its node. */
+    const char *env = getenv("NODE_NAME");
+    char host[HOST_NAME_MAX + 1] = "";
+    if (env != NULL && env[0] != '\0')
+      c->node_name = strdup(env);
+    else if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0')
+      c->node_name = strdup(host);
+    if (c->node_name == NULL)
+      return fail(pc, v, "node needs 'name' (or NODE_NAME in the environment)");
+  }
   return 1;
 }
 
@@ -929,7 +978,10 @@ static int validate_control_plane(parse_ctx *pc, mt_config *c, yaml_node_t *root
 static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (!c->has_control_plane)
     return fail(pc, root, "node mode needs 'control_plane' (workload certificates come from it)");
-  if (c->num_node_workloads == 0) return fail(pc, root, "node mode needs 'node.workloads'");
+  if (c->num_node_workloads == 0 && !c->cp_watch)
+    return fail(pc, root,
+                "node mode needs 'node.workloads', or control_plane.watch (the control plane "
+                "then says which pods run on this node)");
   for (size_t i = 0; i < c->num_node_workloads; i++) {
     const char *id = c->node_workloads[i].spiffe_id;
     mt_spiffe_id_view view;
@@ -1098,7 +1150,11 @@ void mt_config_free(mt_config *c) {
   free(c->inbound_listeners);
   free(c->permissive_ports);
   free(c->outbound_listeners);
-  for (size_t i = 0; i < c->num_destinations; i++) free(c->destinations[i].spiffe_id);
+  for (size_t i = 0; i < c->num_destinations; i++) {
+    for (size_t j = 0; j < c->destinations[i].num_spiffe_ids; j++)
+      free(c->destinations[i].spiffe_ids[j]);
+    free(c->destinations[i].spiffe_ids);
+  }
   free(c->destinations);
   free(c->interception.include_inbound_ports.ports);
   free(c->interception.exclude_inbound_ports.ports);

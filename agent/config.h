@@ -44,9 +44,11 @@ typedef struct {
   mt_sockaddr destination; /* outbound mapping: the remote agent */
 } mt_listener_config;
 
+/* outbound.destinations[]: who may answer at an address. */
 typedef struct {
-  mt_sockaddr address;
-  char *spiffe_id;
+  mt_sockaddr address; /* port 0: every port of that IP (a pod) */
+  char **spiffe_ids;   /* allowed server identities (any one of them); at least one */
+  size_t num_spiffe_ids;
 } mt_destination_config;
 
 typedef struct {
@@ -197,7 +199,11 @@ int mt_config_restart_changes(const mt_config *old, const mt_config *next, char 
 /* "trust_domain", "deny" or "passthrough", as the config spells it. */
 const char *mt_unknown_destination_str(mt_unknown_dest_mode mode);
 
-/* Parses "ip:port", "[v6]:port" (port required). Returns 1 or 0. */
+/* Room for any mt_sockaddr_format text: "[" v6 "]:" port. */
+enum { MT_SOCKADDR_TEXT_MAX = 64 };
+
+/* Parses "ip:port", "[v6]:port" (port required) or, when |require_port| is
+ * 0, also an IP alone (port 0). Returns 1 or 0. */
 int mt_sockaddr_parse(const char *text, mt_sockaddr *out, int require_port);
 /* Formats as "ip:port" into |buf|. */
 void mt_sockaddr_format(const struct sockaddr *sa, char *buf, size_t len);

@@ -33,8 +33,23 @@ const mt_policy *mt_mesh_policy(const mt_mesh *mesh);
 const char *mt_mesh_version(const mt_mesh *mesh);
 size_t mt_mesh_num_destinations(const mt_mesh *mesh);
 
-/* The SPIFFE ID expected at |dest|, or NULL when none is configured. */
-const char *mt_mesh_expected_id(const mt_mesh *mesh, const struct sockaddr *dest);
+/* The server identities allowed at a destination (any one of them). */
+typedef struct {
+  const char *const *ids; /* borrowed from the mesh */
+  size_t count;           /* at least 1 */
+} mt_expected_ids;
+
+/* The identities allowed at |dest|: its "ip:port" entry, else the entry of
+ * its IP alone (a pod: every port). Returns 1 with |out| filled, or 0 when
+ * none is configured. O(log n). */
+int mt_mesh_expected_ids(const mt_mesh *mesh, const struct sockaddr *dest, mt_expected_ids *out);
+
+/* 1 when two destinations have the same address (the same "ip:port", or
+ * the same IP alone), with that address as text in |addr|; else 0. */
+int mt_mesh_duplicate_destination(const mt_mesh *mesh, char *addr, size_t addr_len);
+
+/* 1 when |spiffe_id| is one of |ids|. */
+int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id);
 
 #ifdef __cplusplus
 }

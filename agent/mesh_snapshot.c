@@ -23,6 +23,12 @@ void mt_mesh_update_clear(mt_mesh_update *u) {
     mt_mesh_unref(u->workloads[i].mesh);
   }
   free(u->workloads);
+  for (size_t i = 0; i < u->num_node_workloads; i++) {
+    free(u->node_workloads[i].spiffe_id);
+    free(u->node_workloads[i].addresses);
+    free(u->node_workloads[i].name);
+  }
+  free(u->node_workloads);
   memset(u, 0, sizeof(*u));
 }
 
@@ -150,20 +156,38 @@ static mt_policy *decode_policy(const Mtlsd__Mesh__V1__Policy *p, char *err, siz
   return policy;
 }
 
+/* Fills |dests| from the snapshot; the ID arrays are allocated here and
+ * freed by free_destinations, the strings borrowed from |s| (mt_mesh_new
+ * copies them). */
 static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destination_config *dests,
                                char *err, size_t err_len) {
   for (size_t i = 0; i < s->n_destinations; i++) {
     const Mtlsd__Mesh__V1__Destination *d = s->destinations[i];
-    if (!mt_sockaddr_parse(d->address, &dests[i].address, 1))
-      return snprintf(err, err_len, "destinations[%zu]: '%.64s' is not IP:port", i, d->address), 0;
-    mt_spiffe_err e = mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL);
-    if (e != MT_SPIFFE_OK)
-      return snprintf(err, err_len, "destinations[%zu]: invalid SPIFFE ID: %s", i,
-                      mt_spiffe_err_str(e)),
+    if (!mt_sockaddr_parse(d->address, &dests[i].address, 0))
+      return snprintf(err, err_len, "destinations[%zu]: '%.64s' is not IP:port or IP", i,
+                      d->address),
              0;
-    dests[i].spiffe_id = d->spiffe_id; /* borrowed: mt_mesh_new copies */
+    size_t n = (d->spiffe_id[0] != '\0') + d->n_spiffe_ids;
+    if (n == 0) return snprintf(err, err_len, "destinations[%zu]: no SPIFFE ID", i), 0;
+    dests[i].spiffe_ids = calloc(n, sizeof(char *));
+    if (dests[i].spiffe_ids == NULL) return snprintf(err, err_len, "out of memory"), 0;
+    for (size_t j = 0; j < n; j++) {
+      char *id = d->spiffe_id[0] != '\0' ? (j == 0 ? d->spiffe_id : d->spiffe_ids[j - 1])
+                                          : d->spiffe_ids[j];
+      mt_spiffe_err e = mt_spiffe_id_parse(id, strlen(id), NULL);
+      if (e != MT_SPIFFE_OK)
+        return snprintf(err, err_len, "destinations[%zu]: invalid SPIFFE ID: %s", i,
+                        mt_spiffe_err_str(e)),
+               0;
+      dests[i].spiffe_ids[dests[i].num_spiffe_ids++] = id;
+    }
   }
   return 1;
+}
+
+static void free_destinations(mt_destination_config *dests, size_t n) {
+  for (size_t i = 0; dests != NULL && i < n; i++) free(dests[i].spiffe_ids);
+  free(dests);
 }
 
 static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
@@ -195,6 +219,84 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
   return 1;
 }
 
+static int decode_one_workload(const Mtlsd__Mesh__V1__Workload *w, size_t i,
+                               mt_pushed_workload *out, char *err, size_t err_len) {
+  mt_spiffe_err e = mt_spiffe_id_parse(w->spiffe_id, strlen(w->spiffe_id), NULL);
+  if (e != MT_SPIFFE_OK)
+    return snprintf(err, err_len, "node_workloads[%zu]: invalid SPIFFE ID: %s", i,
+                    mt_spiffe_err_str(e)),
+           0;
+  if (w->n_ips == 0)
+    return snprintf(err, err_len, "node_workloads[%zu] (%.128s): no IP", i, w->spiffe_id), 0;
+  out->spiffe_id = strdup(w->spiffe_id);
+  out->addresses = calloc(w->n_ips, sizeof(*out->addresses));
+  size_t name_len = strlen(w->namespace_) + strlen(w->pod) + 2;
+  out->name = malloc(name_len);
+  if (out->spiffe_id == NULL || out->addresses == NULL || out->name == NULL)
+    return snprintf(err, err_len, "out of memory"), 0;
+  snprintf(out->name, name_len, "%s%s%s", w->namespace_, w->pod[0] ? "/" : "", w->pod);
+  for (size_t j = 0; j < w->n_ips; j++) {
+    if (!mt_sockaddr_parse(w->ips[j], &out->addresses[j], 0) ||
+        mt_sockaddr_port((const struct sockaddr *)&out->addresses[j].addr) != 0)
+      return snprintf(err, err_len, "node_workloads[%zu] (%.128s): '%.64s' is not an IP", i,
+                      w->spiffe_id, w->ips[j]),
+             0;
+    out->num_addresses = j + 1;
+  }
+  return 1;
+}
+
+typedef struct {
+  const mt_sockaddr *address;
+  size_t workload;
+} address_owner;
+
+static int compare_owners(const void *a, const void *b) {
+  const mt_sockaddr *x = ((const address_owner *)a)->address;
+  const mt_sockaddr *y = ((const address_owner *)b)->address;
+  if (x->addr.ss_family != y->addr.ss_family) return x->addr.ss_family < y->addr.ss_family ? -1 : 1;
+  return memcmp(&x->addr, &y->addr, sizeof(x->addr));
+}
+
+/* No IP may belong to two workloads: which certificate would serve it? */
+static int check_addresses_unique(const mt_mesh_update *out, char *err, size_t err_len) {
+  size_t total = 0;
+  for (size_t i = 0; i < out->num_node_workloads; i++) total += out->node_workloads[i].num_addresses;
+  address_owner *owners = calloc(total + 1, sizeof(*owners));
+  if (owners == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  size_t n = 0;
+  for (size_t i = 0; i < out->num_node_workloads; i++)
+    for (size_t j = 0; j < out->node_workloads[i].num_addresses; j++)
+      owners[n++] = (address_owner){&out->node_workloads[i].addresses[j], i};
+  qsort(owners, n, sizeof(*owners), compare_owners);
+  int ok = 1;
+  for (size_t i = 1; ok && i < n; i++) {
+    if (compare_owners(&owners[i - 1], &owners[i]) != 0) continue;
+    char text[MT_SOCKADDR_TEXT_MAX];
+    mt_sockaddr_format((const struct sockaddr *)&owners[i].address->addr, text, sizeof(text));
+    snprintf(err, err_len, "node_workloads: address %s belongs to %.128s and %.128s", text,
+             out->node_workloads[owners[i - 1].workload].spiffe_id,
+             out->node_workloads[owners[i].workload].spiffe_id);
+    ok = 0;
+  }
+  free(owners);
+  return ok;
+}
+
+static int decode_node_workloads(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out,
+                                 char *err, size_t err_len) {
+  if (s->node_workloads == NULL) return 1;
+  const Mtlsd__Mesh__V1__NodeWorkloads *nw = s->node_workloads;
+  out->has_node_workloads = 1;
+  out->node_workloads = calloc(nw->n_workloads + 1, sizeof(*out->node_workloads));
+  if (out->node_workloads == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  for (size_t i = 0; i < nw->n_workloads; i++) {
+    out->num_node_workloads = i + 1;
+    if (!decode_one_workload(nw->workloads[i], i, &out->node_workloads[i], err, err_len)) return 0;
+  }
+  return check_addresses_unique(out, err, err_len);
+}
+
 int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
                             size_t err_len) {
   memset(out, 0, sizeof(*out));
@@ -209,13 +311,19 @@ int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out,
     ok = dests != NULL && decode_destinations(s, dests, err, err_len);
   }
   if (ok) ok = decode_workload_policies(s, dests, out, err, err_len);
+  if (ok) ok = decode_node_workloads(s, out, err, err_len);
   mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
   if (policy != NULL) {
     out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
     if (out->mesh == NULL) snprintf(err, err_len, "out of memory");
   }
   ok = out->mesh != NULL;
-  free(dests);
+  char twice[MT_SOCKADDR_TEXT_MAX];
+  if (ok && mt_mesh_duplicate_destination(out->mesh, twice, sizeof(twice))) {
+    snprintf(err, err_len, "destinations: address %s listed twice", twice);
+    ok = 0;
+  }
+  free_destinations(dests, s->n_destinations);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);
   if (!ok) mt_mesh_update_clear(out);
   return ok;

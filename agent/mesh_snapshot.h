@@ -4,7 +4,8 @@
  * Everything is validated before anything is used: trust bundles (valid
  * trust domains, parsable roots), the policy and each workload's policy
  * (known actions, well-formed matchers, one entry per SPIFFE ID) and the
- * destinations (IP:port, valid SPIFFE IDs). A snapshot with any error is
+ * destinations (IP:port or IP, valid SPIFFE IDs, no address twice) and the
+ * node workloads (valid IDs, IPs, no IP in two workloads). A snapshot with any error is
  * refused as a whole with a message naming what was wrong. Pure: no I/O. */
 #ifndef MT_MESH_SNAPSHOT_H
 #define MT_MESH_SNAPSHOT_H
@@ -33,6 +34,14 @@ typedef struct {
   mt_mesh *mesh;
 } mt_workload_mesh;
 
+/* A workload the control plane says runs on this node (node mode). */
+typedef struct {
+  char *spiffe_id;
+  mt_sockaddr *addresses; /* its IPs, port 0; at least one */
+  size_t num_addresses;
+  char *name; /* "namespace/pod" for logs, "" when the server sent none */
+} mt_pushed_workload;
+
 /* One decoded, validated snapshot. */
 typedef struct {
   mt_mesh *mesh; /* version, policy, destinations */
@@ -40,6 +49,11 @@ typedef struct {
   size_t num_bundles;
   mt_workload_mesh *workloads; /* workload_policies */
   size_t num_workloads;
+  /* node_workloads: present (1) even when empty, absent (0) when the server
+   * sent none (the agent then keeps its static node.workloads). */
+  int has_node_workloads;
+  mt_pushed_workload *node_workloads;
+  size_t num_node_workloads;
 } mt_mesh_update;
 
 /* The mesh view that judges calls to |spiffe_id|: its workload policy if

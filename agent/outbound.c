@@ -48,13 +48,17 @@ static int in_trust_domain(const char *id, const char *trust_domain) {
  * to reach? */
 static void check_server_identity(mt_conn *conn) {
   const mt_config *config = mt_worker_config(conn->worker);
-  const char *expected =
-      mt_mesh_expected_id(mt_identity_mesh(conn->identity), (const struct sockaddr *)&conn->target);
+  mt_expected_ids expected;
   char detail[MT_TLS_DETAIL_MAX];
-  if (expected != NULL) {
+  if (mt_mesh_expected_ids(mt_identity_mesh(conn->identity), (const struct sockaddr *)&conn->target,
+                           &expected)) {
     conn->rule = RULE_EXPECTED_ID;
-    if (strcmp(expected, conn->peer.spiffe_id) != 0) {
-      snprintf(detail, sizeof(detail), "expected %.*s", 140, expected);
+    if (!mt_expected_ids_contain(&expected, conn->peer.spiffe_id)) {
+      if (expected.count == 1)
+        snprintf(detail, sizeof(detail), "expected %.*s", 140, expected.ids[0]);
+      else
+        snprintf(detail, sizeof(detail), "expected one of %zu IDs, such as %.*s", expected.count,
+                 120, expected.ids[0]);
       count_decision(conn, MT_ACTION_DENY);
       mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
       return;
@@ -127,14 +131,6 @@ static int is_own_listener(const mt_config *config, const struct sockaddr *targe
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss);
 static void resume_after_hold(mt_conn *conn);
 
-static int is_node_workload(const mt_config *config, const struct sockaddr *addr) {
-  for (size_t i = 0; i < config->num_node_workloads; i++)
-    if (mt_sockaddr_same_host((const struct sockaddr *)&config->node_workloads[i].address.addr,
-                              addr))
-      return 1;
-  return 0;
-}
-
 /* Node mode: when the destination is a pod of this node, judge the call by
  * that pod's inbound policy with the caller's identity (we hold both
  * certificates, so both identities are proven to us) and connect to the pod
@@ -143,7 +139,7 @@ static int deliver_on_node(mt_conn *conn) {
   const struct sockaddr *target = (const struct sockaddr *)&conn->target;
   mt_identity *dest = mt_worker_identity_for(conn->worker, target);
   if (dest == NULL) {
-    if (!is_node_workload(mt_worker_config(conn->worker), target)) return 0;
+    if (!mt_worker_lists_workload(conn->worker, target)) return 0;
     mt_conn_hold(conn, resume_after_hold, /* the pod's certificate may be on its way */
                  "the destination pod of this node has no valid certificate");
     return 1;
@@ -189,8 +185,9 @@ static void proceed_with_identity(mt_conn *conn) {
   mt_conn_hold_over(conn);
   conn->identity = mt_identity_ref(identity);
   if (config->node_mode && deliver_on_node(conn)) return;
-  int known = mt_mesh_expected_id(mt_identity_mesh(identity),
-                                  (const struct sockaddr *)&conn->target) != NULL;
+  mt_expected_ids expected;
+  int known = mt_mesh_expected_ids(mt_identity_mesh(identity),
+                                   (const struct sockaddr *)&conn->target, &expected);
   if (!known && config->unknown_destination == MT_UNKNOWN_DEST_DENY) {
     conn->rule = RULE_UNKNOWN_DESTINATION;
     count_decision(conn, MT_ACTION_DENY);

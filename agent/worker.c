@@ -88,6 +88,10 @@ mt_identity *mt_worker_identity(mt_worker *w) {
   return w->identity;
 }
 
+int mt_worker_lists_workload(mt_worker *w, const struct sockaddr *workload) {
+  return mt_workloads_lists(w->workloads, workload);
+}
+
 mt_identity *mt_worker_identity_for(mt_worker *w, const struct sockaddr *workload) {
   if (!w->config->node_mode) return mt_worker_identity(w);
   mt_identity *id = mt_workloads_find(w->workloads, workload);

@@ -62,6 +62,10 @@ mt_worker_metrics *const *mt_workers_metrics(const mt_workers *pool, size_t *cou
 struct ev_loop *mt_worker_loop(mt_worker *worker);
 const mt_config *mt_worker_config(const mt_worker *worker); /* the current one */
 mt_identity *mt_worker_identity(mt_worker *worker);         /* borrowed; NULL = none usable */
+/* Node mode: 1 when |workload| is a pod of this node (whether or not it
+ * has a valid certificate now). */
+int mt_worker_lists_workload(mt_worker *worker, const struct sockaddr *workload);
+
 /* The identity that speaks for |workload| (port ignored): in node mode the
  * pod at that address, in sidecar mode our one identity. Borrowed; NULL =
  * none usable (unknown pod, no certificate, or expired). */

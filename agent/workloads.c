@@ -8,7 +8,8 @@
 
 typedef struct {
   struct sockaddr_storage address;
-  mt_identity *identity;
+  char *spiffe_id;
+  mt_identity *identity; /* NULL: listed, no valid certificate */
 } entry;
 
 struct mt_workloads {
@@ -25,12 +26,16 @@ mt_workloads *mt_workloads_new(size_t capacity) {
   return t;
 }
 
-int mt_workloads_add(mt_workloads *t, const struct sockaddr *address, mt_identity *identity) {
+int mt_workloads_add(mt_workloads *t, const struct sockaddr *address, const char *spiffe_id,
+                     mt_identity *identity) {
   if (t->count == t->capacity) return 0;
+  char *id = strdup(spiffe_id);
+  if (id == NULL) return 0;
   entry *e = &t->entries[t->count++];
   memcpy(&e->address, address,
          address->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
-  e->identity = mt_identity_ref(identity);
+  e->spiffe_id = id;
+  e->identity = identity != NULL ? mt_identity_ref(identity) : NULL;
   return 1;
 }
 
@@ -41,7 +46,10 @@ mt_workloads *mt_workloads_ref(mt_workloads *t) {
 
 void mt_workloads_unref(mt_workloads *t) {
   if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
-  for (size_t i = 0; i < t->count; i++) mt_identity_unref(t->entries[i].identity);
+  for (size_t i = 0; i < t->count; i++) {
+    mt_identity_unref(t->entries[i].identity);
+    free(t->entries[i].spiffe_id);
+  }
   free(t);
 }
 
@@ -52,7 +60,16 @@ mt_identity *mt_workloads_find(const mt_workloads *t, const struct sockaddr *add
   return NULL;
 }
 
+int mt_workloads_lists(const mt_workloads *t, const struct sockaddr *address) {
+  for (size_t i = 0; t != NULL && i < t->count; i++)
+    if (mt_sockaddr_same_host(address, (const struct sockaddr *)&t->entries[i].address)) return 1;
+  return 0;
+}
+
 size_t mt_workloads_count(const mt_workloads *t) { return t ? t->count : 0; }
+const char *mt_workloads_spiffe_id_at(const mt_workloads *t, size_t i) {
+  return t->entries[i].spiffe_id;
+}
 mt_identity *mt_workloads_identity_at(const mt_workloads *t, size_t i) {
   return t->entries[i].identity;
 }

@@ -16,7 +16,9 @@ struct mt_ca_auth {
   char *issuer;
   char *audience;
   int64_t leeway_s;
-  mt_jwt_keys *keys;
+  mt_jwt_keys *keys; /* NULL until the first set arrives */
+  void (*on_key_miss)(void *arg);
+  void *key_miss_arg;
 };
 
 mt_ca_auth *mt_ca_auth_new(const char *trust_domain, const char *issuer, const char *audience,
@@ -50,6 +52,11 @@ void mt_ca_auth_free(mt_ca_auth *a) {
 void mt_ca_auth_set_keys(mt_ca_auth *a, mt_jwt_keys *keys) {
   mt_jwt_keys_free(a->keys);
   a->keys = keys;
+}
+
+void mt_ca_auth_on_key_miss(mt_ca_auth *a, void (*hook)(void *arg), void *arg) {
+  a->on_key_miss = hook;
+  a->key_miss_arg = arg;
 }
 
 int mt_ca_auth_bearer(const char *value, const char **token, size_t *token_len) {
@@ -118,6 +125,12 @@ void mt_ca_auth_check(const mt_ca_auth *a, const mt_grpc_request *req, int64_t n
            "authorization metadata is not \"Bearer <JWT>\"");
     return;
   }
+  if (a->keys == NULL) {
+    refuse(out, MT_GRPC_UNAVAILABLE, "no_keys",
+           "token signing keys not loaded yet (fetching the API server's JWKS); retry");
+    if (a->on_key_miss) a->on_key_miss(a->key_miss_arg);
+    return;
+  }
   mt_jwt_expect expect;
   mt_jwt_expect_init(&expect, a->issuer, a->audience, now_s);
   expect.leeway_s = a->leeway_s;
@@ -129,6 +142,8 @@ void mt_ca_auth_check(const mt_ca_auth *a, const mt_grpc_request *req, int64_t n
     snprintf(message, sizeof(message), "%s: %s", jwt_summary(rc), jerr.message);
     int ours = rc == MT_JWT_INTERNAL || rc == MT_JWT_INVALID_ARGUMENT;
     refuse(out, ours ? MT_GRPC_INTERNAL : MT_GRPC_UNAUTHENTICATED, mt_jwt_err_name(rc), message);
+    if ((rc == MT_JWT_UNKNOWN_KEY || rc == MT_JWT_BAD_SIGNATURE) && a->on_key_miss)
+      a->on_key_miss(a->key_miss_arg);
     return;
   }
   snprintf(out->subject, sizeof(out->subject), "%s", claims.sub);

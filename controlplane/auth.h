@@ -29,9 +29,9 @@ typedef struct mt_ca_auth mt_ca_auth;
 
 /* The verdict on one call. */
 typedef struct {
-  mt_grpc_status status; /* OK, UNAUTHENTICATED, PERMISSION_DENIED or INTERNAL */
+  mt_grpc_status status; /* OK, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE or INTERNAL */
   /* Stable code for counters and the access log: "ok", "no_token",
-   * "malformed_authorization", "not_service_account", or a jwt.h error name
+   * "malformed_authorization", "not_service_account", "no_keys", or a jwt.h error name
    * ("expired", "bad_signature", "wrong_audience", ...). */
   char reason[MT_CA_AUTH_REASON_MAX];
   /* For the caller (grpc-message) and the logs, e.g. "token expired: ...". */
@@ -43,14 +43,22 @@ typedef struct {
   char node_name[MT_JWT_CLAIM_MAX_LEN + 1];
 } mt_ca_auth_result;
 
-/* Strings are copied. Takes |keys|. Returns NULL when out of memory (|keys|
- * is then freed). */
+/* Strings are copied. Takes |keys|, which may be NULL: the keys come later
+ * (from the API server, jwks_source.h) and until then every call is refused
+ * with UNAVAILABLE "no_keys", which callers retry. Returns NULL when out of
+ * memory (|keys| is then freed). */
 mt_ca_auth *mt_ca_auth_new(const char *trust_domain, const char *issuer, const char *audience,
                            int64_t leeway_s, mt_jwt_keys *keys);
 void mt_ca_auth_free(mt_ca_auth *auth); /* accepts NULL */
 
 /* Replaces the key set (takes |keys|; the old one is freed). */
 void mt_ca_auth_set_keys(mt_ca_auth *auth, mt_jwt_keys *keys);
+
+/* |hook| runs from inside mt_ca_auth_check whenever a token was refused
+ * for a reason a newer key set could cure (no key set yet, no key of the
+ * token's kind, a signature no key verifies), so the owner can fetch the
+ * keys again. NULL removes it. */
+void mt_ca_auth_on_key_miss(mt_ca_auth *auth, void (*hook)(void *arg), void *arg);
 
 /* Judges the call |req| at |now_s| (Unix seconds). */
 void mt_ca_auth_check(const mt_ca_auth *auth, const mt_grpc_request *req, int64_t now_s,

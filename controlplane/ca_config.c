@@ -64,6 +64,10 @@ static int on_tokens_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml
   if (strcmp(key, "keys_file") == 0) return want_path(ctx, v, key, &c->token_keys_file);
   if (strcmp(key, "leeway_s") == 0)
     return mt_yaml_want_int64(ctx, v, key, 0, MT_JWT_MAX_LEEWAY_S, &c->token_leeway_s);
+  if (strcmp(key, "jwks_refresh_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, 10, 86400, &c->jwks_refresh_s);
+  if (strcmp(key, "jwks_min_interval_ms") == 0)
+    return mt_yaml_want_int64(ctx, v, key, 100, 3600000, &c->jwks_min_interval_ms);
   return mt_yaml_fail(ctx, k, "unknown key 'tokens.%s'", key);
 }
 
@@ -237,8 +241,12 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
   if (c->signer_cert_file == NULL || c->signer_key_file == NULL)
     return mt_yaml_fail(ctx, root, "'signer' needs 'cert_file' and 'key_file' (the issuing CA)");
   if (c->roots_file == NULL) return mt_yaml_fail(ctx, root, "missing required key 'roots_file'");
-  if (c->token_issuer == NULL || c->token_keys_file == NULL)
-    return mt_yaml_fail(ctx, root, "'tokens' needs 'issuer' and 'keys_file'");
+  if (c->token_issuer == NULL)
+    return mt_yaml_fail(ctx, root, "'tokens' needs 'issuer'");
+  if (c->token_keys_file == NULL && !c->kubernetes)
+    return mt_yaml_fail(ctx, root,
+                        "'tokens' needs 'keys_file' (with 'kubernetes', the keys may come from "
+                        "the API server's /openid/v1/jwks instead)");
   if (c->default_cert_ttl_s > c->max_cert_ttl_s)
     return mt_yaml_fail(ctx, root, "default_cert_ttl_s (%lld) exceeds max_cert_ttl_s (%lld)",
                         (long long)c->default_cert_ttl_s, (long long)c->max_cert_ttl_s);
@@ -254,6 +262,8 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
 static int set_defaults(mt_ca_config *c) {
   c->tls_min_version = TLS1_3_VERSION;
   c->token_leeway_s = MT_CA_DEFAULT_LEEWAY_S;
+  c->jwks_refresh_s = MT_CA_DEFAULT_JWKS_REFRESH_S;
+  c->jwks_min_interval_ms = MT_CA_DEFAULT_JWKS_MIN_INTERVAL_MS;
   c->mesh_poll_ms = MT_CA_DEFAULT_MESH_POLL_MS;
   c->listen = strdup(kDefaultListen);
   c->token_audience = strdup(kDefaultAudience);

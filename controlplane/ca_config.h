@@ -23,6 +23,8 @@ enum {
   MT_CA_MAX_CERT_TTL_S = 365 * 24 * 3600,
   MT_CA_DEFAULT_MESH_POLL_MS = 500,
   MT_CA_DEFAULT_LEEWAY_S = 60,
+  MT_CA_DEFAULT_JWKS_REFRESH_S = 600,
+  MT_CA_DEFAULT_JWKS_MIN_INTERVAL_MS = 10000,
   MT_CA_MAX_NODE_AGENTS = 64,
   MT_CA_K8S_MIN_WATCH_TIMEOUT_S = 1,
   MT_CA_K8S_MAX_WATCH_TIMEOUT_S = 3600,
@@ -43,8 +45,13 @@ typedef struct {
   int64_t default_cert_ttl_s;
   char *token_issuer;
   char *token_audience;
-  char *token_keys_file; /* PEM public keys */
+  char *token_keys_file; /* PEM public keys; NULL: the API server's JWKS (kubernetes) */
   int64_t token_leeway_s;
+  /* Keys from the API server (no keys_file, kubernetes set): fetched every
+   * jwks_refresh_s, and again after a token failed on its key, at most once
+   * per jwks_min_interval_ms. */
+  int64_t jwks_refresh_s;
+  int64_t jwks_min_interval_ms;
   char *mesh_file; /* NULL: no mesh config stream (Watch is not served) */
   int64_t mesh_poll_ms; /* how often mesh_file (and its roots) and workloads_file are checked */
   char *access_log;     /* path (appended) or "-" for stdout */

@@ -355,6 +355,153 @@ size_t mt_cluster_state_service_ids(const mt_cluster_state *state, const char *i
   return 0;
 }
 
+size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
+                                         void (*on_workload)(void *ctx,
+                                                             const mt_cluster_workload *w),
+                                         void *ctx) {
+  size_t n = 0;
+  for (size_t i = 0; i < state->pods.len; i++) {
+    const pod_entry *e = state->pods.items[i];
+    if (!e->is_workload) continue;
+    mt_cluster_workload w;
+    view_of(e, &w);
+    on_workload(ctx, &w);
+    n++;
+  }
+  return n;
+}
+
+/* --- every service address at once, with sorted indexes --- */
+
+static int compare_pods_by_name(const void *pa, const void *pb) {
+  const pod_entry *a = *(const pod_entry *const *)pa, *b = *(const pod_entry *const *)pb;
+  int c = strcmp(a->pod.meta.ns, b->pod.meta.ns);
+  return c != 0 ? c : strcmp(a->pod.meta.name, b->pod.meta.name);
+}
+
+static int compare_slices_by_service(const void *pa, const void *pb) {
+  const mt_k8s_endpointslice *a = *(const mt_k8s_endpointslice *const *)pa;
+  const mt_k8s_endpointslice *b = *(const mt_k8s_endpointslice *const *)pb;
+  int c = strcmp(a->meta.ns, b->meta.ns);
+  return c != 0 ? c : strcmp(a->service_name, b->service_name);
+}
+
+/* Workloads sorted by (namespace, pod name), slices by (namespace, service). */
+typedef struct {
+  const pod_entry **workloads;
+  size_t num_workloads;
+  const mt_k8s_endpointslice **slices;
+  size_t num_slices;
+  const char **ids; /* scratch: room for every ready endpoint of one service */
+  size_t ids_cap;
+} service_index;
+
+static void service_index_clear(service_index *ix) {
+  free(ix->workloads);
+  free(ix->slices);
+  free(ix->ids);
+}
+
+static int service_index_build(const mt_cluster_state *state, service_index *ix) {
+  memset(ix, 0, sizeof(*ix));
+  ix->workloads = malloc((state->pods.len + 1) * sizeof(*ix->workloads));
+  ix->slices = malloc((state->slices.len + 1) * sizeof(*ix->slices));
+  if (ix->workloads == NULL || ix->slices == NULL) return 0;
+  for (size_t i = 0; i < state->pods.len; i++) {
+    const pod_entry *e = state->pods.items[i];
+    if (e->is_workload) ix->workloads[ix->num_workloads++] = e;
+  }
+  for (size_t i = 0; i < state->slices.len; i++)
+    ix->slices[ix->num_slices++] = state->slices.items[i];
+  if (ix->num_workloads > 1)
+    qsort(ix->workloads, ix->num_workloads, sizeof(*ix->workloads), compare_pods_by_name);
+  if (ix->num_slices > 1)
+    qsort(ix->slices, ix->num_slices, sizeof(*ix->slices), compare_slices_by_service);
+  return 1;
+}
+
+static const pod_entry *indexed_workload(const service_index *ix, const char *ns,
+                                         const char *name) {
+  size_t lo = 0, hi = ix->num_workloads;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const mt_k8s_meta *m = &ix->workloads[mid]->pod.meta;
+    int c = strcmp(m->ns, ns);
+    if (c == 0) c = strcmp(m->name, name);
+    if (c == 0) return ix->workloads[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+/* The first slice of |svc| in the index (slices of one service are adjacent). */
+static size_t first_slice_of(const service_index *ix, const mt_k8s_service *svc) {
+  size_t lo = 0, hi = ix->num_slices;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const mt_k8s_endpointslice *s = ix->slices[mid];
+    int c = strcmp(s->meta.ns, svc->meta.ns);
+    if (c == 0) c = strcmp(s->service_name, svc->meta.name);
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* |svc|'s identities into ix->ids (sorted, unique); returns how many, or
+ * (size_t)-1 when out of memory. */
+static size_t indexed_service_ids(service_index *ix, const mt_k8s_service *svc) {
+  size_t first = first_slice_of(ix, svc), end = first, room = 0;
+  for (; end < ix->num_slices; end++) {
+    const mt_k8s_endpointslice *s = ix->slices[end];
+    if (strcmp(s->meta.ns, svc->meta.ns) != 0 || strcmp(s->service_name, svc->meta.name) != 0)
+      break;
+    room += s->num_endpoints;
+  }
+  if (room > ix->ids_cap) {
+    const char **grown = realloc(ix->ids, room * sizeof(*grown));
+    if (grown == NULL) return (size_t)-1;
+    ix->ids = grown;
+    ix->ids_cap = room;
+  }
+  size_t n = 0, total = 0;
+  for (size_t i = first; i < end; i++) {
+    const mt_k8s_endpointslice *s = ix->slices[i];
+    for (size_t j = 0; j < s->num_endpoints; j++) {
+      const mt_k8s_endpoint *ep = &s->endpoints[j];
+      if (!ep->ready || ep->pod_name[0] == '\0') continue;
+      const pod_entry *e = indexed_workload(ix, s->meta.ns, ep->pod_name);
+      if (e != NULL) set_insert(ix->ids, &n, &total, ix->ids_cap, e->spiffe_id);
+    }
+  }
+  return n;
+}
+
+int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
+                                             mt_cluster_on_service_address on_address, void *ctx) {
+  service_index ix;
+  int ok = service_index_build(state, &ix);
+  for (size_t i = 0; ok && i < state->services.len; i++) {
+    const mt_k8s_service *svc = state->services.items[i];
+    if (svc->num_cluster_ips == 0 || !namespace_in_mesh(state, svc->meta.ns)) continue;
+    size_t n = indexed_service_ids(&ix, svc);
+    if (n == (size_t)-1) {
+      ok = 0;
+      break;
+    }
+    for (size_t j = 0; j < svc->num_cluster_ips; j++)
+      for (size_t p = 0; p < svc->num_ports; p++)
+        on_address(ctx, svc->cluster_ips[j], svc->ports[p].port, ix.ids, n);
+  }
+  service_index_clear(&ix);
+  return ok;
+}
+
 /* --- dump: canonical text --- */
 
 typedef struct {

@@ -91,6 +91,26 @@ size_t mt_cluster_state_foreach_on_node(const mt_cluster_state *state, const cha
                                                             const mt_cluster_workload *w),
                                         void *ctx);
 
+/* Calls |on_workload| for every workload, in no particular order; returns
+ * how many. */
+size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
+                                         void (*on_workload)(void *ctx,
+                                                             const mt_cluster_workload *w),
+                                         void *ctx);
+
+/* One mesh Service address and the identities accepted there: |ip| in
+ * canonical text, the sorted unique identities of its ready endpoints
+ * (|num_ids| may be 0). Borrowed for the call. */
+typedef void (*mt_cluster_on_service_address)(void *ctx, const char *ip, uint16_t port,
+                                              const char *const *ids, size_t num_ids);
+
+/* Calls |on_address| for every ClusterIP:port of every Service in a mesh
+ * namespace. Indexes pods and slices once per call (not per service), so
+ * a whole cluster costs O((pods + endpoints) log n). Returns 1, or 0 when
+ * out of memory (some calls may have been made). */
+int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
+                                             mt_cluster_on_service_address on_address, void *ctx);
+
 /* The identities accepted for Service address |ip|:|port|: up to |max| of
  * them, sorted and unique, into |ids| (borrowed until the next apply).
  * Returns how many there are in all (0: not a mesh service's address). */

@@ -164,3 +164,5 @@ void mt_k8s_source_watch_stats(const mt_k8s_source *s, mt_k8s_kind kind, mt_k8s_
     if (kResources[i].kind == kind) mt_k8s_watch_get_stats(s->resources[i].watch, out);
   }
 }
+
+mt_k8s_client *mt_k8s_source_client(mt_k8s_source *source) { return source->client; }

@@ -50,6 +50,10 @@ void mt_k8s_source_free(mt_k8s_source *source);
 /* Borrowed; changes on the loop. */
 const mt_cluster_state *mt_k8s_source_state(const mt_k8s_source *source);
 
+/* The API client the watches use, for other GETs on the same connection
+ * (jwks_source.h). Borrowed; lives as long as the source. */
+mt_k8s_client *mt_k8s_source_client(mt_k8s_source *source);
+
 /* 1 once every resource has been listed. */
 int mt_k8s_source_synced(const mt_k8s_source *source);
 

@@ -24,6 +24,7 @@
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
 #include "controlplane/ca_service.h"
+#include "controlplane/jwks_source.h"
 #include "controlplane/k8s_source.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/mesh_service.h"
@@ -49,6 +50,7 @@ typedef struct {
   mt_mesh_service *mesh;
   mt_workload_registry *workloads; /* NULL without workloads_file */
   mt_k8s_source *cluster;          /* NULL without kubernetes */
+  mt_jwks_source *token_keys;      /* the API server's keys; NULL with tokens.keys_file */
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -75,10 +77,15 @@ static int load_material(mt_ca_app *app, mt_ca_issuer **issuer, char *err, size_
     file_error(c, c->signer_line, "signer", why, err, err_len);
     return 0;
   }
-  mt_jwt_keys *keys = mt_ca_token_keys_load(c->token_keys_file, why, sizeof(why));
-  if (keys == NULL) {
-    file_error(c, c->tokens_line, "tokens.keys_file", why, err, err_len);
-    return 0;
+  /* Without a keys file the keys come from the API server once the cluster
+   * source runs; until then every call is refused as retryable. */
+  mt_jwt_keys *keys = NULL;
+  if (c->token_keys_file != NULL) {
+    keys = mt_ca_token_keys_load(c->token_keys_file, why, sizeof(why));
+    if (keys == NULL) {
+      file_error(c, c->tokens_line, "tokens.keys_file", why, err, err_len);
+      return 0;
+    }
   }
   app->auth =
       mt_ca_auth_new(c->trust_domain, c->token_issuer, c->token_audience, c->token_leeway_s, keys);
@@ -103,7 +110,8 @@ static void app_dispose(mt_ca_app *app, int dump_counters) {
   if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
   mt_ca_service_free(app->ca);
   mt_workload_registry_free(app->workloads); /* after the service that borrows it */
-  mt_k8s_source_free(app->cluster);          /* likewise */
+  mt_jwks_source_free(app->token_keys);      /* before the client it borrows */
+  mt_k8s_source_free(app->cluster);          /* after the service that borrows it */
   mt_ca_auth_free(app->auth);
   SSL_CTX_free(app->ssl_ctx);
   mt_ca_log_free(app->log);
@@ -184,6 +192,10 @@ static void reload_issuer(mt_ca_app *app) {
 
 static void reload_token_keys(mt_ca_app *app) {
   char why[WHY_MAX];
+  if (app->config->token_keys_file == NULL) { /* from the API server */
+    mt_jwks_source_refresh_soon(app->token_keys);
+    return;
+  }
   mt_jwt_keys *keys = mt_ca_token_keys_load(app->config->token_keys_file, why, sizeof(why));
   if (keys == NULL) {
     mt_ca_log_count(app->log, MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES);
@@ -296,12 +308,61 @@ static void on_cluster_synced(void *ctx) {
   mt_ca_app *app = ctx;
   mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
                  mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
+  if (app->mesh != NULL) mt_mesh_service_cluster_synced(app->mesh);
+}
+
+/* Every applied event; the mesh service coalesces them into rounds. */
+static void on_cluster_change(void *ctx) {
+  mt_ca_app *app = ctx;
+  if (app->mesh != NULL) mt_mesh_service_sources_changed(app->mesh);
+}
+
+static void on_registry_change(void *ctx) {
+  mt_ca_app *app = ctx;
+  if (app->mesh != NULL) mt_mesh_service_sources_changed(app->mesh);
+}
+
+static void on_api_token_keys(void *ctx, mt_jwt_keys *keys, size_t skipped) {
+  mt_ca_app *app = ctx;
+  mt_ca_log_count(app->log, MT_CA_EV_TOKEN_KEY_RELOADS);
+  mt_ca_log_info(app->log, "token keys (re)loaded from the API server (%s): %zu key%s%s",
+                 MT_JWKS_PATH, mt_jwt_keys_count(keys), mt_jwt_keys_count(keys) == 1 ? "" : "s",
+                 skipped ? ", others skipped (not RS256 or ES256 P-256)" : "");
+  mt_ca_auth_set_keys(app->auth, keys);
+}
+
+static void on_api_token_keys_error(void *ctx, const char *line) {
+  mt_ca_app *app = ctx;
+  mt_ca_log_count(app->log, MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES);
+  mt_ca_log_warn(app->log, "%s", line);
+}
+
+/* A token failed on its key: the API server may have rotated it. */
+static void on_token_key_miss(void *ctx) {
+  mt_ca_app *app = ctx;
+  mt_jwks_source_refresh_soon(app->token_keys);
+}
+
+/* The API server's own service-account keys, when no key file is given. */
+static int start_api_token_keys(mt_ca_app *app, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  static const mt_jwks_source_callbacks cb = {on_api_token_keys, on_api_token_keys_error};
+  app->token_keys = mt_jwks_source_new(app->loop, mt_k8s_source_client(app->cluster),
+                                       c->jwks_refresh_s * 1000, c->jwks_min_interval_ms, &cb, app);
+  if (app->token_keys == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", c->path);
+    return 0;
+  }
+  mt_ca_auth_on_key_miss(app->auth, on_token_key_miss, app);
+  mt_ca_log_info(app->log, "token keys: from the API server's %s (refreshed every %lld s)",
+                 MT_JWKS_PATH, (long long)c->jwks_refresh_s);
+  return 1;
 }
 
 /* The Kubernetes API as the source of which workload runs where. */
 static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
-  static const mt_k8s_source_callbacks cb = {NULL, on_cluster_synced, on_cluster_log};
+  static const mt_k8s_source_callbacks cb = {on_cluster_change, on_cluster_synced, on_cluster_log};
   mt_k8s_source_config kc;
   memset(&kc, 0, sizeof(kc));
   kc.client.server = c->k8s_server;
@@ -318,6 +379,7 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   mt_ca_log_info(app->log, "kubernetes: watching %s",
                  c->k8s_server ? c->k8s_server : "the in-cluster API server");
   mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
+  if (c->token_keys_file == NULL) return start_api_token_keys(app, err, err_len);
   return 1;
 }
 
@@ -336,6 +398,7 @@ static int start_node_agents(mt_ca_app *app, char *err, size_t err_len) {
   app->workloads = mt_workload_registry_new(app->loop, c->workloads_file, c->trust_domain,
                                             c->mesh_poll_ms, app->log, err, err_len);
   if (app->workloads == NULL) return 0;
+  mt_workload_registry_set_on_change(app->workloads, on_registry_change, app);
   mt_ca_service_allow_node_agents(app->ca, c->trust_domain, (const char *const *)c->node_agents,
                                   c->num_node_agents, app->workloads);
   for (size_t i = 0; i < c->num_node_agents; i++)
@@ -367,6 +430,17 @@ static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len
     app->mesh = mt_mesh_service_new(app->loop, c->mesh_file, c->trust_domain, c->mesh_poll_ms,
                                     app->auth, app->log, err, err_len);
     if (app->mesh == NULL) return 0;
+    /* Snapshots follow the cluster (or the registry) and are scoped per
+     * caller; with the API, nothing is sent before its first full listing. */
+    mt_mesh_sources src = {(const char *const *)c->node_agents, c->num_node_agents,
+                           app->cluster != NULL ? mt_k8s_source_state(app->cluster) : NULL,
+                           app->cluster != NULL && mt_k8s_source_synced(app->cluster),
+                           app->workloads};
+    char why[WHY_MAX];
+    if (!mt_mesh_service_use_sources(app->mesh, &src, why, sizeof(why))) {
+      snprintf(err, err_len, "%s: %s", c->mesh_file, why);
+      return 0;
+    }
     mt_ca_log_info(app->log, "mesh snapshot version %s from %s", mt_mesh_service_version(app->mesh),
                    c->mesh_file);
   }

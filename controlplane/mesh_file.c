@@ -3,6 +3,7 @@
  * mt_mesh_file_free(), which walks exactly what the builders allocate. */
 #include "controlplane/mesh_file.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,8 @@ static void free_destination(Mtlsd__Mesh__V1__Destination *d) {
   if (d == NULL) return;
   if (d->address != protobuf_c_empty_string) free(d->address);
   if (d->spiffe_id != protobuf_c_empty_string) free(d->spiffe_id);
+  for (size_t i = 0; i < d->n_spiffe_ids; i++) free(d->spiffe_ids[i]);
+  free(d->spiffe_ids);
   free(d);
 }
 
@@ -447,6 +450,28 @@ static int parse_policy(mt_yaml_ctx *ctx, yaml_node_t *v, const char *where,
 
 /* ---- destinations ------------------------------------------------------ */
 
+/* An IP alone (a pod: every port of it), as the agent takes it. */
+static int ip_alone_valid(const char *text) {
+  unsigned char addr[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, text, addr) == 1 || inet_pton(AF_INET6, text, addr) == 1;
+}
+
+static int on_destination_id(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *target) {
+  (void)i;
+  Mtlsd__Mesh__V1__Destination *dst = target;
+  char *s = NULL;
+  int ok = want_spiffe_id(ctx, item, "spiffe_ids[]", &s);
+  if (s == NULL) return ok;
+  if (!push_ptr((void ***)&dst->spiffe_ids, &dst->n_spiffe_ids, s)) {
+    free(s);
+    return mt_yaml_fail(ctx, item, "out of memory");
+  }
+  for (size_t j = 0; ok && j + 1 < dst->n_spiffe_ids; j++)
+    if (strcmp(dst->spiffe_ids[j], s) == 0)
+      return mt_yaml_fail(ctx, item, "'%s' is listed twice in spiffe_ids", s);
+  return ok;
+}
+
 static int on_destination_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
                               void *target) {
   Mtlsd__Mesh__V1__Destination *dst = target;
@@ -454,8 +479,8 @@ static int on_destination_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k,
   if (strcmp(key, "address") == 0) {
     if (!mt_yaml_want_string(ctx, v, key, &s)) return 0;
     dst->address = s;
-    if (!mt_yaml_address_valid(s, 0))
-      return mt_yaml_fail(ctx, v, "'address' must be IP:port, got '%s'", s);
+    if (!mt_yaml_address_valid(s, 0) && !ip_alone_valid(s))
+      return mt_yaml_fail(ctx, v, "'address' must be IP:port or an IP alone, got '%s'", s);
     return 1;
   }
   if (strcmp(key, "spiffe_id") == 0) {
@@ -463,6 +488,8 @@ static int on_destination_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k,
     if (s != NULL) dst->spiffe_id = s;
     return ok;
   }
+  if (strcmp(key, "spiffe_ids") == 0)
+    return mt_yaml_each_item(ctx, v, "destinations[].spiffe_ids", on_destination_id, dst);
   return mt_yaml_fail(ctx, k, "unknown key 'destinations[].%s'", key);
 }
 
@@ -479,8 +506,8 @@ static int on_destination(mt_yaml_ctx *ctx, yaml_node_t *item, size_t i, void *t
   if (!mt_yaml_each_pair(ctx, item, "a destination", on_destination_key, dst)) return 0;
   if (dst->address == protobuf_c_empty_string)
     return mt_yaml_fail(ctx, item, "destination needs 'address'");
-  if (dst->spiffe_id == protobuf_c_empty_string)
-    return mt_yaml_fail(ctx, item, "destination needs 'spiffe_id'");
+  if (dst->spiffe_id == protobuf_c_empty_string && dst->n_spiffe_ids == 0)
+    return mt_yaml_fail(ctx, item, "destination needs 'spiffe_id' or a non-empty 'spiffe_ids'");
   for (size_t j = 0; j < i; j++) {
     if (strcmp(s->destinations[j]->address, dst->address) == 0)
       return mt_yaml_fail(ctx, item, "destination '%s' is listed twice", dst->address);
@@ -665,6 +692,10 @@ const uint8_t *mt_mesh_file_content(const mt_mesh_file *mesh, size_t *len) {
 }
 
 const uint8_t *mt_mesh_file_digest(const mt_mesh_file *mesh) { return mesh->digest; }
+
+const Mtlsd__Mesh__V1__MeshSnapshot *mt_mesh_file_message(const mt_mesh_file *mesh) {
+  return &mesh->snap;
+}
 
 size_t mt_mesh_file_sources(const mt_mesh_file *mesh, const char *const **paths) {
   *paths = (const char *const *)mesh->sources;

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/mtlsd/mesh.pb-c.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -43,6 +45,11 @@ const uint8_t *mt_mesh_file_content(const mt_mesh_file *mesh, size_t *len);
 
 /* SHA-256 of the content: equal digests mean nothing an agent sees changed. */
 const uint8_t *mt_mesh_file_digest(const mt_mesh_file *mesh);
+
+/* The parsed content as a protobuf-c message (version empty): borrowed,
+ * immutable, valid while |mesh| lives. For builders that combine it with
+ * other sources (mesh_view.h) without parsing the content again. */
+const Mtlsd__Mesh__V1__MeshSnapshot *mt_mesh_file_message(const mt_mesh_file *mesh);
 
 /* The files the content was built from (the YAML file, then every roots
  * file), for change detection. Borrowed. */

@@ -8,6 +8,8 @@
 
 #include "controlplane/file_stamp.h"
 #include "controlplane/mesh_file.h"
+#include "controlplane/mesh_view.h"
+#include "controlplane/workloads_file.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
 enum {
@@ -28,7 +30,11 @@ typedef struct mt_watcher {
   mt_grpc_stream *stream;
   char peer[PEER_MAX];
   char identity[MT_SPIFFE_ID_MAX_LEN + 1];
-  uint64_t sent_serial; /* the snapshot last queued; 0 = none yet */
+  char node[MT_NODE_NAME_MAX_LEN + 1]; /* from its token, when valid; "" = none */
+  int node_agent;                      /* listed in node_agents */
+  int has_sent;                        /* sent_digest holds what was last queued */
+  int pending;                         /* the last try found the queue full */
+  uint8_t sent_digest[MT_MESH_DIGEST_LEN];
   char sent_version[VERSION_MAX];
   int64_t opened_ms;
   struct mt_watcher *prev, *next;
@@ -41,12 +47,15 @@ struct mt_mesh_service {
   const mt_ca_auth *auth;
   mt_ca_log *log;
   ev_timer poll;
-  /* The snapshot in force. */
+  ev_timer debounce; /* armed by the first cluster/registry change of a round */
+  /* The mesh file and the view in force (the view borrows the file). */
   mt_mesh_file *current;
+  mt_mesh_view *view;
   uint64_t serial;
   char version[VERSION_MAX];
-  uint8_t *encoded;
-  size_t encoded_len;
+  /* The cluster part. */
+  mt_mesh_sources sources;
+  int held; /* the Kubernetes source has not synced yet: send nothing */
   /* Change detection. */
   char **watched;
   mt_file_stamp *stamps;
@@ -124,6 +133,7 @@ static void log_stream_end(mt_watcher *w, mt_grpc_status status, const char *rea
       .peer = w->peer,
       .caller = w->identity,
       .identity = w->identity,
+      .node = w->node, /* the node its snapshot was scoped to, if any */
       .status = status,
       .reason = reason,
       .message = message,
@@ -157,69 +167,158 @@ static void finish_watcher(mt_watcher *w, mt_grpc_status status, const char *rea
   free(w);
 }
 
-/* Queues the current snapshot on |w| unless it already has it. Returns 0
- * when the stream had to be ended (it is then freed). */
-static int push_one(mt_watcher *w) {
+/* ---- pushing ------------------------------------------------------------- */
+
+typedef enum {
+  PUSH_SENT,
+  PUSH_UNCHANGED, /* the caller already has this content */
+  PUSH_DEFERRED,  /* held, queue full, or refused (logged): nothing sent */
+  PUSH_ENDED,     /* the stream had to be ended (and is freed) */
+} push_result;
+
+static void format_version(char *out, size_t out_len, uint64_t serial, const uint8_t *digest) {
+  int n = snprintf(out, out_len, "%llu-", (unsigned long long)serial);
+  for (int i = 0; i < VERSION_HASH_BYTES && n > 0 && (size_t)n + 2 < out_len; i++)
+    n += snprintf(out + n, out_len - (size_t)n, "%02x", digest[i]);
+}
+
+static push_result queue_snapshot(mt_watcher *w, const mt_mesh_view_snapshot *snap) {
   mt_mesh_service *svc = w->svc;
-  if (w->sent_serial == svc->serial) return 1;
-  switch (mt_grpc_stream_send(w->stream, svc->encoded, svc->encoded_len)) {
+  char version[VERSION_MAX];
+  const uint8_t *digest = mt_mesh_view_snapshot_digest(snap);
+  format_version(version, sizeof(version), svc->serial, digest);
+  size_t len = 0;
+  uint8_t *encoded = mt_mesh_view_snapshot_encode(snap, version, &len);
+  mt_grpc_send_result r =
+      encoded != NULL ? mt_grpc_stream_send(w->stream, encoded, len) : MT_GRPC_SEND_NO_MEMORY;
+  free(encoded);
+  switch (r) {
     case MT_GRPC_SEND_OK:
-      w->sent_serial = svc->serial;
-      snprintf(w->sent_version, sizeof(w->sent_version), "%s", svc->version);
+      w->has_sent = 1;
+      w->pending = 0;
+      memcpy(w->sent_digest, digest, MT_MESH_DIGEST_LEN);
+      snprintf(w->sent_version, sizeof(w->sent_version), "%s", version);
       mt_ca_log_count(svc->log, MT_CA_EV_SNAPSHOTS_SENT);
-      return 1;
-    case MT_GRPC_SEND_QUEUE_FULL: return 1; /* a slow reader: retried on the next poll */
+      return PUSH_SENT;
+    case MT_GRPC_SEND_QUEUE_FULL: /* a slow reader: retried on the next poll */
+      w->pending = 1;
+      return PUSH_DEFERRED;
     case MT_GRPC_SEND_NO_MEMORY:
     case MT_GRPC_SEND_TOO_LARGE:
     case MT_GRPC_SEND_FINISHED: break;
   }
   mt_ca_log_error(svc->log, "watch stream of %s from %s: cannot queue snapshot %s; ending it",
-                  w->identity, w->peer, svc->version);
+                  w->identity, w->peer, version);
   finish_watcher(w, MT_GRPC_RESOURCE_EXHAUSTED, "send_failed", "cannot queue the snapshot");
-  return 0;
+  return PUSH_ENDED;
 }
 
-static void push_all(mt_mesh_service *svc) {
+/* Queues |w|'s snapshot of the view in force unless it already has that
+ * content. May free |w| (PUSH_ENDED). */
+static push_result push_one(mt_watcher *w) {
+  mt_mesh_service *svc = w->svc;
+  if (svc->held || svc->view == NULL) return PUSH_DEFERRED;
+  mt_mesh_caller caller = {w->identity, w->node_agent, w->node};
+  char err[ERR_MAX];
+  mt_mesh_view_snapshot *snap = mt_mesh_view_for(svc->view, &caller, err, sizeof(err));
+  if (snap == NULL) {
+    mt_ca_log_error(svc->log, "watch stream of %s from %s: snapshot refused, it keeps %s: %s",
+                    w->identity, w->peer, w->sent_version[0] ? w->sent_version : "none", err);
+    w->pending = 0;
+    return PUSH_DEFERRED;
+  }
+  push_result r = PUSH_UNCHANGED;
+  if (!w->has_sent ||
+      memcmp(w->sent_digest, mt_mesh_view_snapshot_digest(snap), MT_MESH_DIGEST_LEN) != 0)
+    r = queue_snapshot(w, snap);
+  else
+    w->pending = 0;
+  mt_mesh_view_snapshot_free(snap);
+  return r;
+}
+
+/* Pushes to every stream (|only_pending|: those whose queue was full) and
+ * returns how many were sent a new snapshot. */
+static size_t push_all(mt_mesh_service *svc, int only_pending) {
+  size_t sent = 0;
   mt_watcher *w = svc->watchers;
   while (w != NULL) {
     mt_watcher *next = w->next; /* push_one may free |w| */
-    push_one(w);
+    if (!only_pending || w->pending) sent += push_one(w) == PUSH_SENT;
     w = next;
   }
+  return sent;
 }
 
-/* ---- the snapshot in force --------------------------------------------- */
+/* ---- the view in force --------------------------------------------------- */
 
-static void format_version(mt_mesh_service *svc, const uint8_t *digest) {
-  int n = snprintf(svc->version, sizeof(svc->version), "%llu-", (unsigned long long)svc->serial);
-  for (int i = 0; i < VERSION_HASH_BYTES && n > 0 && (size_t)n + 2 < sizeof(svc->version); i++)
-    n += snprintf(svc->version + n, sizeof(svc->version) - (size_t)n, "%02x", digest[i]);
+/* A view of |mesh| and the sources as they are now; NULL with the reason
+ * in |err| when it cannot be built. */
+static mt_mesh_view *build_view(mt_mesh_service *svc, const mt_mesh_file *mesh, char *err,
+                                size_t err_len) {
+  mt_mesh_view_inputs in = {mesh, svc->sources.cluster, NULL, 0};
+  if (in.cluster == NULL && svc->sources.registry != NULL)
+    in.workloads = mt_workload_registry_current(svc->sources.registry);
+  return mt_mesh_view_new(&in, err, err_len);
 }
 
-/* Makes |mesh| the snapshot in force (takes it). Returns 0 when out of
- * memory, leaving the previous one in force and |mesh| freed. */
-static int install(mt_mesh_service *svc, mt_mesh_file *mesh) {
-  uint64_t serial = svc->serial + 1;
-  char version[VERSION_MAX];
-  memcpy(version, svc->version, sizeof(version));
-  svc->serial = serial;
-  format_version(svc, mt_mesh_file_digest(mesh));
-  size_t len = 0;
-  uint8_t *encoded = mt_mesh_file_encode(mesh, svc->version, &len);
-  if (encoded == NULL) {
-    svc->serial = serial - 1;
-    memcpy(svc->version, version, sizeof(version));
-    mt_mesh_file_free(mesh);
-    return 0;
-  }
-  free(svc->encoded);
-  mt_mesh_file_free(svc->current);
-  svc->encoded = encoded;
-  svc->encoded_len = len;
+/* Puts |view| of |mesh| in force (takes both) with the next version; the
+ * previous ones are freed. */
+static void install(mt_mesh_service *svc, mt_mesh_file *mesh, mt_mesh_view *view) {
+  uint8_t digest[MT_MESH_DIGEST_LEN];
+  mt_mesh_view_free(svc->view); /* before the file it borrows */
+  if (mesh != svc->current) mt_mesh_file_free(svc->current);
   svc->current = mesh;
+  svc->view = view;
+  svc->serial++;
+  mt_mesh_view_shared_digest(view, digest);
+  format_version(svc->version, sizeof(svc->version), svc->serial, digest);
   mt_ca_log_count(svc->log, MT_CA_EV_MESH_LOADS);
-  return 1;
 }
+
+/* The push round after a new view came into force, logged as one line. */
+static void push_round(mt_mesh_service *svc, const char *why) {
+  size_t streams = svc->num_watchers;
+  if (svc->held) {
+    mt_ca_log_info(svc->log,
+                   "mesh snapshot version %s in force (%s); %zu stream%s held until the "
+                   "Kubernetes source has synced",
+                   svc->version, why, streams, streams == 1 ? "" : "s");
+    return;
+  }
+  size_t sent = push_all(svc, 0);
+  mt_ca_log_info(svc->log,
+                 "mesh snapshot version %s in force (%s; %zu bytes shared, %zu destinations "
+                 "from the cluster): sent to %zu of %zu stream%s",
+                 svc->version, why, mt_mesh_view_shared_len(svc->view),
+                 mt_mesh_view_num_derived_destinations(svc->view), sent, streams,
+                 streams == 1 ? "" : "s");
+}
+
+/* Rebuilds the view of the mesh file in force from the sources as they
+ * are now, and pushes what changed. */
+static void recompute(mt_mesh_service *svc, const char *why) {
+  char err[ERR_MAX];
+  mt_mesh_view *view = build_view(svc, svc->current, err, sizeof(err));
+  if (view == NULL) {
+    mt_ca_log_count(svc->log, MT_CA_EV_MESH_LOAD_FAILURES);
+    mt_ca_log_error(svc->log, "mesh snapshot not rebuilt (%s), version %s stays in force: %s", why,
+                    svc->version, err);
+    return;
+  }
+  install(svc, svc->current, view);
+  push_round(svc, why);
+}
+
+static void on_debounce(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)loop;
+  (void)revents;
+  mt_mesh_service *svc = t->data;
+  if (svc->held) return; /* the sync recomputes anyway */
+  recompute(svc, svc->sources.cluster != NULL ? "kubernetes changes" : "workloads file");
+}
+
+/* ---- the mesh file ------------------------------------------------------- */
 
 /* Reads the files and, when they parse to different content, installs and
  * pushes a new version. */
@@ -239,15 +338,16 @@ static void reload(mt_mesh_service *svc) {
     mt_mesh_file_free(mesh); /* touched, not changed */
     return;
   }
-  if (!install(svc, mesh)) {
-    mt_ca_log_error(svc->log, "out of memory encoding the mesh snapshot; version %s stays",
-                    svc->version);
+  mt_mesh_view *view = build_view(svc, mesh, err, sizeof(err));
+  if (view == NULL) {
+    mt_ca_log_count(svc->log, MT_CA_EV_MESH_LOAD_FAILURES);
+    mt_ca_log_error(svc->log, "mesh file refused, version %s stays in force: %s: %s", svc->version,
+                    svc->mesh_path, err);
+    mt_mesh_file_free(mesh);
     return;
   }
-  mt_ca_log_info(svc->log, "mesh snapshot version %s in force (%s); pushing to %zu stream%s",
-                 svc->version, svc->mesh_path, svc->num_watchers,
-                 svc->num_watchers == 1 ? "" : "s");
-  push_all(svc);
+  install(svc, mesh, view);
+  push_round(svc, svc->mesh_path);
 }
 
 static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -257,7 +357,7 @@ static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) {
   if (sources_changed(svc))
     reload(svc);
   else
-    push_all(svc); /* streams that were full last time */
+    push_all(svc, 1); /* streams that were full last time */
 }
 
 /* ---- the Watch method -------------------------------------------------- */
@@ -309,6 +409,12 @@ static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_
   return ok;
 }
 
+static int is_node_agent(const mt_mesh_service *svc, const char *spiffe_id) {
+  for (size_t i = 0; i < svc->sources.num_node_agents; i++)
+    if (strcmp(svc->sources.node_agents[i], spiffe_id) == 0) return 1;
+  return 0;
+}
+
 static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
   mt_mesh_service *svc = arg;
   int64_t started_ms = monotonic_ms();
@@ -330,13 +436,18 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
   w->opened_ms = started_ms;
   snprintf(w->peer, sizeof(w->peer), "%s", req->peer_address);
   snprintf(w->identity, sizeof(w->identity), "%s", auth.spiffe_id);
+  /* The token's node scopes a node agent's snapshot; a claim that is not a
+   * node name scopes nothing (the agent is then served as a sidecar). */
+  if (mt_node_name_valid(auth.node_name)) /* then at most MT_NODE_NAME_MAX_LEN bytes */
+    memcpy(w->node, auth.node_name, strlen(auth.node_name) + 1);
+  w->node_agent = is_node_agent(svc, auth.spiffe_id);
   w->next = svc->watchers;
   if (svc->watchers) svc->watchers->prev = w;
   svc->watchers = w;
   svc->num_watchers++;
   mt_grpc_stream_set_on_closed(stream, on_watcher_closed, w);
   mt_ca_log_count(svc->log, MT_CA_EV_WATCH_STREAMS_OPENED);
-  push_one(w);
+  push_one(w); /* held: the sync sends it */
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -352,7 +463,6 @@ mt_mesh_service *mt_mesh_service_new(struct ev_loop *loop, const char *mesh_path
     mt_mesh_service_free(svc);
     return NULL;
   }
-  svc->loop = loop;
   svc->auth = auth;
   svc->log = log;
   mt_mesh_file *mesh = mt_mesh_file_load(mesh_path, trust_domain, err, err_len);
@@ -361,29 +471,67 @@ mt_mesh_service *mt_mesh_service_new(struct ev_loop *loop, const char *mesh_path
     return NULL;
   }
   watch_sources(svc, mesh);
-  if (!install(svc, mesh)) {
-    snprintf(err, err_len, "%s:1: out of memory", mesh_path);
+  char why[ERR_MAX];
+  mt_mesh_view *view = build_view(svc, mesh, why, sizeof(why));
+  if (view == NULL) {
+    snprintf(err, err_len, "%s:1: %s", mesh_path, why);
+    mt_mesh_file_free(mesh);
     mt_mesh_service_free(svc);
     return NULL;
   }
+  install(svc, mesh, view);
+  svc->loop = loop;
   double seconds = (double)poll_ms / MS_PER_SECOND;
   ev_timer_init(&svc->poll, on_poll, seconds, seconds);
   svc->poll.data = svc;
   ev_timer_start(loop, &svc->poll);
+  ev_timer_init(&svc->debounce, on_debounce, (double)MT_MESH_SERVICE_DEBOUNCE_MS / MS_PER_SECOND,
+                0.);
+  svc->debounce.data = svc;
   return svc;
 }
 
 void mt_mesh_service_free(mt_mesh_service *svc) {
   if (svc == NULL) return;
-  if (svc->loop != NULL) ev_timer_stop(svc->loop, &svc->poll);
+  if (svc->loop != NULL) {
+    ev_timer_stop(svc->loop, &svc->poll);
+    ev_timer_stop(svc->loop, &svc->debounce);
+  }
   while (svc->watchers != NULL)
     finish_watcher(svc->watchers, MT_GRPC_UNAVAILABLE, "shutdown", kShutdownMessage);
   clear_watched(svc);
+  mt_mesh_view_free(svc->view); /* before the file it borrows */
   mt_mesh_file_free(svc->current);
-  free(svc->encoded);
   free(svc->mesh_path);
   free(svc->trust_domain);
   free(svc);
+}
+
+int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sources, char *err,
+                                size_t err_len) {
+  svc->sources = *sources;
+  svc->held = sources->cluster != NULL && !sources->cluster_synced;
+  if (sources->cluster == NULL && sources->registry == NULL) return 1;
+  mt_mesh_view *view = build_view(svc, svc->current, err, err_len);
+  if (view == NULL) return 0;
+  /* Nothing was sent yet: the first version just gets the sources too. */
+  uint8_t digest[MT_MESH_DIGEST_LEN];
+  mt_mesh_view_free(svc->view);
+  svc->view = view;
+  mt_mesh_view_shared_digest(view, digest);
+  format_version(svc->version, sizeof(svc->version), svc->serial, digest);
+  return 1;
+}
+
+void mt_mesh_service_sources_changed(mt_mesh_service *svc) {
+  if (!ev_is_active(&svc->debounce)) ev_timer_start(svc->loop, &svc->debounce);
+}
+
+void mt_mesh_service_cluster_synced(mt_mesh_service *svc) {
+  if (!svc->held) return;
+  svc->held = 0;
+  ev_timer_stop(svc->loop, &svc->debounce); /* this round covers what it waited for */
+  recompute(svc, "kubernetes source synced");
 }
 
 int mt_mesh_service_register(mt_mesh_service *svc, mt_grpc_server *server) {

@@ -20,6 +20,8 @@ struct mt_workload_registry {
   ev_timer poll;
   mt_workloads *current;
   mt_file_stamp stamp; /* the file as last read, loaded or refused */
+  void (*on_change)(void *ctx);
+  void *on_change_ctx;
 };
 
 static void log_in_force(mt_workload_registry *r) {
@@ -45,6 +47,7 @@ static void reload(mt_workload_registry *r) {
   r->current = loaded;
   mt_ca_log_count(r->log, MT_CA_EV_WORKLOADS_LOADS);
   log_in_force(r);
+  if (r->on_change != NULL) r->on_change(r->on_change_ctx);
 }
 
 static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -90,6 +93,12 @@ void mt_workload_registry_free(mt_workload_registry *r) {
   free(r->path);
   free(r->trust_domain);
   free(r);
+}
+
+void mt_workload_registry_set_on_change(mt_workload_registry *r, void (*on_change)(void *ctx),
+                                        void *ctx) {
+  r->on_change = on_change;
+  r->on_change_ctx = ctx;
 }
 
 void mt_workload_registry_reload(mt_workload_registry *r) { reload(r); }

@@ -33,6 +33,11 @@ mt_workload_registry *mt_workload_registry_new(struct ev_loop *loop, const char 
 /* Stops polling and frees everything; accepts NULL. */
 void mt_workload_registry_free(mt_workload_registry *registry);
 
+/* |on_change| (may be NULL) is called after each reload that put a new
+ * registry in force (not after a refused one). */
+void mt_workload_registry_set_on_change(mt_workload_registry *registry,
+                                        void (*on_change)(void *ctx), void *ctx);
+
 /* Re-reads the file now, even if it looks unchanged. */
 void mt_workload_registry_reload(mt_workload_registry *registry);
 

@@ -238,3 +238,13 @@ int mt_workloads_on_node(const mt_workloads *w, const char *node, const char *sp
   lookup_key key = {node, spiffe_id};
   return bsearch(&key, w->entries, w->count, sizeof(*w->entries), compare_key) != NULL;
 }
+
+size_t mt_workloads_foreach(const mt_workloads *w,
+                            void (*on_entry)(void *ctx, const char *node, const char *spiffe_id,
+                                             const char *address),
+                            void *ctx) {
+  if (w == NULL) return 0;
+  for (size_t i = 0; i < w->count; i++)
+    on_entry(ctx, w->entries[i].node, w->entries[i].spiffe_id, w->entries[i].address);
+  return w->count;
+}

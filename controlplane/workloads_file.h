@@ -43,6 +43,14 @@ size_t mt_workloads_node_count(const mt_workloads *workloads);
 /* 1 when the registry lists |spiffe_id| on |node| (exact, byte for byte). */
 int mt_workloads_on_node(const mt_workloads *workloads, const char *node, const char *spiffe_id);
 
+/* Calls |on_entry| for every entry, in (node, identity, address) order;
+ * |address| is NULL when the entry has none. Strings are borrowed for the
+ * call. Returns how many. */
+size_t mt_workloads_foreach(const mt_workloads *workloads,
+                            void (*on_entry)(void *ctx, const char *node, const char *spiffe_id,
+                                             const char *address),
+                            void *ctx);
+
 /* 1 when |name| is a valid Kubernetes node name: a DNS subdomain of at most
  * MT_NODE_NAME_MAX_LEN bytes, dot-separated labels of lowercase letters,
  * digits and '-', each starting and ending with a letter or digit. */

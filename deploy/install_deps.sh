@@ -32,6 +32,7 @@ PACKAGES=(
   python3-cryptography
   python3-h2
   python3-prometheus-client
+  python3-kubernetes
   yamllint
 )
 

@@ -45,6 +45,7 @@ void mt_cli_leave(mt_grpc_client *c) {
 
 static void conn_destroy(mt_cli_conn *conn) {
   mt_grpc_client *c = conn->client;
+  mt_resolve_cancel(conn->lookup);
   ev_timer_stop(c->loop, &conn->phase);
   ev_timer_stop(c->loop, &conn->keepalive);
   for (mt_grpc_call *call = conn->calls.head, *next; call != NULL; call = next) {
@@ -111,17 +112,21 @@ static void on_phase_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   if (!c->free_requested) {
     switch (conn->state) {
       case MT_CLI_CONN_FAILED: mt_h2_textf(why, sizeof(why), "%s", conn->why); break;
+      case MT_CLI_CONN_RESOLVING:
+        mt_h2_textf(why, sizeof(why), "resolving %s timed out after %d ms", c->target_text,
+                    c->connect_timeout_ms);
+        break;
       case MT_CLI_CONN_CONNECTING:
-        mt_h2_textf(why, sizeof(why), "connect to %s timed out after %d ms", c->target_text,
+        mt_h2_textf(why, sizeof(why), "connect to %s timed out after %d ms", conn->peer_text,
                     c->connect_timeout_ms);
         break;
       case MT_CLI_CONN_HANDSHAKING:
-        mt_h2_textf(why, sizeof(why), "TLS handshake with %s timed out after %d ms", c->target_text,
-                    c->connect_timeout_ms);
+        mt_h2_textf(why, sizeof(why), "TLS handshake with %s timed out after %d ms",
+                    conn->peer_text, c->connect_timeout_ms);
         break;
       case MT_CLI_CONN_READY:
         mt_h2_textf(why, sizeof(why), "keepalive timeout: no PING ACK from %s within %d ms",
-                    c->target_text, c->keepalive_timeout_ms);
+                    conn->peer_text, c->keepalive_timeout_ms);
         break;
     }
     conn_fail(conn, why);
@@ -189,7 +194,7 @@ static void conn_pump(mt_cli_conn *conn) {
   mt_h2_status st = mt_h2_transport_pump(&conn->t);
   if (c->free_requested) return;
   if (st == MT_H2_FAILED) {
-    mt_h2_textf(why, sizeof(why), "connection to %s lost: %s%s%s", c->target_text, conn->t.error,
+    mt_h2_textf(why, sizeof(why), "connection to %s lost: %s%s%s", conn->peer_text, conn->t.error,
                 conn->goaway ? " after " : "", conn->goaway ? conn->why : "");
     conn_fail(conn, why);
   } else if (st == MT_H2_DONE || (conn->goaway && conn->calls.head == NULL)) {
@@ -198,16 +203,17 @@ static void conn_pump(mt_cli_conn *conn) {
 }
 
 /* The connection's socket is ready: advance whatever phase it is in. */
+static void conn_try_next(mt_cli_conn *conn, const char *why);
+
 static void conn_on_io(mt_cli_conn *conn) {
-  mt_grpc_client *c = conn->client;
   char why[MT_CLI_WHY_MAX];
   switch (conn->state) {
     case MT_CLI_CONN_CONNECTING: {
       int err = mt_h2_transport_connect_error(&conn->t);
       if (err == EINPROGRESS) return;
       if (err != 0) {
-        mt_h2_textf(why, sizeof(why), "connect to %s: %s", c->target_text, strerror(err));
-        conn_fail(conn, why);
+        mt_h2_textf(why, sizeof(why), "connect to %s: %s", conn->peer_text, strerror(err));
+        conn_try_next(conn, why);
         return;
       }
       conn->state = MT_CLI_CONN_HANDSHAKING;
@@ -217,13 +223,14 @@ static void conn_on_io(mt_cli_conn *conn) {
       switch (mt_h2_transport_handshake(&conn->t, 1)) {
         case MT_H2_STEP_AGAIN: return;
         case MT_H2_STEP_FAILED:
-          mt_h2_textf(why, sizeof(why), "%s (server %s)", conn->t.error, c->target_text);
+          mt_h2_textf(why, sizeof(why), "%s (server %s)", conn->t.error, conn->peer_text);
           conn_fail(conn, why);
           return;
         case MT_H2_STEP_DONE: conn_ready(conn); return;
       }
       return;
     case MT_CLI_CONN_READY: conn_pump(conn); return;
+    case MT_CLI_CONN_RESOLVING: /* no socket yet */
     case MT_CLI_CONN_FAILED: return;
   }
 }
@@ -267,10 +274,89 @@ static SSL *ssl_new(mt_grpc_client *c, int fd) {
   return ssl;
 }
 
-/* Opens a new current connection. Failures found here are reported on the
- * next loop iteration, so no user callback runs inside an API call. */
-static mt_cli_conn *conn_start(mt_grpc_client *c) {
+/* Opens the socket to |addr| and starts connecting. Failures are reported
+ * on the next loop iteration, so no user callback runs inside an API call. */
+static void conn_connect(mt_cli_conn *conn, const struct sockaddr *addr, socklen_t addr_len) {
+  mt_grpc_client *c = conn->client;
   char why[MT_CLI_WHY_MAX];
+  conn->state = MT_CLI_CONN_CONNECTING;
+  char ip[MT_H2_ADDRESS_TEXT_MAX];
+  mt_h2_format_address(addr, ip, sizeof(ip));
+  if (c->target.numeric)
+    mt_h2_textf(conn->peer_text, sizeof(conn->peer_text), "%s", ip);
+  else
+    mt_h2_textf(conn->peer_text, sizeof(conn->peer_text), "%s (%s)", c->target_text, ip);
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    mt_h2_textf(why, sizeof(why), "socket: %s", strerror(errno));
+    defer_failure(conn, why);
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  SSL *ssl = ssl_new(c, fd);
+  if (ssl == NULL) {
+    close(fd);
+    defer_failure(conn, "cannot create the TLS session (SSL_new failed)");
+    return;
+  }
+  if (!mt_h2_transport_init(&conn->t, c->loop, fd, ssl, on_conn_io, conn)) {
+    defer_failure(conn, "out of memory");
+    return;
+  }
+  if (connect(fd, addr, addr_len) != 0 && errno != EINPROGRESS) {
+    mt_h2_textf(why, sizeof(why), "connect to %s: %s", conn->peer_text, strerror(errno));
+    defer_failure(conn, why);
+    return;
+  }
+  mt_h2_transport_watch(&conn->t, EV_WRITE);
+}
+
+/* Connects to the address at conn->target_index. */
+static void conn_connect_current(mt_cli_conn *conn) {
+  const mt_resolve_result *r = &conn->targets;
+  conn_connect(conn, (const struct sockaddr *)&r->addresses[conn->target_index],
+               r->lengths[conn->target_index]);
+}
+
+/* A TCP connect failed: the next address of the name, if any, else fail
+ * the connection with |why| (inside a loop callback). */
+static void conn_try_next(mt_cli_conn *conn, const char *why) {
+  if (conn->target_index + 1 >= conn->targets.count) {
+    conn_fail(conn, why);
+    return;
+  }
+  mt_h2_transport_dispose(&conn->t);
+  conn->target_index++;
+  conn_connect_current(conn);
+}
+
+/* The target's name was looked up (on the loop). */
+static void on_resolved(void *arg, const mt_resolve_result *result) {
+  mt_cli_conn *conn = arg;
+  mt_grpc_client *c = conn->client;
+  conn->lookup = NULL;
+  mt_cli_enter(c);
+  if (!c->free_requested) {
+    if (result->count == 0) {
+      conn_fail(conn, result->error);
+    } else {
+      /* Several addresses (dual stack, several A records): tried in the
+       * resolver's order until one accepts the TCP connection. */
+      conn->targets = *result;
+      conn->target_index = 0;
+      conn_connect_current(conn);
+    }
+  }
+  mt_cli_leave(c);
+}
+
+/* Opens a new current connection: a numeric target connects at once, a
+ * name is looked up first (again for every connection, so a moved server
+ * is found). The phase timer bounds lookup, connect and handshake together.
+ * Failures found here are reported on the next loop iteration, so no user
+ * callback runs inside an API call. */
+static mt_cli_conn *conn_start(mt_grpc_client *c) {
   mt_cli_conn *conn = calloc(1, sizeof(*conn));
   if (conn == NULL) return NULL;
   conn->client = c;
@@ -283,34 +369,19 @@ static mt_cli_conn *conn_start(mt_grpc_client *c) {
   if (c->conns) c->conns->prev = conn;
   c->conns = conn;
   c->current = conn;
-  conn->state = MT_CLI_CONN_CONNECTING;
-  int fd = socket(c->target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    mt_h2_textf(why, sizeof(why), "socket: %s", strerror(errno));
-    defer_failure(conn, why);
-    return conn;
-  }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  SSL *ssl = ssl_new(c, fd);
-  if (ssl == NULL) {
-    close(fd);
-    defer_failure(conn, "cannot create the TLS session (SSL_new failed)");
-    return conn;
-  }
-  if (!mt_h2_transport_init(&conn->t, c->loop, fd, ssl, on_conn_io, conn)) {
-    defer_failure(conn, "out of memory");
-    return conn;
-  }
-  if (connect(fd, (const struct sockaddr *)&c->target, c->target_len) != 0 &&
-      errno != EINPROGRESS) {
-    mt_h2_textf(why, sizeof(why), "connect to %s: %s", c->target_text, strerror(errno));
-    defer_failure(conn, why);
-    return conn;
-  }
-  mt_h2_transport_watch(&conn->t, EV_WRITE);
+  mt_h2_textf(conn->peer_text, sizeof(conn->peer_text), "%s", c->target_text);
   ev_timer_set(&conn->phase, c->connect_timeout_ms / (double)MT_CLI_MS_PER_SECOND, 0.0);
   ev_timer_start(c->loop, &conn->phase);
+  if (c->target.numeric) {
+    conn->targets.addresses[0] = c->target.address;
+    conn->targets.lengths[0] = c->target.address_len;
+    conn->targets.count = 1;
+    conn_connect_current(conn);
+    return conn;
+  }
+  conn->state = MT_CLI_CONN_RESOLVING;
+  conn->lookup = mt_resolve_start(c->loop, &c->target, on_resolved, conn);
+  if (conn->lookup == NULL) defer_failure(conn, "cannot start a name lookup (out of memory or threads)");
   return conn;
 }
 
@@ -323,11 +394,15 @@ mt_grpc_client *mt_grpc_client_new(struct ev_loop *loop, const mt_grpc_client_op
   if (c == NULL) return NULL;
   c->loop = loop;
   c->ssl_ctx = options->ssl_ctx;
-  if (!mt_h2_parse_address(options->target, &c->target, &c->target_len)) {
+  if (!mt_resolve_parse(options->target, &c->target)) {
     free(c);
     return NULL;
   }
-  mt_h2_format_address((const struct sockaddr *)&c->target, c->target_text, sizeof(c->target_text));
+  if (c->target.numeric)
+    mt_h2_format_address((const struct sockaddr *)&c->target.address, c->target_text,
+                         sizeof(c->target_text));
+  else
+    mt_h2_textf(c->target_text, sizeof(c->target_text), "%s:%s", c->target.host, c->target.port);
   c->authority = strdup(options->authority ? options->authority : options->target);
   c->server_name = options->server_name ? strdup(options->server_name) : NULL;
   c->connect_timeout_ms =

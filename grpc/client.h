@@ -36,7 +36,8 @@ typedef struct mt_grpc_client mt_grpc_client;
 typedef struct mt_grpc_call mt_grpc_call;
 
 typedef struct {
-  /* "ip:port" or "[ipv6]:port"; numeric, since resolving a name blocks. */
+  /* "ip:port", "[ipv6]:port" or "name:port": a name is looked up again
+   * for every connection, off the loop (resolver.h). */
   const char *target;
   /* Borrowed; must outlive the client. The caller configures how the server
    * is verified (roots, verify mode or callback). The client offers ALPN

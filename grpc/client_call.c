@@ -304,7 +304,7 @@ static void on_goaway(mt_cli_conn *conn, const nghttp2_goaway *goaway) {
   size_t shown = goaway->opaque_data_len < DEBUG_DATA_SHOWN_MAX ? goaway->opaque_data_len
                                                                 : DEBUG_DATA_SHOWN_MAX;
   conn->goaway = 1;
-  mt_h2_textf(conn->why, sizeof(conn->why), "server %s sent GOAWAY (%s%s%.*s)", c->target_text,
+  mt_h2_textf(conn->why, sizeof(conn->why), "server %s sent GOAWAY (%s%s%.*s)", conn->peer_text,
               mt_h2_error_name(goaway->error_code), shown ? ": " : "", (int)shown,
               (const char *)goaway->opaque_data);
   if (c->current == conn) c->current = NULL; /* new calls get a new connection */

@@ -27,6 +27,7 @@
 #include "grpc/client.h"
 #include "grpc/frame.h"
 #include "grpc/h2_transport.h"
+#include "grpc/resolver.h"
 
 enum {
   MT_CLI_MS_PER_SECOND = 1000,
@@ -74,6 +75,7 @@ struct mt_grpc_call {
 };
 
 typedef enum {
+  MT_CLI_CONN_RESOLVING,   /* looking the target's name up (resolver.h) */
   MT_CLI_CONN_CONNECTING,  /* non-blocking TCP connect */
   MT_CLI_CONN_HANDSHAKING, /* TLS */
   MT_CLI_CONN_READY,       /* HTTP/2 session up */
@@ -83,6 +85,12 @@ typedef enum {
 struct mt_cli_conn {
   mt_grpc_client *client;
   mt_cli_conn_state state;
+  mt_resolve *lookup;        /* while RESOLVING */
+  mt_resolve_result targets; /* the addresses to try, in order */
+  size_t target_index;       /* the one being tried */
+  /* The server as messages name it: "ip:port", or "name:port (ip:port)"
+   * once a name was resolved. */
+  char peer_text[MT_RESOLVE_HOST_MAX + 2 * MT_H2_ADDRESS_TEXT_MAX];
   mt_h2_transport t;
   /* Connect + handshake deadline, then the PING ACK deadline; or a 0 s
    * timer that reports a failure detected inside an API call. */
@@ -99,9 +107,8 @@ struct mt_cli_conn {
 struct mt_grpc_client {
   struct ev_loop *loop;
   SSL_CTX *ssl_ctx;
-  struct sockaddr_storage target;
-  socklen_t target_len;
-  char target_text[MT_H2_ADDRESS_TEXT_MAX];
+  mt_resolve_target target;
+  char target_text[MT_RESOLVE_HOST_MAX + MT_H2_ADDRESS_TEXT_MAX];
   char *authority, *server_name;
   int connect_timeout_ms, keepalive_interval_ms, keepalive_timeout_ms, keepalive_without_calls;
   size_t max_message_bytes;

@@ -6,6 +6,11 @@ tokens as a JWKS:
 
     kubectl get --raw /openid/v1/jwks | deploy/k8s/jwks-to-pem.py > sa-signer.pub.pem
 
+Not needed by the manifests in this folder: there mtls-ca runs with its
+Kubernetes source (`kubernetes: {}`) and fetches the JWKS itself. This is for
+an mtls-ca without it (outside the cluster, or with a workloads_file), which
+needs the keys as a file.
+
 One "PUBLIC KEY" PEM block is written per key, in the set's order. Only what
 mtls-ca can verify is accepted: RSA keys of at least 2048 bits (RS256) and EC
 P-256 keys (ES256); any other key is an error naming its "kid", because tokens

@@ -251,7 +251,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"TokensWithoutIssuer",
                 "trust_domain: example.org\ntls: {cert_file: a, key_file: b}\n"
                 "signer: {cert_file: b, key_file: c}\nroots_file: r\ntokens: {keys_file: k}\n",
-                ":1: 'tokens' needs 'issuer' and 'keys_file'"},
+                ":1: 'tokens' needs 'issuer'"},
+        BadCase{"TokensWithoutKeysOutsideKubernetes",
+                "trust_domain: example.org\ntls: {cert_file: a, key_file: b}\n"
+                "signer: {cert_file: b, key_file: c}\nroots_file: r\ntokens: {issuer: i}\n",
+                ":1: 'tokens' needs 'keys_file' (with 'kubernetes', the keys may come from the "
+                "API server's /openid/v1/jwks instead)"},
         BadCase{"EmptyPath", M + "mesh_file: \"\"\n", ":6: 'mesh_file' must not be empty"},
         BadCase{"PathIsAList", "trust_domain: example.org\nroots_file: [a, b]\n",
                 ":2: 'roots_file' must be a scalar value"},

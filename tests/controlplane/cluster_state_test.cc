@@ -3,7 +3,9 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -223,6 +225,38 @@ TEST_F(ClusterState, WorkloadsOnANodeAreListedForItsAgent) {
   EXPECT_EQ(mt_cluster_state_foreach_on_node(
                 state_, "node-2", [](void *, const mt_cluster_workload *) { FAIL(); }, nullptr),
             0u);
+}
+
+// Every service address at once agrees with the one-address lookup: the
+// ready endpoints' identities, sorted, for each ClusterIP x port.
+TEST_F(ClusterState, EveryServiceAddressIsListedWithItsReadyIdentities) {
+  LoadDemo();
+  Json canary(LoadK8sFixture("pod.json"));
+  SetPath(canary, "metadata.name", json_string("web-7d9f8b6c5d-k8j7h"));
+  SetPath(canary, "spec.serviceAccountName", json_string("web-canary"));
+  SetPath(canary, "status.podIPs", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  Upsert(MT_K8S_KIND_POD, canary);
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  json_t *ep = json_array_get(json_object_get(slice, "endpoints"), 1);
+  json_object_set_new(ep, "conditions", json_pack("{s:b}", "ready", 1));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  std::vector<std::string> seen;
+  ASSERT_TRUE(mt_cluster_state_foreach_service_address(
+      state_,
+      [](void *ctx, const char *ip, uint16_t port, const char *const *ids, size_t n) {
+        std::string line = std::string(ip) + " " + std::to_string(port);
+        for (size_t i = 0; i < n; i++) line += " " + std::string(ids[i]);
+        static_cast<std::vector<std::string> *>(ctx)->push_back(line);
+      },
+      &seen));
+  std::sort(seen.begin(), seen.end());
+  const std::string ids =
+      " spiffe://example.org/ns/demo/sa/web spiffe://example.org/ns/demo/sa/web-canary";
+  EXPECT_EQ(seen, (std::vector<std::string>{"10.96.0.20 80" + ids, "10.96.0.20 9090" + ids,
+                                            "fd00:96::20 80" + ids, "fd00:96::20 9090" + ids}));
+  size_t workloads = mt_cluster_state_foreach_workload(
+      state_, [](void *, const mt_cluster_workload *) {}, nullptr);
+  EXPECT_EQ(workloads, 2u);
 }
 
 }  // namespace

@@ -285,6 +285,33 @@ TEST_F(MeshFile, OtherTrustDomainsAndIpv6Destinations) {
   EXPECT_STREQ(snap_->destinations[0]->address, "[fd00::7]:15006");
 }
 
+TEST_F(MeshFile, DestinationsTakeSeveralIdsAndAnIpAlone) {
+  ASSERT_TRUE(Load(std::string(kBundle) + "destinations:\n"
+                                          "  - address: 10.96.0.10:80\n"
+                                          "    spiffe_ids:\n"
+                                          "      - spiffe://example.org/ns/a/sa/x\n"
+                                          "      - spiffe://example.org/ns/a/sa/y\n"
+                                          "  - address: fd00::7\n"
+                                          "    spiffe_id: spiffe://example.org/ns/a/sa/p\n"))
+      << error_;
+  ASSERT_EQ(snap_->n_destinations, 2u);
+  ASSERT_EQ(snap_->destinations[0]->n_spiffe_ids, 2u);
+  EXPECT_STREQ(snap_->destinations[0]->spiffe_ids[1], "spiffe://example.org/ns/a/sa/y");
+  EXPECT_STREQ(snap_->destinations[1]->address, "fd00::7");
+  EXPECT_FALSE(Load(std::string(kBundle) + "destinations:\n"
+                                           "  - address: 10.96.0.10:80\n"
+                                           "    spiffe_ids: []\n"));
+  EXPECT_NE(error_.find("destination needs 'spiffe_id' or a non-empty 'spiffe_ids'"),
+            std::string::npos)
+      << error_;
+  EXPECT_FALSE(Load(std::string(kBundle) + "destinations:\n"
+                                           "  - address: backend.svc\n"
+                                           "    spiffe_id: spiffe://example.org/ns/a/sa/x\n"));
+  EXPECT_NE(error_.find("'address' must be IP:port or an IP alone, got 'backend.svc'"),
+            std::string::npos)
+      << error_;
+}
+
 TEST_F(MeshFile, WithoutAnOwnTrustDomainNoBundleIsRequired) {
   ASSERT_TRUE(Load("destinations: []\n", nullptr)) << error_;
   EXPECT_EQ(snap_->n_trust_bundles, 0u);
@@ -429,7 +456,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadMesh{"DestinationHostName",
                 B + "destinations:\n  - address: backend:15006\n    spiffe_id: "
                     "spiffe://example.org/a\n",
-                ":5: 'address' must be IP:port, got 'backend:15006'"},
+                ":5: 'address' must be IP:port or an IP alone, got 'backend:15006'"},
         BadMesh{
             "DestinationPortZero",
             B + "destinations:\n  - address: 10.0.0.1:0\n    spiffe_id: spiffe://example.org/a\n",

@@ -512,6 +512,33 @@ def test_editing_the_workloads_file_is_picked_up_without_a_signal(node_ca, msgs,
                                    metadata={IMPERSONATE: DEMO_BACKEND}))) == [DEMO_BACKEND]
 
 
+def test_a_node_agents_watch_follows_the_workloads_file(node_ca, msgs, pki):
+    """The registry feeds node_workloads (entries with an address: a
+    Workload needs an IP) and scopes workload_policies; a reload re-pushes."""
+    write_mesh(node_ca.mesh, pki, workload_policies=(
+        f"  - spiffe_id: {DEMO_FRONTEND}\n    policy: {{default: deny}}\n"
+        f"  - spiffe_id: {DEMO_BACKEND}\n    policy: {{default: deny}}\n"))
+    wait_until(lambda: "mesh snapshot version 2-" in node_ca.stderr(), "the mesh edit")
+    w = Watcher(node_ca, msgs, node_agent_token(pki, node="node-1"))
+    try:
+        first = w.next()
+        assert first.node_workloads.node_name == "node-1"
+        assert list(first.node_workloads.workloads) == []  # frontend has no address
+        assert [p.spiffe_id for p in first.workload_policies] == [DEMO_FRONTEND]
+        write_atomically(node_ca.workloads,
+                         "workloads:\n"
+                         f"  - {{node: node-1, spiffe_id: '{DEMO_FRONTEND}', address: 10.77.1.2}}\n"
+                         f"  - {{node: node-1, spiffe_id: '{DEMO_BACKEND}', address: 10.77.1.3}}\n"
+                         f"  - {{node: node-2, spiffe_id: '{DEMO_BACKEND}', address: 10.77.2.3}}\n")
+        pushed = w.next()
+    finally:
+        w.close()
+    assert [(x.spiffe_id, list(x.ips)) for x in pushed.node_workloads.workloads] == [
+        (DEMO_BACKEND, ["10.77.1.3"]), (DEMO_FRONTEND, ["10.77.1.2"])]
+    assert [p.spiffe_id for p in pushed.workload_policies] == [DEMO_BACKEND, DEMO_FRONTEND]
+    assert "in force (workloads file;" in node_ca.stderr()
+
+
 @pytest.mark.parametrize("bad_text, expected", [
     pytest.param("workloads:\n  - node: node-1\n    spiffe_id: " + DEMO_BACKEND + "\n"
                  "    namespace: demo\n",
@@ -777,46 +804,57 @@ def expected_workload_policies(cache_port=6379):
             DB_ID: (2, [])}
 
 
-def test_every_watch_snapshot_carries_every_workload_policy(ca, msgs, pki):
-    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+CACHE_SUB = "system:serviceaccount:demo:cache"
+
+
+def test_a_sidecar_gets_only_its_own_workload_policy(ca, msgs, pki):
+    w = Watcher(ca, msgs, mint_token(pki["token_key"], sub=CACHE_SUB))
     try:
         assert not w.next().workload_policies
         write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies())
         pushed = w.next()
     finally:
         w.close()
-    assert workload_policies_of(pushed) == expected_workload_policies()
-    # The general policy is still there, unchanged, beside them.
+    # Scoped to the caller: cache gets its own entry, not db's.
+    assert workload_policies_of(pushed) == {CACHE_ID: expected_workload_policies()[CACHE_ID]}
+    assert not pushed.HasField("node_workloads")  # sidecars never get it
+    # The general policy is still there, unchanged, beside it.
     assert [r.name for r in pushed.policy.rules] == ["frontend-only"]
-    # Not scoped to the caller: a workload with an entry, and one without,
-    # get the same complete list at once (each agent picks its own).
-    for sub in ("system:serviceaccount:demo:cache", FRONTEND_SUB):
-        late = Watcher(ca, msgs, mint_token(pki["token_key"], sub=sub))
-        try:
-            snap = late.next()
-        finally:
-            late.close()
-        assert snap.version == pushed.version
-        assert workload_policies_of(snap) == expected_workload_policies()
+    # A caller without an entry gets none, and its version is its own (the
+    # digest part differs, the counter is shared).
+    late = Watcher(ca, msgs, mint_token(pki["token_key"], sub=FRONTEND_SUB))
+    try:
+        snap = late.next()
+    finally:
+        late.close()
+    assert not snap.workload_policies
+    assert snap.version.split("-")[0] == pushed.version.split("-")[0]
+    assert snap.version != pushed.version
 
 
 def test_editing_a_workload_policy_pushes_a_new_snapshot_with_the_change(ca, msgs, pki):
     write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies())
     wait_until(lambda: "mesh snapshot version 2-" in ca.stderr(), "the server to load the edit")
-    w = Watcher(ca, msgs, mint_token(pki["token_key"]))
+    w = Watcher(ca, msgs, mint_token(pki["token_key"], sub=CACHE_SUB))
     try:
         first = w.next()
-        assert workload_policies_of(first) == expected_workload_policies()
+        assert workload_policies_of(first) == {CACHE_ID: expected_workload_policies()[CACHE_ID]}
         write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies(cache_port=6380))
         changed = w.next()
         assert changed.version != first.version
-        assert workload_policies_of(changed) == expected_workload_policies(cache_port=6380)
-        # Removing an entry is a change too.
+        assert workload_policies_of(changed) == {
+            CACHE_ID: expected_workload_policies(cache_port=6380)[CACHE_ID]}
+        # An edit of another workload's entry is nothing this caller sees.
         write_mesh(ca.mesh, pki, workload_policies=cache_and_db_policies(cache_port=6380)
                    .split(f"  - spiffe_id: {DB_ID}")[0])
+        wait_until(lambda: "mesh snapshot version 4-" in ca.stderr(), "the server to load it")
+        w.nothing_within(1.0)
+        # Removing its own entry is a change.
+        write_mesh(ca.mesh, pki, workload_policies=f"  - spiffe_id: {DB_ID}\n"
+                                                   "    policy: {default: deny}\n")
         removed = w.next()
         assert removed.version != changed.version
-        assert list(workload_policies_of(removed)) == [CACHE_ID]
+        assert not removed.workload_policies
         # Touching the file without changing it pushes nothing.
         os.utime(ca.mesh)
         w.nothing_within(1.0)

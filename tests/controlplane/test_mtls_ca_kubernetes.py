@@ -3,15 +3,19 @@ for a workload only while the Kubernetes API (the stand-in of tests/k8s,
 over verified HTTPS with a bearer token) says a Running pod of that
 identity is scheduled on the agent's node."""
 
+import copy
+import queue
+import re
 import sys
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from conftest import TRUST_DOMAIN, wait_until
-from test_mtls_ca import (IMPERSONATE, NODE_AGENT_ID, create, leaf_of, node_agent_token, refused,
-                          run_ca, uri_sans)
+from conftest import TRUST_DOMAIN, WAIT, mint_token, wait_until
+from test_mtls_ca import (IMPERSONATE, NODE_AGENT_ID, Watcher, create, leaf_of, node_agent_token,
+                          refused, run_ca, uri_sans)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 import fixtures as fx  # noqa: E402
@@ -95,3 +99,192 @@ def test_check_config_refuses_a_bad_kubernetes_source(start_ca, api, tmp_path, c
     assert p.returncode == 1
     assert expected in p.stderr, p.stderr
     assert p.stderr.startswith(str(ca.config) + ":") or "ca.yaml:" in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------
+# Watch: snapshots that follow the cluster, scoped per caller
+
+API = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/api"
+API_POD = fx.pod("demo", "api-5c6d7e8f9a-bbbbb", "api", "node-2", ["10.244.2.6"])
+WEB_SVC = fx.service("demo", "web", ["10.96.0.20"], [("http", 80, 8080)])
+
+
+def web_slice(*endpoints):
+    """The web Service's EndpointSlice; |endpoints| are (pod object, ready)."""
+    return fx.endpointslice("demo", "web", "abc12", "IPv4",
+                            [(p["metadata"]["name"], p["status"]["podIP"], p["spec"]["nodeName"],
+                              ready) for p, ready in endpoints], [("http", 8080)])
+
+
+def node_workloads(snap):
+    """[(pod, spiffe_id, [ips])], or None when the field is absent."""
+    if not snap.HasField("node_workloads"):
+        return None
+    return [(w.pod, w.spiffe_id, list(w.ips)) for w in snap.node_workloads.workloads]
+
+
+def destinations(snap):
+    return {d.address: (d.spiffe_id, list(d.spiffe_ids)) for d in snap.destinations}
+
+
+def next_matching(w, predicate, what):
+    """The first snapshot on |w| for which |predicate| holds (a change may
+    arrive over more than one round); bounded by WAIT."""
+    deadline = time.monotonic() + WAIT
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no snapshot with {what}; got {seen}")
+        try:
+            snap = w.next(timeout=left)
+        except AssertionError:
+            raise AssertionError(f"no snapshot with {what}; got {seen}")
+        if predicate(snap):
+            return snap
+        seen.append(snap)
+
+
+def round_lines(ca):
+    return [line for line in ca.stderr().splitlines() if "in force (kubernetes changes" in line]
+
+
+def drain(w, quiet_s=0.3):
+    """Every snapshot already on its way to |w| (none for |quiet_s|: done)."""
+    got = []
+    while True:
+        try:
+            snap = w.snapshots.get(timeout=quiet_s)
+        except queue.Empty:
+            return got
+        assert snap is not None, f"stream ended: {w.error}"
+        got.append(snap)
+
+
+def sidecar_token(pki, sa="web", node="node-1"):
+    return mint_token(pki["token_key"], sub=f"system:serviceaccount:demo:{sa}", node=node)
+
+
+@pytest.fixture
+def watchers():
+    opened = []
+
+    def open_(ca, msgs, token):
+        w = Watcher(ca, msgs, token)
+        opened.append(w)
+        return w
+    yield open_
+    for w in opened:
+        w.close()
+
+
+def test_a_node_agent_gets_the_pods_of_its_node_as_they_come_and_go(k8s_ca, api, msgs, pki,
+                                                                    watchers):
+    w = watchers(k8s_ca, msgs, node_agent_token(pki, node="node-1"))
+    first = w.next()
+    assert node_workloads(first) == []  # present and empty: nobody runs on node-1 yet
+    assert first.node_workloads.node_name == "node-1"
+
+    api.apply("add", "pods", WEB_POD)
+    added = next_matching(w, lambda s: node_workloads(s), "the new pod")
+    assert node_workloads(added) == [(WEB_POD["metadata"]["name"], WEB,
+                                      ["10.244.1.5", "fd00:10:244:1::5"])]
+    assert added.node_workloads.workloads[0].namespace == "demo"
+    # Its IPs, alone, are destinations with its identity.
+    assert destinations(added)["10.244.1.5"] == ("", [WEB])
+    assert destinations(added)["fd00:10:244:1::5"] == ("", [WEB])
+
+    api.apply("delete", "pods", WEB_POD)
+    removed = next_matching(w, lambda s: node_workloads(s) == [], "the pod gone")
+    assert "10.244.1.5" not in destinations(removed)
+    assert removed.version != added.version
+
+
+def test_an_endpointslice_change_changes_the_service_identities(k8s_ca, api, msgs, pki, watchers):
+    api.apply("add", "pods", WEB_POD)
+    api.apply("add", "pods", API_POD)
+    api.apply("add", "services", WEB_SVC)
+    api.apply("add", "endpointslices", web_slice((WEB_POD, True), (API_POD, False)))
+    w = watchers(k8s_ca, msgs, sidecar_token(pki))
+    snap = next_matching(w, lambda s: destinations(s).get("10.96.0.20:80") == ("", [WEB]),
+                         "10.96.0.20:80 -> web only (api's endpoint is not ready)")
+
+    api.apply("modify", "endpointslices", web_slice((WEB_POD, True), (API_POD, True)))
+    snap = next_matching(w, lambda s: "10.96.0.20:80" in destinations(s) and
+                         destinations(s)["10.96.0.20:80"][1] != [WEB], "api's endpoint ready")
+    assert destinations(snap)["10.96.0.20:80"] == ("", [API, WEB])  # sorted
+
+    # No ready endpoint: the address leaves (the agent's unknown-destination
+    # setting applies to it).
+    api.apply("modify", "endpointslices", web_slice((WEB_POD, False), (API_POD, False)))
+    next_matching(w, lambda s: "10.96.0.20:80" not in destinations(s), "the address to leave")
+
+
+def test_a_pod_event_on_another_node_sends_nothing_to_this_nodes_agent(k8s_ca, api, msgs, pki,
+                                                                       watchers):
+    api.apply("add", "pods", WEB_POD)
+    api.apply("add", "pods", API_POD)
+    node1 = watchers(k8s_ca, msgs, node_agent_token(pki, node="node-1"))
+    node2 = watchers(k8s_ca, msgs, node_agent_token(pki, node="node-2"))
+    web_name, api_name = WEB_POD["metadata"]["name"], API_POD["metadata"]["name"]
+    next_matching(node1, lambda s: [p for p, _, _ in node_workloads(s)] == [web_name], "web")
+    next_matching(node2, lambda s: [p for p, _, _ in node_workloads(s)] == [api_name], "api")
+
+    # A change to node-2's pod that no snapshot shows (a label): a round
+    # runs, and sends nothing to anyone.
+    before = len(round_lines(k8s_ca))
+    relabelled = copy.deepcopy(API_POD)
+    relabelled["metadata"]["labels"]["colour"] = "blue"
+    api.apply("modify", "pods", relabelled)
+    wait_until(lambda: len(round_lines(k8s_ca)) > before, "the round for the event")
+    last = round_lines(k8s_ca)[-1]
+    assert last.endswith("sent to 0 of 2 streams"), last
+    label_round = int(re.search(r"version (\d+)-", last).group(1))
+    for w in (node1, node2):  # whatever is still on the wire is older
+        assert all(int(s.version.split("-")[0]) < label_round for s in drain(w))
+
+    # A pod that leaves node-2 changes node-2's workloads; node-1's agent
+    # hears of it too (the pod's IP leaves every caller's destinations),
+    # with its own workloads unchanged.
+    api.apply("delete", "pods", API_POD)
+    next_matching(node2, lambda s: node_workloads(s) == [], "api gone from node-2")
+    snap = next_matching(node1, lambda s: "10.244.2.6" not in destinations(s), "api's IP gone")
+    assert [p for p, _, _ in node_workloads(snap)] == [web_name]
+
+
+def test_a_sidecar_gets_only_its_own_workload_policy_and_no_node_workloads(k8s_ca, api, msgs, pki,
+                                                                          watchers):
+    from conftest import write_mesh
+    write_mesh(k8s_ca.mesh, pki, workload_policies=(
+        f"  - spiffe_id: {WEB}\n    policy: {{default: deny}}\n"
+        f"  - spiffe_id: {API}\n    policy: {{default: allow}}\n"))
+    wait_until(lambda: "mesh.yaml; " in k8s_ca.stderr(), "the mesh edit in force")
+    api.apply("add", "pods", WEB_POD)
+    api.apply("add", "pods", API_POD)
+    sidecar = watchers(k8s_ca, msgs, sidecar_token(pki))  # its token names node-1 too
+    snap = next_matching(sidecar, lambda s: "10.244.2.6" in destinations(s), "both pods known")
+    assert [p.spiffe_id for p in snap.workload_policies] == [WEB]
+    assert node_workloads(snap) is None
+    # The node agent of node-2 gets api's policy (its pod), not web's.
+    agent = watchers(k8s_ca, msgs, node_agent_token(pki, node="node-2"))
+    snap = next_matching(agent, lambda s: node_workloads(s), "node-2's pod")
+    assert [p.spiffe_id for p in snap.workload_policies] == [API]
+
+
+def test_nothing_is_sent_before_the_kubernetes_source_has_synced(start_ca, api, msgs, pki,
+                                                                  tmp_path, watchers):
+    api.apply("add", "pods", WEB_POD)
+    api.admin("/admin/tokens", {"tokens": ["not-the-one-mtls-ca-has"]})  # every LIST: 401
+    ca = start_ca(extra_config=kubernetes_config(api, tmp_path))
+    w = watchers(ca, msgs, node_agent_token(pki, node="node-1"))
+    wait_until(lambda: "watch opened by" in ca.stderr(), "the stream to open")
+    wait_until(lambda: "kubernetes: problem" in ca.stderr(), "a failed LIST")
+    assert "cluster state synced" not in ca.stderr()
+    w.nothing_within(0.5)
+
+    api.admin("/admin/tokens", {"tokens": [api.token]})
+    snap = w.next()  # after the sync, with the whole state
+    assert "cluster state synced" in ca.stderr()
+    assert node_workloads(snap) == [(WEB_POD["metadata"]["name"], WEB,
+                                     ["10.244.1.5", "fd00:10:244:1::5"])]
+    assert "in force (kubernetes source synced" in ca.stderr()

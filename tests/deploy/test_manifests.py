@@ -7,14 +7,19 @@ checked as files:
     ConfigMaps;
   * the security-relevant structure: who runs as which UID, capabilities,
     read-only root filesystems, the native sidecar, the projected token,
-    resources, image tags, RBAC;
+    resources, image tags, mtls-ca's read-only RBAC;
+  * nothing to fill in by hand: no ${...} placeholder, the agents name
+    mtls-ca by its Service's DNS name, one node-mode config for every node;
   * the embedded agent and mtls-ca configurations are loaded by the real
     binaries (`--check-config`), with files laid out the way the volumes
-    mount them (skipped when the binaries are not built);
+    mount them, mtls-ca's `kubernetes: {}` with a faithful in-pod service
+    account directory and environment (skipped when the binaries are not
+    built);
   * the Dockerfile's stages, packages and runtime USER.
 
 Run: /usr/bin/python3 -m pytest tests/deploy
 Needs python3-yaml, python3-cryptography and yamllint (deploy/install_deps.sh).
+The schema validation against Kubernetes' API is test_manifest_schema.py.
 """
 
 import base64
@@ -47,8 +52,12 @@ INBOUND_PORT = 15006
 TOKEN_AUDIENCE = "istio-ca"
 TOKEN_DIR = "/var/run/secrets/tokens"
 INIT_COMMAND = ["mtlsd", "init-iptables", "--config", "/etc/mtlsd/mtlsd.yaml", "--apply"]
-# The only placeholders the manifests may carry (README: envsubst at apply time).
-PLACEHOLDERS = {"MTLS_CA_CLUSTER_IP": "10.96.0.150"}
+# What a pod sees of its service account (PROTOCOL.md 9): the in-cluster
+# defaults of mtls-ca's `kubernetes: {}`.
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# A kubeadm-like in-cluster environment for the fake pod.
+IN_CLUSTER_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+MESH_LABEL = ("mtlsd.io/mesh", "enabled")
 RUNTIME_PACKAGES = {"android-libboringssl", "libev4", "libyaml-0-2", "libnghttp2-14",
                     "libprotobuf-c1", "libmicrohttpd12", "libjansson4",
                     "iptables"}
@@ -135,12 +144,6 @@ def mounts_of(container):
     return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
 
 
-def substitute(text):
-    for name, value in PLACEHOLDERS.items():
-        text = text.replace("${" + name + "}", value)
-    return text
-
-
 def embedded_configs():
     """pytest params (ident, key, text) for every YAML file held in a ConfigMap."""
     out = []
@@ -166,7 +169,7 @@ def configmap_for_projected_file(spec, volume_name, path):
 
 
 def agent_config(workload):
-    """A sidecar workload's mtlsd.yaml, parsed (placeholders left in)."""
+    """A sidecar workload's mtlsd.yaml, parsed."""
     spec = pod_spec(workload)
     agent = init_container(spec, "mtlsd")
     assert agent["args"] == ["--config", "/etc/mtlsd/mtlsd.yaml"]
@@ -187,6 +190,37 @@ def mtls_ca_deployment():
 def mtls_ca_config():
     cm = one("ConfigMap", "mtls-ca-config", "mtls-system")
     return yaml.safe_load(cm["data"]["ca.yaml"]), yaml.safe_load(cm["data"]["mesh.yaml"])
+
+
+def mtls_ca_service_address():
+    """NAME.NAMESPACE.svc:PORT of the Service that selects mtls-ca's pods and
+    reaches its gRPC container port, derived from the objects themselves."""
+    dep = mtls_ca_deployment()
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    named = {p["name"]: p["containerPort"] for p in pod_spec(dep)["containers"][0]["ports"]}
+    found = []
+    for svc in objects("Service"):
+        if svc["metadata"]["namespace"] != dep["metadata"]["namespace"]:
+            continue
+        if not svc["spec"]["selector"].items() <= labels.items():
+            continue
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if named.get(target, target) == CA_PORT:
+                found.append(f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{port['port']}")
+    assert len(found) == 1, f"expected one Service port reaching mtls-ca:{CA_PORT}, found {found}"
+    return found[0]
+
+
+def keys_anywhere(value):
+    """Every mapping key in a parsed YAML tree."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from keys_anywhere(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from keys_anywhere(v)
 
 
 def run_yamllint(paths, extra_rules=None):
@@ -254,10 +288,15 @@ def test_namespaced_objects_name_a_namespace_we_create():
             assert ns in namespaces, f"{f}: {o['kind']} {o['metadata']['name']} namespace {ns!r}"
 
 
-def test_only_known_placeholders():
+def test_no_placeholder_to_fill_in():
+    """kubectl apply -f works as is: no envsubst variable, no <...> to edit."""
     for path in manifest_files():
-        for name in re.findall(r"\$\{([^}]*)\}", path.read_text()):
-            assert name in PLACEHOLDERS, f"{path.name}: unknown placeholder ${{{name}}}"
+        text = path.read_text()
+        assert "${" not in text, f"{path.name}: a ${{...}} placeholder"
+        assert "envsubst" not in text, f"{path.name}: still talks about envsubst"
+        assert not re.search(r"<[a-z][a-z -]*>", text), f"{path.name}: a <placeholder>"
+    readme = (K8S / "README.md").read_text()
+    assert "${" not in readme and "envsubst" not in readme
 
 
 def test_no_key_material_in_manifests():
@@ -438,8 +477,9 @@ def test_agent_config_matches_the_pod(workload):
     one("ServiceAccount", spec["serviceAccountName"], ns)
     ca_spec = pod_spec(mtls_ca_deployment())
     assert config["control_plane"]["spiffe_id"] == spiffe_id("mtls-system", ca_spec["serviceAccountName"])
-    # IP:port only (README limitation): the ClusterIP placeholder.
-    assert config["control_plane"]["address"] == "${MTLS_CA_CLUSTER_IP}:%d" % CA_PORT
+    # mtls-ca by the DNS name of its Service in these manifests.
+    assert config["control_plane"]["address"] == mtls_ca_service_address() == \
+        f"mtls-ca.mtls-system.svc:{CA_PORT}"
     # root_file comes from the same projected volume as the config.
     agent = init_container(spec, "mtlsd")
     root = config["control_plane"]["root_file"]
@@ -488,13 +528,31 @@ def test_agent_sidecar_probes_and_scrape_use_the_telemetry_listener(workload):
 
 # ---- mtls-ca -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("workload", SIDECARS, ids=SIDECAR_IDS)
+def test_agents_carry_no_hand_written_destinations(workload):
+    """mtls-ca pushes them from the cluster; an IP written here would be
+    cluster-specific."""
+    assert "destinations" not in set(keys_anywhere(agent_config(workload)))
+
+
+def test_sidecar_namespaces_are_in_the_mesh():
+    """mtls-ca ignores pods of namespaces without mtlsd.io/mesh=enabled."""
+    for workload in SIDECARS:
+        ns = one("Namespace", workload["metadata"]["namespace"])
+        assert ns["metadata"]["labels"].get(MESH_LABEL[0]) == MESH_LABEL[1], ns["metadata"]["name"]
+    # The control plane's and the node agents' namespaces are not workloads of the mesh.
+    for name in ("mtls-system", "mtlsd-node"):
+        assert MESH_LABEL[0] not in one("Namespace", name)["metadata"]["labels"], name
+
+
 def test_mtls_ca_deployment_is_locked_down():
     dep = mtls_ca_deployment()
     assert dep["spec"]["replicas"] == 1
     spec = pod_spec(dep)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
-    assert spec["automountServiceAccountToken"] is False
+    # Its API token, for kubernetes: {} (the only pod that gets one).
+    assert spec["automountServiceAccountToken"] is True
     assert spec["serviceAccountName"] == "mtls-ca"
     assert not spec.get("hostNetwork")
     (container,) = spec["containers"]
@@ -521,10 +579,24 @@ def test_mtls_ca_service_reaches_port_15012():
     assert ca_config["listen"].endswith(f":{CA_PORT}")
 
 
+def test_mtls_ca_learns_the_cluster_from_the_api():
+    ca_config, mesh = mtls_ca_config()
+    assert ca_config["kubernetes"] == {}, "in-cluster defaults: nothing cluster-specific"
+    assert "workloads_file" not in ca_config
+    cm = one("ConfigMap", "mtls-ca-config", "mtls-system")
+    assert set(cm["data"]) == {"ca.yaml", "mesh.yaml"}, "no workloads.yaml"
+    # The mesh file keeps bundles and policy; destinations come from the cluster.
+    assert mesh["trust_bundles"] and mesh["policy"]["rules"]
+    assert "destinations" not in mesh
+
+
 def test_mtls_ca_tokens_config():
     ca_config, _ = mtls_ca_config()
     assert ca_config["tokens"]["audience"] == TOKEN_AUDIENCE
-    assert ca_config["tokens"]["issuer"] == "https://kubernetes.default.svc"
+    # kubeadm's, kind's, k3s's and minikube's issuer (README.md "Assumptions").
+    assert ca_config["tokens"]["issuer"] == "https://kubernetes.default.svc.cluster.local"
+    # The keys are the API server's own (/openid/v1/jwks): no key file to export.
+    assert "keys_file" not in ca_config["tokens"]
 
 
 def test_mtls_ca_files_come_from_mounted_volumes():
@@ -539,9 +611,7 @@ def test_mtls_ca_files_come_from_mounted_volumes():
         "signer.cert_file": ca_config["signer"]["cert_file"],
         "signer.key_file": ca_config["signer"]["key_file"],
         "roots_file": ca_config["roots_file"],
-        "tokens.keys_file": ca_config["tokens"]["keys_file"],
         "mesh_file": ca_config["mesh_file"],
-        "workloads_file": ca_config["workloads_file"],
     }
     for bundle in mesh["trust_bundles"]:
         for i, f in enumerate(bundle["roots_files"]):
@@ -561,15 +631,66 @@ def test_mtls_ca_files_come_from_mounted_volumes():
         if what in ("tls.key_file", "signer.key_file"):
             assert "secret" in vol, f"{what} must come from a Secret"
     assert paths["mesh_file"] == "/etc/mtls-ca/config/mesh.yaml"
-    assert paths["workloads_file"] == "/etc/mtls-ca/config/workloads.yaml"
+    # The API token is the automounted one, at the in-cluster default path.
+    assert SA_DIR not in mounts and not any(m.startswith("/var/run/secrets") for m in mounts)
 
 
-def test_mtls_ca_has_no_api_access():
-    for binding in objects("RoleBinding") + objects("ClusterRoleBinding"):
-        for subject in binding.get("subjects", []):
-            assert subject.get("name") != "mtls-ca", f"{binding['metadata']['name']} binds mtls-ca"
-    sa = one("ServiceAccount", "mtls-ca", "mtls-system")
-    assert sa["automountServiceAccountToken"] is False
+# What mtls-ca's Kubernetes source reads (controlplane/README.md "Kubernetes
+# source"), and nothing else.
+MTLS_CA_READS = {("", "pods"), ("", "services"), ("", "namespaces"),
+                 ("discovery.k8s.io", "endpointslices")}
+READ_VERBS = ["get", "list", "watch"]
+ISSUER_DISCOVERY = "system:service-account-issuer-discovery"
+
+
+def mtls_ca_subject():
+    dep = mtls_ca_deployment()
+    return {"kind": "ServiceAccount", "name": pod_spec(dep)["serviceAccountName"],
+            "namespace": dep["metadata"]["namespace"]}
+
+
+def test_mtls_ca_cluster_role_is_read_only_on_exactly_what_it_watches():
+    (role,) = objects("ClusterRole")
+    assert role["metadata"]["name"] == "mtls-ca"
+    assert "aggregationRule" not in role
+    granted = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, \
+            f"only apiGroups/resources/verbs (no resourceNames, no nonResourceURLs): {rule}"
+        assert sorted(rule["verbs"]) == READ_VERBS, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource) and "/" not in resource, rule  # no wildcard, no subresource
+                assert (group, resource) not in granted, f"{group}/{resource} granted twice"
+                granted.add((group, resource))
+    assert granted == MTLS_CA_READS
+    assert not objects("Role"), "mtls-ca needs no namespaced Role; nothing else needs any"
+
+
+def test_bindings_grant_only_mtls_ca_its_roles():
+    subject = mtls_ca_subject()
+    one("ServiceAccount", subject["name"], subject["namespace"])
+    assert not objects("RoleBinding")
+    refs = {}
+    for binding in objects("ClusterRoleBinding"):
+        assert binding["subjects"] == [subject], binding["metadata"]["name"]
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io" and ref["kind"] == "ClusterRole", ref
+        refs[ref["name"]] = binding["metadata"]["name"]
+    # Our own read-only role, and the built-in one for GET /openid/v1/jwks.
+    assert set(refs) == {"mtls-ca", ISSUER_DISCOVERY}
+
+
+def test_only_mtls_ca_gets_an_api_token():
+    """The agents never call the Kubernetes API: no API token, only their
+    projected istio-ca token."""
+    subject = mtls_ca_subject()
+    for sa in objects("ServiceAccount"):
+        mine = (sa["metadata"]["name"], sa["metadata"]["namespace"]) == (subject["name"], subject["namespace"])
+        assert sa["automountServiceAccountToken"] is mine, sa["metadata"]
+    for _, obj in OBJECTS:
+        if obj["kind"] in WORKLOAD_KINDS and obj is not mtls_ca_deployment():
+            assert pod_spec(obj)["automountServiceAccountToken"] is False, obj["metadata"]["name"]
 
 
 def test_mtls_ca_network_policy():
@@ -577,7 +698,9 @@ def test_mtls_ca_network_policy():
     labels = mtls_ca_deployment()["spec"]["template"]["metadata"]["labels"]
     assert pol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert sorted(pol["spec"]["policyTypes"]) == ["Egress", "Ingress"]
-    assert pol["spec"]["egress"] == []
+    # Out only to the API server's port (README.md "Assumptions": 443 or 6443).
+    assert pol["spec"]["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"},
+                                                {"port": 6443, "protocol": "TCP"}]}]
     ports = [p for rule in pol["spec"]["ingress"] for p in rule["ports"]]
     assert ports == [{"port": CA_PORT, "protocol": "TCP"}]
 
@@ -590,7 +713,8 @@ def test_namespaces_pod_security():
 # ---- node mode ----------------------------------------------------------------------
 
 NODE_CONFIG_DIR = "/etc/mtlsd"
-NODE_CONFIG_ARG = f"{NODE_CONFIG_DIR}/$(NODE_NAME).yaml"  # expanded by kubelet from env
+NODE_CONFIG_ARG = f"{NODE_CONFIG_DIR}/mtlsd.yaml"  # the same file on every node
+NODE_NAME_FOR_TESTS = "node-1"
 
 
 def node_daemonset():
@@ -603,25 +727,18 @@ def node_agent_id():
     return spiffe_id(ds["metadata"]["namespace"], pod_spec(ds)["serviceAccountName"])
 
 
-def node_configs():
-    """{node name: (raw text, parsed)} of every per-node file the DaemonSet's
-    config volume holds (a whole ConfigMap, one key <node>.yaml per node)."""
+def node_config():
+    """(raw text, parsed) of the one agent configuration every node reads."""
     ds = node_daemonset()
     spec = pod_spec(ds)
     (agent,) = spec["containers"]
-    vol = volume(spec, mounts_of(agent)[NODE_CONFIG_DIR])
-    (whole,) = [src["configMap"] for src in vol["projected"]["sources"]
-                if "configMap" in src and "items" not in src["configMap"]]
-    cm = one("ConfigMap", whole["name"], ds["metadata"]["namespace"])
-    out = {}
-    for key, text in cm["data"].items():
-        assert key.endswith(".yaml"), f"{whole['name']}: key {key} is not <node>.yaml"
-        out[key[:-len(".yaml")]] = (text, yaml.safe_load(text))
-    assert out, "no per-node configuration"
-    return out
+    name, key = configmap_for_projected_file(spec, mounts_of(agent)[NODE_CONFIG_DIR], "mtlsd.yaml")
+    cm = one("ConfigMap", name, ds["metadata"]["namespace"])
+    assert set(cm["data"]) == {key}, f"{name}: one key for all nodes, not one per node: {sorted(cm['data'])}"
+    return cm["data"][key], yaml.safe_load(cm["data"][key])
 
 
-NODE_CONFIGS = node_configs()
+NODE_TEXT, NODE_CONFIG = node_config()
 
 
 def node_name_env(container):
@@ -629,14 +746,14 @@ def node_name_env(container):
     return env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
 
 
-def test_node_mode_is_no_longer_a_preview_and_is_opt_in():
+def test_node_mode_is_opt_in_and_needs_no_per_node_rendering():
     ds = node_daemonset()
     text = (K8S / "daemonset-node-mode.yaml").read_text()
     assert "PREVIEW" not in text and "preview" not in json.dumps(ds)
-    # Opt-in per node: a node without a rendered config must not get the pod.
     assert pod_spec(ds)["nodeSelector"]["mtlsd/node-mode"] == "true"
-    # The static pod list is stated where the operator reads it.
-    assert "KNOWN LIMITATION" in text and "does\n# not watch the Kubernetes API" in text
+    # The static pod list and its per-node rendering are gone.
+    assert "KNOWN LIMITATION" not in text and "render" not in text.lower()
+    assert "$(NODE_NAME)" not in text, "no per-node file name"
 
 
 def test_node_mode_pod_uses_the_host_network_and_no_api_token():
@@ -653,6 +770,8 @@ def test_node_mode_capabilities_only_on_the_init_container():
     init = init_container(spec, "mtlsd-init")
     assert "restartPolicy" not in init, "the rules are in place before the agent starts"
     assert init["command"] == ["mtlsd", "init-iptables", "--config", NODE_CONFIG_ARG, "--apply"]
+    # node: {} takes its name from NODE_NAME (else the host name): set it
+    # from the downward API in both containers.
     assert node_name_env(init) == "spec.nodeName"
     sc = init["securityContext"]
     assert sc["runAsUser"] == 0
@@ -696,8 +815,7 @@ def test_node_mode_agent_reads_its_node_config_and_the_token():
     assert token["audience"] == TOKEN_AUDIENCE and token["expirationSeconds"] == 3600
     assert vol["projected"]["defaultMode"] & 0o007 == 0
     assert spec["securityContext"]["fsGroup"] == AGENT_UID
-    for _, (_, config) in NODE_CONFIGS.items():
-        assert config["control_plane"]["token_file"] == f"{TOKEN_DIR}/{token['path']}"
+    assert NODE_CONFIG["control_plane"]["token_file"] == f"{TOKEN_DIR}/{token['path']}"
 
 
 def test_node_mode_readiness_on_the_telemetry_port():
@@ -705,59 +823,69 @@ def test_node_mode_readiness_on_the_telemetry_port():
     (agent,) = spec["containers"]
     for probe in ("startupProbe", "readinessProbe"):
         assert agent[probe]["httpGet"] == {"path": "/ready", "port": 15021}, probe
-    for _, (_, config) in NODE_CONFIGS.items():
-        assert config["admin"]["telemetry_address"] == "0.0.0.0:15021"
-        # hostNetwork: the full admin API (it can stop the agent) stays on the node's loopback
-        assert config["admin"]["address"].startswith("127.0.0.1:")
+    assert NODE_CONFIG["admin"]["telemetry_address"] == "0.0.0.0:15021"
+    # hostNetwork: the full admin API (it can stop the agent) stays on the node's loopback
+    assert NODE_CONFIG["admin"]["address"].startswith("127.0.0.1:")
 
 
-@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
-def test_node_config_matches_the_node_and_the_ca(node):
-    _, config = NODE_CONFIGS[node]
+def test_node_config_names_no_node_and_matches_the_ca():
+    config = NODE_CONFIG
     ca_config, _ = mtls_ca_config()
     assert config["trust_domain"] == ca_config["trust_domain"] == TRUST_DOMAIN
     # The agent's own identity is the one mtls-ca lets act for the node's pods.
     assert config["identity"]["spiffe_id"] == node_agent_id()
     assert node_agent_id() in ca_config["node_agents"]
-    assert ca_config["workloads_file"]
-    # The key is the node's name, and so is everything that names the node.
-    assert config["node"]["name"] == node
-    assert config["control_plane"]["node_id"] == node
-    assert config["control_plane"]["address"] == "${MTLS_CA_CLUSTER_IP}:%d" % CA_PORT
-    for w in config["node"]["workloads"]:
-        assert w["spiffe_id"].startswith(f"spiffe://{TRUST_DOMAIN}/ns/"), w
+    assert ca_config["kubernetes"] == {}, "node agents' pods come from the API"
+    # Nothing per node: the name from NODE_NAME, the pods from mtls-ca (watch on).
+    assert config["node"] == {}, "no node.name, no node.workloads"
+    assert "node_id" not in config["control_plane"]
+    assert config["control_plane"].get("watch", True) is True
+    assert config["control_plane"]["address"] == mtls_ca_service_address()
+    assert "destinations" not in set(keys_anywhere(config))
     # PREROUTING capture: listeners on every address, the node layout selected.
     assert [l["address"] for l in config["inbound"]["listeners"]] == [f"0.0.0.0:{INBOUND_PORT}"]
     assert [l["address"] for l in config["outbound"]["listeners"]] == [f"0.0.0.0:{OUTBOUND_PORT}"]
-    assert config["interception"]["node_pod_cidrs"], "node_pod_cidrs selects the node layout"
+    # One cluster-wide pod CIDR (README.md "Node mode", "Pod CIDR").
+    (cidr,) = config["interception"]["node_pod_cidrs"]
+    assert cidr == "10.244.0.0/16"
     assert config["interception"]["proxy_uid"] == AGENT_UID
+    readme = (K8S / "README.md").read_text()
+    assert "10.244.0.0/16" in readme and "### Pod CIDR" in readme
 
 
-@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
-def test_node_config_passes_check_config(node, tmp_path):
+def run_on_node_config(tmp_path, args, node_name=NODE_NAME_FOR_TESTS):
+    """mtlsd with `args` ("CONFIG" = the node config), as the DaemonSet's
+    containers run it: NODE_NAME from the downward API."""
+    path = tmp_path / "mtlsd.yaml"
+    path.write_text(NODE_TEXT)
+    env = dict(os.environ, NODE_NAME=node_name)
+    return subprocess.run([str(MTLSD_BIN)] + [str(path) if a == "CONFIG" else a for a in args],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_node_config_passes_check_config(tmp_path):
     need_binary(MTLSD_BIN)
-    r = check_config(NODE_CONFIGS[node][0], tmp_path)
+    r = run_on_node_config(tmp_path, ["--check-config", "CONFIG"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"identity {node_agent_id()}" in r.stdout
 
 
-@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
-def test_init_iptables_rules_for_the_node(node, tmp_path):
-    """PREROUTING only, by the node's pod CIDR: the node's own traffic (kubelet,
+def test_init_iptables_rules_for_the_node(tmp_path):
+    """PREROUTING only, by the pod CIDR: the node's own traffic (kubelet,
     the agent, hostNetwork pods) is never captured."""
     need_binary(MTLSD_BIN)
-    path = tmp_path / "mtlsd.yaml"
-    path.write_text(substitute(NODE_CONFIGS[node][0]))
-    r = subprocess.run([str(MTLSD_BIN), "init-iptables", "--config", str(path), "--print"],
-                       capture_output=True, text=True, timeout=30)
+    r = run_on_node_config(tmp_path, ["init-iptables", "--config", "CONFIG", "--print"])
     assert r.returncode == 0, r.stdout + r.stderr
     rules = r.stdout.splitlines()
-    for cidr in NODE_CONFIGS[node][1]["interception"]["node_pod_cidrs"]:
+    for cidr in NODE_CONFIG["interception"]["node_pod_cidrs"]:
         assert f"-A MTLSD_INBOUND -s {cidr} -j MTLSD_NODE_OUT" in rules
         assert f"-A MTLSD_INBOUND -d {cidr} -j MTLSD_IN_REDIRECT" in rules
     # First in PREROUTING, ahead of kube-proxy's Service DNAT.
     assert "-I PREROUTING 1 -p tcp -j MTLSD_INBOUND" in rules
     assert not any(rule.startswith("-A OUTPUT") for rule in rules), rules
+    # The same rules on every node: nothing in them depends on the node.
+    other = run_on_node_config(tmp_path, ["init-iptables", "--config", "CONFIG", "--print"], "node-2")
+    assert other.returncode == 0 and other.stdout == r.stdout
 
 
 def test_node_agent_has_no_api_access():
@@ -765,7 +893,6 @@ def test_node_agent_has_no_api_access():
     sa_name = pod_spec(ds)["serviceAccountName"]
     ns = ds["metadata"]["namespace"]
     assert one("ServiceAccount", sa_name, ns)["automountServiceAccountToken"] is False
-    assert not objects("ClusterRole") and not objects("Role")
     for binding in objects("RoleBinding") + objects("ClusterRoleBinding"):
         assert {"kind": "ServiceAccount", "name": sa_name, "namespace": ns} not in binding["subjects"]
 
@@ -779,7 +906,7 @@ def need_binary(path):
 
 def check_config(text, tmp_path):
     path = tmp_path / "mtlsd.yaml"
-    path.write_text(substitute(text))
+    path.write_text(text)
     return subprocess.run([str(MTLSD_BIN), "--check-config", str(path)],
                           capture_output=True, text=True, timeout=30)
 
@@ -805,7 +932,7 @@ def test_init_iptables_rules_for_the_sidecar(workload, tmp_path):
     name, key = configmap_for_projected_file(spec, mounts_of(init_container(spec, "mtlsd-init"))["/etc/mtlsd"],
                                              "mtlsd.yaml")
     path = tmp_path / "mtlsd.yaml"
-    path.write_text(substitute(one("ConfigMap", name, workload["metadata"]["namespace"])["data"][key]))
+    path.write_text(one("ConfigMap", name, workload["metadata"]["namespace"])["data"][key])
     command = [str(MTLSD_BIN)] + INIT_COMMAND[1:]
     command[command.index("--config") + 1] = str(path)
     command[command.index("--apply")] = "--print"
@@ -819,18 +946,6 @@ def test_init_iptables_rules_for_the_sidecar(workload, tmp_path):
     assert not any("--gid-owner" in rule for rule in rules), "fsGroup 1337 is every container's group"
 
 
-def test_unsubstituted_agent_config_is_refused(tmp_path):
-    """The placeholder cannot slip through: the agent refuses it."""
-    need_binary(MTLSD_BIN)
-    cm = one("ConfigMap", "web-mtlsd", "mtls-demo")
-    path = tmp_path / "mtlsd.yaml"
-    path.write_text(cm["data"]["mtlsd.yaml"])
-    r = subprocess.run([str(MTLSD_BIN), "--check-config", str(path)],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1
-    assert "MTLS_CA_CLUSTER_IP" in r.stderr
-
-
 @pytest.fixture(scope="module")
 def dev_pki(tmp_path_factory):
     out = tmp_path_factory.mktemp("pki") / "pki"
@@ -839,7 +954,7 @@ def dev_pki(tmp_path_factory):
     return out
 
 
-def lay_out_mtls_ca_volumes(root, pki, token_keys=None):
+def lay_out_mtls_ca_volumes(root, pki):
     """Writes the files the mtls-ca pod would see, under `root`, from the
     objects README.md tells the operator to create, and returns ca.yaml."""
     spec = pod_spec(mtls_ca_deployment())
@@ -849,7 +964,6 @@ def lay_out_mtls_ca_volumes(root, pki, token_keys=None):
                         "tls.key": pki / "control-plane" / "key.pem"},
         "mtls-ca-signer": {"tls.crt": pki / "intermediate.pem", "tls.key": pki / "intermediate.key"},
         "mtls-trust-bundle": {"root.pem": pki / "root.pem"},
-        "mtls-ca-token-keys": {"sa-signer.pub.pem": token_keys or pki / "tokens" / "signer.pub.pem"},
     }
     prefix = str(root)
 
@@ -873,9 +987,81 @@ def lay_out_mtls_ca_volumes(root, pki, token_keys=None):
     return Path(prefix + "/etc/mtls-ca/config/ca.yaml")
 
 
-def test_mtls_ca_config_passes_check_config(dev_pki, tmp_path):
+def fake_service_account_dir(directory, pki):
+    """What kubelet mounts for an automounted token: token (a JWT), ca.crt
+    (the cluster CA, PEM) and namespace."""
+    directory.mkdir(parents=True)
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"k"}').rstrip(b"=").decode()
+    claims = base64.urlsafe_b64encode(json.dumps(
+        {"iss": "https://kubernetes.default.svc.cluster.local", "aud": ["https://kubernetes.default.svc"],
+         "sub": "system:serviceaccount:mtls-system:mtls-ca"}).encode()).rstrip(b"=").decode()
+    (directory / "token").write_text(f"{header}.{claims}.c2lnbmF0dXJl")
+    (directory / "ca.crt").write_text((pki / "root.pem").read_text())  # any PEM CA stands in
+    (directory / "namespace").write_text("mtls-system")
+    return directory
+
+
+def in_pod_mount_namespace_works():
+    """Can we give a process a private /run with the service account at
+    its in-cluster path (root, or an unprivileged user namespace)?"""
+    if shutil.which("unshare") is None:
+        return None
+    for flags in (["--mount"], ["--mount", "--map-root-user"]):
+        r = subprocess.run(["unshare", *flags, "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs none /run"], capture_output=True, timeout=30)
+        if r.returncode == 0:
+            return flags
+    return None
+
+
+def run_mtls_ca_check_in_pod(ca_yaml, sa_dir, env, flags):
+    """mtls-ca --check-config in a private mount namespace where `sa_dir` is
+    at /var/run/secrets/kubernetes.io/serviceaccount, as in the pod (the
+    host's /run is not touched: the tmpfs exists only in that namespace)."""
+    script = ('set -e; mount -t tmpfs none /run; mkdir -p "$2"; mount --bind "$1" "$2"; '
+              'exec "$3" --check-config "$4"')
+    sa_path = os.path.realpath("/var/run") + SA_DIR[len("/var/run"):]
+    return subprocess.run(["unshare", *flags, "--propagation", "private", "sh", "-c", script, "sh",
+                           str(sa_dir), sa_path, str(MTLS_CA_BIN), str(ca_yaml)],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_mtls_ca_config_passes_check_config_in_a_pod(dev_pki, tmp_path):
+    """ca.yaml exactly as shipped (kubernetes: {}, no keys_file), with what
+    a pod has: KUBERNETES_SERVICE_HOST/PORT and the service account at its
+    standard path. --check-config reads the token and CA and makes no request."""
     need_binary(MTLS_CA_BIN)
-    ca_yaml = lay_out_mtls_ca_volumes(tmp_path, dev_pki)
+    flags = in_pod_mount_namespace_works()
+    if flags is None:
+        pytest.skip("no mount namespace here (unshare --mount) to place the service account at its pod path")
+    ca_yaml = lay_out_mtls_ca_volumes(tmp_path / "root", dev_pki)
+    sa_dir = fake_service_account_dir(tmp_path / "sa", dev_pki)
+    r = run_mtls_ca_check_in_pod(ca_yaml, sa_dir, dict(os.environ, **IN_CLUSTER_ENV), flags)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == f"{ca_yaml}: ok"
+    # The same without the pod's environment is refused: the fake is what passes.
+    env = {k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV}
+    r = run_mtls_ca_check_in_pod(ca_yaml, sa_dir, env, flags)
+    assert r.returncode == 1 and "KUBERNETES_SERVICE_HOST" in r.stderr, r.stdout + r.stderr
+    # And so is a pod without its token (automountServiceAccountToken: false).
+    (sa_dir / "token").unlink()
+    r = run_mtls_ca_check_in_pod(ca_yaml, sa_dir, dict(os.environ, **IN_CLUSTER_ENV), flags)
+    assert r.returncode == 1 and f"{SA_DIR}/token" in r.stderr, r.stdout + r.stderr
+
+
+def test_mtls_ca_config_passes_check_config_with_the_defaults_spelled_out(dev_pki, tmp_path):
+    """Where no mount namespace is available: the shipped ca.yaml with only
+    `kubernetes: {}` replaced by its documented defaults, pointed at the fake
+    service account directory (controlplane/README.md "Configuration reference")."""
+    need_binary(MTLS_CA_BIN)
+    ca_yaml = lay_out_mtls_ca_volumes(tmp_path / "root", dev_pki)
+    sa_dir = fake_service_account_dir(tmp_path / "sa", dev_pki)
+    text = ca_yaml.read_text()
+    assert text.count("kubernetes: {}") == 1
+    spelled = (f"kubernetes:\n  server: https://{IN_CLUSTER_ENV['KUBERNETES_SERVICE_HOST']}:"
+               f"{IN_CLUSTER_ENV['KUBERNETES_SERVICE_PORT']}\n"
+               f"  token_file: {sa_dir}/token\n  ca_file: {sa_dir}/ca.crt")
+    ca_yaml.write_text(text.replace("kubernetes: {}", spelled))
     r = subprocess.run([str(MTLS_CA_BIN), "--check-config", str(ca_yaml)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -938,11 +1124,17 @@ def test_jwks_to_pem_refuses_non_jwks():
 
 
 def test_jwks_to_pem_output_loads_in_mtls_ca(api_server_keys, dev_pki, tmp_path):
+    """For mtls-ca without the Kubernetes source (outside the cluster, with a
+    workloads file): the converted keys are what tokens.keys_file takes."""
     need_binary(MTLS_CA_BIN)
     jwks, _ = api_server_keys
     keys = tmp_path / "sa-signer.pub.pem"
     keys.write_text(run_jwks_to_pem(jwks).stdout)
-    ca_yaml = lay_out_mtls_ca_volumes(tmp_path / "root", dev_pki, token_keys=keys)
+    ca_yaml = lay_out_mtls_ca_volumes(tmp_path / "root", dev_pki)
+    config = yaml.safe_load(ca_yaml.read_text())
+    del config["kubernetes"], config["node_agents"]
+    config["tokens"]["keys_file"] = str(keys)
+    ca_yaml.write_text(yaml.safe_dump(config))
     r = subprocess.run([str(MTLS_CA_BIN), "--check-config", str(ca_yaml)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -1055,5 +1247,6 @@ def test_runtime_packages_provide_every_needed_library():
 def test_image_docs_and_deps():
     assert "docker build -f deploy/image/Dockerfile -t mtlsd:dev ." in \
         (REPO / "deploy" / "image" / "README.md").read_text()
-    # This suite's own tool is installed by the project's dependency script.
-    assert "yamllint" in install_deps_packages()
+    # This suite's own tools are installed by the project's dependency script
+    # (test_manifest_schema.py validates against python3-kubernetes' models).
+    assert {"yamllint", "python3-kubernetes"} <= install_deps_packages()

@@ -163,14 +163,19 @@ static void check_config(const mt_config *c) {
   }
   for (size_t i = 0; i < c->num_destinations; i++) {
     const mt_destination_config *d = &c->destinations[i];
-    CHECK(d->address.addr_len != 0 && d->spiffe_id != NULL);
-    CHECK(mt_spiffe_id_parse(d->spiffe_id, strlen(d->spiffe_id), NULL) == MT_SPIFFE_OK);
-    const char *id = mt_mesh_expected_id(c->mesh, (const struct sockaddr *)&d->address.addr);
-    CHECK(id != NULL);
+    CHECK(d->address.addr_len != 0 && d->num_spiffe_ids > 0);
+    for (size_t j = 0; j < d->num_spiffe_ids; j++)
+      CHECK(mt_spiffe_id_parse(d->spiffe_ids[j], strlen(d->spiffe_ids[j]), NULL) == MT_SPIFFE_OK);
+    /* The mesh answers for the address with exactly these IDs. */
+    mt_expected_ids ids;
+    CHECK(mt_mesh_expected_ids(c->mesh, (const struct sockaddr *)&d->address.addr, &ids));
+    CHECK(ids.count == d->num_spiffe_ids);
+    for (size_t j = 0; j < d->num_spiffe_ids; j++)
+      CHECK(mt_expected_ids_contain(&ids, d->spiffe_ids[j]));
     char text[64];
     mt_sockaddr_format((const struct sockaddr *)&d->address.addr, text, sizeof(text));
     mt_sockaddr round;
-    CHECK(mt_sockaddr_parse(text, &round, 1));
+    CHECK(mt_sockaddr_parse(text, &round, 0)); /* port 0: an IP-alone destination */
     CHECK(mt_sockaddr_equal((const struct sockaddr *)&round.addr,
                             (const struct sockaddr *)&d->address.addr));
   }

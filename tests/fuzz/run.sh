@@ -40,10 +40,10 @@ target_sources() {
   case $1 in
     spiffe_id | svid) echo "agent/svid.c" ;;
     policy) echo "agent/svid.c agent/policy.c" ;;
-    config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c" ;;
+    config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c grpc/target.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
     mesh_snapshot)
-      echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c"
+      echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
       echo "agent/mesh_snapshot.c $GEN/proto/mtlsd/mesh.pb-c.c"
       ;;
   esac

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "grpc/client.h"
+#include "grpc/resolver.h"
 #include "grpc/server.h"
 
 namespace {
@@ -518,6 +519,62 @@ TEST_F(GrpcEndToEnd, ServerShutdownFailsInFlightCallsWithUnavailable) {
   ASSERT_TRUE(RunUntil([&] { return again.closes > 0; }));
   EXPECT_EQ(again.status, MT_GRPC_UNAVAILABLE);
   EXPECT_NE(again.message.find("refused"), std::string::npos) << again.message;
+}
+
+// A name is looked up off the loop, again for every connection; "localhost"
+// comes from /etc/hosts, so no DNS server is involved.
+TEST_F(GrpcEndToEnd, ATargetNamedByHostNameIsResolvedAndReached) {
+  std::string target = "localhost:" + std::to_string(port_);
+  mt_grpc_client_options o = {};
+  o.target = target.c_str();
+  o.ssl_ctx = client_ctx_;
+  o.authority = "localhost";
+  o.server_name = "localhost";
+  mt_grpc_client *named = mt_grpc_client_new(loop_, &o);
+  ASSERT_NE(named, nullptr);
+  CallResult r;
+  ASSERT_NE(Start(named, "/test.Echo/Unary", "by name", &r), nullptr);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0; }));
+  EXPECT_EQ(r.status, MT_GRPC_OK) << r.message;
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0], "by name");
+  mt_grpc_client_free(named);
+}
+
+TEST_F(GrpcEndToEnd, AnUnresolvableNameIsUnavailableAndSaysSo) {
+  mt_grpc_client_options o = {};
+  o.target = "no-such-host.invalid:15012";  // RFC 6761: never resolves
+  o.ssl_ctx = client_ctx_;
+  o.connect_timeout_ms = 3000;
+  mt_grpc_client *named = mt_grpc_client_new(loop_, &o);
+  ASSERT_NE(named, nullptr);
+  CallResult r;
+  ASSERT_NE(Start(named, "/test.Echo/Unary", "x", &r, 0), nullptr);
+  ASSERT_TRUE(RunUntil([&] { return r.closes > 0; }, 10.0));
+  EXPECT_EQ(r.status, MT_GRPC_UNAVAILABLE);
+  // Either the resolver answered (no such name) or, with no DNS server
+  // reachable, the lookup ran into the connect deadline; both name the host.
+  EXPECT_TRUE(r.message.find("cannot resolve 'no-such-host.invalid'") != std::string::npos ||
+              r.message.find("resolving no-such-host.invalid:15012 timed out") !=
+                  std::string::npos)
+      << r.message;
+  mt_grpc_client_free(named);
+}
+
+TEST(GrpcTargets, NamesPortsAndLiteralsAreParsedStrictly) {
+  mt_resolve_target t;
+  ASSERT_TRUE(mt_resolve_parse("mtls-ca.mtls-system.svc:15012", &t));
+  EXPECT_FALSE(t.numeric);
+  EXPECT_STREQ(t.host, "mtls-ca.mtls-system.svc");
+  EXPECT_STREQ(t.port, "15012");
+  ASSERT_TRUE(mt_resolve_parse("[fd00::1]:15012", &t));
+  EXPECT_TRUE(t.numeric);
+  ASSERT_TRUE(mt_resolve_parse("10.96.0.12:15012", &t));
+  EXPECT_TRUE(t.numeric);
+  for (const char *bad : {"mtls-ca", "mtls-ca:", "mtls-ca:0", "mtls-ca:65536", "mtls_ca:15012",
+                          "-x:1", "a..b:1", "10.0.0.1:99999", "[fd00::1]", ":15012",
+                          "mtls-ca:15012x"})
+    EXPECT_FALSE(mt_resolve_parse(bad, &t)) << bad;
 }
 
 TEST_F(GrpcEndToEnd, ConnectionRefusedIsUnavailable) {

@@ -141,7 +141,16 @@ class Ca:
         for d in spec.get("destinations", []):
             dst = snap.destinations.add()
             dst.address = d["address"]
-            dst.spiffe_id = d["spiffe_id"]
+            dst.spiffe_id = d.get("spiffe_id", "")
+            dst.spiffe_ids.extend(d.get("spiffe_ids", []))
+        if "node_workloads" in spec:
+            snap.node_workloads.node_name = spec["node_workloads"].get("node", "")
+            for w in spec["node_workloads"]["workloads"]:
+                entry = snap.node_workloads.workloads.add()
+                entry.spiffe_id = w["spiffe_id"]
+                entry.ips.extend(w["ips"])
+                entry.namespace = w.get("namespace", "")
+                entry.pod = w.get("pod", "")
         return snap.SerializeToString()
 
     def watch(self, raw, context):

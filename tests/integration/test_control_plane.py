@@ -277,6 +277,60 @@ def test_policy_and_destinations_follow_the_watch_stream(start_ca, agents, apps,
 
 
 @pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_the_control_plane_is_found_by_name(start_ca, agents, apps, ca_pki, tmp_path):
+    """control_plane.address may name the CA (a Service name in a cluster):
+    the agent looks it up off its loop and reaches it. "localhost" comes
+    from /etc/hosts, so no DNS server is involved."""
+    app = apps("echo")
+    port_in = free_port()
+    ca = start_ca(mesh=mesh_spec(ca_pki, backend_addr=f"127.0.0.1:{port_in}"))
+    cfg = agent_config(ca, ca_pki, tmp_path, "backend", inbound={
+        "listeners": [{"address": f"127.0.0.1:{port_in}", "app_port": app.port}]})
+    cfg["control_plane"]["address"] = f"localhost:{ca.port}"
+    backend = agents("backend", cfg)
+    wait_ready(backend)
+    assert "serving as " + spiffe_id("backend") in backend.stderr() or \
+        "identity ready: " + spiffe_id("backend") in backend.stderr()
+
+
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
+def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca_pki, tmp_path):
+    """Istio's secure naming: a Service address accepts the identity of any
+    of its endpoints. A destination listing backend among several IDs admits
+    it; one listing only others refuses it and says how many it expected; an
+    IP alone covers every port of that address."""
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
+    port_in = backend.listener_ports()[0]
+    steps = [
+        (2, {"address": f"127.0.0.1:{port_in}",
+             "spiffe_ids": [spiffe_id("other"), spiffe_id("backend")]}, "allow"),
+        (3, {"address": f"127.0.0.1:{port_in}",
+             "spiffe_ids": [spiffe_id("other"), spiffe_id("cache")]}, "deny"),
+        (4, {"address": "127.0.0.1", "spiffe_ids": [spiffe_id("backend")]}, "allow"),
+        (5, {"address": "127.0.0.1", "spiffe_id": spiffe_id("cache")}, "deny"),
+    ]
+    for version, destination, decision in steps:
+        spec = mesh_spec(ca_pki, version=version)
+        spec["destinations"] = [destination]
+        ca.write_mesh(spec)
+        wait_until(lambda: mesh_version_applied(ca, frontend, version),
+                   f"frontend to apply version {version}")
+        if decision == "allow":
+            received, local = roundtrip(port_out, b"ping")
+            assert received == b"ping"
+            line = frontend.wait_log(direction="outbound", source=local)
+            assert (line["decision"], line["rule"]) == ("allow", "expected-id"), line
+        else:
+            local = refused_connection(port_out, b"ping")
+            line = frontend.wait_log(direction="outbound", source=local)
+            assert (line["decision"], line["reason"]) == ("deny", "unexpected_server_id"), line
+            if "spiffe_ids" in destination:
+                assert "expected one of 2 IDs" in line["detail"], line
+            else:
+                assert line["detail"] == "expected " + spiffe_id("cache"), line
+
+
+@pytest.mark.parametrize("ca_kind", CA_KINDS)
 def test_a_workload_policy_replaces_the_general_one_for_that_workload(start_ca, agents, apps,
                                                                      ca_pki, tmp_path):
     """The snapshot's general policy admits frontend; backend's own entry in

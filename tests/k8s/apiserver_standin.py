@@ -21,6 +21,8 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/stall    {"on": true|false} open watches go silent (no events, no end)
   POST /admin/bookmark send a BOOKMARK now on every watch that asked for them
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
+  POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
+                       (kube-apiserver's service-account issuer keys; {"keys": []} before)
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "watch_requests": N}
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
@@ -224,6 +226,12 @@ class Api:
             out.send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         url = urlsplit(target)
+        if url.path == "/openid/v1/jwks":
+            with app.lock:
+                app.jwks_requests += 1
+                body = app.jwks
+            out.send_json(200, body)
+            return
         if url.path not in RESOURCES:
             out.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
@@ -605,7 +613,8 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not found"})
             return
         with app.lock:
-            stats = {"lists": app.lists, "watches": app.watches, "watch_requests": app.watch_requests}
+            stats = {"lists": app.lists, "watches": app.watches, "watch_requests": app.watch_requests,
+                     "jwks_requests": app.jwks_requests}
         stats["resourceVersion"] = app.store.rv
         self._reply(200, stats)
 
@@ -633,6 +642,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._reply(200, {})
         elif self.path == "/admin/tokens":
             app.tokens = set(body.get("tokens", []))
+            self._reply(200, {})
+        elif self.path == "/admin/jwks":
+            with app.lock:
+                app.jwks = {"keys": list(body.get("keys", []))}
             self._reply(200, {})
         else:
             self._reply(404, {"error": "not found"})
@@ -704,6 +717,8 @@ class App:
     def __init__(self, store, tokens, gone_as_http, verbose):
         self.store = store
         self.tokens = set(tokens)
+        self.jwks = {"keys": []}
+        self.jwks_requests = 0
         self.gone_as_http = gone_as_http
         self.verbose = verbose
         self.lock = threading.Lock()

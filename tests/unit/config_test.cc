@@ -115,6 +115,92 @@ TEST_F(ConfigTest, InvalidDestinationSpiffeIdIsRejected) {
       << error_;
 }
 
+TEST_F(ConfigTest, DestinationsTakeSeveralIdsAndIpAloneAddresses) {
+  mt_config *c = Load(std::string(kMinimal) + "outbound:\n"
+                                               "  destinations:\n"
+                                               "    - address: 10.96.0.10:80\n"
+                                               "      spiffe_ids:\n"
+                                               "        - spiffe://example.org/ns/a/sa/x\n"
+                                               "        - spiffe://example.org/ns/a/sa/y\n"
+                                               "    - address: 10.0.0.7\n"
+                                               "      spiffe_id: spiffe://example.org/ns/a/sa/p\n");
+  ASSERT_NE(c, nullptr) << error_;
+  ASSERT_EQ(c->num_destinations, 2u);
+  ASSERT_EQ(c->destinations[0].num_spiffe_ids, 2u);
+  EXPECT_STREQ(c->destinations[0].spiffe_ids[1], "spiffe://example.org/ns/a/sa/y");
+  EXPECT_EQ(mt_sockaddr_port((const struct sockaddr *)&c->destinations[1].address.addr), 0);
+  ASSERT_EQ(c->destinations[1].num_spiffe_ids, 1u);
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, DestinationNeedsAnIdAndAnAddressOnlyOnce) {
+  EXPECT_EQ(Load(std::string(kMinimal) + "outbound:\n"
+                                         "  destinations:\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_ids: []\n"),
+            nullptr);
+  EXPECT_NE(error_.find("destination needs 'spiffe_id' or a non-empty 'spiffe_ids'"),
+            std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "outbound:\n"
+                                         "  destinations:\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+                                         "    - address: 10.0.0.1:80\n"
+                                         "      spiffe_id: spiffe://example.org/ns/a/sa/y\n"),
+            nullptr);
+  EXPECT_NE(error_.find("destination address listed twice (entries 1 and 2)"), std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, ControlPlaneAddressMayBeANameButNotGarbage) {
+  auto with_address = [](const char *address) {
+    return std::string(
+               "trust_domain: example.org\n"
+               "identity:\n"
+               "  spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+               "control_plane:\n"
+               "  root_file: /dev/null\n"
+               "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+               "  address: ") +
+           address +
+           "\n"
+           "inbound:\n"
+           "  listeners:\n"
+           "    - address: 127.0.0.1:15006\n";
+  };
+  mt_config *c = Load(with_address("mtls-ca.mtls-system.svc:15012"));
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->cp_address, "mtls-ca.mtls-system.svc:15012");
+  mt_config_free(c);
+  EXPECT_EQ(Load(with_address("mtls_ca:15012")), nullptr);
+  EXPECT_NE(error_.find("'address' must be IP:port, [IPv6]:port or name:port, got 'mtls_ca:15012'"),
+            std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, NodeNameComesFromNodeNameInTheEnvironmentWhenNotGiven) {
+  const std::string node_config =
+      "trust_domain: example.org\n"
+      "identity:\n"
+      "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtlsd-node\n"
+      "control_plane:\n"
+      "  root_file: /dev/null\n"
+      "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+      "  address: mtls-ca.mtls-system.svc:15012\n"
+      "inbound:\n"
+      "  listeners:\n"
+      "    - address: 0.0.0.0:15006\n"
+      "node: {}\n";
+  setenv("NODE_NAME", "worker-7", 1);
+  mt_config *c = Load(node_config);
+  unsetenv("NODE_NAME");
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->node_name, "worker-7");
+  EXPECT_EQ(c->num_node_workloads, 0u) << "pods come from the control plane's Watch";
+  mt_config_free(c);
+}
+
 TEST_F(ConfigTest, PolicyActionMustBeAllowOrDeny) {
   EXPECT_EQ(Load(std::string(kMinimal) + "policy:\n"
                                          "  rules:\n"

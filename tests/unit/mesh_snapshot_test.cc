@@ -2,7 +2,9 @@
 // a malformed entry rejects the whole snapshot with a reason.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <string>
 #include <vector>
@@ -107,6 +109,164 @@ TEST(MeshSnapshot, MalformedWorkloadEntriesRejectTheSnapshot) {
     EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
     EXPECT_EQ(u.mesh, nullptr);
     EXPECT_EQ(u.num_workloads, 0u);
+  }
+}
+
+// A snapshot with only destinations and node workloads, built field by field.
+struct Extras {
+  std::vector<std::pair<const char *, std::vector<const char *>>> destinations;
+  bool with_node_workloads = false;
+  std::vector<std::pair<const char *, std::vector<const char *>>> workloads;  // id -> IPs
+};
+
+std::vector<uint8_t> PackExtras(const Extras &x) {
+  Mtlsd__Mesh__V1__Policy general = MTLSD__MESH__V1__POLICY__INIT;
+  general.default_action = MTLSD__MESH__V1__ACTION__ALLOW;
+  std::vector<Mtlsd__Mesh__V1__Destination> dests(x.destinations.size());
+  std::vector<Mtlsd__Mesh__V1__Destination *> dest_ptrs;
+  for (size_t i = 0; i < dests.size(); i++) {
+    dests[i] = MTLSD__MESH__V1__DESTINATION__INIT;
+    dests[i].address = const_cast<char *>(x.destinations[i].first);
+    dests[i].n_spiffe_ids = x.destinations[i].second.size();
+    dests[i].spiffe_ids = const_cast<char **>(x.destinations[i].second.data());
+    dest_ptrs.push_back(&dests[i]);
+  }
+  std::vector<Mtlsd__Mesh__V1__Workload> wls(x.workloads.size());
+  std::vector<Mtlsd__Mesh__V1__Workload *> wl_ptrs;
+  for (size_t i = 0; i < wls.size(); i++) {
+    wls[i] = MTLSD__MESH__V1__WORKLOAD__INIT;
+    wls[i].spiffe_id = const_cast<char *>(x.workloads[i].first);
+    wls[i].n_ips = x.workloads[i].second.size();
+    wls[i].ips = const_cast<char **>(x.workloads[i].second.data());
+    wls[i].namespace_ = const_cast<char *>("demo");
+    wls[i].pod = const_cast<char *>("pod-1");
+    wl_ptrs.push_back(&wls[i]);
+  }
+  Mtlsd__Mesh__V1__NodeWorkloads nw = MTLSD__MESH__V1__NODE_WORKLOADS__INIT;
+  nw.node_name = const_cast<char *>("node-a");
+  nw.n_workloads = wl_ptrs.size();
+  nw.workloads = wl_ptrs.data();
+  Mtlsd__Mesh__V1__MeshSnapshot s = MTLSD__MESH__V1__MESH_SNAPSHOT__INIT;
+  s.version = const_cast<char *>("9");
+  s.policy = &general;
+  s.n_destinations = dest_ptrs.size();
+  s.destinations = dest_ptrs.data();
+  if (x.with_node_workloads) s.node_workloads = &nw;
+  std::vector<uint8_t> out(mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&s));
+  mtlsd__mesh__v1__mesh_snapshot__pack(&s, out.data());
+  return out;
+}
+
+sockaddr_storage Addr(const char *text) {
+  mt_sockaddr a;
+  EXPECT_TRUE(mt_sockaddr_parse(text, &a, 0)) << text;
+  return a.addr;
+}
+
+std::vector<std::string> Expected(const mt_mesh *mesh, const char *dest) {
+  sockaddr_storage a = Addr(dest);
+  mt_expected_ids ids;
+  std::vector<std::string> out;
+  if (!mt_mesh_expected_ids(mesh, (const sockaddr *)&a, &ids)) return out;
+  for (size_t i = 0; i < ids.count; i++) out.push_back(ids.ids[i]);
+  return out;
+}
+
+TEST(MeshSnapshot, ADestinationAcceptsAnyOfItsIdsAndAnIpAloneCoversEveryPort) {
+  Extras x;
+  x.destinations = {{"10.96.0.10:80", {kFrontend, kCache}},
+                    {"10.0.0.7", {kOther}},
+                    {"10.0.0.7:9090", {kCache}},
+                    {"[fd00::7]:443", {kOther}}};
+  std::vector<uint8_t> msg = PackExtras(x);
+  mt_mesh_update u;
+  char err[256] = "";
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  EXPECT_EQ(Expected(u.mesh, "10.96.0.10:80"), (std::vector<std::string>{kFrontend, kCache}));
+  EXPECT_TRUE(Expected(u.mesh, "10.96.0.10:81").empty());
+  EXPECT_EQ(Expected(u.mesh, "10.0.0.7:8080"), (std::vector<std::string>{kOther}));
+  EXPECT_EQ(Expected(u.mesh, "10.0.0.7:9090"), (std::vector<std::string>{kCache}))
+      << "ip:port wins over the IP alone";
+  EXPECT_EQ(Expected(u.mesh, "[fd00::7]:443"), (std::vector<std::string>{kOther}));
+  EXPECT_TRUE(Expected(u.mesh, "[fd00::7]:444").empty());
+  mt_expected_ids ids;
+  sockaddr_storage a = Addr("10.96.0.10:80");
+  ASSERT_TRUE(mt_mesh_expected_ids(u.mesh, (const sockaddr *)&a, &ids));
+  EXPECT_TRUE(mt_expected_ids_contain(&ids, kCache));
+  EXPECT_FALSE(mt_expected_ids_contain(&ids, kOther));
+  EXPECT_FALSE(u.has_node_workloads);
+  mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, BadDestinationsRejectTheSnapshot) {
+  using Dests = std::vector<std::pair<const char *, std::vector<const char *>>>;
+  struct {
+    Dests destinations;
+    const char *reason;
+  } cases[] = {
+      {{{"10.0.0.1:80", {}}}, "destinations[0]: no SPIFFE ID"},
+      {{{"10.0.0.1:80", {kFrontend}}, {"10.0.0.1:80", {kCache}}}, "10.0.0.1:80 listed twice"},
+      {{{"10.0.0.1", {kFrontend}}, {"10.0.0.1", {kCache}}}, "10.0.0.1:0 listed twice"},
+      {{{"pod-a:80", {kFrontend}}}, "is not IP:port or IP"},
+      {{{"10.0.0.1:80", {kFrontend, "spiffe://Example.org/x"}}}, "invalid SPIFFE ID"},
+  };
+  for (const auto &c : cases) {
+    Extras x;
+    x.destinations = c.destinations;
+    std::vector<uint8_t> msg = PackExtras(x);
+    mt_mesh_update u;
+    char err[256] = "";
+    EXPECT_FALSE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err)));
+    EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
+    EXPECT_EQ(u.mesh, nullptr);
+  }
+}
+
+TEST(MeshSnapshot, NodeWorkloadsArePresentEvenWhenEmpty) {
+  Extras x;
+  x.with_node_workloads = true;
+  std::vector<uint8_t> msg = PackExtras(x);
+  mt_mesh_update u;
+  char err[256] = "";
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  EXPECT_TRUE(u.has_node_workloads);
+  EXPECT_EQ(u.num_node_workloads, 0u);
+  mt_mesh_update_clear(&u);
+
+  x.workloads = {{kFrontend, {"10.0.0.5", "fd00::5"}}, {kCache, {"10.0.0.6"}}};
+  msg = PackExtras(x);
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  ASSERT_EQ(u.num_node_workloads, 2u);
+  EXPECT_STREQ(u.node_workloads[0].spiffe_id, kFrontend);
+  EXPECT_EQ(u.node_workloads[0].num_addresses, 2u);
+  EXPECT_EQ(u.node_workloads[0].addresses[1].addr.ss_family, AF_INET6);
+  EXPECT_STREQ(u.node_workloads[1].name, "demo/pod-1");
+  mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, BadNodeWorkloadsRejectTheSnapshot) {
+  struct {
+    std::vector<std::pair<const char *, std::vector<const char *>>> workloads;
+    const char *reason;
+  } cases[] = {
+      {{{kFrontend, {}}}, "node_workloads[0] (spiffe://example.org/ns/demo/sa/frontend): no IP"},
+      {{{kFrontend, {"10.0.0.5:80"}}}, "'10.0.0.5:80' is not an IP"},
+      {{{kFrontend, {"node-a"}}}, "'node-a' is not an IP"},
+      {{{"spiffe://Example.org/x", {"10.0.0.5"}}}, "node_workloads[0]: invalid SPIFFE ID"},
+      {{{kFrontend, {"10.0.0.5"}}, {kCache, {"10.0.0.9", "10.0.0.5"}}},
+       "address 10.0.0.5:0 belongs to"},
+  };
+  for (const auto &c : cases) {
+    Extras x;
+    x.with_node_workloads = true;
+    x.workloads = c.workloads;
+    std::vector<uint8_t> msg = PackExtras(x);
+    mt_mesh_update u;
+    char err[256] = "";
+    EXPECT_FALSE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err)));
+    EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
+    EXPECT_EQ(u.mesh, nullptr);
+    EXPECT_EQ(u.num_node_workloads, 0u);
   }
 }
 

@@ -1,0 +1,546 @@
+/* mesh_view.c: the shared part of every caller's MeshSnapshot, encoded
+ * once, and each caller's own fields appended to it. */
+#include "controlplane/mesh_view.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+
+#include "controlplane/k8s_objects.h"
+#include "proto/mtlsd/mesh.pb-c.h"
+
+enum {
+  ADDRESS_MAX = MT_K8S_IP_MAX + 8, /* "[v6]:65535" */
+  INITIAL_CAPACITY = 64,
+};
+
+/* A workload on a node, copied from the source; |msg| owns its strings.
+ * One without an IP (a registry entry without address) is not sent as a
+ * Workload but still selects its identity's workload policy. */
+typedef struct {
+  char *node;
+  Mtlsd__Mesh__V1__Workload msg;
+} node_workload;
+
+struct mt_mesh_view {
+  const mt_mesh_file *mesh;
+  size_t max_bytes;
+  uint8_t *shared;
+  size_t shared_len;
+  SHA256_CTX shared_hash; /* SHA-256 state after the shared bytes */
+  size_t num_derived;
+  /* The mesh file's workload policies, sorted by identity (borrowed). */
+  const Mtlsd__Mesh__V1__WorkloadPolicy **policies;
+  size_t num_policies;
+  /* Sorted by (node, identity, pod, first IP); NULL source: none. */
+  int has_workload_source;
+  node_workload *workloads;
+  size_t num_workloads, cap_workloads;
+};
+
+struct mt_mesh_view_snapshot {
+  const mt_mesh_view *view;
+  uint8_t *own; /* the caller's own fields, encoded */
+  size_t own_len;
+  uint8_t digest[MT_MESH_DIGEST_LEN];
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* "ip:port" (brackets for IPv6) or "ip" alone when |port| is 0. */
+static void format_address(const char *ip, uint16_t port, char *out, size_t out_len) {
+  int v6 = strchr(ip, ':') != NULL;
+  if (port == 0)
+    snprintf(out, out_len, "%s", ip);
+  else
+    snprintf(out, out_len, "%s%s%s:%u", v6 ? "[" : "", ip, v6 ? "]" : "", (unsigned)port);
+}
+
+/* A mesh file address ("ip:port", "[v6]:port") in the form format_address
+ * gives, so that an override matches whatever case or zeros it was
+ * written with. 0 when it does not parse (the file checked it already). */
+static int canonical_address(const char *text, char *out, size_t out_len) {
+  char ip[ADDRESS_MAX], canonical[MT_K8S_IP_MAX];
+  const char *colon = strrchr(text, ':');
+  if (colon == NULL) return 0;
+  size_t ip_len = (size_t)(colon - text);
+  if (text[0] == '[') {
+    if (ip_len < 2 || text[ip_len - 1] != ']') return 0;
+    text++;
+    ip_len -= 2;
+  }
+  if (ip_len >= sizeof(ip)) return 0;
+  memcpy(ip, text, ip_len);
+  ip[ip_len] = '\0';
+  char *end = NULL;
+  unsigned long port = strtoul(colon + 1, &end, 10);
+  if (end == colon + 1 || *end != '\0' || port == 0 || port > 65535) return 0;
+  if (!mt_k8s_canonical_ip(ip, canonical, sizeof(canonical))) return 0;
+  format_address(canonical, (uint16_t)port, out, out_len);
+  return 1;
+}
+
+/* ---- derived destinations ---------------------------------------------- */
+
+/* One (address, identity) pair; grouped by address into a Destination.
+ * |address| is owned by the pair list's |addresses|, |id| borrowed from
+ * the cluster state for the duration of mt_mesh_view_new. */
+typedef struct {
+  const char *address;
+  const char *id;
+} dest_pair;
+
+typedef struct {
+  dest_pair *pairs;
+  size_t len, cap;
+  char **addresses;
+  size_t num_addresses, cap_addresses;
+  int failed;
+} pair_list;
+
+static int grow(void **items, size_t *cap, size_t need, size_t size) {
+  if (need <= *cap) return 1;
+  size_t cap2 = *cap ? *cap * 2 : INITIAL_CAPACITY;
+  while (cap2 < need) cap2 *= 2;
+  void *p = realloc(*items, cap2 * size);
+  if (p == NULL) return 0;
+  *items = p;
+  *cap = cap2;
+  return 1;
+}
+
+/* Adds |address| (copied) with |ids|; a no-op once out of memory. */
+static void add_pairs(pair_list *l, const char *address, const char *const *ids, size_t n) {
+  if (l->failed || n == 0) return;
+  char *copy = strdup(address);
+  if (copy == NULL ||
+      !grow((void **)&l->addresses, &l->cap_addresses, l->num_addresses + 1, sizeof(char *)) ||
+      !grow((void **)&l->pairs, &l->cap, l->len + n, sizeof(dest_pair))) {
+    free(copy);
+    l->failed = 1;
+    return;
+  }
+  l->addresses[l->num_addresses++] = copy;
+  for (size_t i = 0; i < n; i++) l->pairs[l->len++] = (dest_pair){copy, ids[i]};
+}
+
+static void on_service_address(void *ctx, const char *ip, uint16_t port, const char *const *ids,
+                               size_t num_ids) {
+  char address[ADDRESS_MAX];
+  format_address(ip, port, address, sizeof(address));
+  add_pairs(ctx, address, ids, num_ids); /* none ready: no entry */
+}
+
+static void on_workload_ips(void *ctx, const mt_cluster_workload *w) {
+  for (size_t i = 0; i < w->num_ips; i++) add_pairs(ctx, w->ips[i], &w->spiffe_id, 1);
+}
+
+static int compare_pairs(const void *pa, const void *pb) {
+  const dest_pair *a = pa, *b = pb;
+  int c = strcmp(a->address, b->address);
+  return c != 0 ? c : strcmp(a->id, b->id);
+}
+
+static void pair_list_clear(pair_list *l) {
+  for (size_t i = 0; i < l->num_addresses; i++) free(l->addresses[i]);
+  free(l->addresses);
+  free(l->pairs);
+}
+
+/* The mesh file's destination addresses, canonical and sorted. */
+static char **file_addresses(const Mtlsd__Mesh__V1__MeshSnapshot *file, size_t *n) {
+  char **out = calloc(file->n_destinations + 1, sizeof(*out));
+  if (out == NULL) return NULL;
+  *n = 0;
+  for (size_t i = 0; i < file->n_destinations; i++) {
+    char canonical[ADDRESS_MAX];
+    const char *a = file->destinations[i]->address;
+    if (!canonical_address(a, canonical, sizeof(canonical)))
+      snprintf(canonical, sizeof(canonical), "%s", a);
+    if ((out[*n] = strdup(canonical)) == NULL) {
+      for (size_t j = 0; j < *n; j++) free(out[j]);
+      free(out);
+      return NULL;
+    }
+    (*n)++;
+  }
+  if (*n > 1) qsort(out, *n, sizeof(*out), compare_strings);
+  return out;
+}
+
+/* Destination messages for the sorted pairs, one per address, leaving out
+ * the addresses in |overrides|. The messages and their arrays are
+ * malloc'd; their strings are borrowed from |l|. */
+typedef struct {
+  Mtlsd__Mesh__V1__Destination *msgs;
+  Mtlsd__Mesh__V1__Destination **ptrs;
+  const char **ids;
+  size_t n;
+} derived_set;
+
+static int group_pairs(const pair_list *l, char **overrides, size_t num_overrides,
+                       derived_set *out) {
+  memset(out, 0, sizeof(*out));
+  out->msgs = calloc(l->len + 1, sizeof(*out->msgs));
+  out->ptrs = calloc(l->len + 1, sizeof(*out->ptrs));
+  out->ids = calloc(l->len + 1, sizeof(*out->ids));
+  if (out->msgs == NULL || out->ptrs == NULL || out->ids == NULL) return 0;
+  size_t used_ids = 0;
+  for (size_t i = 0; i < l->len;) {
+    size_t j = i;
+    const char *address = l->pairs[i].address;
+    Mtlsd__Mesh__V1__Destination *d = &out->msgs[out->n];
+    mtlsd__mesh__v1__destination__init(d);
+    d->address = (char *)address;
+    d->spiffe_ids = (char **)&out->ids[used_ids];
+    for (; j < l->len && strcmp(l->pairs[j].address, address) == 0; j++) {
+      if (d->n_spiffe_ids > 0 && strcmp(d->spiffe_ids[d->n_spiffe_ids - 1], l->pairs[j].id) == 0)
+        continue; /* the same identity twice (several IPs, several slices) */
+      out->ids[used_ids++] = l->pairs[j].id;
+      d->n_spiffe_ids++;
+    }
+    int overridden = num_overrides > 0 && bsearch(&address, overrides, num_overrides,
+                                                  sizeof(*overrides), compare_strings) != NULL;
+    if (overridden) {
+      used_ids -= d->n_spiffe_ids;
+    } else {
+      out->ptrs[out->n] = d;
+      out->n++;
+    }
+    i = j;
+  }
+  return 1;
+}
+
+static void derived_set_clear(derived_set *s) {
+  free(s->msgs);
+  free(s->ptrs);
+  free(s->ids);
+}
+
+/* ---- node workloads ---------------------------------------------------- */
+
+static void node_workload_clear(node_workload *w) {
+  free(w->node);
+  free(w->msg.spiffe_id);
+  for (size_t i = 0; i < w->msg.n_ips; i++) free(w->msg.ips[i]);
+  free(w->msg.ips);
+  free(w->msg.namespace_);
+  free(w->msg.pod);
+}
+
+/* Copies one workload into the view; 0 when out of memory. */
+static int add_workload(mt_mesh_view *v, const char *node, const char *spiffe_id,
+                        const char *const *ips, size_t num_ips, const char *ns, const char *pod) {
+  if (!grow((void **)&v->workloads, &v->cap_workloads, v->num_workloads + 1, sizeof(node_workload)))
+    return 0;
+  node_workload *w = &v->workloads[v->num_workloads];
+  memset(w, 0, sizeof(*w));
+  mtlsd__mesh__v1__workload__init(&w->msg);
+  w->node = strdup(node);
+  w->msg.spiffe_id = strdup(spiffe_id);
+  w->msg.namespace_ = strdup(ns);
+  w->msg.pod = strdup(pod);
+  w->msg.ips = calloc(num_ips + 1, sizeof(char *));
+  int ok = w->node && w->msg.spiffe_id && w->msg.namespace_ && w->msg.pod && w->msg.ips;
+  for (size_t i = 0; ok && i < num_ips; i++)
+    ok = (w->msg.ips[w->msg.n_ips++] = strdup(ips[i])) != NULL;
+  if (!ok) {
+    node_workload_clear(w);
+    return 0;
+  }
+  v->num_workloads++;
+  return 1;
+}
+
+typedef struct {
+  mt_mesh_view *view;
+  int failed;
+} copy_ctx;
+
+static void on_cluster_workload(void *ctx, const mt_cluster_workload *w) {
+  copy_ctx *c = ctx;
+  if (!c->failed &&
+      !add_workload(c->view, w->node, w->spiffe_id, w->ips, w->num_ips, w->ns, w->pod))
+    c->failed = 1;
+}
+
+static void on_registry_entry(void *ctx, const char *node, const char *spiffe_id,
+                              const char *address) {
+  copy_ctx *c = ctx;
+  if (c->failed) return;
+  if (!add_workload(c->view, node, spiffe_id, &address, address != NULL, "", "")) c->failed = 1;
+}
+
+static int compare_workloads(const void *pa, const void *pb) {
+  const node_workload *a = pa, *b = pb;
+  int c = strcmp(a->node, b->node);
+  if (c == 0) c = strcmp(a->msg.spiffe_id, b->msg.spiffe_id);
+  if (c == 0) c = strcmp(a->msg.pod, b->msg.pod);
+  if (c == 0) c = strcmp(a->msg.n_ips ? a->msg.ips[0] : "", b->msg.n_ips ? b->msg.ips[0] : "");
+  return c;
+}
+
+static int copy_workloads(mt_mesh_view *v, const mt_mesh_view_inputs *in) {
+  copy_ctx c = {v, 0};
+  if (in->cluster != NULL) {
+    v->has_workload_source = 1;
+    mt_cluster_state_foreach_workload(in->cluster, on_cluster_workload, &c);
+  } else if (in->workloads != NULL) {
+    v->has_workload_source = 1;
+    mt_workloads_foreach(in->workloads, on_registry_entry, &c);
+  }
+  if (c.failed) return 0;
+  if (v->num_workloads > 1)
+    qsort(v->workloads, v->num_workloads, sizeof(*v->workloads), compare_workloads);
+  return 1;
+}
+
+/* The first workload of |node| (or num_workloads). */
+static size_t first_on_node(const mt_mesh_view *v, const char *node) {
+  size_t lo = 0, hi = v->num_workloads;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (strcmp(v->workloads[mid].node, node) < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* ---- workload policies ------------------------------------------------- */
+
+static int compare_policies(const void *pa, const void *pb) {
+  const Mtlsd__Mesh__V1__WorkloadPolicy *a = *(const Mtlsd__Mesh__V1__WorkloadPolicy *const *)pa;
+  const Mtlsd__Mesh__V1__WorkloadPolicy *b = *(const Mtlsd__Mesh__V1__WorkloadPolicy *const *)pb;
+  return strcmp(a->spiffe_id, b->spiffe_id);
+}
+
+static const Mtlsd__Mesh__V1__WorkloadPolicy *policy_of(const mt_mesh_view *v, const char *id) {
+  size_t lo = 0, hi = v->num_policies;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(v->policies[mid]->spiffe_id, id);
+    if (c == 0) return v->policies[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+static int index_policies(mt_mesh_view *v, const Mtlsd__Mesh__V1__MeshSnapshot *file) {
+  v->policies = calloc(file->n_workload_policies + 1, sizeof(*v->policies));
+  if (v->policies == NULL) return 0;
+  for (size_t i = 0; i < file->n_workload_policies; i++)
+    v->policies[i] = file->workload_policies[i];
+  v->num_policies = file->n_workload_policies;
+  if (v->num_policies > 1)
+    qsort(v->policies, v->num_policies, sizeof(*v->policies), compare_policies);
+  return 1;
+}
+
+/* ---- the shared part --------------------------------------------------- */
+
+/* Encodes bundles, policy and every destination (the file's, then the
+ * derived ones not overridden). */
+static int encode_shared(mt_mesh_view *v, const mt_mesh_view_inputs *in, char *err,
+                         size_t err_len) {
+  const Mtlsd__Mesh__V1__MeshSnapshot *file = mt_mesh_file_message(in->mesh);
+  pair_list pairs;
+  memset(&pairs, 0, sizeof(pairs));
+  derived_set derived;
+  memset(&derived, 0, sizeof(derived));
+  size_t num_overrides = 0;
+  char **overrides = NULL;
+  Mtlsd__Mesh__V1__Destination **all = NULL;
+  int ok = 1;
+  if (in->cluster != NULL) {
+    ok = mt_cluster_state_foreach_service_address(in->cluster, on_service_address, &pairs);
+    mt_cluster_state_foreach_workload(in->cluster, on_workload_ips, &pairs);
+    ok = ok && !pairs.failed;
+    if (ok && pairs.len > 1) qsort(pairs.pairs, pairs.len, sizeof(*pairs.pairs), compare_pairs);
+    ok = ok && (overrides = file_addresses(file, &num_overrides)) != NULL;
+    ok = ok && group_pairs(&pairs, overrides, num_overrides, &derived);
+  }
+  if (ok) ok = (all = calloc(file->n_destinations + derived.n + 1, sizeof(*all))) != NULL;
+  if (ok) {
+    Mtlsd__Mesh__V1__MeshSnapshot snap = *file; /* shallow: the parts stay the file's */
+    snap.version = (char *)protobuf_c_empty_string;
+    snap.n_workload_policies = 0;
+    snap.workload_policies = NULL;
+    snap.node_workloads = NULL;
+    /* Either array may be NULL when empty (memcpy must not see that). */
+    for (size_t i = 0; i < file->n_destinations; i++) all[i] = file->destinations[i];
+    for (size_t i = 0; i < derived.n; i++) all[file->n_destinations + i] = derived.ptrs[i];
+    snap.destinations = all;
+    snap.n_destinations = file->n_destinations + derived.n;
+    v->num_derived = derived.n;
+    v->shared_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&snap);
+    if (v->shared_len > v->max_bytes) {
+      snprintf(err, err_len,
+               "the shared part of the snapshot would be %zu bytes (%zu destinations, %zu "
+               "derived from the cluster); agents accept at most %zu",
+               v->shared_len, snap.n_destinations, derived.n, v->max_bytes);
+      ok = 0;
+    } else if ((v->shared = malloc(v->shared_len + 1)) == NULL) {
+      ok = 0;
+    } else {
+      mtlsd__mesh__v1__mesh_snapshot__pack(&snap, v->shared);
+      SHA256_Init(&v->shared_hash);
+      SHA256_Update(&v->shared_hash, v->shared, v->shared_len);
+    }
+  }
+  if (!ok && err[0] == '\0') snprintf(err, err_len, "out of memory building the snapshot");
+  free(all);
+  derived_set_clear(&derived);
+  for (size_t i = 0; i < num_overrides; i++) free(overrides[i]);
+  free(overrides);
+  pair_list_clear(&pairs);
+  return ok;
+}
+
+mt_mesh_view *mt_mesh_view_new(const mt_mesh_view_inputs *in, char *err, size_t err_len) {
+  if (err_len > 0) err[0] = '\0';
+  mt_mesh_view *v = calloc(1, sizeof(*v));
+  if (v == NULL) {
+    snprintf(err, err_len, "out of memory building the snapshot");
+    return NULL;
+  }
+  v->mesh = in->mesh;
+  v->max_bytes = in->max_bytes ? in->max_bytes : (size_t)MT_MESH_SNAPSHOT_MAX_BYTES;
+  int ok = index_policies(v, mt_mesh_file_message(in->mesh)) && copy_workloads(v, in);
+  if (!ok) snprintf(err, err_len, "out of memory building the snapshot");
+  if (ok) ok = encode_shared(v, in, err, err_len);
+  if (!ok) {
+    mt_mesh_view_free(v);
+    return NULL;
+  }
+  return v;
+}
+
+void mt_mesh_view_free(mt_mesh_view *v) {
+  if (v == NULL) return;
+  for (size_t i = 0; i < v->num_workloads; i++) node_workload_clear(&v->workloads[i]);
+  free(v->workloads);
+  free(v->policies);
+  free(v->shared);
+  free(v);
+}
+
+size_t mt_mesh_view_shared_len(const mt_mesh_view *v) { return v->shared_len; }
+
+size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *v) { return v->num_derived; }
+
+void mt_mesh_view_shared_digest(const mt_mesh_view *v, uint8_t out[MT_MESH_DIGEST_LEN]) {
+  SHA256_CTX hash = v->shared_hash;
+  SHA256_Final(out, &hash);
+}
+
+/* ---- one caller -------------------------------------------------------- */
+
+static int is_scoped_node_agent(const mt_mesh_caller *c) {
+  return c->node_agent && c->node_name != NULL && c->node_name[0] != '\0';
+}
+
+/* The caller's own fields, encoded into |s->own|. */
+static int encode_own(const mt_mesh_view *v, const mt_mesh_caller *caller,
+                      mt_mesh_view_snapshot *s) {
+  Mtlsd__Mesh__V1__MeshSnapshot own = MTLSD__MESH__V1__MESH_SNAPSHOT__INIT;
+  Mtlsd__Mesh__V1__NodeWorkloads nw = MTLSD__MESH__V1__NODE_WORKLOADS__INIT;
+  size_t first = 0, end = 0;
+  int node_agent = is_scoped_node_agent(caller);
+  if (node_agent) {
+    first = first_on_node(v, caller->node_name);
+    for (end = first; end < v->num_workloads; end++)
+      if (strcmp(v->workloads[end].node, caller->node_name) != 0) break;
+  }
+  size_t room = node_agent ? end - first : 1;
+  Mtlsd__Mesh__V1__WorkloadPolicy **policies = calloc(room + 1, sizeof(*policies));
+  Mtlsd__Mesh__V1__Workload **workloads = calloc(room + 1, sizeof(*workloads));
+  int ok = policies != NULL && workloads != NULL;
+  if (ok && node_agent) {
+    /* Workloads of one node are sorted by identity: repeats are adjacent. */
+    for (size_t i = first; i < end; i++) {
+      const node_workload *w = &v->workloads[i];
+      /* Without an IP the agent could not tell the workload's traffic. */
+      if (w->msg.n_ips > 0) workloads[nw.n_workloads++] = (Mtlsd__Mesh__V1__Workload *)&w->msg;
+      if (i > first && strcmp(v->workloads[i - 1].msg.spiffe_id, w->msg.spiffe_id) == 0) continue;
+      const Mtlsd__Mesh__V1__WorkloadPolicy *p = policy_of(v, w->msg.spiffe_id);
+      if (p != NULL) policies[own.n_workload_policies++] = (Mtlsd__Mesh__V1__WorkloadPolicy *)p;
+    }
+    nw.node_name = (char *)caller->node_name;
+    nw.workloads = workloads;
+    if (v->has_workload_source) own.node_workloads = &nw;
+  } else if (ok) {
+    const Mtlsd__Mesh__V1__WorkloadPolicy *p = policy_of(v, caller->spiffe_id);
+    if (p != NULL) policies[own.n_workload_policies++] = (Mtlsd__Mesh__V1__WorkloadPolicy *)p;
+  }
+  own.workload_policies = policies;
+  if (ok) {
+    s->own_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&own);
+    ok = (s->own = malloc(s->own_len + 1)) != NULL;
+    if (ok) mtlsd__mesh__v1__mesh_snapshot__pack(&own, s->own);
+  }
+  free(policies);
+  free(workloads);
+  return ok;
+}
+
+mt_mesh_view_snapshot *mt_mesh_view_for(const mt_mesh_view *v, const mt_mesh_caller *caller,
+                                        char *err, size_t err_len) {
+  mt_mesh_view_snapshot *s = calloc(1, sizeof(*s));
+  if (s == NULL || !encode_own(v, caller, s)) {
+    snprintf(err, err_len, "out of memory building the snapshot for %s", caller->spiffe_id);
+    mt_mesh_view_snapshot_free(s);
+    return NULL;
+  }
+  s->view = v;
+  if (v->shared_len + s->own_len > v->max_bytes) {
+    snprintf(err, err_len,
+             "the snapshot for %s would be %zu bytes (%zu of them its own workloads and "
+             "policies); agents accept at most %zu",
+             caller->spiffe_id, v->shared_len + s->own_len, s->own_len, v->max_bytes);
+    mt_mesh_view_snapshot_free(s);
+    return NULL;
+  }
+  SHA256_CTX hash = v->shared_hash;
+  SHA256_Update(&hash, s->own, s->own_len);
+  SHA256_Final(s->digest, &hash);
+  return s;
+}
+
+void mt_mesh_view_snapshot_free(mt_mesh_view_snapshot *s) {
+  if (s == NULL) return;
+  free(s->own);
+  free(s);
+}
+
+const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *s) { return s->digest; }
+
+size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *s) {
+  return s->view->shared_len + s->own_len;
+}
+
+uint8_t *mt_mesh_view_snapshot_encode(const mt_mesh_view_snapshot *s, const char *version,
+                                      size_t *len) {
+  Mtlsd__Mesh__V1__MeshSnapshot head = MTLSD__MESH__V1__MESH_SNAPSHOT__INIT;
+  head.version = (char *)version;
+  size_t head_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&head);
+  const mt_mesh_view *v = s->view;
+  *len = head_len + v->shared_len + s->own_len;
+  uint8_t *out = malloc(*len + 1);
+  if (out == NULL) return NULL;
+  mtlsd__mesh__v1__mesh_snapshot__pack(&head, out);
+  memcpy(out + head_len, v->shared, v->shared_len);
+  memcpy(out + head_len + v->shared_len, s->own, s->own_len);
+  return out;
+}

@@ -1,0 +1,110 @@
+/* mesh_view: the MeshSnapshot (proto/mtlsd/mesh.proto) one Watch caller
+ * gets, built from the mesh file and what mtls-ca knows of the cluster
+ * (the Kubernetes source's state, or the workload registry). Pure: no I/O,
+ * no clock, no logging.
+ *
+ * A view is built once per change of its inputs and holds, encoded once,
+ * the part every caller shares:
+ *   - the mesh file's trust_bundles and policy;
+ *   - destinations: the mesh file's, in file order, then those derived
+ *     from the cluster state, sorted by address: every ClusterIP:port of a
+ *     Service in a mesh namespace with at least one ready endpoint ->
+ *     spiffe_ids = its ready endpoints' identities (sorted); every workload
+ *     IP alone -> spiffe_ids = [that workload's identity] (two workloads
+ *     claiming one IP: both). A Service address without a ready endpoint
+ *     is left out (the agent's unknown-destination setting applies). A
+ *     derived address the mesh file lists too (same IP and port, compared
+ *     canonically) is left out: the operator's entry wins. Derived entries
+ *     carry their identities in spiffe_ids only (spiffe_id stays empty).
+ * It also copies out of the cluster state (or the registry) which
+ * workloads run on which node, so it never points into a source that
+ * changes after it was built.
+ *
+ * A caller's content is the shared bytes followed by its own fields
+ * (protobuf messages concatenate), so each caller costs only its own part:
+ *   - workload_policies: a node agent (listed in node_agents, with a node
+ *     name from its token) gets the entries of the identities of the
+ *     workloads on its node, in identity order; every other caller the
+ *     entry of its own identity, if there is one;
+ *   - node_workloads: only for such a node agent, and only when the view
+ *     has a source of workloads (cluster state or registry): the workloads
+ *     on its node, even none. Registry entries without an address are left
+ *     out (a Workload needs an IP); their identities still count for
+ *     workload_policies.
+ * The digest is SHA-256 of the caller's content without a version: equal
+ * digests mean the caller would see nothing new. Output is deterministic. */
+#ifndef MT_CP_MESH_VIEW_H
+#define MT_CP_MESH_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "controlplane/cluster_state.h"
+#include "controlplane/mesh_file.h"
+#include "controlplane/workloads_file.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { MT_MESH_VIEW_ERR_MAX = 256 };
+
+typedef struct {
+  /* Required; borrowed: it must outlive the view. */
+  const mt_mesh_file *mesh;
+  /* Read during mt_mesh_view_new only (copied). NULL: no Kubernetes source. */
+  const mt_cluster_state *cluster;
+  /* The registry, read during mt_mesh_view_new only; ignored when
+   * |cluster| is set. NULL: none. */
+  const mt_workloads *workloads;
+  /* Largest content (without the version) a caller may get; 0 means
+   * MT_MESH_SNAPSHOT_MAX_BYTES. */
+  size_t max_bytes;
+} mt_mesh_view_inputs;
+
+/* Who is asking, as authenticated. Borrowed for the call. */
+typedef struct {
+  const char *spiffe_id;
+  int node_agent;        /* listed in the server's node_agents */
+  const char *node_name; /* from its token; NULL or "": none */
+} mt_mesh_caller;
+
+typedef struct mt_mesh_view mt_mesh_view;
+typedef struct mt_mesh_view_snapshot mt_mesh_view_snapshot;
+
+/* Builds the shared part. Returns NULL with the reason in |err| when out
+ * of memory or when the shared part alone exceeds the size limit. */
+mt_mesh_view *mt_mesh_view_new(const mt_mesh_view_inputs *in, char *err, size_t err_len);
+void mt_mesh_view_free(mt_mesh_view *view); /* accepts NULL */
+
+/* For logs: the encoded size of the shared part, and how many of its
+ * destinations were derived from the cluster. */
+size_t mt_mesh_view_shared_len(const mt_mesh_view *view);
+size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *view);
+
+/* SHA-256 of the shared part (for the server's own version and logs). */
+void mt_mesh_view_shared_digest(const mt_mesh_view *view, uint8_t out[MT_MESH_DIGEST_LEN]);
+
+/* |caller|'s content. Returns NULL with the reason in |err| when out of
+ * memory or when it would exceed the size limit (then nothing may be sent
+ * to that caller). The result borrows |view|: free it first. */
+mt_mesh_view_snapshot *mt_mesh_view_for(const mt_mesh_view *view, const mt_mesh_caller *caller,
+                                        char *err, size_t err_len);
+void mt_mesh_view_snapshot_free(mt_mesh_view_snapshot *snap); /* accepts NULL */
+
+/* SHA-256 of the content without a version (MT_MESH_DIGEST_LEN bytes). */
+const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *snap);
+
+/* The content's length without a version. */
+size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *snap);
+
+/* The encoded MeshSnapshot with |version| set: malloc'd, length in |*len|;
+ * NULL when out of memory. */
+uint8_t *mt_mesh_view_snapshot_encode(const mt_mesh_view_snapshot *snap, const char *version,
+                                      size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MT_CP_MESH_VIEW_H */
