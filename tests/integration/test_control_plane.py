@@ -309,6 +309,24 @@ def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca
         (4, {"address": "127.0.0.1", "spiffe_ids": [spiffe_id("backend")]}, "allow"),
         (5, {"address": "127.0.0.1", "spiffe_id": spiffe_id("cache")}, "deny"),
     ]
+    # Workers take a new snapshot just after the agent logs it: each step
+    # waits (bounded) until a call is judged the new way.
+    def allowed():
+        try:
+            received, local = roundtrip(port_out, b"ping")
+        except (OSError, AssertionError):
+            return None
+        line = frontend.wait_log(direction="outbound", source=local)
+        return line if received == b"ping" and line["decision"] == "allow" else None
+
+    def denied():
+        try:
+            local = refused_connection(port_out, b"ping")
+        except AssertionError:  # still admitted by the previous snapshot
+            return None
+        line = frontend.wait_log(direction="outbound", source=local)
+        return line if line["decision"] == "deny" else None
+
     for version, destination, decision in steps:
         spec = mesh_spec(ca_pki, version=version)
         spec["destinations"] = [destination]
@@ -316,14 +334,11 @@ def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca
         wait_until(lambda: mesh_version_applied(ca, frontend, version),
                    f"frontend to apply version {version}")
         if decision == "allow":
-            received, local = roundtrip(port_out, b"ping")
-            assert received == b"ping"
-            line = frontend.wait_log(direction="outbound", source=local)
-            assert (line["decision"], line["rule"]) == ("allow", "expected-id"), line
+            line = wait_until(allowed, f"version {version} to admit backend")
+            assert line["rule"] == "expected-id", line
         else:
-            local = refused_connection(port_out, b"ping")
-            line = frontend.wait_log(direction="outbound", source=local)
-            assert (line["decision"], line["reason"]) == ("deny", "unexpected_server_id"), line
+            line = wait_until(denied, f"version {version} to refuse backend")
+            assert line["reason"] == "unexpected_server_id", line
             if "spiffe_ids" in destination:
                 assert "expected one of 2 IDs" in line["detail"], line
             else:
