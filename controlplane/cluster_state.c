@@ -271,20 +271,28 @@ int mt_cluster_state_identity_on_node(const mt_cluster_state *state, const char 
   return 0;
 }
 
-size_t mt_cluster_state_foreach_on_node(const mt_cluster_state *state, const char *node,
-                                        void (*on_workload)(void *ctx,
-                                                            const mt_cluster_workload *w),
-                                        void *ctx) {
+/* Calls |on_workload| for every workload, or only those on |node| when it
+ * is not NULL; returns how many. */
+static size_t foreach_workload_on(const mt_cluster_state *state, const char *node,
+                                  void (*on_workload)(void *ctx, const mt_cluster_workload *w),
+                                  void *ctx) {
   size_t n = 0;
   for (size_t i = 0; i < state->pods.len; i++) {
     const pod_entry *e = state->pods.items[i];
-    if (!e->is_workload || strcmp(e->pod.node, node) != 0) continue;
+    if (!e->is_workload || (node != NULL && strcmp(e->pod.node, node) != 0)) continue;
     mt_cluster_workload w;
     view_of(e, &w);
     on_workload(ctx, &w);
     n++;
   }
   return n;
+}
+
+size_t mt_cluster_state_foreach_on_node(const mt_cluster_state *state, const char *node,
+                                        void (*on_workload)(void *ctx,
+                                                            const mt_cluster_workload *w),
+                                        void *ctx) {
+  return foreach_workload_on(state, node, on_workload, ctx);
 }
 
 static const pod_entry *workload_named(const mt_cluster_state *state, const char *ns,
@@ -359,16 +367,7 @@ size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
                                          void (*on_workload)(void *ctx,
                                                              const mt_cluster_workload *w),
                                          void *ctx) {
-  size_t n = 0;
-  for (size_t i = 0; i < state->pods.len; i++) {
-    const pod_entry *e = state->pods.items[i];
-    if (!e->is_workload) continue;
-    mt_cluster_workload w;
-    view_of(e, &w);
-    on_workload(ctx, &w);
-    n++;
-  }
-  return n;
+  return foreach_workload_on(state, NULL, on_workload, ctx);
 }
 
 /* --- every service address at once, with sorted indexes --- */
