@@ -32,7 +32,7 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta)
 GEN="$OUT/gen" # protoc-c output for targets that decode protobuf
 
 # Agent sources each target links.
@@ -42,6 +42,7 @@ target_sources() {
     policy) echo "agent/svid.c agent/policy.c" ;;
     config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c grpc/target.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
+    mesh_delta) echo "agent/mesh_delta.c" ;;
     mesh_snapshot)
       echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
       echo "agent/mesh_snapshot.c $GEN/proto/mtlsd/mesh.pb-c.c"
