@@ -13,17 +13,26 @@ enum { KEY_LEN = 1 + 16 + 2 }; /* family, address, port */
 
 typedef struct {
   uint8_t key[KEY_LEN];
-  mt_sockaddr address;
-  char **ids;
+  size_t first_id; /* its IDs: table->ids[first_id .. first_id + num_ids) */
   size_t num_ids;
 } mesh_destination;
+
+/* The destinations, shared by every mesh of one snapshot (the general one
+ * and each workload's): a node agent holds one copy, not one per pod.
+ * Three allocations whatever its size: entries, ID pointers, ID bytes. */
+typedef struct {
+  atomic_int refs;
+  mesh_destination *entries; /* sorted by key */
+  size_t num_entries;
+  const char **ids; /* into |id_bytes| */
+  char *id_bytes;
+} dest_table;
 
 struct mt_mesh {
   atomic_int refs;
   char *version;
   mt_policy *policy;
-  mesh_destination *destinations; /* sorted by key */
-  size_t num_destinations;
+  dest_table *table;
 };
 
 static void make_key(const struct sockaddr *sa, uint16_t port, uint8_t key[KEY_LEN]) {
@@ -39,56 +48,99 @@ static void make_key(const struct sockaddr *sa, uint16_t port, uint8_t key[KEY_L
   key[KEY_LEN - 1] = (uint8_t)port;
 }
 
+/* The address a key stands for (port 0: the IP alone). */
+static void key_address(const uint8_t key[KEY_LEN], mt_sockaddr *out) {
+  memset(out, 0, sizeof(*out));
+  uint16_t port = (uint16_t)(key[KEY_LEN - 2] << 8 | key[KEY_LEN - 1]);
+  if (key[0] == 4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&out->addr;
+    in->sin_family = AF_INET;
+    memcpy(&in->sin_addr, key + 1, 4);
+    in->sin_port = htons(port);
+    out->addr_len = sizeof(*in);
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->addr;
+    in6->sin6_family = AF_INET6;
+    memcpy(&in6->sin6_addr, key + 1, 16);
+    in6->sin6_port = htons(port);
+    out->addr_len = sizeof(*in6);
+  }
+}
+
 static int compare_destinations(const void *a, const void *b) {
   return memcmp(((const mesh_destination *)a)->key, ((const mesh_destination *)b)->key, KEY_LEN);
 }
 
-static void mesh_destroy(mt_mesh *m) {
-  for (size_t i = 0; i < m->num_destinations; i++) {
-    for (size_t j = 0; j < m->destinations[i].num_ids; j++) free(m->destinations[i].ids[j]);
-    free(m->destinations[i].ids);
-  }
-  free(m->destinations);
-  mt_policy_free(m->policy);
-  free(m->version);
-  free(m);
+static void table_unref(dest_table *t) {
+  if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  free(t->entries);
+  free(t->ids);
+  free(t->id_bytes);
+  free(t);
 }
 
-static int copy_destination(mesh_destination *to, const mt_destination_config *from) {
-  to->address = from->address;
-  make_key((const struct sockaddr *)&from->address.addr,
-           mt_sockaddr_port((const struct sockaddr *)&from->address.addr), to->key);
-  to->ids = calloc(from->num_spiffe_ids + 1, sizeof(*to->ids));
-  if (to->ids == NULL) return 0;
-  for (size_t j = 0; j < from->num_spiffe_ids; j++) {
-    if ((to->ids[j] = strdup(from->spiffe_ids[j])) == NULL) return 0;
-    to->num_ids = j + 1;
+static dest_table *table_new(const mt_destination_config *from, size_t n) {
+  size_t num_ids = 0, bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    num_ids += from[i].num_spiffe_ids;
+    for (size_t j = 0; j < from[i].num_spiffe_ids; j++) bytes += strlen(from[i].spiffe_ids[j]) + 1;
   }
-  return 1;
+  dest_table *t = calloc(1, sizeof(*t));
+  if (t == NULL) return NULL;
+  atomic_init(&t->refs, 1);
+  t->entries = calloc(n + 1, sizeof(*t->entries));
+  t->ids = calloc(num_ids + 1, sizeof(*t->ids));
+  t->id_bytes = malloc(bytes + 1);
+  if (t->entries == NULL || t->ids == NULL || t->id_bytes == NULL) {
+    table_unref(t);
+    return NULL;
+  }
+  size_t next_id = 0, used = 0;
+  for (size_t i = 0; i < n; i++) {
+    mesh_destination *d = &t->entries[i];
+    make_key((const struct sockaddr *)&from[i].address.addr,
+             mt_sockaddr_port((const struct sockaddr *)&from[i].address.addr), d->key);
+    d->first_id = next_id;
+    d->num_ids = from[i].num_spiffe_ids;
+    for (size_t j = 0; j < d->num_ids; j++) {
+      size_t len = strlen(from[i].spiffe_ids[j]) + 1;
+      memcpy(t->id_bytes + used, from[i].spiffe_ids[j], len);
+      t->ids[next_id++] = t->id_bytes + used;
+      used += len;
+    }
+  }
+  t->num_entries = n;
+  if (n > 1) qsort(t->entries, n, sizeof(*t->entries), compare_destinations);
+  return t;
 }
 
-mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
-                     const mt_destination_config *destinations, size_t num_destinations) {
+static mt_mesh *mesh_with_table(const char *version, mt_policy *policy, dest_table *table) {
   mt_mesh *m = calloc(1, sizeof(*m));
-  if (m == NULL) {
+  if (m == NULL || (m->version = strdup(version)) == NULL) {
+    free(m);
     mt_policy_free(policy);
+    table_unref(table);
     return NULL;
   }
   atomic_init(&m->refs, 1);
   m->policy = policy;
-  m->version = strdup(version);
-  m->destinations = calloc(num_destinations + 1, sizeof(*m->destinations));
-  int ok = m->version != NULL && m->destinations != NULL;
-  for (size_t i = 0; ok && i < num_destinations; i++) {
-    m->num_destinations = i + 1;
-    ok = copy_destination(&m->destinations[i], &destinations[i]);
-  }
-  if (!ok) {
-    mesh_destroy(m);
+  m->table = table;
+  return m;
+}
+
+mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
+                     const mt_destination_config *destinations, size_t num_destinations) {
+  dest_table *table = table_new(destinations, num_destinations);
+  if (table == NULL) {
+    mt_policy_free(policy);
     return NULL;
   }
-  qsort(m->destinations, m->num_destinations, sizeof(*m->destinations), compare_destinations);
-  return m;
+  return mesh_with_table(version, policy, table);
+}
+
+mt_mesh *mt_mesh_with_policy(const mt_mesh *base, mt_policy *policy) {
+  atomic_fetch_add_explicit(&base->table->refs, 1, memory_order_relaxed);
+  return mesh_with_table(base->version, policy, base->table);
 }
 
 mt_mesh *mt_mesh_ref(mt_mesh *m) {
@@ -98,17 +150,21 @@ mt_mesh *mt_mesh_ref(mt_mesh *m) {
 
 void mt_mesh_unref(mt_mesh *m) {
   if (m == NULL) return;
-  if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) mesh_destroy(m);
+  if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
+  table_unref(m->table);
+  mt_policy_free(m->policy);
+  free(m->version);
+  free(m);
 }
 
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }
 const char *mt_mesh_version(const mt_mesh *m) { return m->version; }
-size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->num_destinations; }
+size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_entries; }
 
 static const mesh_destination *find(const mt_mesh *m, const struct sockaddr *dest, uint16_t port) {
   mesh_destination probe;
   make_key(dest, port, probe.key);
-  return bsearch(&probe, m->destinations, m->num_destinations, sizeof(probe),
+  return bsearch(&probe, m->table->entries, m->table->num_entries, sizeof(probe),
                  compare_destinations);
 }
 
@@ -117,7 +173,7 @@ int mt_mesh_expected_ids(const mt_mesh *m, const struct sockaddr *dest, mt_expec
   const mesh_destination *d = find(m, dest, mt_sockaddr_port(dest));
   if (d == NULL) d = find(m, dest, 0);
   if (d == NULL) return 0;
-  out->ids = (const char *const *)d->ids;
+  out->ids = m->table->ids + d->first_id;
   out->count = d->num_ids;
   return 1;
 }
@@ -129,10 +185,12 @@ int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id) {
 }
 
 int mt_mesh_duplicate_destination(const mt_mesh *m, char *addr, size_t addr_len) {
-  for (size_t i = 1; i < m->num_destinations; i++) {
-    if (memcmp(m->destinations[i - 1].key, m->destinations[i].key, sizeof(m->destinations[i].key)))
-      continue;
-    mt_sockaddr_format((const struct sockaddr *)&m->destinations[i].address.addr, addr, addr_len);
+  const mesh_destination *d = m->table->entries;
+  for (size_t i = 1; i < m->table->num_entries; i++) {
+    if (memcmp(d[i - 1].key, d[i].key, KEY_LEN) != 0) continue;
+    mt_sockaddr address;
+    key_address(d[i].key, &address);
+    mt_sockaddr_format((const struct sockaddr *)&address.addr, addr, addr_len);
     return 1;
   }
   return 0;

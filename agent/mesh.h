@@ -26,6 +26,11 @@ typedef struct mt_mesh mt_mesh;
 mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
                      const mt_destination_config *destinations, size_t num_destinations);
 
+/* A mesh with |base|'s version and destinations (shared, not copied: a
+ * workload's own policy costs only the policy) and |policy| (taken, freed
+ * even on failure). Returns NULL when out of memory. */
+mt_mesh *mt_mesh_with_policy(const mt_mesh *base, mt_policy *policy);
+
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 

@@ -190,8 +190,8 @@ static void free_destinations(mt_destination_config *dests, size_t n) {
   free(dests);
 }
 
-static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
-                                    const mt_destination_config *dests, mt_mesh_update *out,
+/* Each workload's mesh shares the general one's destinations. */
+static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out,
                                     char *err, size_t err_len) {
   out->workloads = calloc(s->n_workload_policies + 1, sizeof(mt_workload_mesh));
   if (out->workloads == NULL) return snprintf(err, err_len, "out of memory"), 0;
@@ -212,7 +212,7 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
       return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
     mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
     dst->spiffe_id = strdup(w->spiffe_id);
-    dst->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    dst->mesh = mt_mesh_with_policy(out->mesh, policy);
     if (dst->spiffe_id == NULL || dst->mesh == NULL)
       return snprintf(err, err_len, "out of memory"), 0;
   }
@@ -310,8 +310,6 @@ int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out,
     dests = calloc(s->n_destinations + 1, sizeof(*dests));
     ok = dests != NULL && decode_destinations(s, dests, err, err_len);
   }
-  if (ok) ok = decode_workload_policies(s, dests, out, err, err_len);
-  if (ok) ok = decode_node_workloads(s, out, err, err_len);
   mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
   if (policy != NULL) {
     out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
@@ -323,6 +321,8 @@ int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out,
     snprintf(err, err_len, "destinations: address %s listed twice", twice);
     ok = 0;
   }
+  if (ok) ok = decode_workload_policies(s, out, err, err_len);
+  if (ok) ok = decode_node_workloads(s, out, err, err_len);
   free_destinations(dests, s->n_destinations);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);
   if (!ok) mt_mesh_update_clear(out);
