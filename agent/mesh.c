@@ -3,6 +3,7 @@
 
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +142,157 @@ mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
 mt_mesh *mt_mesh_with_policy(const mt_mesh *base, mt_policy *policy) {
   atomic_fetch_add_explicit(&base->table->refs, 1, memory_order_relaxed);
   return mesh_with_table(base->version, policy, base->table);
+}
+
+/* ---- patching: a sorted merge of the held table and the changes ---------- */
+
+typedef struct {
+  uint8_t key[KEY_LEN];
+} bare_key;
+
+static int compare_bare_keys(const void *a, const void *b) {
+  return memcmp(((const bare_key *)a)->key, ((const bare_key *)b)->key, KEY_LEN);
+}
+
+static bare_key *sorted_keys(const mt_sockaddr *addresses, const mt_destination_config *dests,
+                             const int *only, size_t n, size_t *count) {
+  bare_key *keys = calloc(n + 1, sizeof(*keys));
+  if (keys == NULL) return NULL;
+  *count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (only != NULL && !only[i]) continue;
+    const mt_sockaddr *a = addresses ? &addresses[i] : &dests[i].address;
+    make_key((const struct sockaddr *)&a->addr, mt_sockaddr_port((const struct sockaddr *)&a->addr),
+             keys[(*count)++].key);
+  }
+  if (*count > 1) qsort(keys, *count, sizeof(*keys), compare_bare_keys);
+  return keys;
+}
+
+static int has_key(const bare_key *keys, size_t n, const uint8_t key[KEY_LEN]) {
+  return n > 0 && bsearch(key, keys, n, sizeof(*keys), compare_bare_keys) != NULL;
+}
+
+static void describe_key(const uint8_t key[KEY_LEN], char *out, size_t out_len) {
+  mt_sockaddr a;
+  key_address(key, &a);
+  mt_sockaddr_format((const struct sockaddr *)&a.addr, out, out_len);
+}
+
+typedef struct {
+  const dest_table *from;
+  const mesh_destination *entry;
+} merged_entry;
+
+/* The entries of the patched table, in key order, each pointing into the
+ * table it comes from; 0 with the reason on refusal. */
+static int merge(const dest_table *base, const dest_table *changes, const bare_key *replaced,
+                 size_t num_replaced, const bare_key *removed, size_t num_removed,
+                 merged_entry *out, size_t *n, char *err, size_t err_len) {
+  char text[MT_SOCKADDR_TEXT_MAX];
+  size_t i = 0, j = 0, used_removals = 0;
+  *n = 0;
+  for (size_t k = 1; k < changes->num_entries; k++) {
+    if (memcmp(changes->entries[k - 1].key, changes->entries[k].key, KEY_LEN) != 0) continue;
+    describe_key(changes->entries[k].key, text, sizeof(text));
+    return snprintf(err, err_len, "destinations: address %s listed twice", text), 0;
+  }
+  while (i < base->num_entries || j < changes->num_entries) {
+    const mesh_destination *b = i < base->num_entries ? &base->entries[i] : NULL;
+    const mesh_destination *c = j < changes->num_entries ? &changes->entries[j] : NULL;
+    int cmp = b == NULL ? 1 : c == NULL ? -1 : memcmp(b->key, c->key, KEY_LEN);
+    if (cmp < 0) {
+      i++;
+      if (has_key(removed, num_removed, b->key)) {
+        used_removals++;
+        continue;
+      }
+      out[(*n)++] = (merged_entry){base, b};
+      continue;
+    }
+    if (cmp == 0) { /* the held entry of that address goes, unless... */
+      i++;
+      int removed_too = has_key(removed, num_removed, b->key);
+      used_removals += removed_too;
+      if (!removed_too && !has_key(replaced, num_replaced, b->key)) {
+        describe_key(b->key, text, sizeof(text));
+        return snprintf(err, err_len, "destinations: address %s listed twice", text), 0;
+      }
+    }
+    j++;
+    out[(*n)++] = (merged_entry){changes, c};
+  }
+  if (used_removals != num_removed)
+    return snprintf(err, err_len, "destinations: %zu removed addresses are not held",
+                    num_removed - used_removals),
+           0;
+  return 1;
+}
+
+/* A table of |entries| (copies of the IDs included). */
+static dest_table *table_of(const merged_entry *entries, size_t n) {
+  size_t num_ids = 0, bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    const mesh_destination *d = entries[i].entry;
+    num_ids += d->num_ids;
+    for (size_t j = 0; j < d->num_ids; j++) bytes += strlen(entries[i].from->ids[d->first_id + j]) + 1;
+  }
+  dest_table *t = calloc(1, sizeof(*t));
+  if (t == NULL) return NULL;
+  atomic_init(&t->refs, 1);
+  t->entries = calloc(n + 1, sizeof(*t->entries));
+  t->ids = calloc(num_ids + 1, sizeof(*t->ids));
+  t->id_bytes = malloc(bytes + 1);
+  if (t->entries == NULL || t->ids == NULL || t->id_bytes == NULL) {
+    table_unref(t);
+    return NULL;
+  }
+  size_t next_id = 0, used = 0;
+  for (size_t i = 0; i < n; i++) {
+    const mesh_destination *d = entries[i].entry;
+    mesh_destination *to = &t->entries[i];
+    memcpy(to->key, d->key, KEY_LEN);
+    to->first_id = next_id;
+    to->num_ids = d->num_ids;
+    for (size_t j = 0; j < d->num_ids; j++) {
+      const char *id = entries[i].from->ids[d->first_id + j];
+      size_t len = strlen(id) + 1;
+      memcpy(t->id_bytes + used, id, len);
+      t->ids[next_id++] = t->id_bytes + used;
+      used += len;
+    }
+  }
+  t->num_entries = n;
+  return t;
+}
+
+mt_mesh *mt_mesh_patched(const mt_mesh *base, const char *version, mt_policy *policy,
+                         const mt_destination_config *changed, const int *replaces,
+                         size_t num_changed, const mt_sockaddr *removed, size_t num_removed,
+                         char *err, size_t err_len) {
+  size_t num_replaced = 0, num_removed_keys = 0, n = 0;
+  dest_table *changes = table_new(changed, num_changed);
+  bare_key *replaced_keys = sorted_keys(NULL, changed, replaces, num_changed, &num_replaced);
+  bare_key *removed_keys = sorted_keys(removed, NULL, NULL, num_removed, &num_removed_keys);
+  merged_entry *entries = calloc(base->table->num_entries + num_changed + 1, sizeof(*entries));
+  dest_table *table = NULL;
+  int ok = changes != NULL && replaced_keys != NULL && removed_keys != NULL && entries != NULL;
+  if (!ok) snprintf(err, err_len, "out of memory");
+  if (ok)
+    ok = merge(base->table, changes, replaced_keys, num_replaced, removed_keys, num_removed_keys,
+               entries, &n, err, err_len);
+  if (ok && (table = table_of(entries, n)) == NULL) snprintf(err, err_len, "out of memory");
+  free(entries);
+  free(removed_keys);
+  free(replaced_keys);
+  table_unref(changes);
+  if (table == NULL) {
+    mt_policy_free(policy);
+    return NULL;
+  }
+  mt_mesh *m = mesh_with_table(version, policy, table);
+  if (m == NULL) snprintf(err, err_len, "out of memory");
+  return m;
 }
 
 mt_mesh *mt_mesh_ref(mt_mesh *m) {

@@ -31,6 +31,19 @@ mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
  * even on failure). Returns NULL when out of memory. */
 mt_mesh *mt_mesh_with_policy(const mt_mesh *base, mt_policy *policy);
 
+/* A mesh with |base|'s destinations changed, without rebuilding those that
+ * stay (what a delta needs): |changed| replace the entries of their
+ * address or are added, |removed| addresses leave. A changed entry whose
+ * address |base| already has is refused unless its |replaces| flag is set
+ * (the sender's text for it is another one: two texts, one address), as
+ * are two changed entries with one address and a removed address |base|
+ * does not have; the reason goes to |err|. Takes |policy| (freed even on
+ * failure); copies |version|. Returns NULL on refusal or out of memory. */
+mt_mesh *mt_mesh_patched(const mt_mesh *base, const char *version, mt_policy *policy,
+                         const mt_destination_config *changed, const int *replaces,
+                         size_t num_changed, const mt_sockaddr *removed, size_t num_removed,
+                         char *err, size_t err_len);
+
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/mesh_delta.h"
 #include "agent/pem.h"
 #include "agent/svid.h"
 #include "proto/mtlsd/mesh.pb-c.h"
@@ -297,34 +298,107 @@ static int decode_node_workloads(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh
   return check_addresses_unique(out, err, err_len);
 }
 
-int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
-                            size_t err_len) {
+/* Where the general mesh's destinations come from: the snapshot itself,
+ * or (|delta| set) the held mesh changed by a delta. */
+typedef struct {
+  const Mtlsd__Mesh__V1__MeshSnapshot *delta;
+  const mt_mesh *held;
+  const mt_mesh_entries *held_entries;
+} dest_source;
+
+/* The held mesh's destinations changed by |src->delta|; takes |policy|. */
+static mt_mesh *patch_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, const dest_source *src,
+                                   mt_policy *policy, char *err, size_t err_len) {
+  const Mtlsd__Mesh__V1__MeshSnapshot *d = src->delta;
+  mt_destination_config *changed = calloc(d->n_destinations + 1, sizeof(*changed));
+  int *replaces = calloc(d->n_destinations + 1, sizeof(*replaces));
+  mt_sockaddr *removed = calloc(d->n_removed + 1, sizeof(*removed));
+  size_t num_removed = 0;
+  int ok = changed != NULL && replaces != NULL && removed != NULL;
+  if (!ok) snprintf(err, err_len, "out of memory");
+  if (ok) ok = decode_destinations(d, changed, err, err_len);
+  for (size_t i = 0; ok && i < d->n_destinations; i++) {
+    const char *a = d->destinations[i]->address;
+    replaces[i] = mt_mesh_entries_has(src->held_entries, MT_MESH_FIELD_DESTINATIONS, a, strlen(a));
+  }
+  for (size_t i = 0; ok && i < d->n_removed; i++) {
+    if (d->removed[i]->field != MT_MESH_FIELD_DESTINATIONS) continue;
+    ok = mt_sockaddr_parse(d->removed[i]->key, &removed[num_removed++], 0);
+    if (!ok)
+      snprintf(err, err_len, "removed destination '%.64s' is not IP:port or IP",
+               d->removed[i]->key);
+  }
+  mt_mesh *m = NULL;
+  if (ok)
+    m = mt_mesh_patched(src->held, s->version, policy, changed, replaces, d->n_destinations,
+                        removed, num_removed, err, err_len);
+  else
+    mt_policy_free(policy);
+  free_destinations(changed, d->n_destinations);
+  free(replaces);
+  free(removed);
+  return m;
+}
+
+/* The general mesh: policy and destinations (validated). */
+static mt_mesh *decode_general(const Mtlsd__Mesh__V1__MeshSnapshot *s, const dest_source *src,
+                               char *err, size_t err_len) {
+  mt_policy *policy = decode_policy(s->policy, err, err_len);
+  if (policy == NULL) return NULL;
+  if (src->delta != NULL) return patch_destinations(s, src, policy, err, err_len);
+  mt_destination_config *dests = calloc(s->n_destinations + 1, sizeof(*dests));
+  mt_mesh *m = NULL;
+  if (dests == NULL) {
+    snprintf(err, err_len, "out of memory");
+  } else if (decode_destinations(s, dests, err, err_len)) {
+    m = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    policy = NULL;
+    if (m == NULL) snprintf(err, err_len, "out of memory");
+  }
+  mt_policy_free(policy);
+  free_destinations(dests, s->n_destinations);
+  char twice[MT_SOCKADDR_TEXT_MAX];
+  if (m != NULL && mt_mesh_duplicate_destination(m, twice, sizeof(twice))) {
+    snprintf(err, err_len, "destinations: address %s listed twice", twice);
+    mt_mesh_unref(m);
+    m = NULL;
+  }
+  return m;
+}
+
+static int decode(const uint8_t *msg, size_t len, const dest_source *src, mt_mesh_update *out,
+                  char *err, size_t err_len) {
   memset(out, 0, sizeof(*out));
   Mtlsd__Mesh__V1__MeshSnapshot *s = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, len, msg);
   if (s == NULL) return snprintf(err, err_len, "malformed MeshSnapshot"), 0;
   int ok = s->version[0] != '\0';
   if (!ok) snprintf(err, err_len, "snapshot has no version");
   if (ok) ok = decode_bundles(s, out, err, err_len);
-  mt_destination_config *dests = NULL;
-  if (ok) {
-    dests = calloc(s->n_destinations + 1, sizeof(*dests));
-    ok = dests != NULL && decode_destinations(s, dests, err, err_len);
-  }
-  mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
-  if (policy != NULL) {
-    out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
-    if (out->mesh == NULL) snprintf(err, err_len, "out of memory");
-  }
-  ok = out->mesh != NULL;
-  char twice[MT_SOCKADDR_TEXT_MAX];
-  if (ok && mt_mesh_duplicate_destination(out->mesh, twice, sizeof(twice))) {
-    snprintf(err, err_len, "destinations: address %s listed twice", twice);
-    ok = 0;
-  }
+  if (ok) ok = (out->mesh = decode_general(s, src, err, err_len)) != NULL;
   if (ok) ok = decode_workload_policies(s, out, err, err_len);
   if (ok) ok = decode_node_workloads(s, out, err, err_len);
-  free_destinations(dests, s->n_destinations);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);
   if (!ok) mt_mesh_update_clear(out);
+  return ok;
+}
+
+int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
+                            size_t err_len) {
+  dest_source src = {NULL, NULL, NULL};
+  return decode(msg, len, &src, out, err, err_len);
+}
+
+int mt_mesh_decode_patched(const uint8_t *rest, size_t rest_len, const uint8_t *delta,
+                           size_t delta_len, const mt_mesh *held, const mt_mesh_entries *held_entries,
+                           mt_mesh_update *out, char *err, size_t err_len) {
+  memset(out, 0, sizeof(*out));
+  Mtlsd__Mesh__V1__MeshSnapshot *d = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, delta_len, delta);
+  if (d == NULL || !d->delta) {
+    if (d != NULL) mtlsd__mesh__v1__mesh_snapshot__free_unpacked(d, NULL);
+    return snprintf(err, err_len, "malformed delta"), 0;
+  }
+  dest_source src = {d, held, held_entries};
+  int ok = decode(rest, rest_len, &src, out, err, err_len);
+  mtlsd__mesh__v1__mesh_snapshot__free_unpacked(d, NULL);
   return ok;
 }
