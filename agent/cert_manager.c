@@ -34,7 +34,6 @@ enum {
   ERR_MAX = 512,
   JITTER_PERCENT = 10,         /* renewal: +-10% of the certificate's life */
   BACKOFF_JITTER_PERCENT = 20, /* retries: +-20% of the delay */
-  WATCH_RETRY_MAX_MS = 30000,
 };
 
 static const double MIN_RENEWAL_DELAY_S = 0.1;
@@ -471,7 +470,7 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
            mt_grpc_status_name(status), message);
   double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   m->watch_backoff_ms *= 2;
-  if (m->watch_backoff_ms > WATCH_RETRY_MAX_MS) m->watch_backoff_ms = WATCH_RETRY_MAX_MS;
+  if (m->watch_backoff_ms > m->config->cp_retry_max_ms) m->watch_backoff_ms = m->config->cp_retry_max_ms;
   set_timer(m, &m->watch_timer, delay_s);
 }
 
