@@ -298,7 +298,8 @@ static void on_cluster_log(void *ctx, const char *line) {
   /* Events are many and routine; failures and syncs are what operators need. */
   if (strncmp(line, "event ", strlen("event ")) == 0) return;
   if (strncmp(line, "problem ", strlen("problem ")) == 0 ||
-      strncmp(line, "refused ", strlen("refused ")) == 0)
+      strncmp(line, "refused ", strlen("refused ")) == 0 ||
+      strncmp(line, "lost ", strlen("lost ")) == 0)
     mt_ca_log_warn(app->log, "kubernetes: %s", line);
   else
     mt_ca_log_info(app->log, "kubernetes: %s", line);

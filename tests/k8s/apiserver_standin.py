@@ -20,6 +20,9 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/drop     end every open watch stream at once (as an apiserver restart does)
   POST /admin/stall    {"on": true|false} open watches go silent (no events, no end)
   POST /admin/bookmark send a BOOKMARK now on every watch that asked for them
+  POST /admin/gone     {"as_http": true|false} how a too-old watch is refused from now
+                       on: HTTP 410 (true) or an ERROR event with code 410 in a 200
+                       stream (false; the start-up default unless --gone-as-http)
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
@@ -29,7 +32,9 @@ Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
 resourceVersion survive a restart (etcd does for the real server); history
 does not, so a watch from before the restart gets 410, as it may on a real
-cluster.
+cluster. Changes made while it is down (another API server writing to etcd)
+go through apply_offline(), which edits the state file as /admin/apply
+would.
 """
 
 import argparse
@@ -203,6 +208,13 @@ class Store:
                 items.append(item)
             items.sort(key=lambda o: key_of(o))
             return self.rv, items
+
+
+def apply_offline(state_file, op, resource, obj):
+    """A change made while no stand-in runs on |state_file| (as another
+    API server would make it in etcd): the objects and resourceVersion move
+    on exactly as /admin/apply would move them. Returns (code, body)."""
+    return Store(state_file).apply(op, resource, obj)
 
 
 class ClientGone(OSError):
@@ -637,6 +649,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/stall":
             app.store.stall(bool(body.get("on", True)))
             self._reply(200, {})
+        elif self.path == "/admin/gone":
+            app.gone_as_http = bool(body.get("as_http", False))
+            self._reply(200, {"as_http": app.gone_as_http})
         elif self.path == "/admin/bookmark":
             app.store.bookmark()
             self._reply(200, {})
