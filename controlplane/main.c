@@ -309,6 +309,7 @@ static void on_cluster_synced(void *ctx) {
   mt_ca_app *app = ctx;
   mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
                  mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
+  mt_ca_service_cluster_synced(app->ca);
   if (app->mesh != NULL) mt_mesh_service_cluster_synced(app->mesh);
 }
 
