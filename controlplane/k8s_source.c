@@ -114,11 +114,17 @@ static void on_watch_health(void *ctx, int answering) {
     r->failing = 1;
     if (s->num_failing++ == 0) {
       s->lost_at = ev_now(s->loop);
-      log_line(s,
-               "lost the API server (%s: %s); keeping the cluster state as last seen (%zu "
-               "workloads) until it answers",
-               kResources[r->index].name, r->last_problem,
-               mt_cluster_state_num_workloads(s->state));
+      if (s->all_synced)
+        log_line(s,
+                 "lost the API server (%s: %s); keeping the cluster state as last seen (%zu "
+                 "workloads) until it answers",
+                 kResources[r->index].name, r->last_problem,
+                 mt_cluster_state_num_workloads(s->state));
+      else
+        log_line(s,
+                 "lost the API server (%s: %s) before listing everything; nothing is decided "
+                 "from the cluster until it answers",
+                 kResources[r->index].name, r->last_problem);
     }
   } else if (answering && r->failing) {
     r->failing = 0;
