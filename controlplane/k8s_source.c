@@ -27,7 +27,7 @@ typedef struct {
   size_t index; /* into kResources */
   mt_k8s_watch *watch;
   int synced;
-  int failing;               /* the API failed it and has not answered since */
+  int failing;                /* the API failed it and has not answered since */
   char last_problem[ERR_MAX]; /* why it failed last */
 } resource;
 
@@ -39,8 +39,8 @@ struct mt_k8s_source {
   mt_k8s_source_callbacks cb;
   void *ctx;
   int all_synced;
-  size_t num_failing;  /* resources whose watch the API is failing */
-  ev_tstamp lost_at;   /* when the first of them failed */
+  size_t num_failing; /* resources whose watch the API is failing */
+  ev_tstamp lost_at;  /* when the first of them failed */
 };
 
 static void log_line(mt_k8s_source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -147,9 +147,9 @@ static void on_watch_bookmark(void *ctx, const char *resource_version) {
 mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_config *config,
                                  const mt_k8s_source_callbacks *callbacks, void *ctx, char *err,
                                  size_t err_len) {
-  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event,    on_watch_synced,
-                                                  on_watch_problem,  on_watch_bookmark,
-                                                  on_watch_health,   on_watch_relist};
+  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event,   on_watch_synced,
+                                                  on_watch_problem, on_watch_bookmark,
+                                                  on_watch_health,  on_watch_relist};
   mt_k8s_source *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     snprintf(err, err_len, "out of memory");

@@ -63,7 +63,7 @@ typedef struct {
 
 typedef struct {
   mt_grpc_status status; /* OK, PERMISSION_DENIED, INVALID_ARGUMENT or UNAVAILABLE */
-  const char *reason;                     /* static, stable: "ok" or a code above */
+  const char *reason;    /* static, stable: "ok" or a code above */
   char message[MT_NODE_AUTH_MESSAGE_MAX]; /* "" on OK; else for grpc-message and logs */
   const char *identity; /* on OK: the identity to certify (points into |request|) */
 } mt_node_auth_decision;

@@ -30,8 +30,9 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
-resourceVersion survive a restart (etcd does for the real server); history
-does not, so a watch from before the restart gets 410, as it may on a real
+resourceVersion survive a restart (etcd does for the real server), and so
+does the JWKS (the real server's keys come from its flags); history does
+not, so a watch from before the restart gets 410, as it may on a real
 cluster. Changes made while it is down (another API server writing to etcd)
 go through apply_offline(), which edits the state file as /admin/apply
 would.
@@ -661,6 +662,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/jwks":
             with app.lock:
                 app.jwks = {"keys": list(body.get("keys", []))}
+                if app.jwks_file:
+                    tmp = app.jwks_file + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(app.jwks, f)
+                    os.replace(tmp, app.jwks_file)
             self._reply(200, {})
         else:
             self._reply(404, {"error": "not found"})
@@ -732,7 +738,11 @@ class App:
     def __init__(self, store, tokens, gone_as_http, verbose):
         self.store = store
         self.tokens = set(tokens)
+        self.jwks_file = store.state_file + ".jwks" if store.state_file else None
         self.jwks = {"keys": []}
+        if self.jwks_file and os.path.exists(self.jwks_file):
+            with open(self.jwks_file) as f:
+                self.jwks = json.load(f)
         self.jwks_requests = 0
         self.gone_as_http = gone_as_http
         self.verbose = verbose
