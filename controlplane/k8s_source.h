@@ -7,8 +7,10 @@
  * The owner hears of every change (on_change), of the moment every
  * resource has been listed once (on_synced: before it, the state is
  * partial and must not be used to refuse anyone), and gets one line per
- * event, sync, refused object and retried failure (on_log), to log and
- * count at the edge. One loop, no threads. */
+ * event, sync, refused object, retried failure and 410 relist (on_log), to
+ * log and count at the edge, plus one line when the API stops answering
+ * ("lost the API server ...") and one when every watch has an answer again
+ * ("regained the API server after S s ..."). One loop, no threads. */
 #ifndef MT_CP_K8S_SOURCE_H
 #define MT_CP_K8S_SOURCE_H
 

@@ -54,6 +54,7 @@ struct mt_k8s_watch {
   ev_tstamp watch_started;
   int watch_got_data;
   unsigned attempt;
+  int failing; /* failed since the API last answered (on_health told) */
   mt_k8s_watch_stats stats;
 };
 
@@ -82,9 +83,21 @@ static double backoff_delay_s(mt_k8s_watch *w) {
   return (double)jittered / MS_PER_S;
 }
 
+/* The API answered (a LIST completed, a WATCH got 200): tells the owner
+ * once after failures. */
+static void api_answered(mt_k8s_watch *w) {
+  if (!w->failing) return;
+  w->failing = 0;
+  if (w->cb.on_health) w->cb.on_health(w->ctx, 1);
+}
+
 static void enter_backoff(mt_k8s_watch *w) {
   w->state = MT_K8S_WATCH_BACKOFF;
   w->stats.failures++;
+  if (!w->failing) {
+    w->failing = 1;
+    if (w->cb.on_health) w->cb.on_health(w->ctx, 0);
+  }
   ev_timer_stop(w->loop, &w->idle);
   ev_timer_set(&w->retry, backoff_delay_s(w), 0.);
   ev_timer_start(w->loop, &w->retry);
@@ -201,12 +214,13 @@ static void on_list_done(void *ctx, long status, const char *error) {
   json_decref(list);
   w->stats.lists++;
   w->attempt = 0;
+  api_answered(w);
   if (w->cb.on_synced) w->cb.on_synced(w->ctx);
   start_watch(w);
 }
 
 static void start_list(mt_k8s_watch *w) {
-  static const mt_k8s_request_callbacks cb = {on_list_data, on_list_done};
+  static const mt_k8s_request_callbacks cb = {on_list_data, on_list_done, NULL};
   char err[MT_K8S_ERROR_MAX];
   w->buf_len = 0;
   w->state = MT_K8S_WATCH_LISTING;
@@ -318,6 +332,14 @@ static void on_watch_done(void *ctx, long status, const char *error) {
   if (w->end == END_GONE || status == HTTP_GONE) {
     /* Our version is older than the server keeps: list again and diff. */
     w->stats.relists_gone++;
+    if (w->cb.on_relist) {
+      char why[PROBLEM_MAX + 32];
+      if (w->end == END_GONE)
+        snprintf(why, sizeof(why), "ERROR event 410: %s", w->end_reason);
+      else
+        snprintf(why, sizeof(why), "HTTP 410 Gone");
+      w->cb.on_relist(w->ctx, why);
+    }
     start_list(w);
     return;
   }
@@ -358,8 +380,13 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents) {
   start_watch(w);
 }
 
+static void on_watch_response(void *ctx, long status) {
+  mt_k8s_watch *w = ctx;
+  if (status == HTTP_OK) api_answered(w);
+}
+
 static void start_watch(mt_k8s_watch *w) {
-  static const mt_k8s_request_callbacks cb = {on_watch_data, on_watch_done};
+  static const mt_k8s_request_callbacks cb = {on_watch_data, on_watch_done, on_watch_response};
   char path[QUERY_MAX + MT_K8S_URL_MAX], err[MT_K8S_ERROR_MAX];
   snprintf(path, sizeof(path),
            "%s?watch=1&resourceVersion=%s&allowWatchBookmarks=true&timeoutSeconds=%lld", w->path,

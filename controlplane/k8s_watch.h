@@ -59,6 +59,14 @@ typedef struct {
   void (*on_problem)(void *ctx, const char *what);
   /* A BOOKMARK moved the version on (optional; for the log). */
   void (*on_bookmark)(void *ctx, const char *resource_version);
+  /* Optional, for the log: the API failed this watch for the first time
+   * since it last answered (|answering| 0, right after the on_problem that
+   * says why), or answered again after such failures (|answering| 1: a
+   * LIST completed, or a WATCH got its 200 response headers). */
+  void (*on_health)(void *ctx, int answering);
+  /* Optional, for the log: the version is too old for the server (410),
+   * so the resource is listed again and diffed; |why| is the server's. */
+  void (*on_relist)(void *ctx, const char *why);
 } mt_k8s_watch_callbacks;
 
 /* Zero fields take the defaults below. Borrowed for _new. */

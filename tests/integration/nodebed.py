@@ -30,6 +30,7 @@ redirection comes from `mtlsd init-iptables --apply` (interception.
 node_pod_cidrs) run in the node's namespace. Every process is stopped by
 PID, every namespace deleted by name, every wait bounded.
 """
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -199,11 +200,16 @@ class NodeBed(NetnsBed):
             },
         })
 
+    def expected_ids(self, node):
+        """The identities |node|'s agent must have certificates for once up:
+        its pods that the CA registers there."""
+        return {p.spiffe_id for p in pods_on(node) if p.registered}
+
     def wait_agent_ready(self, node):
         """Every pod of |node| that the CA registers there has its
         certificate, and the listeners are up. (Not /ready: node-1 lists the
         impostor, which never gets one.)"""
-        expected = {p.spiffe_id for p in pods_on(node) if p.registered}
+        expected = self.expected_ids(node)
 
         def ready():
             self.check_agent_alive(node)
@@ -266,3 +272,17 @@ class NodeBed(NetnsBed):
         for node in NODES:
             self.wait_agent_ready(node)
         return self
+
+
+class WatchingNodeBed(NodeBed):
+    """NodeBed whose agents list no workload themselves (no node.workloads)
+    and watch mtls-ca: each learns its node's pods, their policies and the
+    destinations from its Watch snapshot. Subclasses say where mtls-ca
+    learns which pod runs where (start_control_plane)."""
+
+    def write_agent_config(self, node, without=()):
+        super().write_agent_config(node, without)
+        cfg = json.loads(self.config_path(node).read_text())  # write_json wrote it
+        del cfg["node"]["workloads"]
+        cfg["control_plane"]["watch"] = True
+        self.write_config(node, cfg)

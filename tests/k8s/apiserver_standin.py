@@ -20,6 +20,9 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/drop     end every open watch stream at once (as an apiserver restart does)
   POST /admin/stall    {"on": true|false} open watches go silent (no events, no end)
   POST /admin/bookmark send a BOOKMARK now on every watch that asked for them
+  POST /admin/gone     {"as_http": true|false} how a too-old watch is refused from now
+                       on: HTTP 410 (true) or an ERROR event with code 410 in a 200
+                       stream (false; the start-up default unless --gone-as-http)
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
@@ -27,9 +30,12 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
-resourceVersion survive a restart (etcd does for the real server); history
-does not, so a watch from before the restart gets 410, as it may on a real
-cluster.
+resourceVersion survive a restart (etcd does for the real server), and so
+does the JWKS (the real server's keys come from its flags); history does
+not, so a watch from before the restart gets 410, as it may on a real
+cluster. Changes made while it is down (another API server writing to etcd)
+go through apply_offline(), which edits the state file as /admin/apply
+would.
 """
 
 import argparse
@@ -203,6 +209,13 @@ class Store:
                 items.append(item)
             items.sort(key=lambda o: key_of(o))
             return self.rv, items
+
+
+def apply_offline(state_file, op, resource, obj):
+    """A change made while no stand-in runs on |state_file| (as another
+    API server would make it in etcd): the objects and resourceVersion move
+    on exactly as /admin/apply would move them. Returns (code, body)."""
+    return Store(state_file).apply(op, resource, obj)
 
 
 class ClientGone(OSError):
@@ -637,6 +650,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/stall":
             app.store.stall(bool(body.get("on", True)))
             self._reply(200, {})
+        elif self.path == "/admin/gone":
+            app.gone_as_http = bool(body.get("as_http", False))
+            self._reply(200, {"as_http": app.gone_as_http})
         elif self.path == "/admin/bookmark":
             app.store.bookmark()
             self._reply(200, {})
@@ -646,6 +662,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/jwks":
             with app.lock:
                 app.jwks = {"keys": list(body.get("keys", []))}
+                if app.jwks_file:
+                    tmp = app.jwks_file + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(app.jwks, f)
+                    os.replace(tmp, app.jwks_file)
             self._reply(200, {})
         else:
             self._reply(404, {"error": "not found"})
@@ -717,7 +738,11 @@ class App:
     def __init__(self, store, tokens, gone_as_http, verbose):
         self.store = store
         self.tokens = set(tokens)
+        self.jwks_file = store.state_file + ".jwks" if store.state_file else None
         self.jwks = {"keys": []}
+        if self.jwks_file and os.path.exists(self.jwks_file):
+            with open(self.jwks_file) as f:
+                self.jwks = json.load(f)
         self.jwks_requests = 0
         self.gone_as_http = gone_as_http
         self.verbose = verbose

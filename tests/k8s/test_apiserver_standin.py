@@ -152,6 +152,49 @@ def test_objects_and_the_resource_version_survive_a_restart(api):
     assert [i["metadata"]["name"] for i in body["items"]] == ["demo"]
 
 
+def test_the_jwks_survives_a_restart(api):
+    keys = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+                      "x": "AA", "y": "AA"}]}
+    api.admin("/admin/jwks", keys)
+    api.restart()
+    conn, resp = api.get("/openid/v1/jwks")
+    assert json.loads(resp.read()) == keys
+    conn.close()
+
+
+def test_changes_made_while_it_is_down_are_served_after_the_restart_and_410_older_watches(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    rv = api.stats()["resourceVersion"]
+    api.stop()
+    api.apply_offline("add", "namespaces", fx.namespace("later"))
+    api.start()
+    assert api.stats()["resourceVersion"] == rv + 1
+    conn, resp = api.get("/api/v1/namespaces")
+    assert [i["metadata"]["name"] for i in json.loads(resp.read())["items"]] == ["demo", "later"]
+    conn.close()
+    # Its history starts after the change: a watch from before it is too old.
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=%d" % rv)
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
+def test_410_can_be_switched_between_an_error_event_and_http_410(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.admin("/admin/compact")
+    assert api.admin("/admin/gone", {"as_http": True}) == (200, {"as_http": True})
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1")
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 410 and body["code"] == 410 and body["reason"] == "Expired"
+    assert api.admin("/admin/gone", {"as_http": False}) == (200, {"as_http": False})
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1")
+    assert resp.status == 200
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
 def test_tokens_can_be_rotated(api):
     api.admin("/admin/tokens", {"tokens": ["rotated"]})
     conn, resp = api.get("/api/v1/pods")

@@ -217,6 +217,8 @@ def test_after_410_a_relist_reports_exactly_what_changed_while_away(tmp_path, go
         mark = d.mark()
         api.admin("/admin/tokens", {"tokens": [api.token]})
         d.wait_state(expected([WEB_B], ["spiffe://example.org/ns/demo/sa/web"]))
+        d.wait_line("^relisting pods: " + ("HTTP 410 Gone$" if gone_as_http
+                                           else "ERROR event 410: too old resource version"), mark)
         d.wait_line("^synced pods ", mark)
         d.wait_line("^synced endpointslices ", mark)
         stats = d.stop()  # every printed line is read (see the first test)
@@ -242,13 +244,23 @@ def test_a_restart_of_the_api_server_is_survived(bed):
     mark = d.mark()
     api.stop()
     d.wait_line(r"^problem pods: WATCH", mark)
+    # Said once, whichever watch noticed first; the state is kept meanwhile.
+    d.wait_line(r"^lost the API server \(\w+: .*\); keeping the cluster state as last seen "
+                r"\(2 workloads\) until it answers$", mark)
     api.start()  # same ports, same objects and resourceVersion
+    # Every watch resumes from its version (nothing changed: no relist) and
+    # its 200 says the API answers again, before any event.
+    d.wait_line(r"^regained the API server after \d+\.\d s: every watch answers again$", mark)
     api.apply("add", "pods", WEB_B)
     d.wait_state(expected([WEB_A, WEB_B, DB], ["spiffe://example.org/ns/demo/sa/web"]))
     rv = api.stats()["resourceVersion"]
     d.stop()  # every printed line is read (see the first test)
     assert [l for l in d.events_since(mark) if "pods" in l] == [
         "event pods ADDED demo/web-7d9f8b6c5d-bbbbb rv=%s" % rv]
+    lines = d.lines[mark:]
+    assert sum(l.startswith("lost the API server") for l in lines) == 1, lines
+    assert sum(l.startswith("regained the API server") for l in lines) == 1, lines
+    assert not any(l.startswith("relisting ") for l in lines), lines
 
 
 def test_a_rotated_token_is_read_again_from_its_file(bed):
