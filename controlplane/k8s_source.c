@@ -175,7 +175,8 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
                               .watch_timeout_s = config->watch_timeout_s,
                               .idle_grace_ms = config->idle_grace_ms,
                               .backoff_initial_ms = config->backoff_initial_ms,
-                              .backoff_max_ms = config->backoff_max_ms};
+                              .backoff_max_ms = config->backoff_max_ms,
+                              .list_page_size = config->list_page_size};
     r->source = s;
     r->index = i;
     r->watch = mt_k8s_watch_new(loop, s->client, &wc, &watch_cb, r);

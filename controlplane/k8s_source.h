@@ -33,6 +33,7 @@ typedef struct {
   int64_t idle_grace_ms;      /* 0: default */
   int64_t backoff_initial_ms; /* 0: default */
   int64_t backoff_max_ms;     /* 0: default */
+  size_t list_page_size;      /* 0: default */
 } mt_k8s_source_config;
 
 typedef struct {

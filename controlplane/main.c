@@ -372,6 +372,7 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   kc.client.ca_file = c->k8s_ca_file;
   kc.trust_domain = c->trust_domain;
   kc.watch_timeout_s = c->k8s_watch_timeout_s;
+  kc.list_page_size = (size_t)c->k8s_list_page_size;
   char why[WHY_MAX];
   app->cluster = mt_k8s_source_new(app->loop, &kc, &cb, app, why, sizeof(why));
   if (app->cluster == NULL) {

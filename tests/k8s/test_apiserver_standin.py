@@ -4,6 +4,7 @@ TLS, which offers no ALPN and so gets HTTP/1.1)."""
 
 import json
 import subprocess
+from urllib.parse import quote
 
 import pytest
 
@@ -257,3 +258,47 @@ def test_a_drop_cuts_an_http2_watch_mid_stream(api):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def get_json(api, path):
+    conn, resp = api.get(path)
+    try:
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_paged_list_serves_every_page_from_the_first_pages_snapshot(api):
+    pods = [fx.pod("demo", "web-7d9f8b6c5d-%05d" % i, "web", "node-1", ["10.244.1.%d" % (i + 1)])
+            for i in range(5)]
+    for p in pods:
+        api.apply("add", "pods", p)
+    code, first = get_json(api, "/api/v1/pods?limit=2")
+    assert code == 200 and len(first["items"]) == 2
+    assert first["metadata"]["remainingItemCount"] == 3
+    token = first["metadata"]["continue"]
+    # A pod that comes after the first page is not in this list: the pages
+    # are one consistent snapshot (the watch from its version will show it).
+    api.apply("add", "pods", fx.pod("demo", "web-7d9f8b6c5d-late0", "web", "node-1", ["10.244.1.99"]))
+    names = [i["metadata"]["name"] for i in first["items"]]
+    while token:
+        code, page = get_json(api, "/api/v1/pods?limit=2&continue=" + quote(token, safe=""))
+        assert code == 200, page
+        assert page["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+    assert names == sorted(p["metadata"]["name"] for p in pods)
+
+
+def test_an_expired_continue_token_gets_410_expired(api):
+    for i in range(3):
+        api.apply("add", "pods", fx.pod("demo", "web-%d" % i, "web", "node-1", ["10.244.1.%d" % (i + 1)]))
+    _, first = get_json(api, "/api/v1/pods?limit=1")
+    token = quote(first["metadata"]["continue"], safe="")
+    api.apply("add", "pods", fx.pod("demo", "web-9", "web", "node-1", ["10.244.1.9"]))
+    api.admin("/admin/compact")
+    code, body = get_json(api, "/api/v1/pods?limit=1&continue=" + token)
+    assert code == 410 and body["reason"] == "Expired", body
+    assert body["message"].startswith("The provided continue parameter is too old")
+    code, body = get_json(api, "/api/v1/pods?limit=1&continue=bm90LWEtdG9rZW4=")
+    assert code == 410, body
