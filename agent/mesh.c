@@ -16,14 +16,23 @@ typedef struct {
   mt_sockaddr address;
   char **ids;
   size_t num_ids;
+  mt_service_endpoint *endpoints; /* a Service address's, in the order sent */
+  size_t num_endpoints;
 } mesh_destination;
+
+/* The destinations and version, shared by the views of one snapshot (the
+ * general one and each workload's). */
+typedef struct {
+  atomic_int refs;
+  char *version;
+  mesh_destination *destinations; /* sorted by key */
+  size_t num_destinations;
+} dest_table;
 
 struct mt_mesh {
   atomic_int refs;
-  char *version;
   mt_policy *policy;
-  mesh_destination *destinations; /* sorted by key */
-  size_t num_destinations;
+  dest_table *table;
 };
 
 static void make_key(const struct sockaddr *sa, uint16_t port, uint8_t key[KEY_LEN]) {
@@ -43,14 +52,23 @@ static int compare_destinations(const void *a, const void *b) {
   return memcmp(((const mesh_destination *)a)->key, ((const mesh_destination *)b)->key, KEY_LEN);
 }
 
-static void mesh_destroy(mt_mesh *m) {
-  for (size_t i = 0; i < m->num_destinations; i++) {
-    for (size_t j = 0; j < m->destinations[i].num_ids; j++) free(m->destinations[i].ids[j]);
-    free(m->destinations[i].ids);
+static void table_unref(dest_table *t) {
+  if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  for (size_t i = 0; i < t->num_destinations; i++) {
+    mesh_destination *d = &t->destinations[i];
+    for (size_t j = 0; j < d->num_ids; j++) free(d->ids[j]);
+    free(d->ids);
+    for (size_t j = 0; j < d->num_endpoints; j++) free(d->endpoints[j].spiffe_id);
+    free(d->endpoints);
   }
-  free(m->destinations);
+  free(t->destinations);
+  free(t->version);
+  free(t);
+}
+
+static void mesh_destroy(mt_mesh *m) {
+  table_unref(m->table);
   mt_policy_free(m->policy);
-  free(m->version);
   free(m);
 }
 
@@ -59,36 +77,62 @@ static int copy_destination(mesh_destination *to, const mt_destination_config *f
   make_key((const struct sockaddr *)&from->address.addr,
            mt_sockaddr_port((const struct sockaddr *)&from->address.addr), to->key);
   to->ids = calloc(from->num_spiffe_ids + 1, sizeof(*to->ids));
-  if (to->ids == NULL) return 0;
+  to->endpoints = calloc(from->num_endpoints + 1, sizeof(*to->endpoints));
+  if (to->ids == NULL || to->endpoints == NULL) return 0;
   for (size_t j = 0; j < from->num_spiffe_ids; j++) {
     if ((to->ids[j] = strdup(from->spiffe_ids[j])) == NULL) return 0;
     to->num_ids = j + 1;
   }
+  for (size_t j = 0; j < from->num_endpoints; j++) {
+    to->endpoints[j].address = from->endpoints[j].address;
+    if ((to->endpoints[j].spiffe_id = strdup(from->endpoints[j].spiffe_id)) == NULL) return 0;
+    to->num_endpoints = j + 1;
+  }
   return 1;
 }
 
-mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
-                     const mt_destination_config *destinations, size_t num_destinations) {
-  mt_mesh *m = calloc(1, sizeof(*m));
+static dest_table *table_new(const char *version, const mt_destination_config *destinations,
+                             size_t num_destinations) {
+  dest_table *t = calloc(1, sizeof(*t));
+  if (t == NULL) return NULL;
+  atomic_init(&t->refs, 1);
+  t->version = strdup(version);
+  t->destinations = calloc(num_destinations + 1, sizeof(*t->destinations));
+  int ok = t->version != NULL && t->destinations != NULL;
+  for (size_t i = 0; ok && i < num_destinations; i++) {
+    t->num_destinations = i + 1;
+    ok = copy_destination(&t->destinations[i], &destinations[i]);
+  }
+  if (!ok) {
+    table_unref(t);
+    return NULL;
+  }
+  qsort(t->destinations, t->num_destinations, sizeof(*t->destinations), compare_destinations);
+  return t;
+}
+
+/* Takes |policy| and |table| (both released on failure). */
+static mt_mesh *mesh_of(mt_policy *policy, dest_table *table) {
+  mt_mesh *m = table != NULL ? calloc(1, sizeof(*m)) : NULL;
   if (m == NULL) {
     mt_policy_free(policy);
+    table_unref(table);
     return NULL;
   }
   atomic_init(&m->refs, 1);
   m->policy = policy;
-  m->version = strdup(version);
-  m->destinations = calloc(num_destinations + 1, sizeof(*m->destinations));
-  int ok = m->version != NULL && m->destinations != NULL;
-  for (size_t i = 0; ok && i < num_destinations; i++) {
-    m->num_destinations = i + 1;
-    ok = copy_destination(&m->destinations[i], &destinations[i]);
-  }
-  if (!ok) {
-    mesh_destroy(m);
-    return NULL;
-  }
-  qsort(m->destinations, m->num_destinations, sizeof(*m->destinations), compare_destinations);
+  m->table = table;
   return m;
+}
+
+mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
+                     const mt_destination_config *destinations, size_t num_destinations) {
+  return mesh_of(policy, table_new(version, destinations, num_destinations));
+}
+
+mt_mesh *mt_mesh_new_like(const mt_mesh *base, mt_policy *policy) {
+  atomic_fetch_add_explicit(&base->table->refs, 1, memory_order_relaxed);
+  return mesh_of(policy, base->table);
 }
 
 mt_mesh *mt_mesh_ref(mt_mesh *m) {
@@ -102,13 +146,13 @@ void mt_mesh_unref(mt_mesh *m) {
 }
 
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }
-const char *mt_mesh_version(const mt_mesh *m) { return m->version; }
-size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->num_destinations; }
+const char *mt_mesh_version(const mt_mesh *m) { return m->table->version; }
+size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_destinations; }
 
 static const mesh_destination *find(const mt_mesh *m, const struct sockaddr *dest, uint16_t port) {
   mesh_destination probe;
   make_key(dest, port, probe.key);
-  return bsearch(&probe, m->destinations, m->num_destinations, sizeof(probe),
+  return bsearch(&probe, m->table->destinations, m->table->num_destinations, sizeof(probe),
                  compare_destinations);
 }
 
@@ -122,6 +166,24 @@ int mt_mesh_expected_ids(const mt_mesh *m, const struct sockaddr *dest, mt_expec
   return 1;
 }
 
+size_t mt_mesh_service_endpoints(const mt_mesh *m, const struct sockaddr *dest,
+                                 const mt_service_endpoint **out) {
+  if (dest->sa_family != AF_INET && dest->sa_family != AF_INET6) return 0;
+  uint16_t port = mt_sockaddr_port(dest);
+  const mesh_destination *d = port != 0 ? find(m, dest, port) : NULL;
+  if (d == NULL) return 0;
+  *out = d->endpoints;
+  return d->num_endpoints;
+}
+
+const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *m, const struct sockaddr *dest,
+                                                   uint64_t random) {
+  const mt_service_endpoint *endpoints;
+  size_t n = mt_mesh_service_endpoints(m, dest, &endpoints);
+  /* The modulo's bias is below 2^-40 for any realistic n. */
+  return n > 0 ? &endpoints[random % n] : NULL;
+}
+
 int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id) {
   for (size_t i = 0; i < ids->count; i++)
     if (strcmp(ids->ids[i], spiffe_id) == 0) return 1;
@@ -129,10 +191,10 @@ int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id) {
 }
 
 int mt_mesh_duplicate_destination(const mt_mesh *m, char *addr, size_t addr_len) {
-  for (size_t i = 1; i < m->num_destinations; i++) {
-    if (memcmp(m->destinations[i - 1].key, m->destinations[i].key, sizeof(m->destinations[i].key)))
-      continue;
-    mt_sockaddr_format((const struct sockaddr *)&m->destinations[i].address.addr, addr, addr_len);
+  const mesh_destination *d = m->table->destinations;
+  for (size_t i = 1; i < m->table->num_destinations; i++) {
+    if (memcmp(d[i - 1].key, d[i].key, sizeof(d[i].key))) continue;
+    mt_sockaddr_format((const struct sockaddr *)&d[i].address.addr, addr, addr_len);
     return 1;
   }
   return 0;

@@ -10,6 +10,7 @@
 #define MT_MESH_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "agent/config.h"
@@ -25,6 +26,11 @@ typedef struct mt_mesh mt_mesh;
  * |version| and |destinations|. Returns NULL when out of memory. */
 mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
                      const mt_destination_config *destinations, size_t num_destinations);
+
+/* A view with |base|'s version and destinations (shared, not copied: a
+ * node agent's per-pod views cost one policy each) and its own |policy|
+ * (taken as by mt_mesh_new). Returns NULL when out of memory. */
+mt_mesh *mt_mesh_new_like(const mt_mesh *base, mt_policy *policy);
 
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
@@ -43,6 +49,18 @@ typedef struct {
  * its IP alone (a pod: every port). Returns 1 with |out| filled, or 0 when
  * none is configured. O(log n). */
 int mt_mesh_expected_ids(const mt_mesh *mesh, const struct sockaddr *dest, mt_expected_ids *out);
+
+/* The ready endpoints of Service address |dest| (its exact "ip:port"
+ * entry; never an IP-alone entry), as the control plane sent them, sorted.
+ * Returns how many (0: none), with |*out| borrowed from the mesh. */
+size_t mt_mesh_service_endpoints(const mt_mesh *mesh, const struct sockaddr *dest,
+                                 const mt_service_endpoint **out);
+
+/* One of |dest|'s endpoints chosen by |random| (uniform when |random| is:
+ * the caller brings the randomness, see mt_worker_random), or NULL when
+ * |dest| has none. Borrowed from the mesh. */
+const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *mesh, const struct sockaddr *dest,
+                                                   uint64_t random);
 
 /* 1 when two destinations have the same address (the same "ip:port", or
  * the same IP alone), with that address as text in |addr|; else 0. */
