@@ -27,6 +27,7 @@ typedef struct {
   char *version;
   mesh_destination *destinations; /* sorted by key */
   size_t num_destinations;
+  size_t num_endpoints; /* over every destination */
 } dest_table;
 
 struct mt_mesh {
@@ -102,6 +103,7 @@ static dest_table *table_new(const char *version, const mt_destination_config *d
   for (size_t i = 0; ok && i < num_destinations; i++) {
     t->num_destinations = i + 1;
     ok = copy_destination(&t->destinations[i], &destinations[i]);
+    t->num_endpoints += destinations[i].num_endpoints;
   }
   if (!ok) {
     table_unref(t);
@@ -148,6 +150,7 @@ void mt_mesh_unref(mt_mesh *m) {
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }
 const char *mt_mesh_version(const mt_mesh *m) { return m->table->version; }
 size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_destinations; }
+size_t mt_mesh_num_service_endpoints(const mt_mesh *m) { return m->table->num_endpoints; }
 
 static const mesh_destination *find(const mt_mesh *m, const struct sockaddr *dest, uint16_t port) {
   mesh_destination probe;

@@ -38,6 +38,7 @@ void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 const mt_policy *mt_mesh_policy(const mt_mesh *mesh);
 const char *mt_mesh_version(const mt_mesh *mesh);
 size_t mt_mesh_num_destinations(const mt_mesh *mesh);
+size_t mt_mesh_num_service_endpoints(const mt_mesh *mesh); /* over every destination */
 
 /* The server identities allowed at a destination (any one of them). */
 typedef struct {
