@@ -166,6 +166,7 @@ static int deliver_on_node(mt_conn *conn) {
    * names the deciding rule at close. */
   conn->local_peer = mt_identity_ref(dest);
   const char *caller = mt_identity_spiffe_id(conn->identity);
+  snprintf(conn->peer.spiffe_id, sizeof(conn->peer.spiffe_id), "%s", mt_identity_spiffe_id(dest));
   if (conn->endpoint_id != NULL && strcmp(conn->endpoint_id, mt_identity_spiffe_id(dest)) != 0) {
     char detail[MT_TLS_DETAIL_MAX];
     snprintf(detail, sizeof(detail), "expected %.*s; this node's pod there is %.*s", 60,
@@ -177,7 +178,6 @@ static int deliver_on_node(mt_conn *conn) {
   }
   uint16_t port = mt_sockaddr_port(target); /* a chosen endpoint's: the pod's own port */
   mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
-  snprintf(conn->peer.spiffe_id, sizeof(conn->peer.spiffe_id), "%s", mt_identity_spiffe_id(dest));
   conn->rule = d.rule;
   count_decision(conn, d.action);
   if (d.action != MT_ACTION_ALLOW) {
