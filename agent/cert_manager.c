@@ -426,10 +426,11 @@ static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   m->resynced = 0;
   const char *how = from_delta ? " (from a delta)" : "";
   if (m->watched.has_node_workloads)
-    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations, %zu workloads on "
-             "this node%s",
+    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations (%zu Service "
+             "endpoints), %zu workloads on this node%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-             mt_mesh_num_destinations(m->watched.mesh), m->watched.num_node_workloads, how);
+             mt_mesh_num_destinations(m->watched.mesh),
+             mt_mesh_num_service_endpoints(m->watched.mesh), m->watched.num_node_workloads, how);
   else
     MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
@@ -563,8 +564,7 @@ static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   return 1;
 }
 
-static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id,
-                      int impersonate) {
+static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id, int impersonate) {
   slot->m = m;
   snprintf(slot->spiffe_id, sizeof(slot->spiffe_id), "%s", spiffe_id);
   slot->impersonate = impersonate;

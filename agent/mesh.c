@@ -16,16 +16,21 @@ typedef struct {
   uint8_t key[KEY_LEN];
   size_t first_id; /* its IDs: table->ids[first_id .. first_id + num_ids) */
   size_t num_ids;
+  size_t first_endpoint; /* a Service address's endpoints, in the order sent */
+  size_t num_endpoints;
 } mesh_destination;
 
 /* The destinations, shared by every mesh of one snapshot (the general one
  * and each workload's): a node agent holds one copy, not one per pod.
- * Three allocations whatever its size: entries, ID pointers, ID bytes. */
+ * Four allocations whatever its size: entries, ID pointers, endpoints, and
+ * the bytes of every ID (the endpoints' IDs point there too). */
 typedef struct {
   atomic_int refs;
   mesh_destination *entries; /* sorted by key */
   size_t num_entries;
   const char **ids; /* into |id_bytes| */
+  mt_service_endpoint *endpoints;
+  size_t num_endpoints;
   char *id_bytes;
 } dest_table;
 
@@ -76,43 +81,91 @@ static void table_unref(dest_table *t) {
   if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
   free(t->entries);
   free(t->ids);
+  free(t->endpoints);
   free(t->id_bytes);
   free(t);
 }
 
-static dest_table *table_new(const mt_destination_config *from, size_t n) {
-  size_t num_ids = 0, bytes = 0;
-  for (size_t i = 0; i < n; i++) {
-    num_ids += from[i].num_spiffe_ids;
-    for (size_t j = 0; j < from[i].num_spiffe_ids; j++) bytes += strlen(from[i].spiffe_ids[j]) + 1;
-  }
+/* A table with room for |n| entries, |num_ids| IDs, |num_endpoints|
+ * endpoints and |bytes| bytes of ID text; filled by table_put. */
+typedef struct {
+  dest_table *t;
+  size_t next_id, next_endpoint, used;
+} table_builder;
+
+static dest_table *table_alloc(size_t n, size_t num_ids, size_t num_endpoints, size_t bytes) {
   dest_table *t = calloc(1, sizeof(*t));
   if (t == NULL) return NULL;
   atomic_init(&t->refs, 1);
   t->entries = calloc(n + 1, sizeof(*t->entries));
   t->ids = calloc(num_ids + 1, sizeof(*t->ids));
+  t->endpoints = calloc(num_endpoints + 1, sizeof(*t->endpoints));
   t->id_bytes = malloc(bytes + 1);
-  if (t->entries == NULL || t->ids == NULL || t->id_bytes == NULL) {
+  if (t->entries == NULL || t->ids == NULL || t->endpoints == NULL || t->id_bytes == NULL) {
     table_unref(t);
     return NULL;
   }
-  size_t next_id = 0, used = 0;
-  for (size_t i = 0; i < n; i++) {
-    mesh_destination *d = &t->entries[i];
-    make_key((const struct sockaddr *)&from[i].address.addr,
-             mt_sockaddr_port((const struct sockaddr *)&from[i].address.addr), d->key);
-    d->first_id = next_id;
-    d->num_ids = from[i].num_spiffe_ids;
-    for (size_t j = 0; j < d->num_ids; j++) {
-      size_t len = strlen(from[i].spiffe_ids[j]) + 1;
-      memcpy(t->id_bytes + used, from[i].spiffe_ids[j], len);
-      t->ids[next_id++] = t->id_bytes + used;
-      used += len;
-    }
-  }
-  t->num_entries = n;
-  if (n > 1) qsort(t->entries, n, sizeof(*t->entries), compare_destinations);
   return t;
+}
+
+static const char *put_text(table_builder *b, const char *text) {
+  size_t len = strlen(text) + 1;
+  char *at = b->t->id_bytes + b->used;
+  memcpy(at, text, len);
+  b->used += len;
+  return at;
+}
+
+/* Appends one entry: |key|, its IDs and its endpoints (copied). */
+static void table_put(table_builder *b, const uint8_t key[KEY_LEN], const char *const *ids,
+                      size_t num_ids, const mt_service_endpoint *endpoints, size_t num_endpoints) {
+  dest_table *t = b->t;
+  mesh_destination *d = &t->entries[t->num_entries++];
+  memcpy(d->key, key, KEY_LEN);
+  d->first_id = b->next_id;
+  d->num_ids = num_ids;
+  for (size_t j = 0; j < num_ids; j++) t->ids[b->next_id++] = put_text(b, ids[j]);
+  d->first_endpoint = b->next_endpoint;
+  d->num_endpoints = num_endpoints;
+  for (size_t j = 0; j < num_endpoints; j++) {
+    mt_service_endpoint *e = &t->endpoints[b->next_endpoint++];
+    e->address = endpoints[j].address;
+    e->spiffe_id = (char *)put_text(b, endpoints[j].spiffe_id);
+  }
+  t->num_endpoints = b->next_endpoint;
+}
+
+static size_t text_bytes(const char *const *texts, size_t n) {
+  size_t bytes = 0;
+  for (size_t j = 0; j < n; j++) bytes += strlen(texts[j]) + 1;
+  return bytes;
+}
+
+static size_t endpoint_bytes(const mt_service_endpoint *e, size_t n) {
+  size_t bytes = 0;
+  for (size_t j = 0; j < n; j++) bytes += strlen(e[j].spiffe_id) + 1;
+  return bytes;
+}
+
+static dest_table *table_new(const mt_destination_config *from, size_t n) {
+  size_t num_ids = 0, num_endpoints = 0, bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    num_ids += from[i].num_spiffe_ids;
+    num_endpoints += from[i].num_endpoints;
+    bytes += text_bytes((const char *const *)from[i].spiffe_ids, from[i].num_spiffe_ids) +
+             endpoint_bytes(from[i].endpoints, from[i].num_endpoints);
+  }
+  table_builder b = {table_alloc(n, num_ids, num_endpoints, bytes), 0, 0, 0};
+  if (b.t == NULL) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t key[KEY_LEN];
+    make_key((const struct sockaddr *)&from[i].address.addr,
+             mt_sockaddr_port((const struct sockaddr *)&from[i].address.addr), key);
+    table_put(&b, key, (const char *const *)from[i].spiffe_ids, from[i].num_spiffe_ids,
+              from[i].endpoints, from[i].num_endpoints);
+  }
+  if (n > 1) qsort(b.t->entries, n, sizeof(*b.t->entries), compare_destinations);
+  return b.t;
 }
 
 static mt_mesh *mesh_with_table(const char *version, mt_policy *policy, dest_table *table) {
@@ -229,41 +282,26 @@ static int merge(const dest_table *base, const dest_table *changes, const bare_k
   return 1;
 }
 
-/* A table of |entries| (copies of the IDs included). */
+/* A table of |entries| (in order; IDs and endpoints copied). */
 static dest_table *table_of(const merged_entry *entries, size_t n) {
-  size_t num_ids = 0, bytes = 0;
+  size_t num_ids = 0, num_endpoints = 0, bytes = 0;
   for (size_t i = 0; i < n; i++) {
+    const dest_table *from = entries[i].from;
     const mesh_destination *d = entries[i].entry;
     num_ids += d->num_ids;
-    for (size_t j = 0; j < d->num_ids; j++) bytes += strlen(entries[i].from->ids[d->first_id + j]) + 1;
+    num_endpoints += d->num_endpoints;
+    bytes += text_bytes(from->ids + d->first_id, d->num_ids) +
+             endpoint_bytes(from->endpoints + d->first_endpoint, d->num_endpoints);
   }
-  dest_table *t = calloc(1, sizeof(*t));
-  if (t == NULL) return NULL;
-  atomic_init(&t->refs, 1);
-  t->entries = calloc(n + 1, sizeof(*t->entries));
-  t->ids = calloc(num_ids + 1, sizeof(*t->ids));
-  t->id_bytes = malloc(bytes + 1);
-  if (t->entries == NULL || t->ids == NULL || t->id_bytes == NULL) {
-    table_unref(t);
-    return NULL;
-  }
-  size_t next_id = 0, used = 0;
+  table_builder b = {table_alloc(n, num_ids, num_endpoints, bytes), 0, 0, 0};
+  if (b.t == NULL) return NULL;
   for (size_t i = 0; i < n; i++) {
+    const dest_table *from = entries[i].from;
     const mesh_destination *d = entries[i].entry;
-    mesh_destination *to = &t->entries[i];
-    memcpy(to->key, d->key, KEY_LEN);
-    to->first_id = next_id;
-    to->num_ids = d->num_ids;
-    for (size_t j = 0; j < d->num_ids; j++) {
-      const char *id = entries[i].from->ids[d->first_id + j];
-      size_t len = strlen(id) + 1;
-      memcpy(t->id_bytes + used, id, len);
-      t->ids[next_id++] = t->id_bytes + used;
-      used += len;
-    }
+    table_put(&b, d->key, from->ids + d->first_id, d->num_ids,
+              from->endpoints + d->first_endpoint, d->num_endpoints);
   }
-  t->num_entries = n;
-  return t;
+  return b.t;
 }
 
 mt_mesh *mt_mesh_patched(const mt_mesh *base, const char *version, mt_policy *policy,
@@ -312,6 +350,7 @@ void mt_mesh_unref(mt_mesh *m) {
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }
 const char *mt_mesh_version(const mt_mesh *m) { return m->version; }
 size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_entries; }
+size_t mt_mesh_num_service_endpoints(const mt_mesh *m) { return m->table->num_endpoints; }
 
 static const mesh_destination *find(const mt_mesh *m, const struct sockaddr *dest, uint16_t port) {
   mesh_destination probe;
@@ -328,6 +367,24 @@ int mt_mesh_expected_ids(const mt_mesh *m, const struct sockaddr *dest, mt_expec
   out->ids = m->table->ids + d->first_id;
   out->count = d->num_ids;
   return 1;
+}
+
+size_t mt_mesh_service_endpoints(const mt_mesh *m, const struct sockaddr *dest,
+                                 const mt_service_endpoint **out) {
+  if (dest->sa_family != AF_INET && dest->sa_family != AF_INET6) return 0;
+  uint16_t port = mt_sockaddr_port(dest);
+  const mesh_destination *d = port != 0 ? find(m, dest, port) : NULL;
+  if (d == NULL) return 0;
+  *out = m->table->endpoints + d->first_endpoint;
+  return d->num_endpoints;
+}
+
+const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *m, const struct sockaddr *dest,
+                                                   uint64_t random) {
+  const mt_service_endpoint *endpoints;
+  size_t n = mt_mesh_service_endpoints(m, dest, &endpoints);
+  /* The modulo's bias is below 2^-40 for any realistic n. */
+  return n > 0 ? &endpoints[random % n] : NULL;
 }
 
 int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id) {

@@ -10,6 +10,7 @@
 #define MT_MESH_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "agent/config.h"
@@ -50,6 +51,7 @@ void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 const mt_policy *mt_mesh_policy(const mt_mesh *mesh);
 const char *mt_mesh_version(const mt_mesh *mesh);
 size_t mt_mesh_num_destinations(const mt_mesh *mesh);
+size_t mt_mesh_num_service_endpoints(const mt_mesh *mesh); /* over every destination */
 
 /* The server identities allowed at a destination (any one of them). */
 typedef struct {
@@ -61,6 +63,18 @@ typedef struct {
  * its IP alone (a pod: every port). Returns 1 with |out| filled, or 0 when
  * none is configured. O(log n). */
 int mt_mesh_expected_ids(const mt_mesh *mesh, const struct sockaddr *dest, mt_expected_ids *out);
+
+/* The ready endpoints of Service address |dest| (its exact "ip:port"
+ * entry; never an IP-alone entry), as the control plane sent them, sorted.
+ * Returns how many (0: none), with |*out| borrowed from the mesh. */
+size_t mt_mesh_service_endpoints(const mt_mesh *mesh, const struct sockaddr *dest,
+                                 const mt_service_endpoint **out);
+
+/* One of |dest|'s endpoints chosen by |random| (uniform when |random| is:
+ * the caller brings the randomness, see mt_worker_random), or NULL when
+ * |dest| has none. Borrowed from the mesh. */
+const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *mesh, const struct sockaddr *dest,
+                                                   uint64_t random);
 
 /* 1 when two destinations have the same address (the same "ip:port", or
  * the same IP alone), with that address as text in |addr|; else 0. */

@@ -157,9 +157,54 @@ static mt_policy *decode_policy(const Mtlsd__Mesh__V1__Policy *p, char *err, siz
   return policy;
 }
 
-/* Fills |dests| from the snapshot; the ID arrays are allocated here and
- * freed by free_destinations, the strings borrowed from |s| (mt_mesh_new
- * copies them). */
+/* A Service address's endpoints (Destination.endpoints): each an ip:port
+ * of the address's family whose identity is one the address accepts. */
+static int decode_endpoints(const Mtlsd__Mesh__V1__Destination *d, size_t i,
+                            mt_destination_config *dst, char *err, size_t err_len) {
+  if (d->n_endpoints == 0) return 1;
+  const struct sockaddr *service = (const struct sockaddr *)&dst->address.addr;
+  if (mt_sockaddr_port(service) == 0)
+    return snprintf(err, err_len,
+                    "destinations[%zu] (%.64s): endpoints on an address without a port (only "
+                    "a Service address has endpoints)",
+                    i, d->address),
+           0;
+  dst->endpoints = calloc(d->n_endpoints, sizeof(*dst->endpoints));
+  if (dst->endpoints == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  mt_expected_ids accepted = {(const char *const *)dst->spiffe_ids, dst->num_spiffe_ids};
+  for (size_t j = 0; j < d->n_endpoints; j++) {
+    const Mtlsd__Mesh__V1__Endpoint *e = d->endpoints[j];
+    mt_service_endpoint *ep = &dst->endpoints[j];
+    if (!mt_sockaddr_parse(e->address, &ep->address, 0) ||
+        mt_sockaddr_port((const struct sockaddr *)&ep->address.addr) == 0 ||
+        ep->address.addr.ss_family != service->sa_family)
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu]: '%.64s' is not an IP:port of "
+                      "the address's family",
+                      i, d->address, j, e->address),
+             0;
+    mt_spiffe_err se = mt_spiffe_id_parse(e->spiffe_id, strlen(e->spiffe_id), NULL);
+    if (se != MT_SPIFFE_OK)
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu] (%.64s): invalid "
+                      "SPIFFE ID: %s",
+                      i, d->address, j, e->address, mt_spiffe_err_str(se)),
+             0;
+    if (!mt_expected_ids_contain(&accepted, e->spiffe_id))
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu] (%.64s): %.128s is not one of "
+                      "the address's SPIFFE IDs",
+                      i, d->address, j, e->address, e->spiffe_id),
+             0;
+    ep->spiffe_id = e->spiffe_id;
+    dst->num_endpoints = j + 1;
+  }
+  return 1;
+}
+
+/* Fills |dests| from the snapshot; the ID and endpoint arrays are
+ * allocated here and freed by free_destinations, the strings borrowed from
+ * |s| (mt_mesh_new copies them). */
 static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destination_config *dests,
                                char *err, size_t err_len) {
   for (size_t i = 0; i < s->n_destinations; i++) {
@@ -174,7 +219,7 @@ static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destin
     if (dests[i].spiffe_ids == NULL) return snprintf(err, err_len, "out of memory"), 0;
     for (size_t j = 0; j < n; j++) {
       char *id = d->spiffe_id[0] != '\0' ? (j == 0 ? d->spiffe_id : d->spiffe_ids[j - 1])
-                                          : d->spiffe_ids[j];
+                                         : d->spiffe_ids[j];
       mt_spiffe_err e = mt_spiffe_id_parse(id, strlen(id), NULL);
       if (e != MT_SPIFFE_OK)
         return snprintf(err, err_len, "destinations[%zu]: invalid SPIFFE ID: %s", i,
@@ -182,12 +227,16 @@ static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destin
                0;
       dests[i].spiffe_ids[dests[i].num_spiffe_ids++] = id;
     }
+    if (!decode_endpoints(d, i, &dests[i], err, err_len)) return 0;
   }
   return 1;
 }
 
 static void free_destinations(mt_destination_config *dests, size_t n) {
-  for (size_t i = 0; dests != NULL && i < n; i++) free(dests[i].spiffe_ids);
+  for (size_t i = 0; dests != NULL && i < n; i++) {
+    free(dests[i].spiffe_ids);
+    free(dests[i].endpoints);
+  }
   free(dests);
 }
 
@@ -262,7 +311,8 @@ static int compare_owners(const void *a, const void *b) {
 /* No IP may belong to two workloads: which certificate would serve it? */
 static int check_addresses_unique(const mt_mesh_update *out, char *err, size_t err_len) {
   size_t total = 0;
-  for (size_t i = 0; i < out->num_node_workloads; i++) total += out->node_workloads[i].num_addresses;
+  for (size_t i = 0; i < out->num_node_workloads; i++)
+    total += out->node_workloads[i].num_addresses;
   address_owner *owners = calloc(total + 1, sizeof(*owners));
   if (owners == NULL) return snprintf(err, err_len, "out of memory"), 0;
   size_t n = 0;

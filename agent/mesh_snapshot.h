@@ -4,9 +4,11 @@
  * Everything is validated before anything is used: trust bundles (valid
  * trust domains, parsable roots), the policy and each workload's policy
  * (known actions, well-formed matchers, one entry per SPIFFE ID) and the
- * destinations (IP:port or IP, valid SPIFFE IDs, no address twice) and the
- * node workloads (valid IDs, IPs, no IP in two workloads). A snapshot with any error is
- * refused as a whole with a message naming what was wrong. Pure: no I/O. */
+ * destinations (IP:port or IP, valid SPIFFE IDs, no address twice; a
+ * Service address's endpoints: IP:port of its family, each with a valid
+ * SPIFFE ID that the address accepts) and the node workloads (valid IDs,
+ * IPs, no IP in two workloads). A snapshot with any error is refused as a
+ * whole with a message naming what was wrong. Pure: no I/O. */
 #ifndef MT_MESH_SNAPSHOT_H
 #define MT_MESH_SNAPSHOT_H
 

@@ -147,6 +147,10 @@ class Ca:
             dst.address = d["address"]
             dst.spiffe_id = d.get("spiffe_id", "")
             dst.spiffe_ids.extend(d.get("spiffe_ids", []))
+            for e in d.get("endpoints", []):
+                ep = dst.endpoints.add()
+                ep.address = e["address"]
+                ep.spiffe_id = e["spiffe_id"]
         if "node_workloads" in spec:
             snap.node_workloads.node_name = spec["node_workloads"].get("node", "")
             for w in spec["node_workloads"]["workloads"]:
