@@ -316,7 +316,7 @@ def test_a_410_relists_without_a_spurious_push_and_a_change_in_the_gap_arrives(b
     wait_ca(bed, mark, r"kubernetes: synced pods rv=")
     # mtls-ca rebuilt its view from the relist, and sent it to nobody.
     round_line = wait_ca(bed, mark, r"in force \(kubernetes changes;")
-    assert round_line.endswith("sent to 0 of 2 streams"), round_line
+    assert round_line.endswith("sent to 0 of 2 streams (0 as deltas, 0 bytes)"), round_line
     assert observe_all(bed) == before
     assert_traffic_flows(bed)
 
@@ -370,7 +370,7 @@ def test_agents_keep_serving_while_mtls_ca_is_down_and_follow_it_when_it_returns
                           f"{node}'s Watch to be back", bed.wait)
         # It told the new mtls-ca what it had.
         wait_ca(bed, ca_mark, rf'watch opened by \S+ from \S+ \(node "{node}", last version '
-                              rf'"{re.escape(before[node].versions[0])}"\)')
+                              rf'"{re.escape(before[node].versions[0])}", takes deltas\)')
     after = observe_all(bed)
     for node in NODES:
         # The new server numbers its versions afresh; the content (the
@@ -409,7 +409,7 @@ def test_mtls_ca_restarted_while_the_api_server_is_down_holds_back_until_it_has_
     for node in NODES:
         # The agent is back on the Watch, which says nothing yet.
         wait_ca(bed, mark, rf'watch opened by \S+ from \S+ \(node "{node}", last version '
-                           rf'"{re.escape(before[node].versions[0])}"\)')
+                           rf'"{re.escape(before[node].versions[0])}", takes deltas\)')
         podbed.wait_until(lambda: stream_state(bed, node) == "connecting",
                           f"{node}'s Watch to be open and waiting", bed.wait)
     assert not ca_lines(bed, mark, r"in force \(|cluster state synced")
