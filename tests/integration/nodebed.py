@@ -33,8 +33,11 @@ PID, every namespace deleted by name, every wait bounded.
 import json
 import re
 import subprocess
+import uuid
 from dataclasses import dataclass
 from typing import Optional
+
+import pytest
 
 import podbed
 from podbed import (CA_ID, CA_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID, PY, TRUST_DOMAIN,
@@ -292,3 +295,28 @@ class WatchingNodeBed(NodeBed):
         del cfg["node"]["workloads"]
         cfg["control_plane"]["watch"] = True
         self.write_config(node, cfg)
+
+
+def module_bed(bed_class, request, module_procs):
+    """The body of a test module's `bed` fixture (module scope): skipped
+    without root, else |bed_class| started, yielded, and closed at the end."""
+    why = podbed.unavailable(bridge=False)
+    if why:
+        pytest.skip(why)
+    bed = bed_class(module_procs, request.getfixturevalue("mtlsd_bin"),
+                    request.getfixturevalue("mtls_ca_bin"))
+    try:
+        bed.start()
+        yield bed
+    finally:
+        bed.close()
+
+
+def from_pod(pod):
+    """Access-log matcher: the connection came from |pod|."""
+    return lambda source: source is not None and source.startswith(pod.ip + ":")
+
+
+def probe_path():
+    """A path that names one call, so the app's own log shows whether it arrived."""
+    return f"/index.html?probe={uuid.uuid4().hex}"

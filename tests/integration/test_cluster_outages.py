@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 import clusterbed
+import nodebed
 import podbed
 from clusterbed import API_PODS, ca_lines
 from nodebed import NODES
@@ -37,16 +38,7 @@ def mtls_ca_bin():
 
 @pytest.fixture(scope="module")
 def bed(request, module_procs):
-    why = podbed.unavailable(bridge=False)
-    if why:
-        pytest.skip(why)
-    cluster = clusterbed.ClusterBed(module_procs, request.getfixturevalue("mtlsd_bin"),
-                                    request.getfixturevalue("mtls_ca_bin"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
+    yield from nodebed.module_bed(clusterbed.ClusterBed, request, module_procs)
 
 
 # ---- what an operator sees of an agent

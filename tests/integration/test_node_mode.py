@@ -19,7 +19,8 @@ import pytest
 
 import nodebed
 import podbed
-from nodebed import APP_PORT, CACHE_PORT, NODE_AGENT_ID, NODE_LINK_IFACE, NODES, PODS
+from nodebed import (APP_PORT, CACHE_PORT, NODE_AGENT_ID, NODE_LINK_IFACE, NODES, PODS, from_pod,
+                     probe_path)
 
 FRONTEND, OTHER, CACHE = PODS["frontend"], PODS["other"], PODS["cache"]
 BACKEND, IMPOSTOR = PODS["backend"], PODS["impostor"]
@@ -33,27 +34,7 @@ def mtls_ca_bin():
 
 @pytest.fixture(scope="module")
 def bed(request, module_procs):
-    # first: without root, skip rather than look for binaries
-    why = podbed.unavailable(bridge=False)
-    if why:
-        pytest.skip(why)
-    nodes = nodebed.NodeBed(module_procs, request.getfixturevalue("mtlsd_bin"),
-                            request.getfixturevalue("mtls_ca_bin"))
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.close()
-
-
-def from_pod(pod):
-    """Access-log matcher: the connection came from |pod|."""
-    return lambda source: source is not None and source.startswith(pod.ip + ":")
-
-
-def probe_path():
-    """A path that names one call, so the app's own log shows whether it arrived."""
-    return f"/index.html?probe={uuid.uuid4().hex}"
+    yield from nodebed.module_bed(nodebed.NodeBed, request, module_procs)
 
 
 # ---- across nodes: policy of the destination pod

@@ -52,16 +52,7 @@ def mtls_ca_bin():
 
 @pytest.fixture(scope="module")
 def bed(request, module_procs):
-    why = podbed.unavailable(bridge=False)
-    if why:
-        pytest.skip(why)
-    nodes = PushedNodeBed(module_procs, request.getfixturevalue("mtlsd_bin"),
-                          request.getfixturevalue("mtls_ca_bin"))
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.close()
+    yield from nodebed.module_bed(PushedNodeBed, request, module_procs)
 
 
 def serves(bed, node, pod):

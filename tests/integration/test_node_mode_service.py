@@ -31,7 +31,6 @@ Needs root, `ip netns`, iptables (with the statistic match) and IP
 forwarding in a namespace; skipped with the reason otherwise. Tests run in
 file order; the last one stops the agents.
 """
-import json
 import subprocess
 import sys
 import uuid
@@ -41,7 +40,7 @@ import pytest
 
 import nodebed
 import podbed
-from nodebed import NODES, Pod, workload_id
+from nodebed import NODES, Pod, from_pod, probe_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 import fixtures as fx  # noqa: E402
@@ -208,24 +207,7 @@ def mtls_ca_bin():
 
 @pytest.fixture(scope="module")
 def bed(request, module_procs):
-    why = podbed.unavailable(bridge=False)
-    if why:
-        pytest.skip(why)
-    nodes = ServiceNodeBed(module_procs, request.getfixturevalue("mtlsd_bin"),
-                           request.getfixturevalue("mtls_ca_bin"))
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.close()
-
-
-def from_pod(pod):
-    return lambda source: source is not None and source.startswith(pod.ip + ":")
-
-
-def probe_path():
-    return f"/index.html?probe={uuid.uuid4().hex}"
+    yield from nodebed.module_bed(ServiceNodeBed, request, module_procs)
 
 
 def service_lines(bed, client, service_ip):
