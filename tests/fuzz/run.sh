@@ -57,7 +57,7 @@ target_sources() {
     mesh_delta) echo "agent/mesh_delta.c" ;;
     mesh_snapshot)
       echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
-      echo "agent/mesh_snapshot.c $GEN/proto/mtlsd/mesh.pb-c.c"
+      echo "agent/mesh_snapshot.c agent/mesh_delta.c $GEN/proto/mtlsd/mesh.pb-c.c"
       ;;
     jwt) echo "controlplane/jwt.c agent/svid.c agent/errmsg.c" ;;
   esac
