@@ -24,6 +24,13 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "watch_requests": N}
+  GET  /admin/emitted  {"clock": "CLOCK_MONOTONIC", "emitted": {"<rv>": seconds}}: when a
+                       watch stream first wrote each event (time.monotonic(), which
+                       is the machine's CLOCK_MONOTONIC, so other processes can compare)
+
+--objects FILE starts with a cluster that already holds the objects of FILE
+({"pods": [...], "services": [...], ...}), as after an etcd compaction: no
+history, so they are listed, not replayed to a watch.
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
@@ -33,6 +40,7 @@ cluster.
 """
 
 import argparse
+import bisect
 import datetime
 import json
 import os
@@ -97,13 +105,22 @@ def key_of(obj):
 
 class Store:
     """Objects by resource, one global resourceVersion counter (etcd's
-    revision), and the event history watches are served from."""
+    revision), and the event history watches are served from.
+
+    Built to stay fast at cluster scale (tens of thousands of objects, a
+    steady stream of events): each object's list-item JSON is encoded once
+    when it is written, each event's watch line once when it happens, and
+    the history is kept per resource in resourceVersion order, so a watch
+    finds what it has not sent yet by bisection."""
 
     def __init__(self, state_file=None):
         self.cond = threading.Condition()
         self.objects = {name: {} for name in BY_NAME}
+        self.encoded = {name: {} for name in BY_NAME}  # key -> list-item JSON (no kind, apiVersion)
         self.rv = 1
-        self.history = []  # (rv, resource, type, object)
+        self.history = {name: [] for name in BY_NAME}  # per resource: (rv, type, watch line)
+        self.history_rvs = {name: [] for name in BY_NAME}  # the same rvs, for bisect
+        self.emitted = {}  # rv -> time.monotonic() when a watch first wrote its event
         self.oldest_kept_rv = 1  # a watch from an rv below this is 410
         self.epoch = 0  # bumped by drop(): open watches end
         self.bookmark_epoch = 0
@@ -113,8 +130,17 @@ class Store:
             with open(state_file) as f:
                 saved = json.load(f)
             self.rv = saved["resourceVersion"]
-            self.objects = {name: {tuple(k.split("/", 1)): o for k, o in objs.items()} for name, objs in saved["objects"].items()}
+            for name, objs in saved["objects"].items():
+                for k, o in objs.items():
+                    self._put(name, tuple(k.split("/", 1)), o)
             self.oldest_kept_rv = self.rv
+
+    def _put(self, resource, k, obj):
+        self.objects[resource][k] = obj
+        item = dict(obj)  # the API omits kind and apiVersion on list items (kubectl adds them back)
+        item.pop("kind", None)
+        item.pop("apiVersion", None)
+        self.encoded[resource][k] = json.dumps(item).encode()
 
     def _save(self):
         if not self.state_file:
@@ -128,8 +154,10 @@ class Store:
             json.dump(data, f)
         os.replace(tmp, self.state_file)
 
-    def apply(self, op, resource, obj):
-        """Returns (http code, body) for the admin call."""
+    def apply(self, op, resource, obj, record=True):
+        """Returns (http code, body) for the admin call. |record| False
+        stores the change without a watch event (objects that were there
+        before the history the server still keeps)."""
         if resource not in BY_NAME:
             return 404, {"error": "unknown resource %r" % resource}
         _, _, kind, _, api_version = BY_NAME[resource]
@@ -140,10 +168,11 @@ class Store:
                 if k not in table:
                     return 404, {"error": "no such object"}
                 old = table.pop(k)
+                del self.encoded[resource][k]
                 self.rv += 1
                 gone = json.loads(json.dumps(old))
                 gone["metadata"]["resourceVersion"] = str(self.rv)
-                self._record(resource, "DELETED", gone)
+                self._record(resource, "DELETED", gone, record)
                 return 200, gone
             if op not in ("add", "modify"):
                 return 400, {"error": "op must be add, modify or delete"}
@@ -162,18 +191,41 @@ class Store:
                 meta["uid"] = table[k]["metadata"]["uid"]
                 meta["creationTimestamp"] = table[k]["metadata"]["creationTimestamp"]
             meta["resourceVersion"] = str(self.rv)
-            table[k] = new
-            self._record(resource, "ADDED" if op == "add" else "MODIFIED", new)
+            self._put(resource, k, new)
+            self._record(resource, "ADDED" if op == "add" else "MODIFIED", new, record)
             return 200, new
 
-    def _record(self, resource, etype, obj):
-        self.history.append((self.rv, resource, etype, obj))
+    def preload(self, objects):
+        """Adds |objects| ({resource: [object, ...]}) as a cluster that
+        already holds them: no history, so a watch from before now is 410."""
+        for resource, items in objects.items():
+            for obj in items:
+                code, body = self.apply("add", resource, obj, record=False)
+                if code != 200:
+                    raise ValueError("cannot preload %s %s: %s" % (resource, key_of(obj), body))
+        with self.cond:
+            self.oldest_kept_rv = self.rv
         self._save()
+
+    def _record(self, resource, etype, obj, record=True):
+        if record:
+            line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
+            self.history[resource].append((self.rv, etype, line))
+            self.history_rvs[resource].append(self.rv)
+            self._save()
         self.cond.notify_all()
+
+    def pending(self, resource, last_rv):
+        """The history of |resource| after |last_rv| (call under |cond|)."""
+        return self.history[resource][bisect.bisect_right(self.history_rvs[resource], last_rv):]
+
+    def note_emitted(self, rv):
+        self.emitted.setdefault(rv, time.monotonic())
 
     def compact(self):
         with self.cond:
-            self.history = []
+            self.history = {name: [] for name in BY_NAME}
+            self.history_rvs = {name: [] for name in BY_NAME}
             self.oldest_kept_rv = self.rv
             self.cond.notify_all()
 
@@ -193,16 +245,10 @@ class Store:
             self.cond.notify_all()
 
     def list(self, resource):
+        """(resourceVersion, [list-item JSON, ...] in namespace/name order)."""
         with self.cond:
-            items = []
-            for obj in self.objects[resource].values():
-                item = json.loads(json.dumps(obj))
-                # The API omits kind and apiVersion on list items (kubectl adds them back).
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
-                items.append(item)
-            items.sort(key=lambda o: key_of(o))
-            return self.rv, items
+            encoded = self.encoded[resource]
+            return self.rv, [encoded[k] for k in sorted(encoded)]
 
 
 class ClientGone(OSError):
@@ -243,10 +289,9 @@ class Api:
         with app.lock:
             app.lists += 1
         rv, items = app.store.list(resource)
-        out.send_json(
-            200,
-            {"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}, "items": items},
-        )
+        # The same bytes as json.dumps of the whole list, without encoding every item again.
+        head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}})
+        out.send_document(200, head[:-1].encode() + b', "items": [' + b", ".join(items) + b"]}\n")
 
     def _watch(self, resource, list_kind, api_version, query, out):
         app = self.app
@@ -311,7 +356,7 @@ class Api:
         while True:
             with store.cond:
                 while True:
-                    pending = [h for h in store.history if h[0] > last_rv and h[1] == resource]
+                    pending = store.pending(resource, last_rv)
                     left = deadline - time.monotonic()
                     if store.epoch != epoch:
                         break
@@ -328,8 +373,9 @@ class Api:
                 send_bookmark = store.bookmark_epoch != bookmark_epoch and bookmarks
                 bookmark_epoch = store.bookmark_epoch
                 current_rv = store.rv
-            for rv, _, etype, obj in pending:
-                self._event(out, etype, obj)
+            for rv, _, line in pending:
+                out.write(line)
+                store.note_emitted(rv)
                 last_rv = rv
             if send_bookmark:
                 self._event(
@@ -354,7 +400,9 @@ class Http1Out:
         self.h = handler
 
     def send_json(self, code, body):
-        data = json_document(body)
+        self.send_document(code, json_document(body))
+
+    def send_document(self, code, data):
         self.h.send_response(code)
         self.h.send_header("Content-Type", "application/json")
         self.h.send_header("Content-Length", str(len(data)))
@@ -393,7 +441,9 @@ class H2StreamOut:
         self.server.send_headers(self.stream_id, [(":status", str(code)), ("content-type", "application/json")] + list(extra))
 
     def send_json(self, code, body):
-        data = json_document(body)
+        self.send_document(code, json_document(body))
+
+    def send_document(self, code, data):
         self._headers(code, [("content-length", str(len(data)))])
         self.server.send_data(self.stream_id, data, end=True)
 
@@ -609,6 +659,10 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         app = self.server.app
+        if self.path == "/admin/emitted":
+            emitted = dict(app.store.emitted)  # a copy: watch threads add to it
+            self._reply(200, {"clock": "CLOCK_MONOTONIC", "emitted": {str(rv): t for rv, t in emitted.items()}})
+            return
         if self.path != "/admin/stats":
             self._reply(404, {"error": "not found"})
             return
@@ -733,7 +787,11 @@ def serve(args):
     if args.token_file:
         with open(args.token_file) as f:
             tokens.append(f.read().strip())
-    app = App(Store(args.state_file), tokens, args.gone_as_http, args.verbose)
+    store = Store(args.state_file)
+    if args.objects:
+        with open(args.objects) as f:
+            store.preload(json.load(f))
+    app = App(store, tokens, args.gone_as_http, args.verbose)
     api = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     api.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -766,6 +824,7 @@ def main():
     parser.add_argument("--token", action="append", default=[], help="an accepted bearer token")
     parser.add_argument("--token-file", help="a file holding an accepted bearer token")
     parser.add_argument("--state-file", help="keep objects and resourceVersion across restarts")
+    parser.add_argument("--objects", help="start with these objects: JSON {resource: [object, ...]}")
     parser.add_argument("--gone-as-http", action="store_true", help="answer a too-old watch with HTTP 410")
     parser.add_argument("--san", action="append", help="DNS:name or IP:address for the server certificate (repeatable; default %s)" % " ".join(DEFAULT_SANS))
     parser.add_argument("--http1-only", action="store_true", help="offer no h2 in ALPN (an old or odd server)")
