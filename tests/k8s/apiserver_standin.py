@@ -627,6 +627,10 @@ class H2Server:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kube-apiserver-standin"
+    # TCP_NODELAY, as Go's net/http (kube-apiserver) has on every connection:
+    # a watch event is written at once, not held back by Nagle's algorithm
+    # until the previous one is acknowledged (up to 40 ms with delayed ACKs).
+    disable_nagle_algorithm = True
 
     def handle(self):
         # ALPN decided the protocol during the handshake.
@@ -645,6 +649,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class AdminHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a kept-alive client gets each answer at once
 
     def log_message(self, fmt, *args):
         pass
