@@ -61,90 +61,109 @@ def encode_watch_request(node_id, spiffe_id="", last_applied_version="", accept_
     return out
 
 
+def _varint_at(buf, i):
+    """(value, index after it) of the varint at buf[i]."""
+    b = buf[i]
+    if b < 0x80:
+        return b, i + 1
+    value, shift = b & 0x7F, 7
+    while True:
+        i += 1
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i + 1
+        shift += 7
+
+
 def fields(buf, start=0, end=None):
     """Yields (field number, wire type, value) of the message in
-    buf[start:end]: an int for varints, a (start, end) slice for
-    length-delimited fields; fixed32/64 are skipped as (start, end)."""
+    buf[start:end]: an int for a varint, a (start, end) span for a
+    length-delimited field; fixed32/64 are yielded as spans too."""
     i = start
     end = len(buf) if end is None else end
     while i < end:
-        key = 0
-        shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        key, i = _varint_at(buf, i)
         wire = key & 7
         if wire == 0:
-            value = 0
-            shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            value, i = _varint_at(buf, i)
             yield key >> 3, wire, value
-        elif wire == 2:
-            n = 0
-            shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            if i + n > end:
-                raise ValueError("length-delimited field %d runs past the message" % (key >> 3))
-            yield key >> 3, wire, (i, i + n)
-            i += n
-        elif wire == 1:
-            yield key >> 3, wire, (i, i + 8)
-            i += 8
-        elif wire == 5:
-            yield key >> 3, wire, (i, i + 4)
-            i += 4
+            continue
+        if wire == 2:
+            n, i = _varint_at(buf, i)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
         else:
             raise ValueError("wire type %d (field %d) is not used by mesh.proto" % (wire, key >> 3))
+        if i + n > end:
+            raise ValueError("field %d runs past the end of its message" % (key >> 3))
+        yield key >> 3, wire, (i, i + n)
+        i += n
     if i != end:
         raise ValueError("the message ends inside a field")
 
 
 def _text(buf, span):
-    return bytes(buf[span[0]:span[1]]).decode()
+    return buf[span[0]:span[1]].decode()
 
 
-def _first_string(buf, span, number):
-    for n, wire, value in fields(buf, *span):
+def _first_bytes(buf, start, end, number):
+    """Field |number| (a string) of the message in buf[start:end], as bytes."""
+    for n, wire, value in fields(buf, start, end):
         if n == number and wire == 2:
-            return _text(buf, value)
-    return ""
+            return buf[value[0]:value[1]]
+    return b""
 
 
 def decode_snapshot(buf, want_destinations):
     """The MeshSnapshot fields the bench needs, as a dict:
     version, delta, base_version, node_workloads (None when absent, else
-    {"node": name, "pods": {"ns/pod": [ips]}}), destinations (a list of
-    addresses, or None when not wanted), removed [(field, key)]."""
+    {"node": name, "pods": {"ns/pod": [ips]}}), destinations (addresses as
+    bytes, or None when not wanted), removed [(field, key)].
+
+    A full snapshot at cluster scale holds some 10,000 destinations, so the
+    top level is walked inline (no generator per field) and a destination
+    is only looked into when wanted."""
     snap = {"version": "", "delta": False, "base_version": "", "node_workloads": None,
             "destinations": [] if want_destinations else None, "removed": []}
-    for number, wire, value in fields(buf):
-        if number == SNAP_VERSION and wire == 2:
-            snap["version"] = _text(buf, value)
-        elif number == SNAP_DESTINATIONS and wire == 2:
-            if want_destinations:
-                snap["destinations"].append(_first_string(buf, value, 1))
-        elif number == SNAP_NODE_WORKLOADS and wire == 2:
+    dests = snap["destinations"]
+    i, end = 0, len(buf)
+    while i < end:
+        key = buf[i]  # one-byte keys and lengths inline: this loop runs 10,000 times a snapshot
+        if key < 0x80:
+            i += 1
+        else:
+            key, i = _varint_at(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint_at(buf, i)
+            if number == SNAP_DELTA:
+                snap["delta"] = bool(value)
+            continue
+        if wire != 2:
+            raise ValueError("field %d has wire type %d, which mesh.proto does not use" % (number, wire))
+        n = buf[i]
+        if n < 0x80:
+            i += 1
+        else:
+            n, i = _varint_at(buf, i)
+        start, i = i, i + n
+        if i > end:
+            raise ValueError("field %d runs past the end of the snapshot" % number)
+        if number == SNAP_DESTINATIONS:
+            if dests is not None:
+                if n > 2 and buf[start] == 0x0A and buf[start + 1] < 0x80:  # address (field 1) first,
+                    dests.append(buf[start + 2:start + 2 + buf[start + 1]])  # as encoders write it
+                else:
+                    dests.append(_first_bytes(buf, start, i, 1))
+        elif number == SNAP_VERSION:
+            snap["version"] = buf[start:i].decode()
+        elif number == SNAP_NODE_WORKLOADS:
             node, pods = "", {}
-            for n, w, v in fields(buf, *value):
-                if n == 1 and w == 2:
+            for n2, w, v in fields(buf, start, i):
+                if n2 == 1 and w == 2:
                     node = _text(buf, v)
-                elif n == 2 and w == 2:
+                elif n2 == 2 and w == 2:
                     ips, namespace, pod = [], "", ""
                     for wn, ww, wv in fields(buf, *v):
                         if wn == 2 and ww == 2:
@@ -155,18 +174,16 @@ def decode_snapshot(buf, want_destinations):
                             pod = _text(buf, wv)
                     pods["%s/%s" % (namespace, pod)] = ips
             snap["node_workloads"] = {"node": node, "pods": pods}
-        elif number == SNAP_DELTA and wire == 0:
-            snap["delta"] = bool(value)
-        elif number == SNAP_BASE_VERSION and wire == 2:
-            snap["base_version"] = _text(buf, value)
-        elif number == SNAP_REMOVED and wire == 2:
-            field, key = 0, ""
-            for n, w, v in fields(buf, *value):
-                if n == 1 and w == 0:
+        elif number == SNAP_BASE_VERSION:
+            snap["base_version"] = buf[start:i].decode()
+        elif number == SNAP_REMOVED:
+            field, rkey = 0, ""
+            for n2, w, v in fields(buf, start, i):
+                if n2 == 1 and w == 0:
                     field = v
-                elif n == 2 and w == 2:
-                    key = _text(buf, v)
-            snap["removed"].append((field, key))
+                elif n2 == 2 and w == 2:
+                    rkey = _text(buf, v)
+            snap["removed"].append((field, rkey))
     return snap
 
 
@@ -182,7 +199,7 @@ class AgentLog:
         self.messages = []  # (t, bytes, version, delta)
         self.pods = None  # {"ns/pod": [ips]}: its node workloads now
         self.pod_log = []  # (t, [came], [went])
-        self.dests = set()  # destination addresses now (sample agents only)
+        self.dests = set()  # destination addresses now, as bytes (sample agents only)
         self.dest_log = []  # (t, [came], [went])
         self.version = ""
         self.problems = []  # what went wrong, in words
@@ -206,12 +223,12 @@ class AgentLog:
         if self.sample:
             if snap["delta"]:
                 now = (self.dests | set(snap["destinations"])) - {
-                    key for field, key in removed if field == SNAP_DESTINATIONS}
+                    key.encode() for field, key in removed if field == SNAP_DESTINATIONS}
             else:
                 now = set(snap["destinations"])
             came, went = now - self.dests, self.dests - now
             if came or went:
-                self.dest_log.append((t, sorted(came), sorted(went)))
+                self.dest_log.append((t, sorted(d.decode() for d in came), sorted(d.decode() for d in went)))
             self.dests = now
 
     def _pods_now(self, t, pods):

@@ -263,6 +263,7 @@ class Sampler(threading.Thread):
         self.stop_event = threading.Event()
         self.rss_kb = []  # (t, kb)
         self.cpu = []  # (t, ticks)
+        self.loadavg = []  # the 1-minute load average, every second
 
     def run(self):
         n = 0
@@ -272,6 +273,8 @@ class Sampler(threading.Thread):
                 self.rss_kb.append((t, proc_status_kb(self.pid, "VmRSS")))
                 if n % 4 == 0:
                     self.cpu.append((t, proc_cpu_ticks(self.pid)))
+                    with open("/proc/loadavg") as f:
+                        self.loadavg.append(float(f.read().split()[0]))
             except (OSError, ValueError, TypeError):
                 return  # the process is gone
             n += 1
@@ -305,6 +308,9 @@ class Workers:
         self.procs, self.conns = [], []
         self.first = {}  # agent -> (opened_t, first_t, size)
         self.errors = []
+        # The destination-tracking agents cost the most: dealt out first, so
+        # that every worker gets its share of them.
+        specs = sorted(specs, key=lambda s: not s["sample"])
         for w in range(n):
             mine = specs[w::n]
             if not mine:
@@ -502,7 +508,9 @@ def run(args):
         stderr_mark = len(ca.stderr())
         progress_before = sum(r[1] for r in workers.ask("progress", "progress"))
         sampler.start()
+        bench_pids = [api.proc.pid] + [p.pid for p in workers.procs]
         tcp0, cpu0 = tcp_bytes_sent(ca.port), proc_cpu_ticks(pid)
+        bench0 = [proc_cpu_ticks(b) for b in bench_pids]
         t0 = time.monotonic()
         late = 0.0
         log("churn: %d pod events at %g/s" % (n_events, args.rate))
@@ -527,6 +535,7 @@ def run(args):
                 workers.poll(0)
         t1 = time.monotonic()
         cpu1, tcp1 = proc_cpu_ticks(pid), tcp_bytes_sent(ca.port)
+        bench1 = [proc_cpu_ticks(b) for b in bench_pids]
         churn_s = t1 - t0
         # ---- drain: until the agents have been quiet for a while (bounded)
         deadline = t1 + args.drain_s
@@ -555,6 +564,14 @@ def run(args):
             "vm_hwm_kb": proc_status_kb(pid, "VmHWM"),
             "tcp_bytes_sent_churn": tcp1 - tcp0,
         }
+        # What the bench itself took from the same CPUs meanwhile.
+        result["bench_cpu_pct_churn"] = {
+            "standin": 100.0 * (bench1[0] - bench0[0]) / CLK_TCK / churn_s,
+            "agents": 100.0 * sum(b - a for a, b in zip(bench0[1:], bench1[1:])) / CLK_TCK / churn_s,
+        }
+        result["machine"]["loadavg_during_churn"] = summary(sampler.loadavg)
+        with open("/proc/loadavg") as f:
+            result["machine"]["loadavg_at_end"] = [float(x) for x in f.read().split()[:3]]
         rounds = [tuple(map(int, m.groups())) for m in ROUND_LINE.finditer(ca.stderr()[stderr_mark:])]
         result["mtls_ca"]["rounds"] = {
             "count": len(rounds),
@@ -593,6 +610,7 @@ def run(args):
             problems = [line for line in ca.stderr().splitlines()
                         if " error" in line.lower() or "refused" in line][:20]
             result["mtls_ca_log_problems"] = problems
+            result["sanitizer_report"] = any(m in ca.stderr() for m in conftest.SANITIZER_MARKERS)
         if api is not None:
             api.stop()
 
@@ -717,8 +735,11 @@ def report(r):
     lines = [
         "== mtls-ca at scale: %d pods, %d nodes, %d services; %g pod events/s for %g s; deltas %s"
         % (p["pods"], p["nodes"], p["services"], p["rate"], p["seconds"], p["deltas"]),
-        "machine: %d CPUs (%s), load average at start %s" % (mach["cpus"], mach["cpu_model"],
-                                                             " ".join(map(str, mach["loadavg_at_start"]))),
+        "machine: %d CPUs (%s), load average at start %s, during churn %.1f median (max %.1f)"
+        % (mach["cpus"], mach["cpu_model"], " ".join(map(str, mach["loadavg_at_start"])),
+           mach["loadavg_during_churn"]["p50"] or 0, mach["loadavg_during_churn"]["max"] or 0),
+        "bench's own CPU during churn: stand-in %.0f%%, node agents %.0f%% of one core"
+        % (r["bench_cpu_pct_churn"]["standin"], r["bench_cpu_pct_churn"]["agents"]),
         "stages: stand-in up %.1f s, mtls-ca synced %.1f s, all agents' first state %.2f s, drain %.1f s"
         % (r["stages"]["standin_start_s"], r["stages"]["mtls_ca_sync_s"], r["stages"]["all_first_states_s"],
            r["stages"]["drain_s"]),

@@ -179,7 +179,8 @@ class Store:
             if (op == "add") == (k in table):
                 return 409, {"error": "exists" if op == "add" else "no such object"}
             self.rv += 1
-            new = json.loads(json.dumps(obj))
+            # A copy, except for preloaded objects (fresh from json.load, nobody else holds them).
+            new = json.loads(json.dumps(obj)) if record else dict(obj)
             new["kind"], new["apiVersion"] = kind, api_version
             meta = new.setdefault("metadata", {})
             if op == "add":
@@ -510,6 +511,9 @@ class H2Server:
         self._wake()
 
     def send_data(self, stream_id, data, end=False):
+        # A view: a LIST of a big cluster is tens of MB, sent a frame at a
+        # time; slicing bytes would copy the rest of it for every frame.
+        data = memoryview(data)
         with self.cond:
             while True:
                 self._check(stream_id)
@@ -524,7 +528,7 @@ class H2Server:
                         self._wake()
                         self.cond.wait()
                         continue
-                    self.conn.send_data(stream_id, data[:room], end_stream=end and len(data) <= room)
+                    self.conn.send_data(stream_id, bytes(data[:room]), end_stream=end and len(data) <= room)
                     if len(data) <= room:
                         break
                     data = data[room:]
