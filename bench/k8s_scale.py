@@ -235,6 +235,13 @@ def proc_cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15), whole thread group
 
 
+def proc_runqueue_wait_s(pid):
+    """Seconds the process's (main) thread has spent runnable but waiting for
+    a CPU (/proc/PID/schedstat, field 2): how much the busy machine held it back."""
+    with open("/proc/%d/schedstat" % pid) as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def proc_status_kb(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -509,7 +516,7 @@ def run(args):
         progress_before = sum(r[1] for r in workers.ask("progress", "progress"))
         sampler.start()
         bench_pids = [api.proc.pid] + [p.pid for p in workers.procs]
-        tcp0, cpu0 = tcp_bytes_sent(ca.port), proc_cpu_ticks(pid)
+        tcp0, cpu0, wait0 = tcp_bytes_sent(ca.port), proc_cpu_ticks(pid), proc_runqueue_wait_s(pid)
         bench0 = [proc_cpu_ticks(b) for b in bench_pids]
         t0 = time.monotonic()
         late = 0.0
@@ -534,7 +541,7 @@ def run(args):
             if i % 64 == 0:
                 workers.poll(0)
         t1 = time.monotonic()
-        cpu1, tcp1 = proc_cpu_ticks(pid), tcp_bytes_sent(ca.port)
+        cpu1, tcp1, wait1 = proc_cpu_ticks(pid), tcp_bytes_sent(ca.port), proc_runqueue_wait_s(pid)
         bench1 = [proc_cpu_ticks(b) for b in bench_pids]
         churn_s = t1 - t0
         # ---- drain: until the agents have been quiet for a while (bounded)
@@ -556,6 +563,7 @@ def run(args):
         result["mtls_ca"] = {
             "pid": pid,
             "cpu_pct_churn": 100.0 * (cpu1 - cpu0) / CLK_TCK / churn_s,
+            "runqueue_wait_pct_churn": 100.0 * (wait1 - wait0) / churn_s,
             "cpu_pct_churn_and_drain": 100.0 * (cpu2 - cpu0) / CLK_TCK / (t2 - t0),
             "cpu_pct_per_second": [round(100.0 * (b[1] - a[1]) / CLK_TCK / (b[0] - a[0]), 1)
                                    for a, b in zip(sampler.cpu, sampler.cpu[1:])],
@@ -579,6 +587,11 @@ def run(args):
             "sent_streams_mean": sum(r[3] for r in rounds) / len(rounds) if rounds else 0,
             "shared_bytes_last": rounds[-1][1] if rounds else None,
             "cluster_destinations_last": rounds[-1][2] if rounds else None,
+            # CPU per round and per snapshot queued, over churn and drain (what a faster or
+            # idle machine would scale by)
+            "cpu_ms_per_round": 1000.0 * (cpu2 - cpu0) / CLK_TCK / len(rounds) if rounds else None,
+            "cpu_ms_per_snapshot_sent": (1000.0 * (cpu2 - cpu0) / CLK_TCK / sum(r[3] for r in rounds)
+                                         if rounds and sum(r[3] for r in rounds) else None),
         }
         result["churn"] = {"events": len(ops), "planned": n_events, "seconds": churn_s,
                            "rate_achieved": len(ops) / churn_s, "driver_max_late_s": late,
@@ -745,8 +758,11 @@ def report(r):
            r["stages"]["drain_s"]),
         "",
         "mtls-ca",
-        "  CPU during churn       %.0f%% of one core (with drain %.0f%%); idle before churn %.1f%%"
-        % (m["cpu_pct_churn"], m["cpu_pct_churn_and_drain"], r["steady"]["cpu_pct"]),
+        "  CPU during churn       %.0f%% of one core (with drain %.0f%%); idle before churn %.1f%%;"
+        " runnable but waiting for a CPU %.0f%% of the churn"
+        % (m["cpu_pct_churn"], m["cpu_pct_churn_and_drain"], r["steady"]["cpu_pct"], m["runqueue_wait_pct_churn"]),
+        "  CPU per round          %.1f ms; per snapshot queued %.2f ms"
+        % (m["rounds"]["cpu_ms_per_round"] or 0, m["rounds"]["cpu_ms_per_snapshot_sent"] or 0),
         "  RSS                    %.1f MB steady, %.1f MB max during churn, VmHWM %.1f MB"
         % (m["rss_steady_kb"] / 1e3, (m["rss_max_during_churn_kb"] or 0) / 1e3, m["vm_hwm_kb"] / 1e3),
         "  rounds                 %d (%.1f/s), sent to %.0f streams on average; shared part %s, %s cluster destinations"
