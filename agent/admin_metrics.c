@@ -117,6 +117,14 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
                 "Mesh config snapshots refused (the last good one stayed).");
   mt_text_printf(out, "mtlsd_mesh_config_rejected_total %llu\n",
                  (unsigned long long)cp->mesh_rejected);
+  metric_header(out, "mtlsd_mesh_config_deltas_total", "counter",
+                "Of the mesh config updates applied, those sent as deltas.");
+  mt_text_printf(out, "mtlsd_mesh_config_deltas_total %llu\n",
+                 (unsigned long long)cp->mesh_deltas);
+  metric_header(out, "mtlsd_mesh_config_resyncs_total", "counter",
+                "Mesh config streams ended to get a complete snapshot (a delta did not apply).");
+  mt_text_printf(out, "mtlsd_mesh_config_resyncs_total %llu\n",
+                 (unsigned long long)cp->mesh_resyncs);
 }
 
 void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {

@@ -92,6 +92,7 @@ struct mt_cert_manager {
   mt_mesh_watch *watch;
   ev_timer watch_timer;
   int watch_backoff_ms;
+  int resynced; /* the last stream ended for a resync, and no update came since */
 
   /* Node mode: the pods served, as (address, identity) pairs: the control
    * plane's list once a snapshot carried one, else node.workloads. Points
@@ -412,7 +413,7 @@ static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
 
 /* ---- mesh config stream -------------------------------------------------- */
 
-static void on_watch_update(void *arg, mt_mesh_update *u) {
+static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   mt_cert_manager *m = arg;
   m->watch_backoff_ms = m->config->cp_retry_initial_ms;
   mt_mesh_update previous = m->watched; /* the node entries may point into it */
@@ -420,17 +421,20 @@ static void on_watch_update(void *arg, mt_mesh_update *u) {
   memset(u, 0, sizeof(*u));
   m->have_watched = 1;
   m->stats.mesh_updates++;
+  m->stats.mesh_deltas += from_delta != 0;
   m->stats.watch_state = MT_WATCH_STREAMING;
   m->stats.has_mesh_config = 1;
+  m->resynced = 0;
+  const char *how = from_delta ? " (from a delta)" : "";
   if (m->watched.has_node_workloads)
     MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations, %zu workloads on "
-             "this node",
+             "this node%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-             mt_mesh_num_destinations(m->watched.mesh), m->watched.num_node_workloads);
+             mt_mesh_num_destinations(m->watched.mesh), m->watched.num_node_workloads, how);
   else
-    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations",
+    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-             mt_mesh_num_destinations(m->watched.mesh));
+             mt_mesh_num_destinations(m->watched.mesh), how);
   if (m->config->node_mode) update_node_workloads(m);
   mt_mesh_update_clear(&previous);
   rebuild_all(m);
@@ -452,6 +456,16 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
       m->stats.has_mesh_config = 1;
       publish_all(m); /* what was held back for the first mesh config */
     }
+  }
+  if (status == MT_MESH_WATCH_RESYNC) m->stats.mesh_resyncs++;
+  /* Ours, to get a complete snapshot: reopen at once, unless the last
+   * resync got no update either (a server that keeps sending deltas that
+   * do not apply gets the usual backoff). */
+  if (status == MT_MESH_WATCH_RESYNC && !m->resynced) {
+    m->resynced = 1;
+    MT_LOG_W("control plane: mesh config stream: %s; keeping the last good config", message);
+    set_timer(m, &m->watch_timer, 0.);
+    return;
   }
   MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
            mt_grpc_status_name(status), message);

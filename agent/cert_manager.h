@@ -66,7 +66,9 @@ typedef struct {
   uint64_t certificate_failures; /* requests that failed or gave an unusable answer */
   mt_watch_state watch_state;
   uint64_t mesh_updates;      /* snapshots applied */
+  uint64_t mesh_deltas;       /* of mesh_updates: sent as deltas */
   uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
+  uint64_t mesh_resyncs;      /* streams ended to get a complete snapshot */
   int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
 } mt_cert_manager_stats;
 

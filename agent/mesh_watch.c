@@ -1,35 +1,106 @@
 /* mesh_watch.c: the streaming call that delivers MeshSnapshot messages
- * (decoded and validated by mesh_snapshot.c). */
+ * (deltas applied by mesh_delta.c, then decoded and validated by
+ * mesh_snapshot.c). */
 #include "agent/mesh_watch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/mesh_delta.h"
 #include "proto/mtlsd/mesh.pb-c.h"
+
+enum { ERR_MAX = 512 };
 
 struct mt_mesh_watch {
   mt_grpc_call *call;
   mt_mesh_watch_handlers handlers;
   void *arg;
+  /* The last complete content received, whether or not it was valid; NULL
+   * before the first, or when it could not be split (a delta then asks
+   * for a resync). */
+  mt_mesh_entries *held;
 };
 
-static void on_message(void *arg, const uint8_t *msg, size_t len) {
-  mt_mesh_watch *w = arg;
+static void free_watch(mt_mesh_watch *w) {
+  mt_mesh_entries_free(w->held);
+  free(w);
+}
+
+/* Decodes a complete snapshot and hands it on. */
+static void deliver(mt_mesh_watch *w, const uint8_t *msg, size_t len, int from_delta) {
   mt_mesh_update update;
-  char err[256];
+  char err[ERR_MAX];
   if (!mt_mesh_decode_snapshot(msg, len, &update, err, sizeof(err))) {
     w->handlers.on_rejected(w->arg, err);
     return;
   }
-  w->handlers.on_update(w->arg, &update);
+  w->handlers.on_update(w->arg, &update, from_delta);
   mt_mesh_update_clear(&update);
+}
+
+/* Whether a message that could not be split at least reads as a delta. */
+static int says_delta(const uint8_t *msg, size_t len) {
+  Mtlsd__Mesh__V1__MeshSnapshot *m = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, len, msg);
+  int delta = m != NULL && m->delta;
+  if (m != NULL) mtlsd__mesh__v1__mesh_snapshot__free_unpacked(m, NULL);
+  return delta;
+}
+
+/* Ends the stream to get a complete snapshot on a new one. */
+static void resync(mt_mesh_watch *w, const char *why) {
+  char message[ERR_MAX + 64];
+  snprintf(message, sizeof(message), "cannot apply a delta (%s); asking for a complete snapshot",
+           why);
+  mt_grpc_call_cancel(w->call);
+  w->handlers.on_end(w->arg, MT_MESH_WATCH_RESYNC, message);
+  free_watch(w);
+}
+
+static void on_message(void *arg, const uint8_t *msg, size_t len) {
+  mt_mesh_watch *w = arg;
+  char err[ERR_MAX];
+  mt_mesh_entries *received = mt_mesh_entries_parse(msg, len, err, sizeof(err));
+  if (received == NULL) {
+    /* Nothing can build on it: a delta on top of it would be a guess. */
+    mt_mesh_entries_free(w->held);
+    w->held = NULL;
+    if (says_delta(msg, len))
+      w->handlers.on_rejected(w->arg, err);
+    else
+      deliver(w, msg, len, 0); /* decoding names what is wrong with it */
+    return;
+  }
+  if (!mt_mesh_entries_is_delta(received)) {
+    mt_mesh_entries_free(w->held);
+    w->held = received;
+    deliver(w, msg, len, 0);
+    return;
+  }
+  mt_mesh_entries *next = NULL;
+  if (w->held == NULL)
+    snprintf(err, sizeof(err), "the delta to %.64s came with no complete snapshot held",
+             mt_mesh_entries_version(received));
+  else
+    next = mt_mesh_entries_apply(w->held, received, err, sizeof(err));
+  mt_mesh_entries_free(received);
+  size_t full_len = 0;
+  uint8_t *full = next != NULL ? mt_mesh_entries_encode(next, &full_len) : NULL;
+  if (full == NULL) {
+    mt_mesh_entries_free(next);
+    resync(w, next != NULL ? "out of memory" : err);
+    return;
+  }
+  mt_mesh_entries_free(w->held);
+  w->held = next;
+  deliver(w, full, full_len, 1);
+  free(full);
 }
 
 static void on_close(void *arg, mt_grpc_status status, const char *message) {
   mt_mesh_watch *w = arg;
   w->handlers.on_end(w->arg, status, message);
-  free(w);
+  free_watch(w);
 }
 
 mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, const char *spiffe_id,
@@ -40,6 +111,7 @@ mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, co
   req.node_id = (char *)(node_id ? node_id : "");
   req.spiffe_id = (char *)(spiffe_id ? spiffe_id : "");
   req.last_applied_version = (char *)(last_version ? last_version : "");
+  req.accept_deltas = 1;
   size_t len = mtlsd__mesh__v1__watch_request__get_packed_size(&req);
   uint8_t *body = malloc(len ? len : 1);
   mt_mesh_watch *w = calloc(1, sizeof(*w));
@@ -65,5 +137,5 @@ mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, co
 void mt_mesh_watch_cancel(mt_mesh_watch *w) {
   if (w == NULL) return;
   mt_grpc_call_cancel(w->call);
-  free(w);
+  free_watch(w);
 }

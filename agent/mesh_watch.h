@@ -1,7 +1,17 @@
 /* mesh_watch: the agent's subscription to the control plane's mesh config
  * (mtlsd.mesh.v1.MeshConfig/Watch, server streaming). Each message is
  * decoded and validated by mesh_snapshot.h before a handler sees it; a
- * snapshot with any error goes to on_rejected and the stream goes on. */
+ * snapshot with any error goes to on_rejected and the stream goes on.
+ *
+ * The agent asks for deltas (mesh.proto, WatchRequest.accept_deltas): the
+ * watch holds the last complete content it received (mesh_delta.h), turns
+ * each delta into the complete snapshot it makes of that content, and
+ * hands that on exactly like a complete one, so handlers never see a
+ * delta. The content is held even when validation rejected it, because
+ * the server's next delta builds on what it sent. A delta that does not
+ * apply (another base version, an entry it removes is not held) ends the
+ * stream with MT_MESH_WATCH_RESYNC: the caller opens a new one at once,
+ * which starts with a complete snapshot. */
 #ifndef MT_MESH_WATCH_H
 #define MT_MESH_WATCH_H
 
@@ -17,9 +27,14 @@ extern "C" {
 
 #define MT_MESH_WATCH_METHOD "/mtlsd.mesh.v1.MeshConfig/Watch"
 
+/* The status on_end gets when the watch ended the stream itself to ask for
+ * a complete snapshot (the message says why). */
+#define MT_MESH_WATCH_RESYNC MT_GRPC_ABORTED
+
 typedef struct {
-  /* A valid snapshot; the callee may take its parts (set them to NULL). */
-  void (*on_update)(void *arg, mt_mesh_update *update);
+  /* A valid snapshot; the callee may take its parts (set them to NULL).
+   * |from_delta|: it was sent as a delta. */
+  void (*on_update)(void *arg, mt_mesh_update *update, int from_delta);
   /* A snapshot that failed validation (the stream goes on). */
   void (*on_rejected)(void *arg, const char *why);
   /* The stream ended (server closed, connection lost). Exactly once. */

@@ -39,6 +39,8 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_WATCH_STREAMS_OPENED] = "watch_streams_opened",
     [MT_CA_EV_WATCH_STREAMS_ENDED] = "watch_streams_ended",
     [MT_CA_EV_SNAPSHOTS_SENT] = "snapshots_sent",
+    [MT_CA_EV_SNAPSHOT_DELTAS_SENT] = "snapshot_deltas_sent",
+    [MT_CA_EV_SNAPSHOT_BYTES_SENT] = "snapshot_bytes_sent",
     [MT_CA_EV_MESH_LOADS] = "mesh_loads",
     [MT_CA_EV_MESH_LOAD_FAILURES] = "mesh_load_failures",
     [MT_CA_EV_ISSUER_RELOADS] = "issuer_reloads",
@@ -270,8 +272,10 @@ void mt_ca_log_access(mt_ca_log *log, const mt_ca_access_entry *e) {
   if (e->refused && e->reason != NULL && e->reason[0] != '\0') count_reason(log, e->reason);
 }
 
-void mt_ca_log_count(mt_ca_log *log, mt_ca_event event) {
-  if (event < MT_CA_EV_COUNT) log->events[event]++;
+void mt_ca_log_count(mt_ca_log *log, mt_ca_event event) { mt_ca_log_add(log, event, 1); }
+
+void mt_ca_log_add(mt_ca_log *log, mt_ca_event event, uint64_t n) {
+  if (event < MT_CA_EV_COUNT) log->events[event] += n;
 }
 
 uint64_t mt_ca_log_counter(const mt_ca_log *log, mt_ca_event event) {

@@ -32,6 +32,8 @@ typedef enum {
   MT_CA_EV_WATCH_STREAMS_OPENED,
   MT_CA_EV_WATCH_STREAMS_ENDED,
   MT_CA_EV_SNAPSHOTS_SENT,
+  MT_CA_EV_SNAPSHOT_DELTAS_SENT, /* of snapshots_sent: deltas */
+  MT_CA_EV_SNAPSHOT_BYTES_SENT,  /* bytes of snapshots and deltas queued */
   MT_CA_EV_MESH_LOADS,         /* a new snapshot version came into force */
   MT_CA_EV_MESH_LOAD_FAILURES, /* a changed mesh file was refused */
   MT_CA_EV_ISSUER_RELOADS,
@@ -88,6 +90,8 @@ void mt_ca_log_error(mt_ca_log *log, const char *fmt, ...) __attribute__((format
 void mt_ca_log_access(mt_ca_log *log, const mt_ca_access_entry *entry);
 
 void mt_ca_log_count(mt_ca_log *log, mt_ca_event event);
+/* Adds |n| to a counter of amounts (e.g. bytes). */
+void mt_ca_log_add(mt_ca_log *log, mt_ca_event event, uint64_t n);
 uint64_t mt_ca_log_counter(const mt_ca_log *log, mt_ca_event event);
 uint64_t mt_ca_log_calls(const mt_ca_log *log, mt_ca_method method, mt_grpc_status status);
 

@@ -34,8 +34,14 @@ typedef struct mt_watcher {
   int node_agent;                      /* listed in node_agents */
   int has_sent;                        /* sent_digest holds what was last queued */
   int pending;                         /* the last try found the queue full */
+  int accepts_deltas;                  /* WatchRequest.accept_deltas */
   uint8_t sent_digest[MT_MESH_DIGEST_LEN];
   char sent_version[VERSION_MAX];
+  /* What it holds, for its next delta: the view in force when it was last
+   * brought up to date, and its own part of that content (NULL: unknown,
+   * the next message is complete). */
+  uint64_t sent_serial;
+  mt_mesh_entries *sent_own;
   int64_t opened_ms;
   struct mt_watcher *prev, *next;
 } mt_watcher;
@@ -53,6 +59,10 @@ struct mt_mesh_service {
   mt_mesh_view *view;
   uint64_t serial;
   char version[VERSION_MAX];
+  /* The shared part's delta from view serial-1 to this one; NULL: none
+   * (the first view, or one that cannot be split), complete snapshots. */
+  uint8_t *shared_delta;
+  size_t shared_delta_len;
   /* The cluster part. */
   mt_mesh_sources sources;
   int held; /* the Kubernetes source has not synced yet: send nothing */
@@ -155,6 +165,7 @@ static void on_watcher_closed(void *arg, mt_grpc_status why) {
                  w->sent_version[0] ? w->sent_version : "none");
   log_stream_end(w, why, reason, "");
   unlink_watcher(w);
+  mt_mesh_entries_free(w->sent_own);
   free(w);
 }
 
@@ -164,6 +175,7 @@ static void finish_watcher(mt_watcher *w, mt_grpc_status status, const char *rea
   mt_grpc_stream_finish(w->stream, status, message);
   log_stream_end(w, status, reason, message);
   unlink_watcher(w);
+  mt_mesh_entries_free(w->sent_own);
   free(w);
 }
 
@@ -182,23 +194,64 @@ static void format_version(char *out, size_t out_len, uint64_t serial, const uin
     n += snprintf(out + n, out_len - (size_t)n, "%02x", digest[i]);
 }
 
+/* The delta that brings |w| from what it holds to |snap| (own part split
+ * into |own|), or NULL when it cannot have one: it did not ask, holds
+ * content older than the previous view, or the delta would not be
+ * smaller than the complete snapshot. */
+static uint8_t *encode_delta(const mt_watcher *w, const mt_mesh_view_snapshot *snap,
+                             const mt_mesh_entries *own, const char *version, size_t *len) {
+  const mt_mesh_service *svc = w->svc;
+  if (!w->accepts_deltas || !w->has_sent || w->sent_own == NULL || own == NULL ||
+      svc->shared_delta == NULL || w->sent_serial + 1 != svc->serial)
+    return NULL;
+  size_t head_len = 0, own_len = 0, changed = 0, removed = 0;
+  uint8_t *head = mt_mesh_delta_header(version, w->sent_version, &head_len);
+  uint8_t *own_delta = mt_mesh_entries_diff(w->sent_own, own, &own_len, &changed, &removed);
+  uint8_t *out = NULL;
+  *len = head_len + svc->shared_delta_len + own_len;
+  if (head != NULL && own_delta != NULL && *len < mt_mesh_view_snapshot_len(snap) &&
+      (out = malloc(*len)) != NULL) {
+    memcpy(out, head, head_len);
+    memcpy(out + head_len, svc->shared_delta, svc->shared_delta_len);
+    if (own_len) memcpy(out + head_len + svc->shared_delta_len, own_delta, own_len);
+  }
+  free(head);
+  free(own_delta);
+  return out;
+}
+
 static push_result queue_snapshot(mt_watcher *w, const mt_mesh_view_snapshot *snap) {
   mt_mesh_service *svc = w->svc;
   char version[VERSION_MAX];
   const uint8_t *digest = mt_mesh_view_snapshot_digest(snap);
   format_version(version, sizeof(version), svc->serial, digest);
+  mt_mesh_entries *own = NULL;
+  if (w->accepts_deltas) { /* unsplittable: the next message is complete again */
+    char err[ERR_MAX];
+    size_t own_len = 0;
+    const uint8_t *own_bytes = mt_mesh_view_snapshot_own(snap, &own_len);
+    own = mt_mesh_entries_parse(own_bytes, own_len, err, sizeof(err));
+  }
   size_t len = 0;
-  uint8_t *encoded = mt_mesh_view_snapshot_encode(snap, version, &len);
+  uint8_t *encoded = encode_delta(w, snap, own, version, &len);
+  int is_delta = encoded != NULL;
+  if (!is_delta) encoded = mt_mesh_view_snapshot_encode(snap, version, &len);
   mt_grpc_send_result r =
       encoded != NULL ? mt_grpc_stream_send(w->stream, encoded, len) : MT_GRPC_SEND_NO_MEMORY;
   free(encoded);
+  if (r != MT_GRPC_SEND_OK) mt_mesh_entries_free(own);
   switch (r) {
     case MT_GRPC_SEND_OK:
       w->has_sent = 1;
       w->pending = 0;
       memcpy(w->sent_digest, digest, MT_MESH_DIGEST_LEN);
       snprintf(w->sent_version, sizeof(w->sent_version), "%s", version);
+      w->sent_serial = svc->serial;
+      mt_mesh_entries_free(w->sent_own);
+      w->sent_own = own;
       mt_ca_log_count(svc->log, MT_CA_EV_SNAPSHOTS_SENT);
+      if (is_delta) mt_ca_log_count(svc->log, MT_CA_EV_SNAPSHOT_DELTAS_SENT);
+      mt_ca_log_add(svc->log, MT_CA_EV_SNAPSHOT_BYTES_SENT, len);
       return PUSH_SENT;
     case MT_GRPC_SEND_QUEUE_FULL: /* a slow reader: retried on the next poll */
       w->pending = 1;
@@ -229,10 +282,12 @@ static push_result push_one(mt_watcher *w) {
   }
   push_result r = PUSH_UNCHANGED;
   if (!w->has_sent ||
-      memcmp(w->sent_digest, mt_mesh_view_snapshot_digest(snap), MT_MESH_DIGEST_LEN) != 0)
+      memcmp(w->sent_digest, mt_mesh_view_snapshot_digest(snap), MT_MESH_DIGEST_LEN) != 0) {
     r = queue_snapshot(w, snap);
-  else
+  } else {
     w->pending = 0;
+    w->sent_serial = svc->serial; /* same content: the next delta starts here */
+  }
   mt_mesh_view_snapshot_free(snap);
   return r;
 }
@@ -262,10 +317,25 @@ static mt_mesh_view *build_view(mt_mesh_service *svc, const mt_mesh_file *mesh, 
   return mt_mesh_view_new(&in, err, err_len);
 }
 
+/* The shared part's delta from the view in force to |next|, kept for the
+ * push round of |next|; none when either cannot be split. */
+static void diff_shared(mt_mesh_service *svc, const mt_mesh_view *next) {
+  free(svc->shared_delta);
+  svc->shared_delta = NULL;
+  svc->shared_delta_len = 0;
+  const mt_mesh_entries *from = svc->view ? mt_mesh_view_shared_entries(svc->view) : NULL;
+  const mt_mesh_entries *to = mt_mesh_view_shared_entries(next);
+  size_t changed = 0, removed = 0;
+  if (from != NULL && to != NULL)
+    svc->shared_delta =
+        mt_mesh_entries_diff(from, to, &svc->shared_delta_len, &changed, &removed);
+}
+
 /* Puts |view| of |mesh| in force (takes both) with the next version; the
  * previous ones are freed. */
 static void install(mt_mesh_service *svc, mt_mesh_file *mesh, mt_mesh_view *view) {
   uint8_t digest[MT_MESH_DIGEST_LEN];
+  diff_shared(svc, view);
   mt_mesh_view_free(svc->view); /* before the file it borrows */
   if (mesh != svc->current) mt_mesh_file_free(svc->current);
   svc->current = mesh;
@@ -286,13 +356,17 @@ static void push_round(mt_mesh_service *svc, const char *why) {
                    svc->version, why, streams, streams == 1 ? "" : "s");
     return;
   }
+  uint64_t deltas = mt_ca_log_counter(svc->log, MT_CA_EV_SNAPSHOT_DELTAS_SENT);
+  uint64_t bytes = mt_ca_log_counter(svc->log, MT_CA_EV_SNAPSHOT_BYTES_SENT);
   size_t sent = push_all(svc, 0);
+  deltas = mt_ca_log_counter(svc->log, MT_CA_EV_SNAPSHOT_DELTAS_SENT) - deltas;
+  bytes = mt_ca_log_counter(svc->log, MT_CA_EV_SNAPSHOT_BYTES_SENT) - bytes;
   mt_ca_log_info(svc->log,
                  "mesh snapshot version %s in force (%s; %zu bytes shared, %zu destinations "
-                 "from the cluster): sent to %zu of %zu stream%s",
+                 "from the cluster): sent to %zu of %zu stream%s (%llu as deltas, %llu bytes)",
                  svc->version, why, mt_mesh_view_shared_len(svc->view),
                  mt_mesh_view_num_derived_destinations(svc->view), sent, streams,
-                 streams == 1 ? "" : "s");
+                 streams == 1 ? "" : "s", (unsigned long long)deltas, (unsigned long long)bytes);
 }
 
 /* Rebuilds the view of the mesh file in force from the sources as they
@@ -383,9 +457,10 @@ static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_r
   mt_ca_log_access(svc->log, &e);
 }
 
-/* The request names who is asking; it must be who the token says. */
+/* The request names who is asking; it must be who the token says. Tells
+ * whether the caller takes deltas in |*accepts_deltas|. */
 static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_request *req,
-                         const mt_ca_auth_result *auth, int64_t started_ms) {
+                         const mt_ca_auth_result *auth, int64_t started_ms, int *accepts_deltas) {
   char message[MESSAGE_MAX];
   Mtlsd__Mesh__V1__WatchRequest *wr =
       mtlsd__mesh__v1__watch_request__unpack(NULL, req->message_len, req->message);
@@ -401,9 +476,12 @@ static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_
     refuse(svc, stream, req, MT_GRPC_PERMISSION_DENIED, "identity_mismatch", auth->spiffe_id,
            message, started_ms);
   } else {
-    mt_ca_log_info(svc->log, "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\")",
+    *accepts_deltas = wr->accept_deltas;
+    mt_ca_log_info(svc->log,
+                   "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\", %s)",
                    auth->spiffe_id, req->peer_address, NODE_ID_SHOWN_MAX, wr->node_id, VERSION_MAX,
-                   wr->last_applied_version);
+                   wr->last_applied_version,
+                   wr->accept_deltas ? "takes deltas" : "complete snapshots only");
   }
   mtlsd__mesh__v1__watch_request__free_unpacked(wr, NULL);
   return ok;
@@ -424,7 +502,8 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
     refuse(svc, stream, req, auth.status, auth.reason, auth.spiffe_id, auth.message, started_ms);
     return;
   }
-  if (!check_request(svc, stream, req, &auth, started_ms)) return;
+  int accepts_deltas = 0;
+  if (!check_request(svc, stream, req, &auth, started_ms, &accepts_deltas)) return;
   mt_watcher *w = calloc(1, sizeof(*w));
   if (w == NULL) {
     refuse(svc, stream, req, MT_GRPC_RESOURCE_EXHAUSTED, "no_memory", auth.spiffe_id,
@@ -441,6 +520,7 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
   if (mt_node_name_valid(auth.node_name)) /* then at most MT_NODE_NAME_MAX_LEN bytes */
     memcpy(w->node, auth.node_name, strlen(auth.node_name) + 1);
   w->node_agent = is_node_agent(svc, auth.spiffe_id);
+  w->accepts_deltas = accepts_deltas;
   w->next = svc->watchers;
   if (svc->watchers) svc->watchers->prev = w;
   svc->watchers = w;
@@ -500,6 +580,7 @@ void mt_mesh_service_free(mt_mesh_service *svc) {
   while (svc->watchers != NULL)
     finish_watcher(svc->watchers, MT_GRPC_UNAVAILABLE, "shutdown", kShutdownMessage);
   clear_watched(svc);
+  free(svc->shared_delta);
   mt_mesh_view_free(svc->view); /* before the file it borrows */
   mt_mesh_file_free(svc->current);
   free(svc->mesh_path);
@@ -516,6 +597,9 @@ int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sou
   if (view == NULL) return 0;
   /* Nothing was sent yet: the first version just gets the sources too. */
   uint8_t digest[MT_MESH_DIGEST_LEN];
+  free(svc->shared_delta);
+  svc->shared_delta = NULL;
+  svc->shared_delta_len = 0;
   mt_mesh_view_free(svc->view);
   svc->view = view;
   mt_mesh_view_shared_digest(view, digest);

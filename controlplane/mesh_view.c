@@ -29,7 +29,8 @@ struct mt_mesh_view {
   size_t max_bytes;
   uint8_t *shared;
   size_t shared_len;
-  SHA256_CTX shared_hash; /* SHA-256 state after the shared bytes */
+  SHA256_CTX shared_hash;          /* SHA-256 state after the shared bytes */
+  mt_mesh_entries *shared_entries; /* NULL: cannot be split (see the header) */
   size_t num_derived;
   /* The mesh file's workload policies, sorted by identity (borrowed). */
   const Mtlsd__Mesh__V1__WorkloadPolicy **policies;
@@ -397,6 +398,8 @@ static int encode_shared(mt_mesh_view *v, const mt_mesh_view_inputs *in, char *e
       mtlsd__mesh__v1__mesh_snapshot__pack(&snap, v->shared);
       SHA256_Init(&v->shared_hash);
       SHA256_Update(&v->shared_hash, v->shared, v->shared_len);
+      char why[MT_MESH_VIEW_ERR_MAX];
+      v->shared_entries = mt_mesh_entries_parse(v->shared, v->shared_len, why, sizeof(why));
     }
   }
   if (!ok && err[0] == '\0') snprintf(err, err_len, "out of memory building the snapshot");
@@ -433,12 +436,17 @@ void mt_mesh_view_free(mt_mesh_view *v) {
   free(v->workloads);
   free(v->policies);
   free(v->shared);
+  mt_mesh_entries_free(v->shared_entries);
   free(v);
 }
 
 size_t mt_mesh_view_shared_len(const mt_mesh_view *v) { return v->shared_len; }
 
 size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *v) { return v->num_derived; }
+
+const mt_mesh_entries *mt_mesh_view_shared_entries(const mt_mesh_view *v) {
+  return v->shared_entries;
+}
 
 void mt_mesh_view_shared_digest(const mt_mesh_view *v, uint8_t out[MT_MESH_DIGEST_LEN]) {
   SHA256_CTX hash = v->shared_hash;
@@ -528,6 +536,11 @@ const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *s) { re
 
 size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *s) {
   return s->view->shared_len + s->own_len;
+}
+
+const uint8_t *mt_mesh_view_snapshot_own(const mt_mesh_view_snapshot *s, size_t *len) {
+  *len = s->own_len;
+  return s->own;
 }
 
 uint8_t *mt_mesh_view_snapshot_encode(const mt_mesh_view_snapshot *s, const char *version,

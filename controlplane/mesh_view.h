@@ -32,13 +32,19 @@
  *     out (a Workload needs an IP); their identities still count for
  *     workload_policies.
  * The digest is SHA-256 of the caller's content without a version: equal
- * digests mean the caller would see nothing new. Output is deterministic. */
+ * digests mean the caller would see nothing new. Output is deterministic.
+ *
+ * For deltas (mesh_delta.h) a view also holds its shared part split into
+ * entries, and a caller's snapshot gives its own part's bytes, so a server
+ * diffs the shared part once per new view and each caller's own part per
+ * caller. */
 #ifndef MT_CP_MESH_VIEW_H
 #define MT_CP_MESH_VIEW_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/mesh_delta.h"
 #include "controlplane/cluster_state.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/workloads_file.h"
@@ -85,6 +91,11 @@ size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *view);
 /* SHA-256 of the shared part (for the server's own version and logs). */
 void mt_mesh_view_shared_digest(const mt_mesh_view *view, uint8_t out[MT_MESH_DIGEST_LEN]);
 
+/* The shared part split into entries, for deltas; NULL when it cannot be
+ * (two destinations with the same address text): then only complete
+ * snapshots can be sent. Borrowed from |view|. */
+const mt_mesh_entries *mt_mesh_view_shared_entries(const mt_mesh_view *view);
+
 /* |caller|'s content. Returns NULL with the reason in |err| when out of
  * memory or when it would exceed the size limit (then nothing may be sent
  * to that caller). The result borrows |view|: free it first. */
@@ -97,6 +108,10 @@ const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *snap);
 
 /* The content's length without a version. */
 size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *snap);
+
+/* The caller's own part alone (what follows the shared part), encoded;
+ * borrowed from |snap|. */
+const uint8_t *mt_mesh_view_snapshot_own(const mt_mesh_view_snapshot *snap, size_t *len);
 
 /* The encoded MeshSnapshot with |version| set: malloc'd, length in |*len|;
  * NULL when out of memory. */

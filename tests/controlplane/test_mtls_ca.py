@@ -104,14 +104,15 @@ def verify_chain(tmp_path, resp):
 class Watcher:
     """A Watch stream read by a thread into a queue (so waits are bounded)."""
 
-    def __init__(self, ca, msgs, token, spiffe_id="", last_version=""):
+    def __init__(self, ca, msgs, token, spiffe_id="", last_version="", accept_deltas=False):
         self.channel = ca.channel()
         call = self.channel.unary_stream(WATCH,
                                          request_serializer=msgs.WatchRequest.SerializeToString,
                                          response_deserializer=msgs.MeshSnapshot.FromString)
         metadata = [("authorization", f"Bearer {token}")] if token is not None else []
         self.call = call(msgs.WatchRequest(node_id="test-node", spiffe_id=spiffe_id,
-                                           last_applied_version=last_version),
+                                           last_applied_version=last_version,
+                                           accept_deltas=accept_deltas),
                          metadata=metadata)
         self.snapshots = queue.Queue()
         self.error = None

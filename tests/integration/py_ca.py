@@ -6,7 +6,9 @@ it shares no code with.
 Serves IstioCertificateService/CreateCertificate (signs the CSR's key for
 the identity the CSR names; the real mtls-ca takes it from the token
 instead) and MeshConfig/Watch (the snapshot in --mesh-json, re-sent when the
-file changes). Flags let tests make it misbehave. Prints "listening PORT".
+file changes; as a delta to an agent that accepts them, computed here in
+Python from mesh.proto's rules, independently of agent/mesh_delta.c). Flags
+let tests make it misbehave. Prints "listening PORT".
 """
 import argparse
 import datetime
@@ -63,6 +65,7 @@ class Ca:
     def __init__(self, args):
         self.args = args
         self.calls = 0
+        self.sent_bad_delta = False
         self.lock = threading.Lock()
         self.load_issuer()
 
@@ -125,6 +128,7 @@ class Ca:
         return resp.SerializeToString()
 
     def snapshot(self):
+        """The complete MeshSnapshot message --mesh-json describes."""
         spec = json.load(open(self.args.mesh_json))
         snap = Snapshot()
         snap.version = str(spec["version"])
@@ -151,18 +155,62 @@ class Ca:
                 entry.ips.extend(w["ips"])
                 entry.namespace = w.get("namespace", "")
                 entry.pod = w.get("pod", "")
-        return snap.SerializeToString()
+        return snap
 
     def watch(self, raw, context):
-        WatchRequest.FromString(raw)
-        last = None
+        request = WatchRequest.FromString(raw)
+        last, sent = None, None
         deadline = time.monotonic() + self.args.watch_seconds
         while context.is_active() and time.monotonic() < deadline:
             stamp = os.stat(self.args.mesh_json).st_mtime_ns if self.args.mesh_json else None
             if self.args.mesh_json and stamp != last:
                 last = stamp
-                yield self.snapshot()
+                snap = self.snapshot()
+                if sent is not None and request.accept_deltas and not has_twice(snap):
+                    bad = self.args.bad_delta_base and not self.sent_bad_delta
+                    self.sent_bad_delta = self.sent_bad_delta or bad
+                    yield delta(sent, snap, "no-such-version" if bad else sent.version)
+                else:
+                    yield snap.SerializeToString()
+                sent = snap
             time.sleep(0.05)
+
+
+# Deltas (mesh.proto, MeshSnapshot.delta): entries keyed by their field 1.
+KEYED = {"trust_bundles": (2, "trust_domain"), "destinations": (4, "address"),
+         "workload_policies": (5, "spiffe_id")}
+SINGLE = {"policy": 3, "node_workloads": 6}
+
+
+def has_twice(snap):
+    """Whether a key appears twice: a delta cannot say that (tests send
+    such snapshots to see them refused), so they go complete."""
+    for name, (_, key) in KEYED.items():
+        keys = [getattr(e, key) for e in getattr(snap, name)]
+        if len(keys) != len(set(keys)):
+            return True
+    return False
+
+
+def delta(prev, cur, base_version):
+    """The delta message that turns |prev| into |cur|."""
+    d = Snapshot(version=cur.version, delta=True, base_version=base_version)
+    for name, (number, key) in KEYED.items():
+        old = {getattr(e, key): e.SerializeToString() for e in getattr(prev, name)}
+        new = {getattr(e, key): e for e in getattr(cur, name)}
+        for k, entry in new.items():
+            if old.get(k) != entry.SerializeToString():
+                getattr(d, name).add().CopyFrom(entry)
+        for k in old.keys() - new.keys():
+            d.removed.add(field=number, key=k)
+    for name, number in SINGLE.items():
+        had, has = prev.HasField(name), cur.HasField(name)
+        if has and (not had or getattr(prev, name).SerializeToString()
+                    != getattr(cur, name).SerializeToString()):
+            getattr(d, name).CopyFrom(getattr(cur, name))
+        elif had and not has:
+            d.removed.add(field=number)
+    return d.SerializeToString()
 
 
 def main():
@@ -179,6 +227,8 @@ def main():
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--garbage", action="store_true")
     p.add_argument("--watch-seconds", type=float, default=120)
+    p.add_argument("--bad-delta-base", action="store_true",
+                   help="the first delta names a base version the agent never had")
     args = p.parse_args()
     ca = Ca(args)
     handlers = {

@@ -309,24 +309,6 @@ def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca
         (4, {"address": "127.0.0.1", "spiffe_ids": [spiffe_id("backend")]}, "allow"),
         (5, {"address": "127.0.0.1", "spiffe_id": spiffe_id("cache")}, "deny"),
     ]
-    # Workers take a new snapshot just after the agent logs it: each step
-    # waits (bounded) until a call is judged the new way.
-    def allowed():
-        try:
-            received, local = roundtrip(port_out, b"ping")
-        except (OSError, AssertionError):
-            return None
-        line = frontend.wait_log(direction="outbound", source=local)
-        return line if received == b"ping" and line["decision"] == "allow" else None
-
-    def denied():
-        try:
-            local = refused_connection(port_out, b"ping")
-        except AssertionError:  # still admitted by the previous snapshot
-            return None
-        line = frontend.wait_log(direction="outbound", source=local)
-        return line if line["decision"] == "deny" else None
-
     for version, destination, decision in steps:
         spec = mesh_spec(ca_pki, version=version)
         spec["destinations"] = [destination]
@@ -334,15 +316,66 @@ def test_a_destination_accepts_any_of_its_allowed_ids(start_ca, agents, apps, ca
         wait_until(lambda: mesh_version_applied(ca, frontend, version),
                    f"frontend to apply version {version}")
         if decision == "allow":
-            line = wait_until(allowed, f"version {version} to admit backend")
+            line = wait_outbound_decision(frontend, port_out, "allow", f"version {version}")
             assert line["rule"] == "expected-id", line
         else:
-            line = wait_until(denied, f"version {version} to refuse backend")
+            line = wait_outbound_decision(frontend, port_out, "deny", f"version {version}")
             assert line["reason"] == "unexpected_server_id", line
             if "spiffe_ids" in destination:
                 assert "expected one of 2 IDs" in line["detail"], line
             else:
                 assert line["detail"] == "expected " + spiffe_id("cache"), line
+    # Both control planes send each change as a delta (only the destination
+    # changed), and the agent applied what it rebuilt from them.
+    assert frontend.stderr().count("(from a delta)") >= len(steps), frontend.stderr()
+
+
+def wait_outbound_decision(frontend, port_out, decision, what):
+    """Workers take a new snapshot just after the agent logs it: waits
+    (bounded) until a call through |port_out| is judged |decision| ("allow"
+    or "deny") and returns its access-log line."""
+    def judged():
+        try:
+            if decision == "allow":
+                received, local = roundtrip(port_out, b"ping")
+                if received != b"ping":
+                    return None
+            else:
+                local = refused_connection(port_out, b"ping")
+        except (OSError, AssertionError):  # still judged by the previous snapshot
+            return None
+        line = frontend.wait_log(direction="outbound", source=local)
+        return line if line["decision"] == decision else None
+    return wait_until(judged, f"{what} to {'admit' if decision == 'allow' else 'refuse'} backend")
+
+
+@pytest.mark.parametrize("ca_kind", ["grpcio"])
+def test_a_delta_that_does_not_apply_makes_the_agent_resync(start_ca, agents, apps, ca_pki,
+                                                           tmp_path):
+    """A delta whose base is not the snapshot the agent holds is never
+    guessed at: the agent ends the stream, opens a new one at once, and
+    applies the complete snapshot it starts with; later deltas apply."""
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path,
+                                                ca_extra=("--bad-delta-base",))
+    port_in = backend.listener_ports()[0]
+    spec = mesh_spec(ca_pki, version=2)
+    spec["destinations"] = [{"address": f"127.0.0.1:{port_in}", "spiffe_id": spiffe_id("cache")}]
+    ca.write_mesh(spec)
+    wait_until(lambda: "mesh config version 2:" in frontend.stderr(), "version 2 after a resync")
+    err = frontend.stderr()
+    assert ("cannot apply a delta (the delta to 2 applies to no-such-version, not to the 1 "
+            "held); asking for a complete snapshot") in err, err
+    v2 = next(l for l in err.splitlines() if "mesh config version 2:" in l)
+    assert "(from a delta)" not in v2, v2
+    assert "mesh config rejected" not in err, err
+    line = wait_outbound_decision(frontend, port_out, "deny", "version 2")
+    assert line["detail"] == "expected " + spiffe_id("cache"), line
+    spec = mesh_spec(ca_pki, version=3, backend_addr=f"127.0.0.1:{port_in}")
+    ca.write_mesh(spec)
+    wait_until(lambda: "mesh config version 3:" in frontend.stderr(), "version 3")
+    v3 = next(l for l in frontend.stderr().splitlines() if "mesh config version 3:" in l)
+    assert v3.endswith("(from a delta)"), v3
+    wait_outbound_decision(frontend, port_out, "allow", "version 3")
 
 
 @pytest.mark.parametrize("ca_kind", CA_KINDS)
