@@ -287,7 +287,8 @@ class Agent(threading.Thread):
                 self.report(("error", log.index, "the stream ended"))
         except Exception as e:  # grpc.RpcError, or a message that does not decode
             if not self.stopping:
-                text = "%s: %s" % (type(e).__name__, getattr(e, "details", lambda: str(e))())
+                details = e.details() if hasattr(e, "details") else str(e)
+                text = "%s: %s" % (type(e).__name__, details)
                 log.problems.append(text)
                 self.report(("error", log.index, text))
 

@@ -97,6 +97,7 @@ class Cluster:
         self.nodes = ["node-%03d" % i for i in range(nodes)]
         self.namespaces = ["bench-%d" % i for i in range(namespaces)]
         self.services = []  # (ns, name, ports)
+        self.ports = {}  # (ns, name) -> ports
         self.pods = {}  # "ns/name" -> {"ns", "name", "svc", "node", "ip", "ready", "slice"}
         self.slices = {}  # (ns, slice name) -> {"svc", "endpoints": [pod key...]}
         self.slices_of = {}  # (ns, svc) -> [slice names]
@@ -107,6 +108,7 @@ class Cluster:
             name = "svc-%04d" % i
             ports = [("http", 80, 8080)] + ([("grpc", 9090, 9090)] if i % 4 == 0 else [])
             self.services.append((ns, name, ports))
+            self.ports[(ns, name)] = ports
             self.slices_of[(ns, name)] = []
         for j in range(pods):
             ns, svc, _ = self.services[j % services]
@@ -129,12 +131,12 @@ class Cluster:
         pod = {"ns": ns, "name": name, "svc": svc, "node": node, "ip": ip, "ready": True}
         key = "%s/%s" % (ns, name)
         self.pods[key] = pod
-        self._place(key)
-        return key
+        return key, self._place(key)
 
     def _place(self, key):
         """Puts the pod's endpoint into its Service's first slice with room,
-        or a new slice (as the EndpointSlice controller does)."""
+        or a new slice (as the EndpointSlice controller does); True when
+        the slice is new."""
         pod = self.pods[key]
         names = self.slices_of[(pod["ns"], pod["svc"])]
         for name in names:
@@ -146,7 +148,7 @@ class Cluster:
             self.slices[(pod["ns"], name)] = {"svc": pod["svc"], "endpoints": []}
         self.slices[(pod["ns"], name)]["endpoints"].append(key)
         pod["slice"] = name
-        return name
+        return len(self.slices[(pod["ns"], name)]["endpoints"]) == 1
 
     # objects, as the API shows them
 
@@ -161,17 +163,11 @@ class Cluster:
 
     def slice_object(self, ns, name):
         s = self.slices[(ns, name)]
-        ports = [(p[0], p[2]) for p in self._ports(ns, s["svc"])]
+        ports = [(p[0], p[2]) for p in self.ports[(ns, s["svc"])]]
         endpoints = [(self.pods[k]["name"], self.pods[k]["ip"], self.pods[k]["node"], self.pods[k]["ready"])
                      for k in s["endpoints"]]
         obj = self.fx.endpointslice(ns, s["svc"], name[len(s["svc"]) + 1:], "IPv4", endpoints, ports)
         return obj
-
-    def _ports(self, ns, svc):
-        for sns, sname, ports in self.services:
-            if (sns, sname) == (ns, svc):
-                return ports
-        raise KeyError(svc)
 
     def objects(self):
         return {
@@ -188,10 +184,10 @@ class Cluster:
 
     def create(self):
         ns, svc, _ = self.rng.choice(self.services)
-        key = self._new_pod(ns, svc, self.rng.choice(self.nodes))
+        key, new_slice = self._new_pod(ns, svc, self.rng.choice(self.nodes))
         p = self.pods[key]
         return ([("add", "pods", self.pod_object(key)),
-                 ("modify", "endpointslices", self.slice_object(ns, p["slice"]))],
+                 ("add" if new_slice else "modify", "endpointslices", self.slice_object(ns, p["slice"]))],
                 {"kind": "create", "pod": key, "node": p["node"], "ip": p["ip"]})
 
     def delete(self):
@@ -216,14 +212,7 @@ class Cluster:
                 {"kind": "ready" if p["ready"] else "unready", "pod": key, "node": p["node"], "ip": p["ip"]})
 
     def _any_pod(self):
-        # random.choice over a dict's keys without sorting 10,000 names each time
-        keys = getattr(self, "_keys", None)
-        if keys is None or len(keys) != len(self.pods) or self.rng.random() < 0.02:
-            keys = self._keys = list(self.pods)
-        while True:
-            key = self.rng.choice(keys)
-            if key in self.pods:
-                return key
+        return self.rng.choice(list(self.pods))  # insertion order: the same run for the same seed
 
 
 # ---- processes ------------------------------------------------------------------
@@ -425,7 +414,7 @@ def run(args):
     import conftest
     import fixtures as fx
     from standin import StandIn
-    from test_mtls_ca import NODE_AGENT_ID, node_agent_token
+    from test_mtls_ca import node_agent_token
     from test_mtls_ca_kubernetes import kubernetes_config
 
     result = {"params": vars(args).copy(), "machine": machine(), "binary": str(binary), "ok": False}
@@ -468,7 +457,8 @@ def run(args):
 
         # ---- the node agents and their first state
         root_pem = Path(pki["root"]).read_bytes()
-        sample = set(range(0, args.nodes, max(1, args.nodes // max(1, args.dest_sample)))) if args.dest_sample else set()
+        step = max(1, args.nodes // max(1, args.dest_sample))
+        sample = set(list(range(0, args.nodes, step))[:args.dest_sample])  # spread over the nodes
         specs = [{"index": i, "node": node, "token": node_agent_token(pki, node=node), "root_pem": root_pem,
                   "target": "127.0.0.1:%d" % ca.port, "deltas": args.deltas == "on", "sample": i in sample}
                  for i, node in enumerate(cluster.nodes)]
@@ -513,7 +503,6 @@ def run(args):
         admin = Admin(api.admin_port)
         sampler = Sampler(pid)
         stderr_mark = len(ca.stderr())
-        progress_before = sum(r[1] for r in workers.ask("progress", "progress"))
         sampler.start()
         bench_pids = [api.proc.pid] + [p.pid for p in workers.procs]
         tcp0, cpu0, wait0 = tcp_bytes_sent(ca.port), proc_cpu_ticks(pid), proc_runqueue_wait_s(pid)
@@ -629,7 +618,6 @@ def run(args):
 
 
 def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s):
-    by_node = {a["node"]: a for a in logs.values()}
     out = {"reporting": len(logs), "problems": sum(a["num_problems"] for a in logs.values()),
            "problem_samples": [p for a in logs.values() for p in a["problems"]][:10],
            "wrong_node_snapshots": sum(a["wrong_node"] for a in logs.values())}
