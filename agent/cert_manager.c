@@ -34,7 +34,6 @@ enum {
   ERR_MAX = 512,
   JITTER_PERCENT = 10,         /* renewal: +-10% of the certificate's life */
   BACKOFF_JITTER_PERCENT = 20, /* retries: +-20% of the delay */
-  WATCH_RETRY_MAX_MS = 30000,
 };
 
 static const double MIN_RENEWAL_DELAY_S = 0.1;
@@ -427,10 +426,11 @@ static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   m->resynced = 0;
   const char *how = from_delta ? " (from a delta)" : "";
   if (m->watched.has_node_workloads)
-    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations, %zu workloads on "
-             "this node%s",
+    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations (%zu Service "
+             "endpoints), %zu workloads on this node%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-             mt_mesh_num_destinations(m->watched.mesh), m->watched.num_node_workloads, how);
+             mt_mesh_num_destinations(m->watched.mesh),
+             mt_mesh_num_service_endpoints(m->watched.mesh), m->watched.num_node_workloads, how);
   else
     MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
@@ -471,7 +471,7 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
            mt_grpc_status_name(status), message);
   double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   m->watch_backoff_ms *= 2;
-  if (m->watch_backoff_ms > WATCH_RETRY_MAX_MS) m->watch_backoff_ms = WATCH_RETRY_MAX_MS;
+  if (m->watch_backoff_ms > m->config->cp_retry_max_ms) m->watch_backoff_ms = m->config->cp_retry_max_ms;
   set_timer(m, &m->watch_timer, delay_s);
 }
 
@@ -564,8 +564,7 @@ static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   return 1;
 }
 
-static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id,
-                      int impersonate) {
+static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id, int impersonate) {
   slot->m = m;
   snprintf(slot->spiffe_id, sizeof(slot->spiffe_id), "%s", spiffe_id);
   slot->impersonate = impersonate;

@@ -1106,9 +1106,8 @@ mt_config *mt_config_load(const char *path, char *err, size_t err_len) {
   int meshes_ok = c->mesh != NULL;
   for (size_t i = 0; meshes_ok && i < c->num_node_workloads; i++) {
     mt_node_workload_config *w = &c->node_workloads[i];
-    w->mesh = w->policy ? mt_mesh_new("static", w->policy, c->destinations, c->num_destinations)
-                        : mt_mesh_ref(c->mesh);
-    w->policy = NULL; /* owned by the mesh now (freed by mt_mesh_new on failure) */
+    w->mesh = w->policy ? mt_mesh_with_policy(c->mesh, w->policy) : mt_mesh_ref(c->mesh);
+    w->policy = NULL; /* owned by the mesh now (freed by mt_mesh_with_policy on failure) */
     meshes_ok = w->mesh != NULL;
   }
   if (c->access_log == NULL || !meshes_ok) {

@@ -44,11 +44,22 @@ typedef struct {
   mt_sockaddr destination; /* outbound mapping: the remote agent */
 } mt_listener_config;
 
+/* A ready endpoint of a Service address: where a node agent dials instead
+ * of the ClusterIP, and the one identity it must present there. Only the
+ * control plane sends these (MeshSnapshot Destination.endpoints); the YAML
+ * has no such key. */
+typedef struct {
+  mt_sockaddr address; /* ip:port, never port 0 */
+  char *spiffe_id;
+} mt_service_endpoint;
+
 /* outbound.destinations[]: who may answer at an address. */
 typedef struct {
   mt_sockaddr address; /* port 0: every port of that IP (a pod) */
   char **spiffe_ids;   /* allowed server identities (any one of them); at least one */
   size_t num_spiffe_ids;
+  mt_service_endpoint *endpoints; /* a Service address's endpoints (pushed only); may be none */
+  size_t num_endpoints;
 } mt_destination_config;
 
 typedef struct {

@@ -109,13 +109,16 @@ static const char *tls_side_version(const mt_conn *conn, const char **cipher) {
 }
 
 static void write_access_record(mt_conn *conn, mt_reason reason, const char *detail) {
-  char source[ADDR_TEXT_MAX], target[ADDR_TEXT_MAX];
+  char source[ADDR_TEXT_MAX], target[ADDR_TEXT_MAX], endpoint[ADDR_TEXT_MAX] = "";
   mt_sockaddr_format((const struct sockaddr *)&conn->source, source, sizeof(source));
   mt_sockaddr_format((const struct sockaddr *)&conn->target, target, sizeof(target));
+  if (conn->endpoint.ss_family)
+    mt_sockaddr_format((const struct sockaddr *)&conn->endpoint, endpoint, sizeof(endpoint));
   mt_access_record rec;
   rec.direction = conn->direction == MT_DIR_INBOUND ? "inbound" : "outbound";
   rec.source = source;
   rec.destination = conn->target.ss_family ? target : "";
+  rec.endpoint = endpoint;
   rec.peer_id = conn->peer.spiffe_id;
   rec.local_id = conn->identity ? mt_identity_spiffe_id(conn->identity) : "";
   rec.decision = conn->admitted ? "allow" : "deny";

@@ -78,7 +78,12 @@ struct mt_conn {
   mt_identity *identity;   /* reference held for the connection's life */
   mt_identity *local_peer; /* node-local delivery: the destination pod's snapshot */
   mt_tls_peer peer;
-  struct sockaddr_storage source, target;
+  struct sockaddr_storage source, target; /* target: the original destination */
+  /* Node mode, a Service address routed by the agent itself: the endpoint
+   * chosen (ss_family 0: none, |target| is dialled) and the one identity it
+   * must present (borrowed from |identity|'s mesh). */
+  struct sockaddr_storage endpoint;
+  const char *endpoint_id;
   int admitted;         /* passed verification and policy */
   const char *rule;     /* static or owned by the config snapshot */
   mt_conn *prev, *next; /* worker's list of live connections */

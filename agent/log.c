@@ -126,6 +126,7 @@ void mt_access_log_write(const mt_access_record *r) {
   put_str(line, sizeof(line), &pos, "direction", r->direction);
   put_str(line, sizeof(line), &pos, "source", r->source);
   put_str(line, sizeof(line), &pos, "destination", r->destination);
+  put_str(line, sizeof(line), &pos, "endpoint", r->endpoint);
   put_str(line, sizeof(line), &pos, "peer_id", r->peer_id);
   put_str(line, sizeof(line), &pos, "local_id", r->local_id);
   put_str(line, sizeof(line), &pos, "decision", r->decision);

@@ -29,6 +29,7 @@ typedef struct {
   const char *direction;   /* "inbound" / "outbound" */
   const char *source;      /* "ip:port" */
   const char *destination; /* original destination "ip:port" */
+  const char *endpoint;    /* the Service endpoint chosen by a node agent, "" (or NULL) for none */
   const char *peer_id;     /* "" when unknown */
   const char *local_id;
   const char *decision;    /* "allow" / "deny" */

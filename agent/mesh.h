@@ -10,6 +10,7 @@
 #define MT_MESH_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "agent/config.h"
@@ -26,12 +27,31 @@ typedef struct mt_mesh mt_mesh;
 mt_mesh *mt_mesh_new(const char *version, mt_policy *policy,
                      const mt_destination_config *destinations, size_t num_destinations);
 
+/* A mesh with |base|'s version and destinations (shared, not copied: a
+ * workload's own policy costs only the policy) and |policy| (taken, freed
+ * even on failure). Returns NULL when out of memory. */
+mt_mesh *mt_mesh_with_policy(const mt_mesh *base, mt_policy *policy);
+
+/* A mesh with |base|'s destinations changed, without rebuilding those that
+ * stay (what a delta needs): |changed| replace the entries of their
+ * address or are added, |removed| addresses leave. A changed entry whose
+ * address |base| already has is refused unless its |replaces| flag is set
+ * (the sender's text for it is another one: two texts, one address), as
+ * are two changed entries with one address and a removed address |base|
+ * does not have; the reason goes to |err|. Takes |policy| (freed even on
+ * failure); copies |version|. Returns NULL on refusal or out of memory. */
+mt_mesh *mt_mesh_patched(const mt_mesh *base, const char *version, mt_policy *policy,
+                         const mt_destination_config *changed, const int *replaces,
+                         size_t num_changed, const mt_sockaddr *removed, size_t num_removed,
+                         char *err, size_t err_len);
+
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 
 const mt_policy *mt_mesh_policy(const mt_mesh *mesh);
 const char *mt_mesh_version(const mt_mesh *mesh);
 size_t mt_mesh_num_destinations(const mt_mesh *mesh);
+size_t mt_mesh_num_service_endpoints(const mt_mesh *mesh); /* over every destination */
 
 /* The server identities allowed at a destination (any one of them). */
 typedef struct {
@@ -43,6 +63,18 @@ typedef struct {
  * its IP alone (a pod: every port). Returns 1 with |out| filled, or 0 when
  * none is configured. O(log n). */
 int mt_mesh_expected_ids(const mt_mesh *mesh, const struct sockaddr *dest, mt_expected_ids *out);
+
+/* The ready endpoints of Service address |dest| (its exact "ip:port"
+ * entry; never an IP-alone entry), as the control plane sent them, sorted.
+ * Returns how many (0: none), with |*out| borrowed from the mesh. */
+size_t mt_mesh_service_endpoints(const mt_mesh *mesh, const struct sockaddr *dest,
+                                 const mt_service_endpoint **out);
+
+/* One of |dest|'s endpoints chosen by |random| (uniform when |random| is:
+ * the caller brings the randomness, see mt_worker_random), or NULL when
+ * |dest| has none. Borrowed from the mesh. */
+const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *mesh, const struct sockaddr *dest,
+                                                   uint64_t random);
 
 /* 1 when two destinations have the same address (the same "ip:port", or
  * the same IP alone), with that address as text in |addr|; else 0. */

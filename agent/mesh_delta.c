@@ -384,17 +384,29 @@ static size_t removal_len(const removal *r) {
   return varint_len((uint64_t)FIELD_REMOVED << TAG_SHIFT) + varint_len(payload) + payload;
 }
 
-uint8_t *mt_mesh_entries_encode(const mt_mesh_entries *e, size_t *len) {
+uint8_t *mt_mesh_entries_encode_except(const mt_mesh_entries *e, uint32_t field, size_t *len) {
   size_t version_len = strlen(e->version);
   size_t total = version_len ? string_field_len(FIELD_VERSION, version_len) : 0;
-  for (size_t i = 0; i < e->num_entries; i++) total += e->entries[i].bytes.len;
+  for (size_t i = 0; i < e->num_entries; i++)
+    if (e->entries[i].field != field) total += e->entries[i].bytes.len;
   out_buf o = {malloc(total + 1), 0};
   if (o.data == NULL) return NULL;
   if (version_len) put_string_field(&o, FIELD_VERSION, e->version, version_len);
   for (size_t i = 0; i < e->num_entries; i++)
-    put_bytes(&o, e->entries[i].bytes.data, e->entries[i].bytes.len);
+    if (e->entries[i].field != field)
+      put_bytes(&o, e->entries[i].bytes.data, e->entries[i].bytes.len);
   *len = o.len;
   return o.data;
+}
+
+uint8_t *mt_mesh_entries_encode(const mt_mesh_entries *e, size_t *len) {
+  return mt_mesh_entries_encode_except(e, 0, len); /* no field is 0 */
+}
+
+int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key,
+                        size_t key_len) {
+  entry probe = {field, {(const uint8_t *)key, key_len}, {NULL, 0}};
+  return bsearch(&probe, e->entries, e->num_entries, sizeof(probe), compare_entries) != NULL;
 }
 
 uint8_t *mt_mesh_delta_header(const char *version, const char *base_version, size_t *len) {

@@ -28,6 +28,9 @@ extern "C" {
 
 typedef struct mt_mesh_entries mt_mesh_entries;
 
+/* MeshSnapshot's destinations field (the one keyed by address). */
+enum { MT_MESH_FIELD_DESTINATIONS = 4 };
+
 /* Splits an encoded MeshSnapshot (complete or delta) into its header and
  * entries; copies |buf|. */
 mt_mesh_entries *mt_mesh_entries_parse(const uint8_t *buf, size_t len, char *err, size_t err_len);
@@ -44,6 +47,9 @@ const char *mt_mesh_entries_base_version(const mt_mesh_entries *e);
 size_t mt_mesh_entries_count(const mt_mesh_entries *e);
 size_t mt_mesh_entries_num_removed(const mt_mesh_entries *e);
 
+/* 1 when |e| holds the entry of |field| with |key| (|key_len| bytes). */
+int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key, size_t key_len);
+
 /* The complete snapshot |delta| makes of |base| (a complete one), named by
  * the delta's version. NULL with the reason when |delta| does not apply
  * to |base| or when out of memory. */
@@ -54,6 +60,9 @@ mt_mesh_entries *mt_mesh_entries_apply(const mt_mesh_entries *base, const mt_mes
  * ordered by field and key): malloc'd, length in |*len|; NULL when out of
  * memory. */
 uint8_t *mt_mesh_entries_encode(const mt_mesh_entries *e, size_t *len);
+
+/* Like mt_mesh_entries_encode, leaving out every entry of |field|. */
+uint8_t *mt_mesh_entries_encode_except(const mt_mesh_entries *e, uint32_t field, size_t *len);
 
 /* The delta's body that turns |from| into |to| (both complete, headers
  * ignored): the entries of |to| that |from| lacks or holds with other

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/mesh_delta.h"
 #include "agent/pem.h"
 #include "agent/svid.h"
 #include "proto/mtlsd/mesh.pb-c.h"
@@ -156,9 +157,54 @@ static mt_policy *decode_policy(const Mtlsd__Mesh__V1__Policy *p, char *err, siz
   return policy;
 }
 
-/* Fills |dests| from the snapshot; the ID arrays are allocated here and
- * freed by free_destinations, the strings borrowed from |s| (mt_mesh_new
- * copies them). */
+/* A Service address's endpoints (Destination.endpoints): each an ip:port
+ * of the address's family whose identity is one the address accepts. */
+static int decode_endpoints(const Mtlsd__Mesh__V1__Destination *d, size_t i,
+                            mt_destination_config *dst, char *err, size_t err_len) {
+  if (d->n_endpoints == 0) return 1;
+  const struct sockaddr *service = (const struct sockaddr *)&dst->address.addr;
+  if (mt_sockaddr_port(service) == 0)
+    return snprintf(err, err_len,
+                    "destinations[%zu] (%.64s): endpoints on an address without a port (only "
+                    "a Service address has endpoints)",
+                    i, d->address),
+           0;
+  dst->endpoints = calloc(d->n_endpoints, sizeof(*dst->endpoints));
+  if (dst->endpoints == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  mt_expected_ids accepted = {(const char *const *)dst->spiffe_ids, dst->num_spiffe_ids};
+  for (size_t j = 0; j < d->n_endpoints; j++) {
+    const Mtlsd__Mesh__V1__Endpoint *e = d->endpoints[j];
+    mt_service_endpoint *ep = &dst->endpoints[j];
+    if (!mt_sockaddr_parse(e->address, &ep->address, 0) ||
+        mt_sockaddr_port((const struct sockaddr *)&ep->address.addr) == 0 ||
+        ep->address.addr.ss_family != service->sa_family)
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu]: '%.64s' is not an IP:port of "
+                      "the address's family",
+                      i, d->address, j, e->address),
+             0;
+    mt_spiffe_err se = mt_spiffe_id_parse(e->spiffe_id, strlen(e->spiffe_id), NULL);
+    if (se != MT_SPIFFE_OK)
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu] (%.64s): invalid "
+                      "SPIFFE ID: %s",
+                      i, d->address, j, e->address, mt_spiffe_err_str(se)),
+             0;
+    if (!mt_expected_ids_contain(&accepted, e->spiffe_id))
+      return snprintf(err, err_len,
+                      "destinations[%zu] (%.64s): endpoints[%zu] (%.64s): %.128s is not one of "
+                      "the address's SPIFFE IDs",
+                      i, d->address, j, e->address, e->spiffe_id),
+             0;
+    ep->spiffe_id = e->spiffe_id;
+    dst->num_endpoints = j + 1;
+  }
+  return 1;
+}
+
+/* Fills |dests| from the snapshot; the ID and endpoint arrays are
+ * allocated here and freed by free_destinations, the strings borrowed from
+ * |s| (mt_mesh_new copies them). */
 static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destination_config *dests,
                                char *err, size_t err_len) {
   for (size_t i = 0; i < s->n_destinations; i++) {
@@ -173,7 +219,7 @@ static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destin
     if (dests[i].spiffe_ids == NULL) return snprintf(err, err_len, "out of memory"), 0;
     for (size_t j = 0; j < n; j++) {
       char *id = d->spiffe_id[0] != '\0' ? (j == 0 ? d->spiffe_id : d->spiffe_ids[j - 1])
-                                          : d->spiffe_ids[j];
+                                         : d->spiffe_ids[j];
       mt_spiffe_err e = mt_spiffe_id_parse(id, strlen(id), NULL);
       if (e != MT_SPIFFE_OK)
         return snprintf(err, err_len, "destinations[%zu]: invalid SPIFFE ID: %s", i,
@@ -181,17 +227,21 @@ static int decode_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_destin
                0;
       dests[i].spiffe_ids[dests[i].num_spiffe_ids++] = id;
     }
+    if (!decode_endpoints(d, i, &dests[i], err, err_len)) return 0;
   }
   return 1;
 }
 
 static void free_destinations(mt_destination_config *dests, size_t n) {
-  for (size_t i = 0; dests != NULL && i < n; i++) free(dests[i].spiffe_ids);
+  for (size_t i = 0; dests != NULL && i < n; i++) {
+    free(dests[i].spiffe_ids);
+    free(dests[i].endpoints);
+  }
   free(dests);
 }
 
-static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
-                                    const mt_destination_config *dests, mt_mesh_update *out,
+/* Each workload's mesh shares the general one's destinations. */
+static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out,
                                     char *err, size_t err_len) {
   out->workloads = calloc(s->n_workload_policies + 1, sizeof(mt_workload_mesh));
   if (out->workloads == NULL) return snprintf(err, err_len, "out of memory"), 0;
@@ -212,7 +262,7 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s,
       return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
     mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
     dst->spiffe_id = strdup(w->spiffe_id);
-    dst->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    dst->mesh = mt_mesh_with_policy(out->mesh, policy);
     if (dst->spiffe_id == NULL || dst->mesh == NULL)
       return snprintf(err, err_len, "out of memory"), 0;
   }
@@ -261,7 +311,8 @@ static int compare_owners(const void *a, const void *b) {
 /* No IP may belong to two workloads: which certificate would serve it? */
 static int check_addresses_unique(const mt_mesh_update *out, char *err, size_t err_len) {
   size_t total = 0;
-  for (size_t i = 0; i < out->num_node_workloads; i++) total += out->node_workloads[i].num_addresses;
+  for (size_t i = 0; i < out->num_node_workloads; i++)
+    total += out->node_workloads[i].num_addresses;
   address_owner *owners = calloc(total + 1, sizeof(*owners));
   if (owners == NULL) return snprintf(err, err_len, "out of memory"), 0;
   size_t n = 0;
@@ -297,34 +348,107 @@ static int decode_node_workloads(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh
   return check_addresses_unique(out, err, err_len);
 }
 
-int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
-                            size_t err_len) {
+/* Where the general mesh's destinations come from: the snapshot itself,
+ * or (|delta| set) the held mesh changed by a delta. */
+typedef struct {
+  const Mtlsd__Mesh__V1__MeshSnapshot *delta;
+  const mt_mesh *held;
+  const mt_mesh_entries *held_entries;
+} dest_source;
+
+/* The held mesh's destinations changed by |src->delta|; takes |policy|. */
+static mt_mesh *patch_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, const dest_source *src,
+                                   mt_policy *policy, char *err, size_t err_len) {
+  const Mtlsd__Mesh__V1__MeshSnapshot *d = src->delta;
+  mt_destination_config *changed = calloc(d->n_destinations + 1, sizeof(*changed));
+  int *replaces = calloc(d->n_destinations + 1, sizeof(*replaces));
+  mt_sockaddr *removed = calloc(d->n_removed + 1, sizeof(*removed));
+  size_t num_removed = 0;
+  int ok = changed != NULL && replaces != NULL && removed != NULL;
+  if (!ok) snprintf(err, err_len, "out of memory");
+  if (ok) ok = decode_destinations(d, changed, err, err_len);
+  for (size_t i = 0; ok && i < d->n_destinations; i++) {
+    const char *a = d->destinations[i]->address;
+    replaces[i] = mt_mesh_entries_has(src->held_entries, MT_MESH_FIELD_DESTINATIONS, a, strlen(a));
+  }
+  for (size_t i = 0; ok && i < d->n_removed; i++) {
+    if (d->removed[i]->field != MT_MESH_FIELD_DESTINATIONS) continue;
+    ok = mt_sockaddr_parse(d->removed[i]->key, &removed[num_removed++], 0);
+    if (!ok)
+      snprintf(err, err_len, "removed destination '%.64s' is not IP:port or IP",
+               d->removed[i]->key);
+  }
+  mt_mesh *m = NULL;
+  if (ok)
+    m = mt_mesh_patched(src->held, s->version, policy, changed, replaces, d->n_destinations,
+                        removed, num_removed, err, err_len);
+  else
+    mt_policy_free(policy);
+  free_destinations(changed, d->n_destinations);
+  free(replaces);
+  free(removed);
+  return m;
+}
+
+/* The general mesh: policy and destinations (validated). */
+static mt_mesh *decode_general(const Mtlsd__Mesh__V1__MeshSnapshot *s, const dest_source *src,
+                               char *err, size_t err_len) {
+  mt_policy *policy = decode_policy(s->policy, err, err_len);
+  if (policy == NULL) return NULL;
+  if (src->delta != NULL) return patch_destinations(s, src, policy, err, err_len);
+  mt_destination_config *dests = calloc(s->n_destinations + 1, sizeof(*dests));
+  mt_mesh *m = NULL;
+  if (dests == NULL) {
+    snprintf(err, err_len, "out of memory");
+  } else if (decode_destinations(s, dests, err, err_len)) {
+    m = mt_mesh_new(s->version, policy, dests, s->n_destinations);
+    policy = NULL;
+    if (m == NULL) snprintf(err, err_len, "out of memory");
+  }
+  mt_policy_free(policy);
+  free_destinations(dests, s->n_destinations);
+  char twice[MT_SOCKADDR_TEXT_MAX];
+  if (m != NULL && mt_mesh_duplicate_destination(m, twice, sizeof(twice))) {
+    snprintf(err, err_len, "destinations: address %s listed twice", twice);
+    mt_mesh_unref(m);
+    m = NULL;
+  }
+  return m;
+}
+
+static int decode(const uint8_t *msg, size_t len, const dest_source *src, mt_mesh_update *out,
+                  char *err, size_t err_len) {
   memset(out, 0, sizeof(*out));
   Mtlsd__Mesh__V1__MeshSnapshot *s = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, len, msg);
   if (s == NULL) return snprintf(err, err_len, "malformed MeshSnapshot"), 0;
   int ok = s->version[0] != '\0';
   if (!ok) snprintf(err, err_len, "snapshot has no version");
   if (ok) ok = decode_bundles(s, out, err, err_len);
-  mt_destination_config *dests = NULL;
-  if (ok) {
-    dests = calloc(s->n_destinations + 1, sizeof(*dests));
-    ok = dests != NULL && decode_destinations(s, dests, err, err_len);
-  }
-  if (ok) ok = decode_workload_policies(s, dests, out, err, err_len);
+  if (ok) ok = (out->mesh = decode_general(s, src, err, err_len)) != NULL;
+  if (ok) ok = decode_workload_policies(s, out, err, err_len);
   if (ok) ok = decode_node_workloads(s, out, err, err_len);
-  mt_policy *policy = ok ? decode_policy(s->policy, err, err_len) : NULL;
-  if (policy != NULL) {
-    out->mesh = mt_mesh_new(s->version, policy, dests, s->n_destinations);
-    if (out->mesh == NULL) snprintf(err, err_len, "out of memory");
-  }
-  ok = out->mesh != NULL;
-  char twice[MT_SOCKADDR_TEXT_MAX];
-  if (ok && mt_mesh_duplicate_destination(out->mesh, twice, sizeof(twice))) {
-    snprintf(err, err_len, "destinations: address %s listed twice", twice);
-    ok = 0;
-  }
-  free_destinations(dests, s->n_destinations);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);
   if (!ok) mt_mesh_update_clear(out);
+  return ok;
+}
+
+int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
+                            size_t err_len) {
+  dest_source src = {NULL, NULL, NULL};
+  return decode(msg, len, &src, out, err, err_len);
+}
+
+int mt_mesh_decode_patched(const uint8_t *rest, size_t rest_len, const uint8_t *delta,
+                           size_t delta_len, const mt_mesh *held, const mt_mesh_entries *held_entries,
+                           mt_mesh_update *out, char *err, size_t err_len) {
+  memset(out, 0, sizeof(*out));
+  Mtlsd__Mesh__V1__MeshSnapshot *d = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, delta_len, delta);
+  if (d == NULL || !d->delta) {
+    if (d != NULL) mtlsd__mesh__v1__mesh_snapshot__free_unpacked(d, NULL);
+    return snprintf(err, err_len, "malformed delta"), 0;
+  }
+  dest_source src = {d, held, held_entries};
+  int ok = decode(rest, rest_len, &src, out, err, err_len);
+  mtlsd__mesh__v1__mesh_snapshot__free_unpacked(d, NULL);
   return ok;
 }

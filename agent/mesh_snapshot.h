@@ -4,9 +4,11 @@
  * Everything is validated before anything is used: trust bundles (valid
  * trust domains, parsable roots), the policy and each workload's policy
  * (known actions, well-formed matchers, one entry per SPIFFE ID) and the
- * destinations (IP:port or IP, valid SPIFFE IDs, no address twice) and the
- * node workloads (valid IDs, IPs, no IP in two workloads). A snapshot with any error is
- * refused as a whole with a message naming what was wrong. Pure: no I/O. */
+ * destinations (IP:port or IP, valid SPIFFE IDs, no address twice; a
+ * Service address's endpoints: IP:port of its family, each with a valid
+ * SPIFFE ID that the address accepts) and the node workloads (valid IDs,
+ * IPs, no IP in two workloads). A snapshot with any error is refused as a
+ * whole with a message naming what was wrong. Pure: no I/O. */
 #ifndef MT_MESH_SNAPSHOT_H
 #define MT_MESH_SNAPSHOT_H
 
@@ -17,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "agent/mesh.h"
+#include "agent/mesh_delta.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -65,6 +68,17 @@ void mt_mesh_update_clear(mt_mesh_update *update);
 /* Decodes and validates a MeshSnapshot. Returns 1, or 0 with a reason. */
 int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out, char *err,
                             size_t err_len);
+
+/* The same result as decoding the complete snapshot a delta makes, at the
+ * cost of the delta's destinations rather than all of them: |rest| is that
+ * complete snapshot without its destinations (mesh_delta.h,
+ * mt_mesh_entries_encode_except), |delta| the delta (only its destinations
+ * and its removals of destinations are read), |held| the general mesh of
+ * the snapshot the delta applies to and |held_entries| that snapshot's
+ * entries (to tell a changed address from one written two ways). */
+int mt_mesh_decode_patched(const uint8_t *rest, size_t rest_len, const uint8_t *delta,
+                           size_t delta_len, const mt_mesh *held, const mt_mesh_entries *held_entries,
+                           mt_mesh_update *out, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

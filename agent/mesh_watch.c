@@ -20,23 +20,62 @@ struct mt_mesh_watch {
    * before the first, or when it could not be split (a delta then asks
    * for a resync). */
   mt_mesh_entries *held;
+  /* The general mesh of the last snapshot that was valid, whose
+   * destinations a delta changes rather than rebuilds (only while it is
+   * the one |held| describes). */
+  mt_mesh *held_mesh;
 };
 
 static void free_watch(mt_mesh_watch *w) {
   mt_mesh_entries_free(w->held);
+  mt_mesh_unref(w->held_mesh);
   free(w);
 }
 
-/* Decodes a complete snapshot and hands it on. */
-static void deliver(mt_mesh_watch *w, const uint8_t *msg, size_t len, int from_delta) {
-  mt_mesh_update update;
-  char err[ERR_MAX];
-  if (!mt_mesh_decode_snapshot(msg, len, &update, err, sizeof(err))) {
+/* Hands on a decoded snapshot (or says why it was not valid). */
+static void deliver(mt_mesh_watch *w, int decoded, mt_mesh_update *update, const char *err,
+                    int from_delta) {
+  if (!decoded) {
     w->handlers.on_rejected(w->arg, err);
     return;
   }
-  w->handlers.on_update(w->arg, &update, from_delta);
-  mt_mesh_update_clear(&update);
+  mt_mesh_unref(w->held_mesh);
+  w->held_mesh = mt_mesh_ref(update->mesh);
+  w->handlers.on_update(w->arg, update, from_delta);
+  mt_mesh_update_clear(update);
+}
+
+/* Decodes a complete snapshot and hands it on. */
+static void deliver_complete(mt_mesh_watch *w, const uint8_t *msg, size_t len, int from_delta) {
+  mt_mesh_update update;
+  char err[ERR_MAX];
+  int ok = mt_mesh_decode_snapshot(msg, len, &update, err, sizeof(err));
+  deliver(w, ok, &update, err, from_delta);
+}
+
+/* Decodes the snapshot |delta| made of |base| (now held as |next|): when
+ * the held mesh is |base|'s, only the delta's destinations are decoded and
+ * the others kept; otherwise the whole snapshot. 0 when out of memory. */
+static int deliver_delta(mt_mesh_watch *w, const mt_mesh_entries *base, const mt_mesh_entries *next,
+                         const uint8_t *delta, size_t delta_len) {
+  size_t len = 0;
+  if (w->held_mesh == NULL ||
+      strcmp(mt_mesh_version(w->held_mesh), mt_mesh_entries_version(base)) != 0) {
+    uint8_t *full = mt_mesh_entries_encode(next, &len);
+    if (full == NULL) return 0;
+    deliver_complete(w, full, len, 1);
+    free(full);
+    return 1;
+  }
+  uint8_t *rest = mt_mesh_entries_encode_except(next, MT_MESH_FIELD_DESTINATIONS, &len);
+  if (rest == NULL) return 0;
+  mt_mesh_update update;
+  char err[ERR_MAX];
+  int ok = mt_mesh_decode_patched(rest, len, delta, delta_len, w->held_mesh, base, &update, err,
+                                  sizeof(err));
+  free(rest);
+  deliver(w, ok, &update, err, 1);
+  return 1;
 }
 
 /* Whether a message that could not be split at least reads as a delta. */
@@ -68,13 +107,13 @@ static void on_message(void *arg, const uint8_t *msg, size_t len) {
     if (says_delta(msg, len))
       w->handlers.on_rejected(w->arg, err);
     else
-      deliver(w, msg, len, 0); /* decoding names what is wrong with it */
+      deliver_complete(w, msg, len, 0); /* decoding names what is wrong with it */
     return;
   }
   if (!mt_mesh_entries_is_delta(received)) {
     mt_mesh_entries_free(w->held);
     w->held = received;
-    deliver(w, msg, len, 0);
+    deliver_complete(w, msg, len, 0);
     return;
   }
   mt_mesh_entries *next = NULL;
@@ -84,17 +123,15 @@ static void on_message(void *arg, const uint8_t *msg, size_t len) {
   else
     next = mt_mesh_entries_apply(w->held, received, err, sizeof(err));
   mt_mesh_entries_free(received);
-  size_t full_len = 0;
-  uint8_t *full = next != NULL ? mt_mesh_entries_encode(next, &full_len) : NULL;
-  if (full == NULL) {
-    mt_mesh_entries_free(next);
-    resync(w, next != NULL ? "out of memory" : err);
+  if (next == NULL) {
+    resync(w, err);
     return;
   }
-  mt_mesh_entries_free(w->held);
-  w->held = next;
-  deliver(w, full, full_len, 1);
-  free(full);
+  mt_mesh_entries *base = w->held;
+  w->held = next; /* the server's next delta builds on it, valid or not */
+  int ok = deliver_delta(w, base, next, msg, len);
+  mt_mesh_entries_free(base);
+  if (!ok) resync(w, "out of memory");
 }
 
 static void on_close(void *arg, mt_grpc_status status, const char *message) {

@@ -5,9 +5,14 @@
  *                                                 no  --> closed
  * A destination with no expected ID under `unknown_destination: passthrough`
  * is outside the mesh: CONNECTING --connected--> RELAYING, no TLS.
- * Node mode, destination on this node: both ends are our workloads, so the
- * destination's inbound policy is applied here (the packets never pass an
- * inbound listener) and the connection goes straight to the pod:
+ * Node mode, a Service address whose endpoints the control plane sent:
+ * our capture ran before kube-proxy's DNAT, so the agent picks the endpoint
+ * itself (at random, uniformly, like kube-proxy's iptables mode), dials it
+ * and expects exactly its identity; the access log shows both addresses.
+ * Node mode, destination (or chosen endpoint) on this node: both ends are
+ * our workloads, so the destination's inbound policy is applied here (the
+ * packets never pass an inbound listener) and the connection goes straight
+ * to the pod:
  *   [policy] allow --> CONNECTING --connected--> RELAYING
  * No certificate yet for the calling workload (the agent is starting, a
  * node-mode pod is new), or for the destination pod of this node:
@@ -44,13 +49,25 @@ static int in_trust_domain(const char *id, const char *trust_domain) {
          memcmp(view.trust_domain, trust_domain, view.trust_domain_len) == 0;
 }
 
+/* Where the connection goes: the chosen Service endpoint, else the
+ * original destination. */
+static const struct sockaddr_storage *dial_address(const mt_conn *conn) {
+  return conn->endpoint.ss_family ? &conn->endpoint : &conn->target;
+}
+
 /* The server proved an SVID of a known trust domain; is it the one we meant
  * to reach? */
 static void check_server_identity(mt_conn *conn) {
   const mt_config *config = mt_worker_config(conn->worker);
   mt_expected_ids expected;
   char detail[MT_TLS_DETAIL_MAX];
-  if (mt_mesh_expected_ids(mt_identity_mesh(conn->identity), (const struct sockaddr *)&conn->target,
+  if (conn->endpoint_id != NULL) {
+    /* A chosen endpoint: exactly its own identity, not any of the Service's. */
+    expected.ids = &conn->endpoint_id;
+    expected.count = 1;
+  }
+  if (conn->endpoint_id != NULL ||
+      mt_mesh_expected_ids(mt_identity_mesh(conn->identity), (const struct sockaddr *)&conn->target,
                            &expected)) {
     conn->rule = RULE_EXPECTED_ID;
     if (!mt_expected_ids_contain(&expected, conn->peer.spiffe_id)) {
@@ -136,7 +153,7 @@ static void resume_after_hold(mt_conn *conn);
  * certificates, so both identities are proven to us) and connect to the pod
  * directly. Returns 0 when the destination is not local. */
 static int deliver_on_node(mt_conn *conn) {
-  const struct sockaddr *target = (const struct sockaddr *)&conn->target;
+  const struct sockaddr *target = (const struct sockaddr *)dial_address(conn);
   mt_identity *dest = mt_worker_identity_for(conn->worker, target);
   if (dest == NULL) {
     if (!mt_worker_lists_workload(conn->worker, target)) return 0;
@@ -149,9 +166,18 @@ static int deliver_on_node(mt_conn *conn) {
    * names the deciding rule at close. */
   conn->local_peer = mt_identity_ref(dest);
   const char *caller = mt_identity_spiffe_id(conn->identity);
-  uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
-  mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
   snprintf(conn->peer.spiffe_id, sizeof(conn->peer.spiffe_id), "%s", mt_identity_spiffe_id(dest));
+  if (conn->endpoint_id != NULL && strcmp(conn->endpoint_id, mt_identity_spiffe_id(dest)) != 0) {
+    char detail[MT_TLS_DETAIL_MAX];
+    snprintf(detail, sizeof(detail), "expected %.*s; this node's pod there is %.*s", 60,
+             conn->endpoint_id, 60, mt_identity_spiffe_id(dest));
+    conn->rule = RULE_EXPECTED_ID;
+    count_decision(conn, MT_ACTION_DENY);
+    mt_conn_close(conn, MT_REASON_UNEXPECTED_SERVER_ID, detail);
+    return 1;
+  }
+  uint16_t port = mt_sockaddr_port(target); /* a chosen endpoint's: the pod's own port */
+  mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
   conn->rule = d.rule;
   count_decision(conn, d.action);
   if (d.action != MT_ACTION_ALLOW) {
@@ -160,9 +186,21 @@ static int deliver_on_node(mt_conn *conn) {
   }
   conn->admitted = 1;
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "node-local delivery from %s", caller);
-  mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
-                     NULL, 0);
+  mt_conn_connect_up(conn, target, sockaddr_len(dial_address(conn)), NULL, 0);
   return 1;
+}
+
+/* Node mode: the original destination is a Service address (our capture ran
+ * before kube-proxy's DNAT), so we pick one of its ready endpoints, as
+ * kube-proxy would have after us; without endpoints the address is dialled
+ * as it is. A new choice each time the connection starts over. */
+static void choose_endpoint(mt_conn *conn) {
+  const mt_service_endpoint *ep = mt_mesh_choose_endpoint(mt_identity_mesh(conn->identity),
+                                                          (const struct sockaddr *)&conn->target,
+                                                          mt_worker_random(conn->worker));
+  if (ep == NULL) return;
+  memcpy(&conn->endpoint, &ep->address.addr, ep->address.addr_len);
+  conn->endpoint_id = ep->spiffe_id;
 }
 
 static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
@@ -184,9 +222,11 @@ static void proceed_with_identity(mt_conn *conn) {
   }
   mt_conn_hold_over(conn);
   conn->identity = mt_identity_ref(identity);
+  if (config->node_mode) choose_endpoint(conn);
   if (config->node_mode && deliver_on_node(conn)) return;
   mt_expected_ids expected;
-  int known = mt_mesh_expected_ids(mt_identity_mesh(identity),
+  int known = conn->endpoint_id != NULL ||
+              mt_mesh_expected_ids(mt_identity_mesh(identity),
                                    (const struct sockaddr *)&conn->target, &expected);
   if (!known && config->unknown_destination == MT_UNKNOWN_DEST_DENY) {
     conn->rule = RULE_UNKNOWN_DESTINATION;
@@ -203,8 +243,8 @@ static void proceed_with_identity(mt_conn *conn) {
     count_decision(conn, MT_ACTION_ALLOW);
     snprintf(conn->peer.detail, sizeof(conn->peer.detail), "passthrough: outside the mesh");
   }
-  mt_conn_connect_up(conn, (const struct sockaddr *)&conn->target, sockaddr_len(&conn->target),
-                     NULL, 0);
+  mt_conn_connect_up(conn, (const struct sockaddr *)dial_address(conn),
+                     sockaddr_len(dial_address(conn)), NULL, 0);
 }
 
 /* Held, and something was published: start over from the identity lookup
@@ -216,6 +256,8 @@ static void resume_after_hold(mt_conn *conn) {
   mt_identity_unref(conn->local_peer);
   conn->local_peer = NULL;
   conn->peer.spiffe_id[0] = '\0';
+  memset(&conn->endpoint, 0, sizeof(conn->endpoint)); /* chosen again from the new mesh */
+  conn->endpoint_id = NULL;
   proceed_with_identity(conn);
 }
 

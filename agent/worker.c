@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +46,7 @@ struct mt_worker {
   mt_workloads *workloads;    /* node mode: owned reference; NULL = none */
   mt_buffer_pool *buffers;    /* relay buffers, lent to connections while bytes are in flight */
   mt_mem_trim *trim;          /* gives freed memory back after a burst */
+  uint64_t random_state;      /* mt_worker_random's generator (splitmix64) */
   int stopping;
   mt_conn *conns;
   size_t num_conns, max_conns;
@@ -73,6 +75,16 @@ struct ev_loop *mt_worker_loop(mt_worker *w) {
 }
 const mt_config *mt_worker_config(const mt_worker *w) { return w->config; }
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *w) { return w->metrics; }
+
+/* splitmix64 (Steele, Lea, Flood 2014): one add and three multiply-xorshift
+ * steps per number, no lock, good enough to spread connections; nothing
+ * secret depends on it. */
+uint64_t mt_worker_random(mt_worker *w) {
+  uint64_t z = (w->random_state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
 mt_buffer_pool *mt_worker_buffers(mt_worker *w) { return w->buffers; }
 mt_mem_trim *mt_worker_mem_trim(mt_worker *w) { return w->trim; }
 
@@ -304,6 +316,10 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   w->identity = identity ? mt_identity_ref(identity) : NULL;
   w->config = mt_config_ref(pool->config);
   w->metrics = pool->metrics[w - pool->workers];
+  /* Each worker its own sequence; without getrandom, any distinct seed will do. */
+  if (getrandom(&w->random_state, sizeof(w->random_state), GRND_NONBLOCK) !=
+      (ssize_t)sizeof(w->random_state))
+    w->random_state = (uint64_t)(uintptr_t)w ^ (uint64_t)getpid() << 32;
   w->loop = ev_loop_new(EVFLAG_AUTO);
   w->num_listeners = c->num_inbound_listeners + c->num_outbound_listeners;
   w->listeners = calloc(w->num_listeners, sizeof(listener));

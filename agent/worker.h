@@ -11,6 +11,7 @@
 
 #include <ev.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "agent/config.h"
 #include "agent/conn.h"
@@ -71,6 +72,10 @@ int mt_worker_lists_workload(mt_worker *worker, const struct sockaddr *workload)
  * none usable (unknown pod, no certificate, or expired). */
 mt_identity *mt_worker_identity_for(mt_worker *worker, const struct sockaddr *workload);
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
+/* A uniformly distributed 64-bit number from the worker's own generator
+ * (seeded from getrandom at start; not for secrets): node mode's choice of
+ * a Service endpoint. */
+uint64_t mt_worker_random(mt_worker *worker);
 struct mt_buffer_pool *mt_worker_buffers(mt_worker *worker); /* the relay buffers */
 struct mt_mem_trim *mt_worker_mem_trim(mt_worker *worker);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);

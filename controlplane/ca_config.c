@@ -86,6 +86,8 @@ static int on_kubernetes_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, 
   if (strcmp(key, "watch_timeout_s") == 0)
     return mt_yaml_want_int64(ctx, v, key, MT_CA_K8S_MIN_WATCH_TIMEOUT_S,
                               MT_CA_K8S_MAX_WATCH_TIMEOUT_S, &c->k8s_watch_timeout_s);
+  if (strcmp(key, "list_page_size") == 0)
+    return mt_yaml_want_int64(ctx, v, key, 1, MT_CA_K8S_MAX_LIST_PAGE_SIZE, &c->k8s_list_page_size);
   return mt_yaml_fail(ctx, k, "unknown key 'kubernetes.%s'", key);
 }
 

@@ -28,6 +28,7 @@ enum {
   MT_CA_MAX_NODE_AGENTS = 64,
   MT_CA_K8S_MIN_WATCH_TIMEOUT_S = 1,
   MT_CA_K8S_MAX_WATCH_TIMEOUT_S = 3600,
+  MT_CA_K8S_MAX_LIST_PAGE_SIZE = 100000,
 };
 
 typedef struct {
@@ -68,6 +69,7 @@ typedef struct {
   char *k8s_token_file;
   char *k8s_ca_file;
   int64_t k8s_watch_timeout_s; /* 0: the watch's default */
+  int64_t k8s_list_page_size;  /* 0: the watch's default (500) */
 
   /* Lines of the keys that name files, for errors found reading them. */
   unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line,

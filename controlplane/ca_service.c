@@ -41,6 +41,7 @@ struct mt_ca_service {
   mt_node_auth_policy node_policy;
   const mt_workload_registry *registry;
   const mt_cluster_state *cluster; /* set: replaces |registry| */
+  int cluster_synced;              /* |cluster| has been listed once */
 };
 
 /* Everything one call produces for its reply and its log line. */
@@ -102,7 +103,10 @@ void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domai
 
 void mt_ca_service_use_cluster(mt_ca_service *svc, const mt_cluster_state *cluster) {
   svc->cluster = cluster;
+  svc->cluster_synced = 0;
 }
+
+void mt_ca_service_cluster_synced(mt_ca_service *svc) { svc->cluster_synced = 1; }
 
 /* ---- the certificate chain --------------------------------------------- */
 
@@ -339,6 +343,7 @@ static int authorize(const mt_ca_service *svc, const Istio__V1__Auth__IstioCerti
     mt_node_auth_policy policy = svc->node_policy;
     policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
     policy.cluster = svc->cluster;
+    policy.cluster_not_synced = !svc->cluster_synced;
     mt_node_auth_request request = {st->auth.spiffe_id, st->auth.node_name, impersonated};
     mt_node_auth_decision d;
     mt_node_auth_decide(&policy, &request, &d);

@@ -60,6 +60,12 @@ void mt_ca_service_allow_node_agents(mt_ca_service *svc, const char *trust_domai
  * are still allowed with mt_ca_service_allow_node_agents (registry NULL). */
 void mt_ca_service_use_cluster(mt_ca_service *svc, const mt_cluster_state *cluster);
 
+/* The cluster state has been listed once (k8s_source's on_synced). Until
+ * then a node agent's request for a workload is answered UNAVAILABLE
+ * ("cluster_not_synced", retry), never PERMISSION_DENIED: a partial state
+ * must not refuse anyone (k8s_source.h). */
+void mt_ca_service_cluster_synced(mt_ca_service *svc);
+
 #ifdef __cplusplus
 }
 #endif

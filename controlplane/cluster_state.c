@@ -393,12 +393,14 @@ typedef struct {
   size_t num_slices;
   const char **ids; /* scratch: room for every ready endpoint of one service */
   size_t ids_cap;
+  mt_cluster_endpoint *endpoints; /* scratch, as large as ids */
 } service_index;
 
 static void service_index_clear(service_index *ix) {
   free(ix->workloads);
   free(ix->slices);
   free(ix->ids);
+  free(ix->endpoints);
 }
 
 static int service_index_build(const mt_cluster_state *state, service_index *ix) {
@@ -452,20 +454,34 @@ static size_t first_slice_of(const service_index *ix, const mt_k8s_service *svc)
   return lo;
 }
 
-/* |svc|'s identities into ix->ids (sorted, unique); returns how many, or
- * (size_t)-1 when out of memory. */
-static size_t indexed_service_ids(service_index *ix, const mt_k8s_service *svc) {
-  size_t first = first_slice_of(ix, svc), end = first, room = 0;
-  for (; end < ix->num_slices; end++) {
-    const mt_k8s_endpointslice *s = ix->slices[end];
+/* The slices of |svc| in the index: [*first, *end). Returns how many
+ * endpoints they hold in all. */
+static size_t slices_of(const service_index *ix, const mt_k8s_service *svc, size_t *first,
+                        size_t *end) {
+  size_t room = 0;
+  *first = first_slice_of(ix, svc);
+  for (*end = *first; *end < ix->num_slices; (*end)++) {
+    const mt_k8s_endpointslice *s = ix->slices[*end];
     if (strcmp(s->meta.ns, svc->meta.ns) != 0 || strcmp(s->service_name, svc->meta.name) != 0)
       break;
     room += s->num_endpoints;
   }
+  return room;
+}
+
+/* |svc|'s identities into ix->ids (sorted, unique); returns how many, or
+ * (size_t)-1 when out of memory. Also makes room in ix->endpoints for
+ * every endpoint of |svc|. */
+static size_t indexed_service_ids(service_index *ix, const mt_k8s_service *svc) {
+  size_t first, end;
+  size_t room = slices_of(ix, svc, &first, &end);
   if (room > ix->ids_cap) {
     const char **grown = realloc(ix->ids, room * sizeof(*grown));
     if (grown == NULL) return (size_t)-1;
     ix->ids = grown;
+    mt_cluster_endpoint *eps = realloc(ix->endpoints, room * sizeof(*eps));
+    if (eps == NULL) return (size_t)-1;
+    ix->endpoints = eps;
     ix->ids_cap = room;
   }
   size_t n = 0, total = 0;
@@ -481,6 +497,52 @@ static size_t indexed_service_ids(service_index *ix, const mt_k8s_service *svc) 
   return n;
 }
 
+static int compare_endpoints(const void *pa, const void *pb) {
+  const mt_cluster_endpoint *a = pa, *b = pb;
+  int c = strcmp(a->ip, b->ip);
+  if (c == 0) c = (int)a->port - (int)b->port;
+  return c != 0 ? c : strcmp(a->spiffe_id, b->spiffe_id);
+}
+
+/* The slice port that serves Service port |sp|: kube-proxy pairs them by
+ * name (the slice's port number is the targetPort resolved, numeric or
+ * named). NULL when |s| has none. */
+static const mt_k8s_port *slice_port_for(const mt_k8s_endpointslice *s, const mt_k8s_port *sp) {
+  for (size_t i = 0; i < s->num_ports; i++)
+    if (strcmp(s->ports[i].name, sp->name) == 0) return &s->ports[i];
+  return NULL;
+}
+
+/* The ready mesh endpoints of |svc| for |cluster_ip| (its family) and
+ * Service port |sp| into ix->endpoints (room made by indexed_service_ids):
+ * sorted, unique. Returns how many. */
+static size_t indexed_endpoints(service_index *ix, const mt_k8s_service *svc,
+                                const char *cluster_ip, const mt_k8s_port *sp) {
+  if (strcmp(sp->protocol, "TCP") != 0) return 0; /* the agent proxies TCP only */
+  const char *family = strchr(cluster_ip, ':') != NULL ? "IPv6" : "IPv4";
+  size_t first, end, n = 0;
+  slices_of(ix, svc, &first, &end);
+  for (size_t i = first; i < end; i++) {
+    const mt_k8s_endpointslice *s = ix->slices[i];
+    const mt_k8s_port *port = strcmp(s->address_type, family) == 0 ? slice_port_for(s, sp) : NULL;
+    if (port == NULL || strcmp(port->protocol, "TCP") != 0) continue;
+    for (size_t j = 0; j < s->num_endpoints; j++) {
+      const mt_k8s_endpoint *ep = &s->endpoints[j];
+      if (!ep->ready || ep->pod_name[0] == '\0' || ep->num_addresses == 0) continue;
+      const pod_entry *e = indexed_workload(ix, s->meta.ns, ep->pod_name);
+      /* The API says consumers may use the first address only; kube-proxy does. */
+      if (e != NULL)
+        ix->endpoints[n++] = (mt_cluster_endpoint){ep->addresses[0], port->port, e->spiffe_id};
+    }
+  }
+  if (n > 1) qsort(ix->endpoints, n, sizeof(*ix->endpoints), compare_endpoints);
+  size_t unique = 0;
+  for (size_t i = 0; i < n; i++) /* one endpoint in two slices (a slice being replaced) */
+    if (unique == 0 || compare_endpoints(&ix->endpoints[unique - 1], &ix->endpoints[i]) != 0)
+      ix->endpoints[unique++] = ix->endpoints[i];
+  return unique;
+}
+
 int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
                                              mt_cluster_on_service_address on_address, void *ctx) {
   service_index ix;
@@ -493,9 +555,13 @@ int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
       ok = 0;
       break;
     }
-    for (size_t j = 0; j < svc->num_cluster_ips; j++)
-      for (size_t p = 0; p < svc->num_ports; p++)
-        on_address(ctx, svc->cluster_ips[j], svc->ports[p].port, ix.ids, n);
+    for (size_t j = 0; j < svc->num_cluster_ips; j++) {
+      for (size_t p = 0; p < svc->num_ports; p++) {
+        size_t num_eps =
+            n > 0 ? indexed_endpoints(&ix, svc, svc->cluster_ips[j], &svc->ports[p]) : 0;
+        on_address(ctx, svc->cluster_ips[j], svc->ports[p].port, ix.ids, n, ix.endpoints, num_eps);
+      }
+    }
   }
   service_index_clear(&ix);
   return ok;

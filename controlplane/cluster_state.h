@@ -98,16 +98,37 @@ size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
                                                              const mt_cluster_workload *w),
                                          void *ctx);
 
+/* One ready endpoint of a Service address, where kube-proxy would send
+ * the connection: the endpoint's IP (canonical text) and the target port
+ * resolved for it. Borrowed for the call. */
+typedef struct {
+  const char *ip;
+  uint16_t port;
+  const char *spiffe_id;
+} mt_cluster_endpoint;
+
 /* One mesh Service address and the identities accepted there: |ip| in
  * canonical text, the sorted unique identities of its ready endpoints
- * (|num_ids| may be 0). Borrowed for the call. */
+ * (|num_ids| may be 0), and those endpoints themselves (see
+ * mt_cluster_state_foreach_service_address). Borrowed for the call. */
 typedef void (*mt_cluster_on_service_address)(void *ctx, const char *ip, uint16_t port,
-                                              const char *const *ids, size_t num_ids);
+                                              const char *const *ids, size_t num_ids,
+                                              const mt_cluster_endpoint *endpoints,
+                                              size_t num_endpoints);
 
 /* Calls |on_address| for every ClusterIP:port of every Service in a mesh
  * namespace. Indexes pods and slices once per call (not per service), so
  * a whole cluster costs O((pods + endpoints) log n). Returns 1, or 0 when
- * out of memory (some calls may have been made). */
+ * out of memory (some calls may have been made).
+ *
+ * The endpoints of ClusterIP:port are chosen as kube-proxy chooses them:
+ * from the Service's EndpointSlices of the ClusterIP's family (an IPv4
+ * ClusterIP gets IPv4 endpoints), the slice port named as the Service port
+ * (whether its targetPort is a number or a name, the slice port carries
+ * the number; a slice without that port contributes nothing to it), each
+ * ready endpoint's first address. Only endpoints that are mesh workloads
+ * are listed (with their identity), and only for TCP ports; sorted by IP
+ * text, then port, without repeats. */
 int mt_cluster_state_foreach_service_address(const mt_cluster_state *state,
                                              mt_cluster_on_service_address on_address, void *ctx);
 

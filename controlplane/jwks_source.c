@@ -96,7 +96,7 @@ static void on_done(void *ctx, long http_status, const char *error) {
 }
 
 static void start_fetch(mt_jwks_source *s) {
-  static const mt_k8s_request_callbacks cb = {on_data, on_done};
+  static const mt_k8s_request_callbacks cb = {on_data, on_done, NULL};
   char err[MT_K8S_ERROR_MAX];
   s->too_large = 0;
   s->last_start = ev_now(s->loop);

@@ -1,11 +1,12 @@
 /* jwt: bearer-token verification for mtls-ca. See jwt.h.
  *
- * The file has four parts, each only as general as tokens need:
+ * The file has four parts:
  *   1. errors and small text helpers
  *   2. base64url (strict: no padding, canonical trailing bits)
- *   3. a strict JSON reader (objects, arrays, strings, integers; the rest
- *      skipped; duplicate member names refused)
- *   4. the key set, the signature check and the claim checks. */
+ *   3. JSON documents: jansson, strict where tokens need it (duplicate
+ *      member names, data after the object, "\u0000", nesting), and its
+ *      errors in this module's words
+ *   4. the key set, the header, the signature check and the claim checks. */
 #include "controlplane/jwt.h"
 
 #include "agent/errmsg.h"
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
 #include <openssl/bio.h>
 #include <openssl/bytestring.h>
 #include <openssl/digest.h>
@@ -37,8 +39,8 @@ enum {
   MT_JWT_ES256_SIG_LEN = 64,         /* r || s, 32 bytes each */
   MT_JWT_KID_LEN = 43,               /* base64url(SHA-256) without padding */
   MT_JWT_SHOWN_MAX = 64,             /* untrusted text quoted in a message */
-  MT_JSON_MAX_DEPTH = 16,            /* nesting of objects and arrays */
-  MT_JSON_MSG_MAX = 160,
+  MT_JWT_JSON_MAX_DEPTH = 16,        /* nesting of objects and arrays, the top one included */
+  MT_JWT_MSG_MAX = 160,              /* one reason, before the part it concerns is added */
 };
 
 /* ==== 1. Errors and text helpers ========================================= */
@@ -67,6 +69,10 @@ static const char *mt_jwt_shown(const uint8_t *s, size_t len, char *out) {
   }
   memcpy(out + n, len > n ? "..." : "", len > n ? 4 : 1);
   return out;
+}
+
+static int mt_cbs_is(CBS s, const char *lit) {
+  return CBS_mem_equal(&s, (const uint8_t *)lit, strlen(lit));
 }
 
 const char *mt_jwt_err_name(mt_jwt_err code) {
@@ -155,430 +161,136 @@ static void mt_b64url_encode(const uint8_t *in, size_t len, char *out) {
   out[o] = '\0';
 }
 
-/* ==== 3. Strict JSON reader =============================================== */
+/* ==== 3. JSON documents (jansson) ========================================= */
 
-/* A cursor over one JSON text plus the first error found in it. */
-typedef struct {
-  CBS in;
-  size_t total;
-  char msg[MT_JSON_MSG_MAX];
-} mt_json;
+/* Claims become int64_t through json_integer_value. */
+_Static_assert(sizeof(json_int_t) == sizeof(int64_t), "json_int_t is not 64 bits");
 
-static int mt_json_fail(mt_json *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int mt_json_fail(mt_json *j, const char *fmt, ...) {
-  if (j->msg[0] == '\0') {
-    char what[MT_JSON_MSG_MAX - 32];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof(what), fmt, ap);
-    va_end(ap);
-    snprintf(j->msg, sizeof(j->msg), "%s at byte %zu", what, j->total - CBS_len(&j->in));
+/* Is |v| nested deeper than MT_JWT_JSON_MAX_DEPTH, counting the containers
+ * around it (|depth|) and itself? Stops at the limit, so the walk never
+ * recurses deeper than that; jansson's own limit is far higher (2048). */
+static int mt_jwt_json_too_deep(json_t *v, int depth) {
+  if (!json_is_object(v) && !json_is_array(v)) {
+    return 0;
+  }
+  if (depth + 1 > MT_JWT_JSON_MAX_DEPTH) {
+    return 1;
+  }
+  size_t i;
+  json_t *child;
+  const char *name;
+  if (json_is_array(v)) {
+    json_array_foreach(v, i, child) {
+      if (mt_jwt_json_too_deep(child, depth + 1)) return 1;
+    }
+    return 0;
+  }
+  json_object_foreach(v, name, child) {
+    if (mt_jwt_json_too_deep(child, depth + 1)) return 1;
   }
   return 0;
 }
 
-static void mt_json_init(mt_json *j, const uint8_t *data, size_t len) {
-  CBS_init(&j->in, data, len);
-  j->total = len;
-  j->msg[0] = '\0';
-}
-
-/* The next byte without consuming it, or -1 at the end. */
-static int mt_json_peek(const mt_json *j) { return CBS_len(&j->in) > 0 ? CBS_data(&j->in)[0] : -1; }
-
-static void mt_json_ws(mt_json *j) {
-  int c;
-  while ((c = mt_json_peek(j)) == ' ' || c == '\t' || c == '\n' || c == '\r') {
-    CBS_skip(&j->in, 1);
-  }
-}
-
-/* Skips whitespace, then consumes |want| if it is next. */
-static int mt_json_accept(mt_json *j, uint8_t want) {
-  mt_json_ws(j);
-  if (mt_json_peek(j) != want) {
-    return 0;
-  }
-  CBS_skip(&j->in, 1);
-  return 1;
-}
-
-static int mt_json_expect(mt_json *j, uint8_t want) {
-  return mt_json_accept(j, want) || mt_json_fail(j, "expected '%c'", want);
-}
-
-/* Appends |cp| as UTF-8; |out| NULL means "validate only". */
-static int mt_json_put_utf8(mt_json *j, CBB *out, uint32_t cp) {
-  if (out == NULL) {
-    return 1;
-  }
-  int ok;
-  if (cp < 0x80) {
-    ok = CBB_add_u8(out, (uint8_t)cp);
-  } else if (cp < 0x800) {
-    ok = CBB_add_u8(out, (uint8_t)(0xc0 | (cp >> 6))) && CBB_add_u8(out, 0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    ok = CBB_add_u8(out, (uint8_t)(0xe0 | (cp >> 12))) &&
-         CBB_add_u8(out, 0x80 | ((cp >> 6) & 0x3f)) && CBB_add_u8(out, 0x80 | (cp & 0x3f));
-  } else {
-    ok = CBB_add_u8(out, (uint8_t)(0xf0 | (cp >> 18))) &&
-         CBB_add_u8(out, 0x80 | ((cp >> 12) & 0x3f)) &&
-         CBB_add_u8(out, 0x80 | ((cp >> 6) & 0x3f)) && CBB_add_u8(out, 0x80 | (cp & 0x3f));
-  }
-  return ok || mt_json_fail(j, "out of memory");
-}
-
-/* One multi-byte UTF-8 sequence whose lead byte was read. Overlong forms,
- * surrogates and code points past U+10FFFF are refused (RFC 3629), so two
- * different byte strings never decode to the same claim. */
-static int mt_json_utf8(mt_json *j, uint8_t lead, CBB *out) {
-  size_t extra;
-  uint32_t cp, min;
-  if (lead >= 0xc2 && lead <= 0xdf) {
-    extra = 1, cp = lead & 0x1f, min = 0x80;
-  } else if (lead >= 0xe0 && lead <= 0xef) {
-    extra = 2, cp = lead & 0x0f, min = 0x800;
-  } else if (lead >= 0xf0 && lead <= 0xf4) {
-    extra = 3, cp = lead & 0x07, min = 0x10000;
-  } else {
-    return mt_json_fail(j, "invalid UTF-8");
-  }
-  for (size_t i = 0; i < extra; i++) {
-    uint8_t c;
-    if (!CBS_get_u8(&j->in, &c) || (c & 0xc0) != 0x80) {
-      return mt_json_fail(j, "invalid UTF-8");
-    }
-    cp = (cp << 6) | (c & 0x3f);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-    return mt_json_fail(j, "invalid UTF-8");
-  }
-  return mt_json_put_utf8(j, out, cp);
-}
-
-static int mt_json_hex4(mt_json *j, uint32_t *out) {
-  *out = 0;
-  for (int i = 0; i < 4; i++) {
-    uint8_t c;
-    int v = -1;
-    if (CBS_get_u8(&j->in, &c)) {
-      if (c >= '0' && c <= '9') v = c - '0';
-      if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
-      if (c >= 'A' && c <= 'F') v = c - 'A' + 10;
-    }
-    if (v < 0) {
-      return mt_json_fail(j, "bad \\u escape");
-    }
-    *out = (*out << 4) | (uint32_t)v;
-  }
-  return 1;
-}
-
-/* "\uXXXX", after the "\u". A UTF-16 surrogate must come as a proper pair.
- * U+0000 is refused: claims become C strings, and a NUL would cut them. */
-static int mt_json_unicode_escape(mt_json *j, CBB *out) {
-  uint32_t cp, lo;
-  if (!mt_json_hex4(j, &cp)) {
-    return 0;
-  }
-  if (cp >= 0xdc00 && cp <= 0xdfff) {
-    return mt_json_fail(j, "unpaired surrogate in \\u escape");
-  }
-  if (cp >= 0xd800 && cp <= 0xdbff) {
-    uint8_t bs, u;
-    if (!CBS_get_u8(&j->in, &bs) || bs != '\\' || !CBS_get_u8(&j->in, &u) || u != 'u' ||
-        !mt_json_hex4(j, &lo) || lo < 0xdc00 || lo > 0xdfff) {
-      return mt_json_fail(j, "unpaired surrogate in \\u escape");
-    }
-    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-  }
-  if (cp == 0) {
-    return mt_json_fail(j, "\\u0000 in a string");
-  }
-  return mt_json_put_utf8(j, out, cp);
-}
-
-static int mt_json_escape(mt_json *j, CBB *out) {
-  uint8_t c;
-  if (!CBS_get_u8(&j->in, &c)) {
-    return mt_json_fail(j, "unterminated string");
-  }
-  switch (c) {
-    case '"':
-    case '\\':
-    case '/': return mt_json_put_utf8(j, out, c);
-    case 'b': return mt_json_put_utf8(j, out, '\b');
-    case 'f': return mt_json_put_utf8(j, out, '\f');
-    case 'n': return mt_json_put_utf8(j, out, '\n');
-    case 'r': return mt_json_put_utf8(j, out, '\r');
-    case 't': return mt_json_put_utf8(j, out, '\t');
-    case 'u': return mt_json_unicode_escape(j, out);
-    default: return mt_json_fail(j, "bad escape '\\%c'", c >= 0x20 && c < 0x7f ? c : '?');
-  }
-}
-
-/* A string value, decoded into |out| (NULL: validated and skipped). */
-static int mt_json_string(mt_json *j, CBB *out) {
-  uint8_t c;
-  if (!mt_json_accept(j, '"')) {
-    return mt_json_fail(j, "expected a string");
-  }
-  for (;;) {
-    if (!CBS_get_u8(&j->in, &c)) {
-      return mt_json_fail(j, "unterminated string");
-    }
-    if (c == '"') {
-      return 1;
-    }
-    int ok = c == '\\'  ? mt_json_escape(j, out)
-             : c < 0x20 ? mt_json_fail(j, "control character in a string")
-             : c < 0x80 ? mt_json_put_utf8(j, out, c)
-                        : mt_json_utf8(j, c, out);
-    if (!ok) {
-      return 0;
+/* jansson's |text| reads "<reason> near '<token text>'" (token text at most
+ * 20 bytes), "<reason> near end of file" or "<reason>". The reason is the
+ * library's; the token text is the token's, so it is only ever shown through
+ * mt_jwt_shown. Splits |text| in place; |*quoted| is NULL without one. */
+static void mt_jwt_json_split(char *text, const char **quoted, size_t *quoted_len) {
+  static const char kNear[] = " near '";
+  char *near = strstr(text, kNear);
+  *quoted = NULL;
+  *quoted_len = 0;
+  if (near != NULL) {
+    *near = '\0';
+    *quoted = near + sizeof(kNear) - 1;
+    *quoted_len = strlen(*quoted);
+    if (*quoted_len > 0 && (*quoted)[*quoted_len - 1] == '\'') {
+      (*quoted_len)--;
     }
   }
+  for (char *c = text; *c != '\0'; c++) {
+    if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+  }
 }
 
-/* Decodes the string at the cursor into a new buffer the caller releases
- * with OPENSSL_free. |what| names the value in the error. */
-static int mt_json_string_dup(mt_json *j, const char *what, uint8_t **out, size_t *out_len) {
-  CBB cbb;
-  mt_json_ws(j);
-  if (mt_json_peek(j) != '"') {
-    return mt_json_fail(j, "%s is not a string", what);
-  }
-  if (!CBB_init(&cbb, 64)) {
-    return mt_json_fail(j, "out of memory");
-  }
-  if (!mt_json_string(j, &cbb) || !CBB_finish(&cbb, out, out_len)) {
-    CBB_cleanup(&cbb);
-    return mt_json_fail(j, "out of memory");
-  }
-  return 1;
-}
-
-static int mt_json_digits(mt_json *j) {
-  int c, n = 0;
-  while ((c = mt_json_peek(j)) >= '0' && c <= '9') {
-    CBS_skip(&j->in, 1);
-    n++;
-  }
-  return n > 0 || mt_json_fail(j, "expected a digit");
-}
-
-/* The integer part, -?(0|[1-9][0-9]*), shared by both number readers. */
-static int mt_json_int_part(mt_json *j, int *negative) {
-  *negative = mt_json_accept(j, '-');
-  int c = mt_json_peek(j);
-  if (c == '0') {
-    CBS_skip(&j->in, 1);
-    return 1;
-  }
-  if (c < '1' || c > '9') {
-    return mt_json_fail(j, "expected a number");
-  }
-  return mt_json_digits(j);
-}
-
-/* Any RFC 8259 number, skipped. */
-static int mt_json_skip_number(mt_json *j) {
-  int negative;
-  if (!mt_json_int_part(j, &negative)) {
-    return 0;
-  }
-  if (mt_json_peek(j) == '.') {
-    CBS_skip(&j->in, 1);
-    if (!mt_json_digits(j)) return 0;
-  }
-  int c = mt_json_peek(j);
-  if (c == 'e' || c == 'E') {
-    CBS_skip(&j->in, 1);
-    c = mt_json_peek(j);
-    if (c == '+' || c == '-') CBS_skip(&j->in, 1);
-    if (!mt_json_digits(j)) return 0;
-  }
-  return 1;
-}
-
-/* An integer that fits int64_t. NumericDate may have a fraction in general;
- * no issuer we accept writes one, so a fraction or exponent is refused
- * rather than rounded. */
-static int mt_json_int64(mt_json *j, const char *what, int64_t *out) {
-  mt_json_ws(j);
-  CBS start = j->in;
-  int negative, c = mt_json_peek(j);
-  if (c != '-' && (c < '0' || c > '9')) {
-    return mt_json_fail(j, "%s is not an integer", what);
-  }
-  if (!mt_json_int_part(j, &negative)) {
-    return 0;
-  }
-  c = mt_json_peek(j);
-  if (c == '.' || c == 'e' || c == 'E') {
-    return mt_json_fail(j, "%s is not an integer", what);
-  }
-  CBS digits;
-  CBS_get_bytes(&start, &digits, CBS_len(&start) - CBS_len(&j->in));
-  CBS_skip(&digits, negative ? 1 : 0);
-  uint64_t v = 0, limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-  uint8_t d;
-  while (CBS_get_u8(&digits, &d)) {
-    if (v > (limit - (uint64_t)(d - '0')) / 10) {
-      return mt_json_fail(j, "%s does not fit in 64 bits", what);
-    }
-    v = v * 10 + (uint64_t)(d - '0');
-  }
-  *out = negative ? (int64_t)(0 - v) : (int64_t)v;
-  return 1;
-}
-
-static int mt_json_literal(mt_json *j) {
-  static const char *const kLiterals[] = {"true", "false", "null"};
-  for (size_t i = 0; i < sizeof(kLiterals) / sizeof(kLiterals[0]); i++) {
-    size_t n = strlen(kLiterals[i]);
-    CBS head;
-    if (CBS_len(&j->in) >= n) {
-      CBS_init(&head, CBS_data(&j->in), n);
-      if (CBS_mem_equal(&head, (const uint8_t *)kLiterals[i], n)) {
-        return CBS_skip(&j->in, n);
+/* Why jansson refused a text, in this module's words; returns the code:
+ * MT_JWT_INTERNAL when the library ran out of memory, else MALFORMED. */
+static mt_jwt_err mt_jwt_json_why(const json_error_t *je, char *out, size_t out_len) {
+  char text[JSON_ERROR_TEXT_LENGTH], shown[MT_JWT_SHOWN_MAX + 4];
+  const char *quoted;
+  size_t quoted_len;
+  snprintf(text, sizeof(text), "%s", je->text);
+  mt_jwt_json_split(text, &quoted, &quoted_len);
+  switch (json_error_code(je)) {
+    case json_error_out_of_memory:
+      mt_errmsg_set(out, out_len, "out of memory");
+      return MT_JWT_INTERNAL;
+    case json_error_duplicate_key:
+      /* The token text is the second member's name, with its quotes. */
+      if (quoted_len >= 2 && quoted[0] == '"' && quoted[quoted_len - 1] == '"') {
+        mt_errmsg_set(out, out_len, "duplicate member \"%s\" at byte %d",
+                      mt_jwt_shown((const uint8_t *)quoted + 1, quoted_len - 2, shown),
+                      je->position);
+      } else {
+        mt_errmsg_set(out, out_len, "duplicate member at byte %d", je->position);
       }
-    }
+      return MT_JWT_MALFORMED;
+    case json_error_stack_overflow:
+      mt_errmsg_set(out, out_len, "nested deeper than %d at byte %d", MT_JWT_JSON_MAX_DEPTH,
+                    je->position);
+      return MT_JWT_MALFORMED;
+    case json_error_end_of_input_expected:
+      /* jansson says "near end of file" when the first byte after is a NUL. */
+      mt_errmsg_set(out, out_len, "data after the JSON object at byte %d", je->position);
+      return MT_JWT_MALFORMED;
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+      mt_errmsg_set(out, out_len, "\\u0000 in a string at byte %d", je->position);
+      return MT_JWT_MALFORMED;
+    default: break;
   }
-  return mt_json_fail(j, "expected a value");
+  if (quoted != NULL) {
+    mt_errmsg_set(out, out_len, "%s near '%s' at byte %d", text,
+                  mt_jwt_shown((const uint8_t *)quoted, quoted_len, shown), je->position);
+  } else {
+    mt_errmsg_set(out, out_len, "%s at byte %d", text, je->position);
+  }
+  return MT_JWT_MALFORMED;
 }
 
-/* Called for each member of an object, with the cursor before its value;
- * it must consume exactly that value. |depth| counts enclosing containers. */
-typedef int (*mt_json_on_member)(mt_json *j, void *ctx, CBS name, int depth);
-typedef int (*mt_json_on_element)(mt_json *j, void *ctx, int depth);
-
-static int mt_json_skip_value(mt_json *j, int depth);
-
-static int mt_json_skip_member(mt_json *j, void *ctx, CBS name, int depth) {
-  (void)ctx, (void)name;
-  return mt_json_skip_value(j, depth);
-}
-
-static int mt_json_skip_element(mt_json *j, void *ctx, int depth) {
-  (void)ctx;
-  return mt_json_skip_value(j, depth);
-}
-
-/* Was a member called |name| already seen? |seen| holds the object's names
- * so far, each with a 16-bit length prefix (a name cannot exceed a token). */
-static int mt_json_name_seen(const uint8_t *seen, size_t seen_len, CBS name) {
-  CBS list, prev;
-  CBS_init(&list, seen, seen_len);
-  while (CBS_get_u16_length_prefixed(&list, &prev)) {
-    if (CBS_len(&prev) == CBS_len(&name) &&
-        memcmp(CBS_data(&prev), CBS_data(&name), CBS_len(&name)) == 0) {
-      return 1;
-    }
+/* Parses the decoded header or payload (|part| names it in messages): one
+ * JSON object and nothing after it (JSON_DISABLE_EOF_CHECK is not set),
+ * member names unique at every level (JSON_REJECT_DUPLICATES: RFC 7519 lets
+ * a parser take the last of two "sub", another in the path could take the
+ * first, so such a token must pass nowhere), no "\u0000" (JSON_ALLOW_NUL is
+ * not set: claims become C strings, a NUL would cut them), at most
+ * MT_JWT_JSON_MAX_DEPTH levels. jansson also refuses invalid UTF-8, unpaired
+ * surrogates, control characters in strings and numbers that neither
+ * json_int_t nor double can hold. On MT_JWT_OK |*out| is the document
+ * (json_decref it). */
+static mt_jwt_err mt_jwt_json_load(const uint8_t *json, size_t len, const char *part, json_t **out,
+                                   mt_jwt_error *err) {
+  json_error_t je;
+  json_t *doc = json_loadb((const char *)json, len, JSON_REJECT_DUPLICATES, &je);
+  *out = NULL;
+  if (doc == NULL) {
+    char why[MT_JWT_MSG_MAX];
+    mt_jwt_err code = mt_jwt_json_why(&je, why, sizeof(why));
+    return mt_jwt_fail(err, code, "%s: %s", part, why);
   }
-  return 0;
-}
-
-/* Reads one member name into |seen| and refuses a duplicate: RFC 7519 lets a
- * parser take the last of two "sub" members, and a second parser in the path
- * could take the first, so a token with one must not pass anywhere. */
-static int mt_json_member_name(mt_json *j, CBB *seen, CBS *name) {
-  CBB child;
-  size_t before = CBB_len(seen);
-  if (!CBB_add_u16_length_prefixed(seen, &child) || !mt_json_string(j, &child) ||
-      !CBB_flush(seen)) {
-    return mt_json_fail(j, "expected a member name");
+  mt_jwt_err rc = MT_JWT_OK;
+  if (!json_is_object(doc)) {
+    rc = mt_jwt_fail(err, MT_JWT_MALFORMED, "%s: not a JSON object", part);
+  } else if (mt_jwt_json_too_deep(doc, 0)) {
+    rc = mt_jwt_fail(err, MT_JWT_MALFORMED, "%s: nested deeper than %d", part,
+                     MT_JWT_JSON_MAX_DEPTH);
   }
-  const uint8_t *all = CBB_data(seen);
-  CBS_init(name, all + before + 2, CBB_len(seen) - before - 2);
-  if (mt_json_name_seen(all, before, *name)) {
-    char shown[MT_JWT_SHOWN_MAX + 4];
-    return mt_json_fail(j, "duplicate member \"%s\"",
-                        mt_jwt_shown(CBS_data(name), CBS_len(name), shown));
+  if (rc != MT_JWT_OK) {
+    json_decref(doc);
+    return rc;
   }
-  return 1;
-}
-
-static int mt_json_object_members(mt_json *j, CBB *seen, mt_json_on_member on_member, void *ctx,
-                                  int depth) {
-  if (mt_json_accept(j, '}')) {
-    return 1;
-  }
-  do {
-    CBS name;
-    if (!mt_json_member_name(j, seen, &name) || !mt_json_expect(j, ':') ||
-        !on_member(j, ctx, name, depth)) {
-      return 0;
-    }
-  } while (mt_json_accept(j, ','));
-  return mt_json_expect(j, '}');
-}
-
-/* An object whose members go to |on_member|; its values sit at depth + 1. */
-static int mt_json_object(mt_json *j, mt_json_on_member on_member, void *ctx, int depth) {
-  if (depth + 1 > MT_JSON_MAX_DEPTH) {
-    return mt_json_fail(j, "nested deeper than %d", MT_JSON_MAX_DEPTH);
-  }
-  if (!mt_json_expect(j, '{')) {
-    return 0;
-  }
-  CBB seen;
-  if (!CBB_init(&seen, 64)) {
-    return mt_json_fail(j, "out of memory");
-  }
-  int ok = mt_json_object_members(j, &seen, on_member, ctx, depth + 1);
-  CBB_cleanup(&seen);
-  return ok;
-}
-
-static int mt_json_array(mt_json *j, mt_json_on_element on_element, void *ctx, int depth) {
-  if (depth + 1 > MT_JSON_MAX_DEPTH) {
-    return mt_json_fail(j, "nested deeper than %d", MT_JSON_MAX_DEPTH);
-  }
-  if (!mt_json_expect(j, '[')) {
-    return 0;
-  }
-  if (mt_json_accept(j, ']')) {
-    return 1;
-  }
-  do {
-    if (!on_element(j, ctx, depth + 1)) {
-      return 0;
-    }
-  } while (mt_json_accept(j, ','));
-  return mt_json_expect(j, ']');
-}
-
-static int mt_json_skip_value(mt_json *j, int depth) {
-  mt_json_ws(j);
-  switch (mt_json_peek(j)) {
-    case '"': return mt_json_string(j, NULL);
-    case '{': return mt_json_object(j, mt_json_skip_member, NULL, depth);
-    case '[': return mt_json_array(j, mt_json_skip_element, NULL, depth);
-    case 't':
-    case 'f':
-    case 'n': return mt_json_literal(j);
-    case -1: return mt_json_fail(j, "expected a value");
-    default: return mt_json_skip_number(j);
-  }
-}
-
-/* A whole JSON text that must be one object, with nothing after it. */
-static int mt_json_document(mt_json *j, mt_json_on_member on_member, void *ctx) {
-  mt_json_ws(j);
-  if (mt_json_peek(j) != '{') {
-    return mt_json_fail(j, "not a JSON object");
-  }
-  if (!mt_json_object(j, on_member, ctx, 0)) {
-    return 0;
-  }
-  mt_json_ws(j);
-  return CBS_len(&j->in) == 0 || mt_json_fail(j, "data after the JSON object");
-}
-
-static int mt_cbs_is(CBS s, const char *lit) {
-  return CBS_mem_equal(&s, (const uint8_t *)lit, strlen(lit));
+  *out = doc;
+  return MT_JWT_OK;
 }
 
 /* ==== 4a. Key set ========================================================== */
@@ -709,7 +421,7 @@ static int mt_jwt_keys_next(BIO *bio, mt_jwt_keys *keys, char *err, size_t err_l
   if (!mt_jwt_keys_grow(keys)) {
     mt_errmsg_set(err, err_len, "out of memory");
   } else {
-    char why[MT_JSON_MSG_MAX];
+    char why[MT_JWT_MSG_MAX];
     mt_jwt_key *key = &keys->keys[keys->count++];
     if (mt_jwt_key_parse(name, der, der_len, key, why, sizeof(why))) {
       rc = 1;
@@ -754,63 +466,54 @@ mt_jwt_keys *mt_jwt_keys_load_pem(const char *pem, size_t len, char *err, size_t
 /* ==== 4b. Header =========================================================== */
 
 typedef struct {
-  int have_alg, alg_supported, have_crit;
   mt_jwt_alg alg;
-  char alg_shown[MT_JWT_SHOWN_MAX + 4];
-  uint8_t *kid; /* decoded, OPENSSL_free'd by the verifier; NULL when absent */
-  size_t kid_len;
+  char kid[MT_JWT_KID_LEN + 1]; /* "" unless "kid" has the length of our key ids */
 } mt_jwt_header;
 
-static int mt_jwt_on_header_alg(mt_json *j, mt_jwt_header *h) {
-  uint8_t *alg;
-  size_t alg_len;
-  if (!mt_json_string_dup(j, "header \"alg\"", &alg, &alg_len)) {
-    return 0;
+/* alg decides the key type; kid may narrow the keys tried; "crit" names
+ * extensions we would have to understand, so it is refused. typ, cty, x5t,
+ * ... are informational; jku/x5u/jwk are never followed, the key always
+ * comes from our own key set. */
+static mt_jwt_err mt_jwt_header_read(const json_t *doc, mt_jwt_header *h, mt_jwt_error *err) {
+  const json_t *alg = json_object_get(doc, "alg"), *kid = json_object_get(doc, "kid");
+  if (alg != NULL && !json_is_string(alg)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header: \"alg\" is not a string");
   }
-  CBS s;
-  CBS_init(&s, alg, alg_len);
-  h->have_alg = 1;
-  h->alg_supported = mt_cbs_is(s, "ES256") || mt_cbs_is(s, "RS256");
-  h->alg = mt_cbs_is(s, "ES256") ? MT_JWT_ALG_ES256 : MT_JWT_ALG_RS256;
-  mt_jwt_shown(alg, alg_len, h->alg_shown);
-  OPENSSL_free(alg);
-  return 1;
-}
-
-static int mt_jwt_on_header_member(mt_json *j, void *ctx, CBS name, int depth) {
-  mt_jwt_header *h = ctx;
-  if (mt_cbs_is(name, "alg")) {
-    return mt_jwt_on_header_alg(j, h);
+  if (kid != NULL && !json_is_string(kid)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header: \"kid\" is not a string");
   }
-  if (mt_cbs_is(name, "kid")) {
-    return mt_json_string_dup(j, "header \"kid\"", &h->kid, &h->kid_len);
+  if (alg == NULL) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header has no \"alg\"");
   }
-  if (mt_cbs_is(name, "crit")) {
-    h->have_crit = 1;
+  const char *name = json_string_value(alg);
+  if (strcmp(name, "ES256") == 0) {
+    h->alg = MT_JWT_ALG_ES256;
+  } else if (strcmp(name, "RS256") == 0) {
+    h->alg = MT_JWT_ALG_RS256;
+  } else {
+    char shown[MT_JWT_SHOWN_MAX + 4];
+    return mt_jwt_fail(err, MT_JWT_UNSUPPORTED_ALG, "alg \"%s\" is not accepted (ES256, RS256 are)",
+                       mt_jwt_shown((const uint8_t *)name, json_string_length(alg), shown));
   }
-  /* typ, cty, x5t, ...: informational; jku/x5u/jwk are never followed, the
-   * key always comes from our own key set. */
-  return mt_json_skip_value(j, depth);
+  if (json_object_get(doc, "crit") != NULL) {
+    return mt_jwt_fail(err, MT_JWT_UNSUPPORTED_ALG, "header has \"crit\" extensions");
+  }
+  if (kid != NULL && json_string_length(kid) == MT_JWT_KID_LEN) {
+    memcpy(h->kid, json_string_value(kid), MT_JWT_KID_LEN + 1);
+  }
+  return MT_JWT_OK;
 }
 
 static mt_jwt_err mt_jwt_parse_header(const uint8_t *json, size_t len, mt_jwt_header *h,
                                       mt_jwt_error *err) {
-  mt_json j;
-  mt_json_init(&j, json, len);
-  if (!mt_json_document(&j, mt_jwt_on_header_member, h)) {
-    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header: %s", j.msg);
+  json_t *doc;
+  mt_jwt_err rc = mt_jwt_json_load(json, len, "header", &doc, err);
+  if (rc != MT_JWT_OK) {
+    return rc;
   }
-  if (!h->have_alg) {
-    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header has no \"alg\"");
-  }
-  if (!h->alg_supported) {
-    return mt_jwt_fail(err, MT_JWT_UNSUPPORTED_ALG, "alg \"%s\" is not accepted (ES256, RS256 are)",
-                       h->alg_shown);
-  }
-  if (h->have_crit) {
-    return mt_jwt_fail(err, MT_JWT_UNSUPPORTED_ALG, "header has \"crit\" extensions");
-  }
-  return MT_JWT_OK;
+  rc = mt_jwt_header_read(doc, h, err);
+  json_decref(doc);
+  return rc;
 }
 
 /* ==== 4c. Signature ======================================================== */
@@ -845,8 +548,8 @@ static int mt_jwt_verify_with(const mt_jwt_key *key, CBS input, const uint8_t *s
 
 /* The key the header's kid names, or NULL. */
 static const mt_jwt_key *mt_jwt_find_kid(const mt_jwt_keys *keys, const mt_jwt_header *h) {
-  for (size_t i = 0; h->kid != NULL && i < keys->count; i++) {
-    if (h->kid_len == MT_JWT_KID_LEN && memcmp(keys->keys[i].kid, h->kid, h->kid_len) == 0) {
+  for (size_t i = 0; h->kid[0] != '\0' && i < keys->count; i++) {
+    if (strcmp(keys->keys[i].kid, h->kid) == 0) {
       return &keys->keys[i];
     }
   }
@@ -910,7 +613,7 @@ static mt_jwt_err mt_jwt_check_signature(const mt_jwt_keys *keys, const mt_jwt_h
 
 typedef struct {
   const mt_jwt_expect *expect;
-  int have_sub, have_iss, have_aud, have_exp, have_nbf, aud_matched;
+  int have_nbf, aud_matched;
   int64_t exp, nbf;
   char sub[MT_JWT_CLAIM_MAX_LEN + 1];
   char iss[MT_JWT_CLAIM_MAX_LEN + 1];
@@ -918,112 +621,111 @@ typedef struct {
   char aud_shown[MT_JWT_SHOWN_MAX + 4]; /* the first audience, for the message */
 } mt_jwt_claim_state;
 
-/* A string claim copied into |buf| (MT_JWT_CLAIM_MAX_LEN + 1 bytes). */
-static int mt_jwt_claim_string(mt_json *j, const char *what, char *buf) {
-  uint8_t *s;
-  size_t len;
-  if (!mt_json_string_dup(j, what, &s, &len)) {
-    return 0;
+/* A string claim copied into |buf| (MT_JWT_CLAIM_MAX_LEN + 1 bytes); an
+ * absent one (|v| NULL) leaves |buf| empty. Any other type is refused, so a
+ * claim we read has exactly one meaning. */
+static mt_jwt_err mt_jwt_claim_string(const json_t *v, const char *what, char *buf,
+                                      mt_jwt_error *err) {
+  if (v == NULL) {
+    return MT_JWT_OK;
   }
-  int ok = len <= MT_JWT_CLAIM_MAX_LEN;
-  if (ok) {
-    memcpy(buf, s, len);
-    buf[len] = '\0';
+  if (!json_is_string(v)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: %s is not a string", what);
   }
-  OPENSSL_free(s);
-  return ok || mt_json_fail(j, "%s is longer than %d bytes", what, MT_JWT_CLAIM_MAX_LEN);
+  size_t len = json_string_length(v);
+  if (len > MT_JWT_CLAIM_MAX_LEN) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: %s is longer than %d bytes", what,
+                       MT_JWT_CLAIM_MAX_LEN);
+  }
+  memcpy(buf, json_string_value(v), len + 1);
+  return MT_JWT_OK;
+}
+
+/* A NumericDate. RFC 7519 allows a fraction; no issuer we accept writes
+ * one, so a real (fraction or exponent, as jansson reads it) is refused
+ * rather than rounded. */
+static mt_jwt_err mt_jwt_claim_time(const json_t *v, const char *what, int64_t *out,
+                                    mt_jwt_error *err) {
+  if (!json_is_integer(v)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: %s is not an integer", what);
+  }
+  *out = json_integer_value(v);
+  return MT_JWT_OK;
 }
 
 /* One audience, from the string form or from an array element. */
-static int mt_jwt_on_audience(mt_json *j, void *ctx, int depth) {
-  mt_jwt_claim_state *st = ctx;
-  uint8_t *aud;
-  size_t len;
-  (void)depth;
-  if (!mt_json_string_dup(j, "claim \"aud\" (or one of its elements)", &aud, &len)) {
-    return 0;
-  }
+static void mt_jwt_on_audience(mt_jwt_claim_state *st, const json_t *aud) {
   const char *want = st->expect->audience;
-  if (len == strlen(want) && memcmp(aud, want, len) == 0) {
+  if (json_string_length(aud) == strlen(want) && strcmp(json_string_value(aud), want) == 0) {
     st->aud_matched = 1;
   }
   if (st->aud_shown[0] == '\0') {
-    mt_jwt_shown(aud, len, st->aud_shown);
+    mt_jwt_shown((const uint8_t *)json_string_value(aud), json_string_length(aud), st->aud_shown);
   }
-  OPENSSL_free(aud);
-  return 1;
 }
 
-static int mt_jwt_on_aud(mt_json *j, mt_jwt_claim_state *st, int depth) {
-  st->have_aud = 1;
-  mt_json_ws(j);
-  if (mt_json_peek(j) == '[') {
-    return mt_json_array(j, mt_jwt_on_audience, st, depth);
+/* "aud": a string, or an array of strings (possibly empty). */
+static mt_jwt_err mt_jwt_claim_aud(const json_t *aud, mt_jwt_claim_state *st, mt_jwt_error *err) {
+  if (json_is_string(aud)) {
+    mt_jwt_on_audience(st, aud);
+    return MT_JWT_OK;
   }
-  return mt_jwt_on_audience(j, st, depth);
+  if (!json_is_array(aud)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED,
+                       "payload: claim \"aud\" is not a string or an array of strings");
+  }
+  for (size_t i = 0; i < json_array_size(aud); i++) {
+    const json_t *one = json_array_get(aud, i);
+    if (!json_is_string(one)) {
+      return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: claim \"aud\"[%zu] is not a string", i);
+    }
+    mt_jwt_on_audience(st, one);
+  }
+  return MT_JWT_OK;
 }
 
-/* An object value whose members go to |on_member|; any other type is
- * refused, so a claim we read has exactly one meaning. */
-static int mt_jwt_claim_object(mt_json *j, const char *what, mt_json_on_member on_member, void *ctx,
-                               int depth) {
-  mt_json_ws(j);
-  if (mt_json_peek(j) != '{') {
-    return mt_json_fail(j, "%s is not an object", what);
+/* "kubernetes.io" of a projected token: only node.name is read, and every
+ * level on the way must be an object when present. */
+static mt_jwt_err mt_jwt_claim_k8s(const json_t *k8s, mt_jwt_claim_state *st, mt_jwt_error *err) {
+  if (!json_is_object(k8s)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: claim \"kubernetes.io\" is not an object");
   }
-  return mt_json_object(j, on_member, ctx, depth);
+  const json_t *node = json_object_get(k8s, "node");
+  if (node == NULL) {
+    return MT_JWT_OK;
+  }
+  if (!json_is_object(node)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED,
+                       "payload: claim \"kubernetes.io\".node is not an object");
+  }
+  return mt_jwt_claim_string(json_object_get(node, "name"), "claim \"kubernetes.io\".node.name",
+                             st->node_name, err);
 }
 
-static int mt_jwt_on_k8s_node_member(mt_json *j, void *ctx, CBS name, int depth) {
-  mt_jwt_claim_state *st = ctx;
-  if (mt_cbs_is(name, "name")) {
-    return mt_jwt_claim_string(j, "claim \"kubernetes.io\".node.name", st->node_name);
+/* The claims we use, each checked for its type when present; every other
+ * claim (iat, jti, ...) is not looked at. */
+static mt_jwt_err mt_jwt_read_claims(const json_t *doc, mt_jwt_claim_state *st, mt_jwt_error *err) {
+  const json_t *aud = json_object_get(doc, "aud"), *exp = json_object_get(doc, "exp");
+  const json_t *nbf = json_object_get(doc, "nbf"), *k8s = json_object_get(doc, "kubernetes.io");
+  mt_jwt_err rc = mt_jwt_claim_string(json_object_get(doc, "sub"), "claim \"sub\"", st->sub, err);
+  if (rc == MT_JWT_OK) {
+    rc = mt_jwt_claim_string(json_object_get(doc, "iss"), "claim \"iss\"", st->iss, err);
   }
-  return mt_json_skip_value(j, depth);
+  if (rc == MT_JWT_OK && aud != NULL) rc = mt_jwt_claim_aud(aud, st, err);
+  if (rc == MT_JWT_OK && exp != NULL) rc = mt_jwt_claim_time(exp, "claim \"exp\"", &st->exp, err);
+  if (rc == MT_JWT_OK && nbf != NULL) rc = mt_jwt_claim_time(nbf, "claim \"nbf\"", &st->nbf, err);
+  if (rc == MT_JWT_OK && k8s != NULL) rc = mt_jwt_claim_k8s(k8s, st, err);
+  st->have_nbf = nbf != NULL;
+  return rc;
 }
 
-/* "kubernetes.io" of a projected token: only node.name is read. */
-static int mt_jwt_on_k8s_member(mt_json *j, void *ctx, CBS name, int depth) {
-  if (mt_cbs_is(name, "node")) {
-    return mt_jwt_claim_object(j, "claim \"kubernetes.io\".node", mt_jwt_on_k8s_node_member, ctx,
-                               depth);
-  }
-  return mt_json_skip_value(j, depth);
-}
-
-static int mt_jwt_on_claim(mt_json *j, void *ctx, CBS name, int depth) {
-  mt_jwt_claim_state *st = ctx;
-  if (mt_cbs_is(name, "sub")) {
-    st->have_sub = 1;
-    return mt_jwt_claim_string(j, "claim \"sub\"", st->sub);
-  }
-  if (mt_cbs_is(name, "iss")) {
-    st->have_iss = 1;
-    return mt_jwt_claim_string(j, "claim \"iss\"", st->iss);
-  }
-  if (mt_cbs_is(name, "aud")) {
-    return mt_jwt_on_aud(j, st, depth);
-  }
-  if (mt_cbs_is(name, "exp")) {
-    st->have_exp = 1;
-    return mt_json_int64(j, "claim \"exp\"", &st->exp);
-  }
-  if (mt_cbs_is(name, "nbf")) {
-    st->have_nbf = 1;
-    return mt_json_int64(j, "claim \"nbf\"", &st->nbf);
-  }
-  if (mt_cbs_is(name, "kubernetes.io")) {
-    return mt_jwt_claim_object(j, "claim \"kubernetes.io\"", mt_jwt_on_k8s_member, st, depth);
-  }
-  return mt_json_skip_value(j, depth);
-}
-
-static mt_jwt_err mt_jwt_check_presence(const mt_jwt_claim_state *st, mt_jwt_error *err) {
-  const char *missing = !st->have_sub || st->sub[0] == '\0' ? "sub"
-                        : !st->have_iss                     ? "iss"
-                        : !st->have_aud                     ? "aud"
-                        : !st->have_exp                     ? "exp"
-                                                            : NULL;
+static mt_jwt_err mt_jwt_check_presence(const json_t *doc, const mt_jwt_claim_state *st,
+                                        mt_jwt_error *err) {
+  const char *missing = st->sub[0] == '\0'                    ? "sub"
+                        : json_object_get(doc, "iss") == NULL ? "iss"
+                        : json_object_get(doc, "aud") == NULL ? "aud"
+                        : json_object_get(doc, "exp") == NULL ? "exp"
+                                                              : NULL;
   if (missing != NULL) {
     return mt_jwt_fail(err, MT_JWT_MISSING_CLAIM, "claim \"%s\" is missing", missing);
   }
@@ -1056,13 +758,16 @@ static mt_jwt_err mt_jwt_check_values(const mt_jwt_claim_state *st, mt_jwt_error
 
 static mt_jwt_err mt_jwt_check_claims(const uint8_t *json, size_t len, mt_jwt_claim_state *st,
                                       mt_jwt_error *err) {
-  mt_json j;
-  mt_json_init(&j, json, len);
-  if (!mt_json_document(&j, mt_jwt_on_claim, st)) {
-    return mt_jwt_fail(err, MT_JWT_MALFORMED, "payload: %s", j.msg);
+  json_t *doc;
+  mt_jwt_err rc = mt_jwt_json_load(json, len, "payload", &doc, err);
+  if (rc != MT_JWT_OK) {
+    return rc;
   }
-  mt_jwt_err rc = mt_jwt_check_presence(st, err);
-  return rc != MT_JWT_OK ? rc : mt_jwt_check_values(st, err);
+  rc = mt_jwt_read_claims(doc, st, err);
+  if (rc == MT_JWT_OK) rc = mt_jwt_check_presence(doc, st, err);
+  if (rc == MT_JWT_OK) rc = mt_jwt_check_values(st, err);
+  json_decref(doc);
+  return rc;
 }
 
 /* ==== 4e. The whole token ================================================== */
@@ -1184,7 +889,6 @@ mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
   if (rc == MT_JWT_OK && out != NULL) {
     mt_jwt_copy_out(&w->claims, out);
   }
-  OPENSSL_free(w->header.kid);
   free(w->buf);
   free(w);
   return rc;

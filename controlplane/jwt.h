@@ -5,11 +5,13 @@
  *
  * Promises: only ES256 and RS256 are accepted, and only with a key of the
  * matching type (no "none", no HMAC, no RS/ES confusion); every byte of the
- * token is parsed strictly (base64url without padding, a small JSON reader
- * that refuses duplicate names and trailing data); the signature is checked
- * before any claim is read; a token that fails any check is refused with an
- * error code and a message. The key set is immutable once loaded and may be
- * shared by threads. Nothing here logs. */
+ * token is parsed strictly (base64url without padding; JSON with jansson,
+ * refusing duplicate member names at any level, data after the object,
+ * "\u0000" in strings, nesting deeper than 16 and numbers no 64-bit integer
+ * or double can hold); the signature is checked before any claim is read; a
+ * token that fails any check is refused with an error code and a message
+ * (token bytes in it only as printable ASCII). The key set is immutable once
+ * loaded and may be shared by threads. Nothing here logs. */
 #ifndef MT_JWT_H
 #define MT_JWT_H
 
@@ -95,9 +97,10 @@ typedef struct {
  * 64 bytes) or RS256 (PKCS#1 v1.5, SHA-256); "kid" optional: when it names a
  * key of the set only that key is tried, otherwise every key of alg's type.
  * A "crit" header is refused. Claims: iss, aud, exp, sub required; nbf
- * optional; exp and nbf must be integers; "kubernetes.io" optional, and
- * when present it must be an object whose "node" (optional) is an object
- * whose "name" (optional) is a string; other claims are skipped.
+ * optional; exp and nbf must be integers (a fraction or exponent is
+ * refused, not rounded); "kubernetes.io" optional, and when present it must
+ * be an object whose "node" (optional) is an object whose "name" (optional)
+ * is a string; other claims (iat, jti, ...) are not read, whatever their type.
  * Returns MT_JWT_OK and fills |out| (may be NULL), or the first failed check
  * with its message in |err| (may be NULL); |out| is zeroed on failure. */
 mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,

@@ -60,6 +60,10 @@ typedef struct {
    * this returns; new requests may be started, and other requests
    * cancelled, from here. */
   void (*on_done)(void *ctx, long http_status, const char *error);
+  /* Optional: the response headers arrived (|http_status| is 0 when the
+   * server sent none usable). A watch learns here that the server answers,
+   * before any event. Must not cancel the request. */
+  void (*on_response)(void *ctx, long http_status);
 } mt_k8s_request_callbacks;
 
 /* Resolves the defaults and the server's address, checks the token and CA

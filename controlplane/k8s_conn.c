@@ -96,6 +96,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (conn->client->current == conn) conn->client->current = NULL;
     return 0;
   }
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+    mt_k8s_request *r = stream_request(session, frame->hd.stream_id);
+    if (r != NULL && r->state == MT_K8S_REQ_SENT && r->cb.on_response != NULL)
+      r->cb.on_response(r->ctx, r->status);
+  }
   if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
       (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
     mt_k8s_request *r = stream_request(session, frame->hd.stream_id);

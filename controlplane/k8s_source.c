@@ -27,15 +27,20 @@ typedef struct {
   size_t index; /* into kResources */
   mt_k8s_watch *watch;
   int synced;
+  int failing;                /* the API failed it and has not answered since */
+  char last_problem[ERR_MAX]; /* why it failed last */
 } resource;
 
 struct mt_k8s_source {
+  struct ev_loop *loop;
   mt_k8s_client *client;
   mt_cluster_state *state;
   resource resources[NUM_RESOURCES];
   mt_k8s_source_callbacks cb;
   void *ctx;
   int all_synced;
+  size_t num_failing; /* resources whose watch the API is failing */
+  ev_tstamp lost_at;  /* when the first of them failed */
 };
 
 static void log_line(mt_k8s_source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -95,7 +100,43 @@ static void on_watch_synced(void *ctx) {
 
 static void on_watch_problem(void *ctx, const char *what) {
   resource *r = ctx;
+  snprintf(r->last_problem, sizeof(r->last_problem), "%s", what);
   log_line(r->source, "problem %s: %s", kResources[r->index].name, what);
+}
+
+/* One line when the API stops answering (the first watch to fail) and one
+ * when every watch has had an answer again: what an operator looks for
+ * after an API server restart. The cluster state is kept meanwhile. */
+static void on_watch_health(void *ctx, int answering) {
+  resource *r = ctx;
+  mt_k8s_source *s = r->source;
+  if (!answering && !r->failing) {
+    r->failing = 1;
+    if (s->num_failing++ == 0) {
+      s->lost_at = ev_now(s->loop);
+      if (s->all_synced)
+        log_line(s,
+                 "lost the API server (%s: %s); keeping the cluster state as last seen (%zu "
+                 "workloads) until it answers",
+                 kResources[r->index].name, r->last_problem,
+                 mt_cluster_state_num_workloads(s->state));
+      else
+        log_line(s,
+                 "lost the API server (%s: %s) before listing everything; nothing is decided "
+                 "from the cluster until it answers",
+                 kResources[r->index].name, r->last_problem);
+    }
+  } else if (answering && r->failing) {
+    r->failing = 0;
+    if (--s->num_failing == 0)
+      log_line(s, "regained the API server after %.1f s: every watch answers again",
+               ev_now(s->loop) - s->lost_at);
+  }
+}
+
+static void on_watch_relist(void *ctx, const char *why) {
+  resource *r = ctx;
+  log_line(r->source, "relisting %s: %s", kResources[r->index].name, why);
 }
 
 static void on_watch_bookmark(void *ctx, const char *resource_version) {
@@ -106,8 +147,9 @@ static void on_watch_bookmark(void *ctx, const char *resource_version) {
 mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_config *config,
                                  const mt_k8s_source_callbacks *callbacks, void *ctx, char *err,
                                  size_t err_len) {
-  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event, on_watch_synced, on_watch_problem,
-                                                  on_watch_bookmark};
+  static const mt_k8s_watch_callbacks watch_cb = {on_watch_event,   on_watch_synced,
+                                                  on_watch_problem, on_watch_bookmark,
+                                                  on_watch_health,  on_watch_relist};
   mt_k8s_source *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     snprintf(err, err_len, "out of memory");
@@ -115,6 +157,7 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
   }
   s->cb = *callbacks;
   s->ctx = ctx;
+  s->loop = loop;
   s->client = mt_k8s_client_new(loop, &config->client, err, err_len);
   if (s->client == NULL) {
     mt_k8s_source_free(s);
@@ -132,7 +175,8 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
                               .watch_timeout_s = config->watch_timeout_s,
                               .idle_grace_ms = config->idle_grace_ms,
                               .backoff_initial_ms = config->backoff_initial_ms,
-                              .backoff_max_ms = config->backoff_max_ms};
+                              .backoff_max_ms = config->backoff_max_ms,
+                              .list_page_size = config->list_page_size};
     r->source = s;
     r->index = i;
     r->watch = mt_k8s_watch_new(loop, s->client, &wc, &watch_cb, r);

@@ -7,8 +7,10 @@
  * The owner hears of every change (on_change), of the moment every
  * resource has been listed once (on_synced: before it, the state is
  * partial and must not be used to refuse anyone), and gets one line per
- * event, sync, refused object and retried failure (on_log), to log and
- * count at the edge. One loop, no threads. */
+ * event, sync, refused object, retried failure and 410 relist (on_log), to
+ * log and count at the edge, plus one line when the API stops answering
+ * ("lost the API server ...") and one when every watch has an answer again
+ * ("regained the API server after S s ..."). One loop, no threads. */
 #ifndef MT_CP_K8S_SOURCE_H
 #define MT_CP_K8S_SOURCE_H
 
@@ -31,6 +33,7 @@ typedef struct {
   int64_t idle_grace_ms;      /* 0: default */
   int64_t backoff_initial_ms; /* 0: default */
   int64_t backoff_max_ms;     /* 0: default */
+  size_t list_page_size;      /* 0: default */
 } mt_k8s_source_config;
 
 typedef struct {

@@ -17,6 +17,8 @@ enum {
   HTTP_OK = 200,
   HTTP_GONE = 410,
   QUERY_MAX = 512,
+  CONTINUE_MAX = 4096, /* a continue token longer than this is refused */
+  DEFAULT_LIST_PAGE_SIZE = 500, /* kubectl's and client-go's chunk size */
   KEY_MAX = 2 * MT_K8S_NAME_MAX + 2,
   PROBLEM_MAX = 512,
 };
@@ -43,6 +45,8 @@ struct mt_k8s_watch {
   mt_k8s_request *request;
   char rv[MT_K8S_RV_MAX + 1];
   json_t *held; /* "ns/name" -> object, the API's state as we know it */
+  json_t *pages;       /* LISTING: the items of the pages so far */
+  char *list_continue; /* LISTING: the token of the next page; NULL: the first */
 
   char *buf; /* LIST body, or the partial line of a WATCH */
   size_t buf_len, buf_cap;
@@ -54,6 +58,7 @@ struct mt_k8s_watch {
   ev_tstamp watch_started;
   int watch_got_data;
   unsigned attempt;
+  int failing; /* failed since the API last answered (on_health told) */
   mt_k8s_watch_stats stats;
 };
 
@@ -82,9 +87,21 @@ static double backoff_delay_s(mt_k8s_watch *w) {
   return (double)jittered / MS_PER_S;
 }
 
+/* The API answered (a LIST completed, a WATCH got 200): tells the owner
+ * once after failures. */
+static void api_answered(mt_k8s_watch *w) {
+  if (!w->failing) return;
+  w->failing = 0;
+  if (w->cb.on_health) w->cb.on_health(w->ctx, 1);
+}
+
 static void enter_backoff(mt_k8s_watch *w) {
   w->state = MT_K8S_WATCH_BACKOFF;
   w->stats.failures++;
+  if (!w->failing) {
+    w->failing = 1;
+    if (w->cb.on_health) w->cb.on_health(w->ctx, 0);
+  }
   ev_timer_stop(w->loop, &w->idle);
   ev_timer_set(&w->retry, backoff_delay_s(w), 0.);
   ev_timer_start(w->loop, &w->retry);
@@ -178,45 +195,127 @@ static int reconcile(mt_k8s_watch *w, const json_t *items) {
   return 1;
 }
 
+static void forget_pages(mt_k8s_watch *w) {
+  json_array_clear(w->pages);
+  free(w->list_continue);
+  w->list_continue = NULL;
+}
+
+/* The token of the page after |list|: NULL for the last page, "" when it
+ * is malformed. */
+static const char *continue_of(const json_t *list) {
+  const json_t *c = json_object_get(json_object_get(list, "metadata"), "continue");
+  if (c == NULL || (json_is_string(c) && json_string_length(c) == 0)) return NULL;
+  if (!json_is_string(c) || json_string_length(c) > CONTINUE_MAX) return "";
+  return json_string_value(c);
+}
+
+static void start_list_page(mt_k8s_watch *w);
+
 static void on_list_done(void *ctx, long status, const char *error) {
   mt_k8s_watch *w = ctx;
   w->request = NULL;
+  if (error[0] == '\0' && status == HTTP_GONE && w->list_continue != NULL) {
+    /* The snapshot the pages came from was compacted away meanwhile. */
+    problem(w, "LIST %s: continue token expired (HTTP 410); listing again from the first page",
+            w->path);
+    forget_pages(w);
+    enter_backoff(w);
+    return;
+  }
   if (error[0] != '\0' || status != HTTP_OK) {
     problem(w, "LIST %s: %s (HTTP %ld)", w->path, error[0] ? error : "refused", status);
+    forget_pages(w);
     enter_backoff(w);
     return;
   }
   json_error_t jerr;
   json_t *list = json_loadb(w->buf ? w->buf : "", w->buf_len, JSON_REJECT_DUPLICATES, &jerr);
-  const json_t *items = json_object_get(list, "items");
+  json_t *items = json_object_get(list, "items");
   const char *rv = rv_of(list);
-  if (list == NULL || !json_is_array(items) || rv == NULL || rv[0] == '\0') {
-    problem(w, "LIST %s: not a Kubernetes list with items and metadata.resourceVersion", w->path);
+  const char *next = list != NULL ? continue_of(list) : NULL;
+  if (list == NULL || !json_is_array(items) || rv == NULL || rv[0] == '\0' ||
+      (next != NULL && next[0] == '\0')) {
+    problem(w, "LIST %s: not a Kubernetes list with items, metadata.resourceVersion and a valid "
+            "metadata.continue", w->path);
     json_decref(list);
+    forget_pages(w);
     enter_backoff(w);
     return;
   }
-  reconcile(w, items);
+  w->stats.list_pages++;
+  json_array_extend(w->pages, items);
+  if (next != NULL) {
+    free(w->list_continue);
+    w->list_continue = strdup(next);
+    json_decref(list);
+    if (w->list_continue == NULL) {
+      problem(w, "LIST %s: out of memory", w->path);
+      forget_pages(w);
+      enter_backoff(w);
+      return;
+    }
+    start_list_page(w);
+    return;
+  }
+  reconcile(w, w->pages);
   snprintf(w->rv, sizeof(w->rv), "%s", rv);
   json_decref(list);
+  forget_pages(w);
   w->stats.lists++;
   w->attempt = 0;
+  api_answered(w);
   if (w->cb.on_synced) w->cb.on_synced(w->ctx);
   start_watch(w);
 }
 
-static void start_list(mt_k8s_watch *w) {
-  static const mt_k8s_request_callbacks cb = {on_list_data, on_list_done};
-  char err[MT_K8S_ERROR_MAX];
+/* Appends |value| to |out| percent-encoded as a query value (a continue
+ * token is base64: '+', '/' and '=' must not reach the query raw). */
+static int append_query_value(char *out, size_t out_len, const char *value) {
+  static const char kHex[] = "0123456789ABCDEF";
+  size_t n = strlen(out);
+  for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+    int plain = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+                *p == '-' || *p == '_' || *p == '.' || *p == '~';
+    if (n + (plain ? 1 : 3) >= out_len) return 0;
+    if (plain) {
+      out[n++] = (char)*p;
+    } else {
+      out[n++] = '%';
+      out[n++] = kHex[*p >> 4];
+      out[n++] = kHex[*p & 15];
+    }
+  }
+  out[n] = '\0';
+  return 1;
+}
+
+static void start_list_page(mt_k8s_watch *w) {
+  static const mt_k8s_request_callbacks cb = {on_list_data, on_list_done, NULL};
+  char path[MT_K8S_URL_MAX + 3 * CONTINUE_MAX + QUERY_MAX], err[MT_K8S_ERROR_MAX];
+  snprintf(path, sizeof(path), "%s?limit=%zu%s", w->path, w->config.list_page_size,
+           w->list_continue ? "&continue=" : "");
+  if (w->list_continue != NULL && !append_query_value(path, sizeof(path), w->list_continue)) {
+    problem(w, "LIST %s: continue token too long", w->path);
+    forget_pages(w);
+    enter_backoff(w);
+    return;
+  }
   w->buf_len = 0;
   w->state = MT_K8S_WATCH_LISTING;
   ev_timer_stop(w->loop, &w->idle);
   w->request =
-      mt_k8s_client_get(w->client, w->path, w->config.list_timeout_ms, &cb, w, err, sizeof(err));
+      mt_k8s_client_get(w->client, path, w->config.list_timeout_ms, &cb, w, err, sizeof(err));
   if (w->request == NULL) {
     problem(w, "LIST: %s", err);
+    forget_pages(w);
     enter_backoff(w);
   }
+}
+
+static void start_list(mt_k8s_watch *w) {
+  forget_pages(w);
+  start_list_page(w);
 }
 
 /* --- WATCHING --- */
@@ -318,6 +417,14 @@ static void on_watch_done(void *ctx, long status, const char *error) {
   if (w->end == END_GONE || status == HTTP_GONE) {
     /* Our version is older than the server keeps: list again and diff. */
     w->stats.relists_gone++;
+    if (w->cb.on_relist) {
+      char why[PROBLEM_MAX + 32];
+      if (w->end == END_GONE)
+        snprintf(why, sizeof(why), "ERROR event 410: %s", w->end_reason);
+      else
+        snprintf(why, sizeof(why), "HTTP 410 Gone");
+      w->cb.on_relist(w->ctx, why);
+    }
     start_list(w);
     return;
   }
@@ -358,8 +465,13 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents) {
   start_watch(w);
 }
 
+static void on_watch_response(void *ctx, long status) {
+  mt_k8s_watch *w = ctx;
+  if (status == HTTP_OK) api_answered(w);
+}
+
 static void start_watch(mt_k8s_watch *w) {
-  static const mt_k8s_request_callbacks cb = {on_watch_data, on_watch_done};
+  static const mt_k8s_request_callbacks cb = {on_watch_data, on_watch_done, on_watch_response};
   char path[QUERY_MAX + MT_K8S_URL_MAX], err[MT_K8S_ERROR_MAX];
   snprintf(path, sizeof(path),
            "%s?watch=1&resourceVersion=%s&allowWatchBookmarks=true&timeoutSeconds=%lld", w->path,
@@ -393,6 +505,7 @@ static void apply_defaults(mt_k8s_watch_config *c) {
   if (c->backoff_max_ms < c->backoff_initial_ms) c->backoff_max_ms = c->backoff_initial_ms;
   if (c->max_list_bytes == 0) c->max_list_bytes = DEFAULT_MAX_LIST_BYTES;
   if (c->max_event_bytes == 0) c->max_event_bytes = DEFAULT_MAX_EVENT_BYTES;
+  if (c->list_page_size == 0) c->list_page_size = DEFAULT_LIST_PAGE_SIZE;
 }
 
 mt_k8s_watch *mt_k8s_watch_new(struct ev_loop *loop, mt_k8s_client *client,
@@ -410,7 +523,8 @@ mt_k8s_watch *mt_k8s_watch_new(struct ev_loop *loop, mt_k8s_client *client,
   w->cb = *callbacks;
   w->ctx = ctx;
   w->held = json_object();
-  if (w->path == NULL || w->held == NULL) {
+  w->pages = json_array();
+  if (w->path == NULL || w->held == NULL || w->pages == NULL) {
     mt_k8s_watch_free(w);
     return NULL;
   }
@@ -427,6 +541,8 @@ void mt_k8s_watch_free(mt_k8s_watch *w) {
   ev_timer_stop(w->loop, &w->retry);
   ev_timer_stop(w->loop, &w->idle);
   json_decref(w->held);
+  forget_pages(w);
+  json_decref(w->pages);
   free(w->buf);
   free(w->path);
   free(w);

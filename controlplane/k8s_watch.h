@@ -5,7 +5,11 @@
  * API server restarts.
  *
  * The rules (PROTOCOL.md 9), as a state machine:
- *   LISTING   GET path: every item is compared with what is held, by
+ *   LISTING   GET path?limit=L, then &continue=TOKEN for each further
+ *             page (the API serves every page from the first one's
+ *             snapshot); an expired token (410) lists again from the
+ *             first page. Once the last page is in, every item is compared
+ *             with what is held, by
  *             metadata.resourceVersion; new ones are ADDED, changed ones
  *             MODIFIED, held ones missing from the list DELETED (the diff
  *             that makes a relist lose and repeat nothing). Then WATCHING
@@ -59,6 +63,14 @@ typedef struct {
   void (*on_problem)(void *ctx, const char *what);
   /* A BOOKMARK moved the version on (optional; for the log). */
   void (*on_bookmark)(void *ctx, const char *resource_version);
+  /* Optional, for the log: the API failed this watch for the first time
+   * since it last answered (|answering| 0, right after the on_problem that
+   * says why), or answered again after such failures (|answering| 1: a
+   * LIST completed, or a WATCH got its 200 response headers). */
+  void (*on_health)(void *ctx, int answering);
+  /* Optional, for the log: the version is too old for the server (410),
+   * so the resource is listed again and diffed; |why| is the server's. */
+  void (*on_relist)(void *ctx, const char *why);
 } mt_k8s_watch_callbacks;
 
 /* Zero fields take the defaults below. Borrowed for _new. */
@@ -69,12 +81,14 @@ typedef struct {
   int64_t list_timeout_ms;    /* a whole LIST; default 60000 */
   int64_t backoff_initial_ms; /* default 200 */
   int64_t backoff_max_ms;     /* default 30000 */
-  size_t max_list_bytes;      /* default 256 MiB */
+  size_t max_list_bytes;      /* one LIST page; default 256 MiB */
+  size_t list_page_size;      /* items per LIST page (limit=); default 500 */
   size_t max_event_bytes;     /* one watch line; default 16 MiB */
 } mt_k8s_watch_config;
 
 typedef struct {
   uint64_t lists;        /* LISTs completed */
+  uint64_t list_pages;   /* pages received (a LIST has one or more) */
   uint64_t relists_gone; /* of those, after a 410 */
   uint64_t watches;      /* WATCH requests started */
   uint64_t events;       /* events handed to on_event */

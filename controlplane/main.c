@@ -298,7 +298,8 @@ static void on_cluster_log(void *ctx, const char *line) {
   /* Events are many and routine; failures and syncs are what operators need. */
   if (strncmp(line, "event ", strlen("event ")) == 0) return;
   if (strncmp(line, "problem ", strlen("problem ")) == 0 ||
-      strncmp(line, "refused ", strlen("refused ")) == 0)
+      strncmp(line, "refused ", strlen("refused ")) == 0 ||
+      strncmp(line, "lost ", strlen("lost ")) == 0)
     mt_ca_log_warn(app->log, "kubernetes: %s", line);
   else
     mt_ca_log_info(app->log, "kubernetes: %s", line);
@@ -308,6 +309,7 @@ static void on_cluster_synced(void *ctx) {
   mt_ca_app *app = ctx;
   mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
                  mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
+  mt_ca_service_cluster_synced(app->ca);
   if (app->mesh != NULL) mt_mesh_service_cluster_synced(app->mesh);
 }
 
@@ -370,6 +372,7 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   kc.client.ca_file = c->k8s_ca_file;
   kc.trust_domain = c->trust_domain;
   kc.watch_timeout_s = c->k8s_watch_timeout_s;
+  kc.list_page_size = (size_t)c->k8s_list_page_size;
   char why[WHY_MAX];
   app->cluster = mt_k8s_source_new(app->loop, &kc, &cb, app, why, sizeof(why));
   if (app->cluster == NULL) {

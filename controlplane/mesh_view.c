@@ -97,11 +97,23 @@ typedef struct {
   const char *id;
 } dest_pair;
 
+/* A Service address's endpoints as Endpoint messages; |address| and the
+ * messages' addresses are owned, the identities borrowed like dest_pair's. */
+typedef struct {
+  const char *address;
+  Mtlsd__Mesh__V1__Endpoint *msgs;
+  Mtlsd__Mesh__V1__Endpoint **ptrs;
+  char *texts; /* n "ip:port" strings of ADDRESS_MAX bytes */
+  size_t n;
+} service_endpoints;
+
 typedef struct {
   dest_pair *pairs;
   size_t len, cap;
   char **addresses;
   size_t num_addresses, cap_addresses;
+  service_endpoints *endpoints; /* sorted by address before grouping */
+  size_t num_endpoints, cap_endpoints;
   int failed;
 } pair_list;
 
@@ -131,11 +143,52 @@ static void add_pairs(pair_list *l, const char *address, const char *const *ids,
   for (size_t i = 0; i < n; i++) l->pairs[l->len++] = (dest_pair){copy, ids[i]};
 }
 
+/* Adds the endpoints of the address add_pairs added last. */
+static void add_endpoints(pair_list *l, const mt_cluster_endpoint *eps, size_t n) {
+  if (l->failed || n == 0) return;
+  if (!grow((void **)&l->endpoints, &l->cap_endpoints, l->num_endpoints + 1,
+            sizeof(service_endpoints))) {
+    l->failed = 1;
+    return;
+  }
+  service_endpoints *se = &l->endpoints[l->num_endpoints];
+  se->address = l->addresses[l->num_addresses - 1];
+  se->msgs = calloc(n, sizeof(*se->msgs));
+  se->ptrs = calloc(n, sizeof(*se->ptrs));
+  se->texts = calloc(n, ADDRESS_MAX);
+  se->n = n;
+  l->num_endpoints++; /* freed by pair_list_clear even when incomplete */
+  if (se->msgs == NULL || se->ptrs == NULL || se->texts == NULL) {
+    l->failed = 1;
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char *text = se->texts + i * ADDRESS_MAX;
+    format_address(eps[i].ip, eps[i].port, text, ADDRESS_MAX);
+    mtlsd__mesh__v1__endpoint__init(&se->msgs[i]);
+    se->msgs[i].address = text;
+    se->msgs[i].spiffe_id = (char *)eps[i].spiffe_id;
+    se->ptrs[i] = &se->msgs[i];
+  }
+}
+
 static void on_service_address(void *ctx, const char *ip, uint16_t port, const char *const *ids,
-                               size_t num_ids) {
+                               size_t num_ids, const mt_cluster_endpoint *eps, size_t num_eps) {
   char address[ADDRESS_MAX];
   format_address(ip, port, address, sizeof(address));
   add_pairs(ctx, address, ids, num_ids); /* none ready: no entry */
+  if (num_ids > 0) add_endpoints(ctx, eps, num_eps);
+}
+
+static int compare_endpoint_sets(const void *pa, const void *pb) {
+  return strcmp(((const service_endpoints *)pa)->address, ((const service_endpoints *)pb)->address);
+}
+
+/* The endpoints of |address|, or NULL. */
+static const service_endpoints *endpoints_of(const pair_list *l, const char *address) {
+  if (l->num_endpoints == 0) return NULL;
+  service_endpoints probe = {.address = address};
+  return bsearch(&probe, l->endpoints, l->num_endpoints, sizeof(probe), compare_endpoint_sets);
 }
 
 static void on_workload_ips(void *ctx, const mt_cluster_workload *w) {
@@ -152,6 +205,12 @@ static void pair_list_clear(pair_list *l) {
   for (size_t i = 0; i < l->num_addresses; i++) free(l->addresses[i]);
   free(l->addresses);
   free(l->pairs);
+  for (size_t i = 0; i < l->num_endpoints; i++) {
+    free(l->endpoints[i].msgs);
+    free(l->endpoints[i].ptrs);
+    free(l->endpoints[i].texts);
+  }
+  free(l->endpoints);
 }
 
 /* The mesh file's destination addresses, canonical and sorted. */
@@ -205,6 +264,11 @@ static int group_pairs(const pair_list *l, char **overrides, size_t num_override
         continue; /* the same identity twice (several IPs, several slices) */
       out->ids[used_ids++] = l->pairs[j].id;
       d->n_spiffe_ids++;
+    }
+    const service_endpoints *eps = endpoints_of(l, address);
+    if (eps != NULL) {
+      d->endpoints = eps->ptrs;
+      d->n_endpoints = eps->n;
     }
     int overridden = num_overrides > 0 && bsearch(&address, overrides, num_overrides,
                                                   sizeof(*overrides), compare_strings) != NULL;
@@ -369,6 +433,8 @@ static int encode_shared(mt_mesh_view *v, const mt_mesh_view_inputs *in, char *e
     mt_cluster_state_foreach_workload(in->cluster, on_workload_ips, &pairs);
     ok = ok && !pairs.failed;
     if (ok && pairs.len > 1) qsort(pairs.pairs, pairs.len, sizeof(*pairs.pairs), compare_pairs);
+    if (ok && pairs.num_endpoints > 1)
+      qsort(pairs.endpoints, pairs.num_endpoints, sizeof(*pairs.endpoints), compare_endpoint_sets);
     ok = ok && (overrides = file_addresses(file, &num_overrides)) != NULL;
     ok = ok && group_pairs(&pairs, overrides, num_overrides, &derived);
   }

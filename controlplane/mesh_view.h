@@ -16,6 +16,10 @@
  *     derived address the mesh file lists too (same IP and port, compared
  *     canonically) is left out: the operator's entry wins. Derived entries
  *     carry their identities in spiffe_ids only (spiffe_id stays empty).
+ *     A derived Service address also carries `endpoints`: its ready mesh
+ *     endpoints, "ip:port" with the target port, each with its identity,
+ *     chosen as kube-proxy chooses them (cluster_state.h,
+ *     mt_cluster_state_foreach_service_address); node agents dial them.
  * It also copies out of the cluster state (or the registry) which
  * workloads run on which node, so it never points into a source that
  * changes after it was built.

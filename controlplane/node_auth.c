@@ -101,6 +101,13 @@ void mt_node_auth_decide(const mt_node_auth_policy *p, const mt_node_auth_reques
     return;
   }
   if (!check_requested_id(p, r->impersonated_id, out)) return;
+  if (p->cluster != NULL && p->cluster_not_synced) {
+    decide(out, MT_GRPC_UNAVAILABLE, "cluster_not_synced",
+           "the Kubernetes API has not been listed yet, so whether %s runs on node %s is not "
+           "known; retry",
+           r->impersonated_id, node);
+    return;
+  }
   int on_node = p->cluster != NULL
                     ? mt_cluster_state_identity_on_node(p->cluster, r->impersonated_id, node)
                     : mt_workloads_on_node(p->workloads, node, r->impersonated_id);

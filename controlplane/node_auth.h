@@ -12,7 +12,10 @@
  *      as a valid Kubernetes node name        else PERMISSION_DENIED "bad_node_claim"
  *   3. the requested identity is a SPIFFE ID
  *      with a path, in |trust_domain|         else INVALID_ARGUMENT  "bad_impersonated_identity"
- *   4. the registry (or the cluster state)
+ *   4. with the cluster state: the API has
+ *      been listed once (until then nobody
+ *      can be told "not there")               else UNAVAILABLE       "cluster_not_synced"
+ *   5. the registry (or the cluster state)
  *      lists it on that node                  else PERMISSION_DENIED "not_on_node"
  * and then the answer is the requested identity. Text the caller controls
  * appears in messages only after validation, or quoted with anything but
@@ -46,6 +49,9 @@ typedef struct {
    * |workloads|: a workload is on a node when a Running pod of that
    * identity is scheduled there. */
   const mt_cluster_state *cluster;
+  /* With |cluster|: 1 until its first complete listing. Its state is
+   * partial then, and an absent pod may just not be listed yet. */
+  int cluster_not_synced;
 } mt_node_auth_policy;
 
 /* One call. Borrowed for the call. */
@@ -56,8 +62,8 @@ typedef struct {
 } mt_node_auth_request;
 
 typedef struct {
-  mt_grpc_status status;                  /* OK, PERMISSION_DENIED or INVALID_ARGUMENT */
-  const char *reason;                     /* static, stable: "ok" or a code above */
+  mt_grpc_status status; /* OK, PERMISSION_DENIED, INVALID_ARGUMENT or UNAVAILABLE */
+  const char *reason;    /* static, stable: "ok" or a code above */
   char message[MT_NODE_AUTH_MESSAGE_MAX]; /* "" on OK; else for grpc-message and logs */
   const char *identity; /* on OK: the identity to certify (points into |request|) */
 } mt_node_auth_decision;

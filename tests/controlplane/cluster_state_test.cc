@@ -50,6 +50,36 @@ class ClusterState : public ::testing::Test {
     return s;
   }
 
+  // "clusterip:port -> ip:port=sa ip:port=sa" for every service address
+  // (the service account stands for the identity), sorted.
+  std::vector<std::string> Endpoints() {
+    std::vector<std::string> seen;
+    EXPECT_TRUE(mt_cluster_state_foreach_service_address(
+        state_,
+        [](void *ctx, const char *ip, uint16_t port, const char *const *, size_t,
+           const mt_cluster_endpoint *eps, size_t n) {
+          std::string line = std::string(ip) + ":" + std::to_string(port) + " ->";
+          for (size_t i = 0; i < n; i++) {
+            std::string id = eps[i].spiffe_id;
+            line += " " + std::string(eps[i].ip) + ":" + std::to_string(eps[i].port) + "=" +
+                    id.substr(id.rfind('/') + 1);
+          }
+          static_cast<std::vector<std::string> *>(ctx)->push_back(line);
+        },
+        &seen));
+    std::sort(seen.begin(), seen.end());
+    return seen;
+  }
+
+  // A second pod of Service web: |name| with |sa|, at |ips| (IPv4 first).
+  void AddPod(const char *name, const char *sa, json_t *ips) {
+    Json pod(LoadK8sFixture("pod.json"));
+    SetPath(pod, "metadata.name", json_string(name));
+    SetPath(pod, "spec.serviceAccountName", json_string(sa));
+    SetPath(pod, "status.podIPs", ips);
+    Upsert(MT_K8S_KIND_POD, pod);
+  }
+
   std::string ServiceIds(const char *ip, uint16_t port) {
     const char *ids[8];
     size_t n = mt_cluster_state_service_ids(state_, ip, port, ids, 8);
@@ -243,7 +273,8 @@ TEST_F(ClusterState, EveryServiceAddressIsListedWithItsReadyIdentities) {
   std::vector<std::string> seen;
   ASSERT_TRUE(mt_cluster_state_foreach_service_address(
       state_,
-      [](void *ctx, const char *ip, uint16_t port, const char *const *ids, size_t n) {
+      [](void *ctx, const char *ip, uint16_t port, const char *const *ids, size_t n,
+         const mt_cluster_endpoint *, size_t) {
         std::string line = std::string(ip) + " " + std::to_string(port);
         for (size_t i = 0; i < n; i++) line += " " + std::string(ids[i]);
         static_cast<std::vector<std::string> *>(ctx)->push_back(line);
@@ -257,6 +288,106 @@ TEST_F(ClusterState, EveryServiceAddressIsListedWithItsReadyIdentities) {
   size_t workloads = mt_cluster_state_foreach_workload(
       state_, [](void *, const mt_cluster_workload *) {}, nullptr);
   EXPECT_EQ(workloads, 2u);
+}
+
+// ---- endpoints, as kube-proxy picks them -----------------------------------
+
+// The fixture: Service web, ports http 80 -> targetPort 8080 and grpc 9090
+// -> targetPort "grpc" (named), ClusterIPs 10.96.0.20 and fd00:96::20; one
+// IPv4 slice with ports http 8080 and grpc 9090, web-...x2v9q ready and
+// web-...k8j7h not ready.
+TEST_F(ClusterState, AServiceAddressListsItsReadyEndpointsWithTheSlicePortOfTheSameName) {
+  LoadDemo();
+  AddPod("web-7d9f8b6c5d-k8j7h", "web-canary", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  EXPECT_EQ(Endpoints(), (std::vector<std::string>{
+                             "10.96.0.20:80 -> 10.244.1.5:8080=web",
+                             "10.96.0.20:9090 -> 10.244.1.5:9090=web",
+                             "fd00:96::20:80 ->",  // no IPv6 slice: no IPv6 endpoint
+                             "fd00:96::20:9090 ->",
+                         }));
+}
+
+TEST_F(ClusterState, ANamedTargetPortTakesEachSlicesOwnNumber) {
+  LoadDemo();
+  // The canary's container names its port "grpc" on 9191: the controller
+  // puts it in a slice of its own whose "grpc" port is 9191.
+  AddPod("web-7d9f8b6c5d-k8j7h", "web-canary", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  SetPath(slice, "metadata.name", json_string("web-canary1"));
+  json_t *eps = json_object_get(slice, "endpoints");
+  json_array_remove(eps, 0);
+  json_object_set_new(json_array_get(eps, 0), "conditions", json_pack("{s:b}", "ready", 1));
+  SetPath(slice, "ports",
+          json_pack("[{s:s,s:i,s:s},{s:s,s:i,s:s}]", "name", "http", "port", 8080, "protocol",
+                    "TCP", "name", "grpc", "port", 9191, "protocol", "TCP"));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  EXPECT_EQ(Endpoints(), (std::vector<std::string>{
+                             "10.96.0.20:80 -> 10.244.1.5:8080=web 10.244.2.9:8080=web-canary",
+                             "10.96.0.20:9090 -> 10.244.1.5:9090=web 10.244.2.9:9191=web-canary",
+                             "fd00:96::20:80 ->",
+                             "fd00:96::20:9090 ->",
+                         }));
+}
+
+TEST_F(ClusterState, ASliceWithoutTheServicePortsNameGivesThatPortNothing) {
+  LoadDemo();
+  AddPod("web-7d9f8b6c5d-k8j7h", "web-canary", json_pack("[{s:s}]", "ip", "10.244.2.9"));
+  // A pod without a container port named "grpc": its slice has http only.
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  SetPath(slice, "metadata.name", json_string("web-canary1"));
+  json_t *eps = json_object_get(slice, "endpoints");
+  json_array_remove(eps, 0);
+  json_object_set_new(json_array_get(eps, 0), "conditions", json_pack("{s:b}", "ready", 1));
+  SetPath(slice, "ports", json_pack("[{s:s,s:i}]", "name", "http", "port", 8080));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  std::vector<std::string> got = Endpoints();
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0], "10.96.0.20:80 -> 10.244.1.5:8080=web 10.244.2.9:8080=web-canary");
+  EXPECT_EQ(got[1], "10.96.0.20:9090 -> 10.244.1.5:9090=web");
+}
+
+TEST_F(ClusterState, EachClusterIpGetsTheEndpointsOfItsOwnFamily) {
+  LoadDemo();
+  Json v6(LoadK8sFixture("endpointslice.json"));
+  SetPath(v6, "metadata.name", json_string("web-v6"));
+  SetPath(v6, "addressType", json_string("IPv6"));
+  json_t *eps = json_object_get(v6, "endpoints");
+  json_array_remove(eps, 1);
+  json_object_set_new(json_array_get(eps, 0), "addresses", json_pack("[s]", "fd00:10:244:1::5"));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, v6);
+  EXPECT_EQ(Endpoints(), (std::vector<std::string>{
+                             "10.96.0.20:80 -> 10.244.1.5:8080=web",
+                             "10.96.0.20:9090 -> 10.244.1.5:9090=web",
+                             "fd00:96::20:80 -> fd00:10:244:1::5:8080=web",
+                             "fd00:96::20:9090 -> fd00:10:244:1::5:9090=web",
+                         }));
+}
+
+TEST_F(ClusterState, EndpointsThatAreNoMeshWorkloadOrNotReadyOrNotTcpAreLeftOut) {
+  LoadDemo();
+  // k8j7h is ready now but no pod of that name runs in the mesh; an
+  // endpoint without targetRef (a manual slice) has no identity either.
+  Json slice(LoadK8sFixture("endpointslice.json"));
+  json_t *eps = json_object_get(slice, "endpoints");
+  json_object_set_new(json_array_get(eps, 1), "conditions", json_pack("{s:b}", "ready", 1));
+  json_array_append_new(eps, json_pack("{s:[s]}", "addresses", "10.244.3.3"));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, slice);
+  Json svc(LoadK8sFixture("service.json"));
+  json_t *grpc = json_array_get(json_object_get(json_object_get(svc, "spec"), "ports"), 1);
+  json_object_set_new(grpc, "protocol", json_string("UDP"));
+  Upsert(MT_K8S_KIND_SERVICE, svc);
+  std::vector<std::string> got = Endpoints();
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0], "10.96.0.20:80 -> 10.244.1.5:8080=web");
+  EXPECT_EQ(got[1], "10.96.0.20:9090 ->");  // UDP: never reaches the agent
+}
+
+TEST_F(ClusterState, AnEndpointInTwoSlicesIsListedOnce) {
+  LoadDemo();
+  Json copy(LoadK8sFixture("endpointslice.json"));
+  SetPath(copy, "metadata.name", json_string("web-zzz99"));
+  Upsert(MT_K8S_KIND_ENDPOINTSLICE, copy);
+  EXPECT_EQ(Endpoints()[0], "10.96.0.20:80 -> 10.244.1.5:8080=web");
 }
 
 }  // namespace

@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "k8s_get_driver: %s\n", err);
     return 2;
   }
-  static const mt_k8s_request_callbacks cb = {on_data, on_done};
+  static const mt_k8s_request_callbacks cb = {on_data, on_done, NULL};
   d.request = mt_k8s_client_get(client, path ? path : "/", timeout_ms, &cb, &d, err, sizeof(err));
   if (d.request == NULL) {
     fprintf(stderr, "k8s_get_driver: %s\n", err);

@@ -3,7 +3,7 @@
  *
  *   k8s_watch_driver --server URL --token-file F --ca-file F
  *                    --trust-domain TD --dump FILE [--watch-timeout-s N]
- *                    [--backoff-max-ms N] [--idle-grace-ms N]
+ *                    [--backoff-max-ms N] [--idle-grace-ms N] [--list-page-size N]
  *
  * Prints one line per event, sync and problem on stdout (line-buffered),
  * and rewrites FILE atomically with the derived state
@@ -72,6 +72,7 @@ int main(int argc, char **argv) {
       {"watch-timeout-s", required_argument, NULL, 'w'},
       {"backoff-max-ms", required_argument, NULL, 'b'},
       {"idle-grace-ms", required_argument, NULL, 'g'},
+      {"list-page-size", required_argument, NULL, 'p'},
       {NULL, 0, NULL, 0},
   };
   mt_k8s_source_config config = {.trust_domain = "example.org"};
@@ -87,6 +88,7 @@ int main(int argc, char **argv) {
       case 'w': config.watch_timeout_s = atoll(optarg); break;
       case 'b': config.backoff_max_ms = atoll(optarg); break;
       case 'g': config.idle_grace_ms = atoll(optarg); break;
+      case 'p': config.list_page_size = (size_t)atoll(optarg); break;
       default: return 2;
     }
   }
@@ -122,9 +124,10 @@ int main(int argc, char **argv) {
     mt_k8s_watch_stats st;
     mt_k8s_source_watch_stats(d.source, kinds[i].kind, &st);
     printf(
-        "stats %s lists=%llu relists_gone=%llu watches=%llu events=%llu bookmarks=%llu "
-        "idle_restarts=%llu failures=%llu\n",
-        kinds[i].name, (unsigned long long)st.lists, (unsigned long long)st.relists_gone,
+        "stats %s lists=%llu list_pages=%llu relists_gone=%llu watches=%llu events=%llu "
+        "bookmarks=%llu idle_restarts=%llu failures=%llu\n",
+        kinds[i].name, (unsigned long long)st.lists, (unsigned long long)st.list_pages,
+        (unsigned long long)st.relists_gone,
         (unsigned long long)st.watches, (unsigned long long)st.events,
         (unsigned long long)st.bookmarks, (unsigned long long)st.idle_restarts,
         (unsigned long long)st.failures);

@@ -3,6 +3,7 @@
 // the operator's override, deterministic digests, the size limit.
 #include "controlplane/mesh_view.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -201,6 +202,21 @@ class MeshView : public ::testing::Test {
     return out;
   }
 
+  // address -> "ip:port=id ip:port=id" for every destination with endpoints.
+  static std::map<std::string, std::string> EndpointsOf(const Snapshot &s) {
+    std::map<std::string, std::string> out;
+    for (size_t i = 0; i < s.msg->n_destinations; i++) {
+      const Mtlsd__Mesh__V1__Destination *d = s.msg->destinations[i];
+      if (d->n_endpoints == 0) continue;
+      std::string line;
+      for (size_t j = 0; j < d->n_endpoints; j++)
+        line += (j ? " " : "") + std::string(d->endpoints[j]->address) + "=" +
+                d->endpoints[j]->spiffe_id;
+      out[d->address] = line;
+    }
+    return out;
+  }
+
   mt_test::ScratchDir dir_;
   mt_cluster_state *state_ = nullptr;
   mt_mesh_file *mesh_ = nullptr;
@@ -323,6 +339,84 @@ TEST_F(MeshView, AServiceAddressAcceptsEveryReadyEndpointsIdentity) {
   // In address order.
   auto list = Destinations(s);
   for (size_t i = 1; i < list.size(); i++) EXPECT_LT(list[i - 1].first, list[i].first);
+}
+
+TEST_F(MeshView, AServiceAddressCarriesItsReadyEndpointsWithTheirTargetPortAndIdentity) {
+  LoadMesh("");
+  LoadCluster();
+  Build();
+  Snapshot s;
+  ASSERT_TRUE(For(kNodeAgent, true, "node-1", &s)) << error_;
+  // Only the IPv4 ClusterIP: the slice is IPv4. Pod IPs never carry any.
+  EXPECT_EQ(
+      EndpointsOf(s),
+      (std::map<std::string, std::string>{
+          {"10.96.0.20:80", "10.244.1.5:8080=" + std::string(kWeb) + " 10.244.2.6:8080=" + kApi},
+      }));
+}
+
+TEST_F(MeshView, AnIpv6ClusterIpGetsItsIpv6EndpointsInBrackets) {
+  LoadMesh("");
+  LoadCluster();
+  std::string v6 = SliceJson("demo", "web", "web-v6", {{"web-a", "fd00:10:244:1::5", true}});
+  v6.replace(v6.find("\"IPv4\""), 6, "\"IPv6\"");
+  Apply(v6);
+  Build();
+  Snapshot s;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &s)) << error_;
+  EXPECT_EQ(EndpointsOf(s)["[fd00:96::20]:80"], "[fd00:10:244:1::5]:8080=" + std::string(kWeb));
+}
+
+TEST_F(MeshView, AnOverriddenServiceAddressHasNoEndpoints) {
+  LoadMesh(
+      "destinations:\n"
+      "  - address: 10.96.0.20:80\n"
+      "    spiffe_id: spiffe://example.org/ns/demo/sa/operator-says\n");
+  LoadCluster();
+  Build();
+  Snapshot s;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &s)) << error_;
+  EXPECT_TRUE(EndpointsOf(s).empty());
+}
+
+// 1,000 Services of 10 ready endpoints each (10,000 pods): what endpoints
+// cost in the shared part, printed for the README.
+TEST_F(MeshView, AThousandServicesOfTenEndpointsFitWithRoomToSpare) {
+  LoadMesh("");
+  for (int svc = 0; svc < 1000; svc++) {
+    std::string name = "svc-" + std::to_string(svc);
+    std::vector<std::tuple<std::string, std::string, bool>> eps;
+    for (int e = 0; e < 10; e++) {
+      int i = svc * 10 + e;
+      std::string ip = "10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1);
+      std::string pod = name + "-" + std::to_string(e);
+      Apply(PodJson("demo", pod, name, "node-" + std::to_string(i % 100), {ip}));
+      eps.emplace_back(pod, ip, true);
+    }
+    Apply(ServiceJson("demo", name,
+                      {"10.96." + std::to_string(svc / 250) + "." + std::to_string(svc % 250 + 1)},
+                      {80}));
+    Apply(SliceJson("demo", name, name + "-1", eps));
+  }
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  EXPECT_EQ(mt_mesh_view_num_derived_destinations(view_), 11000u);
+  size_t with_endpoints = mt_mesh_view_shared_len(view_);
+  Snapshot s;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &s)) << error_;
+  size_t endpoint_bytes = 0;
+  for (size_t i = 0; i < s.msg->n_destinations; i++) {
+    const Mtlsd__Mesh__V1__Destination *d = s.msg->destinations[i];
+    for (size_t j = 0; j < d->n_endpoints; j++) {
+      size_t len = mtlsd__mesh__v1__endpoint__get_packed_size(d->endpoints[j]);
+      endpoint_bytes += len + 1 + (len < 128 ? 1 : 2);  // + its tag and length
+    }
+  }
+  std::printf(
+      "1000 services x 10 endpoints: shared part %zu bytes, of which endpoints %zu "
+      "(%zu per endpoint); the limit is %d\n",
+      with_endpoints, endpoint_bytes, endpoint_bytes / 10000, (int)MT_MESH_SNAPSHOT_MAX_BYTES);
+  EXPECT_LT(with_endpoints, (size_t)MT_MESH_SNAPSHOT_MAX_BYTES / 2);
 }
 
 TEST_F(MeshView, AServiceAddressWithoutAReadyEndpointIsLeftOut) {

@@ -163,4 +163,29 @@ TEST_F(NodeAuth, WithoutNodeAgentsOrARegistryNobodyImpersonates) {
   EXPECT_EQ(Decide(kNodeAgent, "node-1", nullptr).status, MT_GRPC_OK);
 }
 
+TEST_F(NodeAuth, BeforeTheClusterIsListedAWorkloadIsAnsweredRetryNotRefused) {
+  // mtls-ca started, the Kubernetes API not listed yet: an empty state says
+  // nothing about who runs where.
+  mt_cluster_state *cluster = mt_cluster_state_new("example.org");
+  ASSERT_NE(cluster, nullptr);
+  policy_.cluster = cluster;
+  policy_.cluster_not_synced = 1;
+  mt_node_auth_decision d = Decide(kNodeAgent, "node-1", kFrontend);
+  EXPECT_EQ(d.status, MT_GRPC_UNAVAILABLE);
+  EXPECT_STREQ(d.reason, "cluster_not_synced");
+  EXPECT_STREQ(d.message,
+               "the Kubernetes API has not been listed yet, so whether "
+               "spiffe://example.org/ns/demo/sa/frontend runs on node node-1 is not known; "
+               "retry");
+  EXPECT_EQ(d.identity, nullptr);
+  // What needs no cluster state is decided as always, before it.
+  EXPECT_STREQ(Decide(kFrontend, "node-1", kFrontend).reason, "not_node_agent");
+  EXPECT_STREQ(Decide(kNodeAgent, "node-1", "garbage").reason, "bad_impersonated_identity");
+  EXPECT_EQ(Decide(kNodeAgent, "node-1", nullptr).status, MT_GRPC_OK);
+  // Once listed, an empty state is an answer: nobody runs there.
+  policy_.cluster_not_synced = 0;
+  EXPECT_STREQ(Decide(kNodeAgent, "node-1", kFrontend).reason, "not_on_node");
+  mt_cluster_state_free(cluster);
+}
+
 }  // namespace

@@ -25,9 +25,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from conftest import (CREATE, DEFAULT_TTL_S, MAX_TTL_S, MTLS_CA_BIN, REPO, RPC_TIMEOUT,
-                      TRUST_DOMAIN, WAIT, WATCH, assert_clean_stderr, make_csr, mint_token,
-                      openssl, wait_until, write_atomically, write_mesh, write_workloads)
+from conftest import (AUDIENCE, CREATE, DEFAULT_TTL_S, ISSUER, MAX_TTL_S, MTLS_CA_BIN, REPO,
+                      RPC_TIMEOUT, TRUST_DOMAIN, WAIT, WATCH, assert_clean_stderr, make_csr,
+                      mint_token, openssl, wait_until, write_atomically, write_mesh,
+                      write_workloads)
 
 pytestmark = pytest.mark.skipif(not os.access(MTLS_CA_BIN, os.X_OK),
                                 reason=f"build //controlplane:mtls-ca first ({MTLS_CA_BIN})")
@@ -271,6 +272,37 @@ def test_bad_tokens_are_unauthenticated_with_a_reason(ca, msgs, pki, case, expec
                         "the refusal in the access log")
     assert logged[-1]["identity"] == "" and logged[-1]["message"] == details
     assert "refused: UNAUTHENTICATED" in ca.stderr()
+
+
+def signed_claims_text(key_pem, claims_json):
+    """A token whose claims are exactly |claims_json| (text PyJWT would never
+    write, such as a duplicate member), properly signed ES256."""
+    return jwt.api_jws.encode(claims_json.encode(), key_pem, algorithm="ES256")
+
+
+@pytest.mark.parametrize("case, named", [
+    ("duplicate sub", 'duplicate member "sub"'),
+    ("NUL in sub", "\\u0000 in a string"),
+    ("exp as a string", 'claim "exp" is not an integer'),
+    ("data after the claims", "data after the JSON object"),
+])
+def test_strict_json_refusals_are_malformed_and_named_end_to_end(ca, msgs, pki, case, named):
+    now = int(time.time())
+    good = (f'"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{now + 600},'
+            '"sub":"system:serviceaccount:default:frontend"')
+    claims = {
+        "duplicate sub": "{" + good + ',"sub":"system:serviceaccount:kube-system:admin"}',
+        "NUL in sub": "{" + good.replace("frontend", "frontend\\u0000admin") + "}",
+        "exp as a string": "{" + good.replace(f'"exp":{now + 600}', f'"exp":"{now + 600}"') + "}",
+        "data after the claims": "{" + good + "} {}",
+    }[case]
+    code, details = refused(ca, msgs, token=signed_claims_text(pki["token_key"], claims))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.startswith("malformed token: payload: ") and named in details, details
+    logged = wait_until(lambda: [l for l in ca.access_lines() if l["status"] == "UNAUTHENTICATED"],
+                        "the refusal in the access log")
+    assert logged[-1]["reason"] == "malformed" and logged[-1]["message"] == details
+    assert logged[-1]["identity"] == ""
 
 
 def test_subject_that_is_not_a_service_account_is_permission_denied(ca, msgs, pki):

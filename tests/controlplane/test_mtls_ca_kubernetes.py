@@ -80,6 +80,29 @@ def test_a_node_agent_gets_a_pod_on_its_node_only_while_the_api_says_it_runs_the
     wait_until(refused_again, "the terminating pod to leave")
 
 
+def test_before_the_first_listing_a_node_agent_is_told_to_retry_not_refused(start_ca, api, msgs,
+                                                                           pki, tmp_path):
+    # mtls-ca restarted while the API refuses it (or is down): it has listed
+    # nothing, so it cannot tell a pod that is not there from one it has not
+    # heard of yet. A renewal is asked to retry, not told "no workload".
+    api.admin("/admin/tokens", {"tokens": []})
+    api.apply("add", "pods", WEB_POD)
+    ca = start_ca(extra_config=kubernetes_config(api, tmp_path))
+    wait_until(lambda: "kubernetes: problem pods" in ca.stderr(), "the API to refuse mtls-ca")
+    code, details = refused(ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: WEB})
+    assert code == grpc.StatusCode.UNAVAILABLE, details
+    assert details == (f"the Kubernetes API has not been listed yet, so whether {WEB} runs on "
+                       "node node-1 is not known; retry")
+    # Refusals that need no cluster state stay what they are.
+    code, _ = refused(ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: "nonsense"})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    api.admin("/admin/tokens", {"tokens": [api.token]})
+    wait_until(lambda: "kubernetes: cluster state synced" in ca.stderr(), "the first sync")
+    resp = create(ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: WEB})
+    assert uri_sans(leaf_of(resp)) == [WEB]
+
+
 def test_check_config_accepts_a_kubernetes_source(start_ca, api, tmp_path):
     ca = start_ca(extra_config=kubernetes_config(api, tmp_path))
     p = run_ca("--check-config", ca.config)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the agent's input parsers with libFuzzer.
+# Coverage-guided fuzzing of the agent's input parsers (and mtls-ca's token
+# verification) with libFuzzer.
 #
-#   tests/fuzz/run.sh [SECONDS_PER_TARGET]     (default 20)
+#   tests/fuzz/run.sh [SECONDS_PER_TARGET [TARGET...]]     (default 20, all)
 #
-# Builds every target in tests/fuzz/*_fuzz.c with clang
+# Builds every target in tests/fuzz/*_fuzz.c (or only the TARGETs named,
+# e.g. "jwt") with clang
 # (-fsanitize=fuzzer,address,undefined; UBSan findings abort), replays the
 # known crashers in tests/fuzz/crashers/<target>/ (reproducers of bugs found
 # earlier: each must now run clean), then fuzzes each target for the given
@@ -17,22 +19,32 @@
 # (artifacts-<target>/) and exec/s figures (stats.txt).
 #
 # Installs missing Debian packages (clang, its libFuzzer runtime, libyaml,
-# BoringSSL) with apt-get when run as root. Agent code links against
+# jansson, BoringSSL) with apt-get when run as root. Agent code links against
 # BoringSSL from /usr/lib/x86_64-linux-gnu/android, never OpenSSL.
 set -uo pipefail
 
 SECONDS_PER_TARGET=${1:-20}
 if ! [[ $SECONDS_PER_TARGET =~ ^[0-9]+$ ]] || [ "$SECONDS_PER_TARGET" -lt 1 ]; then
-  echo "usage: $0 [SECONDS_PER_TARGET]" >&2
+  echo "usage: $0 [SECONDS_PER_TARGET [TARGET...]]" >&2
   exit 2
 fi
+shift $(($# > 0 ? 1 : 0))
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt)
+if [ $# -gt 0 ]; then
+  for t in "$@"; do
+    if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
+      echo "unknown target $t (known: ${TARGETS[*]})" >&2
+      exit 2
+    fi
+  done
+  TARGETS=("$@")
+fi
 GEN="$OUT/gen" # protoc-c output for targets that decode protobuf
 
 # Agent sources each target links.
@@ -42,10 +54,12 @@ target_sources() {
     policy) echo "agent/svid.c agent/policy.c" ;;
     config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c grpc/target.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
+    mesh_delta) echo "agent/mesh_delta.c" ;;
     mesh_snapshot)
       echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
       echo "agent/mesh_snapshot.c $GEN/proto/mtlsd/mesh.pb-c.c"
       ;;
+    jwt) echo "controlplane/jwt.c agent/svid.c agent/errmsg.c" ;;
   esac
 }
 
@@ -68,6 +82,7 @@ install_deps() {
   local missing=()
   command -v clang >/dev/null 2>&1 || missing+=(clang)
   [ -f /usr/include/yaml.h ] || missing+=(libyaml-dev)
+  [ -f /usr/include/jansson.h ] || missing+=(libjansson-dev)
   command -v protoc-c >/dev/null 2>&1 || missing+=(protobuf-c-compiler)
   [ -f /usr/include/protobuf-c/protobuf-c.h ] || missing+=(libprotobuf-c-dev)
   { [ -f "$BSSL_INC/openssl/ssl.h" ] && [ -e "$BSSL_LIB/libcrypto.so" ] &&
@@ -103,7 +118,7 @@ install_deps() {
 CFLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
   -fno-sanitize-recover=undefined -D_GNU_SOURCE -std=c11 -Wall -Wextra -Werror
   -I"$ROOT" -I"$GEN" -I"$BSSL_INC")
-LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml -lprotobuf-c)
+LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml -lprotobuf-c -ljansson)
 
 # The C code of proto/mtlsd/mesh.proto, as Bazel generates it (//proto:mesh_c).
 generate_protos() {
@@ -140,9 +155,9 @@ crash_reason() {
   [ -n "$what" ] || what=$(grep -m1 -oE '[^ /]+\.c:[0-9]+:[0-9]+: runtime error: .*' "$log" | sed 's/^/UBSan: /')
   [ -n "$what" ] || what=$(grep -m1 -oE 'ERROR: libFuzzer: [a-z -]+' "$log" | sed 's/^ERROR: //')
   [ -n "$what" ] || what="exited with an error, see $log"
-  # First frame in agent code, when there is one.
+  # First frame in agent or control-plane code, when there is one.
   local frame
-  frame=$(grep -m1 -oE '#[0-9]+ 0x[0-9a-f]+ in [A-Za-z_0-9]+ [^ ]*agent/[a-z_]+\.c:[0-9]+' "$log" |
+  frame=$(grep -m1 -oE '#[0-9]+ 0x[0-9a-f]+ in [A-Za-z_0-9]+ [^ ]*(agent|controlplane)/[a-z_]+\.c:[0-9]+' "$log" |
     sed -E "s#^\#[0-9]+ 0x[0-9a-f]+ ##; s#$ROOT/##")
   [ -n "$frame" ] && what="$what, $frame"
   echo "$what" | tr -d '\n' | cut -c1-300
@@ -206,7 +221,7 @@ result() { # target status [reason]
 }
 
 if ! install_deps; then
-  for t in "${TARGETS[@]}"; do result "$t" FAIL "missing clang/libFuzzer/libyaml/BoringSSL, see tests/out/fuzz/deps.log"; done
+  for t in "${TARGETS[@]}"; do result "$t" FAIL "missing clang/libFuzzer/libyaml/jansson/BoringSSL, see tests/out/fuzz/deps.log"; done
 else
   generate_protos >"$OUT/gen.log" 2>&1 || echo "protoc-c failed, see $OUT/gen.log" >&2
   for t in "${TARGETS[@]}"; do

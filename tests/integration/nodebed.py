@@ -30,6 +30,7 @@ redirection comes from `mtlsd init-iptables --apply` (interception.
 node_pod_cidrs) run in the node's namespace. Every process is stopped by
 PID, every namespace deleted by name, every wait bounded.
 """
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -110,7 +111,13 @@ def pods_on(node):
 
 
 class NodeBed(NetnsBed):
-    """Builds both nodes; `close()` undoes everything (NetnsBed.close)."""
+    """Builds both nodes; `close()` undoes everything (NetnsBed.close).
+    A subclass may bring its own pods (name -> Pod)."""
+
+    pods = PODS
+
+    def pods_on(self, node):
+        return [p for p in self.pods.values() if p.node == node]
 
     def __init__(self, procs, mtlsd_bin, mtls_ca_bin, wait=30.0):
         super().__init__(procs, mtlsd_bin, mtls_ca_bin, wait, dir_prefix="mtlsd-nodes-")
@@ -119,7 +126,7 @@ class NodeBed(NetnsBed):
     # ---- network
 
     def build_network(self):
-        for name in NODES + ("ca",) + tuple(PODS):
+        for name in NODES + ("ca",) + tuple(self.pods):
             self.add_namespace(name)
         for node in NODES:
             self.run(node, *podbed.IP_FORWARD_ON)
@@ -134,7 +141,7 @@ class NodeBed(NetnsBed):
         self._ip("-n", self.ns("ca"), "route", "add", "10.77.0.0/16", "via", CA_GATEWAY)
         self._ip("-n", self.ns("node-2"), "route", "add", f"{CA_IP}/32",
                  "via", NODE_LINK_IP["node-1"])
-        for pod in PODS.values():
+        for pod in self.pods.values():
             self.add_veth(pod.node, self.veth(pod.name), pod.name, "eth0",
                           f"{pod.gateway}/30", f"{pod.ip}/30")
             self._ip("-n", self.ns(pod.name), "route", "add", "10.77.0.0/16", "via", pod.gateway)
@@ -146,7 +153,7 @@ class NodeBed(NetnsBed):
         for node in NODES:
             self.mint_token(node, *NODE_AGENT_SA, node=node)
         workloads = [{"node": p.node, "spiffe_id": p.spiffe_id, "address": p.ip}
-                     for p in PODS.values() if p.registered]
+                     for p in self.pods.values() if p.registered]
         podbed.write_json(self.ca_dir / "workloads.yaml", {"workloads": workloads})
         self.start_mtls_ca("ca", CA_IP, {"node_agents": [NODE_AGENT_ID],
                                          "workloads_file": str(self.ca_dir / "workloads.yaml")})
@@ -156,7 +163,7 @@ class NodeBed(NetnsBed):
     def write_agent_config(self, node, without=()):
         """|without|: pod names left out of node.workloads (pods that left)."""
         workloads = []
-        for pod in pods_on(node):
+        for pod in self.pods_on(node):
             if pod.name in without:
                 continue
             entry = {"address": pod.ip, "spiffe_id": pod.spiffe_id}
@@ -199,11 +206,16 @@ class NodeBed(NetnsBed):
             },
         })
 
+    def expected_ids(self, node):
+        """The identities |node|'s agent must have certificates for once up:
+        its pods that the CA registers there."""
+        return {p.spiffe_id for p in self.pods_on(node) if p.registered}
+
     def wait_agent_ready(self, node):
         """Every pod of |node| that the CA registers there has its
         certificate, and the listeners are up. (Not /ready: node-1 lists the
         impostor, which never gets one.)"""
-        expected = {p.spiffe_id for p in pods_on(node) if p.registered}
+        expected = self.expected_ids(node)
 
         def ready():
             self.check_agent_alive(node)
@@ -232,7 +244,7 @@ class NodeBed(NetnsBed):
     # ---- apps
 
     def start_apps(self):
-        for pod in PODS.values():
+        for pod in self.pods.values():
             if pod.app_port is None:
                 continue
             www = self.dir / f"www-{pod.name}"
@@ -243,7 +255,7 @@ class NodeBed(NetnsBed):
                 self.others.append(self.spawn(pod.name, as_uid(APP_UID, [
                     PY, "-m", "http.server", str(pod.app_port), "--bind", "0.0.0.0",
                     "--directory", www]), stdout=log, stderr=subprocess.STDOUT))
-        for pod in PODS.values():
+        for pod in self.pods.values():
             if pod.app_port is not None:
                 wait_until(lambda: self.listening(pod.name, pod.app_port),
                            f"the {pod.name} app", self.wait)
@@ -253,7 +265,7 @@ class NodeBed(NetnsBed):
 
     def call(self, client, server, *extra, path="/"):
         """curl (as APP_UID) from pod |client| to pod |server|'s app."""
-        target = PODS[server]
+        target = self.pods[server]
         return self.curl(client, f"http://{target.ip}:{target.app_port}{path}", *extra,
                          uid=APP_UID)
 
@@ -266,3 +278,17 @@ class NodeBed(NetnsBed):
         for node in NODES:
             self.wait_agent_ready(node)
         return self
+
+
+class WatchingNodeBed(NodeBed):
+    """NodeBed whose agents list no workload themselves (no node.workloads)
+    and watch mtls-ca: each learns its node's pods, their policies and the
+    destinations from its Watch snapshot. Subclasses say where mtls-ca
+    learns which pod runs where (start_control_plane)."""
+
+    def write_agent_config(self, node, without=()):
+        super().write_agent_config(node, without)
+        cfg = json.loads(self.config_path(node).read_text())  # write_json wrote it
+        del cfg["node"]["workloads"]
+        cfg["control_plane"]["watch"] = True
+        self.write_config(node, cfg)

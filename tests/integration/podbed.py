@@ -256,9 +256,18 @@ class NetnsBed:
         }
         config.update(extra)
         write_json(self.ca_dir / "ca.yaml", config)
+        self.ca_pod = pod
         self.ca_stderr = self.ca_dir / "stderr.log"
-        with open(self.ca_stderr, "wb") as err:
-            proc = self.spawn(pod, [self.mtls_ca, "--config", self.ca_dir / "ca.yaml"],
+        self.spawn_mtls_ca()
+
+    def spawn_mtls_ca(self):
+        """Starts mtls-ca (again, after it was stopped or killed) with the
+        config start_mtls_ca wrote; its stderr is appended to ca_stderr, so
+        the log of every run is kept. Returns once it listens."""
+        listening = f"listening on {self.ca_address}"
+        starts = self.ca_log().count(listening)
+        with open(self.ca_stderr, "ab") as err:
+            proc = self.spawn(self.ca_pod, [self.mtls_ca, "--config", self.ca_dir / "ca.yaml"],
                               stdout=subprocess.DEVNULL, stderr=err)
         self.others.append(proc)
         self.ca_proc = proc
@@ -266,10 +275,17 @@ class NetnsBed:
         def up():
             if proc.poll() is not None:
                 raise AssertionError(f"mtls-ca exited with {proc.returncode}:\n"
-                                     f"{self.ca_stderr.read_text(errors='replace')[-3000:]}")
-            return f"listening on {self.ca_address}" in self.ca_stderr.read_text(
-                errors="replace")
+                                     f"{self.ca_log()[-3000:]}")
+            return self.ca_log().count(listening) > starts
         wait_until(up, "mtls-ca to listen", self.wait)
+        return proc
+
+    def ca_log(self):
+        """mtls-ca's stderr, every run of it."""
+        try:
+            return self.ca_stderr.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def ca_access_lines(self):
         try:

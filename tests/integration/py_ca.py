@@ -65,7 +65,7 @@ class Ca:
     def __init__(self, args):
         self.args = args
         self.calls = 0
-        self.sent_bad_delta = False
+        self.sent_bad = set()  # callers sent a bad delta (--bad-delta-base)
         self.lock = threading.Lock()
         self.load_issuer()
 
@@ -147,6 +147,10 @@ class Ca:
             dst.address = d["address"]
             dst.spiffe_id = d.get("spiffe_id", "")
             dst.spiffe_ids.extend(d.get("spiffe_ids", []))
+            for e in d.get("endpoints", []):
+                ep = dst.endpoints.add()
+                ep.address = e["address"]
+                ep.spiffe_id = e["spiffe_id"]
         if "node_workloads" in spec:
             snap.node_workloads.node_name = spec["node_workloads"].get("node", "")
             for w in spec["node_workloads"]["workloads"]:
@@ -167,8 +171,9 @@ class Ca:
                 last = stamp
                 snap = self.snapshot()
                 if sent is not None and request.accept_deltas and not has_twice(snap):
-                    bad = self.args.bad_delta_base and not self.sent_bad_delta
-                    self.sent_bad_delta = self.sent_bad_delta or bad
+                    with self.lock:
+                        bad = self.args.bad_delta_base and request.spiffe_id not in self.sent_bad
+                        self.sent_bad.add(request.spiffe_id)
                     yield delta(sent, snap, "no-such-version" if bad else sent.version)
                 else:
                     yield snap.SerializeToString()
@@ -228,7 +233,7 @@ def main():
     p.add_argument("--garbage", action="store_true")
     p.add_argument("--watch-seconds", type=float, default=120)
     p.add_argument("--bad-delta-base", action="store_true",
-                   help="the first delta names a base version the agent never had")
+                   help="the first delta to each caller names a base version it never had")
     args = p.parse_args()
     ca = Ca(args)
     handlers = {

@@ -378,6 +378,36 @@ def test_a_delta_that_does_not_apply_makes_the_agent_resync(start_ca, agents, ap
     wait_outbound_decision(frontend, port_out, "allow", "version 3")
 
 
+@pytest.mark.parametrize("ca_kind", ["grpcio"])  # mtls-ca derives endpoints from Kubernetes only
+def test_a_sidecar_ignores_a_service_addresss_endpoints(start_ca, agents, apps, ca_pki, tmp_path):
+    """Endpoints are for node agents, which route Service addresses
+    themselves. A sidecar's connection to the address is DNATed after it
+    leaves the pod, so it dials the address as before and accepts any of its
+    IDs: here the only endpoint names a port nobody listens on and another
+    identity, and the call still reaches backend."""
+    ca, frontend, backend, port_out = mesh_pair(start_ca, agents, apps, ca_pki, tmp_path)
+    port_in = backend.listener_ports()[0]
+    spec = mesh_spec(ca_pki, version=2)
+    spec["destinations"] = [{
+        "address": f"127.0.0.1:{port_in}",
+        "spiffe_ids": [spiffe_id("other"), spiffe_id("backend")],
+        "endpoints": [{"address": "127.0.0.1:1", "spiffe_id": spiffe_id("other")}]}]
+    ca.write_mesh(spec)
+    wait_until(lambda: mesh_version_applied(ca, frontend, 2), "frontend to apply version 2")
+
+    # Workers take the snapshot just after the agent logs it: until then a
+    # call is judged by the first one (no destination: trust-domain-fallback).
+    def judged_by_the_destination():
+        received, local = roundtrip(port_out, b"ping")
+        assert received == b"ping"
+        line = frontend.wait_log(direction="outbound", source=local)
+        assert line["decision"] == "allow", line
+        return line if line["rule"] == "expected-id" else None
+    line = wait_until(judged_by_the_destination, "a call judged by the pushed destination")
+    assert (line["endpoint"], line["peer_id"]) == ("", spiffe_id("backend")), line
+    assert line["destination"] == f"127.0.0.1:{port_in}", line
+
+
 @pytest.mark.parametrize("ca_kind", CA_KINDS)
 def test_a_workload_policy_replaces_the_general_one_for_that_workload(start_ca, agents, apps,
                                                                      ca_pki, tmp_path):

@@ -21,8 +21,8 @@ FRONTEND, OTHER, BACKEND = PODS["frontend"], PODS["other"], PODS["backend"]
 PAGE = "hello from the {} pod\n"
 
 
-class PushedNodeBed(nodebed.NodeBed):
-    """NodeBed whose agents watch mtls-ca and list no workload themselves."""
+class PushedNodeBed(nodebed.WatchingNodeBed):
+    """Agents that watch mtls-ca, fed by its workloads file."""
 
     def start_control_plane(self):
         self.make_pki()
@@ -43,13 +43,6 @@ class PushedNodeBed(nodebed.NodeBed):
         workloads = [{"node": p.node, "spiffe_id": p.spiffe_id, "address": p.ip}
                      for p in PODS.values() if p.registered and p.name not in exclude]
         podbed.write_json(self.ca_dir / "workloads.yaml", {"workloads": workloads})
-
-    def write_agent_config(self, node, without=()):
-        super().write_agent_config(node, without)
-        cfg = json.loads(self.config_path(node).read_text())  # write_json wrote it
-        del cfg["node"]["workloads"]
-        cfg["control_plane"]["watch"] = True
-        self.write_config(node, cfg)
 
 
 @pytest.fixture(scope="module")

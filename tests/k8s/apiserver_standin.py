@@ -12,18 +12,31 @@ pods, services, namespaces and discovery.k8s.io/v1 endpointslices with
 still keeps gets an ERROR event with a 410 "Expired" Status (as the real
 server does for watches), or HTTP 410 when --gone-as-http is set.
 
-What it is not: no field or label selectors, no paging, no writes through
+LIST pages as the real server does with `limit=N`: `metadata.continue`
+(base64 of a small JSON, as kube-apiserver's tokens are) and
+`remainingItemCount` while items remain; `continue=TOKEN` serves the next
+page from the first page's snapshot (etcd keeps that revision), and a
+token whose snapshot is older than the compacted history gets HTTP 410
+"Expired", as the real server answers an expired continue token.
+
+What it is not: no field or label selectors, no writes through
 the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
 
   POST /admin/apply   {"op": "add"|"modify"|"delete", "resource": "pods", "object": {...}}
   POST /admin/compact  forget all history: every older resourceVersion is now 410
   POST /admin/drop     end every open watch stream at once (as an apiserver restart does)
   POST /admin/stall    {"on": true|false} open watches go silent (no events, no end)
+  POST /admin/expire_continue  the next LIST with a continue token gets 410 Expired (as
+                       when etcd compacts the revision between two pages)
   POST /admin/bookmark send a BOOKMARK now on every watch that asked for them
+  POST /admin/gone     {"as_http": true|false} how a too-old watch is refused from now
+                       on: HTTP 410 (true) or an ERROR event with code 410 in a 200
+                       stream (false; the start-up default unless --gone-as-http)
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
-  GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "watch_requests": N}
+  GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "list_pages": N,
+                        "watch_requests": N}
   GET  /admin/emitted  {"clock": "CLOCK_MONOTONIC", "emitted": {"<rv>": seconds}}: when a
                        watch stream first wrote each event (time.monotonic(), which
                        is the machine's CLOCK_MONOTONIC, so other processes can compare)
@@ -34,12 +47,16 @@ history, so they are listed, not replayed to a watch.
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
-resourceVersion survive a restart (etcd does for the real server); history
-does not, so a watch from before the restart gets 410, as it may on a real
-cluster.
+resourceVersion survive a restart (etcd does for the real server), and so
+does the JWKS (the real server's keys come from its flags); history does
+not, so a watch from before the restart gets 410, as it may on a real
+cluster. Changes made while it is down (another API server writing to etcd)
+go through apply_offline(), which edits the state file as /admin/apply
+would.
 """
 
 import argparse
+import base64
 import bisect
 import datetime
 import json
@@ -97,6 +114,15 @@ def status(code, reason, message):
         "code": code,
     }
 
+
+
+EXPIRED_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start "
+    "a new list without the continue parameter, or use the continue token in this response to "
+    "retrieve the remainder of the results. Continuing with the provided token results in an "
+    "inconsistent list - objects that were created, modified, or deleted between the time the first "
+    "chunk was returned and now may show up in the list."
+)
 
 def key_of(obj):
     meta = obj.get("metadata", {})
@@ -252,6 +278,13 @@ class Store:
             return self.rv, [encoded[k] for k in sorted(encoded)]
 
 
+def apply_offline(state_file, op, resource, obj):
+    """A change made while no stand-in runs on |state_file| (as another
+    API server would make it in etcd): the objects and resourceVersion move
+    on exactly as /admin/apply would move them. Returns (code, body)."""
+    return Store(state_file).apply(op, resource, obj)
+
+
 class ClientGone(OSError):
     """The client went away (connection closed, or its HTTP/2 stream reset)."""
 
@@ -287,12 +320,57 @@ class Api:
         if query.get("watch") in ("1", "true"):
             self._watch(resource, list_kind, api_version, query, out)
             return
-        with app.lock:
-            app.lists += 1
-        rv, items = app.store.list(resource)
-        # The same bytes as json.dumps of the whole list, without encoding every item again.
-        head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)}})
+        try:
+            limit = int(query.get("limit", "0") or "0")
+            if limit < 0:
+                raise ValueError
+        except ValueError:
+            out.send_json(400, status(400, "BadRequest", "invalid limit"))
+            return
+        page = self._list_page(resource, limit, query.get("continue", ""))
+        if page is None:
+            out.send_json(410, status(410, "Expired", EXPIRED_CONTINUE))
+            return
+        meta, items = page
+        # The same bytes as json.dumps of the whole page, without encoding every item again.
+        head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": meta})
         out.send_document(200, head[:-1].encode() + b', "items": [' + b", ".join(items) + b"]}\n")
+
+    def _list_page(self, resource, limit, token):
+        """(metadata, items) of one LIST page; None when |token| is expired
+        or unknown."""
+        app = self.app
+        start = 0
+        if token:
+            try:
+                decoded = json.loads(base64.b64decode(token, validate=True))
+                snap_id, start = decoded["id"], int(decoded["start"])
+            except (ValueError, KeyError, TypeError):
+                return None
+            with app.lock:
+                snap = app.list_snapshots.get(snap_id)
+                expire, app.expire_next_continue = app.expire_next_continue, False
+            if snap is None or snap[0] < app.store.oldest_kept_rv or expire:
+                return None
+            rv, items = snap
+        else:
+            with app.lock:
+                app.lists += 1
+            rv, items = app.store.list(resource)
+            snap_id = uuid.uuid4().hex
+        with app.lock:
+            app.list_pages += 1
+        end = start + limit if limit else len(items)
+        meta = {"resourceVersion": str(rv)}
+        with app.lock:
+            if end < len(items):
+                app.list_snapshots[snap_id] = (rv, items)
+                token = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "id": snap_id, "start": end})
+                meta["continue"] = base64.b64encode(token.encode()).decode()
+                meta["remainingItemCount"] = len(items) - end
+            else:
+                app.list_snapshots.pop(snap_id, None)
+        return meta, items[start:end]
 
     def _watch(self, resource, list_kind, api_version, query, out):
         app = self.app
@@ -676,7 +754,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not found"})
             return
         with app.lock:
-            stats = {"lists": app.lists, "watches": app.watches, "watch_requests": app.watch_requests,
+            stats = {"lists": app.lists, "list_pages": app.list_pages, "watches": app.watches, "watch_requests": app.watch_requests,
                      "jwks_requests": app.jwks_requests}
         stats["resourceVersion"] = app.store.rv
         self._reply(200, stats)
@@ -694,12 +772,19 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/compact":
             app.store.compact()
             self._reply(200, {"oldest": app.store.oldest_kept_rv})
+        elif self.path == "/admin/expire_continue":
+            with app.lock:
+                app.expire_next_continue = True
+            self._reply(200, {})
         elif self.path == "/admin/drop":
             app.store.drop()
             self._reply(200, {})
         elif self.path == "/admin/stall":
             app.store.stall(bool(body.get("on", True)))
             self._reply(200, {})
+        elif self.path == "/admin/gone":
+            app.gone_as_http = bool(body.get("as_http", False))
+            self._reply(200, {"as_http": app.gone_as_http})
         elif self.path == "/admin/bookmark":
             app.store.bookmark()
             self._reply(200, {})
@@ -709,6 +794,11 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/jwks":
             with app.lock:
                 app.jwks = {"keys": list(body.get("keys", []))}
+                if app.jwks_file:
+                    tmp = app.jwks_file + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(app.jwks, f)
+                    os.replace(tmp, app.jwks_file)
             self._reply(200, {})
         else:
             self._reply(404, {"error": "not found"})
@@ -780,12 +870,19 @@ class App:
     def __init__(self, store, tokens, gone_as_http, verbose):
         self.store = store
         self.tokens = set(tokens)
+        self.jwks_file = store.state_file + ".jwks" if store.state_file else None
         self.jwks = {"keys": []}
+        if self.jwks_file and os.path.exists(self.jwks_file):
+            with open(self.jwks_file) as f:
+                self.jwks = json.load(f)
         self.jwks_requests = 0
         self.gone_as_http = gone_as_http
         self.verbose = verbose
         self.lock = threading.Lock()
         self.lists = 0
+        self.list_pages = 0
+        self.list_snapshots = {}  # continue token id -> (rv, items) of its LIST
+        self.expire_next_continue = False  # /admin/expire_continue
         self.watches = 0
         self.watch_requests = 0
 

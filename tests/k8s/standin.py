@@ -21,11 +21,14 @@ WAIT = float(os.environ.get("MTLS_K8S_TEST_WAIT", "20"))
 
 
 class StandIn:
+    """|argv_prefix| runs the stand-in through another program (e.g. `ip
+    netns exec NS`, which exec()s, so the PID is still the stand-in's).
+    |keep_state| False: no --state-file (a restart forgets the objects, and
+    a change costs no rewrite of the whole state, which matters with
+    thousands of objects). |objects_file|: --objects."""
+
     def __init__(self, workdir, token="standin-token-1", extra_args=(), port=0, admin_port=0,
-                 keep_state=True, objects_file=None):
-        """|keep_state| False: no --state-file (a restart forgets the
-        objects, and a change costs no rewrite of the whole state, which
-        matters with thousands of objects). |objects_file|: --objects."""
+                 argv_prefix=(), keep_state=True, objects_file=None):
         self.workdir = Path(workdir)
         self.token = token
         self.extra_args = list(extra_args)
@@ -35,11 +38,12 @@ class StandIn:
         self.ca_file = self.pki_dir / "ca.crt"
         self.port = port
         self.admin_port = admin_port
+        self.argv_prefix = [str(a) for a in argv_prefix]
         self.proc = None
 
     def start(self):
         self.proc = subprocess.Popen(
-            [
+            self.argv_prefix + [
                 PYTHON,
                 str(STANDIN),
                 "--port", str(self.port),
@@ -78,6 +82,26 @@ class StandIn:
                 self.proc.wait(WAIT)
         self.proc.stdout.close()
         self.proc = None
+
+    def kill(self):
+        """SIGKILL, as a crash or an OOM kill: no stream is ended cleanly."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        self.proc.stdout.close()
+        self.proc = None
+
+    def apply_offline(self, op, resource, obj):
+        """A change while the stand-in is down (another API server wrote it to
+        etcd): the state file moves on; the next start serves it."""
+        assert self.proc is None, "the stand-in is running: use apply()"
+        sys.path.insert(0, str(HERE))
+        import apiserver_standin
+        code, data = apiserver_standin.apply_offline(str(self.state_file), op, resource, obj)
+        assert code == 200, (code, data)
+        return data
 
     def restart(self):
         """Stop and start on the same ports; objects and resourceVersion survive."""

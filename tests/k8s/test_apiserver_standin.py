@@ -5,6 +5,7 @@ TLS, which offers no ALPN and so gets HTTP/1.1)."""
 import json
 import subprocess
 import time
+from urllib.parse import quote
 
 import pytest
 
@@ -198,6 +199,49 @@ def test_the_time_a_watch_first_wrote_each_event_is_kept(api):
     assert set(api.emitted()) == {event_rv}
 
 
+def test_the_jwks_survives_a_restart(api):
+    keys = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256",
+                      "x": "AA", "y": "AA"}]}
+    api.admin("/admin/jwks", keys)
+    api.restart()
+    conn, resp = api.get("/openid/v1/jwks")
+    assert json.loads(resp.read()) == keys
+    conn.close()
+
+
+def test_changes_made_while_it_is_down_are_served_after_the_restart_and_410_older_watches(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    rv = api.stats()["resourceVersion"]
+    api.stop()
+    api.apply_offline("add", "namespaces", fx.namespace("later"))
+    api.start()
+    assert api.stats()["resourceVersion"] == rv + 1
+    conn, resp = api.get("/api/v1/namespaces")
+    assert [i["metadata"]["name"] for i in json.loads(resp.read())["items"]] == ["demo", "later"]
+    conn.close()
+    # Its history starts after the change: a watch from before it is too old.
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=%d" % rv)
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
+def test_410_can_be_switched_between_an_error_event_and_http_410(api):
+    api.apply("add", "namespaces", fx.namespace("demo"))
+    api.admin("/admin/compact")
+    assert api.admin("/admin/gone", {"as_http": True}) == (200, {"as_http": True})
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1")
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 410 and body["code"] == 410 and body["reason"] == "Expired"
+    assert api.admin("/admin/gone", {"as_http": False}) == (200, {"as_http": False})
+    conn, resp = api.get("/api/v1/namespaces?watch=1&resourceVersion=1")
+    assert resp.status == 200
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
 def test_tokens_can_be_rotated(api):
     api.admin("/admin/tokens", {"tokens": ["rotated"]})
     conn, resp = api.get("/api/v1/pods")
@@ -260,3 +304,47 @@ def test_a_drop_cuts_an_http2_watch_mid_stream(api):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def get_json(api, path):
+    conn, resp = api.get(path)
+    try:
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_paged_list_serves_every_page_from_the_first_pages_snapshot(api):
+    pods = [fx.pod("demo", "web-7d9f8b6c5d-%05d" % i, "web", "node-1", ["10.244.1.%d" % (i + 1)])
+            for i in range(5)]
+    for p in pods:
+        api.apply("add", "pods", p)
+    code, first = get_json(api, "/api/v1/pods?limit=2")
+    assert code == 200 and len(first["items"]) == 2
+    assert first["metadata"]["remainingItemCount"] == 3
+    token = first["metadata"]["continue"]
+    # A pod that comes after the first page is not in this list: the pages
+    # are one consistent snapshot (the watch from its version will show it).
+    api.apply("add", "pods", fx.pod("demo", "web-7d9f8b6c5d-late0", "web", "node-1", ["10.244.1.99"]))
+    names = [i["metadata"]["name"] for i in first["items"]]
+    while token:
+        code, page = get_json(api, "/api/v1/pods?limit=2&continue=" + quote(token, safe=""))
+        assert code == 200, page
+        assert page["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+    assert names == sorted(p["metadata"]["name"] for p in pods)
+
+
+def test_an_expired_continue_token_gets_410_expired(api):
+    for i in range(3):
+        api.apply("add", "pods", fx.pod("demo", "web-%d" % i, "web", "node-1", ["10.244.1.%d" % (i + 1)]))
+    _, first = get_json(api, "/api/v1/pods?limit=1")
+    token = quote(first["metadata"]["continue"], safe="")
+    api.apply("add", "pods", fx.pod("demo", "web-9", "web", "node-1", ["10.244.1.9"]))
+    api.admin("/admin/compact")
+    code, body = get_json(api, "/api/v1/pods?limit=1&continue=" + token)
+    assert code == 410 and body["reason"] == "Expired", body
+    assert body["message"].startswith("The provided continue parameter is too old")
+    code, body = get_json(api, "/api/v1/pods?limit=1&continue=bm90LWEtdG9rZW4=")
+    assert code == 410, body

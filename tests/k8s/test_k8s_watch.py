@@ -60,14 +60,15 @@ def expected(pods, ids):
 class Driver:
     """k8s_watch_driver as a process; its stdout lines collected by a thread."""
 
-    def __init__(self, tmp_path, api, token_file, ca_file=None, server=None):
+    def __init__(self, tmp_path, api, token_file, ca_file=None, server=None, extra=()):
         self.dump = tmp_path / "state.txt"
         self.lines = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
             [DRIVER, "--server", server or api.server, "--token-file", str(token_file), "--ca-file", str(ca_file or api.ca_file),
              "--trust-domain", TD, "--dump", str(self.dump), "--watch-timeout-s", str(WATCH_TIMEOUT_S),
-             "--idle-grace-ms", str(IDLE_GRACE_MS), "--backoff-max-ms", str(BACKOFF_MAX_MS)],
+             "--idle-grace-ms", str(IDLE_GRACE_MS), "--backoff-max-ms", str(BACKOFF_MAX_MS),
+             *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -217,6 +218,8 @@ def test_after_410_a_relist_reports_exactly_what_changed_while_away(tmp_path, go
         mark = d.mark()
         api.admin("/admin/tokens", {"tokens": [api.token]})
         d.wait_state(expected([WEB_B], ["spiffe://example.org/ns/demo/sa/web"]))
+        d.wait_line("^relisting pods: " + ("HTTP 410 Gone$" if gone_as_http
+                                           else "ERROR event 410: too old resource version"), mark)
         d.wait_line("^synced pods ", mark)
         d.wait_line("^synced endpointslices ", mark)
         stats = d.stop()  # every printed line is read (see the first test)
@@ -242,13 +245,23 @@ def test_a_restart_of_the_api_server_is_survived(bed):
     mark = d.mark()
     api.stop()
     d.wait_line(r"^problem pods: WATCH", mark)
+    # Said once, whichever watch noticed first; the state is kept meanwhile.
+    d.wait_line(r"^lost the API server \(\w+: .*\); keeping the cluster state as last seen "
+                r"\(2 workloads\) until it answers$", mark)
     api.start()  # same ports, same objects and resourceVersion
+    # Every watch resumes from its version (nothing changed: no relist) and
+    # its 200 says the API answers again, before any event.
+    d.wait_line(r"^regained the API server after \d+\.\d s: every watch answers again$", mark)
     api.apply("add", "pods", WEB_B)
     d.wait_state(expected([WEB_A, WEB_B, DB], ["spiffe://example.org/ns/demo/sa/web"]))
     rv = api.stats()["resourceVersion"]
     d.stop()  # every printed line is read (see the first test)
     assert [l for l in d.events_since(mark) if "pods" in l] == [
         "event pods ADDED demo/web-7d9f8b6c5d-bbbbb rv=%s" % rv]
+    lines = d.lines[mark:]
+    assert sum(l.startswith("lost the API server") for l in lines) == 1, lines
+    assert sum(l.startswith("regained the API server") for l in lines) == 1, lines
+    assert not any(l.startswith("relisting ") for l in lines), lines
 
 
 def test_a_rotated_token_is_read_again_from_its_file(bed):
@@ -330,5 +343,32 @@ def test_a_server_certificate_that_does_not_name_the_host_is_refused(tmp_path, h
         d.wait_line(r"^problem namespaces: LIST .*certificate verification failed: .*mismatch.*\(HTTP 0\)")
         assert not any(l == "all synced" for l in d.lines)
         d.stop()
+    finally:
+        api.stop()
+
+
+def test_a_paged_list_gives_the_same_state_and_an_expired_token_lists_again(tmp_path):
+    """LIST in pages (limit/continue, as client-go does at 500): the state
+    is the same as one big LIST; a continue token that expired between two
+    pages (etcd compacted that revision) starts the LIST over, and nothing
+    is reported twice."""
+    api = StandIn(tmp_path / "api").start()
+    try:
+        api.apply("add", "namespaces", fx.namespace("demo"))
+        pods = [fx.pod("demo", "web-7d9f8b6c5d-%05d" % i, "web", "node-%d" % (i % 3),
+                       ["10.244.%d.%d" % (i % 3, i + 10)]) for i in range(7)]
+        for p in pods:
+            api.apply("add", "pods", p)
+        token_file = tmp_path / "token"
+        token_file.write_text(api.token)
+        api.admin("/admin/expire_continue")  # the first LIST's second page
+        d = Driver(tmp_path, api, token_file, extra=("--list-page-size", "3"))
+        d.wait_state(sorted(workload_line(p) for p in pods))  # no Service: no service line
+        d.wait_line(r"continue token expired \(HTTP 410\); listing again from the first page")
+        stats = d.stop()
+        added = [l for l in d.events_since(0) if l.split()[1:3] == ["pods", "ADDED"]]
+        assert len(added) == 7, d.lines  # once each, though the first LIST was cut short
+        assert stats["pods"]["lists"] == 1, stats
+        assert stats["pods"]["list_pages"] >= 4, stats  # 1 expired + 3 of 3, 3, 1
     finally:
         api.stop()

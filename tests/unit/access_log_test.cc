@@ -46,6 +46,7 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
   r.direction = "inbound";
   r.source = "127.0.0.1:5555";
   r.destination = "127.0.0.1:8080";
+  r.endpoint = "10.0.1.5:8081";
   r.peer_id = "spiffe://example.org/ns/a/sa/\"evil\"\n";
   r.local_id = "spiffe://example.org/ns/b/sa/c";
   r.decision = "deny";
@@ -72,6 +73,9 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("\"reason\":\"policy_denied\""), std::string::npos);
+  EXPECT_NE(text.find("\"destination\":\"127.0.0.1:8080\",\"endpoint\":\"10.0.1.5:8081\""),
+            std::string::npos)
+      << text;
   EXPECT_NE(
       text.find(
           "\"bytes_to_upstream\":7,\"bytes_to_downstream\":9,\"duration_ms\":3,\"held_ms\":2}"),

@@ -674,6 +674,206 @@ TEST(JwtVerify, RejectsOverlongSub) {
   EXPECT_REJECTED(MT_JWT_MALFORMED, Es256(Claims().Set("sub", Quote(sub)).Json()));
 }
 
+// ---- JSON: the strictness tokens need (jansson with JSON_REJECT_DUPLICATES) --
+
+// Refused as malformed, with a message that contains |needle|.
+#define EXPECT_MALFORMED_SAYING(needle_, token_)                          \
+  do {                                                                    \
+    Result r_ = Verify(token_);                                           \
+    EXPECT_EQ(MT_JWT_MALFORMED, r_.code) << r_.message;                   \
+    EXPECT_NE(std::string::npos, r_.message.find(needle_)) << r_.message; \
+    EXPECT_STREQ("", r_.claims.sub);                                      \
+  } while (0)
+
+std::string SignedWithHeader(const std::string &header, const std::string &payload) {
+  return Token(header, payload, EcKey(), Sig::kEs256Raw);
+}
+
+TEST(JwtJson, RefusesADuplicateKeyInTheHeader) {
+  EXPECT_MALFORMED_SAYING(
+      "header: duplicate member \"kid\"",
+      SignedWithHeader("{\"alg\":\"ES256\",\"kid\":\"a\",\"kid\":\"b\"}", Claims().Json()));
+  EXPECT_MALFORMED_SAYING(
+      "duplicate member \"typ\"",
+      SignedWithHeader("{\"typ\":\"JWT\",\"alg\":\"ES256\",\"typ\":\"JWT\"}", Claims().Json()));
+}
+
+TEST(JwtJson, RefusesADuplicateKeyInTheClaims) {
+  std::string json = Claims().Json();
+  std::string dup = json.substr(0, json.size() - 1) + ",\"exp\":" + std::to_string(kNow + 7) + "}";
+  EXPECT_MALFORMED_SAYING("payload: duplicate member \"exp\"", Es256(dup));
+  // Nested, in a claim nobody reads: still refused.
+  EXPECT_MALFORMED_SAYING(
+      "duplicate member \"uid\"",
+      Es256(Claims().Set("kubernetes.io", "{\"pod\":{\"uid\":\"a\",\"uid\":\"b\"}}").Json()));
+}
+
+TEST(JwtJson, RefusesNulInsideAString) {
+  // Escaped: the claim would be cut short as a C string.
+  EXPECT_MALFORMED_SAYING("payload: \\u0000 in a string",
+                          Es256(Claims().Set("sub", Quote(std::string(kSub) + "\\u0000x")).Json()));
+  // A raw NUL byte inside the string.
+  EXPECT_MALFORMED_SAYING(
+      "payload: control character 0x0",
+      Es256(Claims().Set("sub", Quote(std::string(kSub) + std::string("\0x", 2))).Json()));
+  // In a member name, and in the header's kid.
+  EXPECT_MALFORMED_SAYING("payload: \\u0000 in a string",
+                          Es256(Claims().Set("a\\u0000b", "1").Json()));
+  EXPECT_MALFORMED_SAYING(
+      "header: \\u0000 in a string",
+      SignedWithHeader("{\"alg\":\"ES256\",\"kid\":\"k\\u0000\"}", Claims().Json()));
+}
+
+TEST(JwtJson, RefusesTrailingDataAfterTheObject) {
+  const char kAfter[] = "data after the JSON object";
+  EXPECT_MALFORMED_SAYING(std::string("payload: ") + kAfter, Es256(Claims().Json() + "x"));
+  EXPECT_MALFORMED_SAYING(kAfter, Es256(Claims().Json() + std::string("\0", 1)));
+  EXPECT_MALFORMED_SAYING(kAfter, Es256(Claims().Json() + " {}"));
+  EXPECT_MALFORMED_SAYING(std::string("header: ") + kAfter,
+                          SignedWithHeader(Header("ES256") + " x", Claims().Json()));
+  EXPECT_MALFORMED_SAYING(kAfter, SignedWithHeader(Header("ES256") + "{}", Claims().Json()));
+}
+
+TEST(JwtJson, AcceptsTrailingWhitespace) {
+  EXPECT_EQ(MT_JWT_OK,
+            Verify(SignedWithHeader(Header("ES256") + "\r\n", Claims().Json() + " \t\n")).code);
+}
+
+TEST(JwtJson, RefusesATopLevelThatIsNotAnObject) {
+  for (const char *top : {"[]", "[{\"alg\":\"ES256\"}]", "1", "\"x\"", "null", "true", "", " "}) {
+    SCOPED_TRACE(top);
+    EXPECT_MALFORMED_SAYING("payload", Es256(top));
+    EXPECT_MALFORMED_SAYING("header", SignedWithHeader(top, Claims().Json()));
+  }
+  // A byte-order mark is not JSON whitespace.
+  EXPECT_MALFORMED_SAYING("payload: ", Es256("\xef\xbb\xbf" + Claims().Json()));
+}
+
+TEST(JwtJson, RefusesADepthBombWithoutCrashing) {
+  // As deep as a 16 KiB token allows, far past the library's own limit.
+  const size_t n = 5000;
+  std::string open = std::string(n, '[');
+  EXPECT_MALFORMED_SAYING("nested deeper than 16",
+                          Es256(Claims().Set("x", open + std::string(n, ']')).Json()));
+  EXPECT_MALFORMED_SAYING("payload: ", Es256(Claims().Set("x", open).Json()));
+  std::string objects;
+  for (int i = 0; i < 1500; i++) objects += "{\"a\":";
+  EXPECT_MALFORMED_SAYING("nested deeper than 16",
+                          Es256(Claims().Set("x", objects + "1" + std::string(1500, '}')).Json()));
+  EXPECT_MALFORMED_SAYING(
+      "header: nested deeper than 16",
+      SignedWithHeader("{\"alg\":\"ES256\",\"x\":" + open + std::string(n, ']') + "}",
+                       Claims().Json()));
+}
+
+TEST(JwtJson, NestingLimitCountsTheTopObject) {
+  // The claims object and 15 arrays: 16 levels, the most accepted.
+  EXPECT_EQ(
+      MT_JWT_OK,
+      Verify(Es256(Claims().Set("x", std::string(15, '[') + std::string(15, ']')).Json())).code);
+  EXPECT_MALFORMED_SAYING(
+      "nested deeper than 16",
+      Es256(Claims().Set("x", std::string(16, '[') + std::string(16, ']')).Json()));
+}
+
+TEST(JwtJson, RefusesEachClaimOfTheWrongTypeNamingIt) {
+  struct {
+    const char *claim, *json, *message;
+  } cases[] = {
+      {"sub", "42", "claim \"sub\" is not a string"},
+      {"sub", "null", "claim \"sub\" is not a string"},
+      {"sub", "[\"system:serviceaccount:default:frontend\"]", "claim \"sub\" is not a string"},
+      {"iss", "{}", "claim \"iss\" is not a string"},
+      {"iss", "true", "claim \"iss\" is not a string"},
+      {"aud", "7", "claim \"aud\""},
+      {"aud", "null", "claim \"aud\""},
+      {"aud", "{\"istio-ca\":1}", "claim \"aud\""},
+      {"aud", "[\"istio-ca\",1]", "claim \"aud\"[1] is not a string"},
+      {"aud", "[[\"istio-ca\"]]", "claim \"aud\"[0] is not a string"},
+      {"exp", "\"1700003600\"", "claim \"exp\" is not an integer"},
+      {"exp", "1700003600.0", "claim \"exp\" is not an integer"},
+      {"exp", "1.7e9", "claim \"exp\" is not an integer"},
+      {"exp", "true", "claim \"exp\" is not an integer"},
+      {"exp", "null", "claim \"exp\" is not an integer"},
+      {"nbf", "\"1699999990\"", "claim \"nbf\" is not an integer"},
+      {"nbf", "[1699999990]", "claim \"nbf\" is not an integer"},
+      {"kubernetes.io", "[]", "claim \"kubernetes.io\" is not an object"},
+  };
+  for (const auto &c : cases) {
+    SCOPED_TRACE(std::string(c.claim) + ": " + c.json);
+    EXPECT_MALFORMED_SAYING(c.message, Es256(Claims().Set(c.claim, c.json).Json()));
+  }
+}
+
+TEST(JwtJson, RefusesHeaderMembersOfTheWrongTypeNamingThem) {
+  EXPECT_MALFORMED_SAYING("\"alg\" is not a string",
+                          SignedWithHeader("{\"alg\":256}", Claims().Json()));
+  EXPECT_MALFORMED_SAYING("\"alg\" is not a string",
+                          SignedWithHeader("{\"alg\":[\"ES256\"]}", Claims().Json()));
+  EXPECT_MALFORMED_SAYING("\"kid\" is not a string",
+                          SignedWithHeader("{\"alg\":\"ES256\",\"kid\":7}", Claims().Json()));
+}
+
+TEST(JwtJson, ReadsTimesAsIntegersOnly) {
+  // -0 is the integer 0; an exponent or a fraction is a real, never rounded.
+  EXPECT_REJECTED(MT_JWT_EXPIRED, Es256(Claims().Set("exp", "-0").Json()));
+  EXPECT_MALFORMED_SAYING("claim \"exp\" is not an integer",
+                          Es256(Claims().Set("exp", "17000036e2").Json()));
+  EXPECT_MALFORMED_SAYING("claim \"nbf\" is not an integer",
+                          Es256(Claims().Set("nbf", "1699999990.0").Json()));
+}
+
+TEST(JwtJson, IatIsNotRead) {
+  // Only exp and nbf decide; iat, like any claim not read, may be anything.
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("iat", "\"yesterday\"").Json())).code);
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("iat", "1.5").Json())).code);
+}
+
+TEST(JwtJson, RefusesNumbersNoIntegerOrDoubleCanHoldAnywhere) {
+  // A number the parser cannot represent has no agreed value: the token is
+  // refused wherever it sits, not only in exp and nbf.
+  EXPECT_MALFORMED_SAYING("payload: ", Es256(Claims().Set("x", "9223372036854775808").Json()));
+  EXPECT_MALFORMED_SAYING("payload: ", Es256(Claims().Set("x", "-9223372036854775809").Json()));
+  EXPECT_MALFORMED_SAYING("payload: ", Es256(Claims().Set("x", "1e400").Json()));
+  EXPECT_MALFORMED_SAYING("header: ",
+                          SignedWithHeader("{\"alg\":\"ES256\",\"x\":1e400}", Claims().Json()));
+  // In range: skipped as before.
+  EXPECT_EQ(MT_JWT_OK, Verify(Es256(Claims().Set("x", "[1e300, -1e-400, 0.5]").Json())).code);
+}
+
+TEST(JwtJson, AcceptsClaimStringsUpToTheLimit) {
+  std::string iss(MT_JWT_CLAIM_MAX_LEN, 'i');
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, iss.c_str(), kAudience, kNow);
+  std::string token = Es256(Claims().Set("iss", Quote(iss)).Json());
+  mt_jwt_claims claims;
+  mt_jwt_error err;
+  ASSERT_EQ(MT_JWT_OK,
+            mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, &claims, &err))
+      << err.message;
+  EXPECT_EQ(iss, claims.iss);
+  EXPECT_MALFORMED_SAYING("claim \"iss\" is longer than 1024 bytes",
+                          Es256(Claims().Set("iss", Quote(iss + "i")).Json()));
+}
+
+TEST(JwtJson, MessagesQuoteTokenBytesOnlyAsPrintableAscii) {
+  std::vector<std::string> tokens = {
+      Es256(Claims().Json() + " \xc3\xa9\"\\"),
+      Es256(Claims().Set("x", "[1,\x7f]").Json()),
+      Es256(Claims().Set("x", "\"\xc3\xa9\\q\"").Json()),
+      Es256(Claims().Set("x", "tr\xc3\xa9").Json()),
+      SignedWithHeader("{\"alg\":\"ES256\",\"k\xc3\xa9\":1,\"k\xc3\xa9\":2}", Claims().Json()),
+      Es256("{\"a\":1, \"\\n\\u001b[31m\":1, \"\\n\\u001b[31m\":2}"),
+  };
+  for (const std::string &token : tokens) {
+    Result r = Verify(token);
+    EXPECT_EQ(MT_JWT_MALFORMED, r.code) << r.message;
+    for (char c : r.message) {
+      EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "byte " << static_cast<int>(c) << " in " << r.message;
+    }
+  }
+}
+
 // ---- Size ------------------------------------------------------------------
 
 TEST(JwtVerify, RejectsTokenOver16KiB) {

@@ -4,13 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "agent/mesh_delta.h"
+#include "agent/mesh_snapshot.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
 namespace {
@@ -346,6 +349,135 @@ TEST(MeshDelta, FieldsItDoesNotKnowSurviveARoundTrip) {
   Bytes expect = Canonical(to);
   expect.insert(expect.end(), future, future + sizeof(future));  // sorted last: field 20
   EXPECT_EQ(out, expect);
+}
+
+}  // namespace
+
+// ---- the agent's incremental decode (mesh_snapshot.h) ----------------------
+
+namespace {
+
+struct UpdateDeleter {
+  void operator()(mt_mesh_update *u) const {
+    mt_mesh_update_clear(u);
+    delete u;
+  }
+};
+using Update = std::unique_ptr<mt_mesh_update, UpdateDeleter>;
+
+Update DecodeFull(const Bytes &msg, std::string *why) {
+  Update u(new mt_mesh_update());
+  char err[512] = "";
+  if (!mt_mesh_decode_snapshot(msg.data(), msg.size(), u.get(), err, sizeof(err))) {
+    *why = err;
+    delete u.release();
+  }
+  return u;
+}
+
+// What mesh_watch does with a delta when it holds |from|'s valid mesh.
+Update DecodePatched(const Content &from, const mt_mesh *held, const Bytes &delta,
+                     std::string *why) {
+  Entries base = Parse(Pack(from)), d = Parse(delta);
+  char err[512] = "";
+  Entries next(mt_mesh_entries_apply(base.get(), d.get(), err, sizeof(err)));
+  EXPECT_TRUE(next != nullptr) << err;
+  size_t len = 0;
+  uint8_t *rest = mt_mesh_entries_encode_except(next.get(), MT_MESH_FIELD_DESTINATIONS, &len);
+  Update u(new mt_mesh_update());
+  if (!mt_mesh_decode_patched(rest, len, delta.data(), delta.size(), held, base.get(), u.get(),
+                              err, sizeof(err))) {
+    *why = err;
+    delete u.release();
+  }
+  free(rest);
+  return u;
+}
+
+std::vector<std::string> ExpectedAt(const mt_mesh *m, const std::string &address) {
+  mt_sockaddr a;
+  EXPECT_TRUE(mt_sockaddr_parse(address.c_str(), &a, 0)) << address;
+  mt_expected_ids ids;
+  if (!mt_mesh_expected_ids(m, (const sockaddr *)&a.addr, &ids)) return {};
+  return std::vector<std::string>(ids.ids, ids.ids + ids.count);
+}
+
+Content Decodable() {
+  Content c;
+  c.version = "1-a";
+  c.policy = MTLSD__MESH__V1__ACTION__ALLOW;
+  c.destinations["10.96.0.10:80"] = {"spiffe://example.org/ns/a/sa/web"};
+  c.destinations["10.244.1.5"] = {"spiffe://example.org/ns/a/sa/web"};
+  c.destinations["[fd00::7]:443"] = {"spiffe://example.org/ns/a/sa/api"};
+  c.workload_policies["spiffe://example.org/ns/a/sa/web"] = MTLSD__MESH__V1__ACTION__DENY;
+  return c;
+}
+
+TEST(MeshDeltaDecode, PatchedDecodeMatchesAFullDecodeOfTheSameSnapshot) {
+  std::mt19937 rng(7);
+  Content held = Decodable();
+  std::string why;
+  Update held_update = DecodeFull(Pack(held), &why);
+  ASSERT_TRUE(held_update) << why;
+  for (int round = 0; round < 200; round++) {
+    Content next = held;
+    next.version = std::to_string(round + 2) + "-v";
+    for (int e = static_cast<int>(rng() % 5); e > 0; e--) {
+      std::string ip = "10.244." + std::to_string(rng() % 3) + "." + std::to_string(rng() % 9);
+      std::string addr = rng() % 2 ? ip : ip + ":" + std::to_string(80 + rng() % 2);
+      if (rng() % 3 == 0)
+        next.destinations.erase(addr);
+      else
+        next.destinations[addr] = {"spiffe://example.org/ns/a/sa/s" + std::to_string(rng() % 3),
+                                   "spiffe://example.org/ns/b/sa/t"};
+      if (rng() % 5 == 0) next.policy = 3 - next.policy;  // ALLOW <-> DENY
+    }
+    Update full = DecodeFull(Pack(next), &why);
+    ASSERT_TRUE(full) << why;
+    Update patched = DecodePatched(held, held_update->mesh, DeltaMessage(held, next), &why);
+    ASSERT_TRUE(patched) << "round " << round << ": " << why;
+    EXPECT_STREQ(mt_mesh_version(patched->mesh), mt_mesh_version(full->mesh));
+    ASSERT_EQ(mt_mesh_num_destinations(patched->mesh), mt_mesh_num_destinations(full->mesh));
+    for (const auto &d : next.destinations) {
+      std::string probe = d.first.find(':') == std::string::npos ? d.first + ":1234" : d.first;
+      EXPECT_EQ(ExpectedAt(patched->mesh, probe), ExpectedAt(full->mesh, probe)) << probe;
+    }
+    for (const auto &d : held.destinations) {  // the removed ones are gone in both
+      if (!next.destinations.count(d.first) && d.first.find(':') != std::string::npos) {
+        EXPECT_EQ(ExpectedAt(patched->mesh, d.first), ExpectedAt(full->mesh, d.first));
+      }
+    }
+    ASSERT_EQ(patched->num_workloads, full->num_workloads);
+    EXPECT_EQ(mt_policy_decide(mt_mesh_policy(patched->mesh), "spiffe://x.org/y", 80).action,
+              mt_policy_decide(mt_mesh_policy(full->mesh), "spiffe://x.org/y", 80).action);
+    held = next;
+    held_update = std::move(patched);
+  }
+}
+
+TEST(MeshDeltaDecode, OneAddressWrittenTwoWaysIsRefusedLikeAFullDecodeRefusesIt) {
+  Content held = Decodable(), next = Decodable();
+  next.version = "2-b";
+  next.destinations["[fd00:0::7]:443"] = {"spiffe://example.org/ns/a/sa/other"};
+  std::string why_full, why_patched;
+  EXPECT_FALSE(DecodeFull(Pack(next), &why_full));
+  EXPECT_NE(why_full.find("listed twice"), std::string::npos) << why_full;
+  Update held_update = DecodeFull(Pack(held), &why_full);
+  ASSERT_TRUE(held_update);
+  EXPECT_FALSE(DecodePatched(held, held_update->mesh, DeltaMessage(held, next), &why_patched));
+  EXPECT_NE(why_patched.find("address [fd00::7]:443 listed twice"), std::string::npos)
+      << why_patched;
+}
+
+TEST(MeshDeltaDecode, ABadDestinationInADeltaIsRefusedWithItsReason) {
+  Content held = Decodable(), next = Decodable();
+  next.version = "2-b";
+  next.destinations["10.1.1.1:80"] = {"not-a-spiffe-id"};
+  std::string why;
+  Update held_update = DecodeFull(Pack(held), &why);
+  ASSERT_TRUE(held_update) << why;
+  EXPECT_FALSE(DecodePatched(held, held_update->mesh, DeltaMessage(held, next), &why));
+  EXPECT_NE(why.find("invalid SPIFFE ID"), std::string::npos) << why;
 }
 
 }  // namespace

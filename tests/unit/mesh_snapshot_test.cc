@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -117,6 +118,8 @@ struct Extras {
   std::vector<std::pair<const char *, std::vector<const char *>>> destinations;
   bool with_node_workloads = false;
   std::vector<std::pair<const char *, std::vector<const char *>>> workloads;  // id -> IPs
+  // destination index -> its endpoints (address, identity)
+  std::map<size_t, std::vector<std::pair<const char *, const char *>>> endpoints;
 };
 
 std::vector<uint8_t> PackExtras(const Extras &x) {
@@ -124,11 +127,24 @@ std::vector<uint8_t> PackExtras(const Extras &x) {
   general.default_action = MTLSD__MESH__V1__ACTION__ALLOW;
   std::vector<Mtlsd__Mesh__V1__Destination> dests(x.destinations.size());
   std::vector<Mtlsd__Mesh__V1__Destination *> dest_ptrs;
+  std::vector<std::vector<Mtlsd__Mesh__V1__Endpoint>> eps(dests.size());
+  std::vector<std::vector<Mtlsd__Mesh__V1__Endpoint *>> ep_ptrs(dests.size());
   for (size_t i = 0; i < dests.size(); i++) {
     dests[i] = MTLSD__MESH__V1__DESTINATION__INIT;
     dests[i].address = const_cast<char *>(x.destinations[i].first);
     dests[i].n_spiffe_ids = x.destinations[i].second.size();
     dests[i].spiffe_ids = const_cast<char **>(x.destinations[i].second.data());
+    auto it = x.endpoints.find(i);
+    if (it != x.endpoints.end()) {
+      eps[i].assign(it->second.size(), Mtlsd__Mesh__V1__Endpoint(MTLSD__MESH__V1__ENDPOINT__INIT));
+      for (size_t j = 0; j < it->second.size(); j++) {
+        eps[i][j].address = const_cast<char *>(it->second[j].first);
+        eps[i][j].spiffe_id = const_cast<char *>(it->second[j].second);
+        ep_ptrs[i].push_back(&eps[i][j]);
+      }
+      dests[i].n_endpoints = ep_ptrs[i].size();
+      dests[i].endpoints = ep_ptrs[i].data();
+    }
     dest_ptrs.push_back(&dests[i]);
   }
   std::vector<Mtlsd__Mesh__V1__Workload> wls(x.workloads.size());
@@ -267,6 +283,117 @@ TEST(MeshSnapshot, BadNodeWorkloadsRejectTheSnapshot) {
     EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
     EXPECT_EQ(u.mesh, nullptr);
     EXPECT_EQ(u.num_node_workloads, 0u);
+  }
+}
+
+// ---- Service endpoints (node mode routes Service addresses itself) -------
+
+// "ip:port=id" of every endpoint of |dest|.
+std::vector<std::string> EndpointsOf(const mt_mesh *mesh, const char *dest) {
+  sockaddr_storage a = Addr(dest);
+  const mt_service_endpoint *eps = nullptr;
+  size_t n = mt_mesh_service_endpoints(mesh, (const sockaddr *)&a, &eps);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < n; i++) {
+    char text[MT_SOCKADDR_TEXT_MAX];
+    mt_sockaddr_format((const sockaddr *)&eps[i].address.addr, text, sizeof(text));
+    out.push_back(std::string(text) + "=" + eps[i].spiffe_id);
+  }
+  return out;
+}
+
+TEST(MeshSnapshot, AServiceAddressKeepsItsEndpointsAndEveryWorkloadViewSharesThem) {
+  SnapshotBuilder b(kFrontend);
+  Extras x;
+  x.destinations = {{"10.96.0.10:80", {kCache, kOther}}, {"[fd00:96::10]:80", {kCache}}};
+  x.endpoints[0] = {{"10.0.1.5:8081", kCache}, {"10.0.2.6:8081", kOther}};
+  x.endpoints[1] = {{"[fd00:1::5]:8081", kCache}};
+  std::vector<uint8_t> msg = PackExtras(x);
+  std::vector<uint8_t> policies = b.Pack({kCache});
+  msg.insert(msg.end(), policies.begin(), policies.end());  // protobuf messages concatenate
+  mt_mesh_update u;
+  char err[256] = "";
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  const std::vector<std::string> v4 = {"10.0.1.5:8081=" + std::string(kCache),
+                                       "10.0.2.6:8081=" + std::string(kOther)};
+  EXPECT_EQ(EndpointsOf(u.mesh, "10.96.0.10:80"), v4);
+  EXPECT_EQ(EndpointsOf(u.mesh, "[fd00:96::10]:80"),
+            (std::vector<std::string>{"[fd00:1::5]:8081=" + std::string(kCache)}));
+  EXPECT_TRUE(EndpointsOf(u.mesh, "10.96.0.10:81").empty());
+  EXPECT_TRUE(EndpointsOf(u.mesh, "10.0.1.5:8081").empty());  // an endpoint is no Service
+  // cache's own view: its own policy, the same destinations.
+  const mt_mesh *cache = mt_mesh_update_for(&u, kCache);
+  ASSERT_NE(cache, u.mesh);
+  EXPECT_EQ(EndpointsOf(cache, "10.96.0.10:80"), v4);
+  EXPECT_STREQ(mt_mesh_version(cache), "7");
+  EXPECT_EQ(mt_mesh_num_destinations(cache), 2u);
+  EXPECT_EQ(Expected(cache, "10.96.0.10:80"), (std::vector<std::string>{kCache, kOther}));
+  mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, EveryEndpointIsChosenAndOnlyEndpointsOfTheAddress) {
+  Extras x;
+  x.destinations = {{"10.96.0.10:80", {kCache, kOther}}, {"10.96.0.11:80", {kCache}}};
+  x.endpoints[0] = {
+      {"10.0.1.5:8081", kCache}, {"10.0.2.6:8081", kOther}, {"10.0.2.7:8081", kOther}};
+  std::vector<uint8_t> msg = PackExtras(x);
+  mt_mesh_update u;
+  char err[256] = "";
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  sockaddr_storage svc = Addr("10.96.0.10:80");
+  std::map<std::string, int> chosen;
+  // The worker's generator is splitmix64; any sequence covering the
+  // residues picks each endpoint, in proportion.
+  for (uint64_t r = 0; r < 300; r++) {
+    const mt_service_endpoint *ep =
+        mt_mesh_choose_endpoint(u.mesh, (const sockaddr *)&svc, r * 0x9e3779b97f4a7c15ULL);
+    ASSERT_NE(ep, nullptr);
+    char text[MT_SOCKADDR_TEXT_MAX];
+    mt_sockaddr_format((const sockaddr *)&ep->address.addr, text, sizeof(text));
+    chosen[std::string(text) + "=" + ep->spiffe_id]++;
+  }
+  ASSERT_EQ(chosen.size(), 3u);
+  for (const auto &[ep, times] : chosen) EXPECT_GT(times, 60) << ep;
+  sockaddr_storage bare = Addr("10.96.0.11:80");  // no endpoints: the address is dialled
+  EXPECT_EQ(mt_mesh_choose_endpoint(u.mesh, (const sockaddr *)&bare, 1), nullptr);
+  mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, BadEndpointsRejectTheSnapshotNamingTheEntry) {
+  using Eps = std::vector<std::pair<const char *, const char *>>;
+  struct {
+    const char *address;
+    Eps endpoints;
+    const char *reason;
+  } cases[] = {
+      {"10.96.0.10:80",
+       {{"10.0.1.5", kCache}},
+       "destinations[0] (10.96.0.10:80): endpoints[0]: '10.0.1.5' is not an IP:port"},
+      {"10.96.0.10:80",
+       {{"10.0.1.5:8081", kCache}, {"pod-a:8081", kCache}},
+       "endpoints[1]: 'pod-a:8081' is not an IP:port"},
+      {"10.96.0.10:80",
+       {{"[fd00::5]:8081", kCache}},
+       "'[fd00::5]:8081' is not an IP:port of "
+       "the address's family"},
+      {"10.96.0.10:80",
+       {{"10.0.1.5:8081", "spiffe://Example.org/x"}},
+       "endpoints[0] (10.0.1.5:8081): invalid SPIFFE ID"},
+      {"10.96.0.10:80",
+       {{"10.0.1.5:8081", kFrontend}},
+       "spiffe://example.org/ns/demo/sa/frontend is not one of the address's SPIFFE IDs"},
+      {"10.96.0.10", {{"10.0.1.5:8081", kCache}}, "endpoints on an address without a port"},
+  };
+  for (const auto &c : cases) {
+    Extras x;
+    x.destinations = {{c.address, {kCache}}};
+    x.endpoints[0] = c.endpoints;
+    std::vector<uint8_t> msg = PackExtras(x);
+    mt_mesh_update u;
+    char err[256] = "";
+    EXPECT_FALSE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err)));
+    EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
+    EXPECT_EQ(u.mesh, nullptr);
   }
 }
 
