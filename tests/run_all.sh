@@ -102,6 +102,8 @@ run_integration() {
   fi
   # The Kubernetes API server stand-in and mtls-ca's Kubernetes source.
   [ -d tests/k8s ] && run_pytest "k8s-$name" tests/k8s
+  # The control plane's scale benchmark at smoke size (about 15 s), so it cannot rot.
+  [ -f bench/test_k8s_scale_smoke.py ] && run_pytest "k8s-scale-smoke-$name" bench/test_k8s_scale_smoke.py
 }
 
 # libFuzzer targets (SPIFFE IDs, certificates, config, policy), time-boxed;

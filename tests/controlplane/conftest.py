@@ -77,7 +77,13 @@ def openssl(*args, cwd=None):
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d):
+    """certs/mkpki.sh --control-plane in directory |d|, as the dictionary
+    the helpers below take (the `pki` fixture; bench/k8s_scale.py too)."""
+    d = Path(d)
     p = subprocess.run(["bash", str(MKPKI), "--out", str(d), "--trust-domain", TRUST_DOMAIN,
                         "--control-plane"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

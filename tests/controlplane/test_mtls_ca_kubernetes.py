@@ -34,7 +34,7 @@ def api(tmp_path):
     s.stop()
 
 
-def kubernetes_config(api, tmp_path):
+def kubernetes_config(api, tmp_path, watch_timeout_s=5):
     token = tmp_path / "k8s-token"
     token.write_text(api.token)
     return (f"node_agents: [{NODE_AGENT_ID}]\n"
@@ -42,7 +42,7 @@ def kubernetes_config(api, tmp_path):
             f"  server: {api.server}\n"
             f"  token_file: {token}\n"
             f"  ca_file: {api.ca_file}\n"
-            "  watch_timeout_s: 5\n")
+            f"  watch_timeout_s: {watch_timeout_s}\n")
 
 
 @pytest.fixture

@@ -37,6 +37,13 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "list_pages": N,
                         "watch_requests": N}
+  GET  /admin/emitted  {"clock": "CLOCK_MONOTONIC", "emitted": {"<rv>": seconds}}: when a
+                       watch stream first wrote each event (time.monotonic(), which
+                       is the machine's CLOCK_MONOTONIC, so other processes can compare)
+
+--objects FILE starts with a cluster that already holds the objects of FILE
+({"pods": [...], "services": [...], ...}), as after an etcd compaction: no
+history, so they are listed, not replayed to a watch.
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
@@ -50,6 +57,7 @@ would.
 
 import argparse
 import base64
+import bisect
 import datetime
 import json
 import os
@@ -123,13 +131,22 @@ def key_of(obj):
 
 class Store:
     """Objects by resource, one global resourceVersion counter (etcd's
-    revision), and the event history watches are served from."""
+    revision), and the event history watches are served from.
+
+    Built to stay fast at cluster scale (tens of thousands of objects, a
+    steady stream of events): each object's list-item JSON is encoded once
+    when it is written, each event's watch line once when it happens, and
+    the history is kept per resource in resourceVersion order, so a watch
+    finds what it has not sent yet by bisection."""
 
     def __init__(self, state_file=None):
         self.cond = threading.Condition()
         self.objects = {name: {} for name in BY_NAME}
+        self.encoded = {name: {} for name in BY_NAME}  # key -> list-item JSON (no kind, apiVersion)
         self.rv = 1
-        self.history = []  # (rv, resource, type, object)
+        self.history = {name: [] for name in BY_NAME}  # per resource: (rv, type, watch line)
+        self.history_rvs = {name: [] for name in BY_NAME}  # the same rvs, for bisect
+        self.emitted = {}  # rv -> time.monotonic() when a watch first wrote its event
         self.oldest_kept_rv = 1  # a watch from an rv below this is 410
         self.epoch = 0  # bumped by drop(): open watches end
         self.bookmark_epoch = 0
@@ -139,8 +156,17 @@ class Store:
             with open(state_file) as f:
                 saved = json.load(f)
             self.rv = saved["resourceVersion"]
-            self.objects = {name: {tuple(k.split("/", 1)): o for k, o in objs.items()} for name, objs in saved["objects"].items()}
+            for name, objs in saved["objects"].items():
+                for k, o in objs.items():
+                    self._put(name, tuple(k.split("/", 1)), o)
             self.oldest_kept_rv = self.rv
+
+    def _put(self, resource, k, obj):
+        self.objects[resource][k] = obj
+        item = dict(obj)  # the API omits kind and apiVersion on list items (kubectl adds them back)
+        item.pop("kind", None)
+        item.pop("apiVersion", None)
+        self.encoded[resource][k] = json.dumps(item).encode()
 
     def _save(self):
         if not self.state_file:
@@ -154,8 +180,10 @@ class Store:
             json.dump(data, f)
         os.replace(tmp, self.state_file)
 
-    def apply(self, op, resource, obj):
-        """Returns (http code, body) for the admin call."""
+    def apply(self, op, resource, obj, record=True):
+        """Returns (http code, body) for the admin call. |record| False
+        stores the change without a watch event (objects that were there
+        before the history the server still keeps)."""
         if resource not in BY_NAME:
             return 404, {"error": "unknown resource %r" % resource}
         _, _, kind, _, api_version = BY_NAME[resource]
@@ -166,17 +194,19 @@ class Store:
                 if k not in table:
                     return 404, {"error": "no such object"}
                 old = table.pop(k)
+                del self.encoded[resource][k]
                 self.rv += 1
                 gone = json.loads(json.dumps(old))
                 gone["metadata"]["resourceVersion"] = str(self.rv)
-                self._record(resource, "DELETED", gone)
+                self._record(resource, "DELETED", gone, record)
                 return 200, gone
             if op not in ("add", "modify"):
                 return 400, {"error": "op must be add, modify or delete"}
             if (op == "add") == (k in table):
                 return 409, {"error": "exists" if op == "add" else "no such object"}
             self.rv += 1
-            new = json.loads(json.dumps(obj))
+            # A copy, except for preloaded objects (fresh from json.load, nobody else holds them).
+            new = json.loads(json.dumps(obj)) if record else dict(obj)
             new["kind"], new["apiVersion"] = kind, api_version
             meta = new.setdefault("metadata", {})
             if op == "add":
@@ -188,18 +218,41 @@ class Store:
                 meta["uid"] = table[k]["metadata"]["uid"]
                 meta["creationTimestamp"] = table[k]["metadata"]["creationTimestamp"]
             meta["resourceVersion"] = str(self.rv)
-            table[k] = new
-            self._record(resource, "ADDED" if op == "add" else "MODIFIED", new)
+            self._put(resource, k, new)
+            self._record(resource, "ADDED" if op == "add" else "MODIFIED", new, record)
             return 200, new
 
-    def _record(self, resource, etype, obj):
-        self.history.append((self.rv, resource, etype, obj))
+    def preload(self, objects):
+        """Adds |objects| ({resource: [object, ...]}) as a cluster that
+        already holds them: no history, so a watch from before now is 410."""
+        for resource, items in objects.items():
+            for obj in items:
+                code, body = self.apply("add", resource, obj, record=False)
+                if code != 200:
+                    raise ValueError("cannot preload %s %s: %s" % (resource, key_of(obj), body))
+        with self.cond:
+            self.oldest_kept_rv = self.rv
         self._save()
+
+    def _record(self, resource, etype, obj, record=True):
+        if record:
+            line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
+            self.history[resource].append((self.rv, etype, line))
+            self.history_rvs[resource].append(self.rv)
+            self._save()
         self.cond.notify_all()
+
+    def pending(self, resource, last_rv):
+        """The history of |resource| after |last_rv| (call under |cond|)."""
+        return self.history[resource][bisect.bisect_right(self.history_rvs[resource], last_rv):]
+
+    def note_emitted(self, rv):
+        self.emitted.setdefault(rv, time.monotonic())
 
     def compact(self):
         with self.cond:
-            self.history = []
+            self.history = {name: [] for name in BY_NAME}
+            self.history_rvs = {name: [] for name in BY_NAME}
             self.oldest_kept_rv = self.rv
             self.cond.notify_all()
 
@@ -219,16 +272,10 @@ class Store:
             self.cond.notify_all()
 
     def list(self, resource):
+        """(resourceVersion, [list-item JSON, ...] in namespace/name order)."""
         with self.cond:
-            items = []
-            for obj in self.objects[resource].values():
-                item = json.loads(json.dumps(obj))
-                # The API omits kind and apiVersion on list items (kubectl adds them back).
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
-                items.append(item)
-            items.sort(key=lambda o: key_of(o))
-            return self.rv, items
+            encoded = self.encoded[resource]
+            return self.rv, [encoded[k] for k in sorted(encoded)]
 
 
 def apply_offline(state_file, op, resource, obj):
@@ -285,7 +332,9 @@ class Api:
             out.send_json(410, status(410, "Expired", EXPIRED_CONTINUE))
             return
         meta, items = page
-        out.send_json(200, {"kind": list_kind, "apiVersion": api_version, "metadata": meta, "items": items})
+        # The same bytes as json.dumps of the whole page, without encoding every item again.
+        head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": meta})
+        out.send_document(200, head[:-1].encode() + b', "items": [' + b", ".join(items) + b"]}\n")
 
     def _list_page(self, resource, limit, token):
         """(metadata, items) of one LIST page; None when |token| is expired
@@ -386,7 +435,7 @@ class Api:
         while True:
             with store.cond:
                 while True:
-                    pending = [h for h in store.history if h[0] > last_rv and h[1] == resource]
+                    pending = store.pending(resource, last_rv)
                     left = deadline - time.monotonic()
                     if store.epoch != epoch:
                         break
@@ -403,8 +452,9 @@ class Api:
                 send_bookmark = store.bookmark_epoch != bookmark_epoch and bookmarks
                 bookmark_epoch = store.bookmark_epoch
                 current_rv = store.rv
-            for rv, _, etype, obj in pending:
-                self._event(out, etype, obj)
+            for rv, _, line in pending:
+                out.write(line)
+                store.note_emitted(rv)
                 last_rv = rv
             if send_bookmark:
                 self._event(
@@ -429,7 +479,9 @@ class Http1Out:
         self.h = handler
 
     def send_json(self, code, body):
-        data = json_document(body)
+        self.send_document(code, json_document(body))
+
+    def send_document(self, code, data):
         self.h.send_response(code)
         self.h.send_header("Content-Type", "application/json")
         self.h.send_header("Content-Length", str(len(data)))
@@ -468,7 +520,9 @@ class H2StreamOut:
         self.server.send_headers(self.stream_id, [(":status", str(code)), ("content-type", "application/json")] + list(extra))
 
     def send_json(self, code, body):
-        data = json_document(body)
+        self.send_document(code, json_document(body))
+
+    def send_document(self, code, data):
         self._headers(code, [("content-length", str(len(data)))])
         self.server.send_data(self.stream_id, data, end=True)
 
@@ -535,6 +589,9 @@ class H2Server:
         self._wake()
 
     def send_data(self, stream_id, data, end=False):
+        # A view: a LIST of a big cluster is tens of MB, sent a frame at a
+        # time; slicing bytes would copy the rest of it for every frame.
+        data = memoryview(data)
         with self.cond:
             while True:
                 self._check(stream_id)
@@ -549,7 +606,7 @@ class H2Server:
                         self._wake()
                         self.cond.wait()
                         continue
-                    self.conn.send_data(stream_id, data[:room], end_stream=end and len(data) <= room)
+                    self.conn.send_data(stream_id, bytes(data[:room]), end_stream=end and len(data) <= room)
                     if len(data) <= room:
                         break
                     data = data[room:]
@@ -652,6 +709,10 @@ class H2Server:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kube-apiserver-standin"
+    # TCP_NODELAY, as Go's net/http (kube-apiserver) has on every connection:
+    # a watch event is written at once, not held back by Nagle's algorithm
+    # until the previous one is acknowledged (up to 40 ms with delayed ACKs).
+    disable_nagle_algorithm = True
 
     def handle(self):
         # ALPN decided the protocol during the handshake.
@@ -670,6 +731,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class AdminHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a kept-alive client gets each answer at once
 
     def log_message(self, fmt, *args):
         pass
@@ -684,6 +746,10 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         app = self.server.app
+        if self.path == "/admin/emitted":
+            emitted = dict(app.store.emitted)  # a copy: watch threads add to it
+            self._reply(200, {"clock": "CLOCK_MONOTONIC", "emitted": {str(rv): t for rv, t in emitted.items()}})
+            return
         if self.path != "/admin/stats":
             self._reply(404, {"error": "not found"})
             return
@@ -827,7 +893,11 @@ def serve(args):
     if args.token_file:
         with open(args.token_file) as f:
             tokens.append(f.read().strip())
-    app = App(Store(args.state_file), tokens, args.gone_as_http, args.verbose)
+    store = Store(args.state_file)
+    if args.objects:
+        with open(args.objects) as f:
+            store.preload(json.load(f))
+    app = App(store, tokens, args.gone_as_http, args.verbose)
     api = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     api.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -860,6 +930,7 @@ def main():
     parser.add_argument("--token", action="append", default=[], help="an accepted bearer token")
     parser.add_argument("--token-file", help="a file holding an accepted bearer token")
     parser.add_argument("--state-file", help="keep objects and resourceVersion across restarts")
+    parser.add_argument("--objects", help="start with these objects: JSON {resource: [object, ...]}")
     parser.add_argument("--gone-as-http", action="store_true", help="answer a too-old watch with HTTP 410")
     parser.add_argument("--san", action="append", help="DNS:name or IP:address for the server certificate (repeatable; default %s)" % " ".join(DEFAULT_SANS))
     parser.add_argument("--http1-only", action="store_true", help="offer no h2 in ALPN (an old or odd server)")

@@ -22,15 +22,19 @@ WAIT = float(os.environ.get("MTLS_K8S_TEST_WAIT", "20"))
 
 class StandIn:
     """|argv_prefix| runs the stand-in through another program (e.g. `ip
-    netns exec NS`, which exec()s, so the PID is still the stand-in's)."""
+    netns exec NS`, which exec()s, so the PID is still the stand-in's).
+    |keep_state| False: no --state-file (a restart forgets the objects, and
+    a change costs no rewrite of the whole state, which matters with
+    thousands of objects). |objects_file|: --objects."""
 
     def __init__(self, workdir, token="standin-token-1", extra_args=(), port=0, admin_port=0,
-                 argv_prefix=()):
+                 argv_prefix=(), keep_state=True, objects_file=None):
         self.workdir = Path(workdir)
         self.token = token
         self.extra_args = list(extra_args)
         self.pki_dir = self.workdir / "pki"
-        self.state_file = self.workdir / "state.json"
+        self.state_file = self.workdir / "state.json" if keep_state else None
+        self.objects_file = objects_file
         self.ca_file = self.pki_dir / "ca.crt"
         self.port = port
         self.admin_port = admin_port
@@ -45,9 +49,10 @@ class StandIn:
                 "--port", str(self.port),
                 "--admin-port", str(self.admin_port),
                 "--pki-dir", str(self.pki_dir),
-                "--state-file", str(self.state_file),
                 "--token", self.token,
             ]
+            + (["--state-file", str(self.state_file)] if self.state_file else [])
+            + (["--objects", str(self.objects_file)] if self.objects_file else [])
             + self.extra_args,
             stdout=subprocess.PIPE,
             stderr=sys.stderr,
@@ -107,7 +112,7 @@ class StandIn:
     def admin(self, path, body=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=WAIT)
         try:
-            if body is None and path.endswith("stats"):
+            if body is None and path.endswith(("stats", "emitted")):
                 conn.request("GET", path)
             else:
                 conn.request("POST", path, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
@@ -124,6 +129,10 @@ class StandIn:
 
     def stats(self):
         return self.admin("/admin/stats")[1]
+
+    def emitted(self):
+        """{resourceVersion: time.monotonic() when a watch first wrote its event}."""
+        return {int(rv): t for rv, t in self.admin("/admin/emitted")[1]["emitted"].items()}
 
     # --- API port, as a client ---
     def ssl_context(self):

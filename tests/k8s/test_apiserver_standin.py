@@ -4,6 +4,7 @@ TLS, which offers no ALPN and so gets HTTP/1.1)."""
 
 import json
 import subprocess
+import time
 from urllib.parse import quote
 
 import pytest
@@ -151,6 +152,51 @@ def test_objects_and_the_resource_version_survive_a_restart(api):
     body = json.loads(resp.read())
     conn.close()
     assert [i["metadata"]["name"] for i in body["items"]] == ["demo"]
+
+
+def test_preloaded_objects_are_listed_in_order_and_not_replayed_to_a_watch(tmp_path):
+    pods = [fx.pod("demo", "web-7d9f8b6c5d-%05d" % i, "web", "node-%d" % (i % 3), ["10.244.0.%d" % i])
+            for i in (3, 1, 2)]
+    objects = tmp_path / "objects.json"
+    objects.write_text(json.dumps({"namespaces": [fx.namespace("demo")], "pods": pods}))
+    api = StandIn(tmp_path / "api", keep_state=False, objects_file=objects).start()
+    try:
+        conn, resp = api.get("/api/v1/pods")
+        text = resp.read()
+        conn.close()
+        body = json.loads(text)
+        # Byte for byte what encoding the whole list at once gives.
+        assert text == json.dumps(body).encode() + b"\n"
+        assert [i["metadata"]["name"] for i in body["items"]] == [
+            "web-7d9f8b6c5d-00001", "web-7d9f8b6c5d-00002", "web-7d9f8b6c5d-00003"]
+        assert all(i["metadata"]["uid"] and "kind" not in i for i in body["items"])
+        assert body["metadata"]["resourceVersion"] == str(api.stats()["resourceVersion"])
+        # They were there before the history: a watch from the start is 410.
+        conn, resp = api.get("/api/v1/pods?watch=1&resourceVersion=1")
+        [event] = read_events(resp, 1)
+        conn.close()
+        assert event["type"] == "ERROR" and event["object"]["code"] == 410
+        assert not (tmp_path / "api" / "state.json").exists()
+    finally:
+        api.stop()
+
+
+def test_the_time_a_watch_first_wrote_each_event_is_kept(api):
+    conn, resp = api.get("/api/v1/pods")
+    rv = json.loads(resp.read())["metadata"]["resourceVersion"]
+    conn.close()
+    conn, resp = api.get("/api/v1/pods?watch=1&resourceVersion=%s&timeoutSeconds=30" % rv)
+    before = time.monotonic()
+    added = api.apply("add", "pods", fx.pod("demo", "web-7d9f8b6c5d-aaaaa", "web", "node-1", ["10.244.1.5"]))
+    [event] = read_events(resp, 1)
+    after = time.monotonic()
+    conn.close()
+    event_rv = int(event["object"]["metadata"]["resourceVersion"])
+    assert event_rv == int(added["metadata"]["resourceVersion"])
+    emitted = api.emitted()
+    assert before <= emitted[event_rv] <= after  # the same clock as this process's
+    api.apply("add", "namespaces", fx.namespace("demo"))  # nobody watches namespaces
+    assert set(api.emitted()) == {event_rv}
 
 
 def test_the_jwks_survives_a_restart(api):
