@@ -608,7 +608,11 @@ int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sou
 }
 
 void mt_mesh_service_sources_changed(mt_mesh_service *svc) {
-  if (!ev_is_active(&svc->debounce)) ev_timer_start(svc->loop, &svc->debounce);
+  if (ev_is_active(&svc->debounce)) return;
+  /* Set again each time: once a one-shot timer has fired, libev keeps no
+   * delay for it, and a bare restart would fire on the next iteration. */
+  ev_timer_set(&svc->debounce, (double)MT_MESH_SERVICE_DEBOUNCE_MS / MS_PER_SECOND, 0.);
+  ev_timer_start(svc->loop, &svc->debounce);
 }
 
 void mt_mesh_service_cluster_synced(mt_mesh_service *svc) {

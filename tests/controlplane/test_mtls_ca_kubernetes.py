@@ -4,6 +4,7 @@ over verified HTTPS with a bearer token) says a Running pod of that
 identity is scheduled on the agent's node."""
 
 import copy
+import datetime
 import queue
 import re
 import signal
@@ -397,3 +398,29 @@ def test_a_delta_watcher_rebuilds_what_a_complete_watcher_gets(k8s_ca, api, msgs
         assert sent >= len(steps), text
     finally:
         deltas.close()
+
+
+def test_a_burst_of_events_is_coalesced_into_rounds_of_100_ms(k8s_ca, api):
+    """Events within the debounce window share one round, every time (not
+    only the first: a one-shot timer restarted without its delay would fire
+    at once, one round per event)."""
+    api.apply("add", "pods", WEB_POD)
+    wait_until(lambda: round_lines(k8s_ca), "the first round")
+    before = len(round_lines(k8s_ca))
+    started = time.monotonic()
+    events = 40
+    for i in range(events):
+        relabelled = copy.deepcopy(WEB_POD)
+        relabelled["metadata"]["labels"]["rollout"] = str(i)
+        api.apply("modify", "pods", relabelled)
+    elapsed = time.monotonic() - started
+    now = datetime.datetime.now(datetime.timezone.utc)
+    last_event = now.replace(microsecond=now.microsecond // 1000 * 1000)  # the log's precision
+
+    def round_after_last_event():
+        stamps = [datetime.datetime.strptime(l.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+                  .replace(tzinfo=datetime.timezone.utc) for l in round_lines(k8s_ca)]
+        return stamps and stamps[-1] >= last_event
+    wait_until(round_after_last_event, "the round of the last event")
+    rounds = len(round_lines(k8s_ca)) - before
+    assert 1 <= rounds <= elapsed / 0.1 + 2, (rounds, elapsed)
