@@ -195,6 +195,26 @@ static void forget_pod(mt_cluster_state *state, pod_entry *e) {
   item_free(MT_K8S_KIND_POD, e);
 }
 
+/* A removal needs only the object's name: a relist's DELETED carries no
+ * more, and an object whose spec would not decode must still leave. */
+static int remove_object(mt_cluster_state *state, mt_k8s_kind kind, vec *table,
+                         const json_t *object, char *err, size_t err_len) {
+  mt_k8s_meta meta;
+  memset(&meta, 0, sizeof(meta));
+  if (!mt_k8s_meta_decode(object, kind != MT_K8S_KIND_NAMESPACE, &meta, err, err_len)) return 0;
+  long at = find(table, kind, meta.ns, meta.name);
+  if (at >= 0) {
+    void *old = vec_take(table, (size_t)at);
+    if (kind == MT_K8S_KIND_POD)
+      forget_pod(state, old);
+    else
+      item_free(kind, old);
+  }
+  if (kind == MT_K8S_KIND_NAMESPACE) rederive_namespace(state, meta.name);
+  mt_k8s_meta_clear(&meta);
+  return 1;
+}
+
 int mt_cluster_state_apply(mt_cluster_state *state, mt_k8s_kind kind, mt_cluster_change change,
                            const json_t *object, char *err, size_t err_len) {
   vec *table = table_of(state, kind);
@@ -202,6 +222,7 @@ int mt_cluster_state_apply(mt_cluster_state *state, mt_k8s_kind kind, mt_cluster
     snprintf(err, err_len, "unknown kind");
     return 0;
   }
+  if (change == MT_CLUSTER_REMOVE) return remove_object(state, kind, table, object, err, err_len);
   void *item = decode(state, kind, object, err, err_len);
   if (item == NULL) return 0;
   const mt_k8s_meta *meta = meta_of(kind, item);
@@ -216,9 +237,7 @@ int mt_cluster_state_apply(mt_cluster_state *state, mt_k8s_kind kind, mt_cluster
     else
       item_free(kind, old);
   }
-  if (change == MT_CLUSTER_REMOVE) {
-    item_free(kind, item);
-  } else if (!vec_push(table, item)) {
+  if (!vec_push(table, item)) {
     item_free(kind, item);
     snprintf(err, err_len, "out of memory");
     return 0;

@@ -47,7 +47,7 @@ typedef enum {
 
 typedef enum {
   MT_CLUSTER_UPSERT, /* ADDED or MODIFIED: the object as it now is */
-  MT_CLUSTER_REMOVE, /* DELETED */
+  MT_CLUSTER_REMOVE, /* DELETED: only metadata (name, namespace) is read */
 } mt_cluster_change;
 
 typedef struct mt_cluster_state mt_cluster_state;

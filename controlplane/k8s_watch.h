@@ -23,8 +23,9 @@
  *   BACKOFF   any other failure (connection, TLS, HTTP status, a malformed
  *             event): wait, with exponential backoff and full jitter,
  *             then WATCHING from RV (LISTING when there is none yet).
- * Held objects are the API's JSON (jansson); each is passed, borrowed, to
- * on_event. A DELETED from a relist carries the last object held.
+ * Objects are the API's JSON (jansson), passed borrowed to on_event; of
+ * each, only its name, namespace and resourceVersion are held (what a
+ * relist is diffed by). A DELETED from a relist carries just those.
  *
  * One loop, no threads; callbacks run on it. Do not free a watch from its
  * own callbacks. */

@@ -146,6 +146,20 @@ TEST_F(ClusterState, ADeletedPodLeaves) {
   EXPECT_FALSE(mt_cluster_state_workload_by_ip(state_, "10.244.1.5", &w));
 }
 
+TEST_F(ClusterState, ARemovalNeedsOnlyTheObjectsName) {
+  // What a relist's DELETED carries (k8s_watch holds no more of an object).
+  LoadDemo();
+  Json pod(json_pack("{s:{s:s, s:s, s:s}}", "metadata", "name", "web-7d9f8b6c5d-x2v9q",
+                     "namespace", "demo", "resourceVersion", "99"));
+  Json full(LoadK8sFixture("pod.json"));
+  ASSERT_STREQ(json_string_value(json_object_get(json_object_get(full, "metadata"), "name")),
+               "web-7d9f8b6c5d-x2v9q");
+  Remove(MT_K8S_KIND_POD, pod);
+  EXPECT_EQ(mt_cluster_state_num_workloads(state_), 0u);
+  Json ns(json_pack("{s:{s:s, s:s}}", "metadata", "name", "demo", "resourceVersion", "99"));
+  Remove(MT_K8S_KIND_NAMESPACE, ns);
+}
+
 TEST_F(ClusterState, APendingPodWithoutIpIsNoWorkload) {
   LoadDemo();
   Json pending(LoadK8sFixture("pod-pending.json"));

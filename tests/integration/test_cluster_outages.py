@@ -90,7 +90,8 @@ def observe(bed, node):
         workloads=tuple(sorted((w["address"], w["spiffe_id"], w["serial"]) for w in workloads)),
         policies=tuple(sorted(json.dumps({k: v for k, v in p.items() if k != "version"},
                                          sort_keys=True) for p in policies)),
-        versions=tuple(sorted({p.get("version") for p in policies})),
+        # A workload whose certificate has not come yet has no version.
+        versions=tuple(sorted({p.get("version") or "" for p in policies})),
         issued=m['mtlsd_certificate_rotations_total{source="control-plane"}'],
         mesh_updates=m["mtlsd_mesh_config_updates_total"],
         rejected=m["mtlsd_mesh_config_rejected_total"])
