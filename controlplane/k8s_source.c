@@ -1,5 +1,6 @@
 #include "controlplane/k8s_source.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,11 @@ static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *obje
 static void on_watch_synced(void *ctx) {
   resource *r = ctx;
   mt_k8s_source *s = r->source;
+  /* A LIST's JSON (tens of MB at 10,000 pods) was just freed; glibc would
+   * keep those pages, scattered between live ones, for good. LISTs are
+   * rare (start, 410), so the walk over the heap costs nothing that
+   * matters. */
+  malloc_trim(0);
   r->synced = 1;
   log_line(s, "synced %s rv=%s", kResources[r->index].name,
            mt_k8s_watch_resource_version(r->watch));
