@@ -195,6 +195,18 @@ static void forget_pod(mt_cluster_state *state, pod_entry *e) {
   item_free(MT_K8S_KIND_POD, e);
 }
 
+/* Drops the held object |ns|/|name| of |kind|, if there is one. */
+static void drop_held(mt_cluster_state *state, mt_k8s_kind kind, vec *table, const char *ns,
+                      const char *name) {
+  long at = find(table, kind, ns, name);
+  if (at < 0) return;
+  void *old = vec_take(table, (size_t)at);
+  if (kind == MT_K8S_KIND_POD)
+    forget_pod(state, old);
+  else
+    item_free(kind, old);
+}
+
 /* A removal needs only the object's name: a relist's DELETED carries no
  * more, and an object whose spec would not decode must still leave. */
 static int remove_object(mt_cluster_state *state, mt_k8s_kind kind, vec *table,
@@ -202,14 +214,7 @@ static int remove_object(mt_cluster_state *state, mt_k8s_kind kind, vec *table,
   mt_k8s_meta meta;
   memset(&meta, 0, sizeof(meta));
   if (!mt_k8s_meta_decode(object, kind != MT_K8S_KIND_NAMESPACE, &meta, err, err_len)) return 0;
-  long at = find(table, kind, meta.ns, meta.name);
-  if (at >= 0) {
-    void *old = vec_take(table, (size_t)at);
-    if (kind == MT_K8S_KIND_POD)
-      forget_pod(state, old);
-    else
-      item_free(kind, old);
-  }
+  drop_held(state, kind, table, meta.ns, meta.name);
   if (kind == MT_K8S_KIND_NAMESPACE) rederive_namespace(state, meta.name);
   mt_k8s_meta_clear(&meta);
   return 1;
@@ -226,17 +231,9 @@ int mt_cluster_state_apply(mt_cluster_state *state, mt_k8s_kind kind, mt_cluster
   void *item = decode(state, kind, object, err, err_len);
   if (item == NULL) return 0;
   const mt_k8s_meta *meta = meta_of(kind, item);
-  long at = find(table, kind, meta->ns, meta->name);
   char ns_name[MT_K8S_NAME_MAX + 1];
   snprintf(ns_name, sizeof(ns_name), "%s", meta->name);
-
-  if (at >= 0) {
-    void *old = vec_take(table, (size_t)at);
-    if (kind == MT_K8S_KIND_POD)
-      forget_pod(state, old);
-    else
-      item_free(kind, old);
-  }
+  drop_held(state, kind, table, meta->ns, meta->name);
   if (!vec_push(table, item)) {
     item_free(kind, item);
     snprintf(err, err_len, "out of memory");
