@@ -109,22 +109,31 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
   for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
     mt_text_printf(out, "mtlsd_control_plane_stream_state{state=\"%s\"} %d\n",
                    mt_watch_state_str(states[i]), cp->watch_state == states[i]);
-  metric_header(out, "mtlsd_mesh_config_updates_total", "counter",
-                "Mesh config snapshots applied from the control plane.");
-  mt_text_printf(out, "mtlsd_mesh_config_updates_total %llu\n",
-                 (unsigned long long)cp->mesh_updates);
-  metric_header(out, "mtlsd_mesh_config_rejected_total", "counter",
-                "Mesh config snapshots refused (the last good one stayed).");
-  mt_text_printf(out, "mtlsd_mesh_config_rejected_total %llu\n",
-                 (unsigned long long)cp->mesh_rejected);
-  metric_header(out, "mtlsd_mesh_config_deltas_total", "counter",
-                "Of the mesh config updates applied, those sent as deltas.");
-  mt_text_printf(out, "mtlsd_mesh_config_deltas_total %llu\n",
-                 (unsigned long long)cp->mesh_deltas);
-  metric_header(out, "mtlsd_mesh_config_resyncs_total", "counter",
-                "Mesh config streams ended to get a complete snapshot (a delta did not apply).");
-  mt_text_printf(out, "mtlsd_mesh_config_resyncs_total %llu\n",
-                 (unsigned long long)cp->mesh_resyncs);
+  const struct {
+    const char *name, *help;
+    uint64_t value;
+  } counters[] = {
+      {"mtlsd_mesh_config_updates_total", "Mesh config snapshots applied from the control plane.",
+       cp->mesh_updates},
+      {"mtlsd_mesh_config_rejected_total",
+       "Mesh config snapshots refused (the last good one stayed).", cp->mesh_rejected},
+      {"mtlsd_mesh_config_deltas_total", "Of the mesh config updates applied, those sent as deltas.",
+       cp->mesh_deltas},
+      {"mtlsd_mesh_config_resyncs_total",
+       "Mesh config streams ended to get a complete snapshot (a delta did not apply).",
+       cp->mesh_resyncs},
+      {"mtlsd_mesh_destinations_wanted_total",
+       "Destinations on demand: addresses asked of the control plane (each once).",
+       cp->destinations_wanted},
+      {"mtlsd_mesh_want_failures_total",
+       "Destinations on demand: Want calls that failed (their connections wait for the next "
+       "stream).",
+       cp->want_failures},
+  };
+  for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+    metric_header(out, counters[i].name, "counter", counters[i].help);
+    mt_text_printf(out, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].value);
+  }
 }
 
 void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {

@@ -475,27 +475,66 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
   set_timer(m, &m->watch_timer, delay_s);
 }
 
-static void start_watch(mt_cert_manager *m) {
-  static const mt_mesh_watch_handlers handlers = {on_watch_update, on_watch_rejected, on_watch_end};
-  char auth[MT_CA_AUTH_HEADER_MAX];
+/* The authorization header for a control-plane call into |md|; 0 (with
+ * the reason logged) when the token cannot be read. */
+static int bearer_metadata(mt_cert_manager *m, char auth[MT_CA_AUTH_HEADER_MAX],
+                           mt_grpc_metadata *md, size_t *num_md, const char *what) {
   char err[ERR_MAX];
+  *num_md = 0;
+  if (m->config->cp_token_file == NULL) return 1;
+  if (!mt_ca_read_bearer(m->config->cp_token_file, auth, MT_CA_AUTH_HEADER_MAX, err, sizeof(err))) {
+    MT_LOG_E("control plane: cannot %s: %s", what, err);
+    return 0;
+  }
+  md[(*num_md)++] = (mt_grpc_metadata){"authorization", auth};
+  return 1;
+}
+
+static void on_want_failed(void *arg, mt_grpc_status status, const char *message) {
+  mt_cert_manager *m = arg;
+  m->stats.want_failures++;
+  MT_LOG_W("control plane: asking for destinations failed (%s: %s); their connections wait "
+           "for the next stream",
+           mt_grpc_status_name(status), message);
+}
+
+/* destination_demand's sender: new addresses go out on the open stream;
+ * without one they wait for the next, which starts with every address. */
+static void send_wants(void *arg, const char *const *addresses, size_t n) {
+  mt_cert_manager *m = arg;
+  m->stats.destinations_wanted += n;
+  if (m->watch == NULL) return;
+  char auth[MT_CA_AUTH_HEADER_MAX];
   mt_grpc_metadata md[1];
   size_t num_md = 0;
-  if (m->config->cp_token_file != NULL) {
-    if (!mt_ca_read_bearer(m->config->cp_token_file, auth, sizeof(auth), err, sizeof(err))) {
-      MT_LOG_E("control plane: cannot watch mesh config: %s", err);
-      on_watch_end(m, MT_GRPC_UNAUTHENTICATED, "no token");
-      return;
-    }
-    md[num_md++] = (mt_grpc_metadata){"authorization", auth};
+  if (!bearer_metadata(m, auth, md, &num_md, "ask for destinations") ||
+      !mt_mesh_watch_want(m->watch, addresses, n, md, num_md))
+    on_want_failed(m, MT_GRPC_INTERNAL, "cannot start the Want call");
+  OPENSSL_cleanse(auth, sizeof(auth));
+}
+
+static void start_watch(mt_cert_manager *m) {
+  static const mt_mesh_watch_handlers handlers = {on_watch_update, on_watch_rejected, on_watch_end,
+                                                  on_want_failed};
+  char auth[MT_CA_AUTH_HEADER_MAX];
+  mt_grpc_metadata md[1];
+  size_t num_md = 0;
+  if (!bearer_metadata(m, auth, md, &num_md, "watch mesh config")) {
+    on_watch_end(m, MT_GRPC_UNAUTHENTICATED, "no token");
+    return;
   }
   const char *version = m->have_watched ? mt_mesh_version(m->watched.mesh) : "";
   /* Node mode watches as the node agent itself; sidecars as the granted ID. */
   const char *issued = m->config->node_mode ? "" : m->slots[0]->issued_id;
   const char *who = issued[0] != '\0' ? issued : m->config->spiffe_id;
+  mt_mesh_watch_scope scope = {0, NULL, 0};
+  if (m->sink.demand != NULL) {
+    scope.on_demand = 1;
+    scope.wanted = mt_demand_all(m->sink.demand, &scope.num_wanted);
+  }
   m->stats.watch_state = MT_WATCH_CONNECTING;
-  m->watch =
-      mt_mesh_watch_start(m->grpc, m->config->cp_node_id, who, version, md, num_md, &handlers, m);
+  m->watch = mt_mesh_watch_start(m->grpc, m->config->cp_node_id, who, version, &scope, md, num_md,
+                                 &handlers, m);
   OPENSSL_cleanse(auth, sizeof(auth));
   if (m->watch == NULL) on_watch_end(m, MT_GRPC_INTERNAL, "cannot start the Watch call");
 }
@@ -694,6 +733,7 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
   m->loop = loop;
   m->config = mt_config_ref(config);
   m->sink = *sink;
+  if (sink->demand != NULL) mt_demand_set_sender(sink->demand, send_wants, m);
   m->watch_backoff_ms = config->cp_retry_initial_ms;
   ev_init(&m->watch_timer, on_watch_timer);
   m->watch_timer.data = m;

@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #include "agent/config.h"
+#include "agent/destination_demand.h"
 #include "agent/identity.h"
 #include "agent/workloads.h"
 
@@ -32,6 +33,10 @@ typedef struct {
   void (*publish)(void *arg, mt_identity *identity);
   void (*publish_workloads)(void *arg, mt_workloads *table);
   void *arg;
+  /* Destinations on demand: where workers' asks collect (borrowed, must
+   * outlive the manager); the Watch stream then carries only those
+   * destinations. NULL: every destination. */
+  mt_demand *demand;
 } mt_cert_manager_sink;
 
 typedef struct mt_cert_manager mt_cert_manager;
@@ -69,6 +74,8 @@ typedef struct {
   uint64_t mesh_deltas;       /* of mesh_updates: sent as deltas */
   uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
   uint64_t mesh_resyncs;      /* streams ended to get a complete snapshot */
+  uint64_t destinations_wanted; /* destinations on demand: addresses asked for */
+  uint64_t want_failures;       /* Want calls that failed */
   int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
 } mt_cert_manager_stats;
 

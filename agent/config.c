@@ -242,6 +242,17 @@ static int on_control_plane_key(parse_ctx *pc, const char *key, yaml_node_t *k, 
       return fail(pc, v, "'watch' must be true or false, got '%s'", s);
     return 1;
   }
+  if (strcmp(key, "destinations") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    if (strcmp(s, "all") == 0)
+      c->cp_on_demand = 0;
+    else if (strcmp(s, "on_demand") == 0)
+      c->cp_on_demand = 1;
+    else
+      return fail(pc, v, "'destinations' must be all or on_demand, got '%s'", s);
+    return 1;
+  }
   return fail(pc, k, "unknown key 'control_plane.%s'", key);
 }
 
@@ -1337,7 +1348,8 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
                             str_differs(o->cp_token_file, n->cp_token_file) ||
                             str_differs(o->cp_cluster_id, n->cp_cluster_id) ||
                             str_differs(o->cp_node_id, n->cp_node_id) ||
-                            o->cp_cert_ttl_s != n->cp_cert_ttl_s || o->cp_watch != n->cp_watch},
+                            o->cp_cert_ttl_s != n->cp_cert_ttl_s || o->cp_watch != n->cp_watch ||
+                            o->cp_on_demand != n->cp_on_demand},
       /* With a control plane the bundles are loaded once, by the cert manager. */
       {"trust_bundles", o->has_control_plane && bundles_differ(o, n)},
       {"inbound.listeners", listeners_differ(o->inbound_listeners, o->num_inbound_listeners,

@@ -147,6 +147,9 @@ typedef struct {
   int cp_retry_max_ms;
   int cp_keepalive_ms;
   int cp_watch; /* subscribe to the mesh config stream */
+  /* destinations: on_demand: the Watch stream carries only the destinations
+   * the agent asks for as its workloads dial them (mesh.proto, Want). */
+  int cp_on_demand;
 
   mt_trust_bundle_config *trust_bundles;
   size_t num_trust_bundles;

@@ -48,7 +48,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     char detail[MT_TLS_DETAIL_MAX];
     snprintf(detail, sizeof(detail), "%s (waited %.0f ms, up to the handshake deadline)",
              conn->hold_why, (ev_now(loop) - conn->held_since) * 1000.0);
-    mt_conn_close(conn, MT_REASON_NO_IDENTITY, detail);
+    mt_conn_close(conn, conn->hold_reason, detail);
     return;
   }
   if (conn->state != MT_CONN_RELAYING) {
@@ -168,15 +168,21 @@ static void end_hold(mt_conn *conn, int resumed) {
 }
 
 void mt_conn_hold(mt_conn *conn, mt_conn_resume_fn resume, const char *why) {
+  mt_conn_hold_for(conn, resume, why, MT_REASON_NO_IDENTITY);
+}
+
+void mt_conn_hold_for(mt_conn *conn, mt_conn_resume_fn resume, const char *why,
+                      mt_reason reason_on_expiry) {
   mt_conn_watch(conn, &conn->down, 0);
   mt_conn_watch(conn, &conn->up, 0);
   conn->state = MT_CONN_AWAITING_IDENTITY;
   conn->resume = resume;
   conn->hold_why = why;
+  conn->hold_reason = reason_on_expiry;
   if (!ev_is_active(&conn->timer))
     mt_conn_set_deadline(conn, mt_worker_config(conn->worker)->handshake_timeout_ms,
-                         MT_REASON_NO_IDENTITY);
-  conn->deadline_reason = MT_REASON_NO_IDENTITY;
+                         reason_on_expiry);
+  conn->deadline_reason = reason_on_expiry;
   if (conn->held_since == 0) { /* a new hold; a resume that holds again continues it */
     mt_metrics_hold_began(mt_worker_metrics_of(conn->worker), conn->direction);
     conn->held_since = ev_now(conn->loop);

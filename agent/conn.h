@@ -90,6 +90,7 @@ struct mt_conn {
   /* Waiting for a certificate (MT_CONN_AWAITING_IDENTITY): */
   mt_conn_resume_fn resume;       /* what to do when an identity may be there */
   const char *hold_why;           /* static: which certificate it waits for */
+  mt_reason hold_reason;          /* the close reason if the hold expires */
   ev_tstamp held_since;           /* 0 = not held now */
   double held_seconds;            /* total time spent held, for the access log */
   mt_conn *held_prev, *held_next; /* worker's list of held connections */
@@ -113,6 +114,11 @@ void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail);
  * the connection is then closed with MT_REASON_NO_IDENTITY and |why| (a
  * static string: which certificate is missing) in the access log. */
 void mt_conn_hold(mt_conn *conn, mt_conn_resume_fn resume, const char *why);
+
+/* mt_conn_hold for another wait (destinations on demand: the control
+ * plane's answer for its destination), closed with |reason_on_expiry|. */
+void mt_conn_hold_for(mt_conn *conn, mt_conn_resume_fn resume, const char *why,
+                      mt_reason reason_on_expiry);
 
 /* The identity was found: ends the hold accounting (metrics, access log) of
  * a connection that had been held; no-op otherwise. */

@@ -27,6 +27,7 @@ typedef struct {
   struct ev_loop *loop;
   mt_workers *workers;
   mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
+  mt_demand *demand;             /* destinations on demand; NULL: not configured */
   mt_admin *admin;
   mt_identity *identity;   /* what the workers currently serve; NULL = none */
   mt_workloads *workloads; /* node mode: what the workers currently serve */
@@ -317,6 +318,7 @@ static void stop_agent(agent *a) {
   mt_admin_free(a->admin);
   mt_cert_manager_free(a->cert_manager);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);
+  mt_demand_free(a->demand); /* after the workers that ask and the manager that sends */
   mt_identity_unref(a->identity);
   mt_workloads_unref(a->workloads);
   ev_loop_destroy(a->loop);
@@ -348,12 +350,18 @@ static int run(const char *path) {
    * that arrives first is held until the certificate is published (or
    * refused at its handshake deadline: fail closed). */
   int ok = config->has_control_plane || load_file_source(&a, err, sizeof(err));
+  if (ok && config->has_control_plane && config->cp_watch && config->cp_on_demand) {
+    a.demand = mt_demand_new(a.loop);
+    ok = a.demand != NULL;
+    if (!ok) snprintf(err, sizeof(err), "out of memory");
+  }
   if (ok) {
-    a.workers = mt_workers_start(config, a.identity, err, sizeof(err));
+    a.workers = mt_workers_start(config, a.identity, a.demand, err, sizeof(err));
     ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
   }
   if (ok && config->has_control_plane) {
-    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a};
+    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a,
+                                 a.demand};
     a.cert_manager = mt_cert_manager_start(a.loop, config, &sink, err, sizeof(err));
     ok = a.cert_manager != NULL;
   }

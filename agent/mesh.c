@@ -32,6 +32,11 @@ typedef struct {
   mt_service_endpoint *endpoints;
   size_t num_endpoints;
   char *id_bytes;
+  /* Destinations on demand: set by mt_mesh_set_on_demand before the table
+   * is shared; |unresolved| holds KEY_LEN-byte keys, sorted. */
+  int on_demand;
+  uint8_t *unresolved;
+  size_t num_unresolved;
 } dest_table;
 
 struct mt_mesh {
@@ -83,6 +88,7 @@ static void table_unref(dest_table *t) {
   free(t->ids);
   free(t->endpoints);
   free(t->id_bytes);
+  free(t->unresolved);
   free(t);
 }
 
@@ -345,6 +351,35 @@ void mt_mesh_unref(mt_mesh *m) {
   mt_policy_free(m->policy);
   free(m->version);
   free(m);
+}
+
+static int compare_keys(const void *a, const void *b) { return memcmp(a, b, KEY_LEN); }
+
+int mt_mesh_set_on_demand(mt_mesh *m, const mt_sockaddr *unresolved, size_t n) {
+  dest_table *t = m->table;
+  uint8_t *keys = calloc(n + 1, KEY_LEN);
+  if (keys == NULL) return 0;
+  for (size_t i = 0; i < n; i++) {
+    const struct sockaddr *sa = (const struct sockaddr *)&unresolved[i].addr;
+    make_key(sa, mt_sockaddr_port(sa), keys + i * KEY_LEN);
+  }
+  if (n > 1) qsort(keys, n, KEY_LEN, compare_keys);
+  free(t->unresolved);
+  t->on_demand = 1;
+  t->unresolved = keys;
+  t->num_unresolved = n;
+  return 1;
+}
+
+int mt_mesh_on_demand(const mt_mesh *m) { return m->table->on_demand; }
+
+int mt_mesh_unresolved(const mt_mesh *m, const struct sockaddr *dest) {
+  if (dest->sa_family != AF_INET && dest->sa_family != AF_INET6) return 0;
+  uint8_t key[KEY_LEN];
+  make_key(dest, mt_sockaddr_port(dest), key);
+  const dest_table *t = m->table;
+  return t->num_unresolved > 0 &&
+         bsearch(key, t->unresolved, t->num_unresolved, KEY_LEN, compare_keys) != NULL;
 }
 
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }

@@ -80,6 +80,20 @@ const mt_service_endpoint *mt_mesh_choose_endpoint(const mt_mesh *mesh, const st
  * the same IP alone), with that address as text in |addr|; else 0. */
 int mt_mesh_duplicate_destination(const mt_mesh *mesh, char *addr, size_t addr_len);
 
+/* Destinations on demand (mesh.proto, WatchRequest.on_demand_destinations):
+ * the mesh holds only the destinations the agent asked the control plane
+ * for, and |unresolved| (copied) are asked-for "ip:port" addresses the
+ * control plane has no entry for. Call on a freshly built mesh, before
+ * mt_mesh_with_policy shares its destinations (they then share this
+ * too). Returns 0 when out of memory. */
+int mt_mesh_set_on_demand(mt_mesh *mesh, const mt_sockaddr *unresolved, size_t num_unresolved);
+int mt_mesh_on_demand(const mt_mesh *mesh);
+/* 1 when |dest| ("ip:port") is one of the mesh's unresolved addresses: the
+ * control plane was asked and has no entry (unknown_destination applies).
+ * An on-demand mesh with neither an entry nor this for an address has not
+ * been asked yet. */
+int mt_mesh_unresolved(const mt_mesh *mesh, const struct sockaddr *dest);
+
 /* 1 when |spiffe_id| is one of |ids|. */
 int mt_expected_ids_contain(const mt_expected_ids *ids, const char *spiffe_id);
 

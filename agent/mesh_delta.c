@@ -15,6 +15,7 @@ enum {
   FIELD_DELTA = 7,
   FIELD_BASE_VERSION = 8,
   FIELD_REMOVED = 9,
+  FIELD_UNRESOLVED = 11,
   /* In Removed. */
   REMOVED_FIELD = 1,
   REMOVED_KEY = 2,
@@ -138,7 +139,7 @@ static int last_string_field(span msg, uint32_t number, span *out) {
 
 static int is_keyed(uint32_t field) {
   return field == FIELD_TRUST_BUNDLES || field == FIELD_DESTINATIONS ||
-         field == FIELD_WORKLOAD_POLICIES;
+         field == FIELD_WORKLOAD_POLICIES || field == FIELD_UNRESOLVED;
 }
 
 /* ---- ordering ------------------------------------------------------------- */
@@ -405,8 +406,17 @@ uint8_t *mt_mesh_entries_encode(const mt_mesh_entries *e, size_t *len) {
 
 int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key,
                         size_t key_len) {
+  return mt_mesh_entries_find(e, field, key, key_len, NULL) != NULL;
+}
+
+const uint8_t *mt_mesh_entries_find(const mt_mesh_entries *e, uint32_t field, const char *key,
+                                    size_t key_len, size_t *len) {
   entry probe = {field, {(const uint8_t *)key, key_len}, {NULL, 0}};
-  return bsearch(&probe, e->entries, e->num_entries, sizeof(probe), compare_entries) != NULL;
+  const entry *found =
+      bsearch(&probe, e->entries, e->num_entries, sizeof(probe), compare_entries);
+  if (found == NULL) return NULL;
+  if (len != NULL) *len = found->bytes.len;
+  return found->bytes.data;
 }
 
 uint8_t *mt_mesh_delta_header(const char *version, const char *base_version, size_t *len) {

@@ -7,7 +7,7 @@
  * exact bytes of one top-level field (tag included), so a delta is built by
  * concatenating entries and applying one never re-encodes what did not
  * change. Keys (see mesh.proto "Deltas"): field 1 of a trust bundle,
- * destination or workload policy; "" for policy, node_workloads and any
+ * destination, workload policy or unresolved address; "" for policy, node_workloads and any
  * field this module does not know (kept as a single entry each, so a newer
  * server's additions survive the agent's round trip). version, delta,
  * base_version and removed are the message's header, not entries.
@@ -28,8 +28,8 @@ extern "C" {
 
 typedef struct mt_mesh_entries mt_mesh_entries;
 
-/* MeshSnapshot's destinations field (the one keyed by address). */
-enum { MT_MESH_FIELD_DESTINATIONS = 4 };
+/* MeshSnapshot's fields keyed by address. */
+enum { MT_MESH_FIELD_DESTINATIONS = 4, MT_MESH_FIELD_UNRESOLVED = 11 };
 
 /* Splits an encoded MeshSnapshot (complete or delta) into its header and
  * entries; copies |buf|. */
@@ -49,6 +49,12 @@ size_t mt_mesh_entries_num_removed(const mt_mesh_entries *e);
 
 /* 1 when |e| holds the entry of |field| with |key| (|key_len| bytes). */
 int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key, size_t key_len);
+
+/* The entry of |field| with |key|: its encoded bytes (tag included),
+ * borrowed from |e|, length in |*len| (|len| may be NULL); NULL when |e|
+ * holds none. */
+const uint8_t *mt_mesh_entries_find(const mt_mesh_entries *e, uint32_t field, const char *key,
+                                    size_t key_len, size_t *len);
 
 /* The complete snapshot |delta| makes of |base| (a complete one), named by
  * the delta's version. NULL with the reason when |delta| does not apply

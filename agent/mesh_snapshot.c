@@ -416,6 +416,29 @@ static mt_mesh *decode_general(const Mtlsd__Mesh__V1__MeshSnapshot *s, const des
   return m;
 }
 
+/* Destinations on demand: the flag and the unresolved addresses. */
+static int decode_on_demand(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh *mesh, char *err,
+                            size_t err_len) {
+  if (!s->on_demand_destinations) {
+    if (s->n_unresolved == 0) return 1;
+    return snprintf(err, err_len, "unresolved addresses without on_demand_destinations"), 0;
+  }
+  mt_sockaddr *addresses = calloc(s->n_unresolved + 1, sizeof(*addresses));
+  if (addresses == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  int ok = 1;
+  for (size_t i = 0; ok && i < s->n_unresolved; i++) {
+    const char *a = s->unresolved[i]->address;
+    ok = mt_sockaddr_parse(a, &addresses[i], 1);
+    if (!ok) snprintf(err, err_len, "unresolved[%zu]: '%.64s' is not IP:port", i, a);
+  }
+  if (ok && !mt_mesh_set_on_demand(mesh, addresses, s->n_unresolved)) {
+    snprintf(err, err_len, "out of memory");
+    ok = 0;
+  }
+  free(addresses);
+  return ok;
+}
+
 static int decode(const uint8_t *msg, size_t len, const dest_source *src, mt_mesh_update *out,
                   char *err, size_t err_len) {
   memset(out, 0, sizeof(*out));
@@ -425,6 +448,7 @@ static int decode(const uint8_t *msg, size_t len, const dest_source *src, mt_mes
   if (!ok) snprintf(err, err_len, "snapshot has no version");
   if (ok) ok = decode_bundles(s, out, err, err_len);
   if (ok) ok = (out->mesh = decode_general(s, src, err, err_len)) != NULL;
+  if (ok) ok = decode_on_demand(s, out->mesh, err, err_len);
   if (ok) ok = decode_workload_policies(s, out, err, err_len);
   if (ok) ok = decode_node_workloads(s, out, err, err_len);
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(s, NULL);

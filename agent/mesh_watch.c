@@ -7,15 +7,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/rand.h>
+
 #include "agent/mesh_delta.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
-enum { ERR_MAX = 512 };
+enum { ERR_MAX = 512, WATCH_ID_BYTES = 16, WANT_DEADLINE_MS = 10000 };
+
+/* A Want call in flight; cancelled with its stream. */
+typedef struct want_call {
+  mt_mesh_watch *watch;
+  mt_grpc_call *call;
+  struct want_call *prev, *next;
+} want_call;
 
 struct mt_mesh_watch {
   mt_grpc_call *call;
+  mt_grpc_client *grpc;
   mt_mesh_watch_handlers handlers;
   void *arg;
+  char watch_id[2 * WATCH_ID_BYTES + 1];
+  want_call *wants;
   /* The last complete content received, whether or not it was valid; NULL
    * before the first, or when it could not be split (a delta then asks
    * for a resync). */
@@ -26,7 +38,19 @@ struct mt_mesh_watch {
   mt_mesh *held_mesh;
 };
 
+static void unlink_want(want_call *c) {
+  if (c->prev) c->prev->next = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (c->watch->wants == c) c->watch->wants = c->next;
+}
+
 static void free_watch(mt_mesh_watch *w) {
+  while (w->wants != NULL) {
+    want_call *c = w->wants;
+    unlink_want(c);
+    mt_grpc_call_cancel(c->call);
+    free(c);
+  }
   mt_mesh_entries_free(w->held);
   mt_mesh_unref(w->held_mesh);
   free(w);
@@ -140,24 +164,39 @@ static void on_close(void *arg, mt_grpc_status status, const char *message) {
   free_watch(w);
 }
 
+/* A random name for the stream, for its Want calls. */
+static void make_watch_id(char out[2 * WATCH_ID_BYTES + 1]) {
+  uint8_t bytes[WATCH_ID_BYTES];
+  RAND_bytes(bytes, sizeof(bytes));
+  for (size_t i = 0; i < sizeof(bytes); i++) snprintf(out + 2 * i, 3, "%02x", bytes[i]);
+}
+
 mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, const char *spiffe_id,
-                                   const char *last_version, const mt_grpc_metadata *metadata,
-                                   size_t num_metadata, const mt_mesh_watch_handlers *handlers,
-                                   void *arg) {
+                                   const char *last_version, const mt_mesh_watch_scope *scope,
+                                   const mt_grpc_metadata *metadata, size_t num_metadata,
+                                   const mt_mesh_watch_handlers *handlers, void *arg) {
+  mt_mesh_watch *w = calloc(1, sizeof(*w));
+  if (w == NULL) return NULL;
+  make_watch_id(w->watch_id);
   Mtlsd__Mesh__V1__WatchRequest req = MTLSD__MESH__V1__WATCH_REQUEST__INIT;
   req.node_id = (char *)(node_id ? node_id : "");
   req.spiffe_id = (char *)(spiffe_id ? spiffe_id : "");
   req.last_applied_version = (char *)(last_version ? last_version : "");
   req.accept_deltas = 1;
+  if (scope != NULL && scope->on_demand) {
+    req.on_demand_destinations = 1;
+    req.watch_id = w->watch_id;
+    req.wanted_destinations = (char **)scope->wanted;
+    req.n_wanted_destinations = scope->num_wanted;
+  }
   size_t len = mtlsd__mesh__v1__watch_request__get_packed_size(&req);
   uint8_t *body = malloc(len ? len : 1);
-  mt_mesh_watch *w = calloc(1, sizeof(*w));
-  if (body == NULL || w == NULL) {
-    free(body);
+  if (body == NULL) {
     free(w);
     return NULL;
   }
   mtlsd__mesh__v1__watch_request__pack(&req, body);
+  w->grpc = grpc;
   w->handlers = *handlers;
   w->arg = arg;
   static const mt_grpc_call_handlers call_handlers = {on_message, on_close};
@@ -169,6 +208,51 @@ mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, co
     return NULL;
   }
   return w;
+}
+
+static void on_want_message(void *arg, const uint8_t *msg, size_t len) {
+  (void)arg; /* WantResponse: the answer itself comes on the stream */
+  (void)msg;
+  (void)len;
+}
+
+static void on_want_close(void *arg, mt_grpc_status status, const char *message) {
+  want_call *c = arg;
+  mt_mesh_watch *w = c->watch;
+  unlink_want(c);
+  free(c);
+  if (status != MT_GRPC_OK && w->handlers.on_want_failed != NULL)
+    w->handlers.on_want_failed(w->arg, status, message);
+}
+
+int mt_mesh_watch_want(mt_mesh_watch *w, const char *const *addresses, size_t n,
+                       const mt_grpc_metadata *metadata, size_t num_metadata) {
+  Mtlsd__Mesh__V1__WantRequest req = MTLSD__MESH__V1__WANT_REQUEST__INIT;
+  req.watch_id = w->watch_id;
+  req.addresses = (char **)addresses;
+  req.n_addresses = n;
+  size_t len = mtlsd__mesh__v1__want_request__get_packed_size(&req);
+  uint8_t *body = malloc(len ? len : 1);
+  want_call *c = calloc(1, sizeof(*c));
+  if (body == NULL || c == NULL) {
+    free(body);
+    free(c);
+    return 0;
+  }
+  mtlsd__mesh__v1__want_request__pack(&req, body);
+  static const mt_grpc_call_handlers call_handlers = {on_want_message, on_want_close};
+  c->watch = w;
+  c->call = mt_grpc_client_start_call(w->grpc, MT_MESH_WANT_METHOD, metadata, num_metadata, body,
+                                      len, WANT_DEADLINE_MS, &call_handlers, c);
+  free(body);
+  if (c->call == NULL) {
+    free(c);
+    return 0;
+  }
+  c->next = w->wants;
+  if (w->wants) w->wants->prev = c;
+  w->wants = c;
+  return 1;
 }
 
 void mt_mesh_watch_cancel(mt_mesh_watch *w) {

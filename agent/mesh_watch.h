@@ -11,7 +11,13 @@
  * the server's next delta builds on what it sent. A delta that does not
  * apply (another base version, an entry it removes is not held) ends the
  * stream with MT_MESH_WATCH_RESYNC: the caller opens a new one at once,
- * which starts with a complete snapshot. */
+ * which starts with a complete snapshot.
+ *
+ * Destinations on demand (destination_demand.h): a stream opened with
+ * |scope->on_demand| gets a random watch_id, and mt_mesh_watch_want asks
+ * for more addresses on it (MeshConfig/Want); the answer arrives as an
+ * update of the stream. Want calls still in flight are cancelled with the
+ * stream. */
 #ifndef MT_MESH_WATCH_H
 #define MT_MESH_WATCH_H
 
@@ -26,6 +32,7 @@ extern "C" {
 #endif
 
 #define MT_MESH_WATCH_METHOD "/mtlsd.mesh.v1.MeshConfig/Watch"
+#define MT_MESH_WANT_METHOD "/mtlsd.mesh.v1.MeshConfig/Want"
 
 /* The status on_end gets when the watch ended the stream itself to ask for
  * a complete snapshot (the message says why). */
@@ -39,14 +46,28 @@ typedef struct {
   void (*on_rejected)(void *arg, const char *why);
   /* The stream ended (server closed, connection lost). Exactly once. */
   void (*on_end)(void *arg, mt_grpc_status status, const char *message);
+  /* A Want call failed (NULL: ignored). The stream goes on. */
+  void (*on_want_failed)(void *arg, mt_grpc_status status, const char *message);
 } mt_mesh_watch_handlers;
+
+/* What the stream carries of the destinations (NULL: all of them). */
+typedef struct {
+  int on_demand;             /* only those asked for */
+  const char *const *wanted; /* asked for already ("ip:port"); copied */
+  size_t num_wanted;
+} mt_mesh_watch_scope;
 
 typedef struct mt_mesh_watch mt_mesh_watch;
 
 mt_mesh_watch *mt_mesh_watch_start(mt_grpc_client *grpc, const char *node_id, const char *spiffe_id,
-                                   const char *last_version, const mt_grpc_metadata *metadata,
-                                   size_t num_metadata, const mt_mesh_watch_handlers *handlers,
-                                   void *arg);
+                                   const char *last_version, const mt_mesh_watch_scope *scope,
+                                   const mt_grpc_metadata *metadata, size_t num_metadata,
+                                   const mt_mesh_watch_handlers *handlers, void *arg);
+
+/* Asks for |n| more addresses ("ip:port") on a stream opened on demand.
+ * Returns 0 when the call cannot be started (out of memory). */
+int mt_mesh_watch_want(mt_mesh_watch *watch, const char *const *addresses, size_t n,
+                       const mt_grpc_metadata *metadata, size_t num_metadata);
 
 /* Ends the subscription; no handler runs afterwards. NULL is fine. */
 void mt_mesh_watch_cancel(mt_mesh_watch *watch);

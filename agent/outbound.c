@@ -18,6 +18,10 @@
  * node-mode pod is new), or for the destination pod of this node:
  *   AWAITING_IDENTITY --identity published--> looked up again from the start
  *                     --handshake deadline--> closed (no_identity)
+ * Destinations on demand (destination_demand.h), an address the mesh has
+ * no answer for: asked of the control plane, then
+ *   AWAITING_IDENTITY --mesh published--> looked up again from the start
+ *                     --handshake deadline--> closed (destination_unresolved)
  * The application's socket is not read until the mesh side is ready, so its
  * first bytes wait in the kernel (backpressure from the start). */
 #include "agent/outbound.h"
@@ -207,6 +211,26 @@ static socklen_t sockaddr_len(const struct sockaddr_storage *ss) {
   return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
+/* Destinations on demand: the mesh has no answer yet for the address
+ * (neither an entry nor "unresolved"), so the control plane is asked and
+ * the connection waits for the answer (see the header). A pod of this
+ * node needs no entry (node-local delivery). Returns 1 when held. */
+static int awaits_destination(mt_conn *conn, const mt_identity *identity) {
+  const mt_mesh *mesh = mt_identity_mesh(identity);
+  const struct sockaddr *target = (const struct sockaddr *)&conn->target;
+  mt_demand *demand = mt_worker_demand(conn->worker);
+  mt_expected_ids ids;
+  if (demand == NULL || !mt_mesh_on_demand(mesh) || mt_mesh_expected_ids(mesh, target, &ids) ||
+      mt_mesh_unresolved(mesh, target))
+    return 0;
+  if (mt_worker_config(conn->worker)->node_mode && mt_worker_lists_workload(conn->worker, target))
+    return 0;
+  mt_demand_ask(demand, target);
+  mt_conn_hold_for(conn, resume_after_hold, "the control plane has not answered for the destination",
+                   MT_REASON_DESTINATION_UNRESOLVED);
+  return 1;
+}
+
 /* From here on the connection speaks for the calling workload, whose
  * certificate must be there; without one it is held (see the header). */
 static void proceed_with_identity(mt_conn *conn) {
@@ -220,6 +244,7 @@ static void proceed_with_identity(mt_conn *conn) {
                      : "no valid workload certificate");
     return;
   }
+  if (awaits_destination(conn, identity)) return;
   mt_conn_hold_over(conn);
   conn->identity = mt_identity_ref(identity);
   if (config->node_mode) choose_endpoint(conn);

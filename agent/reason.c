@@ -32,6 +32,7 @@ const char *mt_reason_str(mt_reason reason) {
     case MT_REASON_UPSTREAM_ERROR: return "upstream_error";
     case MT_REASON_SHUTDOWN: return "shutdown";
     case MT_REASON_OUT_OF_MEMORY: return "out_of_memory";
+    case MT_REASON_DESTINATION_UNRESOLVED: return "destination_unresolved";
     case MT_REASON_INTERNAL: return "internal_error";
   }
   return "internal_error";

@@ -40,6 +40,7 @@ typedef enum {
   MT_REASON_UPSTREAM_ERROR,   /* the connected side failed mid-stream */
   MT_REASON_SHUTDOWN,         /* agent stopped before the connection ended */
   MT_REASON_OUT_OF_MEMORY,    /* no relay buffer could be had (pool limit or malloc) */
+  MT_REASON_DESTINATION_UNRESOLVED, /* destinations on demand: no answer in time */
   MT_REASON_INTERNAL,
 } mt_reason;
 

@@ -68,6 +68,7 @@ struct mt_workers {
   mt_worker_metrics **metrics; /* one per worker, same order */
   size_t count;
   atomic_int finished; /* worker threads whose loop has ended */
+  mt_demand *demand;   /* borrowed; NULL: destinations are not on demand */
 };
 
 struct ev_loop *mt_worker_loop(mt_worker *w) {
@@ -75,6 +76,7 @@ struct ev_loop *mt_worker_loop(mt_worker *w) {
 }
 const mt_config *mt_worker_config(const mt_worker *w) { return w->config; }
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *w) { return w->metrics; }
+mt_demand *mt_worker_demand(mt_worker *w) { return w->pool->demand; }
 
 /* splitmix64 (Steele, Lea, Flood 2014): one add and three multiply-xorshift
  * steps per number, no lock, good enough to spread connections; nothing
@@ -400,9 +402,11 @@ static int start_threads(mt_workers *pool, char *err, size_t err_len) {
   return ok;
 }
 
-mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err, size_t err_len) {
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, mt_demand *demand,
+                             char *err, size_t err_len) {
   mt_workers *pool = calloc(1, sizeof(*pool));
   if (pool == NULL) return NULL;
+  pool->demand = demand;
   pthread_mutex_init(&pool->lock, NULL);
   pool->config = mt_config_ref(config);
   atomic_init(&pool->finished, 0);

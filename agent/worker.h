@@ -15,6 +15,7 @@
 
 #include "agent/config.h"
 #include "agent/conn.h"
+#include "agent/destination_demand.h"
 #include "agent/identity.h"
 #include "agent/metrics.h"
 #include "agent/workloads.h"
@@ -27,8 +28,10 @@ typedef struct mt_workers mt_workers;
 
 /* Binds every listener once per worker and starts the threads. The pool
  * takes its own references to |config| (whose listeners it keeps for its
- * whole life) and |identity|. Returns NULL with a reason in |err|. */
-mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, char *err, size_t err_len);
+ * whole life) and |identity|; |demand| (NULL: none) is borrowed and must
+ * outlive the pool. Returns NULL with a reason in |err|. */
+mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, mt_demand *demand,
+                             char *err, size_t err_len);
 
 /* Hands a reloaded config to every worker (its listener settings are
  * ignored: listeners live as long as the pool). New connections and the
@@ -72,6 +75,8 @@ int mt_worker_lists_workload(mt_worker *worker, const struct sockaddr *workload)
  * none usable (unknown pod, no certificate, or expired). */
 mt_identity *mt_worker_identity_for(mt_worker *worker, const struct sockaddr *workload);
 mt_worker_metrics *mt_worker_metrics_of(mt_worker *worker);
+/* Where destinations on demand are asked for (NULL: not on demand). */
+mt_demand *mt_worker_demand(mt_worker *worker);
 /* A uniformly distributed 64-bit number from the worker's own generator
  * (seeded from getrandom at start; not for secrets): node mode's choice of
  * a Service endpoint. */

@@ -53,16 +53,19 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_IMPERSONATED_CERTS_ISSUED] = "impersonated_certs_issued",
     [MT_CA_EV_WORKLOADS_LOADS] = "workloads_loads",
     [MT_CA_EV_WORKLOADS_LOAD_FAILURES] = "workloads_load_failures",
+    [MT_CA_EV_DESTINATIONS_WANTED] = "destinations_wanted",
 };
 
 static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_CREATE_CERTIFICATE] = "CreateCertificate",
     [MT_CA_METHOD_WATCH] = "Watch",
+    [MT_CA_METHOD_WANT] = "Want",
 };
 
 static const char *const kMethodPaths[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_CREATE_CERTIFICATE] = "/istio.v1.auth.IstioCertificateService/CreateCertificate",
     [MT_CA_METHOD_WATCH] = "/mtlsd.mesh.v1.MeshConfig/Watch",
+    [MT_CA_METHOD_WANT] = "/mtlsd.mesh.v1.MeshConfig/Want",
 };
 
 const char *mt_ca_method_path(mt_ca_method method) {

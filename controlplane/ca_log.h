@@ -23,6 +23,7 @@ extern "C" {
 typedef enum {
   MT_CA_METHOD_CREATE_CERTIFICATE,
   MT_CA_METHOD_WATCH,
+  MT_CA_METHOD_WANT,
   MT_CA_METHOD_COUNT,
 } mt_ca_method;
 
@@ -46,6 +47,7 @@ typedef enum {
   MT_CA_EV_IMPERSONATED_CERTS_ISSUED, /* of certs_issued: to a node agent for a workload */
   MT_CA_EV_WORKLOADS_LOADS,           /* a workload registry came into force */
   MT_CA_EV_WORKLOADS_LOAD_FAILURES,   /* a changed workloads file was refused */
+  MT_CA_EV_DESTINATIONS_WANTED,       /* addresses added by Want to streams */
   MT_CA_EV_COUNT,
 } mt_ca_event;
 

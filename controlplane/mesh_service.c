@@ -19,6 +19,7 @@ enum {
   PEER_MAX = 64,
   NODE_ID_SHOWN_MAX = 128,
   MESSAGE_MAX = 512,
+  WATCH_ID_MAX = 64,
   MS_PER_SECOND = 1000,
   NS_PER_MS = 1000000,
 };
@@ -35,6 +36,11 @@ typedef struct mt_watcher {
   int has_sent;                        /* sent_digest holds what was last queued */
   int pending;                         /* the last try found the queue full */
   int accepts_deltas;                  /* WatchRequest.accept_deltas */
+  int on_demand;                       /* WatchRequest.on_demand_destinations */
+  char watch_id[WATCH_ID_MAX + 1];     /* names it to Want */
+  /* The addresses it asked for, canonical, sorted, no repeats. */
+  char **wanted;
+  size_t num_wanted;
   uint8_t sent_digest[MT_MESH_DIGEST_LEN];
   char sent_version[VERSION_MAX];
   /* What it holds, for its next delta: the view in force when it was last
@@ -42,6 +48,7 @@ typedef struct mt_watcher {
    * the next message is complete). */
   uint64_t sent_serial;
   mt_mesh_entries *sent_own;
+  int sent_has_shared; /* sent_own is the own part (1) or the whole (0) */
   int64_t opened_ms;
   struct mt_watcher *prev, *next;
 } mt_watcher;
@@ -136,6 +143,14 @@ static void unlink_watcher(mt_watcher *w) {
   svc->num_watchers--;
 }
 
+static void free_watcher(mt_watcher *w) {
+  unlink_watcher(w);
+  mt_mesh_entries_free(w->sent_own);
+  for (size_t i = 0; i < w->num_wanted; i++) free(w->wanted[i]);
+  free(w->wanted);
+  free(w);
+}
+
 static void log_stream_end(mt_watcher *w, mt_grpc_status status, const char *reason,
                            const char *message) {
   mt_ca_access_entry e = {
@@ -164,9 +179,7 @@ static void on_watcher_closed(void *arg, mt_grpc_status why) {
                  w->peer, mt_grpc_status_name((int)why),
                  w->sent_version[0] ? w->sent_version : "none");
   log_stream_end(w, why, reason, "");
-  unlink_watcher(w);
-  mt_mesh_entries_free(w->sent_own);
-  free(w);
+  free_watcher(w);
 }
 
 /* Ends a stream from our side and forgets it. */
@@ -174,9 +187,7 @@ static void finish_watcher(mt_watcher *w, mt_grpc_status status, const char *rea
                            const char *message) {
   mt_grpc_stream_finish(w->stream, status, message);
   log_stream_end(w, status, reason, message);
-  unlink_watcher(w);
-  mt_mesh_entries_free(w->sent_own);
-  free(w);
+  free_watcher(w);
 }
 
 /* ---- pushing ------------------------------------------------------------- */
@@ -201,19 +212,25 @@ static void format_version(char *out, size_t out_len, uint64_t serial, const uin
 static uint8_t *encode_delta(const mt_watcher *w, const mt_mesh_view_snapshot *snap,
                              const mt_mesh_entries *own, const char *version, size_t *len) {
   const mt_mesh_service *svc = w->svc;
+  /* Without a shared part, its own part is the whole content: diffed
+   * against what it was last sent, whatever view that came from. */
+  int has_shared = mt_mesh_view_snapshot_has_shared(snap);
   if (!w->accepts_deltas || !w->has_sent || w->sent_own == NULL || own == NULL ||
-      svc->shared_delta == NULL || w->sent_serial + 1 != svc->serial)
+      w->sent_has_shared != has_shared ||
+      (has_shared && (svc->shared_delta == NULL || w->sent_serial + 1 != svc->serial)))
     return NULL;
+  const uint8_t *shared_delta = has_shared ? svc->shared_delta : NULL;
+  size_t shared_delta_len = has_shared ? svc->shared_delta_len : 0;
   size_t head_len = 0, own_len = 0, changed = 0, removed = 0;
   uint8_t *head = mt_mesh_delta_header(version, w->sent_version, &head_len);
   uint8_t *own_delta = mt_mesh_entries_diff(w->sent_own, own, &own_len, &changed, &removed);
   uint8_t *out = NULL;
-  *len = head_len + svc->shared_delta_len + own_len;
+  *len = head_len + shared_delta_len + own_len;
   if (head != NULL && own_delta != NULL && *len < mt_mesh_view_snapshot_len(snap) &&
       (out = malloc(*len)) != NULL) {
     memcpy(out, head, head_len);
-    memcpy(out + head_len, svc->shared_delta, svc->shared_delta_len);
-    if (own_len) memcpy(out + head_len + svc->shared_delta_len, own_delta, own_len);
+    if (shared_delta_len) memcpy(out + head_len, shared_delta, shared_delta_len);
+    if (own_len) memcpy(out + head_len + shared_delta_len, own_delta, own_len);
   }
   free(head);
   free(own_delta);
@@ -249,6 +266,7 @@ static push_result queue_snapshot(mt_watcher *w, const mt_mesh_view_snapshot *sn
       w->sent_serial = svc->serial;
       mt_mesh_entries_free(w->sent_own);
       w->sent_own = own;
+      w->sent_has_shared = mt_mesh_view_snapshot_has_shared(snap);
       mt_ca_log_count(svc->log, MT_CA_EV_SNAPSHOTS_SENT);
       if (is_delta) mt_ca_log_count(svc->log, MT_CA_EV_SNAPSHOT_DELTAS_SENT);
       mt_ca_log_add(svc->log, MT_CA_EV_SNAPSHOT_BYTES_SENT, len);
@@ -271,7 +289,8 @@ static push_result queue_snapshot(mt_watcher *w, const mt_mesh_view_snapshot *sn
 static push_result push_one(mt_watcher *w) {
   mt_mesh_service *svc = w->svc;
   if (svc->held || svc->view == NULL) return PUSH_DEFERRED;
-  mt_mesh_caller caller = {w->identity, w->node_agent, w->node};
+  mt_mesh_caller caller = {w->identity, w->node_agent, w->node, w->on_demand,
+                           (const char *const *)w->wanted, w->num_wanted};
   char err[ERR_MAX];
   mt_mesh_view_snapshot *snap = mt_mesh_view_for(svc->view, &caller, err, sizeof(err));
   if (snap == NULL) {
@@ -434,17 +453,18 @@ static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) {
     push_all(svc, 1); /* streams that were full last time */
 }
 
-/* ---- the Watch method -------------------------------------------------- */
+/* ---- refusals ------------------------------------------------------------ */
 
-/* Refuses a Watch call before it became a stream. */
-static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_request *req,
-                   mt_grpc_status status, const char *reason, const char *identity,
-                   const char *message, int64_t started_ms) {
+/* Refuses a Watch or Want call before it became a stream. */
+static void refuse_call(mt_mesh_service *svc, mt_ca_method method, mt_grpc_stream *stream,
+                        const mt_grpc_request *req, mt_grpc_status status, const char *reason,
+                        const char *identity, const char *message, int64_t started_ms) {
   mt_grpc_stream_finish(stream, status, message);
-  mt_ca_log_warn(svc->log, "Watch from %s refused: %s (%s): %s", req->peer_address,
+  mt_ca_log_warn(svc->log, "%s from %s refused: %s (%s): %s",
+                 method == MT_CA_METHOD_WANT ? "Want" : "Watch", req->peer_address,
                  mt_grpc_status_name((int)status), reason, message);
   mt_ca_access_entry e = {
-      .method = MT_CA_METHOD_WATCH,
+      .method = method,
       .peer = req->peer_address,
       .caller = identity,
       .identity = identity,
@@ -457,10 +477,91 @@ static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_r
   mt_ca_log_access(svc->log, &e);
 }
 
-/* The request names who is asking; it must be who the token says. Tells
- * whether the caller takes deltas in |*accepts_deltas|. */
+static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_request *req,
+                   mt_grpc_status status, const char *reason, const char *identity,
+                   const char *message, int64_t started_ms) {
+  refuse_call(svc, MT_CA_METHOD_WATCH, stream, req, status, reason, identity, message, started_ms);
+}
+
+/* ---- destinations on demand ------------------------------------------- */
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Adds |addresses| (checked already, canonical) to what |w| asks for;
+ * returns how many were new, or -1 when out of memory (nothing added). */
+static long add_wanted(mt_watcher *w, char **addresses, size_t n) {
+  char **merged = calloc(w->num_wanted + n + 1, sizeof(*merged));
+  if (merged == NULL) return -1;
+  size_t kept = 0;
+  for (size_t i = 0; i < w->num_wanted; i++) merged[kept++] = w->wanted[i];
+  size_t before = kept;
+  for (size_t i = 0; i < n; i++)
+    if (bsearch(&addresses[i], w->wanted, w->num_wanted, sizeof(char *), compare_strings) ==
+        NULL) {
+      merged[kept++] = addresses[i];
+      addresses[i] = NULL; /* taken */
+    }
+  if (kept > 1) qsort(merged, kept, sizeof(*merged), compare_strings);
+  size_t unique = 0; /* |addresses| may repeat itself */
+  for (size_t i = 0; i < kept; i++) {
+    if (unique > 0 && strcmp(merged[unique - 1], merged[i]) == 0) {
+      free(merged[i]);
+      continue;
+    }
+    merged[unique++] = merged[i];
+  }
+  free(w->wanted);
+  w->wanted = merged;
+  w->num_wanted = unique;
+  return (long)(unique - before);
+}
+
+/* |n| addresses as canonical copies in |out| (calloc'd array), or 0 with
+ * the first bad one named in |message|. */
+static int canonical_addresses(char *const *in, size_t n, char ***out, char *message,
+                               size_t message_len) {
+  *out = calloc(n + 1, sizeof(**out));
+  if (*out == NULL) {
+    snprintf(message, message_len, "out of memory");
+    return 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char canonical[MT_MESH_ADDRESS_MAX];
+    if (!mt_mesh_view_canonical_address(in[i], canonical)) {
+      snprintf(message, message_len, "address \"%.100s\" is not \"ip:port\" (brackets for IPv6)",
+               in[i]);
+      return 0;
+    }
+    if (((*out)[i] = strdup(canonical)) == NULL) {
+      snprintf(message, message_len, "out of memory");
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void free_addresses(char **a, size_t n) {
+  for (size_t i = 0; a != NULL && i < n; i++) free(a[i]);
+  free(a);
+}
+
+/* ---- the Watch method -------------------------------------------------- */
+
+/* What a WatchRequest asks for, beyond who is asking. */
+typedef struct {
+  int accepts_deltas;
+  int on_demand;
+  char watch_id[WATCH_ID_MAX + 1];
+  char **wanted; /* canonical; n_wanted of them */
+  size_t n_wanted;
+} watch_options;
+
+/* The request names who is asking; it must be who the token says. Fills
+ * |opts| (the caller frees opts->wanted) or refuses the call. */
 static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_request *req,
-                         const mt_ca_auth_result *auth, int64_t started_ms, int *accepts_deltas) {
+                         const mt_ca_auth_result *auth, int64_t started_ms, watch_options *opts) {
   char message[MESSAGE_MAX];
   Mtlsd__Mesh__V1__WatchRequest *wr =
       mtlsd__mesh__v1__watch_request__unpack(NULL, req->message_len, req->message);
@@ -469,22 +570,41 @@ static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_
            "the request is not a WatchRequest message", started_ms);
     return 0;
   }
-  int ok = wr->spiffe_id[0] == '\0' || strcmp(wr->spiffe_id, auth->spiffe_id) == 0;
-  if (!ok) {
+  const char *reason = NULL;
+  mt_grpc_status status = MT_GRPC_INVALID_ARGUMENT;
+  if (wr->spiffe_id[0] != '\0' && strcmp(wr->spiffe_id, auth->spiffe_id) != 0) {
     snprintf(message, sizeof(message), "spiffe_id \"%.200s\" is not the caller's identity %.200s",
              wr->spiffe_id, auth->spiffe_id);
-    refuse(svc, stream, req, MT_GRPC_PERMISSION_DENIED, "identity_mismatch", auth->spiffe_id,
-           message, started_ms);
+    reason = "identity_mismatch";
+    status = MT_GRPC_PERMISSION_DENIED;
+  } else if (strlen(wr->watch_id) > WATCH_ID_MAX) {
+    snprintf(message, sizeof(message), "watch_id is longer than %d bytes", WATCH_ID_MAX);
+    reason = "bad_request";
+  } else if (wr->n_wanted_destinations > MT_MESH_SERVICE_WANTED_MAX) {
+    snprintf(message, sizeof(message), "%zu wanted_destinations; at most %d per stream",
+             wr->n_wanted_destinations, MT_MESH_SERVICE_WANTED_MAX);
+    reason = "too_many_destinations";
+    status = MT_GRPC_RESOURCE_EXHAUSTED;
+  } else if (!canonical_addresses(wr->wanted_destinations, wr->n_wanted_destinations,
+                                  &opts->wanted, message, sizeof(message))) {
+    reason = "bad_request";
+  }
+  opts->n_wanted = wr->n_wanted_destinations;
+  if (reason != NULL) {
+    refuse(svc, stream, req, status, reason, auth->spiffe_id, message, started_ms);
   } else {
-    *accepts_deltas = wr->accept_deltas;
+    opts->accepts_deltas = wr->accept_deltas;
+    opts->on_demand = wr->on_demand_destinations;
+    memcpy(opts->watch_id, wr->watch_id, strlen(wr->watch_id) + 1);
     mt_ca_log_info(svc->log,
-                   "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\", %s)",
+                   "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\", %s%s)",
                    auth->spiffe_id, req->peer_address, NODE_ID_SHOWN_MAX, wr->node_id, VERSION_MAX,
                    wr->last_applied_version,
-                   wr->accept_deltas ? "takes deltas" : "complete snapshots only");
+                   wr->accept_deltas ? "takes deltas" : "complete snapshots only",
+                   wr->on_demand_destinations ? ", destinations on demand" : "");
   }
   mtlsd__mesh__v1__watch_request__free_unpacked(wr, NULL);
-  return ok;
+  return reason == NULL;
 }
 
 static int is_node_agent(const mt_mesh_service *svc, const char *spiffe_id) {
@@ -502,14 +622,22 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
     refuse(svc, stream, req, auth.status, auth.reason, auth.spiffe_id, auth.message, started_ms);
     return;
   }
-  int accepts_deltas = 0;
-  if (!check_request(svc, stream, req, &auth, started_ms, &accepts_deltas)) return;
+  watch_options opts;
+  memset(&opts, 0, sizeof(opts));
+  if (!check_request(svc, stream, req, &auth, started_ms, &opts)) {
+    free_addresses(opts.wanted, opts.n_wanted);
+    return;
+  }
   mt_watcher *w = calloc(1, sizeof(*w));
-  if (w == NULL) {
+  if (w == NULL || (opts.n_wanted > 0 && add_wanted(w, opts.wanted, opts.n_wanted) < 0)) {
+    free(w == NULL ? NULL : w->wanted);
+    free(w);
+    free_addresses(opts.wanted, opts.n_wanted);
     refuse(svc, stream, req, MT_GRPC_RESOURCE_EXHAUSTED, "no_memory", auth.spiffe_id,
            "out of memory", started_ms);
     return;
   }
+  free_addresses(opts.wanted, opts.n_wanted); /* what add_wanted did not take */
   w->svc = svc;
   w->stream = stream;
   w->opened_ms = started_ms;
@@ -520,7 +648,9 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
   if (mt_node_name_valid(auth.node_name)) /* then at most MT_NODE_NAME_MAX_LEN bytes */
     memcpy(w->node, auth.node_name, strlen(auth.node_name) + 1);
   w->node_agent = is_node_agent(svc, auth.spiffe_id);
-  w->accepts_deltas = accepts_deltas;
+  w->accepts_deltas = opts.accepts_deltas;
+  w->on_demand = opts.on_demand;
+  memcpy(w->watch_id, opts.watch_id, sizeof(w->watch_id));
   w->next = svc->watchers;
   if (svc->watchers) svc->watchers->prev = w;
   svc->watchers = w;
@@ -528,6 +658,92 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
   mt_grpc_stream_set_on_closed(stream, on_watcher_closed, w);
   mt_ca_log_count(svc->log, MT_CA_EV_WATCH_STREAMS_OPENED);
   push_one(w); /* held: the sync sends it */
+}
+
+/* ---- the Want method --------------------------------------------------- */
+
+static mt_watcher *find_watcher(mt_mesh_service *svc, const char *identity, const char *watch_id) {
+  for (mt_watcher *w = svc->watchers; w != NULL; w = w->next)
+    if (w->on_demand && strcmp(w->identity, identity) == 0 && strcmp(w->watch_id, watch_id) == 0)
+      return w;
+  return NULL;
+}
+
+static int send_want_response(mt_grpc_stream *stream, size_t wanted) {
+  Mtlsd__Mesh__V1__WantResponse resp = MTLSD__MESH__V1__WANT_RESPONSE__INIT;
+  resp.wanted = (uint32_t)wanted;
+  uint8_t buf[16];
+  size_t len = mtlsd__mesh__v1__want_response__pack(&resp, buf);
+  return mt_grpc_stream_send(stream, buf, len) == MT_GRPC_SEND_OK &&
+         mt_grpc_stream_finish(stream, MT_GRPC_OK, NULL);
+}
+
+/* Adds the request's addresses to the caller's stream and pushes what that
+ * changes at once (the caller holds a connection meanwhile). */
+static void on_want(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
+  mt_mesh_service *svc = arg;
+  int64_t started_ms = monotonic_ms();
+  mt_ca_auth_result auth;
+  mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &auth);
+  if (auth.status != MT_GRPC_OK) {
+    refuse_call(svc, MT_CA_METHOD_WANT, stream, req, auth.status, auth.reason, auth.spiffe_id,
+                auth.message, started_ms);
+    return;
+  }
+  char message[MESSAGE_MAX];
+  const char *reason = NULL;
+  mt_grpc_status status = MT_GRPC_INVALID_ARGUMENT;
+  char **addresses = NULL;
+  mt_watcher *w = NULL;
+  Mtlsd__Mesh__V1__WantRequest *wr =
+      mtlsd__mesh__v1__want_request__unpack(NULL, req->message_len, req->message);
+  if (wr == NULL) {
+    snprintf(message, sizeof(message), "the request is not a WantRequest message");
+    reason = "bad_request";
+  } else if ((w = find_watcher(svc, auth.spiffe_id, wr->watch_id)) == NULL) {
+    snprintf(message, sizeof(message),
+             "no open Watch stream of %.200s with watch_id \"%.64s\" and destinations on demand",
+             auth.spiffe_id, wr->watch_id);
+    reason = "no_such_stream";
+    status = MT_GRPC_NOT_FOUND;
+  } else if (w->num_wanted + wr->n_addresses > MT_MESH_SERVICE_WANTED_MAX) {
+    snprintf(message, sizeof(message), "the stream would ask for %zu addresses; at most %d",
+             w->num_wanted + wr->n_addresses, MT_MESH_SERVICE_WANTED_MAX);
+    reason = "too_many_destinations";
+    status = MT_GRPC_RESOURCE_EXHAUSTED;
+  } else if (!canonical_addresses(wr->addresses, wr->n_addresses, &addresses, message,
+                                  sizeof(message))) {
+    reason = "bad_request";
+  }
+  size_t n = wr != NULL ? wr->n_addresses : 0;
+  long added = reason == NULL ? add_wanted(w, addresses, n) : 0;
+  if (added < 0) {
+    snprintf(message, sizeof(message), "out of memory");
+    reason = "no_memory";
+    status = MT_GRPC_RESOURCE_EXHAUSTED;
+  }
+  free_addresses(addresses, n);
+  if (wr != NULL) mtlsd__mesh__v1__want_request__free_unpacked(wr, NULL);
+  if (reason != NULL) {
+    refuse_call(svc, MT_CA_METHOD_WANT, stream, req, status, reason, auth.spiffe_id, message,
+                started_ms);
+    return;
+  }
+  mt_ca_log_add(svc->log, MT_CA_EV_DESTINATIONS_WANTED, (uint64_t)added);
+  size_t wanted = w->num_wanted;
+  if (added > 0) push_one(w); /* may end (and free) the stream */
+  send_want_response(stream, wanted);
+  mt_ca_access_entry e = {
+      .method = MT_CA_METHOD_WANT,
+      .peer = req->peer_address,
+      .caller = auth.spiffe_id,
+      .identity = auth.spiffe_id,
+      .status = MT_GRPC_OK,
+      .reason = "ok",
+      .message = "",
+      .duration_ms = monotonic_ms() - started_ms,
+  };
+  mt_ca_log_access(svc->log, &e);
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -623,7 +839,8 @@ void mt_mesh_service_cluster_synced(mt_mesh_service *svc) {
 }
 
 int mt_mesh_service_register(mt_mesh_service *svc, mt_grpc_server *server) {
-  return mt_grpc_server_handle(server, mt_ca_method_path(MT_CA_METHOD_WATCH), on_watch, svc);
+  return mt_grpc_server_handle(server, mt_ca_method_path(MT_CA_METHOD_WATCH), on_watch, svc) &&
+         mt_grpc_server_handle(server, mt_ca_method_path(MT_CA_METHOD_WANT), on_want, svc);
 }
 
 void mt_mesh_service_reload(mt_mesh_service *svc) { reload(svc); }

@@ -41,7 +41,9 @@
 extern "C" {
 #endif
 
-enum { MT_MESH_SERVICE_DEBOUNCE_MS = 100 };
+/* Destinations on demand (mesh.proto, Want): the most addresses one
+ * stream may ask for; more are refused RESOURCE_EXHAUSTED. */
+enum { MT_MESH_SERVICE_DEBOUNCE_MS = 100, MT_MESH_SERVICE_WANTED_MAX = 4096 };
 
 typedef struct mt_mesh_service mt_mesh_service;
 
@@ -68,7 +70,8 @@ mt_mesh_service *mt_mesh_service_new(struct ev_loop *loop, const char *mesh_path
  * is fine. */
 void mt_mesh_service_free(mt_mesh_service *svc);
 
-/* Routes the Watch method of |server| to this service. Returns 1 or 0. */
+/* Routes the Watch and Want methods of |server| to this service. Returns
+ * 1 or 0. */
 int mt_mesh_service_register(mt_mesh_service *svc, mt_grpc_server *server);
 
 /* Takes the cluster part from |sources| from now on (call once, before

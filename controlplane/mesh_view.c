@@ -12,7 +12,7 @@
 #include "proto/mtlsd/mesh.pb-c.h"
 
 enum {
-  ADDRESS_MAX = MT_K8S_IP_MAX + 8, /* "[v6]:65535" */
+  ADDRESS_MAX = MT_MESH_ADDRESS_MAX,
   INITIAL_CAPACITY = 64,
 };
 
@@ -24,6 +24,12 @@ typedef struct {
   Mtlsd__Mesh__V1__Workload msg;
 } node_workload;
 
+/* A mesh file destination whose address text is not canonical. */
+typedef struct {
+  char canonical[ADDRESS_MAX];
+  const char *as_sent; /* borrowed from the mesh file */
+} address_alias;
+
 struct mt_mesh_view {
   const mt_mesh_file *mesh;
   size_t max_bytes;
@@ -31,6 +37,12 @@ struct mt_mesh_view {
   size_t shared_len;
   SHA256_CTX shared_hash;          /* SHA-256 state after the shared bytes */
   mt_mesh_entries *shared_entries; /* NULL: cannot be split (see the header) */
+  /* Destinations on demand: the shared part without destinations, and the
+   * mesh file's addresses by canonical form (sorted). */
+  uint8_t *base;
+  size_t base_len;
+  address_alias *aliases;
+  size_t num_aliases;
   size_t num_derived;
   /* The mesh file's workload policies, sorted by identity (borrowed). */
   const Mtlsd__Mesh__V1__WorkloadPolicy **policies;
@@ -43,7 +55,8 @@ struct mt_mesh_view {
 
 struct mt_mesh_view_snapshot {
   const mt_mesh_view *view;
-  uint8_t *own; /* the caller's own fields, encoded */
+  int has_shared; /* 0: |own| is the whole content (on demand) */
+  uint8_t *own;   /* the caller's own fields, encoded */
   size_t own_len;
   uint8_t digest[MT_MESH_DIGEST_LEN];
 };
@@ -71,7 +84,8 @@ static int canonical_address(const char *text, char *out, size_t out_len) {
   const char *colon = strrchr(text, ':');
   if (colon == NULL) return 0;
   size_t ip_len = (size_t)(colon - text);
-  if (text[0] == '[') {
+  int bracketed = text[0] == '[';
+  if (bracketed) {
     if (ip_len < 2 || text[ip_len - 1] != ']') return 0;
     text++;
     ip_len -= 2;
@@ -79,12 +93,23 @@ static int canonical_address(const char *text, char *out, size_t out_len) {
   if (ip_len >= sizeof(ip)) return 0;
   memcpy(ip, text, ip_len);
   ip[ip_len] = '\0';
+  if (!bracketed && strchr(ip, ':') != NULL) return 0; /* IPv6 needs brackets */
   char *end = NULL;
   unsigned long port = strtoul(colon + 1, &end, 10);
   if (end == colon + 1 || *end != '\0' || port == 0 || port > 65535) return 0;
   if (!mt_k8s_canonical_ip(ip, canonical, sizeof(canonical))) return 0;
   format_address(canonical, (uint16_t)port, out, out_len);
   return 1;
+}
+
+/* An address as the mesh file may write it ("ip:port" or an IP alone) in
+ * canonical form. */
+static int canonical_any(const char *text, char *out, size_t out_len) {
+  return canonical_address(text, out, out_len) || mt_k8s_canonical_ip(text, out, out_len);
+}
+
+int mt_mesh_view_canonical_address(const char *text, char out[MT_MESH_ADDRESS_MAX]) {
+  return canonical_address(text, out, MT_MESH_ADDRESS_MAX);
 }
 
 /* ---- derived destinations ---------------------------------------------- */
@@ -477,6 +502,32 @@ static int encode_shared(mt_mesh_view *v, const mt_mesh_view_inputs *in, char *e
   return ok;
 }
 
+static int compare_aliases(const void *pa, const void *pb) {
+  return strcmp(((const address_alias *)pa)->canonical, ((const address_alias *)pb)->canonical);
+}
+
+/* What callers with destinations on demand need of the view: the shared
+ * part without destinations, and the mesh file's addresses that are not
+ * written canonically. */
+static int index_for_on_demand(mt_mesh_view *v) {
+  v->base = mt_mesh_entries_encode_except(v->shared_entries, MT_MESH_FIELD_DESTINATIONS,
+                                          &v->base_len);
+  const Mtlsd__Mesh__V1__MeshSnapshot *file = mt_mesh_file_message(v->mesh);
+  v->aliases = calloc(file->n_destinations + 1, sizeof(*v->aliases));
+  if (v->base == NULL || v->aliases == NULL) return 0;
+  for (size_t i = 0; i < file->n_destinations; i++) {
+    address_alias *a = &v->aliases[v->num_aliases];
+    const char *text = file->destinations[i]->address;
+    if (!canonical_any(text, a->canonical, sizeof(a->canonical)) ||
+        strcmp(a->canonical, text) == 0)
+      continue;
+    a->as_sent = text;
+    v->num_aliases++;
+  }
+  if (v->num_aliases > 1) qsort(v->aliases, v->num_aliases, sizeof(*v->aliases), compare_aliases);
+  return 1;
+}
+
 mt_mesh_view *mt_mesh_view_new(const mt_mesh_view_inputs *in, char *err, size_t err_len) {
   if (err_len > 0) err[0] = '\0';
   mt_mesh_view *v = calloc(1, sizeof(*v));
@@ -489,6 +540,10 @@ mt_mesh_view *mt_mesh_view_new(const mt_mesh_view_inputs *in, char *err, size_t 
   int ok = index_policies(v, mt_mesh_file_message(in->mesh)) && copy_workloads(v, in);
   if (!ok) snprintf(err, err_len, "out of memory building the snapshot");
   if (ok) ok = encode_shared(v, in, err, err_len);
+  if (ok && v->shared_entries != NULL && !index_for_on_demand(v)) {
+    snprintf(err, err_len, "out of memory building the snapshot");
+    ok = 0;
+  }
   if (!ok) {
     mt_mesh_view_free(v);
     return NULL;
@@ -503,6 +558,8 @@ void mt_mesh_view_free(mt_mesh_view *v) {
   free(v->policies);
   free(v->shared);
   mt_mesh_entries_free(v->shared_entries);
+  free(v->base);
+  free(v->aliases);
   free(v);
 }
 
@@ -569,28 +626,165 @@ static int encode_own(const mt_mesh_view *v, const mt_mesh_caller *caller,
   return ok;
 }
 
+/* ---- destinations on demand ----------------------------------------- */
+
+typedef struct {
+  const uint8_t *bytes;
+  size_t len;
+} entry_ref;
+
+static int compare_entry_refs(const void *pa, const void *pb) {
+  const uint8_t *a = ((const entry_ref *)pa)->bytes, *b = ((const entry_ref *)pb)->bytes;
+  return a < b ? -1 : a > b;
+}
+
+/* The encoded destination entry at |canonical| ("ip:port" or an IP alone),
+ * or NULL. */
+static const uint8_t *find_destination(const mt_mesh_view *v, const char *canonical,
+                                       size_t *len) {
+  address_alias probe;
+  snprintf(probe.canonical, sizeof(probe.canonical), "%s", canonical);
+  const address_alias *alias =
+      bsearch(&probe, v->aliases, v->num_aliases, sizeof(probe), compare_aliases);
+  const char *key = alias != NULL ? alias->as_sent : canonical;
+  return mt_mesh_entries_find(v->shared_entries, MT_MESH_FIELD_DESTINATIONS, key, strlen(key),
+                              len);
+}
+
+/* The IP of a canonical "ip:port" (brackets dropped). */
+static void ip_of(const char *address, char out[ADDRESS_MAX]) {
+  const char *colon = strrchr(address, ':');
+  size_t n = colon != NULL ? (size_t)(colon - address) : strlen(address);
+  if (address[0] == '[' && n >= 2) {
+    address++;
+    n -= 2;
+  }
+  if (n >= ADDRESS_MAX) n = ADDRESS_MAX - 1;
+  memcpy(out, address, n);
+  out[n] = '\0';
+}
+
+/* The destination entries of |caller|'s wanted addresses (each entry once,
+ * in the view's order), and its wanted addresses that have none. */
+static int select_wanted(const mt_mesh_view *v, const mt_mesh_caller *caller, entry_ref **found,
+                         size_t *num_found, const char ***unresolved, size_t *num_unresolved) {
+  *found = calloc(2 * caller->num_wanted + 1, sizeof(**found));
+  *unresolved = calloc(caller->num_wanted + 1, sizeof(**unresolved));
+  if (*found == NULL || *unresolved == NULL) return 0;
+  for (size_t i = 0; i < caller->num_wanted; i++) {
+    char ip[ADDRESS_MAX];
+    size_t len = 0;
+    int any = 0;
+    ip_of(caller->wanted[i], ip);
+    const char *keys[2] = {caller->wanted[i], ip};
+    for (size_t k = 0; k < 2; k++) {
+      const uint8_t *bytes = find_destination(v, keys[k], &len);
+      if (bytes == NULL) continue;
+      (*found)[(*num_found)++] = (entry_ref){bytes, len};
+      any = 1;
+    }
+    if (!any) (*unresolved)[(*num_unresolved)++] = caller->wanted[i];
+  }
+  /* Two ports of one IP find its IP-alone entry twice. */
+  if (*num_found > 1) qsort(*found, *num_found, sizeof(**found), compare_entry_refs);
+  size_t kept = 0;
+  for (size_t i = 0; i < *num_found; i++)
+    if (kept == 0 || (*found)[kept - 1].bytes != (*found)[i].bytes) (*found)[kept++] = (*found)[i];
+  *num_found = kept;
+  return 1;
+}
+
+/* A caller's whole content when its destinations are on demand: the view's
+ * base, its destinations, its own fields (|own|), the flag and its
+ * unresolved addresses. */
+static uint8_t *encode_on_demand(const mt_mesh_view *v, const mt_mesh_caller *caller,
+                                 const uint8_t *own, size_t own_len, size_t *len) {
+  entry_ref *found = NULL;
+  const char **unresolved = NULL;
+  size_t num_found = 0, num_unresolved = 0;
+  uint8_t *out = NULL;
+  if (select_wanted(v, caller, &found, &num_found, &unresolved, &num_unresolved)) {
+    Mtlsd__Mesh__V1__MeshSnapshot tail = MTLSD__MESH__V1__MESH_SNAPSHOT__INIT;
+    Mtlsd__Mesh__V1__UnresolvedDestination *items =
+        calloc(num_unresolved + 1, sizeof(*items));
+    Mtlsd__Mesh__V1__UnresolvedDestination **ptrs = calloc(num_unresolved + 1, sizeof(*ptrs));
+    size_t tail_len = 0;
+    if (items != NULL && ptrs != NULL) {
+      for (size_t i = 0; i < num_unresolved; i++) {
+        mtlsd__mesh__v1__unresolved_destination__init(&items[i]);
+        items[i].address = (char *)unresolved[i];
+        ptrs[i] = &items[i];
+      }
+      tail.on_demand_destinations = 1;
+      tail.unresolved = ptrs;
+      tail.n_unresolved = num_unresolved;
+      tail_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&tail);
+      *len = v->base_len + own_len + tail_len;
+      for (size_t i = 0; i < num_found; i++) *len += found[i].len;
+      out = malloc(*len + 1);
+    }
+    if (out != NULL) {
+      size_t at = 0;
+      memcpy(out, v->base, v->base_len);
+      at += v->base_len;
+      for (size_t i = 0; i < num_found; i++) {
+        memcpy(out + at, found[i].bytes, found[i].len);
+        at += found[i].len;
+      }
+      if (own_len) memcpy(out + at, own, own_len);
+      mtlsd__mesh__v1__mesh_snapshot__pack(&tail, out + at + own_len);
+    }
+    free(items);
+    free(ptrs);
+  }
+  free(found);
+  free(unresolved);
+  return out;
+}
+
 mt_mesh_view_snapshot *mt_mesh_view_for(const mt_mesh_view *v, const mt_mesh_caller *caller,
                                         char *err, size_t err_len) {
   mt_mesh_view_snapshot *s = calloc(1, sizeof(*s));
-  if (s == NULL || !encode_own(v, caller, s)) {
+  int ok = s != NULL && encode_own(v, caller, s);
+  if (ok) {
+    s->view = v;
+    s->has_shared = !caller->on_demand || v->shared_entries == NULL;
+  }
+  if (ok && !s->has_shared) {
+    size_t len = 0;
+    uint8_t *whole = encode_on_demand(v, caller, s->own, s->own_len, &len);
+    ok = whole != NULL;
+    if (ok) {
+      free(s->own);
+      s->own = whole;
+      s->own_len = len;
+    }
+  }
+  if (!ok) {
     snprintf(err, err_len, "out of memory building the snapshot for %s", caller->spiffe_id);
     mt_mesh_view_snapshot_free(s);
     return NULL;
   }
-  s->view = v;
-  if (v->shared_len + s->own_len > v->max_bytes) {
+  size_t total = mt_mesh_view_snapshot_len(s);
+  if (total > v->max_bytes) {
     snprintf(err, err_len,
-             "the snapshot for %s would be %zu bytes (%zu of them its own workloads and "
-             "policies); agents accept at most %zu",
-             caller->spiffe_id, v->shared_len + s->own_len, s->own_len, v->max_bytes);
+             "the snapshot for %s would be %zu bytes (%zu of them its own); agents accept at "
+             "most %zu",
+             caller->spiffe_id, total, s->own_len, v->max_bytes);
     mt_mesh_view_snapshot_free(s);
     return NULL;
   }
-  SHA256_CTX hash = v->shared_hash;
+  SHA256_CTX hash;
+  if (s->has_shared)
+    hash = v->shared_hash;
+  else
+    SHA256_Init(&hash);
   SHA256_Update(&hash, s->own, s->own_len);
   SHA256_Final(s->digest, &hash);
   return s;
 }
+
+int mt_mesh_view_snapshot_has_shared(const mt_mesh_view_snapshot *s) { return s->has_shared; }
 
 void mt_mesh_view_snapshot_free(mt_mesh_view_snapshot *s) {
   if (s == NULL) return;
@@ -601,7 +795,7 @@ void mt_mesh_view_snapshot_free(mt_mesh_view_snapshot *s) {
 const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *s) { return s->digest; }
 
 size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *s) {
-  return s->view->shared_len + s->own_len;
+  return (s->has_shared ? s->view->shared_len : 0) + s->own_len;
 }
 
 const uint8_t *mt_mesh_view_snapshot_own(const mt_mesh_view_snapshot *s, size_t *len) {
@@ -615,11 +809,12 @@ uint8_t *mt_mesh_view_snapshot_encode(const mt_mesh_view_snapshot *s, const char
   head.version = (char *)version;
   size_t head_len = mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&head);
   const mt_mesh_view *v = s->view;
-  *len = head_len + v->shared_len + s->own_len;
+  size_t shared_len = s->has_shared ? v->shared_len : 0;
+  *len = head_len + shared_len + s->own_len;
   uint8_t *out = malloc(*len + 1);
   if (out == NULL) return NULL;
   mtlsd__mesh__v1__mesh_snapshot__pack(&head, out);
-  memcpy(out + head_len, v->shared, v->shared_len);
-  memcpy(out + head_len + v->shared_len, s->own, s->own_len);
+  if (shared_len) memcpy(out + head_len, v->shared, shared_len);
+  if (s->own_len) memcpy(out + head_len + shared_len, s->own, s->own_len);
   return out;
 }

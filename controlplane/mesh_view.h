@@ -41,7 +41,15 @@
  * For deltas (mesh_delta.h) a view also holds its shared part split into
  * entries, and a caller's snapshot gives its own part's bytes, so a server
  * diffs the shared part once per new view and each caller's own part per
- * caller. */
+ * caller.
+ *
+ * A caller with destinations on demand (mt_mesh_caller.on_demand) shares
+ * nothing: its content is the shared part without destinations, the
+ * destination entries of the addresses it asked for, its own fields,
+ * on_demand_destinations = true and its unresolved addresses, built per
+ * caller (cost: the asked-for entries, not the cluster). A view whose
+ * shared part cannot be split gives such a caller every destination, as
+ * to anyone else, without the flag. */
 #ifndef MT_CP_MESH_VIEW_H
 #define MT_CP_MESH_VIEW_H
 
@@ -72,12 +80,28 @@ typedef struct {
   size_t max_bytes;
 } mt_mesh_view_inputs;
 
+/* Longest canonical address, "[v6]:65535" and its NUL. */
+enum { MT_MESH_ADDRESS_MAX = 56 };
+
 /* Who is asking, as authenticated. Borrowed for the call. */
 typedef struct {
   const char *spiffe_id;
   int node_agent;        /* listed in the server's node_agents */
   const char *node_name; /* from its token; NULL or "": none */
+  /* Destinations on demand (mesh.proto, WatchRequest.
+   * on_demand_destinations): the caller gets, instead of every
+   * destination, the entries of the |num_wanted| addresses it asked for
+   * (canonical "ip:port", see mt_mesh_view_canonical_address; sorted, no
+   * repeats): each one's "ip:port" entry and its IP-alone entry; the
+   * addresses with neither are listed as unresolved. */
+  int on_demand;
+  const char *const *wanted;
+  size_t num_wanted;
 } mt_mesh_caller;
+
+/* |text| ("ip:port", "[v6]:port") in the form the view's keys use
+ * (lowercase, shortest IPv6, brackets): 0 when it is not such an address. */
+int mt_mesh_view_canonical_address(const char *text, char out[MT_MESH_ADDRESS_MAX]);
 
 typedef struct mt_mesh_view mt_mesh_view;
 typedef struct mt_mesh_view_snapshot mt_mesh_view_snapshot;
@@ -113,8 +137,13 @@ const uint8_t *mt_mesh_view_snapshot_digest(const mt_mesh_view_snapshot *snap);
 /* The content's length without a version. */
 size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *snap);
 
-/* The caller's own part alone (what follows the shared part), encoded;
- * borrowed from |snap|. */
+/* 0 when the snapshot is the caller's own part alone (destinations on
+ * demand, or a view that cannot be split): then its own part is the whole
+ * content and a delta is a diff of that alone. */
+int mt_mesh_view_snapshot_has_shared(const mt_mesh_view_snapshot *snap);
+
+/* The caller's own part alone (what follows the shared part, or the whole
+ * content, see above), encoded; borrowed from |snap|. */
 const uint8_t *mt_mesh_view_snapshot_own(const mt_mesh_view_snapshot *snap, size_t *len);
 
 /* The encoded MeshSnapshot with |version| set: malloc'd, length in |*len|;

@@ -115,6 +115,8 @@ class Messages:
         self.CertResponse = classes["istio.v1.auth.IstioCertificateResponse"]
         self.WatchRequest = classes["mtlsd.mesh.v1.WatchRequest"]
         self.MeshSnapshot = classes["mtlsd.mesh.v1.MeshSnapshot"]
+        self.WantRequest = classes["mtlsd.mesh.v1.WantRequest"]
+        self.WantResponse = classes["mtlsd.mesh.v1.WantResponse"]
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <utility>
@@ -151,8 +152,15 @@ class MeshView : public ::testing::Test {
   }
 
   // The snapshot for |caller|; false (with error_) when refused.
-  bool For(const char *id, bool node_agent, const char *node, Snapshot *out) {
-    mt_mesh_caller caller = {id, node_agent ? 1 : 0, node};
+  // |wanted|: destinations on demand, those addresses asked for.
+  bool For(const char *id, bool node_agent, const char *node, Snapshot *out,
+           const std::vector<std::string> *wanted = nullptr) {
+    std::vector<const char *> asked;
+    if (wanted != nullptr)
+      for (const auto &w : *wanted) asked.push_back(w.c_str());
+    mt_mesh_caller caller = {id,      node_agent ? 1 : 0,
+                             node,    wanted != nullptr ? 1 : 0,
+                             asked.data(), asked.size()};
     char err[MT_MESH_VIEW_ERR_MAX] = "";
     mt_mesh_view_snapshot *s = mt_mesh_view_for(view_, &caller, err, sizeof(err));
     error_ = err;
@@ -470,6 +478,119 @@ TEST_F(MeshView, AMeshFileDestinationForTheSameAddressWinsOverTheDerivedOne) {
     EXPECT_NE(list[i].first, "[fd00:96::20]:80");
   }
   EXPECT_EQ(list.size(), 2u + 5u);  // the pod IPs stay
+}
+
+// ---- destinations on demand ---------------------------------------------------
+
+static std::vector<std::string> Unresolved(const Snapshot &s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.msg->n_unresolved; i++) out.push_back(s.msg->unresolved[i]->address);
+  return out;
+}
+
+TEST_F(MeshView, OnDemandACallerGetsOnlyTheAddressesItAskedForAndTheRestAsUnresolved) {
+  LoadMesh();
+  LoadCluster();
+  Build();
+  Snapshot all, some;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &all)) << error_;
+  // Canonical, sorted: the Service address, a pod (its IP-alone entry) on two
+  // ports, and an address the mesh does not know.
+  std::vector<std::string> wanted = {"10.244.2.7:9090", "10.244.2.7:9091", "10.9.9.9:80",
+                                     "10.96.0.20:80"};
+  ASSERT_TRUE(For(kWeb, false, nullptr, &some, &wanted)) << error_;
+  EXPECT_TRUE(some.msg->on_demand_destinations);
+  EXPECT_FALSE(all.msg->on_demand_destinations);
+  std::vector<std::string> addresses;
+  for (const auto &d : Destinations(some)) addresses.push_back(d.first);
+  std::sort(addresses.begin(), addresses.end());
+  EXPECT_EQ(addresses, (std::vector<std::string>{"10.244.2.7", "10.96.0.20:80"}));
+  EXPECT_EQ(Unresolved(some), (std::vector<std::string>{"10.9.9.9:80"}));
+  // Byte for byte the entries everyone else gets, endpoints included.
+  for (size_t i = 0; i < some.msg->n_destinations; i++) {
+    const Mtlsd__Mesh__V1__Destination *d = some.msg->destinations[i];
+    bool matched = false;
+    for (size_t j = 0; j < all.msg->n_destinations; j++) {
+      const Mtlsd__Mesh__V1__Destination *e = all.msg->destinations[j];
+      if (strcmp(d->address, e->address) != 0) continue;
+      matched = true;
+      EXPECT_EQ(d->n_spiffe_ids, e->n_spiffe_ids);
+      EXPECT_EQ(d->n_endpoints, e->n_endpoints);
+    }
+    EXPECT_TRUE(matched) << d->address;
+  }
+  // Everything but the destinations is what everyone gets.
+  EXPECT_EQ(some.msg->n_trust_bundles, all.msg->n_trust_bundles);
+  EXPECT_EQ(PolicyIds(some), PolicyIds(all));
+  EXPECT_LT(some.bytes.size(), all.bytes.size());
+  EXPECT_NE(some.digest, all.digest);
+}
+
+TEST_F(MeshView, OnDemandNothingAskedMeansNoDestinationsAndADigestThatFollowsTheAsking) {
+  LoadMesh();
+  LoadCluster();
+  Build();
+  std::vector<std::string> none, one = {"10.96.0.20:80"};
+  Snapshot a, b, c;
+  ASSERT_TRUE(For(kApi, false, nullptr, &a, &none)) << error_;
+  ASSERT_TRUE(For(kApi, false, nullptr, &b, &one)) << error_;
+  ASSERT_TRUE(For(kApi, false, nullptr, &c, &one)) << error_;
+  EXPECT_TRUE(a.msg->on_demand_destinations);
+  EXPECT_EQ(a.msg->n_destinations, 0u);
+  EXPECT_EQ(a.msg->n_unresolved, 0u);
+  EXPECT_NE(a.digest, b.digest);
+  EXPECT_EQ(b.digest, c.digest);  // deterministic
+}
+
+TEST_F(MeshView, OnDemandAMeshFileAddressWrittenAnotherWayIsFoundByItsCanonicalForm) {
+  LoadMesh(
+      "destinations:\n"
+      "  - address: \"[FD00:96:0::20]:80\"\n"
+      "    spiffe_id: spiffe://example.org/ns/demo/sa/operator-says\n"
+      "  - address: 10.0.0.9\n"
+      "    spiffe_id: spiffe://example.org/ns/demo/sa/db\n");
+  LoadCluster();
+  Build();
+  std::vector<std::string> wanted = {"10.0.0.9:5432", "[fd00:96::20]:80"};
+  Snapshot s;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &s, &wanted)) << error_;
+  std::vector<std::string> addresses;
+  for (const auto &d : Destinations(s)) addresses.push_back(d.first);
+  std::sort(addresses.begin(), addresses.end());
+  EXPECT_EQ(addresses, (std::vector<std::string>{"10.0.0.9", "[FD00:96:0::20]:80"}));
+  EXPECT_EQ(s.msg->n_unresolved, 0u);
+}
+
+TEST_F(MeshView, OnDemandTheEndpointChangeOfAnAskedServiceChangesTheDigestAndOfAnotherDoesNot) {
+  LoadMesh();
+  LoadCluster();
+  Build();
+  std::vector<std::string> wanted = {"10.96.0.20:80"};
+  Snapshot before, after, elsewhere;
+  ASSERT_TRUE(For(kApi, false, nullptr, &before, &wanted)) << error_;
+  // A pod the caller never asked about appears: nothing changes for it.
+  Apply(PodJson("demo", "other-a", "api", "node-3", {"10.244.3.9"}));
+  Build();
+  ASSERT_TRUE(For(kApi, false, nullptr, &elsewhere, &wanted)) << error_;
+  EXPECT_EQ(before.digest, elsewhere.digest);
+  // The Service it asked for loses an endpoint: it changes.
+  Apply(SliceJson("demo", "web", "web-1", {{"web-a", "10.244.1.5", true}}));
+  Build();
+  ASSERT_TRUE(For(kApi, false, nullptr, &after, &wanted)) << error_;
+  EXPECT_NE(before.digest, after.digest);
+}
+
+TEST(MeshViewAddress, CanonicalAddressesAreTheKeysTheViewUses) {
+  char out[MT_MESH_ADDRESS_MAX];
+  ASSERT_TRUE(mt_mesh_view_canonical_address("[FD00:96:0::20]:80", out));
+  EXPECT_STREQ(out, "[fd00:96::20]:80");
+  ASSERT_TRUE(mt_mesh_view_canonical_address("10.0.0.1:443", out));
+  EXPECT_STREQ(out, "10.0.0.1:443");
+  EXPECT_FALSE(mt_mesh_view_canonical_address("10.0.0.1", out));
+  EXPECT_FALSE(mt_mesh_view_canonical_address("10.0.0.1:0", out));
+  EXPECT_FALSE(mt_mesh_view_canonical_address("10.0.0.1:65536", out));
+  EXPECT_FALSE(mt_mesh_view_canonical_address("example.org:80", out));
+  EXPECT_FALSE(mt_mesh_view_canonical_address("fd00::1:80", out));
 }
 
 // ---- digests ---------------------------------------------------------------

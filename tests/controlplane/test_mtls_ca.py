@@ -105,7 +105,9 @@ def verify_chain(tmp_path, resp):
 class Watcher:
     """A Watch stream read by a thread into a queue (so waits are bounded)."""
 
-    def __init__(self, ca, msgs, token, spiffe_id="", last_version="", accept_deltas=False):
+    def __init__(self, ca, msgs, token, spiffe_id="", last_version="", accept_deltas=False,
+                 watch_id="", wanted=None):
+        """|watch_id| set: destinations on demand, starting with |wanted|."""
         self.channel = ca.channel()
         call = self.channel.unary_stream(WATCH,
                                          request_serializer=msgs.WatchRequest.SerializeToString,
@@ -113,7 +115,10 @@ class Watcher:
         metadata = [("authorization", f"Bearer {token}")] if token is not None else []
         self.call = call(msgs.WatchRequest(node_id="test-node", spiffe_id=spiffe_id,
                                            last_applied_version=last_version,
-                                           accept_deltas=accept_deltas),
+                                           accept_deltas=accept_deltas,
+                                           on_demand_destinations=bool(watch_id),
+                                           watch_id=watch_id,
+                                           wanted_destinations=wanted or []),
                          metadata=metadata)
         self.snapshots = queue.Queue()
         self.error = None

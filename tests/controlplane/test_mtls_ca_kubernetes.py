@@ -318,7 +318,7 @@ def test_nothing_is_sent_before_the_kubernetes_source_has_synced(start_ca, api, 
 # Deltas (mesh.proto, MeshSnapshot.delta), applied here from the proto's
 # rules, independently of agent/mesh_delta.c.
 KEYED = {"trust_bundles": (2, "trust_domain"), "destinations": (4, "address"),
-         "workload_policies": (5, "spiffe_id")}
+         "workload_policies": (5, "spiffe_id"), "unresolved": (11, "address")}
 SINGLE = {"policy": 3, "node_workloads": 6}
 
 
@@ -424,3 +424,151 @@ def test_a_burst_of_events_is_coalesced_into_rounds_of_100_ms(k8s_ca, api):
     wait_until(round_after_last_event, "the round of the last event")
     rounds = len(round_lines(k8s_ca)) - before
     assert 1 <= rounds <= elapsed / 0.1 + 2, (rounds, elapsed)
+
+
+# ---- destinations on demand (mesh.proto, Want) ---------------------------------
+
+WANT = "/mtlsd.mesh.v1.MeshConfig/Want"
+
+
+def want(ca, msgs, token, watch_id, addresses):
+    """One Want call: (status code, details, WantResponse or None)."""
+    ch = ca.channel()
+    try:
+        call = ch.unary_unary(WANT, request_serializer=msgs.WantRequest.SerializeToString,
+                              response_deserializer=msgs.WantResponse.FromString)
+        try:
+            resp = call(msgs.WantRequest(watch_id=watch_id, addresses=addresses),
+                        metadata=[("authorization", f"Bearer {token}")], timeout=WAIT)
+            return grpc.StatusCode.OK, "", resp
+        except grpc.RpcError as e:
+            return e.code(), e.details(), None
+    finally:
+        ch.close()
+
+
+def unresolved(snap):
+    return sorted(u.address for u in snap.unresolved)
+
+
+def test_on_demand_a_stream_carries_only_what_was_asked_and_want_adds_at_once(
+        k8s_ca, api, msgs, pki, watchers):
+    api.apply("add", "pods", WEB_POD)
+    api.apply("add", "pods", API_POD)
+    api.apply("add", "services", WEB_SVC)
+    api.apply("add", "endpointslices", web_slice((WEB_POD, True), (API_POD, True)))
+    token = sidecar_token(pki, sa="api")
+    w = Watcher(k8s_ca, msgs, token, watch_id="w-1", wanted=["10.244.1.5:8080"])
+    try:
+        # The pod it started with (its IP-alone entry), and nothing else of the
+        # cluster (once the rounds of the changes above have run).
+        first = next_matching(w, lambda s: destinations(s) == {"10.244.1.5": ("", [WEB])},
+                              "the pod it asked for")
+        assert first.on_demand_destinations
+        assert unresolved(first) == []
+        assert [p.spiffe_id for p in first.workload_policies] == []  # api has none
+
+        code, details, resp = want(k8s_ca, msgs, token, "w-1",
+                                   ["10.96.0.20:80", "10.1.2.3:80", "10.244.1.5:8080"])
+        assert code == grpc.StatusCode.OK, details
+        assert resp.wanted == 3
+        snap = next_matching(w, lambda s: "10.96.0.20:80" in destinations(s), "the Service")
+        assert destinations(snap) == {"10.244.1.5": ("", [WEB]),
+                                      "10.96.0.20:80": ("", [API, WEB])}
+        assert unresolved(snap) == ["10.1.2.3:80"]
+
+        # The asked Service's endpoints change: it follows. A pod nobody
+        # asked about comes and goes: nothing is sent.
+        api.apply("modify", "endpointslices", web_slice((WEB_POD, True), (API_POD, False)))
+        changed = next_matching(w, lambda s: destinations(s).get("10.96.0.20:80") ==
+                                ("", [WEB]), "web's endpoints to follow")
+        other = fx.pod("demo", "cache-0", "cache", "node-3", ["10.244.3.3"])
+        api.apply("add", "pods", other)
+        api.apply("delete", "pods", other)
+        wait_until(lambda: len(round_lines(k8s_ca)) >= 2, "the rounds of the other pod")
+        assert w.nothing_within(0.5)
+        # The unknown address gets an entry once a pod takes it.
+        api.apply("add", "pods", fx.pod("demo", "db-0", "db", "node-3", ["10.1.2.3"]))
+        later = next_matching(w, lambda s: "10.1.2.3" in destinations(s), "10.1.2.3 to resolve")
+        assert unresolved(later) == [] and changed.version != later.version
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("addresses,code,message", [
+    (["10.0.0.1"], grpc.StatusCode.INVALID_ARGUMENT, 'address "10.0.0.1" is not "ip:port"'),
+    (["fd00::1:80"], grpc.StatusCode.INVALID_ARGUMENT, 'address "fd00::1:80"'),
+    (["10.0.0.1:0"], grpc.StatusCode.INVALID_ARGUMENT, 'address "10.0.0.1:0"'),
+    ([f"10.0.{i // 250}.{i % 250 + 1}:80" for i in range(4097)],
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 4096"),
+])
+def test_on_demand_a_bad_want_is_refused_with_what_was_wrong(k8s_ca, msgs, pki, addresses, code,
+                                                            message):
+    token = sidecar_token(pki)
+    w = Watcher(k8s_ca, msgs, token, watch_id="w-1")
+    try:
+        w.next()
+        got, details, _ = want(k8s_ca, msgs, token, "w-1", addresses)
+        assert (got, message in details) == (code, True), details
+        assert w.nothing_within(0.3)  # the stream goes on, unchanged
+        got, details, resp = want(k8s_ca, msgs, token, "w-1", ["10.9.9.9:80"])
+        assert got == grpc.StatusCode.OK and resp.wanted == 1, details
+    finally:
+        w.close()
+
+
+def test_on_demand_want_reaches_only_the_callers_own_on_demand_stream(k8s_ca, msgs, pki,
+                                                                     watchers):
+    web, api_token = sidecar_token(pki), sidecar_token(pki, sa="api")
+    mine = Watcher(k8s_ca, msgs, web, watch_id="w-1")
+    plain = watchers(k8s_ca, msgs, api_token)  # not on demand
+    try:
+        mine.next()
+        plain.next()
+        # Another identity naming my stream, a stream id nobody has, and a
+        # stream that is not on demand: NOT_FOUND, nothing pushed.
+        for token, watch_id in ((api_token, "w-1"), (web, "w-2"), (api_token, "")):
+            code, details, _ = want(k8s_ca, msgs, token, watch_id, ["10.0.0.1:80"])
+            assert code == grpc.StatusCode.NOT_FOUND, (token, watch_id, details)
+            assert "no open Watch stream" in details
+        assert mine.nothing_within(0.3)
+        code, details, _ = want(k8s_ca, msgs, "not-a-token", "w-1", ["10.0.0.1:80"])
+        assert code == grpc.StatusCode.UNAUTHENTICATED, details
+    finally:
+        mine.close()
+    refused = [l for l in k8s_ca.access_lines()
+               if l.get("method") == WANT and l.get("reason") == "no_such_stream"]
+    assert len(refused) == 3, k8s_ca.access_lines()[-5:]
+
+
+def test_on_demand_deltas_rebuild_what_a_complete_on_demand_stream_gets(k8s_ca, api, msgs, pki):
+    token = sidecar_token(pki, sa="api")
+    wanted = ["10.96.0.20:80", "10.244.1.5:8080", "10.1.2.3:80"]
+    full = Watcher(k8s_ca, msgs, token, watch_id="full", wanted=wanted)
+    deltas = Watcher(k8s_ca, msgs, token, accept_deltas=True, watch_id="deltas", wanted=wanted)
+    try:
+        held = deltas.next()
+        assert canonical(msgs, held) == canonical(msgs, full.next())
+        # Each step changes what was asked for: a pod takes an asked IP, an
+        # unresolved address gets a pod, the Service comes, the first pod goes.
+        db = fx.pod("demo", "db-0", "db", "node-3", ["10.1.2.3"])
+        steps = [[("add", "pods", WEB_POD)], [("add", "pods", db)],
+                 [("add", "pods", API_POD), ("add", "services", WEB_SVC),
+                  ("add", "endpointslices", web_slice((WEB_POD, True), (API_POD, True)))],
+                 [("delete", "pods", WEB_POD)]]
+        for step in steps:
+            for verb, kind, obj in step:
+                api.apply(verb, kind, obj)
+            latest = next_matching(full, lambda s: s.version != held.version, f"{step}")
+            for s in drain(full):
+                latest = s
+            while canonical(msgs, held) != canonical(msgs, latest):
+                d = deltas.next()
+                assert d.delta, f"{step}: a complete snapshot mid-stream"
+                held = apply_delta(msgs, held, d)
+            assert held.on_demand_destinations and unresolved(held) == unresolved(latest)
+        assert "10.244.1.5:8080" in unresolved(held) and "10.1.2.3" in destinations(held)
+        assert destinations(held)["10.96.0.20:80"] == ("", [API])
+    finally:
+        full.close()
+        deltas.close()

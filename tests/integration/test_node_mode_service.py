@@ -31,6 +31,7 @@ Needs root, `ip netns`, iptables (with the statistic match) and IP
 forwarding in a namespace; skipped with the reason otherwise. Tests run in
 file order; the last one stops the agents.
 """
+import json
 import subprocess
 import sys
 import uuid
@@ -143,6 +144,7 @@ class ServiceNodeBed(nodebed.NodeBed):
         line = podbed._readline_bounded(proc.stdout, self.wait)
         assert line.startswith("standin listening"), f"the API server stand-in: {line!r}"
         self.api_server = line.split()[2]
+        self.api_admin = line.split()[4]  # http://127.0.0.1:P, in the "ca" namespace
         self.api_ca = api_dir / "pki" / "ca.crt"
         (api_dir / "token").write_text(self.api_token)
         return api_dir / "token"
@@ -170,6 +172,17 @@ class ServiceNodeBed(nodebed.NodeBed):
                           self.ca_stderr.read_text(errors="replace"),
                           "mtls-ca's first listing of the API", self.wait)
 
+    # control_plane.destinations of the agents (test_node_mode_on_demand.py)
+    destinations = "all"
+
+    def api_apply(self, op, resource, obj):
+        """Changes the API server stand-in's objects (POST /admin/apply)."""
+        res = self.run("ca", "curl", "-sS", "--max-time", "10", "-X", "POST",
+                       "-H", "Content-Type: application/json", "--data-binary",
+                       json.dumps({"op": op, "resource": resource, "object": obj}),
+                       f"{self.api_admin}/admin/apply")
+        assert res.returncode == 0, res.stderr
+
     def write_agent_config(self, node, without=()):
         self.write_config(node, {
             "trust_domain": nodebed.TRUST_DOMAIN,
@@ -186,6 +199,7 @@ class ServiceNodeBed(nodebed.NodeBed):
                 "retry_initial_ms": 200,
                 "retry_max_ms": 2000,
                 "watch": True,  # pods, policies, destinations: all from mtls-ca
+                "destinations": self.destinations,
             },
             "node": {"name": node},
             "inbound": {"listeners": [{"address": f"0.0.0.0:{podbed.INBOUND_PORT}"}]},

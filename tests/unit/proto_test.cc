@@ -596,13 +596,16 @@ TEST(MeshProto, WatchRequestFields) {
   mtlsd__mesh__v1__watch_request__free_unpacked(got, nullptr);
 }
 
-TEST(MeshProto, ServiceDescriptorIsAStreamOfSnapshots) {
+TEST(MeshProto, ServiceDescriptorIsAStreamOfSnapshotsAndWant) {
   const ProtobufCServiceDescriptor &d = mtlsd__mesh__v1__mesh_config__descriptor;
   EXPECT_STREQ("mtlsd.mesh.v1.MeshConfig", d.name);
-  ASSERT_EQ(1u, d.n_methods);
+  ASSERT_EQ(2u, d.n_methods);
   EXPECT_STREQ("Watch", d.methods[0].name);
   EXPECT_EQ(&mtlsd__mesh__v1__watch_request__descriptor, d.methods[0].input);
   EXPECT_EQ(&mtlsd__mesh__v1__mesh_snapshot__descriptor, d.methods[0].output);
+  EXPECT_STREQ("Want", d.methods[1].name);
+  EXPECT_EQ(&mtlsd__mesh__v1__want_request__descriptor, d.methods[1].input);
+  EXPECT_EQ(&mtlsd__mesh__v1__want_response__descriptor, d.methods[1].output);
 }
 
 }  // namespace
