@@ -53,12 +53,9 @@ mt_issuer_source *mt_issuer_source_new(struct ev_loop *loop, mt_k8s_client *clie
   if (s == NULL) return NULL;
   s->cb = *callbacks;
   s->ctx = ctx;
-  mt_k8s_document_config config = {MT_OIDC_DISCOVERY_PATH,
-                                   MT_OIDC_DISCOVERY_MAX_BYTES,
-                                   refresh_ms,
-                                   min_interval_ms,
-                                   MT_K8S_ISSUER_DISCOVERY_ROLE_HINT,
-                                   kNotFoundHint};
+  mt_k8s_document_config config = {
+      MT_OIDC_DISCOVERY_PATH, MT_OIDC_DISCOVERY_MAX_BYTES,       refresh_ms,
+      min_interval_ms,        MT_K8S_ISSUER_DISCOVERY_ROLE_HINT, kNotFoundHint};
   s->doc = mt_k8s_document_new(loop, client, &config, &doc_cb, s);
   if (s->doc == NULL) {
     free(s);

@@ -27,21 +27,26 @@ static int on_body(void *ctx, const char *body, size_t len, char *why, size_t wh
 static void on_error(void *ctx, const char *why, double retry_s) {
   mt_jwks_source *s = ctx;
   char line[LINE_MAX_BYTES];
-  snprintf(line, sizeof(line), "token keys: GET %s failed, the keys in force stay: %s; retrying in %.1f s",
+  snprintf(line, sizeof(line),
+           "token keys: GET %s failed, the keys in force stay: %s; retrying in %.1f s",
            MT_JWKS_PATH, why, retry_s);
   if (s->cb.on_error) s->cb.on_error(s->ctx, line);
 }
 
-mt_jwks_source *mt_jwks_source_new(struct ev_loop *loop, mt_k8s_client *client,
-                                   int64_t refresh_ms, int64_t min_interval_ms,
+mt_jwks_source *mt_jwks_source_new(struct ev_loop *loop, mt_k8s_client *client, int64_t refresh_ms,
+                                   int64_t min_interval_ms,
                                    const mt_jwks_source_callbacks *callbacks, void *ctx) {
   static const mt_k8s_document_callbacks doc_cb = {on_body, on_error};
   mt_jwks_source *s = calloc(1, sizeof(*s));
   if (s == NULL) return NULL;
   s->cb = *callbacks;
   s->ctx = ctx;
-  mt_k8s_document_config config = {MT_JWKS_PATH, MT_JWKS_MAX_BYTES, refresh_ms, min_interval_ms,
-                                   MT_K8S_ISSUER_DISCOVERY_ROLE_HINT, NULL};
+  mt_k8s_document_config config = {MT_JWKS_PATH,
+                                   MT_JWKS_MAX_BYTES,
+                                   refresh_ms,
+                                   min_interval_ms,
+                                   MT_K8S_ISSUER_DISCOVERY_ROLE_HINT,
+                                   NULL};
   s->doc = mt_k8s_document_new(loop, client, &config, &doc_cb, s);
   if (s->doc == NULL) {
     free(s);

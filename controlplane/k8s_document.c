@@ -68,7 +68,7 @@ static int on_data(void *ctx, const char *data, size_t len) {
 /* Why a finished transfer is not a body to hand over; "" when it is one. */
 static void transfer_problem(const mt_k8s_document *d, long http_status, const char *error,
                              char *why, size_t why_len) {
-  const char *hint = http_status == 403 ? d->forbidden_hint
+  const char *hint = http_status == 403   ? d->forbidden_hint
                      : http_status == 404 ? d->not_found_hint
                                           : NULL;
   why[0] = '\0';
@@ -77,8 +77,8 @@ static void transfer_problem(const mt_k8s_document *d, long http_status, const c
   else if (error[0] != '\0')
     snprintf(why, why_len, "%s", error);
   else if (http_status != 200)
-    snprintf(why, why_len, "HTTP status %ld%s%s%s", http_status, hint ? " (" : "",
-             hint ? hint : "", hint ? ")" : "");
+    snprintf(why, why_len, "HTTP status %ld%s%s%s", http_status, hint ? " (" : "", hint ? hint : "",
+             hint ? ")" : "");
 }
 
 static void on_done(void *ctx, long http_status, const char *error) {

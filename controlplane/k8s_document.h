@@ -31,7 +31,6 @@ enum { MT_K8S_DOCUMENT_WHY_MAX = 512 };
 #define MT_K8S_ISSUER_DISCOVERY_ROLE_HINT \
   "mtls-ca needs the system:service-account-issuer-discovery ClusterRole"
 
-
 typedef struct {
   /* The whole body (NUL-terminated, |len| bytes without the NUL). Returns 1
    * when the owner accepted it, else 0 with the reason in |why|. */

@@ -414,15 +414,16 @@ static int start_api_token_issuer(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
   static const mt_issuer_source_callbacks cb = {on_api_token_issuer, on_api_token_issuer_error};
   if (c->token_issuer != NULL && c->token_keys_file != NULL) return 1;
-  app->token_issuer = mt_issuer_source_new(app->loop, mt_k8s_source_client(app->cluster),
-                                           c->jwks_refresh_s * 1000, c->jwks_min_interval_ms,
-                                           &cb, app);
+  app->token_issuer =
+      mt_issuer_source_new(app->loop, mt_k8s_source_client(app->cluster), c->jwks_refresh_s * 1000,
+                           c->jwks_min_interval_ms, &cb, app);
   if (app->token_issuer == NULL) {
     snprintf(err, err_len, "%s:1: out of memory", c->path);
     return 0;
   }
   if (c->token_issuer != NULL) {
-    mt_ca_log_info(app->log, "token issuer: %s (tokens.issuer; checked against the API server's %s)",
+    mt_ca_log_info(app->log,
+                   "token issuer: %s (tokens.issuer; checked against the API server's %s)",
                    c->token_issuer, MT_OIDC_DISCOVERY_PATH);
     return 1;
   }

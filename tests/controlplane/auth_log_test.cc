@@ -93,7 +93,8 @@ class AuthWithoutIssuer : public ::testing::Test {
     ASSERT_NE(keys, nullptr) << why;
     auth_ = mt_ca_auth_new("example.org", nullptr, "istio-ca", 60, keys);
     ASSERT_NE(auth_, nullptr);
-    mt_ca_auth_on_issuer_miss(auth_, [](void *arg) { ++*static_cast<int *>(arg); }, &misses_);
+    mt_ca_auth_on_issuer_miss(
+        auth_, [](void *arg) { ++*static_cast<int *>(arg); }, &misses_);
   }
   void TearDown() override { mt_ca_auth_free(auth_); }
   mt_ca_auth_result Check(const char *authorization) {
