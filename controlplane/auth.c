@@ -19,6 +19,8 @@ struct mt_ca_auth {
   mt_jwt_keys *keys; /* NULL until the first set arrives */
   void (*on_key_miss)(void *arg);
   void *key_miss_arg;
+  void (*on_issuer_miss)(void *arg);
+  void *issuer_miss_arg;
 };
 
 mt_ca_auth *mt_ca_auth_new(const char *trust_domain, const char *issuer, const char *audience,
@@ -31,9 +33,9 @@ mt_ca_auth *mt_ca_auth_new(const char *trust_domain, const char *issuer, const c
   a->keys = keys;
   a->leeway_s = leeway_s;
   a->trust_domain = strdup(trust_domain);
-  a->issuer = strdup(issuer);
+  a->issuer = issuer != NULL ? strdup(issuer) : NULL;
   a->audience = strdup(audience);
-  if (a->trust_domain == NULL || a->issuer == NULL || a->audience == NULL) {
+  if (a->trust_domain == NULL || (issuer != NULL && a->issuer == NULL) || a->audience == NULL) {
     mt_ca_auth_free(a);
     return NULL;
   }
@@ -52,6 +54,21 @@ void mt_ca_auth_free(mt_ca_auth *a) {
 void mt_ca_auth_set_keys(mt_ca_auth *a, mt_jwt_keys *keys) {
   mt_jwt_keys_free(a->keys);
   a->keys = keys;
+}
+
+int mt_ca_auth_set_issuer(mt_ca_auth *a, const char *issuer) {
+  char *copy = strdup(issuer);
+  if (copy == NULL) return 0;
+  free(a->issuer);
+  a->issuer = copy;
+  return 1;
+}
+
+const char *mt_ca_auth_issuer(const mt_ca_auth *a) { return a->issuer; }
+
+void mt_ca_auth_on_issuer_miss(mt_ca_auth *a, void (*hook)(void *arg), void *arg) {
+  a->on_issuer_miss = hook;
+  a->issuer_miss_arg = arg;
 }
 
 void mt_ca_auth_on_key_miss(mt_ca_auth *a, void (*hook)(void *arg), void *arg) {
@@ -131,6 +148,13 @@ void mt_ca_auth_check(const mt_ca_auth *a, const mt_grpc_request *req, int64_t n
     if (a->on_key_miss) a->on_key_miss(a->key_miss_arg);
     return;
   }
+  if (a->issuer == NULL) {
+    refuse(out, MT_GRPC_UNAVAILABLE, "no_issuer",
+           "token issuer not known yet (discovering it from the API server's "
+           "/.well-known/openid-configuration); retry");
+    if (a->on_issuer_miss) a->on_issuer_miss(a->issuer_miss_arg);
+    return;
+  }
   mt_jwt_expect expect;
   mt_jwt_expect_init(&expect, a->issuer, a->audience, now_s);
   expect.leeway_s = a->leeway_s;
@@ -144,6 +168,7 @@ void mt_ca_auth_check(const mt_ca_auth *a, const mt_grpc_request *req, int64_t n
     refuse(out, ours ? MT_GRPC_INTERNAL : MT_GRPC_UNAUTHENTICATED, mt_jwt_err_name(rc), message);
     if ((rc == MT_JWT_UNKNOWN_KEY || rc == MT_JWT_BAD_SIGNATURE) && a->on_key_miss)
       a->on_key_miss(a->key_miss_arg);
+    if (rc == MT_JWT_WRONG_ISSUER && a->on_issuer_miss) a->on_issuer_miss(a->issuer_miss_arg);
     return;
   }
   snprintf(out->subject, sizeof(out->subject), "%s", claims.sub);

@@ -243,8 +243,10 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
   if (c->signer_cert_file == NULL || c->signer_key_file == NULL)
     return mt_yaml_fail(ctx, root, "'signer' needs 'cert_file' and 'key_file' (the issuing CA)");
   if (c->roots_file == NULL) return mt_yaml_fail(ctx, root, "missing required key 'roots_file'");
-  if (c->token_issuer == NULL)
-    return mt_yaml_fail(ctx, root, "'tokens' needs 'issuer'");
+  if (c->token_issuer == NULL && !c->kubernetes)
+    return mt_yaml_fail(ctx, root,
+                        "'tokens' needs 'issuer' (with 'kubernetes', it may come from the API "
+                        "server's /.well-known/openid-configuration instead)");
   if (c->token_keys_file == NULL && !c->kubernetes)
     return mt_yaml_fail(ctx, root,
                         "'tokens' needs 'keys_file' (with 'kubernetes', the keys may come from "

@@ -44,7 +44,7 @@ typedef struct {
   char *roots_file; /* PEM roots returned as root_cert */
   int64_t max_cert_ttl_s;
   int64_t default_cert_ttl_s;
-  char *token_issuer;
+  char *token_issuer; /* NULL: discovered from the API server (kubernetes) */
   char *token_audience;
   char *token_keys_file; /* PEM public keys; NULL: the API server's JWKS (kubernetes) */
   int64_t token_leeway_s;

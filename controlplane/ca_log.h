@@ -41,6 +41,8 @@ typedef enum {
   MT_CA_EV_ISSUER_RELOAD_FAILURES,
   MT_CA_EV_TOKEN_KEY_RELOADS,
   MT_CA_EV_TOKEN_KEY_RELOAD_FAILURES,
+  MT_CA_EV_TOKEN_ISSUER_RELOADS,         /* a discovery document was accepted */
+  MT_CA_EV_TOKEN_ISSUER_RELOAD_FAILURES, /* a discovery fetch failed or was refused */
   MT_CA_EV_TLS_RELOADS,
   MT_CA_EV_TLS_RELOAD_FAILURES,
   MT_CA_EV_CONNECTION_ERRORS,         /* TLS failures, garbage, timeouts, limits */

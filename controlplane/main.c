@@ -6,9 +6,10 @@
  *                                  it names; exit 0, or 1 with "file:line: ..."
  *
  * Signals: SIGTERM / SIGINT stop and exit 0; SIGHUP re-reads the issuing CA
- * (signer + roots), the token keys, the server's TLS certificate, the mesh
- * file and the workloads file, each keeping its previous version when the
- * new one is refused;
+ * (signer + roots), the token keys (and asks the API server for the token
+ * issuer again, when it comes from there), the server's TLS certificate,
+ * the mesh file and the workloads file, each keeping its previous version
+ * when the new one is refused;
  * SIGUSR1 prints the counters to stderr (they are printed at exit too). */
 #include <errno.h>
 #include <signal.h>
@@ -24,6 +25,7 @@
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
 #include "controlplane/ca_service.h"
+#include "controlplane/issuer_source.h"
 #include "controlplane/jwks_source.h"
 #include "controlplane/k8s_source.h"
 #include "controlplane/mesh_file.h"
@@ -51,6 +53,9 @@ typedef struct {
   mt_workload_registry *workloads; /* NULL without workloads_file */
   mt_k8s_source *cluster;          /* NULL without kubernetes */
   mt_jwks_source *token_keys;      /* the API server's keys; NULL with tokens.keys_file */
+  /* The API server's token issuer (OpenID discovery): NULL without
+   * kubernetes, or with both tokens.issuer and tokens.keys_file. */
+  mt_issuer_source *token_issuer;
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -111,6 +116,7 @@ static void app_dispose(mt_ca_app *app, int dump_counters) {
   mt_ca_service_free(app->ca);
   mt_workload_registry_free(app->workloads); /* after the service that borrows it */
   mt_jwks_source_free(app->token_keys);      /* before the client it borrows */
+  mt_issuer_source_free(app->token_issuer);  /* likewise */
   mt_k8s_source_free(app->cluster);          /* after the service that borrows it */
   mt_ca_auth_free(app->auth);
   SSL_CTX_free(app->ssl_ctx);
@@ -192,6 +198,7 @@ static void reload_issuer(mt_ca_app *app) {
 
 static void reload_token_keys(mt_ca_app *app) {
   char why[WHY_MAX];
+  mt_issuer_source_refresh_soon(app->token_issuer);
   if (app->config->token_keys_file == NULL) { /* from the API server */
     mt_jwks_source_refresh_soon(app->token_keys);
     return;
@@ -361,6 +368,73 @@ static int start_api_token_keys(mt_ca_app *app, char *err, size_t err_len) {
   return 1;
 }
 
+/* Every accepted discovery document. An explicit tokens.issuer wins; a
+ * discovered one that differs is worth a warning (tokens would be refused
+ * as wrong_issuer), once per change. */
+static void on_api_token_issuer(void *ctx, const char *issuer, int changed) {
+  mt_ca_app *app = ctx;
+  const char *configured = app->config->token_issuer;
+  mt_ca_log_count(app->log, MT_CA_EV_TOKEN_ISSUER_RELOADS);
+  if (!changed) return;
+  if (configured != NULL) {
+    if (strcmp(configured, issuer) != 0)
+      mt_ca_log_warn(app->log,
+                     "token issuer: tokens.issuer is \"%s\" but the API server's %s says \"%s\"; "
+                     "keeping tokens.issuer (tokens the API server signs now are refused as "
+                     "wrong_issuer)",
+                     configured, MT_OIDC_DISCOVERY_PATH, issuer);
+    return;
+  }
+  if (!mt_ca_auth_set_issuer(app->auth, issuer)) {
+    mt_ca_log_count(app->log, MT_CA_EV_TOKEN_ISSUER_RELOAD_FAILURES);
+    mt_ca_log_error(app->log, "token issuer: out of memory taking \"%s\"", issuer);
+    return;
+  }
+  mt_ca_log_info(app->log, "token issuer: %s (from the API server's %s)", issuer,
+                 MT_OIDC_DISCOVERY_PATH);
+}
+
+static void on_api_token_issuer_error(void *ctx, const char *line) {
+  mt_ca_app *app = ctx;
+  mt_ca_log_count(app->log, MT_CA_EV_TOKEN_ISSUER_RELOAD_FAILURES);
+  mt_ca_log_warn(app->log, "%s", line);
+}
+
+/* A token was refused for want of the issuer, or named another one. */
+static void on_token_issuer_miss(void *ctx) {
+  mt_ca_app *app = ctx;
+  mt_issuer_source_refresh_soon(app->token_issuer);
+}
+
+/* The token issuer from the API server's OpenID discovery document: when
+ * tokens.issuer is not set, and as a cross-check when it is but the keys
+ * come from the API anyway (the same role allows both GETs). Refreshed on
+ * the JWKS schedule. */
+static int start_api_token_issuer(mt_ca_app *app, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  static const mt_issuer_source_callbacks cb = {on_api_token_issuer, on_api_token_issuer_error};
+  if (c->token_issuer != NULL && c->token_keys_file != NULL) return 1;
+  app->token_issuer =
+      mt_issuer_source_new(app->loop, mt_k8s_source_client(app->cluster), c->jwks_refresh_s * 1000,
+                           c->jwks_min_interval_ms, &cb, app);
+  if (app->token_issuer == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", c->path);
+    return 0;
+  }
+  if (c->token_issuer != NULL) {
+    mt_ca_log_info(app->log,
+                   "token issuer: %s (tokens.issuer; checked against the API server's %s)",
+                   c->token_issuer, MT_OIDC_DISCOVERY_PATH);
+    return 1;
+  }
+  mt_ca_auth_on_issuer_miss(app->auth, on_token_issuer_miss, app);
+  mt_ca_log_info(app->log,
+                 "token issuer: from the API server's %s (refreshed every %lld s); calls are "
+                 "refused UNAVAILABLE until it answers",
+                 MT_OIDC_DISCOVERY_PATH, (long long)c->jwks_refresh_s);
+  return 1;
+}
+
 /* The Kubernetes API as the source of which workload runs where. */
 static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
@@ -382,8 +456,8 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   mt_ca_log_info(app->log, "kubernetes: watching %s",
                  c->k8s_server ? c->k8s_server : "the in-cluster API server");
   mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
-  if (c->token_keys_file == NULL) return start_api_token_keys(app, err, err_len);
-  return 1;
+  if (c->token_keys_file == NULL && !start_api_token_keys(app, err, err_len)) return 0;
+  return start_api_token_issuer(app, err, err_len);
 }
 
 /* The workload registry (or the cluster) and the node agents that may use it. */

@@ -3,6 +3,11 @@
 #include <string>
 
 #include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/ec_key.h>
+#include <openssl/evp.h>
+#include <openssl/nid.h>
+#include <openssl/pem.h>
 
 #include "controlplane/auth.h"
 #include "controlplane/ca_log.h"
@@ -62,6 +67,68 @@ TEST_F(AuthWithoutKeys, NonBearerAuthorizationIsUnauthenticated) {
   mt_ca_auth_result r = Check({{"authorization", "Basic dXNlcjpwYXNz"}});
   EXPECT_EQ(r.status, MT_GRPC_UNAUTHENTICATED);
   EXPECT_STREQ(r.reason, "malformed_authorization");
+}
+
+std::string FreshP256PublicKeyPem() {
+  bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(NID_X9_62_prime256v1));
+  EC_KEY_generate_key(ec.get());
+  bssl::UniquePtr<EVP_PKEY> pkey(EVP_PKEY_new());
+  EVP_PKEY_set1_EC_KEY(pkey.get(), ec.get());
+  bssl::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_PUBKEY(bio.get(), pkey.get());
+  const uint8_t *data;
+  size_t len;
+  BIO_mem_contents(bio.get(), &data, &len);
+  return std::string(reinterpret_cast<const char *>(data), len);
+}
+
+// The issuer comes from the API server later (issuer_source.h): until then
+// a token is never judged, and the caller is told to retry.
+class AuthWithoutIssuer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pem = FreshP256PublicKeyPem();
+    char why[256];
+    mt_jwt_keys *keys = mt_jwt_keys_load_pem(pem.data(), pem.size(), why, sizeof(why));
+    ASSERT_NE(keys, nullptr) << why;
+    auth_ = mt_ca_auth_new("example.org", nullptr, "istio-ca", 60, keys);
+    ASSERT_NE(auth_, nullptr);
+    mt_ca_auth_on_issuer_miss(
+        auth_, [](void *arg) { ++*static_cast<int *>(arg); }, &misses_);
+  }
+  void TearDown() override { mt_ca_auth_free(auth_); }
+  mt_ca_auth_result Check(const char *authorization) {
+    mt_grpc_metadata md[] = {{"authorization", authorization}};
+    mt_grpc_request req = {};
+    req.metadata = md;
+    req.metadata_count = 1;
+    mt_ca_auth_result out;
+    mt_ca_auth_check(auth_, &req, 1700000000, &out);
+    return out;
+  }
+  mt_ca_auth *auth_ = nullptr;
+  int misses_ = 0;
+};
+
+TEST_F(AuthWithoutIssuer, ATokenIsRefusedAsRetryableUntilTheIssuerIsKnown) {
+  EXPECT_EQ(mt_ca_auth_issuer(auth_), nullptr);
+  mt_ca_auth_result r = Check("Bearer a.b.c");
+  EXPECT_EQ(r.status, MT_GRPC_UNAVAILABLE);
+  EXPECT_STREQ(r.reason, "no_issuer");
+  EXPECT_NE(std::string(r.message).find("token issuer not known yet"), std::string::npos)
+      << r.message;
+  EXPECT_STREQ(r.spiffe_id, "");
+  EXPECT_EQ(misses_, 1);  // the owner is asked to discover it
+}
+
+TEST_F(AuthWithoutIssuer, OnceSetTheIssuerIsUsedForTheVerdict) {
+  ASSERT_EQ(mt_ca_auth_set_issuer(auth_, "https://oidc.example/id/1"), 1);
+  EXPECT_STREQ(mt_ca_auth_issuer(auth_), "https://oidc.example/id/1");
+  // A token is judged now (this one is malformed), not refused as retryable.
+  mt_ca_auth_result r = Check("Bearer a.b.c");
+  EXPECT_EQ(r.status, MT_GRPC_UNAUTHENTICATED);
+  EXPECT_STREQ(r.reason, "malformed");
+  EXPECT_EQ(misses_, 0);
 }
 
 TEST(AccessLog, OneJsonObjectWithEveryField) {

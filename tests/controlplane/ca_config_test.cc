@@ -173,6 +173,38 @@ TEST(CaConfig, AWorkloadsFileWithoutNodeAgentsIsAccepted) {
   EXPECT_STREQ(l.config->workloads_file, "/srv/workloads.yaml");
 }
 
+TEST(CaConfig, WithKubernetesTheIssuerAndTheKeysMayBothComeFromTheApiServer) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir,
+       "trust_domain: example.org\n"
+       "tls: {cert_file: cp.pem, key_file: cp.key}\n"
+       "signer: {cert_file: int.pem, key_file: int.key}\n"
+       "roots_file: root.pem\n"
+       "tokens: {audience: istio-ca}\n"
+       "kubernetes: {}\n",
+       &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->token_issuer, nullptr);  // discovered at run time
+  EXPECT_EQ(l.config->token_keys_file, nullptr);
+  EXPECT_EQ(l.config->kubernetes, 1);
+}
+
+TEST(CaConfig, WithKubernetesTheTokensSectionMayBeLeftOut) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir,
+       "trust_domain: example.org\n"
+       "tls: {cert_file: cp.pem, key_file: cp.key}\n"
+       "signer: {cert_file: int.pem, key_file: int.key}\n"
+       "roots_file: root.pem\n"
+       "kubernetes: {}\n",
+       &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->token_issuer, nullptr);
+  EXPECT_STREQ(l.config->token_audience, "istio-ca");
+}
+
 TEST(CaConfig, MissingFileIsReportedAtLineOne) {
   char err[512];
   EXPECT_EQ(mt_ca_config_load("/nonexistent/ca.yaml", err, sizeof(err)), nullptr);
@@ -251,7 +283,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"TokensWithoutIssuer",
                 "trust_domain: example.org\ntls: {cert_file: a, key_file: b}\n"
                 "signer: {cert_file: b, key_file: c}\nroots_file: r\ntokens: {keys_file: k}\n",
-                ":1: 'tokens' needs 'issuer'"},
+                ":1: 'tokens' needs 'issuer' (with 'kubernetes', it may come from the API "
+                "server's /.well-known/openid-configuration instead)"},
         BadCase{"TokensWithoutKeysOutsideKubernetes",
                 "trust_domain: example.org\ntls: {cert_file: a, key_file: b}\n"
                 "signer: {cert_file: b, key_file: c}\nroots_file: r\ntokens: {issuer: i}\n",

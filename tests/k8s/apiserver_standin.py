@@ -35,8 +35,13 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
+  POST /admin/discovery  what /.well-known/openid-configuration answers from now on:
+                       {"issuer": URL} the real document with that issuer (as after
+                       --service-account-issuer=URL); {"status": N, "body": TEXT} that
+                       status and raw body instead (a bad answer; "status" alone: a
+                       Status object); {} the real document again
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "list_pages": N,
-                        "watch_requests": N}
+                        "watch_requests": N, "jwks_requests": N, "discovery_requests": N}
   GET  /admin/emitted  {"clock": "CLOCK_MONOTONIC", "emitted": {"<rv>": seconds}}: when a
                        watch stream first wrote each event (time.monotonic(), which
                        is the machine's CLOCK_MONOTONIC, so other processes can compare)
@@ -44,6 +49,14 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
 --objects FILE starts with a cluster that already holds the objects of FILE
 ({"pods": [...], "services": [...], ...}), as after an etcd compaction: no
 history, so they are listed, not replayed to a watch.
+
+/.well-known/openid-configuration is the service-account issuer's OpenID
+provider configuration, shaped as kube-apiserver's: "issuer" (--issuer, by
+default kubeadm's https://kubernetes.default.svc.cluster.local), "jwks_uri"
+(https://<this server>/openid/v1/jwks), "response_types_supported"
+["id_token"], "subject_types_supported" ["public"] and
+"id_token_signing_alg_values_supported" (the algorithms of the published
+keys; RS256 while there are none).
 
 Start-up prints one line `standin listening https://127.0.0.1:P admin
 http://127.0.0.1:A` on stdout. With --state-file the objects and the
@@ -312,6 +325,9 @@ class Api:
                 body = app.jwks
             out.send_json(200, body)
             return
+        if url.path == "/.well-known/openid-configuration":
+            self._discovery(out)
+            return
         if url.path not in RESOURCES:
             out.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
@@ -335,6 +351,30 @@ class Api:
         # The same bytes as json.dumps of the whole page, without encoding every item again.
         head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": meta})
         out.send_document(200, head[:-1].encode() + b', "items": [' + b", ".join(items) + b"]}\n")
+
+    def _discovery(self, out):
+        """kube-apiserver's OpenID provider configuration, or the bad answer
+        /admin/discovery asked for."""
+        app = self.app
+        with app.lock:
+            app.discovery_requests += 1
+            bad = app.discovery_bad
+            issuer = app.issuer
+            algs = sorted({k.get("alg", "RS256") for k in app.jwks.get("keys", [])}) or ["RS256"]
+        if bad is not None:
+            code, body = bad
+            if body is None:
+                out.send_json(code, status(code, "InternalError", "discovery refused by the test"))
+            else:
+                out.send_document(code, body.encode())
+            return
+        out.send_json(200, {
+            "issuer": issuer,
+            "jwks_uri": "https://127.0.0.1:%d/openid/v1/jwks" % app.port,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": algs,
+        })
 
     def _list_page(self, resource, limit, token):
         """(metadata, items) of one LIST page; None when |token| is expired
@@ -755,7 +795,7 @@ class AdminHandler(BaseHTTPRequestHandler):
             return
         with app.lock:
             stats = {"lists": app.lists, "list_pages": app.list_pages, "watches": app.watches, "watch_requests": app.watch_requests,
-                     "jwks_requests": app.jwks_requests}
+                     "jwks_requests": app.jwks_requests, "discovery_requests": app.discovery_requests}
         stats["resourceVersion"] = app.store.rv
         self._reply(200, stats)
 
@@ -800,6 +840,15 @@ class AdminHandler(BaseHTTPRequestHandler):
                         json.dump(app.jwks, f)
                     os.replace(tmp, app.jwks_file)
             self._reply(200, {})
+        elif self.path == "/admin/discovery":
+            with app.lock:
+                if "status" in body or "body" in body:
+                    app.discovery_bad = (int(body.get("status", 200)), body.get("body"))
+                else:
+                    app.discovery_bad = None
+                    app.issuer = body.get("issuer", app.issuer)
+                issuer = app.issuer
+            self._reply(200, {"issuer": issuer})
         else:
             self._reply(404, {"error": "not found"})
 
@@ -866,9 +915,16 @@ def make_pki(pki_dir, sans=None):
     return cert_path, key_path
 
 
+DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"  # kubeadm's, kind's, k3s's
+
+
 class App:
-    def __init__(self, store, tokens, gone_as_http, verbose):
+    def __init__(self, store, tokens, gone_as_http, verbose, issuer=DEFAULT_ISSUER):
         self.store = store
+        self.issuer = issuer
+        self.discovery_bad = None  # (status, raw body or None) from /admin/discovery
+        self.discovery_requests = 0
+        self.port = 0
         self.tokens = set(tokens)
         self.jwks_file = store.state_file + ".jwks" if store.state_file else None
         self.jwks = {"keys": []}
@@ -897,8 +953,9 @@ def serve(args):
     if args.objects:
         with open(args.objects) as f:
             store.preload(json.load(f))
-    app = App(store, tokens, args.gone_as_http, args.verbose)
+    app = App(store, tokens, args.gone_as_http, args.verbose, args.issuer)
     api = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    app.port = api.server_address[1]
     api.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -933,6 +990,7 @@ def main():
     parser.add_argument("--objects", help="start with these objects: JSON {resource: [object, ...]}")
     parser.add_argument("--gone-as-http", action="store_true", help="answer a too-old watch with HTTP 410")
     parser.add_argument("--san", action="append", help="DNS:name or IP:address for the server certificate (repeatable; default %s)" % " ".join(DEFAULT_SANS))
+    parser.add_argument("--issuer", default=DEFAULT_ISSUER, help="the service-account issuer (kube-apiserver's --service-account-issuer; default %(default)s)")
     parser.add_argument("--http1-only", action="store_true", help="offer no h2 in ALPN (an old or odd server)")
     parser.add_argument("--verbose", action="store_true")
     serve(parser.parse_args())

@@ -127,6 +127,14 @@ class StandIn:
         assert code == 200, (code, data)
         return data
 
+    def discovery(self, **body):
+        """/admin/discovery: issuer=URL serves the real document with that
+        issuer; status=N and/or body=TEXT a bad answer; nothing: the real
+        document again."""
+        code, data = self.admin("/admin/discovery", body)
+        assert code == 200, (code, data)
+        return data
+
     def stats(self):
         return self.admin("/admin/stats")[1]
 

@@ -209,6 +209,57 @@ def test_the_jwks_survives_a_restart(api):
     conn.close()
 
 
+def curl_discovery(api, token=None):
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--max-time", "10", "--cacert", str(api.ca_file),
+         "-H", "Authorization: Bearer " + (token or api.token), "-w", "\n%{http_code} %{http_version}",
+         api.server + "/.well-known/openid-configuration"],
+        capture_output=True, text=True, check=True,
+    )
+    body, code = out.stdout.rsplit("\n", 1)
+    return code, body
+
+
+def test_the_openid_configuration_has_kube_apiservers_shape(api):
+    code, body = curl_discovery(api)
+    assert code == "200 2"
+    assert body.endswith("\n")  # the real server's JSON encoder ends with one
+    assert json.loads(body) == {
+        "issuer": "https://kubernetes.default.svc.cluster.local",  # kubeadm's default
+        "jwks_uri": api.server + "/openid/v1/jwks",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }
+    # The algorithms follow the published keys; the issuer is the server's flag.
+    api.admin("/admin/jwks", {"keys": [{"kty": "EC", "alg": "ES256"}, {"kty": "RSA", "alg": "RS256"}]})
+    api.discovery(issuer="https://oidc.eks.eu-west-1.amazonaws.com/id/ABC")
+    doc = json.loads(curl_discovery(api)[1])
+    assert doc["issuer"] == "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
+    assert doc["id_token_signing_alg_values_supported"] == ["ES256", "RS256"]
+    assert curl_discovery(api, token="wrong")[0] == "401 2"
+    assert api.stats()["discovery_requests"] == 2  # the refused one is not served
+
+
+def test_the_issuer_can_be_set_at_start(tmp_path):
+    s = StandIn(tmp_path, extra_args=["--issuer", "https://container.googleapis.com/v1/x"]).start()
+    try:
+        assert json.loads(curl_discovery(s)[1])["issuer"] == "https://container.googleapis.com/v1/x"
+    finally:
+        s.stop()
+
+
+def test_the_discovery_document_answers_badly_on_request_and_well_again(api):
+    api.discovery(status=200, body="<html>not json</html>")
+    assert curl_discovery(api) == ("200 2", "<html>not json</html>")
+    api.discovery(status=503)
+    code, body = curl_discovery(api)
+    assert code == "503 2" and json.loads(body)["kind"] == "Status"
+    api.discovery()
+    code, body = curl_discovery(api)
+    assert code == "200 2" and json.loads(body)["issuer"] == "https://kubernetes.default.svc.cluster.local"
+
+
 def test_changes_made_while_it_is_down_are_served_after_the_restart_and_410_older_watches(api):
     api.apply("add", "namespaces", fx.namespace("demo"))
     rv = api.stats()["resourceVersion"]
