@@ -120,6 +120,8 @@ struct Extras {
   std::vector<std::pair<const char *, std::vector<const char *>>> workloads;  // id -> IPs
   // destination index -> its endpoints (address, identity)
   std::map<size_t, std::vector<std::pair<const char *, const char *>>> endpoints;
+  bool on_demand = false;               // destinations on demand
+  std::vector<const char *> unresolved;  // its unresolved addresses
 };
 
 std::vector<uint8_t> PackExtras(const Extras &x) {
@@ -168,6 +170,16 @@ std::vector<uint8_t> PackExtras(const Extras &x) {
   s.n_destinations = dest_ptrs.size();
   s.destinations = dest_ptrs.data();
   if (x.with_node_workloads) s.node_workloads = &nw;
+  std::vector<Mtlsd__Mesh__V1__UnresolvedDestination> unresolved(x.unresolved.size());
+  std::vector<Mtlsd__Mesh__V1__UnresolvedDestination *> unresolved_ptrs;
+  for (size_t i = 0; i < unresolved.size(); i++) {
+    unresolved[i] = MTLSD__MESH__V1__UNRESOLVED_DESTINATION__INIT;
+    unresolved[i].address = const_cast<char *>(x.unresolved[i]);
+    unresolved_ptrs.push_back(&unresolved[i]);
+  }
+  s.on_demand_destinations = x.on_demand;
+  s.n_unresolved = unresolved_ptrs.size();
+  s.unresolved = unresolved_ptrs.data();
   std::vector<uint8_t> out(mtlsd__mesh__v1__mesh_snapshot__get_packed_size(&s));
   mtlsd__mesh__v1__mesh_snapshot__pack(&s, out.data());
   return out;
@@ -212,6 +224,59 @@ TEST(MeshSnapshot, ADestinationAcceptsAnyOfItsIdsAndAnIpAloneCoversEveryPort) {
   EXPECT_FALSE(mt_expected_ids_contain(&ids, kOther));
   EXPECT_FALSE(u.has_node_workloads);
   mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, OnDemandTheMeshKnowsWhichAskedAddressesHaveNoEntry) {
+  Extras x;
+  x.destinations = {{"10.96.0.10:80", {kCache}}};
+  x.on_demand = true;
+  x.unresolved = {"10.1.2.3:80", "[fd00::9]:443"};
+  x.with_node_workloads = true;
+  x.workloads = {{kFrontend, {"10.244.1.2"}}};
+  std::vector<uint8_t> msg = PackExtras(x);
+  mt_mesh_update u;
+  char err[256] = "";
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  ASSERT_TRUE(mt_mesh_on_demand(u.mesh));
+  for (const char *text : {"10.1.2.3:80", "[fd00::9]:443"}) {
+    sockaddr_storage a = Addr(text);
+    EXPECT_TRUE(mt_mesh_unresolved(u.mesh, (const sockaddr *)&a)) << text;
+  }
+  // Another port of the same IP was not asked: neither known nor unresolved.
+  for (const char *text : {"10.1.2.3:81", "10.96.0.10:80", "10.9.9.9:80"}) {
+    sockaddr_storage a = Addr(text);
+    EXPECT_FALSE(mt_mesh_unresolved(u.mesh, (const sockaddr *)&a)) << text;
+  }
+  mt_mesh_update_clear(&u);
+
+  Extras plain;  // without the flag: every destination is there, nothing to ask
+  msg = PackExtras(plain);
+  ASSERT_TRUE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err))) << err;
+  EXPECT_FALSE(mt_mesh_on_demand(u.mesh));
+  mt_mesh_update_clear(&u);
+}
+
+TEST(MeshSnapshot, OnDemandBadUnresolvedAddressesRejectTheSnapshot) {
+  struct {
+    bool on_demand;
+    std::vector<const char *> unresolved;
+    const char *reason;
+  } cases[] = {
+      {false, {"10.1.2.3:80"}, "unresolved addresses without on_demand_destinations"},
+      {true, {"10.1.2.3"}, "unresolved[0]: '10.1.2.3' is not IP:port"},
+      {true, {"10.1.2.3:80", "pod-a:80"}, "unresolved[1]: 'pod-a:80' is not IP:port"},
+  };
+  for (const auto &c : cases) {
+    Extras x;
+    x.on_demand = c.on_demand;
+    x.unresolved = c.unresolved;
+    std::vector<uint8_t> msg = PackExtras(x);
+    mt_mesh_update u;
+    char err[256] = "";
+    EXPECT_FALSE(mt_mesh_decode_snapshot(msg.data(), msg.size(), &u, err, sizeof(err)));
+    EXPECT_NE(std::string(err).find(c.reason), std::string::npos) << err;
+    EXPECT_EQ(u.mesh, nullptr);
+  }
 }
 
 TEST(MeshSnapshot, BadDestinationsRejectTheSnapshot) {
