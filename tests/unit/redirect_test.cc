@@ -82,7 +82,7 @@ class RedirectTest : public ::testing::Test {
   std::string At(int line) { return path_ + ":" + std::to_string(line) + ": "; }
 
   static std::string Install(const mt_config *c, int family, mt_redirect_state now = {0, 0, 0}) {
-    char *text = mt_redirect_install_text(c, family, &now);
+    char *text = mt_redirect_install_text(c, NULL, family, &now);
     EXPECT_NE(text, nullptr);
     std::string s = text ? text : "";
     free(text);
@@ -244,7 +244,7 @@ TEST_F(RedirectTest, MinimalConfigCapturesEverythingButTheAgent) {
                 "-A MTLSD_OUTPUT -j MTLSD_REDIRECT\n"
                 "-A MTLSD_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n" +
                 kJumps);
-  EXPECT_FALSE(mt_redirect_wants_ipv6(config_));
+  EXPECT_FALSE(mt_redirect_wants_ipv6(config_, NULL));
 }
 
 // The example from README.md: Istio's excluded ports, a control plane, a
@@ -338,7 +338,7 @@ TEST_F(RedirectTest, Ipv6RulesUseIpv6AddressesOnly) {
                  "  include_outbound_cidrs: [\"::/0\"]\n"),
             nullptr)
       << error_;
-  EXPECT_TRUE(mt_redirect_wants_ipv6(config_));
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, NULL));
   EXPECT_EQ(Install(config_, AF_INET6),
             std::string(kChains) +
                 "-A MTLSD_INBOUND -p tcp -m tcp --dport 15006 -j RETURN\n"
@@ -373,7 +373,7 @@ TEST_F(RedirectTest, AnIpv6CidrAloneAsksForIpv6Rules) {
                  "  exclude_outbound_cidrs: [\"fd00::/8\"]\n"),
             nullptr)
       << error_;
-  EXPECT_TRUE(mt_redirect_wants_ipv6(config_));
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, NULL));
 }
 
 // ---- idempotence -----------------------------------------------------------
