@@ -39,7 +39,8 @@ enum {
   DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
   IPV4_BITS = 32,
   IPV6_BITS = 128,
-  DEFAULT_NODE_POD_CIDRS_WAIT_S = 180, /* a control plane rolled out with the agents starts meanwhile */
+  DEFAULT_NODE_POD_CIDRS_WAIT_S =
+      180, /* a control plane rolled out with the agents starts meanwhile */
   MAX_NODE_POD_CIDRS_WAIT_S = 3600,
 };
 
@@ -622,8 +623,9 @@ static int on_interception_key(parse_ctx *pc, const char *key, yaml_node_t *k, y
     ic->node_pod_cidrs_from_cp = text != NULL && strcmp(text, NODE_POD_CIDRS_FROM_CP) == 0;
     if (ic->node_pod_cidrs_from_cp) return 1;
     if (v->type != YAML_SEQUENCE_NODE)
-      return fail(pc, v, "'node_pod_cidrs' must be a list of CIDRs or \"" NODE_POD_CIDRS_FROM_CP
-                         "\" (the node's spec.podCIDRs, asked of the control plane)");
+      return fail(pc, v,
+                  "'node_pod_cidrs' must be a list of CIDRs or \"" NODE_POD_CIDRS_FROM_CP
+                  "\" (the node's spec.podCIDRs, asked of the control plane)");
     return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
   }
   if (strcmp(key, "node_pod_cidrs_wait_s") == 0)

@@ -22,9 +22,8 @@ static int on_verify(X509_STORE_CTX *store_ctx, void *arg) {
   X509 *leaf = X509_STORE_CTX_get0_cert(store_ctx);
   mt_tls_peer peer;
   memset(&peer, 0, sizeof(peer));
-  if (leaf == NULL ||
-      !mt_tls_verify_svid(t->trust, leaf, X509_STORE_CTX_get0_untrusted(store_ctx),
-                          MT_SVID_ROLE_SERVER, &peer)) {
+  if (leaf == NULL || !mt_tls_verify_svid(t->trust, leaf, X509_STORE_CTX_get0_untrusted(store_ctx),
+                                          MT_SVID_ROLE_SERVER, &peer)) {
     MT_LOG_E("control plane certificate refused (%s): %s", mt_reason_str(peer.failure),
              peer.detail);
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);

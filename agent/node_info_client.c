@@ -64,8 +64,8 @@ int mt_node_info_decode(const uint8_t *msg, size_t len, mt_node_info *out, char 
   } else if (r->n_pod_cidrs == 0) {
     set_text(why, why_len, "the answer for node %s lists no pod CIDR", r->node_name);
   } else if (r->n_pod_cidrs > MT_NODE_INFO_MAX_CIDRS) {
-    set_text(why, why_len, "the answer for node %s lists %zu pod CIDRs (at most %d)",
-             r->node_name, r->n_pod_cidrs, MT_NODE_INFO_MAX_CIDRS);
+    set_text(why, why_len, "the answer for node %s lists %zu pod CIDRs (at most %d)", r->node_name,
+             r->n_pod_cidrs, MT_NODE_INFO_MAX_CIDRS);
   } else {
     ok = 1;
     snprintf(out->node_name, sizeof(out->node_name), "%s", r->node_name);
@@ -169,8 +169,7 @@ static void attempt(fetch *f) {
     finish(f, 0, "out of memory");
     return;
   }
-  if (!mt_ca_read_bearer(f->config->cp_token_file, auth, MT_CA_AUTH_HEADER_MAX, why,
-                         sizeof(why))) {
+  if (!mt_ca_read_bearer(f->config->cp_token_file, auth, MT_CA_AUTH_HEADER_MAX, why, sizeof(why))) {
     free(auth);
     finish(f, 0, why);
     return;
@@ -181,7 +180,8 @@ static void attempt(fetch *f) {
   size_t len = mtlsd__node__v1__node_info_request__pack(&req, body);
   double left = f->give_up_at - ev_now(f->loop);
   int64_t deadline_ms = f->config->cp_request_timeout_ms;
-  if (left * MS_PER_S < (double)deadline_ms) deadline_ms = left > 0.001 ? (int64_t)(left * MS_PER_S) : 1;
+  if (left * MS_PER_S < (double)deadline_ms)
+    deadline_ms = left > 0.001 ? (int64_t)(left * MS_PER_S) : 1;
   f->attempts++;
   f->messages = f->bad_answer = 0;
   f->call = mt_grpc_client_start_call(f->grpc, MT_NODE_INFO_METHOD, md, 1, body, len, deadline_ms,
@@ -202,7 +202,8 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)revents;
   fetch *f = w->data;
   char why[WHY_MAX + 128];
-  snprintf(why, sizeof(why), "no answer from the control plane at %s after %d s (%d attempts); last: %s",
+  snprintf(why, sizeof(why),
+           "no answer from the control plane at %s after %d s (%d attempts); last: %s",
            f->config->cp_address, f->config->interception.node_pod_cidrs_wait_s, f->attempts,
            f->last[0] ? f->last : "none finished");
   mt_grpc_call_cancel(f->call);

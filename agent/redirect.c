@@ -676,7 +676,8 @@ static int node_pod_cidrs_from_cp(const mt_config *c, redirect_action action, mt
     return 0;
   }
   FILE *out = stdout;
-  fprintf(out, "%snode pod CIDRs from the control plane (node %s):", action == ACTION_PRINT ? "# " : "",
+  fprintf(out,
+          "%snode pod CIDRs from the control plane (node %s):", action == ACTION_PRINT ? "# " : "",
           node->node_name);
   for (size_t i = 0; i < node->num_cidrs; i++) {
     char text[INET6_ADDRSTRLEN + 8];

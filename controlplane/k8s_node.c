@@ -21,8 +21,7 @@ static int refuse(char *err, size_t err_len, const char *field, const char *why)
 static int is_dns_subdomain(const char *s) {
   if (s[0] == '\0' || strlen(s) > MT_K8S_NAME_MAX) return 0;
   for (const char *p = s; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
-      return 0;
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')) return 0;
   return 1;
 }
 
@@ -30,7 +29,8 @@ static int is_dns_subdomain(const char *s) {
 static int parse_prefix(const char *p, int max_bits, int *out) {
   int len = 0;
   size_t n = 0;
-  for (; p[n] >= '0' && p[n] <= '9' && n < PREFIX_DIGITS_MAX + 1; n++) len = len * 10 + (p[n] - '0');
+  for (; p[n] >= '0' && p[n] <= '9' && n < PREFIX_DIGITS_MAX + 1; n++)
+    len = len * 10 + (p[n] - '0');
   if (n == 0 || n > PREFIX_DIGITS_MAX || p[n] != '\0' || len > max_bits) return 0;
   *out = len;
   return 1;

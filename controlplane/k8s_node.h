@@ -28,9 +28,9 @@ extern "C" {
 #endif
 
 enum {
-  MT_K8S_MAX_POD_CIDRS = 4,         /* the API allows one per family: 2 */
-  MT_K8S_CIDR_MAX = 46 + 4 + 1,     /* INET6_ADDRSTRLEN + "/128" + NUL */
-  MT_K8S_NODE_MAX_BYTES = 4 << 20,  /* a Node with a long image list is ~100 KB */
+  MT_K8S_MAX_POD_CIDRS = 4,        /* the API allows one per family: 2 */
+  MT_K8S_CIDR_MAX = 46 + 4 + 1,    /* INET6_ADDRSTRLEN + "/128" + NUL */
+  MT_K8S_NODE_MAX_BYTES = 4 << 20, /* a Node with a long image list is ~100 KB */
 };
 
 typedef struct {

@@ -394,9 +394,9 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
                  c->k8s_server ? c->k8s_server : "the in-cluster API server");
   mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
   app->nodes = mt_node_source_new(app->loop, mt_k8s_source_client(app->cluster), NODE_CACHE_TTL_MS);
-  app->node_info = app->nodes != NULL ? mt_node_info_service_new(app->auth, app->log, app->nodes,
-                                                                 (const char *const *)c->node_agents,
-                                                                 c->num_node_agents)
+  app->node_info = app->nodes != NULL ? mt_node_info_service_new(
+                                            app->auth, app->log, app->nodes,
+                                            (const char *const *)c->node_agents, c->num_node_agents)
                                       : NULL;
   if (app->node_info == NULL) {
     snprintf(err, err_len, "%s:1: out of memory", c->path);

@@ -26,9 +26,9 @@ struct mt_node_lookup {
   mt_node_lookup *prev, *next;
   mt_node_answer_fn done;
   void *ctx;
-  ev_timer deliver;   /* answers known at lookup time still arrive on the loop */
+  ev_timer deliver; /* answers known at lookup time still arrive on the loop */
   mt_node_answer answer;
-  mt_k8s_node node;   /* the copy a cached answer points at */
+  mt_k8s_node node; /* the copy a cached answer points at */
 };
 
 struct node_entry {
@@ -171,8 +171,7 @@ static void judge(node_entry *e, long http_status, const char *error, mt_node_an
   } else if (http_status != HTTP_OK) {
     set_error(a, MT_NODE_UNAVAILABLE, "GET /api/v1/nodes/%s: HTTP status %ld", e->name,
               http_status);
-  } else if (!mt_k8s_node_parse(e->body ? e->body : "", e->body_len, &e->node, why,
-                                sizeof(why))) {
+  } else if (!mt_k8s_node_parse(e->body ? e->body : "", e->body_len, &e->node, why, sizeof(why))) {
     set_error(a, MT_NODE_UNAVAILABLE, "GET /api/v1/nodes/%s: %s", e->name, why);
   } else if (strcmp(e->node.name, e->name) != 0) {
     set_error(a, MT_NODE_UNAVAILABLE, "GET /api/v1/nodes/%s: the API answered with node %s",

@@ -44,9 +44,9 @@ typedef enum {
 
 typedef struct {
   mt_node_outcome outcome;
-  const mt_k8s_node *node;                /* FOUND: borrowed for the callback */
-  char error[MT_NODE_SOURCE_ERROR_MAX];   /* otherwise: why, for the caller and the log */
-  int from_cache;                         /* answered without a GET */
+  const mt_k8s_node *node;              /* FOUND: borrowed for the callback */
+  char error[MT_NODE_SOURCE_ERROR_MAX]; /* otherwise: why, for the caller and the log */
+  int from_cache;                       /* answered without a GET */
 } mt_node_answer;
 
 typedef void (*mt_node_answer_fn)(void *ctx, const mt_node_answer *answer);
@@ -71,9 +71,9 @@ mt_node_lookup *mt_node_source_lookup(mt_node_source *source, const char *name,
 void mt_node_lookup_cancel(mt_node_lookup *lookup);
 
 typedef struct {
-  uint64_t gets;        /* GETs started */
-  uint64_t cache_hits;  /* lookups answered from memory */
-  uint64_t failures;    /* GETs that ended UNAVAILABLE */
+  uint64_t gets;       /* GETs started */
+  uint64_t cache_hits; /* lookups answered from memory */
+  uint64_t failures;   /* GETs that ended UNAVAILABLE */
 } mt_node_source_stats;
 
 void mt_node_source_get_stats(const mt_node_source *source, mt_node_source_stats *out);
