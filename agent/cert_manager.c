@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "agent/ca_client.h"
+#include "agent/cp_tls.h"
 #include "agent/csr.h"
 #include "agent/identity_files.h"
 #include "agent/log.h"
@@ -72,8 +73,7 @@ struct mt_cert_manager {
   mt_config *config; /* owned reference; replaced by mt_cert_manager_set_config */
   mt_cert_manager_sink sink;
 
-  mt_trust *cp_trust; /* roots that sign the control plane's certificate */
-  SSL_CTX *cp_ctx;
+  mt_cp_tls *cp_tls; /* verifies the control plane's certificate */
   mt_grpc_client *grpc;
 
   /* One (sidecar) or one per distinct node workload identity. Each slot is
@@ -545,52 +545,6 @@ static void on_watch_timer(struct ev_loop *loop, ev_timer *t, int revents) {
   start_watch(t->data);
 }
 
-/* ---- control-plane TLS ------------------------------------------------------ */
-
-/* The control plane must prove the SPIFFE ID we were told to expect, under
- * the roots we were given for it: a token must never go to an impostor. */
-static int on_cp_verify(X509_STORE_CTX *store_ctx, void *arg) {
-  mt_cert_manager *m = arg;
-  X509 *leaf = X509_STORE_CTX_get0_cert(store_ctx);
-  mt_tls_peer peer;
-  memset(&peer, 0, sizeof(peer));
-  if (leaf == NULL ||
-      !mt_tls_verify_svid(m->cp_trust, leaf, X509_STORE_CTX_get0_untrusted(store_ctx),
-                          MT_SVID_ROLE_SERVER, &peer)) {
-    MT_LOG_E("control plane certificate refused (%s): %s", mt_reason_str(peer.failure),
-             peer.detail);
-    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
-    return 0;
-  }
-  if (strcmp(peer.spiffe_id, m->config->cp_spiffe_id) != 0) {
-    MT_LOG_E("control plane presented %s, expected %s", peer.spiffe_id, m->config->cp_spiffe_id);
-    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
-    return 0;
-  }
-  return 1;
-}
-
-static int setup_cp_tls(mt_cert_manager *m, char *err, size_t err_len) {
-  const mt_config *c = m->config;
-  STACK_OF(X509) *roots = mt_identity_files_load_certs(c->cp_root_file, err, err_len);
-  if (roots == NULL) return 0;
-  mt_spiffe_id_view view;
-  mt_spiffe_id_parse(c->cp_spiffe_id, strlen(c->cp_spiffe_id), &view);
-  char td[MT_TRUST_DOMAIN_MAX_LEN + 1];
-  snprintf(td, sizeof(td), "%.*s", (int)view.trust_domain_len, view.trust_domain);
-  m->cp_trust = mt_trust_new();
-  int ok = m->cp_trust != NULL && mt_trust_add(m->cp_trust, td, roots);
-  sk_X509_pop_free(roots, X509_free);
-  m->cp_ctx = ok ? SSL_CTX_new(TLS_method()) : NULL;
-  if (m->cp_ctx == NULL || !SSL_CTX_set_min_proto_version(m->cp_ctx, TLS1_2_VERSION)) {
-    snprintf(err, err_len, "cannot build the control-plane TLS context");
-    return 0;
-  }
-  SSL_CTX_set_verify(m->cp_ctx, SSL_VERIFY_PEER, NULL);
-  SSL_CTX_set_cert_verify_callback(m->cp_ctx, on_cp_verify, m);
-  return 1;
-}
-
 static int load_static_bundles(mt_cert_manager *m, char *err, size_t err_len) {
   for (size_t i = 0; i < m->config->num_trust_bundles; i++) {
     const mt_trust_bundle_config *b = &m->config->trust_bundles[i];
@@ -742,14 +696,15 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
     mt_cert_manager_free(m);
     return NULL;
   }
-  if (!setup_cp_tls(m, err, err_len) || !load_static_bundles(m, err, err_len)) {
+  m->cp_tls = mt_cp_tls_new(config->cp_root_file, config->cp_spiffe_id, err, err_len);
+  if (m->cp_tls == NULL || !load_static_bundles(m, err, err_len)) {
     mt_cert_manager_free(m);
     return NULL;
   }
   mt_grpc_client_options o;
   memset(&o, 0, sizeof(o));
   o.target = config->cp_address;
-  o.ssl_ctx = m->cp_ctx;
+  o.ssl_ctx = mt_cp_tls_ctx(m->cp_tls);
   o.connect_timeout_ms = config->cp_request_timeout_ms;
   o.keepalive_interval_ms = config->cp_keepalive_ms;
   m->grpc = mt_grpc_client_new(loop, &o);
@@ -787,8 +742,7 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   ev_timer_stop(m->loop, &m->watch_timer);
   mt_mesh_watch_cancel(m->watch);
   mt_grpc_client_free(m->grpc);
-  SSL_CTX_free(m->cp_ctx);
-  mt_trust_free(m->cp_trust);
+  mt_cp_tls_free(m->cp_tls);
   sk_X509_pop_free(m->ca_roots, X509_free);
   bundles_free(m->static_bundles, m->num_static_bundles);
   mt_mesh_update_clear(&m->watched);

@@ -39,7 +39,12 @@ enum {
   DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
   IPV4_BITS = 32,
   IPV6_BITS = 128,
+  DEFAULT_NODE_POD_CIDRS_WAIT_S =
+      180, /* a control plane rolled out with the agents starts meanwhile */
+  MAX_NODE_POD_CIDRS_WAIT_S = 3600,
 };
+
+#define NODE_POD_CIDRS_FROM_CP "from_control_plane"
 
 #define DEFAULT_APP_SOURCE_ADDRESS "127.0.0.6"
 
@@ -519,24 +524,25 @@ static int want_port_list(parse_ctx *pc, yaml_node_t *v, const char *key, int st
 
 /* "a.b.c.d/n", "v6/n", or a bare address (a single host). Host bits must be
  * zero: "10.0.0.1/8" is more likely a typo than a wish for 10.0.0.0/8. */
-static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const char *text,
-                      mt_cidr *out) {
+int mt_cidr_parse(const char *text, mt_cidr *out, char *why, size_t why_len) {
   char host[INET6_ADDRSTRLEN + 1];
   const char *slash = strchr(text, '/');
   size_t hlen = slash ? (size_t)(slash - text) : strlen(text);
   memset(out, 0, sizeof(*out));
-  if (hlen >= sizeof(host)) return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
-  memcpy(host, text, hlen);
-  host[hlen] = '\0';
   int bits;
-  if (inet_pton(AF_INET, host, out->addr) == 1) {
+  if (hlen < sizeof(host)) {
+    memcpy(host, text, hlen);
+    host[hlen] = '\0';
+  }
+  if (hlen < sizeof(host) && inet_pton(AF_INET, host, out->addr) == 1) {
     out->family = AF_INET;
     bits = IPV4_BITS;
-  } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+  } else if (hlen < sizeof(host) && inet_pton(AF_INET6, host, out->addr) == 1) {
     out->family = AF_INET6;
     bits = IPV6_BITS;
   } else {
-    return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+    snprintf(why, why_len, "'%s' is not a valid CIDR", text);
+    return 0;
   }
   out->prefix_len = bits;
   if (slash != NULL) {
@@ -547,16 +553,28 @@ static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const c
       if (p[n] < '0' || p[n] > '9') break;
       len = len * 10 + (p[n] - '0');
     }
-    if (n == 0 || p[n] != '\0' || len > bits)
-      return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+    if (n == 0 || p[n] != '\0' || len > bits) {
+      snprintf(why, why_len, "'%s' is not a valid CIDR", text);
+      return 0;
+    }
     out->prefix_len = len;
   }
   for (int b = out->prefix_len; b < bits; b++) {
-    if (out->addr[b / 8] & (0x80 >> (b % 8)))
-      return fail(pc, node, "'%s': '%s' has address bits set beyond the /%d prefix", key, text,
-                  out->prefix_len);
+    if (out->addr[b / 8] & (0x80 >> (b % 8))) {
+      snprintf(why, why_len, "'%s' has address bits set beyond the /%d prefix", text,
+               out->prefix_len);
+      return 0;
+    }
   }
   return 1;
+}
+
+static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const char *text,
+                      mt_cidr *out) {
+  char why[160];
+  if (mt_cidr_parse(text, out, why, sizeof(why))) return 1;
+  if (strstr(why, "beyond") != NULL) return fail(pc, node, "'%s': %s", key, why);
+  return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
 }
 
 static int on_list_cidr(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
@@ -611,7 +629,18 @@ static int on_interception_key(parse_ctx *pc, const char *key, yaml_node_t *k, y
     return want_cidr_list(pc, v, key, 1, &ic->include_outbound_cidrs);
   if (strcmp(key, "exclude_outbound_cidrs") == 0)
     return want_cidr_list(pc, v, key, 0, &ic->exclude_outbound_cidrs);
-  if (strcmp(key, "node_pod_cidrs") == 0) return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
+  if (strcmp(key, "node_pod_cidrs") == 0) {
+    const char *text = scalar(v);
+    ic->node_pod_cidrs_from_cp = text != NULL && strcmp(text, NODE_POD_CIDRS_FROM_CP) == 0;
+    if (ic->node_pod_cidrs_from_cp) return 1;
+    if (v->type != YAML_SEQUENCE_NODE)
+      return fail(pc, v,
+                  "'node_pod_cidrs' must be a list of CIDRs or \"" NODE_POD_CIDRS_FROM_CP
+                  "\" (the node's spec.podCIDRs, asked of the control plane)");
+    return want_cidr_list(pc, v, key, 0, &ic->node_pod_cidrs);
+  }
+  if (strcmp(key, "node_pod_cidrs_wait_s") == 0)
+    return want_int(pc, v, key, 1, MAX_NODE_POD_CIDRS_WAIT_S, &ic->node_pod_cidrs_wait_s);
   if (strcmp(key, "app_source_address") == 0) {
     if (!want_address(pc, v, key, 0, &ic->app_source_address)) return 0;
     if (mt_sockaddr_port((const struct sockaddr *)&ic->app_source_address.addr) != 0)
@@ -627,6 +656,7 @@ static int parse_interception(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   mt_interception_config *ic = &c->interception;
   c->has_interception = 1;
   ic->proxy_uid = -1;
+  ic->node_pod_cidrs_wait_s = DEFAULT_NODE_POD_CIDRS_WAIT_S;
   if (!each_pair(pc, v, "interception", on_interception_key, ic)) return 0;
   if (ic->proxy_uid < 0) return fail(pc, v, "interception needs 'proxy_uid'");
   for (size_t i = 0; i < ic->node_pod_cidrs.count; i++)
@@ -1019,6 +1049,10 @@ static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
 
 static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
+  if (c->interception.node_pod_cidrs_from_cp && (!c->has_control_plane || c->cp_token_file == NULL))
+    return fail(pc, root,
+                "interception.node_pod_cidrs: " NODE_POD_CIDRS_FROM_CP
+                " needs control_plane with a token_file (the node agent's token names its node)");
   if (c->node_mode && !validate_node(pc, c, root)) return 0;
   if (c->has_control_plane) return validate_control_plane(pc, c, root);
   int has_pair = c->cert_file != NULL || c->key_file != NULL;

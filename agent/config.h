@@ -105,6 +105,13 @@ typedef struct {
   /* Node mode: the CIDRs of this node's pods. Non-empty selects the node
    * layout (capture in PREROUTING by pod CIDR; nothing in OUTPUT). */
   mt_cidr_list node_pod_cidrs;
+  /* node_pod_cidrs: from_control_plane (|node_pod_cidrs| stays empty):
+   * `mtlsd init-iptables` asks the control plane for this node's pod CIDRs
+   * (NodeInfo, agent/node_info_client.h) and installs the node layout with
+   * them; it keeps asking for at most |node_pod_cidrs_wait_s| seconds. The
+   * running agent does not use the CIDRs. */
+  int node_pod_cidrs_from_cp;
+  int node_pod_cidrs_wait_s;
 } mt_interception_config;
 
 /* node mode: one workload (pod) served by this agent. */
@@ -212,6 +219,10 @@ int mt_config_restart_changes(const mt_config *old, const mt_config *next, char 
 
 /* "trust_domain", "deny" or "passthrough", as the config spells it. */
 const char *mt_unknown_destination_str(mt_unknown_dest_mode mode);
+
+/* Parses "a.b.c.d/n", "v6/n" or a bare address (a single host) with the
+ * host bits zero. Returns 1, or 0 with the reason in |why|. */
+int mt_cidr_parse(const char *text, mt_cidr *out, char *why, size_t why_len);
 
 /* Room for any mt_sockaddr_format text: "[" v6 "]:" port. */
 enum { MT_SOCKADDR_TEXT_MAX = 64 };

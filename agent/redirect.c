@@ -3,6 +3,8 @@
  * iptables-restore with fork/exec and reports what they said. */
 #include "agent/redirect.h"
 
+#include "agent/node_info_client.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -255,11 +257,11 @@ static void emit_output(strbuf *b, const mt_config *c, int family) {
  * (MTLSD_NODE_OUT, which also catches pod-to-pod calls on this node); one
  * for our pods from anywhere else is inbound. Packets the agent itself
  * sends never pass PREROUTING, so no owner match is needed (nor allowed). */
-static void emit_node(strbuf *b, const mt_config *c, int family) {
+static void emit_node(strbuf *b, const mt_config *c, const mt_cidr_list *pods, int family) {
   const mt_interception_config *ic = &c->interception;
   char text[INET6_ADDRSTRLEN + 8];
-  for (size_t i = 0; i < ic->node_pod_cidrs.count; i++) {
-    const mt_cidr *x = &ic->node_pod_cidrs.cidrs[i];
+  for (size_t i = 0; i < pods->count; i++) {
+    const mt_cidr *x = &pods->cidrs[i];
     if (x->family != family) continue;
     format_cidr(x, text, sizeof(text));
     sb_printf(b, "-A " MT_CHAIN_INBOUND " -s %s -j " MT_CHAIN_NODE_OUT "\n", text);
@@ -269,8 +271,8 @@ static void emit_node(strbuf *b, const mt_config *c, int family) {
     uint16_t p = ic->exclude_inbound_ports.ports[i];
     if (!list_has(ic->exclude_inbound_ports.ports, i, p)) sb_printf(b, ret, p);
   }
-  for (size_t i = 0; i < ic->node_pod_cidrs.count; i++) {
-    const mt_cidr *x = &ic->node_pod_cidrs.cidrs[i];
+  for (size_t i = 0; i < pods->count; i++) {
+    const mt_cidr *x = &pods->cidrs[i];
     if (x->family != family) continue;
     format_cidr(x, text, sizeof(text));
     if (ic->include_inbound_ports.all) {
@@ -303,13 +305,15 @@ static void emit_first_jump(strbuf *b, const char *chain, const char *rule, unsi
   sb_printf(b, "-I %s 1 %s\n", chain, rule);
 }
 
-char *mt_redirect_install_text(const mt_config *c, int family, const mt_redirect_state *now) {
+char *mt_redirect_install_text(const mt_config *c, const mt_cidr_list *pods, int family,
+                               const mt_redirect_state *now) {
   const mt_interception_config *ic = &c->interception;
   strbuf b = {NULL, 0, 0, 0};
-  int node = ic->node_pod_cidrs.count > 0;
+  if (pods == NULL) pods = &ic->node_pod_cidrs;
+  int node = pods->count > 0;
   emit_header(&b);
   if (node)
-    emit_node(&b, c, family);
+    emit_node(&b, c, pods, family);
   else
     emit_inbound(&b, c);
   sb_printf(&b, "-A " MT_CHAIN_IN_REDIRECT " -p tcp -j REDIRECT --to-ports %u\n", ic->inbound_port);
@@ -361,7 +365,7 @@ void mt_redirect_state_parse(const char *listing, mt_redirect_state *out) {
   }
 }
 
-int mt_redirect_wants_ipv6(const mt_config *c) {
+int mt_redirect_wants_ipv6(const mt_config *c, const mt_cidr_list *pods) {
   for (size_t i = 0; i < c->num_inbound_listeners; i++)
     if (family_of(&c->inbound_listeners[i].listen) == AF_INET6) return 1;
   for (size_t i = 0; i < c->num_outbound_listeners; i++)
@@ -377,6 +381,9 @@ int mt_redirect_wants_ipv6(const mt_config *c) {
     if (ic->include_outbound_cidrs.cidrs[i].family == AF_INET6) return 1;
   for (size_t i = 0; i < ic->exclude_outbound_cidrs.count; i++)
     if (ic->exclude_outbound_cidrs.cidrs[i].family == AF_INET6) return 1;
+  if (pods == NULL) pods = &ic->node_pod_cidrs;
+  for (size_t i = 0; i < pods->count; i++)
+    if (pods->cidrs[i].family == AF_INET6) return 1;
   return 0;
 }
 
@@ -591,10 +598,11 @@ static int restore(const family_tools *f, const char *text, char *why, size_t wh
   return ok;
 }
 
-static int install(const mt_config *c, const family_tools *f, char *why, size_t why_len) {
+static int install(const mt_config *c, const mt_cidr_list *pods, const family_tools *f, char *why,
+                   size_t why_len) {
   mt_redirect_state now;
   if (!read_state(f, &now, why, why_len)) return 0;
-  char *text = mt_redirect_install_text(c, f->family, &now);
+  char *text = mt_redirect_install_text(c, pods, f->family, &now);
   if (text == NULL) {
     snprintf(why, why_len, "out of memory");
     return 0;
@@ -647,11 +655,44 @@ static void ensure_std_fds(void) {
   }
 }
 
-static int print_rules(const mt_config *c) {
+static void on_node_info_retry(void *ctx, const char *why, int64_t delay_ms) {
+  (void)ctx;
+  fprintf(stderr,
+          "mtlsd init-iptables: asking the control plane for this node's pod CIDRs: %s; "
+          "retrying in %.1f s\n",
+          why, (double)delay_ms / 1000);
+}
+
+/* interception.node_pod_cidrs: from_control_plane. Says what it got (a
+ * comment line ahead of --print's rules, a line of its own for --apply),
+ * or why there is nothing to install. Returns 1 or 0. */
+static int node_pod_cidrs_from_cp(const mt_config *c, redirect_action action, mt_node_info *node) {
+  char why[ERR_TEXT_MAX];
+  if (!mt_node_info_fetch(c, on_node_info_retry, NULL, node, why, sizeof(why))) {
+    fprintf(stderr,
+            "mtlsd init-iptables: cannot learn this node's pod CIDRs from the control plane: %s; "
+            "%s\n",
+            why, action == ACTION_APPLY ? "no rules installed or changed" : "nothing to print");
+    return 0;
+  }
+  FILE *out = stdout;
+  fprintf(out,
+          "%snode pod CIDRs from the control plane (node %s):", action == ACTION_PRINT ? "# " : "",
+          node->node_name);
+  for (size_t i = 0; i < node->num_cidrs; i++) {
+    char text[INET6_ADDRSTRLEN + 8];
+    format_cidr(&node->cidrs[i], text, sizeof(text));
+    fprintf(out, "%s %s", i ? "," : "", text);
+  }
+  fprintf(out, "\n");
+  return 1;
+}
+
+static int print_rules(const mt_config *c, const mt_cidr_list *pods) {
   mt_redirect_state fresh = {0, 0, 0};
   int ok = 1;
-  for (int v6 = 0; v6 <= mt_redirect_wants_ipv6(c) && ok; v6++) {
-    char *text = mt_redirect_install_text(c, v6 ? AF_INET6 : AF_INET, &fresh);
+  for (int v6 = 0; v6 <= mt_redirect_wants_ipv6(c, pods) && ok; v6++) {
+    char *text = mt_redirect_install_text(c, pods, v6 ? AF_INET6 : AF_INET, &fresh);
     ok = text != NULL;
     if (ok) {
       if (v6) fputs("# IPv6: ip6tables-restore --noflush\n", stdout);
@@ -663,16 +704,16 @@ static int print_rules(const mt_config *c) {
   return ok && fflush(stdout) == 0 ? 0 : 1;
 }
 
-static int run_action(const mt_config *c, redirect_action action) {
+static int run_action(const mt_config *c, const mt_cidr_list *pods, redirect_action action) {
   char why[ERR_TEXT_MAX];
-  int v6 = mt_redirect_wants_ipv6(c);
+  int v6 = mt_redirect_wants_ipv6(c, pods);
   int ok;
   if (action == ACTION_APPLY) {
-    ok = install(c, &ipv4_tools, why, sizeof(why));
+    ok = install(c, pods, &ipv4_tools, why, sizeof(why));
     /* IPv6 follows the config: installed when it names IPv6 addresses,
      * otherwise any earlier IPv6 rules of ours are removed. */
     if (ok)
-      ok = v6 ? install(c, &ipv6_tools, why, sizeof(why))
+      ok = v6 ? install(c, pods, &ipv6_tools, why, sizeof(why))
               : uninstall(&ipv6_tools, 0, why, sizeof(why));
   } else {
     ok =
@@ -714,13 +755,18 @@ int mt_redirect_main(int argc, char **argv) {
     return 1;
   }
   int rc;
+  mt_node_info node;
+  mt_cidr_list pods = {0, node.cidrs, 0};
   if (!c->has_interception && action != ACTION_REMOVE) {
     fprintf(stderr, "%s: no 'interception' section: nothing to install\n", path);
     rc = 1;
-  } else if (action == ACTION_PRINT) {
-    rc = print_rules(c);
+  } else if (action != ACTION_REMOVE && c->interception.node_pod_cidrs_from_cp &&
+             !node_pod_cidrs_from_cp(c, action, &node)) {
+    rc = 1; /* fail closed: no layout without its capture */
   } else {
-    rc = run_action(c, action);
+    pods.count = c->interception.node_pod_cidrs_from_cp ? node.num_cidrs : 0;
+    const mt_cidr_list *which = pods.count > 0 ? &pods : NULL;
+    rc = action == ACTION_PRINT ? print_rules(c, which) : run_action(c, which, action);
   }
   mt_config_free(c);
   return rc;

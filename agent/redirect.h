@@ -40,25 +40,34 @@ typedef struct {
 /* Reads the output of `iptables -t nat -S` (or ip6tables). */
 void mt_redirect_state_parse(const char *listing, mt_redirect_state *out);
 
+/* |node_pod_cidrs| below: the node layout's pod CIDRs when they are not in
+ * the config (interception.node_pod_cidrs: from_control_plane, answered by
+ * the control plane; borrowed); NULL means the config's own list. A
+ * non-empty list selects the node layout. */
+
 /* 1 when the config names an IPv6 address (a listener, the control plane,
- * an interception CIDR or app_source_address): the rules are then installed
- * for IPv6 too. */
-int mt_redirect_wants_ipv6(const mt_config *config);
+ * an interception CIDR, a node pod CIDR or app_source_address): the rules
+ * are then installed for IPv6 too. */
+int mt_redirect_wants_ipv6(const mt_config *config, const mt_cidr_list *node_pod_cidrs);
 
 /* The iptables-restore --noflush input that leaves |family|'s (AF_INET or
  * AF_INET6) nat table with exactly our chains and rules and one jump from
  * PREROUTING and OUTPUT, given |now| (all zero: a fresh table).
  * |config| must have an interception section. Returns a malloc'd string
  * (the caller frees it) or NULL when out of memory. */
-char *mt_redirect_install_text(const mt_config *config, int family, const mt_redirect_state *now);
+char *mt_redirect_install_text(const mt_config *config, const mt_cidr_list *node_pod_cidrs,
+                               int family, const mt_redirect_state *now);
 
 /* The input that deletes our jumps and chains given |now|; "" when nothing
  * of ours is installed. Malloc'd, or NULL when out of memory. */
 char *mt_redirect_remove_text(const mt_redirect_state *now);
 
 /* `mtlsd init-iptables --config FILE (--apply | --remove | --print)`;
- * argv[0] is "init-iptables". Prints its own messages; returns the exit
- * status (0 done, 1 config or iptables failure, 2 usage). */
+ * argv[0] is "init-iptables". With node_pod_cidrs: from_control_plane,
+ * --apply and --print first ask the control plane (node_info_client.h) and
+ * change nothing when it does not answer with CIDRs. Prints its own
+ * messages; returns the exit status (0 done, 1 config, control-plane or
+ * iptables failure, 2 usage). */
 int mt_redirect_main(int argc, char **argv);
 
 #ifdef __cplusplus

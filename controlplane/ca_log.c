@@ -62,12 +62,14 @@ static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_CREATE_CERTIFICATE] = "CreateCertificate",
     [MT_CA_METHOD_WATCH] = "Watch",
     [MT_CA_METHOD_WANT] = "Want",
+    [MT_CA_METHOD_NODE_INFO] = "NodeInfo",
 };
 
 static const char *const kMethodPaths[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_CREATE_CERTIFICATE] = "/istio.v1.auth.IstioCertificateService/CreateCertificate",
     [MT_CA_METHOD_WATCH] = "/mtlsd.mesh.v1.MeshConfig/Watch",
     [MT_CA_METHOD_WANT] = "/mtlsd.mesh.v1.MeshConfig/Want",
+    [MT_CA_METHOD_NODE_INFO] = "/mtlsd.node.v1.NodeInfo/Get",
 };
 
 const char *mt_ca_method_path(mt_ca_method method) {

@@ -24,6 +24,7 @@ typedef enum {
   MT_CA_METHOD_CREATE_CERTIFICATE,
   MT_CA_METHOD_WATCH,
   MT_CA_METHOD_WANT,
+  MT_CA_METHOD_NODE_INFO, /* /mtlsd.node.v1.NodeInfo/Get */
   MT_CA_METHOD_COUNT,
 } mt_ca_method;
 

@@ -30,6 +30,8 @@
 #include "controlplane/k8s_source.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/mesh_service.h"
+#include "controlplane/node_info_service.h"
+#include "controlplane/node_source.h"
 #include "controlplane/workload_registry.h"
 #include "controlplane/workloads_file.h"
 #include "grpc/server.h"
@@ -37,6 +39,10 @@
 enum {
   ERR_MAX = 1536,
   WHY_MAX = 1024,
+  /* How long a Node read for NodeInfo is reused (node_source.h): pod CIDRs
+   * never change once set, so this only bounds how stale "no CIDRs yet"
+   * or a re-created node can be. */
+  NODE_CACHE_TTL_MS = 30000,
   EXIT_OK = 0,
   EXIT_FAILURE_CODE = 1,
   EXIT_USAGE = 2,
@@ -56,6 +62,8 @@ typedef struct {
   /* The API server's token issuer (OpenID discovery): NULL without
    * kubernetes, or with both tokens.issuer and tokens.keys_file. */
   mt_issuer_source *token_issuer;
+  mt_node_source *nodes;           /* Node objects for NodeInfo; NULL without kubernetes */
+  mt_node_info_service *node_info; /* NULL without kubernetes */
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -114,6 +122,8 @@ static void app_dispose(mt_ca_app *app, int dump_counters) {
   /* Only now: ending the Watch streams above counts and logs them. */
   if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
   mt_ca_service_free(app->ca);
+  mt_node_info_service_free(app->node_info);
+  mt_node_source_free(app->nodes); /* after the service that borrows it, before the client */
   mt_workload_registry_free(app->workloads); /* after the service that borrows it */
   mt_jwks_source_free(app->token_keys);      /* before the client it borrows */
   mt_issuer_source_free(app->token_issuer);  /* likewise */
@@ -293,7 +303,8 @@ static int start_server(mt_ca_app *app, char *err, size_t err_len) {
     return 0;
   }
   if (!mt_ca_service_register(app->ca, app->server) ||
-      (app->mesh != NULL && !mt_mesh_service_register(app->mesh, app->server))) {
+      (app->mesh != NULL && !mt_mesh_service_register(app->mesh, app->server)) ||
+      (app->node_info != NULL && !mt_node_info_service_register(app->node_info, app->server))) {
     snprintf(err, err_len, "out of memory registering the methods");
     return 0;
   }
@@ -456,6 +467,15 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   mt_ca_log_info(app->log, "kubernetes: watching %s",
                  c->k8s_server ? c->k8s_server : "the in-cluster API server");
   mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
+  app->nodes = mt_node_source_new(app->loop, mt_k8s_source_client(app->cluster), NODE_CACHE_TTL_MS);
+  app->node_info = app->nodes != NULL ? mt_node_info_service_new(
+                                            app->auth, app->log, app->nodes,
+                                            (const char *const *)c->node_agents, c->num_node_agents)
+                                      : NULL;
+  if (app->node_info == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", c->path);
+    return 0;
+  }
   if (c->token_keys_file == NULL && !start_api_token_keys(app, err, err_len)) return 0;
   return start_api_token_issuer(app, err, err_len);
 }

@@ -70,6 +70,35 @@ static int check_requested_id(const mt_node_auth_policy *p, const char *id,
   return 1;
 }
 
+/* Rules 1 and 2: a node agent whose token names its node. |what| is what
+ * it asked for, |use| what needs the claim, both for the messages. Returns
+ * 1, or 0 with the refusal set. */
+static int check_node_agent(const mt_node_auth_policy *p, const mt_node_auth_request *r,
+                            const char *what, const char *use, mt_node_auth_decision *out) {
+  char quoted[SHOWN_MAX + 4];
+  if (!is_node_agent(p, r->caller_id)) {
+    decide(out, MT_GRPC_PERMISSION_DENIED, "not_node_agent",
+           "caller %s is not a node agent (node_agents), so it may not ask for %s", r->caller_id,
+           what);
+    return 0;
+  }
+  const char *node = r->caller_node != NULL ? r->caller_node : "";
+  if (node[0] == '\0') {
+    decide(out, MT_GRPC_PERMISSION_DENIED, "no_node_claim",
+           "the token of node agent %s has no node name claim (kubernetes.io.node.name); "
+           "%s needs a token bound to a pod on a node",
+           r->caller_id, use);
+    return 0;
+  }
+  if (!mt_node_name_valid(node)) {
+    decide(out, MT_GRPC_PERMISSION_DENIED, "bad_node_claim",
+           "the node name claim of node agent %s is not a valid Kubernetes node name: \"%s\"",
+           r->caller_id, shown(node, quoted));
+    return 0;
+  }
+  return 1;
+}
+
 void mt_node_auth_decide(const mt_node_auth_policy *p, const mt_node_auth_request *r,
                          mt_node_auth_decision *out) {
   char quoted[SHOWN_MAX + 4];
@@ -79,27 +108,11 @@ void mt_node_auth_decide(const mt_node_auth_policy *p, const mt_node_auth_reques
     out->identity = r->caller_id;
     return;
   }
-  if (!is_node_agent(p, r->caller_id)) {
-    decide(out, MT_GRPC_PERMISSION_DENIED, "not_node_agent",
-           "caller %s is not a node agent (node_agents), so it may not ask for a certificate of "
-           "another identity (%s %s)",
-           r->caller_id, MT_NODE_AUTH_IMPERSONATION_KEY, shown(r->impersonated_id, quoted));
-    return;
-  }
-  const char *node = r->caller_node != NULL ? r->caller_node : "";
-  if (node[0] == '\0') {
-    decide(out, MT_GRPC_PERMISSION_DENIED, "no_node_claim",
-           "the token of node agent %s has no node name claim (kubernetes.io.node.name); "
-           "impersonation needs a token bound to a pod on a node",
-           r->caller_id);
-    return;
-  }
-  if (!mt_node_name_valid(node)) {
-    decide(out, MT_GRPC_PERMISSION_DENIED, "bad_node_claim",
-           "the node name claim of node agent %s is not a valid Kubernetes node name: \"%s\"",
-           r->caller_id, shown(node, quoted));
-    return;
-  }
+  char what[SHOWN_MAX + 96];
+  snprintf(what, sizeof(what), "a certificate of another identity (%s %s)",
+           MT_NODE_AUTH_IMPERSONATION_KEY, shown(r->impersonated_id, quoted));
+  if (!check_node_agent(p, r, what, "impersonation", out)) return;
+  const char *node = r->caller_node;
   if (!check_requested_id(p, r->impersonated_id, out)) return;
   if (p->cluster != NULL && p->cluster_not_synced) {
     decide(out, MT_GRPC_UNAVAILABLE, "cluster_not_synced",
@@ -118,4 +131,12 @@ void mt_node_auth_decide(const mt_node_auth_policy *p, const mt_node_auth_reques
   }
   decide(out, MT_GRPC_OK, "ok", "%s", "");
   out->identity = r->impersonated_id;
+}
+
+void mt_node_auth_node_of(const mt_node_auth_policy *p, const mt_node_auth_request *r,
+                          mt_node_auth_decision *out) {
+  memset(out, 0, sizeof(*out));
+  if (!check_node_agent(p, r, "a node's pod CIDRs", "NodeInfo", out)) return;
+  decide(out, MT_GRPC_OK, "ok", "%s", "");
+  out->identity = r->caller_node;
 }

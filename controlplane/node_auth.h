@@ -71,6 +71,14 @@ typedef struct {
 void mt_node_auth_decide(const mt_node_auth_policy *policy, const mt_node_auth_request *request,
                          mt_node_auth_decision *out);
 
+/* Which node may a caller ask about (NodeInfo, node_info_service.h)? Its
+ * own, as its token names it, and only when it is a node agent: rules 1
+ * and 2 above ("not_node_agent", "no_node_claim", "bad_node_claim", all
+ * PERMISSION_DENIED). On OK, |out->identity| is the node's name (it points
+ * into |request|); |request->impersonated_id| is not used. */
+void mt_node_auth_node_of(const mt_node_auth_policy *policy, const mt_node_auth_request *request,
+                          mt_node_auth_decision *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -106,7 +106,7 @@ def make_pki(d):
 
 
 class Messages:
-    """The protobuf message classes of proto/istio/ca.proto and mesh.proto."""
+    """The protobuf message classes of proto/istio/ca.proto, mesh.proto and node.proto."""
 
     def __init__(self, descriptor_set):
         fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
@@ -117,6 +117,8 @@ class Messages:
         self.MeshSnapshot = classes["mtlsd.mesh.v1.MeshSnapshot"]
         self.WantRequest = classes["mtlsd.mesh.v1.WantRequest"]
         self.WantResponse = classes["mtlsd.mesh.v1.WantResponse"]
+        self.NodeInfoRequest = classes["mtlsd.node.v1.NodeInfoRequest"]
+        self.NodeInfoResponse = classes["mtlsd.node.v1.NodeInfoResponse"]
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +126,7 @@ def msgs(tmp_path_factory):
     out = tmp_path_factory.mktemp("proto") / "mtls.desc"
     p = subprocess.run([PROTOC_C, "-I.", "-I/usr/include", "--include_imports",
                         f"--descriptor_set_out={out}", "proto/istio/ca.proto",
-                        "proto/mtlsd/mesh.proto"], cwd=REPO, capture_output=True, text=True,
+                        "proto/mtlsd/mesh.proto", "proto/mtlsd/node.proto"], cwd=REPO, capture_output=True, text=True,
                        timeout=WAIT)
     assert p.returncode == 0, p.stderr
     return Messages(out.read_bytes())

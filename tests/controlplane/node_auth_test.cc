@@ -188,4 +188,45 @@ TEST_F(NodeAuth, BeforeTheClusterIsListedAWorkloadIsAnsweredRetryNotRefused) {
   mt_cluster_state_free(cluster);
 }
 
+// NodeInfo: the node a caller learns about is its token's, and only a node
+// agent may ask.
+mt_node_auth_decision NodeOf(const mt_node_auth_policy &policy, const char *caller,
+                             const char *node) {
+  mt_node_auth_request request = {caller, node, "spiffe://example.org/ns/demo/sa/ignored"};
+  mt_node_auth_decision d;
+  mt_node_auth_node_of(&policy, &request, &d);
+  return d;
+}
+
+TEST_F(NodeAuth, NodeInfoAnswersANodeAgentAboutTheNodeItsTokenNames) {
+  mt_node_auth_decision d = NodeOf(policy_, kNodeAgent, "node-2");
+  EXPECT_EQ(d.status, MT_GRPC_OK);
+  EXPECT_STREQ(d.reason, "ok");
+  EXPECT_STREQ(d.identity, "node-2");
+}
+
+TEST_F(NodeAuth, NodeInfoRefusesAWorkloadEvenWithANodeClaim) {
+  mt_node_auth_decision d = NodeOf(policy_, kFrontend, "node-1");
+  EXPECT_EQ(d.status, MT_GRPC_PERMISSION_DENIED);
+  EXPECT_STREQ(d.reason, "not_node_agent");
+  EXPECT_STREQ(d.message,
+               "caller spiffe://example.org/ns/demo/sa/frontend is not a node agent "
+               "(node_agents), so it may not ask for a node's pod CIDRs");
+  EXPECT_EQ(d.identity, nullptr);
+}
+
+TEST_F(NodeAuth, NodeInfoRefusesANodeAgentWithoutAUsableNodeClaim) {
+  for (const char *node : {"", static_cast<const char *>(nullptr)}) {
+    mt_node_auth_decision d = NodeOf(policy_, kNodeAgent, node);
+    EXPECT_EQ(d.status, MT_GRPC_PERMISSION_DENIED);
+    EXPECT_STREQ(d.reason, "no_node_claim");
+    EXPECT_NE(std::string(d.message).find("NodeInfo needs a token bound to a pod on a node"),
+              std::string::npos)
+        << d.message;
+  }
+  mt_node_auth_decision d = NodeOf(policy_, kNodeAgent, "../nodes/other");
+  EXPECT_EQ(d.status, MT_GRPC_PERMISSION_DENIED);
+  EXPECT_STREQ(d.reason, "bad_node_claim");
+}
+
 }  // namespace

@@ -638,9 +638,12 @@ def test_mtls_ca_files_come_from_mounted_volumes():
 
 # What mtls-ca's Kubernetes source reads (controlplane/README.md "Kubernetes
 # source"), and nothing else.
-MTLS_CA_READS = {("", "pods"), ("", "services"), ("", "namespaces"),
-                 ("discovery.k8s.io", "endpointslices")}
 READ_VERBS = ["get", "list", "watch"]
+# What it watches, and the one node at a time it GETs for NodeInfo (a
+# node agent's own node's spec.podCIDRs): get only, never list or watch.
+MTLS_CA_READS = {("", "pods"): READ_VERBS, ("", "services"): READ_VERBS,
+                 ("", "namespaces"): READ_VERBS, ("discovery.k8s.io", "endpointslices"): READ_VERBS,
+                 ("", "nodes"): ["get"]}
 ISSUER_DISCOVERY = "system:service-account-issuer-discovery"
 
 
@@ -654,16 +657,15 @@ def test_mtls_ca_cluster_role_is_read_only_on_exactly_what_it_watches():
     (role,) = objects("ClusterRole")
     assert role["metadata"]["name"] == "mtls-ca"
     assert "aggregationRule" not in role
-    granted = set()
+    granted = {}
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, \
             f"only apiGroups/resources/verbs (no resourceNames, no nonResourceURLs): {rule}"
-        assert sorted(rule["verbs"]) == READ_VERBS, rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 assert "*" not in (group, resource) and "/" not in resource, rule  # no wildcard, no subresource
                 assert (group, resource) not in granted, f"{group}/{resource} granted twice"
-                granted.add((group, resource))
+                granted[(group, resource)] = sorted(rule["verbs"])
     assert granted == MTLS_CA_READS
     assert not objects("Role"), "mtls-ca needs no namespaced Role; nothing else needs any"
 
@@ -779,8 +781,9 @@ def test_node_mode_capabilities_only_on_the_init_container():
     assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
-    assert TOKEN_DIR not in mounts_of(init), "the init container needs no token"
     (agent,) = spec["containers"]
+    # The token names the node to mtls-ca, which answers its pod CIDRs.
+    assert mounts_of(init)[TOKEN_DIR] == mounts_of(agent)[TOKEN_DIR]
     sc = agent["securityContext"]
     assert sc["runAsUser"] == AGENT_UID and sc["runAsGroup"] == AGENT_UID
     assert sc["runAsNonRoot"] is True
@@ -846,12 +849,12 @@ def test_node_config_names_no_node_and_matches_the_ca():
     # PREROUTING capture: listeners on every address, the node layout selected.
     assert [l["address"] for l in config["inbound"]["listeners"]] == [f"0.0.0.0:{INBOUND_PORT}"]
     assert [l["address"] for l in config["outbound"]["listeners"]] == [f"0.0.0.0:{OUTBOUND_PORT}"]
-    # One cluster-wide pod CIDR (README.md "Node mode", "Pod CIDR").
-    (cidr,) = config["interception"]["node_pod_cidrs"]
-    assert cidr == "10.244.0.0/16"
+    # No pod CIDR to fill in: each node's own, from mtls-ca (README.md "Pod CIDR").
+    assert config["interception"]["node_pod_cidrs"] == "from_control_plane"
+    assert "10.244." not in NODE_TEXT
     assert config["interception"]["proxy_uid"] == AGENT_UID
     readme = (K8S / "README.md").read_text()
-    assert "10.244.0.0/16" in readme and "### Pod CIDR" in readme
+    assert "### Pod CIDR" in readme and "from_control_plane" in readme
 
 
 def run_on_node_config(tmp_path, args, node_name=NODE_NAME_FOR_TESTS):
@@ -871,22 +874,49 @@ def test_node_config_passes_check_config(tmp_path):
     assert f"identity {node_agent_id()}" in r.stdout
 
 
-def test_init_iptables_rules_for_the_node(tmp_path):
-    """PREROUTING only, by the pod CIDR: the node's own traffic (kubelet,
-    the agent, hostNetwork pods) is never captured."""
+def node_text_with(interception_changes):
+    """The node config with `interception` keys replaced, as YAML text."""
+    config = yaml.safe_load(NODE_TEXT)
+    config["interception"].update(interception_changes)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def test_init_iptables_without_an_answer_from_mtls_ca_installs_nothing(tmp_path):
+    """Here there is no mtls-ca (nor its Service name, nor the mounted
+    files): mtlsd-init says why and prints no rule, rather than a layout
+    without capture (tests/integration/test_node_pod_cidrs.py runs it
+    against a real mtls-ca)."""
     need_binary(MTLSD_BIN)
-    r = run_on_node_config(tmp_path, ["init-iptables", "--config", "CONFIG", "--print"])
+    path = tmp_path / "mtlsd.yaml"
+    path.write_text(node_text_with({"node_pod_cidrs_wait_s": 1}))
+    r = subprocess.run([str(MTLSD_BIN), "init-iptables", "--config", str(path), "--print"],
+                       capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, NODE_NAME=NODE_NAME_FOR_TESTS))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout == ""
+    assert "cannot learn this node's pod CIDRs from the control plane" in r.stderr
+
+
+@pytest.mark.parametrize("cidrs", [["10.244.1.0/24"], ["10.244.2.0/24", "fd00:10:244:2::/64"]])
+def test_init_iptables_rules_for_the_node(tmp_path, cidrs):
+    """PREROUTING only, by the node's pod CIDRs (here listed by hand, as
+    for a CNI that allocates none): the node's own traffic (kubelet, the
+    agent, hostNetwork pods) is never captured."""
+    need_binary(MTLSD_BIN)
+    path = tmp_path / "mtlsd.yaml"
+    path.write_text(node_text_with({"node_pod_cidrs": cidrs}))
+    r = subprocess.run([str(MTLSD_BIN), "init-iptables", "--config", str(path), "--print"],
+                       capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, NODE_NAME=NODE_NAME_FOR_TESTS))
     assert r.returncode == 0, r.stdout + r.stderr
     rules = r.stdout.splitlines()
-    for cidr in NODE_CONFIG["interception"]["node_pod_cidrs"]:
+    for cidr in cidrs:
         assert f"-A MTLSD_INBOUND -s {cidr} -j MTLSD_NODE_OUT" in rules
         assert f"-A MTLSD_INBOUND -d {cidr} -j MTLSD_IN_REDIRECT" in rules
     # First in PREROUTING, ahead of kube-proxy's Service DNAT.
     assert "-I PREROUTING 1 -p tcp -j MTLSD_INBOUND" in rules
     assert not any(rule.startswith("-A OUTPUT") for rule in rules), rules
-    # The same rules on every node: nothing in them depends on the node.
-    other = run_on_node_config(tmp_path, ["init-iptables", "--config", "CONFIG", "--print"], "node-2")
-    assert other.returncode == 0 and other.stdout == r.stdout
+    assert ("# IPv6: ip6tables-restore --noflush" in rules) == (len(cidrs) == 2)
 
 
 def test_node_agent_has_no_api_access():

@@ -48,12 +48,14 @@ def make_pki(out):
     return Path(out)
 
 
-def mint_token(pki, path, service_account, namespace="default", ttl_s=3600):
+def mint_token(pki, path, service_account, namespace="default", ttl_s=3600, node=None):
     """A projected service-account token for system:serviceaccount:NS:SA,
-    signed by the PKI's token signer, written (atomically) to |path|."""
+    signed by the PKI's token signer, written (atomically) to |path|;
+    |node| binds it to a pod on that node (the kubernetes.io.node.name claim)."""
     res = subprocess.run(["/usr/bin/python3", str(MINT_TOKEN), "--key",
                           str(Path(pki) / "tokens" / "signer.key"), "--namespace", namespace,
-                          "--service-account", service_account, f"--ttl={ttl_s}"],
+                          "--service-account", service_account, f"--ttl={ttl_s}"]
+                         + (["--node", node] if node else []),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"mint-token.py failed: {res.stderr}"
     path = Path(path)
@@ -109,7 +111,7 @@ class MtlsCa:
     restart uses the very same configuration and port."""
 
     def __init__(self, procs, binary, pki, workdir, mesh=None, port=None,
-                 max_ttl_s=MAX_CERT_TTL_S):
+                 max_ttl_s=MAX_CERT_TTL_S, extra=None, argv_prefix=()):
         self.procs, self.binary, self.pki = procs, binary, Path(pki)
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +129,8 @@ class MtlsCa:
         self.proc = None
         self.stops = []  # (exit status, needed SIGKILL) of every stop
         self.has_mesh = mesh is not None
+        # |argv_prefix|: e.g. `ip netns exec NS` (which exec()s: the PID stays mtls-ca's).
+        self.argv_prefix = [str(a) for a in argv_prefix]
         if mesh is not None:
             self.write_mesh(mesh)
         config = {
@@ -145,6 +149,7 @@ class MtlsCa:
         if mesh is not None:
             config["mesh_file"] = str(self.mesh_path)
             config["mesh_poll_ms"] = MESH_POLL_MS
+        config.update(extra or {})  # e.g. node_agents, kubernetes
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.start()
 
@@ -154,7 +159,7 @@ class MtlsCa:
         listening = f"listening on 127.0.0.1:{self.port} "
         before = self.stderr().count(listening)
         with open(self.stderr_path, "ab") as err:
-            self.proc = self.procs.spawn([self.binary, "--config", self.config_path],
+            self.proc = self.procs.spawn(self.argv_prefix + [self.binary, "--config", self.config_path],
                                          stdout=subprocess.DEVNULL, stderr=err, cwd=self.dir)
 
         def up():

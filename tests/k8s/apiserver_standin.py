@@ -19,6 +19,11 @@ page from the first page's snapshot (etcd keeps that revision), and a
 token whose snapshot is older than the compacted history gets HTTP 410
 "Expired", as the real server answers an expired continue token.
 
+GET of one object by name for cluster-scoped resources
+(`/api/v1/nodes/NAME`, `/api/v1/namespaces/NAME`): the object with its kind
+and apiVersion, or 404 with a NotFound Status (`nodes "x" not found`), as
+kube-apiserver answers.
+
 What it is not: no field or label selectors, no writes through
 the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
 
@@ -33,6 +38,8 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
                        on: HTTP 410 (true) or an ERROR event with code 410 in a 200
                        stream (false; the start-up default unless --gone-as-http)
   POST /admin/tokens   {"tokens": [...]} the bearer tokens accepted from now on
+  POST /admin/forbid   {"resources": ["nodes", ...]} every GET, LIST and WATCH of these
+                       is answered 403 Forbidden from now on, as when RBAC lacks the verb
   POST /admin/jwks     {"keys": [...]} the JSON Web Key Set served at /openid/v1/jwks
                        (kube-apiserver's service-account issuer keys; {"keys": []} before)
   POST /admin/discovery  what /.well-known/openid-configuration answers from now on:
@@ -99,6 +106,7 @@ RESOURCES = {
     "/api/v1/pods": ("pods", "Pod", "PodList", "v1"),
     "/api/v1/services": ("services", "Service", "ServiceList", "v1"),
     "/api/v1/namespaces": ("namespaces", "Namespace", "NamespaceList", "v1"),
+    "/api/v1/nodes": ("nodes", "Node", "NodeList", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": (
         "endpointslices",
         "EndpointSlice",
@@ -107,6 +115,8 @@ RESOURCES = {
     ),
 }
 BY_NAME = {v[0]: (path,) + v for path, v in RESOURCES.items()}
+# Cluster-scoped collections that also answer GET <collection>/NAME.
+BY_PATH_NAMED = {"/api/v1/nodes": True, "/api/v1/namespaces": True}
 
 DEFAULT_WATCH_TIMEOUT_S = 1800  # what kube-apiserver picks between 30 and 60 min
 MAX_BODY_BYTES = 4 << 20
@@ -127,6 +137,13 @@ def status(code, reason, message):
         "code": code,
     }
 
+
+def forbidden(resource, verb, name=None):
+    """What kube-apiserver answers when RBAC does not grant |verb|."""
+    what = '%s "%s"' % (resource, name) if name else resource
+    return status(403, "Forbidden",
+                  '%s is forbidden: User "system:serviceaccount:mtls-system:mtls-ca" cannot %s '
+                  'resource "%s" in API group "" at the cluster scope' % (what, verb, resource))
 
 
 EXPIRED_CONTINUE = (
@@ -284,6 +301,13 @@ class Store:
             self.bookmark_epoch += 1
             self.cond.notify_all()
 
+    def get(self, resource, name):
+        """One cluster-scoped object as GET returns it (kind and apiVersion
+        included), or None."""
+        with self.cond:
+            obj = self.objects[resource].get(("", name))
+            return json.loads(json.dumps(obj)) if obj is not None else None
+
     def list(self, resource):
         """(resourceVersion, [list-item JSON, ...] in namespace/name order)."""
         with self.cond:
@@ -328,10 +352,17 @@ class Api:
         if url.path == "/.well-known/openid-configuration":
             self._discovery(out)
             return
+        collection, _, name = url.path.rpartition("/")
+        if url.path not in RESOURCES and collection in RESOURCES and BY_PATH_NAMED.get(collection):
+            self._get_one(RESOURCES[collection][0], name, out)
+            return
         if url.path not in RESOURCES:
             out.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
         resource, _, list_kind, api_version = RESOURCES[url.path]
+        if resource in app.forbidden:
+            out.send_json(403, forbidden(resource, "list"))
+            return
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if query.get("watch") in ("1", "true"):
             self._watch(resource, list_kind, api_version, query, out)
@@ -375,6 +406,19 @@ class Api:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algs,
         })
+
+    def _get_one(self, resource, name, out):
+        """GET of one cluster-scoped object by name."""
+        if resource in self.app.forbidden:
+            out.send_json(403, forbidden(resource, "get", name))
+            return
+        obj = self.app.store.get(resource, name)
+        if obj is None:
+            body = status(404, "NotFound", '%s "%s" not found' % (resource, name))
+            body["details"] = {"name": name, "kind": resource}
+            out.send_json(404, body)
+            return
+        out.send_json(200, obj)
 
     def _list_page(self, resource, limit, token):
         """(metadata, items) of one LIST page; None when |token| is expired
@@ -831,6 +875,9 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/tokens":
             app.tokens = set(body.get("tokens", []))
             self._reply(200, {})
+        elif self.path == "/admin/forbid":
+            app.forbidden = set(body.get("resources", []))
+            self._reply(200, {"forbidden": sorted(app.forbidden)})
         elif self.path == "/admin/jwks":
             with app.lock:
                 app.jwks = {"keys": list(body.get("keys", []))}
@@ -941,6 +988,7 @@ class App:
         self.expire_next_continue = False  # /admin/expire_continue
         self.watches = 0
         self.watch_requests = 0
+        self.forbidden = set()  # /admin/forbid: resources RBAC does not grant
 
 
 def serve(args):

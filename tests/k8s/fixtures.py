@@ -221,3 +221,104 @@ def endpointslice(ns, service_name, suffix, address_type, endpoints, ports):
         ],
         "ports": [{"name": pname, "port": port, "protocol": "TCP"} for pname, port in ports],
     }
+
+
+def _node_condition(ctype, status, reason, message):
+    return {
+        "lastHeartbeatTime": "2026-12-05T10:41:27Z",
+        "lastTransitionTime": "2026-12-05T09:58:40Z",
+        "message": message,
+        "reason": reason,
+        "status": status,
+        "type": ctype,
+    }
+
+
+def node(name, pod_cidrs, internal_ips, legacy=False, control_plane=False):
+    """A kubeadm worker as `kubectl get node NAME -o json` prints it on a
+    1.29 cluster. |pod_cidrs| is spec.podCIDRs (IPv4 first on a dual-stack
+    node; [] when the CNI allocates addresses itself, as Calico's IPAM
+    does, and the field is absent); |legacy| writes spec.podCIDR alone, as
+    objects from before the list existed have it."""
+    labels = {
+        "beta.kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "mtlsd/node-mode": "true",
+    }
+    if control_plane:
+        labels["node-role.kubernetes.io/control-plane"] = ""
+        labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+    spec = {"providerID": "kubeadm://" + name}
+    if pod_cidrs and legacy:
+        spec["podCIDR"] = pod_cidrs[0]
+    elif pod_cidrs:
+        spec["podCIDR"] = pod_cidrs[0]
+        spec["podCIDRs"] = list(pod_cidrs)
+    if control_plane:
+        spec["taints"] = [{"effect": "NoSchedule", "key": "node-role.kubernetes.io/control-plane"}]
+    resources = {"cpu": "8", "ephemeral-storage": "102625208Ki", "hugepages-1Gi": "0",
+                 "hugepages-2Mi": "0", "memory": "32729720Ki", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "annotations": {
+                "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+            "labels": labels,
+            "name": name,
+        },
+        "spec": spec,
+        "status": {
+            "addresses": [{"address": ip, "type": "InternalIP"} for ip in internal_ips]
+            + [{"address": name, "type": "Hostname"}],
+            "allocatable": dict(resources),
+            "capacity": dict(resources),
+            "conditions": [
+                _node_condition("MemoryPressure", "False", "KubeletHasSufficientMemory",
+                                "kubelet has sufficient memory available"),
+                _node_condition("DiskPressure", "False", "KubeletHasNoDiskPressure",
+                                "kubelet has no disk pressure"),
+                _node_condition("PIDPressure", "False", "KubeletHasSufficientPID",
+                                "kubelet has sufficient PID available"),
+                _node_condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "images": [
+                {"names": ["registry.k8s.io/etcd@sha256:22f892d7672adc0b9c86df67792afdb8b2dc08880f49f669eaaa59c47d7908c2",
+                           "registry.k8s.io/etcd:3.5.10-0"], "sizeBytes": 56649232},
+                {"names": ["registry.k8s.io/kube-proxy@sha256:6e0de32a002b910b9b2e0e8d769e2d7b05208240559c745ce4781082ab15f22",
+                           "registry.k8s.io/kube-proxy:v1.29.2"], "sizeBytes": 28397431},
+                {"names": ["registry.example.org/web@sha256:" + "1" * 64, "registry.example.org/web:1.4.2"],
+                 "sizeBytes": 19871234},
+                {"names": ["registry.k8s.io/pause@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097",
+                           "registry.k8s.io/pause:3.9"], "sizeBytes": 321520},
+            ],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": "6f1e0c7a-4b2d-4e8f-9a3c-5d7e9f1b3c5d",
+                "containerRuntimeVersion": "containerd://1.7.13",
+                "kernelVersion": "6.1.0-18-amd64",
+                "kubeProxyVersion": "v1.29.2",
+                "kubeletVersion": "v1.29.2",
+                "machineID": "3f5c7e9a1b2d4f6a8c0e2f4a6b8d0f1e",
+                "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "systemUUID": "8c2e4f6a-0b1d-4e3f-8a5c-7e9f1b3d5f7a",
+            },
+        },
+    }
+
+
+# The nodes of the tests: an IPv4 node, a dual-stack one, one whose CNI
+# allocates no per-node CIDR (no podCIDR at all), one written before
+# spec.podCIDRs existed.
+NODE_1 = node("node-1", ["10.244.1.0/24"], ["172.18.0.3"])
+NODE_2 = node("node-2", ["10.244.2.0/24", "fd00:10:244:2::/64"], ["172.18.0.4", "fc00:f853:ccd:e793::4"])
+NODE_3 = node("node-3", [], ["172.18.0.5"])
+NODE_OLD = node("node-old", ["10.244.9.0/24"], ["172.18.0.9"], legacy=True)

@@ -33,6 +33,10 @@ def main():
                                                       [("http", 8080), ("grpc", 9090)]),
                                      1300, "3c4d5e6f-7a8b-4c9d-0e1f-2a3b4c5d6e7f"),
         "namespace.json": served(fx.namespace("demo"), 17, "4d5e6f7a-8b9c-4d0e-1f2a-3b4c5d6e7f8a"),
+        "node.json": served(fx.NODE_1, 40, "5e6f7a8b-9c0d-4e1f-2a3b-4c5d6e7f8a9b"),
+        "node-dual-stack.json": served(fx.NODE_2, 41, "6f7a8b9c-0d1e-4f2a-3b4c-5d6e7f8a9b0c"),
+        "node-no-cidrs.json": served(fx.NODE_3, 42, "7a8b9c0d-1e2f-4a3b-4c5d-6e7f8a9b0c1d"),
+        "node-legacy.json": served(fx.NODE_OLD, 43, "8b9c0d1e-2f3a-4b4c-5d6e-7f8a9b0c1d2e"),
     }
     OUT.mkdir(exist_ok=True)
     for name, obj in objects.items():

@@ -82,7 +82,7 @@ class RedirectTest : public ::testing::Test {
   std::string At(int line) { return path_ + ":" + std::to_string(line) + ": "; }
 
   static std::string Install(const mt_config *c, int family, mt_redirect_state now = {0, 0, 0}) {
-    char *text = mt_redirect_install_text(c, family, &now);
+    char *text = mt_redirect_install_text(c, NULL, family, &now);
     EXPECT_NE(text, nullptr);
     std::string s = text ? text : "";
     free(text);
@@ -244,7 +244,7 @@ TEST_F(RedirectTest, MinimalConfigCapturesEverythingButTheAgent) {
                 "-A MTLSD_OUTPUT -j MTLSD_REDIRECT\n"
                 "-A MTLSD_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n" +
                 kJumps);
-  EXPECT_FALSE(mt_redirect_wants_ipv6(config_));
+  EXPECT_FALSE(mt_redirect_wants_ipv6(config_, NULL));
 }
 
 // The example from README.md: Istio's excluded ports, a control plane, a
@@ -338,7 +338,7 @@ TEST_F(RedirectTest, Ipv6RulesUseIpv6AddressesOnly) {
                  "  include_outbound_cidrs: [\"::/0\"]\n"),
             nullptr)
       << error_;
-  EXPECT_TRUE(mt_redirect_wants_ipv6(config_));
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, NULL));
   EXPECT_EQ(Install(config_, AF_INET6),
             std::string(kChains) +
                 "-A MTLSD_INBOUND -p tcp -m tcp --dport 15006 -j RETURN\n"
@@ -373,7 +373,7 @@ TEST_F(RedirectTest, AnIpv6CidrAloneAsksForIpv6Rules) {
                  "  exclude_outbound_cidrs: [\"fd00::/8\"]\n"),
             nullptr)
       << error_;
-  EXPECT_TRUE(mt_redirect_wants_ipv6(config_));
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, NULL));
 }
 
 // ---- idempotence -----------------------------------------------------------
@@ -479,4 +479,94 @@ TEST_F(RedirectTest, NodePodCidrCannotBeEverything) {
                  "  node_pod_cidrs: [0.0.0.0/0]\n"),
             nullptr);
   EXPECT_NE(error_.find("node_pod_cidrs"), std::string::npos) << error_;
+}
+
+// ---- node pod CIDRs from the control plane ----------------------------------
+
+std::string NodeFromControlPlane(const std::string &interception_extra) {
+  return ControlPlaneBase("10.96.0.12:15012") +
+         "  token_file: /var/run/secrets/tokens/mtls-token\n"
+         "node: {name: node-1}\n" +
+         kRedirectListeners +
+         "interception:\n"
+         "  proxy_uid: 1337\n"
+         "  node_pod_cidrs: from_control_plane\n" +
+         interception_extra;
+}
+
+TEST_F(RedirectTest, FromControlPlaneLeavesTheListEmptyAndWaitsThreeMinutesByDefault) {
+  ASSERT_NE(Load(NodeFromControlPlane("")), nullptr) << error_;
+  EXPECT_TRUE(config_->interception.node_pod_cidrs_from_cp);
+  EXPECT_EQ(config_->interception.node_pod_cidrs.count, 0u);
+  EXPECT_EQ(config_->interception.node_pod_cidrs_wait_s, 180);
+  // Without the answer there is no node layout to print: the config's own
+  // list is empty, so only an answer can select it (redirect.c asks first).
+  EXPECT_EQ(Install(config_, AF_INET).find("-s 10."), std::string::npos);
+}
+
+TEST_F(RedirectTest, TheWaitIsConfigurable) {
+  ASSERT_NE(Load(NodeFromControlPlane("  node_pod_cidrs_wait_s: 5\n")), nullptr) << error_;
+  EXPECT_EQ(config_->interception.node_pod_cidrs_wait_s, 5);
+  EXPECT_EQ(Load(NodeFromControlPlane("  node_pod_cidrs_wait_s: 0\n")), nullptr);
+  EXPECT_NE(error_.find("node_pod_cidrs_wait_s"), std::string::npos) << error_;
+}
+
+TEST_F(RedirectTest, FromControlPlaneNeedsAControlPlaneToken) {
+  std::string yaml = NodeFromControlPlane("");
+  yaml.replace(yaml.find("  token_file:"), yaml.find("node:") - yaml.find("  token_file:"), "");
+  EXPECT_EQ(Load(yaml), nullptr);
+  EXPECT_NE(error_.find("interception.node_pod_cidrs: from_control_plane needs control_plane with "
+                        "a token_file"),
+            std::string::npos)
+      << error_;
+}
+
+TEST_F(RedirectTest, OtherWordsAreNotCidrLists) {
+  EXPECT_EQ(Load(std::string(kBase) + kRedirectListeners +
+                 "interception:\n"
+                 "  proxy_uid: 1337\n"
+                 "  node_pod_cidrs: from_the_api\n"),
+            nullptr);
+  EXPECT_EQ(error_, At(16) +
+                        "'node_pod_cidrs' must be a list of CIDRs or \"from_control_plane\" (the "
+                        "node's spec.podCIDRs, asked of the control plane)");
+}
+
+TEST_F(RedirectTest, TheAnsweredCidrsSelectTheNodeLayoutPerFamily) {
+  ASSERT_NE(Load(NodeFromControlPlane("")), nullptr) << error_;
+  mt_cidr cidrs[2];
+  char why[128];
+  ASSERT_TRUE(mt_cidr_parse("10.244.2.0/24", &cidrs[0], why, sizeof(why))) << why;
+  ASSERT_TRUE(mt_cidr_parse("fd00:10:244:2::/64", &cidrs[1], why, sizeof(why))) << why;
+  mt_cidr_list answered = {0, cidrs, 2};
+  EXPECT_FALSE(mt_redirect_wants_ipv6(config_, NULL));
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, &answered));
+  mt_redirect_state fresh = {0, 0, 0};
+  char *v4 = mt_redirect_install_text(config_, &answered, AF_INET, &fresh);
+  char *v6 = mt_redirect_install_text(config_, &answered, AF_INET6, &fresh);
+  ASSERT_NE(v4, nullptr);
+  ASSERT_NE(v6, nullptr);
+  std::string t4 = v4, t6 = v6;
+  free(v4);
+  free(v6);
+  EXPECT_NE(t4.find("-A MTLSD_INBOUND -s 10.244.2.0/24 -j MTLSD_NODE_OUT\n"), std::string::npos);
+  EXPECT_NE(t4.find("-A MTLSD_INBOUND -d 10.244.2.0/24 -j MTLSD_IN_REDIRECT\n"), std::string::npos);
+  EXPECT_EQ(t4.find("fd00"), std::string::npos);
+  EXPECT_NE(t6.find("-A MTLSD_INBOUND -s fd00:10:244:2::/64 -j MTLSD_NODE_OUT\n"), std::string::npos);
+  EXPECT_NE(t6.find("-A MTLSD_INBOUND -d fd00:10:244:2::/64 -j MTLSD_IN_REDIRECT\n"),
+            std::string::npos);
+  EXPECT_EQ(t6.find("10.244"), std::string::npos);
+  EXPECT_NE(t4.find("-I PREROUTING 1 -p tcp -j MTLSD_INBOUND\n"), std::string::npos);
+}
+
+TEST_F(RedirectTest, AnIpv6PodCidrInTheConfigInstallsIpv6Rules) {
+  // Before, only listeners, the control plane and the outbound CIDR lists
+  // counted: a dual-stack node's IPv6 pods went uncaptured.
+  ASSERT_NE(Load(std::string(kBase) + kRedirectListeners +
+                 "interception:\n"
+                 "  proxy_uid: 1337\n"
+                 "  node_pod_cidrs: [10.77.1.0/24, 'fd00:77:1::/64']\n"),
+            nullptr)
+      << error_;
+  EXPECT_TRUE(mt_redirect_wants_ipv6(config_, NULL));
 }
