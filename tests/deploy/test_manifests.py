@@ -530,9 +530,11 @@ def test_agent_sidecar_probes_and_scrape_use_the_telemetry_listener(workload):
 
 @pytest.mark.parametrize("workload", SIDECARS, ids=SIDECAR_IDS)
 def test_agents_carry_no_hand_written_destinations(workload):
-    """mtls-ca pushes them from the cluster; an IP written here would be
-    cluster-specific."""
-    assert "destinations" not in set(keys_anywhere(agent_config(workload)))
+    """mtls-ca pushes them from the cluster, only those the pod dials; an
+    IP written here would be cluster-specific."""
+    config = agent_config(workload)
+    assert "destinations" not in set(keys_anywhere(config.get("outbound", {})))
+    assert config["control_plane"]["destinations"] == "on_demand"
 
 
 def test_sidecar_namespaces_are_in_the_mesh():
@@ -845,7 +847,8 @@ def test_node_config_names_no_node_and_matches_the_ca():
     assert "node_id" not in config["control_plane"]
     assert config["control_plane"].get("watch", True) is True
     assert config["control_plane"]["address"] == mtls_ca_service_address()
-    assert "destinations" not in set(keys_anywhere(config))
+    assert "destinations" not in set(keys_anywhere(config.get("outbound", {})))
+    assert config["control_plane"]["destinations"] == "on_demand"  # its pods' only
     # PREROUTING capture: listeners on every address, the node layout selected.
     assert [l["address"] for l in config["inbound"]["listeners"]] == [f"0.0.0.0:{INBOUND_PORT}"]
     assert [l["address"] for l in config["outbound"]["listeners"]] == [f"0.0.0.0:{OUTBOUND_PORT}"]

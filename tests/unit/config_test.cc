@@ -179,6 +179,34 @@ TEST_F(ConfigTest, ControlPlaneAddressMayBeANameButNotGarbage) {
       << error_;
 }
 
+TEST_F(ConfigTest, ControlPlaneDestinationsAreAllOrOnDemand) {
+  auto with = [](const char *line) {
+    return std::string(
+               "trust_domain: example.org\n"
+               "identity:\n"
+               "  spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+               "control_plane:\n"
+               "  root_file: /dev/null\n"
+               "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+               "  address: 127.0.0.1:15012\n") +
+           line +
+           "inbound:\n"
+           "  listeners:\n"
+           "    - address: 127.0.0.1:15006\n";
+  };
+  mt_config *c = Load(with(""));
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_EQ(c->cp_on_demand, 0) << "every destination unless asked otherwise";
+  mt_config_free(c);
+  c = Load(with("  destinations: on_demand\n"));
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_EQ(c->cp_on_demand, 1);
+  mt_config_free(c);
+  EXPECT_EQ(Load(with("  destinations: some\n")), nullptr);
+  EXPECT_NE(error_.find("'destinations' must be all or on_demand, got 'some'"), std::string::npos)
+      << error_;
+}
+
 TEST_F(ConfigTest, NodeNameComesFromNodeNameInTheEnvironmentWhenNotGiven) {
   const std::string node_config =
       "trust_domain: example.org\n"
