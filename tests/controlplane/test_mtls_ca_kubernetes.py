@@ -357,6 +357,28 @@ def canonical(msgs, snap):
     return out.SerializeToString(deterministic=True)
 
 
+def follow_steps(api, msgs, full, deltas, held, steps):
+    """Applies each step to the API; after each, |deltas| (applied to
+    |held|) must hold what |full| got last, under the same version. Returns
+    the final content and the sizes of the deltas and of the complete
+    snapshots."""
+    sizes = {"delta": [], "full": []}
+    for step in steps:
+        for verb, kind, obj in step:
+            api.apply(verb, kind, obj)
+        latest = next_matching(full, lambda s: s.version != held.version, f"{step}")
+        for s in drain(full):
+            latest = s
+        while held.version != latest.version:
+            d = deltas.next()
+            assert d.delta, f"{step}: a complete snapshot mid-stream"
+            sizes["delta"].append(d.ByteSize())
+            held = apply_delta(msgs, held, d)
+        sizes["full"].append(latest.ByteSize())
+        assert canonical(msgs, held) == canonical(msgs, latest), f"{step}"
+    return held, sizes
+
+
 def test_a_delta_watcher_rebuilds_what_a_complete_watcher_gets(k8s_ca, api, msgs, pki, watchers):
     """Two streams of one node agent, one taking deltas: after every
     cluster change both hold the same content under the same version; the
@@ -368,26 +390,13 @@ def test_a_delta_watcher_rebuilds_what_a_complete_watcher_gets(k8s_ca, api, msgs
         held = deltas.next()
         assert not held.delta  # a stream starts complete
         assert canonical(msgs, held) == canonical(msgs, full.next())
-        sizes = {"delta": [], "full": []}
         # Each step changes what node-1's agent sees (a Service without a
         # ready endpoint would not: it goes with its EndpointSlice).
         steps = [[("add", "pods", WEB_POD)], [("add", "pods", API_POD)],
                  [("add", "services", WEB_SVC),
                   ("add", "endpointslices", web_slice((WEB_POD, True), (API_POD, True)))],
                  [("delete", "pods", WEB_POD)]]
-        for step in steps:
-            for verb, kind, obj in step:
-                api.apply(verb, kind, obj)
-            latest = next_matching(full, lambda s: s.version != held.version, f"{step}")
-            for s in drain(full):
-                latest = s
-            while held.version != latest.version:
-                d = deltas.next()
-                assert d.delta, f"{step}: a complete snapshot mid-stream"
-                sizes["delta"].append(d.ByteSize())
-                held = apply_delta(msgs, held, d)
-            sizes["full"].append(latest.ByteSize())
-            assert canonical(msgs, held) == canonical(msgs, latest), f"{step}"
+        held, sizes = follow_steps(api, msgs, full, deltas, held, steps)
         # The last step removed the pod: its IPs and its node entry go.
         assert "10.244.1.5" not in destinations(held) and node_workloads(held) == []
         assert max(sizes["delta"]) < min(sizes["full"]), sizes
@@ -556,17 +565,8 @@ def test_on_demand_deltas_rebuild_what_a_complete_on_demand_stream_gets(k8s_ca, 
                  [("add", "pods", API_POD), ("add", "services", WEB_SVC),
                   ("add", "endpointslices", web_slice((WEB_POD, True), (API_POD, True)))],
                  [("delete", "pods", WEB_POD)]]
-        for step in steps:
-            for verb, kind, obj in step:
-                api.apply(verb, kind, obj)
-            latest = next_matching(full, lambda s: s.version != held.version, f"{step}")
-            for s in drain(full):
-                latest = s
-            while canonical(msgs, held) != canonical(msgs, latest):
-                d = deltas.next()
-                assert d.delta, f"{step}: a complete snapshot mid-stream"
-                held = apply_delta(msgs, held, d)
-            assert held.on_demand_destinations and unresolved(held) == unresolved(latest)
+        held, _ = follow_steps(api, msgs, full, deltas, held, steps)
+        assert held.on_demand_destinations
         assert "10.244.1.5:8080" in unresolved(held) and "10.1.2.3" in destinations(held)
         assert destinations(held)["10.96.0.20:80"] == ("", [API])
     finally:
