@@ -13,7 +13,9 @@ agents were sent.
 
 Needs what test_node_mode_service.py needs; skipped the same way.
 """
+import os
 import re
+import signal
 
 import pytest
 
@@ -124,6 +126,36 @@ def test_an_endpoint_change_of_an_asked_service_reaches_that_agent_only(bed):
         assert res.stdout == svc.PAGE.format("web-1")
     # node-2's agent never asked for web: it was sent nothing.
     assert len(mesh_lines(bed, "node-2")) == before["node-2"], mesh_lines(bed, "node-2")
+
+
+def test_after_an_mtls_ca_restart_the_new_stream_starts_with_every_address_asked(bed):
+    """The agent reconnects with wanted_destinations: its first snapshot on
+    the new stream already holds what it had, without a Want round trip."""
+    before = len(mesh_lines(bed, "node-1"))
+    opened = bed.ca_log().count("destinations on demand")
+    os.kill(bed.ca_proc.pid, signal.SIGKILL)
+    bed.ca_proc.wait(bed.wait)
+    bed.spawn_mtls_ca()
+    svc.podbed.wait_until(lambda: bed.ca_log().count("destinations on demand") >= opened + 2,
+                          "both agents to open a new stream on demand", bed.wait)
+    svc.podbed.wait_until(lambda: len(mesh_lines(bed, "node-1")) > before,
+                          "node-1's first snapshot on the new stream", bed.wait)
+    # web (one endpoint left), cache, and 10.96.7.7 still unresolved: asked
+    # for in the WatchRequest, not again.
+    assert counts(mesh_lines(bed, "node-1")[before]) == (2, 2), mesh_lines(bed, "node-1")
+    assert wanted(bed, "node-1") == 3
+    res = bed.curl("frontend", f"http://{OUTSIDE}:{svc.SVC_PORT}/after-restart",
+                   uid=nodebed.APP_UID)
+    assert res.returncode != 0
+    def outside_lines():
+        return [l for l in bed.log_lines("node-1")
+                if l["destination"] == f"{OUTSIDE}:{svc.SVC_PORT}"]
+    svc.podbed.wait_until(lambda: len(outside_lines()) == 3, "the third call's log line",
+                          bed.wait)
+    assert outside_lines()[-1]["reason"] == "unknown_destination", outside_lines()[-1]
+    assert wanted(bed, "node-1") == 3
+    res = bed.call_service("frontend", svc.WEB_SVC)
+    assert res.returncode == 0 and res.stdout == svc.PAGE.format("web-1"), res.stderr
 
 
 def test_agents_stop_cleanly(bed):
