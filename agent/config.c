@@ -573,8 +573,7 @@ static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const c
                       mt_cidr *out) {
   char why[160];
   if (mt_cidr_parse(text, out, why, sizeof(why))) return 1;
-  if (strstr(why, "beyond") != NULL) return fail(pc, node, "'%s': %s", key, why);
-  return fail(pc, node, "'%s' is not a valid CIDR: '%s'", key, text);
+  return fail(pc, node, "'%s': %s", key, why); /* |why| quotes |text| */
 }
 
 static int on_list_cidr(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {

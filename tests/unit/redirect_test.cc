@@ -201,7 +201,7 @@ TEST_F(RedirectTest, MalformedCidrIsRejected) {
                    bad + "\"]\n"),
               nullptr)
         << bad;
-    EXPECT_EQ(error_, At(16) + "'exclude_outbound_cidrs[]' is not a valid CIDR: '" + bad + "'");
+    EXPECT_EQ(error_, At(16) + "'exclude_outbound_cidrs[]': '" + bad + "' is not a valid CIDR");
   }
 }
 
