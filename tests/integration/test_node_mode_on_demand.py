@@ -28,7 +28,7 @@ from test_node_mode_service import (  # noqa: F401  the same calls, on demand
     test_endpoints_on_both_nodes_are_both_used_each_with_its_own_identity,
 )
 
-sys_fx = svc.fx
+fx = svc.fx
 FRONTEND, WEB_1, WEB_2 = svc.FRONTEND, svc.WEB_1, svc.WEB_2
 OUTSIDE = "10.96.7.7"  # in the Service range, no Service: mtls-ca has no entry
 
@@ -113,7 +113,7 @@ def test_an_endpoint_change_of_an_asked_service_reaches_that_agent_only(bed):
     before = {node: len(mesh_lines(bed, node)) for node in NODES}
     ns = nodebed.WORKLOAD_NAMESPACE
     # web loses web-2: its slice now lists web-1 alone.
-    bed.api_apply("modify", "endpointslices", sys_fx.endpointslice(
+    bed.api_apply("modify", "endpointslices", fx.endpointslice(
         ns, "web", "w1", "IPv4", [(WEB_1.name, WEB_1.ip, WEB_1.node, True)],
         [("http", svc.WEB_PORT)]))
     svc.podbed.wait_until(lambda: len(mesh_lines(bed, "node-1")) > before["node-1"] and
