@@ -770,7 +770,7 @@ def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s, calls):
                                            "seen_fraction": pairs_seen / pairs if pairs else None}
                                           if args.destinations == "all" else None)
     out["service_endpoints_to_callers_ms"] = endpoint_latency(cluster, ops, emitted, sample, calls)
-    out["on_demand"] = on_demand_figures(args, logs, calls, t0)
+    out["on_demand"] = on_demand_figures(args, cluster, logs, calls)
 
     # Bytes: the first snapshot, then everything from the churn's start to the end of the drain.
     first_sizes = [a["messages"][0][1] for a in logs.values() if a["messages"]]
@@ -861,13 +861,20 @@ def endpoint_latency(cluster, ops, emitted, sample, calls):
             "seen_fraction": seen / pairs if pairs else None}
 
 
-def on_demand_figures(args, logs, calls, t0):
+def on_demand_figures(args, cluster, logs, calls):
     """Want latency (Want sent -> the stream message bringing the address's
     entry, or listing it unresolved), its round trip, and whether each agent
-    ends holding what it asked for: its calls' entries, nothing unresolved,
+    ends holding what it asked for: the entries of its calls whose Service
+    has a ready endpoint at the end, the others as unresolved (a Service
+    without one has no identity to expect, so no entry), nothing else, and
     the on_demand_destinations flag as asked."""
     on_demand = args.destinations == "on_demand"
-    to_entry, round_trip, mismatch = [], [], []
+    resolvable = set()  # Service addresses with a ready endpoint now
+    for p in cluster.pods.values():
+        if p["ready"]:
+            i = cluster.service_index[(p["ns"], p["svc"])]
+            resolvable.update("%s:%d" % (cluster.cluster_ip(i), port) for _, port, _ in cluster.services[i][2])
+    to_entry, round_trip, mismatch, unresolved = [], [], [], 0
     for a in logs.values():
         for sent, answered, batch, _ in a["want_log"]:
             round_trip.append(answered - sent)
@@ -875,13 +882,16 @@ def on_demand_figures(args, logs, calls, t0):
         if a["on_demand_held"] != on_demand:
             mismatch.append("%s: on_demand_destinations %s" % (a["node"], a["on_demand_held"]))
         if on_demand:
-            held, asked = set(a["dests_now"]), set(calls[a["node"]])
-            if held != asked or a["unresolved_now"]:
-                mismatch.append("%s: %d asked, holds %d (%d not asked, %d missing), %d unresolved"
-                                % (a["node"], len(asked), len(held), len(held - asked), len(asked - held),
-                                   len(a["unresolved_now"])))
+            held, asked, unres = set(a["dests_now"]), set(calls[a["node"]]), set(a["unresolved_now"])
+            unresolved += len(unres)
+            if held != asked & resolvable or unres != asked - resolvable:
+                mismatch.append("%s: %d asked (%d of them without a ready endpoint), holds %d (%d not asked, "
+                                "%d missing), %d unresolved (%d wrongly)"
+                                % (a["node"], len(asked), len(asked - resolvable), len(held), len(held - asked),
+                                   len(asked & resolvable - held), len(unres), len(unres - (asked - resolvable))))
     return {"want_to_entry_ms": summary(to_entry, 1000), "want_round_trip_ms": summary(round_trip, 1000),
-            "want_calls": len(round_trip), "mismatched_agents": len(mismatch), "mismatch_samples": mismatch[:5]}
+            "want_calls": len(round_trip), "unresolved_at_end": unresolved,
+            "mismatched_agents": len(mismatch), "mismatch_samples": mismatch[:5]}
 
 
 # ---- the report ---------------------------------------------------------------------
