@@ -97,6 +97,7 @@ class Cluster:
         self.nodes = ["node-%03d" % i for i in range(nodes)]
         self.namespaces = ["bench-%d" % i for i in range(namespaces)]
         self.services = []  # (ns, name, ports)
+        self.service_index = {}  # (ns, name) -> index in services
         self.ports = {}  # (ns, name) -> ports
         self.pods = {}  # "ns/name" -> {"ns", "name", "svc", "node", "ip", "ready", "slice"}
         self.slices = {}  # (ns, slice name) -> {"svc", "endpoints": [pod key...]}
@@ -107,6 +108,7 @@ class Cluster:
             ns = self.namespaces[i % namespaces]
             name = "svc-%04d" % i
             ports = [("http", 80, 8080)] + ([("grpc", 9090, 9090)] if i % 4 == 0 else [])
+            self.service_index[(ns, name)] = len(self.services)
             self.services.append((ns, name, ports))
             self.ports[(ns, name)] = ports
             self.slices_of[(ns, name)] = []
@@ -157,9 +159,32 @@ class Cluster:
         return self.fx.pod(p["ns"], p["name"], p["svc"], p["node"], [p["ip"]], ready=p["ready"],
                            app=p["svc"])
 
+    @staticmethod
+    def cluster_ip(i):
+        return "10.96.%d.%d" % (i // 250, i % 250 + 1)
+
     def service_object(self, i):
         ns, name, ports = self.services[i]
-        return self.fx.service(ns, name, ["10.96.%d.%d" % (i // 250, i % 250 + 1)], ports)
+        return self.fx.service(ns, name, [self.cluster_ip(i)], ports)
+
+    def calls_of_nodes(self, calls_per_pod, seed):
+        """{node: [Service "ClusterIP:port"]}: what the pods of each node dial.
+        Each pod calls |calls_per_pod| distinct Services drawn at random
+        among all of them, each on one of its ports (drawn too); a node's
+        calls are the union over its pods, in a seeded random order. Its own
+        random stream, so the churn is the same whatever the mode."""
+        rng = random.Random("calls-%d" % seed)
+        k = min(calls_per_pod, len(self.services))
+        out = {}
+        for node in self.nodes:
+            calls = set()
+            for _ in self.pods_on(node):
+                for i in rng.sample(range(len(self.services)), k):
+                    calls.add("%s:%d" % (self.cluster_ip(i), rng.choice(self.services[i][2])[1]))
+            calls = sorted(calls)
+            rng.shuffle(calls)
+            out[node] = calls
+        return out
 
     def slice_object(self, ns, name):
         s = self.slices[(ns, name)]
@@ -188,7 +213,8 @@ class Cluster:
         p = self.pods[key]
         return ([("add", "pods", self.pod_object(key)),
                  ("add" if new_slice else "modify", "endpointslices", self.slice_object(ns, p["slice"]))],
-                {"kind": "create", "pod": key, "node": p["node"], "ip": p["ip"]})
+                {"kind": "create", "pod": key, "node": p["node"], "ip": p["ip"], "ns": ns, "svc": svc,
+                 "was_ready": False})
 
     def delete(self):
         if not self.pods:
@@ -199,7 +225,8 @@ class Cluster:
         self.slices[(p["ns"], p["slice"])]["endpoints"].remove(key)
         return ([("delete", "pods", obj),
                  ("modify", "endpointslices", self.slice_object(p["ns"], p["slice"]))],
-                {"kind": "delete", "pod": key, "node": p["node"], "ip": p["ip"]})
+                {"kind": "delete", "pod": key, "node": p["node"], "ip": p["ip"], "ns": p["ns"],
+                 "svc": p["svc"], "was_ready": p["ready"]})
 
     def flip(self):
         if not self.pods:
@@ -209,7 +236,8 @@ class Cluster:
         p["ready"] = not p["ready"]
         return ([("modify", "pods", self.pod_object(key)),
                  ("modify", "endpointslices", self.slice_object(p["ns"], p["slice"]))],
-                {"kind": "ready" if p["ready"] else "unready", "pod": key, "node": p["node"], "ip": p["ip"]})
+                {"kind": "ready" if p["ready"] else "unready", "pod": key, "node": p["node"], "ip": p["ip"],
+                 "ns": p["ns"], "svc": p["svc"], "was_ready": not p["ready"]})
 
     def _any_pod(self):
         return self.rng.choice(list(self.pods))  # insertion order: the same run for the same seed
@@ -303,6 +331,7 @@ class Workers:
         ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
         self.procs, self.conns = [], []
         self.first = {}  # agent -> (opened_t, first_t, size)
+        self.wants = {}  # agent -> Want calls made (destinations on demand)
         self.errors = []
         # The destination-tracking agents cost the most: dealt out first, so
         # that every worker gets its share of them.
@@ -321,6 +350,8 @@ class Workers:
     def _handle(self, msg):
         if msg[0] == "first":
             self.first[msg[1]] = msg[2:]
+        elif msg[0] == "wants":
+            self.wants[msg[1]] = msg[2]
         elif msg[0] == "error":
             self.errors.append("agent %d: %s" % (msg[1], msg[2]))
             log("agent %d: %s" % (msg[1], msg[2]))
@@ -459,9 +490,22 @@ def run(args):
         root_pem = Path(pki["root"]).read_bytes()
         step = max(1, args.nodes // max(1, args.dest_sample))
         sample = set(list(range(0, args.nodes, step))[:args.dest_sample])  # spread over the nodes
+        on_demand = args.destinations == "on_demand"
+        calls = cluster.calls_of_nodes(args.calls_per_pod, args.seed)
         specs = [{"index": i, "node": node, "token": node_agent_token(pki, node=node), "root_pem": root_pem,
-                  "target": "127.0.0.1:%d" % ca.port, "deltas": args.deltas == "on", "sample": i in sample}
+                  "target": "127.0.0.1:%d" % ca.port, "deltas": args.deltas == "on", "sample": i in sample,
+                  "calls": calls[node], "on_demand": on_demand, "watch_id": "bench-%s-%d" % (node, args.seed),
+                  # half asked for at open, the other half with Want once the first snapshot is in
+                  "initial": calls[node][:len(calls[node]) // 2], "later": calls[node][len(calls[node]) // 2:],
+                  "want_batch": args.want_batch}
                  for i, node in enumerate(cluster.nodes)]
+        n_calls = [len(c) for c in calls.values()]
+        result["calls"] = {"per_pod": args.calls_per_pod, "per_node": summary(n_calls), "per_node_min": min(n_calls),
+                           "asked_at_open": sum(len(s["initial"]) for s in specs),
+                           "asked_with_want": sum(len(s["later"]) for s in specs)}
+        log("calls: %d Service addresses per node median (%d-%d)%s"
+            % (pct(n_calls, 50), min(n_calls), max(n_calls),
+               "; half asked at open, half with Want" if on_demand else " (followed on the sampled agents)"))
         cpu0 = proc_cpu_ticks(pid)
         t_agents = time.monotonic()
         workers = Workers(specs, min(args.workers, len(specs)))
@@ -485,6 +529,29 @@ def run(args):
         log("first state: every agent served in %.2f s; %s bytes median, %s max"
             % (result["first_state"]["all_agents_s"], result["first_state"]["bytes"]["p50"],
                result["first_state"]["bytes"]["max"]))
+
+        # ---- destinations on demand: the rest of each agent's calls, with Want
+        # (each agent makes them as soon as its first snapshot is in: timed from the agents' start)
+        if on_demand:
+            expecting = {s["index"] for s in specs if s["later"]}
+
+            def all_wants():
+                workers.poll()
+                if workers.errors:
+                    raise RuntimeError("node agents failed: %s" % workers.errors[:5])
+                return expecting <= set(workers.wants)
+
+            wait_for(all_wants, "every node agent's Want calls and their entries", args.timeout_wants,
+                     interval=0)
+            stages["first_states_and_wants_s"] = time.monotonic() - t_agents
+            # mtls-ca's own time per Want (its access log: request in -> answer queued, 1 ms steps)
+            served = [e.get("duration_ms", 0) for e in ca.access_lines() if e.get("method") == k8s_agents.WANT]
+            result["wants_stage"] = {"seconds": stages["first_states_and_wants_s"],
+                                     "calls": sum(workers.wants.values()),
+                                     "mtls_ca_cpu_s": (proc_cpu_ticks(pid) - cpu0) / CLK_TCK,
+                                     "mtls_ca_want_ms": summary(served)}
+            log("Want: %d calls by %d agents, all answered with their entries %.2f s after the agents started"
+                % (result["wants_stage"]["calls"], len(expecting), stages["first_states_and_wants_s"]))
 
         # ---- steady state
         time.sleep(args.settle_s)
@@ -592,7 +659,12 @@ def run(args):
         emitted = api.emitted()
         logs = workers.stop()
         workers = None
-        result["agents"] = analyse(args, cluster, ops, emitted, logs, t0, t2, churn_s)
+        result["agents"] = analyse(args, cluster, ops, emitted, logs, t0, t2, churn_s, calls)
+        if len(logs) != len(specs):
+            raise RuntimeError("only %d of %d node agents reported their results" % (len(logs), len(specs)))
+        if result["agents"]["on_demand"]["mismatched_agents"]:
+            raise RuntimeError("node agents do not hold what they asked for: %s"
+                               % result["agents"]["on_demand"]["mismatch_samples"])
         result["stages"]["total_s"] = time.monotonic() - started
         result["ok"] = True
         return result
@@ -617,7 +689,7 @@ def run(args):
             api.stop()
 
 
-def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s):
+def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s, calls):
     out = {"reporting": len(logs), "problems": sum(a["num_problems"] for a in logs.values()),
            "problem_samples": [p for a in logs.values() for p in a["problems"]][:10],
            "wrong_node_snapshots": sum(a["wrong_node"] for a in logs.values())}
@@ -692,9 +764,13 @@ def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s):
             if len(ts) == len(sample):
                 all_seen.append(max(ts))
     out["destination_sample_agents"] = len(sample)
-    out["pod_ip_to_sampled_agents_ms"] = {"every_sampled_agent": summary(all_seen, 1000),
-                                          "each_agent": summary(per_agent, 1000),
-                                          "seen_fraction": pairs_seen / pairs if pairs else None}
+    # With destinations on demand no agent asks for pod IPs: nothing to measure.
+    out["pod_ip_to_sampled_agents_ms"] = ({"every_sampled_agent": summary(all_seen, 1000),
+                                           "each_agent": summary(per_agent, 1000),
+                                           "seen_fraction": pairs_seen / pairs if pairs else None}
+                                          if args.destinations == "all" else None)
+    out["service_endpoints_to_callers_ms"] = endpoint_latency(cluster, ops, emitted, sample, calls)
+    out["on_demand"] = on_demand_figures(args, cluster, logs, calls)
 
     # Bytes: the first snapshot, then everything from the churn's start to the end of the drain.
     first_sizes = [a["messages"][0][1] for a in logs.values() if a["messages"]]
@@ -702,8 +778,10 @@ def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s):
     per_agent_bytes = [sum(m[1] for m in a["messages"] if t0 <= m[0] <= t_end) for a in logs.values()]
     per_agent_msgs = [sum(1 for m in a["messages"] if t0 <= m[0] <= t_end) for a in logs.values()]
     own_pods = [len(cluster.pods_on(a["node"])) for a in logs.values()]
+    before_churn = [sum(m[1] for m in a["messages"] if m[0] < t0) for a in logs.values()]
     out["bytes"] = {
         "first_state": summary(first_sizes),
+        "state_before_churn": summary(before_churn),  # on demand: the first state and what Want brought
         "first_state_per_own_pod_p50": pct([s / max(1, n) for s, n in zip(first_sizes, own_pods)], 50),
         "per_message_during_churn": summary([m[1] for m in churn_msgs]),
         "deltas_during_churn": sum(1 for m in churn_msgs if m[3]),
@@ -711,6 +789,109 @@ def analyse(args, cluster, ops, emitted, logs, t0, t_end, churn_s):
         "bytes_per_agent_per_s": summary([b / churn_s for b in per_agent_bytes]),
     }
     return out
+
+
+SUPERSEDED_S = 1.0  # a change undone this soon may never reach an agent (rounds coalesce it)
+
+
+def endpoint_latency(cluster, ops, emitted, sample, calls):
+    """From the stand-in writing a pod's event whose EndpointSlice change
+    (written right after it) adds or removes the pod's endpoint of its
+    Service (creation, readiness flip, deletion of a ready pod) to each
+    sampled agent whose pods call that Service holding a destination entry
+    of the Service address with the endpoint added / removed. The pod event
+    is the start: mtls-ca drops a deleted pod's endpoint on the pod event
+    already. A change not seen when the same pod changed again within
+    SUPERSEDED_S, before or after (created then made unready: a round saw
+    both at once, so neither shows), is counted apart, as superseded."""
+    # (agent, address, endpoint) -> [(t, came)] in time order
+    index = {}
+    for a in sample:
+        for t, address, came, went in a["ep_log"]:
+            for e in came:
+                index.setdefault((a["index"], address, e), []).append((t, True))
+            for e in went:
+                index.setdefault((a["index"], address, e), []).append((t, False))
+    callers = {}  # address -> sampled agents that call it
+    for a in sample:
+        for address in calls[a["node"]]:
+            callers.setdefault(address, []).append(a["index"])
+    near = set()  # indexes of the ops with another op on the same pod within SUPERSEDED_S
+    last_of_pod = {}
+    for k, o in enumerate(ops):
+        j = last_of_pod.get(o["pod"])
+        if j is not None and o["rv"] in emitted and ops[j]["rv"] in emitted \
+                and emitted[o["rv"]] - emitted[ops[j]["rv"]] < SUPERSEDED_S:
+            near.update((j, k))
+        last_of_pod[o["pod"]] = k
+    direction = {"create": True, "ready": True, "unready": False, "delete": False}
+    every, each, pairs, seen, not_emitted, superseded, missed = [], [], 0, 0, 0, 0, []
+    for k, o in enumerate(ops):
+        if o["kind"] == "delete" and not o["was_ready"]:
+            continue  # an unready endpoint is no Service endpoint: nothing changes
+        came = direction[o["kind"]]
+        te = emitted.get(o["rv"])
+        i = cluster.service_index[(o["ns"], o["svc"])]
+        ts = []
+        for _, port, target in cluster.services[i][2]:
+            address, endpoint = "%s:%d" % (cluster.cluster_ip(i), port), "%s:%d" % (o["ip"], target)
+            for agent in callers.get(address, ()):
+                pairs += 1
+                if te is None:
+                    not_emitted += 1
+                    continue
+                hit = next((t for t, c in index.get((agent, address, endpoint), ()) if c == came and t >= te), None)
+                if hit is None:
+                    ts.append(None)
+                    if k in near:
+                        superseded += 1
+                    else:
+                        missed.append({"kind": o["kind"], "pod": o["pod"], "agent": agent, "address": address,
+                                       "endpoint": endpoint, "pod_event_t": te,
+                                       "agent_saw": index.get((agent, address, endpoint), [])})
+                    continue
+                seen += 1
+                ts.append(hit - te)
+                each.append(hit - te)
+        if ts and None not in ts:
+            every.append(max(ts))
+    return {"every_calling_sampled_agent": summary(every, 1000), "each": summary(each, 1000),
+            "pairs": pairs, "seen": seen, "superseded": superseded, "not_emitted": not_emitted,
+            "missed": len(missed), "missed_samples": missed[:10],
+            "seen_fraction": seen / pairs if pairs else None}
+
+
+def on_demand_figures(args, cluster, logs, calls):
+    """Want latency (Want sent -> the stream message bringing the address's
+    entry, or listing it unresolved), its round trip, and whether each agent
+    ends holding what it asked for: the entries of its calls whose Service
+    has a ready endpoint at the end, the others as unresolved (a Service
+    without one has no identity to expect, so no entry), nothing else, and
+    the on_demand_destinations flag as asked."""
+    on_demand = args.destinations == "on_demand"
+    resolvable = set()  # Service addresses with a ready endpoint now
+    for p in cluster.pods.values():
+        if p["ready"]:
+            i = cluster.service_index[(p["ns"], p["svc"])]
+            resolvable.update("%s:%d" % (cluster.cluster_ip(i), port) for _, port, _ in cluster.services[i][2])
+    to_entry, round_trip, mismatch, unresolved = [], [], [], 0
+    for a in logs.values():
+        for sent, answered, batch, _ in a["want_log"]:
+            round_trip.append(answered - sent)
+            to_entry.extend(a["entry_t"][x] - sent for x in batch if x in a["entry_t"])
+        if a["on_demand_held"] != on_demand:
+            mismatch.append("%s: on_demand_destinations %s" % (a["node"], a["on_demand_held"]))
+        if on_demand:
+            held, asked, unres = set(a["dests_now"]), set(calls[a["node"]]), set(a["unresolved_now"])
+            unresolved += len(unres)
+            if held != asked & resolvable or unres != asked - resolvable:
+                mismatch.append("%s: %d asked (%d of them without a ready endpoint), holds %d (%d not asked, "
+                                "%d missing), %d unresolved (%d wrongly)"
+                                % (a["node"], len(asked), len(asked - resolvable), len(held), len(held - asked),
+                                   len(asked & resolvable - held), len(unres), len(unres - (asked - resolvable))))
+    return {"want_to_entry_ms": summary(to_entry, 1000), "want_round_trip_ms": summary(round_trip, 1000),
+            "want_calls": len(round_trip), "unresolved_at_end": unresolved,
+            "mismatched_agents": len(mismatch), "mismatch_samples": mismatch[:5]}
 
 
 # ---- the report ---------------------------------------------------------------------
@@ -734,8 +915,9 @@ def report(r):
     p, m, a = r["params"], r.get("mtls_ca", {}), r.get("agents", {})
     mach = r["machine"]
     lines = [
-        "== mtls-ca at scale: %d pods, %d nodes, %d services; %g pod events/s for %g s; deltas %s"
-        % (p["pods"], p["nodes"], p["services"], p["rate"], p["seconds"], p["deltas"]),
+        "== mtls-ca at scale: %d pods, %d nodes, %d services; %g pod events/s for %g s; deltas %s;"
+        " destinations %s" % (p["pods"], p["nodes"], p["services"], p["rate"], p["seconds"], p["deltas"],
+                              p["destinations"]),
         "machine: %d CPUs (%s), load average at start %s, during churn %.1f median (max %.1f)"
         % (mach["cpus"], mach["cpu_model"], " ".join(map(str, mach["loadavg_at_start"])),
            mach["loadavg_during_churn"]["p50"] or 0, mach["loadavg_during_churn"]["max"] or 0),
@@ -769,6 +951,20 @@ def report(r):
         "  per agent per second   %s median, %s max; %.1f messages/s median"
         % (human(a["bytes"]["bytes_per_agent_per_s"]["p50"]), human(a["bytes"]["bytes_per_agent_per_s"]["max"]),
            a["bytes"]["messages_per_agent_per_s"]["p50"] or 0),
+        "  calls                  %d Service addresses per node median (%d-%d), %d calls per pod"
+        % (r["calls"]["per_node"]["p50"], r["calls"]["per_node_min"], r["calls"]["per_node"]["max"],
+           r["calls"]["per_pod"]),
+    ] + ([
+        "  state before churn     %s median, %s max (first state + what Want brought)"
+        % (human(a["bytes"]["state_before_churn"]["p50"]), human(a["bytes"]["state_before_churn"]["max"])),
+        "  Want                   %d calls (%d addresses at open, %d with Want, %d a call), all done"
+        " %.2f s after the agents started; mtls-ca CPU for first states and Want %.2f s"
+        % (a["on_demand"]["want_calls"], r["calls"]["asked_at_open"], r["calls"]["asked_with_want"],
+           p["want_batch"], r["wants_stage"]["seconds"], r["wants_stage"]["mtls_ca_cpu_s"]),
+        "  Want -> entry          " + fmt_ms(a["on_demand"]["want_to_entry_ms"]),
+        "  Want round trip        " + fmt_ms(a["on_demand"]["want_round_trip_ms"]),
+        "  Want in mtls-ca        " + fmt_ms(r["wants_stage"]["mtls_ca_want_ms"]) + " (its access log)",
+    ] if p["destinations"] == "on_demand" else []) + [
         "",
         "churn: %d events in %.1f s (%.1f/s; %s), driver at most %.0f ms late"
         % (r["churn"]["events"], r["churn"]["seconds"], r["churn"]["rate_achieved"],
@@ -780,9 +976,21 @@ def report(r):
         "  seen                   %d of %d (%.1f%%); not emitted %d; wrong node %d"
         % (a["events_seen"], a["events_visible"], 100.0 * (a["events_seen_fraction"] or 0), a["events_not_emitted"],
            a["misplaced_pods"]),
+    ] + ([
         "pod IP destination -> %d sampled agents:" % a["destination_sample_agents"],
         "  all sampled agents     " + fmt_ms(a["pod_ip_to_sampled_agents_ms"]["every_sampled_agent"]),
         "  each agent             " + fmt_ms(a["pod_ip_to_sampled_agents_ms"]["each_agent"]),
+    ] if a["pod_ip_to_sampled_agents_ms"] else [
+        "pod IP destination: not measured (no agent asks for pod IPs with destinations on demand)",
+    ]) + [
+        "Service endpoint change (pod event, then its EndpointSlice's) -> the sampled agents whose pods call it:",
+        "  all calling agents     " + fmt_ms(a["service_endpoints_to_callers_ms"]["every_calling_sampled_agent"]),
+        "  each agent             " + fmt_ms(a["service_endpoints_to_callers_ms"]["each"]),
+        "  seen                   %d of %d (agent, address) pairs; %d superseded (the pod changed"
+        " within %g s of it), %d missed" % (a["service_endpoints_to_callers_ms"]["seen"],
+                                      a["service_endpoints_to_callers_ms"]["pairs"],
+                                      a["service_endpoints_to_callers_ms"]["superseded"], SUPERSEDED_S,
+                                      a["service_endpoints_to_callers_ms"]["missed"]),
         "problems: %d agent problems, %d wrong-node snapshots, mtls-ca exit %s"
         % (a["problems"], a["wrong_node_snapshots"], r.get("mtls_ca_exit")),
     ]
@@ -801,9 +1009,18 @@ def parse_args(argv=None):
                     help="weights of creations, deletions, readiness flips (default 2,2,1)")
     ap.add_argument("--deltas", choices=("on", "off"), default="off",
                     help="ask for incremental snapshots (WatchRequest.accept_deltas)")
+    ap.add_argument("--destinations", choices=("all", "on_demand"), default="all",
+                    help="all: every agent gets every destination of the cluster; on_demand: each asks"
+                    " (WatchRequest.on_demand_destinations, Want) for the Services its pods call")
+    ap.add_argument("--calls-per-pod", type=int, default=3,
+                    help="distinct Services each pod calls (a node's calls are the union over its pods)")
+    ap.add_argument("--want-batch", type=int, default=10, help="addresses per Want call")
+    ap.add_argument("--timeout-wants", type=float, default=300.0,
+                    help="longest wait for every agent's Want calls and their entries")
     ap.add_argument("--workers", type=int, default=4, help="processes the node agents are spread over")
     ap.add_argument("--dest-sample", type=int, default=10,
-                    help="agents that also track every destination (the pod-IP latency)")
+                    help="agents that also track every destination (the pod-IP latency) and the"
+                    " endpoints of the Services their pods call")
     ap.add_argument("--mesh-poll-ms", type=int, default=MESH_POLL_MS,
                     help="mtls-ca's mesh_poll_ms (also how soon a stream with a full queue is retried)")
     ap.add_argument("--watch-timeout-s", type=int, default=300, help="mtls-ca's kubernetes.watch_timeout_s")
