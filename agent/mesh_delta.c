@@ -404,6 +404,13 @@ uint8_t *mt_mesh_entries_encode(const mt_mesh_entries *e, size_t *len) {
   return mt_mesh_entries_encode_except(e, 0, len); /* no field is 0 */
 }
 
+void mt_mesh_entries_foreach_key(const mt_mesh_entries *e, mt_mesh_entry_key_fn fn, void *ctx) {
+  for (size_t i = 0; i < e->num_entries; i++)
+    fn(ctx, e->entries[i].field, (const char *)e->entries[i].key.data, e->entries[i].key.len);
+  for (size_t i = 0; i < e->num_removed; i++)
+    fn(ctx, e->removed[i].field, (const char *)e->removed[i].key.data, e->removed[i].key.len);
+}
+
 int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key,
                         size_t key_len) {
   return mt_mesh_entries_find(e, field, key, key_len, NULL) != NULL;

@@ -50,6 +50,11 @@ size_t mt_mesh_entries_num_removed(const mt_mesh_entries *e);
 /* 1 when |e| holds the entry of |field| with |key| (|key_len| bytes). */
 int mt_mesh_entries_has(const mt_mesh_entries *e, uint32_t field, const char *key, size_t key_len);
 
+/* Calls |fn| with the field and key of every entry |e| holds and, for a
+ * delta, of every removal it lists (keys are not NUL-terminated). */
+typedef void (*mt_mesh_entry_key_fn)(void *ctx, uint32_t field, const char *key, size_t key_len);
+void mt_mesh_entries_foreach_key(const mt_mesh_entries *e, mt_mesh_entry_key_fn fn, void *ctx);
+
 /* The entry of |field| with |key|: its encoded bytes (tag included),
  * borrowed from |e|, length in |*len| (|len| may be NULL); NULL when |e|
  * holds none. */

@@ -56,6 +56,7 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_WORKLOADS_LOADS] = "workloads_loads",
     [MT_CA_EV_WORKLOADS_LOAD_FAILURES] = "workloads_load_failures",
     [MT_CA_EV_DESTINATIONS_WANTED] = "destinations_wanted",
+    [MT_CA_EV_ON_DEMAND_ROUNDS_SKIPPED] = "on_demand_rounds_skipped",
 };
 
 static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {

@@ -51,6 +51,7 @@ typedef enum {
   MT_CA_EV_WORKLOADS_LOADS,           /* a workload registry came into force */
   MT_CA_EV_WORKLOADS_LOAD_FAILURES,   /* a changed workloads file was refused */
   MT_CA_EV_DESTINATIONS_WANTED,       /* addresses added by Want to streams */
+  MT_CA_EV_ON_DEMAND_ROUNDS_SKIPPED,  /* on-demand streams a round left alone unbuilt */
   MT_CA_EV_COUNT,
 } mt_ca_event;
 

@@ -38,9 +38,17 @@ typedef struct mt_watcher {
   int accepts_deltas;                  /* WatchRequest.accept_deltas */
   int on_demand;                       /* WatchRequest.on_demand_destinations */
   char watch_id[WATCH_ID_MAX + 1];     /* names it to Want */
-  /* The addresses it asked for, canonical, sorted, no repeats. */
+  /* The addresses it asked for, canonical, sorted, no repeats; and the
+   * destination keys they select (each address and its IP alone), sorted. */
   char **wanted;
   size_t num_wanted;
+  char **keys;
+  size_t num_keys;
+  int wanted_dirty; /* asked for more since its content was last built */
+  /* Destinations on demand: its own fields' digest when last brought up to
+   * date, to tell a round that changed nothing it sees (see unchanged_for). */
+  int has_own_digest;
+  uint8_t sent_own_digest[MT_MESH_DIGEST_LEN];
   uint8_t sent_digest[MT_MESH_DIGEST_LEN];
   char sent_version[VERSION_MAX];
   /* What it holds, for its next delta: the view in force when it was last
@@ -70,6 +78,12 @@ struct mt_mesh_service {
    * (the first view, or one that cannot be split), complete snapshots. */
   uint8_t *shared_delta;
   size_t shared_delta_len;
+  /* What that delta touches, for streams on demand: the canonical keys of
+   * the destinations it changes or removes, sorted; |round_known| is 0
+   * when there is no delta or it changes anything but destinations. */
+  int round_known;
+  char **round_keys;
+  size_t num_round_keys;
   /* The cluster part. */
   mt_mesh_sources sources;
   int held; /* the Kubernetes source has not synced yet: send nothing */
@@ -86,6 +100,10 @@ static int64_t monotonic_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
+}
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 /* ---- change detection -------------------------------------------------- */
@@ -148,6 +166,8 @@ static void free_watcher(mt_watcher *w) {
   mt_mesh_entries_free(w->sent_own);
   for (size_t i = 0; i < w->num_wanted; i++) free(w->wanted[i]);
   free(w->wanted);
+  for (size_t i = 0; i < w->num_keys; i++) free(w->keys[i]);
+  free(w->keys);
   free(w);
 }
 
@@ -286,11 +306,38 @@ static push_result queue_snapshot(mt_watcher *w, const mt_mesh_view_snapshot *sn
 
 /* Queues |w|'s snapshot of the view in force unless it already has that
  * content. May free |w| (PUSH_ENDED). */
+/* Destinations on demand: whether the round that put the view in force
+ * changed nothing |w| sees, so that its content need not be built again.
+ * It must hold the previous view's content built with everything it has
+ * asked for, the round must have changed destinations only and none of
+ * its keys, and its own fields (|own|, their digest now) must be as they
+ * were. Costs the round's changes, not the stream's content. */
+static int unchanged_for(const mt_watcher *w, const uint8_t own[MT_MESH_DIGEST_LEN]) {
+  const mt_mesh_service *svc = w->svc;
+  if (!w->has_sent || w->sent_has_shared || w->wanted_dirty || !w->has_own_digest ||
+      !svc->round_known || w->sent_serial + 1 != svc->serial || w->keys == NULL)
+    return 0;
+  for (size_t i = 0; i < svc->num_round_keys; i++)
+    if (bsearch(&svc->round_keys[i], w->keys, w->num_keys, sizeof(char *), compare_strings))
+      return 0;
+  return memcmp(own, w->sent_own_digest, MT_MESH_DIGEST_LEN) == 0;
+}
+
+/* Queues |w|'s snapshot of the view in force unless it already has that
+ * content. May free |w| (PUSH_ENDED). */
 static push_result push_one(mt_watcher *w) {
   mt_mesh_service *svc = w->svc;
   if (svc->held || svc->view == NULL) return PUSH_DEFERRED;
   mt_mesh_caller caller = {w->identity, w->node_agent, w->node, w->on_demand,
                            (const char *const *)w->wanted, w->num_wanted};
+  uint8_t own[MT_MESH_DIGEST_LEN];
+  int has_own = w->on_demand && mt_mesh_view_own_digest(svc->view, &caller, own);
+  if (has_own && unchanged_for(w, own)) {
+    mt_ca_log_count(svc->log, MT_CA_EV_ON_DEMAND_ROUNDS_SKIPPED);
+    w->pending = 0;
+    w->sent_serial = svc->serial; /* as if built: the same content */
+    return PUSH_UNCHANGED;
+  }
   char err[ERR_MAX];
   mt_mesh_view_snapshot *snap = mt_mesh_view_for(svc->view, &caller, err, sizeof(err));
   if (snap == NULL) {
@@ -308,6 +355,11 @@ static push_result push_one(mt_watcher *w) {
     w->sent_serial = svc->serial; /* same content: the next delta starts here */
   }
   mt_mesh_view_snapshot_free(snap);
+  if (r == PUSH_SENT || r == PUSH_UNCHANGED) { /* it holds what was built now */
+    w->wanted_dirty = 0;
+    w->has_own_digest = has_own;
+    if (has_own) memcpy(w->sent_own_digest, own, MT_MESH_DIGEST_LEN);
+  }
   return r;
 }
 
@@ -338,16 +390,65 @@ static mt_mesh_view *build_view(mt_mesh_service *svc, const mt_mesh_file *mesh, 
 
 /* The shared part's delta from the view in force to |next|, kept for the
  * push round of |next|; none when either cannot be split. */
-static void diff_shared(mt_mesh_service *svc, const mt_mesh_view *next) {
+static void forget_round(mt_mesh_service *svc) {
   free(svc->shared_delta);
   svc->shared_delta = NULL;
   svc->shared_delta_len = 0;
+  for (size_t i = 0; i < svc->num_round_keys; i++) free(svc->round_keys[i]);
+  free(svc->round_keys);
+  svc->round_keys = NULL;
+  svc->num_round_keys = 0;
+  svc->round_known = 0;
+}
+
+typedef struct {
+  char **keys;
+  size_t n;
+  int unknown; /* something else changed, or a key did not read */
+} round_scan;
+
+static void on_round_key(void *ctx, uint32_t field, const char *key, size_t len) {
+  round_scan *r = ctx;
+  char canonical[MT_MESH_ADDRESS_MAX];
+  if (r->unknown) return;
+  if (field != MT_MESH_FIELD_DESTINATIONS || !mt_mesh_view_canonical_key(key, len, canonical) ||
+      (r->keys[r->n] = strdup(canonical)) == NULL) {
+    r->unknown = 1;
+    return;
+  }
+  r->n++;
+}
+
+/* The destination keys the round's shared delta touches (see round_keys). */
+static void scan_round(mt_mesh_service *svc) {
+  char err[ERR_MAX];
+  mt_mesh_entries *d = mt_mesh_entries_parse(svc->shared_delta, svc->shared_delta_len, err,
+                                             sizeof(err));
+  if (d == NULL) return;
+  size_t most = mt_mesh_entries_count(d) + mt_mesh_entries_num_removed(d);
+  round_scan r = {calloc(most + 1, sizeof(char *)), 0, 0};
+  if (r.keys != NULL) mt_mesh_entries_foreach_key(d, on_round_key, &r);
+  mt_mesh_entries_free(d);
+  if (r.keys == NULL || r.unknown) {
+    for (size_t i = 0; r.keys != NULL && i < r.n; i++) free(r.keys[i]);
+    free(r.keys);
+    return;
+  }
+  if (r.n > 1) qsort(r.keys, r.n, sizeof(*r.keys), compare_strings);
+  svc->round_keys = r.keys;
+  svc->num_round_keys = r.n;
+  svc->round_known = 1;
+}
+
+static void diff_shared(mt_mesh_service *svc, const mt_mesh_view *next) {
+  forget_round(svc);
   const mt_mesh_entries *from = svc->view ? mt_mesh_view_shared_entries(svc->view) : NULL;
   const mt_mesh_entries *to = mt_mesh_view_shared_entries(next);
   size_t changed = 0, removed = 0;
   if (from != NULL && to != NULL)
     svc->shared_delta =
         mt_mesh_entries_diff(from, to, &svc->shared_delta_len, &changed, &removed);
+  if (svc->shared_delta != NULL) scan_round(svc);
 }
 
 /* Puts |view| of |mesh| in force (takes both) with the next version; the
@@ -485,8 +586,23 @@ static void refuse(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_grpc_r
 
 /* ---- destinations on demand ------------------------------------------- */
 
-static int compare_strings(const void *a, const void *b) {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
+/* w->keys from w->wanted: each address and the IP-alone key of its IP.
+ * 0 when out of memory (then no key: every round rebuilds it). */
+static int index_keys(mt_watcher *w) {
+  for (size_t i = 0; i < w->num_keys; i++) free(w->keys[i]);
+  free(w->keys);
+  w->num_keys = 0;
+  w->keys = calloc(2 * w->num_wanted + 1, sizeof(*w->keys));
+  if (w->keys == NULL) return 0;
+  for (size_t i = 0; i < w->num_wanted; i++) {
+    char ip[MT_MESH_ADDRESS_MAX];
+    mt_mesh_view_address_ip(w->wanted[i], ip);
+    w->keys[w->num_keys++] = strdup(w->wanted[i]);
+    w->keys[w->num_keys++] = strdup(ip);
+    if (w->keys[w->num_keys - 1] == NULL || w->keys[w->num_keys - 2] == NULL) return 0;
+  }
+  qsort(w->keys, w->num_keys, sizeof(*w->keys), compare_strings);
+  return 1;
 }
 
 /* Adds |addresses| (checked already, canonical) to what |w| asks for;
@@ -515,6 +631,10 @@ static long add_wanted(mt_watcher *w, char **addresses, size_t n) {
   free(w->wanted);
   w->wanted = merged;
   w->num_wanted = unique;
+  if (unique > before) {
+    w->wanted_dirty = 1;
+    if (!index_keys(w)) return -1;
+  }
   return (long)(unique - before);
 }
 
@@ -796,7 +916,7 @@ void mt_mesh_service_free(mt_mesh_service *svc) {
   while (svc->watchers != NULL)
     finish_watcher(svc->watchers, MT_GRPC_UNAVAILABLE, "shutdown", kShutdownMessage);
   clear_watched(svc);
-  free(svc->shared_delta);
+  forget_round(svc);
   mt_mesh_view_free(svc->view); /* before the file it borrows */
   mt_mesh_file_free(svc->current);
   free(svc->mesh_path);
@@ -813,9 +933,7 @@ int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sou
   if (view == NULL) return 0;
   /* Nothing was sent yet: the first version just gets the sources too. */
   uint8_t digest[MT_MESH_DIGEST_LEN];
-  free(svc->shared_delta);
-  svc->shared_delta = NULL;
-  svc->shared_delta_len = 0;
+  forget_round(svc);
   mt_mesh_view_free(svc->view);
   svc->view = view;
   mt_mesh_view_shared_digest(view, digest);

@@ -112,6 +112,14 @@ int mt_mesh_view_canonical_address(const char *text, char out[MT_MESH_ADDRESS_MA
   return canonical_address(text, out, MT_MESH_ADDRESS_MAX);
 }
 
+int mt_mesh_view_canonical_key(const char *text, size_t len, char out[MT_MESH_ADDRESS_MAX]) {
+  char copy[MT_MESH_ADDRESS_MAX];
+  if (len >= sizeof(copy)) return 0;
+  memcpy(copy, text, len);
+  copy[len] = '\0';
+  return canonical_any(copy, out, MT_MESH_ADDRESS_MAX);
+}
+
 /* ---- derived destinations ---------------------------------------------- */
 
 /* One (address, identity) pair; grouped by address into a Destination.
@@ -664,6 +672,10 @@ static void ip_of(const char *address, char out[ADDRESS_MAX]) {
   out[n] = '\0';
 }
 
+void mt_mesh_view_address_ip(const char *address, char out[MT_MESH_ADDRESS_MAX]) {
+  ip_of(address, out);
+}
+
 /* The destination entries of |caller|'s wanted addresses (each entry once,
  * in the view's order), and its wanted addresses that have none. */
 static int select_wanted(const mt_mesh_view *v, const mt_mesh_caller *caller, entry_ref **found,
@@ -785,6 +797,16 @@ mt_mesh_view_snapshot *mt_mesh_view_for(const mt_mesh_view *v, const mt_mesh_cal
 }
 
 int mt_mesh_view_snapshot_has_shared(const mt_mesh_view_snapshot *s) { return s->has_shared; }
+
+int mt_mesh_view_own_digest(const mt_mesh_view *v, const mt_mesh_caller *caller,
+                            uint8_t out[MT_MESH_DIGEST_LEN]) {
+  mt_mesh_view_snapshot s;
+  memset(&s, 0, sizeof(s));
+  if (!encode_own(v, caller, &s)) return 0;
+  SHA256(s.own, s.own_len, out);
+  free(s.own);
+  return 1;
+}
 
 void mt_mesh_view_snapshot_free(mt_mesh_view_snapshot *s) {
   if (s == NULL) return;

@@ -103,6 +103,14 @@ typedef struct {
  * (lowercase, shortest IPv6, brackets): 0 when it is not such an address. */
 int mt_mesh_view_canonical_address(const char *text, char out[MT_MESH_ADDRESS_MAX]);
 
+/* A destination key as entries carry it ("ip:port" or an IP alone, |len|
+ * bytes, not NUL-terminated) in canonical form: 0 when it is neither. */
+int mt_mesh_view_canonical_key(const char *text, size_t len, char out[MT_MESH_ADDRESS_MAX]);
+
+/* The IP of a canonical "ip:port" (brackets dropped): the key of its
+ * IP-alone entry. */
+void mt_mesh_view_address_ip(const char *address, char out[MT_MESH_ADDRESS_MAX]);
+
 typedef struct mt_mesh_view mt_mesh_view;
 typedef struct mt_mesh_view_snapshot mt_mesh_view_snapshot;
 
@@ -141,6 +149,12 @@ size_t mt_mesh_view_snapshot_len(const mt_mesh_view_snapshot *snap);
  * demand, or a view that cannot be split): then its own part is the whole
  * content and a delta is a diff of that alone. */
 int mt_mesh_view_snapshot_has_shared(const mt_mesh_view_snapshot *snap);
+
+/* SHA-256 of |caller|'s own fields alone (workload policies, node
+ * workloads), without building its snapshot: a server tells from it that
+ * they did not change. 0 when out of memory. */
+int mt_mesh_view_own_digest(const mt_mesh_view *view, const mt_mesh_caller *caller,
+                            uint8_t out[MT_MESH_DIGEST_LEN]);
 
 /* The caller's own part alone (what follows the shared part, or the whole
  * content, see above), encoded; borrowed from |snap|. */

@@ -456,6 +456,33 @@ def want(ca, msgs, token, watch_id, addresses):
         ch.close()
 
 
+def skipped_rounds(ca, at_least=0):
+    """mtls-ca's on_demand_rounds_skipped counter, from SIGUSR1 dumps, once
+    it is at least |at_least| (bounded by WAIT)."""
+    pattern = re.compile(r"mtls_ca_on_demand_rounds_skipped_total (\d+)")
+    deadline = time.monotonic() + WAIT
+    value = 0
+    while time.monotonic() < deadline:
+        seen = len(pattern.findall(ca.stderr()))
+        ca.signal(signal.SIGUSR1)
+        try:
+            wait_until(lambda: len(pattern.findall(ca.stderr())) > seen, "a dump", timeout=0.5)
+        except AssertionError:
+            pass  # zero counters are not printed
+        found = pattern.findall(ca.stderr())
+        value = int(found[-1]) if found else 0
+        if value >= at_least:
+            return value
+    raise AssertionError(f"on_demand_rounds_skipped stayed at {value} < {at_least}")
+
+
+def strip_version(msgs, snap):
+    out = msgs.MeshSnapshot()
+    out.CopyFrom(snap)
+    out.version = ""
+    return out
+
+
 def unresolved(snap):
     return sorted(u.address for u in snap.unresolved)
 
@@ -567,6 +594,20 @@ def test_on_demand_deltas_rebuild_what_a_complete_on_demand_stream_gets(k8s_ca, 
                  [("delete", "pods", WEB_POD)]]
         held, _ = follow_steps(api, msgs, full, deltas, held, steps)
         assert held.on_demand_destinations
+        # Rounds that change nothing these streams asked for are not even
+        # built for them; what they hold is still what a new stream gets.
+        skipped = skipped_rounds(k8s_ca)
+        for i in range(3):
+            api.apply("add", "pods", fx.pod("demo", f"other-{i}", "db", "node-3",
+                                            [f"10.244.3.{10 + i}"]))
+        skipped_rounds(k8s_ca, at_least=skipped + 2)
+        assert full.nothing_within(0.3) and deltas.nothing_within(0.1)
+        fresh = Watcher(k8s_ca, msgs, token, watch_id="fresh", wanted=wanted)
+        try:
+            assert canonical(msgs, strip_version(msgs, fresh.next())) == \
+                canonical(msgs, strip_version(msgs, held))
+        finally:
+            fresh.close()
         assert "10.244.1.5:8080" in unresolved(held) and "10.1.2.3" in destinations(held)
         assert destinations(held)["10.96.0.20:80"] == ("", [API])
     finally:

@@ -3,6 +3,8 @@
 // can fail to apply is refused with a reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <stdlib.h>
 #include <sys/socket.h>
 
@@ -198,6 +200,26 @@ TEST(MeshDelta, DeltaCarriesOnlyWhatChangedAndRebuildsTheSameContent) {
   mtlsd__mesh__v1__mesh_snapshot__free_unpacked(m, nullptr);
 
   EXPECT_EQ(Apply(from, delta), Canonical(to));
+}
+
+TEST(MeshDelta, EveryKeyADeltaTouchesIsVisitedChangedAndRemovedAlike) {
+  Content from = Sample(), to = Sample();
+  to.version = "8-bbbb";
+  to.destinations.erase("10.244.2.9");
+  to.destinations["10.244.1.6"] = {"spiffe://example.org/ns/a/sa/web"};
+  to.policy = MTLSD__MESH__V1__ACTION__ALLOW;
+  Entries delta = Parse(DeltaMessage(from, to));
+  ASSERT_TRUE(delta != nullptr);
+  std::vector<std::string> seen;
+  mt_mesh_entries_foreach_key(
+      delta.get(),
+      [](void *ctx, uint32_t field, const char *key, size_t len) {
+        static_cast<std::vector<std::string> *>(ctx)->push_back(std::to_string(field) + " " +
+                                                                std::string(key, len));
+      },
+      &seen);
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<std::string>{"3 ", "4 10.244.1.6", "4 10.244.2.9"}));
 }
 
 TEST(MeshDelta, NothingChangedMeansAnEmptyBody) {
