@@ -40,9 +40,10 @@ static int remember(mt_demand *d, const char *text) {
   if (d->num_all >= MT_DEMAND_MAX) {
     d->dropped++;
     if (!d->warned_full)
-      MT_LOG_W("control plane: %d destinations asked for already; %s and later ones are not "
-               "asked (their connections wait out the handshake deadline)",
-               MT_DEMAND_MAX, text);
+      MT_LOG_W(
+          "control plane: %d destinations asked for already; %s and later ones are not "
+          "asked (their connections wait out the handshake deadline)",
+          MT_DEMAND_MAX, text);
     d->warned_full = 1;
     return 0;
   }

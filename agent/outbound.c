@@ -226,7 +226,8 @@ static int awaits_destination(mt_conn *conn, const mt_identity *identity) {
   if (mt_worker_config(conn->worker)->node_mode && mt_worker_lists_workload(conn->worker, target))
     return 0;
   mt_demand_ask(demand, target);
-  mt_conn_hold_for(conn, resume_after_hold, "the control plane has not answered for the destination",
+  mt_conn_hold_for(conn, resume_after_hold,
+                   "the control plane has not answered for the destination",
                    MT_REASON_DESTINATION_UNRESOLVED);
   return 1;
 }

@@ -328,8 +328,9 @@ static int unchanged_for(const mt_watcher *w, const uint8_t own[MT_MESH_DIGEST_L
 static push_result push_one(mt_watcher *w) {
   mt_mesh_service *svc = w->svc;
   if (svc->held || svc->view == NULL) return PUSH_DEFERRED;
-  mt_mesh_caller caller = {w->identity, w->node_agent, w->node, w->on_demand,
-                           (const char *const *)w->wanted, w->num_wanted};
+  mt_mesh_caller caller = {
+      w->identity,  w->node_agent, w->node, w->on_demand, (const char *const *)w->wanted,
+      w->num_wanted};
   uint8_t own[MT_MESH_DIGEST_LEN];
   int has_own = w->on_demand && mt_mesh_view_own_digest(svc->view, &caller, own);
   if (has_own && unchanged_for(w, own)) {
@@ -422,8 +423,8 @@ static void on_round_key(void *ctx, uint32_t field, const char *key, size_t len)
 /* The destination keys the round's shared delta touches (see round_keys). */
 static void scan_round(mt_mesh_service *svc) {
   char err[ERR_MAX];
-  mt_mesh_entries *d = mt_mesh_entries_parse(svc->shared_delta, svc->shared_delta_len, err,
-                                             sizeof(err));
+  mt_mesh_entries *d =
+      mt_mesh_entries_parse(svc->shared_delta, svc->shared_delta_len, err, sizeof(err));
   if (d == NULL) return;
   size_t most = mt_mesh_entries_count(d) + mt_mesh_entries_num_removed(d);
   round_scan r = {calloc(most + 1, sizeof(char *)), 0, 0};
@@ -446,8 +447,7 @@ static void diff_shared(mt_mesh_service *svc, const mt_mesh_view *next) {
   const mt_mesh_entries *to = mt_mesh_view_shared_entries(next);
   size_t changed = 0, removed = 0;
   if (from != NULL && to != NULL)
-    svc->shared_delta =
-        mt_mesh_entries_diff(from, to, &svc->shared_delta_len, &changed, &removed);
+    svc->shared_delta = mt_mesh_entries_diff(from, to, &svc->shared_delta_len, &changed, &removed);
   if (svc->shared_delta != NULL) scan_round(svc);
 }
 
@@ -614,8 +614,7 @@ static long add_wanted(mt_watcher *w, char **addresses, size_t n) {
   for (size_t i = 0; i < w->num_wanted; i++) merged[kept++] = w->wanted[i];
   size_t before = kept;
   for (size_t i = 0; i < n; i++)
-    if (bsearch(&addresses[i], w->wanted, w->num_wanted, sizeof(char *), compare_strings) ==
-        NULL) {
+    if (bsearch(&addresses[i], w->wanted, w->num_wanted, sizeof(char *), compare_strings) == NULL) {
       merged[kept++] = addresses[i];
       addresses[i] = NULL; /* taken */
     }
@@ -705,8 +704,8 @@ static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_
              wr->n_wanted_destinations, MT_MESH_SERVICE_WANTED_MAX);
     reason = "too_many_destinations";
     status = MT_GRPC_RESOURCE_EXHAUSTED;
-  } else if (!canonical_addresses(wr->wanted_destinations, wr->n_wanted_destinations,
-                                  &opts->wanted, message, sizeof(message))) {
+  } else if (!canonical_addresses(wr->wanted_destinations, wr->n_wanted_destinations, &opts->wanted,
+                                  message, sizeof(message))) {
     reason = "bad_request";
   }
   opts->n_wanted = wr->n_wanted_destinations;
@@ -716,12 +715,11 @@ static int check_request(mt_mesh_service *svc, mt_grpc_stream *stream, const mt_
     opts->accepts_deltas = wr->accept_deltas;
     opts->on_demand = wr->on_demand_destinations;
     memcpy(opts->watch_id, wr->watch_id, strlen(wr->watch_id) + 1);
-    mt_ca_log_info(svc->log,
-                   "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\", %s%s)",
-                   auth->spiffe_id, req->peer_address, NODE_ID_SHOWN_MAX, wr->node_id, VERSION_MAX,
-                   wr->last_applied_version,
-                   wr->accept_deltas ? "takes deltas" : "complete snapshots only",
-                   wr->on_demand_destinations ? ", destinations on demand" : "");
+    mt_ca_log_info(
+        svc->log, "watch opened by %s from %s (node \"%.*s\", last version \"%.*s\", %s%s)",
+        auth->spiffe_id, req->peer_address, NODE_ID_SHOWN_MAX, wr->node_id, VERSION_MAX,
+        wr->last_applied_version, wr->accept_deltas ? "takes deltas" : "complete snapshots only",
+        wr->on_demand_destinations ? ", destinations on demand" : "");
   }
   mtlsd__mesh__v1__watch_request__free_unpacked(wr, NULL);
   return reason == NULL;

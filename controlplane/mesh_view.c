@@ -518,16 +518,15 @@ static int compare_aliases(const void *pa, const void *pb) {
  * part without destinations, and the mesh file's addresses that are not
  * written canonically. */
 static int index_for_on_demand(mt_mesh_view *v) {
-  v->base = mt_mesh_entries_encode_except(v->shared_entries, MT_MESH_FIELD_DESTINATIONS,
-                                          &v->base_len);
+  v->base =
+      mt_mesh_entries_encode_except(v->shared_entries, MT_MESH_FIELD_DESTINATIONS, &v->base_len);
   const Mtlsd__Mesh__V1__MeshSnapshot *file = mt_mesh_file_message(v->mesh);
   v->aliases = calloc(file->n_destinations + 1, sizeof(*v->aliases));
   if (v->base == NULL || v->aliases == NULL) return 0;
   for (size_t i = 0; i < file->n_destinations; i++) {
     address_alias *a = &v->aliases[v->num_aliases];
     const char *text = file->destinations[i]->address;
-    if (!canonical_any(text, a->canonical, sizeof(a->canonical)) ||
-        strcmp(a->canonical, text) == 0)
+    if (!canonical_any(text, a->canonical, sizeof(a->canonical)) || strcmp(a->canonical, text) == 0)
       continue;
     a->as_sent = text;
     v->num_aliases++;
@@ -648,15 +647,13 @@ static int compare_entry_refs(const void *pa, const void *pb) {
 
 /* The encoded destination entry at |canonical| ("ip:port" or an IP alone),
  * or NULL. */
-static const uint8_t *find_destination(const mt_mesh_view *v, const char *canonical,
-                                       size_t *len) {
+static const uint8_t *find_destination(const mt_mesh_view *v, const char *canonical, size_t *len) {
   address_alias probe;
   snprintf(probe.canonical, sizeof(probe.canonical), "%s", canonical);
   const address_alias *alias =
       bsearch(&probe, v->aliases, v->num_aliases, sizeof(probe), compare_aliases);
   const char *key = alias != NULL ? alias->as_sent : canonical;
-  return mt_mesh_entries_find(v->shared_entries, MT_MESH_FIELD_DESTINATIONS, key, strlen(key),
-                              len);
+  return mt_mesh_entries_find(v->shared_entries, MT_MESH_FIELD_DESTINATIONS, key, strlen(key), len);
 }
 
 /* The IP of a canonical "ip:port" (brackets dropped). */
@@ -717,8 +714,7 @@ static uint8_t *encode_on_demand(const mt_mesh_view *v, const mt_mesh_caller *ca
   uint8_t *out = NULL;
   if (select_wanted(v, caller, &found, &num_found, &unresolved, &num_unresolved)) {
     Mtlsd__Mesh__V1__MeshSnapshot tail = MTLSD__MESH__V1__MESH_SNAPSHOT__INIT;
-    Mtlsd__Mesh__V1__UnresolvedDestination *items =
-        calloc(num_unresolved + 1, sizeof(*items));
+    Mtlsd__Mesh__V1__UnresolvedDestination *items = calloc(num_unresolved + 1, sizeof(*items));
     Mtlsd__Mesh__V1__UnresolvedDestination **ptrs = calloc(num_unresolved + 1, sizeof(*ptrs));
     size_t tail_len = 0;
     if (items != NULL && ptrs != NULL) {

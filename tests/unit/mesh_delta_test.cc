@@ -3,11 +3,10 @@
 // can fail to apply is refused with a reason.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-
 #include <stdlib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
