@@ -67,6 +67,9 @@ class RedirectTest : public ::testing::Test {
 
   // Writes |yaml| to a temp file and loads it; on failure |error_| holds the message.
   mt_config *Load(const std::string &yaml) {
+    mt_config_free(config_); /* a test may load more than once */
+    config_ = nullptr;
+    if (!path_.empty()) unlink(path_.c_str());
     char tmpl[] = "/tmp/mtlsd-redirect-XXXXXX";
     int fd = mkstemp(tmpl);
     EXPECT_GE(fd, 0);
