@@ -36,7 +36,8 @@ static int compare_strings(const void *a, const void *b) {
 /* Adds |text| to the sorted set; 1 when it was new and was added. */
 static int remember(mt_demand *d, const char *text) {
   const char *probe = text;
-  if (bsearch(&probe, d->all, d->num_all, sizeof(char *), compare_strings) != NULL) return 0;
+  if (d->num_all > 0 && bsearch(&probe, d->all, d->num_all, sizeof(char *), compare_strings))
+    return 0;
   if (d->num_all >= MT_DEMAND_MAX) {
     d->dropped++;
     if (!d->warned_full)

@@ -614,7 +614,8 @@ static long add_wanted(mt_watcher *w, char **addresses, size_t n) {
   for (size_t i = 0; i < w->num_wanted; i++) merged[kept++] = w->wanted[i];
   size_t before = kept;
   for (size_t i = 0; i < n; i++)
-    if (bsearch(&addresses[i], w->wanted, w->num_wanted, sizeof(char *), compare_strings) == NULL) {
+    if (w->num_wanted == 0 ||
+        !bsearch(&addresses[i], w->wanted, w->num_wanted, sizeof(char *), compare_strings)) {
       merged[kept++] = addresses[i];
       addresses[i] = NULL; /* taken */
     }
