@@ -48,8 +48,11 @@ def bed(request, module_procs):
 
 
 def mesh_lines(bed, node):
-    """The agent's "mesh config version ..." lines, in order."""
-    return [l for l in bed.agent_stderr(node).splitlines() if "mesh config version" in l]
+    """The agent's complete "mesh config version ..." lines, in order (a
+    line still being written is left for the next look)."""
+    text = bed.agent_stderr(node)
+    complete = text[:text.rfind("\n") + 1]
+    return [l for l in complete.splitlines() if "mesh config version" in l]
 
 
 def wanted(bed, node):
