@@ -45,6 +45,9 @@ typedef struct {
   SSL *ssl; /* NULL on the plaintext side */
   ev_io io;
   int read_eof;   /* FIN or close_notify received */
+  /* The last read found the socket empty: the relay reads again only once
+   * the loop reports it readable, instead of a read that returns EAGAIN. */
+  int read_drained;
   int write_shut; /* FIN / close_notify sent */
   int events;     /* what the relay last asked the loop to watch */
 } mt_endpoint;

@@ -99,7 +99,8 @@ static void start_handshake(mt_conn *conn) {
   mt_identity *identity = destination_identity(conn);
   if (identity == NULL) return;
   conn->identity = mt_identity_ref(identity);
-  conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd, &conn->peer);
+  conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd,
+                                      mt_worker_buffers(conn->worker), &conn->peer);
   if (conn->down.ssl == NULL) {
     mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
     return;

@@ -103,7 +103,8 @@ static void check_server_identity(mt_conn *conn) {
 
 static void start_handshake(mt_conn *conn) {
   conn->up.ssl =
-      mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd, &conn->peer);
+      mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
+                         mt_worker_buffers(conn->worker), &conn->peer);
   if (conn->up.ssl == NULL) {
     mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
     return;

@@ -19,17 +19,24 @@
 #include <unistd.h>
 
 #include "agent/buffer_pool.h"
+#include "agent/tls.h"
 #include "agent/worker.h"
 
 enum {
-  RELAY_BUFFER_BYTES = 16 * 1024, /* one TLS record's payload: a full record per read */
-  /* Free buffers a worker keeps for the next burst of traffic (512 KiB). */
+  /* What a direction carries at most: one TLS record's payload, so a read
+   * from the plaintext side becomes one full record. */
+  RELAY_CHUNK_BYTES = 16 * 1024,
+  /* The pool's buffers also serve the TLS side's read-ahead (socket_bio),
+   * which must hold a whole record: 5-byte header + 16 KiB + AEAD expansion
+   * (at most 256 bytes). */
+  POOL_BUFFER_BYTES = 17 * 1024,
+  /* Free buffers a worker keeps for the next burst of traffic (544 KiB). */
   RELAY_BUFFER_CACHE = 32,
-  BUFFERS_PER_CONN = 2, /* one per direction */
+  BUFFERS_PER_CONN = 3, /* one per direction + the TLS side's read-ahead */
 };
 
 mt_buffer_pool *mt_relay_buffer_pool_new(size_t max_conns) {
-  return mt_buffer_pool_new(RELAY_BUFFER_BYTES, BUFFERS_PER_CONN * (max_conns ? max_conns : 1),
+  return mt_buffer_pool_new(POOL_BUFFER_BYTES, BUFFERS_PER_CONN * (max_conns ? max_conns : 1),
                             RELAY_BUFFER_CACHE);
 }
 
@@ -50,7 +57,7 @@ static int pipe_borrow(mt_conn *conn, mt_pipe *pipe) {
   pipe->data = mt_buffer_pool_get(pool);
   if (pipe->data == NULL) return 0;
   pipe->head = pipe->tail = 0;
-  pipe->cap = mt_buffer_pool_buffer_bytes(pool);
+  pipe->cap = RELAY_CHUNK_BYTES;
   return 1;
 }
 
@@ -146,15 +153,19 @@ static void close_failed(mt_conn *conn, mt_endpoint *ep) {
 static pump_result pump_once(mt_conn *conn, mt_endpoint *src, mt_pipe *pipe, mt_endpoint *dst,
                              int *src_events, int *dst_events) {
   pump_result r = {0, 0, 0};
-  if (!src->read_eof && (pipe->data == NULL || pipe->tail < pipe->cap)) {
+  int has_room = pipe->data == NULL || pipe->tail < pipe->cap;
+  if (!src->read_eof && has_room && src->read_drained) {
+    *src_events |= EV_READ; /* found empty last time: wait for the loop */
+  } else if (!src->read_eof && has_room) {
     if (!pipe_borrow(conn, pipe)) {
       r.no_buffer = 1;
       return r;
     }
-    size_t n = 0;
-    io_status st = ep_read(src, pipe->data + pipe->tail, pipe->cap - pipe->tail, &n);
+    size_t n = 0, room = pipe->cap - pipe->tail;
+    io_status st = ep_read(src, pipe->data + pipe->tail, room, &n);
     if (st == IO_DONE) {
       pipe->tail += n;
+      src->read_drained = src->ssl != NULL ? mt_tls_read_drained(src->ssl) : n < room;
       r.progress = 1;
     } else if (st == IO_EOF) {
       src->read_eof = 1;
@@ -163,6 +174,8 @@ static pump_result pump_once(mt_conn *conn, mt_endpoint *src, mt_pipe *pipe, mt_
       r.failed_src = 1;
       return r;
     } else {
+      /* WANT_WRITE (a TLS read that must write first) is not "empty". */
+      src->read_drained = st == IO_WANT_READ;
       *src_events |= events_for(st);
     }
     pipe_return_if_empty(conn, pipe);
@@ -245,7 +258,6 @@ void mt_relay_start(mt_conn *conn) {
 }
 
 void mt_relay_on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
-  (void)ep;
-  (void)revents;
+  if (revents & EV_READ) ep->read_drained = 0;
   pump(conn);
 }

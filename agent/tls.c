@@ -1,6 +1,8 @@
 /* tls.c: SSL_CTX construction and the in-handshake SVID verifier. */
 #include "agent/tls.h"
 
+#include "agent/socket_bio.h"
+
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pool.h>
@@ -292,14 +294,25 @@ SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X
   return ctx;
 }
 
-SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer) {
+SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_buffer_pool *read_ahead, mt_tls_peer *peer) {
   SSL *ssl = SSL_new(ctx);
   if (ssl == NULL) return NULL;
-  if (!SSL_set_fd(ssl, fd) || !SSL_set_ex_data(ssl, peer_index(), peer)) {
+  BIO *bio = mt_socket_bio_new(fd, read_ahead);
+  if (bio == NULL) {
+    SSL_free(ssl);
+    return NULL;
+  }
+  SSL_set_bio(ssl, bio, bio); /* one reference, now the SSL's */
+  if (!SSL_set_ex_data(ssl, peer_index(), peer)) {
     SSL_free(ssl);
     return NULL;
   }
   return ssl;
+}
+
+int mt_tls_read_drained(const SSL *ssl) {
+  return mt_socket_bio_drained(SSL_get_rbio(ssl)) && SSL_pending(ssl) == 0 &&
+         !SSL_has_pending(ssl);
 }
 
 /* In TLS 1.3 the client finishes its handshake before the server has judged

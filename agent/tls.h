@@ -15,6 +15,7 @@
 #include <openssl/base.h>
 #include <openssl/x509.h>
 
+#include "agent/buffer_pool.h"
 #include "agent/config.h"
 #include "agent/identity.h"
 #include "agent/reason.h"
@@ -43,8 +44,15 @@ SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X
                         size_t err_len);
 
 /* Creates an SSL for |fd| from |ctx| and attaches |peer| (borrowed, must
- * outlive the SSL) to receive the verification result. */
-SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer);
+ * outlive the SSL) to receive the verification result. The SSL reads
+ * through a socket_bio that reads ahead into buffers of |read_ahead| (the
+ * worker's pool, which must outlive the SSL; NULL: no read-ahead). */
+SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_buffer_pool *read_ahead, mt_tls_peer *peer);
+
+/* 1 when a read on |ssl| could only return WANT_READ until the socket becomes
+ * readable: no decrypted byte pending, no byte read ahead, and the last recv
+ * found the socket empty. 0 when unsure. */
+int mt_tls_read_drained(const SSL *ssl);
 
 /* After a failed handshake: the reason, preferring what the verifier recorded. */
 mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer);
