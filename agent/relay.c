@@ -25,13 +25,13 @@
 enum {
   /* What a direction carries at most: one TLS record's payload, so a read
    * from the plaintext side becomes one full record. */
-  RELAY_CHUNK_BYTES = 16 * 1024,
+  RELAY_CHUNK_BYTES = 64 * 1024,
   /* The pool's buffers also serve the TLS side's read-ahead (socket_bio),
    * which must hold a whole record: 5-byte header + 16 KiB + AEAD expansion
    * (at most 256 bytes). */
-  POOL_BUFFER_BYTES = 17 * 1024,
-  /* Free buffers a worker keeps for the next burst of traffic (544 KiB). */
-  RELAY_BUFFER_CACHE = 32,
+  POOL_BUFFER_BYTES = 66 * 1024,
+  /* Free buffers a worker keeps for the next burst of traffic (528 KiB). */
+  RELAY_BUFFER_CACHE = 8,
   BUFFERS_PER_CONN = 3, /* one per direction + the TLS side's read-ahead */
 };
 
@@ -89,9 +89,20 @@ static io_status ssl_status(SSL *ssl, int rc) {
 static io_status ep_read(mt_endpoint *ep, uint8_t *buf, size_t len, size_t *n) {
   errno = 0;
   if (ep->ssl) {
-    int rc = SSL_read(ep->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
-    if (rc > 0) return *n = (size_t)rc, IO_DONE;
-    return ssl_status(ep->ssl, rc);
+    /* SSL_read returns one record at most; take every record already in user
+     * space, so the plaintext side gets them with one send. */
+    size_t got = 0;
+    while (got < len) {
+      size_t want = len - got;
+      int rc = SSL_read(ep->ssl, buf + got, want > INT32_MAX ? INT32_MAX : (int)want);
+      if (rc <= 0) {
+        if (got > 0) break; /* the failure (or EOF) comes back on the next read */
+        return ssl_status(ep->ssl, rc);
+      }
+      got += (size_t)rc;
+      if (!mt_tls_read_ready(ep->ssl)) break;
+    }
+    return *n = got, IO_DONE;
   }
   ssize_t rc = recv(ep->fd, buf, len, 0);
   if (rc > 0) return *n = (size_t)rc, IO_DONE;

@@ -310,6 +310,10 @@ SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_buffer_pool *read_ahead, mt_tls
   return ssl;
 }
 
+int mt_tls_read_ready(const SSL *ssl) {
+  return SSL_pending(ssl) > 0 || mt_socket_bio_buffered(SSL_get_rbio(ssl)) > 0;
+}
+
 int mt_tls_read_drained(const SSL *ssl) {
   return mt_socket_bio_drained(SSL_get_rbio(ssl)) && SSL_pending(ssl) == 0 &&
          !SSL_has_pending(ssl);

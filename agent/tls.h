@@ -54,6 +54,10 @@ SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_buffer_pool *read_ahead, mt_tls
  * found the socket empty. 0 when unsure. */
 int mt_tls_read_drained(const SSL *ssl);
 
+/* 1 when a read on |ssl| can return bytes without a recv: decrypted bytes
+ * pending, or bytes read ahead from the socket. */
+int mt_tls_read_ready(const SSL *ssl);
+
 /* After a failed handshake: the reason, preferring what the verifier recorded. */
 mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer);
 
