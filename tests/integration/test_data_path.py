@@ -176,3 +176,63 @@ def test_identity_file_formats_serve_echo(pki, agents, apps, fmt):
     assert inb["local_id"] == spiffe_id("backend")
     assert inb["peer_id"] == spiffe_id("frontend")
     assert int(inb["peer_serial"], 16) == cert_serial(pki.workload("frontend") / "cert.pem")
+
+
+def test_many_small_writes_arrive_whole_and_in_order(pki, agents, apps):
+    # Back-to-back small writes become many small TLS records that reach the
+    # backend several per recv (its read-ahead): each must be served, in
+    # order, and the last ones too, without waiting for more bytes to come.
+    app = apps("echo")
+    frontend, backend, port_out, port_in = start_mesh(pki, agents, app)
+    pieces = [os.urandom(1 + (i * 37) % 300) for i in range(3000)]
+    payload = b"".join(pieces)
+    with connect(port_out) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+        received = b""
+        while len(received) < len(payload):
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"EOF after {len(received)} of {len(payload)} bytes"
+            received += chunk
+    assert received == payload, "echoed bytes differ from the bytes sent"
+
+
+def test_a_client_that_stops_reading_then_reads_gets_every_byte(pki, agents, apps):
+    # The client fills every buffer on the way (its own, both agents', the
+    # echo app's) before it reads a byte, so both agents sit on records they
+    # have read ahead while their relay buffers are full; once the client
+    # reads, everything must flow again, byte-exact.
+    import select
+    import time
+
+    app = apps("echo")
+    frontend, backend, port_out, port_in = start_mesh(pki, agents, app)
+    payload = os.urandom(64 * MIB)  # more than every socket buffer on the way holds
+    received = bytearray()
+    with connect(port_out) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        sent = 0
+        while sent < len(payload):  # until the whole path pushes back
+            try:
+                sent += sock.send(payload[sent:sent + (1 << 16)])
+            except BlockingIOError:
+                break
+        assert sent < len(payload), "64 MiB went out without any backpressure"
+        deadline = time.monotonic() + WAIT
+        while len(received) < len(payload):
+            assert time.monotonic() < deadline, (
+                f"stalled: sent {sent}, received {len(received)} of {len(payload)}")
+            want_write = [sock] if sent < len(payload) else []
+            readable, writable, _ = select.select([sock], want_write, [], 0.5)
+            if readable:
+                chunk = sock.recv(1 << 16)
+                assert chunk, f"EOF after {len(received)} of {len(payload)} bytes"
+                received += chunk
+            if writable:
+                try:
+                    sent += sock.send(payload[sent:sent + (1 << 16)])
+                except BlockingIOError:
+                    pass
+    assert bytes(received) == payload, "echoed bytes differ from the bytes sent"
