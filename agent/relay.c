@@ -265,6 +265,11 @@ static void pump(mt_conn *conn) {
 void mt_relay_start(mt_conn *conn) {
   conn->state = MT_CONN_RELAYING;
   mt_conn_start_idle_timer(conn, mt_worker_config(conn->worker)->idle_timeout_ms);
+  /* The handshake's last recv tells whether the TLS side is worth a read
+   * now: the peer's first bytes may have come with its last flight. */
+  mt_endpoint *eps[] = {&conn->down, &conn->up};
+  for (size_t i = 0; i < 2; i++)
+    if (eps[i]->ssl != NULL) eps[i]->read_drained = mt_tls_read_drained(eps[i]->ssl);
   pump(conn);
 }
 
