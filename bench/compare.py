@@ -994,7 +994,7 @@ def charts(bed, med, peers, bursts):
                      for i, p in enumerate(peers))
     script = f"""set terminal svg size 1200,640 dynamic font 'sans,11'
 set output '{out}/chart-table.svg'
-set title "Each proxy's figure against the best peer's (nginx, HAProxy, stunnel): 1 = best peer, above 1 = better\n(lower-is-better figures inverted: best / value; log scale)"
+set title "Each proxy's figure against the best peer's (nginx, HAProxy, stunnel): 1 = best peer, above 1 = better\\n(lower-is-better figures inverted: best / value; log scale)"
 set style data histograms
 set logscale y 2
 set yrange [0.0625:16]
@@ -1102,6 +1102,16 @@ def versions():
             "wrk": first(["wrk", "-v"]), "iperf3": first(["iperf3", "--version"])}
 
 
+def replot(args):
+    bed = Bed(args)
+    with open(os.path.join(bed.out, "results.json")) as f:
+        saved = json.load(f)
+    for k in ("burst", "bursts"):
+        setattr(args, k, saved["meta"]["args"][k])
+    charts(bed, saved["medians"], saved["meta"]["args"]["peers"], saved["bursts"])
+    return 0
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1126,6 +1136,8 @@ def parse_args():
                     help="stunnel log level while measuring (resumption is proven in a separate "
                          "short run at info)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the charts from bench/out/compare/results.json")
     args = ap.parse_args()
     if args.quick:
         args.reps = 1
@@ -1143,6 +1155,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.replot:
+        return replot(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = NOFILE if hard == resource.RLIM_INFINITY else min(hard, NOFILE)
