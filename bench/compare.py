@@ -132,7 +132,7 @@ def wait_listen(port, proc, timeout=15):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise Fail(f"{proc.name} exited with {proc.returncode} during start-up; "
-                       f"see bench/out/compare/{proc.name}.log")
+                       f"see {proc.name}.log in the output directory")
         try:
             socket.create_connection((HOST, port), timeout=1).close()
             return
@@ -184,7 +184,7 @@ def count_lines(path, needle):
 class Bed:
     def __init__(self, args):
         self.args = args
-        self.out = os.path.join(HERE, "out", "compare")
+        self.out = os.path.abspath(args.out)
         os.makedirs(self.out, exist_ok=True)
         self.procs = Procs(self.out)
         self.pki = os.path.join(self.out, "pki")
@@ -803,7 +803,6 @@ def burst(bed, peer):
             events.append((round(time.monotonic() - t0, 2), f"burst {i + 1} opens"))
             held, failed = memory.open_held(ports["a_echo"], bed.args.burst, sample)
             sample(True)
-            peak = max(curve[-1][1:])
             for s in held:
                 s.close()
             events.append((round(time.monotonic() - t0, 2), f"burst {i + 1} closed"))
@@ -1112,11 +1111,13 @@ def replot(args):
     return 0
 
 
-def parse_args():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mtlsd", help="agent binary to measure (default: $MTLSD_BIN, else bazel build)")
     ap.add_argument("--quick", action="store_true", help="1 repetition, short loads (smoke)")
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "compare"),
+                    help="where configurations, logs, results and charts go")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", 24300)),
@@ -1138,7 +1139,7 @@ def parse_args():
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the charts from bench/out/compare/results.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
         args.reps = 1
         args.ka_seconds = args.bulk_seconds = args.conn_seconds = 2
@@ -1153,8 +1154,8 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.replot:
         return replot(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1214,6 +1215,9 @@ def main():
             f"{mach['nproc']} CPUs ({mach['cpu']}), kernel {mach['kernel']}; "
             f"load average {' '.join(load_start)} at start, {' '.join(meta['load_end'])} at end; "
             f"{args.reps} repetition(s), medians; {meta['minutes']} min")
+    if max(float(x) for x in load_start + meta["load_end"]) > mach["nproc"]:
+        head += ("\nThe machine was busy (load average above its CPU count): throughput and "
+                 "latency figures are noisy; see the spread.")
     burst_note = (f"burst rows: one run of {args.bursts} x {args.burst:,} connections "
                   f"({', '.join(args.burst_peers)}); '-' = not run")
     bursts_text = []
@@ -1254,7 +1258,7 @@ def main():
     print()
     print(md)
     print()
-    print(f"written: bench/out/compare/results.{{txt,md,json}}, chart-table.svg"
+    print(f"written: {bed.out}/results.{{txt,md,json}}, chart-table.svg"
           + (", chart-burst.svg" if bursts else ""))
     return 0
 
