@@ -1118,19 +1118,17 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 repetition, short loads (smoke)")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "compare"),
                     help="where configurations, logs, results and charts go")
-    ap.add_argument("--reps", type=int, default=3)
+    # Full / --quick defaults; an option given explicitly wins over both.
+    sizes = [("reps", int, 3, 1), ("ka-seconds", int, 8, 2), ("bulk-seconds", int, 5, 2),
+             ("conn-seconds", int, 5, 2), ("paced-rate", float, 1000, 1000),
+             ("paced-seconds", float, 10, 3), ("held", int, 1000, 200), ("burst", int, 8000, 1000),
+             ("bursts", int, 3, 1), ("settle", float, 5.0, 2.0)]
+    for name, kind, full, quick in sizes:
+        ap.add_argument("--" + name, type=kind, default=None,
+                        help=f"default {full:g}, with --quick {quick:g}")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", 24300)),
                     help="uses BASE .. BASE+59 (checked free)")
-    ap.add_argument("--ka-seconds", type=int, default=8)
-    ap.add_argument("--bulk-seconds", type=int, default=5)
-    ap.add_argument("--conn-seconds", type=int, default=5)
-    ap.add_argument("--paced-rate", type=float, default=1000)
-    ap.add_argument("--paced-seconds", type=float, default=10)
-    ap.add_argument("--held", type=int, default=1000)
-    ap.add_argument("--burst", type=int, default=8000)
-    ap.add_argument("--bursts", type=int, default=3)
-    ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--burst-peers", default="mtlsd,nginx,haproxy",
                     help="peers given the burst (stunnel: a thread per connection, 8,000 of them)")
     ap.add_argument("--stunnel-debug", default="notice",
@@ -1140,10 +1138,10 @@ def parse_args(argv=None):
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the charts from bench/out/compare/results.json")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.reps = 1
-        args.ka_seconds = args.bulk_seconds = args.conn_seconds = 2
-        args.paced_seconds, args.held, args.burst, args.bursts, args.settle = 3, 200, 1000, 1, 2
+    for name, kind, full, quick in sizes:
+        attr = name.replace("-", "_")
+        if getattr(args, attr) is None:
+            setattr(args, attr, quick if args.quick else full)
     args.peers = [p for p in args.peers.split(",") if p]
     args.burst_peers = [p for p in args.burst_peers.split(",") if p in args.peers]
     bad = [p for p in args.peers if p not in PEERS]
