@@ -991,7 +991,7 @@ def charts(bed, med, peers, bursts):
     color = {p: c for p, c in zip(PEERS, ("#8e24aa", "#2e7d32", "#1e88e5", "#f9a825"))}
     plot = ", ".join(f"'{data}' using {i + 2}:xtic(1) title '{LABELS[p]}' lc rgb '{color[p]}'"
                      for i, p in enumerate(peers))
-    script = f"""set terminal svg size 1200,640 dynamic font 'sans,11'
+    script = f"""set terminal svg size 1200,640 dynamic font 'sans,11' background rgb 'white'
 set output '{out}/chart-table.svg'
 set title "Each proxy's figure against the best peer's (nginx, HAProxy, stunnel): 1 = best peer, above 1 = better\\n(lower-is-better figures inverted: best / value; log scale)"
 set style data histograms
@@ -1020,7 +1020,7 @@ plot {plot}
             curves.append(f"'{path}' using 1:3 with lines lw 1 dt 2 lc rgb '{color[p]}' title '{LABELS[p]} B'")
         script += f"""
 reset
-set terminal svg size 1000,500 dynamic font 'sans,11'
+set terminal svg size 1000,500 dynamic font 'sans,11' background rgb 'white'
 set output '{out}/chart-burst.svg'
 set title 'RSS over {bed.args.bursts} bursts of {bed.args.burst:,} connections (all held, then all closed)'
 set xlabel 'seconds'
