@@ -13,7 +13,7 @@ peer for each figure, a text and a markdown table, JSON, and gnuplot charts
 (the table and the burst memory curve) in bench/out/compare/.
 
   sudo bench/compare.py                  # full run, about 20 minutes on 2 cores
-  sudo bench/compare.py --quick          # 1 repetition, short loads: smoke, ~3 minutes
+  sudo bench/compare.py --quick          # 1 repetition, short loads: smoke, ~2 minutes
   sudo bench/compare.py --mtlsd PATH     # measure a given binary (or MTLSD_BIN=PATH)
 
 Root is needed only to install missing Debian packages. Every load is bounded
@@ -996,9 +996,9 @@ set output '{out}/chart-table.svg'
 set title "Each proxy's figure against the best peer's (nginx, HAProxy, stunnel): 1 = best peer, above 1 = better\\n(lower-is-better figures inverted: best / value; log scale)"
 set style data histograms
 set logscale y 2
-set yrange [0.0625:16]
-set ytics ('1/16' 0.0625, '1/8' 0.125, '1/4' 0.25, '1/2' 0.5, '1' 1, '2' 2, '4' 4, '8' 8, '16' 16)
-set rmargin 12
+set yrange [0.0625:32]
+set ytics ('1/16' 0.0625, '1/8' 0.125, '1/4' 0.25, '1/2' 0.5, '1' 1, '2' 2, '4' 4, '8' 8, '16' 16, '32' 32)
+set rmargin 20
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.9
