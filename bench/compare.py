@@ -171,14 +171,6 @@ def wait_grep(path, needle, timeout=3.0):
         time.sleep(0.1)
 
 
-def count_lines(path, needle):
-    try:
-        with open(path, errors="replace") as f:
-            return sum(1 for line in f if needle(line))
-    except OSError:
-        return 0
-
-
 # --- the bed: PKI, backends, ports ---------------------------------------------------------
 
 class Bed:
