@@ -11,6 +11,13 @@
                                          TLS 1.3 client straight to a backend proxy: prints
                                          "echo ..." if one byte came back, else "refused: ..."
   iperf-summary FILE                     prints "bytes gbps" from an `iperf3 -J` result
+  paced-http --port P --path /1k --rate R --seconds S --conns C
+                                         HTTP/1.1 GETs over C keep-alive connections, request i
+                                         sent at start + i/R (never earlier), R*S requests at
+                                         most, stops at S + 10 s whatever happened; prints JSON
+  tls-resume --port P --cafile F --cert C --key K
+                                         two TLS 1.3 connections to a backend proxy, the second
+                                         offering the first's session; prints "reused" or "new"
 
 Every load here stops by itself: the counts and deadlines are checked in the loops,
 and every socket has a timeout.
@@ -192,6 +199,97 @@ def iperf_summary(args):
     return 0
 
 
+def tls_resume(args):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(args.cafile)
+    ctx.load_cert_chain(args.cert, args.key)
+    session = None
+    try:
+        for attempt in range(2):
+            with socket.create_connection((HOST, args.port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, session=session) as s:
+                    # TLS 1.3 tickets come after the handshake: one echoed byte makes
+                    # sure the client has read them before it asks for the session.
+                    s.sendall(b"x")
+                    if s.recv(1) != b"x":
+                        print("error: no echo")
+                        return 0
+                    if attempt == 1:
+                        print("reused" if s.session_reused else "new")
+                    session = s.session
+    except (ssl.SSLError, OSError) as e:
+        print(f"error: {e}")
+    return 0
+
+
+def paced_http(args):
+    """Open-loop pacing over a fixed pool of keep-alive connections: request i is
+    due at t0 + i/rate and goes on connection i % conns as soon as it is due and
+    that connection's previous answer is in. Latency runs from the due time, so a
+    stalled proxy shows up as latency rather than as a slower schedule."""
+    total = int(args.rate * args.seconds)
+    request = (f"GET {args.path} HTTP/1.1\r\nHost: bench\r\n\r\n").encode()
+    latencies, state = [], {"errors": 0, "first_error": "", "late": 0, "bytes": 0}
+
+    async def one_conn(k, t0):
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection(HOST, args.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(k, total, args.conns):
+                due = t0 + i / args.rate
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.01:
+                    state["late"] += 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head.split(b" ", 2)[1]
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                if status != b"200":
+                    raise OSError(f"HTTP status {status.decode()}")
+                state["bytes"] += len(body)
+                latencies.append(loop.time() - due)
+        finally:
+            writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.2  # every connection is open before the first request is due
+        tasks = [asyncio.create_task(one_conn(k, t0)) for k in range(args.conns)]
+        done, pending = await asyncio.wait(tasks, timeout=args.seconds + 10)
+        for t in pending:
+            t.cancel()
+            state["errors"] += 1
+            state["first_error"] = state["first_error"] or "deadline"
+        for t in done:
+            if t.exception() is not None:
+                state["errors"] += 1
+                state["first_error"] = state["first_error"] or repr(t.exception())
+        return t0, loop.time()
+
+    t0, t1 = asyncio.run(main())
+    latencies.sort()
+    elapsed = t1 - t0
+    print(json.dumps({
+        "ok": len(latencies), "wanted": total, "errors": state["errors"],
+        "first_error": state["first_error"], "late": state["late"],
+        "elapsed_s": round(elapsed, 3),
+        "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0,
+        "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "body_bytes": state["bytes"],
+    }))
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,9 +313,21 @@ def main():
     p.add_argument("--key")
     p = sub.add_parser("iperf-summary")
     p.add_argument("file")
+    p = sub.add_parser("paced-http")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/1k")
+    p.add_argument("--rate", type=float, default=1000)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--conns", type=int, default=16)
+    p = sub.add_parser("tls-resume")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--cafile", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
     args = parser.parse_args()
     return {"echo-server": echo_server, "check": check, "connrate": connrate,
-            "tls-probe": tls_probe, "iperf-summary": iperf_summary}[args.cmd](args) or 0
+            "tls-probe": tls_probe, "iperf-summary": iperf_summary,
+            "paced-http": paced_http, "tls-resume": tls_resume}[args.cmd](args) or 0
 
 
 if __name__ == "__main__":
