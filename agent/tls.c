@@ -9,6 +9,9 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+#include "agent/tls_resume.h"
 
 /* TLS 1.2 suites, used only when tls.min_version is "1.2": ECDHE + AEAD. */
 static const char kTls12Ciphers[] =
@@ -84,6 +87,8 @@ static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) * untruste
       ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
       X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client" : "ssl_server");
   if (ok) ok = X509_verify_cert(ctx) == 1;
+  /* What a resumed session may rely on: the whole path's earliest expiry. */
+  if (ok) peer->not_after = mt_tls_chain_not_after(X509_STORE_CTX_get0_chain(ctx), time(NULL));
   if (!ok) {
     int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
     peer->failure = reason_from_x509(err);
@@ -213,8 +218,6 @@ static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
       !SSL_CTX_set1_curves_list(ctx, kCurves) ||
       !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers))
     return 0;
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
   return 1;
@@ -269,7 +272,8 @@ SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X
   if (ctx == NULL || !configure_protocol(ctx, config) ||
       !(is_server ? configure_credentials(ctx, key, leaf, chain)
                   : configure_buffer_credentials(ctx, key, leaf, chain)) ||
-      (!is_server && !SSL_CTX_set_ex_data(ctx, ctx_identity_index(), (void *)verify_arg))) {
+      (!is_server && !SSL_CTX_set_ex_data(ctx, ctx_identity_index(), (void *)verify_arg)) ||
+      !mt_tls_resume_configure(ctx, is_server, config, leaf, chain, verify_arg)) {
     unsigned long e = ERR_get_error();
     snprintf(err, err_len, "building the TLS %s context: %s", is_server ? "server" : "client",
              e ? ERR_reason_error_string(e) : "out of memory");
@@ -301,6 +305,8 @@ SSL *mt_tls_new_session(SSL_CTX *ctx, int fd, mt_tls_peer *peer) {
   }
   return ssl;
 }
+
+mt_tls_peer *mt_tls_peer_of(const SSL *ssl) { return SSL_get_ex_data(ssl, peer_index()); }
 
 /* In TLS 1.3 the client finishes its handshake before the server has judged
  * the client certificate, so a refusal arrives as an alert on the first read. */
