@@ -142,11 +142,14 @@ TEST(SessionRecord, DecodeRefusesAnEmptyIdOrEmbeddedNul) {
   r.spiffe_id[0] = '\0';
   std::vector<uint8_t> buf(mt_session_record_size(&r) + 8);
   size_t n = mt_session_record_encode(&r, buf.data(), buf.size());
+  ASSERT_GT(n, 0u);
   mt_session_record back;
   EXPECT_EQ(0, mt_session_record_decode(&back, buf.data(), n, nullptr));
 
   r = MakeRecord();
+  buf.resize(mt_session_record_size(&r));
   n = mt_session_record_encode(&r, buf.data(), buf.size());
+  ASSERT_EQ(n, buf.size());
   buf[n - 3] = '\0';  // inside the ID
   EXPECT_EQ(0, mt_session_record_decode(&back, buf.data(), n, nullptr));
 }
