@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/chain_cache.h"
 #include "agent/tls_resume.h"
 
 /* ---- counters ---- */
@@ -378,4 +379,15 @@ void mt_metrics_render(mt_text *out, mt_worker_metrics *const *workers, size_t n
   render_holds(out, &t);
   render_keyed(out, workers, num_workers);
   mt_tls_resume_render_metrics(out);
+  mt_chain_cache *chains = mt_chain_cache_global();
+  if (chains != NULL) {
+    mt_text_printf(out,
+                   "# HELP mtlsd_chain_cache_lookups_total Peer chains checked by a remembered "
+                   "intermediate (hit) or verified in full (miss).\n"
+                   "# TYPE mtlsd_chain_cache_lookups_total counter\n"
+                   "mtlsd_chain_cache_lookups_total{result=\"hit\"} %llu\n"
+                   "mtlsd_chain_cache_lookups_total{result=\"miss\"} %llu\n",
+                   (unsigned long long)mt_chain_cache_hits(chains),
+                   (unsigned long long)mt_chain_cache_misses(chains));
+  }
 }

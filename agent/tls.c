@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent/chain_cache.h"
 #include "agent/tls_resume.h"
 
 /* TLS 1.2 suites, used only when tls.min_version is "1.2": ECDHE + AEAD. */
@@ -79,16 +80,27 @@ static mt_reason reason_from_x509(int err) {
   }
 }
 
-/* X.509 path validation of |leaf| against one trust domain's roots. */
-static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) * untrusted,
-                        mt_svid_role role, mt_tls_peer *peer) {
+/* X.509 path validation of |leaf| against one trust domain's roots
+ * (|trust_key| names them, chain_cache.h): by a remembered intermediate
+ * when the chain cache may answer, else in full. */
+static int verify_chain(X509_STORE *store, const uint8_t trust_key[32], X509 *leaf,
+                        STACK_OF(X509) * untrusted, mt_svid_role role, mt_tls_peer *peer) {
+  time_t now = time(NULL);
+  int purpose = role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+  if (mt_chain_cache_verify(mt_chain_cache_global(), trust_key, leaf, untrusted, purpose, now,
+                            &peer->not_after))
+    return 1;
   X509_STORE_CTX *ctx = X509_STORE_CTX_new();
   int ok =
       ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
       X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client" : "ssl_server");
   if (ok) ok = X509_verify_cert(ctx) == 1;
   /* What a resumed session may rely on: the whole path's earliest expiry. */
-  if (ok) peer->not_after = mt_tls_chain_not_after(X509_STORE_CTX_get0_chain(ctx), time(NULL));
+  if (ok) {
+    peer->not_after = mt_tls_chain_not_after(X509_STORE_CTX_get0_chain(ctx), now);
+    mt_chain_cache_remember(mt_chain_cache_global(), trust_key, X509_STORE_CTX_get0_chain(ctx),
+                            now);
+  }
   if (!ok) {
     int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
     peer->failure = reason_from_x509(err);
@@ -123,7 +135,12 @@ int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untru
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
   }
-  if (!verify_chain(store, leaf, untrusted, role, peer)) {
+  uint8_t trust_key[32];
+  mt_chain_cache_trust_key(mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
+                           role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT
+                                                       : X509_PURPOSE_SSL_SERVER,
+                           trust_key);
+  if (!verify_chain(store, trust_key, leaf, untrusted, role, peer)) {
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
   }

@@ -304,24 +304,6 @@ static void cert_fp(X509 *cert, uint8_t out[32]) {
   OPENSSL_free(der);
 }
 
-/* The bundle's fingerprint: every trust domain's name and roots, in order. */
-static void trust_fp(const mt_trust *trust, uint8_t out[32]) {
-  SHA256_CTX sha;
-  SHA256_Init(&sha);
-  for (size_t i = 0; i < mt_trust_num_domains(trust); i++) {
-    const char *td = mt_trust_domain_at(trust, i);
-    SHA256_Update(&sha, td, strlen(td) + 1);
-    const STACK_OF(X509) *roots = mt_trust_roots_at(trust, i);
-    for (size_t j = 0; j < sk_X509_num(roots); j++) {
-      uint8_t fp[32];
-      cert_fp(sk_X509_value(roots, j), fp);
-      SHA256_Update(&sha, fp, sizeof(fp));
-    }
-    SHA256_Update(&sha, "\n", 1);
-  }
-  SHA256_Final(out, &sha);
-}
-
 /* ---- server: tickets carry the record ---- */
 
 /* The record a ticket issued on |ssl| now carries, or 0 when the peer was
@@ -606,7 +588,7 @@ int mt_tls_resume_configure(SSL_CTX *ctx, int is_server, const mt_config *config
   if (chain != NULL && sk_X509_num(chain) > 0 && (chain_na == 0 || chain_na < st->own_not_after))
     st->own_not_after = chain_na;
   cert_fp(leaf, st->own_fp);
-  trust_fp(mt_identity_trust(identity), st->trust_fp);
+  memcpy(st->trust_fp, mt_trust_fingerprint(mt_identity_trust(identity)), 32);
   const char *own_id = mt_identity_spiffe_id(identity);
   SHA256((const uint8_t *)own_id, strlen(own_id), st->own_id_hash);
   if (!SSL_CTX_set_ex_data(ctx, g_ctx_index, st)) {

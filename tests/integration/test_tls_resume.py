@@ -236,6 +236,9 @@ def test_resumption_off_every_handshake_is_full(pki, agents, apps, tmp_path):
     assert metric(backend, "mtlsd_handshake_mode_total", direction="inbound", mode="full") == 3
     assert metric(backend, "mtlsd_handshake_mode_total", direction="inbound", mode="resumed") == 0
     assert metric(backend, "mtlsd_tls_tickets_issued_total") == 0
+    # Each full handshake verified the frontend's leaf; its intermediate was
+    # verified against the bundle only the first time (agent/chain_cache.h).
+    assert metric(backend, "mtlsd_chain_cache_lookups_total", result="hit") >= 2
 
 
 def s_client(port, cert_dir, pki, sess_flag, sess_file):

@@ -389,9 +389,9 @@ TEST(MetricsTest, EveryFamilyHasOneHelpAndOneTypeLine) {
     if (hash != "#") continue;
     (kind == "HELP" ? help : type).insert(name);
   }
-  // 12 per-worker families, mtlsd_handshake_mode_total and the 4
-  // process-wide session-resumption families (tls_resume.h).
-  EXPECT_EQ(help.size(), 17u);
+  // 12 per-worker families, mtlsd_handshake_mode_total, the 4 process-wide
+  // session-resumption families (tls_resume.h) and the chain cache's.
+  EXPECT_EQ(help.size(), 18u);
   EXPECT_EQ(std::set<std::string>(help.begin(), help.end()).size(), help.size());
   EXPECT_EQ(help, type);
 }
