@@ -257,14 +257,39 @@ typedef struct {
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_ctx_index = -1;     /* SSL_CTX -> ctx_state */
-static int g_pending_index = -1; /* SSL -> mt_session_record (server: from the ticket) */
+static int g_pending_index = -1; /* SSL -> packed_record (server: from the ticket) */
 static int g_client_index = -1;  /* SSL -> client_state */
-static int g_record_index = -1;  /* SSL_SESSION -> mt_session_record (client) */
+static int g_record_index = -1;  /* SSL_SESSION -> packed_record (client) */
 static mt_ticket_keys *g_keys;
 
+/* A session record as ex_data: encoded, so it costs its own size (about
+ * 150 bytes), not the 2 KB that a maximal SPIFFE ID would need. */
 typedef struct {
-  uint8_t key[32];       /* the cache slot this connection's sessions go to */
-  SSL_SESSION *offered;  /* reference, or NULL */
+  size_t len;
+  uint8_t data[];
+} packed_record;
+
+static packed_record *pack(const mt_session_record *rec) {
+  size_t len = mt_session_record_size(rec);
+  packed_record *p = malloc(sizeof(*p) + len);
+  if (p == NULL) return NULL;
+  p->len = mt_session_record_encode(rec, p->data, len);
+  if (p->len == 0) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+static int unpack(const packed_record *p, mt_session_record *out) {
+  size_t used = 0;
+  return p != NULL && mt_session_record_decode(out, p->data, p->len, &used) && used == p->len;
+}
+
+typedef struct {
+  uint8_t key[32];         /* the cache slot this connection's sessions go to */
+  SSL_SESSION *offered;    /* reference until the handshake ends, or NULL */
+  packed_record *carried;  /* after a resumption: what renewed sessions inherit */
 } client_state;
 
 static void free_plain(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
@@ -279,6 +304,7 @@ static void free_client_state(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int i
   client_state *cs = ptr;
   if (cs == NULL) return;
   SSL_SESSION_free(cs->offered);
+  free(cs->carried);
   free(cs);
 }
 
@@ -304,21 +330,10 @@ static void cert_fp(X509 *cert, uint8_t out[32]) {
   OPENSSL_free(der);
 }
 
-/* ---- server: tickets carry the record ---- */
-
-/* The record a ticket issued on |ssl| now carries, or 0 when the peer was
- * not verified (the ticket is then made unusable rather than refused, which
- * would fail the handshake). */
-static int issue_record(SSL *ssl, const ctx_state *st, mt_session_record *rec) {
-  time_t now = time(NULL);
+/* The record of a peer that a full handshake verified just now, or 0. */
+static int fresh_record(const ctx_state *st, const mt_tls_peer *peer, time_t now,
+                        mt_session_record *rec) {
   memset(rec, 0, sizeof(*rec));
-  if (SSL_session_reused(ssl)) {
-    const mt_session_record *carried = SSL_get_ex_data(ssl, g_pending_index);
-    if (carried == NULL) return 0;
-    *rec = *carried; /* a renewed ticket never outlives the first one */
-    return 1;
-  }
-  const mt_tls_peer *peer = mt_tls_peer_of(ssl);
   if (peer == NULL || peer->failure != MT_REASON_OK || peer->spiffe_id[0] == '\0' ||
       peer->not_after <= (int64_t)now)
     return 0;
@@ -333,6 +348,18 @@ static int issue_record(SSL *ssl, const ctx_state *st, mt_session_record *rec) {
   snprintf(rec->serial, sizeof(rec->serial), "%s", peer->serial);
   snprintf(rec->spiffe_id, sizeof(rec->spiffe_id), "%s", peer->spiffe_id);
   return 1;
+}
+
+/* ---- server: tickets carry the record ---- */
+
+/* The record a ticket issued on |ssl| now carries, or 0 when the peer was
+ * not verified (the ticket is then made unusable rather than refused, which
+ * would fail the handshake). */
+static int issue_record(SSL *ssl, const ctx_state *st, mt_session_record *rec) {
+  memset(rec, 0, sizeof(*rec));
+  if (SSL_session_reused(ssl)) /* a renewed ticket never outlives the first one */
+    return unpack(SSL_get_ex_data(ssl, g_pending_index), rec);
+  return fresh_record(st, mt_tls_peer_of(ssl), time(NULL), rec);
 }
 
 /* The sealed plaintext: u16 record length || record || BoringSSL's session. */
@@ -403,13 +430,14 @@ static enum ssl_ticket_aead_result_t ticket_open(SSL *ssl, uint8_t *out, size_t 
     } else {
       memcpy(out, plain + 2 + rec_len, session_len);
       *out_len = session_len;
-      /* Held until the SSL is freed: used only if BoringSSL resumes it. */
-      mt_session_record *before = SSL_get_ex_data(ssl, g_pending_index);
-      if (!SSL_set_ex_data(ssl, g_pending_index, rec)) {
+      /* Held until the handshake ends: used only if BoringSSL resumes it. */
+      packed_record *packed = pack(rec);
+      packed_record *before = SSL_get_ex_data(ssl, g_pending_index);
+      if (packed == NULL || !SSL_set_ex_data(ssl, g_pending_index, packed)) {
+        free(packed);
         result = ssl_ticket_aead_error;
       } else {
         free(before);
-        rec = NULL;
       }
     }
   }
@@ -456,8 +484,10 @@ void mt_tls_resume_flush_client_cache(void) {
 }
 
 static int session_usable(SSL_SESSION *s, const ctx_state *st, time_t now) {
-  const mt_session_record *rec = SSL_SESSION_get_ex_data(s, g_record_index);
-  if (rec == NULL || refusal_code(rec, now, st->own_fp, st->trust_fp) >= 0) return 0;
+  mt_session_record rec;
+  if (!unpack(SSL_SESSION_get_ex_data(s, g_record_index), &rec) ||
+      refusal_code(&rec, now, st->own_fp, st->trust_fp) >= 0)
+    return 0;
   return (int64_t)(SSL_SESSION_get_time(s) + SSL_SESSION_get_timeout(s)) > (int64_t)now;
 }
 
@@ -520,32 +550,17 @@ static int on_new_session(SSL *ssl, SSL_SESSION *session) {
   if (st == NULL || cs == NULL || peer == NULL ||
       SSL_SESSION_get_protocol_version(session) != TLS1_3_VERSION)
     return 0; /* not kept: BoringSSL frees it */
-  time_t now = time(NULL);
-  mt_session_record *rec = calloc(1, sizeof(*rec));
-  if (rec == NULL) return 0;
-  const mt_session_record *carried =
-      cs->offered && SSL_session_reused(ssl) ? SSL_SESSION_get_ex_data(cs->offered, g_record_index)
-                                             : NULL;
-  if (carried != NULL) {
-    *rec = *carried;
-  } else if (!SSL_session_reused(ssl) && peer->failure == MT_REASON_OK &&
-             peer->spiffe_id[0] != '\0' && peer->not_after > (int64_t)now) {
-    rec->auth_time = now;
-    rec->peer_not_after = peer->not_after;
-    int64_t expires = (int64_t)now + st->lifetime_s;
-    if (peer->not_after < expires) expires = peer->not_after;
-    if (st->own_not_after < expires) expires = st->own_not_after;
-    rec->expires = expires;
-    memcpy(rec->own_fp, st->own_fp, 32);
-    memcpy(rec->trust_fp, st->trust_fp, 32);
-    snprintf(rec->serial, sizeof(rec->serial), "%s", peer->serial);
-    snprintf(rec->spiffe_id, sizeof(rec->spiffe_id), "%s", peer->spiffe_id);
-  } else {
-    free(rec);
-    return 0;
+  mt_session_record rec;
+  packed_record *packed = NULL;
+  if (SSL_session_reused(ssl)) {
+    /* A renewal inherits the first session's record, expiry included. */
+    if (cs->carried != NULL && unpack(cs->carried, &rec)) packed = pack(&rec);
+  } else if (fresh_record(st, peer, time(NULL), &rec)) {
+    packed = pack(&rec);
   }
-  if (!SSL_SESSION_set_ex_data(session, g_record_index, rec)) {
-    free(rec);
+  if (packed == NULL) return 0;
+  if (!SSL_SESSION_set_ex_data(session, g_record_index, packed)) {
+    free(packed);
     return 0;
   }
   pthread_mutex_lock(&g_cache_lock);
@@ -609,24 +624,45 @@ int mt_tls_resume_configure(SSL_CTX *ctx, int is_server, const mt_config *config
 
 int mt_tls_resume_established(SSL *ssl, mt_tls_peer *peer) {
   peer->resumed = 0;
-  if (!SSL_session_reused(ssl)) return 1;
   const ctx_state *st = state_of(ssl);
-  const mt_session_record *rec = NULL;
+  packed_record *packed = NULL;
+  client_state *cs = NULL;
+  /* Take what vouches for a resumed peer; it is not needed past this point
+   * (a server's renewed tickets are sealed inside the handshake). */
   if (SSL_is_server(ssl)) {
-    rec = SSL_get_ex_data(ssl, g_pending_index);
-  } else {
-    client_state *cs = SSL_get_ex_data(ssl, g_client_index);
-    rec = cs && cs->offered ? SSL_SESSION_get_ex_data(cs->offered, g_record_index) : NULL;
+    packed = SSL_get_ex_data(ssl, g_pending_index);
+    if (packed != NULL) SSL_set_ex_data(ssl, g_pending_index, NULL);
+  } else if ((cs = SSL_get_ex_data(ssl, g_client_index)) != NULL && cs->offered != NULL) {
+    packed_record *offered = SSL_SESSION_get_ex_data(cs->offered, g_record_index);
+    if (offered != NULL && SSL_session_reused(ssl)) {
+      packed = malloc(sizeof(*packed) + offered->len);
+      if (packed != NULL) memcpy(packed, offered, sizeof(*packed) + offered->len);
+    }
+    SSL_SESSION_free(cs->offered);
+    cs->offered = NULL;
   }
-  if (st == NULL || rec == NULL || refusal_code(rec, time(NULL), st->own_fp, st->trust_fp) >= 0) {
+  if (!SSL_session_reused(ssl)) {
+    free(packed);
+    return 1;
+  }
+  mt_session_record rec;
+  if (st == NULL || !unpack(packed, &rec) ||
+      refusal_code(&rec, time(NULL), st->own_fp, st->trust_fp) >= 0) {
+    free(packed);
     atomic_fetch_add(&g_resumed_without_record, 1);
     peer->failure = MT_REASON_HANDSHAKE_FAILED;
     snprintf(peer->detail, sizeof(peer->detail), "resumed session has no valid session record");
     return 0;
   }
-  snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", rec->spiffe_id);
-  snprintf(peer->serial, sizeof(peer->serial), "%s", rec->serial);
-  peer->not_after = rec->peer_not_after;
+  if (cs != NULL) { /* the client's renewed sessions inherit it */
+    free(cs->carried);
+    cs->carried = packed;
+  } else {
+    free(packed);
+  }
+  snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", rec.spiffe_id);
+  snprintf(peer->serial, sizeof(peer->serial), "%s", rec.serial);
+  peer->not_after = rec.peer_not_after;
   peer->failure = MT_REASON_OK;
   peer->resumed = 1;
   return 1;

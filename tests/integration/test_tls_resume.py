@@ -143,6 +143,11 @@ def test_second_connection_resumes_and_is_logged_and_counted(pki, agents, apps, 
                   mode="resumed") == 1
     assert metric(backend, "mtlsd_tls_tickets_issued_total") >= 2
 
+    # Sessions are used once each; the tickets a resumed connection gets
+    # keep the chain going (more than the 4 a destination keeps).
+    for _ in range(6):
+        assert call(frontend, backend, port_out)[1]["tls_session"] == "resumed"
+
 
 def test_resumed_session_is_refused_after_policy_now_denies_the_peer(pki, agents, apps,
                                                                      tmp_path):
