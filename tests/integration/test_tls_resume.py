@@ -3,6 +3,7 @@ connection resumes, and a resumed session is judged like a full one: refused
 when policy or trust changed, dropped when our SVID rotates, never offered
 across processes; with resumption off every handshake is full."""
 
+import json
 import os
 import re
 import shutil
@@ -241,6 +242,10 @@ def test_resumption_off_every_handshake_is_full(pki, agents, apps, tmp_path):
     assert metric(backend, "mtlsd_handshake_mode_total", direction="inbound", mode="full") == 3
     assert metric(backend, "mtlsd_handshake_mode_total", direction="inbound", mode="resumed") == 0
     assert metric(backend, "mtlsd_tls_tickets_issued_total") == 0
+    status, body = backend.admin("/config")
+    assert status == 200
+    config = json.loads(body)
+    assert (config["tls_session_resumption"], config["tls_session_lifetime_s"]) == (False, 3600)
     # Each full handshake verified the frontend's leaf; its intermediate was
     # verified against the bundle only the first time (agent/chain_cache.h).
     assert metric(backend, "mtlsd_chain_cache_lookups_total", result="hit") >= 2
