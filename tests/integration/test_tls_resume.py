@@ -23,7 +23,7 @@ from conftest import (
     addr,
     base_config,
     cert_serial,
-    connect,
+    client_socket,
     free_port,
     frontend_only_policy,
     inbound_section,
@@ -84,19 +84,21 @@ def start_pair(pki, agents, app, tmp_path, resumption=True, backend_bundle=None,
 def exchange(port_out, payload=b"ping\n"):
     """One request and its reply, then a close; returns (reply, local address).
     The client half-closes only after the reply: a TLS 1.3 client ignores the
-    session tickets that arrive after it sent close_notify."""
-    with connect(port_out) as sock:
-        local = addr(sock)
-        try:
-            sock.sendall(payload)
-            received = recv_exactly(sock, len(payload))
-        except (ConnectionError, AssertionError):
-            received = b""
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            recv_until_eof(sock)
-        except OSError:
-            pass  # a refused call may already be reset
+    session tickets that arrive after it sent close_notify. A refused call
+    may be reset at any point, even during connect() on a busy machine."""
+    sock = client_socket()
+    local = addr(sock)
+    received = b""
+    try:
+        sock.connect(("127.0.0.1", port_out))
+        sock.sendall(payload)
+        received = recv_exactly(sock, len(payload))
+        sock.shutdown(socket.SHUT_WR)
+        recv_until_eof(sock)
+    except (OSError, AssertionError):
+        pass  # refused: |received| says how far it got
+    finally:
+        sock.close()
     return received, local
 
 
