@@ -160,8 +160,8 @@ int mt_chain_cache_verify(mt_chain_cache *c, const uint8_t trust_key[32], X509 *
   return ok;
 }
 
-void mt_chain_cache_remember(mt_chain_cache *c, const uint8_t trust_key[32],
-                             STACK_OF(X509) * chain, time_t now) {
+void mt_chain_cache_remember(mt_chain_cache *c, const uint8_t trust_key[32], STACK_OF(X509) * chain,
+                             time_t now) {
   if (c == NULL || chain == NULL || sk_X509_num(chain) != 3) return;
   X509 *inter = sk_X509_value(chain, 1), *root = sk_X509_value(chain, 2);
   if (constrains_leaf(inter) || constrains_leaf(root)) return;

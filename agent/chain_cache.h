@@ -33,8 +33,8 @@ extern "C" {
 #endif
 
 enum {
-  MT_CHAIN_CACHE_ENTRIES = 64,        /* the process-wide cache */
-  MT_CHAIN_CACHE_MAX_AGE_S = 3600,    /* re-verify each intermediate at least hourly */
+  MT_CHAIN_CACHE_ENTRIES = 64,     /* the process-wide cache */
+  MT_CHAIN_CACHE_MAX_AGE_S = 3600, /* re-verify each intermediate at least hourly */
 };
 
 typedef struct mt_chain_cache mt_chain_cache;

@@ -83,8 +83,10 @@ int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roo
   for (size_t i = 0; i < sk_X509_num(e->roots); i++) {
     uint8_t *der = NULL, digest[32];
     int len = i2d_X509(sk_X509_value(e->roots, i), &der);
-    if (len <= 0) RAND_bytes(digest, sizeof(digest)); /* unreadable: matches nothing */
-    else SHA256(der, (size_t)len, digest);
+    if (len <= 0)
+      RAND_bytes(digest, sizeof(digest)); /* unreadable: matches nothing */
+    else
+      SHA256(der, (size_t)len, digest);
     OPENSSL_free(der);
     SHA256_Update(&sha, digest, sizeof(digest));
   }

@@ -68,7 +68,7 @@ struct mt_worker_metrics {
   counter handshakes[NUM_DIRS][2];              /* [0] failure, [1] success */
   counter hs_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* last = above every bound */
   counter hs_sum_us[NUM_DIRS];
-  counter hs_mode[NUM_DIRS][2]; /* [0] full, [1] resumed */
+  counter hs_mode[NUM_DIRS][2];                   /* [0] full, [1] resumed */
   counter holds[NUM_DIRS];                        /* began */
   counter holds_ended[NUM_DIRS][2];               /* [0] closed while held, [1] resumed */
   counter hold_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* wait time, handshake buckets */

@@ -136,10 +136,9 @@ int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untru
     return 0;
   }
   uint8_t trust_key[32];
-  mt_chain_cache_trust_key(mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
-                           role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT
-                                                       : X509_PURPOSE_SSL_SERVER,
-                           trust_key);
+  mt_chain_cache_trust_key(
+      mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
+      role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER, trust_key);
   if (!verify_chain(store, trust_key, leaf, untrusted, role, peer)) {
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;

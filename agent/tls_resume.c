@@ -25,8 +25,8 @@ enum {
   /* version(1) auth_time(8) expires(8) peer_not_after(8) own_fp(32)
    * trust_fp(32) serial_len(1) id_len(2), then serial and ID bytes. */
   RECORD_FIXED = 1 + 8 + 8 + 8 + 32 + 32 + 1 + 2,
-  CLIENT_SLOTS = 512,        /* destinations remembered, process-wide */
-  SESSIONS_PER_SLOT = 4,     /* single-use sessions kept per destination */
+  CLIENT_SLOTS = 512,    /* destinations remembered, process-wide */
+  SESSIONS_PER_SLOT = 4, /* single-use sessions kept per destination */
 };
 
 /* ---- counters ---- */
@@ -39,9 +39,8 @@ enum {
   REFUSED_NOT_TLS13,
   NUM_REFUSALS
 };
-static const char *const kRefusalNames[NUM_REFUSALS] = {"unreadable", "expired",
-                                                         "own_svid_rotated", "trust_changed",
-                                                         "not_tls13"};
+static const char *const kRefusalNames[NUM_REFUSALS] = {"unreadable", "expired", "own_svid_rotated",
+                                                        "trust_changed", "not_tls13"};
 static atomic_ullong g_tickets_issued;
 static atomic_ullong g_tickets_refused[NUM_REFUSALS];
 static atomic_ullong g_client_offered;
@@ -126,9 +125,9 @@ int mt_ticket_keys_seal(mt_ticket_keys *keys, time_t now, uint8_t *out, size_t *
     /* |in| may equal |out| (BoringSSL's contract): move it past the header. */
     memmove(out + MT_TICKET_KEY_NAME_LEN + MT_TICKET_NONCE_LEN, in, in_len);
     uint8_t *body = out + MT_TICKET_KEY_NAME_LEN + MT_TICKET_NONCE_LEN;
-    ok = EVP_AEAD_CTX_seal(&k->aead, body, &sealed, out_cap - MT_TICKET_KEY_NAME_LEN -
-                                                        MT_TICKET_NONCE_LEN,
-                           nonce, MT_TICKET_NONCE_LEN, body, in_len, out, MT_TICKET_KEY_NAME_LEN);
+    ok = EVP_AEAD_CTX_seal(&k->aead, body, &sealed,
+                           out_cap - MT_TICKET_KEY_NAME_LEN - MT_TICKET_NONCE_LEN, nonce,
+                           MT_TICKET_NONCE_LEN, body, in_len, out, MT_TICKET_KEY_NAME_LEN);
   }
   pthread_mutex_unlock(&keys->lock);
   if (!ok) return 0;
@@ -287,9 +286,9 @@ static int unpack(const packed_record *p, mt_session_record *out) {
 }
 
 typedef struct {
-  uint8_t key[32];         /* the cache slot this connection's sessions go to */
-  SSL_SESSION *offered;    /* reference until the handshake ends, or NULL */
-  packed_record *carried;  /* after a resumption: what renewed sessions inherit */
+  uint8_t key[32];        /* the cache slot this connection's sessions go to */
+  SSL_SESSION *offered;   /* reference until the handshake ends, or NULL */
+  packed_record *carried; /* after a resumption: what renewed sessions inherit */
 } client_state;
 
 static void free_plain(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
@@ -378,9 +377,9 @@ static int ticket_seal(SSL *ssl, uint8_t *out, size_t *out_len, size_t max_out_l
   size_t n = 0;
   if (ok) {
     /* An unverified peer gets an empty record: a ticket no one can use. */
-    size_t rec_len = issue_record(ssl, st, rec) ? mt_session_record_encode(rec, plain + 2,
-                                                                         plain_cap - 2 - in_len)
-                                                : 0;
+    size_t rec_len = issue_record(ssl, st, rec)
+                         ? mt_session_record_encode(rec, plain + 2, plain_cap - 2 - in_len)
+                         : 0;
     plain[0] = (uint8_t)(rec_len >> 8);
     plain[1] = (uint8_t)rec_len;
     memcpy(plain + 2 + rec_len, in, in_len);
@@ -417,8 +416,8 @@ static enum ssl_ticket_aead_result_t ticket_open(SSL *ssl, uint8_t *out, size_t 
     result = ssl_ticket_aead_error;
   } else if (!mt_ticket_keys_open(g_keys, now, plain, &plain_len, in_len, in, in_len) ||
              plain_len < 2 || (rec_len = ((size_t)plain[0] << 8) | plain[1]) == 0 ||
-             plain_len - 2 < rec_len ||
-             !mt_session_record_decode(rec, plain + 2, rec_len, &used) || used != rec_len) {
+             plain_len - 2 < rec_len || !mt_session_record_decode(rec, plain + 2, rec_len, &used) ||
+             used != rec_len) {
     code = REFUSED_UNREADABLE;
   } else {
     code = refusal_code(rec, now, st->own_fp, st->trust_fp);
@@ -467,8 +466,8 @@ static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static client_slot g_cache[CLIENT_SLOTS];
 
 static client_slot *slot_for(const uint8_t key[32]) {
-  uint32_t h = ((uint32_t)key[0] << 24) | ((uint32_t)key[1] << 16) | ((uint32_t)key[2] << 8) |
-               key[3];
+  uint32_t h =
+      ((uint32_t)key[0] << 24) | ((uint32_t)key[1] << 16) | ((uint32_t)key[2] << 8) | key[3];
   return &g_cache[h % CLIENT_SLOTS];
 }
 

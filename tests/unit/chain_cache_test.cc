@@ -48,8 +48,7 @@ Cert Make(const std::string &cn, const Cert *issuer, bool ca, long from = -60, l
   EXPECT_TRUE(X509_gmtime_adj(X509_getm_notAfter(x), to));
   X509_NAME *name = X509_get_subject_name(x);
   EXPECT_TRUE(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                         reinterpret_cast<const uint8_t *>(cn.c_str()), -1, -1,
-                                         0));
+                                         reinterpret_cast<const uint8_t *>(cn.c_str()), -1, -1, 0));
   EXPECT_TRUE(X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->x509.get()) : name));
   EXPECT_TRUE(X509_set_pubkey(x, c.key.get()));
   X509 *iss = issuer ? issuer->x509.get() : x;
@@ -170,7 +169,7 @@ TEST_F(ChainCacheTest, EntryNeverOutlivesItsMaxAgeOrTheIntermediate) {
   ASSERT_TRUE(VerifyInFull(leaf.x509.get(), inter_.x509.get()));
   EXPECT_EQ(1, Fast(leaf.x509.get(), inter_.x509.get(), nullptr, now_ + 599));
   EXPECT_EQ(0, Fast(leaf.x509.get(), inter_.x509.get(), nullptr, now_ + 600));  // max age
-  EXPECT_EQ(0u, mt_chain_cache_count(cache_));  // and it is gone
+  EXPECT_EQ(0u, mt_chain_cache_count(cache_));                                  // and it is gone
 
   // An intermediate that expires before the max age bounds its entry.
   Cert short_inter = Make("short", &root_, true, -60, 300);

@@ -25,8 +25,8 @@ std::vector<uint8_t> Seal(mt_ticket_keys *keys, time_t now, const std::string &p
 int Open(mt_ticket_keys *keys, time_t now, const std::vector<uint8_t> &ticket, std::string *out) {
   std::vector<uint8_t> buf(ticket.size());
   size_t len = 0;
-  int ok = mt_ticket_keys_open(keys, now, buf.data(), &len, buf.size(), ticket.data(),
-                               ticket.size());
+  int ok =
+      mt_ticket_keys_open(keys, now, buf.data(), &len, buf.size(), ticket.data(), ticket.size());
   if (ok && out) out->assign(reinterpret_cast<char *>(buf.data()), len);
   return ok;
 }
