@@ -297,6 +297,9 @@ void mt_admin_render_config(const mt_admin_view *v, mt_text *out) {
   }
   mt_text_printf(out, "]");
   mt_json_str(out, &first, "tls_min_version", c->tls_min_version == TLS1_3_VERSION ? "1.3" : "1.2");
+  mt_json_key(out, &first, "tls_session_resumption");
+  mt_text_printf(out, "%s", c->tls_session_resumption ? "true" : "false");
+  mt_json_int(out, &first, "tls_session_lifetime_s", c->tls_session_lifetime_s);
   mt_json_key(out, &first, "timeouts");
   mt_text_printf(out, "{\"handshake_ms\":%d,\"connect_ms\":%d,\"idle_ms\":%d,\"drain_ms\":%d}",
                  c->handshake_timeout_ms, c->connect_timeout_ms, c->idle_timeout_ms,

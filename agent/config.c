@@ -32,6 +32,8 @@ enum {
   DEFAULT_CP_RETRY_MAX_MS = 30000,
   DEFAULT_CP_KEEPALIVE_MS = 30000,
   MAX_TIMEOUT_MS = 24 * 3600 * 1000,
+  DEFAULT_SESSION_LIFETIME_S = 3600,
+  MAX_SESSION_LIFETIME_S = 24 * 3600,
   MAX_RULE_PORTS = 64,
   MAX_RULE_MATCHERS = 64,
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
@@ -293,6 +295,8 @@ static int on_bundle(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
 
 /* ---- tls / timeouts ---------------------------------------------------- */
 
+static int want_bool(parse_ctx *pc, const yaml_node_t *v, const char *key, int *out);
+
 static int on_tls_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                       void *target) {
   mt_config *c = target;
@@ -307,6 +311,10 @@ static int on_tls_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
       return fail(pc, v, "'min_version' must be \"1.2\" or \"1.3\", got '%s'", s);
     return 1;
   }
+  if (strcmp(key, "session_resumption") == 0)
+    return want_bool(pc, v, key, &c->tls_session_resumption);
+  if (strcmp(key, "session_lifetime_s") == 0)
+    return want_int(pc, v, key, 1, MAX_SESSION_LIFETIME_S, &c->tls_session_lifetime_s);
   return fail(pc, k, "unknown key 'tls.%s'", key);
 }
 
@@ -1078,6 +1086,8 @@ static void set_defaults(mt_config *c) {
   c->log_level = MT_LOG_INFO;
   c->reload_interval_ms = DEFAULT_RELOAD_INTERVAL_MS;
   c->tls_min_version = TLS1_3_VERSION;
+  c->tls_session_resumption = 1;
+  c->tls_session_lifetime_s = DEFAULT_SESSION_LIFETIME_S;
   c->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
   c->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
   c->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;

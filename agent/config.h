@@ -162,6 +162,10 @@ typedef struct {
   size_t num_trust_bundles;
 
   int tls_min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
+  /* TLS 1.3 session resumption (tls_resume.h): on by default; a session
+   * lives at most tls_session_lifetime_s, and never past either certificate. */
+  int tls_session_resumption;
+  int tls_session_lifetime_s;
 
   int handshake_timeout_ms;
   int connect_timeout_ms;

@@ -16,6 +16,7 @@
 #include "agent/mem_trim.h"
 #include "agent/metrics.h"
 #include "agent/relay.h"
+#include "agent/tls_resume.h"
 #include "agent/worker.h"
 
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
@@ -127,6 +128,7 @@ static void write_access_record(mt_conn *conn, mt_reason reason, const char *det
   rec.detail = detail ? detail : conn->peer.detail;
   rec.tls_version = tls_side_version(conn, &rec.cipher);
   rec.peer_serial = conn->peer.serial;
+  rec.tls_session = rec.tls_version[0] == '\0' ? "" : conn->peer.resumed ? "resumed" : "full";
   rec.bytes_to_upstream = conn->to_up.total;
   rec.bytes_to_downstream = conn->to_down.total;
   ev_tstamp elapsed = ev_time() - conn->started;
@@ -288,7 +290,15 @@ mt_handshake_result mt_conn_handshake(mt_conn *conn, mt_endpoint *ep) {
   if (conn->handshake_started == 0) conn->handshake_started = ev_time();
   int rc = SSL_do_handshake(ep->ssl);
   if (rc == 1) {
+    /* A resumed session's peer is the one its record vouches for, re-checked
+     * now; policy and expected IDs are judged after this, as for any. */
+    if (!mt_tls_resume_established(ep->ssl, &conn->peer)) {
+      mt_conn_close(conn, MT_REASON_HANDSHAKE_FAILED, NULL);
+      return MT_HANDSHAKE_FAILED;
+    }
     conn->handshake_done = 1;
+    mt_metrics_handshake_mode(mt_worker_metrics_of(conn->worker), conn->direction,
+                              conn->peer.resumed);
     const char *cipher;
     const char *version = tls_side_version(conn, &cipher);
     mt_metrics_handshake(mt_worker_metrics_of(conn->worker), conn->direction, 1,

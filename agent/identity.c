@@ -2,6 +2,9 @@
 #include "agent/identity.h"
 
 #include <openssl/asn1.h>
+#include <openssl/mem.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <stdatomic.h>
@@ -21,6 +24,7 @@ typedef struct {
 struct mt_trust {
   trust_entry *entries;
   size_t count;
+  uint8_t fingerprint[32]; /* chained over every mt_trust_add */
 };
 
 struct mt_identity {
@@ -71,8 +75,26 @@ int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roo
     return 0;
   }
   trust->count++;
+  /* fingerprint' = SHA-256(fingerprint || domain || NUL || SHA-256(root DER)...) */
+  SHA256_CTX sha;
+  SHA256_Init(&sha);
+  SHA256_Update(&sha, trust->fingerprint, sizeof(trust->fingerprint));
+  SHA256_Update(&sha, trust_domain, strlen(trust_domain) + 1);
+  for (size_t i = 0; i < sk_X509_num(e->roots); i++) {
+    uint8_t *der = NULL, digest[32];
+    int len = i2d_X509(sk_X509_value(e->roots, i), &der);
+    if (len <= 0)
+      RAND_bytes(digest, sizeof(digest)); /* unreadable: matches nothing */
+    else
+      SHA256(der, (size_t)len, digest);
+    OPENSSL_free(der);
+    SHA256_Update(&sha, digest, sizeof(digest));
+  }
+  SHA256_Final(trust->fingerprint, &sha);
   return 1;
 }
+
+const uint8_t *mt_trust_fingerprint(const mt_trust *trust) { return trust->fingerprint; }
 
 X509_STORE *mt_trust_store(const mt_trust *trust, const char *td, size_t len) {
   for (size_t i = 0; i < trust->count; i++) {

@@ -13,6 +13,7 @@
 #define MT_IDENTITY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include <openssl/base.h>
@@ -36,6 +37,9 @@ int mt_trust_add(mt_trust *trust, const char *trust_domain, STACK_OF(X509) * roo
 /* The store for |trust_domain| (|len| bytes), or NULL if the domain is unknown. */
 X509_STORE *mt_trust_store(const mt_trust *trust, const char *trust_domain, size_t len);
 size_t mt_trust_num_domains(const mt_trust *trust);
+/* SHA-256 over every domain's name and roots, in order: equal bundles, equal
+ * fingerprints. What session resumption and the chain cache are bound to. */
+const uint8_t *mt_trust_fingerprint(const mt_trust *trust);
 /* The |i|th trust domain (i < mt_trust_num_domains) and its roots (borrowed). */
 const char *mt_trust_domain_at(const mt_trust *trust, size_t i);
 const STACK_OF(X509) * mt_trust_roots_at(const mt_trust *trust, size_t i);

@@ -136,6 +136,7 @@ void mt_access_log_write(const mt_access_record *r) {
   put_str(line, sizeof(line), &pos, "tls_version", r->tls_version);
   put_str(line, sizeof(line), &pos, "cipher", r->cipher);
   put_str(line, sizeof(line), &pos, "peer_serial", r->peer_serial);
+  put_str(line, sizeof(line), &pos, "tls_session", r->tls_session);
   put_u64(line, sizeof(line), &pos, "bytes_to_upstream", r->bytes_to_upstream);
   put_u64(line, sizeof(line), &pos, "bytes_to_downstream", r->bytes_to_downstream);
   put_u64(line, sizeof(line), &pos, "duration_ms", r->duration_ms);

@@ -39,6 +39,7 @@ typedef struct {
   const char *tls_version; /* "" when no handshake completed */
   const char *cipher;
   const char *peer_serial;      /* hex, "" when unknown */
+  const char *tls_session;      /* "full" / "resumed", "" when no handshake completed */
   uint64_t bytes_to_upstream;   /* from the accepted side to the connected side */
   uint64_t bytes_to_downstream; /* the other way */
   uint64_t duration_ms;

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/chain_cache.h"
+#include "agent/tls_resume.h"
+
 /* ---- counters ---- */
 
 typedef _Atomic uint64_t counter;
@@ -65,6 +68,7 @@ struct mt_worker_metrics {
   counter handshakes[NUM_DIRS][2];              /* [0] failure, [1] success */
   counter hs_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* last = above every bound */
   counter hs_sum_us[NUM_DIRS];
+  counter hs_mode[NUM_DIRS][2];                   /* [0] full, [1] resumed */
   counter holds[NUM_DIRS];                        /* began */
   counter holds_ended[NUM_DIRS][2];               /* [0] closed while held, [1] resumed */
   counter hold_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* wait time, handshake buckets */
@@ -111,6 +115,10 @@ void mt_metrics_handshake(mt_worker_metrics *m, mt_direction dir, int ok, double
   char key[128];
   snprintf(key, sizeof(key), "%s %s", version ? version : "", cipher ? cipher : "");
   keyed_bump(&m->tls[dir], key);
+}
+
+void mt_metrics_handshake_mode(mt_worker_metrics *m, mt_direction dir, int resumed) {
+  bump(&m->hs_mode[dir][resumed ? 1 : 0], 1);
 }
 
 void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action action,
@@ -172,6 +180,7 @@ typedef struct {
   uint64_t handshakes[NUM_DIRS][2];
   uint64_t hs_bucket[NUM_DIRS][MAX_BUCKETS + 1];
   uint64_t hs_sum_us[NUM_DIRS];
+  uint64_t hs_mode[NUM_DIRS][2];
   uint64_t holds[NUM_DIRS];
   uint64_t holds_ended[NUM_DIRS][2];
   uint64_t hold_bucket[NUM_DIRS][MAX_BUCKETS + 1];
@@ -189,6 +198,7 @@ static void collect(totals *t, mt_worker_metrics *const *workers, size_t num_wor
       for (int i = 0; i < 2; i++) {
         t->bytes[d][i] += peek(&m->bytes[d][i]);
         t->handshakes[d][i] += peek(&m->handshakes[d][i]);
+        t->hs_mode[d][i] += peek(&m->hs_mode[d][i]);
       }
       for (size_t b = 0; b <= MAX_BUCKETS; b++) t->hs_bucket[d][b] += peek(&m->hs_bucket[d][b]);
       t->hs_sum_us[d] += peek(&m->hs_sum_us[d]);
@@ -264,6 +274,14 @@ static void render_handshakes(mt_text *out, const totals *t) {
       mt_text_printf(out, "mtlsd_handshakes_total{direction=\"%s\",result=\"%s\"} %llu\n",
                      dir_names[d], ok ? "success" : "failure",
                      (unsigned long long)t->handshakes[d][ok]);
+  mt_text_printf(out,
+                 "# HELP mtlsd_handshake_mode_total Completed mesh-side handshakes, full or "
+                 "resumed (TLS 1.3 session resumption).\n"
+                 "# TYPE mtlsd_handshake_mode_total counter\n");
+  for (int d = 0; d < NUM_DIRS; d++)
+    for (int r = 0; r < 2; r++)
+      mt_text_printf(out, "mtlsd_handshake_mode_total{direction=\"%s\",mode=\"%s\"} %llu\n",
+                     dir_names[d], r ? "resumed" : "full", (unsigned long long)t->hs_mode[d][r]);
   mt_text_printf(out,
                  "# HELP mtlsd_handshake_duration_seconds Time from the first handshake step "
                  "to a verified peer.\n"
@@ -360,4 +378,16 @@ void mt_metrics_render(mt_text *out, mt_worker_metrics *const *workers, size_t n
   render_handshakes(out, &t);
   render_holds(out, &t);
   render_keyed(out, workers, num_workers);
+  mt_tls_resume_render_metrics(out);
+  mt_chain_cache *chains = mt_chain_cache_global();
+  if (chains != NULL) {
+    mt_text_printf(out,
+                   "# HELP mtlsd_chain_cache_lookups_total Peer chains checked by a remembered "
+                   "intermediate (hit) or verified in full (miss).\n"
+                   "# TYPE mtlsd_chain_cache_lookups_total counter\n"
+                   "mtlsd_chain_cache_lookups_total{result=\"hit\"} %llu\n"
+                   "mtlsd_chain_cache_lookups_total{result=\"miss\"} %llu\n",
+                   (unsigned long long)mt_chain_cache_hits(chains),
+                   (unsigned long long)mt_chain_cache_misses(chains));
+  }
 }

@@ -43,6 +43,8 @@ void mt_metrics_conn_closed(mt_worker_metrics *m, mt_direction dir, mt_reason re
  * handshake step, |version| and |cipher| (ignored when !ok). */
 void mt_metrics_handshake(mt_worker_metrics *m, mt_direction dir, int ok, double seconds,
                           const char *version, const char *cipher);
+/* A completed mesh-side handshake was a |resumed| session or a full one. */
+void mt_metrics_handshake_mode(mt_worker_metrics *m, mt_direction dir, int resumed);
 void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action action,
                          const char *rule);
 /* A connection began waiting for a certificate (mt_conn_hold), and its wait

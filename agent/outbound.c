@@ -36,6 +36,7 @@
 #include "agent/metrics.h"
 #include "agent/relay.h"
 #include "agent/svid.h"
+#include "agent/tls_resume.h"
 
 #define RULE_EXPECTED_ID "expected-id"
 #define RULE_TRUST_DOMAIN_FALLBACK "trust-domain-fallback"
@@ -101,6 +102,21 @@ static void check_server_identity(mt_conn *conn) {
   mt_relay_start(conn);
 }
 
+/* A cached session for this destination and the IDs expected there, if any
+ * (tls_resume.h); check_server_identity judges a resumed peer all the same. */
+static void offer_session(mt_conn *conn) {
+  mt_expected_ids expected = {.ids = NULL, .count = 0};
+  if (conn->endpoint_id != NULL) {
+    expected.ids = &conn->endpoint_id;
+    expected.count = 1;
+  } else if (!mt_mesh_expected_ids(mt_identity_mesh(conn->identity),
+                                   (const struct sockaddr *)&conn->target, &expected)) {
+    expected.count = 0;
+  }
+  mt_tls_resume_offer(conn->up.ssl, (const struct sockaddr *)dial_address(conn), expected.ids,
+                      expected.count, conn->identity);
+}
+
 static void start_handshake(mt_conn *conn) {
   conn->up.ssl =
       mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
@@ -110,6 +126,7 @@ static void start_handshake(mt_conn *conn) {
     return;
   }
   SSL_set_connect_state(conn->up.ssl);
+  offer_session(conn);
   conn->state = MT_CONN_HANDSHAKING;
   mt_conn_set_deadline(conn, mt_worker_config(conn->worker)->handshake_timeout_ms,
                        MT_REASON_HANDSHAKE_TIMEOUT);

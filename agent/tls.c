@@ -11,6 +11,10 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+#include "agent/chain_cache.h"
+#include "agent/tls_resume.h"
 
 /* TLS 1.2 suites, used only when tls.min_version is "1.2": ECDHE + AEAD. */
 static const char kTls12Ciphers[] =
@@ -78,14 +82,27 @@ static mt_reason reason_from_x509(int err) {
   }
 }
 
-/* X.509 path validation of |leaf| against one trust domain's roots. */
-static int verify_chain(X509_STORE *store, X509 *leaf, STACK_OF(X509) * untrusted,
-                        mt_svid_role role, mt_tls_peer *peer) {
+/* X.509 path validation of |leaf| against one trust domain's roots
+ * (|trust_key| names them, chain_cache.h): by a remembered intermediate
+ * when the chain cache may answer, else in full. */
+static int verify_chain(X509_STORE *store, const uint8_t trust_key[32], X509 *leaf,
+                        STACK_OF(X509) * untrusted, mt_svid_role role, mt_tls_peer *peer) {
+  time_t now = time(NULL);
+  int purpose = role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+  if (mt_chain_cache_verify(mt_chain_cache_global(), trust_key, leaf, untrusted, purpose, now,
+                            &peer->not_after))
+    return 1;
   X509_STORE_CTX *ctx = X509_STORE_CTX_new();
   int ok =
       ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
       X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client" : "ssl_server");
   if (ok) ok = X509_verify_cert(ctx) == 1;
+  /* What a resumed session may rely on: the whole path's earliest expiry. */
+  if (ok) {
+    peer->not_after = mt_tls_chain_not_after(X509_STORE_CTX_get0_chain(ctx), now);
+    mt_chain_cache_remember(mt_chain_cache_global(), trust_key, X509_STORE_CTX_get0_chain(ctx),
+                            now);
+  }
   if (!ok) {
     int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
     peer->failure = reason_from_x509(err);
@@ -120,7 +137,11 @@ int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untru
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
   }
-  if (!verify_chain(store, leaf, untrusted, role, peer)) {
+  uint8_t trust_key[32];
+  mt_chain_cache_trust_key(
+      mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
+      role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER, trust_key);
+  if (!verify_chain(store, trust_key, leaf, untrusted, role, peer)) {
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
   }
@@ -215,8 +236,6 @@ static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
       !SSL_CTX_set1_curves_list(ctx, kCurves) ||
       !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers))
     return 0;
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
   return 1;
@@ -271,7 +290,8 @@ SSL_CTX *mt_tls_ctx_new(const mt_config *config, int is_server, EVP_PKEY *key, X
   if (ctx == NULL || !configure_protocol(ctx, config) ||
       !(is_server ? configure_credentials(ctx, key, leaf, chain)
                   : configure_buffer_credentials(ctx, key, leaf, chain)) ||
-      (!is_server && !SSL_CTX_set_ex_data(ctx, ctx_identity_index(), (void *)verify_arg))) {
+      (!is_server && !SSL_CTX_set_ex_data(ctx, ctx_identity_index(), (void *)verify_arg)) ||
+      !mt_tls_resume_configure(ctx, is_server, config, leaf, chain, verify_arg)) {
     unsigned long e = ERR_get_error();
     snprintf(err, err_len, "building the TLS %s context: %s", is_server ? "server" : "client",
              e ? ERR_reason_error_string(e) : "out of memory");
@@ -318,6 +338,8 @@ int mt_tls_read_drained(const SSL *ssl) {
   return mt_socket_bio_drained(SSL_get_rbio(ssl)) && SSL_pending(ssl) == 0 &&
          !SSL_has_pending(ssl);
 }
+
+mt_tls_peer *mt_tls_peer_of(const SSL *ssl) { return SSL_get_ex_data(ssl, peer_index()); }
 
 /* In TLS 1.3 the client finishes its handshake before the server has judged
  * the client certificate, so a refusal arrives as an alert on the first read. */

@@ -1,8 +1,10 @@
 /* tls: TLS context construction and peer verification for mesh mTLS.
  *
  * Contexts: TLS 1.3 by default (1.2 when configured, AEAD + ECDHE only),
- * X25519 and P-256, ALPN "mtlsd", no session resumption (every connection is
- * verified in full against the current bundle). Verification runs inside the
+ * X25519 and P-256, ALPN "mtlsd", TLS 1.3 session resumption when
+ * tls.session_resumption is on (tls_resume.h: a resumed session carries the
+ * identity its full handshake verified, re-judged against the current
+ * bundle, our SVID and policy). Verification runs inside the
  * handshake: the peer's leaf must be an X509-SVID (svid.c), its trust domain
  * must have a bundle, and the chain must validate to one of that domain's
  * roots. Failures abort the handshake and are reported through the
@@ -11,6 +13,7 @@
 #define MT_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/base.h>
 #include <openssl/x509.h>
@@ -35,6 +38,8 @@ typedef struct {
   char serial[MT_SERIAL_HEX_MAX + 1];
   mt_reason failure; /* MT_REASON_OK unless verification refused the peer */
   char detail[MT_TLS_DETAIL_MAX];
+  int64_t not_after; /* earliest notAfter in the peer's verified chain; 0 unknown */
+  int resumed;       /* the session was resumed (tls_resume.h), not verified anew */
 } mt_tls_peer;
 
 /* Builds the server or client context for an identity snapshot. |verify_arg|
@@ -57,6 +62,9 @@ int mt_tls_read_drained(const SSL *ssl);
 /* 1 when a read on |ssl| can return bytes without a recv: decrypted bytes
  * pending, or bytes read ahead from the socket. */
 int mt_tls_read_ready(const SSL *ssl);
+
+/* The mt_tls_peer attached to |ssl| by mt_tls_new_session, or NULL. */
+mt_tls_peer *mt_tls_peer_of(const SSL *ssl);
 
 /* After a failed handshake: the reason, preferring what the verifier recorded. */
 mt_reason mt_tls_failure_reason(SSL *ssl, mt_tls_peer *peer);

@@ -196,6 +196,7 @@ workers: $w
 log_level: warn
 access_log: $OUT/$name-backend.access.log
 admin: {address: "127.0.0.1:0"}
+tls: {session_resumption: false}  # like the peers here (see bench/README.md)
 identity:
   cert_file: $PKI/workloads/backend/chain.pem
   key_file: $PKI/workloads/backend/key.pem
@@ -224,6 +225,7 @@ workers: $w
 log_level: warn
 access_log: $OUT/$name-frontend.access.log
 admin: {address: "127.0.0.1:0"}
+tls: {session_resumption: false}  # like the peers here (see bench/README.md)
 identity:
   cert_file: $PKI/workloads/frontend/chain.pem
   key_file: $PKI/workloads/frontend/key.pem

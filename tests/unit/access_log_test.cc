@@ -56,6 +56,7 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
   r.tls_version = "TLSv1.3";
   r.cipher = "TLS_AES_128_GCM_SHA256";
   r.peer_serial = "0a";
+  r.tls_session = "resumed";
   r.bytes_to_upstream = 7;
   r.bytes_to_downstream = 9;
   r.duration_ms = 3;
@@ -73,6 +74,8 @@ TEST(AccessLogTest, WritesOneLinePerRecordWithAllFields) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find("\"reason\":\"policy_denied\""), std::string::npos);
+  EXPECT_NE(text.find("\"peer_serial\":\"0a\",\"tls_session\":\"resumed\""), std::string::npos)
+      << text;
   EXPECT_NE(text.find("\"destination\":\"127.0.0.1:8080\",\"endpoint\":\"10.0.1.5:8081\""),
             std::string::npos)
       << text;

@@ -67,6 +67,25 @@ TEST_F(ConfigTest, MinimalConfigLoadsWithDefaults) {
   mt_config_free(c);
 }
 
+TEST_F(ConfigTest, SessionResumptionIsOnByDefaultAndConfigurable) {
+  mt_config *c = Load(kMinimal);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_EQ(c->tls_session_resumption, 1);
+  EXPECT_EQ(c->tls_session_lifetime_s, 3600);
+  mt_config_free(c);
+  c = Load(std::string(kMinimal) + "tls:\n  session_resumption: false\n  session_lifetime_s: 60\n");
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_EQ(c->tls_session_resumption, 0);
+  EXPECT_EQ(c->tls_session_lifetime_s, 60);
+  mt_config_free(c);
+  EXPECT_EQ(Load(std::string(kMinimal) + "tls:\n  session_resumption: yes\n"), nullptr);
+  EXPECT_NE(error_.find("session_resumption"), std::string::npos) << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "tls:\n  session_lifetime_s: 0\n"), nullptr);
+  EXPECT_NE(error_.find("session_lifetime_s"), std::string::npos) << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "tls:\n  session_lifetime_s: 86401\n"), nullptr);
+  EXPECT_NE(error_.find("session_lifetime_s"), std::string::npos) << error_;
+}
+
 TEST_F(ConfigTest, UnknownKeyIsRejectedWithItsLine) {
   EXPECT_EQ(Load(std::string(kMinimal) + "handshake_timeout: 5\n"), nullptr);
   EXPECT_EQ(error_, At(11) + "unknown key 'handshake_timeout'");

@@ -389,9 +389,28 @@ TEST(MetricsTest, EveryFamilyHasOneHelpAndOneTypeLine) {
     if (hash != "#") continue;
     (kind == "HELP" ? help : type).insert(name);
   }
-  EXPECT_EQ(help.size(), 12u);
+  // 12 per-worker families, mtlsd_handshake_mode_total, the 4 process-wide
+  // session-resumption families (tls_resume.h) and the chain cache's.
+  EXPECT_EQ(help.size(), 18u);
   EXPECT_EQ(std::set<std::string>(help.begin(), help.end()).size(), help.size());
   EXPECT_EQ(help, type);
+}
+
+TEST(MetricsTest, HandshakeModesAreCountedPerDirection) {
+  Workers w(2);
+  mt_metrics_handshake_mode(w[0], MT_DIR_INBOUND, 0);
+  mt_metrics_handshake_mode(w[1], MT_DIR_INBOUND, 1);
+  mt_metrics_handshake_mode(w[1], MT_DIR_INBOUND, 1);
+  mt_metrics_handshake_mode(w[0], MT_DIR_OUTBOUND, 1);
+  std::string text = w.Render();
+  EXPECT_NE(text.find("mtlsd_handshake_mode_total{direction=\"inbound\",mode=\"full\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("mtlsd_handshake_mode_total{direction=\"inbound\",mode=\"resumed\"} 2\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("mtlsd_handshake_mode_total{direction=\"outbound\",mode=\"resumed\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("mtlsd_handshake_mode_total{direction=\"outbound\",mode=\"full\"} 0\n"),
+            std::string::npos);
 }
 
 TEST(TextTest, JsonStringsAreQuotedAndEscaped) {
