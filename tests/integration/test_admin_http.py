@@ -5,6 +5,7 @@ the agent's log and /metrics. Every read is bounded by a socket timeout."""
 import re
 import socket
 import urllib.request
+import weakref
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,9 +38,14 @@ def admin_socket(agent, telemetry=False):
     return socket.create_connection(host_port(agent, telemetry), timeout=WAIT)
 
 
+# Bytes read past the answer returned (the start of a pipelined next one), per socket.
+_LEFTOVER = weakref.WeakKeyDictionary()
+
+
 def read_answer(sock, head_only=False):
-    """(status, headers dict with lower-case names, body bytes) of one answer."""
-    data = b""
+    """(status, headers dict with lower-case names, body bytes) of one answer;
+    bytes of the next answer read with it are kept for the next call."""
+    data = _LEFTOVER.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
         assert chunk, f"closed before a complete answer: {data!r}"
@@ -56,6 +62,8 @@ def read_answer(sock, head_only=False):
         chunk = sock.recv(4096)
         assert chunk, "closed in the middle of a body"
         rest += chunk
+    if rest[length:]:
+        _LEFTOVER[sock] = rest[length:]
     return status, headers, rest[:length]
 
 
