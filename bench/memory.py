@@ -12,6 +12,7 @@ Measures, for each agent (VmRSS from /proc/PID/status):
               once the agent has closed them all, and --settle seconds later
 
 Usage:  bench/memory.py [--workers 2] [--held 1000] [--burst 8000] [--bursts 3]
+        bench/memory.py --idle-only     (idle VmRSS, Pss and the split by mapping)
 Writes configs and logs to bench/out/memory/ (git-ignored). Unless --mtlsd names
 a binary, builds //agent:mtlsd like run.sh (optimised, see .bazelrc) and copies
 it, so a rebuild during the run cannot swap it. Makes its PKI with certs/mkpki.sh.
