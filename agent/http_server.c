@@ -34,6 +34,7 @@ enum {
   TEXT_BODY_MAX = 256           /* the server's own refusal bodies */
 };
 static const double kLingerTimeoutS = 2.0;
+static const double kAcceptPauseS = 1.0; /* out of descriptors: stop accepting this long */
 
 const int mt_http_refusal_status[MT_HTTP_NUM_REFUSALS] = {400, 408, 411, 413, 414, 417,
                                                           431, 500, 501, 503, 505};
@@ -73,6 +74,7 @@ struct mt_http_server {
   void *arg;
   int fd;
   ev_io accept_io;
+  ev_timer accept_pause; /* accept failed for want of resources */
   conn *conns;
   mt_http_server_stats stats;
   char name[64]; /* the bound address, for log lines */
@@ -386,8 +388,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
   for (int i = 0; i < LISTEN_BACKLOG; i++) { /* bounded: the loop has other work */
     int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-        log_refusal(s, "accept: %s", strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+        return;
+      /* Out of descriptors or memory: the listener stays readable, so pause
+       * rather than spin the loop on it. */
+      log_refusal(s, "accept: %s; not accepting for %.0f s", strerror(errno), kAcceptPauseS);
+      ev_io_stop(loop, &s->accept_io);
+      ev_timer_set(&s->accept_pause, kAcceptPauseS, 0.0);
+      ev_timer_start(loop, &s->accept_pause);
       return;
     }
     if (s->stats.connections_active >= s->limits.max_connections) {
@@ -414,6 +422,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     set_timer(c, s->limits.idle_timeout_s, 0);
     ev_io_start(loop, &c->io);
   }
+}
+
+static void on_accept_pause_over(struct ev_loop *loop, ev_timer *t, int revents) {
+  (void)revents;
+  mt_http_server *s = t->data;
+  ev_io_start(loop, &s->accept_io);
 }
 
 /* ---- the server ---- */
@@ -472,6 +486,8 @@ mt_http_server *mt_http_server_new(struct ev_loop *loop, const struct sockaddr *
   ev_io_init(&s->accept_io, on_accept, s->fd, EV_READ);
   s->accept_io.data = s;
   ev_io_start(loop, &s->accept_io);
+  ev_init(&s->accept_pause, on_accept_pause_over);
+  s->accept_pause.data = s;
   return s;
 }
 
@@ -488,6 +504,7 @@ void mt_http_server_free(mt_http_server *server) {
   if (server == NULL) return;
   while (server->conns != NULL) conn_close(server->conns);
   ev_io_stop(server->loop, &server->accept_io);
+  ev_timer_stop(server->loop, &server->accept_pause);
   close(server->fd);
   free(server);
 }

@@ -17,6 +17,8 @@
  *     LOG_BURST lines per second per server, the rest counted as suppressed).
  *   - An idle keep-alive connection, or one whose client stops reading an
  *     answer, is closed after |idle_timeout_s|.
+ *   - When accept fails for want of descriptors or memory, the listener
+ *     pauses for a second (logged) instead of spinning the loop.
  *   - Every answer has Date, Content-Type, Cache-Control: no-store and
  *     Content-Length; HEAD gets the headers of the GET answer and no body.
  *
