@@ -1,11 +1,8 @@
-/* admin.c: libmicrohttpd on the main loop, routing, responses.
+/* admin.c: routing and responses, on http_server.h on the main loop.
  *
- * libmicrohttpd runs in "external" mode with its own epoll set: the loop
- * watches that one descriptor and MHD's timeout, and calls MHD_run when
- * either fires. Requests are answered completely inside the handler. */
+ * Requests are answered completely inside the handler. */
 #include "agent/admin.h"
 
-#include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,22 +13,22 @@
 #include "agent/admin_metrics.h"
 #include "agent/admin_pages.h"
 #include "agent/admin_policy.h"
+#include "agent/http_server.h"
 #include "agent/log.h"
 
 enum {
-  ADMIN_MAX_CONNECTIONS = 32,   /* an operator and a scraper, with room to spare */
-  ADMIN_IDLE_TIMEOUT_S = 10,    /* a stuck client cannot hold a slot for long */
-  ADMIN_MEMORY_PER_CONN = 32768 /* request headers only: no bodies are read */
+  ADMIN_MAX_CONNECTIONS = 32, /* an operator and a scraper, with room to spare */
+  QUERY_VALUE_MAX = 4096      /* a decoded query value (a SPIFFE ID is at most 2048) */
 };
+static const double kAdminRequestTimeoutS = 10.0; /* a stuck client cannot hold a slot long */
+static const double kAdminIdleTimeoutS = 10.0;
 
 typedef struct admin_listener admin_listener;
 
 struct admin_listener {
   mt_admin *admin;
-  struct MHD_Daemon *daemon;
+  mt_http_server *server;
   int telemetry_only;
-  ev_io io;
-  ev_timer timer;
 };
 
 struct mt_admin {
@@ -39,136 +36,113 @@ struct mt_admin {
   mt_admin_hooks hooks;
   admin_listener listeners[2];
   size_t num_listeners;
+  mt_admin_http_view http[2];
 };
 
-/* Per-request markers kept in MHD's request pointer. */
-static char request_started, request_quit;
-
-static void schedule(admin_listener *l);
-
-static void on_mhd_io(struct ev_loop *loop, ev_io *w, int revents) {
-  (void)loop;
-  (void)revents;
-  admin_listener *l = w->data;
-  MHD_run(l->daemon);
-  schedule(l);
+static void respond(mt_http_exchange *ex, int status, const char *content_type, const char *body,
+                    size_t len) {
+  mt_http_respond(ex, status, content_type, NULL, body, len);
 }
 
-static void on_mhd_timer(struct ev_loop *loop, ev_timer *t, int revents) {
-  (void)loop;
-  (void)revents;
-  admin_listener *l = t->data;
-  MHD_run(l->daemon);
-  schedule(l);
-}
+static void respond_text(mt_http_exchange *ex, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/* Re-arms the timer with whatever MHD next needs (idle timeouts). */
-static void schedule(admin_listener *l) {
-  struct ev_loop *loop = l->admin->loop;
-  ev_timer_stop(loop, &l->timer);
-  MHD_UNSIGNED_LONG_LONG ms = 0;
-  if (MHD_get_timeout(l->daemon, &ms) != MHD_YES) return;
-  ev_timer_set(&l->timer, (double)ms / 1000.0, 0.0);
-  ev_timer_start(loop, &l->timer);
-}
-
-/* |allow| (NULL = none) is the Allow header a 405 must carry (RFC 9110 15.5.6). */
-static enum MHD_Result respond_with(struct MHD_Connection *c, unsigned int status,
-                                    const char *content_type, const char *allow, const char *body,
-                                    size_t len) {
-  struct MHD_Response *r =
-      MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-  if (r == NULL) return MHD_NO;
-  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-  if (allow != NULL) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-  enum MHD_Result rc = MHD_queue_response(c, status, r);
-  MHD_destroy_response(r);
-  return rc;
-}
-
-static enum MHD_Result respond(struct MHD_Connection *c, unsigned int status,
-                               const char *content_type, const char *body, size_t len) {
-  return respond_with(c, status, content_type, NULL, body, len);
-}
-
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status, const char *fmt,
-                                    ...) __attribute__((format(printf, 3, 4)));
-
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned int status, const char *fmt,
-                                    ...) {
+static void respond_text(mt_http_exchange *ex, int status, const char *fmt, ...) {
   char body[1024];
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(body, sizeof(body), fmt, ap);
   va_end(ap);
   size_t len = n < 0 ? 0 : (size_t)n >= sizeof(body) ? sizeof(body) - 1 : (size_t)n;
-  return respond(c, status, "text/plain; charset=utf-8", body, len);
+  respond(ex, status, "text/plain; charset=utf-8", body, len);
 }
 
-static enum MHD_Result respond_rendered(struct MHD_Connection *c, const char *content_type,
-                                        mt_text *t) {
-  enum MHD_Result rc = t->failed
-                           ? respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n")
-                           : respond(c, MHD_HTTP_OK, content_type, t->data ? t->data : "", t->len);
+static void respond_rendered(mt_http_exchange *ex, const char *content_type, mt_text *t) {
+  if (t->failed)
+    respond_text(ex, 500, "out of memory\n");
+  else
+    respond(ex, 200, content_type, t->data ? t->data : "", t->len);
   mt_text_free(t);
-  return rc;
 }
 
-static enum MHD_Result respond_not_allowed(struct MHD_Connection *c, const char *path,
-                                           const char *want, const char *allow) {
+/* |allow| is the Allow header a 405 must carry (RFC 9110 15.5.6). */
+static void respond_not_allowed(mt_http_exchange *ex, const char *path, const char *want,
+                                const char *allow) {
   char body[256];
   int n = snprintf(body, sizeof(body), "%s needs %s\n", path, want);
   size_t len = n < 0 ? 0 : (size_t)n >= sizeof(body) ? sizeof(body) - 1 : (size_t)n;
-  return respond_with(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", allow, body,
-                      len);
+  mt_http_respond(ex, 405, "text/plain; charset=utf-8", allow, body, len);
+}
+
+/* Fills the view: the agent's state, then this endpoint's own counters. */
+static void get_view(mt_admin *admin, mt_admin_view *v) {
+  memset(v, 0, sizeof(*v));
+  admin->hooks.view(admin->hooks.arg, v);
+  v->http = admin->http;
+  v->num_http = admin->num_listeners;
+}
+
+/* GET /policy?...: the whole policy, or one decision explained. */
+static void serve_policy(const mt_admin_view *v, const mt_http_request *req, mt_http_exchange *ex,
+                         mt_text *t) {
+  /* ?peer=ID&port=N (or ?plaintext=1&port=N) explains one decision; in node
+   * mode &workload=IP names the destination pod. */
+  static char peer[QUERY_VALUE_MAX], plain[QUERY_VALUE_MAX], port[QUERY_VALUE_MAX],
+      workload[QUERY_VALUE_MAX]; /* main thread only */
+  int has_peer = mt_http_query_get(req->query, "peer", peer, sizeof(peer));
+  int has_plain = mt_http_query_get(req->query, "plaintext", plain, sizeof(plain));
+  int has_port = mt_http_query_get(req->query, "port", port, sizeof(port));
+  int has_workload = mt_http_query_get(req->query, "workload", workload, sizeof(workload));
+  if (has_peer < 0 || has_plain < 0 || has_port < 0 || has_workload < 0) {
+    respond_text(ex, 400,
+                 "bad percent escape or value too long in the query; "
+                 "use /policy?peer=SPIFFE_ID&port=N or /policy?plaintext=1&port=N\n");
+    mt_text_free(t);
+    return;
+  }
+  const char *wl = has_workload ? workload : NULL;
+  if (!has_peer && !has_plain && !has_port) {
+    mt_admin_render_policy(v, wl, t);
+    respond_rendered(ex, "application/json", t);
+    return;
+  }
+  char *end = NULL;
+  long n = has_port ? strtol(port, &end, 10) : -1;
+  if (!has_port || *port == '\0' || *end != '\0' || n < 1 || n > 65535 || has_peer == has_plain) {
+    respond_text(ex, 400, "use /policy?peer=SPIFFE_ID&port=N or /policy?plaintext=1&port=N\n");
+    mt_text_free(t);
+    return;
+  }
+  mt_admin_render_explain(v, wl, has_peer ? peer : NULL, (uint16_t)n, t);
+  respond_rendered(ex, "application/json", t);
 }
 
 typedef enum { PAGE_METRICS, PAGE_CERTS, PAGE_POLICY, PAGE_CONFIG } page;
 
-static enum MHD_Result serve_page(admin_listener *l, struct MHD_Connection *c, page which) {
+static void serve_page(admin_listener *l, const mt_http_request *req, mt_http_exchange *ex,
+                       page which) {
   mt_admin_view v;
-  memset(&v, 0, sizeof(v));
-  l->admin->hooks.view(l->admin->hooks.arg, &v);
+  get_view(l->admin, &v);
   mt_text t;
   mt_text_init(&t);
   switch (which) {
     case PAGE_METRICS:
       mt_admin_render_metrics(&v, &t);
-      return respond_rendered(c, "text/plain; version=0.0.4; charset=utf-8", &t);
+      respond_rendered(ex, "text/plain; version=0.0.4; charset=utf-8", &t);
+      return;
     case PAGE_CERTS: mt_admin_render_certs(&v, &t); break;
-    case PAGE_POLICY: {
-      /* ?peer=ID&port=N (or ?plaintext=1&port=N) explains one decision;
-       * in node mode &workload=IP names the destination pod. */
-      const char *peer = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "peer");
-      const char *plain = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "plaintext");
-      const char *port = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "port");
-      const char *workload = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "workload");
-      if (peer == NULL && plain == NULL && port == NULL) {
-        mt_admin_render_policy(&v, workload, &t);
-        break;
-      }
-      char *end = NULL;
-      long n = port ? strtol(port, &end, 10) : -1;
-      if (port == NULL || *port == '\0' || *end != '\0' || n < 1 || n > 65535 ||
-          (peer == NULL) == (plain == NULL))
-        return respond_text(c, MHD_HTTP_BAD_REQUEST,
-                            "use /policy?peer=SPIFFE_ID&port=N or /policy?plaintext=1&port=N\n");
-      mt_admin_render_explain(&v, workload, peer, (uint16_t)n, &t);
-      break;
-    }
+    case PAGE_POLICY: serve_policy(&v, req, ex, &t); return;
     case PAGE_CONFIG: mt_admin_render_config(&v, &t); break;
   }
-  return respond_rendered(c, "application/json", &t);
+  respond_rendered(ex, "application/json", &t);
 }
 
-static enum MHD_Result serve_ready(admin_listener *l, struct MHD_Connection *c) {
+static void serve_ready(admin_listener *l, mt_http_exchange *ex) {
   mt_admin_view v;
-  memset(&v, 0, sizeof(v));
-  l->admin->hooks.view(l->admin->hooks.arg, &v);
+  get_view(l->admin, &v);
   char why[256];
   int ready = mt_admin_ready(&v, why, sizeof(why));
-  return respond_text(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "%s\n", why);
+  respond_text(ex, ready ? 200 : 503, "%s\n", why);
 }
 
 typedef enum { ROUTE_GET, ROUTE_POST } route_method;
@@ -198,71 +172,53 @@ static const route routes[] = {
     {"/quitquitquit", ROUTE_POST, 0, R_QUIT}, {"/reload", ROUTE_POST, 0, R_RELOAD},
 };
 
-static enum MHD_Result dispatch(admin_listener *l, struct MHD_Connection *c, const route *r,
-                                void **state) {
+/* The agent stops once the answer to /quitquitquit has been sent. */
+static void on_quit_sent(void *arg) {
+  mt_admin *admin = arg;
+  admin->hooks.quit(admin->hooks.arg);
+}
+
+static void dispatch(admin_listener *l, const mt_http_request *req, mt_http_exchange *ex,
+                     const route *r) {
   switch (r->id) {
-    case R_HEALTHZ: return respond_text(c, MHD_HTTP_OK, "ok\n");
-    case R_READY: return serve_ready(l, c);
-    case R_METRICS: return serve_page(l, c, PAGE_METRICS);
-    case R_CERTS: return serve_page(l, c, PAGE_CERTS);
-    case R_POLICY: return serve_page(l, c, PAGE_POLICY);
-    case R_CONFIG: return serve_page(l, c, PAGE_CONFIG);
+    case R_HEALTHZ: respond_text(ex, 200, "ok\n"); return;
+    case R_READY: serve_ready(l, ex); return;
+    case R_METRICS: serve_page(l, req, ex, PAGE_METRICS); return;
+    case R_CERTS: serve_page(l, req, ex, PAGE_CERTS); return;
+    case R_POLICY: serve_page(l, req, ex, PAGE_POLICY); return;
+    case R_CONFIG: serve_page(l, req, ex, PAGE_CONFIG); return;
     case R_QUIT:
-      /* The agent stops once this answer has been sent (on_completed). */
       MT_LOG_I("admin: /quitquitquit received; draining and exiting");
-      *state = &request_quit;
-      return respond_text(c, MHD_HTTP_OK, "draining and exiting\n");
+      mt_http_on_sent(ex, on_quit_sent, l->admin);
+      respond_text(ex, 200, "draining and exiting\n");
+      return;
     case R_RELOAD: {
       char msg[768];
       int ok = l->admin->hooks.reload(l->admin->hooks.arg, msg, sizeof(msg));
-      return respond_text(c, ok ? MHD_HTTP_OK : MHD_HTTP_BAD_REQUEST, "%s\n", msg);
+      respond_text(ex, ok ? 200 : 400, "%s\n", msg);
+      return;
     }
   }
-  return respond_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "unrouted\n");
+  respond_text(ex, 500, "unrouted\n");
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload,
-                                  size_t *upload_size, void **state) {
-  (void)version;
-  (void)upload;
-  admin_listener *l = cls;
-  if (*state == NULL) { /* headers only so far */
-    *state = &request_started;
-    return MHD_YES;
-  }
-  if (*upload_size != 0) { /* no endpoint takes a body: discard it */
-    *upload_size = 0;
-    return MHD_YES;
-  }
+/* A path not served here is 404 whatever the method; a served path with the
+ * wrong method is 405 with Allow. HEAD is GET without the body. */
+static void on_request(void *arg, const mt_http_request *req, mt_http_exchange *ex) {
+  admin_listener *l = arg;
   for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
     const route *r = &routes[i];
-    if (strcmp(url, r->path) != 0 || (l->telemetry_only && !r->telemetry)) continue;
-    const char *want = r->method == ROUTE_GET ? MHD_HTTP_METHOD_GET : MHD_HTTP_METHOD_POST;
-    int head_ok = r->method == ROUTE_GET && strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    if (strcmp(method, want) != 0 && !head_ok)
-      return respond_not_allowed(c, r->path, want, r->method == ROUTE_GET ? "GET, HEAD" : "POST");
-    return dispatch(l, c, r, state);
+    if (strcmp(req->path, r->path) != 0 || (l->telemetry_only && !r->telemetry)) continue;
+    const char *want = r->method == ROUTE_GET ? "GET" : "POST";
+    int head_ok = r->method == ROUTE_GET && strcmp(req->method, "HEAD") == 0;
+    if (strcmp(req->method, want) != 0 && !head_ok) {
+      respond_not_allowed(ex, r->path, want, r->method == ROUTE_GET ? "GET, HEAD" : "POST");
+      return;
+    }
+    dispatch(l, req, ex, r);
+    return;
   }
-  return respond_text(c, MHD_HTTP_NOT_FOUND, "no such endpoint: %s\n", url);
-}
-
-static void on_completed(void *cls, struct MHD_Connection *c, void **state,
-                         enum MHD_RequestTerminationCode code) {
-  (void)c;
-  admin_listener *l = cls;
-  if (*state == &request_quit && code == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-    l->admin->hooks.quit(l->admin->hooks.arg);
-  *state = NULL;
-}
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-  (void)cls;
-  char line[512];
-  vsnprintf(line, sizeof(line), fmt, ap);
-  size_t n = strlen(line);
-  while (n > 0 && line[n - 1] == '\n') line[--n] = '\0';
-  MT_LOG_W("admin: %s", line);
+  respond_text(ex, 404, "no such endpoint: %s\n", req->path);
 }
 
 static int start_listener(mt_admin *admin, admin_listener *l, const mt_sockaddr *addr,
@@ -271,36 +227,20 @@ static int start_listener(mt_admin *admin, admin_listener *l, const mt_sockaddr 
   mt_sockaddr_format((const struct sockaddr *)&addr->addr, text, sizeof(text));
   l->admin = admin;
   l->telemetry_only = telemetry_only;
-  unsigned int flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
-  if (addr->addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-  l->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, l, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr->addr, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
-      (unsigned int)ADMIN_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      (size_t)ADMIN_MEMORY_PER_CONN, MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_END);
-  if (l->daemon == NULL) {
-    snprintf(err, err_len, "admin: cannot listen on %s (address in use or not local?)", text);
+  const mt_http_limits limits = {ADMIN_MAX_CONNECTIONS, kAdminRequestTimeoutS, kAdminIdleTimeoutS};
+  char why[128];
+  l->server = mt_http_server_new(admin->loop, (const struct sockaddr *)&addr->addr, &limits,
+                                 on_request, l, why, sizeof(why));
+  if (l->server == NULL) {
+    snprintf(err, err_len, "admin: cannot listen on %s: %s", text, why);
     return 0;
   }
-  const union MHD_DaemonInfo *epoll_info = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_EPOLL_FD);
-  const union MHD_DaemonInfo *listen_info =
-      MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_LISTEN_FD);
-  if (epoll_info == NULL || listen_info == NULL) {
-    snprintf(err, err_len, "admin: libmicrohttpd has no epoll support");
-    return 0;
-  }
+  admin->http[admin->num_listeners - 1] = (mt_admin_http_view){
+      telemetry_only ? "telemetry" : "admin", mt_http_server_get_stats(l->server)};
   struct sockaddr_storage bound;
-  socklen_t len = sizeof(bound);
-  if (getsockname(listen_info->listen_fd, (struct sockaddr *)&bound, &len) == 0)
+  if (mt_http_server_address(l->server, &bound))
     mt_sockaddr_format((const struct sockaddr *)&bound, text, sizeof(text));
   MT_LOG_I("admin listening on %s%s", text, telemetry_only ? " (health and metrics only)" : "");
-  ev_io_init(&l->io, on_mhd_io, epoll_info->epoll_fd, EV_READ);
-  l->io.data = l;
-  ev_io_start(admin->loop, &l->io);
-  ev_init(&l->timer, on_mhd_timer);
-  l->timer.data = l;
-  schedule(l);
   return 1;
 }
 
@@ -327,12 +267,6 @@ mt_admin *mt_admin_start(struct ev_loop *loop, const mt_config *config, const mt
 
 void mt_admin_free(mt_admin *admin) {
   if (admin == NULL) return;
-  for (size_t i = 0; i < admin->num_listeners; i++) {
-    admin_listener *l = &admin->listeners[i];
-    if (l->daemon == NULL) continue;
-    ev_io_stop(admin->loop, &l->io);
-    ev_timer_stop(admin->loop, &l->timer);
-    MHD_stop_daemon(l->daemon);
-  }
+  for (size_t i = 0; i < admin->num_listeners; i++) mt_http_server_free(admin->listeners[i].server);
   free(admin);
 }

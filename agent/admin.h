@@ -1,4 +1,4 @@
-/* admin: the operator's HTTP endpoint, served by libmicrohttpd on the main
+/* admin: the operator's HTTP endpoint, served by http_server.h on the main
  * thread's libev loop (no extra thread, no locks: every handler runs where
  * the agent's state lives).
  *
@@ -10,7 +10,10 @@
  *   admin.telemetry_address  /healthz /ready /metrics only (for kubelet
  *                            probes and Prometheus from outside the pod)
  * Anything else is 404; a known path with the wrong method is 405. Bodies
- * are never parsed: POST endpoints take no arguments.
+ * are never read: POST endpoints take no arguments (a request with a body
+ * is answered, then its connection closes). The server's own refusals
+ * (malformed, too large, too slow, too many connections) are counted in
+ * /metrics as mtlsd_admin_refused_total.
  *
  * The admin module owns no agent state. For each request it asks the agent
  * for a fresh mt_admin_view (borrowed pointers valid for that call) and

@@ -117,8 +117,8 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
        cp->mesh_updates},
       {"mtlsd_mesh_config_rejected_total",
        "Mesh config snapshots refused (the last good one stayed).", cp->mesh_rejected},
-      {"mtlsd_mesh_config_deltas_total", "Of the mesh config updates applied, those sent as deltas.",
-       cp->mesh_deltas},
+      {"mtlsd_mesh_config_deltas_total",
+       "Of the mesh config updates applied, those sent as deltas.", cp->mesh_deltas},
       {"mtlsd_mesh_config_resyncs_total",
        "Mesh config streams ended to get a complete snapshot (a delta did not apply).",
        cp->mesh_resyncs},
@@ -134,6 +134,25 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
     metric_header(out, counters[i].name, "counter", counters[i].help);
     mt_text_printf(out, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].value);
   }
+}
+
+/* The admin endpoint's own traffic: what reached a page, what its HTTP
+ * server refused by itself (malformed, too large, too slow, too many). */
+static void render_admin_http_metrics(const mt_admin_view *v, mt_text *out) {
+  if (v->num_http == 0) return;
+  metric_header(out, "mtlsd_admin_requests_total", "counter",
+                "Admin HTTP requests handed to an endpoint, by listener.");
+  for (size_t i = 0; i < v->num_http; i++)
+    mt_text_printf(out, "mtlsd_admin_requests_total{listener=\"%s\"} %llu\n", v->http[i].listener,
+                   (unsigned long long)v->http[i].stats->requests);
+  metric_header(out, "mtlsd_admin_refused_total", "counter",
+                "Admin HTTP requests the server answered itself with an error (bad or too large "
+                "input, too slow, too many connections), by listener and status.");
+  for (size_t i = 0; i < v->num_http; i++)
+    for (size_t j = 0; j < MT_HTTP_NUM_REFUSALS; j++)
+      mt_text_printf(out, "mtlsd_admin_refused_total{listener=\"%s\",status=\"%d\"} %llu\n",
+                     v->http[i].listener, mt_http_refusal_status[j],
+                     (unsigned long long)v->http[i].stats->refused[j]);
 }
 
 void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
@@ -154,4 +173,5 @@ void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
                  (unsigned long long)v->config_reloads);
   mt_text_printf(out, "mtlsd_config_reloads_total{result=\"failure\"} %llu\n",
                  (unsigned long long)v->config_reload_failures);
+  render_admin_http_metrics(v, out);
 }

@@ -1,9 +1,9 @@
 /* admin_metrics: the /metrics page, in the Prometheus text format 0.0.4.
  *
  * The workers' counters (metrics.h) followed by the agent-wide gauges: build
- * info, readiness, served certificates, trust bundles, control-plane stream
- * and config reloads. Every family's samples follow its own HELP/TYPE lines.
- * A pure function of the view. */
+ * info, readiness, served certificates, trust bundles, control-plane stream,
+ * config reloads and the admin endpoint's own HTTP counters. Every family's
+ * samples follow its own HELP/TYPE lines. A pure function of the view. */
 #ifndef MT_ADMIN_METRICS_H
 #define MT_ADMIN_METRICS_H
 

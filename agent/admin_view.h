@@ -13,6 +13,7 @@
 
 #include "agent/cert_manager.h"
 #include "agent/config.h"
+#include "agent/http_server.h"
 #include "agent/identity.h"
 #include "agent/metrics.h"
 #include "agent/workloads.h"
@@ -20,6 +21,12 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* One admin listener's HTTP counters (filled by admin.c, not the agent). */
+typedef struct {
+  const char *listener; /* "admin" or "telemetry" */
+  const mt_http_server_stats *stats;
+} mt_admin_http_view;
 
 typedef struct {
   const mt_config *config;
@@ -36,7 +43,9 @@ typedef struct {
   const char *last_reload_error; /* "" when the last reload worked */
   time_t started;
   time_t now;
-  int draining; /* stopping: not ready, whatever else holds */
+  int draining;                   /* stopping: not ready, whatever else holds */
+  const mt_admin_http_view *http; /* the admin listeners themselves */
+  size_t num_http;
 } mt_admin_view;
 
 #ifdef __cplusplus

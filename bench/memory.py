@@ -12,6 +12,7 @@ Measures, for each agent (VmRSS from /proc/PID/status):
               once the agent has closed them all, and --settle seconds later
 
 Usage:  bench/memory.py [--workers 2] [--held 1000] [--burst 8000] [--bursts 3]
+        bench/memory.py --idle-only     (idle VmRSS, Pss and the split by mapping)
 Writes configs and logs to bench/out/memory/ (git-ignored). Unless --mtlsd names
 a binary, builds //agent:mtlsd like run.sh (optimised, see .bazelrc) and copies
 it, so a rebuild during the run cannot swap it. Makes its PKI with certs/mkpki.sh.
@@ -43,6 +44,7 @@ LISTEN_TIMEOUT_S = 15
 SAMPLE_PERIOD_S = 0.1
 BUILD_TIMEOUT_S = 1200
 SPLIT_MIN_KB = 64             # mappings smaller than this are left out of the split
+SPLIT_FIELDS = ("Rss:", "Pss:", "Private_Dirty:")  # smaps fields, per mapping
 FRONT_ID = "spiffe://example.org/ns/default/sa/frontend"
 BACK_ID = "spiffe://example.org/ns/default/sa/backend"
 
@@ -83,8 +85,9 @@ def fd_count(pid):
 def rss_by_mapping(pid):
     """VmRSS split by what is mapped: each shared library (code + data), the
     main heap, anonymous memory (thread arenas, stacks). Per mapping name:
-    [Rss KB, Private_Dirty KB]; a library's Rss is mostly pages shared with
-    every other process that maps it, its Private_Dirty is this process's own
+    [Rss KB, Pss KB, Private_Dirty KB]; a library's Rss is mostly pages shared
+    with every other process that maps it (Pss divides each page by the
+    number of processes mapping it), its Private_Dirty is this process's own
     (relocations, data, what its constructors allocated)."""
     split = {}
     name = None
@@ -95,29 +98,43 @@ def rss_by_mapping(pid):
                 if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
                     path = fields[5] if len(fields) > 5 else "[anon]"
                     name = os.path.basename(path) if path.startswith("/") else path
-                    split.setdefault(name, [0, 0])
-                elif fields[0] == "Rss:":
-                    split[name][0] += int(fields[1])
-                elif fields[0] == "Private_Dirty:":
-                    split[name][1] += int(fields[1])
+                    split.setdefault(name, [0, 0, 0])
+                elif fields[0] in SPLIT_FIELDS:
+                    split[name][SPLIT_FIELDS.index(fields[0])] += int(fields[1])
     except OSError:
         pass
     return split
 
 
+def pss_kb(pid):
+    """Pss of the whole process (smaps_rollup): shared pages divided among
+    the processes that map them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def print_split(title, before, after):
     print(title)
-    print(f"  {'mapping':28}{'idle Rss':>10}{'idle own':>10}{'end Rss':>10}{'end own':>10}")
-    zero = [0, 0]
+    cols = 3 if after else 0  # no "end" columns when there is no end split
+    print(f"  {'mapping':28}{'idle Rss':>10}{'idle Pss':>10}{'idle own':>10}" +
+          f"{'end Rss':>10}{'end Pss':>10}{'end own':>10}"[:10 * cols])
+    zero = [0, 0, 0]
     names = sorted(set(before) | set(after),
                    key=lambda n: -max(before.get(n, zero)[0], after.get(n, zero)[0]))
-    for n in names:
-        b, a = before.get(n, zero), after.get(n, zero)
-        if max(b[0], a[0]) >= SPLIT_MIN_KB:
-            print(f"  {n[:28]:28}{b[0]:>10}{b[1]:>10}{a[0]:>10}{a[1]:>10}")
-    total = [[sum(v[i] for v in d.values()) for i in (0, 1)] for d in (before, after)]
-    print(f"  {'(total KB)':28}{total[0][0]:>10}{total[0][1]:>10}{total[1][0]:>10}"
-          f"{total[1][1]:>10}")
+    for n in names + ["(total KB)"]:
+        if n == "(total KB)":
+            b, a = ([sum(v[i] for v in d.values()) for i in range(3)] for d in (before, after))
+        else:
+            b, a = before.get(n, zero), after.get(n, zero)
+            if max(b[0], a[0]) < SPLIT_MIN_KB:
+                continue
+        print(f"  {n[:28]:28}" + "".join(f"{v:>10}" for v in b + a[:cols]))
     print("  own = Private_Dirty: pages no other process shares")
 
 
@@ -294,6 +311,8 @@ def main():
     ap.add_argument("--burst", type=int, default=8000)
     ap.add_argument("--bursts", type=int, default=3)
     ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--idle-only", action="store_true",
+                    help="only the idle figures (VmRSS, Pss, split by mapping), then stop")
     args = ap.parse_args()
     nofile = raise_nofile()
     if args.burst + AGENT_FD_HEADROOM > nofile:
@@ -308,6 +327,12 @@ def main():
         idle = bed.rss()
         idle_fds = bed.fds()
         idle_split = rss_by_mapping(bed.agents["frontend"].pid)
+        if args.idle_only:
+            idle_pss = {r: pss_kb(p.pid) for r, p in bed.agents.items()}
+            print(f"idle, KB: VmRSS frontend {idle['frontend']} backend {idle['backend']}; "
+                  f"Pss frontend {idle_pss['frontend']} backend {idle_pss['backend']}")
+            print_split("frontend RSS by mapping, idle", idle_split, {})
+            return 0
 
         held, failed = open_held(bed.front_port, args.held, lambda: None)
         time.sleep(1.0)

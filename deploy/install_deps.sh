@@ -13,7 +13,6 @@ PACKAGES=(
   libprotobuf-dev
   libev-dev
   libyaml-dev
-  libmicrohttpd-dev
   libjansson-dev
   googletest
   clang

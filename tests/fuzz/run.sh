@@ -35,7 +35,7 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -54,6 +54,7 @@ target_sources() {
     policy) echo "agent/svid.c agent/policy.c" ;;
     config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c grpc/target.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
+    http_request) echo "agent/http_request.c" ;;
     mesh_delta) echo "agent/mesh_delta.c" ;;
     mesh_snapshot)
       echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
