@@ -23,12 +23,12 @@
 #include "agent/worker.h"
 
 enum {
-  /* What a direction carries at most: one TLS record's payload, so a read
-   * from the plaintext side becomes one full record. */
+  /* What a direction carries at most: four TLS records' payload, so one
+   * plaintext read becomes four full records in one SSL_write. */
   RELAY_CHUNK_BYTES = 64 * 1024,
   /* The pool's buffers also serve the TLS side's read-ahead (socket_bio),
-   * which must hold a whole record: 5-byte header + 16 KiB + AEAD expansion
-   * (at most 256 bytes). */
+   * which should hold four whole records: each a 5-byte header + 16 KiB +
+   * AEAD expansion (at most 256 bytes). */
   POOL_BUFFER_BYTES = 66 * 1024,
   /* Free buffers a worker keeps for the next burst of traffic (528 KiB). */
   RELAY_BUFFER_CACHE = 8,

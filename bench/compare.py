@@ -512,9 +512,8 @@ def resumed_verdict(peer, line):
             e = json.loads(line)
         except ValueError:
             return None
-        for k, v in e.items():
-            if "resum" in k or "reused" in k:
-                return bool(v)
+        if e.get("tls_session") in ("full", "resumed"):  # the access log's field
+            return e["tls_session"] == "resumed"
         return None
     if peer == "nginx":
         if "reused=r" in line:
