@@ -25,8 +25,11 @@ enum {
   /* version(1) auth_time(8) expires(8) peer_not_after(8) own_fp(32)
    * trust_fp(32) serial_len(1) id_len(2), then serial and ID bytes. */
   RECORD_FIXED = 1 + 8 + 8 + 8 + 32 + 32 + 1 + 2,
-  CLIENT_SLOTS = 512,    /* destinations remembered, process-wide */
-  SESSIONS_PER_SLOT = 4, /* single-use sessions kept per destination */
+  CLIENT_SLOTS = 256, /* destinations remembered, process-wide */
+  /* Single-use sessions kept per destination: each connection brings two
+   * tickets and takes one, so this bounds the concurrent connections to one
+   * destination that can resume at once. */
+  SESSIONS_PER_SLOT = 32,
 };
 
 /* ---- counters ---- */
