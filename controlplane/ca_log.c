@@ -309,5 +309,8 @@ void mt_ca_log_dump_counters(const mt_ca_log *log, FILE *out) {
             (unsigned long long)log->reasons[i].count);
   for (int e = 0; e < MT_CA_EV_COUNT; e++)
     fprintf(out, "mtls_ca_%s_total %llu\n", kEventNames[e], (unsigned long long)log->events[e]);
+  /* Each line is its own write on unbuffered stderr: the end line tells a
+   * reader (a person, a test) that the dump is whole. */
+  fprintf(out, "# end of mtls-ca counters\n");
   fflush(out);
 }

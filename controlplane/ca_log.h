@@ -101,7 +101,8 @@ void mt_ca_log_add(mt_ca_log *log, mt_ca_event event, uint64_t n);
 uint64_t mt_ca_log_counter(const mt_ca_log *log, mt_ca_event event);
 uint64_t mt_ca_log_calls(const mt_ca_log *log, mt_ca_method method, mt_grpc_status status);
 
-/* Writes every non-zero counter, one "name value" line each, to |out|. */
+/* Writes every non-zero counter, one "name value" line each, to |out|,
+ * between "# mtls-ca counters" and "# end of mtls-ca counters". */
 void mt_ca_log_dump_counters(const mt_ca_log *log, FILE *out);
 
 /* The JSON access-log line for |entry| at |now_ms| (Unix milliseconds),

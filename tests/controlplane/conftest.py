@@ -48,6 +48,9 @@ CREATE = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 WATCH = "/mtlsd.mesh.v1.MeshConfig/Watch"
 
 WAIT = float(os.environ.get("MTLS_CA_TEST_WAIT", "30"))
+# The line that ends mtls-ca's counter dump (SIGUSR1): lines before it may
+# still be on their way while it is missing.
+COUNTERS_END = "# end of mtls-ca counters"
 STOP_WAIT = float(os.environ.get("MTLS_CA_TEST_STOP_WAIT", "15"))
 RPC_TIMEOUT = float(os.environ.get("MTLS_CA_TEST_RPC_TIMEOUT", "20"))
 

@@ -25,10 +25,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from conftest import (AUDIENCE, CREATE, DEFAULT_TTL_S, ISSUER, MAX_TTL_S, MTLS_CA_BIN, REPO,
-                      RPC_TIMEOUT, TRUST_DOMAIN, WAIT, WATCH, assert_clean_stderr, make_csr,
-                      mint_token, openssl, wait_until, write_atomically, write_mesh,
-                      write_workloads)
+from conftest import (AUDIENCE, COUNTERS_END, CREATE, DEFAULT_TTL_S, ISSUER, MAX_TTL_S,
+                      MTLS_CA_BIN, REPO, RPC_TIMEOUT, TRUST_DOMAIN, WAIT, WATCH,
+                      assert_clean_stderr, make_csr, mint_token, openssl, wait_until,
+                      write_atomically, write_mesh, write_workloads)
 
 pytestmark = pytest.mark.skipif(not os.access(MTLS_CA_BIN, os.X_OK),
                                 reason=f"build //controlplane:mtls-ca first ({MTLS_CA_BIN})")
@@ -353,7 +353,7 @@ def test_refusals_are_counted(ca, msgs, pki):
     refused(ca, msgs, token=mint_token(pki["token_key"], exp_in=-10))
     create(ca, msgs, token=mint_token(pki["token_key"]))
     ca.signal(signal.SIGUSR1)
-    text = wait_until(lambda: "mtls_ca_refusals_total" in ca.stderr() and ca.stderr(),
+    text = wait_until(lambda: COUNTERS_END in ca.stderr() and ca.stderr(),
                       "the counters on SIGUSR1")
     assert 'mtls_ca_refusals_total{reason="expired"} 1' in text
     assert 'mtls_ca_calls_total{method="CreateCertificate",status="OK"} 1' in text
@@ -508,7 +508,7 @@ def test_node_agent_refusals_and_issuances_are_counted(node_ca, msgs, pki):
     create(node_ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: DEMO_FRONTEND})
     refused(node_ca, msgs, token=node_agent_token(pki), metadata={IMPERSONATE: DEMO_BACKEND})
     node_ca.signal(signal.SIGUSR1)
-    text = wait_until(lambda: "mtls_ca_refusals_total" in node_ca.stderr() and node_ca.stderr(),
+    text = wait_until(lambda: COUNTERS_END in node_ca.stderr() and node_ca.stderr(),
                       "the counters on SIGUSR1")
     assert 'mtls_ca_refusals_total{reason="not_on_node"} 1' in text
     assert "mtls_ca_impersonated_certs_issued_total 1" in text

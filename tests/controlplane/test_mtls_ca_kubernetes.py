@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import TRUST_DOMAIN, WAIT, mint_token, wait_until
+from conftest import COUNTERS_END, TRUST_DOMAIN, WAIT, mint_token, wait_until
 from test_mtls_ca import (IMPERSONATE, NODE_AGENT_ID, Watcher, create, leaf_of, node_agent_token,
                           refused, run_ca, uri_sans)
 
@@ -401,8 +401,8 @@ def test_a_delta_watcher_rebuilds_what_a_complete_watcher_gets(k8s_ca, api, msgs
         assert "10.244.1.5" not in destinations(held) and node_workloads(held) == []
         assert max(sizes["delta"]) < min(sizes["full"]), sizes
         k8s_ca.signal(signal.SIGUSR1)
-        text = wait_until(lambda: "mtls_ca_snapshot_deltas_sent_total" in k8s_ca.stderr() and
-                          k8s_ca.stderr(), "the counters on SIGUSR1")
+        text = wait_until(lambda: COUNTERS_END in k8s_ca.stderr() and k8s_ca.stderr(),
+                          "the counters on SIGUSR1")
         sent = int(re.search(r"mtls_ca_snapshot_deltas_sent_total (\d+)", text).group(1))
         assert sent >= len(steps), text
     finally:
