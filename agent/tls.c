@@ -86,9 +86,9 @@ static mt_reason reason_from_x509(int err) {
  * (|trust_key| names them, chain_cache.h): by a remembered intermediate
  * when the chain cache may answer, else in full. */
 static int verify_chain(X509_STORE *store, const uint8_t trust_key[32], X509 *leaf,
-                        STACK_OF(X509) * untrusted, mt_svid_role role, mt_tls_peer *peer) {
+                        STACK_OF(X509) * untrusted, mt_svid_role role, int purpose,
+                        mt_tls_peer *peer) {
   time_t now = time(NULL);
-  int purpose = role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
   if (mt_chain_cache_verify(mt_chain_cache_global(), trust_key, leaf, untrusted, purpose, now,
                             &peer->not_after))
     return 1;
@@ -138,10 +138,10 @@ int mt_tls_verify_svid(const mt_trust *trust, X509 *leaf, STACK_OF(X509) * untru
     return 0;
   }
   uint8_t trust_key[32];
-  mt_chain_cache_trust_key(
-      mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
-      role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER, trust_key);
-  if (!verify_chain(store, trust_key, leaf, untrusted, role, peer)) {
+  int purpose = role == MT_SVID_ROLE_CLIENT ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER;
+  mt_chain_cache_trust_key(mt_trust_fingerprint(trust), view.trust_domain, view.trust_domain_len,
+                           purpose, trust_key);
+  if (!verify_chain(store, trust_key, leaf, untrusted, role, purpose, peer)) {
     snprintf(peer->spiffe_id, sizeof(peer->spiffe_id), "%s", id);
     return 0;
   }
