@@ -33,6 +33,9 @@ const char *mt_reason_str(mt_reason reason) {
     case MT_REASON_SHUTDOWN: return "shutdown";
     case MT_REASON_OUT_OF_MEMORY: return "out_of_memory";
     case MT_REASON_DESTINATION_UNRESOLVED: return "destination_unresolved";
+    case MT_REASON_WEAK_KEY: return "weak_key";
+    case MT_REASON_WEAK_SIGNATURE: return "weak_signature";
+    case MT_REASON_SOURCE_LIMIT: return "source_limit";
     case MT_REASON_INTERNAL: return "internal_error";
   }
   return "internal_error";

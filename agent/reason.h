@@ -41,6 +41,9 @@ typedef enum {
   MT_REASON_SHUTDOWN,         /* agent stopped before the connection ended */
   MT_REASON_OUT_OF_MEMORY,    /* no relay buffer could be had (pool limit or malloc) */
   MT_REASON_DESTINATION_UNRESOLVED, /* destinations on demand: no answer in time */
+  MT_REASON_WEAK_KEY,       /* a certificate in the peer's chain has a key too weak to trust */
+  MT_REASON_WEAK_SIGNATURE, /* a certificate in the peer's chain is signed with SHA-1 or weaker */
+  MT_REASON_SOURCE_LIMIT,   /* this source address already has its share of handshakes */
   MT_REASON_INTERNAL,
 } mt_reason;
 
