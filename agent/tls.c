@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "agent/chain_cache.h"
+#include "agent/key_strength.h"
 #include "agent/tls_resume.h"
 
 /* TLS 1.2 suites, used only when tls.min_version is "1.2": ECDHE + AEAD. */
@@ -22,6 +23,17 @@ static const char kTls12Ciphers[] =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305";
 static const char kCurves[] = "X25519:P-256";
+/* What a peer may sign the handshake with: SHA-2 and Ed25519 only, so a
+ * TLS 1.2 peer (where configured) cannot fall back to SHA-1 signatures.
+ * P-521 is listed although its keys are refused (key_strength.h): a peer
+ * holding one then sends its certificate, and is told "weak_key", instead
+ * of failing the handshake for want of a common algorithm. */
+static const uint16_t kVerifyAlgorithms[] = {
+    SSL_SIGN_ECDSA_SECP256R1_SHA256, SSL_SIGN_RSA_PSS_RSAE_SHA256, SSL_SIGN_RSA_PKCS1_SHA256,
+    SSL_SIGN_ECDSA_SECP384R1_SHA384, SSL_SIGN_RSA_PSS_RSAE_SHA384, SSL_SIGN_RSA_PKCS1_SHA384,
+    SSL_SIGN_RSA_PSS_RSAE_SHA512,    SSL_SIGN_RSA_PKCS1_SHA512,    SSL_SIGN_ED25519,
+    SSL_SIGN_ECDSA_SECP521R1_SHA512,
+};
 static const uint8_t kAlpnWire[] = {5, 'm', 't', 'l', 's', 'd'};
 
 static int g_peer_index = -1;
@@ -82,32 +94,48 @@ static mt_reason reason_from_x509(int err) {
   }
 }
 
+/* A verified path is still refused when a key or a signature in it is weak
+ * (key_strength.h): the reason says which, the detail names the certificate. */
+static int strong_enough(mt_strength s, const char *why, mt_tls_peer *peer) {
+  if (s == MT_STRENGTH_OK) return 1;
+  peer->failure = s == MT_STRENGTH_WEAK_KEY ? MT_REASON_WEAK_KEY : MT_REASON_WEAK_SIGNATURE;
+  snprintf(peer->detail, sizeof(peer->detail), "%s", why);
+  return 0;
+}
+
 /* X.509 path validation of |leaf| against one trust domain's roots
  * (|trust_key| names them, chain_cache.h): by a remembered intermediate
- * when the chain cache may answer, else in full. */
+ * when the chain cache may answer, else in full. Only strong paths are
+ * remembered, so a cached answer leaves just the leaf to judge. */
 static int verify_chain(X509_STORE *store, const uint8_t trust_key[32], X509 *leaf,
                         STACK_OF(X509) * untrusted, mt_svid_role role, int purpose,
                         mt_tls_peer *peer) {
   time_t now = time(NULL);
+  char why[sizeof(peer->detail)];
   if (mt_chain_cache_verify(mt_chain_cache_global(), trust_key, leaf, untrusted, purpose, now,
-                            &peer->not_after))
-    return 1;
+                            &peer->not_after)) {
+    char what[sizeof(why) - 8];
+    mt_strength s = mt_cert_strength(leaf, 0, what, sizeof(what));
+    if (s != MT_STRENGTH_OK) snprintf(why, sizeof(why), "leaf: %s", what);
+    return strong_enough(s, why, peer);
+  }
   X509_STORE_CTX *ctx = X509_STORE_CTX_new();
   int ok =
       ctx != NULL && X509_STORE_CTX_init(ctx, store, leaf, untrusted) &&
       X509_STORE_CTX_set_default(ctx, role == MT_SVID_ROLE_CLIENT ? "ssl_client" : "ssl_server");
   if (ok) ok = X509_verify_cert(ctx) == 1;
-  /* What a resumed session may rely on: the whole path's earliest expiry. */
-  if (ok) {
-    peer->not_after = mt_tls_chain_not_after(X509_STORE_CTX_get0_chain(ctx), now);
-    mt_chain_cache_remember(mt_chain_cache_global(), trust_key, X509_STORE_CTX_get0_chain(ctx),
-                            now);
-  }
   if (!ok) {
     int err = ctx ? X509_STORE_CTX_get_error(ctx) : X509_V_ERR_OUT_OF_MEM;
     peer->failure = reason_from_x509(err);
     snprintf(peer->detail, sizeof(peer->detail), "certificate chain: %s",
              X509_verify_cert_error_string(err));
+  }
+  STACK_OF(X509) *path = ok ? X509_STORE_CTX_get0_chain(ctx) : NULL;
+  if (ok) ok = strong_enough(mt_chain_strength(path, why, sizeof(why)), why, peer);
+  /* What a resumed session may rely on: the whole path's earliest expiry. */
+  if (ok) {
+    peer->not_after = mt_tls_chain_not_after(path, now);
+    mt_chain_cache_remember(mt_chain_cache_global(), trust_key, path, now);
   }
   X509_STORE_CTX_free(ctx);
   return ok;
@@ -234,10 +262,17 @@ static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
   if (!SSL_CTX_set_min_proto_version(ctx, (uint16_t)config->tls_min_version) ||
       !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
       !SSL_CTX_set1_curves_list(ctx, kCurves) ||
+      !SSL_CTX_set_verify_algorithm_prefs(ctx, kVerifyAlgorithms,
+                                          sizeof(kVerifyAlgorithms) / sizeof(kVerifyAlgorithms[0])) ||
       !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers))
     return 0;
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
+  /* 0-RTT data could be replayed and reaches us before the peer is
+   * authenticated: never accepted (BoringSSL's default, stated here). A
+   * BoringSSL server never renegotiates and a client's default is
+   * ssl_renegotiate_never, so TLS 1.2 (where configured) cannot either. */
+  SSL_CTX_set_early_data_enabled(ctx, 0);
   return 1;
 }
 

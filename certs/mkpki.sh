@@ -24,7 +24,9 @@ per WORKLOAD, signed by the intermediate.
   --trust-domain TD       SPIFFE trust domain (default: example.org)
   --validity-minutes N    leaf lifetime in minutes (default: 60); the leaf's
                           notBefore is one minute in the past
-  --bad                   also write the adversarial cases to DIR/bad/CASE/
+  --bad                   also write the adversarial cases to DIR/bad/CASE/ (broken
+                          or weak: RSA-1024, P-521, SHA-1 leaf or intermediate), and
+                          strong non-default keys to DIR/strong/{rsa2048,p384}/
   --control-plane         also write what mtls-ca needs: DIR/control-plane/chain.pem
                           and key.pem (server SVID spiffe://TD/ns/mtls-system/sa/mtls-ca,
                           DNS SAN mtls-ca, signed by the intermediate, valid as long as
@@ -184,12 +186,23 @@ run() {
     fi
 }
 
-# genkey FILE : new ECDSA P-256 key, PKCS#8 PEM, mode 600 from the start.
+# Key type and signature digest of what is made next; only the adversarial
+# cases change them (KEYSPEC=rsa:1024 bad_case ...).
+KEYSPEC=ec:P-256
+SIGN_MD=sha256
+
+# genkey FILE : new key as KEYSPEC says (ec:CURVE or rsa:BITS), PKCS#8 PEM,
+# mode 600 from the start.
 genkey() {
     (
         umask 077
-        run openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
-            -pkeyopt ec_param_enc:named_curve -out "$1"
+        case $KEYSPEC in
+            ec:*) run openssl genpkey -algorithm EC -pkeyopt "ec_paramgen_curve:${KEYSPEC#ec:}" \
+                -pkeyopt ec_param_enc:named_curve -out "$1" ;;
+            rsa:*) run openssl genpkey -algorithm RSA -pkeyopt "rsa_keygen_bits:${KEYSPEC#rsa:}" \
+                -out "$1" ;;
+            *) die "internal: bad KEYSPEC $KEYSPEC" ;;
+        esac
     )
     chmod 600 -- "$1"
 }
@@ -215,7 +228,7 @@ sign() {
     run openssl req -new -key "$key" -subj "$subj" -out "$TMP/req.csr"
     local issuer=(-cert "$icert" -keyfile "$ikey")
     [[ $icert != - ]] || issuer=(-selfsign -keyfile "$key")
-    run openssl ca -batch -notext -preserveDN -md sha256 \
+    run openssl ca -batch -notext -preserveDN -md "$SIGN_MD" \
         "${issuer[@]}" -in "$TMP/req.csr" -out "$out" \
         -startdate "$start" -enddate "$end" -extfile "$ext" -extensions ext
 }
@@ -349,7 +362,7 @@ done
 bad_case() {
     local case=$1 idtext=$2 san=$3 basic=$4 ku=$5 start=$6 end=$7
     local icert=${8:-$INT_PEM} ikey=${9:-$INT_KEY} tail=${10:-$INT_PEM}
-    local dir=$OUT/bad/$case stage=$TMP/b
+    local dir=$OUT/${CASE_ROOT:-bad}/$case stage=$TMP/b
     rm -rf -- "$stage"
     mkdir -p -- "$stage" "$dir"
     issue "$stage/key.pem" "$stage/cert.pem" "bad-${case#bad-}" "$san" \
@@ -393,6 +406,30 @@ if ((BAD)); then
         "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END" \
         "$TMP/evil-int.pem" "$TMP/evil-int.key" "$TMP/evil-int.pem"
     install_file "$TMP/evil-root.pem" "$OUT/bad/unknown-root/root.pem"
+
+    # Weak cryptography in an otherwise valid chain of our CA (the agent
+    # refuses it as weak_key / weak_signature).
+    KEYSPEC=rsa:1024 bad_case weak-rsa "$base/weak-rsa" "URI:$base/weak-rsa" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END"
+    KEYSPEC=ec:P-521 bad_case p521 "$base/p521" "URI:$base/p521" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END"
+    SIGN_MD=sha1 bad_case sha1-leaf "$base/sha1-leaf" "URI:$base/sha1-leaf" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END"
+    # An intermediate of our root signed with SHA-1 (its own key is fine).
+    genkey "$TMP/sha1-int.key"
+    extfile "$TMP/int.ext" "$CA_BASIC, pathlen:0" "$CA_KU" "" "$CA_SAN"
+    SIGN_MD=sha1 sign "$TMP/sha1-int.key" "/O=mtlsd development/CN=mtlsd dev SHA-1 intermediate $TD" \
+        "$TMP/int.ext" "$CA_START" "$CA_END" "$TMP/sha1-int.pem" "$ROOT_PEM" "$ROOT_KEY"
+    bad_case sha1-intermediate "$base/sha1-intermediate" "URI:$base/sha1-intermediate" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END" \
+        "$TMP/sha1-int.pem" "$TMP/sha1-int.key" "$TMP/sha1-int.pem"
+
+    # The strong alternatives to P-256, in DIR/strong/CASE/, are accepted
+    # (their IDs are frontend's, so a policy that admits frontend admits them).
+    CASE_ROOT=strong KEYSPEC=rsa:2048 bad_case rsa2048 "$base/frontend" "URI:$base/frontend" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END"
+    CASE_ROOT=strong KEYSPEC=ec:P-384 bad_case p384 "$base/frontend" "URI:$base/frontend" \
+        "$LEAF_BASIC" "$LEAF_KU" "$LEAF_START" "$LEAF_END"
 fi
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 #include "controlplane/signer.h"
 
 #include "agent/errmsg.h"
+#include "agent/key_strength.h"
 #include "agent/x509_util.h"
 
 #include <stdarg.h>
@@ -28,7 +29,6 @@
 
 enum {
   MT_SIGNER_SERIAL_BYTES = 16, /* 128 random bits (RFC 5280 allows up to 20 octets) */
-  MT_SIGNER_MIN_RSA_BITS = 2048,
   MT_SIGNER_MAX_RSA_BITS = 8192, /* bounds the cost of checking a CSR */
   MT_SIGNER_SECONDS_PER_DAY = 86400,
 };
@@ -103,6 +103,12 @@ static int mt_signer_check_issuer(X509 *issuer, EVP_PKEY *key, char *err, size_t
     mt_errmsg_set(err, err_len, "issuer key does not match the issuer certificate");
     return 0;
   }
+  char why[200];
+  if (mt_cert_strength(issuer, mt_signer_is_self_signed(issuer), why, sizeof(why)) !=
+      MT_STRENGTH_OK) {
+    mt_errmsg_set(err, err_len, "issuer certificate: %s (agents would refuse what it signs)", why);
+    return 0;
+  }
   uint32_t flags = X509_get_extension_flags(issuer);
   if ((flags & EXFLAG_INVALID) || !(flags & EXFLAG_BCONS) || !(flags & EXFLAG_CA)) {
     mt_errmsg_set(err, err_len, "issuer certificate is not a CA (basicConstraints cA)");
@@ -127,6 +133,13 @@ static int mt_signer_check_chain(X509 *issuer, STACK_OF(X509) * chain, char *err
     ERR_clear_error();
     if (!ok) {
       mt_errmsg_set(err, err_len, "chain certificate %zu did not sign the one before it", i + 1);
+      return 0;
+    }
+    char why[200];
+    if (mt_cert_strength(parent, mt_signer_is_self_signed(parent), why, sizeof(why)) !=
+        MT_STRENGTH_OK) {
+      mt_errmsg_set(err, err_len, "chain certificate %zu: %s (agents would refuse the chain)",
+                    i + 1, why);
       return 0;
     }
     child = parent;
@@ -295,26 +308,20 @@ done:
   return req;
 }
 
-static int mt_signer_check_leaf_key(EVP_PKEY *pub, char *err, size_t err_len) {
-  int bits = EVP_PKEY_bits(pub);
-  if (EVP_PKEY_id(pub) == EVP_PKEY_EC) {
-    const EC_GROUP *group = EC_KEY_get0_group(EVP_PKEY_get0_EC_KEY(pub));
-    if (group != NULL && EC_GROUP_get_curve_name(group) == NID_X9_62_prime256v1) {
-      return 1;
-    }
-    mt_errmsg_set(err, err_len, "CSR key is an EC key not on P-256");
+/* The agents' rule (key_strength.h) plus an upper bound on RSA, so that no
+ * huge key is ever used for a verification here. */
+static int mt_signer_check_csr_strength(X509_REQ *req, EVP_PKEY *pub, char *err, size_t err_len) {
+  char why[200];
+  if (mt_csr_strength(req, why, sizeof(why)) != MT_STRENGTH_OK) {
+    mt_errmsg_set(err, err_len, "CSR refused: %s", why);
     return 0;
   }
-  if (EVP_PKEY_id(pub) == EVP_PKEY_RSA) {
-    if (bits >= MT_SIGNER_MIN_RSA_BITS && bits <= MT_SIGNER_MAX_RSA_BITS) {
-      return 1;
-    }
-    mt_errmsg_set(err, err_len, "CSR key is RSA with %d bits; %d to %d are accepted", bits,
-                  MT_SIGNER_MIN_RSA_BITS, MT_SIGNER_MAX_RSA_BITS);
+  if (EVP_PKEY_id(pub) == EVP_PKEY_RSA && EVP_PKEY_bits(pub) > MT_SIGNER_MAX_RSA_BITS) {
+    mt_errmsg_set(err, err_len, "CSR refused: RSA key of %d bits, more than %d",
+                  EVP_PKEY_bits(pub), MT_SIGNER_MAX_RSA_BITS);
     return 0;
   }
-  mt_errmsg_set(err, err_len, "CSR key is neither EC P-256 nor RSA");
-  return 0;
+  return 1;
 }
 
 /* The CSR's public key, once its type is acceptable and the CSR's signature
@@ -324,7 +331,7 @@ static EVP_PKEY *mt_signer_csr_key(X509_REQ *req, char *err, size_t err_len) {
   EVP_PKEY *pub = X509_REQ_get_pubkey(req);
   if (pub == NULL) {
     mt_errmsg_set(err, err_len, "CSR public key cannot be decoded");
-  } else if (mt_signer_check_leaf_key(pub, err, err_len)) {
+  } else if (mt_signer_check_csr_strength(req, pub, err, err_len)) {
     if (X509_REQ_verify(req, pub) == 1) {
       ERR_clear_error();
       return pub;

@@ -324,6 +324,39 @@ def test_malformed_csr_is_invalid_argument(ca, msgs, pki):
     assert "bad CSR" in details
 
 
+WEAK_CSRS = {
+    # name: (openssl req arguments for the key and digest, what the refusal names)
+    "rsa-1024": (["-newkey", "rsa:1024", "-sha256"], "RSA key of 1024 bits, fewer than 2048"),
+    "p-521": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521", "-sha256"],
+              "EC key on secp521r1, not P-256 or P-384"),
+    "sha1-signed": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-sha1"],
+                    "signed with ecdsa-with-SHA1: SHA-256 or stronger is required"),
+}
+
+
+@pytest.mark.parametrize("case", list(WEAK_CSRS))
+def test_weak_csr_is_invalid_argument_with_a_message(ca, msgs, pki, tmp_path, case):
+    args, named = WEAK_CSRS[case]
+    openssl("req", "-new", *args, "-nodes", "-subj", "/CN=weak", "-keyout", tmp_path / "k.pem",
+            "-out", tmp_path / "csr.pem")
+    code, details = refused(ca, msgs, token=mint_token(pki["token_key"]),
+                            csr=(tmp_path / "csr.pem").read_text())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"bad CSR: CSR refused: {named}", details
+    logged = wait_until(lambda: [l for l in ca.access_lines()
+                                 if l["status"] == "INVALID_ARGUMENT" and l["message"] == details],
+                        "the refusal in the access log")
+    assert logged[-1]["reason"] == "bad_csr"
+
+
+def test_p384_csr_is_signed(ca, msgs, pki, tmp_path):
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes",
+            "-subj", "/CN=p384", "-keyout", tmp_path / "k.pem", "-out", tmp_path / "csr.pem")
+    resp = create(ca, msgs, token=mint_token(pki["token_key"]),
+                  csr=(tmp_path / "csr.pem").read_text())
+    assert leaf_of(resp).public_key().curve.name == "secp384r1"
+
+
 def test_empty_csr_is_invalid_argument(ca, msgs, pki):
     code, details = refused(ca, msgs, token=mint_token(pki["token_key"]), csr="")
     assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -293,6 +293,19 @@ BAD_CERT_CASES = {
     "unknown-root": ("bad/unknown-root", "unknown_ca"),
     "bad-key-usage": ("bad/bad-keyusage", "bad_key_usage"),
     "bad-spiffe-id": ("bad/bad-spiffe-id", "bad_spiffe_id"),
+    "rsa-1024": ("bad/weak-rsa", "weak_key"),
+    "p-521": ("bad/p521", "weak_key"),
+    "sha1-leaf": ("bad/sha1-leaf", "weak_signature"),
+    "sha1-intermediate": ("bad/sha1-intermediate", "weak_signature"),
+}
+
+# What the access log's detail says for the weak cases: which certificate, and why.
+WEAK_CERT_DETAILS = {
+    "rsa-1024": "leaf: RSA key of 1024 bits, fewer than 2048",
+    "p-521": "leaf: EC key on secp521r1, not P-256 or P-384",
+    "sha1-leaf": "leaf: signed with ecdsa-with-SHA1: SHA-256 or stronger is required",
+    "sha1-intermediate":
+        "intermediate 1: signed with ecdsa-with-SHA1: SHA-256 or stronger is required",
 }
 
 
@@ -746,6 +759,9 @@ def tls_client_context(pki, cert_dir=None, chain_file="chain.pem"):
     ctx.check_hostname = False  # SPIFFE SVIDs carry a URI SAN, no DNS name
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(str(pki.bundle))
+    # Debian's OpenSSL would refuse to present a weak certificate at all; the
+    # agent is the one under test, so the client presents what it is given.
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     if cert_dir is not None:
         ctx.load_cert_chain(str(Path(cert_dir) / chain_file), str(Path(cert_dir) / "key.pem"))
     ctx.set_alpn_protocols(["mtlsd"])

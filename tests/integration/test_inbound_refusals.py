@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     BAD_CERT_CASES,
     WAIT,
+    WEAK_CERT_DETAILS,
     Agent,
     App,
     addr,
@@ -87,7 +88,29 @@ def test_client_certificate_refused(pki, backend, case):
         assert line["peer_id"] == spiffe_id("other")
     if reason == "unknown_trust_domain":
         assert line["peer_id"] == "spiffe://other.org/ns/default/sa/intruder"
+    if case in WEAK_CERT_DETAILS:
+        assert line["detail"] == WEAK_CERT_DETAILS[case], json.dumps(line)
     assert app.connection_count == before, "a refused client reached the application"
+
+
+@pytest.mark.parametrize("case", ["rsa2048", "p384"])
+def test_strong_keys_other_than_p256_are_accepted(pki, backend, case):
+    """RSA-2048 and P-384 client certificates (frontend's ID) are served."""
+    agent, app, port_in = backend
+    ctx = tls_client_context(pki, pki.root / "strong" / case)
+    raw = connect(port_in)
+    local = addr(raw)
+    with ctx.wrap_socket(raw) as tls:
+        tls.sendall(b"strong enough\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = tls.recv(4096)
+            assert chunk, "connection closed before the echo"
+            got += chunk
+    assert got == b"strong enough\n"
+    line = agent.wait_log(direction="inbound", source=local)
+    assert (line["decision"], line["reason"]) == ("allow", "ok"), json.dumps(line)
+    assert line["peer_id"] == spiffe_id("frontend")
 
 
 def test_no_client_certificate_refused(pki, backend):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import (
     BAD_CERT_CASES,
+    WEAK_CERT_DETAILS,
     addr,
     base_config,
     cert_serial,
@@ -45,7 +46,9 @@ def start_s_server(procs, pki, tmp_path, workload, port, ca_file=None, cert_dir=
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}",
          "-cert", wl / "cert.pem", "-cert_chain", issuers, "-key", wl / "key.pem",
          "-CAfile", ca_file or pki.bundle, "-Verify", "1", "-verify_return_error",
-         "-tls1_3", "-alpn", "mtlsd", "-rev", "-naccept", "1"],
+         "-tls1_3", "-alpn", "mtlsd", "-rev", "-naccept", "1",
+         # present weak certificates too: the agent is the one judging them
+         "-cipher", "DEFAULT:@SECLEVEL=0"],
         stdout=log, stderr=subprocess.STDOUT)
     log.close()
 
@@ -117,6 +120,28 @@ def test_server_certificate_refused(pki, agents, procs, tmp_path, case):
         assert line["detail"] == "KEY_USAGE_BIT_INCORRECT", json.dumps(line)
     else:
         assert int(line["peer_serial"], 16) == cert_serial(pki.root / cert_dir / "cert.pem")
+    if case in WEAK_CERT_DETAILS:
+        assert line["detail"] == WEAK_CERT_DETAILS[case], json.dumps(line)
+
+
+@pytest.mark.parametrize("case", ["rsa2048", "p384"])
+def test_server_with_a_strong_non_default_key_is_accepted(pki, agents, procs, tmp_path, case):
+    server_port, port_out = free_port(), free_port()
+    start_s_server(procs, pki, tmp_path, case, server_port, cert_dir=pki.root / "strong" / case)
+    frontend = agents("frontend", base_config(
+        pki, workload="frontend",
+        outbound=outbound_section(port_out, server_port, expected_id=spiffe_id("frontend"))))
+    with connect(port_out) as sock:
+        local = addr(sock)
+        sock.sendall(b"hello mesh\n")
+        got = b""
+        while not got.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            assert chunk, "closed before the reply"
+            got += chunk
+    assert got == b"hsem olleh\n"
+    line = frontend.wait_log(direction="outbound", source=local)
+    assert (line["decision"], line["reason"]) == ("allow", "ok"), json.dumps(line)
 
 
 @pytest.mark.parametrize("mode", ["expected-id", "trust-domain-fallback"])

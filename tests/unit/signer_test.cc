@@ -163,10 +163,11 @@ std::string Pem(const char *label, const std::string &der) {
 
 // A CSR carrying |public_key| but signed by |signing_key| (the same key for a
 // well-formed CSR), without extensions: the things agent/csr refuses to make.
-std::string HandmadeCsrDer(EVP_PKEY *public_key, EVP_PKEY *signing_key) {
+std::string HandmadeCsrDer(EVP_PKEY *public_key, EVP_PKEY *signing_key,
+                           const EVP_MD *md = EVP_sha256()) {
   bssl::UniquePtr<X509_REQ> req(X509_REQ_new());
   EXPECT_TRUE(X509_REQ_set_pubkey(req.get(), public_key));
-  EXPECT_TRUE(X509_REQ_sign(req.get(), signing_key, EVP_sha256()));
+  EXPECT_TRUE(X509_REQ_sign(req.get(), signing_key, md));
   uint8_t *der = nullptr;
   int len = i2d_X509_REQ(req.get(), &der);
   EXPECT_GT(len, 0);
@@ -175,8 +176,9 @@ std::string HandmadeCsrDer(EVP_PKEY *public_key, EVP_PKEY *signing_key) {
   return out;
 }
 
-std::string HandmadeCsr(EVP_PKEY *public_key, EVP_PKEY *signing_key) {
-  return Pem("CERTIFICATE REQUEST", HandmadeCsrDer(public_key, signing_key));
+std::string HandmadeCsr(EVP_PKEY *public_key, EVP_PKEY *signing_key,
+                        const EVP_MD *md = EVP_sha256()) {
+  return Pem("CERTIFICATE REQUEST", HandmadeCsrDer(public_key, signing_key, md));
 }
 
 // ---- Signing and checking -----------------------------------------------------
@@ -557,11 +559,29 @@ TEST(SignerSignCsr, RefusesWeakOrOtherCsrKeys) {
   Key rsa1024 = NewRsaKey(1024);
   Issued r = Sign(s.get(), HandmadeCsr(rsa1024.get(), rsa1024.get()));
   EXPECT_FALSE(r.ok);
-  EXPECT_NE(std::string::npos, r.err.find("1024")) << r.err;
-  Key p384 = NewEcKey(NID_secp384r1);
-  r = Sign(s.get(), HandmadeCsr(p384.get(), p384.get()));
+  EXPECT_NE(std::string::npos, r.err.find("RSA key of 1024 bits")) << r.err;
+  Key p521 = NewEcKey(NID_secp521r1);
+  r = Sign(s.get(), HandmadeCsr(p521.get(), p521.get()));
   EXPECT_FALSE(r.ok);
-  EXPECT_NE(std::string::npos, r.err.find("P-256")) << r.err;
+  EXPECT_NE(std::string::npos, r.err.find("not P-256 or P-384")) << r.err;
+}
+
+TEST(SignerSignCsr, RefusesCsrSignedWithSha1) {
+  SignerPtr s = DefaultSigner();
+  Key key = NewEcKey();
+  Issued r = Sign(s.get(), HandmadeCsr(key.get(), key.get(), EVP_sha1()));
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(std::string::npos, r.err.find("SHA-256 or stronger")) << r.err;
+}
+
+TEST(SignerSignCsr, SignsP384AndRsa2048Csrs) {
+  SignerPtr s = DefaultSigner();
+  Key p384 = NewEcKey(NID_secp384r1);
+  Issued r = Sign(s.get(), HandmadeCsr(p384.get(), p384.get()));
+  EXPECT_TRUE(r.ok) << r.err;
+  Key rsa2048 = NewRsaKey(2048);
+  r = Sign(s.get(), HandmadeCsr(rsa2048.get(), rsa2048.get()));
+  EXPECT_TRUE(r.ok) << r.err;
 }
 
 TEST(SignerSignCsr, RefusesInvalidEntitledIds) {
@@ -636,6 +656,14 @@ TEST(SignerChain, RsaIssuerSignsWithSha256) {
 }
 
 // ---- Construction -------------------------------------------------------------------
+
+TEST(SignerNew, RefusesAWeakIssuer) {
+  Key weak = NewRsaKey(1024);
+  Cert ca = MakeCert(CertSpec{"weak CA"}, weak.get(), ThePki().root.get(), ThePki().root_key.get());
+  std::string err;
+  EXPECT_TRUE(NewSigner(ca.get(), weak.get(), {ThePki().root.get()}, &err) == nullptr);
+  EXPECT_NE(std::string::npos, err.find("RSA key of 1024 bits")) << err;
+}
 
 TEST(SignerNew, RefusesKeyThatDoesNotMatchTheCertificate) {
   Key other = NewEcKey();
