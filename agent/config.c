@@ -20,6 +20,7 @@
 
 enum {
   DEFAULT_MAX_CONNECTIONS = 10000,
+  DEFAULT_HANDSHAKES_PER_SOURCE = 256,
   DEFAULT_RELOAD_INTERVAL_MS = 1000,
   DEFAULT_HANDSHAKE_TIMEOUT_MS = 10000,
   DEFAULT_CONNECT_TIMEOUT_MS = 5000,
@@ -974,6 +975,8 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "workers") == 0) return want_int(pc, v, key, 0, MAX_WORKERS, &c->workers);
   if (strcmp(key, "max_connections") == 0)
     return want_int(pc, v, key, 1, 1000000, &c->max_connections);
+  if (strcmp(key, "handshakes_per_source") == 0)
+    return want_int(pc, v, key, 0, 1000000, &c->handshakes_per_source);
   if (strcmp(key, "log_level") == 0) return parse_log_level(pc, v, &c->log_level);
   if (strcmp(key, "access_log") == 0) return want_string(pc, v, key, &c->access_log);
   if (strcmp(key, "identity") == 0) return each_pair(pc, v, "identity", on_identity_key, c);
@@ -1083,6 +1086,7 @@ static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
 
 static void set_defaults(mt_config *c) {
   c->max_connections = DEFAULT_MAX_CONNECTIONS;
+  c->handshakes_per_source = DEFAULT_HANDSHAKES_PER_SOURCE;
   c->log_level = MT_LOG_INFO;
   c->reload_interval_ms = DEFAULT_RELOAD_INTERVAL_MS;
   c->tls_min_version = TLS1_3_VERSION;

@@ -129,6 +129,9 @@ typedef struct {
   char *trust_domain;
   int workers;         /* 0 = one per core */
   int max_connections; /* whole agent */
+  /* Inbound handshakes one source address may have in progress, whole
+   * agent (each worker enforces its share); 0 = no limit. */
+  int handshakes_per_source;
   mt_log_level log_level;
   char *access_log; /* path, or "-" for stdout */
 

@@ -197,8 +197,15 @@ void mt_conn_hold_over(mt_conn *conn) {
   end_hold(conn, 1);
 }
 
+void mt_conn_leave_handshake_share(mt_conn *conn) {
+  if (!conn->holds_source_slot) return;
+  conn->holds_source_slot = 0;
+  mt_worker_give_source_slot(conn->worker, (const struct sockaddr *)&conn->source);
+}
+
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail) {
   end_hold(conn, 0);
+  mt_conn_leave_handshake_share(conn);
   write_access_record(conn, reason, detail);
   mt_worker_metrics *metrics = mt_worker_metrics_of(conn->worker);
   if (conn->state == MT_CONN_HANDSHAKING && !conn->handshake_done)
@@ -297,6 +304,7 @@ mt_handshake_result mt_conn_handshake(mt_conn *conn, mt_endpoint *ep) {
       return MT_HANDSHAKE_FAILED;
     }
     conn->handshake_done = 1;
+    mt_conn_leave_handshake_share(conn);
     mt_metrics_handshake_mode(mt_worker_metrics_of(conn->worker), conn->direction,
                               conn->peer.resumed);
     const char *cipher;

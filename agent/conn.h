@@ -88,6 +88,7 @@ struct mt_conn {
   struct sockaddr_storage endpoint;
   const char *endpoint_id;
   int admitted;         /* passed verification and policy */
+  int holds_source_slot; /* inbound: counted among its source's handshakes */
   const char *rule;     /* static or owned by the config snapshot */
   mt_conn *prev, *next; /* worker's list of live connections */
   /* Waiting for a certificate (MT_CONN_AWAITING_IDENTITY): */
@@ -103,6 +104,11 @@ struct mt_conn {
 /* Creates a connection for accepted socket |fd|; takes |fd| in every case. */
 mt_conn *mt_conn_new(mt_worker *worker, mt_direction direction, int fd,
                      const struct sockaddr *source, mt_conn_event_fn on_event);
+
+/* The connection's handshake phase is over (done, or a permissive port
+ * admitted it without one): gives back its source slot, if it holds one
+ * (mt_worker_take_source_slot). Idempotent; mt_conn_close calls it too. */
+void mt_conn_leave_handshake_share(mt_conn *conn);
 
 /* Ends the connection (see header comment); |detail| may be NULL. */
 void mt_conn_close(mt_conn *conn, mt_reason reason, const char *detail);

@@ -122,6 +122,7 @@ static int is_permissive(const mt_config *config, uint16_t port) {
 static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
   mt_identity *identity = destination_identity(conn);
   if (identity == NULL) return; /* held: no snapshot means no policy to consult yet */
+  mt_conn_leave_handshake_share(conn);
   conn->identity = mt_identity_ref(identity);
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
   mt_decision d =
@@ -218,6 +219,14 @@ void mt_inbound_accept(mt_worker *worker, const mt_listener_config *listener, in
                        const struct sockaddr *source) {
   mt_conn *conn = mt_conn_new(worker, MT_DIR_INBOUND, fd, source, on_event);
   if (conn == NULL) return;
+  /* Before anything else costs us: one source cannot hold every handshake. */
+  if (!mt_worker_take_source_slot(worker, source)) {
+    mt_conn_close(conn, MT_REASON_SOURCE_LIMIT,
+                  "this source address already has its share of handshakes in progress "
+                  "(handshakes_per_source)");
+    return;
+  }
+  conn->holds_source_slot = 1;
   if (!resolve_target(conn, listener)) {
     mt_conn_close(conn, MT_REASON_NO_ORIGINAL_DST,
                   "listener expects redirected traffic but the socket has no original "

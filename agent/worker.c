@@ -19,6 +19,7 @@
 #include "agent/mem_trim.h"
 #include "agent/outbound.h"
 #include "agent/relay.h"
+#include "agent/source_share.h"
 
 enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64, ACCEPT_PAUSE_MS = 100 };
 
@@ -46,6 +47,7 @@ struct mt_worker {
   mt_workloads *workloads;    /* node mode: owned reference; NULL = none */
   mt_buffer_pool *buffers;    /* relay buffers, lent to connections while bytes are in flight */
   mt_mem_trim *trim;          /* gives freed memory back after a burst */
+  mt_source_share *handshakes; /* inbound handshakes in progress per source address */
   uint64_t random_state;      /* mt_worker_random's generator (splitmix64) */
   int stopping;
   mt_conn *conns;
@@ -111,6 +113,18 @@ mt_identity *mt_worker_identity_for(mt_worker *w, const struct sockaddr *workloa
   mt_identity *id = mt_workloads_find(w->workloads, workload);
   if (id != NULL && (double)mt_identity_not_after(id) <= ev_now(w->loop)) return NULL;
   return id;
+}
+
+/* Each worker enforces its share of the agent-wide limit: the kernel spreads
+ * one source's connections over the workers (SO_REUSEPORT hashes ports too). */
+int mt_worker_take_source_slot(mt_worker *w, const struct sockaddr *source) {
+  unsigned limit = (unsigned)w->config->handshakes_per_source;
+  if (limit != 0) limit = (unsigned)((limit + w->pool->count - 1) / w->pool->count);
+  return mt_source_share_take(w->handshakes, source, limit);
+}
+
+void mt_worker_give_source_slot(mt_worker *w, const struct sockaddr *source) {
+  mt_source_share_give(w->handshakes, source);
 }
 
 void mt_worker_link(mt_worker *w, mt_conn *conn) {
@@ -327,8 +341,9 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   w->listeners = calloc(w->num_listeners, sizeof(listener));
   w->buffers = mt_relay_buffer_pool_new(max_conns);
   if (w->loop != NULL) w->trim = mt_mem_trim_new(w->loop, w->buffers);
+  w->handshakes = mt_source_share_new();
   if (w->loop == NULL || w->listeners == NULL || w->metrics == NULL || w->buffers == NULL ||
-      w->trim == NULL) {
+      w->trim == NULL || w->handshakes == NULL) {
     snprintf(err, err_len, "out of memory creating a worker");
     return 0;
   }
@@ -362,6 +377,7 @@ static void free_worker(mt_worker *w) {
     ev_loop_destroy(w->loop);
   }
   mt_buffer_pool_free(w->buffers);
+  mt_source_share_free(w->handshakes);
   free(w->listeners);
   mt_identity_unref(w->identity);
   mt_identity_unref(w->pending_identity);

@@ -83,6 +83,11 @@ mt_demand *mt_worker_demand(mt_worker *worker);
 uint64_t mt_worker_random(mt_worker *worker);
 struct mt_buffer_pool *mt_worker_buffers(mt_worker *worker); /* the relay buffers */
 struct mt_mem_trim *mt_worker_mem_trim(mt_worker *worker);
+/* A slot among the inbound handshakes |source| may have in progress on this
+ * worker (its share of handshakes_per_source): 1 taken (give it back once
+ * with mt_worker_give_source_slot), 0 refused. */
+int mt_worker_take_source_slot(mt_worker *worker, const struct sockaddr *source);
+void mt_worker_give_source_slot(mt_worker *worker, const struct sockaddr *source);
 void mt_worker_link(mt_worker *worker, mt_conn *conn);
 void mt_worker_unlink(mt_worker *worker, mt_conn *conn);
 /* The held list (see mt_conn_hold): every connection on it has its resume
