@@ -73,6 +73,8 @@ struct mt_worker_metrics {
   counter holds_ended[NUM_DIRS][2];               /* [0] closed while held, [1] resumed */
   counter hold_bucket[NUM_DIRS][MAX_BUCKETS + 1]; /* wait time, handshake buckets */
   counter hold_sum_us[NUM_DIRS];
+  counter accept_pauses;    /* episodes begun */
+  counter accept_paused_us; /* summed when an episode ends */
   keyed_table decisions[NUM_DIRS][NUM_ACTIONS];
   keyed_table tls[NUM_DIRS]; /* key "version cipher" */
 };
@@ -173,7 +175,14 @@ static void keyed_collect(keyed_sum *s, keyed_table *t) {
 }
 
 /* Plain sums over every worker, taken once per scrape. */
+void mt_metrics_accept_paused(mt_worker_metrics *m) { bump(&m->accept_pauses, 1); }
+
+void mt_metrics_accept_resumed(mt_worker_metrics *m, double seconds) {
+  bump(&m->accept_paused_us, seconds > 0 ? (uint64_t)(seconds * 1e6) : 0);
+}
+
 typedef struct {
+  uint64_t accept_pauses, accept_paused_us;
   uint64_t opened[NUM_DIRS];
   uint64_t closed[NUM_DIRS][NUM_REASONS];
   uint64_t bytes[NUM_DIRS][2];
@@ -191,6 +200,8 @@ static void collect(totals *t, mt_worker_metrics *const *workers, size_t num_wor
   memset(t, 0, sizeof(*t));
   for (size_t w = 0; w < num_workers; w++) {
     mt_worker_metrics *m = workers[w];
+    t->accept_pauses += peek(&m->accept_pauses);
+    t->accept_paused_us += peek(&m->accept_paused_us);
     for (int d = 0; d < NUM_DIRS; d++) {
       /* Closed before opened: opened only grows, so active never reads negative. */
       for (int r = 0; r < NUM_REASONS; r++) t->closed[d][r] += peek(&m->closed[d][r]);
@@ -290,6 +301,21 @@ static void render_handshakes(mt_text *out, const totals *t) {
     render_histogram(out, "mtlsd_handshake_duration_seconds", d, t->hs_bucket[d], t->hs_sum_us[d]);
 }
 
+/* Accepting stopped for want of file descriptors or memory (worker.c). */
+static void render_accept_pauses(mt_text *out, const totals *t) {
+  mt_text_printf(out,
+                 "# HELP mtlsd_accept_pauses_total Times a listener stopped accepting because "
+                 "the process had no file descriptor (EMFILE/ENFILE) or memory left; it "
+                 "retries with a backoff by itself.\n"
+                 "# TYPE mtlsd_accept_pauses_total counter\n"
+                 "mtlsd_accept_pauses_total %llu\n"
+                 "# HELP mtlsd_accept_paused_seconds_total Time listeners spent paused so "
+                 "(counted when each pause ends).\n"
+                 "# TYPE mtlsd_accept_paused_seconds_total counter\n"
+                 "mtlsd_accept_paused_seconds_total %.6f\n",
+                 (unsigned long long)t->accept_pauses, (double)t->accept_paused_us / 1e6);
+}
+
 /* Connections that arrived before a certificate for their workload. */
 static void render_holds(mt_text *out, const totals *t) {
   mt_text_printf(out,
@@ -377,6 +403,7 @@ void mt_metrics_render(mt_text *out, mt_worker_metrics *const *workers, size_t n
   render_connections(out, &t);
   render_handshakes(out, &t);
   render_holds(out, &t);
+  render_accept_pauses(out, &t);
   render_keyed(out, workers, num_workers);
   mt_tls_resume_render_metrics(out);
   mt_chain_cache *chains = mt_chain_cache_global();

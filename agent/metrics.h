@@ -52,6 +52,11 @@ void mt_metrics_decision(mt_worker_metrics *m, mt_direction dir, mt_action actio
 void mt_metrics_hold_began(mt_worker_metrics *m, mt_direction dir);
 void mt_metrics_hold_ended(mt_worker_metrics *m, mt_direction dir, int resumed, double seconds);
 
+/* A listener stopped accepting for want of descriptors or memory (an
+ * episode began), and accepted again after |seconds| (it ended). */
+void mt_metrics_accept_paused(mt_worker_metrics *m);
+void mt_metrics_accept_resumed(mt_worker_metrics *m, double seconds);
+
 /* Handshake latency buckets (upper bounds, seconds), shared with tests. */
 extern const double mt_handshake_buckets[];
 extern const size_t mt_num_handshake_buckets;

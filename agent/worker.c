@@ -21,12 +21,21 @@
 #include "agent/relay.h"
 #include "agent/source_share.h"
 
-enum { LISTEN_BACKLOG = 1024, ACCEPTS_PER_EVENT = 64, ACCEPT_PAUSE_MS = 100 };
+enum {
+  LISTEN_BACKLOG = 1024,
+  ACCEPTS_PER_EVENT = 64,
+  ACCEPT_PAUSE_FIRST_MS = 10, /* out of descriptors: first pause, doubled each retry... */
+  ACCEPT_PAUSE_MAX_MS = 1000, /* ...up to this */
+  ACCEPT_EPISODE_QUIET_MS = 3000, /* an episode ends this long after its last refusal */
+};
 
 typedef struct {
   int fd;
   ev_io io;
-  ev_timer pause; /* out of file descriptors: stop accepting for a moment */
+  ev_timer pause;          /* out of file descriptors: stop accepting for a moment */
+  int pause_ms;            /* the current pause of an episode */
+  ev_tstamp paused_since;  /* when the episode began; 0 = accepting normally */
+  ev_tstamp last_refusal;  /* the episode's latest EMFILE/ENFILE */
   const mt_listener_config *config;
   int inbound;
   mt_worker *worker;
@@ -191,12 +200,41 @@ static void on_pause_over(struct ev_loop *loop, ev_timer *t, int revents) {
 }
 
 /* With no descriptor left, a level-triggered listener would wake the loop
- * forever; park it briefly instead. */
-static void pause_listener(listener *l) {
-  MT_LOG_W("accept: %s; pausing the listener for %d ms", strerror(errno), ACCEPT_PAUSE_MS);
-  ev_io_stop(l->worker->loop, &l->io);
-  ev_timer_set(&l->pause, ACCEPT_PAUSE_MS / 1000.0, 0.0);
-  ev_timer_start(l->worker->loop, &l->pause);
+ * forever; park it instead, retrying after 10 ms, 20 ms, ... 1 s until an
+ * accept works again. One episode, one warning and one count, however long
+ * it lasts (the pending connections wait in the kernel's backlog). */
+static void pause_listener(listener *l, int err) {
+  mt_worker *w = l->worker;
+  if (l->paused_since == 0) {
+    char where[MT_SOCKADDR_TEXT_MAX];
+    mt_sockaddr_format((const struct sockaddr *)&l->config->listen.addr, where, sizeof(where));
+    MT_LOG_W("accept on %s: %s; pausing this listener and retrying with a backoff "
+             "(%d ms doubling to %d ms) until descriptors are free again",
+             where, strerror(err), ACCEPT_PAUSE_FIRST_MS, ACCEPT_PAUSE_MAX_MS);
+    l->paused_since = ev_now(w->loop);
+    l->pause_ms = ACCEPT_PAUSE_FIRST_MS;
+    mt_metrics_accept_paused(w->metrics);
+  } else {
+    l->pause_ms = l->pause_ms * 2 > ACCEPT_PAUSE_MAX_MS ? ACCEPT_PAUSE_MAX_MS : l->pause_ms * 2;
+  }
+  l->last_refusal = ev_now(w->loop);
+  ev_io_stop(w->loop, &l->io);
+  ev_timer_set(&l->pause, l->pause_ms / 1000.0, 0.0);
+  ev_timer_start(w->loop, &l->pause);
+}
+
+/* An accept worked: the next pause starts short again. The episode is over
+ * when the backlog is empty (|drained|) or nothing was refused for a while;
+ * until then a refusal continues it (no new warning, no new count). */
+static void end_pause(listener *l, int drained) {
+  if (l->paused_since == 0) return;
+  l->pause_ms = ACCEPT_PAUSE_FIRST_MS / 2;
+  ev_tstamp now = ev_now(l->worker->loop);
+  if (!drained && now - l->last_refusal < ACCEPT_EPISODE_QUIET_MS / 1000.0) return;
+  double seconds = now - l->paused_since;
+  l->paused_since = 0;
+  mt_metrics_accept_resumed(l->worker->metrics, seconds);
+  MT_LOG_D("accepting again after %.3f s without descriptors", seconds);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
@@ -210,11 +248,14 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents) {
     int fd = accept4(l->fd, (struct sockaddr *)&src, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        pause_listener(l);
-      else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        pause_listener(l, errno);
+      else if (errno == EAGAIN || errno == EWOULDBLOCK)
+        end_pause(l, 1);
+      else if (errno != EINTR && errno != ECONNABORTED)
         MT_LOG_W("accept: %s", strerror(errno));
       return;
     }
+    end_pause(l, 0);
     if (w->num_conns >= w->max_conns) {
       mt_conn *conn = mt_conn_new(w, l->inbound ? MT_DIR_INBOUND : MT_DIR_OUTBOUND, fd,
                                   (struct sockaddr *)&src, NULL);

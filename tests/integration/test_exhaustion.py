@@ -8,6 +8,8 @@ counters on /metrics, /proc/PID/fd and /proc/PID/status."""
 import json
 import os
 import socket
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -91,3 +93,67 @@ def test_one_source_gets_its_share_of_handshakes_and_no_more(pki, agents, apps):
     after = scrape(agent)
     assert moved(before, after, "mtlsd_connections_closed_total", direction="inbound",
                  reason="source_limit") == 1
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_out_of_descriptors_pauses_accepting_without_spinning_and_resumes(pki, agents, apps):
+    """With its descriptor limit lowered (prlimit) and more connections than
+    it can take, the agent stops accepting: one warning and one counted
+    episode however long it lasts, no busy loop (CPU time stays flat), and
+    once descriptors are free again it accepts by itself."""
+    app = apps("echo")
+    port_in = free_port()
+    agent = agents("backend", base_config(
+        pki, inbound=inbound_section(port_in, app.port), policy=frontend_only_policy(app.port),
+        workers=1, log_level="info"))
+    pid = agent.proc.pid
+    headroom = 8
+    limit = open_fds(pid) + headroom
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True,
+                   timeout=WAIT)
+    before = scrape(agent)
+
+    held = [connect(port_in) for _ in range(headroom + 12)]  # more than the agent can accept
+    try:
+        wait_until(lambda: "pausing this listener" in agent.stderr(),
+                   "the agent to log that it paused accepting")
+        # Paused, not spinning: over two seconds the agent uses a fraction of
+        # a CPU (a level-triggered listener at EMFILE would use all of one).
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(2.0)
+        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        assert cpu1 - cpu0 < 0.25 * (t1 - t0), \
+            f"{cpu1 - cpu0:.2f} s of CPU in {t1 - t0:.2f} s while out of descriptors"
+        assert open_fds(pid) <= limit
+    finally:
+        for s in held:
+            s.close()
+
+    # Descriptors come back as the agent sees those clients leave; it must
+    # then accept by itself (the connections still in the backlog, then ours).
+    ctx = tls_client_context(pki, pki.workload("frontend"))
+
+    def served():
+        try:
+            raw = connect(port_in)
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(b"back\n")
+                return tls.recv(16) == b"back\n"
+        except (OSError, ssl.SSLError):
+            return False
+
+    wait_until(served, "a client to be served after the descriptors came back")
+    text = agent.stderr()
+    assert text.count("pausing this listener") == 1, text[-3000:]
+    after = scrape(agent)
+    assert moved(before, after, "mtlsd_accept_pauses_total") == 1
+    assert moved(before, after, "mtlsd_accept_paused_seconds_total") > 0
