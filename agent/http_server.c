@@ -25,13 +25,15 @@
 #include <unistd.h>
 
 #include "agent/log.h"
+#include "agent/low_fds.h"
 
 enum {
   LISTEN_BACKLOG = 64,
   LOG_BURST = 10,               /* refusal log lines per second, per server */
   LINGER_MAX_BYTES = 64 * 1024, /* read and dropped after a closing answer */
   HEAD_OUT_MAX = 512,           /* the status line and headers we write */
-  TEXT_BODY_MAX = 256           /* the server's own refusal bodies */
+  TEXT_BODY_MAX = 256,          /* the server's own refusal bodies */
+  LOW_FDS = 4,                  /* connections kept on low descriptor numbers */
 };
 static const double kLingerTimeoutS = 2.0;
 static const double kAcceptPauseS = 1.0; /* out of descriptors: stop accepting this long */
@@ -76,6 +78,7 @@ struct mt_http_server {
   ev_io accept_io;
   ev_timer accept_pause; /* accept failed for want of resources */
   conn *conns;
+  mt_low_fds *low_fds; /* connections on low descriptor numbers (low_fds.h) */
   mt_http_server_stats stats;
   char name[64]; /* the bound address, for log lines */
   ev_tstamp log_window;
@@ -160,7 +163,7 @@ static void conn_close(conn *c) {
   mt_http_server *s = c->server;
   ev_io_stop(s->loop, &c->io);
   ev_timer_stop(s->loop, &c->timer);
-  close(c->fd);
+  mt_low_fds_close(s->low_fds, c->fd);
   if (c->prev != NULL)
     c->prev->next = c->next;
   else
@@ -407,6 +410,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
       close(fd);
       continue;
     }
+    fd = mt_low_fds_take(s->low_fds, fd);
     c->server = s;
     c->fd = fd;
     c->state = CONN_READING;
@@ -470,6 +474,8 @@ mt_http_server *mt_http_server_new(struct ev_loop *loop, const struct sockaddr *
   }
   s->loop = loop;
   s->limits = *limits;
+  /* Without the reserve (no /dev/null?) connections keep their numbers. */
+  s->low_fds = mt_low_fds_new(limits->max_connections < LOW_FDS ? limits->max_connections : LOW_FDS);
   s->handler = handler;
   s->arg = arg;
   struct sockaddr_storage bound;
@@ -506,5 +512,6 @@ void mt_http_server_free(mt_http_server *server) {
   ev_io_stop(server->loop, &server->accept_io);
   ev_timer_stop(server->loop, &server->accept_pause);
   close(server->fd);
+  mt_low_fds_free(server->low_fds);
   free(server);
 }

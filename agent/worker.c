@@ -3,6 +3,7 @@
 #include "agent/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -59,6 +60,10 @@ struct mt_worker {
   mt_source_share *handshakes; /* inbound handshakes in progress per source address */
   uint64_t random_state;      /* mt_worker_random's generator (splitmix64) */
   int stopping;
+  int refresh_requested; /* idle after a burst: replace the loop (refresh_loop) */
+  /* The thread this one took over from (hand_over), joined on start. */
+  pthread_t predecessor;
+  int has_predecessor;
   mt_conn *conns;
   size_t num_conns, max_conns;
   mt_conn *held; /* connections waiting for an identity */
@@ -335,12 +340,95 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents) {
   if (stop) begin_stop(w, drain_ms);
 }
 
+/* mem_trim found this worker idle after a burst: leave ev_run so that
+ * worker_main can replace the loop. */
+static void on_idle_after_burst(void *arg) {
+  mt_worker *w = arg;
+  w->refresh_requested = 1;
+  ev_break(w->loop, EVBREAK_ALL);
+}
+
+/* libev sizes a loop's per-descriptor table for the highest descriptor it
+ * ever watched (16,000 after a burst of 8,000 proxied connections) and its
+ * event, pending and timer arrays for the most it ever held, and never
+ * shrinks them: about 1 MB per worker that would stay resident for good.
+ * An idle worker moves its few watchers (listeners, mailbox) to a fresh
+ * loop and destroys the old one, then trims. The main thread sends to the
+ * mailbox only under the pool lock, so it never sees a loop being
+ * destroyed; a send that reached the old loop is picked up right after. */
+static int refresh_loop(mt_worker *w) {
+  if (w->num_conns != 0 || w->stopping) return 0;
+  for (size_t i = 0; i < w->num_listeners; i++)
+    if (ev_is_active(&w->listeners[i].pause)) return 0; /* out of descriptors: not now */
+  struct ev_loop *fresh = ev_loop_new(EVFLAG_AUTO);
+  mt_mem_trim *trim = fresh ? mt_mem_trim_new(fresh, w->buffers, on_idle_after_burst, w) : NULL;
+  if (trim == NULL) {
+    if (fresh != NULL) ev_loop_destroy(fresh);
+    return 0;
+  }
+  struct ev_loop *old = w->loop;
+  pthread_mutex_lock(&w->pool->lock);
+  ev_async_stop(old, &w->wake);
+  for (size_t i = 0; i < w->num_listeners; i++) ev_io_stop(old, &w->listeners[i].io);
+  mt_mem_trim_free(w->trim);
+  w->trim = trim;
+  w->loop = fresh;
+  ev_async_start(fresh, &w->wake);
+  for (size_t i = 0; i < w->num_listeners; i++)
+    if (w->listeners[i].fd >= 0) ev_io_start(fresh, &w->listeners[i].io);
+  pthread_mutex_unlock(&w->pool->lock);
+  ev_loop_destroy(old);
+  on_wake(fresh, &w->wake, 0);
+  return 1;
+}
+
+static void *worker_main(void *arg);
+
+/* glibc's per-thread cache keeps up to 7 freed chunks of each small size
+ * for its thread; after a burst they sit all over the arena and pin its
+ * pages (0.3-0.7 MB per worker, measured), and only the thread's exit
+ * gives them back. So an idle worker, its loop replaced, continues on a
+ * new thread: the successor joins this one, whose cache is then back in
+ * the arena, and trims. Not once a stop is requested: mt_workers_stop
+ * joins whichever thread runs the worker when it reads w->thread under the
+ * lock, and nobody else joins that one. 1 when this thread must return. */
+static int hand_over(mt_worker *w) {
+  pthread_mutex_lock(&w->pool->lock);
+  int handed = 0;
+  if (!w->stop_requested) {
+    w->predecessor = pthread_self();
+    w->has_predecessor = 1;
+    pthread_t next; /* inherits this thread's blocked signals and sandbox */
+    handed = pthread_create(&next, NULL, worker_main, w) == 0;
+    if (handed)
+      w->thread = next;
+    else
+      w->has_predecessor = 0;
+  }
+  pthread_mutex_unlock(&w->pool->lock);
+  return handed;
+}
+
 /* The watchers were started by setup_worker before this thread existed: an
  * ev_async_send that arrives before ev_run is then kept, not lost (starting
  * an ev_async clears any pending send). */
 static void *worker_main(void *arg) {
   mt_worker *w = arg;
-  ev_run(w->loop, 0);
+  if (w->has_predecessor) { /* set before this thread was created */
+    pthread_join(w->predecessor, NULL);
+    w->has_predecessor = 0;
+    malloc_trim(0);
+  }
+  for (;;) {
+    ev_run(w->loop, 0);
+    if (!w->refresh_requested || w->stopping) break; /* a stopping worker's loop ends for good */
+    w->refresh_requested = 0;
+    if (refresh_loop(w)) {
+      MT_LOG_D("worker idle after a burst: event loop replaced");
+      if (hand_over(w)) return NULL;
+    }
+    malloc_trim(0);
+  }
   close_all(w, MT_REASON_SHUTDOWN);
   stop_listeners(w);
   atomic_fetch_add(&w->pool->finished, 1);
@@ -381,7 +469,7 @@ static int setup_worker(mt_workers *pool, mt_worker *w, mt_identity *identity, s
   w->num_listeners = c->num_inbound_listeners + c->num_outbound_listeners;
   w->listeners = calloc(w->num_listeners, sizeof(listener));
   w->buffers = mt_relay_buffer_pool_new(max_conns);
-  if (w->loop != NULL) w->trim = mt_mem_trim_new(w->loop, w->buffers);
+  if (w->loop != NULL) w->trim = mt_mem_trim_new(w->loop, w->buffers, on_idle_after_burst, w);
   w->handshakes = mt_source_share_new();
   if (w->loop == NULL || w->listeners == NULL || w->metrics == NULL || w->buffers == NULL ||
       w->trim == NULL || w->handshakes == NULL) {
@@ -493,11 +581,12 @@ mt_workers *mt_workers_start(mt_config *config, mt_identity *identity, mt_demand
 typedef void (*mailbox_put_fn)(mt_worker *w, void *arg);
 
 static void post_to_all(mt_workers *pool, mailbox_put_fn put, void *arg) {
+  /* Sent under the lock: a worker replaces its loop under it (refresh_loop). */
   pthread_mutex_lock(&pool->lock);
   for (size_t i = 0; i < pool->count; i++) put(&pool->workers[i], arg);
-  pthread_mutex_unlock(&pool->lock);
   for (size_t i = 0; i < pool->count; i++)
     if (pool->workers[i].loop) ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+  pthread_mutex_unlock(&pool->lock);
 }
 
 static void put_config(mt_worker *w, void *arg) {
@@ -537,11 +626,12 @@ void mt_workers_begin_stop(mt_workers *pool, int drain_ms) {
     pool->workers[i].stop_requested = 1;
     pool->workers[i].drain_ms = drain_ms;
   }
-  pthread_mutex_unlock(&pool->lock);
-  /* Wake every worker, so they all drain concurrently. */
+  /* Wake every worker, so they all drain concurrently (under the lock: see
+   * refresh_loop). */
   for (size_t i = 0; i < pool->count; i++)
     if (pool->workers[i].thread_started)
       ev_async_send(pool->workers[i].loop, &pool->workers[i].wake);
+  pthread_mutex_unlock(&pool->lock);
 }
 
 int mt_workers_drained(const mt_workers *pool) {
@@ -551,7 +641,14 @@ int mt_workers_drained(const mt_workers *pool) {
 void mt_workers_stop(mt_workers *pool, int drain_ms) {
   if (pool == NULL) return;
   mt_workers_begin_stop(pool, drain_ms);
-  for (size_t i = 0; i < pool->count; i++)
-    if (pool->workers[i].thread_started) pthread_join(pool->workers[i].thread, NULL);
+  for (size_t i = 0; i < pool->count; i++) {
+    if (!pool->workers[i].thread_started) continue;
+    /* Read under the lock: an idle worker may have moved to a new thread
+     * (hand_over), which it can no longer do now that a stop is requested. */
+    pthread_mutex_lock(&pool->lock);
+    pthread_t thread = pool->workers[i].thread;
+    pthread_mutex_unlock(&pool->lock);
+    pthread_join(thread, NULL);
+  }
   free_pool(pool);
 }

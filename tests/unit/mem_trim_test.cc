@@ -14,7 +14,7 @@ constexpr double kLongerThanTheTrimDelayS = 1.3;  // TRIM_DELAY_MS is 1000
 
 struct Bed {
   Bed() : loop(ev_loop_new(EVFLAG_AUTO)), pool(mt_buffer_pool_new(1024, 8, 8)) {
-    trim = mt_mem_trim_new(loop, pool);
+    trim = mt_mem_trim_new(loop, pool, nullptr, nullptr);
   }
   ~Bed() {
     mt_mem_trim_free(trim);
@@ -70,6 +70,37 @@ TEST(MemTrimTest, TrimsAgainOnlyAfterAnotherDrop) {
   for (int i = 0; i < 99; i++) mt_mem_trim_conn_closed(bed.trim);
   bed.RunPastTheDelay();
   EXPECT_EQ(mt_mem_trim_count(bed.trim), 2u);
+}
+
+struct IdleBed : Bed {
+  IdleBed() {
+    mt_mem_trim_free(trim);
+    trim = mt_mem_trim_new(loop, pool, [](void *arg) { ++*static_cast<int *>(arg); }, &idle_calls);
+  }
+  int idle_calls = 0;
+};
+
+TEST(MemTrimTest, AskForAFreshLoopOnceIdleAfterABurstEvenAfterASmallLastDrop) {
+  IdleBed bed;
+  for (int i = 0; i < 300; i++) mt_mem_trim_conn_opened(bed.trim);
+  for (int i = 0; i < 250; i++) mt_mem_trim_conn_closed(bed.trim);
+  bed.RunPastTheDelay();
+  ASSERT_EQ(mt_mem_trim_count(bed.trim), 1u);
+  EXPECT_EQ(bed.idle_calls, 0) << "50 connections are still open";
+  for (int i = 0; i < 50; i++) mt_mem_trim_conn_closed(bed.trim);  // fewer than a trim's drop
+  bed.RunPastTheDelay();
+  EXPECT_EQ(bed.idle_calls, 1);
+  bed.RunPastTheDelay();
+  EXPECT_EQ(bed.idle_calls, 1) << "once per burst";
+}
+
+TEST(MemTrimTest, NoFreshLoopAfterASmallBurst) {
+  IdleBed bed;
+  for (int i = 0; i < MT_MEM_TRIM_BURST_CONNS - 1; i++) mt_mem_trim_conn_opened(bed.trim);
+  for (int i = 0; i < MT_MEM_TRIM_BURST_CONNS - 1; i++) mt_mem_trim_conn_closed(bed.trim);
+  bed.RunPastTheDelay();
+  EXPECT_EQ(mt_mem_trim_count(bed.trim), 1u);
+  EXPECT_EQ(bed.idle_calls, 0);
 }
 
 }  // namespace
