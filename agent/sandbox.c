@@ -133,8 +133,15 @@ static const int allowed[] = {
  * clones (not a thread) and ptraces; the ASan runtime also reads
  * /proc/self/{maps,task} and names its threads. */
 static const int allowed_asan[] = {
-    SCMP_SYS(ptrace), SCMP_SYS(wait4),          SCMP_SYS(prctl),     SCMP_SYS(getppid),
-    SCMP_SYS(kill),   SCMP_SYS(sched_getparam), SCMP_SYS(getrlimit), SCMP_SYS(prlimit64),
+    SCMP_SYS(getdents), /* the sanitizer runtime's own directory reads */
+    SCMP_SYS(ptrace),
+    SCMP_SYS(wait4),
+    SCMP_SYS(prctl),
+    SCMP_SYS(getppid),
+    SCMP_SYS(kill),
+    SCMP_SYS(sched_getparam),
+    SCMP_SYS(getrlimit),
+    SCMP_SYS(prlimit64),
 };
 #endif
 
