@@ -249,6 +249,8 @@ def test_kill9_under_traffic_resets_clients_keeps_rules_and_restart_serves(bed, 
     for kind, took in outcomes:
         assert kind in ("eof", "reset") and took < RESET_WAIT_S, outcomes
     record_property(f"{pod}_kill_outcomes", str(outcomes))
+    print(f"\n{pod} killed: clients saw " +
+          ", ".join(f"{kind} after {took * 1000:.0f} ms" for kind, took in outcomes))
     assert_new_connection_refused_or_closed(bed)
     assert {p: nat_rules(bed, p) for p in rules} == rules, "the nat rules changed"
 
