@@ -962,6 +962,31 @@ static int parse_admin(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   return 1;
 }
 
+/* ---- security --------------------------------------------------------- */
+
+static int on_security_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "seccomp") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    /* The spellings of mt_seccomp_mode_str (config.c links without sandbox.c
+     * in the config fuzzer). */
+    static const struct {
+      const char *text;
+      mt_seccomp_mode mode;
+    } modes[] = {{"true", MT_SECCOMP_ON}, {"false", MT_SECCOMP_OFF}, {"log", MT_SECCOMP_LOG}};
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+      if (strcmp(s, modes[i].text) == 0) {
+        c->seccomp = modes[i].mode;
+        return 1;
+      }
+    }
+    return fail(pc, v, "'security.seccomp' must be true, false or log, not '%s'", s);
+  }
+  return fail(pc, k, "unknown key 'security.%s'", key);
+}
+
 static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                       void *target) {
   mt_config *c = target;
@@ -998,6 +1023,7 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "node") == 0) return parse_node(pc, v, c);
   if (strcmp(key, "interception") == 0) return parse_interception(pc, v, c);
   if (strcmp(key, "admin") == 0) return parse_admin(pc, v, c);
+  if (strcmp(key, "security") == 0) return each_pair(pc, v, "security", on_security_key, c);
   return fail(pc, k, "unknown key '%s'", key);
 }
 
@@ -1104,6 +1130,7 @@ static void set_defaults(mt_config *c) {
   c->cp_keepalive_ms = DEFAULT_CP_KEEPALIVE_MS;
   c->cp_watch = 1;
   c->admin_enabled = 1;
+  c->seccomp = MT_SECCOMP_ON;
   mt_sockaddr_parse("127.0.0.1", &c->admin_address, 0);
   ((struct sockaddr_in *)&c->admin_address.addr)->sin_port = htons(DEFAULT_ADMIN_PORT);
   mt_sockaddr_parse("127.0.0.1", &c->inbound_app_address, 0);
@@ -1403,6 +1430,8 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
                                              n->inbound_listeners, n->num_inbound_listeners)},
       {"outbound.listeners", listeners_differ(o->outbound_listeners, o->num_outbound_listeners,
                                               n->outbound_listeners, n->num_outbound_listeners)},
+      /* The filter is installed once, at start, and cannot be lifted. */
+      {"security.seccomp", o->seccomp != n->seccomp},
       {"admin", o->admin_enabled != n->admin_enabled ||
                     addr_differs(&o->admin_address, &n->admin_address) ||
                     o->has_admin_telemetry_address != n->has_admin_telemetry_address ||

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "agent/policy.h"
+#include "agent/sandbox.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -203,6 +204,9 @@ typedef struct {
   char *node_name;
   mt_node_workload_config *node_workloads;
   size_t num_node_workloads;
+
+  /* security: what the running agent may still do (agent/sandbox.h). */
+  mt_seccomp_mode seccomp;
 
   int has_interception; /* the optional `interception:` section is present */
   mt_interception_config interception;

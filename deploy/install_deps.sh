@@ -14,6 +14,7 @@ PACKAGES=(
   libev-dev
   libyaml-dev
   libjansson-dev
+  libseccomp-dev
   googletest
   clang
   libclang-rt-14-dev

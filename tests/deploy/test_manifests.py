@@ -59,7 +59,7 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 IN_CLUSTER_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 MESH_LABEL = ("mtlsd.io/mesh", "enabled")
 RUNTIME_PACKAGES = {"android-libboringssl", "libev4", "libyaml-0-2", "libnghttp2-14",
-                    "libprotobuf-c1", "libjansson4",
+                    "libprotobuf-c1", "libjansson4", "libseccomp2",
                     "iptables"}
 # What the runtime base image (debian:bookworm-slim) already has.
 BASE_IMAGE_PACKAGES = {"libc6", "libstdc++6", "libgcc-s1"}

@@ -437,6 +437,42 @@ TEST_F(ConfigTest, AdminStaysOnLoopbackUnlessAllowed) {
   mt_config_free(c);
 }
 
+TEST_F(ConfigTest, SeccompIsOnByDefaultAndTakesTrueFalseOrLog) {
+  mt_config *c = Load(kMinimal);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_EQ(c->seccomp, MT_SECCOMP_ON);
+  mt_config_free(c);
+  const struct {
+    const char *text;
+    mt_seccomp_mode mode;
+  } cases[] = {{"true", MT_SECCOMP_ON}, {"false", MT_SECCOMP_OFF}, {"log", MT_SECCOMP_LOG}};
+  for (const auto &t : cases) {
+    c = Load(std::string(kMinimal) + "security:\n  seccomp: " + t.text + "\n");
+    ASSERT_NE(c, nullptr) << error_;
+    EXPECT_EQ(c->seccomp, t.mode) << t.text;
+    mt_config_free(c);
+  }
+  EXPECT_EQ(Load(std::string(kMinimal) + "security:\n  seccomp: maybe\n"), nullptr);
+  EXPECT_NE(error_.find(At(12) + "'security.seccomp' must be true, false or log, not 'maybe'"),
+            std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "security:\n  capabilities: all\n"), nullptr);
+  EXPECT_NE(error_.find(At(12) + "unknown key 'security.capabilities'"), std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, SeccompChangeNeedsARestart) {
+  mt_config *a = Load(kMinimal);
+  ASSERT_NE(a, nullptr) << error_;
+  mt_config *b = Load(std::string(kMinimal) + "security:\n  seccomp: false\n");
+  ASSERT_NE(b, nullptr) << error_;
+  char out[256];
+  EXPECT_EQ(mt_config_restart_changes(a, b, out, sizeof(out)), 1);
+  EXPECT_STREQ(out, "security.seccomp");
+  mt_config_free(a);
+  mt_config_free(b);
+}
+
 TEST_F(ConfigTest, ReloadNamesSettingsThatNeedARestart) {
   mt_config *a = Load(kMinimal);
   ASSERT_NE(a, nullptr) << error_;
