@@ -44,6 +44,7 @@ static const int allowed[] = {
     SCMP_SYS(close),
     SCMP_SYS(lseek),
     SCMP_SYS(fcntl),
+    SCMP_SYS(dup3), /* low_fds.c: admin connections moved onto reserved low numbers */
     SCMP_SYS(ioctl),
     /* Files read after start: config and certificate reloads, the control
      * plane's token, /etc/{hosts,resolv.conf,nsswitch.conf,gai.conf} for DNS,
