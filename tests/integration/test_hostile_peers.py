@@ -462,6 +462,7 @@ LIMIT_CONNECT = HANDSHAKE_MS + CONNECT_MS + 5000
 
 def test_garbage_instead_of_client_hello(bed):
     b, before = bed
+    n_before = b.apps["echo"].connection_count
     with client_socket() as sock:
         sock.connect(("127.0.0.1", b.ports["echo"]))
         source = addr(sock)
@@ -469,7 +470,7 @@ def test_garbage_instead_of_client_hello(bed):
         got, how = observe_end(sock)
     assert got == b""
     expect_end(bed, before, source, "plaintext_on_strict_port", limit_ms=LIMIT_HANDSHAKE)
-    assert b.apps["echo"].connection_count == 1  # only the warm-up call
+    assert b.apps["echo"].connection_count == n_before
 
 
 def test_garbage_inside_a_tls_record(bed):
@@ -497,24 +498,79 @@ def test_record_longer_than_the_limit(bed):
                limit_ms=LIMIT_HANDSHAKE)
 
 
-def test_client_hello_message_beyond_the_limit(bed):
-    """A ClientHello whose handshake header claims 200 000 bytes (more than
-    the agent accepts for any handshake message), sent as full records: it is
-    refused at the header, not buffered."""
+def send_big_hello(sock, claimed, records):
+    """A ClientHello header claiming |claimed| bytes, then |records| full
+    16 KiB records of it; stops quietly once the agent has closed."""
+    sock.sendall(b"\x16\x03\x01\x00\x04" + b"\x01" + claimed.to_bytes(3, "big"))
+    try:
+        for _ in range(records):
+            sock.sendall(b"\x16\x03\x01\x40\x00" + bytes(0x4000))
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("claimed", [20000, 200000])
+def test_client_hello_message_beyond_the_limit(bed, claimed):
+    """A ClientHello whose handshake header claims more than the agent
+    accepts from an unauthenticated peer (16 KiB) is refused at the header,
+    not buffered until the rest comes (the rest never does here)."""
     b, before = bed
     with client_socket() as sock:
         sock.connect(("127.0.0.1", b.ports["echo"]))
         source = addr(sock)
-        sock.sendall(b"\x16\x03\x01\x00\x04" + b"\x01" + (200000).to_bytes(3, "big"))
-        try:
-            for _ in range(13):  # bounded; the agent closes long before
-                sock.sendall(b"\x16\x03\x01\x40\x00" + bytes(0x4000))
-        except OSError:
-            pass
+        send_big_hello(sock, claimed, min(claimed // 0x4000, 6))
         got, how = observe_end(sock)
     assert_no_data(got)
     expect_end(bed, before, source, "handshake_failed", detail="EXCESSIVE_MESSAGE_SIZE",
                limit_ms=LIMIT_HANDSHAKE)
+
+
+def test_oversized_real_client_hello_is_refused(pki, bed):
+    """A real client whose ClientHello carries a 60 KiB ALPN list."""
+    b, before = bed
+    ctx = frontend_ctx(pki)
+    ctx.set_alpn_protocols(["mtlsd"] + [f"p{i:05d}-" + "x" * 200 for i in range(300)])
+    raw = client_socket()
+    raw.connect(("127.0.0.1", b.ports["echo"]))
+    source = addr(raw)
+    n_before = b.apps["echo"].connection_count
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        with ctx.wrap_socket(raw) as tls:
+            tls.sendall(b"served?\n")
+            tls.recv(100)
+    raw.close()
+    expect_end(bed, before, source, "handshake_failed", detail="EXCESSIVE_MESSAGE_SIZE",
+               limit_ms=LIMIT_HANDSHAKE)
+    assert b.apps["echo"].connection_count == n_before
+
+
+def test_large_client_hellos_cannot_pin_the_agents_memory(bed):
+    """100 unauthenticated connections each sending 96 KiB of one claimed
+    ClientHello: each is refused at its header, so the agent's memory does
+    not grow with them (with BoringSSL's default 100 KiB limit each one held
+    ~400 KiB until the handshake deadline)."""
+    b, before = bed
+    n = 100
+    rss_before = rss_bytes(b.agent)
+    socks, sources = [], []
+    try:
+        for _ in range(n):
+            sock = client_socket()
+            socks.append(sock)
+            sock.connect(("127.0.0.1", b.ports["echo"]))
+            sources.append(addr(sock))
+            send_big_hello(sock, 99000, 6)
+        for source in sources:
+            line = b.agent.wait_log(direction="inbound", source=source)
+            assert (line["reason"], line["detail"]) == (
+                "handshake_failed", "EXCESSIVE_MESSAGE_SIZE"), json.dumps(line)
+        grown = rss_bytes(b.agent) - rss_before
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grown < RSS_SLACK, f"agent RSS grew {grown / MIB:.1f} MiB for {n} refused hellos"
+    wait_until(lambda: closed(scrape(b.agent), "handshake_failed")
+               - closed(before, "handshake_failed") == n, "the refusals to be counted")
 
 
 @pytest.mark.parametrize("fragment", [37, 1])
