@@ -825,7 +825,8 @@ def test_app_that_never_accepts(pki, bed):
         tls.sendall(b"anyone there?\n")
         got, how = observe_end(tls)
     assert got == b""
-    line = expect_end(bed, before, source, "connect_timeout", limit_ms=LIMIT_CONNECT)
+    line = expect_end(bed, before, source, "connect_timeout", limit_ms=LIMIT_CONNECT,
+                      detail=f"TCP connect not answered within {CONNECT_MS} ms")
     assert line["decision"] == "allow" and line["duration_ms"] >= CONNECT_MS - 50
 
 
@@ -835,8 +836,11 @@ def test_app_that_resets_at_once(pki, bed):
     n_before = len(app.connections)
     tls, raw, source = tls_connect(pki, b.ports["reset"])
     with raw, tls:
-        tls.sendall(b"hello\n")
-        got, how = observe_end(tls)
+        try:  # the agent may have passed the app's reset on already
+            tls.sendall(b"hello\n")
+            got, how = observe_end(tls)
+        except OSError as e:
+            got, how = b"", repr(e)
     assert got == b""
     expect_end(bed, before, source, "upstream_error", limit_ms=LIMIT_CONNECT)
     assert len(app.connections) == n_before + 1
@@ -1093,13 +1097,20 @@ def test_flood_of_half_open_and_slowloris_is_cut_without_hurting_served_clients(
         if line["reason"] == "handshake_timeout":
             assert handshake_ms - 50 <= line["duration_ms"] <= handshake_ms + 5000, \
                 json.dumps(line)
-            timeouts[line["source"]] = timeouts.get(line["source"], 0) + 1
+            key = (line["source"], line["detail"])
+            timeouts[key] = timeouts.get(key, 0) + 1
+    half_open = f"no byte received within the {handshake_ms} ms handshake deadline"
+    slow = f"TLS handshake not finished within the {handshake_ms} ms handshake deadline"
     cuts = {}
     for source, kind, seconds in cut:
-        cuts[source] = cuts.get(source, 0) + 1
-    for source, n in cuts.items():
-        assert timeouts.get(source, 0) >= n, \
-            f"{source} was cut {n} times but has {timeouts.get(source, 0)} handshake_timeout lines"
+        # A slowloris client sends its first byte a second in; on a loaded
+        # machine it may not have before the deadline.
+        details = (half_open,) if kind == "half_open" else (slow, half_open)
+        cuts[(source, details)] = cuts.get((source, details), 0) + 1
+    for (source, details), n in cuts.items():
+        have = sum(timeouts.get((source, d), 0) for d in details)
+        assert have >= n, f"{source} was cut {n} times; handshake_timeout lines: {have}"
+    assert any(d == slow for _, d in timeouts), "no slowloris client was logged as such"
     after = scrape(backend)
     assert closed(after, "handshake_timeout") - closed(before, "handshake_timeout") >= len(cut)
     wait_until(lambda: active(backend) == 0 and active(frontend) == 0,
