@@ -396,6 +396,9 @@ def expect_end(bed_, before, source, reason, detail=None, limit_ms=None):
     counted once under that reason, and ended within |limit_ms|."""
     b, _ = bed_
     line = b.agent.wait_log(direction="inbound", source=source)
+    if isinstance(reason, tuple):  # either, by timing; the line says which
+        assert line["reason"] in reason, json.dumps(line)
+        reason = line["reason"]
     assert line["reason"] == reason, json.dumps(line)
     if detail is not None:
         assert detail in line["detail"], json.dumps(line)
@@ -839,10 +842,13 @@ def test_app_that_resets_at_once(pki, bed):
         try:  # the agent may have passed the app's reset on already
             tls.sendall(b"hello\n")
             got, how = observe_end(tls)
-        except OSError as e:
-            got, how = b"", repr(e)
+        except OSError:
+            got = b""
     assert got == b""
-    expect_end(bed, before, source, "upstream_error", limit_ms=LIMIT_CONNECT)
+    # The app's reset may reach the agent before it has seen its connect
+    # complete: the kernel then reports the connect itself as reset.
+    expect_end(bed, before, source, ("upstream_error", "connect_failed"),
+               detail="Connection reset by peer", limit_ms=LIMIT_CONNECT)
     assert len(app.connections) == n_before + 1
 
 
@@ -1070,6 +1076,10 @@ def test_flood_of_half_open_and_slowloris_is_cut_without_hurting_served_clients(
     before = scrape(backend)
 
     quiet = round_trips(port_out, 400, 3.0, 20000)
+    # The quiet phase warmed the backend up: its descriptors now are the
+    # ones it must come back to once the flood is over.
+    wait_until(lambda: active(backend) == 0, "the quiet phase's connection to end")
+    fds_before = open_fds(backend)
 
     new_conn_ok = 0
     with Flood(port_in, hello) as flood:
@@ -1082,7 +1092,7 @@ def test_flood_of_half_open_and_slowloris_is_cut_without_hurting_served_clients(
                 sock.connect(("127.0.0.1", port_out))
                 echo_once(sock, b"new connection during the flood\n")
                 new_conn_ok += 1
-        flood_open, opened = flood.open_now(), flood.opened
+        opened = flood.opened
     with flood.lock:
         cut = list(flood.cut)
 
@@ -1115,6 +1125,9 @@ def test_flood_of_half_open_and_slowloris_is_cut_without_hurting_served_clients(
     assert closed(after, "handshake_timeout") - closed(before, "handshake_timeout") >= len(cut)
     wait_until(lambda: active(backend) == 0 and active(frontend) == 0,
                "both agents' active gauges to return to 0")
+    wait_until(lambda: open_fds(backend) == fds_before,
+               "the backend's open descriptors to return to their count before the flood")
+    assert len(round_trips(port_out, 10, 0, 10)) == 10  # served after the flood
 
     figures = {
         "round_trips_quiet": len(quiet), "round_trips_flood": len(flooded),
