@@ -1038,7 +1038,8 @@ class Flood:
 
 def round_trips(port, count, min_seconds, max_count):
     """Over one established connection: request/response round trips, at
-    least |count| and for at least |min_seconds| (at most |max_count|).
+    least |count| and for at least |min_seconds| (at most |max_count| and
+    WAIT seconds).
     Returns the latencies in seconds."""
     latencies = []
     message = b"r" * 63 + b"\n"
@@ -1046,7 +1047,7 @@ def round_trips(port, count, min_seconds, max_count):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(("127.0.0.1", port))
         start = time.monotonic()
-        while len(latencies) < max_count and (
+        while len(latencies) < max_count and time.monotonic() - start < WAIT and (
                 len(latencies) < count or time.monotonic() - start < min_seconds):
             t = time.monotonic()
             sock.sendall(message)
