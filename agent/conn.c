@@ -39,6 +39,27 @@ static void on_endpoint_io(struct ev_loop *loop, ev_io *w, int revents) {
   conn->on_event(conn, ep, revents);
 }
 
+/* What the access log says about a deadline that passed, so a flood of
+ * half-open connections ("no byte received") tells itself apart from
+ * slow handshakes and from an app that does not answer. */
+static const char *deadline_detail(const mt_conn *conn, char *out, size_t len) {
+  const mt_config *config = mt_worker_config(conn->worker);
+  if (conn->peer.detail[0] != '\0') return NULL; /* the TLS side said more */
+  switch (conn->deadline_reason) {
+    case MT_REASON_HANDSHAKE_TIMEOUT:
+      snprintf(out, len, "%s within the %d ms handshake deadline",
+               conn->state == MT_CONN_PEEKING       ? "no byte received"
+               : conn->state == MT_CONN_HANDSHAKING ? "TLS handshake not finished"
+                                                    : "connection not established",
+               config->handshake_timeout_ms);
+      return out;
+    case MT_REASON_CONNECT_TIMEOUT:
+      snprintf(out, len, "TCP connect not answered within %d ms", config->connect_timeout_ms);
+      return out;
+    default: return NULL;
+  }
+}
+
 /* Before the relay phase the timer is a hard deadline; during it, an idle
  * timer that is re-armed lazily (libev's "last activity" pattern) so data
  * transfer never touches the timer heap. */
@@ -52,8 +73,9 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     mt_conn_close(conn, conn->hold_reason, detail);
     return;
   }
+  char detail[MT_TLS_DETAIL_MAX];
   if (conn->state != MT_CONN_RELAYING) {
-    mt_conn_close(conn, conn->deadline_reason, NULL);
+    mt_conn_close(conn, conn->deadline_reason, deadline_detail(conn, detail, sizeof(detail)));
     return;
   }
   ev_tstamp due = conn->last_activity + conn->idle_timeout_ms / 1000.0;
@@ -63,7 +85,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents) {
     ev_timer_again(loop, w);
     return;
   }
-  mt_conn_close(conn, MT_REASON_IDLE_TIMEOUT, NULL);
+  snprintf(detail, sizeof(detail), "no byte either way for %d ms", conn->idle_timeout_ms);
+  mt_conn_close(conn, MT_REASON_IDLE_TIMEOUT, detail);
 }
 
 static void endpoint_init(mt_conn *conn, mt_endpoint *ep, int fd) {

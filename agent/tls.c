@@ -258,7 +258,19 @@ static int on_alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+/* The largest handshake message a peer may send, its certificate chain
+ * included (BoringSSL's default is 100 KiB whenever the peer's chain is
+ * asked for, ClientHello included). A peer is unauthenticated until its
+ * chain is verified, and the agent buffers a message until it is whole: with
+ * 100 KiB an unauthenticated connection could hold ~400 KiB of the agent's
+ * memory for the whole handshake deadline. 16 KiB is BoringSSL's limit for
+ * every other handshake message and holds a chain of several RSA-4096
+ * certificates; a longer one fails as handshake_failed
+ * (EXCESSIVE_MESSAGE_SIZE). */
+enum { MAX_PEER_HANDSHAKE_MESSAGE_BYTES = 16 * 1024 };
+
 static int configure_protocol(SSL_CTX *ctx, const mt_config *config) {
+  SSL_CTX_set_max_cert_list(ctx, MAX_PEER_HANDSHAKE_MESSAGE_BYTES);
   if (!SSL_CTX_set_min_proto_version(ctx, (uint16_t)config->tls_min_version) ||
       !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
       !SSL_CTX_set1_curves_list(ctx, kCurves) ||
