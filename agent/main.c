@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "agent/admin.h"
@@ -21,7 +22,10 @@
 
 #define MTLSD_VERSION "0.1.0"
 
-enum { ERR_TEXT_MAX = 1024 };
+enum {
+  ERR_TEXT_MAX = 1024,
+  DESCRIPTOR_HEADROOM = 64, /* listeners, admin, logs, control plane, files */
+};
 
 typedef struct {
   mt_config *config; /* in force now (owned reference); replaced by a good reload */
@@ -369,6 +373,25 @@ static int lock_sandbox(const mt_config *config, char *err, size_t err_len) {
   return 1;
 }
 
+/* Each proxied connection takes two descriptors. Service managers often
+ * start processes with a soft limit of 1024 and a much higher hard one;
+ * take the hard one, and say when even that cannot hold max_connections
+ * (accepting then pauses at the limit: worker.c). */
+static void raise_descriptor_limit(const mt_config *config) {
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    struct rlimit raised = {lim.rlim_max, lim.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  rlim_t needed = (rlim_t)config->max_connections * 2 + DESCRIPTOR_HEADROOM;
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < needed)
+    MT_LOG_W("open file limit is %llu; max_connections %d needs about %llu (two per connection); "
+             "beyond the limit new connections wait in the listen backlog",
+             (unsigned long long)lim.rlim_cur, config->max_connections,
+             (unsigned long long)needed);
+}
+
 static int run(const char *path) {
   char err[ERR_TEXT_MAX];
   mt_config *config = mt_config_load(path, err, sizeof(err));
@@ -377,6 +400,7 @@ static int run(const char *path) {
     return 1;
   }
   mt_log_set_level(config->log_level);
+  raise_descriptor_limit(config);
   if (!enter_sandbox(config, path)) {
     mt_config_free(config);
     return 1;
