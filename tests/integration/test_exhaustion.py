@@ -20,6 +20,7 @@ from conftest import (
     addr,
     base_config,
     connect,
+    echo_once,
     free_port,
     frontend_only_policy,
     inbound_section,
@@ -43,13 +44,8 @@ def connect_from(source_ip, port):
 
 def tls_echo(ctx, sock, payload=b"fair share\n"):
     with ctx.wrap_socket(sock) as tls:
-        tls.sendall(payload)
-        got = b""
-        while not got.endswith(b"\n"):
-            chunk = tls.recv(4096)
-            assert chunk, "closed before the echo"
-            got += chunk
-    return got
+        echo_once(tls, payload)
+    return payload
 
 
 def test_one_source_gets_its_share_of_handshakes_and_no_more(pki, agents, apps):

@@ -21,6 +21,7 @@ from conftest import (
     base_config,
     cert_serial,
     connect,
+    echo_once,
     expect_refused_tls,
     free_port,
     frontend_only_policy,
@@ -101,13 +102,7 @@ def test_strong_keys_other_than_p256_are_accepted(pki, backend, case):
     raw = connect(port_in)
     local = addr(raw)
     with ctx.wrap_socket(raw) as tls:
-        tls.sendall(b"strong enough\n")
-        got = b""
-        while not got.endswith(b"\n"):
-            chunk = tls.recv(4096)
-            assert chunk, "connection closed before the echo"
-            got += chunk
-    assert got == b"strong enough\n"
+        echo_once(tls, b"strong enough\n")
     line = agent.wait_log(direction="inbound", source=local)
     assert (line["decision"], line["reason"]) == ("allow", "ok"), json.dumps(line)
     assert line["peer_id"] == spiffe_id("frontend")

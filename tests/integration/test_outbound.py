@@ -18,6 +18,7 @@ from conftest import (
     client_socket,
     connect,
     free_port,
+    recv_exactly,
     is_listening,
     frontend_only_policy,
     inbound_section,
@@ -134,12 +135,7 @@ def test_server_with_a_strong_non_default_key_is_accepted(pki, agents, procs, tm
     with connect(port_out) as sock:
         local = addr(sock)
         sock.sendall(b"hello mesh\n")
-        got = b""
-        while not got.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            assert chunk, "closed before the reply"
-            got += chunk
-    assert got == b"hsem olleh\n"
+        assert recv_exactly(sock, len(b"hsem olleh\n")) == b"hsem olleh\n"
     line = frontend.wait_log(direction="outbound", source=local)
     assert (line["decision"], line["reason"]) == ("allow", "ok"), json.dumps(line)
 
