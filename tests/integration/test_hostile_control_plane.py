@@ -39,6 +39,7 @@ RETRY_MAX_MS = 1000
 MIN_STEADY_RETRY_S = 0.8 * RETRY_MAX_MS / 1000
 RAMP_ATTEMPTS = 4      # 0.2, 0.4, 0.8 s before the delay reaches its maximum
 RSS_GROWTH_MAX = 64 << 20
+HOLD_S = 4             # each fault stays on at least this long after the first request it met
 
 # fault -> the refusal reason it must be counted under
 CERT_FAULTS = {
@@ -158,6 +159,21 @@ def hostile_pair(hostile, agents, apps, pki):
     return cp, frontend, backend, port_out
 
 
+def mesh_still_applies(cp, pki, backend, port_out):
+    """A refused certificate leaves the served one whole: a new mesh config
+    still rebuilds it (the backend judges by the new policy's rule)."""
+    port_in = backend.listener_ports()[0]
+    spec = mesh_spec(pki, backend_addr=f"127.0.0.1:{port_in}")
+    spec["policy"]["rules"][0]["name"] = "allow-frontend-v2"
+    cp.set_mesh(spec)
+
+    def judged_by_the_new_rule():
+        received, _ = roundtrip(port_out, b"new policy?")
+        assert received == b"new policy?"
+        return backend.find_log(direction="inbound", rule="allow-frontend-v2")
+    wait_until(judged_by_the_new_rule, "the backend to judge by the new mesh config's rule")
+
+
 def assert_pair_serves(port_out, what):
     payload = f"through the pair {what}".encode()
     received, _ = roundtrip(port_out, payload)
@@ -180,6 +196,9 @@ def test_a_hostile_certificate_answer_is_refused_and_the_agent_recovers(
     wait_until(lambda: refusals(frontend, "certificate", reason) >= 3,
                f"frontend to refuse three {fault} answers", timeout=TTL_S)
     first = min(t for t, p, f in cp.requests if p == CREATE and f == fault)
+    if fault != "goaway":  # (which refuses the Watch stream too)
+        mesh_still_applies(cp, cp_pki, backend, port_out)
+    wait_until(lambda: time.monotonic() - first >= HOLD_S, "the fault to last", interval=0.2)
     window = time.monotonic() - first
 
     # Still serving with the current certificate and policy.
@@ -231,13 +250,14 @@ def test_a_hostile_mesh_config_is_refused_and_the_agent_recovers(
     serial = served_serial(frontend)
     updates = {a: metric(a, "mtlsd_mesh_config_updates_total") for a in (frontend, backend)}
     cp.set_fault(fault)
+    switched = time.monotonic()
     # Both agents: the backend's policy is what would refuse frontend.
     wanted = 2 if fault in ("watch_oversized", "watch_bad_prefix") else 1  # it retried
     for agent in (frontend, backend):
         wait_until(lambda: refusals(agent, "watch", reason) >= wanted,
                    f"{agent.dir.name} to refuse {fault}", timeout=WAIT)
-    first = min(t for t, p, f in cp.requests if p == WATCH and f == fault) \
-        if cp.count(WATCH, fault=fault) else time.monotonic()
+    first = min([t for t, p, f in cp.requests if p == WATCH and f == fault] + [switched])
+    wait_until(lambda: time.monotonic() - first >= HOLD_S, "the fault to last", interval=0.2)
     window = time.monotonic() - first
 
     assert_pair_serves(port_out, f"during {fault}")
