@@ -39,6 +39,13 @@ static int node_certificates_ready(const mt_admin_view *v, char *why, size_t why
 }
 
 static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  const mt_cert_manager_stats *cp = v->control_plane;
+  if (v->identity == NULL && cp != NULL && cp->last_issued_at != 0) {
+    snprintf(why, why_len,
+             "not ready: the workload certificate expired without renewal; control plane: %s",
+             cp->last_error[0] != '\0' ? cp->last_error : "no answer");
+    return 0;
+  }
   if (v->identity == NULL) {
     snprintf(why, why_len, "not ready: no valid workload certificate yet (source: %s)",
              v->identity_source);

@@ -379,3 +379,24 @@ def test_a_ca_outage_shorter_than_the_certificate_life_fails_no_connection(
     finally:
         ca.stop()
         ca.check()
+
+
+def test_refused_certificates_until_expiry_fail_closed_then_recover(hostile, agents, apps,
+                                                                    cp_pki):
+    """A control plane that only ever sends unusable certificates does not
+    extend the served one's life: at its notAfter the agent stops serving it
+    (fail closed, /ready 503), and serves again once a good one arrives."""
+    cp, frontend, backend, port_out = hostile_pair(hostile, agents, apps, cp_pki)
+    cp.set_fault("untrusted_chain")
+    wait_until(lambda: refusals(frontend, "certificate", "invalid_certificate") >= 1,
+               "the first refused certificate", timeout=TTL_S)
+    wait_until(lambda: "expired without renewal" in frontend.stderr(),
+               "the served certificate to expire", timeout=TTL_S)
+    status, body = frontend.admin("/ready")
+    assert status == 503, body
+    assert body.startswith("not ready: the workload certificate expired without renewal; "
+                           "control plane: certificate (invalid_certificate): "), body
+    assert metric(frontend, "mtlsd_ready") == 0
+    cp.set_fault(None)
+    wait_until(lambda: frontend.admin("/ready")[0] == 200, "frontend to be ready again")
+    wait_serving(port_out, b"after expiry and recovery")
