@@ -8,7 +8,6 @@
 
 #define MTLSD_VERSION_TEXT "0.1.0"
 
-
 /* ---- the certificates being served ---- */
 
 /* How many identity slots there are to look at: the sidecar's one, or one

@@ -292,8 +292,8 @@ static void install_identity(cert_slot *slot, mt_identity *id) {
 static int build_slot(cert_slot *slot) {
   if (slot->leaf == NULL || slot->not_after <= time(NULL)) return 0;
   char err[ERR_MAX];
-  mt_identity *id = build_identity(slot, slot->key, slot->leaf, slot->chain, slot->m->ca_roots,
-                                   err, sizeof(err));
+  mt_identity *id =
+      build_identity(slot, slot->key, slot->leaf, slot->chain, slot->m->ca_roots, err, sizeof(err));
   if (id == NULL) {
     MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id, err);
     return 0;
@@ -380,8 +380,7 @@ static void schedule_renewal(cert_slot *slot) {
  * served certificate stays. */
 static void refuse_certificate(cert_slot *slot, mt_cp_refusal why, const char *detail) {
   note_refusal(slot->m, MT_CP_CALL_CERTIFICATE, why, detail);
-  MT_LOG_E("control plane: refused the certificate issued for %s (%s): %s; keeping the current "
-           "one",
+  MT_LOG_E("control plane: refused the certificate issued for %s (%s): %s; keeping the current one",
            slot->spiffe_id, mt_cp_refusal_str(why), detail);
   schedule_retry(slot);
 }
@@ -565,8 +564,8 @@ static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   if (!bundles_keep_served_roots(m, u, err, sizeof(err))) {
     note_refusal(m, MT_CP_CALL_WATCH, MT_CP_REFUSAL_ROOT_REMOVED, err);
     m->stats.mesh_rejected++;
-    MT_LOG_E("control plane: mesh config version %s refused (root_removed), keeping the last "
-             "good one: %s",
+    MT_LOG_E("control plane: mesh config version %s refused (root_removed), keeping the last good "
+             "one: %s",
              mt_mesh_version(u->mesh), err);
     return;
   }

@@ -105,11 +105,11 @@ typedef struct {
   uint64_t want_failures;       /* Want calls that failed */
   int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
   uint64_t refusals[MT_CP_NUM_CALLS][MT_CP_NUM_REFUSALS];
-  time_t last_issued_at;  /* the last certificate put into service (0: none yet) */
+  time_t last_issued_at; /* the last certificate put into service (0: none yet) */
   /* A served certificate whose renewal was due and has failed at least
    * once since: the earliest such due time (0: none overdue). */
   time_t renewal_overdue_since;
-  time_t last_error_at;   /* the last refusal (0: none) */
+  time_t last_error_at;                  /* the last refusal (0: none) */
   char last_error[MT_CP_LAST_ERROR_MAX]; /* what it said */
 } mt_cert_manager_stats;
 
