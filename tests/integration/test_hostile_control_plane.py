@@ -32,7 +32,7 @@ from test_control_plane import (  # noqa: F401 (fixtures)
 )
 
 TTL_S = 20             # renewal at about half: ~10 s after issuance
-REQUEST_TIMEOUT_MS = 1500
+REQUEST_TIMEOUT_MS = 1000
 RETRY_INITIAL_MS = 200
 RETRY_MAX_MS = 1000
 # Backoff with -20% jitter never retries sooner than this after the first retries.
