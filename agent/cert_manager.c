@@ -156,10 +156,12 @@ static mt_cp_refusal status_refusal(mt_grpc_status status) {
   }
 }
 
-/* Counts a refusal and keeps its text for /ready. */
+/* Counts a refusal; a certificate's is kept for /ready (which says why
+ * the certificate is not being renewed). */
 static void note_refusal(mt_cert_manager *m, mt_cp_call call, mt_cp_refusal why,
                          const char *detail) {
   m->stats.refusals[call][why]++;
+  if (call != MT_CP_CALL_CERTIFICATE) return;
   m->stats.last_error_at = time(NULL);
   snprintf(m->stats.last_error, sizeof(m->stats.last_error), "%s (%s): %.*s", mt_cp_call_str(call),
            mt_cp_refusal_str(why), (int)DETAIL_SHOWN_MAX, detail);

@@ -109,7 +109,7 @@ typedef struct {
   /* A served certificate whose renewal was due and has failed at least
    * once since: the earliest such due time (0: none overdue). */
   time_t renewal_overdue_since;
-  time_t last_error_at;                  /* the last refusal (0: none) */
+  time_t last_error_at;                  /* the last certificate refusal (0: none) */
   char last_error[MT_CP_LAST_ERROR_MAX]; /* what it said */
 } mt_cert_manager_stats;
 

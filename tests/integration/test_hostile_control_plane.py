@@ -31,7 +31,7 @@ from test_control_plane import (  # noqa: F401 (fixtures)
     wait_serving,
 )
 
-TTL_S = 20             # renewal at about half: ~10 s after issuance
+TTL_S = 30             # renewal at about half: ~15 s after issuance
 REQUEST_TIMEOUT_MS = 1000
 RETRY_INITIAL_MS = 200
 RETRY_MAX_MS = 1000
