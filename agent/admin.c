@@ -140,7 +140,7 @@ static void serve_page(admin_listener *l, const mt_http_request *req, mt_http_ex
 static void serve_ready(admin_listener *l, mt_http_exchange *ex) {
   mt_admin_view v;
   get_view(l->admin, &v);
-  char why[256];
+  char why[MT_ADMIN_READY_TEXT_MAX];
   int ready = mt_admin_ready(&v, why, sizeof(why));
   respond_text(ex, ready ? 200 : 503, "%s\n", why);
 }

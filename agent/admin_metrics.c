@@ -8,8 +8,6 @@
 
 #define MTLSD_VERSION_TEXT "0.1.0"
 
-enum { TEXT_MAX = 256 };
-
 /* ---- the certificates being served ---- */
 
 /* How many identity slots there are to look at: the sidecar's one, or one
@@ -98,6 +96,30 @@ static void render_identity_metrics(const mt_admin_view *v, mt_text *out) {
   }
 }
 
+/* What the control plane sent that the agent did not take (or did not
+ * send at all), and whether the served certificates are being renewed. */
+static void render_control_plane_health(const mt_admin_view *v, mt_text *out) {
+  const mt_cert_manager_stats *cp = v->control_plane;
+  metric_header(out, "mtlsd_control_plane_refusals_total", "counter",
+                "Control-plane answers refused or missing (the last good certificate and mesh "
+                "config stayed), by call and reason.");
+  for (int call = 0; call < MT_CP_NUM_CALLS; call++)
+    for (int r = 0; r < MT_CP_NUM_REFUSALS; r++)
+      mt_text_printf(out, "mtlsd_control_plane_refusals_total{call=\"%s\",reason=\"%s\"} %llu\n",
+                     mt_cp_call_str((mt_cp_call)call), mt_cp_refusal_str((mt_cp_refusal)r),
+                     (unsigned long long)cp->refusals[call][r]);
+  metric_header(out, "mtlsd_certificate_last_issued_seconds", "gauge",
+                "When the control plane's last certificate was put into service (Unix time; 0: "
+                "none yet).");
+  mt_text_printf(out, "mtlsd_certificate_last_issued_seconds %lld\n",
+                 (long long)cp->last_issued_at);
+  metric_header(out, "mtlsd_certificate_renewal_overdue_seconds", "gauge",
+                "Seconds since a served certificate's renewal was due, once an attempt failed (0: "
+                "renewals on time).");
+  mt_text_printf(out, "mtlsd_certificate_renewal_overdue_seconds %lld\n",
+                 (long long)(cp->renewal_overdue_since ? v->now - cp->renewal_overdue_since : 0));
+}
+
 static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
   const mt_cert_manager_stats *cp = v->control_plane;
   if (cp == NULL) return;
@@ -134,6 +156,7 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
     metric_header(out, counters[i].name, "counter", counters[i].help);
     mt_text_printf(out, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].value);
   }
+  render_control_plane_health(v, out);
 }
 
 /* The admin endpoint's own traffic: what reached a page, what its HTTP
@@ -156,7 +179,7 @@ static void render_admin_http_metrics(const mt_admin_view *v, mt_text *out) {
 }
 
 void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
-  char why[TEXT_MAX];
+  char why[MT_ADMIN_READY_TEXT_MAX];
   metric_header(out, "mtlsd_info", "gauge", "Build and identity source of this agent.");
   mt_text_printf(out, "mtlsd_info{version=\"%s\",source=\"%s\"} 1\n", MTLSD_VERSION_TEXT,
                  v->identity_source);

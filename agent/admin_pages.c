@@ -39,6 +39,13 @@ static int node_certificates_ready(const mt_admin_view *v, char *why, size_t why
 }
 
 static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  const mt_cert_manager_stats *cp = v->control_plane;
+  if (v->identity == NULL && cp != NULL && cp->last_issued_at != 0) {
+    snprintf(why, why_len,
+             "not ready: the workload certificate expired without renewal; control plane: %s",
+             cp->last_error[0] != '\0' ? cp->last_error : "no answer");
+    return 0;
+  }
   if (v->identity == NULL) {
     snprintf(why, why_len, "not ready: no valid workload certificate yet (source: %s)",
              v->identity_source);
@@ -49,6 +56,16 @@ static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t w
     return 0;
   }
   return 1;
+}
+
+/* Still ready (the certificate is valid), but the operator should know the
+ * control plane has not renewed it: since when, and what it last did. */
+static void renewal_overdue_note(const mt_admin_view *v, char *out, size_t out_len) {
+  const mt_cert_manager_stats *cp = v->control_plane;
+  if (cp == NULL || cp->renewal_overdue_since == 0) return;
+  snprintf(out, out_len, "; certificate not renewed: renewal overdue for %lld s; control plane: %s",
+           (long long)(v->now - cp->renewal_overdue_since),
+           cp->last_error[0] != '\0' ? cp->last_error : "no answer yet");
 }
 
 int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
@@ -64,13 +81,14 @@ int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len) {
     snprintf(why, why_len, "not ready: waiting for the first mesh config from the control plane");
     return 0;
   }
-  if (node) {
-    snprintf(why, why_len, "ready: serving %zu workloads", mt_workloads_count(v->workloads));
-    return 1;
-  }
-  snprintf(why, why_len, "ready: serving as %s (serial %s, expires in %lld s)",
-           mt_identity_spiffe_id(v->identity), mt_identity_serial(v->identity),
-           (long long)(mt_identity_not_after(v->identity) - v->now));
+  int n = 0;
+  if (node)
+    n = snprintf(why, why_len, "ready: serving %zu workloads", mt_workloads_count(v->workloads));
+  else
+    n = snprintf(why, why_len, "ready: serving as %s (serial %s, expires in %lld s)",
+                 mt_identity_spiffe_id(v->identity), mt_identity_serial(v->identity),
+                 (long long)(mt_identity_not_after(v->identity) - v->now));
+  if (n > 0 && (size_t)n < why_len) renewal_overdue_note(v, why + n, why_len - (size_t)n);
   return 1;
 }
 

@@ -16,7 +16,12 @@
 extern "C" {
 #endif
 
-/* 1 when ready; |why| gets a one-line reason either way. */
+/* Room for /ready's line: the reason, plus (when a renewal is overdue) the
+ * control plane's last error. */
+enum { MT_ADMIN_READY_TEXT_MAX = 512 };
+
+/* 1 when ready; |why| gets a one-line reason either way. A valid
+ * certificate whose renewal is overdue is still ready; the line says so. */
 int mt_admin_ready(const mt_admin_view *v, char *why, size_t why_len);
 
 /* The certificates served (node mode: per workload) and the trust bundles. */

@@ -91,6 +91,7 @@ static void on_close(void *arg, mt_grpc_status status, const char *message) {
     snprintf(r->message, sizeof(r->message), "%s: %s", mt_grpc_status_name(status), message);
   } else if (req->bad_response || req->messages != 1) {
     r->status = MT_GRPC_INTERNAL;
+    r->refused = 1;
     if (req->messages != 1)
       snprintf(r->message, sizeof(r->message), "expected one response message, got %d",
                req->messages);

@@ -32,6 +32,7 @@ typedef struct {
   char message[256];      /* why, when status != OK or the response was unusable */
   STACK_OF(X509) * chain; /* leaf first, then intermediates; the callee takes it */
   STACK_OF(X509) * roots; /* the CA's roots (may be empty); the callee takes it */
+  int refused;            /* the call ended OK but its answer was unusable (status INTERNAL) */
 } mt_ca_result;
 
 /* Runs exactly once per started request (not after cancel). */

@@ -35,6 +35,7 @@ enum {
   ERR_MAX = 512,
   JITTER_PERCENT = 10,         /* renewal: +-10% of the certificate's life */
   BACKOFF_JITTER_PERCENT = 20, /* retries: +-20% of the delay */
+  DETAIL_SHOWN_MAX = 150,      /* of an ID or a reason quoted in a log line */
 };
 
 static const double MIN_RENEWAL_DELAY_S = 0.1;
@@ -56,6 +57,8 @@ typedef struct {
   mt_ca_request *request;
   EVP_PKEY *pending_key; /* the key the request in flight certifies */
   int backoff_ms;
+  time_t renewal_due;    /* when the served certificate's renewal was scheduled */
+  int renewal_failed;    /* an attempt since |renewal_due| failed: renewal overdue */
   ev_timer cert_timer;   /* renewal or retry */
   ev_timer expiry_timer; /* notAfter of the served certificate */
   /* Current credentials (NULL until the first success). */
@@ -118,6 +121,52 @@ static double jitter(double value, int percent) {
   return value * (1.0 + unit * percent / 100.0);
 }
 
+const char *mt_cp_call_str(mt_cp_call call) {
+  return call == MT_CP_CALL_WATCH ? "watch" : "certificate";
+}
+
+const char *mt_cp_refusal_str(mt_cp_refusal refusal) {
+  switch (refusal) {
+    case MT_CP_REFUSAL_UNAVAILABLE: return "unavailable";
+    case MT_CP_REFUSAL_STALLED: return "stalled";
+    case MT_CP_REFUSAL_TOO_LARGE: return "too_large";
+    case MT_CP_REFUSAL_MALFORMED: return "malformed";
+    case MT_CP_REFUSAL_ERROR_STATUS: return "error_status";
+    case MT_CP_REFUSAL_KEY_MISMATCH: return "key_mismatch";
+    case MT_CP_REFUSAL_WRONG_IDENTITY: return "wrong_identity";
+    case MT_CP_REFUSAL_INVALID_CERTIFICATE: return "invalid_certificate";
+    case MT_CP_REFUSAL_ROOT_REMOVED: return "root_removed";
+    case MT_CP_REFUSAL_INVALID_MESH: return "invalid_mesh";
+    case MT_CP_NUM_REFUSALS: break;
+  }
+  return "unknown";
+}
+
+/* How a call that ended with |status| is counted. The gRPC client reports
+ * its own refusals as RESOURCE_EXHAUSTED (a message over the limit) and
+ * INTERNAL / UNKNOWN (framing it cannot read). */
+static mt_cp_refusal status_refusal(mt_grpc_status status) {
+  switch (status) {
+    case MT_GRPC_UNAVAILABLE: return MT_CP_REFUSAL_UNAVAILABLE;
+    case MT_GRPC_DEADLINE_EXCEEDED: return MT_CP_REFUSAL_STALLED;
+    case MT_GRPC_RESOURCE_EXHAUSTED: return MT_CP_REFUSAL_TOO_LARGE;
+    case MT_GRPC_INTERNAL:
+    case MT_GRPC_UNKNOWN: return MT_CP_REFUSAL_MALFORMED;
+    default: return MT_CP_REFUSAL_ERROR_STATUS;
+  }
+}
+
+/* Counts a refusal; a certificate's is kept for /ready (which says why
+ * the certificate is not being renewed). */
+static void note_refusal(mt_cert_manager *m, mt_cp_call call, mt_cp_refusal why,
+                         const char *detail) {
+  m->stats.refusals[call][why]++;
+  if (call != MT_CP_CALL_CERTIFICATE) return;
+  m->stats.last_error_at = time(NULL);
+  snprintf(m->stats.last_error, sizeof(m->stats.last_error), "%s (%s): %.*s", mt_cp_call_str(call),
+           mt_cp_refusal_str(why), (int)DETAIL_SHOWN_MAX, detail);
+}
+
 static void set_timer(mt_cert_manager *m, ev_timer *t, double seconds) {
   ev_timer_stop(m->loop, t);
   ev_timer_set(t, seconds < 0 ? 0 : seconds, 0.0);
@@ -161,7 +210,7 @@ static void bundles_free(mt_bundle *list, size_t count) {
 /* The trust the next snapshot uses: the mesh stream's bundles when it has
  * spoken (the control plane is the authority, which is what lets it retire
  * a root), else the configured bundles plus the CA's own roots. */
-static mt_trust *assemble_trust(mt_cert_manager *m) {
+static mt_trust *assemble_trust(mt_cert_manager *m, const STACK_OF(X509) * ca_roots) {
   mt_bundle *list = NULL;
   size_t count = 0;
   int ok = 1;
@@ -172,8 +221,8 @@ static mt_trust *assemble_trust(mt_cert_manager *m) {
   } else {
     for (size_t i = 0; ok && i < m->num_static_bundles; i++)
       ok = bundle_add(&list, &count, m->static_bundles[i].trust_domain, m->static_bundles[i].roots);
-    if (ok && m->ca_roots != NULL && sk_X509_num(m->ca_roots) > 0)
-      ok = bundle_add(&list, &count, m->config->trust_domain, m->ca_roots);
+    if (ok && ca_roots != NULL && sk_X509_num(ca_roots) > 0)
+      ok = bundle_add(&list, &count, m->config->trust_domain, ca_roots);
   }
   mt_trust *trust = ok ? mt_trust_new() : NULL;
   for (size_t i = 0; trust != NULL && i < count; i++) {
@@ -199,31 +248,35 @@ static mt_mesh *slot_mesh(const cert_slot *slot) {
   return m->config->mesh;
 }
 
-/* Builds the slot's snapshot from its current parts. Returns 1 when it has
- * a servable one. */
-static int build_slot(cert_slot *slot) {
+/* A snapshot of |key|, |leaf| and |chain| (borrowed) with the current
+ * trust (|ca_roots| standing for the CA's) and policy; NULL with the
+ * reason in |err| when we would not serve it. */
+static mt_identity *build_identity(cert_slot *slot, EVP_PKEY *key, X509 *leaf,
+                                   const STACK_OF(X509) * chain, const STACK_OF(X509) * ca_roots,
+                                   char *err, size_t err_len) {
   mt_cert_manager *m = slot->m;
-  if (slot->leaf == NULL || slot->not_after <= time(NULL)) return 0;
-  char err[ERR_MAX];
-  mt_trust *trust = assemble_trust(m);
-  STACK_OF(X509) *chain = slot->chain ? mt_pem_dup_certs(slot->chain) : NULL;
-  if (trust == NULL || (slot->chain != NULL && chain == NULL)) {
+  time_t now = time(NULL);
+  if (mt_x509_time(X509_get0_notAfter(leaf), now) <= now) {
+    snprintf(err, err_len, "the certificate has already expired");
+    return NULL;
+  }
+  mt_trust *trust = assemble_trust(m, ca_roots);
+  STACK_OF(X509) *copy = chain ? mt_pem_dup_certs(chain) : NULL;
+  if (trust == NULL || (chain != NULL && copy == NULL)) {
     mt_trust_free(trust);
-    sk_X509_pop_free(chain, X509_free);
-    MT_LOG_E("control plane: out of memory assembling the identity");
-    return 0;
+    sk_X509_pop_free(copy, X509_free);
+    snprintf(err, err_len, "out of memory assembling the identity");
+    return NULL;
   }
-  EVP_PKEY_up_ref(slot->key);
-  X509_up_ref(slot->leaf);
-  mt_mesh *mesh = slot_mesh(slot);
-  mt_identity *id =
-      mt_identity_new(m->config, slot->key, slot->leaf, chain, trust, mesh, err, sizeof(err));
-  if (id == NULL) {
-    MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id, err);
-    return 0;
-  }
+  EVP_PKEY_up_ref(key);
+  X509_up_ref(leaf);
+  return mt_identity_new(m->config, key, leaf, copy, trust, slot_mesh(slot), err, err_len);
+}
+
+/* Makes |id| (taken) the slot's served snapshot. */
+static void install_identity(cert_slot *slot, mt_identity *id) {
   MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
-           mt_identity_serial(id), mt_mesh_version(mesh));
+           mt_identity_serial(id), mt_mesh_version(mt_identity_mesh(id)));
   /* The CA decides who we are (from the token); say so when that is not
    * what the config asked for, and use the granted ID from now on. */
   if (strcmp(slot->issued_id, mt_identity_spiffe_id(id)) != 0 &&
@@ -234,6 +287,20 @@ static int build_slot(cert_slot *slot) {
   mt_identity_unref(slot->identity);
   slot->identity = id;
   slot->serving = 1;
+}
+
+/* Rebuilds the slot's snapshot from its current parts (new trust or
+ * policy). Returns 1 when it has a servable one. */
+static int build_slot(cert_slot *slot) {
+  if (slot->leaf == NULL || slot->not_after <= time(NULL)) return 0;
+  char err[ERR_MAX];
+  mt_identity *id =
+      build_identity(slot, slot->key, slot->leaf, slot->chain, slot->m->ca_roots, err, sizeof(err));
+  if (id == NULL) {
+    MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id, err);
+    return 0;
+  }
+  install_identity(slot, id);
   return 1;
 }
 
@@ -285,6 +352,7 @@ static void schedule_retry(cert_slot *slot) {
   mt_cert_manager *m = slot->m;
   slot->state = CM_BACKOFF;
   m->stats.certificate_failures++;
+  if (slot->serving) slot->renewal_failed = 1;
   double delay_s = jitter(slot->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   MT_LOG_W("control plane: retrying the certificate request for %s in %.1f s", slot->spiffe_id,
            delay_s);
@@ -301,23 +369,66 @@ static void schedule_retry(cert_slot *slot) {
 static void schedule_renewal(cert_slot *slot) {
   slot->state = CM_VALID;
   slot->backoff_ms = slot->m->config->cp_retry_initial_ms;
+  slot->renewal_failed = 0;
   double remaining = difftime(slot->not_after, time(NULL));
   double delay = jitter(remaining / 2, JITTER_PERCENT);
-  set_slot_timer(slot, &slot->cert_timer,
-                 delay < MIN_RENEWAL_DELAY_S ? MIN_RENEWAL_DELAY_S : delay);
+  if (delay < MIN_RENEWAL_DELAY_S) delay = MIN_RENEWAL_DELAY_S;
+  slot->renewal_due = time(NULL) + (time_t)delay;
+  set_slot_timer(slot, &slot->cert_timer, delay);
   set_slot_timer(slot, &slot->expiry_timer, remaining);
 }
 
-/* Takes the CA's answer for |key| if it is usable: the leaf must certify our
- * key; the SVID rules and the chain are checked when the snapshot is built. */
-static int accept_certificate(cert_slot *slot, EVP_PKEY *key, mt_ca_result *r) {
-  X509 *leaf = sk_X509_shift(r->chain);
+/* Refuses the CA's answer for |slot|: counted, logged, retried later; the
+ * served certificate stays. */
+static void refuse_certificate(cert_slot *slot, mt_cp_refusal why, const char *detail) {
+  note_refusal(slot->m, MT_CP_CALL_CERTIFICATE, why, detail);
+  MT_LOG_E("control plane: refused the certificate issued for %s (%s): %s; keeping the current one",
+           slot->spiffe_id, mt_cp_refusal_str(why), detail);
+  schedule_retry(slot);
+}
+
+/* Checks the CA's answer for |key| and builds its snapshot, touching none
+ * of the slot's state: NULL (refused, with the reason in |why| and |err|)
+ * or the snapshot to serve. The leaf must certify our key, pass the same
+ * checks a peer's would, and keep the identity this slot already serves
+ * (node mode: the workload's own, from the start). */
+static mt_identity *check_certificate(cert_slot *slot, EVP_PKEY *key, mt_ca_result *r,
+                                      mt_cp_refusal *why, char *err, size_t err_len) {
+  X509 *leaf = sk_X509_value(r->chain, 0);
   if (leaf == NULL || !X509_check_private_key(leaf, key)) {
     ERR_clear_error();
-    MT_LOG_E("control plane: the issued certificate does not match the requested key");
-    X509_free(leaf);
-    return 0;
+    *why = MT_CP_REFUSAL_KEY_MISMATCH;
+    snprintf(err, err_len, "the issued certificate does not match the requested key");
+    return NULL;
   }
+  STACK_OF(X509) *intermediates = sk_X509_dup(r->chain);
+  if (intermediates == NULL) {
+    *why = MT_CP_REFUSAL_INVALID_CERTIFICATE;
+    snprintf(err, err_len, "out of memory");
+    return NULL;
+  }
+  (void)sk_X509_shift(intermediates);
+  const STACK_OF(X509) *roots = sk_X509_num(r->roots) > 0 ? r->roots : slot->m->ca_roots;
+  mt_identity *id = build_identity(slot, key, leaf, intermediates, roots, err, err_len);
+  sk_X509_free(intermediates);
+  if (id == NULL) {
+    *why = MT_CP_REFUSAL_INVALID_CERTIFICATE;
+    return NULL;
+  }
+  const char *keep = slot->impersonate ? slot->spiffe_id : slot->issued_id;
+  if (keep[0] != '\0' && strcmp(keep, mt_identity_spiffe_id(id)) != 0) {
+    *why = MT_CP_REFUSAL_WRONG_IDENTITY;
+    snprintf(err, err_len, "the certificate is for %.*s, not %.*s", (int)DETAIL_SHOWN_MAX,
+             mt_identity_spiffe_id(id), (int)DETAIL_SHOWN_MAX, keep);
+    mt_identity_unref(id);
+    return NULL;
+  }
+  return id;
+}
+
+/* Takes the checked answer: key, leaf, chain and (when sent) the CA's roots. */
+static void take_certificate(cert_slot *slot, EVP_PKEY *key, mt_ca_result *r) {
+  X509 *leaf = sk_X509_shift(r->chain);
   EVP_PKEY_free(slot->key);
   X509_free(slot->leaf);
   sk_X509_pop_free(slot->chain, X509_free);
@@ -333,32 +444,36 @@ static int accept_certificate(cert_slot *slot, EVP_PKEY *key, mt_ca_result *r) {
   time_t now = time(NULL);
   slot->not_before = mt_x509_time(X509_get0_notBefore(leaf), now);
   slot->not_after = mt_x509_time(X509_get0_notAfter(leaf), now);
-  return 1;
 }
 
 static void on_ca_done(void *arg, mt_ca_result *r) {
   cert_slot *slot = arg;
+  mt_cert_manager *m = slot->m;
   EVP_PKEY *key = slot->pending_key;
   slot->pending_key = NULL;
   slot->request = NULL;
   if (r->status != MT_GRPC_OK) {
-    MT_LOG_E("control plane: certificate request failed: %s (identity %s)", r->message,
-             slot->spiffe_id);
+    mt_cp_refusal why = r->refused ? MT_CP_REFUSAL_MALFORMED : status_refusal(r->status);
+    note_refusal(m, MT_CP_CALL_CERTIFICATE, why, r->message);
+    MT_LOG_E("control plane: certificate request failed: %s (identity %s, reason %s)", r->message,
+             slot->spiffe_id, mt_cp_refusal_str(why));
     EVP_PKEY_free(key);
     schedule_retry(slot);
     return;
   }
-  if (!accept_certificate(slot, key, r)) {
+  char err[ERR_MAX];
+  mt_cp_refusal why = MT_CP_REFUSAL_INVALID_CERTIFICATE;
+  mt_identity *id = check_certificate(slot, key, r, &why, err, sizeof(err));
+  if (id == NULL) {
     EVP_PKEY_free(key);
-    schedule_retry(slot);
+    refuse_certificate(slot, why, err);
     return;
   }
-  if (!build_slot(slot)) {
-    schedule_retry(slot);
-    return;
-  }
-  publish_all(slot->m);
-  slot->m->stats.certificates_issued++;
+  take_certificate(slot, key, r);
+  install_identity(slot, id);
+  publish_all(m);
+  m->stats.certificates_issued++;
+  m->stats.last_issued_at = time(NULL);
   schedule_renewal(slot);
 }
 
@@ -412,8 +527,50 @@ static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
 
 /* ---- mesh config stream -------------------------------------------------- */
 
+/* Whether the trust bundles of |u| still verify every certificate served:
+ * a bundle that drops the root in use would make every peer refuse us
+ * (and us them) until a certificate from another root arrives. When one
+ * fails, names it in |err|. */
+static int bundles_keep_served_roots(mt_cert_manager *m, const mt_mesh_update *u, char *err,
+                                     size_t err_len) {
+  mt_trust *trust = mt_trust_new();
+  int ok = trust != NULL;
+  for (size_t i = 0; ok && i < u->num_bundles; i++)
+    ok = mt_trust_add(trust, u->bundles[i].trust_domain, u->bundles[i].roots);
+  if (!ok) {
+    mt_trust_free(trust);
+    snprintf(err, err_len, "out of memory checking its trust bundles");
+    return 0;
+  }
+  for (size_t i = 0; ok && i < m->num_slots; i++) {
+    cert_slot *slot = m->slots[i];
+    if (!slot->serving) continue;
+    mt_tls_peer self;
+    memset(&self, 0, sizeof(self));
+    if (!mt_tls_verify_svid(trust, slot->leaf, slot->chain, MT_SVID_ROLE_SERVER, &self)) {
+      snprintf(err, err_len,
+               "its trust bundles no longer verify the certificate served for %.*s (serial "
+               "%s): %.*s",
+               (int)DETAIL_SHOWN_MAX, slot->issued_id, mt_identity_serial(slot->identity),
+               (int)DETAIL_SHOWN_MAX, self.detail);
+      ok = 0;
+    }
+  }
+  mt_trust_free(trust);
+  return ok;
+}
+
 static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   mt_cert_manager *m = arg;
+  char err[ERR_MAX];
+  if (!bundles_keep_served_roots(m, u, err, sizeof(err))) {
+    note_refusal(m, MT_CP_CALL_WATCH, MT_CP_REFUSAL_ROOT_REMOVED, err);
+    m->stats.mesh_rejected++;
+    MT_LOG_E("control plane: mesh config version %s refused (root_removed), keeping the last good "
+             "one: %s",
+             mt_mesh_version(u->mesh), err);
+    return;
+  }
   m->watch_backoff_ms = m->config->cp_retry_initial_ms;
   mt_mesh_update previous = m->watched; /* the node entries may point into it */
   m->watched = *u;
@@ -443,6 +600,7 @@ static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
 static void on_watch_rejected(void *arg, const char *why) {
   mt_cert_manager *m = arg;
   m->stats.mesh_rejected++;
+  note_refusal(m, MT_CP_CALL_WATCH, MT_CP_REFUSAL_INVALID_MESH, why);
   MT_LOG_E("control plane: mesh config rejected, keeping the last good one: %s", why);
 }
 
@@ -467,8 +625,16 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
     set_timer(m, &m->watch_timer, 0.);
     return;
   }
-  MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
-           mt_grpc_status_name(status), message);
+  if (status != MT_GRPC_OK && status != MT_GRPC_UNIMPLEMENTED && status != MT_MESH_WATCH_RESYNC) {
+    mt_cp_refusal why = status_refusal(status);
+    note_refusal(m, MT_CP_CALL_WATCH, why, message);
+    MT_LOG_W("control plane: mesh config stream ended (%s: %s, reason %s); keeping the last good "
+             "config",
+             mt_grpc_status_name(status), message, mt_cp_refusal_str(why));
+  } else {
+    MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
+             mt_grpc_status_name(status), message);
+  }
   double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   m->watch_backoff_ms *= 2;
   if (m->watch_backoff_ms > m->config->cp_retry_max_ms) m->watch_backoff_ms = m->config->cp_retry_max_ms;
@@ -772,4 +938,11 @@ const char *mt_watch_state_str(mt_watch_state state) {
 
 void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *out) {
   *out = m->stats;
+  out->renewal_overdue_since = 0;
+  for (size_t i = 0; i < m->num_slots; i++) {
+    const cert_slot *slot = m->slots[i];
+    if (slot->serving && slot->renewal_failed &&
+        (out->renewal_overdue_since == 0 || slot->renewal_due < out->renewal_overdue_since))
+      out->renewal_overdue_since = slot->renewal_due;
+  }
 }

@@ -15,6 +15,8 @@
 
 #include <ev.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <time.h>
 
 #include "agent/config.h"
 #include "agent/destination_demand.h"
@@ -65,6 +67,31 @@ typedef enum {
 
 const char *mt_watch_state_str(mt_watch_state state); /* "streaming", ... */
 
+/* The control-plane call a refusal happened on. */
+typedef enum { MT_CP_CALL_CERTIFICATE, MT_CP_CALL_WATCH, MT_CP_NUM_CALLS } mt_cp_call;
+
+/* Why the agent did not take what the control plane sent (or did not
+ * send): each is counted, logged, and answered by keeping the last good
+ * certificate and mesh config and retrying with backoff. */
+typedef enum {
+  MT_CP_REFUSAL_UNAVAILABLE,         /* no connection, connection lost, GOAWAY */
+  MT_CP_REFUSAL_STALLED,             /* no complete answer within request_timeout_ms */
+  MT_CP_REFUSAL_TOO_LARGE,           /* a message over the size limit */
+  MT_CP_REFUSAL_MALFORMED,           /* broken gRPC framing, protobuf or PEM; not one answer */
+  MT_CP_REFUSAL_ERROR_STATUS,        /* the control plane answered with another error status */
+  MT_CP_REFUSAL_KEY_MISMATCH,        /* the certificate is not for the key we sent */
+  MT_CP_REFUSAL_WRONG_IDENTITY,      /* a certificate for another SPIFFE ID than ours */
+  MT_CP_REFUSAL_INVALID_CERTIFICATE, /* fails our own SVID checks (chain, trust domain, dates) */
+  MT_CP_REFUSAL_ROOT_REMOVED,        /* trust bundles without the root our certificate needs */
+  MT_CP_REFUSAL_INVALID_MESH,        /* a mesh snapshot that does not validate */
+  MT_CP_NUM_REFUSALS
+} mt_cp_refusal;
+
+const char *mt_cp_call_str(mt_cp_call call);          /* "certificate", "watch" */
+const char *mt_cp_refusal_str(mt_cp_refusal refusal); /* "stalled", "wrong_identity", ... */
+
+enum { MT_CP_LAST_ERROR_MAX = 200 };
+
 /* What the admin endpoint reports; counters only grow. */
 typedef struct {
   uint64_t certificates_issued;  /* CA answers that became the served identity */
@@ -77,6 +104,13 @@ typedef struct {
   uint64_t destinations_wanted; /* destinations on demand: addresses asked for */
   uint64_t want_failures;       /* Want calls that failed */
   int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
+  uint64_t refusals[MT_CP_NUM_CALLS][MT_CP_NUM_REFUSALS];
+  time_t last_issued_at; /* the last certificate put into service (0: none yet) */
+  /* A served certificate whose renewal was due and has failed at least
+   * once since: the earliest such due time (0: none overdue). */
+  time_t renewal_overdue_since;
+  time_t last_error_at;                  /* the last certificate refusal (0: none) */
+  char last_error[MT_CP_LAST_ERROR_MAX]; /* what it said */
 } mt_cert_manager_stats;
 
 void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
