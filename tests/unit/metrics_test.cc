@@ -345,6 +345,20 @@ TEST(MetricsTest, AnOutOfRangeReasonCountsAsInternalError) {
   EXPECT_EQ(Value(text, "mtlsd_connections_active{direction=\"inbound\"}"), 0);
 }
 
+TEST(MetricsTest, AcceptPausesAreEpisodesSummedOverWorkers) {
+  Workers w(2);
+  std::string text = w.Render();
+  EXPECT_EQ(Value(text, "mtlsd_accept_pauses_total"), 0);
+  mt_metrics_accept_paused(w[0]);
+  mt_metrics_accept_paused(w[1]);
+  mt_metrics_accept_resumed(w[0], 0.25);
+  mt_metrics_accept_resumed(w[1], 1.5);
+  mt_metrics_accept_paused(w[1]);  // a second episode, still going: its time is not in yet
+  text = w.Render();
+  EXPECT_EQ(Value(text, "mtlsd_accept_pauses_total"), 3);
+  EXPECT_NEAR(Value(text, "mtlsd_accept_paused_seconds_total"), 1.75, 1e-6);
+}
+
 TEST(MetricsTest, HeldConnectionsAreCountedWithTheirWaitAndOutcome) {
   Workers w(2);
   mt_metrics_hold_began(w[0], MT_DIR_OUTBOUND);
@@ -389,9 +403,10 @@ TEST(MetricsTest, EveryFamilyHasOneHelpAndOneTypeLine) {
     if (hash != "#") continue;
     (kind == "HELP" ? help : type).insert(name);
   }
-  // 12 per-worker families, mtlsd_handshake_mode_total, the 4 process-wide
-  // session-resumption families (tls_resume.h) and the chain cache's.
-  EXPECT_EQ(help.size(), 18u);
+  // 12 per-worker families, mtlsd_handshake_mode_total, the 2 accept-pause
+  // families, the 4 process-wide session-resumption families (tls_resume.h)
+  // and the chain cache's.
+  EXPECT_EQ(help.size(), 20u);
   EXPECT_EQ(std::set<std::string>(help.begin(), help.end()).size(), help.size());
   EXPECT_EQ(help, type);
 }
