@@ -110,9 +110,13 @@ class Tally:
     def problem(self, what):
         with self.lock:
             self.problem_count += 1
+            n = self.problem_count
             if len(self.problems) < 200:
                 self.problems.append(f"{time.strftime('%H:%M:%S')} {what}")
-        log(f"PROBLEM: {what}")
+        if n <= 100 or n % 1000 == 0:  # a failure storm must not flood the log
+            log(f"PROBLEM #{n}: {what}")
+        if n >= MAX_PROBLEMS:
+            STOP.set()
 
     def get(self, key):
         with self.lock:
@@ -120,6 +124,9 @@ class Tally:
 
 
 TALLY = Tally()
+# Set to end every traffic loop early: an agent died, or too many problems.
+STOP = threading.Event()
+MAX_PROBLEMS = 1000
 
 
 def parse_metrics(text):
@@ -405,7 +412,7 @@ def reset_stream(port_out, rng):
 def run_loop(name, deadline, max_count, body, pause, rng, ok_key, fail_key, kind="hostile"):
     """Runs |body(rng)| until |deadline| or |max_count| attempts."""
     for _ in range(max_count):
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or STOP.is_set():
             return
         TALLY.add(f"{kind}.{name}.attempted")
         try:
@@ -420,7 +427,7 @@ def run_loop(name, deadline, max_count, body, pause, rng, ok_key, fail_key, kind
 
 
 def long_lived_loop(conns, port, deadline, rng, rotations):
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not STOP.is_set():
         for i, conn in enumerate(conns):
             try:
                 conn.exchange(rng)
@@ -613,6 +620,11 @@ def main():
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=1)
+            for name, a in agents.items():
+                if a.proc.poll() is not None and not STOP.is_set():
+                    problems.append(f"{name} exited with {a.proc.returncode} during the run")
+                    log(f"PROBLEM: {name} exited with {a.proc.returncode}; stopping the traffic")
+                    STOP.set()
             if time.monotonic() >= next_report:
                 next_report += 60
                 log(f"{time.monotonic() - t0:.0f}s: good short {TALLY.get('good.short.ok')} ok "
@@ -625,6 +637,7 @@ def main():
                 problems.append("traffic threads did not finish after the deadline")
                 break
         elapsed = time.monotonic() - t0
+        result["stopped_early"] = STOP.is_set()
         spans = []
         for conn in long_conns:
             try:
