@@ -199,8 +199,16 @@ class Resources:
     def summary(self, name, start, end):
         """start: the sample taken before traffic; end: after traffic ended."""
         rows = self.samples[name]
+        # The curve: one (seconds, RSS KiB, fds) sample a minute.
+        t0 = rows[0][0]
+        curve, next_t = [], t0
+        for t, rss, fds in rows:
+            if t >= next_t:
+                curve.append((round(t - t0), rss, fds))
+                next_t += 60
         return {"rss_kb": {"start": start[0], "peak": max(r[1] for r in rows), "end": end[0]},
-                "fds": {"start": start[1], "peak": max(r[2] for r in rows), "end": end[1]}}
+                "fds": {"start": start[1], "peak": max(r[2] for r in rows), "end": end[1]},
+                "per_minute": curve}
 
 
 # --------------------------------------------------------------------------
