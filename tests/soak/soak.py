@@ -64,7 +64,10 @@ def parse_args(argv):
                                      "(default /tmp/soak-runs/<mode>-<time>)")
     p.add_argument("--json", help="summary JSON path (default <workdir>/summary.json)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.duration < 90:
+        p.error("--duration must be at least 90 s: the first rotation comes after about 60 s")
+    return args
 
 
 ARGS = parse_args(sys.argv[1:])
@@ -698,6 +701,8 @@ def main():
             closed[f"{name}.{direction}"] = {r: after[r] - before.get(r, 0) for r in after
                                              if after[r] - before.get(r, 0)}
         resources = {name: res.summary(name, start_res[name], end_res[name]) for name in pids}
+        result["certificates_issued_by_mtls_ca"] = sum(1 for l in ca.access_lines()
+                                                       if l.get("serial"))
         result.update({"elapsed_s": round(elapsed, 1), "good": good, "hostile": hostile,
                        "rotations": rot, "closed_by_reason": closed, "resources": resources})
 
@@ -799,6 +804,8 @@ def print_summary(r, path):
         extra = (f", {g['bytes']} bytes" if "bytes" in g else
                  f", {g['messages']} echoes, rotations spanned {g['rotations_spanned']}")
         print(f"good {k}: {g['attempted']} attempted, {g['ok']} ok, {g['failed']} failed{extra}")
+    if "certificates_issued_by_mtls_ca" in r:
+        print(f"certificates issued by mtls-ca: {r['certificates_issued_by_mtls_ca']}")
     for k, h in sorted(r.get("hostile", {}).items()):
         print(f"hostile {k}: {h.get('attempted', 0)} attempted, {h.get('refused', 0)} ended as "
               f"expected, {h.get('anomaly', 0)} anomalies")
