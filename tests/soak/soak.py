@@ -731,6 +731,7 @@ def main():
         refused = sum(n for r, n in inbound.items() if r not in ("ok", "downstream_error"))
         hostile_direct = sum(h.get("refused", 0) for n, h in hostile.items() if n != "reset_stream")
         result["hostile_refused_inbound_total"] = refused
+        result["hostile_direct_total"] = hostile_direct
         if refused < hostile_direct * 0.95:
             problems.append(f"backend counted {refused} refusals for {hostile_direct} hostile "
                             f"connections")
@@ -814,6 +815,9 @@ def print_summary(r, path):
               f"{v['failures_total']} failures")
     for k, v in r.get("closed_by_reason", {}).items():
         print(f"closed {k}: {json.dumps(v, sort_keys=True)}")
+    if "hostile_direct_total" in r:
+        print(f"hostile connections at the inbound port {r['hostile_direct_total']}, refusals "
+              f"counted by the backend {r['hostile_refused_inbound_total']}")
     for k, v in r.get("resources", {}).items():
         print(f"{k}: RSS KiB {v['rss_kb']['start']} / {v['rss_kb']['peak']} / {v['rss_kb']['end']}"
               f", fds {v['fds']['start']} / {v['fds']['peak']} / {v['fds']['end']} "
