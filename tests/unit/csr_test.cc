@@ -16,7 +16,12 @@
 #include <memory>
 #include <string>
 
+#include "tests/unit/test_keys.h"
+
 namespace {
+
+using mt_test::NewEcKey;
+using mt_test::NewRsaKey;
 
 const char kId[] = "spiffe://example.org/ns/default/sa/frontend";
 
@@ -41,16 +46,6 @@ CsrResult Create(EVP_PKEY *key, const char *id) {
 bssl::UniquePtr<X509_REQ> ParseCsr(const char *pem) {
   bssl::UniquePtr<BIO> bio(BIO_new_mem_buf(pem, -1));
   return bssl::UniquePtr<X509_REQ>(PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr));
-}
-
-bssl::UniquePtr<EVP_PKEY> NewRsaKey(int bits) {
-  bssl::UniquePtr<RSA> rsa(RSA_new());
-  bssl::UniquePtr<BIGNUM> e(BN_new());
-  EXPECT_TRUE(BN_set_word(e.get(), RSA_F4));
-  EXPECT_TRUE(RSA_generate_key_ex(rsa.get(), bits, e.get(), nullptr));
-  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_RSA(key.get(), rsa.release()));
-  return key;
 }
 
 // The URI names of the subjectAltName the CSR requests, in order.

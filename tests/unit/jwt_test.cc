@@ -23,7 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/unit/test_keys.h"
+
 namespace {
+
+using mt_test::NewEcKey;
+using mt_test::NewRsaKey;
 
 const int64_t kNow = 1700000000;
 const char kIssuer[] = "https://kubernetes.default.svc.cluster.local";
@@ -31,24 +36,6 @@ const char kAudience[] = "istio-ca";
 const char kSub[] = "system:serviceaccount:default:frontend";
 
 // ---- Keys ------------------------------------------------------------------
-
-bssl::UniquePtr<EVP_PKEY> NewEcKey(int curve = NID_X9_62_prime256v1) {
-  bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(curve));
-  EXPECT_TRUE(EC_KEY_generate_key(ec.get()));
-  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_EC_KEY(key.get(), ec.release()));
-  return key;
-}
-
-bssl::UniquePtr<EVP_PKEY> NewRsaKey(int bits) {
-  bssl::UniquePtr<RSA> rsa(RSA_new());
-  bssl::UniquePtr<BIGNUM> e(BN_new());
-  EXPECT_TRUE(BN_set_word(e.get(), RSA_F4));
-  EXPECT_TRUE(RSA_generate_key_ex(rsa.get(), bits, e.get(), nullptr));
-  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_RSA(key.get(), rsa.release()));
-  return key;
-}
 
 // Generated once per process: RSA key generation is slow under ASan.
 EVP_PKEY *EcKey() {

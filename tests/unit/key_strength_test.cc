@@ -12,28 +12,12 @@
 
 #include <string>
 
+#include "tests/unit/test_keys.h"
+
 namespace {
 
 using Key = bssl::UniquePtr<EVP_PKEY>;
 using Cert = bssl::UniquePtr<X509>;
-
-Key EcKey(int curve) {
-  bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(curve));
-  EXPECT_TRUE(EC_KEY_generate_key(ec.get()));
-  Key key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_EC_KEY(key.get(), ec.release()));
-  return key;
-}
-
-Key RsaKey(int bits) {
-  bssl::UniquePtr<RSA> rsa(RSA_new());
-  bssl::UniquePtr<BIGNUM> e(BN_new());
-  EXPECT_TRUE(BN_set_word(e.get(), RSA_F4));
-  EXPECT_TRUE(RSA_generate_key_ex(rsa.get(), bits, e.get(), nullptr));
-  Key key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_RSA(key.get(), rsa.release()));
-  return key;
-}
 
 Key Ed25519Key() {
   uint8_t pub[32], priv[64];
@@ -63,25 +47,25 @@ mt_strength KeyVerdict(EVP_PKEY *key, std::string *why) {
 
 TEST(KeyStrength, AcceptsRsa2048AndAbove) {
   std::string why;
-  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(RsaKey(2048).get(), &why));
-  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(RsaKey(3072).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(mt_test::NewRsaKey(2048).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(mt_test::NewRsaKey(3072).get(), &why));
 }
 
 TEST(KeyStrength, RefusesRsaUnder2048Bits) {
   std::string why;
-  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(RsaKey(1024).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(mt_test::NewRsaKey(1024).get(), &why));
   EXPECT_EQ("RSA key of 1024 bits, fewer than 2048", why);
-  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(RsaKey(2040).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(mt_test::NewRsaKey(2040).get(), &why));
 }
 
 TEST(KeyStrength, AcceptsP256P384AndEd25519Only) {
   std::string why;
-  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(EcKey(NID_X9_62_prime256v1).get(), &why));
-  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(EcKey(NID_secp384r1).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(mt_test::NewEcKey(NID_X9_62_prime256v1).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(mt_test::NewEcKey(NID_secp384r1).get(), &why));
   EXPECT_EQ(MT_STRENGTH_OK, KeyVerdict(Ed25519Key().get(), &why));
-  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(EcKey(NID_secp521r1).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(mt_test::NewEcKey(NID_secp521r1).get(), &why));
   EXPECT_EQ("EC key on secp521r1, not P-256 or P-384", why);
-  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(EcKey(NID_secp224r1).get(), &why));
+  EXPECT_EQ(MT_STRENGTH_WEAK_KEY, KeyVerdict(mt_test::NewEcKey(NID_secp224r1).get(), &why));
   EXPECT_EQ("EC key on secp224r1, not P-256 or P-384", why);
 }
 
@@ -116,11 +100,11 @@ TEST(SignatureStrength, RefusesSha1Md5AndUnknown) {
 
 TEST(CertStrength, JudgesKeyThenSignatureButNotAnAnchorsSelfSignature) {
   char why[200];
-  Key p256 = EcKey(NID_X9_62_prime256v1);
+  Key p256 = mt_test::NewEcKey(NID_X9_62_prime256v1);
   Cert sha1_self = MakeCert(p256.get(), p256.get(), EVP_sha1());
   EXPECT_EQ(MT_STRENGTH_WEAK_SIGNATURE, mt_cert_strength(sha1_self.get(), 0, why, sizeof(why)));
   EXPECT_EQ(MT_STRENGTH_OK, mt_cert_strength(sha1_self.get(), 1, why, sizeof(why)));
-  Key rsa1024 = RsaKey(1024);
+  Key rsa1024 = mt_test::NewRsaKey(1024);
   Cert weak_anchor = MakeCert(rsa1024.get(), rsa1024.get(), EVP_sha256());
   EXPECT_EQ(MT_STRENGTH_WEAK_KEY, mt_cert_strength(weak_anchor.get(), 1, why, sizeof(why)));
 }
@@ -134,9 +118,9 @@ struct Chain {
 };
 
 TEST(ChainStrength, NamesTheCertificateThatIsWeak) {
-  Key root_key = EcKey(NID_secp384r1);
-  Key int_key = EcKey(NID_X9_62_prime256v1);
-  Key leaf_key = EcKey(NID_X9_62_prime256v1);
+  Key root_key = mt_test::NewEcKey(NID_secp384r1);
+  Key int_key = mt_test::NewEcKey(NID_X9_62_prime256v1);
+  Key leaf_key = mt_test::NewEcKey(NID_X9_62_prime256v1);
   Cert root = MakeCert(root_key.get(), root_key.get(), EVP_sha1());  // anchor: self-signature ignored
   Cert good_int = MakeCert(int_key.get(), root_key.get(), EVP_sha384());
   Cert sha1_int = MakeCert(int_key.get(), root_key.get(), EVP_sha1());
@@ -156,7 +140,7 @@ TEST(ChainStrength, NamesTheCertificateThatIsWeak) {
   EXPECT_EQ(MT_STRENGTH_WEAK_SIGNATURE, mt_chain_strength(bad.stack.get(), why, sizeof(why)));
   EXPECT_EQ(0, strncmp(why, "intermediate 1: signed with ecdsa-with-SHA1", 43)) << why;
 
-  Key rsa1024 = RsaKey(1024);
+  Key rsa1024 = mt_test::NewRsaKey(1024);
   Cert weak_leaf = MakeCert(rsa1024.get(), int_key.get(), EVP_sha256());
   Chain weak;
   weak.Add(weak_leaf);
@@ -180,7 +164,7 @@ TEST(ChainStrength, NamesTheCertificateThatIsWeak) {
 
 TEST(CsrStrength, KeyAndSignatureAlgorithm) {
   char why[200];
-  Key p256 = EcKey(NID_X9_62_prime256v1);
+  Key p256 = mt_test::NewEcKey(NID_X9_62_prime256v1);
   for (auto [md, want] : {std::pair{EVP_sha256(), MT_STRENGTH_OK},
                           std::pair{EVP_sha1(), MT_STRENGTH_WEAK_SIGNATURE}}) {
     bssl::UniquePtr<X509_REQ> req(X509_REQ_new());

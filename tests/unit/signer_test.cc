@@ -29,7 +29,12 @@
 #include "agent/csr.h"
 #include "agent/svid.h"
 
+#include "tests/unit/test_keys.h"
+
 namespace {
+
+using mt_test::NewEcKey;
+using mt_test::NewRsaKey;
 
 const time_t kNow = 1700000000;
 const int64_t kDay = 86400;
@@ -38,24 +43,6 @@ const char kAdminId[] = "spiffe://example.org/ns/admin/sa/root";
 
 using Key = bssl::UniquePtr<EVP_PKEY>;
 using Cert = bssl::UniquePtr<X509>;
-
-Key NewEcKey(int curve = NID_X9_62_prime256v1) {
-  bssl::UniquePtr<EC_KEY> ec(EC_KEY_new_by_curve_name(curve));
-  EXPECT_TRUE(EC_KEY_generate_key(ec.get()));
-  Key key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_EC_KEY(key.get(), ec.release()));
-  return key;
-}
-
-Key NewRsaKey(int bits) {
-  bssl::UniquePtr<RSA> rsa(RSA_new());
-  bssl::UniquePtr<BIGNUM> e(BN_new());
-  EXPECT_TRUE(BN_set_word(e.get(), RSA_F4));
-  EXPECT_TRUE(RSA_generate_key_ex(rsa.get(), bits, e.get(), nullptr));
-  Key key(EVP_PKEY_new());
-  EXPECT_TRUE(EVP_PKEY_assign_RSA(key.get(), rsa.release()));
-  return key;
-}
 
 Key Ref(EVP_PKEY *key) {
   EVP_PKEY_up_ref(key);
