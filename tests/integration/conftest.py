@@ -751,6 +751,39 @@ def roundtrip(port, payload):
     return received, local
 
 
+class SteadyTraffic:
+    """Round trips of b"ping" through |port| on a thread, one every
+    |interval| s and at most |limit|, until stop(): what a client sees while
+    something happens to the mesh. Records every failed round trip."""
+
+    def __init__(self, port, limit, interval):
+        self.failures, self.done = [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(port, limit, interval),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, port, limit, interval):
+        while not self._stop.is_set() and self.done < limit:
+            try:
+                received, _ = roundtrip(port, b"ping")
+                if received != b"ping":
+                    self.failures.append(received)
+            except (OSError, AssertionError) as e:
+                self.failures.append(repr(e))
+            self.done += 1
+            time.sleep(interval)
+
+    def wait_more(self, count, what):
+        """Waits for |count| more round trips (or a failure)."""
+        mark = self.done
+        wait_until(lambda: self.done >= mark + count or self.failures, what)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=WAIT)
+
+
 def tls_client_context(pki, cert_dir=None, chain_file="chain.pem"):
     """A Python (OpenSSL) TLS 1.3 client context that verifies the server
     against the bundle and presents |cert_dir|'s chain (None = no cert)."""

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from conftest import (
     REPO,
     TRUST_DOMAIN,
     WAIT,
+    SteadyTraffic,
     addr,
     client_socket,
     free_port,
@@ -598,20 +598,6 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
     port_in = backend.listener_ports()[0]
     old_root, new_root = str(ca_pki / "root.pem"), str(new_pki / "root.pem")
 
-    failures, done = [], [0]
-    stop = threading.Event()
-
-    def traffic():
-        while not stop.is_set() and done[0] < 5000:
-            try:
-                received, _ = roundtrip(port_out, b"ping")
-                if received != b"ping":
-                    failures.append(received)
-            except (OSError, AssertionError) as e:
-                failures.append(repr(e))
-            done[0] += 1
-            time.sleep(0.02)
-
     def set_roots(version, roots):
         spec = mesh_spec(ca_pki, version=version, backend_addr=f"127.0.0.1:{port_in}")
         spec["trust_bundles"] = {TRUST_DOMAIN: roots}
@@ -633,8 +619,7 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
                        f"{agent.dir.name} to be issued {count} new certificates")
 
     started = time.monotonic()
-    t = threading.Thread(target=traffic, daemon=True)
-    t.start()
+    traffic = SteadyTraffic(port_out, limit=5000, interval=0.02)
     try:
         set_roots(2, [old_root, new_root])                 # 1. trust both
         ca.rotate_issuer(new_pki / "intermediate.pem", new_pki / "intermediate.key",
@@ -644,12 +629,10 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
         rotation_mark = {a.dir.name: set(serials(a)) for a in (frontend, backend)}
         renewed_after(rotation_mark, 2)                    # every certificate renewed
         set_roots(3, [new_root])                           # 3. retire the old root
-        mark = done[0]
-        wait_until(lambda: done[0] >= mark + 20 or failures,
-                   "calls under the new root alone")
+        traffic.wait_more(20, "calls under the new root alone")
     finally:
-        stop.set()
-        t.join(timeout=WAIT)
+        traffic.stop()
+    done, failures = traffic.done, traffic.failures
     elapsed = time.monotonic() - started
     serials = {l["peer_serial"] for l in backend.log_lines() if l["direction"] == "inbound"}
     after = ""
@@ -658,11 +641,11 @@ def test_root_rotation_with_overlapping_trust_drops_no_connection(start_ca, agen
         after = {name: len(re.findall(rf"issued serial \S+ to {re.escape(spiffe_id(name))} ",
                                       tail))
                  for name in ("frontend", "backend")}
-    print(f"\n[root rotation under traffic, {ca_kind}, ttl {ttl}s] {done[0]} connections in "
+    print(f"\n[root rotation under traffic, {ca_kind}, ttl {ttl}s] {done} connections in "
           f"{elapsed:.1f}s, {len(failures)} failed, {len(serials)} distinct frontend serials "
           f"seen by backend" + (f", issued from the new intermediate: {after}" if after else ""))
-    assert done[0] > 50
-    assert not failures, f"{len(failures)} of {done[0]} connections failed: {failures[:3]}"
+    assert done > 50
+    assert not failures, f"{len(failures)} of {done} connections failed: {failures[:3]}"
     last = backend.log_lines()[-1]
     assert last["decision"] == "allow"
     if after:

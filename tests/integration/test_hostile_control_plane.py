@@ -17,7 +17,6 @@ same C paths run under UBSan in test_control_plane.py).
 """
 import os
 import re
-import threading
 import time
 
 import pytest
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.skipif(
     "optubsan/" in os.environ.get("MTLSD_BIN", ""),
     reason="run against the plain and ASan builds only (CI time)")
 
-from conftest import WAIT, free_port, roundtrip, spiffe_id, wait_until
+from conftest import WAIT, SteadyTraffic, free_port, roundtrip, spiffe_id, wait_until
 from hostile_cp import CREATE, FAULTS, WATCH, HostileCp
 from mtls_ca import MtlsCa
 from test_control_plane import (  # noqa: F401 (fixtures)
@@ -323,22 +322,7 @@ def test_a_ca_outage_shorter_than_the_certificate_life_fails_no_connection(
         wait_ready(frontend)
         wait_serving(port_out)
 
-        failures, done = [], [0]
-        stop = threading.Event()
-
-        def traffic():
-            while not stop.is_set() and done[0] < 3000:
-                try:
-                    received, _ = roundtrip(port_out, b"ping")
-                    if received != b"ping":
-                        failures.append(received)
-                except (OSError, AssertionError) as e:
-                    failures.append(repr(e))
-                done[0] += 1
-                time.sleep(0.05)
-
-        t = threading.Thread(target=traffic, daemon=True)
-        t.start()
+        traffic = SteadyTraffic(port_out, limit=3000, interval=0.05)
         try:
             # Stop the CA just after both agents renewed: each has about a
             # full certificate life left, and its next renewal falls in the
@@ -378,18 +362,17 @@ def test_a_ca_outage_shorter_than_the_certificate_life_fails_no_connection(
             for agent in (frontend, backend):
                 wait_until(lambda: rotations(agent) > marks[agent],
                            f"{agent.dir.name} to renew after the outage")
-            mark = done[0]
-            wait_until(lambda: done[0] >= mark + 20 or failures, "calls after the outage")
+            traffic.wait_more(20, "calls after the outage")
         finally:
-            stop.set()
-            t.join(timeout=WAIT)
+            traffic.stop()
+        done, failures = traffic.done, traffic.failures
         status, body = frontend.admin("/ready")
         assert status == 200 and "not renewed" not in body, body
-        print(f"\n[CA outage under load] {done[0]} connections, {len(failures)} failed; "
+        print(f"\n[CA outage under load] {done} connections, {len(failures)} failed; "
               f"outage {outage} s with {ttl} s certificates; overdue at the end of the outage: "
               f"{overdue_s:.0f} s")
-        assert done[0] > 100
-        assert not failures, f"{len(failures)} of {done[0]} connections failed: {failures[:3]}"
+        assert done > 100
+        assert not failures, f"{len(failures)} of {done} connections failed: {failures[:3]}"
     finally:
         ca.stop()
         ca.check()
