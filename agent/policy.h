@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -73,6 +74,102 @@ mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint1
 mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t port);
 
 size_t mt_policy_rule_count(const mt_policy *policy);
+
+/* ---- Istio-form rules (an AuthorizationPolicy rule at L4) ----------------
+ *
+ * Semantics (proto/mtlsd/mesh.proto, Rule, Source, Operation, Condition):
+ * the rule matches when some source matches (or there is none), some
+ * operation matches (or there is none) and every condition matches. In a
+ * source every non-empty field must match, a field by any of its values,
+ * a not_ field by none. Principals and namespaces take Istio's wildcards:
+ * "*" (present), "prefix*", "*suffix", else exact; a principal is the peer
+ * ID without "spiffe://", a namespace the ID's /ns/<ns>/ segment. An
+ * unauthenticated peer (plaintext) has neither: positive principal and
+ * namespace values never match it, not_ values always do. An unknown peer
+ * address matches no ip_block and every not_ip_block.
+ *
+ * Decisions: a DENY Istio rule is consulted with the DENY rules, an ALLOW
+ * one with the ALLOW rules, for authenticated and unauthenticated peers
+ * alike (unlike native rules, which deny any unauthenticated peer on a
+ * port they cover). An Istio ALLOW rule "covers" a port when one of its
+ * operations admits it (or it has none). */
+
+typedef struct {
+  const char *const *principals;
+  size_t num_principals;
+  const char *const *not_principals;
+  size_t num_not_principals;
+  const char *const *namespaces;
+  size_t num_namespaces;
+  const char *const *not_namespaces;
+  size_t num_not_namespaces;
+  const char *const *ip_blocks; /* "a.b.c.d[/n]", "v6[/n]", host bits zero */
+  size_t num_ip_blocks;
+  const char *const *not_ip_blocks;
+  size_t num_not_ip_blocks;
+} mt_source_spec;
+
+typedef struct {
+  const uint16_t *ports;
+  size_t num_ports;
+  const uint16_t *not_ports;
+  size_t num_not_ports;
+} mt_operation_spec;
+
+/* Keys: MT_CONDITION_* below; values as the matching source / operation
+ * field takes them (destination.port: decimal ports). */
+#define MT_CONDITION_SOURCE_IP "source.ip"
+#define MT_CONDITION_SOURCE_NAMESPACE "source.namespace"
+#define MT_CONDITION_SOURCE_PRINCIPAL "source.principal"
+#define MT_CONDITION_DESTINATION_IP "destination.ip"
+#define MT_CONDITION_DESTINATION_PORT "destination.port"
+
+typedef struct {
+  const char *key;
+  const char *const *values;
+  size_t num_values;
+  const char *const *not_values;
+  size_t num_not_values;
+} mt_condition_spec;
+
+typedef struct {
+  const char *name; /* e.g. "default/backend-allow[0]"; unique in the policy */
+  mt_action action;
+  const mt_source_spec *sources;
+  size_t num_sources;
+  const mt_operation_spec *operations;
+  size_t num_operations;
+  const mt_condition_spec *conditions;
+  size_t num_conditions;
+  const char *reduced; /* why the control plane changed it; NULL or "" when it did not */
+  int never_matches;   /* matches nothing (an ALLOW rule that needed HTTP) */
+} mt_istio_rule_spec;
+
+/* Adds an Istio-form rule (everything copied). Returns 1, or 0 with the
+ * reason in |err| (empty or duplicate name, unknown action, an empty
+ * value, a principal with "spiffe://", a malformed CIDR, port 0, an
+ * unknown condition key, a condition without values). */
+int mt_policy_add_istio_rule(mt_policy *policy, const mt_istio_rule_spec *spec, char *err,
+                             size_t err_len);
+
+/* Records an ALLOW policy ("ns/name") that selects the workload, so that
+ * a denial for want of a matching ALLOW rule can name it. Returns 0 when
+ * out of memory. */
+int mt_policy_add_allow_policy(mt_policy *policy, const char *name);
+size_t mt_policy_num_allow_policies(const mt_policy *policy);
+const char *mt_policy_allow_policy(const mt_policy *policy, size_t i);
+
+/* What a decision looks at. Borrowed for the call. */
+typedef struct {
+  const char *peer_id;              /* verified SPIFFE ID; NULL: unauthenticated */
+  const struct sockaddr *peer_addr; /* the peer's address; NULL: unknown */
+  const struct sockaddr *dest_addr; /* where it connected; NULL: unknown */
+  uint16_t port;                    /* destination (app) port */
+} mt_policy_request;
+
+/* The one decision function: mt_policy_decide and _unauthenticated are
+ * this with only a peer ID (or none) and a port. */
+mt_decision mt_policy_evaluate(const mt_policy *policy, const mt_policy_request *request);
 
 /* ---- explaining a decision (read-only) ---- */
 
