@@ -361,8 +361,9 @@ static int decode_condition(decoder *d, const json_t *when, const char *rel,
   if (c->n_values + c->n_not_values == 0)
     return refuse(d, rel, "neither values nor notValues is set");
   if (!l4) {
-    char noted[MT_ISTIO_FIELD_MAX + CONDITION_KEY_MAX];
-    mt_istio_join(noted, sizeof(noted), rel, " ", key);
+    char with_key[MT_ISTIO_FIELD_MAX + CONDITION_KEY_MAX], noted[sizeof(with_key)];
+    mt_istio_join(with_key, sizeof(with_key), rel, " (", key);
+    mt_istio_join(noted, sizeof(noted), with_key, "", ")");
     note_http_field(d, noted);
     return 1;
   }
