@@ -340,6 +340,13 @@ TEST_F(IstioPolicy, TooManyValuesAreRefused) {
             std::string::npos);
 }
 
+TEST_F(IstioPolicy, OverlongValueIsRefused) {
+  std::string spec = "{\"rules\": [{\"from\": [{\"source\": {\"principals\": [\"" +
+                     std::string(1025, 'a') + "\"]}}]}]}";
+  EXPECT_NE(Refused(AuthorizationPolicy("shop", "long", spec)).find("principals[0]: too long"),
+            std::string::npos);
+}
+
 TEST_F(IstioPolicy, WrongApiVersionOrKindIsRefused) {
   IstioObject v2 = AuthorizationPolicy("shop", "future", kAllowFrontendSpec, "v2");
   EXPECT_NE(Refused(v2).find("apiVersion"), std::string::npos);
