@@ -40,8 +40,6 @@ enum {
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
   DEFAULT_INBOUND_CAPTURE_PORT = 15006,
   DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
-  IPV4_BITS = 32,
-  IPV6_BITS = 128,
   DEFAULT_NODE_POD_CIDRS_WAIT_S =
       180, /* a control plane rolled out with the agents starts meanwhile */
   MAX_NODE_POD_CIDRS_WAIT_S = 3600,
@@ -533,50 +531,6 @@ static int want_port_list(parse_ctx *pc, yaml_node_t *v, const char *key, int st
 
 /* "a.b.c.d/n", "v6/n", or a bare address (a single host). Host bits must be
  * zero: "10.0.0.1/8" is more likely a typo than a wish for 10.0.0.0/8. */
-int mt_cidr_parse(const char *text, mt_cidr *out, char *why, size_t why_len) {
-  char host[INET6_ADDRSTRLEN + 1];
-  const char *slash = strchr(text, '/');
-  size_t hlen = slash ? (size_t)(slash - text) : strlen(text);
-  memset(out, 0, sizeof(*out));
-  int bits;
-  if (hlen < sizeof(host)) {
-    memcpy(host, text, hlen);
-    host[hlen] = '\0';
-  }
-  if (hlen < sizeof(host) && inet_pton(AF_INET, host, out->addr) == 1) {
-    out->family = AF_INET;
-    bits = IPV4_BITS;
-  } else if (hlen < sizeof(host) && inet_pton(AF_INET6, host, out->addr) == 1) {
-    out->family = AF_INET6;
-    bits = IPV6_BITS;
-  } else {
-    snprintf(why, why_len, "'%s' is not a valid CIDR", text);
-    return 0;
-  }
-  out->prefix_len = bits;
-  if (slash != NULL) {
-    const char *p = slash + 1;
-    int len = 0;
-    size_t n = 0;
-    for (; p[n] != '\0' && n < 4; n++) {
-      if (p[n] < '0' || p[n] > '9') break;
-      len = len * 10 + (p[n] - '0');
-    }
-    if (n == 0 || p[n] != '\0' || len > bits) {
-      snprintf(why, why_len, "'%s' is not a valid CIDR", text);
-      return 0;
-    }
-    out->prefix_len = len;
-  }
-  for (int b = out->prefix_len; b < bits; b++) {
-    if (out->addr[b / 8] & (0x80 >> (b % 8))) {
-      snprintf(why, why_len, "'%s' has address bits set beyond the /%d prefix", text,
-               out->prefix_len);
-      return 0;
-    }
-  }
-  return 1;
-}
 
 static int parse_cidr(parse_ctx *pc, yaml_node_t *node, const char *key, const char *text,
                       mt_cidr *out) {

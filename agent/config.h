@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "agent/cidr.h"
 #include "agent/policy.h"
 #include "agent/sandbox.h"
 
@@ -68,12 +69,6 @@ typedef struct {
   char *file;
 } mt_trust_bundle_config;
 
-/* An address block: family, network bytes (host bits zero) and prefix. */
-typedef struct {
-  int family; /* AF_INET or AF_INET6 */
-  uint8_t addr[16];
-  int prefix_len;
-} mt_cidr;
 
 /* A port list that may instead be "*" (every port). */
 typedef struct {
@@ -231,9 +226,6 @@ int mt_config_restart_changes(const mt_config *old, const mt_config *next, char 
 /* "trust_domain", "deny" or "passthrough", as the config spells it. */
 const char *mt_unknown_destination_str(mt_unknown_dest_mode mode);
 
-/* Parses "a.b.c.d/n", "v6/n" or a bare address (a single host) with the
- * host bits zero. Returns 1, or 0 with the reason in |why|. */
-int mt_cidr_parse(const char *text, mt_cidr *out, char *why, size_t why_len);
 
 /* Room for any mt_sockaddr_format text: "[" v6 "]:" port. */
 enum { MT_SOCKADDR_TEXT_MAX = 64 };

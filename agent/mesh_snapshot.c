@@ -6,11 +6,11 @@
 #include <string.h>
 
 #include "agent/mesh_delta.h"
+#include "agent/policy_proto.h"
 #include "agent/pem.h"
 #include "agent/svid.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
-enum { MAX_MATCHERS_PER_RULE = 256 };
 
 void mt_mesh_update_clear(mt_mesh_update *u) {
   mt_mesh_unref(u->mesh);
@@ -69,92 +69,6 @@ static int decode_bundles(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update
       return snprintf(err, err_len, "trust domain '%.64s' has no roots", b->trust_domain), 0;
   }
   return 1;
-}
-
-static int decode_action(Mtlsd__Mesh__V1__Action a, mt_action *out) {
-  if (a == MTLSD__MESH__V1__ACTION__ALLOW)
-    *out = MT_ACTION_ALLOW;
-  else if (a == MTLSD__MESH__V1__ACTION__DENY)
-    *out = MT_ACTION_DENY;
-  else
-    return 0;
-  return 1;
-}
-
-/* Fills |m| from a protobuf matcher; prefix values lose their "*" into
- * |prefix_buf|. */
-static int decode_matcher(const Mtlsd__Mesh__V1__Matcher *pm, mt_matcher *m, char **owned) {
-  switch (pm->kind_case) {
-    case MTLSD__MESH__V1__MATCHER__KIND_ID: *m = (mt_matcher){MT_MATCH_EXACT, pm->id}; return 1;
-    case MTLSD__MESH__V1__MATCHER__KIND_NAMESPACE:
-      *m = (mt_matcher){MT_MATCH_NAMESPACE, pm->namespace_};
-      return 1;
-    case MTLSD__MESH__V1__MATCHER__KIND_TRUST_DOMAIN:
-      *m = (mt_matcher){MT_MATCH_TRUST_DOMAIN, pm->trust_domain};
-      return 1;
-    case MTLSD__MESH__V1__MATCHER__KIND_ANY: *m = (mt_matcher){MT_MATCH_ANY, NULL}; return pm->any;
-    case MTLSD__MESH__V1__MATCHER__KIND_PREFIX: {
-      size_t n = strlen(pm->prefix);
-      if (n < 2 || pm->prefix[n - 1] != '*' || pm->prefix[n - 2] != '/') return 0;
-      *owned = strndup(pm->prefix, n - 1);
-      *m = (mt_matcher){MT_MATCH_PREFIX, *owned};
-      return *owned != NULL;
-    }
-    default: return 0;
-  }
-}
-
-static int decode_rule(mt_policy *policy, const Mtlsd__Mesh__V1__Rule *r, size_t index, char *err,
-                       size_t err_len) {
-  mt_action action;
-  if (!decode_action(r->action, &action))
-    return snprintf(err, err_len, "rule %zu ('%.64s'): action must be ALLOW or DENY", index,
-                    r->name),
-           0;
-  if (r->n_from == 0 || r->n_from > MAX_MATCHERS_PER_RULE)
-    return snprintf(err, err_len, "rule '%.64s': needs 1..%d 'from' matchers", r->name,
-                    MAX_MATCHERS_PER_RULE),
-           0;
-  uint16_t ports[64];
-  if (r->n_ports > sizeof(ports) / sizeof(ports[0]))
-    return snprintf(err, err_len, "rule '%.64s': more than 64 ports", r->name), 0;
-  for (size_t i = 0; i < r->n_ports; i++) {
-    if (r->ports[i] == 0 || r->ports[i] > 65535)
-      return snprintf(err, err_len, "rule '%.64s': port %u out of range", r->name, r->ports[i]), 0;
-    ports[i] = (uint16_t)r->ports[i];
-  }
-  mt_matcher matchers[MAX_MATCHERS_PER_RULE];
-  char *owned[MAX_MATCHERS_PER_RULE] = {0};
-  int ok = 1;
-  for (size_t i = 0; ok && i < r->n_from; i++) {
-    ok = decode_matcher(r->from[i], &matchers[i], &owned[i]);
-    if (!ok) snprintf(err, err_len, "rule '%.64s': matcher %zu is empty or malformed", r->name, i);
-  }
-  char why[256];
-  if (ok && !mt_policy_add_rule(policy, r->name, action, ports, r->n_ports, matchers, r->n_from,
-                                why, sizeof(why))) {
-    snprintf(err, err_len, "rule '%.64s': %s", r->name, why);
-    ok = 0;
-  }
-  for (size_t i = 0; i < r->n_from; i++) free(owned[i]);
-  return ok;
-}
-
-static mt_policy *decode_policy(const Mtlsd__Mesh__V1__Policy *p, char *err, size_t err_len) {
-  mt_action def = MT_ACTION_ALLOW; /* unset: Istio's default, allow verified peers */
-  if (p != NULL && p->default_action != MTLSD__MESH__V1__ACTION__ACTION_UNSPECIFIED &&
-      !decode_action(p->default_action, &def)) {
-    snprintf(err, err_len, "policy.default_action %d is not ALLOW or DENY", p->default_action);
-    return NULL;
-  }
-  mt_policy *policy = mt_policy_new(def);
-  for (size_t i = 0; policy != NULL && p != NULL && i < p->n_rules; i++) {
-    if (!decode_rule(policy, p->rules[i], i, err, err_len)) {
-      mt_policy_free(policy);
-      return NULL;
-    }
-  }
-  return policy;
 }
 
 /* A Service address's endpoints (Destination.endpoints): each an ip:port
@@ -257,7 +171,7 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_m
       if (strcmp(out->workloads[j].spiffe_id, w->spiffe_id) == 0)
         return snprintf(err, err_len, "workload_policies: '%.128s' listed twice", w->spiffe_id), 0;
     char why[200];
-    mt_policy *policy = decode_policy(w->policy, why, sizeof(why));
+    mt_policy *policy = mt_policy_from_proto(w->policy, why, sizeof(why));
     if (policy == NULL)
       return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
     mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
@@ -393,7 +307,7 @@ static mt_mesh *patch_destinations(const Mtlsd__Mesh__V1__MeshSnapshot *s, const
 /* The general mesh: policy and destinations (validated). */
 static mt_mesh *decode_general(const Mtlsd__Mesh__V1__MeshSnapshot *s, const dest_source *src,
                                char *err, size_t err_len) {
-  mt_policy *policy = decode_policy(s->policy, err, err_len);
+  mt_policy *policy = mt_policy_from_proto(s->policy, err, err_len);
   if (policy == NULL) return NULL;
   if (src->delta != NULL) return patch_destinations(s, src, policy, err, err_len);
   mt_destination_config *dests = calloc(s->n_destinations + 1, sizeof(*dests));

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/policy_match.h"
 #include "agent/svid.h"
 
 static const char kMtSpiffeScheme[] = "spiffe://";
@@ -30,6 +31,10 @@ typedef struct {
   size_t num_ports;
   mt_rule_matcher *matchers; /* owned */
   size_t num_matchers;
+  /* Istio form (match != NULL): ports and matchers are empty. */
+  mt_rule_match *match; /* owned */
+  char *reduced;        /* owned; NULL when the control plane did not change the rule */
+  int never_matches;
 } mt_rule;
 
 struct mt_policy {
@@ -37,6 +42,9 @@ struct mt_policy {
   mt_rule *rules;
   size_t num_rules;
   size_t cap_rules;
+  size_t num_native;     /* rules in the native form */
+  char **allow_policies; /* owned: ALLOW policies selecting the workload (Istio) */
+  size_t num_allow_policies;
 };
 
 /* A macro rather than a variadic function: the static analyzer mis-models
@@ -64,6 +72,8 @@ static void mt_rule_dispose(mt_rule *rule) {
   free(rule->matchers);
   free(rule->ports);
   free(rule->name);
+  mt_rule_match_free(rule->match);
+  free(rule->reduced);
 }
 
 mt_policy *mt_policy_new(mt_action default_action) {
@@ -85,6 +95,8 @@ void mt_policy_free(mt_policy *policy) {
     mt_rule_dispose(&policy->rules[i]);
   }
   free(policy->rules);
+  for (size_t i = 0; i < policy->num_allow_policies; i++) free(policy->allow_policies[i]);
+  free(policy->allow_policies);
   free(policy);
 }
 
@@ -279,26 +291,110 @@ int mt_policy_add_rule(mt_policy *policy, const char *name, mt_action action, co
     return 0;
   }
   policy->rules[policy->num_rules++] = rule;
+  policy->num_native++;
   return 1;
+}
+
+int mt_policy_add_istio_rule(mt_policy *policy, const mt_istio_rule_spec *spec, char *err,
+                             size_t err_len) {
+  if (policy == NULL || spec == NULL) {
+    MT_SET_ERR(err, err_len, "no policy to add the rule to");
+    return 0;
+  }
+  if (spec->name == NULL || spec->name[0] == '\0') {
+    MT_SET_ERR(err, err_len, "rule has an empty name");
+    return 0;
+  }
+  if (mt_find_rule(policy, spec->name) != NULL) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": duplicate rule name", spec->name);
+    return 0;
+  }
+  if (spec->action != MT_ACTION_ALLOW && spec->action != MT_ACTION_DENY) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": unknown action", spec->name);
+    return 0;
+  }
+  char why[256];
+  mt_rule rule;
+  memset(&rule, 0, sizeof(rule));
+  rule.action = spec->action;
+  rule.never_matches = spec->never_matches != 0;
+  rule.match = mt_rule_match_new(spec, why, sizeof(why));
+  if (rule.match == NULL) {
+    MT_SET_ERR(err, err_len, "rule \"%s\": %s", spec->name, why);
+    return 0;
+  }
+  rule.name = mt_strdup(spec->name);
+  if (spec->reduced != NULL && spec->reduced[0] != '\0') rule.reduced = mt_strdup(spec->reduced);
+  if (rule.name == NULL ||
+      (spec->reduced != NULL && spec->reduced[0] != '\0' && rule.reduced == NULL) ||
+      !mt_reserve_rule(policy)) {
+    mt_rule_dispose(&rule);
+    MT_SET_ERR(err, err_len, "rule \"%s\": out of memory", spec->name);
+    return 0;
+  }
+  policy->rules[policy->num_rules++] = rule;
+  return 1;
+}
+
+int mt_policy_add_allow_policy(mt_policy *policy, const char *name) {
+  char **grown = realloc(policy->allow_policies, (policy->num_allow_policies + 1) * sizeof(*grown));
+  if (grown == NULL) return 0;
+  policy->allow_policies = grown;
+  char *copy = mt_strdup(name);
+  if (copy == NULL) return 0;
+  policy->allow_policies[policy->num_allow_policies++] = copy;
+  return 1;
+}
+
+size_t mt_policy_num_allow_policies(const mt_policy *policy) {
+  return policy != NULL ? policy->num_allow_policies : 0;
+}
+
+const char *mt_policy_allow_policy(const mt_policy *policy, size_t i) {
+  return policy != NULL && i < policy->num_allow_policies ? policy->allow_policies[i] : NULL;
 }
 
 /* ---- deciding ---------------------------------------------------------- */
 
-/* The peer as the matchers see it: the full ID and its parsed parts. */
+/* The peer as the matchers see it: the full ID and its parsed parts, and
+ * the request as Istio-form rules see it. */
 typedef struct {
-  const char *id;
+  const char *id; /* NULL: unauthenticated */
   size_t id_len;
   mt_spiffe_id_view view;
+  mt_match_input in;
 } mt_peer;
 
-/* Parses |id| for the matchers. Returns 0 when it is not a SPIFFE ID. */
-static int mt_peer_init(mt_peer *peer, const char *id) {
-  peer->id = id;
-  peer->id_len = strlen(id);
-  return mt_spiffe_id_parse(peer->id, peer->id_len, &peer->view) == MT_SPIFFE_OK;
+/* The namespace segment of a SPIFFE path "/ns/<ns>[/...]", or NULL. */
+static const char *mt_path_namespace(const mt_spiffe_id_view *v, size_t *len) {
+  const size_t pre = MT_NAMESPACE_PATH_PREFIX_LEN;
+  if (v->path_len <= pre || memcmp(v->path, kMtNamespacePathPrefix, pre) != 0) return NULL;
+  const char *ns = v->path + pre;
+  const char *end = memchr(ns, '/', v->path_len - pre);
+  *len = end != NULL ? (size_t)(end - ns) : v->path_len - pre;
+  return *len > 0 ? ns : NULL;
+}
+
+/* Fills |peer| from |req|. Returns 0 when the peer ID is not a SPIFFE ID. */
+static int mt_peer_init_request(mt_peer *peer, const mt_policy_request *req) {
+  memset(peer, 0, sizeof(*peer));
+  peer->in.peer_addr = req->peer_addr;
+  peer->in.dest_addr = req->dest_addr;
+  peer->in.port = req->port;
+  if (req->peer_id == NULL) return 1;
+  peer->id = req->peer_id;
+  peer->id_len = strlen(req->peer_id);
+  if (mt_spiffe_id_parse(peer->id, peer->id_len, &peer->view) != MT_SPIFFE_OK) return 0;
+  peer->in.principal = peer->id + MT_SPIFFE_SCHEME_LEN;
+  peer->in.principal_len = peer->id_len - MT_SPIFFE_SCHEME_LEN;
+  peer->in.ns = mt_path_namespace(&peer->view, &peer->in.ns_len);
+  return 1;
 }
 
 static int mt_rule_covers_port(const mt_rule *rule, uint16_t port) {
+  if (rule->match != NULL) {
+    return mt_rule_match_covers_port(rule->match, port);
+  }
   if (rule->num_ports == 0) {
     return 1;
   }
@@ -337,7 +433,15 @@ static int mt_matcher_matches(const mt_rule_matcher *m, const mt_peer *peer) {
   return 0;
 }
 
+/* Whether |rule| matches the request (the port included). A native rule
+ * never matches an unauthenticated peer: those are handled before. */
 static int mt_rule_matches(const mt_rule *rule, const mt_peer *peer) {
+  if (rule->match != NULL) {
+    return mt_rule_match_eval(rule->match, &peer->in);
+  }
+  if (peer->id == NULL || !mt_rule_covers_port(rule, peer->in.port)) {
+    return 0;
+  }
   for (size_t i = 0; i < rule->num_matchers; i++) {
     if (mt_matcher_matches(&rule->matchers[i], peer)) {
       return 1;
@@ -354,17 +458,19 @@ static mt_decision mt_make_decision(mt_action action, const char *rule, const ch
   return d;
 }
 
-/* First matching rule of |action| that covers |port|, or NULL. Sets
- * |*covered| when any rule of that action covers the port. */
+/* First matching rule of |action|, or NULL. Sets |*covered| when any rule
+ * of that action covers the port. */
 static const mt_rule *mt_first_match(const mt_policy *policy, mt_action action, const mt_peer *peer,
-                                     uint16_t port, int *covered) {
+                                     int *covered) {
   *covered = 0;
   for (size_t i = 0; i < policy->num_rules; i++) {
     const mt_rule *rule = &policy->rules[i];
-    if (rule->action != action || !mt_rule_covers_port(rule, port)) {
+    if (rule->action != action) {
       continue;
     }
-    *covered = 1;
+    if (mt_rule_covers_port(rule, peer->in.port)) {
+      *covered = 1;
+    }
     if (mt_rule_matches(rule, peer)) {
       return rule;
     }
@@ -372,84 +478,137 @@ static const mt_rule *mt_first_match(const mt_policy *policy, mt_action action, 
   return NULL;
 }
 
-mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint16_t port) {
-  /* The caller promises a verified ID; if that promise is broken, fail
-   * closed rather than let matchers guess at a malformed string. */
-  mt_peer peer;
-  if (policy == NULL || peer_id == NULL) {
-    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy or no peer ID");
+/* An unauthenticated peer on a port a native rule covers: that rule speaks
+ * about identities the peer cannot prove, so it denies (fail closed). */
+static const mt_rule *mt_native_rule_covering(const mt_policy *policy, uint16_t port) {
+  for (size_t i = 0; policy->num_native > 0 && i < policy->num_rules; i++) {
+    const mt_rule *rule = &policy->rules[i];
+    if (rule->match == NULL && mt_rule_covers_port(rule, port)) {
+      return rule;
+    }
   }
-  if (!mt_peer_init(&peer, peer_id)) {
-    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "peer ID is not a valid SPIFFE ID");
+  return NULL;
+}
+
+static mt_decision mt_decide_peer(const mt_policy *policy, const mt_peer *peer) {
+  if (peer->id == NULL) {
+    const mt_rule *native = mt_native_rule_covering(policy, peer->in.port);
+    if (native != NULL) {
+      return mt_make_decision(MT_ACTION_DENY, native->name,
+                              "rule needs a peer identity; the peer is unauthenticated");
+    }
   }
   int covered;
-  const mt_rule *rule = mt_first_match(policy, MT_ACTION_DENY, &peer, port, &covered);
+  const mt_rule *rule = mt_first_match(policy, MT_ACTION_DENY, peer, &covered);
   if (rule != NULL) {
     return mt_make_decision(MT_ACTION_DENY, rule->name, "matched DENY rule");
   }
-  rule = mt_first_match(policy, MT_ACTION_ALLOW, &peer, port, &covered);
+  rule = mt_first_match(policy, MT_ACTION_ALLOW, peer, &covered);
   if (rule != NULL) {
     return mt_make_decision(MT_ACTION_ALLOW, rule->name, "matched ALLOW rule");
+  }
+  if (policy->num_allow_policies > 0 && policy->default_action == MT_ACTION_DENY) {
+    return mt_make_decision(MT_ACTION_DENY, MT_POLICY_RULE_NO_ALLOW_MATCH,
+                            "ALLOW policies select this workload and none of their rules matched");
   }
   if (covered) {
     return mt_make_decision(MT_ACTION_DENY, MT_POLICY_RULE_NO_ALLOW_MATCH,
                             "no ALLOW rule matched for this port");
   }
   return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
-                          "no ALLOW rule covers this port; default action");
+                          peer->id != NULL ? "no ALLOW rule covers this port; default action"
+                                           : "no rule covers this port; default action");
+}
+
+mt_decision mt_policy_evaluate(const mt_policy *policy, const mt_policy_request *req) {
+  /* The caller promises a verified ID; if that promise is broken, fail
+   * closed rather than let matchers guess at a malformed string. */
+  if (policy == NULL || req == NULL) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy");
+  }
+  mt_peer peer;
+  if (!mt_peer_init_request(&peer, req)) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "peer ID is not a valid SPIFFE ID");
+  }
+  return mt_decide_peer(policy, &peer);
+}
+
+mt_decision mt_policy_decide(const mt_policy *policy, const char *peer_id, uint16_t port) {
+  if (policy == NULL || peer_id == NULL) {
+    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy or no peer ID");
+  }
+  mt_policy_request req = {peer_id, NULL, NULL, port};
+  return mt_policy_evaluate(policy, &req);
 }
 
 mt_decision mt_policy_decide_unauthenticated(const mt_policy *policy, uint16_t port) {
-  if (policy == NULL) {
-    return mt_make_decision(MT_ACTION_DENY, kMtRuleInvalidPeer, "no policy");
-  }
-  for (size_t i = 0; i < policy->num_rules; i++) {
-    if (mt_rule_covers_port(&policy->rules[i], port)) {
-      return mt_make_decision(MT_ACTION_DENY, policy->rules[i].name,
-                              "rule needs a peer identity; the peer is unauthenticated");
-    }
-  }
-  return mt_make_decision(policy->default_action, MT_POLICY_RULE_DEFAULT,
-                          "no rule covers this port; default action");
+  mt_policy_request req = {NULL, NULL, NULL, port};
+  return mt_policy_evaluate(policy, &req);
 }
 
 /* ---- explaining -------------------------------------------------------- */
 
-/* Appends the trace of rule |position|, its matchers' traces taken from
- * |*storage| (advanced past them). |peer| is NULL when no matcher can be
- * evaluated. Uses the predicates mt_policy_decide uses. */
+/* Where a trace's rules take their matcher, clause and field traces from. */
+typedef struct {
+  mt_matcher_trace *matchers;
+  mt_clause_trace *clauses;
+  mt_field_trace *fields;
+} mt_trace_storage;
+
+/* Appends the trace of rule |position|. |peer| is NULL when nothing can be
+ * evaluated (an invalid peer ID). Uses the predicates the decision uses. */
 static void mt_trace_rule(mt_policy_trace *trace, const mt_policy *policy, size_t position,
-                          const mt_peer *peer, uint16_t port, mt_matcher_trace **storage) {
+                          const mt_peer *peer, uint16_t port, mt_trace_storage *storage) {
   const mt_rule *rule = &policy->rules[position];
   mt_rule_trace *out = &trace->rules[trace->num_rules++];
-  mt_matcher_trace *matchers = *storage;
+  memset(out, 0, sizeof(*out));
+  int native_evaluated = peer != NULL && peer->id != NULL;
+  mt_matcher_trace *matchers = storage->matchers;
   for (size_t i = 0; i < rule->num_matchers; i++) {
     matchers[i].kind = rule->matchers[i].kind;
     matchers[i].value = rule->matchers[i].value;
-    matchers[i].matches = peer != NULL && mt_matcher_matches(&rule->matchers[i], peer);
+    matchers[i].matches = native_evaluated && mt_matcher_matches(&rule->matchers[i], peer);
   }
-  *storage = matchers + rule->num_matchers;
+  storage->matchers += rule->num_matchers;
   out->name = rule->name;
   out->action = rule->action;
   out->position = position;
   out->ports = rule->ports;
   out->num_ports = rule->num_ports;
   out->covers_port = mt_rule_covers_port(rule, port);
-  out->matches_peer = peer != NULL && mt_rule_matches(rule, peer);
+  out->matchers = matchers;
+  out->num_matchers = rule->num_matchers;
+  if (rule->match != NULL) {
+    size_t num_clauses, num_fields;
+    mt_rule_match_trace_size(rule->match, &num_clauses, &num_fields);
+    mt_rule_match_trace(rule->match, peer != NULL ? &peer->in : NULL, storage->clauses,
+                        storage->fields);
+    out->istio = 1;
+    out->never_matches = rule->never_matches;
+    out->reduced = rule->reduced;
+    out->clauses = storage->clauses;
+    out->num_clauses = num_clauses;
+    storage->clauses += num_clauses;
+    storage->fields += num_fields;
+    out->matches_peer = peer != NULL && mt_rule_match_eval(rule->match, &peer->in);
+  } else {
+    out->matches_peer = native_evaluated && mt_rule_matches(rule, peer);
+    /* A native rule's "peer matches" ignores the port, as before. */
+    for (size_t i = 0; native_evaluated && i < rule->num_matchers; i++) {
+      out->matches_peer |= matchers[i].matches;
+    }
+  }
   /* Decisions borrow rule names, so identity (not spelling) tells which
    * rule decided: a rule named "default" never takes the default's credit. */
   out->decided = trace->decision.rule == rule->name;
-  out->matchers = matchers;
-  out->num_matchers = rule->num_matchers;
 }
 
 /* Lists the rules in the order the deciding function consults them. */
-static void mt_trace_rules(mt_policy_trace *trace, const mt_policy *policy, int authenticated,
-                           const mt_peer *peer, uint16_t port) {
-  mt_matcher_trace *storage = trace->matcher_storage;
-  if (!authenticated) {
+static void mt_trace_rules(mt_policy_trace *trace, const mt_policy *policy, const mt_peer *peer,
+                           int position_order, uint16_t port, mt_trace_storage *storage) {
+  if (position_order) {
     for (size_t i = 0; i < policy->num_rules; i++) {
-      mt_trace_rule(trace, policy, i, NULL, port, &storage);
+      mt_trace_rule(trace, policy, i, peer, port, storage);
     }
     return;
   }
@@ -457,35 +616,53 @@ static void mt_trace_rules(mt_policy_trace *trace, const mt_policy *policy, int 
   for (size_t a = 0; a < sizeof(kOrder) / sizeof(kOrder[0]); a++) {
     for (size_t i = 0; i < policy->num_rules; i++) {
       if (policy->rules[i].action == kOrder[a]) {
-        mt_trace_rule(trace, policy, i, peer, port, &storage);
+        mt_trace_rule(trace, policy, i, peer, port, storage);
       }
     }
   }
 }
 
-int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const char *peer_id,
-                         uint16_t port) {
+int mt_policy_trace_request(mt_policy_trace *trace, const mt_policy *policy,
+                            const mt_policy_request *req) {
   memset(trace, 0, sizeof(*trace));
-  trace->decision = peer_id != NULL ? mt_policy_decide(policy, peer_id, port)
-                                    : mt_policy_decide_unauthenticated(policy, port);
+  trace->decision = mt_policy_evaluate(policy, req);
   trace->default_action = policy != NULL ? policy->default_action : MT_ACTION_DENY;
   if (policy == NULL || policy->num_rules == 0) {
     return 1;
   }
   mt_peer peer;
-  trace->peer_evaluated = peer_id != NULL && mt_peer_init(&peer, peer_id);
-  size_t num_matchers = 0;
+  int valid = mt_peer_init_request(&peer, req);
+  trace->peer_evaluated = req->peer_id != NULL && valid;
+  size_t num_matchers = 0, num_clauses = 0, num_fields = 0;
   for (size_t i = 0; i < policy->num_rules; i++) {
     num_matchers += policy->rules[i].num_matchers;
+    if (policy->rules[i].match != NULL) {
+      size_t c, f;
+      mt_rule_match_trace_size(policy->rules[i].match, &c, &f);
+      num_clauses += c;
+      num_fields += f;
+    }
   }
   trace->rules = calloc(policy->num_rules, sizeof(*trace->rules));
-  trace->matcher_storage = calloc(num_matchers, sizeof(*trace->matcher_storage));
-  if (trace->rules == NULL || trace->matcher_storage == NULL) {
+  trace->matcher_storage = calloc(num_matchers + 1, sizeof(*trace->matcher_storage));
+  trace->clause_storage = calloc(num_clauses + 1, sizeof(*trace->clause_storage));
+  trace->field_storage = calloc(num_fields + 1, sizeof(*trace->field_storage));
+  if (trace->rules == NULL || trace->matcher_storage == NULL || trace->clause_storage == NULL ||
+      trace->field_storage == NULL) {
     mt_policy_trace_dispose(trace);
     return 0;
   }
-  mt_trace_rules(trace, policy, peer_id != NULL, trace->peer_evaluated ? &peer : NULL, port);
+  mt_trace_storage storage = {trace->matcher_storage, trace->clause_storage, trace->field_storage};
+  /* Native rules judge an unauthenticated peer in policy order. */
+  int position_order = req->peer_id == NULL && policy->num_native > 0;
+  mt_trace_rules(trace, policy, valid ? &peer : NULL, position_order, req->port, &storage);
   return 1;
+}
+
+int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const char *peer_id,
+                         uint16_t port) {
+  mt_policy_request req = {peer_id, NULL, NULL, port};
+  return mt_policy_trace_request(trace, policy, &req);
 }
 
 void mt_policy_trace_dispose(mt_policy_trace *trace) {
@@ -494,7 +671,11 @@ void mt_policy_trace_dispose(mt_policy_trace *trace) {
   }
   free(trace->rules);
   free(trace->matcher_storage);
+  free(trace->clause_storage);
+  free(trace->field_storage);
   trace->rules = NULL;
   trace->matcher_storage = NULL;
+  trace->clause_storage = NULL;
+  trace->field_storage = NULL;
   trace->num_rules = 0;
 }

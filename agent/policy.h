@@ -180,6 +180,24 @@ typedef struct {
   int matches;       /* the peer matches it; 0 when the peer was not evaluated */
 } mt_matcher_trace;
 
+/* An Istio-form rule's clause, for explaining: one source ("from"), one
+ * operation ("to") or one condition ("when"), and its non-empty fields. */
+typedef struct {
+  const char *field;         /* "principals", "notIpBlocks", "ports", a when key, ... */
+  int negated;               /* a not_ field (or a when's notValues) */
+  const char *const *values; /* as written; borrowed from the policy */
+  size_t num_values;
+  int matches; /* the field holds (a not_ field: no value matched) */
+} mt_field_trace;
+
+typedef struct {
+  const char *kind; /* "from", "to" or "when" */
+  size_t index;     /* within its kind */
+  int matches;      /* every field holds */
+  const mt_field_trace *fields;
+  size_t num_fields;
+} mt_clause_trace;
+
 typedef struct {
   const char *name; /* borrowed from the policy */
   mt_action action;
@@ -191,6 +209,12 @@ typedef struct {
   int decided;                      /* this rule is the decision's rule */
   const mt_matcher_trace *matchers; /* owned by the trace, in the rule's order */
   size_t num_matchers;
+  /* Istio-form rules (native rules: istio 0, the rest empty). */
+  int istio;
+  int never_matches;
+  const char *reduced;            /* NULL when the control plane did not change the rule */
+  const mt_clause_trace *clauses; /* owned by the trace: from..., to..., when... */
+  size_t num_clauses;
 } mt_rule_trace;
 
 /* Embeddable; filled by mt_policy_trace_init, released by _dispose. */
@@ -201,6 +225,8 @@ typedef struct {
   mt_rule_trace *rules; /* every rule, in evaluation order (below) */
   size_t num_rules;
   mt_matcher_trace *matcher_storage; /* private: behind rules[].matchers */
+  mt_clause_trace *clause_storage;   /* private: behind rules[].clauses */
+  mt_field_trace *field_storage;     /* private: behind the clauses' fields */
 } mt_policy_trace;
 
 /* Traces the decision for |peer_id| on |port|; a NULL |peer_id| traces
@@ -212,6 +238,10 @@ typedef struct {
  * memory (the trace then holds the decision but no rules). */
 int mt_policy_trace_init(mt_policy_trace *trace, const mt_policy *policy, const char *peer_id,
                          uint16_t port);
+/* The same for a whole request (addresses too): what mt_policy_evaluate
+ * decides. */
+int mt_policy_trace_request(mt_policy_trace *trace, const mt_policy *policy,
+                            const mt_policy_request *request);
 void mt_policy_trace_dispose(mt_policy_trace *trace); /* accepts NULL */
 
 const char *mt_action_str(mt_action action); /* "allow" / "deny" */
