@@ -145,7 +145,7 @@ static int make_conflict(identity_entry *e, const compiled_pod *pods, size_t fir
            "pods %s share the identity %s but different Istio policies select them; mtlsd keys "
            "policy by service account (give them distinct service accounts): denying everything "
            "to that identity until they agree",
-           names, pods[first].spiffe_id);
+           names, e->msg.spiffe_id);
   e->reduced = strdup(text);
   if (e->reduced == NULL) return 0;
   mtlsd__mesh__v1__rule__init(&e->rule);
