@@ -88,12 +88,16 @@ static void serve_policy(const mt_admin_view *v, const mt_http_request *req, mt_
   /* ?peer=ID&port=N (or ?plaintext=1&port=N) explains one decision; in node
    * mode &workload=IP names the destination pod. */
   static char peer[QUERY_VALUE_MAX], plain[QUERY_VALUE_MAX], port[QUERY_VALUE_MAX],
-      workload[QUERY_VALUE_MAX]; /* main thread only */
+      workload[QUERY_VALUE_MAX], source_ip[QUERY_VALUE_MAX],
+      format[QUERY_VALUE_MAX]; /* main thread only */
   int has_peer = mt_http_query_get(req->query, "peer", peer, sizeof(peer));
   int has_plain = mt_http_query_get(req->query, "plaintext", plain, sizeof(plain));
   int has_port = mt_http_query_get(req->query, "port", port, sizeof(port));
   int has_workload = mt_http_query_get(req->query, "workload", workload, sizeof(workload));
-  if (has_peer < 0 || has_plain < 0 || has_port < 0 || has_workload < 0) {
+  int has_source = mt_http_query_get(req->query, "source_ip", source_ip, sizeof(source_ip));
+  int has_format = mt_http_query_get(req->query, "format", format, sizeof(format));
+  if (has_peer < 0 || has_plain < 0 || has_port < 0 || has_workload < 0 || has_source < 0 ||
+      has_format < 0) {
     respond_text(ex, 400,
                  "bad percent escape or value too long in the query; "
                  "use /policy?peer=SPIFFE_ID&port=N or /policy?plaintext=1&port=N\n");
@@ -113,8 +117,21 @@ static void serve_policy(const mt_admin_view *v, const mt_http_request *req, mt_
     mt_text_free(t);
     return;
   }
-  mt_admin_render_explain(v, wl, has_peer ? peer : NULL, (uint16_t)n, t);
-  respond_rendered(ex, "application/json", t);
+  mt_sockaddr source;
+  if (has_source && !mt_sockaddr_parse(source_ip, &source, 0)) {
+    respond_text(ex, 400, "source_ip must be an IP address\n");
+    mt_text_free(t);
+    return;
+  }
+  int text = has_format && strcmp(format, "text") == 0;
+  if (has_format && !text && strcmp(format, "json") != 0) {
+    respond_text(ex, 400, "format must be json or text\n");
+    mt_text_free(t);
+    return;
+  }
+  mt_admin_render_explain(v, wl, has_peer ? peer : NULL, (uint16_t)n,
+                          has_source ? (const struct sockaddr *)&source.addr : NULL, text, t);
+  respond_rendered(ex, text ? "text/plain; charset=utf-8" : "application/json", t);
 }
 
 typedef enum { PAGE_METRICS, PAGE_CERTS, PAGE_POLICY, PAGE_CONFIG } page;

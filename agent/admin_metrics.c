@@ -156,6 +156,11 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
     metric_header(out, counters[i].name, "counter", counters[i].help);
     mt_text_printf(out, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].value);
   }
+  metric_header(out, "mtlsd_policy_rules_reduced", "gauge",
+                "Rules in the pushed workload policies that the control plane reduced for L4 "
+                "(Istio rules with HTTP fields; see /policy).");
+  mt_text_printf(out, "mtlsd_policy_rules_reduced %llu\n",
+                 (unsigned long long)cp->rules_reduced);
   render_control_plane_health(v, out);
 }
 

@@ -1,6 +1,7 @@
 /* admin_policy.c: /policy and its live explain. */
 #include "agent/admin_policy.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,10 +10,54 @@
 
 /* ---- /policy ---- */
 
+/* An Istio-form rule's clauses as written: "from": [{"principals": [...]}], ... */
+static void render_clauses(const mt_rule_trace *r, mt_text *out, int *f) {
+  static const char *const kKinds[] = {"from", "to", "when"};
+  for (size_t k = 0; k < sizeof(kKinds) / sizeof(kKinds[0]); k++) {
+    mt_json_key(out, f, kKinds[k]);
+    mt_text_printf(out, "[");
+    int any = 0;
+    for (size_t i = 0; i < r->num_clauses; i++) {
+      const mt_clause_trace *c = &r->clauses[i];
+      if (strcmp(c->kind, kKinds[k]) != 0) continue;
+      mt_text_printf(out, "%s{", any++ ? "," : "");
+      int g = 1;
+      for (size_t j = 0; j < c->num_fields; j++) {
+        const mt_field_trace *fld = &c->fields[j];
+        /* A when's values and notValues share the key's name. */
+        char key[64];
+        snprintf(key, sizeof(key), "%s%s", fld->field,
+                 fld->negated && strchr(fld->field, '.') != NULL ? " notValues" : "");
+        mt_text_printf(out, "%s", g ? "" : ",");
+        g = 0;
+        mt_text_json_string(out, key);
+        mt_text_printf(out, ":[");
+        for (size_t v = 0; v < fld->num_values; v++) {
+          if (v) mt_text_printf(out, ",");
+          mt_text_json_string(out, fld->values[v]);
+        }
+        mt_text_printf(out, "]");
+      }
+      mt_text_printf(out, "}");
+    }
+    mt_text_printf(out, "]");
+  }
+  mt_json_key(out, f, "never_matches");
+  mt_text_printf(out, "%s", r->never_matches ? "true" : "false");
+  mt_json_str(out, f, "reduced", r->reduced);
+}
+
 static void render_rules(const mt_policy *policy, mt_text *out, int *first) {
   mt_policy_trace trace;
   mt_policy_trace_init(&trace, policy, NULL, 0); /* NULL peer: rules in position order */
   mt_json_str(out, first, "default", mt_action_str(trace.default_action));
+  mt_json_key(out, first, "allow_policies");
+  mt_text_printf(out, "[");
+  for (size_t i = 0; i < mt_policy_num_allow_policies(policy); i++) {
+    if (i) mt_text_printf(out, ",");
+    mt_text_json_string(out, mt_policy_allow_policy(policy, i));
+  }
+  mt_text_printf(out, "]");
   mt_json_key(out, first, "rules");
   mt_text_printf(out, "[");
   for (size_t i = 0; i < trace.num_rules; i++) {
@@ -21,6 +66,13 @@ static void render_rules(const mt_policy *policy, mt_text *out, int *first) {
     mt_text_printf(out, "%s{", i ? "," : "");
     mt_json_str(out, &f, "name", r->name);
     mt_json_str(out, &f, "action", mt_action_str(r->action));
+    if (r->istio) {
+      mt_json_key(out, &f, "istio");
+      mt_text_printf(out, "true");
+      render_clauses(r, out, &f);
+      mt_text_printf(out, "}");
+      continue;
+    }
     mt_json_key(out, &f, "ports");
     if (r->ports == NULL) {
       mt_text_printf(out, "\"*\"");
@@ -59,6 +111,34 @@ static void render_rules(const mt_policy *policy, mt_text *out, int *first) {
   mt_policy_trace_dispose(&trace);
 }
 
+/* The control plane's PeerAuthentication (null: permissive_ports apply). */
+static void render_peer_auth(const mt_peer_auth *pa, mt_text *out, int *first) {
+  mt_json_key(out, first, "peer_authentication");
+  if (pa == NULL) {
+    mt_text_printf(out, "null");
+    return;
+  }
+  const char *source;
+  mt_mtls_mode mode = mt_peer_auth_mode(pa, 0, &source); /* port 0: never a port entry */
+  int f = 1;
+  mt_text_printf(out, "{");
+  mt_json_str(out, &f, "mode", mt_mtls_mode_str(mode));
+  mt_json_str(out, &f, "source", source);
+  mt_json_key(out, &f, "ports");
+  mt_text_printf(out, "[");
+  for (size_t i = 0; i < mt_peer_auth_num_ports(pa); i++) {
+    uint16_t port;
+    mt_peer_auth_port(pa, i, &port, &mode, &source);
+    int g = 1;
+    mt_text_printf(out, "%s{", i ? "," : "");
+    mt_json_int(out, &g, "port", port);
+    mt_json_str(out, &g, "mode", mt_mtls_mode_str(mode));
+    mt_json_str(out, &g, "source", source);
+    mt_text_printf(out, "}");
+  }
+  mt_text_printf(out, "]}");
+}
+
 /* The snapshot whose policy speaks for |workload| (an IP; node mode) or
  * for the agent (sidecar mode, |workload| ignored). NULL with |why| set. */
 static mt_identity *policy_owner(const mt_admin_view *v, const char *workload, const char **why) {
@@ -88,6 +168,7 @@ static void render_one_policy(const mt_admin_view *v, mt_identity *owner, mt_tex
   for (size_t i = 0; i < v->config->num_permissive_ports; i++)
     mt_text_printf(out, "%s%u", i ? "," : "", v->config->permissive_ports[i]);
   mt_text_printf(out, "]");
+  render_peer_auth(mt_mesh_peer_auth(mesh), out, first);
   mt_json_int(out, first, "destinations", (long long)mt_mesh_num_destinations(mesh));
   mt_json_str(out, first, "unknown_destination",
               mt_unknown_destination_str(v->config->unknown_destination));
@@ -135,7 +216,8 @@ void mt_admin_render_policy(const mt_admin_view *v, const char *workload, mt_tex
 }
 
 int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const char *peer_id,
-                            uint16_t port, mt_text *out) {
+                            uint16_t port, const struct sockaddr *peer_addr, int text,
+                            mt_text *out) {
   const char *why;
   mt_identity *owner = policy_owner(v, workload, &why);
   if (owner == NULL) {
@@ -147,9 +229,15 @@ int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const 
     return 0;
   }
   const mt_mesh *mesh = mt_identity_mesh(owner);
+  const mt_peer_auth *pa = mt_mesh_peer_auth(mesh);
+  const char *mtls_source = NULL;
   int permissive = 0;
-  for (size_t i = 0; i < v->config->num_permissive_ports; i++)
-    permissive |= v->config->permissive_ports[i] == port;
+  if (pa != NULL) {
+    permissive = mt_peer_auth_admits_plaintext(pa, port);
+  } else {
+    for (size_t i = 0; i < v->config->num_permissive_ports; i++)
+      permissive |= v->config->permissive_ports[i] == port;
+  }
   mt_explain_query q = {
       .source = "the running agent",
       .version = mt_mesh_version(mesh),
@@ -157,17 +245,20 @@ int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const 
       .peer_id = peer_id,
       .port = port,
       .permissive = permissive,
+      .mtls_mode = pa != NULL ? mt_mtls_mode_str(mt_peer_auth_mode(pa, port, &mtls_source)) : NULL,
+      .mtls_source = mtls_source,
+      .peer_addr = peer_addr,
   };
   const mt_policy *policy = mt_mesh_policy(mesh);
   char probe[1];
-  int need = mt_explain_render(policy, &q, 1, probe, sizeof(probe));
+  int need = mt_explain_render(policy, &q, !text, probe, sizeof(probe));
   char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
   if (buf == NULL) {
     out->failed = 1;
     return 0;
   }
-  mt_explain_render(policy, &q, 1, buf, (size_t)need + 1);
-  mt_text_printf(out, "%s\n", buf);
+  mt_explain_render(policy, &q, !text, buf, (size_t)need + 1);
+  mt_text_printf(out, "%s%s", buf, text ? "" : "\n");
   free(buf);
   return mt_explain_decide(policy, &q).action == MT_ACTION_ALLOW;
 }

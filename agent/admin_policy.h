@@ -6,6 +6,7 @@
 #define MT_ADMIN_POLICY_H
 
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "agent/admin_view.h"
 #include "agent/text.h"
@@ -19,10 +20,14 @@ extern "C" {
  * |workload| is ignored in sidecar mode. */
 void mt_admin_render_policy(const mt_admin_view *v, const char *workload, mt_text *out);
 /* Why the policy in force (node mode: |workload|'s) allows or denies
- * |peer_id| (NULL = plaintext) on |port|, as `mtlsd explain --json` says it.
- * Returns 1 allow, 0 deny. */
+ * |peer_id| (NULL = plaintext) from |peer_addr| (NULL: unknown) on |port|,
+ * as `mtlsd explain --json` says it (|text|: as its text). Whether the
+ * port admits plaintext is the workload's PeerAuthentication when the
+ * control plane sent one, else inbound.permissive_ports. Returns 1 allow,
+ * 0 deny. */
 int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const char *peer_id,
-                            uint16_t port, mt_text *out);
+                            uint16_t port, const struct sockaddr *peer_addr, int text,
+                            mt_text *out);
 
 #ifdef __cplusplus
 }

@@ -560,15 +560,51 @@ static int bundles_keep_served_roots(mt_cert_manager *m, const mt_mesh_update *u
   return ok;
 }
 
+/* 1 when |prev| holds rule |name| of workload |id| with the same note. */
+static int reduced_before(const mt_mesh_update *prev, const char *id, const char *name,
+                          const char *note) {
+  for (size_t w = 0; w < prev->num_workloads; w++) {
+    if (strcmp(prev->workloads[w].spiffe_id, id) != 0) continue;
+    const mt_policy *p = mt_mesh_policy(prev->workloads[w].mesh);
+    const char *n, *r;
+    for (size_t i = 0; mt_policy_rule_note(p, i, &n, &r); i++)
+      if (r != NULL && strcmp(n, name) == 0 && strcmp(r, note) == 0) return 1;
+  }
+  return 0;
+}
+
+/* Rules the control plane reduced for L4 (Istio rules with HTTP fields):
+ * counted, and each logged once, when it first appears. */
+static uint64_t note_reduced_rules(const mt_mesh_update *now, const mt_mesh_update *prev) {
+  enum { LOGGED_MAX = 32 }; /* per update: a mesh-wide policy would repeat per pod */
+  uint64_t count = 0, logged = 0;
+  for (size_t w = 0; w < now->num_workloads; w++) {
+    const char *id = now->workloads[w].spiffe_id;
+    const mt_policy *p = mt_mesh_policy(now->workloads[w].mesh);
+    const char *name, *note;
+    for (size_t i = 0; mt_policy_rule_note(p, i, &name, &note); i++) {
+      if (note == NULL) continue;
+      count++;
+      if (reduced_before(prev, id, name, note) || ++logged > LOGGED_MAX) continue;
+      MT_LOG_W("policy for %s: rule %s reduced for L4: %s", id, name, note);
+    }
+  }
+  if (logged > LOGGED_MAX)
+    MT_LOG_W("policy: %llu more reduced rules not logged (see /policy)",
+             (unsigned long long)(logged - LOGGED_MAX));
+  return count;
+}
+
 static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   mt_cert_manager *m = arg;
   char err[ERR_MAX];
   if (!bundles_keep_served_roots(m, u, err, sizeof(err))) {
     note_refusal(m, MT_CP_CALL_WATCH, MT_CP_REFUSAL_ROOT_REMOVED, err);
     m->stats.mesh_rejected++;
-    MT_LOG_E("control plane: mesh config version %s refused (root_removed), keeping the last good "
-             "one: %s",
-             mt_mesh_version(u->mesh), err);
+    MT_LOG_E(
+        "control plane: mesh config version %s refused (root_removed), keeping the last good "
+        "one: %s",
+        mt_mesh_version(u->mesh), err);
     return;
   }
   m->watch_backoff_ms = m->config->cp_retry_initial_ms;
@@ -583,15 +619,17 @@ static void on_watch_update(void *arg, mt_mesh_update *u, int from_delta) {
   m->resynced = 0;
   const char *how = from_delta ? " (from a delta)" : "";
   if (m->watched.has_node_workloads)
-    MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations (%zu Service "
-             "endpoints), %zu workloads on this node%s",
-             mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
-             mt_mesh_num_destinations(m->watched.mesh),
-             mt_mesh_num_service_endpoints(m->watched.mesh), m->watched.num_node_workloads, how);
+    MT_LOG_I(
+        "mesh config version %s: %zu trust bundles, %zu destinations (%zu Service "
+        "endpoints), %zu workloads on this node%s",
+        mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
+        mt_mesh_num_destinations(m->watched.mesh), mt_mesh_num_service_endpoints(m->watched.mesh),
+        m->watched.num_node_workloads, how);
   else
     MT_LOG_I("mesh config version %s: %zu trust bundles, %zu destinations%s",
              mt_mesh_version(m->watched.mesh), m->watched.num_bundles,
              mt_mesh_num_destinations(m->watched.mesh), how);
+  m->stats.rules_reduced = note_reduced_rules(&m->watched, &previous);
   if (m->config->node_mode) update_node_workloads(m);
   mt_mesh_update_clear(&previous);
   rebuild_all(m);
@@ -628,16 +666,18 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
   if (status != MT_GRPC_OK && status != MT_GRPC_UNIMPLEMENTED && status != MT_MESH_WATCH_RESYNC) {
     mt_cp_refusal why = status_refusal(status);
     note_refusal(m, MT_CP_CALL_WATCH, why, message);
-    MT_LOG_W("control plane: mesh config stream ended (%s: %s, reason %s); keeping the last good "
-             "config",
-             mt_grpc_status_name(status), message, mt_cp_refusal_str(why));
+    MT_LOG_W(
+        "control plane: mesh config stream ended (%s: %s, reason %s); keeping the last good "
+        "config",
+        mt_grpc_status_name(status), message, mt_cp_refusal_str(why));
   } else {
     MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
              mt_grpc_status_name(status), message);
   }
   double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   m->watch_backoff_ms *= 2;
-  if (m->watch_backoff_ms > m->config->cp_retry_max_ms) m->watch_backoff_ms = m->config->cp_retry_max_ms;
+  if (m->watch_backoff_ms > m->config->cp_retry_max_ms)
+    m->watch_backoff_ms = m->config->cp_retry_max_ms;
   set_timer(m, &m->watch_timer, delay_s);
 }
 
@@ -659,9 +699,10 @@ static int bearer_metadata(mt_cert_manager *m, char auth[MT_CA_AUTH_HEADER_MAX],
 static void on_want_failed(void *arg, mt_grpc_status status, const char *message) {
   mt_cert_manager *m = arg;
   m->stats.want_failures++;
-  MT_LOG_W("control plane: asking for destinations failed (%s: %s); their connections wait "
-           "for the next stream",
-           mt_grpc_status_name(status), message);
+  MT_LOG_W(
+      "control plane: asking for destinations failed (%s: %s); their connections wait "
+      "for the next stream",
+      mt_grpc_status_name(status), message);
 }
 
 /* destination_demand's sender: new addresses go out on the open stream;

@@ -100,6 +100,7 @@ typedef struct {
   uint64_t mesh_updates;      /* snapshots applied */
   uint64_t mesh_deltas;       /* of mesh_updates: sent as deltas */
   uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
+  uint64_t rules_reduced;     /* rules in force the control plane reduced for L4 (a gauge) */
   uint64_t mesh_resyncs;      /* streams ended to get a complete snapshot */
   uint64_t destinations_wanted; /* destinations on demand: addresses asked for */
   uint64_t want_failures;       /* Want calls that failed */

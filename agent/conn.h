@@ -44,7 +44,7 @@ typedef struct {
   int fd;
   SSL *ssl; /* NULL on the plaintext side */
   ev_io io;
-  int read_eof;   /* FIN or close_notify received */
+  int read_eof; /* FIN or close_notify received */
   /* The last read found the socket empty: the relay reads again only once
    * the loop reports it readable, instead of a read that returns EAGAIN. */
   int read_drained;
@@ -82,15 +82,18 @@ struct mt_conn {
   mt_identity *local_peer; /* node-local delivery: the destination pod's snapshot */
   mt_tls_peer peer;
   struct sockaddr_storage source, target; /* target: the original destination */
+  /* Inbound: the address the peer connected to (the pod's, before any
+   * redirect), for policy's destination.ip; ss_family 0 when unknown. */
+  struct sockaddr_storage dialled;
   /* Node mode, a Service address routed by the agent itself: the endpoint
    * chosen (ss_family 0: none, |target| is dialled) and the one identity it
    * must present (borrowed from |identity|'s mesh). */
   struct sockaddr_storage endpoint;
   const char *endpoint_id;
-  int admitted;         /* passed verification and policy */
+  int admitted;          /* passed verification and policy */
   int holds_source_slot; /* inbound: counted among its source's handshakes */
-  const char *rule;     /* static or owned by the config snapshot */
-  mt_conn *prev, *next; /* worker's list of live connections */
+  const char *rule;      /* static or owned by the config snapshot */
+  mt_conn *prev, *next;  /* worker's list of live connections */
   /* Waiting for a certificate (MT_CONN_AWAITING_IDENTITY): */
   mt_conn_resume_fn resume;       /* what to do when an identity may be there */
   const char *hold_why;           /* static: which certificate it waits for */

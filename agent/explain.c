@@ -3,8 +3,13 @@
  * is the command: arguments, the config load, printing, the exit status. */
 #include "agent/explain.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,9 +111,16 @@ static int policy_consulted(const mt_explain_query *q) {
   return q->peer_id != NULL || q->permissive;
 }
 
+static mt_policy_request request_of(const mt_explain_query *q) {
+  mt_policy_request req = {q->peer_id, q->peer_addr, q->dest_addr, q->port};
+  return req;
+}
+
 mt_decision mt_explain_decide(const mt_policy *policy, const mt_explain_query *q) {
-  if (q->peer_id != NULL) return mt_policy_decide(policy, q->peer_id, q->port);
-  if (q->permissive) return mt_policy_decide_unauthenticated(policy, q->port);
+  if (q->peer_id != NULL || q->permissive) {
+    mt_policy_request req = request_of(q);
+    return mt_policy_evaluate(policy, &req);
+  }
   mt_decision d = {MT_ACTION_DENY, "", kStrictPlaintextReason};
   return d;
 }
@@ -117,6 +129,12 @@ mt_decision mt_explain_decide(const mt_policy *policy, const mt_explain_query *q
 static const char *peer_id_problem(const char *peer_id) {
   mt_spiffe_err e = mt_spiffe_id_parse(peer_id, strlen(peer_id), NULL);
   return e == MT_SPIFFE_OK ? NULL : mt_spiffe_err_str(e);
+}
+
+static int has_native_rules(const mt_policy_trace *t) {
+  for (size_t i = 0; i < t->num_rules; i++)
+    if (!t->rules[i].istio) return 1;
+  return 0;
 }
 
 /* ---- text ---------------------------------------------------------------- */
@@ -143,8 +161,15 @@ static void text_header(writer *w, const mt_explain_query *q, const mt_decision 
         "note: the control plane's Watch stream gives the running agent its policy, which can\n"
         "      differ from this one\n");
   text_peer(w, q);
-  put(w, "port:     %u (%s)\n", (unsigned)q->port,
+  if (q->peer_addr != NULL) {
+    char addr[MT_SOCKADDR_TEXT_MAX];
+    mt_sockaddr_format(q->peer_addr, addr, sizeof(addr));
+    put(w, "from:     %s\n", addr);
+  }
+  put(w, "port:     %u (%s", (unsigned)q->port,
       q->permissive ? "permissive: also admits plaintext" : "strict: mTLS only");
+  if (q->mtls_mode != NULL) put(w, "; PeerAuthentication %s from %s", q->mtls_mode, q->mtls_source);
+  put(w, ")\n");
   put(w, "decision: %s\n", mt_action_str(d->action));
   put(w, "rule:     %s\n", d->rule[0] != '\0' ? d->rule : "(none)");
   put(w, "reason:   %s\n", d->reason);
@@ -165,7 +190,40 @@ static const char *verdict(int evaluated, int value, const char *yes, const char
   return value ? yes : no;
 }
 
+/* A field's values, as written: [a, b]. */
+static void text_values(writer *w, const mt_field_trace *f) {
+  put(w, "[");
+  for (size_t i = 0; i < f->num_values; i++) put(w, "%s%s", i ? ", " : "", f->values[i]);
+  put(w, "]");
+}
+
+static void text_istio_rule(writer *w, size_t n, const mt_rule_trace *r, int evaluated,
+                            int consulted) {
+  put(w, "  %zu. %s: %s%s\n", n, r->name, mt_action_str(r->action),
+      consulted && r->decided ? "   <- decided" : "");
+  put(w, "       matches: %s\n", verdict(evaluated, r->matches_peer, "yes", "no"));
+  if (r->num_clauses == 0 && !r->never_matches)
+    put(w, "       - no from/to/when: matches every request\n");
+  for (size_t i = 0; i < r->num_clauses; i++) {
+    const mt_clause_trace *c = &r->clauses[i];
+    put(w, "       - %s[%zu]: %s\n", c->kind, c->index,
+        verdict(evaluated, c->matches, "holds", "does not hold"));
+    for (size_t j = 0; j < c->num_fields; j++) {
+      const mt_field_trace *f = &c->fields[j];
+      put(w, "           %s%s ", f->field, f->negated && strchr(f->field, '.') ? " notValues" : "");
+      text_values(w, f);
+      put(w, ": %s\n", verdict(evaluated, f->matches, "yes", "no"));
+    }
+  }
+  if (r->never_matches) put(w, "       never matches (it needed HTTP; see below)\n");
+  if (r->reduced != NULL) put(w, "       reduced for L4: %s\n", r->reduced);
+}
+
 static void text_rule(writer *w, size_t n, const mt_rule_trace *r, int evaluated, int consulted) {
+  if (r->istio) {
+    text_istio_rule(w, n, r, evaluated, consulted);
+    return;
+  }
   put(w, "  %zu. %s: %s, ", n, r->name, mt_action_str(r->action));
   text_ports(w, r);
   put(w, "%s\n", consulted && r->decided ? "   <- decided" : "");
@@ -179,24 +237,37 @@ static void text_rule(writer *w, size_t n, const mt_rule_trace *r, int evaluated
   }
 }
 
-static void text_rules(writer *w, const mt_explain_query *q, const mt_policy_trace *t) {
+static void text_rules(writer *w, const mt_policy *policy, const mt_explain_query *q,
+                       const mt_policy_trace *t) {
   int consulted = policy_consulted(q);
+  /* Istio rules are judged for plaintext peers too: say so. */
+  int evaluated = t->peer_evaluated || (q->peer_id == NULL && consulted);
   if (t->num_rules == 0) {
     put(w, "\nrules: none; every port gets the default action\n");
   } else {
     put(w, "\nrules in evaluation order (%s):\n",
-        q->peer_id != NULL ? "every DENY rule, then every ALLOW rule"
-                           : "policy order; a rule covering the port denies an unauthenticated "
-                             "peer");
+        q->peer_id != NULL || !has_native_rules(t)
+            ? "every DENY rule, then every ALLOW rule"
+            : "policy order; a rule covering the port denies an unauthenticated "
+              "peer");
     if (!consulted) put(w, "  (not consulted: plaintext never reaches policy on a strict port)\n");
   }
   int any_decided = 0;
   for (size_t i = 0; i < t->num_rules; i++) {
-    text_rule(w, i + 1, &t->rules[i], t->peer_evaluated, consulted);
+    text_rule(w, i + 1, &t->rules[i], t->rules[i].istio ? evaluated : t->peer_evaluated, consulted);
     any_decided |= t->rules[i].decided;
   }
   if (consulted && !any_decided && t->num_rules > 0)
     put(w, "  no rule above decided: %s (%s)\n", t->decision.rule, t->decision.reason);
+  size_t num_allow = mt_policy_num_allow_policies(policy);
+  if (num_allow > 0) {
+    put(w,
+        "ALLOW policies selecting this workload (a request none of their rules matches is "
+        "denied):");
+    for (size_t i = 0; i < num_allow; i++)
+      put(w, "%s%s", i ? ", " : " ", mt_policy_allow_policy(policy, i));
+    put(w, "\n");
+  }
   put(w, "default (ports no ALLOW rule covers): %s\n", mt_action_str(t->default_action));
 }
 
@@ -204,9 +275,11 @@ static void text_rules(writer *w, const mt_explain_query *q, const mt_policy_tra
 static void text_plaintext(writer *w, const mt_policy *policy, const mt_explain_query *q) {
   if (!q->permissive) {
     put(w,
-        "\nplaintext on port %u: refused before policy (not in inbound.permissive_ports;\n"
+        "\nplaintext on port %u: refused before policy (%s;\n"
         "  access log reason %s)\n",
-        (unsigned)q->port, mt_reason_str(MT_REASON_PLAINTEXT_ON_STRICT_PORT));
+        (unsigned)q->port,
+        q->mtls_mode != NULL ? "PeerAuthentication STRICT" : "not in inbound.permissive_ports",
+        mt_reason_str(MT_REASON_PLAINTEXT_ON_STRICT_PORT));
     return;
   }
   mt_explain_query plain = *q;
@@ -220,7 +293,7 @@ static void render_text(writer *w, const mt_policy *policy, const mt_explain_que
                         const mt_policy_trace *t) {
   mt_decision d = mt_explain_decide(policy, q);
   text_header(w, q, &d);
-  text_rules(w, q, t);
+  text_rules(w, policy, q, t);
   if (q->peer_id != NULL) text_plaintext(w, policy, q);
 }
 
@@ -235,7 +308,41 @@ static void json_decision(writer *w, const mt_decision *d) {
   put_json_str(w, d->reason);
 }
 
+static void json_istio_rule(writer *w, const mt_rule_trace *r, int evaluated, int consulted) {
+  put(w, "{\"name\":");
+  put_json_str(w, r->name);
+  put(w, ",\"position\":%zu,\"action\":\"%s\",\"istio\":true,\"covers_port\":%s,", r->position,
+      mt_action_str(r->action), json_bool(r->covers_port));
+  put(w, "\"matches_peer\":%s,\"decided\":%s,\"never_matches\":%s,\"reduced\":",
+      evaluated ? json_bool(r->matches_peer) : "null", json_bool(consulted && r->decided),
+      json_bool(r->never_matches));
+  put_json_str(w, r->reduced);
+  put(w, ",\"clauses\":[");
+  for (size_t i = 0; i < r->num_clauses; i++) {
+    const mt_clause_trace *c = &r->clauses[i];
+    put(w, "%s{\"kind\":\"%s\",\"index\":%zu,\"matches\":%s,\"fields\":[", i ? "," : "", c->kind,
+        c->index, evaluated ? json_bool(c->matches) : "null");
+    for (size_t j = 0; j < c->num_fields; j++) {
+      const mt_field_trace *f = &c->fields[j];
+      put(w, "%s{\"field\":", j ? "," : "");
+      put_json_str(w, f->field);
+      put(w, ",\"negated\":%s,\"values\":[", json_bool(f->negated));
+      for (size_t k = 0; k < f->num_values; k++) {
+        if (k) put(w, ",");
+        put_json_str(w, f->values[k]);
+      }
+      put(w, "],\"matches\":%s}", evaluated ? json_bool(f->matches) : "null");
+    }
+    put(w, "]}");
+  }
+  put(w, "]}");
+}
+
 static void json_rule(writer *w, const mt_rule_trace *r, int evaluated, int consulted) {
+  if (r->istio) {
+    json_istio_rule(w, r, evaluated, consulted);
+    return;
+  }
   put(w, "{\"name\":");
   put_json_str(w, r->name);
   put(w, ",\"position\":%zu,\"action\":\"%s\",\"all_ports\":%s,\"ports\":[", r->position,
@@ -272,12 +379,27 @@ static void render_json(writer *w, const mt_policy *policy, const mt_explain_que
   put(w, ",\"peer_valid\":%s,\"port\":%u,\"permissive\":%s,",
       q->peer_id == NULL ? "null" : json_bool(peer_id_problem(q->peer_id) == NULL),
       (unsigned)q->port, json_bool(q->permissive));
+  put(w, "\"mtls_mode\":");
+  put_json_str(w, q->mtls_mode);
+  put(w, ",\"mtls_source\":");
+  put_json_str(w, q->mtls_source);
+  put(w, ",\"source_address\":");
+  char addr[MT_SOCKADDR_TEXT_MAX];
+  if (q->peer_addr != NULL) mt_sockaddr_format(q->peer_addr, addr, sizeof(addr));
+  put_json_str(w, q->peer_addr != NULL ? addr : NULL);
+  put(w, ",\"allow_policies\":[");
+  for (size_t i = 0; i < mt_policy_num_allow_policies(policy); i++) {
+    if (i) put(w, ",");
+    put_json_str(w, mt_policy_allow_policy(policy, i));
+  }
+  put(w, "],");
   json_decision(w, &d);
   put(w, ",\"policy_consulted\":%s,\"default\":\"%s\",\"rules\":[", json_bool(consulted),
       mt_action_str(t->default_action));
+  int evaluated = t->peer_evaluated || (q->peer_id == NULL && consulted);
   for (size_t i = 0; i < t->num_rules; i++) {
     if (i > 0) put_bytes(w, ",", 1);
-    json_rule(w, &t->rules[i], t->peer_evaluated, consulted);
+    json_rule(w, &t->rules[i], t->rules[i].istio ? evaluated : t->peer_evaluated, consulted);
   }
   put(w, "]");
   if (q->peer_id != NULL) {
@@ -294,7 +416,8 @@ static void render_json(writer *w, const mt_policy *policy, const mt_explain_que
 int mt_explain_render(const mt_policy *policy, const mt_explain_query *query, int json, char *buf,
                       size_t len) {
   mt_policy_trace trace;
-  if (!mt_policy_trace_init(&trace, policy, query->peer_id, query->port)) return -1;
+  mt_policy_request req = request_of(query);
+  if (!mt_policy_trace_request(&trace, policy, &req)) return -1;
   writer w = {buf, len, 0};
   if (json)
     render_json(&w, policy, query, &trace);
@@ -309,10 +432,14 @@ int mt_explain_render(const mt_policy *policy, const mt_explain_query *query, in
 static void usage(FILE *out) {
   fprintf(
       out,
-      "usage: mtlsd explain --config FILE --peer SPIFFE_ID --port PORT [--json]\n"
-      "       mtlsd explain --config FILE --plaintext --port PORT [--json]\n"
-      "Explains the inbound policy decision of FILE's (static) policy for a peer\n"
-      "connecting to an app port. Exit status: 0 allowed, 1 denied, 2 usage or config error.\n");
+      "usage: mtlsd explain --config FILE (--peer SPIFFE_ID | --plaintext) --port PORT\n"
+      "                     [--source-ip IP] [--json]\n"
+      "       mtlsd explain --admin IP:PORT [--workload POD_IP] (--peer SPIFFE_ID | --plaintext)\n"
+      "                     --port PORT [--source-ip IP] [--json]\n"
+      "Explains the inbound policy decision for a peer connecting to an app port: of\n"
+      "FILE's (static) policy, or (--admin) of the policy a running agent enforces now,\n"
+      "as its control plane pushed it (e.g. compiled from Istio AuthorizationPolicies).\n"
+      "Exit status: 0 allowed, 1 denied, 2 usage, config or connection error.\n");
 }
 
 /* Digits only, 1..65535. */
@@ -351,6 +478,9 @@ static int print_explanation(const mt_policy *policy, const mt_explain_query *q,
 
 typedef struct {
   const char *config_path;
+  const char *admin;    /* IP:PORT of a running agent's admin endpoint */
+  const char *workload; /* node mode: the destination pod's IP */
+  const char *source_ip;
   const char *peer_id;
   int plaintext;
   int has_port;
@@ -362,13 +492,11 @@ typedef struct {
 /* Returns 1 when the arguments make one question (or ask for help), else 0. */
 static int parse_args(int argc, char **argv, explain_args *a) {
   static const struct option options[] = {
-      {"config", required_argument, NULL, 'c'},
-      {"peer", required_argument, NULL, 'p'},
-      {"plaintext", no_argument, NULL, 't'},
-      {"port", required_argument, NULL, 'P'},
-      {"json", no_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
+      {"config", required_argument, NULL, 'c'},   {"admin", required_argument, NULL, 'a'},
+      {"workload", required_argument, NULL, 'w'}, {"source-ip", required_argument, NULL, 's'},
+      {"peer", required_argument, NULL, 'p'},     {"plaintext", no_argument, NULL, 't'},
+      {"port", required_argument, NULL, 'P'},     {"json", no_argument, NULL, 'j'},
+      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
   memset(a, 0, sizeof(*a));
   int opt;
@@ -376,6 +504,9 @@ static int parse_args(int argc, char **argv, explain_args *a) {
   while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
     switch (opt) {
       case 'c': a->config_path = optarg; break;
+      case 'a': a->admin = optarg; break;
+      case 'w': a->workload = optarg; break;
+      case 's': a->source_ip = optarg; break;
       case 'p': a->peer_id = optarg; break;
       case 't': a->plaintext = 1; break;
       case 'P':
@@ -390,8 +521,121 @@ static int parse_args(int argc, char **argv, explain_args *a) {
       default: return 0;
     }
   }
-  return a->config_path != NULL && a->has_port && (a->peer_id != NULL) != a->plaintext &&
-         optind == argc;
+  return (a->config_path != NULL) != (a->admin != NULL) && a->has_port &&
+         (a->peer_id != NULL) != a->plaintext && optind == argc &&
+         (a->workload == NULL || a->admin != NULL);
+}
+
+/* ---- --admin: asking a running agent ------------------------------------ */
+
+enum {
+  ADMIN_TIMEOUT_S = 5,
+  ADMIN_REQUEST_MAX = 4096,
+  ADMIN_ANSWER_MAX = 4 * 1024 * 1024, /* an explanation of a very large policy */
+};
+
+/* Appends |value| percent-encoded for a query string. */
+static void put_query_value(writer *w, const char *value) {
+  for (const unsigned char *p = (const unsigned char *)value; *p != '\0'; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+        *p == '-' || *p == '.' || *p == '_' || *p == '~')
+      put_bytes(w, (const char *)p, 1);
+    else
+      put(w, "%%%02X", *p);
+  }
+}
+
+static int admin_connect(const char *address) {
+  mt_sockaddr sa;
+  if (!mt_sockaddr_parse(address, &sa, 1)) {
+    fprintf(stderr, "mtlsd explain: --admin must be IP:PORT, got '%s'\n", address);
+    return -1;
+  }
+  int fd = socket(sa.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct timeval tv = {ADMIN_TIMEOUT_S, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, (const struct sockaddr *)&sa.addr, sa.addr_len) != 0) {
+    fprintf(stderr, "mtlsd explain: cannot connect to the admin endpoint %s: %s\n", address,
+            strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Reads the whole answer (the server closes: Connection: close). Returns a
+ * malloc'd NUL-terminated text, or NULL. */
+static char *admin_read_answer(int fd, const char *address) {
+  size_t cap = 65536, len = 0;
+  char *buf = malloc(cap);
+  while (buf != NULL) {
+    if (len + 1 == cap) {
+      char *grown = cap < ADMIN_ANSWER_MAX ? realloc(buf, cap * 2) : NULL;
+      if (grown == NULL) break;
+      buf = grown, cap *= 2;
+    }
+    ssize_t n = recv(fd, buf + len, cap - len - 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      fprintf(stderr, "mtlsd explain: no answer from %s: %s\n", address, strerror(errno));
+      break;
+    }
+    if (n == 0) {
+      buf[len] = '\0';
+      return buf;
+    }
+    len += (size_t)n;
+  }
+  free(buf);
+  return NULL;
+}
+
+/* GET /policy?... on the agent's admin endpoint; prints the explanation. */
+static int explain_via_admin(const explain_args *a) {
+  char request[ADMIN_REQUEST_MAX];
+  writer w = {request, sizeof(request), 0};
+  put(&w, "GET /policy?port=%u&format=%s", (unsigned)a->port, a->json ? "json" : "text");
+  if (a->peer_id != NULL) {
+    put(&w, "&peer=");
+    put_query_value(&w, a->peer_id);
+  } else {
+    put(&w, "&plaintext=1");
+  }
+  if (a->source_ip != NULL) {
+    put(&w, "&source_ip=");
+    put_query_value(&w, a->source_ip);
+  }
+  if (a->workload != NULL) {
+    put(&w, "&workload=");
+    put_query_value(&w, a->workload);
+  }
+  put(&w, " HTTP/1.1\r\nHost: mtlsd\r\nConnection: close\r\n\r\n");
+  if (w.pos >= sizeof(request)) {
+    fprintf(stderr, "mtlsd explain: arguments too long\n");
+    return EXIT_USAGE;
+  }
+  int fd = admin_connect(a->admin);
+  if (fd < 0) return EXIT_USAGE;
+  char *answer = NULL;
+  if (send(fd, request, w.pos, MSG_NOSIGNAL) == (ssize_t)w.pos)
+    answer = admin_read_answer(fd, a->admin);
+  close(fd);
+  if (answer == NULL) return EXIT_USAGE;
+  const char *body = strstr(answer, "\r\n\r\n");
+  int status = 0;
+  if (body == NULL || sscanf(answer, "HTTP/1.%*d %d", &status) != 1 || status != 200) {
+    fprintf(stderr, "mtlsd explain: the admin endpoint answered: %.*s\n", 200,
+            body != NULL ? body + 4 : answer);
+    free(answer);
+    return EXIT_USAGE;
+  }
+  body += 4;
+  fputs(body, stdout);
+  int allowed = strstr(body, a->json ? "\"decision\":\"allow\"" : "\ndecision: allow\n") != NULL;
+  free(answer);
+  return allowed ? EXIT_ALLOWED : EXIT_DENIED;
 }
 
 int mt_explain_main(int argc, char **argv) {
@@ -403,6 +647,12 @@ int mt_explain_main(int argc, char **argv) {
   if (a.help) {
     usage(stdout);
     return EXIT_ALLOWED;
+  }
+  if (a.admin != NULL) return explain_via_admin(&a);
+  mt_sockaddr source;
+  if (a.source_ip != NULL && !mt_sockaddr_parse(a.source_ip, &source, 0)) {
+    fprintf(stderr, "mtlsd explain: --source-ip must be an IP address, got '%s'\n", a.source_ip);
+    return EXIT_USAGE;
   }
   char err[ERR_TEXT_MAX];
   mt_config *config = mt_config_load(a.config_path, err, sizeof(err));
@@ -419,6 +669,7 @@ int mt_explain_main(int argc, char **argv) {
       .peer_id = a.peer_id,
       .port = a.port,
       .permissive = is_permissive(config, a.port),
+      .peer_addr = a.source_ip != NULL ? (const struct sockaddr *)&source.addr : NULL,
   };
   int rc = mt_explain_decide(policy, &q).action == MT_ACTION_ALLOW ? EXIT_ALLOWED : EXIT_DENIED;
   if (!print_explanation(policy, &q, a.json)) {

@@ -2,9 +2,8 @@
  * person debugging a denial (`mtlsd explain`) and, later, the admin endpoint.
  *
  * The answer is the data path's own: the decision comes from policy.h
- * (mt_policy_decide for a peer ID, mt_policy_decide_unauthenticated for
- * plaintext on a permissive port) and the per-rule detail from
- * mt_policy_trace_init, never from matching code of this module's own.
+ * (mt_policy_evaluate) and the per-rule detail from
+ * mt_policy_trace_request, never from matching code of this module's own.
  * Plaintext on a port that is not permissive is refused before policy, as
  * inbound.c does; the explanation says so.
  *
@@ -15,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sys/socket.h>
 
 #include "agent/policy.h"
 
@@ -30,7 +31,16 @@ typedef struct {
   int may_be_replaced; /* a control-plane Watch may give the agent a different policy */
   const char *peer_id; /* the peer's SPIFFE ID; NULL for an unauthenticated (plaintext) peer */
   uint16_t port;       /* destination (app) port */
-  int permissive;      /* |port| is one of inbound.permissive_ports */
+  int permissive;      /* |port| admits plaintext */
+  /* Why |permissive| is what it is: NULL when it comes from the static
+   * inbound.permissive_ports, else the PeerAuthentication mode in force
+   * ("STRICT", ...) and where it came from ("ns/name", "default"). */
+  const char *mtls_mode;
+  const char *mtls_source;
+  /* The peer's address and the address it connected to (ipBlocks,
+   * source.ip, destination.ip); NULL: unknown (ipBlocks never match). */
+  const struct sockaddr *peer_addr;
+  const struct sockaddr *dest_addr;
 } mt_explain_query;
 
 /* The agent's decision for |query| under |policy|. Plaintext on a strict
@@ -45,9 +55,12 @@ int mt_explain_render(const mt_policy *policy, const mt_explain_query *query, in
                       size_t len);
 
 /* `mtlsd explain --config FILE (--peer SPIFFE_ID | --plaintext) --port PORT
- * [--json]`; argv[0] is "explain". Loads FILE as the agent does and explains
- * its policy. Returns the exit status: 0 allowed, 1 denied, 2 usage or
- * config error (printed to stderr with file:line). */
+ * [--source-ip IP] [--json]`: loads FILE as the agent does and explains its
+ * static policy; `mtlsd explain --admin IP:PORT [--workload IP] ...` asks a
+ * running agent's admin endpoint (GET /policy?...) about the policy in
+ * force, which the control plane may have pushed (Istio policies). argv[0]
+ * is "explain". Returns the exit status: 0 allowed, 1 denied, 2 usage,
+ * config or connection error (printed to stderr). */
 int mt_explain_main(int argc, char **argv);
 
 #ifdef __cplusplus

@@ -34,10 +34,21 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents);
 
 static void connect_app(mt_conn *conn);
 
+/* The policy's view of this connection: who (|peer_id|, NULL when
+ * unauthenticated), from where, to where. */
+static mt_decision decide(const mt_conn *conn, const mt_identity *identity, const char *peer_id) {
+  mt_policy_request req = {
+      .peer_id = peer_id,
+      .peer_addr = (const struct sockaddr *)&conn->source,
+      .dest_addr = conn->dialled.ss_family != 0 ? (const struct sockaddr *)&conn->dialled : NULL,
+      .port = mt_sockaddr_port((const struct sockaddr *)&conn->target),
+  };
+  return mt_policy_evaluate(mt_mesh_policy(mt_identity_mesh(identity)), &req);
+}
+
 static void authorize_and_connect(mt_conn *conn) {
   uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
-  const mt_policy *policy = mt_mesh_policy(mt_identity_mesh(conn->identity));
-  mt_decision d = mt_policy_decide(policy, conn->peer.spiffe_id, port);
+  mt_decision d = decide(conn, conn->identity, conn->peer.spiffe_id);
   conn->rule = d.rule;
   mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_INBOUND, d.action, d.rule);
   MT_LOG_D("inbound %s -> port %u: %s by rule '%s' (%s)", conn->peer.spiffe_id, port,
@@ -110,7 +121,12 @@ static void start_handshake(mt_conn *conn) {
   if (mt_conn_handshake(conn, &conn->down) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
 }
 
-static int is_permissive(const mt_config *config, uint16_t port) {
+/* Whether |port| of the workload |identity| answers for admits plaintext:
+ * the control plane's PeerAuthentication for it when it sent one, else the
+ * static inbound.permissive_ports. */
+static int admits_plaintext(const mt_config *config, const mt_identity *identity, uint16_t port) {
+  const mt_peer_auth *pa = mt_mesh_peer_auth(mt_identity_mesh(identity));
+  if (pa != NULL) return mt_peer_auth_admits_plaintext(pa, port);
   for (size_t i = 0; i < config->num_permissive_ports; i++)
     if (config->permissive_ports[i] == port) return 1;
   return 0;
@@ -125,8 +141,8 @@ static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
   mt_conn_leave_handshake_share(conn);
   conn->identity = mt_identity_ref(identity);
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
-  mt_decision d =
-      mt_policy_decide_unauthenticated(mt_mesh_policy(mt_identity_mesh(identity)), port);
+  (void)port;
+  mt_decision d = decide(conn, identity, NULL);
   conn->rule = d.rule;
   mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_INBOUND, d.action, d.rule);
   if (d.action != MT_ACTION_ALLOW) {
@@ -156,7 +172,11 @@ static void on_peek_permissive(mt_conn *conn, uint16_t port) {
 
 static void on_peek(mt_conn *conn) {
   uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
-  if (is_permissive(mt_worker_config(conn->worker), port)) {
+  /* Whether plaintext is admitted is the destination workload's setting:
+   * without its identity yet, hold (and come back here) rather than guess. */
+  mt_identity *identity = destination_identity(conn);
+  if (identity == NULL) return;
+  if (admits_plaintext(mt_worker_config(conn->worker), identity, port)) {
     on_peek_permissive(conn, port);
     return;
   }
@@ -199,13 +219,21 @@ static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {
  * the original destination itself (a pod on this node). */
 static int resolve_target(mt_conn *conn, const mt_listener_config *listener) {
   const mt_config *config = mt_worker_config(conn->worker);
-  if (config->node_mode) /* the pod itself, at the address and port the peer dialled */
-    return mt_original_dst(conn->down.fd, &conn->target);
+  if (config->node_mode) { /* the pod itself, at the address and port the peer dialled */
+    if (!mt_original_dst(conn->down.fd, &conn->target)) return 0;
+    conn->dialled = conn->target;
+    return 1;
+  }
   uint16_t port = listener->app_port;
   if (!listener->has_fixed_target) {
     struct sockaddr_storage orig;
     if (!mt_original_dst(conn->down.fd, &orig)) return 0;
     port = mt_sockaddr_port((const struct sockaddr *)&orig);
+    conn->dialled = orig;
+  } else {
+    socklen_t len = sizeof(conn->dialled);
+    if (getsockname(conn->down.fd, (struct sockaddr *)&conn->dialled, &len) != 0)
+      conn->dialled.ss_family = 0;
   }
   memcpy(&conn->target, &config->inbound_app_address.addr, config->inbound_app_address.addr_len);
   if (conn->target.ss_family == AF_INET6)

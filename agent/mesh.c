@@ -43,6 +43,7 @@ struct mt_mesh {
   atomic_int refs;
   char *version;
   mt_policy *policy;
+  mt_peer_auth *peer_auth; /* NULL: the static permissive ports */
   dest_table *table;
 };
 
@@ -304,8 +305,8 @@ static dest_table *table_of(const merged_entry *entries, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const dest_table *from = entries[i].from;
     const mesh_destination *d = entries[i].entry;
-    table_put(&b, d->key, from->ids + d->first_id, d->num_ids,
-              from->endpoints + d->first_endpoint, d->num_endpoints);
+    table_put(&b, d->key, from->ids + d->first_id, d->num_ids, from->endpoints + d->first_endpoint,
+              d->num_endpoints);
   }
   return b.t;
 }
@@ -349,6 +350,7 @@ void mt_mesh_unref(mt_mesh *m) {
   if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
   table_unref(m->table);
   mt_policy_free(m->policy);
+  mt_peer_auth_free(m->peer_auth);
   free(m->version);
   free(m);
 }
@@ -383,6 +385,13 @@ int mt_mesh_unresolved(const mt_mesh *m, const struct sockaddr *dest) {
 }
 
 const mt_policy *mt_mesh_policy(const mt_mesh *m) { return m->policy; }
+
+void mt_mesh_set_peer_auth(mt_mesh *m, mt_peer_auth *peer_auth) {
+  mt_peer_auth_free(m->peer_auth);
+  m->peer_auth = peer_auth;
+}
+
+const mt_peer_auth *mt_mesh_peer_auth(const mt_mesh *m) { return m->peer_auth; }
 const char *mt_mesh_version(const mt_mesh *m) { return m->version; }
 size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_entries; }
 size_t mt_mesh_num_service_endpoints(const mt_mesh *m) { return m->table->num_endpoints; }

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "agent/config.h"
+#include "agent/peer_auth.h"
 #include "agent/policy.h"
 
 #ifdef __cplusplus
@@ -44,6 +45,13 @@ mt_mesh *mt_mesh_patched(const mt_mesh *base, const char *version, mt_policy *po
                          const mt_destination_config *changed, const int *replaces,
                          size_t num_changed, const mt_sockaddr *removed, size_t num_removed,
                          char *err, size_t err_len);
+
+/* Sets the workload's PeerAuthentication (taken; freed with the mesh).
+ * Call on a freshly built mesh, before it is shared. */
+void mt_mesh_set_peer_auth(mt_mesh *mesh, mt_peer_auth *peer_auth);
+/* The control plane's PeerAuthentication for this workload, or NULL: the
+ * static inbound.permissive_ports apply. Borrowed. */
+const mt_peer_auth *mt_mesh_peer_auth(const mt_mesh *mesh);
 
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */

@@ -11,7 +11,6 @@
 #include "agent/svid.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
-
 void mt_mesh_update_clear(mt_mesh_update *u) {
   mt_mesh_unref(u->mesh);
   for (size_t i = 0; i < u->num_bundles; i++) {
@@ -155,6 +154,39 @@ static void free_destinations(mt_destination_config *dests, size_t n) {
 }
 
 /* Each workload's mesh shares the general one's destinations. */
+static int decode_mtls_mode(Mtlsd__Mesh__V1__MtlsMode m, mt_mtls_mode *out) {
+  switch (m) {
+    case MTLSD__MESH__V1__MTLS_MODE__STRICT: *out = MT_MTLS_STRICT; return 1;
+    case MTLSD__MESH__V1__MTLS_MODE__PERMISSIVE: *out = MT_MTLS_PERMISSIVE; return 1;
+    case MTLSD__MESH__V1__MTLS_MODE__DISABLE: *out = MT_MTLS_DISABLE; return 1;
+    default: return 0; /* UNSET never reaches an agent: the server resolves it */
+  }
+}
+
+/* A workload's PeerAuthentication; NULL with the reason in |err|. */
+static mt_peer_auth *decode_peer_auth(const Mtlsd__Mesh__V1__PeerAuthentication *p, char *err,
+                                      size_t err_len) {
+  mt_mtls_mode mode;
+  if (!decode_mtls_mode(p->mode, &mode))
+    return snprintf(err, err_len,
+                    "peer_authentication.mode %d is not STRICT, PERMISSIVE or DISABLE", p->mode),
+           NULL;
+  mt_peer_auth *pa = mt_peer_auth_new(mode, p->source);
+  if (pa == NULL) return snprintf(err, err_len, "out of memory"), NULL;
+  for (size_t i = 0; i < p->n_ports; i++) {
+    const Mtlsd__Mesh__V1__PortMtls *pm = p->ports[i];
+    char why[128];
+    if (pm->port == 0 || pm->port > 65535 || !decode_mtls_mode(pm->mode, &mode) ||
+        !mt_peer_auth_add_port(pa, (uint16_t)pm->port, mode, pm->source, why, sizeof(why))) {
+      snprintf(err, err_len, "peer_authentication.ports[%zu]: port %u, mode %d: %s", i, pm->port,
+               pm->mode, pm->port == 0 || pm->port > 65535 ? "port out of range" : "refused");
+      mt_peer_auth_free(pa);
+      return NULL;
+    }
+  }
+  return pa;
+}
+
 static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_mesh_update *out,
                                     char *err, size_t err_len) {
   out->workloads = calloc(s->n_workload_policies + 1, sizeof(mt_workload_mesh));
@@ -174,9 +206,19 @@ static int decode_workload_policies(const Mtlsd__Mesh__V1__MeshSnapshot *s, mt_m
     mt_policy *policy = mt_policy_from_proto(w->policy, why, sizeof(why));
     if (policy == NULL)
       return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
+    mt_peer_auth *pa = NULL;
+    if (w->peer_authentication != NULL &&
+        (pa = decode_peer_auth(w->peer_authentication, why, sizeof(why))) == NULL) {
+      mt_policy_free(policy);
+      return snprintf(err, err_len, "workload_policies[%zu] (%.128s): %s", i, w->spiffe_id, why), 0;
+    }
     mt_workload_mesh *dst = &out->workloads[out->num_workloads++];
     dst->spiffe_id = strdup(w->spiffe_id);
     dst->mesh = mt_mesh_with_policy(out->mesh, policy);
+    if (dst->mesh != NULL)
+      mt_mesh_set_peer_auth(dst->mesh, pa);
+    else
+      mt_peer_auth_free(pa);
     if (dst->spiffe_id == NULL || dst->mesh == NULL)
       return snprintf(err, err_len, "out of memory"), 0;
   }
@@ -377,8 +419,9 @@ int mt_mesh_decode_snapshot(const uint8_t *msg, size_t len, mt_mesh_update *out,
 }
 
 int mt_mesh_decode_patched(const uint8_t *rest, size_t rest_len, const uint8_t *delta,
-                           size_t delta_len, const mt_mesh *held, const mt_mesh_entries *held_entries,
-                           mt_mesh_update *out, char *err, size_t err_len) {
+                           size_t delta_len, const mt_mesh *held,
+                           const mt_mesh_entries *held_entries, mt_mesh_update *out, char *err,
+                           size_t err_len) {
   memset(out, 0, sizeof(*out));
   Mtlsd__Mesh__V1__MeshSnapshot *d = mtlsd__mesh__v1__mesh_snapshot__unpack(NULL, delta_len, delta);
   if (d == NULL || !d->delta) {

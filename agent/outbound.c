@@ -118,9 +118,8 @@ static void offer_session(mt_conn *conn) {
 }
 
 static void start_handshake(mt_conn *conn) {
-  conn->up.ssl =
-      mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
-                         mt_worker_buffers(conn->worker), &conn->peer);
+  conn->up.ssl = mt_tls_new_session(mt_identity_client_ctx(conn->identity), conn->up.fd,
+                                    mt_worker_buffers(conn->worker), &conn->peer);
   if (conn->up.ssl == NULL) {
     mt_conn_close(conn, MT_REASON_INTERNAL, "SSL_new failed");
     return;
@@ -199,7 +198,8 @@ static int deliver_on_node(mt_conn *conn) {
     return 1;
   }
   uint16_t port = mt_sockaddr_port(target); /* a chosen endpoint's: the pod's own port */
-  mt_decision d = mt_policy_decide(mt_mesh_policy(mt_identity_mesh(dest)), caller, port);
+  mt_policy_request req = {caller, (const struct sockaddr *)&conn->source, target, port};
+  mt_decision d = mt_policy_evaluate(mt_mesh_policy(mt_identity_mesh(dest)), &req);
   conn->rule = d.rule;
   count_decision(conn, d.action);
   if (d.action != MT_ACTION_ALLOW) {

@@ -346,6 +346,14 @@ int mt_policy_add_allow_policy(mt_policy *policy, const char *name) {
   return 1;
 }
 
+int mt_policy_rule_note(const mt_policy *policy, size_t i, const char **name,
+                        const char **reduced) {
+  if (policy == NULL || i >= policy->num_rules) return 0;
+  *name = policy->rules[i].name;
+  *reduced = policy->rules[i].reduced;
+  return 1;
+}
+
 size_t mt_policy_num_allow_policies(const mt_policy *policy) {
   return policy != NULL ? policy->num_allow_policies : 0;
 }

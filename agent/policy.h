@@ -159,6 +159,10 @@ int mt_policy_add_allow_policy(mt_policy *policy, const char *name);
 size_t mt_policy_num_allow_policies(const mt_policy *policy);
 const char *mt_policy_allow_policy(const mt_policy *policy, size_t i);
 
+/* Rule |i| (position order): its name, and why the control plane reduced
+ * it for L4 (NULL when it did not). 0 when |i| is out of range. */
+int mt_policy_rule_note(const mt_policy *policy, size_t i, const char **name, const char **reduced);
+
 /* What a decision looks at. Borrowed for the call. */
 typedef struct {
   const char *peer_id;              /* verified SPIFFE ID; NULL: unauthenticated */
