@@ -11,6 +11,8 @@
 #include "controlplane/yaml_doc.h"
 #include "controlplane/jwt.h"
 
+enum { MT_NAMESPACE_MAX = 63 }; /* a DNS label, as Kubernetes limits namespace names */
+
 enum {
   MESH_POLL_MIN_MS = 10,
   MESH_POLL_MAX_MS = 3600 * 1000,
@@ -71,6 +73,42 @@ static int on_tokens_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml
   return mt_yaml_fail(ctx, k, "unknown key 'tokens.%s'", key);
 }
 
+/* A namespace name (a DNS label), as policies name it in their metadata. */
+static int want_root_namespace(mt_yaml_ctx *ctx, yaml_node_t *v, mt_ca_config *c) {
+  char *ns = NULL;
+  if (!mt_yaml_want_string(ctx, v, "root_namespace", &ns)) return 0;
+  free(c->k8s_root_namespace);
+  c->k8s_root_namespace = ns;
+  size_t len = strlen(ns);
+  int ok = len > 0 && len <= MT_NAMESPACE_MAX && ns[0] != '-' && ns[len - 1] != '-';
+  for (const char *p = ns; ok && *p; p++)
+    ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-';
+  if (!ok)
+    return mt_yaml_fail(ctx, v,
+                        "'kubernetes.root_namespace' must be a namespace name (lowercase letters, "
+                        "digits and '-', at most %d), got '%s'",
+                        MT_NAMESPACE_MAX, ns);
+  return 1;
+}
+
+/* PERMISSIVE or STRICT: DISABLE as a mesh-wide default would turn mesh TLS
+ * off for every workload no PeerAuthentication names, which no one means
+ * by a default. */
+static int want_mtls_mode(mt_yaml_ctx *ctx, yaml_node_t *v, mt_ca_config *c) {
+  const char *s = v->type == YAML_SCALAR_NODE ? mt_yaml_scalar(v) : NULL;
+  if (s != NULL && strcmp(s, "PERMISSIVE") == 0) {
+    c->k8s_default_mtls_mode = MT_CA_MTLS_PERMISSIVE;
+    return 1;
+  }
+  if (s != NULL && strcmp(s, "STRICT") == 0) {
+    c->k8s_default_mtls_mode = MT_CA_MTLS_STRICT;
+    return 1;
+  }
+  return mt_yaml_fail(ctx, v,
+                      "'kubernetes.default_mtls_mode' must be PERMISSIVE or STRICT, got '%s'",
+                      s != NULL ? s : "(not a scalar)");
+}
+
 static int on_kubernetes_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
                              void *target) {
   mt_ca_config *c = target;
@@ -88,6 +126,10 @@ static int on_kubernetes_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, 
                               MT_CA_K8S_MAX_WATCH_TIMEOUT_S, &c->k8s_watch_timeout_s);
   if (strcmp(key, "list_page_size") == 0)
     return mt_yaml_want_int64(ctx, v, key, 1, MT_CA_K8S_MAX_LIST_PAGE_SIZE, &c->k8s_list_page_size);
+  if (strcmp(key, "istio_policies") == 0)
+    return mt_yaml_want_bool(ctx, v, key, &c->k8s_istio_policies);
+  if (strcmp(key, "root_namespace") == 0) return want_root_namespace(ctx, v, c);
+  if (strcmp(key, "default_mtls_mode") == 0) return want_mtls_mode(ctx, v, c);
   return mt_yaml_fail(ctx, k, "unknown key 'kubernetes.%s'", key);
 }
 
@@ -260,6 +302,12 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
                         "'workloads_file' and 'kubernetes' both say which workload runs where; "
                         "keep one");
   }
+  if (c->k8s_istio_policies && c->mesh_file == NULL) {
+    yaml_node_t *v = NULL;
+    return mt_yaml_fail(ctx, find_top_key(ctx, root, "kubernetes", &v),
+                        "'kubernetes.istio_policies' needs 'mesh_file': policies reach the agents "
+                        "in the mesh config stream, which mesh_file turns on");
+  }
   return validate_node_agents(ctx, c, root);
 }
 
@@ -272,7 +320,9 @@ static int set_defaults(mt_ca_config *c) {
   c->listen = strdup(kDefaultListen);
   c->token_audience = strdup(kDefaultAudience);
   c->access_log = strdup("-");
-  return c->listen != NULL && c->token_audience != NULL && c->access_log != NULL;
+  c->k8s_root_namespace = strdup(MT_CA_DEFAULT_ROOT_NAMESPACE);
+  return c->listen != NULL && c->token_audience != NULL && c->access_log != NULL &&
+         c->k8s_root_namespace != NULL;
 }
 
 /* Unset TTLs: default 1 h, maximum 24 h, and never a default above the
@@ -334,5 +384,6 @@ void mt_ca_config_free(mt_ca_config *c) {
   free(c->k8s_server);
   free(c->k8s_token_file);
   free(c->k8s_ca_file);
+  free(c->k8s_root_namespace);
   free(c);
 }

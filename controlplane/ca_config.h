@@ -31,6 +31,14 @@ enum {
   MT_CA_K8S_MAX_LIST_PAGE_SIZE = 100000,
 };
 
+/* kubernetes.default_mtls_mode: Istio's default is PERMISSIVE. */
+typedef enum {
+  MT_CA_MTLS_PERMISSIVE,
+  MT_CA_MTLS_STRICT,
+} mt_ca_mtls_mode;
+
+#define MT_CA_DEFAULT_ROOT_NAMESPACE "istio-system"
+
 typedef struct {
   char *path; /* the configuration file, for messages */
 
@@ -53,7 +61,7 @@ typedef struct {
    * per jwks_min_interval_ms. */
   int64_t jwks_refresh_s;
   int64_t jwks_min_interval_ms;
-  char *mesh_file; /* NULL: no mesh config stream (Watch is not served) */
+  char *mesh_file;      /* NULL: no mesh config stream (Watch is not served) */
   int64_t mesh_poll_ms; /* how often mesh_file (and its roots) and workloads_file are checked */
   char *access_log;     /* path (appended) or "-" for stdout */
   /* Node agents: SPIFFE IDs (in trust_domain) that may ask for certificates
@@ -70,6 +78,11 @@ typedef struct {
   char *k8s_ca_file;
   int64_t k8s_watch_timeout_s; /* 0: the watch's default */
   int64_t k8s_list_page_size;  /* 0: the watch's default (500) */
+  /* Istio's AuthorizationPolicy and PeerAuthentication objects as the
+   * workloads' policy (istio_source.h): off by default. */
+  int k8s_istio_policies;
+  char *k8s_root_namespace;              /* mesh-wide policies live here; "istio-system" */
+  mt_ca_mtls_mode k8s_default_mtls_mode; /* when no PeerAuthentication applies */
 
   /* Lines of the keys that name files, for errors found reading them. */
   unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line,

@@ -57,6 +57,9 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_WORKLOADS_LOAD_FAILURES] = "workloads_load_failures",
     [MT_CA_EV_DESTINATIONS_WANTED] = "destinations_wanted",
     [MT_CA_EV_ON_DEMAND_ROUNDS_SKIPPED] = "on_demand_rounds_skipped",
+    [MT_CA_EV_ISTIO_OBJECTS_APPLIED] = "istio_objects_applied",
+    [MT_CA_EV_ISTIO_OBJECTS_REDUCED] = "istio_objects_reduced",
+    [MT_CA_EV_ISTIO_OBJECTS_REFUSED] = "istio_objects_refused",
 };
 
 static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {

@@ -36,8 +36,8 @@ typedef enum {
   MT_CA_EV_SNAPSHOTS_SENT,
   MT_CA_EV_SNAPSHOT_DELTAS_SENT, /* of snapshots_sent: deltas */
   MT_CA_EV_SNAPSHOT_BYTES_SENT,  /* bytes of snapshots and deltas queued */
-  MT_CA_EV_MESH_LOADS,         /* a new snapshot version came into force */
-  MT_CA_EV_MESH_LOAD_FAILURES, /* a changed mesh file was refused */
+  MT_CA_EV_MESH_LOADS,           /* a new snapshot version came into force */
+  MT_CA_EV_MESH_LOAD_FAILURES,   /* a changed mesh file was refused */
   MT_CA_EV_ISSUER_RELOADS,
   MT_CA_EV_ISSUER_RELOAD_FAILURES,
   MT_CA_EV_TOKEN_KEY_RELOADS,
@@ -52,6 +52,12 @@ typedef enum {
   MT_CA_EV_WORKLOADS_LOAD_FAILURES,   /* a changed workloads file was refused */
   MT_CA_EV_DESTINATIONS_WANTED,       /* addresses added by Want to streams */
   MT_CA_EV_ON_DEMAND_ROUNDS_SKIPPED,  /* on-demand streams a round left alone unbuilt */
+  /* Istio objects (AuthorizationPolicy, PeerAuthentication) that came to
+   * be in force as written, reduced for L4, or refused (istio_source.h):
+   * counted at each status change of an object. */
+  MT_CA_EV_ISTIO_OBJECTS_APPLIED,
+  MT_CA_EV_ISTIO_OBJECTS_REDUCED,
+  MT_CA_EV_ISTIO_OBJECTS_REFUSED,
   MT_CA_EV_COUNT,
 } mt_ca_event;
 

@@ -386,6 +386,32 @@ size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
   return foreach_workload_on(state, NULL, on_workload, ctx);
 }
 
+/* Inserts |name| into the sorted |names| (|*n| of |max|), keeping the
+ * smallest |max| when full. */
+static void insert_sorted(const char **names, size_t *n, size_t max, const char *name) {
+  size_t at = *n;
+  while (at > 0 && strcmp(names[at - 1], name) > 0) at--;
+  if (at >= max) return;
+  size_t last = *n < max ? *n : max - 1;
+  memmove(&names[at + 1], &names[at], (last - at) * sizeof(*names));
+  names[at] = name;
+  if (*n < max) (*n)++;
+}
+
+size_t mt_cluster_state_services_selecting(const mt_cluster_state *state,
+                                           const mt_cluster_workload *w, const char **names,
+                                           size_t max) {
+  size_t total = 0, kept = 0;
+  for (size_t i = 0; i < state->services.len; i++) {
+    const mt_k8s_service *svc = state->services.items[i];
+    if (strcmp(svc->meta.ns, w->ns) != 0 || !mt_k8s_service_selects(svc, w->labels, w->num_labels))
+      continue;
+    total++;
+    if (max > 0) insert_sorted(names, &kept, max, svc->meta.name);
+  }
+  return total;
+}
+
 /* --- every service address at once, with sorted indexes --- */
 
 static int compare_pods_by_name(const void *pa, const void *pb) {

@@ -98,6 +98,14 @@ size_t mt_cluster_state_foreach_workload(const mt_cluster_state *state,
                                                              const mt_cluster_workload *w),
                                          void *ctx);
 
+/* The names of the Services in |w|'s namespace whose spec.selector selects
+ * its pod (mt_k8s_service_selects): up to |max| of them, sorted, into
+ * |names| (borrowed until the next apply). Returns how many there are in
+ * all. Scans every Service: O(services) per call. */
+size_t mt_cluster_state_services_selecting(const mt_cluster_state *state,
+                                           const mt_cluster_workload *w, const char **names,
+                                           size_t max);
+
 /* One ready endpoint of a Service address, where kube-proxy would send
  * the connection: the endpoint's IP (canonical text) and the target port
  * resolved for it. Borrowed for the call. */

@@ -91,28 +91,43 @@ static int optional_array(const json_t *obj, const char *key, size_t max, const 
   return 1;
 }
 
-static int decode_labels(const json_t *labels, mt_k8s_meta *out, char *err, size_t err_len) {
+/* A map of label key -> value (metadata.labels, spec.selector) into
+ * |*out| (|*num| pairs); on failure what was copied stays for the
+ * caller's _clear to free. */
+static int decode_label_map(const json_t *labels, const char *field, mt_k8s_label **out,
+                            size_t *num, char *err, size_t err_len) {
   if (labels == NULL || json_is_null(labels)) return 1;
-  if (!json_is_object(labels)) return fail(err, err_len, "metadata.labels", "not an object");
+  if (!json_is_object(labels)) return fail(err, err_len, field, "not an object");
   if (json_object_size(labels) > MT_K8S_MAX_LABELS)
-    return fail(err, err_len, "metadata.labels", "too many labels");
-  out->labels = calloc(json_object_size(labels) + 1, sizeof(*out->labels));
-  if (out->labels == NULL) return fail(err, err_len, "metadata.labels", "out of memory");
+    return fail(err, err_len, field, "too many labels");
+  *out = calloc(json_object_size(labels) + 1, sizeof(**out));
+  if (*out == NULL) return fail(err, err_len, field, "out of memory");
   const char *key;
   json_t *value;
   json_object_foreach((json_t *)labels, key, value) {
     if (strlen(key) > MT_K8S_LABEL_KEY_MAX || !is_label_text(key, 1) || key[0] == '\0')
-      return fail(err, err_len, "metadata.labels", "bad label key");
+      return fail(err, err_len, field, "bad label key");
     if (!json_is_string(value) || json_string_length(value) > MT_K8S_LABEL_VALUE_MAX ||
         !is_label_text(json_string_value(value), 0))
-      return fail(err, err_len, "metadata.labels", "bad label value");
-    mt_k8s_label *l = &out->labels[out->num_labels++];
+      return fail(err, err_len, field, "bad label value");
+    mt_k8s_label *l = &(*out)[(*num)++];
     l->key = strdup(key);
     l->value = strdup(json_string_value(value));
-    if (l->key == NULL || l->value == NULL)
-      return fail(err, err_len, "metadata.labels", "out of memory");
+    if (l->key == NULL || l->value == NULL) return fail(err, err_len, field, "out of memory");
   }
   return 1;
+}
+
+static void labels_clear(mt_k8s_label *labels, size_t num) {
+  for (size_t i = 0; i < num; i++) {
+    free(labels[i].key);
+    free(labels[i].value);
+  }
+  free(labels);
+}
+
+static int decode_labels(const json_t *labels, mt_k8s_meta *out, char *err, size_t err_len) {
+  return decode_label_map(labels, "metadata.labels", &out->labels, &out->num_labels, err, err_len);
 }
 
 int mt_k8s_meta_decode(const json_t *obj, int namespaced, mt_k8s_meta *out, char *err,
@@ -143,11 +158,7 @@ int mt_k8s_meta_decode(const json_t *obj, int namespaced, mt_k8s_meta *out, char
 
 void mt_k8s_meta_clear(mt_k8s_meta *meta) {
   if (meta == NULL) return;
-  for (size_t i = 0; i < meta->num_labels; i++) {
-    free(meta->labels[i].key);
-    free(meta->labels[i].value);
-  }
-  free(meta->labels);
+  labels_clear(meta->labels, meta->num_labels);
   free(meta->ns);
   free(meta->name);
   free(meta->resource_version);
@@ -298,6 +309,8 @@ int mt_k8s_service_decode(const json_t *obj, mt_k8s_service *out, char *err, siz
   ok = ok && (json_is_object(spec) || fail(err, err_len, "spec", "missing or not an object"));
   ok = ok && decode_cluster_ips(spec, out, err, err_len);
   ok = ok && decode_ports(spec, "spec.ports", &out->ports, &out->num_ports, err, err_len);
+  ok = ok && decode_label_map(member(spec, "selector"), "spec.selector", &out->selector,
+                              &out->num_selector, err, err_len);
   if (!ok) mt_k8s_service_clear(out);
   return ok;
 }
@@ -307,7 +320,22 @@ void mt_k8s_service_clear(mt_k8s_service *service) {
   mt_k8s_meta_clear(&service->meta);
   for (size_t i = 0; i < service->num_cluster_ips; i++) free(service->cluster_ips[i]);
   ports_clear(service->ports, service->num_ports);
+  labels_clear(service->selector, service->num_selector);
   memset(service, 0, sizeof(*service));
+}
+
+int mt_k8s_service_selects(const mt_k8s_service *service, const mt_k8s_label *labels,
+                           size_t num_labels) {
+  if (service->num_selector == 0) return 0;
+  for (size_t i = 0; i < service->num_selector; i++) {
+    const mt_k8s_label *want = &service->selector[i];
+    size_t j = 0;
+    while (j < num_labels &&
+           (strcmp(labels[j].key, want->key) != 0 || strcmp(labels[j].value, want->value) != 0))
+      j++;
+    if (j == num_labels) return 0;
+  }
+  return 1;
 }
 
 static void endpoint_clear(mt_k8s_endpoint *e) {

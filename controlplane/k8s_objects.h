@@ -75,6 +75,10 @@ typedef struct {
   size_t num_cluster_ips;
   mt_k8s_port *ports;
   size_t num_ports;
+  /* spec.selector: the pods whose labels hold every pair. Empty (absent,
+   * or a Service with manually managed endpoints) selects no pod. */
+  mt_k8s_label *selector;
+  size_t num_selector;
 } mt_k8s_service;
 
 typedef struct {
@@ -111,6 +115,11 @@ const char *mt_k8s_meta_label(const mt_k8s_meta *meta, const char *key);
 
 int mt_k8s_pod_decode(const json_t *obj, mt_k8s_pod *out, char *err, size_t err_len);
 void mt_k8s_pod_clear(mt_k8s_pod *pod);
+
+/* 1 when |service|'s selector is not empty and every pair of it is among
+ * |labels| (Kubernetes' rule for which pods a Service selects). */
+int mt_k8s_service_selects(const mt_k8s_service *service, const mt_k8s_label *labels,
+                           size_t num_labels);
 
 int mt_k8s_service_decode(const json_t *obj, mt_k8s_service *out, char *err, size_t err_len);
 void mt_k8s_service_clear(mt_k8s_service *service);

@@ -37,6 +37,7 @@ struct mt_k8s_source {
   mt_k8s_client *client;
   mt_cluster_state *state;
   resource resources[NUM_RESOURCES];
+  mt_istio_source *istio; /* NULL without istio_policies */
   mt_k8s_source_callbacks cb;
   void *ctx;
   int all_synced;
@@ -85,6 +86,36 @@ static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *obje
   if (ok && s->cb.on_change) s->cb.on_change(s->ctx);
 }
 
+static void check_all_synced(mt_k8s_source *s) {
+  if (s->all_synced) return;
+  for (size_t i = 0; i < NUM_RESOURCES; i++) {
+    if (!s->resources[i].synced) return;
+  }
+  s->all_synced = 1;
+  if (s->cb.on_synced) s->cb.on_synced(s->ctx);
+}
+
+static void on_istio_change(void *ctx) {
+  mt_k8s_source *s = ctx;
+  if (s->cb.on_change) s->cb.on_change(s->ctx);
+}
+
+static void on_istio_synced(void *ctx) {
+  mt_k8s_source *s = ctx;
+  if (s->cb.on_istio_synced) s->cb.on_istio_synced(s->ctx);
+}
+
+static void on_istio_log(void *ctx, const char *line) {
+  mt_k8s_source *s = ctx;
+  if (s->cb.on_log) s->cb.on_log(s->ctx, line);
+}
+
+static void on_istio_status(void *ctx, mt_istio_kind kind, const char *ns, const char *name,
+                            mt_istio_status status, const char *detail, int removed) {
+  mt_k8s_source *s = ctx;
+  if (s->cb.on_istio_status) s->cb.on_istio_status(s->ctx, kind, ns, name, status, detail, removed);
+}
+
 static void on_watch_synced(void *ctx) {
   resource *r = ctx;
   mt_k8s_source *s = r->source;
@@ -96,12 +127,7 @@ static void on_watch_synced(void *ctx) {
   r->synced = 1;
   log_line(s, "synced %s rv=%s", kResources[r->index].name,
            mt_k8s_watch_resource_version(r->watch));
-  if (s->all_synced) return;
-  for (size_t i = 0; i < NUM_RESOURCES; i++) {
-    if (!s->resources[i].synced) return;
-  }
-  s->all_synced = 1;
-  if (s->cb.on_synced) s->cb.on_synced(s->ctx);
+  check_all_synced(s);
 }
 
 static void on_watch_problem(void *ctx, const char *what) {
@@ -192,6 +218,19 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
       return NULL;
     }
   }
+  if (config->istio_policies) {
+    static const mt_istio_source_callbacks istio_cb = {on_istio_change, on_istio_synced,
+                                                       on_istio_log, on_istio_status};
+    mt_istio_source_config ic = {.options = config->istio,
+                                 .watch_timeout_s = config->watch_timeout_s,
+                                 .list_page_size = config->list_page_size};
+    s->istio = mt_istio_source_new(loop, s->client, &ic, &istio_cb, s);
+    if (s->istio == NULL) {
+      snprintf(err, err_len, "out of memory");
+      mt_k8s_source_free(s);
+      return NULL;
+    }
+  }
   for (size_t i = 0; i < NUM_RESOURCES; i++) mt_k8s_watch_start(s->resources[i].watch);
   return s;
 }
@@ -199,6 +238,7 @@ mt_k8s_source *mt_k8s_source_new(struct ev_loop *loop, const mt_k8s_source_confi
 void mt_k8s_source_free(mt_k8s_source *s) {
   if (s == NULL) return;
   for (size_t i = 0; i < NUM_RESOURCES; i++) mt_k8s_watch_free(s->resources[i].watch);
+  mt_istio_source_free(s->istio); /* before the client its probes and watches use */
   mt_k8s_client_free(s->client);
   mt_cluster_state_free(s->state);
   free(s);
@@ -207,6 +247,14 @@ void mt_k8s_source_free(mt_k8s_source *s) {
 const mt_cluster_state *mt_k8s_source_state(const mt_k8s_source *s) { return s->state; }
 
 int mt_k8s_source_synced(const mt_k8s_source *s) { return s->all_synced; }
+
+int mt_k8s_source_istio_synced(const mt_k8s_source *s) {
+  return s->istio == NULL || mt_istio_source_synced(s->istio);
+}
+
+const mt_istio_policies *mt_k8s_source_istio(const mt_k8s_source *s) {
+  return s->istio != NULL ? mt_istio_source_policies(s->istio) : NULL;
+}
 
 void mt_k8s_source_watch_stats(const mt_k8s_source *s, mt_k8s_kind kind, mt_k8s_watch_stats *out) {
   memset(out, 0, sizeof(*out));

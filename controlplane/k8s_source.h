@@ -2,7 +2,11 @@
  * for mtls-ca. Owns one API client (k8s_client.h), one LIST+WATCH per
  * resource mtls-ca reads (pods, services, discovery.k8s.io/v1
  * EndpointSlices, namespaces; k8s_watch.h) and the state derived from them
- * (cluster_state.h), fed one event at a time.
+ * (cluster_state.h), fed one event at a time; with |istio_policies|, also
+ * Istio's AuthorizationPolicy and PeerAuthentication objects
+ * (istio_source.h), whose first complete listing is reported apart
+ * (on_istio_synced): certificates depend on the cluster state alone, while
+ * what is compiled from the policies must wait for both (fail closed).
  *
  * The owner hears of every change (on_change), of the moment every
  * resource has been listed once (on_synced: before it, the state is
@@ -19,6 +23,7 @@
 #include <stdint.h>
 
 #include "controlplane/cluster_state.h"
+#include "controlplane/istio_source.h"
 #include "controlplane/k8s_client.h"
 #include "controlplane/k8s_watch.h"
 
@@ -34,12 +39,20 @@ typedef struct {
   int64_t backoff_initial_ms; /* 0: default */
   int64_t backoff_max_ms;     /* 0: default */
   size_t list_page_size;      /* 0: default */
+  int istio_policies;         /* follow security.istio.io objects too */
+  mt_istio_options istio;     /* their root namespace and default mode */
 } mt_k8s_source_config;
 
 typedef struct {
   void (*on_change)(void *ctx);
   void (*on_synced)(void *ctx);
   void (*on_log)(void *ctx, const char *line);
+  /* Optional: an Istio object's status is new or changed, or it went
+   * away (istio_source.h, on_status). */
+  void (*on_istio_status)(void *ctx, mt_istio_kind kind, const char *ns, const char *name,
+                          mt_istio_status status, const char *detail, int removed);
+  /* Optional: both Istio kinds have been listed once. */
+  void (*on_istio_synced)(void *ctx);
 } mt_k8s_source_callbacks;
 
 typedef struct mt_k8s_source mt_k8s_source;
@@ -57,8 +70,15 @@ const mt_cluster_state *mt_k8s_source_state(const mt_k8s_source *source);
  * (jwks_source.h). Borrowed; lives as long as the source. */
 mt_k8s_client *mt_k8s_source_client(mt_k8s_source *source);
 
-/* 1 once every resource has been listed. */
+/* The Istio objects (borrowed; changes on the loop), or NULL without
+ * |istio_policies|. */
+const mt_istio_policies *mt_k8s_source_istio(const mt_k8s_source *source);
+
+/* 1 once every resource of the cluster state has been listed. */
 int mt_k8s_source_synced(const mt_k8s_source *source);
+
+/* 1 once the Istio objects have been listed (1 without istio_policies). */
+int mt_k8s_source_istio_synced(const mt_k8s_source *source);
 
 /* The counters of one resource's watch. */
 void mt_k8s_source_watch_stats(const mt_k8s_source *source, mt_k8s_kind kind,

@@ -323,12 +323,44 @@ static void on_cluster_log(void *ctx, const char *line) {
     mt_ca_log_info(app->log, "kubernetes: %s", line);
 }
 
+/* Certificates need the cluster state alone; snapshots, with Istio
+ * policies, also need those listed (an unlisted policy would allow what it
+ * denies). */
+static int mesh_inputs_synced(const mt_ca_app *app) {
+  return mt_k8s_source_synced(app->cluster) && mt_k8s_source_istio_synced(app->cluster);
+}
+
 static void on_cluster_synced(void *ctx) {
   mt_ca_app *app = ctx;
   mt_ca_log_info(app->log, "kubernetes: cluster state synced: %zu workloads",
                  mt_cluster_state_num_workloads(mt_k8s_source_state(app->cluster)));
   mt_ca_service_cluster_synced(app->ca);
-  if (app->mesh != NULL) mt_mesh_service_cluster_synced(app->mesh);
+  if (app->mesh != NULL && mesh_inputs_synced(app)) mt_mesh_service_cluster_synced(app->mesh);
+}
+
+static void on_istio_synced(void *ctx) {
+  mt_ca_app *app = ctx;
+  mt_ca_log_info(app->log, "kubernetes: Istio policies synced");
+  if (app->mesh != NULL && mesh_inputs_synced(app)) mt_mesh_service_cluster_synced(app->mesh);
+}
+
+/* One line and one count per status change of an Istio object. */
+static void on_istio_status(void *ctx, mt_istio_kind kind, const char *ns, const char *name,
+                            mt_istio_status status, const char *detail, int removed) {
+  mt_ca_app *app = ctx;
+  if (removed) {
+    mt_ca_log_info(app->log, "%s %s/%s: removed", mt_istio_kind_words(kind), ns, name);
+    return;
+  }
+  static const mt_ca_event kCounted[] = {[MT_ISTIO_APPLIED] = MT_CA_EV_ISTIO_OBJECTS_APPLIED,
+                                         [MT_ISTIO_REDUCED] = MT_CA_EV_ISTIO_OBJECTS_REDUCED,
+                                         [MT_ISTIO_REFUSED] = MT_CA_EV_ISTIO_OBJECTS_REFUSED};
+  mt_ca_log_count(app->log, kCounted[status]);
+  if (status == MT_ISTIO_APPLIED)
+    mt_ca_log_info(app->log, "%s %s/%s: applied", mt_istio_kind_words(kind), ns, name);
+  else
+    mt_ca_log_warn(app->log, "%s %s/%s: %s: %s", mt_istio_kind_words(kind), ns, name,
+                   mt_istio_status_str(status), detail);
 }
 
 /* Every applied event; the mesh service coalesces them into rounds. */
@@ -449,7 +481,8 @@ static int start_api_token_issuer(mt_ca_app *app, char *err, size_t err_len) {
 /* The Kubernetes API as the source of which workload runs where. */
 static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   const mt_ca_config *c = app->config;
-  static const mt_k8s_source_callbacks cb = {on_cluster_change, on_cluster_synced, on_cluster_log};
+  static const mt_k8s_source_callbacks cb = {on_cluster_change, on_cluster_synced, on_cluster_log,
+                                             on_istio_status, on_istio_synced};
   mt_k8s_source_config kc;
   memset(&kc, 0, sizeof(kc));
   kc.client.server = c->k8s_server;
@@ -458,14 +491,21 @@ static int start_cluster(mt_ca_app *app, char *err, size_t err_len) {
   kc.trust_domain = c->trust_domain;
   kc.watch_timeout_s = c->k8s_watch_timeout_s;
   kc.list_page_size = (size_t)c->k8s_list_page_size;
+  kc.istio_policies = c->k8s_istio_policies;
+  kc.istio.root_namespace = c->k8s_root_namespace;
+  kc.istio.default_mode = c->k8s_default_mtls_mode == MT_CA_MTLS_STRICT
+                              ? MTLSD__MESH__V1__MTLS_MODE__STRICT
+                              : MTLSD__MESH__V1__MTLS_MODE__PERMISSIVE;
   char why[WHY_MAX];
   app->cluster = mt_k8s_source_new(app->loop, &kc, &cb, app, why, sizeof(why));
   if (app->cluster == NULL) {
     file_error(c, c->kubernetes_line, "kubernetes", why, err, err_len);
     return 0;
   }
-  mt_ca_log_info(app->log, "kubernetes: watching %s",
-                 c->k8s_server ? c->k8s_server : "the in-cluster API server");
+  mt_ca_log_info(
+      app->log, "kubernetes: watching %s%s",
+      c->k8s_server ? c->k8s_server : "the in-cluster API server",
+      c->k8s_istio_policies ? ", with Istio's AuthorizationPolicy and PeerAuthentication" : "");
   mt_ca_service_use_cluster(app->ca, mt_k8s_source_state(app->cluster));
   app->nodes = mt_node_source_new(app->loop, mt_k8s_source_client(app->cluster), NODE_CACHE_TTL_MS);
   app->node_info = app->nodes != NULL ? mt_node_info_service_new(
@@ -529,10 +569,12 @@ static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len
     if (app->mesh == NULL) return 0;
     /* Snapshots follow the cluster (or the registry) and are scoped per
      * caller; with the API, nothing is sent before its first full listing. */
-    mt_mesh_sources src = {(const char *const *)c->node_agents, c->num_node_agents,
+    mt_mesh_sources src = {(const char *const *)c->node_agents,
+                           c->num_node_agents,
                            app->cluster != NULL ? mt_k8s_source_state(app->cluster) : NULL,
-                           app->cluster != NULL && mt_k8s_source_synced(app->cluster),
-                           app->workloads};
+                           app->cluster != NULL && mesh_inputs_synced(app),
+                           app->workloads,
+                           app->cluster != NULL ? mt_k8s_source_istio(app->cluster) : NULL};
     char why[WHY_MAX];
     if (!mt_mesh_service_use_sources(app->mesh, &src, why, sizeof(why))) {
       snprintf(err, err_len, "%s: %s", c->mesh_file, why);

@@ -86,7 +86,8 @@ struct mt_mesh_service {
   size_t num_round_keys;
   /* The cluster part. */
   mt_mesh_sources sources;
-  int held; /* the Kubernetes source has not synced yet: send nothing */
+  int held;           /* the Kubernetes source has not synced yet: send nothing */
+  char *logged_notes; /* the policy notes of the view in force, as logged */
   /* Change detection. */
   char **watched;
   mt_file_stamp *stamps;
@@ -383,7 +384,7 @@ static size_t push_all(mt_mesh_service *svc, int only_pending) {
  * in |err| when it cannot be built. */
 static mt_mesh_view *build_view(mt_mesh_service *svc, const mt_mesh_file *mesh, char *err,
                                 size_t err_len) {
-  mt_mesh_view_inputs in = {mesh, svc->sources.cluster, NULL, 0};
+  mt_mesh_view_inputs in = {mesh, svc->sources.cluster, NULL, 0, svc->sources.istio};
   if (in.cluster == NULL && svc->sources.registry != NULL)
     in.workloads = mt_workload_registry_current(svc->sources.registry);
   return mt_mesh_view_new(&in, err, err_len);
@@ -451,6 +452,31 @@ static void diff_shared(mt_mesh_service *svc, const mt_mesh_view *next) {
   if (svc->shared_delta != NULL) scan_round(svc);
 }
 
+/* Logs each line of the new view's policy notes that the previous view
+ * did not have: said once, not at every rebuild. */
+static void log_policy_notes(mt_mesh_service *svc) {
+  const char *notes = mt_mesh_view_policy_notes(svc->view);
+  const char *old = svc->logged_notes != NULL ? svc->logged_notes : "";
+  if (strcmp(notes, old) == 0) return;
+  for (const char *line = notes; *line != '\0';) {
+    const char *end = strchr(line, '\n');
+    size_t len = end != NULL ? (size_t)(end - line) : strlen(line);
+    int seen = 0;
+    for (const char *o = old; *o != '\0' && !seen;) {
+      const char *oend = strchr(o, '\n');
+      size_t olen = oend != NULL ? (size_t)(oend - o) : strlen(o);
+      seen = olen == len && memcmp(o, line, len) == 0;
+      o += olen + (oend != NULL);
+    }
+    if (!seen) mt_ca_log_warn(svc->log, "%.*s", (int)len, line);
+    line += len + (end != NULL);
+  }
+  char *copy = strdup(notes);
+  if (copy == NULL) return; /* logged again next time: harmless */
+  free(svc->logged_notes);
+  svc->logged_notes = copy;
+}
+
 /* Puts |view| of |mesh| in force (takes both) with the next version; the
  * previous ones are freed. */
 static void install(mt_mesh_service *svc, mt_mesh_file *mesh, mt_mesh_view *view) {
@@ -464,6 +490,7 @@ static void install(mt_mesh_service *svc, mt_mesh_file *mesh, mt_mesh_view *view
   mt_mesh_view_shared_digest(view, digest);
   format_version(svc->version, sizeof(svc->version), svc->serial, digest);
   mt_ca_log_count(svc->log, MT_CA_EV_MESH_LOADS);
+  log_policy_notes(svc);
 }
 
 /* The push round after a new view came into force, logged as one line. */
@@ -918,6 +945,7 @@ void mt_mesh_service_free(mt_mesh_service *svc) {
   forget_round(svc);
   mt_mesh_view_free(svc->view); /* before the file it borrows */
   mt_mesh_file_free(svc->current);
+  free(svc->logged_notes);
   free(svc->mesh_path);
   free(svc->trust_domain);
   free(svc);
@@ -937,6 +965,7 @@ int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sou
   svc->view = view;
   mt_mesh_view_shared_digest(view, digest);
   format_version(svc->version, sizeof(svc->version), svc->serial, digest);
+  log_policy_notes(svc);
   return 1;
 }
 

@@ -34,6 +34,7 @@
 #include "controlplane/auth.h"
 #include "controlplane/ca_log.h"
 #include "controlplane/cluster_state.h"
+#include "controlplane/istio_policy.h"
 #include "controlplane/workload_registry.h"
 #include "grpc/server.h"
 
@@ -55,6 +56,10 @@ typedef struct {
   const mt_cluster_state *cluster;      /* the Kubernetes source's state; NULL: none */
   int cluster_synced;                   /* 0: hold every stream until _cluster_synced */
   const mt_workload_registry *registry; /* NULL: none; unused with |cluster| */
+  /* Istio's objects compiled into every cluster workload's policy
+   * (mesh_view.h); NULL: none. Used with |cluster|; |cluster_synced| must
+   * then cover their listing too. */
+  const mt_istio_policies *istio;
 } mt_mesh_sources;
 
 /* Loads |mesh_path| (refusing it when it lacks a bundle for |trust_domain|)
@@ -80,12 +85,12 @@ int mt_mesh_service_register(mt_mesh_service *svc, mt_grpc_server *server);
 int mt_mesh_service_use_sources(mt_mesh_service *svc, const mt_mesh_sources *sources, char *err,
                                 size_t err_len);
 
-/* The cluster state or the registry changed: recompute and push after the
+/* The cluster state, the Istio objects or the registry changed: recompute and push after the
  * debounce delay (changes within it share one round). */
 void mt_mesh_service_sources_changed(mt_mesh_service *svc);
 
-/* The Kubernetes source has listed everything: streams held so far get
- * their first snapshot now. */
+/* The Kubernetes source has listed everything (with Istio policies, those
+ * too): streams held so far get their first snapshot now. */
 void mt_mesh_service_cluster_synced(mt_mesh_service *svc);
 
 /* Re-reads the files now even if they look unchanged (SIGHUP). */

@@ -8,6 +8,7 @@
 
 #include <openssl/sha.h>
 
+#include "controlplane/istio_identities.h"
 #include "controlplane/k8s_objects.h"
 #include "proto/mtlsd/mesh.pb-c.h"
 
@@ -44,9 +45,12 @@ struct mt_mesh_view {
   address_alias *aliases;
   size_t num_aliases;
   size_t num_derived;
-  /* The mesh file's workload policies, sorted by identity (borrowed). */
+  /* The workload policies, sorted by identity: the mesh file's (borrowed)
+   * and those compiled from Istio's objects (|istio|'s). */
   const Mtlsd__Mesh__V1__WorkloadPolicy **policies;
   size_t num_policies;
+  mt_istio_identities *istio; /* NULL: no Istio policies */
+  char *notes;                /* see mt_mesh_view_policy_notes */
   /* Sorted by (node, identity, pod, first IP); NULL source: none. */
   int has_workload_source;
   node_workload *workloads;
@@ -435,12 +439,43 @@ static const Mtlsd__Mesh__V1__WorkloadPolicy *policy_of(const mt_mesh_view *v, c
   return NULL;
 }
 
-static int index_policies(mt_mesh_view *v, const Mtlsd__Mesh__V1__MeshSnapshot *file) {
-  v->policies = calloc(file->n_workload_policies + 1, sizeof(*v->policies));
-  if (v->policies == NULL) return 0;
-  for (size_t i = 0; i < file->n_workload_policies; i++)
-    v->policies[i] = file->workload_policies[i];
-  v->num_policies = file->n_workload_policies;
+/* Appends one line to the notes; 0 when out of memory. */
+static int add_note(mt_mesh_view *v, const char *line) {
+  size_t old = v->notes != NULL ? strlen(v->notes) : 0, add = strlen(line);
+  char *grown = realloc(v->notes, old + add + 1);
+  if (grown == NULL) return 0;
+  memcpy(grown + old, line, add + 1);
+  v->notes = grown;
+  return 1;
+}
+
+/* The mesh file's policies, then (with Istio policies) the compiled ones,
+ * which replace the file's entry of an identity they cover. */
+static int index_policies(mt_mesh_view *v, const mt_mesh_view_inputs *in) {
+  const Mtlsd__Mesh__V1__MeshSnapshot *file = mt_mesh_file_message(in->mesh);
+  char err[MT_MESH_VIEW_ERR_MAX];
+  if (in->istio != NULL && in->cluster != NULL &&
+      (v->istio = mt_istio_identities_build(in->istio, in->cluster, err, sizeof(err))) == NULL)
+    return 0;
+  size_t num_istio = v->istio != NULL ? mt_istio_identities_count(v->istio) : 0;
+  v->policies = calloc(file->n_workload_policies + num_istio + 1, sizeof(*v->policies));
+  if (v->policies == NULL || !add_note(v, "")) return 0;
+  if (v->istio != NULL && !add_note(v, mt_istio_identities_notes(v->istio))) return 0;
+  for (size_t i = 0; i < file->n_workload_policies; i++) {
+    const Mtlsd__Mesh__V1__WorkloadPolicy *p = file->workload_policies[i];
+    if (v->istio != NULL && mt_istio_identities_find(v->istio, p->spiffe_id) != NULL) {
+      char line[MT_MESH_VIEW_ERR_MAX + 128];
+      snprintf(line, sizeof(line),
+               "istio policies: the mesh file's workload_policies entry for %.200s is replaced "
+               "by what the Istio policies compile to\n",
+               p->spiffe_id);
+      if (!add_note(v, line)) return 0;
+      continue;
+    }
+    v->policies[v->num_policies++] = p;
+  }
+  for (size_t i = 0; i < num_istio; i++)
+    v->policies[v->num_policies++] = mt_istio_identities_get(v->istio, i);
   if (v->num_policies > 1)
     qsort(v->policies, v->num_policies, sizeof(*v->policies), compare_policies);
   return 1;
@@ -544,7 +579,7 @@ mt_mesh_view *mt_mesh_view_new(const mt_mesh_view_inputs *in, char *err, size_t 
   }
   v->mesh = in->mesh;
   v->max_bytes = in->max_bytes ? in->max_bytes : (size_t)MT_MESH_SNAPSHOT_MAX_BYTES;
-  int ok = index_policies(v, mt_mesh_file_message(in->mesh)) && copy_workloads(v, in);
+  int ok = index_policies(v, in) && copy_workloads(v, in);
   if (!ok) snprintf(err, err_len, "out of memory building the snapshot");
   if (ok) ok = encode_shared(v, in, err, err_len);
   if (ok && v->shared_entries != NULL && !index_for_on_demand(v)) {
@@ -563,6 +598,8 @@ void mt_mesh_view_free(mt_mesh_view *v) {
   for (size_t i = 0; i < v->num_workloads; i++) node_workload_clear(&v->workloads[i]);
   free(v->workloads);
   free(v->policies);
+  mt_istio_identities_free(v->istio);
+  free(v->notes);
   free(v->shared);
   mt_mesh_entries_free(v->shared_entries);
   free(v->base);
@@ -571,6 +608,8 @@ void mt_mesh_view_free(mt_mesh_view *v) {
 }
 
 size_t mt_mesh_view_shared_len(const mt_mesh_view *v) { return v->shared_len; }
+
+const char *mt_mesh_view_policy_notes(const mt_mesh_view *v) { return v->notes; }
 
 size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *v) { return v->num_derived; }
 

@@ -26,7 +26,10 @@
  *
  * A caller's content is the shared bytes followed by its own fields
  * (protobuf messages concatenate), so each caller costs only its own part:
- *   - workload_policies: a node agent (listed in node_agents, with a node
+ *   - workload_policies: the mesh file's, and, with Istio policies
+ *     (inputs.istio), for every identity of the cluster the one compiled
+ *     from them (istio_identities.h), which replaces the mesh file's entry
+ *     of that identity (said in the notes, below). A node agent (listed in node_agents, with a node
  *     name from its token) gets the entries of the identities of the
  *     workloads on its node, in identity order; every other caller the
  *     entry of its own identity, if there is one;
@@ -58,6 +61,7 @@
 
 #include "agent/mesh_delta.h"
 #include "controlplane/cluster_state.h"
+#include "controlplane/istio_policy.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/workloads_file.h"
 
@@ -78,6 +82,9 @@ typedef struct {
   /* Largest content (without the version) a caller may get; 0 means
    * MT_MESH_SNAPSHOT_MAX_BYTES. */
   size_t max_bytes;
+  /* Istio's objects, read during mt_mesh_view_new only; used with
+   * |cluster|. NULL: none (the mesh file's workload_policies alone). */
+  const mt_istio_policies *istio;
 } mt_mesh_view_inputs;
 
 /* Longest canonical address, "[v6]:65535" and its NUL. */
@@ -123,6 +130,11 @@ void mt_mesh_view_free(mt_mesh_view *view); /* accepts NULL */
  * destinations were derived from the cluster. */
 size_t mt_mesh_view_shared_len(const mt_mesh_view *view);
 size_t mt_mesh_view_num_derived_destinations(const mt_mesh_view *view);
+
+/* What the owner should log about the policies (identities in conflict,
+ * mesh file entries replaced by Istio's), one line each, in a stable order;
+ * "" when nothing. Log them when they differ from the previous view's. Borrowed. */
+const char *mt_mesh_view_policy_notes(const mt_mesh_view *view);
 
 /* SHA-256 of the shared part (for the server's own version and logs). */
 void mt_mesh_view_shared_digest(const mt_mesh_view *view, uint8_t out[MT_MESH_DIGEST_LEN]);

@@ -205,6 +205,33 @@ TEST(CaConfig, WithKubernetesTheTokensSectionMayBeLeftOut) {
   EXPECT_STREQ(l.config->token_audience, "istio-ca");
 }
 
+TEST(CaConfig, IstioPoliciesAreOffByDefaultWithIstiosDefaults) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir, std::string(kMinimal) + "kubernetes: {}\n", &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->k8s_istio_policies, 0);
+  EXPECT_STREQ(l.config->k8s_root_namespace, "istio-system");
+  EXPECT_EQ(l.config->k8s_default_mtls_mode, MT_CA_MTLS_PERMISSIVE);
+}
+
+TEST(CaConfig, ReadsTheIstioPolicySettings) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir,
+       std::string(kMinimal) +
+           "mesh_file: mesh.yaml\n"
+           "kubernetes:\n"
+           "  istio_policies: true\n"
+           "  root_namespace: mesh-root\n"
+           "  default_mtls_mode: STRICT\n",
+       &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->k8s_istio_policies, 1);
+  EXPECT_STREQ(l.config->k8s_root_namespace, "mesh-root");
+  EXPECT_EQ(l.config->k8s_default_mtls_mode, MT_CA_MTLS_STRICT);
+}
+
 TEST(CaConfig, MissingFileIsReportedAtLineOne) {
   char err[512];
   EXPECT_EQ(mt_ca_config_load("/nonexistent/ca.yaml", err, sizeof(err)), nullptr);
@@ -290,6 +317,19 @@ INSTANTIATE_TEST_SUITE_P(
                 "signer: {cert_file: b, key_file: c}\nroots_file: r\ntokens: {issuer: i}\n",
                 ":1: 'tokens' needs 'keys_file' (with 'kubernetes', the keys may come from the "
                 "API server's /openid/v1/jwks instead)"},
+        BadCase{"IstioPoliciesNotABool",
+                M + "mesh_file: m.yaml\nkubernetes:\n  istio_policies: often\n",
+                ":8: 'istio_policies' must be"},
+        BadCase{"IstioPoliciesWithoutMeshFile", M + "kubernetes:\n  istio_policies: true\n",
+                ":6: 'kubernetes.istio_policies' needs 'mesh_file'"},
+        BadCase{"RootNamespaceNotAName", M + "kubernetes: {root_namespace: Istio_System}\n",
+                ":6: 'kubernetes.root_namespace' must be a namespace name"},
+        BadCase{"RootNamespaceEmpty", M + "kubernetes:\n  root_namespace: \"\"\n",
+                ":7: 'root_namespace' must not be empty"},
+        BadCase{"MtlsModeDisable", M + "kubernetes:\n  default_mtls_mode: DISABLE\n",
+                ":7: 'kubernetes.default_mtls_mode' must be PERMISSIVE or STRICT, got 'DISABLE'"},
+        BadCase{"MtlsModeLowercase", M + "kubernetes: {default_mtls_mode: strict}\n",
+                ":6: 'kubernetes.default_mtls_mode' must be PERMISSIVE or STRICT, got 'strict'"},
         BadCase{"EmptyPath", M + "mesh_file: \"\"\n", ":6: 'mesh_file' must not be empty"},
         BadCase{"PathIsAList", "trust_domain: example.org\nroots_file: [a, b]\n",
                 ":2: 'roots_file' must be a scalar value"},

@@ -149,8 +149,8 @@ TEST_F(ClusterState, ADeletedPodLeaves) {
 TEST_F(ClusterState, ARemovalNeedsOnlyTheObjectsName) {
   // What a relist's DELETED carries (k8s_watch holds no more of an object).
   LoadDemo();
-  Json pod(json_pack("{s:{s:s, s:s, s:s}}", "metadata", "name", "web-7d9f8b6c5d-x2v9q",
-                     "namespace", "demo", "resourceVersion", "99"));
+  Json pod(json_pack("{s:{s:s, s:s, s:s}}", "metadata", "name", "web-7d9f8b6c5d-x2v9q", "namespace",
+                     "demo", "resourceVersion", "99"));
   Json full(LoadK8sFixture("pod.json"));
   ASSERT_STREQ(json_string_value(json_object_get(json_object_get(full, "metadata"), "name")),
                "web-7d9f8b6c5d-x2v9q");
@@ -402,6 +402,46 @@ TEST_F(ClusterState, AnEndpointInTwoSlicesIsListedOnce) {
   SetPath(copy, "metadata.name", json_string("web-zzz99"));
   Upsert(MT_K8S_KIND_ENDPOINTSLICE, copy);
   EXPECT_EQ(Endpoints()[0], "10.96.0.20:80 -> 10.244.1.5:8080=web");
+}
+
+// The Services in a workload's namespace whose selector holds among its
+// labels (what an AuthorizationPolicy's targetRefs name).
+std::vector<std::string> ServicesOf(mt_cluster_state *state) {
+  std::vector<std::string> out;
+  struct Ctx {
+    mt_cluster_state *state;
+    std::vector<std::string> *out;
+  } ctx = {state, &out};
+  mt_cluster_state_foreach_workload(
+      state,
+      [](void *c, const mt_cluster_workload *w) {
+        Ctx *x = static_cast<Ctx *>(c);
+        const char *names[4];
+        size_t n = mt_cluster_state_services_selecting(x->state, w, names, 4);
+        for (size_t i = 0; i < n && i < 4; i++) x->out->push_back(names[i]);
+      },
+      &ctx);
+  return out;
+}
+
+TEST_F(ClusterState, AWorkloadIsBehindTheServicesOfItsNamespaceThatSelectIt) {
+  LoadDemo();  // Service web selects app=web, the pod's label
+  Json other(LoadK8sFixture("service.json"));
+  SetPath(other, "metadata.name", json_string("all-web"));
+  Upsert(MT_K8S_KIND_SERVICE, other);
+  Json elsewhere(LoadK8sFixture("service.json"));
+  SetPath(elsewhere, "metadata.namespace", json_string("prod"));
+  Upsert(MT_K8S_KIND_SERVICE, elsewhere);
+  Json narrower(LoadK8sFixture("service.json"));
+  SetPath(narrower, "metadata.name", json_string("canary"));
+  SetPath(narrower, "spec.selector",
+          mt_test::ParseJson("{\"app\": \"web\", \"track\": \"canary\"}"));
+  Upsert(MT_K8S_KIND_SERVICE, narrower);
+  Json selectorless(LoadK8sFixture("service.json"));
+  SetPath(selectorless, "metadata.name", json_string("external"));
+  json_object_del(json_object_get(selectorless, "spec"), "selector");
+  Upsert(MT_K8S_KIND_SERVICE, selectorless);
+  EXPECT_EQ(ServicesOf(state_), (std::vector<std::string>{"all-web", "web"}));
 }
 
 }  // namespace

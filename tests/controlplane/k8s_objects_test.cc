@@ -145,6 +145,46 @@ TEST(K8sObjects, AServiceDecodesItsClusterIpsAndPorts) {
   mt_k8s_service_clear(&svc);
 }
 
+TEST(K8sObjects, AServiceSelectsThePodsWhoseLabelsHoldItsWholeSelector) {
+  Json j(LoadK8sFixture("service.json"));
+  SetPath(j, "spec.selector", ParseJson("{\"app\": \"web\", \"tier\": \"front\"}"));
+  mt_k8s_service svc;
+  char err[256] = "";
+  ASSERT_TRUE(mt_k8s_service_decode(j, &svc, err, sizeof(err))) << err;
+  ASSERT_EQ(svc.num_selector, 2u);
+  mt_k8s_label both[] = {{(char *)"tier", (char *)"front"},
+                         {(char *)"x", (char *)"y"},
+                         {(char *)"app", (char *)"web"}};
+  mt_k8s_label one[] = {{(char *)"app", (char *)"web"}};
+  mt_k8s_label other[] = {{(char *)"app", (char *)"web"}, {(char *)"tier", (char *)"back"}};
+  EXPECT_TRUE(mt_k8s_service_selects(&svc, both, 3));
+  EXPECT_FALSE(mt_k8s_service_selects(&svc, one, 1));
+  EXPECT_FALSE(mt_k8s_service_selects(&svc, other, 2));
+  EXPECT_FALSE(mt_k8s_service_selects(&svc, nullptr, 0));
+  mt_k8s_service_clear(&svc);
+}
+
+TEST(K8sObjects, AServiceWithoutASelectorSelectsNoPod) {
+  Json j(LoadK8sFixture("service.json"));
+  json_object_del(json_object_get(j, "spec"), "selector");
+  mt_k8s_service svc;
+  char err[256] = "";
+  ASSERT_TRUE(mt_k8s_service_decode(j, &svc, err, sizeof(err))) << err;
+  EXPECT_EQ(svc.num_selector, 0u);
+  mt_k8s_label labels[] = {{(char *)"app", (char *)"web"}};
+  EXPECT_FALSE(mt_k8s_service_selects(&svc, labels, 1));
+  mt_k8s_service_clear(&svc);
+}
+
+TEST(K8sObjects, AServiceSelectorThatIsNotAMapIsRefused) {
+  Json j(LoadK8sFixture("service.json"));
+  SetPath(j, "spec.selector", ParseJson("[\"app=web\"]"));
+  mt_k8s_service svc;
+  char err[256] = "";
+  EXPECT_FALSE(mt_k8s_service_decode(j, &svc, err, sizeof(err)));
+  EXPECT_NE(strstr(err, "spec.selector: not an object"), nullptr) << err;
+}
+
 TEST(K8sObjects, AHeadlessServiceHasNoClusterIp) {
   Json j(LoadK8sFixture("service.json"));
   json_object_del(json_object_get(j, "spec"), "clusterIPs");

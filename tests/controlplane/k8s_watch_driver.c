@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
   ev_signal_init(&intr, on_stop, SIGINT);
   ev_signal_start(loop, &term);
   ev_signal_start(loop, &intr);
-  static const mt_k8s_source_callbacks cb = {on_change, on_synced, on_log};
+  static const mt_k8s_source_callbacks cb = {on_change, on_synced, on_log, NULL, NULL};
   char err[512];
   d.source = mt_k8s_source_new(loop, &config, &cb, &d, err, sizeof(err));
   if (d.source == NULL) {

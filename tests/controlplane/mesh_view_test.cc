@@ -144,7 +144,8 @@ class MeshView : public ::testing::Test {
   }
 
   void Build(size_t max_bytes = 0, bool with_cluster = true) {
-    mt_mesh_view_inputs in = {mesh_, with_cluster ? state_ : nullptr, workloads_, max_bytes};
+    mt_mesh_view_inputs in = {mesh_, with_cluster ? state_ : nullptr, workloads_, max_bytes,
+                              istio_};
     char err[MT_MESH_VIEW_ERR_MAX] = "";
     mt_mesh_view_free(view_);
     view_ = mt_mesh_view_new(&in, err, sizeof(err));
@@ -158,8 +159,7 @@ class MeshView : public ::testing::Test {
     std::vector<const char *> asked;
     if (wanted != nullptr)
       for (const auto &w : *wanted) asked.push_back(w.c_str());
-    mt_mesh_caller caller = {id,      node_agent ? 1 : 0,
-                             node,    wanted != nullptr ? 1 : 0,
+    mt_mesh_caller caller = {id,           node_agent ? 1 : 0, node, wanted != nullptr ? 1 : 0,
                              asked.data(), asked.size()};
     char err[MT_MESH_VIEW_ERR_MAX] = "";
     mt_mesh_view_snapshot *s = mt_mesh_view_for(view_, &caller, err, sizeof(err));
@@ -230,6 +230,7 @@ class MeshView : public ::testing::Test {
   mt_mesh_file *mesh_ = nullptr;
   mt_workloads *workloads_ = nullptr;
   mt_mesh_view *view_ = nullptr;
+  mt_istio_policies *istio_ = nullptr;  // owned by the Istio tests' fixture
   std::string error_;
 };
 
@@ -704,6 +705,227 @@ TEST_F(MeshView, TenThousandPodsFitAndCostOneSharedEncoding) {
   Snapshot s;
   ASSERT_TRUE(For(kNodeAgent, true, "node-7", &s)) << error_;
   EXPECT_EQ(s.msg->node_workloads->n_workloads, 100u);
+}
+
+// ---- Istio policies ----------------------------------------------------------
+
+class MeshViewIstio : public MeshView {
+ protected:
+  void SetUp() override {
+    MeshView::SetUp();
+    mt_istio_options options = {nullptr, MTLSD__MESH__V1__MTLS_MODE__MTLS_MODE_UNSPECIFIED};
+    istio_ = mt_istio_policies_new(&options);
+    ASSERT_NE(istio_, nullptr);
+  }
+  void TearDown() override {
+    MeshView::TearDown();
+    mt_istio_policies_free(istio_);
+  }
+
+  void ApplyIstio(mt_istio_kind kind, const std::string &json) {
+    mt_test::Json obj(mt_test::ParseJson(json));
+    char err[512] = "";
+    ASSERT_TRUE(mt_istio_policies_apply(istio_, kind, MT_CLUSTER_UPSERT, obj, err, sizeof(err)))
+        << err;
+  }
+
+  // A running pod with labels |labels_json| (an object).
+  void AddPod(const std::string &name, const std::string &sa, const std::string &ip,
+              const std::string &labels_json) {
+    Apply("{\"metadata\":{\"name\":\"" + name + "\",\"namespace\":\"demo\",\"labels\":" +
+          labels_json + "},\"spec\":{\"nodeName\":\"node-1\",\"serviceAccountName\":\"" + sa +
+          "\"},\"status\":{\"phase\":\"Running\",\"podIPs\":[{\"ip\":\"" + ip + "\"}]}}");
+  }
+
+  const Mtlsd__Mesh__V1__WorkloadPolicy *PolicyOf(const Snapshot &s, const char *id) {
+    for (size_t i = 0; i < s.msg->n_workload_policies; i++)
+      if (strcmp(s.msg->workload_policies[i]->spiffe_id, id) == 0)
+        return s.msg->workload_policies[i];
+    return nullptr;
+  }
+};
+
+const char kAllowFromFrontend[] =
+    "{\"apiVersion\":\"security.istio.io/v1\",\"kind\":\"AuthorizationPolicy\","
+    "\"metadata\":{\"name\":\"backend-allow\",\"namespace\":\"demo\"},"
+    "\"spec\":{\"selector\":{\"matchLabels\":{\"app\":\"backend\"}},\"action\":\"ALLOW\","
+    "\"rules\":[{\"from\":[{\"source\":{\"principals\":"
+    "[\"example.org/ns/demo/sa/frontend\"]}}]}]}}";
+
+TEST_F(MeshViewIstio, EveryClusterIdentityGetsItsCompiledPolicyAndPeerAuthentication) {
+  LoadMesh();
+  AddPod("backend-a", "backend", "10.244.1.20", "{\"app\":\"backend\"}");
+  AddPod("frontend-a", "frontend", "10.244.1.21", "{\"app\":\"frontend\"}");
+  ApplyIstio(MT_ISTIO_AUTHORIZATION_POLICY, kAllowFromFrontend);
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  const char kBackend[] = "spiffe://example.org/ns/demo/sa/backend";
+  const char kFrontend[] = "spiffe://example.org/ns/demo/sa/frontend";
+  Snapshot backend, frontend;
+  ASSERT_TRUE(For(kBackend, false, nullptr, &backend)) << error_;
+  ASSERT_TRUE(For(kFrontend, false, nullptr, &frontend)) << error_;
+  const Mtlsd__Mesh__V1__WorkloadPolicy *b = PolicyOf(backend, kBackend);
+  ASSERT_NE(b, nullptr);
+  ASSERT_NE(b->policy, nullptr);
+  EXPECT_EQ(b->policy->default_action, MTLSD__MESH__V1__ACTION__DENY);
+  ASSERT_EQ(b->policy->n_rules, 1u);
+  EXPECT_STREQ(b->policy->rules[0]->name, "demo/backend-allow[0]");
+  ASSERT_NE(b->peer_authentication, nullptr);
+  EXPECT_EQ(b->peer_authentication->mode, MTLSD__MESH__V1__MTLS_MODE__PERMISSIVE);
+  const Mtlsd__Mesh__V1__WorkloadPolicy *f = PolicyOf(frontend, kFrontend);
+  ASSERT_NE(f, nullptr);  // selected by nothing: allow, but still an entry
+  EXPECT_EQ(f->policy->default_action, MTLSD__MESH__V1__ACTION__ALLOW);
+  EXPECT_EQ(f->policy->n_rules, 0u);
+  EXPECT_STREQ(mt_mesh_view_policy_notes(view_), "");
+}
+
+TEST_F(MeshViewIstio, TheMeshFilesEntryOfACoveredIdentityIsReplacedAndSaidOnce) {
+  LoadMesh();     // entries for web (default deny) and cache
+  LoadCluster();  // web, api and cache run in the cluster
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  Snapshot web;
+  ASSERT_TRUE(For(kWeb, false, nullptr, &web)) << error_;
+  ASSERT_EQ(PolicyIds(web), std::vector<std::string>{kWeb});
+  EXPECT_EQ(web.msg->workload_policies[0]->policy->default_action,
+            MTLSD__MESH__V1__ACTION__ALLOW);  // no Istio policy selects web
+  EXPECT_NE(web.msg->workload_policies[0]->peer_authentication, nullptr);
+  std::string notes = mt_mesh_view_policy_notes(view_);
+  EXPECT_NE(notes.find("workload_policies entry for " + std::string(kWeb) + " is replaced"),
+            std::string::npos)
+      << notes;
+  EXPECT_NE(notes.find("workload_policies entry for " + std::string(kCache) + " is replaced"),
+            std::string::npos)
+      << notes;
+}
+
+TEST_F(MeshViewIstio, AMeshFileEntryForAnIdentityOutsideTheClusterStays) {
+  LoadMesh(std::string(kPolicies) +
+           "  - spiffe_id: spiffe://example.org/ns/vm/sa/legacy\n"
+           "    policy: {default: deny}\n");
+  LoadCluster();
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  Snapshot legacy;
+  ASSERT_TRUE(For("spiffe://example.org/ns/vm/sa/legacy", false, nullptr, &legacy)) << error_;
+  ASSERT_EQ(legacy.msg->n_workload_policies, 1u);
+  EXPECT_EQ(legacy.msg->workload_policies[0]->policy->default_action,
+            MTLSD__MESH__V1__ACTION__DENY);
+  EXPECT_EQ(legacy.msg->workload_policies[0]->peer_authentication, nullptr);
+}
+
+TEST_F(MeshViewIstio, PodsOfOneIdentityThatCompileDifferentlyDenyEverythingAndAreNamed) {
+  LoadMesh("");
+  AddPod("backend-a", "shared", "10.244.1.20", "{\"app\":\"backend\"}");
+  AddPod("other-a", "shared", "10.244.1.22", "{\"app\":\"other\"}");
+  ApplyIstio(MT_ISTIO_AUTHORIZATION_POLICY, kAllowFromFrontend);
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  const char kShared[] = "spiffe://example.org/ns/demo/sa/shared";
+  Snapshot s;
+  ASSERT_TRUE(For(kShared, false, nullptr, &s)) << error_;
+  const Mtlsd__Mesh__V1__WorkloadPolicy *p = PolicyOf(s, kShared);
+  ASSERT_NE(p, nullptr);
+  ASSERT_EQ(p->policy->n_rules, 1u);
+  const Mtlsd__Mesh__V1__Rule *r = p->policy->rules[0];
+  EXPECT_STREQ(r->name, "identity-conflict");
+  EXPECT_EQ(r->action, MTLSD__MESH__V1__ACTION__DENY);
+  EXPECT_TRUE(r->istio);
+  EXPECT_EQ(r->n_sources + r->n_operations + r->n_conditions, 0u);  // matches every peer
+  std::string reduced = r->reduced;
+  EXPECT_NE(reduced.find("demo/backend-a, demo/other-a"), std::string::npos) << reduced;
+  EXPECT_NE(reduced.find("distinct service accounts"), std::string::npos) << reduced;
+  std::string notes = mt_mesh_view_policy_notes(view_);
+  EXPECT_NE(notes.find(kShared), std::string::npos) << notes;
+}
+
+TEST_F(MeshViewIstio, PodsOfOneIdentityThatCompileAlikeShareTheirPolicy) {
+  LoadMesh("");
+  AddPod("backend-a", "backend", "10.244.1.20", "{\"app\":\"backend\",\"pod\":\"a\"}");
+  AddPod("backend-b", "backend", "10.244.1.23", "{\"app\":\"backend\",\"pod\":\"b\"}");
+  ApplyIstio(MT_ISTIO_AUTHORIZATION_POLICY, kAllowFromFrontend);
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  Snapshot s;
+  ASSERT_TRUE(For("spiffe://example.org/ns/demo/sa/backend", false, nullptr, &s)) << error_;
+  ASSERT_EQ(s.msg->n_workload_policies, 1u);
+  ASSERT_EQ(s.msg->workload_policies[0]->policy->n_rules, 1u);
+  EXPECT_STREQ(s.msg->workload_policies[0]->policy->rules[0]->name, "demo/backend-allow[0]");
+  EXPECT_STREQ(mt_mesh_view_policy_notes(view_), "");
+}
+
+TEST_F(MeshViewIstio, ATargetRefToAServiceSelectsThePodsBehindIt) {
+  LoadMesh("");
+  AddPod("backend-a", "backend", "10.244.1.20", "{\"app\":\"backend\"}");
+  AddPod("frontend-a", "frontend", "10.244.1.21", "{\"app\":\"frontend\"}");
+  Apply(
+      "{\"metadata\":{\"name\":\"backend\",\"namespace\":\"demo\"},\"spec\":{\"clusterIPs\":"
+      "[\"10.96.0.30\"],\"ports\":[{\"port\":80}],\"selector\":{\"app\":\"backend\"}}}");
+  ApplyIstio(MT_ISTIO_AUTHORIZATION_POLICY,
+             "{\"apiVersion\":\"security.istio.io/v1\",\"kind\":\"AuthorizationPolicy\","
+             "\"metadata\":{\"name\":\"deny-all\",\"namespace\":\"demo\"},"
+             "\"spec\":{\"targetRefs\":[{\"kind\":\"Service\",\"group\":\"\",\"name\":"
+             "\"backend\"}],\"action\":\"DENY\",\"rules\":[{}]}}");
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  const char kBackend[] = "spiffe://example.org/ns/demo/sa/backend";
+  const char kFrontend[] = "spiffe://example.org/ns/demo/sa/frontend";
+  Snapshot backend, frontend;
+  ASSERT_TRUE(For(kBackend, false, nullptr, &backend)) << error_;
+  ASSERT_TRUE(For(kFrontend, false, nullptr, &frontend)) << error_;
+  ASSERT_EQ(PolicyOf(backend, kBackend)->policy->n_rules, 1u);
+  EXPECT_STREQ(PolicyOf(backend, kBackend)->policy->rules[0]->name, "demo/deny-all[0]");
+  EXPECT_EQ(PolicyOf(frontend, kFrontend)->policy->n_rules, 0u);
+}
+
+TEST_F(MeshViewIstio, ADeltaBetweenTwoViewsCarriesTheWholeNewWorkloadPolicy) {
+  LoadMesh("");
+  AddPod("backend-a", "backend", "10.244.1.20", "{\"app\":\"backend\"}");
+  const char kBackend[] = "spiffe://example.org/ns/demo/sa/backend";
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  mt_mesh_caller caller = {kBackend, 0, nullptr, 0, nullptr, 0};
+  char err[MT_MESH_VIEW_ERR_MAX] = "";
+  mt_mesh_view_snapshot *before = mt_mesh_view_for(view_, &caller, err, sizeof(err));
+  ASSERT_NE(before, nullptr) << err;
+  size_t before_len = 0;
+  const uint8_t *b = mt_mesh_view_snapshot_own(before, &before_len);
+  mt_mesh_entries *from = mt_mesh_entries_parse(b, before_len, err, sizeof(err));
+  ASSERT_NE(from, nullptr) << err;
+  mt_mesh_view_snapshot_free(before);
+
+  ApplyIstio(MT_ISTIO_AUTHORIZATION_POLICY, kAllowFromFrontend);
+  ApplyIstio(MT_ISTIO_PEER_AUTHENTICATION,
+             "{\"apiVersion\":\"security.istio.io/v1\",\"kind\":\"PeerAuthentication\","
+             "\"metadata\":{\"name\":\"strict\",\"namespace\":\"demo\"},"
+             "\"spec\":{\"mtls\":{\"mode\":\"STRICT\"}}}");
+  Build();
+  ASSERT_NE(view_, nullptr) << error_;
+  mt_mesh_view_snapshot *after = mt_mesh_view_for(view_, &caller, err, sizeof(err));
+  ASSERT_NE(after, nullptr) << err;
+  size_t after_len = 0;
+  const uint8_t *a = mt_mesh_view_snapshot_own(after, &after_len);
+  mt_mesh_entries *to = mt_mesh_entries_parse(a, after_len, err, sizeof(err));
+  ASSERT_NE(to, nullptr) << err;
+  size_t delta_len = 0, changed = 0, removed = 0;
+  uint8_t *delta = mt_mesh_entries_diff(from, to, &delta_len, &changed, &removed);
+  ASSERT_NE(delta, nullptr);
+  EXPECT_EQ(changed, 1u);
+  // The delta's entry is the whole new WorkloadPolicy: decode it as a snapshot.
+  Mtlsd__Mesh__V1__MeshSnapshot *d =
+      mtlsd__mesh__v1__mesh_snapshot__unpack(nullptr, delta_len, delta);
+  ASSERT_NE(d, nullptr);
+  ASSERT_EQ(d->n_workload_policies, 1u);
+  ASSERT_NE(d->workload_policies[0]->peer_authentication, nullptr);
+  EXPECT_EQ(d->workload_policies[0]->peer_authentication->mode, MTLSD__MESH__V1__MTLS_MODE__STRICT);
+  EXPECT_STREQ(d->workload_policies[0]->peer_authentication->source, "demo/strict");
+  ASSERT_EQ(d->workload_policies[0]->policy->n_allow_policies, 1u);
+  EXPECT_STREQ(d->workload_policies[0]->policy->allow_policies[0], "demo/backend-allow");
+  mtlsd__mesh__v1__mesh_snapshot__free_unpacked(d, nullptr);
+  free(delta);
+  mt_mesh_entries_free(from);
+  mt_mesh_entries_free(to);
+  mt_mesh_view_snapshot_free(after);
 }
 
 }  // namespace

@@ -645,7 +645,10 @@ READ_VERBS = ["get", "list", "watch"]
 # node agent's own node's spec.podCIDRs): get only, never list or watch.
 MTLS_CA_READS = {("", "pods"): READ_VERBS, ("", "services"): READ_VERBS,
                  ("", "namespaces"): READ_VERBS, ("discovery.k8s.io", "endpointslices"): READ_VERBS,
-                 ("", "nodes"): ["get"]}
+                 ("", "nodes"): ["get"],
+                 # kubernetes.istio_policies (off by default): Istio's two kinds, listed and watched
+                 ("security.istio.io", "authorizationpolicies"): ["list", "watch"],
+                 ("security.istio.io", "peerauthentications"): ["list", "watch"]}
 ISSUER_DISCOVERY = "system:service-account-issuer-discovery"
 
 

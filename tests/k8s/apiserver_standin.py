@@ -5,7 +5,8 @@ On the wire it behaves as kube-apiserver does for a watcher (PROTOCOL.md 9):
 HTTPS with ALPN: HTTP/2 (hyper-h2, Debian's python3-h2) for clients that
 offer "h2", as Go's net/http serves client-go, else HTTP/1.1;
 `Authorization: Bearer` (401 Status without a known token), LIST of
-pods, services, namespaces and discovery.k8s.io/v1 endpointslices with
+pods, services, namespaces, discovery.k8s.io/v1 endpointslices and Istio's
+security.istio.io authorizationpolicies and peerauthentications with
 `metadata.resourceVersion`, and WATCH (`?watch=1&resourceVersion=N
 &allowWatchBookmarks=true&timeoutSeconds=S`): a stream of JSON lines
 `{"type": ..., "object": ...}` (DATA frames in HTTP/2, chunks in HTTP/1.1). A resourceVersion older than the history it
@@ -23,6 +24,13 @@ GET of one object by name for cluster-scoped resources
 (`/api/v1/nodes/NAME`, `/api/v1/namespaces/NAME`): the object with its kind
 and apiVersion, or 404 with a NotFound Status (`nodes "x" not found`), as
 kube-apiserver answers.
+
+Istio's two kinds are one set of objects served at both versions Istio
+serves, /apis/security.istio.io/v1/<plural> and .../v1beta1/<plural> (the
+same schema; apiVersion says the version asked for), all namespaces or one
+(/apis/security.istio.io/<version>/namespaces/<ns>/<plural>), for LIST and
+WATCH alike. /admin/serve can take a group/version away (404, as when the
+CRD does not define it or is not installed).
 
 What it is not: no field or label selectors, no writes through
 the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
@@ -47,6 +55,10 @@ the API. Objects change through the admin port (plain HTTP on 127.0.0.1):
                        --service-account-issuer=URL); {"status": N, "body": TEXT} that
                        status and raw body instead (a bad answer; "status" alone: a
                        Status object); {} the real document again
+  POST /admin/serve    {"group_version": "security.istio.io/v1", "served": false|true}
+                       every path of that group/version answers 404 NotFound from now
+                       on (false), or is served again (true): Istio before 1.22 (no v1),
+                       or no Istio CRD at all (neither version)
   GET  /admin/stats    {"resourceVersion": N, "watches": N, "lists": N, "list_pages": N,
                         "watch_requests": N, "jwks_requests": N, "discovery_requests": N}
   GET  /admin/emitted  {"clock": "CLOCK_MONOTONIC", "emitted": {"<rv>": seconds}}: when a
@@ -113,7 +125,22 @@ RESOURCES = {
         "EndpointSliceList",
         "discovery.k8s.io/v1",
     ),
+    "/apis/security.istio.io/v1/authorizationpolicies": (
+        "authorizationpolicies",
+        "AuthorizationPolicy",
+        "AuthorizationPolicyList",
+        "security.istio.io/v1",
+    ),
+    "/apis/security.istio.io/v1/peerauthentications": (
+        "peerauthentications",
+        "PeerAuthentication",
+        "PeerAuthenticationList",
+        "security.istio.io/v1",
+    ),
 }
+# Groups served at more than one version (the objects are stored once, at
+# the first version; the others rewrite apiVersion).
+MULTI_VERSION_GROUPS = {"security.istio.io": ("v1", "v1beta1")}
 BY_NAME = {v[0]: (path,) + v for path, v in RESOURCES.items()}
 # Cluster-scoped collections that also answer GET <collection>/NAME.
 BY_PATH_NAMED = {"/api/v1/nodes": True, "/api/v1/namespaces": True}
@@ -267,7 +294,7 @@ class Store:
     def _record(self, resource, etype, obj, record=True):
         if record:
             line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
-            self.history[resource].append((self.rv, etype, line))
+            self.history[resource].append((self.rv, etype, line, obj.get("metadata", {}).get("namespace", "")))
             self.history_rvs[resource].append(self.rv)
             self._save()
         self.cond.notify_all()
@@ -308,11 +335,12 @@ class Store:
             obj = self.objects[resource].get(("", name))
             return json.loads(json.dumps(obj)) if obj is not None else None
 
-    def list(self, resource):
-        """(resourceVersion, [list-item JSON, ...] in namespace/name order)."""
+    def list(self, resource, ns=None):
+        """(resourceVersion, [list-item JSON, ...] in namespace/name order),
+        of namespace |ns| alone when given."""
         with self.cond:
             encoded = self.encoded[resource]
-            return self.rv, [encoded[k] for k in sorted(encoded)]
+            return self.rv, [encoded[k] for k in sorted(encoded) if ns is None or k[0] == ns]
 
 
 def apply_offline(state_file, op, resource, obj):
@@ -356,16 +384,17 @@ class Api:
         if url.path not in RESOURCES and collection in RESOURCES and BY_PATH_NAMED.get(collection):
             self._get_one(RESOURCES[collection][0], name, out)
             return
-        if url.path not in RESOURCES:
+        route = self._route(url.path)
+        if route is None:
             out.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
-        resource, _, list_kind, api_version = RESOURCES[url.path]
+        resource, list_kind, api_version, ns = route
         if resource in app.forbidden:
             out.send_json(403, forbidden(resource, "list"))
             return
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if query.get("watch") in ("1", "true"):
-            self._watch(resource, list_kind, api_version, query, out)
+            self._watch(resource, list_kind, api_version, query, out, ns)
             return
         try:
             limit = int(query.get("limit", "0") or "0")
@@ -374,7 +403,7 @@ class Api:
         except ValueError:
             out.send_json(400, status(400, "BadRequest", "invalid limit"))
             return
-        page = self._list_page(resource, limit, query.get("continue", ""))
+        page = self._list_page(resource, limit, query.get("continue", ""), ns)
         if page is None:
             out.send_json(410, status(410, "Expired", EXPIRED_CONTINUE))
             return
@@ -382,6 +411,34 @@ class Api:
         # The same bytes as json.dumps of the whole page, without encoding every item again.
         head = json.dumps({"kind": list_kind, "apiVersion": api_version, "metadata": meta})
         out.send_document(200, head[:-1].encode() + b', "items": [' + b", ".join(items) + b"]}\n")
+
+    def _route(self, path):
+        """(resource, list kind, apiVersion, namespace or None) of a
+        collection path, or None (404): a core or fixed-version path of
+        RESOURCES, or a multi-version group's path at any version it serves,
+        all namespaces or one; a group/version /admin/serve took away is
+        not served."""
+        parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "apis" and parts[1] in MULTI_VERSION_GROUPS:
+            group, version, rest = parts[1], parts[2], parts[3:]
+            if version not in MULTI_VERSION_GROUPS[group]:
+                return None
+            if "%s/%s" % (group, version) in self.app.unserved:
+                return None
+            ns = None
+            if len(rest) == 3 and rest[0] == "namespaces":
+                ns, rest = rest[1], rest[2:]
+            if len(rest) != 1:
+                return None
+            stored_path = "/apis/%s/%s/%s" % (group, MULTI_VERSION_GROUPS[group][0], rest[0])
+            if stored_path not in RESOURCES:
+                return None
+            resource, _, list_kind, _ = RESOURCES[stored_path]
+            return resource, list_kind, "%s/%s" % (group, version), ns
+        if path not in RESOURCES:
+            return None
+        resource, _, list_kind, api_version = RESOURCES[path]
+        return resource, list_kind, api_version, None
 
     def _discovery(self, out):
         """kube-apiserver's OpenID provider configuration, or the bad answer
@@ -420,7 +477,7 @@ class Api:
             return
         out.send_json(200, obj)
 
-    def _list_page(self, resource, limit, token):
+    def _list_page(self, resource, limit, token, ns=None):
         """(metadata, items) of one LIST page; None when |token| is expired
         or unknown."""
         app = self.app
@@ -440,7 +497,7 @@ class Api:
         else:
             with app.lock:
                 app.lists += 1
-            rv, items = app.store.list(resource)
+            rv, items = app.store.list(resource, ns)
             snap_id = uuid.uuid4().hex
         with app.lock:
             app.list_pages += 1
@@ -456,7 +513,7 @@ class Api:
                 app.list_snapshots.pop(snap_id, None)
         return meta, items[start:end]
 
-    def _watch(self, resource, list_kind, api_version, query, out):
+    def _watch(self, resource, list_kind, api_version, query, out, ns=None):
         app = self.app
         store = app.store
         with app.lock:
@@ -476,7 +533,7 @@ class Api:
             if since_rv is None:
                 # No version: the current state as ADDED events, then changes.
                 start_rv = store.rv
-                initial = [("ADDED", o) for o in store.objects[resource].values()]
+                initial = [("ADDED", o) for k, o in store.objects[resource].items() if ns is None or k[0] == ns]
             else:
                 start_rv = since_rv
                 initial = []
@@ -496,9 +553,12 @@ class Api:
         with app.lock:
             app.watches += 1
         try:
+            stored_version = BY_NAME[resource][4]
             for etype, obj in initial:
+                if api_version != stored_version:
+                    obj = dict(obj, apiVersion=api_version)
                 self._event(out, etype, obj)
-            self._stream(out, resource, item_kind, api_version, start_rv, epoch, bookmark_epoch, bookmarks, timeout_s)
+            self._stream(out, resource, item_kind, api_version, start_rv, epoch, bookmark_epoch, bookmarks, timeout_s, ns)
             out.end()
         except Dropped:
             out.abort()
@@ -513,8 +573,13 @@ class Api:
         # One JSON document per line: a chunk in HTTP/1.1, DATA in HTTP/2.
         out.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
 
-    def _stream(self, out, resource, item_kind, api_version, last_rv, epoch, bookmark_epoch, bookmarks, timeout_s):
+    def _stream(self, out, resource, item_kind, api_version, last_rv, epoch, bookmark_epoch, bookmarks, timeout_s, ns=None):
         store = self.app.store
+        stored_version = BY_NAME[resource][4]
+        # Watch lines are encoded once, at the stored version.
+        rewrite = None
+        if api_version != stored_version:
+            rewrite = (b'"apiVersion": "%s"' % stored_version.encode(), b'"apiVersion": "%s"' % api_version.encode())
         deadline = time.monotonic() + timeout_s
         while True:
             with store.cond:
@@ -536,10 +601,12 @@ class Api:
                 send_bookmark = store.bookmark_epoch != bookmark_epoch and bookmarks
                 bookmark_epoch = store.bookmark_epoch
                 current_rv = store.rv
-            for rv, _, line in pending:
-                out.write(line)
-                store.note_emitted(rv)
+            for rv, _, line, line_ns in pending:
                 last_rv = rv
+                if ns is not None and line_ns != ns:
+                    continue
+                out.write(line if rewrite is None else line.replace(*rewrite))
+                store.note_emitted(rv)
             if send_bookmark:
                 self._event(
                     out,
@@ -878,6 +945,15 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif self.path == "/admin/forbid":
             app.forbidden = set(body.get("resources", []))
             self._reply(200, {"forbidden": sorted(app.forbidden)})
+        elif self.path == "/admin/serve":
+            group_version = body.get("group_version", "")
+            with app.lock:
+                if body.get("served", True):
+                    app.unserved.discard(group_version)
+                else:
+                    app.unserved.add(group_version)
+                unserved = sorted(app.unserved)
+            self._reply(200, {"unserved": unserved})
         elif self.path == "/admin/jwks":
             with app.lock:
                 app.jwks = {"keys": list(body.get("keys", []))}
@@ -989,6 +1065,7 @@ class App:
         self.watches = 0
         self.watch_requests = 0
         self.forbidden = set()  # /admin/forbid: resources RBAC does not grant
+        self.unserved = set()  # /admin/serve: "group/version"s answered 404
 
 
 def serve(args):

@@ -322,3 +322,24 @@ NODE_1 = node("node-1", ["10.244.1.0/24"], ["172.18.0.3"])
 NODE_2 = node("node-2", ["10.244.2.0/24", "fd00:10:244:2::/64"], ["172.18.0.4", "fc00:f853:ccd:e793::4"])
 NODE_3 = node("node-3", [], ["172.18.0.5"])
 NODE_OLD = node("node-old", ["10.244.9.0/24"], ["172.18.0.9"], legacy=True)
+
+
+def authorization_policy(ns, name, spec, version="v1"):
+    """An Istio AuthorizationPolicy as `kubectl get -o json` prints it
+    (the server fills in uid, resourceVersion, creationTimestamp)."""
+    return {
+        "apiVersion": "security.istio.io/" + version,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns, "generation": 1, "annotations": {}},
+        "spec": copy.deepcopy(spec),
+    }
+
+
+def peer_authentication(ns, name, spec, version="v1"):
+    """An Istio PeerAuthentication, shaped as authorization_policy's."""
+    return {
+        "apiVersion": "security.istio.io/" + version,
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": ns, "generation": 1},
+        "spec": copy.deepcopy(spec),
+    }

@@ -135,6 +135,13 @@ class StandIn:
         assert code == 200, (code, data)
         return data
 
+    def serve(self, group_version, served):
+        """/admin/serve: take |group_version| ("security.istio.io/v1") away
+        (404 from now on) or serve it again."""
+        code, data = self.admin("/admin/serve", {"group_version": group_version, "served": served})
+        assert code == 200, (code, data)
+        return data
+
     def stats(self):
         return self.admin("/admin/stats")[1]
 

@@ -399,3 +399,85 @@ def test_an_expired_continue_token_gets_410_expired(api):
     assert body["message"].startswith("The provided continue parameter is too old")
     code, body = get_json(api, "/api/v1/pods?limit=1&continue=bm90LWEtdG9rZW4=")
     assert code == 410, body
+
+
+ISTIO = "/apis/security.istio.io"
+ALLOW_FRONTEND = {
+    "selector": {"matchLabels": {"app": "backend"}},
+    "action": "ALLOW",
+    "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/frontend"]}}]}],
+}
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta1"])
+@pytest.mark.parametrize(
+    "plural,kind",
+    [("authorizationpolicies", "AuthorizationPolicyList"), ("peerauthentications", "PeerAuthenticationList")],
+)
+def test_istios_kinds_list_at_both_versions_with_the_version_asked_for(api, version, plural, kind):
+    conn, resp = api.get("%s/%s/%s" % (ISTIO, version, plural))
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200 and body["kind"] == kind
+    assert body["apiVersion"] == "security.istio.io/" + version and body["items"] == []
+
+
+def test_an_authorization_policy_is_listed_and_watched_at_v1beta1_as_at_v1(api):
+    conn, resp = api.get(ISTIO + "/v1beta1/authorizationpolicies?watch=1&resourceVersion=1&timeoutSeconds=30")
+    policy = fx.authorization_policy("demo", "backend-allow", ALLOW_FRONTEND)
+    api.apply("add", "authorizationpolicies", policy)
+    policy["spec"]["action"] = "DENY"
+    api.apply("modify", "authorizationpolicies", policy)
+    events = read_events(resp, 2)
+    conn.close()
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
+    assert all(e["object"]["apiVersion"] == "security.istio.io/v1beta1" for e in events)
+    assert events[1]["object"]["spec"]["action"] == "DENY"
+    for version in ("v1", "v1beta1"):
+        conn, resp = api.get("%s/%s/authorizationpolicies" % (ISTIO, version))
+        [item] = json.loads(resp.read())["items"]
+        conn.close()
+        assert item["metadata"]["name"] == "backend-allow" and item["spec"]["action"] == "DENY"
+
+
+def test_a_namespaced_collection_lists_and_watches_that_namespace_alone(api):
+    api.apply("add", "peerauthentications", fx.peer_authentication("demo", "strict", {"mtls": {"mode": "STRICT"}}))
+    api.apply("add", "peerauthentications", fx.peer_authentication("other", "strict", {"mtls": {"mode": "STRICT"}}))
+    conn, resp = api.get(ISTIO + "/v1/namespaces/demo/peerauthentications")
+    body = json.loads(resp.read())
+    conn.close()
+    assert [i["metadata"]["namespace"] for i in body["items"]] == ["demo"]
+    conn, resp = api.get(ISTIO + "/v1/namespaces/demo/peerauthentications?watch=1&resourceVersion=%s&timeoutSeconds=30"
+                         % body["metadata"]["resourceVersion"])
+    api.apply("add", "peerauthentications", fx.peer_authentication("other", "permissive", {"mtls": {"mode": "PERMISSIVE"}}))
+    api.apply("add", "peerauthentications", fx.peer_authentication("demo", "permissive", {"mtls": {"mode": "PERMISSIVE"}}))
+    [event] = read_events(resp, 1)
+    conn.close()
+    assert event["object"]["metadata"]["namespace"] == "demo" and event["object"]["metadata"]["name"] == "permissive"
+
+
+def test_a_group_version_taken_away_answers_404_until_served_again(api):
+    api.serve("security.istio.io/v1", False)
+    for path in (ISTIO + "/v1/authorizationpolicies", ISTIO + "/v1/namespaces/demo/peerauthentications",
+                 ISTIO + "/v1/authorizationpolicies?watch=1&resourceVersion=1"):
+        conn, resp = api.get(path)
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 404 and body["kind"] == "Status" and body["reason"] == "NotFound", path
+    conn, resp = api.get(ISTIO + "/v1beta1/authorizationpolicies")
+    resp.read()
+    conn.close()
+    assert resp.status == 200
+    api.serve("security.istio.io/v1", True)
+    conn, resp = api.get(ISTIO + "/v1/authorizationpolicies")
+    resp.read()
+    conn.close()
+    assert resp.status == 200
+
+
+def test_an_unknown_istio_version_or_kind_is_404(api):
+    for path in (ISTIO + "/v1alpha9/authorizationpolicies", ISTIO + "/v1/requestauthentications"):
+        conn, resp = api.get(path)
+        resp.read()
+        conn.close()
+        assert resp.status == 404, path
