@@ -343,7 +343,45 @@ def test_an_l7_allow_policy_grants_nothing_at_l4_and_says_why(bed):
     assert rule["never_matches"] is True and "methods" in rule["reduced"], rule
     assert_denied(bed, "frontend")
     wait_ca(bed, mark, r"authorization policy demo/get-only: reduced: .*methods")
+    # The agent says it too: a log line naming the rule, and a gauge.
+    podbed.wait_until(lambda: "rule demo/get-only[0] reduced for L4" in bed.agent_stderr("node-2"),
+                      "node-2's agent to log the reduced rule", bed.wait)
+    status, metrics = bed.admin("node-2", "/metrics")
+    assert status == 200 and "\nmtlsd_policy_rules_reduced 1\n" in metrics, metrics[-2000:]
     bed.api.apply("delete", "authorizationpolicies", l7)
+    wait_policy(bed, lambda e: rule_names(e) == [], "backend's rules to be gone")
+
+
+def explain(bed, *args):
+    """`mtlsd explain --admin` run on node-2 against its agent, about backend."""
+    return bed.run("node-2", bed.mtlsd, "explain", "--admin", f"127.0.0.1:{nodebed.ADMIN_PORT}",
+                   "--workload", BACKEND.ip, *args, check=False)
+
+
+def test_mtlsd_explain_asks_the_running_agent_about_istio_rules(bed):
+    """`mtlsd explain --admin` explains the policy the agent got from the
+    Istio objects: the deciding policy and rule index, each clause, and the
+    PeerAuthentication mode in force. Leaves no policy behind."""
+    allow = clusterbed.fx.authorization_policy(NS, "backend-allow", allow_from("frontend"))
+    bed.api.apply("add", "authorizationpolicies", allow)
+    wait_policy(bed, lambda e: rule_names(e) == ["demo/backend-allow[0]"], "the ALLOW rule")
+    port = str(nodebed.APP_PORT)
+    ok = explain(bed, "--peer", FRONTEND.spiffe_id, "--port", port, "--source-ip", FRONTEND.ip)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "decision: allow" in ok.stdout and "rule:     demo/backend-allow[0]" in ok.stdout, \
+        ok.stdout
+    assert f"principals [{principal('frontend')}]: yes" in ok.stdout, ok.stdout
+    assert "PeerAuthentication PERMISSIVE from default" in ok.stdout, ok.stdout
+    no = explain(bed, "--peer", OTHER.spiffe_id, "--port", port)
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert "rule:     no-allow-rule-matched" in no.stdout, no.stdout
+    assert "selecting this workload" in no.stdout and "demo/backend-allow" in no.stdout, no.stdout
+    as_json = explain(bed, "--plaintext", "--port", port, "--json")
+    assert as_json.returncode == 1, as_json.stdout + as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert answer["rule"] == "no-allow-rule-matched" and answer["mtls_mode"] == "PERMISSIVE", answer
+    print("\n" + ok.stdout + "\n" + no.stdout)  # the README shows these
+    bed.api.apply("delete", "authorizationpolicies", allow)
     wait_policy(bed, lambda e: rule_names(e) == [], "backend's rules to be gone")
 
 
