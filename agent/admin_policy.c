@@ -242,6 +242,7 @@ int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const 
       .source = "the running agent",
       .version = mt_mesh_version(mesh),
       .may_be_replaced = v->control_plane != NULL && v->config->cp_watch,
+      .live = 1,
       .peer_id = peer_id,
       .port = port,
       .permissive = permissive,

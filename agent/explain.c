@@ -156,15 +156,21 @@ static void text_peer(writer *w, const mt_explain_query *q) {
 
 static void text_header(writer *w, const mt_explain_query *q, const mt_decision *d) {
   put(w, "policy from %s (%s)\n", q->source, q->version);
-  if (q->may_be_replaced)
+  if (q->may_be_replaced && q->live)
+    put(w, "note: the control plane's Watch stream may replace this policy at any moment\n");
+  else if (q->may_be_replaced)
     put(w,
         "note: the control plane's Watch stream gives the running agent its policy, which can\n"
-        "      differ from this one\n");
+        "      differ from this one (ask the agent: mtlsd explain --admin)\n");
   text_peer(w, q);
   if (q->peer_addr != NULL) {
     char addr[MT_SOCKADDR_TEXT_MAX];
     mt_sockaddr_format(q->peer_addr, addr, sizeof(addr));
-    put(w, "from:     %s\n", addr);
+    char *port = strrchr(addr, ':'); /* an address alone: the peer's port says nothing */
+    if (port != NULL) *port = '\0';
+    size_t len = strlen(addr);
+    if (addr[0] == '[' && len > 1 && addr[len - 1] == ']') addr[len - 1] = '\0';
+    put(w, "from:     %s\n", addr[0] == '[' ? addr + 1 : addr);
   }
   put(w, "port:     %u (%s", (unsigned)q->port,
       q->permissive ? "permissive: also admits plaintext" : "strict: mTLS only");

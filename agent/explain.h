@@ -29,6 +29,7 @@ typedef struct {
   const char *source;  /* where the policy came from, e.g. the config path */
   const char *version; /* its version: "static" for a config file's policy */
   int may_be_replaced; /* a control-plane Watch may give the agent a different policy */
+  int live;            /* the policy the running agent enforces (admin endpoint) */
   const char *peer_id; /* the peer's SPIFFE ID; NULL for an unauthenticated (plaintext) peer */
   uint16_t port;       /* destination (app) port */
   int permissive;      /* |port| admits plaintext */
