@@ -380,9 +380,21 @@ def test_mtlsd_explain_asks_the_running_agent_about_istio_rules(bed):
     assert as_json.returncode == 1, as_json.stdout + as_json.stderr
     answer = json.loads(as_json.stdout)
     assert answer["rule"] == "no-allow-rule-matched" and answer["mtls_mode"] == "PERMISSIVE", answer
+    # With the namespace STRICT (the README's example), plaintext never reaches policy.
+    strict = clusterbed.fx.peer_authentication(NS, "strict", {"mtls": {"mode": "STRICT"}})
+    bed.api.apply("add", "peerauthentications", strict)
+    wait_policy(bed, lambda e: (e.get("peer_authentication") or {}).get("source") == "demo/strict",
+                "the STRICT mode")
+    no = explain(bed, "--peer", OTHER.spiffe_id, "--port", port)
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert "PeerAuthentication STRICT from demo/strict" in no.stdout, no.stdout
+    assert "refused before policy (PeerAuthentication STRICT" in no.stdout, no.stdout
     print("\n" + ok.stdout + "\n" + no.stdout)  # the README shows these
+    bed.api.apply("delete", "peerauthentications", strict)
     bed.api.apply("delete", "authorizationpolicies", allow)
-    wait_policy(bed, lambda e: rule_names(e) == [], "backend's rules to be gone")
+    wait_policy(bed, lambda e: rule_names(e) == [] and
+                (e.get("peer_authentication") or {}).get("source") == "default",
+                "backend's rules and mode to be the defaults again")
 
 
 def restart_ca(bed):
