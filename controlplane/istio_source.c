@@ -176,20 +176,6 @@ static void track_status(kind_state *k, const char *ns, const char *name) {
 
 /* ---- the watch ---------------------------------------------------------- */
 
-static const char *event_name(mt_k8s_event_type type) {
-  switch (type) {
-    case MT_K8S_EVENT_ADDED: return "ADDED";
-    case MT_K8S_EVENT_MODIFIED: return "MODIFIED";
-    case MT_K8S_EVENT_DELETED: return "DELETED";
-  }
-  return "?";
-}
-
-static const char *meta_string(const json_t *obj, const char *key) {
-  const json_t *v = json_object_get(json_object_get(obj, "metadata"), key);
-  return json_is_string(v) ? json_string_value(v) : "";
-}
-
 static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *object) {
   kind_state *k = ctx;
   mt_istio_source *s = k->source;
@@ -197,9 +183,9 @@ static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *obje
   mt_cluster_change change = type == MT_K8S_EVENT_DELETED ? MT_CLUSTER_REMOVE : MT_CLUSTER_UPSERT;
   int ok =
       mt_istio_policies_apply(s->policies, kKinds[k->index].kind, change, object, err, sizeof(err));
-  const char *ns = meta_string(object, "namespace"), *name = meta_string(object, "name");
+  const char *ns = mt_k8s_meta_string(object, "namespace"), *name = mt_k8s_meta_string(object, "name");
   log_line(s, "%s %s %s %s/%s rv=%s%s%s", ok ? "event" : "refused", kKinds[k->index].plural,
-           event_name(type), ns, name, meta_string(object, "resourceVersion"), ok ? "" : ": ",
+           mt_k8s_event_type_str(type), ns, name, mt_k8s_meta_string(object, "resourceVersion"), ok ? "" : ": ",
            ok ? "" : err);
   track_status(k, ns, name);
   /* A refused object is held as refused (it denies): a change too. */

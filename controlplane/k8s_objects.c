@@ -165,6 +165,11 @@ void mt_k8s_meta_clear(mt_k8s_meta *meta) {
   memset(meta, 0, sizeof(*meta));
 }
 
+const char *mt_k8s_meta_string(const json_t *obj, const char *key) {
+  const json_t *v = json_object_get(json_object_get(obj, "metadata"), key);
+  return json_is_string(v) ? json_string_value(v) : "";
+}
+
 const char *mt_k8s_meta_label(const mt_k8s_meta *meta, const char *key) {
   for (size_t i = 0; i < meta->num_labels; i++) {
     if (strcmp(meta->labels[i].key, key) == 0) return meta->labels[i].value;

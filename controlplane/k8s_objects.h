@@ -112,6 +112,9 @@ int mt_k8s_meta_decode(const json_t *obj, int namespaced, mt_k8s_meta *out, char
 void mt_k8s_meta_clear(mt_k8s_meta *meta);
 /* The value of label |key|, or NULL. Borrowed from |meta|. */
 const char *mt_k8s_meta_label(const mt_k8s_meta *meta, const char *key);
+/* metadata.|key| of an undecoded object when it is a string, else "" (for
+ * log lines about objects that may not decode). Borrowed from |obj|. */
+const char *mt_k8s_meta_string(const json_t *obj, const char *key);
 
 int mt_k8s_pod_decode(const json_t *obj, mt_k8s_pod *out, char *err, size_t err_len);
 void mt_k8s_pod_clear(mt_k8s_pod *pod);

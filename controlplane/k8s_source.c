@@ -57,20 +57,6 @@ static void log_line(mt_k8s_source *s, const char *fmt, ...) {
   s->cb.on_log(s->ctx, line);
 }
 
-static const char *event_name(mt_k8s_event_type type) {
-  switch (type) {
-    case MT_K8S_EVENT_ADDED: return "ADDED";
-    case MT_K8S_EVENT_MODIFIED: return "MODIFIED";
-    case MT_K8S_EVENT_DELETED: return "DELETED";
-  }
-  return "?";
-}
-
-static const char *meta_string(const json_t *obj, const char *key) {
-  const json_t *v = json_object_get(json_object_get(obj, "metadata"), key);
-  return json_is_string(v) ? json_string_value(v) : "";
-}
-
 static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *object) {
   resource *r = ctx;
   mt_k8s_source *s = r->source;
@@ -79,9 +65,9 @@ static void on_watch_event(void *ctx, mt_k8s_event_type type, const json_t *obje
   mt_cluster_change change = type == MT_K8S_EVENT_DELETED ? MT_CLUSTER_REMOVE : MT_CLUSTER_UPSERT;
   int ok =
       mt_cluster_state_apply(s->state, kResources[r->index].kind, change, object, err, sizeof(err));
-  const char *ns = meta_string(object, "namespace");
-  log_line(s, "%s %s %s %s%s%s rv=%s%s%s", ok ? "event" : "refused", name, event_name(type), ns,
-           ns[0] ? "/" : "", meta_string(object, "name"), meta_string(object, "resourceVersion"),
+  const char *ns = mt_k8s_meta_string(object, "namespace");
+  log_line(s, "%s %s %s %s%s%s rv=%s%s%s", ok ? "event" : "refused", name, mt_k8s_event_type_str(type), ns,
+           ns[0] ? "/" : "", mt_k8s_meta_string(object, "name"), mt_k8s_meta_string(object, "resourceVersion"),
            ok ? "" : ": ", ok ? "" : err);
   if (ok && s->cb.on_change) s->cb.on_change(s->ctx);
 }

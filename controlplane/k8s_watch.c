@@ -591,3 +591,12 @@ const char *mt_k8s_watch_resource_version(const mt_k8s_watch *w) { return w->rv;
 size_t mt_k8s_watch_num_held(const mt_k8s_watch *w) { return json_object_size(w->held); }
 
 void mt_k8s_watch_get_stats(const mt_k8s_watch *w, mt_k8s_watch_stats *out) { *out = w->stats; }
+
+const char *mt_k8s_event_type_str(mt_k8s_event_type type) {
+  switch (type) {
+    case MT_K8S_EVENT_ADDED: return "ADDED";
+    case MT_K8S_EVENT_MODIFIED: return "MODIFIED";
+    case MT_K8S_EVENT_DELETED: return "DELETED";
+  }
+  return "?";
+}

@@ -49,6 +49,9 @@ typedef enum {
   MT_K8S_EVENT_DELETED,
 } mt_k8s_event_type;
 
+/* "ADDED", "MODIFIED", "DELETED", as the API spells them. */
+const char *mt_k8s_event_type_str(mt_k8s_event_type type);
+
 typedef enum {
   MT_K8S_WATCH_IDLE,
   MT_K8S_WATCH_LISTING,

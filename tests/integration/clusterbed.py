@@ -133,6 +133,11 @@ class ClusterBed(nodebed.WatchingNodeBed):
 
     # ---- control plane
 
+    # What subclasses change: the mesh file's workload policies, and keys
+    # added to mtls-ca's `kubernetes:` section.
+    mesh_policies = MESH_POLICIES
+    kubernetes_extra = {}
+
     def start_control_plane(self):
         self.make_pki()
         for node in NODES:
@@ -144,14 +149,14 @@ class ClusterBed(nodebed.WatchingNodeBed):
         podbed.write_json(mesh, {
             "trust_bundles": [{"trust_domain": nodebed.TRUST_DOMAIN,
                                "roots_files": [str(self.pki / "root.pem")]}],
-            "workload_policies": MESH_POLICIES})
+            "workload_policies": self.mesh_policies})
         self.start_mtls_ca("ca", nodebed.CA_IP, {
             "node_agents": [nodebed.NODE_AGENT_ID],
             "mesh_file": str(mesh),
             "mesh_poll_ms": 100,
             "kubernetes": {"server": self.api.server, "token_file": str(token),
                            "ca_file": str(self.api.ca_file),
-                           "watch_timeout_s": WATCH_TIMEOUT_S}})
+                           "watch_timeout_s": WATCH_TIMEOUT_S, **self.kubernetes_extra}})
         self.wait_ca_synced()
 
     def wait_ca_synced(self, since=0):
@@ -199,3 +204,13 @@ def ca_lines(bed, since, pattern):
     """mtls-ca log lines after offset |since| matching |pattern|."""
     rx = re.compile(pattern)
     return [line for line in bed.ca_log()[since:].splitlines() if rx.search(line)]
+
+
+def wait_ca(bed, since, pattern):
+    """An mtls-ca log line after offset |since| matching |pattern|."""
+    try:
+        return wait_until(lambda: ca_lines(bed, since, pattern),
+                          f"mtls-ca to log {pattern!r}", bed.wait)[0]
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nmtls-ca's log since:\n{bed.ca_log()[since:][-4000:]}") \
+            from None

@@ -25,7 +25,7 @@ import pytest
 import clusterbed
 import nodebed
 import podbed
-from clusterbed import API_PODS, ca_lines
+from clusterbed import API_PODS, ca_lines, wait_ca
 from nodebed import NODES
 
 PAGE = "hello from the {} pod\n"
@@ -172,16 +172,6 @@ def assert_traffic_flows(bed, denied=None):
     line = wait_new_log(bed, "node-2", since, direction="inbound", peer_id=caller.spiffe_id)
     assert (line["decision"], line["reason"]) == ("deny", "policy_denied"), line
     assert probe not in bed.app_log("backend")
-
-
-def wait_ca(bed, since, pattern):
-    """An mtls-ca log line after offset |since| matching |pattern|."""
-    try:
-        return podbed.wait_until(lambda: ca_lines(bed, since, pattern),
-                                 f"mtls-ca to log {pattern!r}", bed.wait)[0]
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nmtls-ca's log since:\n{bed.ca_log()[since:][-4000:]}") \
-            from None
 
 
 def restart_api_and_wait(bed, mark):

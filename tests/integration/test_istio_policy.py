@@ -30,7 +30,7 @@ import pytest
 import clusterbed
 import nodebed
 import podbed
-from clusterbed import API_PODS, ca_lines
+from clusterbed import API_PODS, ca_lines, wait_ca
 
 PAGE = "hello from the {} pod\n"
 NS = nodebed.WORKLOAD_NAMESPACE
@@ -86,25 +86,11 @@ class IstioBed(clusterbed.ClusterBed):
     """ClusterBed whose mtls-ca follows Istio's objects and whose mesh file
     has no workload policy; backend also runs a line echo server."""
 
+    mesh_policies = []  # what the agents enforce comes from the Istio objects alone
+    kubernetes_extra = {"istio_policies": True}
+
     def start_control_plane(self):
-        self.make_pki()
-        for node in nodebed.NODES:
-            self.mint_token(node, *nodebed.NODE_AGENT_SA, node=node)
-        self.start_api()
-        token = self.ca_dir / "k8s-token"
-        token.write_text(self.api.token)
-        mesh = self.ca_dir / "mesh.yaml"
-        podbed.write_json(mesh, {"trust_bundles": [{"trust_domain": TD,
-                                                    "roots_files": [str(self.pki / "root.pem")]}]})
-        self.start_mtls_ca("ca", nodebed.CA_IP, {
-            "node_agents": [nodebed.NODE_AGENT_ID],
-            "mesh_file": str(mesh),
-            "mesh_poll_ms": 100,
-            "kubernetes": {"server": self.api.server, "token_file": str(token),
-                           "ca_file": str(self.api.ca_file),
-                           "watch_timeout_s": clusterbed.WATCH_TIMEOUT_S,
-                           "istio_policies": True}})
-        self.wait_ca_synced()
+        super().start_control_plane()
         wait_ca(self, 0, r"kubernetes: Istio policies synced")
 
     def start_apps(self):
@@ -126,15 +112,6 @@ def bed(request, module_procs):
 
 
 # ---- what is observed
-
-def wait_ca(bed, since, pattern):
-    try:
-        return podbed.wait_until(lambda: ca_lines(bed, since, pattern),
-                                 f"mtls-ca to log {pattern!r}", bed.wait)[0]
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nmtls-ca's log since:\n{bed.ca_log()[since:][-4000:]}") \
-            from None
-
 
 def backend_policy(bed):
     """backend's entry of node-2's /policy."""
