@@ -1289,3 +1289,28 @@ def test_image_docs_and_deps():
     # This suite's own tools are installed by the project's dependency script
     # (test_manifest_schema.py validates against python3-kubernetes' models).
     assert {"yamllint", "python3-kubernetes"} <= install_deps_packages()
+
+
+# ---- the Istio policy example ----------------------------------------------------
+
+def test_istio_policy_example_names_the_sidecar_example_as_it_runs():
+    """deploy/k8s/istio-policy-example.yaml speaks about what the sidecar
+    example deploys: its selector selects web's pods (and nothing else),
+    its principal is the client's identity as mtls-ca issues it (Istio's
+    form, no spiffe://), its port is web's container port."""
+    (allow,) = objects("AuthorizationPolicy", "istio-policy-example.yaml")
+    (strict,) = objects("PeerAuthentication", "istio-policy-example.yaml")
+    assert allow["apiVersion"] == strict["apiVersion"] == "security.istio.io/v1"
+    web = one("Deployment", "web", "mtls-demo")
+    client = one("Deployment", "client", "mtls-demo")
+    labels = allow["spec"]["selector"]["matchLabels"]
+    selects = lambda d: labels.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    assert selects(web) and not selects(client)
+    assert allow["metadata"]["namespace"] == strict["metadata"]["namespace"] == "mtls-demo"
+    assert allow["spec"]["action"] == "ALLOW" and strict["spec"]["mtls"]["mode"] == "STRICT"
+    (rule,) = allow["spec"]["rules"]
+    trust_domain = mtls_ca_config()[0]["trust_domain"]
+    sa = pod_spec(client)["serviceAccountName"]
+    assert rule["from"][0]["source"]["principals"] == [f"{trust_domain}/ns/mtls-demo/sa/{sa}"]
+    ports = {str(p["containerPort"]) for c in containers(pod_spec(web)) for p in c.get("ports", [])}
+    assert set(rule["to"][0]["operation"]["ports"]) <= ports
