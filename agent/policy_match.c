@@ -74,8 +74,10 @@ static void field_dispose(field *f) {
   free(f->ports);
 }
 
-static void clauses_free(clause *c, size_t n) {
-  for (size_t i = 0; i < n; i++) {
+/* Frees every clause clauses_new allocated, filled or not: the array ends
+ * with an entry whose |fields| is NULL. */
+static void clauses_free(clause *c) {
+  for (size_t i = 0; c != NULL && c[i].fields != NULL; i++) {
     for (size_t j = 0; j < c[i].num_fields; j++) field_dispose(&c[i].fields[j]);
     free(c[i].fields);
   }
@@ -84,9 +86,9 @@ static void clauses_free(clause *c, size_t n) {
 
 void mt_rule_match_free(mt_rule_match *m) {
   if (m == NULL) return;
-  clauses_free(m->sources, m->num_sources);
-  clauses_free(m->operations, m->num_operations);
-  clauses_free(m->conditions, m->num_conditions);
+  clauses_free(m->sources);
+  clauses_free(m->operations);
+  clauses_free(m->conditions);
   free(m);
 }
 
@@ -212,7 +214,7 @@ static clause *clauses_new(size_t n, size_t fields_each) {
   for (size_t i = 0; i < n; i++) {
     c[i].fields = calloc(fields_each, sizeof(*c[i].fields));
     if (c[i].fields == NULL) {
-      clauses_free(c, i);
+      clauses_free(c);
       return NULL;
     }
   }
