@@ -35,7 +35,8 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request
+  istio_policy policy_proto)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -64,6 +65,12 @@ target_sources() {
       echo "agent/mesh_snapshot.c agent/mesh_delta.c $GEN/proto/mtlsd/mesh.pb-c.c"
       ;;
     jwt) echo "controlplane/jwt.c agent/svid.c agent/errmsg.c" ;;
+    policy_proto) echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c" ;;
+    istio_policy)
+      echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c"
+      echo "controlplane/istio_policy.c controlplane/istio_rules.c controlplane/istio_json.c"
+      echo "controlplane/k8s_objects.c"
+      ;;
   esac
 }
 
