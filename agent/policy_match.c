@@ -74,8 +74,11 @@ static void field_dispose(field *f) {
   free(f->ports);
 }
 
-static void clauses_free(clause *c, size_t n) {
-  for (size_t i = 0; i < n; i++) {
+/* Every clause clauses_new allocated, built or not: a refused spec stops
+ * building midway, and the zeroed entry after the last ends the array. */
+static void clauses_free(clause *c) {
+  if (c == NULL) return;
+  for (size_t i = 0; c[i].fields != NULL; i++) {
     for (size_t j = 0; j < c[i].num_fields; j++) field_dispose(&c[i].fields[j]);
     free(c[i].fields);
   }
@@ -84,9 +87,9 @@ static void clauses_free(clause *c, size_t n) {
 
 void mt_rule_match_free(mt_rule_match *m) {
   if (m == NULL) return;
-  clauses_free(m->sources, m->num_sources);
-  clauses_free(m->operations, m->num_operations);
-  clauses_free(m->conditions, m->num_conditions);
+  clauses_free(m->sources);
+  clauses_free(m->operations);
+  clauses_free(m->conditions);
   free(m);
 }
 
@@ -212,7 +215,7 @@ static clause *clauses_new(size_t n, size_t fields_each) {
   for (size_t i = 0; i < n; i++) {
     c[i].fields = calloc(fields_each, sizeof(*c[i].fields));
     if (c[i].fields == NULL) {
-      clauses_free(c, i);
+      clauses_free(c);
       return NULL;
     }
   }
