@@ -59,7 +59,8 @@ static int fuzz_names_a_rule(const mt_policy *policy, const char *name) {
 
 /* Decides |req| under |policy| and traces it; the decision names a rule of
  * the policy or one of policy.h's own names, the trace agrees with it (one
- * rule decided, of the decision's action, exactly when a rule decided),
+ * rule decided, of the decision's action but for a native rule facing a
+ * peer without an identity, exactly when a rule decided),
  * and a request without addresses decides as mt_policy_decide(_unauth.)
  * does. */
 static void fuzz_decide(const mt_policy *policy, const mt_policy_request *req) {
@@ -70,8 +71,8 @@ static void fuzz_decide(const mt_policy *policy, const mt_policy_request *req) {
   FUZZ_CHECK(by_rule || strcmp(d.rule, MT_POLICY_RULE_DEFAULT) == 0 ||
              strcmp(d.rule, MT_POLICY_RULE_NO_ALLOW_MATCH) == 0 ||
              strcmp(d.rule, MT_POLICY_RULE_INVALID_PEER) == 0);
-  if (strcmp(d.rule, MT_POLICY_RULE_NO_ALLOW_MATCH) == 0 ||
-      strcmp(d.rule, MT_POLICY_RULE_INVALID_PEER) == 0)
+  if (!by_rule && (strcmp(d.rule, MT_POLICY_RULE_NO_ALLOW_MATCH) == 0 ||
+                   strcmp(d.rule, MT_POLICY_RULE_INVALID_PEER) == 0))
     FUZZ_CHECK(d.action == MT_ACTION_DENY);
 
   mt_policy_trace trace;
@@ -90,10 +91,20 @@ static void fuzz_decide(const mt_policy *policy, const mt_policy_request *req) {
     }
     if (r->decided) {
       decided++;
-      FUZZ_CHECK(strcmp(r->name, d.rule) == 0 && r->action == d.action);
+      FUZZ_CHECK(strcmp(r->name, d.rule) == 0);
+      /* A native rule covering the port denies a peer without an identity
+       * whatever its action (policy.h: it fails closed); otherwise the
+       * deciding rule's action is the decision's. */
+      FUZZ_CHECK(r->action == d.action ||
+                 (req->peer_id == NULL && !r->istio && d.action == MT_ACTION_DENY));
     }
   }
-  FUZZ_CHECK(decided == (size_t)(by_rule && trace.num_rules > 0));
+  /* A rule may carry one of policy.h's own names ("default", ...): the
+   * agent accepts that, so a decision by that name may be either. */
+  int reserved = strcmp(d.rule, MT_POLICY_RULE_DEFAULT) == 0 ||
+                 strcmp(d.rule, MT_POLICY_RULE_NO_ALLOW_MATCH) == 0 ||
+                 strcmp(d.rule, MT_POLICY_RULE_INVALID_PEER) == 0;
+  FUZZ_CHECK(reserved ? decided <= 1 : decided == (size_t)(by_rule && trace.num_rules > 0));
   mt_policy_trace_dispose(&trace);
 
   if (req->peer_addr == NULL && req->dest_addr == NULL) {
