@@ -35,7 +35,8 @@ FUZZ="$ROOT/tests/fuzz"
 OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
-TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request)
+TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request
+  istio_policy policy_proto)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -48,19 +49,28 @@ fi
 GEN="$OUT/gen" # protoc-c output for targets that decode protobuf
 
 # Agent sources each target links.
+# The agent's policy library (//agent:policy): rules, their matching, CIDRs,
+# PeerAuthentication.
+POLICY_SRCS="agent/svid.c agent/policy.c agent/policy_match.c agent/cidr.c agent/peer_auth.c"
 target_sources() {
   case $1 in
     spiffe_id | svid) echo "agent/svid.c" ;;
-    policy) echo "agent/svid.c agent/policy.c" ;;
-    config) echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c grpc/target.c" ;;
+    policy) echo "$POLICY_SRCS" ;;
+    config) echo "$POLICY_SRCS agent/mesh.c agent/config.c grpc/target.c" ;;
     client_hello) echo "agent/client_hello.c" ;;
     http_request) echo "agent/http_request.c" ;;
     mesh_delta) echo "agent/mesh_delta.c" ;;
     mesh_snapshot)
-      echo "agent/svid.c agent/policy.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
+      echo "$POLICY_SRCS agent/policy_proto.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
       echo "agent/mesh_snapshot.c agent/mesh_delta.c $GEN/proto/mtlsd/mesh.pb-c.c"
       ;;
     jwt) echo "controlplane/jwt.c agent/svid.c agent/errmsg.c" ;;
+    policy_proto) echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c" ;;
+    istio_policy)
+      echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c"
+      echo "controlplane/istio_policy.c controlplane/istio_rules.c controlplane/istio_json.c"
+      echo "controlplane/k8s_objects.c"
+      ;;
   esac
 }
 
