@@ -1294,12 +1294,13 @@ def test_image_docs_and_deps():
 # ---- the Istio policy example ----------------------------------------------------
 
 def test_istio_policy_example_names_the_sidecar_example_as_it_runs():
-    """deploy/k8s/istio-policy-example.yaml speaks about what the sidecar
+    """deploy/istio/web-allow-client.yaml speaks about what the sidecar
     example deploys: its selector selects web's pods (and nothing else),
     its principal is the client's identity as mtls-ca issues it (Istio's
     form, no spiffe://), its port is web's container port."""
-    (allow,) = objects("AuthorizationPolicy", "istio-policy-example.yaml")
-    (strict,) = objects("PeerAuthentication", "istio-policy-example.yaml")
+    example = [d for d in load_docs(K8S.parent / "istio" / "web-allow-client.yaml") if d]
+    (allow,) = [d for d in example if d["kind"] == "AuthorizationPolicy"]
+    (strict,) = [d for d in example if d["kind"] == "PeerAuthentication"]
     assert allow["apiVersion"] == strict["apiVersion"] == "security.istio.io/v1"
     web = one("Deployment", "web", "mtls-demo")
     client = one("Deployment", "client", "mtls-demo")
