@@ -231,13 +231,7 @@ int mt_admin_render_explain(const mt_admin_view *v, const char *workload, const 
   const mt_mesh *mesh = mt_identity_mesh(owner);
   const mt_peer_auth *pa = mt_mesh_peer_auth(mesh);
   const char *mtls_source = NULL;
-  int permissive = 0;
-  if (pa != NULL) {
-    permissive = mt_peer_auth_admits_plaintext(pa, port);
-  } else {
-    for (size_t i = 0; i < v->config->num_permissive_ports; i++)
-      permissive |= v->config->permissive_ports[i] == port;
-  }
+  int permissive = mt_mesh_admits_plaintext(mesh, v->config, port);
   mt_explain_query q = {
       .source = "the running agent",
       .version = mt_mesh_version(mesh),

@@ -463,12 +463,6 @@ static int parse_port(const char *text, uint16_t *out) {
   return 1;
 }
 
-static int is_permissive(const mt_config *config, uint16_t port) {
-  for (size_t i = 0; i < config->num_permissive_ports; i++)
-    if (config->permissive_ports[i] == port) return 1;
-  return 0;
-}
-
 /* Renders into a stack buffer, or a heap one when the text is longer. */
 static int print_explanation(const mt_policy *policy, const mt_explain_query *q, int json) {
   char first[EXPLAIN_TEXT_START];
@@ -674,7 +668,7 @@ int mt_explain_main(int argc, char **argv) {
       .may_be_replaced = config->has_control_plane && config->cp_watch,
       .peer_id = a.peer_id,
       .port = a.port,
-      .permissive = is_permissive(config, a.port),
+      .permissive = mt_mesh_admits_plaintext(config->mesh, config, a.port),
       .peer_addr = a.source_ip != NULL ? (const struct sockaddr *)&source.addr : NULL,
   };
   int rc = mt_explain_decide(policy, &q).action == MT_ACTION_ALLOW ? EXIT_ALLOWED : EXIT_DENIED;

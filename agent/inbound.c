@@ -106,9 +106,8 @@ static mt_identity *destination_identity(mt_conn *conn) {
   return identity;
 }
 
-static void start_handshake(mt_conn *conn) {
-  mt_identity *identity = destination_identity(conn);
-  if (identity == NULL) return;
+/* |identity| answers for the workload called (destination_identity). */
+static void start_handshake(mt_conn *conn, mt_identity *identity) {
   conn->identity = mt_identity_ref(identity);
   conn->down.ssl = mt_tls_new_session(mt_identity_server_ctx(identity), conn->down.fd,
                                       mt_worker_buffers(conn->worker), &conn->peer);
@@ -121,27 +120,13 @@ static void start_handshake(mt_conn *conn) {
   if (mt_conn_handshake(conn, &conn->down) == MT_HANDSHAKE_DONE) authorize_and_connect(conn);
 }
 
-/* Whether |port| of the workload |identity| answers for admits plaintext:
- * the control plane's PeerAuthentication for it when it sent one, else the
- * static inbound.permissive_ports. */
-static int admits_plaintext(const mt_config *config, const mt_identity *identity, uint16_t port) {
-  const mt_peer_auth *pa = mt_mesh_peer_auth(mt_identity_mesh(identity));
-  if (pa != NULL) return mt_peer_auth_admits_plaintext(pa, port);
-  for (size_t i = 0; i < config->num_permissive_ports; i++)
-    if (config->permissive_ports[i] == port) return 1;
-  return 0;
-}
-
 /* A permissive port admits a peer without mesh TLS as an unauthenticated
  * peer, and only where no policy rule asks for an identity. Its bytes reach
  * the app untouched (a non-mesh TLS client keeps its own end-to-end TLS). */
-static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
-  mt_identity *identity = destination_identity(conn);
-  if (identity == NULL) return; /* held: no snapshot means no policy to consult yet */
+static void admit_unauthenticated(mt_conn *conn, mt_identity *identity) {
   mt_conn_leave_handshake_share(conn);
   conn->identity = mt_identity_ref(identity);
   snprintf(conn->peer.detail, sizeof(conn->peer.detail), "unauthenticated peer, permissive port");
-  (void)port;
   mt_decision d = decide(conn, identity, NULL);
   conn->rule = d.rule;
   mt_metrics_decision(mt_worker_metrics_of(conn->worker), MT_DIR_INBOUND, d.action, d.rule);
@@ -152,7 +137,7 @@ static void admit_unauthenticated(mt_conn *conn, uint16_t port) {
   connect_app(conn);
 }
 
-static void on_peek_permissive(mt_conn *conn, uint16_t port) {
+static void on_peek_permissive(mt_conn *conn, mt_identity *identity) {
   uint8_t head[PERMISSIVE_PEEK_BYTES];
   ssize_t n = recv(conn->down.fd, head, sizeof(head), MSG_PEEK);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
@@ -165,19 +150,20 @@ static void on_peek_permissive(mt_conn *conn, uint16_t port) {
    * to plaintext by how its bytes were segmented. */
   mt_hello_kind kind = mt_client_hello_classify(head, (size_t)n, MT_ALPN_MESH);
   if (kind == MT_HELLO_NOT_TLS || kind == MT_HELLO_TLS_OTHER)
-    admit_unauthenticated(conn, port);
+    admit_unauthenticated(conn, identity);
   else
-    start_handshake(conn);
+    start_handshake(conn, identity);
 }
 
 static void on_peek(mt_conn *conn) {
   uint16_t port = mt_sockaddr_port((const struct sockaddr *)&conn->target);
-  /* Whether plaintext is admitted is the destination workload's setting:
-   * without its identity yet, hold (and come back here) rather than guess. */
+  /* Whether plaintext is admitted is the destination workload's setting,
+   * and its identity serves the handshake or judges the plaintext peer:
+   * without one yet, hold (and come back here) rather than guess. */
   mt_identity *identity = destination_identity(conn);
   if (identity == NULL) return;
-  if (admits_plaintext(mt_worker_config(conn->worker), identity, port)) {
-    on_peek_permissive(conn, port);
+  if (mt_mesh_admits_plaintext(mt_identity_mesh(identity), mt_worker_config(conn->worker), port)) {
+    on_peek_permissive(conn, identity);
     return;
   }
   uint8_t head[STRICT_PEEK_BYTES];
@@ -196,7 +182,7 @@ static void on_peek(mt_conn *conn) {
                   "first bytes are not a TLS ClientHello; this port requires mTLS");
     return;
   }
-  start_handshake(conn);
+  start_handshake(conn, identity);
 }
 
 static void on_event(mt_conn *conn, mt_endpoint *ep, int revents) {

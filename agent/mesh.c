@@ -392,6 +392,13 @@ void mt_mesh_set_peer_auth(mt_mesh *m, mt_peer_auth *peer_auth) {
 }
 
 const mt_peer_auth *mt_mesh_peer_auth(const mt_mesh *m) { return m->peer_auth; }
+
+int mt_mesh_admits_plaintext(const mt_mesh *m, const mt_config *config, uint16_t port) {
+  if (m->peer_auth != NULL) return mt_peer_auth_admits_plaintext(m->peer_auth, port);
+  for (size_t i = 0; i < config->num_permissive_ports; i++)
+    if (config->permissive_ports[i] == port) return 1;
+  return 0;
+}
 const char *mt_mesh_version(const mt_mesh *m) { return m->version; }
 size_t mt_mesh_num_destinations(const mt_mesh *m) { return m->table->num_entries; }
 size_t mt_mesh_num_service_endpoints(const mt_mesh *m) { return m->table->num_endpoints; }

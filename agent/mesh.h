@@ -53,6 +53,12 @@ void mt_mesh_set_peer_auth(mt_mesh *mesh, mt_peer_auth *peer_auth);
  * static inbound.permissive_ports apply. Borrowed. */
 const mt_peer_auth *mt_mesh_peer_auth(const mt_mesh *mesh);
 
+/* Whether app |port| of the workload this mesh view judges admits a peer
+ * without mesh TLS: its PeerAuthentication when the control plane sent
+ * one, else |config|'s inbound.permissive_ports. The one rule inbound,
+ * /policy and explain apply. */
+int mt_mesh_admits_plaintext(const mt_mesh *mesh, const mt_config *config, uint16_t port);
+
 mt_mesh *mt_mesh_ref(mt_mesh *mesh);
 void mt_mesh_unref(mt_mesh *mesh); /* accepts NULL */
 

@@ -600,9 +600,8 @@ static void mt_trace_rule(mt_policy_trace *trace, const mt_policy *policy, size_
     storage->fields += num_fields;
     out->matches_peer = peer != NULL && mt_rule_match_eval(rule->match, &peer->in);
   } else {
-    out->matches_peer = native_evaluated && mt_rule_matches(rule, peer);
-    /* A native rule's "peer matches" ignores the port, as before. */
-    for (size_t i = 0; native_evaluated && i < rule->num_matchers; i++) {
+    /* A native rule's "peer matches" ignores the port: some matcher does. */
+    for (size_t i = 0; i < rule->num_matchers; i++) {
       out->matches_peer |= matchers[i].matches;
     }
   }
