@@ -579,7 +579,10 @@ class App:
     mode "reply_after_eof": reads until EOF, then sends
         b"reply after EOF: <n> bytes" and closes.
     mode "count": accepts, reads and discards until EOF (a sink).
-    Records every connection (bytes received, whether EOF was seen)."""
+    Records every connection (bytes received, whether EOF was seen).
+
+    Subclasses change what a connection does by overriding _new_record and
+    _serve; the listener and its threads stay this class's."""
 
     def __init__(self, mode="echo"):
         self.mode = mode
@@ -609,12 +612,15 @@ class App:
                 continue
             except OSError:
                 return
-            record = {"received": 0, "eof": False, "error": None}
+            record = self._new_record()
             with self.lock:
                 self.connections.append(record)
             t = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
             self.threads.append(t)
             t.start()
+
+    def _new_record(self):
+        return {"received": 0, "eof": False, "error": None}
 
     def _serve(self, conn, record):
         conn.settimeout(WAIT)

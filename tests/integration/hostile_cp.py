@@ -31,10 +31,10 @@ import h2.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from conftest import TRUST_DOMAIN, free_port
-from py_ca import Request, Response, Snapshot, fill_policy
+from py_ca import Request, Response, Snapshot, fill_policy, sign_leaf
 
 CREATE = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 WATCH = "/mtlsd.mesh.v1.MeshConfig/Watch"
@@ -92,25 +92,7 @@ class Issuer:
 
     def sign(self, csr, ttl, uri=None, rogue=False):
         issuer, key = (self.rogue, self.rogue_key) if rogue else (self.cert, self.key)
-        if uri is None:
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            (uri,) = san.get_values_for_type(x509.UniformResourceIdentifier)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        leaf = (x509.CertificateBuilder().subject_name(x509.Name([]))
-                .issuer_name(issuer.subject).public_key(csr.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(seconds=5))
-                .not_valid_after(now + datetime.timedelta(seconds=ttl))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
-                                             False, False), True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(uri)]), True)
-                .sign(key, hashes.SHA256()))
-        return (leaf.public_bytes(serialization.Encoding.PEM).decode(),
-                issuer.public_bytes(serialization.Encoding.PEM).decode())
+        return sign_leaf(csr, issuer, key, ttl, uri)
 
 
 class HostileCp:

@@ -61,6 +61,32 @@ def fill_policy(msg, pol):
             setattr(matcher, "namespace" if kind == "namespace" else kind, value)
 
 
+
+def sign_leaf(csr, issuer, issuer_key, ttl, uri=None):
+    """An X509-SVID for |csr|'s key, signed by |issuer|, valid |ttl| s, for
+    |uri| (default: the CSR's URI SAN). Returns (leaf PEM, issuer PEM)."""
+    if uri is None:
+        uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        (uri,) = uris.get_values_for_type(x509.UniformResourceIdentifier)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([]))
+               .issuer_name(issuer.subject)
+               .public_key(csr.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(seconds=5))
+               .not_valid_after(now + datetime.timedelta(seconds=ttl))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+               .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                            False, False), True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                     ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier(uri)]), True))
+    leaf = builder.sign(issuer_key, hashes.SHA256())
+    return (leaf.public_bytes(serialization.Encoding.PEM).decode(),
+            issuer.public_bytes(serialization.Encoding.PEM).decode())
+
 class Ca:
     def __init__(self, args):
         self.args = args
@@ -82,26 +108,7 @@ class Ca:
     def sign(self, csr, ttl):
         with self.lock:
             issuer, issuer_key = self.issuer, self.issuer_key
-        now = datetime.datetime.now(datetime.timezone.utc)
-        uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        (uri,) = uris.get_values_for_type(x509.UniformResourceIdentifier)
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([]))
-                   .issuer_name(issuer.subject)
-                   .public_key(csr.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(seconds=5))
-                   .not_valid_after(now + datetime.timedelta(seconds=ttl))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-                   .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
-                                                False, False), True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-                   .add_extension(x509.SubjectAlternativeName(
-                       [x509.UniformResourceIdentifier(uri)]), True))
-        leaf = builder.sign(issuer_key, hashes.SHA256())
-        return (leaf.public_bytes(serialization.Encoding.PEM).decode(),
-                issuer.public_bytes(serialization.Encoding.PEM).decode())
+        return sign_leaf(csr, issuer, issuer_key, ttl)
 
     def create_certificate(self, raw, context):
         with self.lock:

@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import time
 
-import pytest
 
 import conn_burst
 from conftest import (

@@ -191,40 +191,18 @@ def observe_end(sock, timeout=WAIT):
 # applications behind the agent
 
 
-class ScriptedApp:
+class ScriptedApp(App):
     """A TCP application whose every accepted connection runs |handler|
     (conn, record, stopping) in a thread; records what each one saw."""
 
-    def __init__(self, handler, backlog=64):
-        self.handler = handler
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(backlog)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
-        self.connections = []
-        self.stopping = threading.Event()
-        self.threads = []
-        self.acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-        self.acceptor.start()
+    def __init__(self, handler):
+        self.handler = handler  # before the acceptor starts
+        super().__init__(mode="scripted")
 
-    def _accept_loop(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            record = {"sent": 0, "received": 0, "end": None}
-            with self.lock:
-                self.connections.append(record)
-            t = threading.Thread(target=self._run, args=(conn, record), daemon=True)
-            self.threads.append(t)
-            t.start()
+    def _new_record(self):
+        return {"sent": 0, "received": 0, "end": None}
 
-    def _run(self, conn, record):
+    def _serve(self, conn, record):
         try:
             with conn:
                 self.handler(conn, record, self.stopping)
@@ -236,13 +214,6 @@ class ScriptedApp:
     def latest(self):
         with self.lock:
             return self.connections[-1] if self.connections else None
-
-    def close(self):
-        self.stopping.set()
-        self.sock.close()
-        self.acceptor.join(timeout=WAIT)
-        for t in self.threads:
-            t.join(timeout=WAIT)
 
 
 def firehose(conn, record, stopping):
