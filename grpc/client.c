@@ -154,7 +154,7 @@ static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents) {
 static void conn_ready(mt_cli_conn *conn) {
   mt_grpc_client *c = conn->client;
   ev_timer_stop(c->loop, &conn->phase);
-  conn->peer_cert = SSL_get_peer_certificate(conn->t.ssl);
+  if (conn->t.ssl != NULL) conn->peer_cert = SSL_get_peer_certificate(conn->t.ssl);
   conn->t.session = mt_cli_session_new(conn);
   if (conn->t.session == NULL) {
     conn_fail(conn, "out of memory starting the HTTP/2 session");
@@ -214,6 +214,10 @@ static void conn_on_io(mt_cli_conn *conn) {
       if (err != 0) {
         mt_h2_textf(why, sizeof(why), "connect to %s: %s", conn->peer_text, strerror(err));
         conn_try_next(conn, why);
+        return;
+      }
+      if (conn->t.ssl == NULL) { /* plaintext (a Unix socket): HTTP/2 at once */
+        conn_ready(conn);
         return;
       }
       conn->state = MT_CLI_CONN_HANDSHAKING;
@@ -293,9 +297,9 @@ static void conn_connect(mt_cli_conn *conn, const struct sockaddr *addr, socklen
     return;
   }
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  SSL *ssl = ssl_new(c, fd);
-  if (ssl == NULL) {
+  if (addr->sa_family != AF_UNIX) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  SSL *ssl = c->ssl_ctx != NULL ? ssl_new(c, fd) : NULL;
+  if (ssl == NULL && c->ssl_ctx != NULL) {
     close(fd);
     defer_failure(conn, "cannot create the TLS session (SSL_new failed)");
     return;
@@ -381,15 +385,15 @@ static mt_cli_conn *conn_start(mt_grpc_client *c) {
   }
   conn->state = MT_CLI_CONN_RESOLVING;
   conn->lookup = mt_resolve_start(c->loop, &c->target, on_resolved, conn);
-  if (conn->lookup == NULL) defer_failure(conn, "cannot start a name lookup (out of memory or threads)");
+  if (conn->lookup == NULL)
+    defer_failure(conn, "cannot start a name lookup (out of memory or threads)");
   return conn;
 }
 
 /* ---- public API ---- */
 
 mt_grpc_client *mt_grpc_client_new(struct ev_loop *loop, const mt_grpc_client_options *options) {
-  if (loop == NULL || options == NULL || options->ssl_ctx == NULL || options->target == NULL)
-    return NULL;
+  if (loop == NULL || options == NULL || options->target == NULL) return NULL;
   mt_grpc_client *c = calloc(1, sizeof(*c));
   if (c == NULL) return NULL;
   c->loop = loop;
@@ -398,12 +402,19 @@ mt_grpc_client *mt_grpc_client_new(struct ev_loop *loop, const mt_grpc_client_op
     free(c);
     return NULL;
   }
+  int is_unix = c->target.address.ss_family == AF_UNIX;
+  if (c->ssl_ctx == NULL && !is_unix) { /* plaintext only to a Unix socket */
+    free(c);
+    return NULL;
+  }
   if (c->target.numeric)
     mt_h2_format_address((const struct sockaddr *)&c->target.address, c->target_text,
                          sizeof(c->target_text));
   else
     mt_h2_textf(c->target_text, sizeof(c->target_text), "%s:%s", c->target.host, c->target.port);
-  c->authority = strdup(options->authority ? options->authority : options->target);
+  c->authority = strdup(options->authority ? options->authority
+                        : is_unix          ? "localhost"
+                                           : options->target);
   c->server_name = options->server_name ? strdup(options->server_name) : NULL;
   c->connect_timeout_ms =
       options->connect_timeout_ms > 0 ? options->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;

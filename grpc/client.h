@@ -37,13 +37,17 @@ typedef struct mt_grpc_call mt_grpc_call;
 
 typedef struct {
   /* "ip:port", "[ipv6]:port" or "name:port": a name is looked up again
-   * for every connection, off the loop (resolver.h). */
+   * for every connection, off the loop (resolver.h). Or a Unix domain
+   * socket "unix:/abs/path" / "unix:///abs/path" (a SPIRE agent's
+   * Workload API). */
   const char *target;
   /* Borrowed; must outlive the client. The caller configures how the server
    * is verified (roots, verify mode or callback). The client offers ALPN
-   * "h2" on each connection and refuses a server that does not select it. */
+   * "h2" on each connection and refuses a server that does not select it.
+   * NULL: plaintext HTTP/2 with prior knowledge, allowed only to a Unix
+   * socket target. */
   SSL_CTX *ssl_ctx;
-  const char *authority;     /* :authority; NULL = |target| */
+  const char *authority;     /* :authority; NULL = |target| ("localhost" for a Unix socket) */
   const char *server_name;   /* TLS SNI; NULL or an IP literal = none sent */
   int connect_timeout_ms;    /* TCP connect + TLS handshake; 0 = 10000 */
   int keepalive_interval_ms; /* send an HTTP/2 PING this often; 0 = never */
@@ -54,8 +58,8 @@ typedef struct {
   size_t max_message_bytes; /* largest response message; 0 = 4 MiB */
 } mt_grpc_client_options;
 
-/* Returns NULL when an option is invalid (bad target, no SSL_CTX) or out of
- * memory. Nothing connects until the first call. */
+/* Returns NULL when an option is invalid (bad target, no SSL_CTX for a TCP
+ * target) or out of memory. Nothing connects until the first call. */
 mt_grpc_client *mt_grpc_client_new(struct ev_loop *loop, const mt_grpc_client_options *options);
 
 /* Closes the connection (GOAWAY, best effort); calls in flight end without

@@ -1,15 +1,19 @@
 /* h2_transport.c: TLS records <-> nghttp2 on a non-blocking socket. */
 #include "grpc/h2_transport.h"
 
+#include "grpc/target.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/bio.h>
@@ -225,8 +229,39 @@ ssize_t mt_h2_transport_buffer(mt_h2_transport *t, const uint8_t *data, size_t l
 
 typedef enum { IO_OK, IO_WANT_WRITE, IO_EOF, IO_FAILED } io_result;
 
+/* Plaintext: the bytes the socket has (up to a budget) go to nghttp2. */
+static io_result read_phase_plain(mt_h2_transport *t) {
+  uint8_t buf[READ_CHUNK_BYTES];
+  size_t budget = READ_BUDGET_BYTES;
+  while (!t->stop && !t->read_eof && budget > 0) {
+    ssize_t n = recv(t->fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      budget = (size_t)n < budget ? budget - (size_t)n : 0;
+      t->last_activity = ev_now(t->loop);
+      ssize_t rv = nghttp2_session_mem_recv(t->session, buf, (size_t)n);
+      if (rv < 0) {
+        snprintf(t->error, sizeof(t->error), "HTTP/2 protocol error: %s",
+                 nghttp2_strerror((int)rv));
+        return IO_FAILED;
+      }
+      continue;
+    }
+    if (n == 0) {
+      t->read_eof = 1;
+      snprintf(t->error, sizeof(t->error), "connection closed by peer");
+      return IO_EOF;
+    }
+    if (is_transient(errno)) return IO_OK;
+    if (errno == ECONNRESET) t->read_eof = 1; /* a client that hung up */
+    snprintf(t->error, sizeof(t->error), "read failed: %s", strerror(errno));
+    return t->read_eof ? IO_EOF : IO_FAILED;
+  }
+  return IO_OK;
+}
+
 /* Reads the TLS records available (up to a budget) and feeds them to nghttp2. */
 static io_result read_phase(mt_h2_transport *t) {
+  if (t->ssl == NULL) return read_phase_plain(t);
   uint8_t buf[READ_CHUNK_BYTES];
   size_t budget = READ_BUDGET_BYTES;
   while (!t->stop && !t->read_eof) {
@@ -275,6 +310,17 @@ static io_result write_phase(mt_h2_transport *t) {
     if (t->out_head == t->out_tail) return IO_OK;
     errno = 0;
     size_t pending = t->out_tail - t->out_head;
+    if (t->ssl == NULL) {
+      ssize_t sent = send(t->fd, t->out + t->out_head, pending, MSG_NOSIGNAL);
+      if (sent > 0) {
+        t->out_head += (size_t)sent;
+        if (t->out_head == t->out_tail) t->out_head = t->out_tail = 0;
+        continue;
+      }
+      if (sent < 0 && is_transient(errno)) return IO_WANT_WRITE;
+      snprintf(t->error, sizeof(t->error), "write failed: %s", strerror(errno));
+      return IO_FAILED;
+    }
     int n = SSL_write(t->ssl, t->out + t->out_head, pending > INT32_MAX ? INT32_MAX : (int)pending);
     if (n > 0) {
       t->out_head += (size_t)n;
@@ -308,12 +354,19 @@ mt_h2_status mt_h2_transport_pump(mt_h2_transport *t) {
 }
 
 void mt_h2_transport_flush_best_effort(mt_h2_transport *t) {
-  if (t->ssl == NULL || t->fd < 0 || !SSL_is_init_finished(t->ssl)) return;
+  if (t->fd < 0) return;
+  if (t->ssl == NULL) {
+    if (t->session != NULL) (void)write_phase(t);
+    return;
+  }
+  if (!SSL_is_init_finished(t->ssl)) return;
   if (write_phase(t) == IO_OK && t->out_head == t->out_tail) SSL_shutdown(t->ssl);
   ERR_clear_error();
 }
 
 int mt_h2_parse_address(const char *text, struct sockaddr_storage *out, socklen_t *out_len) {
+  if (text != NULL && strncmp(text, "unix:", strlen("unix:")) == 0)
+    return mt_unix_address_parse(text, out, out_len);
   char host[INET6_ADDRSTRLEN + 1];
   const char *colon = text ? strrchr(text, ':') : NULL;
   if (colon == NULL || colon == text) return 0;
@@ -363,6 +416,12 @@ void mt_h2_format_address(const struct sockaddr *addr, char *out, size_t out_len
     const struct sockaddr_in *v4 = (const struct sockaddr_in *)addr;
     inet_ntop(AF_INET, &v4->sin_addr, ip, sizeof(ip));
     snprintf(out, out_len, "%s:%u", ip, ntohs(v4->sin_port));
+  } else if (addr->sa_family == AF_UNIX) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+    if (un->sun_path[0] == '/')
+      snprintf(out, out_len, "unix:%.*s", (int)sizeof(un->sun_path), un->sun_path);
+    else
+      snprintf(out, out_len, "unix");
   } else {
     snprintf(out, out_len, "?");
   }

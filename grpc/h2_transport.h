@@ -1,6 +1,9 @@
-/* h2_transport: one TLS connection carrying an HTTP/2 session on a libev
+/* h2_transport: one connection carrying an HTTP/2 session on a libev
  * loop; shared by the gRPC client and server and by mtls-ca's Kubernetes
  * API client (controlplane/k8s_client.c). Nothing here is gRPC-specific.
+ *
+ * A connection is TLS (TCP) or plaintext HTTP/2 with prior knowledge (a
+ * Unix domain socket: the SPIFFE Workload API); |ssl| NULL means plaintext.
  *
  * The transport owns the socket, the SSL (its owner creates and configures
  * it), the nghttp2 session (its owner creates it once the handshake is done)
@@ -47,7 +50,7 @@ typedef struct {
   char error[MT_H2_ERROR_MAX];
 } mt_h2_transport;
 
-/* Takes |fd| and |ssl| (both, even on failure). |cb| with |data| as the
+/* Takes |fd| and |ssl| (both, even on failure; |ssl| NULL: plaintext). |cb| with |data| as the
  * watcher's data receives readiness events. Returns 1, or 0 when out of memory
  * (the socket and SSL are then already released). */
 int mt_h2_transport_init(mt_h2_transport *t, struct ev_loop *loop, int fd, SSL *ssl,
@@ -101,11 +104,13 @@ void mt_h2_transport_flush_best_effort(mt_h2_transport *t);
  * Returns 1, or 0 when out of memory. */
 int mt_h2_ssl_attach(SSL *ssl, int fd);
 
-/* "ip:port" or "[ipv6]:port" (numeric only; no name resolution, which would
- * block). Returns 1, or 0 when malformed. */
+/* "ip:port", "[ipv6]:port" (numeric only; no name resolution, which would
+ * block), or a Unix domain socket "unix:/abs/path" / "unix:///abs/path"
+ * (path shorter than sun_path, no NUL). Returns 1, or 0 when malformed. */
 int mt_h2_parse_address(const char *text, struct sockaddr_storage *out, socklen_t *out_len);
 
-/* Writes "ip:port" / "[ipv6]:port". */
+/* Writes "ip:port" / "[ipv6]:port" / "unix:/path" ("unix" for an unnamed
+ * socket, as an accepted Unix connection's peer is). */
 void mt_h2_format_address(const struct sockaddr *addr, char *out, size_t out_len);
 
 /* snprintf for diagnostic text, where cutting a long reason short is fine

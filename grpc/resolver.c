@@ -17,11 +17,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-
 struct mt_resolve {
   atomic_int refs; /* the loop's side and the thread's */
   struct ev_loop *loop;
-  ev_io ready;     /* the eventfd: the thread has answered (or numeric) */
+  ev_io ready; /* the eventfd: the thread has answered (or numeric) */
   int fd;
   mt_resolve_target target;
   mt_resolve_result result; /* written by the thread before it signals */

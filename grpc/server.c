@@ -1,6 +1,8 @@
 /* server.c: the listener, routes and connections of the gRPC server. One
  * connection: accept -> TLS handshake (deadline) -> HTTP/2 session (idle
- * timer) -> GOAWAY and close. The calls themselves are server_stream.c's.
+ * timer) -> GOAWAY and close; on a plaintext Unix socket the session starts
+ * at accept, with the caller's credentials taken from the kernel. The calls themselves are
+ * server_stream.c's.
  *
  * Re-entrancy: handlers run inside nghttp2 callbacks and may free the
  * server. Every entry from the loop is bracketed by mt_srv_enter/leave; a
@@ -14,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/bytestring.h>
@@ -36,6 +40,10 @@ enum {
   MS_PER_SECOND = 1000,
   ERROR_TEXT_MAX = MT_H2_ERROR_MAX + 64,
 };
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; older C library headers lack it */
+#endif
 
 static void destroy(mt_grpc_server *server);
 
@@ -84,6 +92,7 @@ static void conn_close(mt_srv_conn *conn, mt_grpc_status why) {
   mt_h2_transport_dispose(&conn->t);
   mt_srv_conn_end_streams(conn, why);
   X509_free(conn->peer_cert);
+  if (conn->has_cred && conn->cred.pidfd >= 0) close(conn->cred.pidfd);
   if (conn->prev) conn->prev->next = conn->next;
   if (conn->next) conn->next->prev = conn->prev;
   if (server->conns == conn) server->conns = conn->next;
@@ -116,8 +125,10 @@ static void conn_pump(mt_srv_conn *conn) {
 
 static void conn_ready(mt_srv_conn *conn) {
   mt_grpc_server *server = conn->server;
-  conn->peer_cert = SSL_get_peer_certificate(conn->t.ssl);
-  conn->peer_chain = SSL_get_peer_full_cert_chain(conn->t.ssl);
+  if (conn->t.ssl != NULL) {
+    conn->peer_cert = SSL_get_peer_certificate(conn->t.ssl);
+    conn->peer_chain = SSL_get_peer_full_cert_chain(conn->t.ssl);
+  }
   conn->t.session = mt_srv_session_new(conn);
   if (conn->t.session == NULL) {
     report(server, conn->peer_text, "out of memory starting the HTTP/2 session");
@@ -187,36 +198,80 @@ static void on_conn_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   mt_srv_leave(server);
 }
 
+/* Unix socket peers: who connected, from the kernel. The pidfd pins the
+ * process itself, so a PID reused after the caller exits is told apart. */
+static int read_peer_cred(int fd, mt_grpc_peer_cred *cred, char *text, size_t text_len) {
+  struct ucred uc;
+  socklen_t len = sizeof(uc);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 || len != sizeof(uc)) return 0;
+  cred->pid = uc.pid;
+  cred->uid = uc.uid;
+  cred->gid = uc.gid;
+  int pidfd = -1;
+  len = sizeof(pidfd);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0 || len != sizeof(pidfd))
+    pidfd = -1;
+  cred->pidfd = pidfd;
+  snprintf(text, text_len, "pid %ld uid %lu gid %lu", (long)uc.pid, (unsigned long)uc.uid,
+           (unsigned long)uc.gid);
+  return 1;
+}
+
 static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_storage *peer) {
   char peer_text[MT_H2_ADDRESS_TEXT_MAX];
-  mt_h2_format_address((const struct sockaddr *)peer, peer_text, sizeof(peer_text));
+  mt_grpc_peer_cred cred = {.pidfd = -1};
+  int has_cred = 0;
+  if (peer->ss_family == AF_UNIX) {
+    has_cred = read_peer_cred(fd, &cred, peer_text, sizeof(peer_text));
+    if (!has_cred) {
+      snprintf(peer_text, sizeof(peer_text), "unix");
+      report(server, peer_text, "cannot read the peer's credentials (SO_PEERCRED)");
+      close(fd);
+      return;
+    }
+  } else {
+    mt_h2_format_address((const struct sockaddr *)peer, peer_text, sizeof(peer_text));
+  }
   if (server->conn_count >= server->max_connections) {
     char what[ERROR_TEXT_MAX];
     snprintf(what, sizeof(what), "connection limit (%zu) reached", server->max_connections);
     report(server, peer_text, what);
+    if (cred.pidfd >= 0) close(cred.pidfd);
     close(fd);
     return;
   }
   mt_srv_conn *conn = calloc(1, sizeof(*conn));
-  SSL *ssl = conn ? SSL_new(server->ssl_ctx) : NULL;
-  if (ssl == NULL || !mt_h2_ssl_attach(ssl, fd)) {
+  SSL *ssl = NULL;
+  if (conn != NULL && server->ssl_ctx != NULL) {
+    ssl = SSL_new(server->ssl_ctx);
+    if (ssl != NULL && !mt_h2_ssl_attach(ssl, fd)) {
+      SSL_free(ssl);
+      ssl = NULL;
+    }
+  }
+  if (conn == NULL || (server->ssl_ctx != NULL && ssl == NULL)) {
     report(server, peer_text, "out of memory for a new connection");
-    SSL_free(ssl);
     free(conn);
+    if (cred.pidfd >= 0) close(cred.pidfd);
     close(fd);
     return;
   }
-  SSL_set_accept_state(ssl);
+  if (ssl != NULL) SSL_set_accept_state(ssl);
   if (!mt_h2_transport_init(&conn->t, server->loop, fd, ssl, on_conn_io, conn)) {
     report(server, peer_text, "out of memory for a new connection");
     free(conn);
+    if (cred.pidfd >= 0) close(cred.pidfd);
     return;
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (peer->ss_family != AF_UNIX) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
   conn->server = server;
   conn->state = MT_SRV_CONN_HANDSHAKING;
   conn->peer = *peer;
+  conn->cred = cred;
+  conn->has_cred = has_cred;
   memcpy(conn->peer_text, peer_text, sizeof(peer_text));
   conn->next = server->conns;
   if (server->conns) server->conns->prev = conn;
@@ -224,6 +279,10 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
   server->conn_count++;
   ev_init(&conn->timer, on_conn_timer);
   conn->timer.data = conn;
+  if (ssl == NULL) {
+    conn_ready(conn); /* plaintext: the client's preface is the first thing read */
+    return;
+  }
   timer_in(conn, server->handshake_timeout_ms / (double)MS_PER_SECOND);
   mt_h2_transport_watch(&conn->t, EV_READ);
 }
@@ -264,37 +323,88 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
   mt_srv_leave(server);
 }
 
-static int listen_on(mt_grpc_server *server, const char *address) {
+/* A socket file already at |addr|'s path: one nobody listens on any more
+ * (a previous process died) is removed; a live one or another kind of file
+ * is left alone and reported. */
+static int clear_stale_socket(const struct sockaddr_storage *addr, socklen_t len) {
+  const char *path = ((const struct sockaddr_un *)addr)->sun_path;
+  struct stat st;
+  if (lstat(path, &st) != 0) return errno == ENOENT;
+  if (!S_ISSOCK(st.st_mode)) {
+    errno = EEXIST;
+    return 0;
+  }
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return 0;
+  int live = connect(probe, (const struct sockaddr *)addr, len) == 0;
+  int probe_errno = errno;
+  close(probe);
+  if (live) {
+    errno = EADDRINUSE;
+    return 0;
+  }
+  if (probe_errno != ECONNREFUSED) {
+    errno = probe_errno;
+    return 0;
+  }
+  return unlink(path) == 0 || errno == ENOENT;
+}
+
+static int listen_on(mt_grpc_server *server, const char *address, unsigned unix_mode) {
   struct sockaddr_storage addr;
   socklen_t len = 0;
   if (!mt_h2_parse_address(address, &addr, &len)) {
     errno = EINVAL;
     return 0;
   }
+  int is_unix = addr.ss_family == AF_UNIX;
+  if (is_unix && !clear_stale_socket(&addr, len)) return 0;
+  if (!is_unix && server->ssl_ctx == NULL) {
+    errno = EINVAL; /* plaintext only where the kernel vouches for the peer */
+    return 0;
+  }
   int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return 0;
   int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (!is_unix) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   struct sockaddr_storage bound;
   memset(&bound, 0, sizeof(bound));
   socklen_t bound_len = sizeof(bound);
-  if (bind(fd, (struct sockaddr *)&addr, len) != 0 || listen(fd, LISTEN_BACKLOG) != 0 ||
+  const char *path = ((const struct sockaddr_un *)&addr)->sun_path;
+  struct stat st;
+  int bound_ok = bind(fd, (struct sockaddr *)&addr, len) == 0;
+  if (!bound_ok || (is_unix && unix_mode != 0 && chmod(path, (mode_t)unix_mode) != 0) ||
+      (is_unix && stat(path, &st) != 0) || listen(fd, LISTEN_BACKLOG) != 0 ||
       getsockname(fd, (struct sockaddr *)&bound, &bound_len) != 0) {
     int saved = errno;
+    if (is_unix && bound_ok) unlink(path);
     close(fd);
     errno = saved;
     return 0;
   }
+  if (is_unix) {
+    server->unix_path = strdup(path);
+    server->unix_dev = st.st_dev;
+    server->unix_ino = st.st_ino;
+    if (server->unix_path == NULL) {
+      unlink(path);
+      close(fd);
+      errno = ENOMEM;
+      return 0;
+    }
+  }
   server->listen_fd = fd;
-  server->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                   : ((struct sockaddr_in *)&bound)->sin_port);
+  if (bound.ss_family == AF_INET6)
+    server->port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+  else if (bound.ss_family == AF_INET)
+    server->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
   return 1;
 }
 
 /* ---- public API ---- */
 
 mt_grpc_server *mt_grpc_server_new(struct ev_loop *loop, const mt_grpc_server_options *options) {
-  if (loop == NULL || options == NULL || options->ssl_ctx == NULL || options->listen == NULL) {
+  if (loop == NULL || options == NULL || options->listen == NULL) {
     errno = EINVAL;
     return NULL;
   }
@@ -322,13 +432,14 @@ mt_grpc_server *mt_grpc_server_new(struct ev_loop *loop, const mt_grpc_server_op
   server->on_connection_error_arg = options->on_connection_error_arg;
   server->on_call_refused = options->on_call_refused;
   server->on_call_refused_arg = options->on_call_refused_arg;
-  if (server->max_metadata_bytes > UINT32_MAX || !listen_on(server, options->listen)) {
+  if (server->max_metadata_bytes > UINT32_MAX ||
+      !listen_on(server, options->listen, options->unix_socket_mode)) {
     int saved = errno ? errno : EINVAL;
     free(server);
     errno = saved;
     return NULL;
   }
-  SSL_CTX_set_alpn_select_cb(server->ssl_ctx, select_h2, NULL);
+  if (server->ssl_ctx != NULL) SSL_CTX_set_alpn_select_cb(server->ssl_ctx, select_h2, NULL);
   ev_io_init(&server->listen_io, on_accept, server->listen_fd, EV_READ);
   server->listen_io.data = server;
   ev_io_start(loop, &server->listen_io);
@@ -345,6 +456,14 @@ static void destroy(mt_grpc_server *server) {
   ev_io_stop(server->loop, &server->listen_io);
   ev_timer_stop(server->loop, &server->accept_retry);
   if (server->listen_fd >= 0) close(server->listen_fd);
+  if (server->unix_path != NULL) {
+    /* Only our own socket: another process may have taken the path since. */
+    struct stat st;
+    if (lstat(server->unix_path, &st) == 0 && st.st_dev == server->unix_dev &&
+        st.st_ino == server->unix_ino)
+      unlink(server->unix_path);
+    free(server->unix_path);
+  }
   /* Handlers told below can only queue frames, never close a connection, so
    * the saved next pointer stays valid. */
   for (mt_srv_conn *conn = server->conns, *next; conn != NULL; conn = next) {

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <openssl/base.h>
 #include <openssl/x509.h>
@@ -35,14 +36,36 @@ extern "C" {
 typedef struct mt_grpc_server mt_grpc_server;
 typedef struct mt_grpc_stream mt_grpc_stream;
 
+/* What the kernel recorded about a Unix socket's client when it connected
+ * (SO_PEERCRED, SO_PEERPIDFD): who the caller is, whatever it says. */
+typedef struct {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+  /* A pidfd of that very process (not of a later one reusing its PID), or
+   * -1 when the kernel has none (before Linux 6.5). Owned by the
+   * connection: valid while the handler holds the stream. */
+  int pidfd;
+} mt_grpc_peer_cred;
+
 typedef struct {
   /* "ip:port" or "[ipv6]:port"; port 0 picks a free port (see
-   * mt_grpc_server_port). */
+   * mt_grpc_server_port). Or a Unix domain socket "unix:/abs/path" (also
+   * "unix:///abs/path"): a stale socket file left there by a process that
+   * is gone is replaced; a live listener there (EADDRINUSE) or a file that
+   * is not a socket (EEXIST) is an error. The file is removed by
+   * mt_grpc_server_free (if it is still ours). */
   const char *listen;
   /* Borrowed; must outlive the server. Its certificate, key and client-
    * certificate policy are the caller's. mt_grpc_server_new installs an
-   * ALPN callback on it that selects "h2" (replacing any other). */
+   * ALPN callback on it that selects "h2" (replacing any other). NULL:
+   * plaintext HTTP/2 with prior knowledge, allowed only on a Unix socket
+   * (the SPIFFE Workload API), where the kernel, not TLS, says who the
+   * peer is (mt_grpc_request.peer_cred). */
   SSL_CTX *ssl_ctx;
+  /* A Unix socket's file mode (e.g. 0666: who may connect is then decided
+   * per call from peer_cred); 0 = as the umask leaves it. */
+  unsigned unix_socket_mode;
   size_t max_message_bytes;        /* largest request message; 0 = 4 MiB */
   uint32_t max_concurrent_streams; /* per connection; 0 = 100 */
   size_t max_metadata_bytes;       /* request headers per stream; 0 = 16 KiB */
@@ -96,7 +119,8 @@ typedef struct {
   STACK_OF(X509) * peer_chain;
   const SSL *ssl; /* the connection, e.g. for ex_data set by a verify callback */
   const struct sockaddr *peer_addr;
-  const char *peer_address; /* "ip:port" */
+  const char *peer_address;           /* "ip:port"; on a Unix socket "pid P uid U gid G" */
+  const mt_grpc_peer_cred *peer_cred; /* Unix sockets only; NULL on TCP */
 } mt_grpc_request;
 
 typedef void (*mt_grpc_handler_fn)(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req);
@@ -111,7 +135,7 @@ mt_grpc_server *mt_grpc_server_new(struct ev_loop *loop, const mt_grpc_server_op
  * returns). NULL is fine. */
 void mt_grpc_server_free(mt_grpc_server *server);
 
-/* The bound port (useful after listening on port 0). */
+/* The bound port (useful after listening on port 0); 0 on a Unix socket. */
 int mt_grpc_server_port(const mt_grpc_server *server);
 
 /* Routes calls of |path| ("/package.Service/Method") to |on_call|. Returns

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "grpc/frame.h"
 #include "grpc/h2_transport.h"
@@ -41,6 +42,9 @@ typedef struct mt_srv_conn {
   STACK_OF(X509) * peer_chain; /* borrowed from the SSL */
   struct sockaddr_storage peer;
   char peer_text[MT_H2_ADDRESS_TEXT_MAX];
+  /* Unix socket peers: the kernel's record of the caller at connect. */
+  mt_grpc_peer_cred cred; /* cred.pidfd owned, closed with the connection */
+  int has_cred;
   mt_grpc_stream *streams;
   size_t stream_count;
   struct mt_srv_conn *prev, *next;
@@ -59,6 +63,9 @@ struct mt_grpc_server {
   void *on_call_refused_arg;
   int listen_fd;
   int port;
+  char *unix_path; /* a Unix socket file we created and remove at the end */
+  dev_t unix_dev;
+  ino_t unix_ino;
   ev_io listen_io;
   ev_timer accept_retry; /* re-enables accepting after running out of descriptors */
   mt_srv_route *routes;

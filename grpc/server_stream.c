@@ -367,6 +367,7 @@ static int build_request(mt_grpc_stream *s) {
   req->ssl = conn->t.ssl;
   req->peer_addr = (const struct sockaddr *)&conn->peer;
   req->peer_address = conn->peer_text;
+  req->peer_cred = conn->has_cred ? &conn->cred : NULL;
   return 1;
 }
 

@@ -3,8 +3,10 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 
 static int host_name_valid(const char *host) {
   size_t len = strlen(host);
@@ -68,9 +70,27 @@ static int parse_numeric(const char *text, mt_resolve_target *out) {
   return 1;
 }
 
+int mt_unix_address_parse(const char *text, struct sockaddr_storage *out, socklen_t *out_len) {
+  if (text == NULL || strncmp(text, "unix:", strlen("unix:")) != 0) return 0;
+  const char *path = text + strlen("unix:");
+  if (strncmp(path, "//", 2) == 0) path += 2; /* unix:///abs: an empty authority */
+  struct sockaddr_un *un = (struct sockaddr_un *)out;
+  size_t len = strlen(path);
+  if (path[0] != '/' || len >= sizeof(un->sun_path)) return 0;
+  memset(out, 0, sizeof(*out));
+  un->sun_family = AF_UNIX;
+  memcpy(un->sun_path, path, len + 1);
+  *out_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  return 1;
+}
+
 int mt_resolve_parse(const char *text, mt_resolve_target *out) {
   memset(out, 0, sizeof(*out));
   if (text == NULL) return 0;
+  if (strncmp(text, "unix:", strlen("unix:")) == 0) {
+    out->numeric = mt_unix_address_parse(text, &out->address, &out->address_len);
+    return out->numeric;
+  }
   if (parse_numeric(text, out)) return 1;
   const char *colon = strrchr(text, ':');
   if (colon == NULL || text[0] == '[' || (size_t)(colon - text) > MT_RESOLVE_HOST_MAX ||
@@ -84,4 +104,3 @@ int mt_resolve_parse(const char *text, mt_resolve_target *out) {
   if (inet_pton(AF_INET, out->host, probe) == 1) return 0;
   return host_name_valid(out->host) && port_valid(out->port);
 }
-

@@ -13,7 +13,7 @@ extern "C" {
 enum { MT_RESOLVE_HOST_MAX = 253 }; /* a DNS name's longest text form */
 
 /* A parsed "host:port": |numeric| when the host is an IP literal (then
- * |address| holds it with the port). */
+ * |address| holds it with the port) or the target is a Unix socket. */
 typedef struct {
   char host[MT_RESOLVE_HOST_MAX + 1];
   char port[6];
@@ -23,8 +23,14 @@ typedef struct {
 } mt_resolve_target;
 
 /* Parses "ip:port", "[ipv6]:port" or "name:port" (a DNS name of letters,
- * digits, '-' and '.', port 1..65535). Returns 1, or 0 when malformed. */
+ * digits, '-' and '.', port 1..65535), or a Unix domain socket
+ * "unix:/abs/path" / "unix:///abs/path" (|numeric|, no host or port).
+ * Returns 1, or 0 when malformed. */
 int mt_resolve_parse(const char *text, mt_resolve_target *out);
+
+/* "unix:/abs/path" or "unix:///abs/path" (shorter than sun_path) into a
+ * sockaddr_un in |out|. Returns 1, or 0 for anything else. */
+int mt_unix_address_parse(const char *text, struct sockaddr_storage *out, socklen_t *out_len);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -555,8 +556,7 @@ TEST_F(GrpcEndToEnd, AnUnresolvableNameIsUnavailableAndSaysSo) {
   // Either the resolver answered (no such name) or, with no DNS server
   // reachable, the lookup ran into the connect deadline; both name the host.
   EXPECT_TRUE(r.message.find("cannot resolve 'no-such-host.invalid'") != std::string::npos ||
-              r.message.find("resolving no-such-host.invalid:15012 timed out") !=
-                  std::string::npos)
+              r.message.find("resolving no-such-host.invalid:15012 timed out") != std::string::npos)
       << r.message;
   mt_grpc_client_free(named);
 }
@@ -571,9 +571,9 @@ TEST(GrpcTargets, NamesPortsAndLiteralsAreParsedStrictly) {
   EXPECT_TRUE(t.numeric);
   ASSERT_TRUE(mt_resolve_parse("10.96.0.12:15012", &t));
   EXPECT_TRUE(t.numeric);
-  for (const char *bad : {"mtls-ca", "mtls-ca:", "mtls-ca:0", "mtls-ca:65536", "mtls_ca:15012",
-                          "-x:1", "a..b:1", "10.0.0.1:99999", "[fd00::1]", ":15012",
-                          "mtls-ca:15012x"})
+  for (const char *bad :
+       {"mtls-ca", "mtls-ca:", "mtls-ca:0", "mtls-ca:65536", "mtls_ca:15012", "-x:1", "a..b:1",
+        "10.0.0.1:99999", "[fd00::1]", ":15012", "mtls-ca:15012x"})
     EXPECT_FALSE(mt_resolve_parse(bad, &t)) << bad;
 }
 
@@ -1195,3 +1195,188 @@ TEST_F(GrpcEndToEnd, HttpLevelRefusalsAreReportedToTheApplication) {
 }
 
 }  // namespace
+
+// ---- Unix domain sockets, plaintext HTTP/2 (the SPIFFE Workload API) ----
+
+// What a handler saw of the caller's credentials.
+struct CredSeen {
+  int calls = 0;
+  bool has_cred = false;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool pidfd_is_ours = false;
+  std::string peer_address;
+};
+
+void Cred(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
+  auto *seen = static_cast<CredSeen *>(arg);
+  seen->calls++;
+  seen->has_cred = req->peer_cred != nullptr;
+  seen->peer_address = req->peer_address;
+  if (req->peer_cred) {
+    seen->pid = req->peer_cred->pid;
+    seen->uid = req->peer_cred->uid;
+    seen->gid = req->peer_cred->gid;
+    // The pidfd names the caller: its fdinfo says "Pid:\t<pid>".
+    std::string info = "/proc/self/fdinfo/" + std::to_string(req->peer_cred->pidfd);
+    FILE *f = fopen(info.c_str(), "r");
+    char line[128];
+    while (f && fgets(line, sizeof(line), f))
+      if (strncmp(line, "Pid:", 4) == 0) seen->pidfd_is_ours = atol(line + 4) == getpid();
+    if (f) fclose(f);
+  }
+  mt_grpc_stream_send(stream, req->message, req->message_len);
+  mt_grpc_stream_finish(stream, MT_GRPC_OK, nullptr);
+}
+
+class GrpcUnixSocket : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    loop_ = ev_loop_new(EVFLAG_AUTO);
+    char tmpl[] = "/tmp/grpc-unix-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/api.sock";
+    target_ = "unix:" + path_;
+  }
+  void TearDown() override {
+    mt_grpc_client_free(client_);
+    mt_grpc_server_free(server_);
+    ev_loop_destroy(loop_);
+    unlink(path_.c_str());
+    unlink((dir_ + "/file").c_str());
+    rmdir(dir_.c_str());
+  }
+  mt_grpc_server *NewServer(const std::string &listen, unsigned mode = 0) {
+    mt_grpc_server_options o = {};
+    o.listen = listen.c_str();
+    o.unix_socket_mode = mode;
+    o.on_connection_error = OnConnectionError;
+    o.on_connection_error_arg = &errors_;
+    mt_grpc_server *s = mt_grpc_server_new(loop_, &o);
+    if (s) {
+      EXPECT_TRUE(mt_grpc_server_handle(s, "/test.Echo/Cred", Cred, &seen_));
+    }
+    return s;
+  }
+  mt_grpc_client *NewClient(const std::string &target) {
+    mt_grpc_client_options o = {};
+    o.target = target.c_str();
+    o.connect_timeout_ms = 2000;
+    return mt_grpc_client_new(loop_, &o);
+  }
+  bool RunUntil(const std::function<bool()> &done, double seconds = 5.0) {
+    ev_timer tick;
+    ev_timer_init(&tick, Tick, 0.01, 0.01);
+    ev_timer_start(loop_, &tick);
+    double end = ev_time() + seconds;
+    while (!done() && ev_time() < end) ev_run(loop_, EVRUN_ONCE);
+    ev_timer_stop(loop_, &tick);
+    return done();
+  }
+  CallResult Call(mt_grpc_client *client, const std::string &request) {
+    CallResult r;
+    EXPECT_NE(mt_grpc_client_start_call(client, "/test.Echo/Cred", nullptr, 0,
+                                        reinterpret_cast<const uint8_t *>(request.data()),
+                                        request.size(), 5000, &kHandlers, &r),
+              nullptr);
+    EXPECT_TRUE(RunUntil([&] { return r.closes > 0; }));
+    return r;
+  }
+
+  struct ev_loop *loop_ = nullptr;
+  std::string dir_, path_, target_;
+  mt_grpc_server *server_ = nullptr;
+  mt_grpc_client *client_ = nullptr;
+  CredSeen seen_;
+  ServerSide errors_;  // on_connection_error
+};
+
+TEST_F(GrpcUnixSocket, PlaintextCallCarriesTheCallersKernelCredentials) {
+  server_ = NewServer(target_, 0666);
+  ASSERT_NE(server_, nullptr) << strerror(errno);
+  EXPECT_EQ(mt_grpc_server_port(server_), 0);
+  struct stat st;
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0666u);
+  client_ = NewClient("unix://" + path_);  // the unix:///abs form
+  ASSERT_NE(client_, nullptr);
+  CallResult r = Call(client_, "hello");
+  EXPECT_EQ(r.status, MT_GRPC_OK) << r.message;
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0], "hello");
+  ASSERT_TRUE(seen_.has_cred);
+  EXPECT_EQ(seen_.pid, getpid());
+  EXPECT_EQ(seen_.uid, getuid());
+  EXPECT_EQ(seen_.gid, getgid());
+  EXPECT_TRUE(seen_.pidfd_is_ours);
+  EXPECT_EQ(seen_.peer_address, "pid " + std::to_string(getpid()) + " uid " +
+                                    std::to_string(getuid()) + " gid " + std::to_string(getgid()));
+  mt_grpc_server_free(server_);
+  server_ = nullptr;
+  EXPECT_NE(access(path_.c_str(), F_OK), 0) << "the socket file outlived its server";
+}
+
+TEST_F(GrpcUnixSocket, AStaleSocketIsReplacedALiveOneAndOtherFilesAreNot) {
+  // A socket file nobody listens on (a crashed agent's).
+  int stale = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_storage ss;
+  socklen_t len;
+  ASSERT_TRUE(mt_unix_address_parse(target_.c_str(), &ss, &len));
+  ASSERT_EQ(bind(stale, reinterpret_cast<sockaddr *>(&ss), len), 0);
+  close(stale);
+  server_ = NewServer(target_);
+  ASSERT_NE(server_, nullptr) << strerror(errno);
+  // A second server on the live socket is refused, and leaves it alone.
+  mt_grpc_server *second = NewServer(target_);
+  EXPECT_EQ(second, nullptr);
+  EXPECT_EQ(errno, EADDRINUSE);
+  client_ = NewClient(target_);
+  EXPECT_EQ(Call(client_, "still").status, MT_GRPC_OK);
+  // A regular file is never deleted to make room.
+  std::string file = dir_ + "/file";
+  FILE *f = fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  fclose(f);
+  EXPECT_EQ(NewServer("unix:" + file), nullptr);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(access(file.c_str(), F_OK), 0);
+}
+
+TEST_F(GrpcUnixSocket, PlaintextIsRefusedOverTcpOnBothSides) {
+  EXPECT_EQ(NewServer("127.0.0.1:0"), nullptr);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(NewClient("127.0.0.1:15012"), nullptr);
+  for (const char *bad : {"unix:", "unix:relative/path", "unix://host/path"})
+    EXPECT_EQ(NewClient(bad), nullptr) << bad;
+  std::string too_long = "unix:/" + std::string(120, 'a');
+  EXPECT_EQ(NewClient(too_long), nullptr);
+}
+
+TEST_F(GrpcUnixSocket, NoServerIsUnavailableWithThePath) {
+  client_ = NewClient(target_);
+  ASSERT_NE(client_, nullptr);
+  CallResult r = Call(client_, "x");
+  EXPECT_EQ(r.status, MT_GRPC_UNAVAILABLE);
+  EXPECT_NE(r.message.find(path_), std::string::npos) << r.message;
+}
+
+TEST_F(GrpcUnixSocket, AClientThatHangsUpEndsItsHeldStreamsAsCancelled) {
+  server_ = NewServer(target_);
+  ASSERT_NE(server_, nullptr);
+  ServerSide side;
+  ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Hold", Hold, &side));
+  client_ = NewClient(target_);
+  CallResult r;
+  ASSERT_NE(mt_grpc_client_start_call(client_, "/test.Echo/Hold", nullptr, 0, nullptr, 0, 0,
+                                      &kHandlers, &r),
+            nullptr);
+  ASSERT_TRUE(RunUntil([&] { return side.held.size() == 1; }));
+  mt_grpc_client_free(client_);
+  client_ = nullptr;
+  ASSERT_TRUE(RunUntil([&] { return side.closed == 1; }));
+  EXPECT_EQ(side.last_closed_why, MT_GRPC_CANCELLED);
+  EXPECT_TRUE(errors_.connection_errors.empty()) << errors_.connection_errors[0];
+}
