@@ -53,6 +53,9 @@ typedef struct {
   mt_cert_manager *m;
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* what we ask the CA for */
   int impersonate;                          /* node mode: on a workload's behalf */
+  /* An application SVID (the Workload API's): its own key, never the
+   * agent's; handed to sink.app_svid instead of the workers. */
+  int for_application;
   cm_state state;
   mt_ca_request *request;
   EVP_PKEY *pending_key; /* the key the request in flight certifies */
@@ -111,6 +114,8 @@ static void start_watch(mt_cert_manager *m);
 static void slot_dispose(cert_slot *slot);
 static void update_node_workloads(mt_cert_manager *m);
 static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id);
+static cert_slot *find_app_slot(const mt_cert_manager *m, const char *spiffe_id);
+static void tell_app_svid(cert_slot *slot);
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -275,8 +280,12 @@ static mt_identity *build_identity(cert_slot *slot, EVP_PKEY *key, X509 *leaf,
 
 /* Makes |id| (taken) the slot's served snapshot. */
 static void install_identity(cert_slot *slot, mt_identity *id) {
-  MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
-           mt_identity_serial(id), mt_mesh_version(mt_identity_mesh(id)));
+  if (slot->for_application)
+    MT_LOG_I("workload api: application certificate ready: %s serial %s", mt_identity_spiffe_id(id),
+             mt_identity_serial(id));
+  else
+    MT_LOG_I("identity ready: %s serial %s, mesh version %s", mt_identity_spiffe_id(id),
+             mt_identity_serial(id), mt_mesh_version(mt_identity_mesh(id)));
   /* The CA decides who we are (from the token); say so when that is not
    * what the config asked for, and use the granted ID from now on. */
   if (strcmp(slot->issued_id, mt_identity_spiffe_id(id)) != 0 &&
@@ -300,6 +309,7 @@ static int build_slot(cert_slot *slot) {
     MT_LOG_E("control plane: cannot serve the certificate issued for %s: %s", slot->spiffe_id, err);
     return 0;
   }
+  if (slot->for_application) mt_identity_allow_key_export(id);
   install_identity(slot, id);
   return 1;
 }
@@ -315,7 +325,8 @@ static void publish_all(mt_cert_manager *m) {
     return;
   }
   if (!m->config->node_mode) {
-    cert_slot *slot = m->slots[0];
+    cert_slot *slot = find_slot(m, m->config->spiffe_id);
+    if (slot == NULL) slot = m->slots[0]; /* the first slot is always ours */
     m->sink.publish(m->sink.arg, slot->serving ? mt_identity_ref(slot->identity) : NULL);
     return;
   }
@@ -338,8 +349,15 @@ static void publish_all(mt_cert_manager *m) {
 /* Trust or policy changed: rebuild every servable slot and publish. */
 static void rebuild_all(mt_cert_manager *m) {
   for (size_t i = 0; i < m->num_slots; i++)
-    if (m->slots[i]->serving) build_slot(m->slots[i]);
+    if (m->slots[i]->serving && build_slot(m->slots[i])) tell_app_svid(m->slots[i]);
   publish_all(m);
+}
+
+/* Application slots report to the Workload API, not to the workers. */
+static void tell_app_svid(cert_slot *slot) {
+  mt_cert_manager *m = slot->m;
+  if (!slot->for_application || m->sink.app_svid == NULL) return;
+  m->sink.app_svid(m->sink.arg, slot->spiffe_id, slot->serving ? slot->identity : NULL);
 }
 
 /* ---- certificate lifecycle ---------------------------------------------- */
@@ -470,10 +488,16 @@ static void on_ca_done(void *arg, mt_ca_result *r) {
     return;
   }
   take_certificate(slot, key, r);
+  if (slot->for_application) mt_identity_allow_key_export(id);
   install_identity(slot, id);
-  publish_all(m);
-  m->stats.certificates_issued++;
-  m->stats.last_issued_at = time(NULL);
+  if (slot->for_application) {
+    m->stats.app_svids_issued++;
+    tell_app_svid(slot);
+  } else {
+    publish_all(m);
+    m->stats.certificates_issued++;
+    m->stats.last_issued_at = time(NULL);
+  }
   schedule_renewal(slot);
 }
 
@@ -522,7 +546,10 @@ static void on_expiry(struct ev_loop *loop, ev_timer *t, int revents) {
       "connections until the CA answers",
       slot->spiffe_id);
   slot->serving = 0;
-  publish_all(slot->m);
+  if (slot->for_application)
+    tell_app_svid(slot);
+  else
+    publish_all(slot->m);
 }
 
 /* ---- mesh config stream -------------------------------------------------- */
@@ -774,10 +801,21 @@ static void slot_init(mt_cert_manager *m, cert_slot *slot, const char *spiffe_id
   slot->cert_timer.data = slot->expiry_timer.data = slot;
 }
 
-static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id) {
+static cert_slot *find_kind(const mt_cert_manager *m, const char *spiffe_id, int for_application) {
   for (size_t i = 0; i < m->num_slots; i++)
-    if (strcmp(m->slots[i]->spiffe_id, spiffe_id) == 0) return m->slots[i];
+    if (m->slots[i]->for_application == for_application &&
+        strcmp(m->slots[i]->spiffe_id, spiffe_id) == 0)
+      return m->slots[i];
   return NULL;
+}
+
+/* The agent's own certificate for |spiffe_id| (node mode: a workload's). */
+static cert_slot *find_slot(const mt_cert_manager *m, const char *spiffe_id) {
+  return find_kind(m, spiffe_id, 0);
+}
+
+static cert_slot *find_app_slot(const mt_cert_manager *m, const char *spiffe_id) {
+  return find_kind(m, spiffe_id, 1);
 }
 
 static cert_slot *add_slot(mt_cert_manager *m, const char *spiffe_id, int impersonate) {
@@ -841,7 +879,12 @@ static void reconcile_node_slots(mt_cert_manager *m) {
     size_t e = 0;
     while (e < m->num_entries && strcmp(m->entries[e].spiffe_id, slot->spiffe_id) != 0) e++;
     if (e == m->num_entries) {
-      MT_LOG_I("node workload identity %s is gone; dropping its certificate", slot->spiffe_id);
+      MT_LOG_I("node workload identity %s is gone; dropping its %scertificate", slot->spiffe_id,
+               slot->for_application ? "application " : "");
+      if (slot->for_application && slot->serving) {
+        slot->serving = 0;
+        tell_app_svid(slot);
+      }
       slot_dispose(slot);
       continue;
     }
@@ -956,6 +999,26 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   free(m->entries);
   mt_config_free(m->config);
   free(m);
+}
+
+mt_grpc_client *mt_cert_manager_grpc_client(mt_cert_manager *m) { return m->grpc; }
+
+int mt_cert_manager_want_app_svid(mt_cert_manager *m, const char *spiffe_id) {
+  if (find_app_slot(m, spiffe_id) != NULL) return 1;
+  /* Only an identity the agent serves itself: the CA would refuse others
+   * anyway, and a caller must not make us ask for arbitrary ones. */
+  if (find_slot(m, spiffe_id) == NULL) return 0;
+  cert_slot *slot = add_slot(m, spiffe_id, m->config->node_mode);
+  if (slot == NULL) return 0;
+  slot->for_application = 1;
+  MT_LOG_I("workload api: requesting an application certificate for %s", spiffe_id);
+  request_certificate(slot);
+  return 1;
+}
+
+mt_identity *mt_cert_manager_app_svid(const mt_cert_manager *m, const char *spiffe_id) {
+  const cert_slot *slot = find_app_slot(m, spiffe_id);
+  return slot != NULL && slot->serving ? slot->identity : NULL;
 }
 
 void mt_cert_manager_set_config(mt_cert_manager *m, mt_config *config) {

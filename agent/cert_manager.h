@@ -22,6 +22,7 @@
 #include "agent/destination_demand.h"
 #include "agent/identity.h"
 #include "agent/workloads.h"
+#include "grpc/client.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,6 +40,10 @@ typedef struct {
    * outlive the manager); the Watch stream then carries only those
    * destinations. NULL: every destination. */
   mt_demand *demand;
+  /* Optional: an application SVID (mt_cert_manager_want_app_svid) was
+   * issued, renewed, rebuilt with new trust bundles (|identity|, borrowed:
+   * take a reference to keep it), or expired or dropped (NULL). */
+  void (*app_svid)(void *arg, const char *spiffe_id, mt_identity *identity);
 } mt_cert_manager_sink;
 
 typedef struct mt_cert_manager mt_cert_manager;
@@ -50,6 +55,23 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
                                        const mt_cert_manager_sink *sink, char *err, size_t err_len);
 
 void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
+
+/* The gRPC client to the control plane (borrowed; lives as long as the
+ * manager), for other calls that authenticate like certificate requests. */
+mt_grpc_client *mt_cert_manager_grpc_client(mt_cert_manager *manager);
+
+/* Application SVIDs, for the SPIFFE Workload API: a certificate for
+ * |spiffe_id| with a key of its own (never the agent's), requested now and
+ * renewed like the agent's, node mode on the workload's behalf. Only for
+ * an identity the agent itself serves (sidecar: its own; node mode: a
+ * listed workload's); returns 0 otherwise or when out of memory. The
+ * certificate arrives through sink.app_svid; a node workload that goes
+ * away takes its application SVID with it. Idempotent. */
+int mt_cert_manager_want_app_svid(mt_cert_manager *manager, const char *spiffe_id);
+
+/* The current application SVID for |spiffe_id| (borrowed), or NULL when
+ * none is valid yet. */
+mt_identity *mt_cert_manager_app_svid(const mt_cert_manager *manager, const char *spiffe_id);
 
 /* A reloaded config: the static policy and destinations (used until the
  * Watch stream delivers), TLS and timeout settings. Connection settings of
@@ -95,16 +117,17 @@ enum { MT_CP_LAST_ERROR_MAX = 200 };
 /* What the admin endpoint reports; counters only grow. */
 typedef struct {
   uint64_t certificates_issued;  /* CA answers that became the served identity */
+  uint64_t app_svids_issued;     /* application SVIDs (Workload API) issued or renewed */
   uint64_t certificate_failures; /* requests that failed or gave an unusable answer */
   mt_watch_state watch_state;
-  uint64_t mesh_updates;      /* snapshots applied */
-  uint64_t mesh_deltas;       /* of mesh_updates: sent as deltas */
-  uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
-  uint64_t rules_reduced;     /* rules in force the control plane reduced for L4 (a gauge) */
-  uint64_t mesh_resyncs;      /* streams ended to get a complete snapshot */
+  uint64_t mesh_updates;        /* snapshots applied */
+  uint64_t mesh_deltas;         /* of mesh_updates: sent as deltas */
+  uint64_t mesh_rejected;       /* snapshots refused (the last good one stayed) */
+  uint64_t rules_reduced;       /* rules in force the control plane reduced for L4 (a gauge) */
+  uint64_t mesh_resyncs;        /* streams ended to get a complete snapshot */
   uint64_t destinations_wanted; /* destinations on demand: addresses asked for */
   uint64_t want_failures;       /* Want calls that failed */
-  int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
+  int has_mesh_config;          /* a snapshot arrived, or none will (disabled/unsupported) */
   uint64_t refusals[MT_CP_NUM_CALLS][MT_CP_NUM_REFUSALS];
   time_t last_issued_at; /* the last certificate put into service (0: none yet) */
   /* A served certificate whose renewal was due and has failed at least

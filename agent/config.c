@@ -39,7 +39,8 @@ enum {
   MAX_RULE_MATCHERS = 64,
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
   DEFAULT_INBOUND_CAPTURE_PORT = 15006,
-  DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
+  DEFAULT_JWT_SVID_TTL_S = 300, /* JWT-SVIDs are bearer tokens: short-lived */
+  DEFAULT_ADMIN_PORT = 15000,   /* Envoy's admin port: what operators reach for first */
   DEFAULT_NODE_POD_CIDRS_WAIT_S =
       180, /* a control plane rolled out with the agents starts meanwhile */
   MAX_NODE_POD_CIDRS_WAIT_S = 3600,
@@ -916,6 +917,57 @@ static int parse_admin(parse_ctx *pc, yaml_node_t *v, mt_config *c) {
   return 1;
 }
 
+/* ---- workload_api ------------------------------------------------------ */
+
+typedef struct {
+  const char *key;
+  unsigned *values;
+  size_t *count;
+} id_list_target;
+
+static int on_id(parse_ctx *pc, yaml_node_t *item, size_t i, void *target) {
+  id_list_target *t = target;
+  char name[64];
+  snprintf(name, sizeof(name), "workload_api.%s[]", t->key);
+  int id;
+  /* 0 (root) is a valid uid/gid, but never one to hand an identity to by
+   * accident: it must be listed deliberately like any other. */
+  if (!want_int(pc, item, name, 0, INT32_MAX, &id)) return 0;
+  t->values[i] = (unsigned)id;
+  *t->count = i + 1;
+  return 1;
+}
+
+static int want_id_list(parse_ctx *pc, yaml_node_t *v, const char *key, unsigned **values,
+                        size_t *count) {
+  free(*values);
+  *values = NULL;
+  *count = 0;
+  if (v->type != YAML_SEQUENCE_NODE)
+    return fail(pc, v, "'workload_api.%s' must be a list of numeric ids", key);
+  *values = alloc_for(pc, v, key, sizeof(unsigned));
+  id_list_target t = {key, *values, count};
+  return *values != NULL && each_item(pc, v, key, on_id, &t);
+}
+
+static int on_workload_api_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
+                               void *target) {
+  mt_config *c = target;
+  if (strcmp(key, "socket") == 0) {
+    if (!want_string(pc, v, key, &c->workload_api_socket)) return 0;
+    if (c->workload_api_socket[0] != '/' || strlen(c->workload_api_socket) >= 108)
+      return fail(pc, v, "'workload_api.socket' must be an absolute path shorter than 108 bytes");
+    return 1;
+  }
+  if (strcmp(key, "allowed_uids") == 0)
+    return want_id_list(pc, v, key, &c->workload_api_uids, &c->num_workload_api_uids);
+  if (strcmp(key, "allowed_gids") == 0)
+    return want_id_list(pc, v, key, &c->workload_api_gids, &c->num_workload_api_gids);
+  if (strcmp(key, "jwt_ttl_seconds") == 0)
+    return want_int(pc, v, key, 60, 86400, &c->workload_api_jwt_ttl_s);
+  return fail(pc, k, "unknown key 'workload_api.%s'", key);
+}
+
 /* ---- security --------------------------------------------------------- */
 
 static int on_security_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
@@ -978,6 +1030,8 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   if (strcmp(key, "interception") == 0) return parse_interception(pc, v, c);
   if (strcmp(key, "admin") == 0) return parse_admin(pc, v, c);
   if (strcmp(key, "security") == 0) return each_pair(pc, v, "security", on_security_key, c);
+  if (strcmp(key, "workload_api") == 0)
+    return each_pair(pc, v, "workload_api", on_workload_api_key, c);
   return fail(pc, k, "unknown key '%s'", key);
 }
 
@@ -1037,8 +1091,34 @@ static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   return 1;
 }
 
+/* The Workload API hands out application SVIDs the control plane issues
+ * (never the agent's own key), so it needs the control plane; in a pod it
+ * needs to know which local users are the application. */
+static int validate_workload_api(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
+  if (c->workload_api_socket == NULL) {
+    if (c->num_workload_api_uids || c->num_workload_api_gids || c->workload_api_jwt_ttl_s)
+      return fail(pc, root, "workload_api needs 'socket'");
+    return 1;
+  }
+  if (!c->has_control_plane)
+    return fail(pc, root,
+                "workload_api needs 'control_plane': application SVIDs are issued by the control "
+                "plane (the agent's own key is never handed out)");
+  if (c->node_mode && (c->num_workload_api_uids || c->num_workload_api_gids))
+    return fail(pc, root,
+                "workload_api.allowed_uids/allowed_gids are for sidecar mode; in node mode a "
+                "caller is identified by the pod its process runs in");
+  if (!c->node_mode && c->num_workload_api_uids == 0 && c->num_workload_api_gids == 0)
+    return fail(pc, root,
+                "workload_api needs 'allowed_uids' or 'allowed_gids': the local users that are "
+                "the application (nobody else gets the pod's identity)");
+  if (c->workload_api_jwt_ttl_s == 0) c->workload_api_jwt_ttl_s = DEFAULT_JWT_SVID_TTL_S;
+  return 1;
+}
+
 static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
+  if (!validate_workload_api(pc, c, root)) return 0;
   if (c->interception.node_pod_cidrs_from_cp && (!c->has_control_plane || c->cp_token_file == NULL))
     return fail(pc, root,
                 "interception.node_pod_cidrs: " NODE_POD_CIDRS_FROM_CP
@@ -1211,6 +1291,9 @@ void mt_config_free(mt_config *c) {
   }
   free(c->node_workloads);
   free(c->node_name);
+  free(c->workload_api_socket);
+  free(c->workload_api_uids);
+  free(c->workload_api_gids);
   free(c);
 }
 
@@ -1369,15 +1452,14 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
       {"max_connections", o->max_connections != n->max_connections},
       {"access_log", str_differs(o->access_log, n->access_log)},
       {"identity.spiffe_id", str_differs(o->spiffe_id, n->spiffe_id)},
-      {"control_plane", o->has_control_plane != n->has_control_plane ||
-                            str_differs(o->cp_address, n->cp_address) ||
-                            str_differs(o->cp_root_file, n->cp_root_file) ||
-                            str_differs(o->cp_spiffe_id, n->cp_spiffe_id) ||
-                            str_differs(o->cp_token_file, n->cp_token_file) ||
-                            str_differs(o->cp_cluster_id, n->cp_cluster_id) ||
-                            str_differs(o->cp_node_id, n->cp_node_id) ||
-                            o->cp_cert_ttl_s != n->cp_cert_ttl_s || o->cp_watch != n->cp_watch ||
-                            o->cp_on_demand != n->cp_on_demand},
+      {"control_plane",
+       o->has_control_plane != n->has_control_plane || str_differs(o->cp_address, n->cp_address) ||
+           str_differs(o->cp_root_file, n->cp_root_file) ||
+           str_differs(o->cp_spiffe_id, n->cp_spiffe_id) ||
+           str_differs(o->cp_token_file, n->cp_token_file) ||
+           str_differs(o->cp_cluster_id, n->cp_cluster_id) ||
+           str_differs(o->cp_node_id, n->cp_node_id) || o->cp_cert_ttl_s != n->cp_cert_ttl_s ||
+           o->cp_watch != n->cp_watch || o->cp_on_demand != n->cp_on_demand},
       /* With a control plane the bundles are loaded once, by the cert manager. */
       {"trust_bundles", o->has_control_plane && bundles_differ(o, n)},
       {"inbound.listeners", listeners_differ(o->inbound_listeners, o->num_inbound_listeners,
@@ -1386,6 +1468,15 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
                                               n->outbound_listeners, n->num_outbound_listeners)},
       /* The filter is installed once, at start, and cannot be lifted. */
       {"security.seccomp", o->seccomp != n->seccomp},
+      {"workload_api",
+       str_differs(o->workload_api_socket, n->workload_api_socket) ||
+           o->num_workload_api_uids != n->num_workload_api_uids ||
+           o->num_workload_api_gids != n->num_workload_api_gids ||
+           (o->num_workload_api_uids && memcmp(o->workload_api_uids, n->workload_api_uids,
+                                               o->num_workload_api_uids * sizeof(unsigned)) != 0) ||
+           (o->num_workload_api_gids && memcmp(o->workload_api_gids, n->workload_api_gids,
+                                               o->num_workload_api_gids * sizeof(unsigned)) != 0) ||
+           o->workload_api_jwt_ttl_s != n->workload_api_jwt_ttl_s},
       {"admin", o->admin_enabled != n->admin_enabled ||
                     addr_differs(&o->admin_address, &n->admin_address) ||
                     o->has_admin_telemetry_address != n->has_admin_telemetry_address ||

@@ -69,7 +69,6 @@ typedef struct {
   char *file;
 } mt_trust_bundle_config;
 
-
 /* A port list that may instead be "*" (every port). */
 typedef struct {
   int all;
@@ -200,6 +199,16 @@ typedef struct {
   mt_node_workload_config *node_workloads;
   size_t num_node_workloads;
 
+  /* workload_api: the SPIFFE Workload API served to the applications of
+   * the pod (sidecar) or of the node's pods (node mode); workload_api.h. */
+  char *workload_api_socket; /* absolute path; NULL = not served */
+  /* Sidecar mode: callers admitted by uid or by gid (nothing = nobody). */
+  unsigned *workload_api_uids;
+  size_t num_workload_api_uids;
+  unsigned *workload_api_gids;
+  size_t num_workload_api_gids;
+  int workload_api_jwt_ttl_s; /* JWT-SVID lifetime asked of the control plane */
+
   /* security: what the running agent may still do (agent/sandbox.h). */
   mt_seccomp_mode seccomp;
 
@@ -225,7 +234,6 @@ int mt_config_restart_changes(const mt_config *old, const mt_config *next, char 
 
 /* "trust_domain", "deny" or "passthrough", as the config spells it. */
 const char *mt_unknown_destination_str(mt_unknown_dest_mode mode);
-
 
 /* Room for any mt_sockaddr_format text: "[" v6 "]:" port. */
 enum { MT_SOCKADDR_TEXT_MAX = 64 };

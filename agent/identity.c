@@ -2,6 +2,8 @@
 #include "agent/identity.h"
 
 #include <openssl/asn1.h>
+#include <openssl/bytestring.h>
+#include <openssl/evp.h>
 #include <openssl/mem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -39,6 +41,7 @@ struct mt_identity {
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
   char serial[MT_SERIAL_HEX_MAX + 1];
   time_t not_after;
+  int key_exportable; /* an application SVID's: the Workload API may hand it out */
 };
 
 mt_trust *mt_trust_new(void) { return calloc(1, sizeof(mt_trust)); }
@@ -198,5 +201,20 @@ const mt_mesh *mt_identity_mesh(const mt_identity *id) { return id->mesh; }
 const char *mt_identity_spiffe_id(const mt_identity *id) { return id->spiffe_id; }
 const char *mt_identity_serial(const mt_identity *id) { return id->serial; }
 time_t mt_identity_not_after(const mt_identity *id) { return id->not_after; }
+void mt_identity_allow_key_export(mt_identity *id) { id->key_exportable = 1; }
+
+int mt_identity_export_key(const mt_identity *id, uint8_t **der, size_t *len) {
+  *der = NULL;
+  *len = 0;
+  if (!id->key_exportable) return 0;
+  CBB cbb;
+  if (!CBB_init(&cbb, 0) || !EVP_marshal_private_key(&cbb, id->key) ||
+      !CBB_finish(&cbb, der, len)) {
+    CBB_cleanup(&cbb);
+    return 0;
+  }
+  return 1;
+}
+
 X509 *mt_identity_leaf(const mt_identity *id) { return id->leaf; }
 const STACK_OF(X509) * mt_identity_chain(const mt_identity *id) { return id->chain; }

@@ -70,6 +70,17 @@ time_t mt_identity_not_after(const mt_identity *id);
 X509 *mt_identity_leaf(const mt_identity *id);
 const STACK_OF(X509) * mt_identity_chain(const mt_identity *id);
 
+/* ---- application SVIDs (the SPIFFE Workload API) ----
+ * The agent's own key never leaves the process. A snapshot built for an
+ * application (its own key, issued for it: cert_manager's application
+ * SVIDs) is marked exportable by its builder before it is shared; only such
+ * a snapshot's key can be exported. */
+void mt_identity_allow_key_export(mt_identity *id);
+/* The private key as unencrypted PKCS#8 DER into |*der| (the caller
+ * OPENSSL_free()s it, after OPENSSL_cleanse). Returns 1, or 0 (nothing
+ * allocated) for a snapshot not marked exportable or when out of memory. */
+int mt_identity_export_key(const mt_identity *id, uint8_t **der, size_t *len);
+
 #ifdef __cplusplus
 }
 #endif

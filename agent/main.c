@@ -19,6 +19,7 @@
 #include "agent/redirect.h"
 #include "agent/sandbox.h"
 #include "agent/worker.h"
+#include "agent/workload_api.h"
 
 #define MTLSD_VERSION "0.1.0"
 
@@ -34,8 +35,9 @@ typedef struct {
   mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
   mt_demand *demand;             /* destinations on demand; NULL: not configured */
   mt_admin *admin;
-  mt_identity *identity;   /* what the workers currently serve; NULL = none */
-  mt_workloads *workloads; /* node mode: what the workers currently serve */
+  mt_workload_api *workload_api; /* workload_api.socket; NULL: not served */
+  mt_identity *identity;         /* what the workers currently serve; NULL = none */
+  mt_workloads *workloads;       /* node mode: what the workers currently serve */
   uint64_t files_stamp, failed_stamp;
   uint64_t config_stamp, config_failed_stamp;
   ev_timer reload_timer; /* polls the config file (and certificate files) */
@@ -60,6 +62,7 @@ static void usage(FILE *out) {
 
 static void publish(agent *a, mt_identity *identity) {
   mt_workers_publish_identity(a->workers, identity);
+  if (a->workload_api != NULL) mt_workload_api_set_identity(a->workload_api, identity);
   mt_identity_unref(a->identity);
   a->identity = identity;
 }
@@ -101,8 +104,14 @@ static void on_cert_manager_publish(void *arg, mt_identity *identity) { publish(
 static void on_cert_manager_workloads(void *arg, mt_workloads *table) {
   agent *a = arg;
   mt_workers_publish_workloads(a->workers, table);
+  if (a->workload_api != NULL) mt_workload_api_set_workloads(a->workload_api, table);
   mt_workloads_unref(a->workloads);
   a->workloads = table;
+}
+
+static void on_cert_manager_app_svid(void *arg, const char *spiffe_id, mt_identity *svid) {
+  agent *a = arg;
+  if (a->workload_api != NULL) mt_workload_api_app_svid(a->workload_api, spiffe_id, svid);
 }
 
 static int refuse_reload(agent *a, uint64_t stamp, char *msg, size_t msg_len) {
@@ -321,6 +330,7 @@ static int start_admin(agent *a, char *err, size_t err_len) {
 static void stop_agent(agent *a) {
   if (a->draining) ev_timer_stop(a->loop, &a->drain_poll);
   mt_admin_free(a->admin);
+  mt_workload_api_free(a->workload_api); /* before the manager it asks */
   mt_cert_manager_free(a->cert_manager);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);
   mt_demand_free(a->demand); /* after the workers that ask and the manager that sends */
@@ -386,10 +396,10 @@ static void raise_descriptor_limit(const mt_config *config) {
   }
   rlim_t needed = (rlim_t)config->max_connections * 2 + DESCRIPTOR_HEADROOM;
   if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < needed)
-    MT_LOG_W("open file limit is %llu; max_connections %d needs about %llu (two per connection); "
-             "beyond the limit new connections wait in the listen backlog",
-             (unsigned long long)lim.rlim_cur, config->max_connections,
-             (unsigned long long)needed);
+    MT_LOG_W(
+        "open file limit is %llu; max_connections %d needs about %llu (two per connection); "
+        "beyond the limit new connections wait in the listen backlog",
+        (unsigned long long)lim.rlim_cur, config->max_connections, (unsigned long long)needed);
 }
 
 static int run(const char *path) {
@@ -433,10 +443,14 @@ static int run(const char *path) {
     ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
   }
   if (ok && config->has_control_plane) {
-    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a,
-                                 a.demand};
+    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a, a.demand,
+                                 on_cert_manager_app_svid};
     a.cert_manager = mt_cert_manager_start(a.loop, config, &sink, err, sizeof(err));
     ok = a.cert_manager != NULL;
+  }
+  if (ok && config->workload_api_socket != NULL) {
+    a.workload_api = mt_workload_api_start(a.loop, config, a.cert_manager, err, sizeof(err));
+    ok = a.workload_api != NULL;
   }
   ok = ok && lock_sandbox(config, err, sizeof(err));
   int rc = 1;

@@ -61,6 +61,8 @@ static const int allowed[] = {
     SCMP_SYS(faccessat),
     SCMP_SYS(faccessat2),
     SCMP_SYS(getdents64),
+    SCMP_SYS(unlink), /* the Workload API's socket file, removed at stop */
+    SCMP_SYS(unlinkat),
     /* Memory: malloc, thread stacks, mem_trim's malloc_trim (madvise). */
     SCMP_SYS(mmap),
     SCMP_SYS(munmap),
@@ -135,14 +137,8 @@ static const int allowed[] = {
  * /proc/self/{maps,task} and names its threads. */
 static const int allowed_asan[] = {
     SCMP_SYS(getdents), /* the sanitizer runtime's own directory reads */
-    SCMP_SYS(ptrace),
-    SCMP_SYS(wait4),
-    SCMP_SYS(prctl),
-    SCMP_SYS(getppid),
-    SCMP_SYS(kill),
-    SCMP_SYS(sched_getparam),
-    SCMP_SYS(getrlimit),
-    SCMP_SYS(prlimit64),
+    SCMP_SYS(ptrace),   SCMP_SYS(wait4),          SCMP_SYS(prctl),     SCMP_SYS(getppid),
+    SCMP_SYS(kill),     SCMP_SYS(sched_getparam), SCMP_SYS(getrlimit), SCMP_SYS(prlimit64),
 };
 #endif
 

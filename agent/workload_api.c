@@ -1,0 +1,398 @@
+/* workload_api.c: the Workload API server: attestation, calls, streams. */
+#include "agent/workload_api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/mem.h>
+#include <openssl/sha.h>
+
+#include "agent/log.h"
+#include "agent/svid.h"
+#include "agent/workload_api_response.h"
+#include "grpc/server.h"
+
+enum {
+  SOCKET_MODE = 0666,            /* anyone may connect; attestation decides per call */
+  MAX_REQUEST_BYTES = 64 * 1024, /* the requests are tiny; a token is at most 16 KiB */
+  MAX_CONNECTIONS = 256,
+  MAX_STREAMS_PER_CONNECTION = 16,
+  /* Unread responses one stream may hold: several full SVID responses.
+   * Beyond it the client is not reading; it is cut off. */
+  MAX_UNREAD_BYTES = 512 * 1024,
+  MAX_OPEN_STREAMS = 1024,
+  WHY_MAX = 512,
+};
+
+typedef struct wl_stream wl_stream;
+
+struct mt_workload_api {
+  struct ev_loop *loop;
+  mt_config *config; /* owned reference */
+  mt_cert_manager *manager;
+  mt_grpc_server *server;
+  mt_identity *identity;   /* sidecar: what the agent serves (owned reference) */
+  mt_workloads *workloads; /* node mode: the pods (owned reference) */
+  wl_stream *streams;
+  mt_workload_api_stats stats;
+};
+
+/* One open streaming call. */
+struct wl_stream {
+  mt_workload_api *api;
+  mt_grpc_stream *stream;
+  mt_wl_method method;
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* the caller's, as attested */
+  char caller[64];                          /* "pid P uid U gid G", for logs */
+  uint8_t last_sent[SHA256_DIGEST_LENGTH];  /* digest of the last message sent */
+  int sent_any;
+  wl_stream *prev, *next;
+};
+
+/* ---- attestation --------------------------------------------------------- */
+
+static int listed(const unsigned *ids, size_t n, unsigned id) {
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] == id) return 1;
+  return 0;
+}
+
+static void format_ids(const unsigned *ids, size_t n, char *out, size_t out_len) {
+  size_t pos = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < n && pos + 12 < out_len; i++)
+    pos += (size_t)snprintf(out + pos, out_len - pos, "%s%u", i ? ", " : "", ids[i]);
+}
+
+/* Sidecar: the pod's identity, for the configured local users only. */
+static int attest_sidecar(const mt_workload_api *api, const mt_grpc_peer_cred *cred,
+                          char *spiffe_id, size_t id_len, char *why, size_t why_len) {
+  const mt_config *c = api->config;
+  if (!listed(c->workload_api_uids, c->num_workload_api_uids, (unsigned)cred->uid) &&
+      !listed(c->workload_api_gids, c->num_workload_api_gids, (unsigned)cred->gid)) {
+    char uids[128], gids[128];
+    format_ids(c->workload_api_uids, c->num_workload_api_uids, uids, sizeof(uids));
+    format_ids(c->workload_api_gids, c->num_workload_api_gids, gids, sizeof(gids));
+    snprintf(why, why_len,
+             "uid %lu gid %lu is not in workload_api.allowed_uids [%s] or allowed_gids [%s]",
+             (unsigned long)cred->uid, (unsigned long)cred->gid, uids, gids);
+    return 0;
+  }
+  snprintf(spiffe_id, id_len, "%s", c->spiffe_id);
+  return 1;
+}
+
+static int attest_node(const mt_workload_api *api, const mt_grpc_peer_cred *cred, char *spiffe_id,
+                       size_t id_len, char *why, size_t why_len) {
+  (void)api;
+  (void)cred;
+  (void)spiffe_id;
+  (void)id_len;
+  snprintf(why, why_len, "node mode attestation is not available yet");
+  return 0;
+}
+
+/* Who the caller is: its SPIFFE ID, or 0 with why not. */
+static int attest(const mt_workload_api *api, const mt_grpc_request *req, char *spiffe_id,
+                  size_t id_len, char *why, size_t why_len) {
+  if (req->peer_cred == NULL) {
+    snprintf(why, why_len, "the caller's credentials are unknown");
+    return 0;
+  }
+  return api->config->node_mode
+             ? attest_node(api, req->peer_cred, spiffe_id, id_len, why, why_len)
+             : attest_sidecar(api, req->peer_cred, spiffe_id, id_len, why, why_len);
+}
+
+/* ---- what callers are sent ---------------------------------------------- */
+
+/* The trust bundles the agent uses for |spiffe_id| now (borrowed), or NULL
+ * before it has any. */
+static const mt_trust *trust_for(const mt_workload_api *api, const char *spiffe_id) {
+  if (!api->config->node_mode) return api->identity ? mt_identity_trust(api->identity) : NULL;
+  for (size_t i = 0; api->workloads != NULL && i < mt_workloads_count(api->workloads); i++) {
+    mt_identity *id = mt_workloads_identity_at(api->workloads, i);
+    if (id != NULL && strcmp(mt_workloads_spiffe_id_at(api->workloads, i), spiffe_id) == 0)
+      return mt_identity_trust(id);
+  }
+  return NULL;
+}
+
+static void count_call(mt_workload_api *api, mt_wl_method method, mt_grpc_status status) {
+  if (method < MT_WL_NUM_METHODS && (int)status >= 0 && status <= MT_GRPC_STATUS_MAX)
+    api->stats.calls[method][status]++;
+}
+
+static void stream_unlink(wl_stream *s) {
+  mt_workload_api *api = s->api;
+  if (s->prev) s->prev->next = s->next;
+  if (s->next) s->next->prev = s->prev;
+  if (api->streams == s) api->streams = s->next;
+  api->stats.streams--;
+}
+
+/* Ends a stream from our side and forgets it. */
+static void stream_finish(wl_stream *s, mt_grpc_status status, const char *message) {
+  count_call(s->api, s->method, status);
+  mt_grpc_stream_finish(s->stream, status, message);
+  stream_unlink(s);
+  free(s);
+}
+
+/* Sends |msg| unless it is what the stream was last sent. A client that
+ * has let MAX_UNREAD_BYTES pile up is not reading: cut it off. */
+static void stream_send(wl_stream *s, uint8_t *msg, size_t len) {
+  uint8_t digest[SHA256_DIGEST_LENGTH];
+  SHA256(msg, len, digest);
+  if (s->sent_any && memcmp(digest, s->last_sent, sizeof(digest)) == 0) return;
+  mt_grpc_send_result r = mt_grpc_stream_send(s->stream, msg, len);
+  if (r == MT_GRPC_SEND_OK) {
+    memcpy(s->last_sent, digest, sizeof(digest));
+    s->sent_any = 1;
+    if (s->method == MT_WL_FETCH_X509_SVID)
+      s->api->stats.x509_svid_updates++;
+    else
+      s->api->stats.bundle_updates++;
+    return;
+  }
+  if (r == MT_GRPC_SEND_QUEUE_FULL) {
+    s->api->stats.slow_readers++;
+    MT_LOG_W("workload api: %s from %s: the client is not reading its stream; closing it",
+             mt_wl_method_name(s->method), s->caller);
+    stream_finish(s, MT_GRPC_RESOURCE_EXHAUSTED, "the client is not reading its stream");
+    return;
+  }
+  stream_finish(s, MT_GRPC_INTERNAL, "cannot queue the response");
+}
+
+/* Sends what the stream's method has for its caller now, if anything. */
+static void stream_refresh(wl_stream *s) {
+  mt_workload_api *api = s->api;
+  uint8_t *msg = NULL;
+  size_t len = 0;
+  int ok = 0;
+  if (s->method == MT_WL_FETCH_X509_SVID) {
+    mt_identity *svid = mt_cert_manager_app_svid(api->manager, s->spiffe_id);
+    if (svid == NULL) return; /* not issued yet (or expired): the stream waits */
+    ok = mt_wl_encode_x509_svid(svid, &msg, &len);
+  } else if (s->method == MT_WL_FETCH_X509_BUNDLES) {
+    const mt_trust *trust = trust_for(api, s->spiffe_id);
+    if (trust == NULL) return;
+    ok = mt_wl_encode_x509_bundles(trust, &msg, &len);
+  } else {
+    return;
+  }
+  if (!ok) {
+    stream_finish(s, MT_GRPC_INTERNAL, "cannot encode the response");
+    return;
+  }
+  stream_send(s, msg, len); /* may free |s| */
+  OPENSSL_cleanse(msg, len);
+  free(msg);
+}
+
+static void refresh_streams(mt_workload_api *api, mt_wl_method method, const char *spiffe_id) {
+  for (wl_stream *s = api->streams, *next; s != NULL; s = next) {
+    next = s->next; /* refresh may end |s| */
+    if (s->method == method && (spiffe_id == NULL || strcmp(s->spiffe_id, spiffe_id) == 0))
+      stream_refresh(s);
+  }
+}
+
+/* ---- calls --------------------------------------------------------------- */
+
+static void on_stream_closed(void *arg, mt_grpc_status why) {
+  wl_stream *s = arg;
+  count_call(s->api, s->method, why);
+  stream_unlink(s);
+  free(s);
+}
+
+static void refuse(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
+                   mt_wl_method method, mt_grpc_status status, const char *why) {
+  if (status == MT_GRPC_PERMISSION_DENIED) api->stats.attestation_failures++;
+  MT_LOG_W("workload api: %s from %s refused (%s): %s", mt_wl_method_name(method),
+           req->peer_address, mt_grpc_status_name(status), why);
+  count_call(api, method, status);
+  mt_grpc_stream_finish(stream, status, why);
+}
+
+static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
+                        mt_wl_method method, const char *spiffe_id) {
+  if (api->stats.streams >= MAX_OPEN_STREAMS) {
+    refuse(api, stream, req, method, MT_GRPC_RESOURCE_EXHAUSTED, "too many open streams");
+    return;
+  }
+  wl_stream *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    refuse(api, stream, req, method, MT_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  s->api = api;
+  s->stream = stream;
+  s->method = method;
+  snprintf(s->spiffe_id, sizeof(s->spiffe_id), "%s", spiffe_id);
+  snprintf(s->caller, sizeof(s->caller), "%s", req->peer_address);
+  s->next = api->streams;
+  if (api->streams) api->streams->prev = s;
+  api->streams = s;
+  api->stats.streams++;
+  mt_grpc_stream_set_on_closed(stream, on_stream_closed, s);
+  MT_LOG_D("workload api: %s from %s as %s", mt_wl_method_name(method), req->peer_address,
+           spiffe_id);
+  stream_refresh(s);
+}
+
+static void handle(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
+                   mt_wl_method method) {
+  char why[WHY_MAX];
+  mt_wl_request decoded;
+  mt_grpc_status status = mt_wl_request_decode(method, req->metadata, req->metadata_count,
+                                               req->message, req->message_len, &decoded, why);
+  if (status != MT_GRPC_OK) {
+    refuse(api, stream, req, method, status, why);
+    return;
+  }
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
+  if (!attest(api, req, spiffe_id, sizeof(spiffe_id), why, sizeof(why))) {
+    refuse(api, stream, req, method, MT_GRPC_PERMISSION_DENIED, why);
+    mt_wl_request_clear(&decoded);
+    return;
+  }
+  switch (method) {
+    case MT_WL_FETCH_X509_SVID:
+      if (!mt_cert_manager_want_app_svid(api->manager, spiffe_id)) {
+        snprintf(why, sizeof(why), "no identity for %.400s on this agent", spiffe_id);
+        refuse(api, stream, req, method, MT_GRPC_PERMISSION_DENIED, why);
+        break;
+      }
+      open_stream(api, stream, req, method, spiffe_id);
+      break;
+    case MT_WL_FETCH_X509_BUNDLES: open_stream(api, stream, req, method, spiffe_id); break;
+    case MT_WL_FETCH_JWT_SVID:
+    case MT_WL_FETCH_JWT_BUNDLES:
+    case MT_WL_VALIDATE_JWT_SVID:
+    case MT_WL_NUM_METHODS:
+      refuse(api, stream, req, method, MT_GRPC_UNIMPLEMENTED, "JWT-SVIDs are not served yet");
+      break;
+  }
+  mt_wl_request_clear(&decoded);
+}
+
+#define HANDLER(fn, method)                                                       \
+  static void fn(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) { \
+    handle(arg, stream, req, method);                                             \
+  }
+HANDLER(on_fetch_x509_svid, MT_WL_FETCH_X509_SVID)
+HANDLER(on_fetch_x509_bundles, MT_WL_FETCH_X509_BUNDLES)
+HANDLER(on_fetch_jwt_svid, MT_WL_FETCH_JWT_SVID)
+HANDLER(on_fetch_jwt_bundles, MT_WL_FETCH_JWT_BUNDLES)
+HANDLER(on_validate_jwt_svid, MT_WL_VALIDATE_JWT_SVID)
+#undef HANDLER
+
+static void on_connection_error(void *arg, const char *peer, const char *what) {
+  (void)arg;
+  MT_LOG_W("workload api: connection from %s: %s", peer, what);
+}
+
+static void on_call_refused(void *arg, const char *peer, const char *path, mt_grpc_status status,
+                            const char *message) {
+  (void)arg;
+  MT_LOG_W("workload api: call %s from %s refused (%s): %s", path, peer,
+           mt_grpc_status_name(status), message);
+}
+
+/* ---- public API ---------------------------------------------------------- */
+
+mt_workload_api *mt_workload_api_start(struct ev_loop *loop, mt_config *config,
+                                       mt_cert_manager *manager, char *err, size_t err_len) {
+  mt_workload_api *api = calloc(1, sizeof(*api));
+  if (api == NULL) {
+    snprintf(err, err_len, "out of memory");
+    return NULL;
+  }
+  api->loop = loop;
+  api->config = mt_config_ref(config);
+  api->manager = manager;
+  char listen[sizeof("unix:") + 108];
+  snprintf(listen, sizeof(listen), "unix:%s", config->workload_api_socket);
+  mt_grpc_server_options o;
+  memset(&o, 0, sizeof(o));
+  o.listen = listen;
+  o.unix_socket_mode = SOCKET_MODE;
+  o.max_message_bytes = MAX_REQUEST_BYTES;
+  o.max_connections = MAX_CONNECTIONS;
+  o.max_concurrent_streams = MAX_STREAMS_PER_CONNECTION;
+  o.max_send_queue_bytes = MAX_UNREAD_BYTES;
+  o.on_connection_error = on_connection_error;
+  o.on_call_refused = on_call_refused;
+  api->server = mt_grpc_server_new(loop, &o);
+  if (api->server == NULL) {
+    snprintf(err, err_len, "workload_api.socket %s: %s", config->workload_api_socket,
+             errno == EADDRINUSE ? "another process is serving there" : strerror(errno));
+    mt_workload_api_free(api);
+    return NULL;
+  }
+  static const struct {
+    mt_wl_method method;
+    mt_grpc_handler_fn fn;
+  } routes[] = {
+      {MT_WL_FETCH_X509_SVID, on_fetch_x509_svid},
+      {MT_WL_FETCH_X509_BUNDLES, on_fetch_x509_bundles},
+      {MT_WL_FETCH_JWT_SVID, on_fetch_jwt_svid},
+      {MT_WL_FETCH_JWT_BUNDLES, on_fetch_jwt_bundles},
+      {MT_WL_VALIDATE_JWT_SVID, on_validate_jwt_svid},
+  };
+  for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+    if (!mt_grpc_server_handle(api->server, mt_wl_method_path(routes[i].method), routes[i].fn,
+                               api)) {
+      snprintf(err, err_len, "out of memory");
+      mt_workload_api_free(api);
+      return NULL;
+    }
+  MT_LOG_I("workload api: serving the SPIFFE Workload API on %s (%s)", config->workload_api_socket,
+           config->node_mode ? "callers identified by their pod's network namespace"
+                             : "callers identified by uid/gid");
+  return api;
+}
+
+void mt_workload_api_free(mt_workload_api *api) {
+  if (api == NULL) return;
+  /* Streams hear UNAVAILABLE through on_closed while the server goes. */
+  mt_grpc_server_free(api->server);
+  while (api->streams) {
+    wl_stream *s = api->streams;
+    stream_unlink(s);
+    free(s);
+  }
+  mt_identity_unref(api->identity);
+  mt_workloads_unref(api->workloads);
+  mt_config_free(api->config);
+  free(api);
+}
+
+void mt_workload_api_set_identity(mt_workload_api *api, mt_identity *identity) {
+  if (identity != NULL) mt_identity_ref(identity);
+  mt_identity_unref(api->identity);
+  api->identity = identity;
+  refresh_streams(api, MT_WL_FETCH_X509_BUNDLES, NULL);
+}
+
+void mt_workload_api_set_workloads(mt_workload_api *api, mt_workloads *table) {
+  if (table != NULL) mt_workloads_ref(table);
+  mt_workloads_unref(api->workloads);
+  api->workloads = table;
+  refresh_streams(api, MT_WL_FETCH_X509_BUNDLES, NULL);
+}
+
+void mt_workload_api_app_svid(mt_workload_api *api, const char *spiffe_id, mt_identity *svid) {
+  if (svid == NULL)
+    MT_LOG_W("workload api: no valid application certificate for %s; its streams wait", spiffe_id);
+  refresh_streams(api, MT_WL_FETCH_X509_SVID, spiffe_id);
+}
+
+void mt_workload_api_get_stats(const mt_workload_api *api, mt_workload_api_stats *out) {
+  *out = api->stats;
+}
