@@ -164,6 +164,47 @@ static void render_control_plane_metrics(const mt_admin_view *v, mt_text *out) {
   render_control_plane_health(v, out);
 }
 
+/* The SPIFFE Workload API served to the applications (workload_api.h). */
+static void render_workload_api_metrics(const mt_admin_view *v, mt_text *out) {
+  const mt_workload_api_stats *w = v->workload_api;
+  if (w == NULL) return;
+  metric_header(out, "mtlsd_workload_api_calls_total", "counter",
+                "Workload API calls by method and final gRPC status (a stream counts when it "
+                "ends).");
+  for (int m = 0; m < MT_WL_NUM_METHODS; m++)
+    for (int code = 0; code <= MT_GRPC_STATUS_MAX; code++)
+      if (code == MT_GRPC_OK || w->calls[m][code] != 0)
+        mt_text_printf(out, "mtlsd_workload_api_calls_total{method=\"%s\",code=\"%s\"} %llu\n",
+                       mt_wl_method_name((mt_wl_method)m), mt_grpc_status_name(code),
+                       (unsigned long long)w->calls[m][code]);
+  metric_header(out, "mtlsd_workload_api_streams", "gauge",
+                "Workload API streams open now (FetchX509SVID, FetchX509Bundles, "
+                "FetchJWTBundles).");
+  mt_text_printf(out, "mtlsd_workload_api_streams %llu\n", (unsigned long long)w->streams);
+  const struct {
+    const char *name, *help;
+    uint64_t value;
+  } counters[] = {
+      {"mtlsd_workload_api_attestation_failures_total",
+       "Workload API callers refused PERMISSION_DENIED (not admitted, or no identity).",
+       w->attestation_failures},
+      {"mtlsd_workload_api_x509_svid_updates_total", "FetchX509SVID messages sent.",
+       w->x509_svid_updates},
+      {"mtlsd_workload_api_bundle_updates_total",
+       "FetchX509Bundles and FetchJWTBundles messages sent.", w->bundle_updates},
+      {"mtlsd_workload_api_slow_readers_total",
+       "Workload API streams closed because the client did not read its responses.",
+       w->slow_readers},
+      {"mtlsd_workload_api_app_svids_issued_total",
+       "Application X509-SVIDs (keys of their own) issued or renewed by the control plane.",
+       v->control_plane ? v->control_plane->app_svids_issued : 0},
+  };
+  for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+    metric_header(out, counters[i].name, "counter", counters[i].help);
+    mt_text_printf(out, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].value);
+  }
+}
+
 /* The admin endpoint's own traffic: what reached a page, what its HTTP
  * server refused by itself (malformed, too large, too slow, too many). */
 static void render_admin_http_metrics(const mt_admin_view *v, mt_text *out) {
@@ -195,6 +236,7 @@ void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
   mt_metrics_render(out, v->worker_metrics, v->num_workers);
   render_identity_metrics(v, out);
   render_control_plane_metrics(v, out);
+  render_workload_api_metrics(v, out);
   metric_header(out, "mtlsd_config_reloads_total", "counter",
                 "Configuration reloads (SIGHUP, file change or POST /reload), by result.");
   mt_text_printf(out, "mtlsd_config_reloads_total{result=\"success\"} %llu\n",

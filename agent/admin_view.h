@@ -16,6 +16,7 @@
 #include "agent/http_server.h"
 #include "agent/identity.h"
 #include "agent/metrics.h"
+#include "agent/workload_api.h"
 #include "agent/workloads.h"
 
 #ifdef __cplusplus
@@ -36,6 +37,7 @@ typedef struct {
   mt_worker_metrics *const *worker_metrics;
   size_t num_workers;
   const mt_cert_manager_stats *control_plane; /* NULL with certificate files */
+  const mt_workload_api_stats *workload_api;  /* NULL: the Workload API is not served */
   uint64_t identity_updates;                  /* new certificates served (files or CA) */
   uint64_t identity_update_failures;          /* reloads / requests that failed */
   uint64_t config_reloads;

@@ -247,6 +247,11 @@ static void admin_view(void *arg, mt_admin_view *v) {
     v->identity_updates = cp.certificates_issued;
     v->identity_update_failures = cp.certificate_failures;
   }
+  static mt_workload_api_stats wl; /* main thread only; valid for the request */
+  if (a->workload_api != NULL) {
+    mt_workload_api_get_stats(a->workload_api, &wl);
+    v->workload_api = &wl;
+  }
   v->config_reloads = a->config_reloads;
   v->config_reload_failures = a->config_reload_failures;
   v->last_reload_error = a->last_reload_error;

@@ -36,7 +36,7 @@ OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
 TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request
-  istio_policy policy_proto)
+  istio_policy policy_proto workload_api_request)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -66,6 +66,10 @@ target_sources() {
       ;;
     jwt) echo "controlplane/jwt.c agent/svid.c agent/errmsg.c" ;;
     policy_proto) echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c" ;;
+    workload_api_request)
+      echo "agent/svid.c agent/workload_api_request.c $GEN/proto/spiffe/workload.pb-c.c"
+      echo "$GEN/google/protobuf/struct.pb-c.c"
+      ;;
     istio_policy)
       echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c"
       echo "controlplane/istio_policy.c controlplane/istio_rules.c controlplane/istio_json.c"
@@ -133,7 +137,9 @@ LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml -lprotobuf-c 
 
 # The C code of proto/mtlsd/mesh.proto, as Bazel generates it (//proto:mesh_c).
 generate_protos() {
-  mkdir -p "$GEN" && (cd "$ROOT" && protoc-c -I. --c_out="$GEN" proto/mtlsd/mesh.proto)
+  mkdir -p "$GEN" && (cd "$ROOT" && protoc-c -I. --c_out="$GEN" proto/mtlsd/mesh.proto) &&
+    (cd "$ROOT" && protoc-c -I. -I/usr/include --c_out="$GEN" proto/spiffe/workload.proto) &&
+    protoc-c -I/usr/include --c_out="$GEN" google/protobuf/struct.proto
 }
 
 # build TARGET: writes $OUT/TARGET_fuzz; returns 1 with the log kept on failure.
