@@ -492,3 +492,53 @@ TEST_F(ConfigTest, ReloadNamesSettingsThatNeedARestart) {
 }
 
 }  // namespace
+
+TEST_F(ConfigTest, WorkloadApiNeedsTheControlPlaneAndTheApplicationsUsers) {
+  const std::string cp =
+      "trust_domain: example.org\n"
+      "identity:\n"
+      "  spiffe_id: spiffe://example.org/ns/a/sa/x\n"
+      "control_plane:\n"
+      "  root_file: /dev/null\n"
+      "  spiffe_id: spiffe://example.org/ns/mtls-system/sa/mtls-ca\n"
+      "  address: 127.0.0.1:15012\n"
+      "inbound:\n"
+      "  listeners:\n"
+      "    - address: 127.0.0.1:15006\n";
+  mt_config *c = Load(cp +
+                      "workload_api:\n"
+                      "  socket: /run/mtlsd/workload.sock\n"
+                      "  allowed_uids: [1000, 1001]\n"
+                      "  allowed_gids: [2000]\n");
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->workload_api_socket, "/run/mtlsd/workload.sock");
+  ASSERT_EQ(c->num_workload_api_uids, 2u);
+  EXPECT_EQ(c->workload_api_uids[1], 1001u);
+  ASSERT_EQ(c->num_workload_api_gids, 1u);
+  EXPECT_EQ(c->workload_api_jwt_ttl_s, 300) << "JWT-SVIDs default to 5 minutes";
+  mt_config_free(c);
+
+  struct {
+    std::string yaml, error;
+  } bad[] = {
+      {cp + "workload_api:\n  socket: /run/w.sock\n", "needs 'allowed_uids' or 'allowed_gids'"},
+      {cp + "workload_api:\n  socket: relative.sock\n  allowed_uids: [1]\n",
+       "must be an absolute path"},
+      {cp + "workload_api:\n  socket: /w.sock\n  allowed_uids: [-1]\n", "must be between"},
+      {cp + "workload_api:\n  socket: /w.sock\n  allowed_uids: 1000\n",
+       "must be a list of numeric ids"},
+      {cp + "workload_api:\n  allowed_uids: [1]\n", "workload_api needs 'socket'"},
+      {cp + "workload_api:\n  socket: /w.sock\n  allowed_uids: [1]\n  colour: red\n",
+       "unknown key 'workload_api.colour'"},
+      {std::string(kMinimal) + "workload_api:\n  socket: /w.sock\n  allowed_uids: [1]\n",
+       "workload_api needs 'control_plane'"},
+      {cp + "node: {name: n1, workloads: [{address: 10.0.0.1, spiffe_id: "
+            "'spiffe://example.org/ns/a/sa/x'}]}\n"
+            "workload_api:\n  socket: /w.sock\n  allowed_uids: [1]\n",
+       "are for sidecar mode"},
+  };
+  for (const auto &b : bad) {
+    EXPECT_EQ(Load(b.yaml), nullptr) << b.yaml;
+    EXPECT_NE(error_.find(b.error), std::string::npos) << error_;
+  }
+}
