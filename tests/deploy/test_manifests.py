@@ -1315,3 +1315,27 @@ def test_istio_policy_example_names_the_sidecar_example_as_it_runs():
     assert rule["from"][0]["source"]["principals"] == [f"{trust_domain}/ns/mtls-demo/sa/{sa}"]
     ports = {str(p["containerPort"]) for c in containers(pod_spec(web)) for p in c.get("ports", [])}
     assert set(rule["to"][0]["operation"]["ports"]) <= ports
+
+
+def test_workload_api_socket_is_shared_with_the_app_and_only_the_apps_uid_is_admitted():
+    """web serves the SPIFFE Workload API to its app container: the socket
+    lies in a volume the agent and the app (and nobody else) mount; the app
+    finds it through SPIFFE_ENDPOINT_SOCKET; allowed_uids is the app's UID."""
+    web = [w for w in SIDECARS if w["metadata"]["name"] == "web"]
+    assert len(web) == 1
+    spec = pod_spec(web[0])
+    config = agent_config(web[0])
+    socket = config["workload_api"]["socket"]
+    directory = socket.rsplit("/", 1)[0]
+    agent = init_container(spec, "mtlsd")
+    shared = mounts_of(agent)[directory]
+    assert "emptyDir" in volume(spec, shared)
+    (app,) = app_containers(spec)
+    assert mounts_of(app)[directory] == shared
+    env = {e["name"]: e.get("value") for e in app.get("env", [])}
+    assert env["SPIFFE_ENDPOINT_SOCKET"] == "unix://" + socket
+    assert config["workload_api"]["allowed_uids"] == [app["securityContext"]["runAsUser"]]
+    assert AGENT_UID not in config["workload_api"]["allowed_uids"]
+    others = [c["name"] for c in containers(spec)
+              if c is not agent and c is not app and shared in mounts_of(c).values()]
+    assert others == [], f"other containers mount the Workload API socket: {others}"
