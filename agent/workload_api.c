@@ -11,7 +11,7 @@
 
 #include "agent/log.h"
 #include "agent/svid.h"
-#include "agent/workload_api_response.h"
+#include "agent/workload_api_encode.h"
 #include "grpc/server.h"
 
 enum {

@@ -1,5 +1,5 @@
-/* workload_api_response.c: X509SVIDResponse and X509BundlesResponse. */
-#include "agent/workload_api_response.h"
+/* workload_api_encode.c: X509SVIDResponse and X509BundlesResponse, encoded. */
+#include "agent/workload_api_encode.h"
 
 #include <stdio.h>
 #include <stdlib.h>

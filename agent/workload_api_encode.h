@@ -1,4 +1,4 @@
-/* workload_api_response: the SPIFFE Workload API's X.509 answers, encoded
+/* workload_api_encode: the SPIFFE Workload API's X.509 answers, encoded
  * from an identity snapshot (identity.h).
  *
  * Pure: no I/O, no state. X509SVIDResponse carries one SVID: the leaf and
@@ -8,8 +8,8 @@
  * and every other trust domain's roots in federated_bundles keyed by the
  * trust domain's SPIFFE ID ("spiffe://example.org"). X509BundlesResponse
  * carries every trust domain's roots under the same keys. */
-#ifndef MT_WORKLOAD_API_RESPONSE_H
-#define MT_WORKLOAD_API_RESPONSE_H
+#ifndef MT_WORKLOAD_API_ENCODE_H
+#define MT_WORKLOAD_API_ENCODE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -30,4 +30,4 @@ int mt_wl_encode_x509_bundles(const mt_trust *trust, uint8_t **out, size_t *out_
 }
 #endif
 
-#endif /* MT_WORKLOAD_API_RESPONSE_H */
+#endif /* MT_WORKLOAD_API_ENCODE_H */
