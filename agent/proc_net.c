@@ -154,8 +154,10 @@ void mt_netns_addresses_format(const mt_netns_addresses *set, char *buf, size_t 
     if (inet_ntop(a->sa.sa_family, raw, one, sizeof(one)) == NULL) snprintf(one, sizeof(one), "?");
     int n = snprintf(buf + used, len - used, "%s%s", i > 0 ? ", " : "", one);
     if (n < 0 || (size_t)n >= len - used) {
-      /* Cut: end with "..." where it still fits. */
-      if (len >= 4) snprintf(buf + len - 4, 4, "...");
+      /* Cut after the last whole address, or inside it when even that
+       * leaves no room for "...". */
+      size_t at = used + 4 <= len ? used : len - 4;
+      if (len >= 4) snprintf(buf + at, 4, "...");
       return;
     }
     used += (size_t)n;

@@ -204,25 +204,28 @@ static int pidfd_pid(int pidfd, long *pid) {
 
 typedef enum { CALLER_SAME, CALLER_GONE, CALLER_UNKNOWN } caller_check;
 
-/* Is |pid| still the process that connected? |err| only for CALLER_UNKNOWN. */
+/* Is |pid| still the process that connected? |err| only for CALLER_UNKNOWN.
+ * The fdinfo first: it also tells a pidfd from any other fd (a plain file
+ * polls readable too). */
 static caller_check check_pidfd(int pidfd, pid_t pid, char *err, size_t err_len) {
-  struct pollfd p = {.fd = pidfd, .events = POLLIN, .revents = 0};
-  int ready;
-  do ready = poll(&p, 1, 0);
-  while (ready < 0 && errno == EINTR);
-  if (ready < 0 || (p.revents & POLLNVAL) != 0) {
-    mt_errmsg_set(err, err_len, "caller pid %d: cannot poll its pidfd %d: %s", (int)pid, pidfd,
-                  ready < 0 ? strerror(errno) : "not an open fd");
-    return CALLER_UNKNOWN;
-  }
-  if (ready > 0) return CALLER_GONE; /* readable: the process has exited */
   long now;
   if (!pidfd_pid(pidfd, &now)) {
     mt_errmsg_set(err, err_len, "caller pid %d: fd %d is not a pidfd (%s)", (int)pid, pidfd,
                   strerror(errno));
     return CALLER_UNKNOWN;
   }
-  return now == (long)pid ? CALLER_SAME : CALLER_GONE;
+  struct pollfd p = {.fd = pidfd, .events = POLLIN, .revents = 0};
+  int ready;
+  do ready = poll(&p, 1, 0);
+  while (ready < 0 && errno == EINTR);
+  if (ready < 0) {
+    mt_errmsg_set(err, err_len, "caller pid %d: cannot poll its pidfd %d: %s", (int)pid, pidfd,
+                  strerror(errno));
+    return CALLER_UNKNOWN;
+  }
+  /* Readable: the process has exited. Not readable: it is alive, so the PID
+   * read above is still its own. */
+  return ready == 0 && now == (long)pid ? CALLER_SAME : CALLER_GONE;
 }
 
 static caller_check check_start_time(int dir, char state_before, unsigned long long before) {

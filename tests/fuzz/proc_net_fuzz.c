@@ -28,13 +28,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                                             \
-  do {                                                                                          \
-    if (!(cond)) {                                                                              \
+#define CHECK(cond)                                                                         \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
       fprintf(stderr, "proc_net_fuzz: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, \
-              #cond);                                                                           \
-      abort();                                                                                  \
-    }                                                                                           \
+              #cond);                                                                       \
+      abort();                                                                              \
+    }                                                                                       \
   } while (0)
 
 /* Cuts tried per input: enough to reach past the first table header. */
