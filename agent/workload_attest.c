@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent/errmsg.h"
@@ -94,7 +95,8 @@ int mt_attest_selector_admits(const mt_attest_selector *s, const mt_peer_cred *c
     for (size_t i = 0; i < group_count; i++)
       if (listed(s->gids, s->gid_count, cred->groups[i])) return 1;
   }
-  char uids[ID_LIST_TEXT_MAX], gids[ID_LIST_TEXT_MAX], groups[ID_LIST_TEXT_MAX + 8] = "";
+  char uids[ID_LIST_TEXT_MAX], gids[ID_LIST_TEXT_MAX],
+      groups[sizeof(" groups ") + ID_LIST_TEXT_MAX] = "";
   format_ids(s != NULL ? s->uids : NULL, s != NULL ? s->uid_count : 0, uids, sizeof(uids));
   format_ids(s != NULL ? s->gids : NULL, s != NULL ? s->gid_count : 0, gids, sizeof(gids));
   if (group_count > 0) {
@@ -110,12 +112,10 @@ int mt_attest_selector_admits(const mt_attest_selector *s, const mt_peer_cred *c
 
 /* ---- reading /proc ------------------------------------------------------------- */
 
-/* The whole of file |name| under |dir| into a new NUL-terminated buffer (the
- * caller frees it), at most |max| bytes. Returns 1, or 0 with errno set
- * (EFBIG when larger). */
-static int read_file(int dir, const char *name, size_t max, char **out, size_t *out_len) {
-  int fd = openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return 0;
+/* The whole of open file |fd| into a new NUL-terminated buffer (the caller
+ * frees it), at most |max| bytes. Returns 1, or 0 with errno set (EFBIG
+ * when larger). */
+static int read_fd(int fd, size_t max, char **out, size_t *out_len) {
   /* Room for one byte more than |max|, to see that a file is larger. */
   size_t limit = max + 1, cap = limit < FIRST_READ_BYTES ? limit : FIRST_READ_BYTES, len = 0;
   char *buf = malloc(cap + 1);
@@ -138,7 +138,6 @@ static int read_file(int dir, const char *name, size_t max, char **out, size_t *
     len += (size_t)n;
     if (len > max) failure = EFBIG;
   }
-  close(fd);
   if (failure != 0) {
     free(buf);
     errno = failure;
@@ -148,6 +147,21 @@ static int read_file(int dir, const char *name, size_t max, char **out, size_t *
   *out = buf;
   *out_len = len;
   return 1;
+}
+
+static int open_file(int dir, const char *name) {
+  return openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+}
+
+/* read_fd of file |name| under |dir|. */
+static int read_file(int dir, const char *name, size_t max, char **out, size_t *out_len) {
+  int fd = open_file(dir, name);
+  if (fd < 0) return 0;
+  int ok = read_fd(fd, max, out, out_len);
+  int saved = errno;
+  close(fd);
+  errno = saved;
+  return ok;
 }
 
 /* State (field 3) and start time (field 22) of the process behind |dir|. */
@@ -235,30 +249,60 @@ static caller_check check_start_time(int dir, char state_before, unsigned long l
   return state != 'Z' && after == before ? CALLER_SAME : CALLER_GONE;
 }
 
-/* Adds the addresses of one file under |dir| to |out|. */
-static int read_addresses(int dir, const char *name, int optional, mt_netns_addresses *out,
-                          pid_t pid, char *err, size_t err_len) {
-  char *text;
-  size_t len;
-  if (!read_file(dir, name, MT_ATTEST_MAX_FILE_BYTES, &text, &len)) {
-    if (optional && errno == ENOENT) return 1;
+typedef enum { READ_OK, READ_FAILED, READ_AGENT_NETNS } read_result;
+
+/* Adds the addresses of one file under |dir| to |out|; READ_AGENT_NETNS,
+ * without reading, when it is |agent|'s fib_trie. */
+static read_result read_addresses(int dir, const char *name, const mt_netns_id *agent,
+                                  mt_netns_addresses *out, pid_t pid, char *err, size_t err_len) {
+  int is_fib_trie = strcmp(name, "net/fib_trie") == 0;
+  char *text = NULL;
+  size_t len = 0;
+  int fd = open_file(dir, name), ok = fd >= 0;
+  struct stat st;
+  if (ok && is_fib_trie && fstat(fd, &st) == 0 && st.st_dev == agent->dev &&
+      st.st_ino == agent->ino) {
+    close(fd);
+    return READ_AGENT_NETNS;
+  }
+  if (ok) ok = read_fd(fd, MT_ATTEST_MAX_FILE_BYTES, &text, &len);
+  int saved = errno;
+  if (fd >= 0) close(fd);
+  if (!ok) {
+    if (!is_fib_trie && saved == ENOENT) return READ_OK; /* IPv6 disabled */
     mt_errmsg_set(err, err_len, "caller pid %d: cannot read %s: %s", (int)pid, name,
-                  errno == EFBIG ? "larger than MT_ATTEST_MAX_FILE_BYTES" : strerror(errno));
-    return 0;
+                  saved == EFBIG ? "larger than MT_ATTEST_MAX_FILE_BYTES" : strerror(saved));
+    return READ_FAILED;
   }
   char why[256];
-  int ok = strcmp(name, "net/fib_trie") == 0
-               ? mt_proc_net_parse_fib_trie(text, len, out, why, sizeof(why))
-               : mt_proc_net_parse_if_inet6(text, len, out, why, sizeof(why));
+  ok = is_fib_trie ? mt_proc_net_parse_fib_trie(text, len, out, why, sizeof(why))
+                   : mt_proc_net_parse_if_inet6(text, len, out, why, sizeof(why));
   free(text);
   if (!ok) mt_errmsg_set(err, err_len, "caller pid %d: %s", (int)pid, why);
-  return ok;
+  return ok ? READ_OK : READ_FAILED;
 }
 
-int mt_attest_read_netns(pid_t pid, int pidfd, mt_netns_addresses *out, char *err, size_t err_len) {
+int mt_attest_agent_netns(mt_netns_id *out, char *err, size_t err_len) {
+  struct stat st;
+  if (stat("/proc/self/net/fib_trie", &st) != 0) {
+    mt_errmsg_set(err, err_len, "cannot stat /proc/self/net/fib_trie: %s", strerror(errno));
+    return 0;
+  }
+  out->dev = st.st_dev;
+  out->ino = st.st_ino;
+  return 1;
+}
+
+int mt_attest_read_netns(pid_t pid, int pidfd, const mt_netns_id *agent, mt_netns_addresses *out,
+                         char *err, size_t err_len) {
   out->count = 0;
   if (pid <= 0) {
     mt_errmsg_set(err, err_len, "caller pid %d is not in the agent's PID namespace", (int)pid);
+    return 0;
+  }
+  if (agent == NULL) { /* fail closed: the host check cannot be skipped */
+    mt_errmsg_set(err, err_len, "caller pid %d: the agent's network namespace is unknown",
+                  (int)pid);
     return 0;
   }
   char path[PROC_PATH_MAX];
@@ -274,28 +318,33 @@ int mt_attest_read_netns(pid_t pid, int pidfd, mt_netns_addresses *out, char *er
   }
   char state = 0;
   unsigned long long started = 0;
-  int ok = 1;
+  read_result got = READ_OK;
   if (pidfd < 0 && !read_start_time(dir, &state, &started)) {
     mt_errmsg_set(err, err_len, "caller pid %d: cannot read stat: %s", (int)pid, strerror(errno));
-    ok = 0;
+    got = READ_FAILED;
   }
-  if (ok) ok = read_addresses(dir, "net/fib_trie", 0, out, pid, err, err_len);
-  if (ok) ok = read_addresses(dir, "net/if_inet6", 1, out, pid, err, err_len);
-  /* Checked whether or not the reads worked: a read fails when the process
-   * has gone, and "exited" is then the reason to give. */
+  if (got == READ_OK) got = read_addresses(dir, "net/fib_trie", agent, out, pid, err, err_len);
+  if (got == READ_OK) got = read_addresses(dir, "net/if_inet6", agent, out, pid, err, err_len);
+  /* Checked whatever the reads gave: a read fails when the process has
+   * gone, and "exited" is then the reason to give. */
   char check_err[256];
   caller_check same = pidfd >= 0 ? check_pidfd(pidfd, pid, check_err, sizeof(check_err))
                                  : check_start_time(dir, state, started);
   close(dir);
   if (same == CALLER_GONE) {
     mt_errmsg_set(err, err_len, "caller pid %d exited during attestation", (int)pid);
-    ok = 0;
   } else if (same == CALLER_UNKNOWN) {
     mt_errmsg_set(err, err_len, "%s", check_err);
-    ok = 0;
+  } else if (got == READ_AGENT_NETNS) {
+    mt_errmsg_set(err, err_len,
+                  "caller pid %d is in the agent's network namespace (host network), not a pod",
+                  (int)pid);
   }
-  if (!ok) out->count = 0;
-  return ok;
+  if (same != CALLER_SAME || got != READ_OK) {
+    out->count = 0;
+    return 0;
+  }
+  return 1;
 }
 
 /* ---- which workload ------------------------------------------------------------ */
@@ -308,18 +357,9 @@ static void format_ip(const struct sockaddr *sa, char *buf, size_t len) {
 }
 
 int mt_attest_pick_workload(const mt_workloads *table, pid_t pid, const mt_netns_addresses *caller,
-                            const mt_netns_addresses *agent, size_t *index, char *why,
-                            size_t why_len) {
+                            size_t *index, char *why, size_t why_len) {
   char addresses[256], ip[INET6_ADDRSTRLEN], other_ip[INET6_ADDRSTRLEN];
   mt_netns_addresses_format(caller, addresses, sizeof(addresses));
-  for (size_t i = 0; i < caller->count; i++) {
-    if (!mt_netns_addresses_contain(agent, &caller->address[i].sa)) continue;
-    format_ip(&caller->address[i].sa, ip, sizeof(ip));
-    mt_errmsg_set(why, why_len,
-                  "caller pid %d (addresses %s) shares %s with the agent: host network, not a pod",
-                  (int)pid, addresses, ip);
-    return 0;
-  }
   size_t found = SIZE_MAX;
   for (size_t i = 0; i < mt_workloads_count(table); i++) {
     const struct sockaddr *listed_address = mt_workloads_address_at(table, i);

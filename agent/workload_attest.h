@@ -8,28 +8,32 @@
  *     mt_attest_selector_admits(selector, cred) on SO_PEERCRED's uid and gid
  *     (and SO_PEERGROUPS' supplementary groups, when the server reads them).
  *   node mode: which pod of this node is the caller?
- *     mt_attest_read_netns(pid, pidfd) -> the addresses of the caller's
- *     network namespace, then mt_attest_pick_workload(table, addresses)
- *     -> the one workload of the node's table (agent/workloads.h) that owns
- *     them.
+ *     mt_attest_agent_netns once at start-up, then per caller
+ *     mt_attest_read_netns(pid, pidfd, agent_netns) -> the addresses of the
+ *     caller's network namespace, and mt_attest_pick_workload(table,
+ *     addresses) -> the one workload of the node's table
+ *     (agent/workloads.h) that owns them.
  *
  * Every function returns 1 (admitted / read) or 0 with a reason in |why| or
  * |err| that names the caller and what was wrong; nothing here logs. Every
  * doubt is a refusal: an empty selector admits nobody, an unreadable or
- * oddly shaped /proc file, a caller that exited, a namespace with addresses
- * of two workloads or with none is refused.
+ * oddly shaped /proc file, a caller that exited, the agent's own network
+ * namespace, a namespace with addresses of two workloads or with none is
+ * refused. No function keeps state between calls: any thread may call any
+ * of them.
  *
  * What is read (node mode), all through one directory fd of /proc/<pid> so
  * that every file comes from one process: net/fib_trie, net/if_inet6 (its
  * absence, IPv6 disabled, means no IPv6 addresses), and, without a pidfd,
  * stat; plus /proc/self/fdinfo/<pidfd>. Reading them needs no capability
  * (these files are world-readable; ns/net, which would need ptrace access,
- * is not used), so the agent's sandbox (agent/sandbox.h) may drop them all;
- * its seccomp allowlist must let openat, read, fstat, ppoll/poll and close
- * through. The reads are blocking procfs reads, bounded (MT_ATTEST_MAX_FILE
- * _BYTES per file; a pod's files are a few KiB): acceptable once per
- * Workload API connection, not per byte. /proc must be of the agent's own
- * PID namespace (node mode: hostPID), as SO_PEERCRED's pid is.
+ * is not used), so the agent's sandbox (agent/sandbox.h) may drop them
+ * all; the calls made are open/openat, read, poll and close, all on its
+ * seccomp allowlist. The reads are blocking procfs reads, bounded
+ * (MT_ATTEST_MAX_FILE_BYTES per file; a pod's files are a few KiB):
+ * acceptable once per Workload API connection, not per byte. /proc must be
+ * of the agent's own PID namespace (node mode: hostPID), as SO_PEERCRED's
+ * pid is.
  *
  * Races, and how they are closed:
  *   - PID reuse. SO_PEERCRED's pid is a number: the caller may exit after
@@ -64,12 +68,17 @@
  *     node) is attested by the namespace it is in when the files are read.
  *   - Only the thread-group leader's namespace is read (/proc/<pid>/net is
  *     the leader's); a thread that moved to another namespace is not seen.
- *   - Host-network callers: a caller whose namespace has any address the
- *     agent's own namespace has is refused, even when the table lists that
- *     address (a hostNetwork pod's IP is the node's: anything on the host
- *     would get its identity). This relies on the agent running in the
- *     host's namespace (node mode: hostNetwork) and on the pod's addresses
- *     being its own (see NET_ADMIN above).
+ *   - Host-network callers are refused by namespace, before any address
+ *     is read, even when the table lists a host address (a hostNetwork
+ *     pod's IP is the node's: anything on the host would get its
+ *     identity). A namespace is told by the inode of its net/fib_trie
+ *     (procfs gives each namespace's proc entries their own inode numbers,
+ *     shared by every process in it, and they are world-readable, unlike
+ *     ns/net). That is how procfs works, not a documented interface: were
+ *     it to change, the host would still be refused as long as the table
+ *     lists no host address (a host namespace's address is no pod's).
+ *     This refuses the agent's own namespace: it assumes the agent runs in
+ *     the host's (node mode: hostNetwork).
  *   - Sidecar mode trusts whoever can connect to the socket with a listed
  *     uid/gid. SO_PEERCRED's ids are the caller's effective ids at connect
  *     time, mapped into the agent's user namespace; ids that do not map
@@ -130,34 +139,47 @@ int mt_attest_selector_admits(const mt_attest_selector *selector, const mt_peer_
 
 /* ---- node mode: which pod is calling -------------------------------------- */
 
+/* A network namespace, as told by the inode of its /proc/<pid>/net/fib_trie. */
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+} mt_netns_id;
+
+/* The agent's own network namespace (the host's, in node mode); it does not
+ * change while the agent runs, so read it once. Returns 1, or 0 with |err|. */
+int mt_attest_agent_netns(mt_netns_id *out, char *err, size_t err_len);
+
 /* Fills |out| with the addresses of the network namespace of process |pid|
  * (see proc_net.h for what counts), checking afterwards that |pid| is still
  * the process that connected: |pidfd| (borrowed, not closed; -1 when the
- * kernel has no SO_PEERPIDFD) is the caller's pidfd. Returns 1, or 0 with
- * |err|: "caller pid 1234 exited during attestation", "caller pid 1234:
- * cannot read net/fib_trie: ...", "... fib_trie line 7: ...". For the
- * agent's own addresses, pass getpid() and -1. */
-int mt_attest_read_netns(pid_t pid, int pidfd, mt_netns_addresses *out, char *err, size_t err_len);
+ * kernel has no SO_PEERPIDFD) is the caller's pidfd. |agent| (required) is
+ * mt_attest_agent_netns's: a caller in that namespace is refused. Returns
+ * 1, or 0 with |err| (and |out| empty):
+ *   "caller pid 1234 exited before attestation" (or "during attestation")
+ *   "caller pid 1234 is in the agent's network namespace (host network),
+ *    not a pod"
+ *   "caller pid 1234: cannot read net/fib_trie: ..."
+ *   "caller pid 1234: fib_trie line 7: ..." (a file not shaped as the
+ *    kernel prints it; "more than 32 addresses")
+ *   "caller pid 1234: fd 9 is not a pidfd (...)" */
+int mt_attest_read_netns(pid_t pid, int pidfd, const mt_netns_id *agent, mt_netns_addresses *out,
+                         char *err, size_t err_len);
 
 /* The workload of |table| that the caller |pid| is, from its namespace's
- * addresses |caller| and the agent's own |agent| (mt_attest_read_netns of
- * getpid(); read it when the table changes or per call, as convenient).
- * Admitted (1, |*index| = its entry in |table|) when the caller shares no
- * address with the agent and at least one of its addresses is listed, all
- * listed ones naming one SPIFFE ID (a dual-stack pod is listed once per
+ * addresses |caller| (mt_attest_read_netns's). Admitted (1, |*index| = its
+ * entry in |table|) when at least one of the addresses is listed and all
+ * listed ones name one SPIFFE ID (a dual-stack pod is listed once per
  * address; the table does not record pods, and two pods of one service
- * account would be served the same identity anyway). The entry may have no
- * identity yet (mt_workloads_identity_at NULL): the server decides whether
- * to wait or refuse. Refused (0, |why|):
+ * account would be served the same identity anyway). Unlisted addresses
+ * beside a listed one are ignored. The entry may have no identity yet
+ * (mt_workloads_identity_at NULL): the server decides whether to wait or
+ * refuse. Refused (0, |why|):
  *   "caller pid 1234 (addresses 10.0.0.9) is not a pod of this node"
- *   "caller pid 1234 (addresses ...) shares 192.0.2.2 with the agent: host
- *    network, not a pod"
- *   "caller pid 1234 has addresses of two workloads: 10.0.0.5 (spiffe://..)
- *    and 10.0.0.6 (spiffe://..)"
+ *   "caller pid 1234 has addresses of two workloads: 10.0.0.5
+ *    (spiffe://...) and 10.0.0.6 (spiffe://...)"
  * A NULL table lists nothing. */
 int mt_attest_pick_workload(const mt_workloads *table, pid_t pid, const mt_netns_addresses *caller,
-                            const mt_netns_addresses *agent, size_t *index, char *why,
-                            size_t why_len);
+                            size_t *index, char *why, size_t why_len);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -145,13 +146,12 @@ struct PickTest : ::testing::Test {
   std::string Pick(const mt_netns_addresses &caller, const mt_workloads *t = nullptr) {
     char why[512] = "";
     size_t index = 99;
-    if (!mt_attest_pick_workload(t != nullptr ? t : table.t, 1234, &caller, &agent, &index, why,
+    if (!mt_attest_pick_workload(t != nullptr ? t : table.t, 1234, &caller, &index, why,
                                  sizeof(why)))
       return why;
     return "index " + std::to_string(index);
   }
   Table table;
-  mt_netns_addresses agent = Set({"192.0.2.2", "fd00::2"});
 };
 
 TEST_F(PickTest, TheOneListedAddressNamesTheWorkload) {
@@ -179,18 +179,6 @@ TEST_F(PickTest, AddressesOfTwoWorkloadsAreRefused) {
                 ") and 10.244.1.8 (" + kPodB + ")");
 }
 
-TEST_F(PickTest, ACallerSharingAnAddressWithTheAgentIsOnTheHostNetwork) {
-  // Even when the table lists it (a hostNetwork pod has the node's IP).
-  Table host;
-  host.Add("192.0.2.2", kPodA);
-  EXPECT_EQ(Pick(Set({"192.0.2.2"}), host.t),
-            "caller pid 1234 (addresses 192.0.2.2) shares 192.0.2.2 with the agent: host network, "
-            "not a pod");
-  EXPECT_EQ(Pick(Set({"10.244.1.7", "fd00::2"})),
-            "caller pid 1234 (addresses 10.244.1.7, fd00::2) shares fd00::2 with the agent: host "
-            "network, not a pod");
-}
-
 TEST_F(PickTest, AnEmptyOrMissingTableListsNobody) {
   Table empty;
   EXPECT_EQ(Pick(Set({"10.244.1.7"}), empty.t),
@@ -198,7 +186,7 @@ TEST_F(PickTest, AnEmptyOrMissingTableListsNobody) {
   char why[256];
   size_t index;
   mt_netns_addresses caller = Set({"10.244.1.7"});
-  EXPECT_EQ(mt_attest_pick_workload(nullptr, 1, &caller, &agent, &index, why, sizeof(why)), 0);
+  EXPECT_EQ(mt_attest_pick_workload(nullptr, 1, &caller, &index, why, sizeof(why)), 0);
 }
 
 // ---- node mode: reading a live process -------------------------------------------
@@ -257,10 +245,11 @@ bool AddToLoopback(const char *ip, int prefix) {
 }
 
 // A child process in a network namespace of its own, with 10.77.0.5/32 and
-// fd00:77::5/128 on lo: a pod. It lives until the object is destroyed.
+// fd00:77::5/128 on lo: a pod (or, |own_netns| false, a process of the
+// host's network). It lives until Stop or the object is destroyed.
 class PodProcess {
  public:
-  PodProcess() {
+  explicit PodProcess(bool own_netns = true) {
     int ready[2], hold[2];
     if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(hold, O_CLOEXEC) != 0) return;
     pid_ = fork();
@@ -268,7 +257,9 @@ class PodProcess {
       close(ready[0]);
       close(hold[1]);
       int status = 0;
-      if (unshare(CLONE_NEWNET) != 0)
+      if (!own_netns)
+        status = 0;
+      else if (unshare(CLONE_NEWNET) != 0)
         status = errno;
       else if (!LoopbackUp() || !AddToLoopback("10.77.0.5", 32) ||
                !AddToLoopback("fd00:77::5", 128))
@@ -308,9 +299,18 @@ class PodProcess {
   if (pod.status() == EPERM) GTEST_SKIP() << "unshare(CLONE_NEWNET): not root"; \
   ASSERT_EQ(pod.status(), 0) << "could not set up the pod's namespace"
 
+// The test process plays the agent.
+mt_netns_id AgentNetns() {
+  mt_netns_id id{};
+  char err[256];
+  EXPECT_EQ(mt_attest_agent_netns(&id, err, sizeof(err)), 1) << err;
+  return id;
+}
+
 std::string Read(pid_t pid, int pidfd, mt_netns_addresses *set) {
   char err[512] = "";
-  if (!mt_attest_read_netns(pid, pidfd, set, err, sizeof(err))) return err;
+  mt_netns_id agent = AgentNetns();
+  if (!mt_attest_read_netns(pid, pidfd, &agent, set, err, sizeof(err))) return err;
   char text[256];
   mt_netns_addresses_format(set, text, sizeof(text));
   return text;
@@ -326,27 +326,56 @@ TEST(AttestLive, APodsPidNamesItsNamespacesAddressesWithOrWithoutAPidfd) {
   close(pidfd);
 }
 
-TEST(AttestLive, ThePodIsPickedAndTheHostProcessIsNot) {
+TEST(AttestLive, ThePodsAddressPicksItsWorkload) {
   START_POD(pod);
   int pidfd = PidfdOpen(pod.pid());
   ASSERT_GE(pidfd, 0);
-  mt_netns_addresses agent, pod_set, host_set;
-  char err[512];
-  ASSERT_EQ(mt_attest_read_netns(getpid(), -1, &agent, err, sizeof(err)), 1) << err;
-  ASSERT_EQ(mt_attest_read_netns(pod.pid(), pidfd, &pod_set, err, sizeof(err)), 1) << err;
-  ASSERT_EQ(mt_attest_read_netns(getpid(), -1, &host_set, err, sizeof(err)), 1) << err;
+  mt_netns_addresses set;
+  ASSERT_EQ(Read(pod.pid(), pidfd, &set), "10.77.0.5, fd00:77::5");
   Table table;
+  table.Add("10.0.0.1", kPodB);
   table.Add("10.77.0.5", kPodA);
+  char why[256];
   size_t index = 99;
-  EXPECT_EQ(mt_attest_pick_workload(table.t, pod.pid(), &pod_set, &agent, &index, err, sizeof(err)),
-            1)
-      << err;
-  EXPECT_EQ(index, 0u);
-  mt_net_address pod_ip = Address("10.77.0.5");
-  EXPECT_EQ(mt_netns_addresses_contain(&host_set, &pod_ip.sa), 0);
-  EXPECT_EQ(mt_attest_pick_workload(table.t, getpid(), &host_set, &agent, &index, err, sizeof(err)),
-            0);
+  EXPECT_EQ(mt_attest_pick_workload(table.t, pod.pid(), &set, &index, why, sizeof(why)), 1) << why;
+  EXPECT_EQ(index, 1u);
   close(pidfd);
+}
+
+TEST(AttestLive, ProcessesOfTheAgentsNetworkNamespaceAreRefused) {
+  // The agent itself, and another process on the host's network.
+  mt_netns_addresses set;
+  EXPECT_EQ(Read(getpid(), -1, &set), "caller pid " + std::to_string(getpid()) +
+                                          " is in the agent's network namespace (host network), "
+                                          "not a pod");
+  START_POD(pod);  // for the EPERM skip only
+  PodProcess host(false);
+  ASSERT_EQ(host.status(), 0);
+  int pidfd = PidfdOpen(host.pid());
+  ASSERT_GE(pidfd, 0);
+  EXPECT_EQ(Read(host.pid(), pidfd, &set),
+            "caller pid " + std::to_string(host.pid()) +
+                " is in the agent's network namespace (host network), not a pod");
+  EXPECT_EQ(set.count, 0u);
+  close(pidfd);
+}
+
+TEST(AttestLive, ANamespaceIsToldByItsFibTrieInode) {
+  START_POD(pod);
+  mt_netns_id agent = AgentNetns(), other{};
+  struct stat st;
+  ASSERT_EQ(stat(("/proc/" + std::to_string(pod.pid()) + "/net/fib_trie").c_str(), &st), 0);
+  other.dev = st.st_dev;
+  other.ino = st.st_ino;
+  EXPECT_FALSE(other.dev == agent.dev && other.ino == agent.ino);
+  // Read as if the pod were the agent: now it is the one refused.
+  mt_netns_addresses set;
+  char err[256];
+  EXPECT_EQ(mt_attest_read_netns(pod.pid(), -1, &other, &set, err, sizeof(err)), 0);
+  EXPECT_NE(std::string(err).find("agent's network namespace"), std::string::npos) << err;
+  EXPECT_EQ(mt_attest_read_netns(pod.pid(), -1, nullptr, &set, err, sizeof(err)), 0);
+  EXPECT_NE(std::string(err).find("the agent's network namespace is unknown"), std::string::npos)
+      << err;
 }
 
 TEST(AttestLive, ACallerThatExitedAndWasReapedIsRefused) {
