@@ -28,8 +28,8 @@
  * stat; plus /proc/self/fdinfo/<pidfd>. Reading them needs no capability
  * (these files are world-readable; ns/net, which would need ptrace access,
  * is not used), so the agent's sandbox (agent/sandbox.h) may drop them
- * all; the calls made are open/openat, read, poll and close, all on its
- * seccomp allowlist. The reads are blocking procfs reads, bounded
+ * all; the calls made (openat, read, fstat/stat, poll, close) are all on
+ * its seccomp allowlist. The reads are blocking procfs reads, bounded
  * (MT_ATTEST_MAX_FILE_BYTES per file; a pod's files are a few KiB):
  * acceptable once per Workload API connection, not per byte. /proc must be
  * of the agent's own PID namespace (node mode: hostPID), as SO_PEERCRED's
@@ -58,7 +58,7 @@
  *     while the files are read, not at connect time; a pod's address does
  *     not change during its life.
  *
- * What is NOT guaranteed:
+ * What is NOT guaranteed, or rests on an assumption:
  *   - A process with CAP_NET_ADMIN in its own network namespace decides
  *     that namespace's addresses. A pod granted NET_ADMIN (or one that is
  *     privileged) can remove its own address, add another pod's, and be
