@@ -36,7 +36,7 @@ OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
 TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request
-  istio_policy policy_proto workload_api_request)
+  istio_policy policy_proto workload_api_request proc_net)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -60,6 +60,7 @@ target_sources() {
     client_hello) echo "agent/client_hello.c" ;;
     http_request) echo "agent/http_request.c" ;;
     mesh_delta) echo "agent/mesh_delta.c" ;;
+    proc_net) echo "agent/proc_net.c agent/errmsg.c" ;;
     mesh_snapshot)
       echo "$POLICY_SRCS agent/policy_proto.c agent/mesh.c agent/config.c agent/pem.c grpc/target.c"
       echo "agent/mesh_snapshot.c agent/mesh_delta.c $GEN/proto/mtlsd/mesh.pb-c.c"
