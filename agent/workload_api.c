@@ -11,6 +11,7 @@
 
 #include "agent/log.h"
 #include "agent/svid.h"
+#include "agent/workload_attest.h"
 #include "agent/workload_api_encode.h"
 #include "grpc/server.h"
 
@@ -33,8 +34,10 @@ struct mt_workload_api {
   mt_config *config; /* owned reference */
   mt_cert_manager *manager;
   mt_grpc_server *server;
-  mt_identity *identity;   /* sidecar: what the agent serves (owned reference) */
-  mt_workloads *workloads; /* node mode: the pods (owned reference) */
+  mt_identity *identity;        /* sidecar: what the agent serves (owned reference) */
+  mt_workloads *workloads;      /* node mode: the pods (owned reference) */
+  mt_attest_selector *selector; /* sidecar: workload_api.allowed_uids/gids */
+  mt_netns_id agent_netns;      /* node mode: callers here are the host, not a pod */
   wl_stream *streams;
   mt_workload_api_stats stats;
 };
@@ -53,45 +56,31 @@ struct wl_stream {
 
 /* ---- attestation --------------------------------------------------------- */
 
-static int listed(const unsigned *ids, size_t n, unsigned id) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] == id) return 1;
-  return 0;
-}
-
-static void format_ids(const unsigned *ids, size_t n, char *out, size_t out_len) {
-  size_t pos = 0;
-  out[0] = '\0';
-  for (size_t i = 0; i < n && pos + 12 < out_len; i++)
-    pos += (size_t)snprintf(out + pos, out_len - pos, "%s%u", i ? ", " : "", ids[i]);
+static mt_peer_cred peer_cred(const mt_grpc_peer_cred *c) {
+  mt_peer_cred cred = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
+  return cred;
 }
 
 /* Sidecar: the pod's identity, for the configured local users only. */
-static int attest_sidecar(const mt_workload_api *api, const mt_grpc_peer_cred *cred,
-                          char *spiffe_id, size_t id_len, char *why, size_t why_len) {
-  const mt_config *c = api->config;
-  if (!listed(c->workload_api_uids, c->num_workload_api_uids, (unsigned)cred->uid) &&
-      !listed(c->workload_api_gids, c->num_workload_api_gids, (unsigned)cred->gid)) {
-    char uids[128], gids[128];
-    format_ids(c->workload_api_uids, c->num_workload_api_uids, uids, sizeof(uids));
-    format_ids(c->workload_api_gids, c->num_workload_api_gids, gids, sizeof(gids));
-    snprintf(why, why_len,
-             "uid %lu gid %lu is not in workload_api.allowed_uids [%s] or allowed_gids [%s]",
-             (unsigned long)cred->uid, (unsigned long)cred->gid, uids, gids);
-    return 0;
-  }
-  snprintf(spiffe_id, id_len, "%s", c->spiffe_id);
+static int attest_sidecar(const mt_workload_api *api, const mt_grpc_peer_cred *c, char *spiffe_id,
+                          size_t id_len, char *why, size_t why_len) {
+  mt_peer_cred cred = peer_cred(c);
+  if (!mt_attest_selector_admits(api->selector, &cred, why, why_len)) return 0;
+  snprintf(spiffe_id, id_len, "%s", api->config->spiffe_id);
   return 1;
 }
 
-static int attest_node(const mt_workload_api *api, const mt_grpc_peer_cred *cred, char *spiffe_id,
+/* Node mode: the identity of the pod whose network namespace the caller
+ * runs in. */
+static int attest_node(const mt_workload_api *api, const mt_grpc_peer_cred *c, char *spiffe_id,
                        size_t id_len, char *why, size_t why_len) {
-  (void)api;
-  (void)cred;
-  (void)spiffe_id;
-  (void)id_len;
-  snprintf(why, why_len, "node mode attestation is not available yet");
-  return 0;
+  mt_netns_addresses addresses;
+  size_t index = 0;
+  if (!mt_attest_read_netns(c->pid, c->pidfd, &api->agent_netns, &addresses, why, why_len) ||
+      !mt_attest_pick_workload(api->workloads, c->pid, &addresses, &index, why, why_len))
+    return 0;
+  snprintf(spiffe_id, id_len, "%s", mt_workloads_spiffe_id_at(api->workloads, index));
+  return 1;
 }
 
 /* Who the caller is: its SPIFFE ID, or 0 with why not. */
@@ -316,6 +305,26 @@ mt_workload_api *mt_workload_api_start(struct ev_loop *loop, mt_config *config,
   api->loop = loop;
   api->config = mt_config_ref(config);
   api->manager = manager;
+  if (config->node_mode) {
+    if (!mt_attest_agent_netns(&api->agent_netns, err, err_len)) {
+      mt_workload_api_free(api);
+      return NULL;
+    }
+  } else {
+    uid_t uids[config->num_workload_api_uids + 1];
+    gid_t gids[config->num_workload_api_gids + 1];
+    for (size_t i = 0; i < config->num_workload_api_uids; i++)
+      uids[i] = (uid_t)config->workload_api_uids[i];
+    for (size_t i = 0; i < config->num_workload_api_gids; i++)
+      gids[i] = (gid_t)config->workload_api_gids[i];
+    api->selector = mt_attest_selector_new(uids, config->num_workload_api_uids, gids,
+                                           config->num_workload_api_gids);
+    if (api->selector == NULL) {
+      snprintf(err, err_len, "out of memory");
+      mt_workload_api_free(api);
+      return NULL;
+    }
+  }
   char listen[sizeof("unix:") + 108];
   snprintf(listen, sizeof(listen), "unix:%s", config->workload_api_socket);
   mt_grpc_server_options o;
@@ -369,6 +378,7 @@ void mt_workload_api_free(mt_workload_api *api) {
   }
   mt_identity_unref(api->identity);
   mt_workloads_unref(api->workloads);
+  mt_attest_selector_free(api->selector);
   mt_config_free(api->config);
   free(api);
 }

@@ -207,10 +207,17 @@ static int read_peer_cred(int fd, mt_grpc_peer_cred *cred, char *text, size_t te
   cred->pid = uc.pid;
   cred->uid = uc.uid;
   cred->gid = uc.gid;
+  /* Only a kernel without SO_PEERPIDFD (before 6.5) goes without: any other
+   * failure leaves the caller unidentifiable, and it is refused. */
   int pidfd = -1;
   len = sizeof(pidfd);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0 || len != sizeof(pidfd))
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) {
+    if (errno != ENOPROTOOPT) return 0;
     pidfd = -1;
+  } else if (len != sizeof(pidfd)) {
+    if (pidfd >= 0) close(pidfd);
+    return 0;
+  }
   cred->pidfd = pidfd;
   snprintf(text, text_len, "pid %ld uid %lu gid %lu", (long)uc.pid, (unsigned long)uc.uid,
            (unsigned long)uc.gid);
@@ -225,7 +232,7 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
     has_cred = read_peer_cred(fd, &cred, peer_text, sizeof(peer_text));
     if (!has_cred) {
       snprintf(peer_text, sizeof(peer_text), "unix");
-      report(server, peer_text, "cannot read the peer's credentials (SO_PEERCRED)");
+      report(server, peer_text, "cannot read the peer's credentials (SO_PEERCRED, SO_PEERPIDFD)");
       close(fd);
       return;
     }
