@@ -25,6 +25,8 @@ typedef enum {
   MT_CA_METHOD_WATCH,
   MT_CA_METHOD_WANT,
   MT_CA_METHOD_NODE_INFO, /* /mtlsd.node.v1.NodeInfo/Get */
+  MT_CA_METHOD_SIGN_JWT_SVID,
+  MT_CA_METHOD_WATCH_JWT_BUNDLES,
   MT_CA_METHOD_COUNT,
 } mt_ca_method;
 
@@ -58,6 +60,12 @@ typedef enum {
   MT_CA_EV_ISTIO_OBJECTS_APPLIED,
   MT_CA_EV_ISTIO_OBJECTS_REDUCED,
   MT_CA_EV_ISTIO_OBJECTS_REFUSED,
+  MT_CA_EV_JWT_SVIDS_SIGNED,
+  MT_CA_EV_IMPERSONATED_JWT_SVIDS_SIGNED, /* of jwt_svids_signed: to a node agent for a workload */
+  MT_CA_EV_JWT_SVID_REFUSALS,             /* SignJwtSvid calls refused (reasons: refusals_total) */
+  MT_CA_EV_JWT_KEY_ROTATIONS,             /* a new JWT-SVID signing key came into force */
+  MT_CA_EV_JWT_KEY_RELOAD_FAILURES,       /* a changed jwt_svid.signing_key_file was refused */
+  MT_CA_EV_JWT_BUNDLES_SENT,              /* JwtBundles messages queued on WatchJwtBundles */
   MT_CA_EV_COUNT,
 } mt_ca_event;
 

@@ -305,6 +305,16 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
 
 /* ---- who the certificate is for --------------------------------------- */
 
+void mt_ca_service_decide_identity(const mt_ca_service *svc, const mt_ca_auth_result *caller,
+                                   const char *impersonated, mt_node_auth_decision *out) {
+  mt_node_auth_policy policy = svc->node_policy;
+  policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
+  policy.cluster = svc->cluster;
+  policy.cluster_not_synced = !svc->cluster_synced;
+  mt_node_auth_request request = {caller->spiffe_id, caller->node_name, impersonated};
+  mt_node_auth_decide(&policy, &request, out);
+}
+
 /* The request's ImpersonatedIdentity: |*id| NULL when the metadata has none.
  * A key given twice or a value that is not a string is refused rather than
  * guessed at. Returns 1, or 0 with the outcome set. */
@@ -340,13 +350,8 @@ static int authorize(const mt_ca_service *svc, const Istio__V1__Auth__IstioCerti
   if (impersonated != NULL)
     snprintf(st->impersonated, sizeof(st->impersonated), "%s", impersonated);
   if (ok) {
-    mt_node_auth_policy policy = svc->node_policy;
-    policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
-    policy.cluster = svc->cluster;
-    policy.cluster_not_synced = !svc->cluster_synced;
-    mt_node_auth_request request = {st->auth.spiffe_id, st->auth.node_name, impersonated};
     mt_node_auth_decision d;
-    mt_node_auth_decide(&policy, &request, &d);
+    mt_ca_service_decide_identity(svc, &st->auth, impersonated, &d);
     ok = d.status == MT_GRPC_OK;
     if (ok)
       snprintf(st->identity, sizeof(st->identity), "%s", d.identity);
