@@ -987,3 +987,5 @@ void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *
       out->renewal_overdue_since = slot->renewal_due;
   }
 }
+
+mt_grpc_client *mt_cert_manager_grpc(mt_cert_manager *m) { return m->grpc; }

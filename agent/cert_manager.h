@@ -22,6 +22,7 @@
 #include "agent/destination_demand.h"
 #include "agent/identity.h"
 #include "agent/workloads.h"
+#include "grpc/client.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -97,14 +98,14 @@ typedef struct {
   uint64_t certificates_issued;  /* CA answers that became the served identity */
   uint64_t certificate_failures; /* requests that failed or gave an unusable answer */
   mt_watch_state watch_state;
-  uint64_t mesh_updates;      /* snapshots applied */
-  uint64_t mesh_deltas;       /* of mesh_updates: sent as deltas */
-  uint64_t mesh_rejected;     /* snapshots refused (the last good one stayed) */
-  uint64_t rules_reduced;     /* rules in force the control plane reduced for L4 (a gauge) */
-  uint64_t mesh_resyncs;      /* streams ended to get a complete snapshot */
+  uint64_t mesh_updates;        /* snapshots applied */
+  uint64_t mesh_deltas;         /* of mesh_updates: sent as deltas */
+  uint64_t mesh_rejected;       /* snapshots refused (the last good one stayed) */
+  uint64_t rules_reduced;       /* rules in force the control plane reduced for L4 (a gauge) */
+  uint64_t mesh_resyncs;        /* streams ended to get a complete snapshot */
   uint64_t destinations_wanted; /* destinations on demand: addresses asked for */
   uint64_t want_failures;       /* Want calls that failed */
-  int has_mesh_config;        /* a snapshot arrived, or none will (disabled/unsupported) */
+  int has_mesh_config;          /* a snapshot arrived, or none will (disabled/unsupported) */
   uint64_t refusals[MT_CP_NUM_CALLS][MT_CP_NUM_REFUSALS];
   time_t last_issued_at; /* the last certificate put into service (0: none yet) */
   /* A served certificate whose renewal was due and has failed at least
@@ -115,6 +116,11 @@ typedef struct {
 } mt_cert_manager_stats;
 
 void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
+
+/* The gRPC client to the control plane, borrowed (valid until the
+ * manager's free): other calls to the control plane (JWT-SVIDs,
+ * jwt_svid.h) share its one connection instead of opening their own. */
+mt_grpc_client *mt_cert_manager_grpc(mt_cert_manager *manager);
 
 #ifdef __cplusplus
 }
