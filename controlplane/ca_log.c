@@ -155,6 +155,22 @@ static void vlog(const char *level, const char *fmt, va_list ap) {
   write_all(STDERR_FILENO, line, pos);
 }
 
+void mt_ca_outcome_set(mt_ca_outcome *out, mt_grpc_status status, const char *reason,
+                       const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  out->status = status;
+  out->reason = reason;
+  vsnprintf(out->message, sizeof(out->message), fmt, ap);
+  va_end(ap);
+}
+
+int64_t mt_ca_log_clock_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
+}
+
 void mt_ca_log_info(mt_ca_log *log, const char *fmt, ...) {
   (void)log;
   va_list ap;

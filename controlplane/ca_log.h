@@ -95,6 +95,21 @@ typedef struct {
 
 typedef struct mt_ca_log mt_ca_log;
 
+/* How a call ends, as every service builds it up for its reply and its
+ * access-log line. */
+enum { MT_CA_OUTCOME_MESSAGE_MAX = 640 };
+typedef struct {
+  mt_grpc_status status;
+  const char *reason; /* static, stable: "ok", "bad_request", an auth reason... */
+  char message[MT_CA_OUTCOME_MESSAGE_MAX]; /* what the caller is told */
+} mt_ca_outcome;
+
+void mt_ca_outcome_set(mt_ca_outcome *out, mt_grpc_status status, const char *reason,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Monotonic milliseconds, for mt_ca_access_entry.duration_ms. */
+int64_t mt_ca_log_clock_ms(void);
+
 /* |access_log_path|: a file (created if missing, appended) or "-" for
  * stdout. Returns NULL with errno set. */
 mt_ca_log *mt_ca_log_new(const char *access_log_path);

@@ -1,7 +1,6 @@
 /* jwt_svid_service.c: SignJwtSvid and WatchJwtBundles. See jwt_svid_service.h. */
 #include "controlplane/jwt_svid_service.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,11 +9,9 @@
 #include "proto/mtlsd/jwt.pb-c.h"
 
 enum {
-  MESSAGE_MAX = 640,
   PEER_MAX = 64,
   SIGN_ERR_MAX = 256,
   MS_PER_SECOND = 1000,
-  NS_PER_MS = 1000000,
 };
 
 static const char kSpiffeScheme[] = "spiffe://";
@@ -52,30 +49,9 @@ typedef struct {
   mt_ca_auth_result auth;
   char identity[MT_SPIFFE_ID_MAX_LEN + 1];     /* whom the token is for, once decided */
   char impersonated[MT_SPIFFE_ID_MAX_LEN + 1]; /* as asked for (cut if longer), or "" */
-  mt_grpc_status status;
-  const char *reason;
-  char message[MESSAGE_MAX];
+  mt_ca_outcome out;
   int64_t ttl_s;
 } sign_call;
-
-static int64_t monotonic_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
-}
-
-static void set_outcome(sign_call *c, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-
-static void set_outcome(sign_call *c, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  c->status = status;
-  c->reason = reason;
-  vsnprintf(c->message, sizeof(c->message), fmt, ap);
-  va_end(ap);
-}
 
 /* ---- SignJwtSvid ---------------------------------------------------------- */
 
@@ -87,8 +63,9 @@ static int find_impersonation(const mt_grpc_request *req, const char **id, sign_
   for (size_t i = 0; i < req->metadata_count; i++) {
     if (strcmp(req->metadata[i].name, MT_JWT_SVID_IMPERSONATION_HEADER) != 0) continue;
     if (*id != NULL) {
-      set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
-                  "metadata \"%s\" is given more than once", MT_JWT_SVID_IMPERSONATION_HEADER);
+      mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
+                        "metadata \"%s\" is given more than once",
+                        MT_JWT_SVID_IMPERSONATION_HEADER);
       return 0;
     }
     *id = req->metadata[i].value;
@@ -103,7 +80,7 @@ static int authorize(const mt_jwt_svid_service *svc, sign_call *c) {
   mt_node_auth_decision d;
   mt_ca_service_decide_identity(svc->ca, &c->auth, impersonated, &d);
   if (d.status != MT_GRPC_OK) {
-    set_outcome(c, d.status, d.reason, "%s", d.message);
+    mt_ca_outcome_set(&c->out, d.status, d.reason, "%s", d.message);
     return 0;
   }
   snprintf(c->identity, sizeof(c->identity), "%s", d.identity);
@@ -112,18 +89,20 @@ static int authorize(const mt_jwt_svid_service *svc, sign_call *c) {
 
 static int audiences_valid(const Mtlsd__Jwt__V1__SignJwtSvidRequest *r, sign_call *c) {
   if (r->n_audience == 0) {
-    set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "no_audience", "at least one audience is required");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "no_audience",
+                      "at least one audience is required");
     return 0;
   }
   if (r->n_audience > MT_JWT_SIGNER_MAX_AUDIENCES) {
-    set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "too_many_audiences",
-                "%zu audiences; at most %d are accepted", r->n_audience,
-                MT_JWT_SIGNER_MAX_AUDIENCES);
+    mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "too_many_audiences",
+                      "%zu audiences; at most %d are accepted", r->n_audience,
+                      MT_JWT_SIGNER_MAX_AUDIENCES);
     return 0;
   }
   for (size_t i = 0; i < r->n_audience; i++) {
     if (r->audience[i] == NULL || r->audience[i][0] == '\0') {
-      set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "empty_audience", "audience %zu is empty", i);
+      mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "empty_audience",
+                        "audience %zu is empty", i);
       return 0;
     }
   }
@@ -145,7 +124,7 @@ static void sign_and_reply(mt_jwt_svid_service *svc, mt_grpc_stream *stream,
   char err[SIGN_ERR_MAX];
   char *token = mt_jwt_signer_sign(svc->signer, &claims, err, sizeof(err));
   if (token == NULL) {
-    set_outcome(c, MT_GRPC_INTERNAL, "sign_failed", "cannot sign: %s", err);
+    mt_ca_outcome_set(&c->out, MT_GRPC_INTERNAL, "sign_failed", "cannot sign: %s", err);
     return;
   }
   Mtlsd__Jwt__V1__SignJwtSvidResponse resp = MTLSD__JWT__V1__SIGN_JWT_SVID_RESPONSE__INIT;
@@ -156,9 +135,9 @@ static void sign_and_reply(mt_jwt_svid_service *svc, mt_grpc_stream *stream,
   uint8_t *buf = malloc(len ? len : 1);
   if (buf != NULL) mtlsd__jwt__v1__sign_jwt_svid_response__pack(&resp, buf);
   if (buf == NULL || mt_grpc_stream_send(stream, buf, len) != MT_GRPC_SEND_OK)
-    set_outcome(c, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
   else
-    set_outcome(c, MT_GRPC_OK, "ok", "%s", "");
+    mt_ca_outcome_set(&c->out, MT_GRPC_OK, "ok", "%s", "");
   free(buf);
   free(token);
 }
@@ -167,8 +146,8 @@ static void handle_sign(mt_jwt_svid_service *svc, mt_grpc_stream *stream, sign_c
   Mtlsd__Jwt__V1__SignJwtSvidRequest *r =
       mtlsd__jwt__v1__sign_jwt_svid_request__unpack(NULL, c->req->message_len, c->req->message);
   if (r == NULL) {
-    set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "bad_request",
-                "the request is not a SignJwtSvidRequest message");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "bad_request",
+                      "the request is not a SignJwtSvidRequest message");
     return;
   }
   if (authorize(svc, c) && audiences_valid(r, c)) sign_and_reply(svc, stream, r, c);
@@ -178,7 +157,7 @@ static void handle_sign(mt_jwt_svid_service *svc, mt_grpc_stream *stream, sign_c
 /* The diagnostic line, the counters and the access-log line of one call. */
 static void log_sign(mt_jwt_svid_service *svc, const sign_call *c) {
   const mt_grpc_request *req = c->req;
-  if (c->status == MT_GRPC_OK) {
+  if (c->out.status == MT_GRPC_OK) {
     mt_ca_log_count(svc->log, MT_CA_EV_JWT_SVIDS_SIGNED);
     if (c->impersonated[0] != '\0')
       mt_ca_log_count(svc->log, MT_CA_EV_IMPERSONATED_JWT_SVIDS_SIGNED);
@@ -190,7 +169,7 @@ static void log_sign(mt_jwt_svid_service *svc, const sign_call *c) {
     mt_ca_log_count(svc->log, MT_CA_EV_JWT_SVID_REFUSALS);
     mt_ca_log_warn(svc->log, "SignJwtSvid from %s (%s) refused: %s (%s): %s", req->peer_address,
                    c->auth.spiffe_id[0] ? c->auth.spiffe_id : "unauthenticated",
-                   mt_grpc_status_name((int)c->status), c->reason, c->message);
+                   mt_grpc_status_name((int)c->out.status), c->out.reason, c->out.message);
   }
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_SIGN_JWT_SVID,
@@ -199,12 +178,12 @@ static void log_sign(mt_jwt_svid_service *svc, const sign_call *c) {
       .identity = c->identity,
       .impersonated = c->impersonated,
       .node = c->auth.node_name,
-      .status = c->status,
-      .reason = c->reason,
-      .message = c->status == MT_GRPC_OK ? "" : c->message,
-      .ttl_s = c->status == MT_GRPC_OK ? c->ttl_s : 0,
-      .duration_ms = monotonic_ms() - c->started_ms,
-      .refused = c->status != MT_GRPC_OK,
+      .status = c->out.status,
+      .reason = c->out.reason,
+      .message = c->out.status == MT_GRPC_OK ? "" : c->out.message,
+      .ttl_s = c->out.status == MT_GRPC_OK ? c->ttl_s : 0,
+      .duration_ms = mt_ca_log_clock_ms() - c->started_ms,
+      .refused = c->out.status != MT_GRPC_OK,
   };
   mt_ca_log_access(svc->log, &e);
 }
@@ -214,13 +193,13 @@ static void on_sign(void *arg, mt_grpc_stream *stream, const mt_grpc_request *re
   sign_call c;
   memset(&c, 0, sizeof(c));
   c.req = req;
-  c.started_ms = monotonic_ms();
+  c.started_ms = mt_ca_log_clock_ms();
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &c.auth);
   if (c.auth.status != MT_GRPC_OK)
-    set_outcome(&c, c.auth.status, c.auth.reason, "%s", c.auth.message);
+    mt_ca_outcome_set(&c.out, c.auth.status, c.auth.reason, "%s", c.auth.message);
   else
     handle_sign(svc, stream, &c);
-  mt_grpc_stream_finish(stream, c.status, c.status == MT_GRPC_OK ? NULL : c.message);
+  mt_grpc_stream_finish(stream, c.out.status, c.out.status == MT_GRPC_OK ? NULL : c.out.message);
   log_sign(svc, &c);
 }
 
@@ -264,7 +243,7 @@ static void log_watch_end(const bundle_watcher *w, mt_grpc_status status, const 
       .status = status,
       .reason = reason,
       .message = message,
-      .duration_ms = monotonic_ms() - w->opened_ms,
+      .duration_ms = mt_ca_log_clock_ms() - w->opened_ms,
       .refused = refused,
   };
   mt_ca_log_access(w->svc->log, &e);
@@ -336,7 +315,7 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
   }
   w->svc = svc;
   w->stream = stream;
-  w->opened_ms = monotonic_ms();
+  w->opened_ms = mt_ca_log_clock_ms();
   snprintf(w->peer, sizeof(w->peer), "%s", req->peer_address);
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &w->auth);
   Mtlsd__Jwt__V1__WatchJwtBundlesRequest *r =

@@ -149,7 +149,7 @@ TEST(JwtBundles, RefusesWhatTheSpecRefuses) {
 }
 
 TEST(JwtBundles, TypMayBeAbsentJwtOrJoseOnly) {
-  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewP256();
+  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewEcKey();
   BundlesPtr b = Decode({{kTd, mt_test::Jwks(key.get())}});
   std::string claims = std::string("{\"sub\":\"") + kId +
                        "\",\"aud\":\"a\",\"exp\":" + std::to_string(kNow + 60) + "}";
@@ -166,7 +166,7 @@ TEST(JwtBundles, TypMayBeAbsentJwtOrJoseOnly) {
 }
 
 TEST(JwtBundles, NoIssuerIsRequiredButAnyIssuerIsAllowed) {
-  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewP256();
+  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewEcKey();
   BundlesPtr b = Decode({{kTd, mt_test::Jwks(key.get())}});
   std::string claims = std::string("{\"iss\":\"https://x\",\"sub\":\"") + kId +
                        "\",\"aud\":\"a\",\"exp\":" + std::to_string(kNow + 60) + "}";

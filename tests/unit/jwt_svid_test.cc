@@ -11,7 +11,6 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,35 +39,19 @@ const double kWaitS = 10;
 
 // A self-signed certificate for 127.0.0.1: the server's, and the client's anchor.
 struct Tls {
-  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewP256();
-  X509 *cert = X509_new();
+  bssl::UniquePtr<EVP_PKEY> key = mt_test::NewEcKey();
+  bssl::UniquePtr<X509> cert = mt_test::SelfSignedCert(key.get(), "mtls-ca", "IP:127.0.0.1");
   SSL_CTX *server = SSL_CTX_new(TLS_method());
   SSL_CTX *client = SSL_CTX_new(TLS_method());
   Tls() {
-    X509_set_version(cert, X509_VERSION_3);
-    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
-    X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
-    X509_NAME *name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const uint8_t *>("mtls-ca"), -1, -1, 0);
-    X509_set_issuer_name(cert, name);
-    X509_set_pubkey(cert, key.get());
-    X509V3_CTX ctx;
-    X509V3_set_ctx(&ctx, cert, cert, nullptr, nullptr, 0);
-    X509_EXTENSION *san = X509V3_EXT_nconf_nid(nullptr, &ctx, NID_subject_alt_name, "IP:127.0.0.1");
-    X509_add_ext(cert, san, -1);
-    X509_EXTENSION_free(san);
-    X509_sign(cert, key.get(), EVP_sha256());
-    SSL_CTX_use_certificate(server, cert);
+    SSL_CTX_use_certificate(server, cert.get());
     SSL_CTX_use_PrivateKey(server, key.get());
-    X509_STORE_add_cert(SSL_CTX_get_cert_store(client), cert);
+    X509_STORE_add_cert(SSL_CTX_get_cert_store(client), cert.get());
     SSL_CTX_set_verify(client, SSL_VERIFY_PEER, nullptr);
   }
   ~Tls() {
     SSL_CTX_free(server);
     SSL_CTX_free(client);
-    X509_free(cert);
   }
 };
 
@@ -193,7 +176,7 @@ class JwtSvidTest : public ::testing::Test {
 
   struct ev_loop *loop_ = nullptr;
   Tls tls_;
-  bssl::UniquePtr<EVP_PKEY> token_key_ = mt_test::NewP256();
+  bssl::UniquePtr<EVP_PKEY> token_key_ = mt_test::NewEcKey();
   std::string token_path_ = "/tmp/jwt_svid_test_token_" + std::to_string(getpid());
   mt_ca_auth *auth_ = nullptr;
   mt_ca_log *log_ = nullptr;

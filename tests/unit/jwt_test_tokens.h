@@ -11,9 +11,11 @@
 #include <openssl/nid.h>
 #include <openssl/sha.h>
 
+#include <cstring>
 #include <string>
 
 #include "controlplane/jwt.h"
+#include "tests/unit/test_keys.h"
 
 namespace mt_test {
 
@@ -22,14 +24,6 @@ inline std::string B64Url(const std::string &in) {
   mt_jwt_b64url_encode(reinterpret_cast<const uint8_t *>(in.data()), in.size(), &out[0]);
   out.resize(strlen(out.c_str()));
   return out;
-}
-
-inline bssl::UniquePtr<EVP_PKEY> NewP256() {
-  EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
-  EC_KEY_generate_key(ec);
-  bssl::UniquePtr<EVP_PKEY> key(EVP_PKEY_new());
-  EVP_PKEY_assign_EC_KEY(key.get(), ec);
-  return key;
 }
 
 // header.payload.signature, ES256 (raw r || s) over the given JSON texts.
