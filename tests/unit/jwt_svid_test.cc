@@ -36,6 +36,8 @@ const char kIssuer[] = "https://kubernetes.default.svc";
 const char kAudience[] = "istio-ca";
 const char kFrontend[] = "spiffe://example.org/ns/default/sa/frontend";
 const double kWaitS = 10;
+const size_t kSendQueueBytes = 4096;  // server side, per stream
+const int kMaxRotations = 2000;
 
 // A self-signed certificate for 127.0.0.1: the server's, and the client's anchor.
 struct Tls {
@@ -62,6 +64,21 @@ std::string PublicPem(EVP_PKEY *key) {
   size_t len;
   BIO_mem_contents(bio.get(), &data, &len);
   return std::string(reinterpret_cast<const char *>(data), len);
+}
+
+struct Streamed {
+  int messages = 0;
+  int closed = 0;
+  mt_grpc_status status = MT_GRPC_UNKNOWN;
+};
+
+void OnStreamMessage(void *arg, const uint8_t *, size_t) {
+  static_cast<Streamed *>(arg)->messages++;
+}
+
+void OnStreamClose(void *arg, mt_grpc_status status, const char *) {
+  static_cast<Streamed *>(arg)->closed++;
+  static_cast<Streamed *>(arg)->status = status;
 }
 
 struct Fetched {
@@ -102,12 +119,17 @@ class JwtSvidTest : public ::testing::Test {
     log_ = mt_ca_log_new("/dev/null");
     ca_ = mt_ca_service_new(auth_, log_, nullptr, 3600, 86400);
     mt_jwt_signer *signer = mt_jwt_signer_new(600);
-    ASSERT_TRUE(mt_jwt_signer_generate(signer, time(nullptr), err, sizeof(err)));
-    mt_jwt_svid_service_options so = {kTrustDomain, 120, 600, nullptr, 100000};
+    WriteSigningKey();
+    ASSERT_EQ(1,
+              mt_jwt_signer_reload_file(signer, key_path_.c_str(), time(nullptr), err, sizeof(err)))
+        << err;
+    // Polled rarely: the tests rotate with mt_jwt_svid_service_reload.
+    mt_jwt_svid_service_options so = {kTrustDomain, 120, 600, key_path_.c_str(), 100000};
     svc_ = mt_jwt_svid_service_new(loop_, auth_, ca_, log_, signer, &so);
     mt_grpc_server_options o{};
     o.listen = "127.0.0.1:0";
     o.ssl_ctx = tls_.server;
+    o.max_send_queue_bytes = kSendQueueBytes;
     server_ = mt_grpc_server_new(loop_, &o);
     ASSERT_NE(server_, nullptr);
     ASSERT_TRUE(mt_jwt_svid_service_register(svc_, server_));
@@ -130,6 +152,19 @@ class JwtSvidTest : public ::testing::Test {
     mt_ca_auth_free(auth_);
     ev_loop_destroy(loop_);
     unlink(token_path_.c_str());
+    unlink(key_path_.c_str());
+  }
+
+  // A fresh P-256 key in the signing key file, renamed over it as a
+  // mounted Secret changes.
+  void WriteSigningKey() {
+    bssl::UniquePtr<EVP_PKEY> key = mt_test::NewEcKey();
+    std::string next = key_path_ + ".next";
+    FILE *f = fopen(next.c_str(), "w");
+    PEM_write_ECPrivateKey(f, EVP_PKEY_get0_EC_KEY(key.get()), nullptr, nullptr, 0, nullptr,
+                           nullptr);
+    fclose(f);
+    ASSERT_EQ(0, rename(next.c_str(), key_path_.c_str()));
   }
 
   std::string MintToken(const std::string &sub) {
@@ -178,6 +213,7 @@ class JwtSvidTest : public ::testing::Test {
   Tls tls_;
   bssl::UniquePtr<EVP_PKEY> token_key_ = mt_test::NewEcKey();
   std::string token_path_ = "/tmp/jwt_svid_test_token_" + std::to_string(getpid());
+  std::string key_path_ = "/tmp/jwt_svid_test_key_" + std::to_string(getpid());
   mt_ca_auth *auth_ = nullptr;
   mt_ca_log *log_ = nullptr;
   mt_ca_service *ca_ = nullptr;
@@ -215,6 +251,65 @@ TEST_F(JwtSvidTest, AFetchedTokenValidatesAgainstTheStreamedBundles) {
   mt_jwt_svid_valid_dispose(&v);
   EXPECT_FALSE(
       mt_jwt_svid_validate(source_, f.token.data(), f.token.size(), "other", &v, err, sizeof(err)));
+}
+
+TEST_F(JwtSvidTest, ARotationReachesTheAgentWithThePreviousKeyKept) {
+  StartSource(token_path_.c_str());
+  Fetched before;
+  Fetch(&before, {"a"});
+  ASSERT_TRUE(RunUntil([&] { return before.calls > 0 && bundle_updates_ > 0; }));
+  int updates = bundle_updates_;
+  WriteSigningKey();
+  mt_jwt_svid_service_reload(svc_);
+  ASSERT_TRUE(RunUntil([&] { return bundle_updates_ > updates; }));
+  mt_jwt_svid_valid v;
+  char err[MT_JWT_BUNDLES_ERR_MAX] = "";
+  EXPECT_TRUE(mt_jwt_svid_validate(source_, before.token.data(), before.token.size(), "a", &v, err,
+                                   sizeof(err)))
+      << err;
+  mt_jwt_svid_valid_dispose(&v);
+}
+
+// A WatchJwtBundles caller that never reads: the server's queue for it is
+// bounded, so the stream is ended (RESOURCE_EXHAUSTED) instead of growing.
+TEST_F(JwtSvidTest, ABundleStreamThatIsNotReadIsEndedRatherThanBuffered) {
+  struct ev_loop *client_loop = ev_loop_new(0);
+  std::string target = "127.0.0.1:" + std::to_string(mt_grpc_server_port(server_));
+  mt_grpc_client_options co{};
+  co.target = target.c_str();
+  co.ssl_ctx = tls_.client;
+  mt_grpc_client *slow = mt_grpc_client_new(client_loop, &co);
+  std::string auth = "Bearer " + MintToken("system:serviceaccount:default:frontend");
+  mt_grpc_metadata md[] = {{"authorization", auth.c_str()}};
+  const mt_grpc_call_handlers handlers = {OnStreamMessage, OnStreamClose};
+  Streamed seen;
+  static const uint8_t kEmpty[1] = {0};
+  ASSERT_NE(nullptr, mt_grpc_client_start_call(slow, MT_JWT_SVID_WATCH_METHOD, md, 1, kEmpty, 0, 0,
+                                               &handlers, &seen));
+  auto both = [&] {
+    ev_run(loop_, EVRUN_NOWAIT);
+    ev_run(client_loop, EVRUN_NOWAIT);
+  };
+  double deadline = ev_time() + kWaitS;
+  while (seen.messages == 0 && ev_time() < deadline) both();
+  ASSERT_EQ(1, seen.messages);
+  // From now on the client's loop does not run: nothing is read.
+  int rotations = 0;
+  while (mt_ca_log_calls(log_, MT_CA_METHOD_WATCH_JWT_BUNDLES, MT_GRPC_RESOURCE_EXHAUSTED) == 0 &&
+         rotations < kMaxRotations) {
+    WriteSigningKey();
+    mt_jwt_svid_service_reload(svc_);
+    rotations++;
+    for (int i = 0; i < 3; i++) ev_run(loop_, EVRUN_NOWAIT);
+  }
+  EXPECT_EQ(1u, mt_ca_log_calls(log_, MT_CA_METHOD_WATCH_JWT_BUNDLES, MT_GRPC_RESOURCE_EXHAUSTED))
+      << "after " << rotations << " rotations";
+  // The client, reading again, learns how its stream ended.
+  deadline = ev_time() + kWaitS;
+  while (seen.closed == 0 && ev_time() < deadline) both();
+  EXPECT_EQ(MT_GRPC_RESOURCE_EXHAUSTED, seen.status);
+  mt_grpc_client_free(slow);
+  ev_loop_destroy(client_loop);
 }
 
 TEST_F(JwtSvidTest, TheSecondFetchIsAnsweredFromTheCacheButNeverFromInsideStart) {
