@@ -205,7 +205,9 @@ static void on_sign(void *arg, mt_grpc_stream *stream, const mt_grpc_request *re
 
 /* ---- WatchJwtBundles ------------------------------------------------------ */
 
-uint8_t *mt_jwt_svid_service_encode_bundles(mt_jwt_svid_service *svc, size_t *len) {
+/* The JwtBundles message in force, encoded (malloc'd), or NULL when out of
+ * memory. */
+static uint8_t *encode_bundles(mt_jwt_svid_service *svc, size_t *len) {
   size_t jwks_len = 0;
   const char *jwks = mt_jwt_signer_jwks(svc->signer, &jwks_len);
   if (jwks == NULL) return NULL;
@@ -284,7 +286,7 @@ static void push_to(bundle_watcher *w, const uint8_t *msg, size_t len) {
 static void push_all(mt_jwt_svid_service *svc) {
   svc->pushed_generation = mt_jwt_signer_generation(svc->signer);
   size_t len = 0;
-  uint8_t *msg = mt_jwt_svid_service_encode_bundles(svc, &len);
+  uint8_t *msg = encode_bundles(svc, &len);
   bundle_watcher *w = svc->watchers;
   while (w != NULL) {
     bundle_watcher *next = w->next; /* |w| may be freed */
@@ -335,7 +337,7 @@ static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *r
     mt_grpc_stream_set_on_closed(stream, on_watcher_closed, w);
     mt_ca_log_info(svc->log, "WatchJwtBundles of %s from %s opened", w->auth.spiffe_id, w->peer);
     size_t len = 0;
-    uint8_t *msg = mt_jwt_svid_service_encode_bundles(svc, &len);
+    uint8_t *msg = encode_bundles(svc, &len);
     if (msg != NULL)
       push_to(w, msg, len);
     else

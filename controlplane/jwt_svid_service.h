@@ -69,10 +69,6 @@ int mt_jwt_svid_service_register(mt_jwt_svid_service *svc, mt_grpc_server *serve
 /* Checks the signing key file now (SIGHUP). */
 void mt_jwt_svid_service_reload(mt_jwt_svid_service *svc);
 
-/* The JwtBundles message in force, encoded (malloc'd; the caller frees
- * it), for tests; NULL when out of memory. */
-uint8_t *mt_jwt_svid_service_encode_bundles(mt_jwt_svid_service *svc, size_t *len);
-
 #ifdef __cplusplus
 }
 #endif
