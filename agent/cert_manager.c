@@ -1001,8 +1001,6 @@ void mt_cert_manager_free(mt_cert_manager *m) {
   free(m);
 }
 
-mt_grpc_client *mt_cert_manager_grpc_client(mt_cert_manager *m) { return m->grpc; }
-
 int mt_cert_manager_want_app_svid(mt_cert_manager *m, const char *spiffe_id) {
   if (find_app_slot(m, spiffe_id) != NULL) return 1;
   /* Only an identity the agent serves itself: the CA would refuse others
@@ -1050,3 +1048,5 @@ void mt_cert_manager_get_stats(const mt_cert_manager *m, mt_cert_manager_stats *
       out->renewal_overdue_since = slot->renewal_due;
   }
 }
+
+mt_grpc_client *mt_cert_manager_grpc(mt_cert_manager *m) { return m->grpc; }

@@ -56,10 +56,6 @@ mt_cert_manager *mt_cert_manager_start(struct ev_loop *loop, mt_config *config,
 
 void mt_cert_manager_free(mt_cert_manager *manager); /* accepts NULL */
 
-/* The gRPC client to the control plane (borrowed; lives as long as the
- * manager), for other calls that authenticate like certificate requests. */
-mt_grpc_client *mt_cert_manager_grpc_client(mt_cert_manager *manager);
-
 /* Application SVIDs, for the SPIFFE Workload API: a certificate for
  * |spiffe_id| with a key of its own (never the agent's), requested now and
  * renewed like the agent's, node mode on the workload's behalf. Only for
@@ -138,6 +134,11 @@ typedef struct {
 } mt_cert_manager_stats;
 
 void mt_cert_manager_get_stats(const mt_cert_manager *manager, mt_cert_manager_stats *out);
+
+/* The gRPC client to the control plane, borrowed (valid until the
+ * manager's free): other calls to the control plane (JWT-SVIDs,
+ * jwt_svid.h) share its one connection instead of opening their own. */
+mt_grpc_client *mt_cert_manager_grpc(mt_cert_manager *manager);
 
 #ifdef __cplusplus
 }

@@ -73,6 +73,20 @@ static int on_tokens_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml
   return mt_yaml_fail(ctx, k, "unknown key 'tokens.%s'", key);
 }
 
+static int on_jwt_svid_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_node_t *v,
+                           void *target) {
+  mt_ca_config *c = target;
+  if (strcmp(key, "ttl_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MT_CA_MIN_JWT_SVID_TTL_S, MT_CA_MAX_JWT_SVID_TTL_S,
+                              &c->jwt_svid_ttl_s);
+  if (strcmp(key, "max_ttl_s") == 0)
+    return mt_yaml_want_int64(ctx, v, key, MT_CA_MIN_JWT_SVID_TTL_S, MT_CA_MAX_JWT_SVID_TTL_S,
+                              &c->jwt_svid_max_ttl_s);
+  if (strcmp(key, "signing_key_file") == 0)
+    return want_path(ctx, v, key, &c->jwt_svid_signing_key_file);
+  return mt_yaml_fail(ctx, k, "unknown key 'jwt_svid.%s'", key);
+}
+
 /* A namespace name (a DNS label), as policies name it in their metadata. */
 static int want_root_namespace(mt_yaml_ctx *ctx, yaml_node_t *v, mt_ca_config *c) {
   char *ns = NULL;
@@ -217,6 +231,10 @@ static int on_top_key(mt_yaml_ctx *ctx, const char *key, yaml_node_t *k, yaml_no
     c->tokens_line = mt_yaml_line(k);
     return mt_yaml_each_pair(ctx, v, "tokens", on_tokens_key, c);
   }
+  if (strcmp(key, "jwt_svid") == 0) {
+    c->jwt_svid_line = mt_yaml_line(k);
+    return mt_yaml_each_pair(ctx, v, "jwt_svid", on_jwt_svid_key, c);
+  }
   if (strcmp(key, "mesh_file") == 0) {
     c->mesh_line = mt_yaml_line(k);
     return want_path(ctx, v, key, &c->mesh_file);
@@ -296,6 +314,12 @@ static int validate(mt_yaml_ctx *ctx, mt_ca_config *c, yaml_node_t *root) {
   if (c->default_cert_ttl_s > c->max_cert_ttl_s)
     return mt_yaml_fail(ctx, root, "default_cert_ttl_s (%lld) exceeds max_cert_ttl_s (%lld)",
                         (long long)c->default_cert_ttl_s, (long long)c->max_cert_ttl_s);
+  if (c->jwt_svid_ttl_s > c->jwt_svid_max_ttl_s) {
+    yaml_node_t *v = NULL;
+    return mt_yaml_fail(ctx, find_top_key(ctx, root, "jwt_svid", &v),
+                        "'jwt_svid.ttl_s' (%lld) exceeds 'jwt_svid.max_ttl_s' (%lld)",
+                        (long long)c->jwt_svid_ttl_s, (long long)c->jwt_svid_max_ttl_s);
+  }
   if (c->kubernetes && c->workloads_file != NULL) {
     yaml_node_t *v = NULL;
     return mt_yaml_fail(ctx, find_top_key(ctx, root, "workloads_file", &v),
@@ -325,9 +349,17 @@ static int set_defaults(mt_ca_config *c) {
          c->k8s_root_namespace != NULL;
 }
 
-/* Unset TTLs: default 1 h, maximum 24 h, and never a default above the
- * configured maximum. */
+/* Unset TTLs: certificates default 1 h, maximum 24 h; JWT-SVIDs default
+ * 5 min, maximum 1 h; never a default above the configured maximum. */
 static void settle_ttls(mt_ca_config *c) {
+  if (c->jwt_svid_max_ttl_s == 0) {
+    c->jwt_svid_max_ttl_s = MT_CA_DEFAULT_MAX_JWT_SVID_TTL_S;
+    if (c->jwt_svid_ttl_s > c->jwt_svid_max_ttl_s) c->jwt_svid_max_ttl_s = c->jwt_svid_ttl_s;
+  }
+  if (c->jwt_svid_ttl_s == 0)
+    c->jwt_svid_ttl_s = c->jwt_svid_max_ttl_s < MT_CA_DEFAULT_JWT_SVID_TTL_S
+                            ? c->jwt_svid_max_ttl_s
+                            : MT_CA_DEFAULT_JWT_SVID_TTL_S;
   if (c->max_cert_ttl_s == 0) {
     c->max_cert_ttl_s = MT_CA_DEFAULT_MAX_CERT_TTL_S;
     if (c->default_cert_ttl_s > c->max_cert_ttl_s) c->max_cert_ttl_s = c->default_cert_ttl_s;
@@ -377,6 +409,7 @@ void mt_ca_config_free(mt_ca_config *c) {
   free(c->token_audience);
   free(c->token_keys_file);
   free(c->mesh_file);
+  free(c->jwt_svid_signing_key_file);
   free(c->access_log);
   for (size_t i = 0; i < c->num_node_agents; i++) free(c->node_agents[i]);
   free(c->node_agents);

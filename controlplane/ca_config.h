@@ -29,6 +29,11 @@ enum {
   MT_CA_K8S_MIN_WATCH_TIMEOUT_S = 1,
   MT_CA_K8S_MAX_WATCH_TIMEOUT_S = 3600,
   MT_CA_K8S_MAX_LIST_PAGE_SIZE = 100000,
+  /* JWT-SVIDs are bearer tokens: short-lived by default. */
+  MT_CA_DEFAULT_JWT_SVID_TTL_S = 5 * 60,
+  MT_CA_DEFAULT_MAX_JWT_SVID_TTL_S = 3600,
+  MT_CA_MIN_JWT_SVID_TTL_S = 10,
+  MT_CA_MAX_JWT_SVID_TTL_S = 24 * 3600,
 };
 
 /* kubernetes.default_mtls_mode: Istio's default is PERMISSIVE. */
@@ -84,7 +89,15 @@ typedef struct {
   char *k8s_root_namespace;              /* mesh-wide policies live here; "istio-system" */
   mt_ca_mtls_mode k8s_default_mtls_mode; /* when no PeerAuthentication applies */
 
+  /* JWT-SVIDs (jwt_svid_service.h): lifetime of a token when the request
+   * asks for none, the most it may ask for, and the ES256 signing key (PEM
+   * EC P-256 private key; NULL: generated at start, lost at restart). */
+  int64_t jwt_svid_ttl_s;
+  int64_t jwt_svid_max_ttl_s;
+  char *jwt_svid_signing_key_file;
+
   /* Lines of the keys that name files, for errors found reading them. */
+  unsigned long jwt_svid_line;
   unsigned long tls_line, signer_line, roots_line, tokens_line, mesh_line, workloads_line,
       kubernetes_line;
 } mt_ca_config;

@@ -60,6 +60,12 @@ static const char *const kEventNames[MT_CA_EV_COUNT] = {
     [MT_CA_EV_ISTIO_OBJECTS_APPLIED] = "istio_objects_applied",
     [MT_CA_EV_ISTIO_OBJECTS_REDUCED] = "istio_objects_reduced",
     [MT_CA_EV_ISTIO_OBJECTS_REFUSED] = "istio_objects_refused",
+    [MT_CA_EV_JWT_SVIDS_SIGNED] = "jwt_svids_signed",
+    [MT_CA_EV_IMPERSONATED_JWT_SVIDS_SIGNED] = "impersonated_jwt_svids_signed",
+    [MT_CA_EV_JWT_SVID_REFUSALS] = "jwt_svid_refusals",
+    [MT_CA_EV_JWT_KEY_ROTATIONS] = "jwt_key_rotations",
+    [MT_CA_EV_JWT_KEY_RELOAD_FAILURES] = "jwt_key_reload_failures",
+    [MT_CA_EV_JWT_BUNDLES_SENT] = "jwt_bundles_sent",
 };
 
 static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {
@@ -67,6 +73,8 @@ static const char *const kMethodNames[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_WATCH] = "Watch",
     [MT_CA_METHOD_WANT] = "Want",
     [MT_CA_METHOD_NODE_INFO] = "NodeInfo",
+    [MT_CA_METHOD_SIGN_JWT_SVID] = "SignJwtSvid",
+    [MT_CA_METHOD_WATCH_JWT_BUNDLES] = "WatchJwtBundles",
 };
 
 static const char *const kMethodPaths[MT_CA_METHOD_COUNT] = {
@@ -74,6 +82,8 @@ static const char *const kMethodPaths[MT_CA_METHOD_COUNT] = {
     [MT_CA_METHOD_WATCH] = "/mtlsd.mesh.v1.MeshConfig/Watch",
     [MT_CA_METHOD_WANT] = "/mtlsd.mesh.v1.MeshConfig/Want",
     [MT_CA_METHOD_NODE_INFO] = "/mtlsd.node.v1.NodeInfo/Get",
+    [MT_CA_METHOD_SIGN_JWT_SVID] = "/mtlsd.jwt.v1.JwtSvidService/SignJwtSvid",
+    [MT_CA_METHOD_WATCH_JWT_BUNDLES] = "/mtlsd.jwt.v1.JwtSvidService/WatchJwtBundles",
 };
 
 const char *mt_ca_method_path(mt_ca_method method) {
@@ -143,6 +153,22 @@ static void vlog(const char *level, const char *fmt, va_list ap) {
   if (m > 0) pos += (size_t)m < sizeof(line) - pos ? (size_t)m : sizeof(line) - pos - 1;
   line[pos++] = '\n';
   write_all(STDERR_FILENO, line, pos);
+}
+
+void mt_ca_outcome_set(mt_ca_outcome *out, mt_grpc_status status, const char *reason,
+                       const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  out->status = status;
+  out->reason = reason;
+  vsnprintf(out->message, sizeof(out->message), fmt, ap);
+  va_end(ap);
+}
+
+int64_t mt_ca_log_clock_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
 }
 
 void mt_ca_log_info(mt_ca_log *log, const char *fmt, ...) {

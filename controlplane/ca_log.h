@@ -25,6 +25,8 @@ typedef enum {
   MT_CA_METHOD_WATCH,
   MT_CA_METHOD_WANT,
   MT_CA_METHOD_NODE_INFO, /* /mtlsd.node.v1.NodeInfo/Get */
+  MT_CA_METHOD_SIGN_JWT_SVID,
+  MT_CA_METHOD_WATCH_JWT_BUNDLES,
   MT_CA_METHOD_COUNT,
 } mt_ca_method;
 
@@ -58,6 +60,12 @@ typedef enum {
   MT_CA_EV_ISTIO_OBJECTS_APPLIED,
   MT_CA_EV_ISTIO_OBJECTS_REDUCED,
   MT_CA_EV_ISTIO_OBJECTS_REFUSED,
+  MT_CA_EV_JWT_SVIDS_SIGNED,
+  MT_CA_EV_IMPERSONATED_JWT_SVIDS_SIGNED, /* of jwt_svids_signed: to a node agent for a workload */
+  MT_CA_EV_JWT_SVID_REFUSALS,             /* SignJwtSvid calls refused (reasons: refusals_total) */
+  MT_CA_EV_JWT_KEY_ROTATIONS,             /* a new JWT-SVID signing key came into force */
+  MT_CA_EV_JWT_KEY_RELOAD_FAILURES,       /* a changed jwt_svid.signing_key_file was refused */
+  MT_CA_EV_JWT_BUNDLES_SENT,              /* JwtBundles messages queued on WatchJwtBundles */
   MT_CA_EV_COUNT,
 } mt_ca_event;
 
@@ -86,6 +94,21 @@ typedef struct {
 } mt_ca_access_entry;
 
 typedef struct mt_ca_log mt_ca_log;
+
+/* How a call ends, as every service builds it up for its reply and its
+ * access-log line. */
+enum { MT_CA_OUTCOME_MESSAGE_MAX = 640 };
+typedef struct {
+  mt_grpc_status status;
+  const char *reason; /* static, stable: "ok", "bad_request", an auth reason... */
+  char message[MT_CA_OUTCOME_MESSAGE_MAX]; /* what the caller is told */
+} mt_ca_outcome;
+
+void mt_ca_outcome_set(mt_ca_outcome *out, mt_grpc_status status, const char *reason,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Monotonic milliseconds, for mt_ca_access_entry.duration_ms. */
+int64_t mt_ca_log_clock_ms(void);
 
 /* |access_log_path|: a file (created if missing, appended) or "-" for
  * stdout. Returns NULL with errno set. */

@@ -1,7 +1,6 @@
 /* ca_service.c: CreateCertificate. */
 #include "controlplane/ca_service.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +16,7 @@
 
 enum {
   SIGN_ERR_MAX = 512,
-  MESSAGE_MAX = 640,
   SERIAL_HEX_MAX = 2 * 20 + 1, /* RFC 5280: at most 20 octets */
-  MS_PER_SECOND = 1000,
-  NS_PER_MS = 1000000,
   SECONDS_PER_DAY = 24 * 3600,
 };
 
@@ -53,18 +49,10 @@ typedef struct {
    * workload's once an impersonation is allowed, "" once one is refused. */
   char identity[MT_SPIFFE_ID_MAX_LEN + 1];
   char impersonated[MT_SPIFFE_ID_MAX_LEN + 1]; /* as asked for (cut if longer), or "" */
-  mt_grpc_status status;
-  const char *reason;
-  char message[MESSAGE_MAX];
+  mt_ca_outcome out;
   char serial[SERIAL_HEX_MAX];
   int64_t ttl_s;
 } call_state;
-
-static int64_t monotonic_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
-}
 
 mt_ca_service *mt_ca_service_new(const mt_ca_auth *auth, mt_ca_log *log, mt_ca_issuer *issuer,
                                  int64_t default_ttl_s, int64_t max_ttl_s) {
@@ -169,19 +157,6 @@ static void describe_leaf(const char *leaf_pem, time_t now, call_state *st) {
 
 /* ---- replying ---------------------------------------------------------- */
 
-static void set_outcome(call_state *st, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-
-static void set_outcome(call_state *st, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  st->status = status;
-  st->reason = reason;
-  vsnprintf(st->message, sizeof(st->message), fmt, ap);
-  va_end(ap);
-}
-
 /* The diagnostic line of an issuance; a node agent's names it and its node
  * (both checked by node_auth before anything was issued). */
 static void log_issued(mt_ca_service *svc, const call_state *st) {
@@ -201,14 +176,15 @@ static void log_issued(mt_ca_service *svc, const call_state *st) {
 /* Finishes the call with its outcome; logs, counts. */
 static void conclude(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st) {
   const mt_grpc_request *req = st->req;
-  mt_grpc_stream_finish(stream, st->status, st->status == MT_GRPC_OK ? NULL : st->message);
-  if (st->status == MT_GRPC_OK) {
+  mt_grpc_stream_finish(stream, st->out.status,
+                        st->out.status == MT_GRPC_OK ? NULL : st->out.message);
+  if (st->out.status == MT_GRPC_OK) {
     log_issued(svc, st);
   } else {
     mt_ca_log_warn(svc->log, "CreateCertificate from %s (%s) refused: %s (%s): %s",
                    req->peer_address,
                    st->auth.spiffe_id[0] ? st->auth.spiffe_id : "unauthenticated",
-                   mt_grpc_status_name((int)st->status), st->reason, st->message);
+                   mt_grpc_status_name((int)st->out.status), st->out.reason, st->out.message);
   }
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_CREATE_CERTIFICATE,
@@ -217,13 +193,13 @@ static void conclude(mt_ca_service *svc, mt_grpc_stream *stream, call_state *st)
       .identity = st->identity,
       .impersonated = st->impersonated,
       .node = st->auth.node_name,
-      .status = st->status,
-      .reason = st->reason,
-      .message = st->status == MT_GRPC_OK ? "" : st->message,
+      .status = st->out.status,
+      .reason = st->out.reason,
+      .message = st->out.status == MT_GRPC_OK ? "" : st->out.message,
       .serial = st->serial,
       .ttl_s = st->ttl_s,
-      .duration_ms = monotonic_ms() - st->started_ms,
-      .refused = st->status != MT_GRPC_OK,
+      .duration_ms = mt_ca_log_clock_ms() - st->started_ms,
+      .refused = st->out.status != MT_GRPC_OK,
   };
   mt_ca_log_access(svc->log, &e);
 }
@@ -243,17 +219,18 @@ static int send_response(mt_ca_service *svc, mt_grpc_stream *stream, char **chai
   size_t len = istio__v1__auth__istio_certificate_response__get_packed_size(&resp);
   uint8_t *buf = malloc(len ? len : 1);
   if (buf == NULL) {
-    set_outcome(st, MT_GRPC_INTERNAL, "no_memory", "out of memory encoding the response");
+    mt_ca_outcome_set(&st->out, MT_GRPC_INTERNAL, "no_memory",
+                      "out of memory encoding the response");
     return 0;
   }
   istio__v1__auth__istio_certificate_response__pack(&resp, buf);
   mt_grpc_send_result r = mt_grpc_stream_send(stream, buf, len);
   free(buf);
   if (r != MT_GRPC_SEND_OK) {
-    set_outcome(st, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
+    mt_ca_outcome_set(&st->out, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
     return 0;
   }
-  set_outcome(st, MT_GRPC_OK, "ok", "%s", "");
+  mt_ca_outcome_set(&st->out, MT_GRPC_OK, "ok", "%s", "");
   return 1;
 }
 
@@ -276,8 +253,8 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
                            int64_t requested_ttl_s, call_state *st) {
   time_t now = time(NULL);
   if (now >= mt_ca_issuer_not_after(svc->issuer)) {
-    set_outcome(st, MT_GRPC_UNAVAILABLE, "issuer_expired",
-                "the issuing CA has expired; it must be rotated (SIGHUP after replacing it)");
+    mt_ca_outcome_set(&st->out, MT_GRPC_UNAVAILABLE, "issuer_expired",
+                      "the issuing CA has expired; it must be rotated (SIGHUP after replacing it)");
     return;
   }
   char err[SIGN_ERR_MAX] = "";
@@ -286,15 +263,15 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
                           pick_ttl(svc, requested_ttl_s), svc->max_ttl_s, now, &chain_pem, err,
                           sizeof(err))) {
     if (is_internal_sign_error(err))
-      set_outcome(st, MT_GRPC_INTERNAL, "sign_failed", "cannot sign: %s", err);
+      mt_ca_outcome_set(&st->out, MT_GRPC_INTERNAL, "sign_failed", "cannot sign: %s", err);
     else
-      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "bad CSR: %s", err);
+      mt_ca_outcome_set(&st->out, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "bad CSR: %s", err);
     return;
   }
   char **chain = NULL;
   size_t n = split_pem_chain(chain_pem, &chain);
   if (n == 0) {
-    set_outcome(st, MT_GRPC_INTERNAL, "no_memory", "out of memory splitting the chain");
+    mt_ca_outcome_set(&st->out, MT_GRPC_INTERNAL, "no_memory", "out of memory splitting the chain");
   } else {
     describe_leaf(chain[0], now, st);
     send_response(svc, stream, chain, n, st);
@@ -304,6 +281,16 @@ static void sign_and_reply(mt_ca_service *svc, mt_grpc_stream *stream, const cha
 }
 
 /* ---- who the certificate is for --------------------------------------- */
+
+void mt_ca_service_decide_identity(const mt_ca_service *svc, const mt_ca_auth_result *caller,
+                                   const char *impersonated, mt_node_auth_decision *out) {
+  mt_node_auth_policy policy = svc->node_policy;
+  policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
+  policy.cluster = svc->cluster;
+  policy.cluster_not_synced = !svc->cluster_synced;
+  mt_node_auth_request request = {caller->spiffe_id, caller->node_name, impersonated};
+  mt_node_auth_decide(&policy, &request, out);
+}
 
 /* The request's ImpersonatedIdentity: |*id| NULL when the metadata has none.
  * A key given twice or a value that is not a string is refused rather than
@@ -317,13 +304,14 @@ static int find_impersonation(const Istio__V1__Auth__IstioCertificateRequest *r,
     if (f == NULL || f->key == NULL || strcmp(f->key, MT_NODE_AUTH_IMPERSONATION_KEY) != 0)
       continue;
     if (*id != NULL) {
-      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
-                  "metadata \"%s\" is given more than once", MT_NODE_AUTH_IMPERSONATION_KEY);
+      mt_ca_outcome_set(&st->out, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
+                        "metadata \"%s\" is given more than once", MT_NODE_AUTH_IMPERSONATION_KEY);
       return 0;
     }
     if (f->value == NULL || f->value->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
-      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
-                  "metadata \"%s\" must be a string (a SPIFFE ID)", MT_NODE_AUTH_IMPERSONATION_KEY);
+      mt_ca_outcome_set(&st->out, MT_GRPC_INVALID_ARGUMENT, "bad_metadata",
+                        "metadata \"%s\" must be a string (a SPIFFE ID)",
+                        MT_NODE_AUTH_IMPERSONATION_KEY);
       return 0;
     }
     *id = f->value->string_value;
@@ -340,18 +328,13 @@ static int authorize(const mt_ca_service *svc, const Istio__V1__Auth__IstioCerti
   if (impersonated != NULL)
     snprintf(st->impersonated, sizeof(st->impersonated), "%s", impersonated);
   if (ok) {
-    mt_node_auth_policy policy = svc->node_policy;
-    policy.workloads = svc->registry != NULL ? mt_workload_registry_current(svc->registry) : NULL;
-    policy.cluster = svc->cluster;
-    policy.cluster_not_synced = !svc->cluster_synced;
-    mt_node_auth_request request = {st->auth.spiffe_id, st->auth.node_name, impersonated};
     mt_node_auth_decision d;
-    mt_node_auth_decide(&policy, &request, &d);
+    mt_ca_service_decide_identity(svc, &st->auth, impersonated, &d);
     ok = d.status == MT_GRPC_OK;
     if (ok)
       snprintf(st->identity, sizeof(st->identity), "%s", d.identity);
     else
-      set_outcome(st, d.status, d.reason, "%s", d.message);
+      mt_ca_outcome_set(&st->out, d.status, d.reason, "%s", d.message);
   }
   if (!ok) st->identity[0] = '\0';
   return ok;
@@ -363,13 +346,13 @@ static void handle_request(mt_ca_service *svc, mt_grpc_stream *stream, call_stat
   Istio__V1__Auth__IstioCertificateRequest *r =
       istio__v1__auth__istio_certificate_request__unpack(NULL, req->message_len, req->message);
   if (r == NULL) {
-    set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_request",
-                "the request is not an IstioCertificateRequest message");
+    mt_ca_outcome_set(&st->out, MT_GRPC_INVALID_ARGUMENT, "bad_request",
+                      "the request is not an IstioCertificateRequest message");
     return;
   }
   if (authorize(svc, r, st)) {
     if (r->csr == NULL || r->csr[0] == '\0')
-      set_outcome(st, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "csr is empty");
+      mt_ca_outcome_set(&st->out, MT_GRPC_INVALID_ARGUMENT, "bad_csr", "csr is empty");
     else
       sign_and_reply(svc, stream, r->csr, r->validity_duration, st);
   }
@@ -381,10 +364,10 @@ static void on_create_certificate(void *arg, mt_grpc_stream *stream, const mt_gr
   call_state st;
   memset(&st, 0, sizeof(st));
   st.req = req;
-  st.started_ms = monotonic_ms();
+  st.started_ms = mt_ca_log_clock_ms();
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &st.auth);
   if (st.auth.status != MT_GRPC_OK) {
-    set_outcome(&st, st.auth.status, st.auth.reason, "%s", st.auth.message);
+    mt_ca_outcome_set(&st.out, st.auth.status, st.auth.reason, "%s", st.auth.message);
   } else {
     snprintf(st.identity, sizeof(st.identity), "%s", st.auth.spiffe_id);
     handle_request(svc, stream, &st);

@@ -23,6 +23,7 @@
 #include "controlplane/ca_files.h"
 #include "controlplane/ca_log.h"
 #include "controlplane/cluster_state.h"
+#include "controlplane/node_auth.h"
 #include "controlplane/workload_registry.h"
 #include "grpc/server.h"
 
@@ -65,6 +66,15 @@ void mt_ca_service_use_cluster(mt_ca_service *svc, const mt_cluster_state *clust
  * ("cluster_not_synced", retry), never PERMISSION_DENIED: a partial state
  * must not refuse anyone (k8s_source.h). */
 void mt_ca_service_cluster_synced(mt_ca_service *svc);
+
+/* Whom may a caller authenticated as |caller| (status OK) have an SVID
+ * for? node_auth.h's decision under this service's node agents and
+ * registry or cluster state: its own identity when |impersonated| is NULL,
+ * else the workload's when allowed. Every method that issues an SVID to a
+ * caller (CreateCertificate, SignJwtSvid) decides through this one rule.
+ * |out->identity| points into |caller| or |impersonated|. */
+void mt_ca_service_decide_identity(const mt_ca_service *svc, const mt_ca_auth_result *caller,
+                                   const char *impersonated, mt_node_auth_decision *out);
 
 #ifdef __cplusplus
 }

@@ -29,8 +29,10 @@ static size_t b64url_member(const json_t *key, const char *name, uint8_t *out, s
   if (std == NULL) return 0;
   for (size_t i = 0; i < len; i++) {
     char c = text[i];
-    if (c == '-') c = '+';
-    else if (c == '_') c = '/';
+    if (c == '-')
+      c = '+';
+    else if (c == '_')
+      c = '/';
     else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) {
       free(std);
       return 0;
@@ -115,7 +117,8 @@ static int add_key(const json_t *key, size_t i, BIO *pem, char *err, size_t err_
   const char *use = json_string_value(json_object_get(key, "use"));
   const char *alg = json_string_value(json_object_get(key, "alg"));
   if (kty == NULL) return snprintf(err, err_len, "keys[%zu] has no \"kty\"", i), -1;
-  if (use != NULL && strcmp(use, "sig") != 0) return 0;
+  /* "sig" (RFC 7517) or "jwt-svid" (a SPIFFE bundle's JWT authorities). */
+  if (use != NULL && strcmp(use, "sig") != 0 && strcmp(use, "jwt-svid") != 0) return 0;
   EVP_PKEY *pkey = NULL;
   if (strcmp(kty, "RSA") == 0) {
     if (alg != NULL && strcmp(alg, "RS256") != 0) return 0;
@@ -156,9 +159,12 @@ mt_jwt_keys *mt_jwks_parse(const char *json, size_t len, size_t *skipped, char *
   }
   for (size_t i = 0; ok && i < json_array_size(keys); i++) {
     int r = add_key(json_array_get(keys, i), i, pem, err, err_len);
-    if (r < 0) ok = 0;
-    else if (r == 0) left_out++;
-    else usable++;
+    if (r < 0)
+      ok = 0;
+    else if (r == 0)
+      left_out++;
+    else
+      usable++;
   }
   if (ok && usable == 0) {
     snprintf(err, err_len, "JWKS has no RS256 or ES256 (P-256) signing key (%zu skipped)",

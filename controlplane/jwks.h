@@ -3,13 +3,12 @@
  * jwt.h verifies tokens with.
  *
  * Accepted: "kty":"RSA" ("n", "e"; at least 2048 bits, RS256) and
- * "kty":"EC" with "crv":"P-256" ("x", "y"; ES256). A key whose "use" is not
- * "sig", whose "alg" is not RS256/ES256, or of another type or curve is
- * skipped (counted, not fatal: an issuer may publish more than we verify).
- * A document that is not a JSON object with a "keys" array, a key of an
- * accepted type with bad members (missing, not base64url, a point not on
- * the curve, a weak RSA modulus), or no usable key at all is refused as a
- * whole. The JSON parser (jansson) refuses duplicate member names. Pure:
+ * "kty":"EC" with "crv":"P-256" ("x", "y"; ES256). A key whose "use" is
+ * neither "sig" nor "jwt-svid" (a SPIFFE bundle's JWT authorities), whose "alg" is not RS256/ES256,
+ * or of another type or curve is skipped (counted, not fatal: an issuer may publish more than we
+ * verify). A document that is not a JSON object with a "keys" array, a key of an accepted type with
+ * bad members (missing, not base64url, a point not on the curve, a weak RSA modulus), or no usable
+ * key at all is refused as a whole. The JSON parser (jansson) refuses duplicate member names. Pure:
  * no I/O. */
 #ifndef MT_CP_JWKS_H
 #define MT_CP_JWKS_H

@@ -34,13 +34,13 @@
 
 enum {
   MT_JWT_MIN_RSA_BITS = 2048,
-  MT_JWT_MAX_RSA_BITS = 8192,        /* bounds the cost of one verification */
-  MT_JWT_MAX_KEYS_PEM_LEN = 1 << 20, /* a key file is config, but still bounded */
-  MT_JWT_ES256_SIG_LEN = 64,         /* r || s, 32 bytes each */
-  MT_JWT_KID_LEN = 43,               /* base64url(SHA-256) without padding */
-  MT_JWT_SHOWN_MAX = 64,             /* untrusted text quoted in a message */
-  MT_JWT_JSON_MAX_DEPTH = 16,        /* nesting of objects and arrays, the top one included */
-  MT_JWT_MSG_MAX = 160,              /* one reason, before the part it concerns is added */
+  MT_JWT_MAX_RSA_BITS = 8192,          /* bounds the cost of one verification */
+  MT_JWT_MAX_KEYS_PEM_LEN = 1 << 20,   /* a key file is config, but still bounded */
+  MT_JWT_ES256_SIG_LEN = 64,           /* r || s, 32 bytes each */
+  MT_JWT_KID_LEN = MT_JWT_KID_MAX_LEN, /* base64url(SHA-256) without padding */
+  MT_JWT_SHOWN_MAX = 64,               /* untrusted text quoted in a message */
+  MT_JWT_JSON_MAX_DEPTH = 16,          /* nesting of objects and arrays, the top one included */
+  MT_JWT_MSG_MAX = 160,                /* one reason, before the part it concerns is added */
 };
 
 /* ==== 1. Errors and text helpers ========================================= */
@@ -147,7 +147,7 @@ static int mt_b64url_decode(CBS in, uint8_t *out, size_t *out_len) {
 
 /* Unpadded base64url of |len| bytes into |out| (room for 4 * ceil(len / 3)
  * + 1), NUL-terminated. */
-static void mt_b64url_encode(const uint8_t *in, size_t len, char *out) {
+void mt_jwt_b64url_encode(const uint8_t *in, size_t len, char *out) {
   size_t o = 0;
   for (size_t i = 0; i < len; i += 3) {
     uint32_t acc = (uint32_t)in[i] << 16;
@@ -365,9 +365,11 @@ static int mt_jwt_key_id(const EVP_PKEY *pkey, char *kid) {
   }
   SHA256(der, der_len, digest);
   OPENSSL_free(der);
-  mt_b64url_encode(digest, sizeof(digest), kid);
+  mt_jwt_b64url_encode(digest, sizeof(digest), kid);
   return 1;
 }
+
+int mt_jwt_key_id_of(const EVP_PKEY *pkey, char *kid) { return mt_jwt_key_id(pkey, kid); }
 
 /* One PEM block: a DER SubjectPublicKeyInfo with nothing after it. */
 static int mt_jwt_key_parse(const char *name, const uint8_t *der, long der_len, mt_jwt_key *key,
@@ -467,7 +469,8 @@ mt_jwt_keys *mt_jwt_keys_load_pem(const char *pem, size_t len, char *err, size_t
 
 typedef struct {
   mt_jwt_alg alg;
-  char kid[MT_JWT_KID_LEN + 1]; /* "" unless "kid" has the length of our key ids */
+  char kid[MT_JWT_KID_LEN + 1];     /* "" unless "kid" has the length of our key ids */
+  char typ[MT_JWT_TYP_MAX_LEN + 1]; /* "" when absent, "~" when too long */
 } mt_jwt_header;
 
 /* alg decides the key type; kid may narrow the keys tried; "crit" names
@@ -476,6 +479,14 @@ typedef struct {
  * comes from our own key set. */
 static mt_jwt_err mt_jwt_header_read(const json_t *doc, mt_jwt_header *h, mt_jwt_error *err) {
   const json_t *alg = json_object_get(doc, "alg"), *kid = json_object_get(doc, "kid");
+  const json_t *typ = json_object_get(doc, "typ");
+  if (typ != NULL && !json_is_string(typ)) {
+    return mt_jwt_fail(err, MT_JWT_MALFORMED, "header: \"typ\" is not a string");
+  }
+  if (typ != NULL) {
+    snprintf(h->typ, sizeof(h->typ), "%s",
+             json_string_length(typ) <= MT_JWT_TYP_MAX_LEN ? json_string_value(typ) : "~");
+  }
   if (alg != NULL && !json_is_string(alg)) {
     return mt_jwt_fail(err, MT_JWT_MALFORMED, "header: \"alg\" is not a string");
   }
@@ -721,11 +732,12 @@ static mt_jwt_err mt_jwt_read_claims(const json_t *doc, mt_jwt_claim_state *st, 
 
 static mt_jwt_err mt_jwt_check_presence(const json_t *doc, const mt_jwt_claim_state *st,
                                         mt_jwt_error *err) {
-  const char *missing = st->sub[0] == '\0'                    ? "sub"
-                        : json_object_get(doc, "iss") == NULL ? "iss"
-                        : json_object_get(doc, "aud") == NULL ? "aud"
-                        : json_object_get(doc, "exp") == NULL ? "exp"
-                                                              : NULL;
+  int need_iss = st->expect->issuer != NULL;
+  const char *missing = st->sub[0] == '\0'                                ? "sub"
+                        : need_iss && json_object_get(doc, "iss") == NULL ? "iss"
+                        : json_object_get(doc, "aud") == NULL             ? "aud"
+                        : json_object_get(doc, "exp") == NULL             ? "exp"
+                                                                          : NULL;
   if (missing != NULL) {
     return mt_jwt_fail(err, MT_JWT_MISSING_CLAIM, "claim \"%s\" is missing", missing);
   }
@@ -736,7 +748,7 @@ static mt_jwt_err mt_jwt_check_presence(const json_t *doc, const mt_jwt_claim_st
 static mt_jwt_err mt_jwt_check_values(const mt_jwt_claim_state *st, mt_jwt_error *err) {
   const mt_jwt_expect *e = st->expect;
   char shown[MT_JWT_SHOWN_MAX + 4];
-  if (strcmp(st->iss, e->issuer) != 0) {
+  if (e->issuer != NULL && strcmp(st->iss, e->issuer) != 0) {
     return mt_jwt_fail(err, MT_JWT_WRONG_ISSUER, "issuer \"%s\" is not the expected one",
                        mt_jwt_shown((const uint8_t *)st->iss, strlen(st->iss), shown));
   }
@@ -818,8 +830,8 @@ static mt_jwt_err mt_jws_decode(CBS part, const char *what, uint8_t *buf, size_t
 
 static mt_jwt_err mt_jwt_check_args(const mt_jwt_keys *keys, const char *token,
                                     const mt_jwt_expect *e, mt_jwt_error *err) {
-  if (keys == NULL || token == NULL || e == NULL || e->issuer == NULL || e->audience == NULL) {
-    return mt_jwt_fail(err, MT_JWT_INVALID_ARGUMENT, "keys, token, issuer or audience is NULL");
+  if (keys == NULL || token == NULL || e == NULL || e->audience == NULL) {
+    return mt_jwt_fail(err, MT_JWT_INVALID_ARGUMENT, "keys, token or audience is NULL");
   }
   if (e->now_s < 0 || e->now_s > INT64_MAX / 2 || e->leeway_s < 0 ||
       e->leeway_s > MT_JWT_MAX_LEEWAY_S) {
@@ -854,15 +866,28 @@ static mt_jwt_err mt_jwt_run(const mt_jwt_keys *keys, const mt_jws_parts *p, mt_
   return rc;
 }
 
-static void mt_jwt_copy_out(const mt_jwt_claim_state *st, mt_jwt_claims *out) {
+static void mt_jwt_copy_out(const mt_jwt_work *w, mt_jwt_claims *out) {
+  const mt_jwt_claim_state *st = &w->claims;
+  memcpy(out->typ, w->header.typ, sizeof(out->typ));
   memcpy(out->sub, st->sub, sizeof(out->sub));
   memcpy(out->iss, st->iss, sizeof(out->iss));
   memcpy(out->node_name, st->node_name, sizeof(out->node_name));
   out->exp = st->exp;
 }
 
-mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
-                         const mt_jwt_expect *expect, mt_jwt_claims *out, mt_jwt_error *err) {
+/* The decoded payload of a verified token, as text the caller owns. */
+static char *mt_jwt_payload_copy(const mt_jwt_work *w) {
+  char *text = malloc(w->payload_len + 1);
+  if (text != NULL) {
+    memcpy(text, w->buf + w->header_len, w->payload_len);
+    text[w->payload_len] = '\0';
+  }
+  return text;
+}
+
+mt_jwt_err mt_jwt_verify_payload(const mt_jwt_keys *keys, const char *token, size_t len,
+                                 const mt_jwt_expect *expect, mt_jwt_claims *out, char **payload,
+                                 size_t *payload_len, mt_jwt_error *err) {
   if (err != NULL) {
     err->code = MT_JWT_OK;
     err->message[0] = '\0';
@@ -870,6 +895,7 @@ mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
   if (out != NULL) {
     memset(out, 0, sizeof(*out));
   }
+  if (payload != NULL) *payload = NULL;
   mt_jwt_err rc = mt_jwt_check_args(keys, token, expect, err);
   if (rc != MT_JWT_OK) return rc;
   if (len > MT_JWT_MAX_TOKEN_LEN) {
@@ -886,12 +912,24 @@ mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
   }
   w->claims.expect = expect;
   rc = mt_jwt_run(keys, &parts, w, err);
+  if (rc == MT_JWT_OK && payload != NULL) {
+    *payload = mt_jwt_payload_copy(w);
+    if (*payload == NULL)
+      rc = mt_jwt_fail(err, MT_JWT_INTERNAL, "out of memory");
+    else if (payload_len != NULL)
+      *payload_len = w->payload_len;
+  }
   if (rc == MT_JWT_OK && out != NULL) {
-    mt_jwt_copy_out(&w->claims, out);
+    mt_jwt_copy_out(w, out);
   }
   free(w->buf);
   free(w);
   return rc;
+}
+
+mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
+                         const mt_jwt_expect *expect, mt_jwt_claims *out, mt_jwt_error *err) {
+  return mt_jwt_verify_payload(keys, token, len, expect, out, NULL, NULL, err);
 }
 
 /* ==== 4f. Service account -> SPIFFE ID ===================================== */

@@ -28,6 +28,8 @@ enum {
   MT_JWT_MAX_LEEWAY_S = 3600,       /* more than this is a configuration error */
   MT_JWT_CLAIM_MAX_LEN = 1024,      /* longest sub / iss copied out, bytes */
   MT_JWT_ERROR_MAX_LEN = 256,       /* message buffer in mt_jwt_error */
+  MT_JWT_KID_MAX_LEN = 43,          /* our key ids: unpadded base64url of SHA-256 */
+  MT_JWT_TYP_MAX_LEN = 15,          /* longest header "typ" copied out */
 };
 
 typedef enum {
@@ -72,7 +74,9 @@ size_t mt_jwt_keys_count(const mt_jwt_keys *keys);
 
 /* What a valid token must say. Strings are borrowed for the call. */
 typedef struct {
-  const char *issuer;   /* "iss" must equal it exactly */
+  /* "iss" must equal it exactly; NULL: no issuer is required (JWT-SVIDs,
+   * whose spec leaves iss out) and "iss", when present, is not checked. */
+  const char *issuer;
   const char *audience; /* "aud" (string, or array of strings) must contain it */
   int64_t now_s;        /* current time, Unix seconds, >= 0 */
   int64_t leeway_s;     /* 0..MT_JWT_MAX_LEEWAY_S; mt_jwt_expect_init sets the default */
@@ -90,6 +94,9 @@ typedef struct {
   /* "kubernetes.io": {"node": {"name": ...}}: the node of the pod the token
    * is bound to (Kubernetes 1.30+); "" when the token has none. */
   char node_name[MT_JWT_CLAIM_MAX_LEN + 1];
+  /* The header's "typ" ("" when absent; "~" when longer than
+   * MT_JWT_TYP_MAX_LEN): informational here, JWT-SVID validators check it. */
+  char typ[MT_JWT_TYP_MAX_LEN + 1];
 } mt_jwt_claims;
 
 /* Verifies |token| (|len| bytes, compact form "header.payload.signature",
@@ -105,6 +112,26 @@ typedef struct {
  * with its message in |err| (may be NULL); |out| is zeroed on failure. */
 mt_jwt_err mt_jwt_verify(const mt_jwt_keys *keys, const char *token, size_t len,
                          const mt_jwt_expect *expect, mt_jwt_claims *out, mt_jwt_error *err);
+
+/* mt_jwt_verify, and on MT_JWT_OK also the verified payload: its JSON text
+ * (decoded, NUL-terminated, malloc'd: the caller frees it) in |*payload|
+ * and its length in |*payload_len|, for callers that hand every claim on.
+ * |*payload| is NULL on failure. */
+mt_jwt_err mt_jwt_verify_payload(const mt_jwt_keys *keys, const char *token, size_t len,
+                                 const mt_jwt_expect *expect, mt_jwt_claims *out, char **payload,
+                                 size_t *payload_len, mt_jwt_error *err);
+
+/* ---- Producing tokens (mtls-ca's JWT-SVIDs) -------------------------------- */
+
+/* Unpadded base64url of |len| bytes into |out|, which has room for
+ * 4 * ceil(len / 3) + 1 bytes; NUL-terminated. */
+void mt_jwt_b64url_encode(const uint8_t *in, size_t len, char *out);
+
+/* |pkey|'s key id (see "Key set"), NUL-terminated into |kid|
+ * (MT_JWT_KID_MAX_LEN + 1 bytes). |pkey| is an EVP_PKEY. Returns 1, or 0
+ * when out of memory. */
+struct evp_pkey_st;
+int mt_jwt_key_id_of(const struct evp_pkey_st *pkey, char *kid);
 
 /* Maps a Kubernetes service-account subject "system:serviceaccount:NS:SA"
  * to "spiffe://TD/ns/NS/sa/SA". NS and SA must be non-empty valid SPIFFE path

@@ -8,7 +8,7 @@
  * Signals: SIGTERM / SIGINT stop and exit 0; SIGHUP re-reads the issuing CA
  * (signer + roots), the token keys (and asks the API server for the token
  * issuer again, when it comes from there), the server's TLS certificate,
- * the mesh file and the workloads file, each keeping its previous version
+ * the JWT-SVID signing key, the mesh file and the workloads file, each keeping its previous version
  * when the new one is refused;
  * SIGUSR1 prints the counters to stderr (they are printed at exit too). */
 #include <errno.h>
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <ev.h>
 #include <openssl/ssl.h>
@@ -27,6 +28,8 @@
 #include "controlplane/ca_service.h"
 #include "controlplane/issuer_source.h"
 #include "controlplane/jwks_source.h"
+#include "controlplane/jwt_signer.h"
+#include "controlplane/jwt_svid_service.h"
 #include "controlplane/k8s_source.h"
 #include "controlplane/mesh_file.h"
 #include "controlplane/mesh_service.h"
@@ -64,6 +67,7 @@ typedef struct {
   mt_issuer_source *token_issuer;
   mt_node_source *nodes;           /* Node objects for NodeInfo; NULL without kubernetes */
   mt_node_info_service *node_info; /* NULL without kubernetes */
+  mt_jwt_svid_service *jwt_svids;
   mt_grpc_server *server;
   ev_signal on_term, on_int, on_hup, on_usr1;
 } mt_ca_app;
@@ -114,10 +118,32 @@ static int load_material(mt_ca_app *app, mt_ca_issuer **issuer, char *err, size_
   return 1;
 }
 
+/* The JWT-SVID signer with its key from jwt_svid.signing_key_file, or a
+ * key generated now when there is none. */
+static mt_jwt_signer *load_jwt_signer(const mt_ca_config *c, char *err, size_t err_len) {
+  char why[WHY_MAX];
+  mt_jwt_signer *signer = mt_jwt_signer_new(c->jwt_svid_max_ttl_s);
+  if (signer == NULL) {
+    snprintf(err, err_len, "%s:1: out of memory", c->path);
+    return NULL;
+  }
+  int ok = c->jwt_svid_signing_key_file != NULL
+               ? mt_jwt_signer_reload_file(signer, c->jwt_svid_signing_key_file,
+                                           (int64_t)time(NULL), why, sizeof(why)) > 0
+               : mt_jwt_signer_generate(signer, (int64_t)time(NULL), why, sizeof(why));
+  if (!ok) {
+    file_error(c, c->jwt_svid_line, "jwt_svid.signing_key_file", why, err, err_len);
+    mt_jwt_signer_free(signer);
+    return NULL;
+  }
+  return signer;
+}
+
 /* Frees in the order that keeps borrowed pointers valid: streams end before
  * the server goes, the server before what its handlers use. */
 static void app_dispose(mt_ca_app *app, int dump_counters) {
   mt_mesh_service_free(app->mesh);
+  mt_jwt_svid_service_free(app->jwt_svids); /* ends its streams while the server is up */
   mt_grpc_server_free(app->server);
   /* Only now: ending the Watch streams above counts and logs them. */
   if (dump_counters && app->log != NULL) mt_ca_log_dump_counters(app->log, stderr);
@@ -144,6 +170,11 @@ static int check_config(const char *path) {
   mt_ca_issuer *issuer = NULL;
   int ok = app.config != NULL && load_material(&app, &issuer, err, sizeof(err));
   mt_ca_issuer_free(issuer);
+  if (ok) {
+    mt_jwt_signer *signer = load_jwt_signer(app.config, err, sizeof(err));
+    ok = signer != NULL;
+    mt_jwt_signer_free(signer);
+  }
   if (ok && app.config->mesh_file != NULL) {
     char why[WHY_MAX];
     mt_mesh_file *mesh =
@@ -241,12 +272,15 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
   (void)loop;
   (void)revents;
   mt_ca_app *app = w->data;
-  mt_ca_log_info(app->log, "SIGHUP: re-reading the signer, roots, token keys, TLS certificate%s%s",
+  mt_ca_log_info(app->log,
+                 "SIGHUP: re-reading the signer, roots, token keys, TLS certificate, JWT-SVID "
+                 "signing key%s%s",
                  app->mesh != NULL ? ", mesh file" : "",
                  app->workloads != NULL ? ", workloads file" : "");
   reload_issuer(app);
   reload_token_keys(app);
   reload_tls(app);
+  mt_jwt_svid_service_reload(app->jwt_svids);
   if (app->mesh != NULL) mt_mesh_service_reload(app->mesh);
   if (app->workloads != NULL) mt_workload_registry_reload(app->workloads);
 }
@@ -303,6 +337,7 @@ static int start_server(mt_ca_app *app, char *err, size_t err_len) {
     return 0;
   }
   if (!mt_ca_service_register(app->ca, app->server) ||
+      !mt_jwt_svid_service_register(app->jwt_svids, app->server) ||
       (app->mesh != NULL && !mt_mesh_service_register(app->mesh, app->server)) ||
       (app->node_info != NULL && !mt_node_info_service_register(app->node_info, app->server))) {
     snprintf(err, err_len, "out of memory registering the methods");
@@ -543,6 +578,27 @@ static int start_node_agents(mt_ca_app *app, char *err, size_t err_len) {
   return 1;
 }
 
+/* SignJwtSvid and WatchJwtBundles, with the configured or a fresh key. */
+static int start_jwt_svids(mt_ca_app *app, char *err, size_t err_len) {
+  const mt_ca_config *c = app->config;
+  mt_jwt_signer *signer = load_jwt_signer(c, err, err_len);
+  if (signer == NULL) return 0;
+  if (c->jwt_svid_signing_key_file != NULL)
+    mt_ca_log_info(app->log, "JWT-SVID signing key %s from %s (checked every %lld ms)",
+                   mt_jwt_signer_kid(signer), c->jwt_svid_signing_key_file,
+                   (long long)c->mesh_poll_ms);
+  else
+    mt_ca_log_warn(app->log,
+                   "JWT-SVID signing key %s generated at start (no jwt_svid.signing_key_file): "
+                   "tokens it signs will not validate after a restart",
+                   mt_jwt_signer_kid(signer));
+  mt_jwt_svid_service_options o = {c->trust_domain, c->jwt_svid_ttl_s, c->jwt_svid_max_ttl_s,
+                                   c->jwt_svid_signing_key_file, c->mesh_poll_ms};
+  app->jwt_svids = mt_jwt_svid_service_new(app->loop, app->auth, app->ca, app->log, signer, &o);
+  if (app->jwt_svids == NULL) return snprintf(err, err_len, "out of memory"), 0;
+  return 1;
+}
+
 static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len) {
   const mt_ca_config *c;
   mt_ca_issuer *issuer = NULL;
@@ -563,6 +619,7 @@ static int app_start(mt_ca_app *app, const char *path, char *err, size_t err_len
       mt_ca_service_new(app->auth, app->log, issuer, c->default_cert_ttl_s, c->max_cert_ttl_s);
   if (app->ca == NULL) return snprintf(err, err_len, "out of memory"), 0;
   if (!start_node_agents(app, err, err_len)) return 0;
+  if (!start_jwt_svids(app, err, err_len)) return 0;
   if (c->mesh_file != NULL) {
     app->mesh = mt_mesh_service_new(app->loop, c->mesh_file, c->trust_domain, c->mesh_poll_ms,
                                     app->auth, app->log, err, err_len);

@@ -21,7 +21,6 @@ enum {
   MESSAGE_MAX = 512,
   WATCH_ID_MAX = 64,
   MS_PER_SECOND = 1000,
-  NS_PER_MS = 1000000,
 };
 
 static const char kShutdownMessage[] = "server shutting down";
@@ -96,12 +95,6 @@ struct mt_mesh_service {
   mt_watcher *watchers;
   size_t num_watchers;
 };
-
-static int64_t monotonic_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
-}
 
 static int compare_strings(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -184,7 +177,7 @@ static void log_stream_end(mt_watcher *w, mt_grpc_status status, const char *rea
       .reason = reason,
       .message = message,
       .version = w->sent_version,
-      .duration_ms = monotonic_ms() - w->opened_ms,
+      .duration_ms = mt_ca_log_clock_ms() - w->opened_ms,
   };
   mt_ca_log_access(w->svc->log, &e);
   mt_ca_log_count(w->svc->log, MT_CA_EV_WATCH_STREAMS_ENDED);
@@ -599,7 +592,7 @@ static void refuse_call(mt_mesh_service *svc, mt_ca_method method, mt_grpc_strea
       .status = status,
       .reason = reason,
       .message = message,
-      .duration_ms = monotonic_ms() - started_ms,
+      .duration_ms = mt_ca_log_clock_ms() - started_ms,
       .refused = 1,
   };
   mt_ca_log_access(svc->log, &e);
@@ -761,7 +754,7 @@ static int is_node_agent(const mt_mesh_service *svc, const char *spiffe_id) {
 
 static void on_watch(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
   mt_mesh_service *svc = arg;
-  int64_t started_ms = monotonic_ms();
+  int64_t started_ms = mt_ca_log_clock_ms();
   mt_ca_auth_result auth;
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &auth);
   if (auth.status != MT_GRPC_OK) {
@@ -828,7 +821,7 @@ static int send_want_response(mt_grpc_stream *stream, size_t wanted) {
  * changes at once (the caller holds a connection meanwhile). */
 static void on_want(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
   mt_mesh_service *svc = arg;
-  int64_t started_ms = monotonic_ms();
+  int64_t started_ms = mt_ca_log_clock_ms();
   mt_ca_auth_result auth;
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &auth);
   if (auth.status != MT_GRPC_OK) {
@@ -887,7 +880,7 @@ static void on_want(void *arg, mt_grpc_stream *stream, const mt_grpc_request *re
       .status = MT_GRPC_OK,
       .reason = "ok",
       .message = "",
-      .duration_ms = monotonic_ms() - started_ms,
+      .duration_ms = mt_ca_log_clock_ms() - started_ms,
   };
   mt_ca_log_access(svc->log, &e);
 }

@@ -1,7 +1,6 @@
 /* node_info_service.c: NodeInfo/Get. See node_info_service.h. */
 #include "controlplane/node_info_service.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,11 +10,8 @@
 #include "proto/mtlsd/node.pb-c.h"
 
 enum {
-  MESSAGE_MAX = 640,
   PEER_MAX = 64,
   CIDR_LIST_MAX = MT_K8S_MAX_POD_CIDRS * (MT_K8S_CIDR_MAX + 2),
-  MS_PER_SECOND = 1000,
-  NS_PER_MS = 1000000,
 };
 
 typedef struct node_call node_call;
@@ -39,29 +35,8 @@ struct node_call {
   char peer[PEER_MAX];
   mt_ca_auth_result auth;
   char node[MT_K8S_NAME_MAX + 1]; /* the node its token names, once allowed */
-  mt_grpc_status status;
-  const char *reason;
-  char message[MESSAGE_MAX];
+  mt_ca_outcome out;
 };
-
-static int64_t monotonic_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * MS_PER_SECOND + ts.tv_nsec / NS_PER_MS;
-}
-
-static void set_outcome(node_call *c, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-
-static void set_outcome(node_call *c, mt_grpc_status status, const char *reason, const char *fmt,
-                        ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  c->status = status;
-  c->reason = reason;
-  vsnprintf(c->message, sizeof(c->message), fmt, ap);
-  va_end(ap);
-}
 
 static void join_cidrs(const mt_k8s_node *node, char *out, size_t len) {
   out[0] = '\0';
@@ -72,21 +47,21 @@ static void join_cidrs(const mt_k8s_node *node, char *out, size_t len) {
 
 /* The access-log line and the counters; a refusal also goes to stderr. */
 static void log_call(mt_node_info_service *svc, const node_call *c) {
-  if (c->status != MT_GRPC_OK)
+  if (c->out.status != MT_GRPC_OK)
     mt_ca_log_warn(svc->log, "NodeInfo from %s (%s) refused: %s (%s): %s", c->peer,
                    c->auth.spiffe_id[0] ? c->auth.spiffe_id : "unauthenticated",
-                   mt_grpc_status_name((int)c->status), c->reason, c->message);
+                   mt_grpc_status_name((int)c->out.status), c->out.reason, c->out.message);
   mt_ca_access_entry e = {
       .method = MT_CA_METHOD_NODE_INFO,
       .peer = c->peer,
       .caller = c->auth.spiffe_id,
       .identity = c->auth.spiffe_id,
       .node = c->auth.node_name,
-      .status = c->status,
-      .reason = c->reason,
-      .message = c->status == MT_GRPC_OK ? "" : c->message,
-      .duration_ms = monotonic_ms() - c->started_ms,
-      .refused = c->status != MT_GRPC_OK,
+      .status = c->out.status,
+      .reason = c->out.reason,
+      .message = c->out.status == MT_GRPC_OK ? "" : c->out.message,
+      .duration_ms = mt_ca_log_clock_ms() - c->started_ms,
+      .refused = c->out.status != MT_GRPC_OK,
   };
   mt_ca_log_access(svc->log, &e);
 }
@@ -102,31 +77,32 @@ static int send_node(node_call *c, const mt_k8s_node *node) {
   uint8_t buf[MT_K8S_NAME_MAX + CIDR_LIST_MAX + 64];
   size_t len = mtlsd__node__v1__node_info_response__get_packed_size(&resp);
   if (len > sizeof(buf)) {
-    set_outcome(c, MT_GRPC_INTERNAL, "no_memory", "the answer does not fit");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INTERNAL, "no_memory", "the answer does not fit");
     return 0;
   }
   mtlsd__node__v1__node_info_response__pack(&resp, buf);
   if (mt_grpc_stream_send(c->stream, buf, len) != MT_GRPC_SEND_OK) {
-    set_outcome(c, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INTERNAL, "send_failed", "cannot queue the response");
     return 0;
   }
-  set_outcome(c, MT_GRPC_OK, "ok", "%s", "");
+  mt_ca_outcome_set(&c->out, MT_GRPC_OK, "ok", "%s", "");
   return 1;
 }
 
 /* What the Node says, for the caller. */
 static void answer_from(mt_node_info_service *svc, node_call *c, const mt_node_answer *a) {
   if (a->outcome == MT_NODE_NOT_FOUND) {
-    set_outcome(c, MT_GRPC_NOT_FOUND, "no_such_node", "%s", a->error);
+    mt_ca_outcome_set(&c->out, MT_GRPC_NOT_FOUND, "no_such_node", "%s", a->error);
   } else if (a->outcome == MT_NODE_UNAVAILABLE) {
-    set_outcome(c, MT_GRPC_UNAVAILABLE, "api_unavailable",
-                "cannot read node %s from the Kubernetes API: %s; retry", c->node, a->error);
+    mt_ca_outcome_set(&c->out, MT_GRPC_UNAVAILABLE, "api_unavailable",
+                      "cannot read node %s from the Kubernetes API: %s; retry", c->node, a->error);
   } else if (a->node->num_pod_cidrs == 0) {
-    set_outcome(c, MT_GRPC_FAILED_PRECONDITION, "no_pod_cidrs",
-                "node %s has no spec.podCIDRs: the cluster's CNI does not allocate per-node pod "
-                "CIDRs (kube-controller-manager --allocate-node-cidrs), so the operator must set "
-                "interception.node_pod_cidrs by hand in the node agent's config",
-                c->node);
+    mt_ca_outcome_set(
+        &c->out, MT_GRPC_FAILED_PRECONDITION, "no_pod_cidrs",
+        "node %s has no spec.podCIDRs: the cluster's CNI does not allocate per-node pod "
+        "CIDRs (kube-controller-manager --allocate-node-cidrs), so the operator must set "
+        "interception.node_pod_cidrs by hand in the node agent's config",
+        c->node);
   } else if (send_node(c, a->node)) {
     char list[CIDR_LIST_MAX];
     join_cidrs(a->node, list, sizeof(list));
@@ -136,7 +112,8 @@ static void answer_from(mt_node_info_service *svc, node_call *c, const mt_node_a
 }
 
 static void finish(mt_node_info_service *svc, node_call *c) {
-  mt_grpc_stream_finish(c->stream, c->status, c->status == MT_GRPC_OK ? NULL : c->message);
+  mt_grpc_stream_finish(c->stream, c->out.status,
+                        c->out.status == MT_GRPC_OK ? NULL : c->out.message);
   log_call(svc, c);
 }
 
@@ -162,8 +139,8 @@ static void on_closed(void *arg, mt_grpc_status why) {
   node_call *c = arg;
   mt_node_lookup_cancel(c->lookup);
   call_unlink(c);
-  set_outcome(c, why, "cancelled", "the call ended while the node was read (%s)",
-              mt_grpc_status_name((int)why));
+  mt_ca_outcome_set(&c->out, why, "cancelled", "the call ended while the node was read (%s)",
+                    mt_grpc_status_name((int)why));
   log_call(c->svc, c);
   free(c);
 }
@@ -174,8 +151,8 @@ static int authorize(mt_node_info_service *svc, const mt_grpc_request *req, node
   Mtlsd__Node__V1__NodeInfoRequest *r =
       mtlsd__node__v1__node_info_request__unpack(NULL, req->message_len, req->message);
   if (r == NULL) {
-    set_outcome(c, MT_GRPC_INVALID_ARGUMENT, "bad_request",
-                "the request is not a NodeInfoRequest message");
+    mt_ca_outcome_set(&c->out, MT_GRPC_INVALID_ARGUMENT, "bad_request",
+                      "the request is not a NodeInfoRequest message");
     return 0;
   }
   mtlsd__node__v1__node_info_request__free_unpacked(r, NULL);
@@ -183,7 +160,7 @@ static int authorize(mt_node_info_service *svc, const mt_grpc_request *req, node
   mt_node_auth_decision d;
   mt_node_auth_node_of(&svc->policy, &request, &d);
   if (d.status != MT_GRPC_OK) {
-    set_outcome(c, d.status, d.reason, "%s", d.message);
+    mt_ca_outcome_set(&c->out, d.status, d.reason, "%s", d.message);
     return 0;
   }
   snprintf(c->node, sizeof(c->node), "%s", d.identity);
@@ -199,16 +176,16 @@ static void on_get(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req
   }
   c->svc = svc;
   c->stream = stream;
-  c->started_ms = monotonic_ms();
+  c->started_ms = mt_ca_log_clock_ms();
   snprintf(c->peer, sizeof(c->peer), "%s", req->peer_address);
   mt_ca_auth_check(svc->auth, req, (int64_t)time(NULL), &c->auth);
   int ok = c->auth.status == MT_GRPC_OK;
-  if (!ok) set_outcome(c, c->auth.status, c->auth.reason, "%s", c->auth.message);
+  if (!ok) mt_ca_outcome_set(&c->out, c->auth.status, c->auth.reason, "%s", c->auth.message);
   ok = ok && authorize(svc, req, c);
   if (ok) {
     c->lookup = mt_node_source_lookup(svc->nodes, c->node, on_node, c);
     ok = c->lookup != NULL;
-    if (!ok) set_outcome(c, MT_GRPC_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    if (!ok) mt_ca_outcome_set(&c->out, MT_GRPC_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
   }
   if (!ok) {
     finish(svc, c);

@@ -136,6 +136,42 @@ TEST(CaConfig, ALargeDefaultRaisesTheUnsetMaximum) {
   EXPECT_EQ(l.config->max_cert_ttl_s, 172800);
 }
 
+TEST(CaConfig, JwtSvidsAreShortLivedWithAGeneratedKeyByDefault) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir, kMinimal, &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->jwt_svid_ttl_s, 300);
+  EXPECT_EQ(l.config->jwt_svid_max_ttl_s, 3600);
+  EXPECT_EQ(l.config->jwt_svid_signing_key_file, nullptr);
+}
+
+TEST(CaConfig, ReadsTheJwtSvidSection) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir,
+       std::string(kMinimal) +
+           "jwt_svid:\n  ttl_s: 120\n  max_ttl_s: 900\n  signing_key_file: keys/jwt.key\n",
+       &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->jwt_svid_ttl_s, 120);
+  EXPECT_EQ(l.config->jwt_svid_max_ttl_s, 900);
+  EXPECT_EQ(std::string(l.config->jwt_svid_signing_key_file), dir.path() + "/keys/jwt.key");
+  EXPECT_EQ(l.config->jwt_svid_line, 6u);
+}
+
+TEST(CaConfig, AJwtSvidTtlAboveTheDefaultMaximumRaisesIt) {
+  mt_test::ScratchDir dir;
+  Loaded l;
+  Load(dir, std::string(kMinimal) + "jwt_svid: {ttl_s: 7200}\n", &l);
+  ASSERT_NE(l.config, nullptr) << l.error;
+  EXPECT_EQ(l.config->jwt_svid_max_ttl_s, 7200);
+  Loaded small;
+  Load(dir, std::string(kMinimal) + "jwt_svid: {max_ttl_s: 60}\n", &small);
+  ASSERT_NE(small.config, nullptr) << small.error;
+  EXPECT_EQ(small.config->jwt_svid_ttl_s, 60);
+}
+
 TEST(CaConfig, NodeAgentsAndTheWorkloadsFileAreOffByDefault) {
   mt_test::ScratchDir dir;
   Loaded l;
@@ -295,6 +331,11 @@ INSTANTIATE_TEST_SUITE_P(
                 "trust_domain: example.org\ntls: {cert_file: a, key_file: b, min_version: 1.1}\n",
                 ":2: 'min_version' must be \"1.2\" or \"1.3\", got '1.1'"},
         BadCase{"PollTooFast", M + "mesh_poll_ms: 5\n", ":6: 'mesh_poll_ms' must be between 10"},
+        BadCase{"JwtSvidUnknownKey", M + "jwt_svid: {ttl: 5m}\n", ":6: unknown key 'jwt_svid.ttl'"},
+        BadCase{"JwtSvidTtlTooShort", M + "jwt_svid: {ttl_s: 5}\n",
+                ":6: 'ttl_s' must be between 10 and 86400"},
+        BadCase{"JwtSvidTtlAboveMaximum", M + "jwt_svid: {ttl_s: 900, max_ttl_s: 600}\n",
+                ":6: 'jwt_svid.ttl_s' (900) exceeds 'jwt_svid.max_ttl_s' (600)"},
         BadCase{"TlsNotAMapping", "trust_domain: example.org\ntls: chain.pem\n",
                 ":2: tls must be a mapping"},
         BadCase{"TlsWithoutKey",

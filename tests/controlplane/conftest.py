@@ -109,7 +109,7 @@ def make_pki(d):
 
 
 class Messages:
-    """The protobuf message classes of proto/istio/ca.proto, mesh.proto and node.proto."""
+    """The protobuf message classes of proto/istio/ca.proto, mesh.proto, node.proto and jwt.proto."""
 
     def __init__(self, descriptor_set):
         fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
@@ -122,6 +122,10 @@ class Messages:
         self.WantResponse = classes["mtlsd.mesh.v1.WantResponse"]
         self.NodeInfoRequest = classes["mtlsd.node.v1.NodeInfoRequest"]
         self.NodeInfoResponse = classes["mtlsd.node.v1.NodeInfoResponse"]
+        self.SignJwtSvidRequest = classes["mtlsd.jwt.v1.SignJwtSvidRequest"]
+        self.SignJwtSvidResponse = classes["mtlsd.jwt.v1.SignJwtSvidResponse"]
+        self.WatchJwtBundlesRequest = classes["mtlsd.jwt.v1.WatchJwtBundlesRequest"]
+        self.JwtBundles = classes["mtlsd.jwt.v1.JwtBundles"]
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +133,8 @@ def msgs(tmp_path_factory):
     out = tmp_path_factory.mktemp("proto") / "mtls.desc"
     p = subprocess.run([PROTOC_C, "-I.", "-I/usr/include", "--include_imports",
                         f"--descriptor_set_out={out}", "proto/istio/ca.proto",
-                        "proto/mtlsd/mesh.proto", "proto/mtlsd/node.proto"], cwd=REPO, capture_output=True, text=True,
+                        "proto/mtlsd/mesh.proto", "proto/mtlsd/node.proto",
+                        "proto/mtlsd/jwt.proto"], cwd=REPO, capture_output=True, text=True,
                        timeout=WAIT)
     assert p.returncode == 0, p.stderr
     return Messages(out.read_bytes())

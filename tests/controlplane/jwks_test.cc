@@ -39,11 +39,10 @@ std::string EcJwk(const char *use = "sig", const char *extra = "") {
   EC_KEY_generate_key(key.get());
   bssl::UniquePtr<BIGNUM> x(BN_new()), y(BN_new());
   EC_POINT_get_affine_coordinates_GFp(EC_KEY_get0_group(key.get()),
-                                      EC_KEY_get0_public_key(key.get()), x.get(), y.get(),
-                                      nullptr);
-  return std::string("{\"use\":\"") + use + "\",\"kty\":\"EC\",\"kid\":\"k1\",\"crv\":\"P-256\"," + extra +
-         "\"x\":\"" + B64Url(Bytes(x.get(), 32)) + "\",\"y\":\"" + B64Url(Bytes(y.get(), 32)) +
-         "\"}";
+                                      EC_KEY_get0_public_key(key.get()), x.get(), y.get(), nullptr);
+  return std::string("{\"use\":\"") + use + "\",\"kty\":\"EC\",\"kid\":\"k1\",\"crv\":\"P-256\"," +
+         extra + "\"x\":\"" + B64Url(Bytes(x.get(), 32)) + "\",\"y\":\"" +
+         B64Url(Bytes(y.get(), 32)) + "\"}";
 }
 
 std::string RsaJwk(unsigned bits) {
@@ -125,6 +124,24 @@ TEST(Jwks, OversizedDocumentsAreRefusedBeforeParsing) {
   Parse(std::string(MT_JWKS_MAX_BYTES + 1, ' '), &p);
   EXPECT_EQ(p.keys, nullptr);
   EXPECT_NE(p.error.find("JWKS larger than"), std::string::npos) << p.error;
+}
+
+// SPIFFE bundles mark JWT authorities "use":"jwt-svid" (SPIFFE Trust
+// Domain and Bundle, 4.2.2); they are signing keys like "sig".
+TEST(Jwks, SpiffeJwtSvidAuthoritiesAreLoaded) {
+  Parsed p;
+  Parse("{\"keys\":[" + EcJwk("jwt-svid", "\"alg\":\"ES256\",") + "]}", &p);
+  ASSERT_NE(p.keys, nullptr) << p.error;
+  EXPECT_EQ(mt_jwt_keys_count(p.keys), 1u);
+  EXPECT_EQ(p.skipped, 0u);
+}
+
+TEST(Jwks, X509SvidAuthoritiesAreSkipped) {
+  Parsed p;
+  Parse("{\"keys\":[" + EcJwk("x509-svid") + "," + EcJwk("jwt-svid") + "]}", &p);
+  ASSERT_NE(p.keys, nullptr) << p.error;
+  EXPECT_EQ(mt_jwt_keys_count(p.keys), 1u);
+  EXPECT_EQ(p.skipped, 1u);
 }
 
 }  // namespace

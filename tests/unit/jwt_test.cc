@@ -1049,4 +1049,73 @@ TEST(JwtSubToSpiffeId, RejectsTooSmallBuffer) {
   EXPECT_EQ(0, mt_jwt_sub_to_spiffe_id(kSub, "example.org", nullptr, 0));
 }
 
+// ---- Without an issuer (JWT-SVIDs) ------------------------------------------
+
+Result VerifyWithoutIssuer(const std::string &token) {
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, nullptr, kAudience, kNow);
+  Result r;
+  mt_jwt_error err;
+  r.code = mt_jwt_verify(BothKeys(), token.data(), token.size(), &expect, &r.claims, &err);
+  r.message = err.message;
+  return r;
+}
+
+TEST(JwtVerifyWithoutIssuer, AcceptsATokenWithNoIss) {
+  Result r = VerifyWithoutIssuer(Es256(Claims().Drop("iss").Json()));
+  ASSERT_EQ(MT_JWT_OK, r.code) << r.message;
+  EXPECT_STREQ(kSub, r.claims.sub);
+  EXPECT_STREQ("", r.claims.iss);
+}
+
+TEST(JwtVerifyWithoutIssuer, AcceptsAnyIssButStillChecksItsType) {
+  EXPECT_EQ(MT_JWT_OK,
+            VerifyWithoutIssuer(Es256(Claims().Set("iss", "\"https://x.example\"").Json())).code);
+  EXPECT_EQ(MT_JWT_MALFORMED, VerifyWithoutIssuer(Es256(Claims().Set("iss", "7").Json())).code);
+}
+
+TEST(JwtVerifyWithoutIssuer, StillRequiresAudienceSignatureAndExpiry) {
+  EXPECT_EQ(MT_JWT_MISSING_CLAIM,
+            VerifyWithoutIssuer(Es256(Claims().Drop("iss").Drop("aud").Json())).code);
+  EXPECT_EQ(
+      MT_JWT_EXPIRED,
+      VerifyWithoutIssuer(Es256(Claims().Set("exp", std::to_string(kNow - 3600)).Json())).code);
+  std::string token = Es256(Claims().Json());
+  token[token.size() - 2] = token[token.size() - 2] == 'A' ? 'B' : 'A';
+  EXPECT_EQ(MT_JWT_BAD_SIGNATURE, VerifyWithoutIssuer(token).code);
+}
+
+TEST(JwtVerifyPayload, HandsOverTheVerifiedPayloadAndTyp) {
+  std::string payload = Claims().Json();
+  std::string token =
+      Token("{\"alg\":\"ES256\",\"typ\":\"JWT\"}", payload, EcKey(), Sig::kEs256Raw);
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  mt_jwt_claims claims;
+  char *text = nullptr;
+  size_t len = 0;
+  ASSERT_EQ(MT_JWT_OK, mt_jwt_verify_payload(BothKeys(), token.data(), token.size(), &expect,
+                                             &claims, &text, &len, nullptr));
+  ASSERT_NE(text, nullptr);
+  EXPECT_EQ(payload, std::string(text, len));
+  EXPECT_STREQ("JWT", claims.typ);
+  free(text);
+}
+
+TEST(JwtVerifyPayload, GivesNoPayloadForARefusedToken) {
+  std::string token = Es256(Claims().Set("exp", std::to_string(kNow - 3600)).Json());
+  mt_jwt_expect expect;
+  mt_jwt_expect_init(&expect, kIssuer, kAudience, kNow);
+  char *text = reinterpret_cast<char *>(1);
+  EXPECT_EQ(MT_JWT_EXPIRED, mt_jwt_verify_payload(BothKeys(), token.data(), token.size(), &expect,
+                                                  nullptr, &text, nullptr, nullptr));
+  EXPECT_EQ(text, nullptr);
+}
+
+TEST(JwtVerifyPayload, RefusesATypThatIsNotAString) {
+  std::string token =
+      Token("{\"alg\":\"ES256\",\"typ\":5}", Claims().Json(), EcKey(), Sig::kEs256Raw);
+  EXPECT_EQ(MT_JWT_MALFORMED, Verify(token).code);
+}
+
 }  // namespace
