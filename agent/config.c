@@ -39,7 +39,6 @@ enum {
   MAX_RULE_MATCHERS = 64,
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
   DEFAULT_INBOUND_CAPTURE_PORT = 15006,
-  DEFAULT_JWT_SVID_TTL_S = 300, /* JWT-SVIDs are bearer tokens: short-lived */
   DEFAULT_ADMIN_PORT = 15000,   /* Envoy's admin port: what operators reach for first */
   DEFAULT_NODE_POD_CIDRS_WAIT_S =
       180, /* a control plane rolled out with the agents starts meanwhile */
@@ -963,8 +962,6 @@ static int on_workload_api_key(parse_ctx *pc, const char *key, yaml_node_t *k, y
     return want_id_list(pc, v, key, &c->workload_api_uids, &c->num_workload_api_uids);
   if (strcmp(key, "allowed_gids") == 0)
     return want_id_list(pc, v, key, &c->workload_api_gids, &c->num_workload_api_gids);
-  if (strcmp(key, "jwt_ttl_seconds") == 0)
-    return want_int(pc, v, key, 60, 86400, &c->workload_api_jwt_ttl_s);
   return fail(pc, k, "unknown key 'workload_api.%s'", key);
 }
 
@@ -1096,7 +1093,7 @@ static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
  * needs to know which local users are the application. */
 static int validate_workload_api(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->workload_api_socket == NULL) {
-    if (c->num_workload_api_uids || c->num_workload_api_gids || c->workload_api_jwt_ttl_s)
+    if (c->num_workload_api_uids || c->num_workload_api_gids)
       return fail(pc, root, "workload_api needs 'socket'");
     return 1;
   }
@@ -1112,7 +1109,6 @@ static int validate_workload_api(parse_ctx *pc, mt_config *c, yaml_node_t *root)
     return fail(pc, root,
                 "workload_api needs 'allowed_uids' or 'allowed_gids': the local users that are "
                 "the application (nobody else gets the pod's identity)");
-  if (c->workload_api_jwt_ttl_s == 0) c->workload_api_jwt_ttl_s = DEFAULT_JWT_SVID_TTL_S;
   return 1;
 }
 
@@ -1475,8 +1471,7 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
            (o->num_workload_api_uids && memcmp(o->workload_api_uids, n->workload_api_uids,
                                                o->num_workload_api_uids * sizeof(unsigned)) != 0) ||
            (o->num_workload_api_gids && memcmp(o->workload_api_gids, n->workload_api_gids,
-                                               o->num_workload_api_gids * sizeof(unsigned)) != 0) ||
-           o->workload_api_jwt_ttl_s != n->workload_api_jwt_ttl_s},
+                                               o->num_workload_api_gids * sizeof(unsigned)) != 0)},
       {"admin", o->admin_enabled != n->admin_enabled ||
                     addr_differs(&o->admin_address, &n->admin_address) ||
                     o->has_admin_telemetry_address != n->has_admin_telemetry_address ||

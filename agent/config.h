@@ -207,7 +207,6 @@ typedef struct {
   size_t num_workload_api_uids;
   unsigned *workload_api_gids;
   size_t num_workload_api_gids;
-  int workload_api_jwt_ttl_s; /* JWT-SVID lifetime asked of the control plane */
 
   /* security: what the running agent may still do (agent/sandbox.h). */
   mt_seccomp_mode seccomp;

@@ -9,11 +9,14 @@
 #include <openssl/mem.h>
 #include <openssl/sha.h>
 
+#include "agent/json_struct.h"
+#include "agent/jwt_svid.h"
 #include "agent/log.h"
 #include "agent/svid.h"
 #include "agent/workload_attest.h"
 #include "agent/workload_api_encode.h"
 #include "grpc/server.h"
+#include "proto/spiffe/workload.pb-c.h"
 
 enum {
   SOCKET_MODE = 0666,            /* anyone may connect; attestation decides per call */
@@ -28,6 +31,7 @@ enum {
 };
 
 typedef struct wl_stream wl_stream;
+typedef struct wl_jwt_call wl_jwt_call;
 
 struct mt_workload_api {
   struct ev_loop *loop;
@@ -38,8 +42,19 @@ struct mt_workload_api {
   mt_workloads *workloads;      /* node mode: the pods (owned reference) */
   mt_attest_selector *selector; /* sidecar: workload_api.allowed_uids/gids */
   mt_netns_id agent_netns;      /* node mode: callers here are the host, not a pod */
+  mt_jwt_svid_source *jwt;      /* JWT-SVIDs and JWT bundles from the control plane */
   wl_stream *streams;
+  wl_jwt_call *jwt_calls; /* FetchJWTSVID calls waiting for the control plane */
   mt_workload_api_stats stats;
+};
+
+/* One FetchJWTSVID waiting for its token. */
+struct wl_jwt_call {
+  mt_workload_api *api;
+  mt_grpc_stream *stream;
+  mt_jwt_svid_fetch *fetch;
+  char caller[64];
+  wl_jwt_call *prev, *next;
 };
 
 /* One open streaming call. */
@@ -156,6 +171,33 @@ static void stream_send(wl_stream *s, uint8_t *msg, size_t len) {
   stream_finish(s, MT_GRPC_INTERNAL, "cannot queue the response");
 }
 
+static int encode_jwt_bundles(const mt_jwt_bundles *bundles, uint8_t **out, size_t *len) {
+  size_t n = mt_jwt_bundles_count(bundles);
+  JWTBundlesResponse__BundlesEntry *entries = calloc(n + 1, sizeof(*entries));
+  JWTBundlesResponse__BundlesEntry **ptrs = calloc(n + 1, sizeof(*ptrs));
+  int ok = entries != NULL && ptrs != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    mt_jwt_bundle_view b = mt_jwt_bundles_at(bundles, i);
+    jwtbundles_response__bundles_entry__init(&entries[i]);
+    entries[i].key = (char *)b.trust_domain_id;
+    entries[i].value.data = (uint8_t *)b.jwks;
+    entries[i].value.len = b.jwks_len;
+    ptrs[i] = &entries[i];
+  }
+  JWTBundlesResponse resp = JWTBUNDLES_RESPONSE__INIT;
+  resp.n_bundles = n;
+  resp.bundles = ptrs;
+  if (ok) {
+    *len = jwtbundles_response__get_packed_size(&resp);
+    *out = malloc(*len ? *len : 1);
+    ok = *out != NULL;
+    if (ok) jwtbundles_response__pack(&resp, *out);
+  }
+  free(entries);
+  free(ptrs);
+  return ok;
+}
+
 /* Sends what the stream's method has for its caller now, if anything. */
 static void stream_refresh(wl_stream *s) {
   mt_workload_api *api = s->api;
@@ -170,6 +212,10 @@ static void stream_refresh(wl_stream *s) {
     const mt_trust *trust = trust_for(api, s->spiffe_id);
     if (trust == NULL) return;
     ok = mt_wl_encode_x509_bundles(trust, &msg, &len);
+  } else if (s->method == MT_WL_FETCH_JWT_BUNDLES) {
+    const mt_jwt_bundles *bundles = mt_jwt_svid_bundles(api->jwt);
+    if (bundles == NULL) return; /* none from the control plane yet */
+    ok = encode_jwt_bundles(bundles, &msg, &len);
   } else {
     return;
   }
@@ -234,6 +280,125 @@ static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_g
   stream_refresh(s);
 }
 
+/* ---- JWT-SVIDs ------------------------------------------------------------ */
+
+static void jwt_call_forget(wl_jwt_call *call) {
+  mt_workload_api *api = call->api;
+  if (call->prev) call->prev->next = call->next;
+  if (call->next) call->next->prev = call->prev;
+  if (api->jwt_calls == call) api->jwt_calls = call->next;
+  free(call);
+}
+
+static void on_jwt_call_closed(void *arg, mt_grpc_status why) {
+  wl_jwt_call *call = arg;
+  mt_jwt_svid_fetch_cancel(call->fetch);
+  count_call(call->api, MT_WL_FETCH_JWT_SVID, why);
+  jwt_call_forget(call);
+}
+
+static void on_jwt_fetched(void *arg, const mt_jwt_svid_result *r) {
+  wl_jwt_call *call = arg;
+  mt_workload_api *api = call->api;
+  mt_grpc_status status = r->status;
+  const char *message = r->message;
+  if (status == MT_GRPC_OK) {
+    JWTSVID one = JWTSVID__INIT;
+    JWTSVID *svids[1] = {&one};
+    one.spiffe_id = (char *)r->spiffe_id;
+    one.svid = (char *)r->token;
+    JWTSVIDResponse resp = JWTSVIDRESPONSE__INIT;
+    resp.n_svids = 1;
+    resp.svids = svids;
+    size_t len = jwtsvidresponse__get_packed_size(&resp);
+    uint8_t *msg = malloc(len ? len : 1);
+    if (msg != NULL) {
+      jwtsvidresponse__pack(&resp, msg);
+      if (mt_grpc_stream_send(call->stream, msg, len) != MT_GRPC_SEND_OK) {
+        status = MT_GRPC_INTERNAL;
+        message = "cannot queue the response";
+      }
+      OPENSSL_cleanse(msg, len); /* a bearer token */
+      free(msg);
+    } else {
+      status = MT_GRPC_RESOURCE_EXHAUSTED;
+      message = "out of memory";
+    }
+  } else {
+    MT_LOG_W("workload api: FetchJWTSVID from %s: the control plane did not sign (%s): %s",
+             call->caller, mt_grpc_status_name(status), message);
+    /* The control plane's outage is not the caller's fault: UNAVAILABLE
+     * tells SPIFFE libraries to retry. */
+    if (status != MT_GRPC_PERMISSION_DENIED && status != MT_GRPC_INVALID_ARGUMENT)
+      status = MT_GRPC_UNAVAILABLE;
+  }
+  count_call(api, MT_WL_FETCH_JWT_SVID, status);
+  mt_grpc_stream_finish(call->stream, status, status == MT_GRPC_OK ? NULL : message);
+  jwt_call_forget(call);
+}
+
+static void fetch_jwt_svid(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
+                           const mt_wl_request *decoded, const char *spiffe_id) {
+  char why[WHY_MAX];
+  if (decoded->spiffe_id != NULL && strcmp(decoded->spiffe_id, spiffe_id) != 0) {
+    snprintf(why, sizeof(why), "the caller's identity is not %.400s", decoded->spiffe_id);
+    refuse(api, stream, req, MT_WL_FETCH_JWT_SVID, MT_GRPC_PERMISSION_DENIED, why);
+    return;
+  }
+  wl_jwt_call *call = calloc(1, sizeof(*call));
+  if (call == NULL) {
+    refuse(api, stream, req, MT_WL_FETCH_JWT_SVID, MT_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  call->api = api;
+  call->stream = stream;
+  snprintf(call->caller, sizeof(call->caller), "%s", req->peer_address);
+  call->fetch = mt_jwt_svid_fetch_start(
+      api->jwt, spiffe_id, api->config->node_mode, (const char *const *)decoded->audiences,
+      decoded->num_audiences, on_jwt_fetched, call, why, sizeof(why));
+  if (call->fetch == NULL) {
+    free(call);
+    refuse(api, stream, req, MT_WL_FETCH_JWT_SVID, MT_GRPC_INVALID_ARGUMENT, why);
+    return;
+  }
+  call->next = api->jwt_calls;
+  if (api->jwt_calls) api->jwt_calls->prev = call;
+  api->jwt_calls = call;
+  mt_grpc_stream_set_on_closed(stream, on_jwt_call_closed, call);
+}
+
+static void validate_jwt_svid(mt_workload_api *api, mt_grpc_stream *stream,
+                              const mt_grpc_request *req, const mt_wl_request *decoded) {
+  char why[WHY_MAX];
+  mt_jwt_svid_valid valid;
+  if (!mt_jwt_svid_validate(api->jwt, decoded->token, strlen(decoded->token), decoded->audiences[0],
+                            &valid, why, sizeof(why))) {
+    refuse(api, stream, req, MT_WL_VALIDATE_JWT_SVID, MT_GRPC_INVALID_ARGUMENT, why);
+    return;
+  }
+  ValidateJWTSVIDResponse resp = VALIDATE_JWTSVIDRESPONSE__INIT;
+  resp.spiffe_id = valid.spiffe_id;
+  resp.claims = mt_json_struct_from_text(valid.claims_json, valid.claims_json_len);
+  size_t len = validate_jwtsvidresponse__get_packed_size(&resp);
+  uint8_t *msg = resp.claims != NULL ? malloc(len ? len : 1) : NULL;
+  mt_grpc_status status = MT_GRPC_RESOURCE_EXHAUSTED;
+  if (msg != NULL) {
+    validate_jwtsvidresponse__pack(&resp, msg);
+    status =
+        mt_grpc_stream_send(stream, msg, len) == MT_GRPC_SEND_OK ? MT_GRPC_OK : MT_GRPC_INTERNAL;
+    free(msg);
+  }
+  count_call(api, MT_WL_VALIDATE_JWT_SVID, status);
+  mt_grpc_stream_finish(stream, status, status == MT_GRPC_OK ? NULL : "cannot build the response");
+  mt_json_struct_free(resp.claims);
+  mt_jwt_svid_valid_dispose(&valid);
+}
+
+static void on_jwt_bundles(void *arg, const mt_jwt_bundles *bundles) {
+  (void)bundles;
+  refresh_streams(arg, MT_WL_FETCH_JWT_BUNDLES, NULL);
+}
+
 static void handle(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
                    mt_wl_method method) {
   char why[WHY_MAX];
@@ -259,13 +424,11 @@ static void handle(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_r
       }
       open_stream(api, stream, req, method, spiffe_id);
       break;
-    case MT_WL_FETCH_X509_BUNDLES: open_stream(api, stream, req, method, spiffe_id); break;
-    case MT_WL_FETCH_JWT_SVID:
-    case MT_WL_FETCH_JWT_BUNDLES:
-    case MT_WL_VALIDATE_JWT_SVID:
-    case MT_WL_NUM_METHODS:
-      refuse(api, stream, req, method, MT_GRPC_UNIMPLEMENTED, "JWT-SVIDs are not served yet");
-      break;
+    case MT_WL_FETCH_X509_BUNDLES:
+    case MT_WL_FETCH_JWT_BUNDLES: open_stream(api, stream, req, method, spiffe_id); break;
+    case MT_WL_FETCH_JWT_SVID: fetch_jwt_svid(api, stream, req, &decoded, spiffe_id); break;
+    case MT_WL_VALIDATE_JWT_SVID: validate_jwt_svid(api, stream, req, &decoded); break;
+    case MT_WL_NUM_METHODS: break;
   }
   mt_wl_request_clear(&decoded);
 }
@@ -325,6 +488,19 @@ mt_workload_api *mt_workload_api_start(struct ev_loop *loop, mt_config *config,
       return NULL;
     }
   }
+  mt_jwt_svid_options jo = {
+      .token_file = config->cp_token_file,
+      .cluster_id = config->cp_cluster_id,
+      .request_timeout_ms = config->cp_request_timeout_ms,
+      .retry_initial_ms = config->cp_retry_initial_ms,
+      .retry_max_ms = config->cp_retry_max_ms,
+  };
+  mt_jwt_svid_sink sink = {on_jwt_bundles, api};
+  api->jwt = mt_jwt_svid_source_new(loop, mt_cert_manager_grpc(manager), &jo, &sink, err, err_len);
+  if (api->jwt == NULL) {
+    mt_workload_api_free(api);
+    return NULL;
+  }
   char listen[sizeof("unix:") + 108];
   snprintf(listen, sizeof(listen), "unix:%s", config->workload_api_socket);
   mt_grpc_server_options o;
@@ -371,6 +547,11 @@ void mt_workload_api_free(mt_workload_api *api) {
   if (api == NULL) return;
   /* Streams hear UNAVAILABLE through on_closed while the server goes. */
   mt_grpc_server_free(api->server);
+  while (api->jwt_calls) { /* on_closed has run for each; belt and braces */
+    mt_jwt_svid_fetch_cancel(api->jwt_calls->fetch);
+    jwt_call_forget(api->jwt_calls);
+  }
+  mt_jwt_svid_source_free(api->jwt);
   while (api->streams) {
     wl_stream *s = api->streams;
     stream_unlink(s);

@@ -515,7 +515,6 @@ TEST_F(ConfigTest, WorkloadApiNeedsTheControlPlaneAndTheApplicationsUsers) {
   ASSERT_EQ(c->num_workload_api_uids, 2u);
   EXPECT_EQ(c->workload_api_uids[1], 1001u);
   ASSERT_EQ(c->num_workload_api_gids, 1u);
-  EXPECT_EQ(c->workload_api_jwt_ttl_s, 300) << "JWT-SVIDs default to 5 minutes";
   mt_config_free(c);
 
   struct {
