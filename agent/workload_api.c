@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/mem.h>
 #include <openssl/sha.h>
@@ -21,12 +22,17 @@
 enum {
   SOCKET_MODE = 0666,            /* anyone may connect; attestation decides per call */
   MAX_REQUEST_BYTES = 64 * 1024, /* the requests are tiny; a token is at most 16 KiB */
-  MAX_CONNECTIONS = 256,
+  /* Limits per caller (sidecar: a uid; node mode: a pod's network
+   * namespace), taken before attestation: one local user or one pod can
+   * hold its share, never the others'. Then limits for the whole agent. */
+  MAX_CONNECTIONS_PER_CALLER = 16,
+  MAX_STREAMS_PER_CALLER = 64,
+  MAX_CONNECTIONS = 1024,
   MAX_STREAMS_PER_CONNECTION = 16,
   /* Unread responses one stream may hold: several full SVID responses.
    * Beyond it the client is not reading; it is cut off. */
-  MAX_UNREAD_BYTES = 512 * 1024,
-  MAX_OPEN_STREAMS = 1024,
+  MAX_UNREAD_BYTES = 128 * 1024,
+  MAX_OPEN_STREAMS = 2048,
   WHY_MAX = 512,
 };
 
@@ -62,6 +68,7 @@ struct wl_stream {
   mt_workload_api *api;
   mt_grpc_stream *stream;
   mt_wl_method method;
+  uint64_t caller_key;                      /* whose share of the streams it uses */
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* the caller's, as attested */
   char caller[64];                          /* "pid P uid U gid G", for logs */
   uint8_t last_sent[SHA256_DIGEST_LENGTH];  /* digest of the last message sent */
@@ -256,6 +263,14 @@ static void refuse(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_r
 
 static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
                         mt_wl_method method, const char *spiffe_id) {
+  size_t mine = 0;
+  for (const wl_stream *o = api->streams; o != NULL; o = o->next)
+    mine += o->caller_key == req->peer_key;
+  if (mine >= MAX_STREAMS_PER_CALLER) {
+    refuse(api, stream, req, method, MT_GRPC_RESOURCE_EXHAUSTED,
+           "too many open streams from this caller (64)");
+    return;
+  }
   if (api->stats.streams >= MAX_OPEN_STREAMS) {
     refuse(api, stream, req, method, MT_GRPC_RESOURCE_EXHAUSTED, "too many open streams");
     return;
@@ -268,6 +283,7 @@ static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_g
   s->api = api;
   s->stream = stream;
   s->method = method;
+  s->caller_key = req->peer_key;
   snprintf(s->spiffe_id, sizeof(s->spiffe_id), "%s", spiffe_id);
   snprintf(s->caller, sizeof(s->caller), "%s", req->peer_address);
   s->next = api->streams;
@@ -444,6 +460,21 @@ HANDLER(on_fetch_jwt_bundles, MT_WL_FETCH_JWT_BUNDLES)
 HANDLER(on_validate_jwt_svid, MT_WL_VALIDATE_JWT_SVID)
 #undef HANDLER
 
+/* Whose share of connections and streams a caller uses: its uid (sidecar),
+ * or its network namespace, i.e. its pod (node mode: as the inode of
+ * /proc/<pid>/net/fib_trie tells namespaces apart; workload_attest.h).
+ * Callers whose namespace cannot be read share one key; attestation
+ * refuses them anyway. */
+static uint64_t caller_key(void *arg, const mt_grpc_peer_cred *cred) {
+  const mt_workload_api *api = arg;
+  if (!api->config->node_mode) return (uint64_t)cred->uid + 1;
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%ld/net/fib_trie", (long)cred->pid);
+  struct stat st;
+  if (stat(path, &st) != 0) return 1;
+  return ((uint64_t)st.st_dev << 40) ^ (uint64_t)st.st_ino ^ (1ull << 63);
+}
+
 static void on_connection_error(void *arg, const char *peer, const char *what) {
   (void)arg;
   MT_LOG_W("workload api: connection from %s: %s", peer, what);
@@ -509,6 +540,9 @@ mt_workload_api *mt_workload_api_start(struct ev_loop *loop, mt_config *config,
   o.unix_socket_mode = SOCKET_MODE;
   o.max_message_bytes = MAX_REQUEST_BYTES;
   o.max_connections = MAX_CONNECTIONS;
+  o.peer_key = caller_key;
+  o.peer_key_arg = api;
+  o.max_connections_per_key = MAX_CONNECTIONS_PER_CALLER;
   o.max_concurrent_streams = MAX_STREAMS_PER_CONNECTION;
   o.max_send_queue_bytes = MAX_UNREAD_BYTES;
   o.on_connection_error = on_connection_error;

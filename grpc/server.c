@@ -239,6 +239,21 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
   } else {
     mt_h2_format_address((const struct sockaddr *)peer, peer_text, sizeof(peer_text));
   }
+  uint64_t key = has_cred && server->peer_key ? server->peer_key(server->peer_key_arg, &cred) : 0;
+  size_t same_key = 0;
+  if (has_cred && server->peer_key && server->max_connections_per_key > 0)
+    for (const mt_srv_conn *c = server->conns; c != NULL; c = c->next)
+      same_key += c->has_cred && c->peer_key == key;
+  if (same_key >= server->max_connections_per_key && server->max_connections_per_key > 0 &&
+      server->peer_key && has_cred) {
+    char what[ERROR_TEXT_MAX];
+    snprintf(what, sizeof(what), "per-caller connection limit (%zu) reached",
+             server->max_connections_per_key);
+    report(server, peer_text, what);
+    if (cred.pidfd >= 0) close(cred.pidfd);
+    close(fd);
+    return;
+  }
   if (server->conn_count >= server->max_connections) {
     char what[ERROR_TEXT_MAX];
     snprintf(what, sizeof(what), "connection limit (%zu) reached", server->max_connections);
@@ -279,6 +294,7 @@ static void conn_new(mt_grpc_server *server, int fd, const struct sockaddr_stora
   conn->peer = *peer;
   conn->cred = cred;
   conn->has_cred = has_cred;
+  conn->peer_key = key;
   memcpy(conn->peer_text, peer_text, sizeof(peer_text));
   conn->next = server->conns;
   if (server->conns) server->conns->prev = conn;
@@ -439,6 +455,9 @@ mt_grpc_server *mt_grpc_server_new(struct ev_loop *loop, const mt_grpc_server_op
   server->on_connection_error_arg = options->on_connection_error_arg;
   server->on_call_refused = options->on_call_refused;
   server->on_call_refused_arg = options->on_call_refused_arg;
+  server->peer_key = options->peer_key;
+  server->peer_key_arg = options->peer_key_arg;
+  server->max_connections_per_key = options->max_connections_per_key;
   if (server->max_metadata_bytes > UINT32_MAX ||
       !listen_on(server, options->listen, options->unix_socket_mode)) {
     int saved = errno ? errno : EINVAL;

@@ -66,6 +66,15 @@ typedef struct {
   /* A Unix socket's file mode (e.g. 0666: who may connect is then decided
    * per call from peer_cred); 0 = as the umask leaves it. */
   unsigned unix_socket_mode;
+  /* Unix sockets, optional: who a caller is for per-caller limits (its
+   * uid, its pod...), asked once at accept. A caller already holding
+   * max_connections_per_key connections under the same key has its new
+   * one closed at once (told to on_connection_error), so no caller can
+   * take every connection from the others. The key is on each request
+   * (mt_grpc_request.peer_key) for the caller's own per-key limits. */
+  uint64_t (*peer_key)(void *arg, const mt_grpc_peer_cred *cred);
+  void *peer_key_arg;
+  size_t max_connections_per_key;  /* 0 = no per-key limit */
   size_t max_message_bytes;        /* largest request message; 0 = 4 MiB */
   uint32_t max_concurrent_streams; /* per connection; 0 = 100 */
   size_t max_metadata_bytes;       /* request headers per stream; 0 = 16 KiB */
@@ -121,6 +130,7 @@ typedef struct {
   const struct sockaddr *peer_addr;
   const char *peer_address;           /* "ip:port"; on a Unix socket "pid P uid U gid G" */
   const mt_grpc_peer_cred *peer_cred; /* Unix sockets only; NULL on TCP */
+  uint64_t peer_key;                  /* options.peer_key's answer; 0 without one */
 } mt_grpc_request;
 
 typedef void (*mt_grpc_handler_fn)(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req);

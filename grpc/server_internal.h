@@ -45,6 +45,7 @@ typedef struct mt_srv_conn {
   /* Unix socket peers: the kernel's record of the caller at connect. */
   mt_grpc_peer_cred cred; /* cred.pidfd owned, closed with the connection */
   int has_cred;
+  uint64_t peer_key; /* options.peer_key's answer at accept (0: none) */
   mt_grpc_stream *streams;
   size_t stream_count;
   struct mt_srv_conn *prev, *next;
@@ -63,6 +64,9 @@ struct mt_grpc_server {
   void *on_call_refused_arg;
   int listen_fd;
   int port;
+  uint64_t (*peer_key)(void *arg, const mt_grpc_peer_cred *cred);
+  void *peer_key_arg;
+  size_t max_connections_per_key;
   char *unix_path; /* a Unix socket file we created and remove at the end */
   dev_t unix_dev;
   ino_t unix_ino;

@@ -368,6 +368,7 @@ static int build_request(mt_grpc_stream *s) {
   req->peer_addr = (const struct sockaddr *)&conn->peer;
   req->peer_address = conn->peer_text;
   req->peer_cred = conn->has_cred ? &conn->cred : NULL;
+  req->peer_key = conn->peer_key;
   return 1;
 }
 

@@ -1380,3 +1380,38 @@ TEST_F(GrpcUnixSocket, AClientThatHangsUpEndsItsHeldStreamsAsCancelled) {
   EXPECT_EQ(side.last_closed_why, MT_GRPC_CANCELLED);
   EXPECT_TRUE(errors_.connection_errors.empty()) << errors_.connection_errors[0];
 }
+
+uint64_t SameKey(void *arg, const mt_grpc_peer_cred *cred) {
+  (void)arg;
+  return static_cast<uint64_t>(cred->uid) + 1;
+}
+
+TEST_F(GrpcUnixSocket, OneCallerCannotTakeMoreThanItsShareOfConnections) {
+  mt_grpc_server_options o = {};
+  o.listen = target_.c_str();
+  o.peer_key = SameKey;
+  o.max_connections_per_key = 2;
+  o.on_connection_error = OnConnectionError;
+  o.on_connection_error_arg = &errors_;
+  server_ = mt_grpc_server_new(loop_, &o);
+  ASSERT_NE(server_, nullptr);
+  ASSERT_TRUE(mt_grpc_server_handle(server_, "/test.Echo/Cred", Cred, &seen_));
+  mt_grpc_client *clients[3];
+  CallResult results[3];
+  for (int i = 0; i < 3; i++) {
+    clients[i] = NewClient(target_);
+    results[i] = Call(clients[i], "x");
+  }
+  EXPECT_EQ(results[0].status, MT_GRPC_OK);
+  EXPECT_EQ(results[1].status, MT_GRPC_OK);
+  EXPECT_EQ(results[2].status, MT_GRPC_UNAVAILABLE) << results[2].message;
+  ASSERT_FALSE(errors_.connection_errors.empty());
+  EXPECT_EQ(errors_.connection_errors.back(), "per-caller connection limit (2) reached");
+  // A caller's connection that ends makes room for its next one.
+  mt_grpc_client_free(clients[0]);
+  bool served = false;  // once the server has seen the close
+  for (int i = 0; i < 100 && !served; i++) served = Call(clients[2], "again").status == MT_GRPC_OK;
+  EXPECT_TRUE(served);
+  mt_grpc_client_free(clients[1]);
+  mt_grpc_client_free(clients[2]);
+}
