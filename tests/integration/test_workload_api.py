@@ -691,6 +691,13 @@ class WorkloadApiNodeBed(nodebed.NodeBed):
     def workload_socket(self, node):
         return self.dir / f"{node}.workload.sock"
 
+    def start(self):
+        super().start()
+        for node in nodebed.NODES:
+            wait_until(lambda: self.workload_socket(node).exists(),
+                       f"the agent of {node} to create its Workload API socket", self.wait)
+        return self
+
     def call(self, where, *args, timeout=WAIT):
         """The client, as APP_UID, in namespace |where| (a pod or node name, a
         namespace name, or None for the host's)."""
@@ -738,10 +745,12 @@ def test_node_mode_a_caller_in_a_pod_gets_that_pods_identity(bed, pod, tmp_path)
     assert lines[0]["svids"][0]["spiffe_id"] == expected
 
 
-@pytest.mark.parametrize("where", ["stray", "host", "node-1"])
+@pytest.mark.parametrize("where", ["stray", "host", "node-1", "backend"])
 def test_node_mode_a_caller_outside_every_pod_is_refused(bed, where, request):
+    """A namespace that is no pod (an unused address in node-1's pod CIDR),
+    the host's, the node's own, and a pod of the other node."""
     netns = {"stray": lambda: request.getfixturevalue("stray_netns"), "host": lambda: None,
-             "node-1": lambda: "node-1"}[where]()
+             "node-1": lambda: "node-1", "backend": lambda: "backend"}[where]()
     for call in (("fetch-x509",), ("fetch-bundles",), ("fetch-jwt", "--audience", "a")):
         status, lines = bed.call(netns, *call)
         assert status == 2 and grpc_code(lines) == "PERMISSION_DENIED", (where, call, lines)
