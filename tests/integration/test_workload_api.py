@@ -259,6 +259,7 @@ def sidecar(procs, agents, apps, mtls_ca_bin, mca_pki, federated_root, socket_di
 
         side = Sidecar(None, None, sock, port_in)
         side.start_ca = start_ca
+        side.config = cfg
         if start_ca:
             start_ca()
         side.agent = agents(name, cfg)
@@ -444,6 +445,38 @@ def test_the_stream_waits_until_the_identity_is_issued(sidecar):
         side.start_ca()
         doc = stream.next(WAIT)
     assert doc["spiffe_id"] == spiffe_id(WORKLOAD)
+
+
+def test_a_restarted_agent_replaces_its_stale_socket_and_a_second_one_is_refused(
+        sidecar, agents):
+    """kill -9 leaves the socket file behind: the next agent replaces it and
+    serves; an agent started while one serves there exits with an error
+    naming the socket, and the first one keeps serving."""
+    side = sidecar()
+    side.agent.expect_clean_stop = False
+    side.agent.proc.kill()
+    side.agent.proc.wait(timeout=WAIT)
+    assert Path(side.socket).exists()
+    cfg = json.loads(json.dumps(side.config))
+    cfg.pop("access_log", None)
+    cfg.pop("admin", None)
+    cfg["inbound"]["listeners"][0]["address"] = f"127.0.0.1:{free_port()}"
+    restarted = agents("restarted", cfg)
+    assert wl.fetch_x509(side.socket)[0]["spiffe_id"] == spiffe_id(WORKLOAD)
+    cfg = json.loads(json.dumps(cfg))
+    cfg.pop("access_log", None)
+    cfg.pop("admin", None)
+    cfg["inbound"]["listeners"][0]["address"] = f"127.0.0.1:{free_port()}"
+    second = agents("second", cfg, start=False)
+    second.expect_clean_stop = False  # it must exit by itself, with an error
+    with open(second.stderr_path, "wb") as err:
+        second.proc = second.procs.spawn([second.binary, "--config", second.config_path],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+    status = second.proc.wait(timeout=WAIT)
+    assert status != 0, "a second agent started on a socket in use"
+    assert side.socket in second.stderr(), second.stderr()[-2000:]
+    assert restarted.proc.poll() is None
+    assert wl.fetch_x509(side.socket)[0]["spiffe_id"] == spiffe_id(WORKLOAD)
 
 
 # --------------------------------------------------------------------------
@@ -766,3 +799,11 @@ def test_node_mode_a_pod_without_an_issued_identity_waits(bed):
     # and the agent still serves the others
     status, lines = bed.call("frontend", "fetch-x509")
     assert status == 0 and lines[0]["spiffe_id"] == bed.pods["frontend"].spiffe_id, lines
+
+
+def test_node_mode_agents_stop_cleanly(bed):
+    """Last in the module: SIGTERM -> exit 0, no sanitizer report, and the
+    sockets are gone with their agents."""
+    assert bed.assert_agents_stopped_cleanly() == set(nodebed.NODES)
+    for node in nodebed.NODES:
+        assert not bed.workload_socket(node).exists(), f"{node}'s socket outlived its agent"
