@@ -228,7 +228,8 @@ def sidecar(procs, agents, apps, mtls_ca_bin, mca_pki, federated_root, socket_di
     starts it: sidecar.start_ca())."""
     cas = []
 
-    def make(ttl=3600, uids=(0, APP_UID), gids=(ADMITTED_GID,), start_ca=True, name=WORKLOAD):
+    def make(ttl=3600, uids=(0, APP_UID), gids=(ADMITTED_GID,), start_ca=True, name=WORKLOAD,
+             federated=None):
         app = apps("echo")
         ca_port, port_in = free_port(), free_port()
         sock = socket_dir / "workload.sock"
@@ -250,18 +251,18 @@ def sidecar(procs, agents, apps, mtls_ca_bin, mca_pki, federated_root, socket_di
                              "allowed_gids": list(gids)},
         }
 
-        def start_ca():
+        def launch_ca():
             ca = MtlsCa(procs, mtls_ca_bin, mca_pki, tmp_path / f"mtls-ca{len(cas) or ''}",
-                        mesh=mesh(mca_pki, federated_root), port=ca_port)
+                        mesh=mesh(mca_pki, federated or federated_root), port=ca_port)
             cas.append(ca)
             side.ca = ca
             return ca
 
         side = Sidecar(None, None, sock, port_in)
-        side.start_ca = start_ca
+        side.start_ca = launch_ca
         side.config = cfg
         if start_ca:
-            start_ca()
+            launch_ca()
         side.agent = agents(name, cfg)
         wait_until(lambda: sock.exists(), f"the agent to create {sock}")
         return side
@@ -317,11 +318,49 @@ def test_a_caller_whose_uid_and_gid_are_not_allowed_is_refused_everywhere(sideca
     assert status == 0, lines
 
 
-def test_nothing_allowed_admits_nobody(sidecar):
-    side = sidecar(uids=(), gids=())
-    for uid in (None, APP_UID):  # this process (root), then the application's UID
-        status, lines = run_client("--socket", side.socket, "fetch-x509", uid=uid)
-        assert status == 2 and grpc_code(lines) == "PERMISSION_DENIED", (uid, lines)
+def check_config(mtlsd_bin, tmp_path, cfg):
+    path = tmp_path / "check.yaml"
+    path.write_text(json.dumps(cfg))
+    res = subprocess.run([mtlsd_bin, "--check-config", str(path)], capture_output=True,
+                         text=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+    return res.returncode, res.stdout + res.stderr
+
+
+CONFIG_ERRORS = {
+    # a sidecar whose Workload API would admit nobody
+    "no-allowed-ids": ({"allowed_uids": [], "allowed_gids": []}, "allowed_uids"),
+    "relative-socket": ({"socket": "workload.sock"}, "absolute path"),
+    "uid-not-a-number": ({"allowed_uids": ["app"]}, "allowed_uids"),
+    "unknown-key": ({"allowed_users": [1000]}, "allowed_users"),
+    # files-based identity: the agent's own key would be the only one to hand out
+    "files-identity": (None, "control_plane"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_ERRORS))
+def test_workload_api_config_errors(case, mtlsd_bin, mca_pki, pki, tmp_path):
+    change, words = CONFIG_ERRORS[case]
+    cfg = {
+        "trust_domain": TRUST_DOMAIN,
+        "identity": {"spiffe_id": spiffe_id(WORKLOAD)},
+        "control_plane": {"address": "127.0.0.1:15012", "root_file": str(mca_pki / "root.pem"),
+                          "spiffe_id": CP_ID},
+        "inbound": {"listeners": [{"address": f"127.0.0.1:{free_port()}", "app_port": 8080}]},
+        "workload_api": {"socket": str(tmp_path / "w.sock"), "allowed_uids": [APP_UID]},
+    }
+    status, out = check_config(mtlsd_bin, tmp_path, cfg)
+    assert status == 0, f"the valid base config is refused: {out}"
+    if change is None:
+        wl_dir = pki.workload(WORKLOAD)
+        del cfg["control_plane"]
+        cfg["identity"] = {"cert_file": str(wl_dir / "chain.pem"),
+                           "key_file": str(wl_dir / "key.pem")}
+        cfg["trust_bundles"] = [{"trust_domain": TRUST_DOMAIN, "file": str(pki.bundle)}]
+    else:
+        cfg["workload_api"].update(change)
+    status, out = check_config(mtlsd_bin, tmp_path, cfg)
+    assert status != 0, f"{case}: accepted"
+    assert "workload_api" in out and words in out, f"{case}: {out}"
 
 
 def test_every_method_needs_the_security_header(sidecar):
@@ -382,18 +421,18 @@ def test_a_new_svid_is_pushed_on_every_rotation(sidecar, tmp_path):
     """4 s certificates: the open stream gets a new SVID (new serial, later
     notAfter, still valid) at each renewal, without asking again."""
     side = sidecar(ttl=4)
+    docs = []
     with wl.Stream(side.socket, "FetchX509SVID") as stream:
-        docs = [stream.next(WAIT)]
-        for _ in range(2):
+        for i in range(3):
             docs.append(stream.next(WAIT))
+            # verified as it arrives: a 4 s certificate is soon history
+            assert_valid_x509_svid(docs[-1], spiffe_id(WORKLOAD),
+                                   docs[-1]["svids"][0]["bundle_pem"], tmp_path / f"verify{i}")
     leaves = [leaf_of(d) for d in docs]
     serials = [l.serial_number for l in leaves]
     assert len(set(serials)) == len(serials), f"a push repeated a certificate: {serials}"
     after = [l.not_valid_after for l in leaves]
     assert after == sorted(after) and after[0] < after[-1], after
-    for i, doc in enumerate(docs):
-        assert_valid_x509_svid(doc, spiffe_id(WORKLOAD), doc["svids"][0]["bundle_pem"],
-                               tmp_path / f"verify{i}")
     print(f"\n[workload api rotation] serials {[hex(s)[:10] for s in serials]}")
 
 
@@ -646,40 +685,61 @@ def agent_fds(agent):
     return len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
 
 
-def test_clients_that_never_read_neither_grow_the_agent_nor_stall_others(sidecar):
-    """50 connections x 20 streams that never read while the SVID rotates
-    (3 s certificates): another caller is served at once and sees every
-    rotation; the agent's memory does not grow with the pushes it cannot
-    deliver; once the non-readers go away, the open-stream gauge and the
-    agent's descriptors are back where they were."""
-    side = sidecar(ttl=3)
+def big_federated_bundle(path, roots):
+    """A federated bundle of |roots| CA certificates: every X509SVIDResponse
+    then weighs |roots| x ~0.5 KiB."""
+    path.write_text("".join(self_signed_root(f"other.org root {i}", FEDERATED_TD_ID)
+                            for i in range(roots)))
+    return path
+
+
+def metric_now(agent, name, **labels):
+    return metric_value(metrics_text(agent), name, **labels)
+
+
+def test_clients_that_never_read_are_cut_off_and_stall_no_one(sidecar, tmp_path):
+    """4 connections x 16 FetchX509SVID streams that never read, while 3 s
+    certificates rotate and each response weighs ~75 KiB (a federated bundle
+    of 150 roots): each is cut off (RESOURCE_EXHAUSTED, counted as a slow
+    reader) once its unread responses pass the agent's bound; meanwhile a
+    reading caller gets every rotation and another one is served at once;
+    the open-stream gauge and the agent's descriptors come back."""
+    side = sidecar(ttl=3, federated=big_federated_bundle(tmp_path / "big.pem", 150))
     agent = side.agent
-    wl.fetch_x509(side.socket)  # the SVID exists: the non-readers get it at once
-    base_streams, base_fds = streams_gauge(agent), agent_fds(agent)
-    conns, per_conn = 50, 20
+    first = wl.fetch_x509(side.socket)[0]  # the SVID exists: the non-readers get it at once
+    assert len(first["federated"][FEDERATED_TD_ID]) == 150
+    base_streams, base_fds, base_rss = streams_gauge(agent), agent_fds(agent), agent_rss_kib(agent)
+    base_cut = metric_now(agent, "mtlsd_workload_api_slow_readers_total")
+    conns, per_conn = 4, 16
     flood = [NonReader(side.socket, per_conn) for _ in range(conns)]
+    rss = [base_rss]
     try:
-        opened = wait_until(lambda: streams_gauge(agent) >= base_streams + conns * per_conn
-                            and streams_gauge(agent),
-                            f"{conns * per_conn} more open streams on {STREAMS_GAUGE}")
-        assert opened == base_streams + conns * per_conn
+        wait_until(lambda: streams_gauge(agent) == base_streams + conns * per_conn,
+                   f"{conns * per_conn} more open streams on {STREAMS_GAUGE}")
         with wl.Stream(side.socket, "FetchX509SVID") as stream:
-            first = stream.next(WAIT)  # served beside the flood
-            rss = [agent_rss_kib(agent)]
-            serials = [leaf_of(first).serial_number]
-            for _ in range(4):
-                serials.append(leaf_of(stream.next(WAIT)).serial_number)  # every rotation
-                rss.append(agent_rss_kib(agent))
-            token = wl.fetch_jwt(side.socket, ["x"])  # a unary call is not stalled either
-            assert token["svids"], token
-        assert len(set(serials)) == len(serials), serials
-        # Queueing every undeliverable push would cost >= 2 KiB (an SVID
-        # message) per stream per rotation: 8 MiB over four rotations here.
-        # Allow 3 MiB (allocator and sanitizer noise).
-        budget = 3 * 1024
-        print(f"\n[never-reading clients] {conns * per_conn} streams; agent RSS (KiB) per "
-              f"rotation {rss}; budget {budget}")
-        assert rss[-1] - rss[0] <= budget, f"agent RSS grew {rss}"
+            serials = [leaf_of(stream.next(WAIT)).serial_number]
+
+            def all_cut_off():
+                # the reading caller keeps receiving every rotation meanwhile
+                while stream.pending():
+                    serials.append(leaf_of(stream.next(WAIT)).serial_number)
+                    rss.append(agent_rss_kib(agent))
+                return metric_now(agent, "mtlsd_workload_api_slow_readers_total") \
+                    >= base_cut + conns * per_conn
+            wait_until(all_cut_off, "every non-reading stream to be cut off", timeout=4 * WAIT,
+                       interval=0.2)
+            assert streams_gauge(agent) == base_streams + 1  # only the reader's is left
+            status, lines = run_client("--socket", side.socket, "fetch-bundles", uid=APP_UID)
+            assert status == 0, lines
+            serials.append(leaf_of(stream.next(WAIT)).serial_number)  # still pushed to
+        assert len(serials) >= 3 and len(set(serials)) == len(serials), serials
+        text = metrics_text(agent)
+        cut = metric_value(text, CALLS_COUNTER, method="FetchX509SVID", code="RESOURCE_EXHAUSTED")
+        assert cut == conns * per_conn, text
+        print(f"\n[never-reading clients] {conns * per_conn} streams cut off after "
+              f"{len(serials)} rotations; agent RSS (KiB) {base_rss} -> peak {max(rss)}")
+        # the bound: 512 KiB unread per stream (workload_api.c), plus slack
+        assert max(rss) - base_rss <= conns * per_conn * 1024 + 32 * 1024, rss
     finally:
         for c in flood:
             c.close()
@@ -687,24 +747,49 @@ def test_clients_that_never_read_neither_grow_the_agent_nor_stall_others(sidecar
                f"{STREAMS_GAUGE} back to {base_streams}")
     wait_until(lambda: agent_fds(agent) <= base_fds, f"the agent's descriptors back to {base_fds}")
     assert wl.fetch_x509(side.socket)[0]["spiffe_id"] == spiffe_id(WORKLOAD)
+    print(f"[never-reading clients] agent RSS once they are gone: {agent_rss_kib(agent)} KiB")
+
+
+def test_open_streams_are_bounded_and_released(sidecar):
+    """64 connections x 16 streams that never read (small responses, so none
+    is cut off) fill the agent's 1,024 open streams: the next stream is
+    refused RESOURCE_EXHAUSTED; once those clients go, the gauge is back and
+    a new caller is served."""
+    side = sidecar()
+    agent = side.agent
+    wl.fetch_x509(side.socket)
+    base = streams_gauge(agent)
+    assert base == 0
+    flood = [NonReader(side.socket, 16) for _ in range(64)]
+    try:
+        wait_until(lambda: streams_gauge(agent) == 1024, f"1024 open streams on {STREAMS_GAUGE}")
+        with pytest.raises(wl.WorkloadApiError) as refused:
+            wl.fetch_x509(side.socket, timeout=WAIT)
+        assert refused.value.code == "RESOURCE_EXHAUSTED", refused.value
+    finally:
+        for c in flood:
+            c.close()
+    wait_until(lambda: streams_gauge(agent) == base, f"{STREAMS_GAUGE} back to {base}")
+    assert wl.fetch_x509(side.socket)[0]["spiffe_id"] == spiffe_id(WORKLOAD)
 
 
 def test_a_closed_stream_is_released(sidecar):
     side = sidecar()
     base = streams_gauge(side.agent)
-    streams = [wl.Stream(side.socket, m) for m in
-               ("FetchX509SVID", "FetchX509Bundles", "FetchJWTBundles")]
+    methods = ("FetchX509SVID", "FetchX509Bundles", "FetchJWTBundles")
+    streams = [wl.Stream(side.socket, m) for m in methods]
     try:
         for s in streams:
             s.next(WAIT)
-        assert streams_gauge(side.agent) == base + 3
+        assert streams_gauge(side.agent) == base + len(methods)
     finally:
         for s in streams:
             s.close()
     wait_until(lambda: streams_gauge(side.agent) == base, f"{STREAMS_GAUGE} back to {base}")
     text = metrics_text(side.agent)
-    for method in ("FetchX509SVID", "FetchX509Bundles", "FetchJWTBundles"):
-        assert metric_value(text, CALLS_COUNTER, method=method) >= 1, (method, text)
+    for method in methods:
+        assert metric_value(text, CALLS_COUNTER, method=method, code="CANCELLED") >= 1, \
+            (method, text)
 
 
 # --------------------------------------------------------------------------
