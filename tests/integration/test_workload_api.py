@@ -50,6 +50,9 @@ WORKLOAD = "backend"    # the sidecar's (and so its application's) service accou
 METHODS = ("FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles",
            "ValidateJWTSVID")
 STREAMS_GAUGE = "mtlsd_workload_api_streams"
+# A sanitizer build (bazel-out/k8-optasan, k8-optubsan): ASan keeps freed
+# memory in quarantine on purpose, so RSS says nothing about a bound there.
+SANITIZED = "san/" in os.environ.get("MTLSD_BIN", "")
 CALLS_COUNTER = "mtlsd_workload_api_calls_total"
 
 
@@ -739,7 +742,7 @@ def test_clients_that_never_read_are_cut_off_and_stall_no_one(sidecar, tmp_path)
         print(f"\n[never-reading clients] {conns * per_conn} streams cut off after "
               f"{len(serials)} rotations; agent RSS (KiB) {base_rss} -> peak {max(rss)}")
         # the bound: 512 KiB unread per stream (workload_api.c), plus slack
-        assert max(rss) - base_rss <= conns * per_conn * 1024 + 32 * 1024, rss
+        assert SANITIZED or max(rss) - base_rss <= conns * per_conn * 1024 + 32 * 1024, rss
     finally:
         for c in flood:
             c.close()
