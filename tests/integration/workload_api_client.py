@@ -13,6 +13,10 @@ inside a network namespace with `ip netns exec`):
       fetch-jwt --audience A [--audience B] [--spiffe-id ID]
       fetch-jwt-bundles [--count N] JWTBundlesResponse messages (JWKS as JSON)
       validate --audience A --token T
+      hold --connections N --streams M [--method M]
+                                    N connections x M streams over raw HTTP/2
+                                    that never read; prints {"held": N*M} once
+                                    sent, and holds them until stdin closes
 
 The socket defaults to $SPIFFE_ENDPOINT_SOCKET (unix:///path or a path).
 Each response is printed as one JSON line as soon as it arrives (so a
@@ -29,6 +33,7 @@ import argparse
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 
@@ -290,6 +295,38 @@ class Stream:
         self.close()
 
 
+class NonReader:
+    """Streams opened over HTTP/2 by hand (python3-h2) on one connection:
+    the client grants the server every flow-control window there is and then
+    never reads a byte, so the server's writes pile up in the socket until
+    its buffer is full, and then in the server."""
+
+    def __init__(self, socket_path, streams, method="FetchX509SVID", timeout=DEFAULT_TIMEOUT):
+        import h2.config
+        import h2.connection
+        import h2.settings
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(socket_path[len("unix://"):] if socket_path.startswith("unix://")
+                          else socket_path)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2 ** 31 - 1})
+        conn.increment_flow_control_window(2 ** 31 - 1 - 65535)
+        path = pb.METHODS[method][0]
+        for _ in range(streams):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                                    (":authority", "localhost"),
+                                    ("content-type", "application/grpc"), ("te", "trailers"),
+                                    pb.SECURITY_HEADER])
+            conn.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)  # the empty request
+        self.sock.sendall(conn.data_to_send())
+
+    def close(self):
+        self.sock.close()
+
+
 # --------------------------------------------------------------------------
 # the program
 
@@ -317,12 +354,24 @@ def main(argv=None):
     p = sub.add_parser("validate")
     p.add_argument("--audience", required=True)
     p.add_argument("--token", required=True)
+    p = sub.add_parser("hold")
+    p.add_argument("--connections", type=int, default=1)
+    p.add_argument("--streams", type=int, default=1, help="per connection")
+    p.add_argument("--method", default="FetchX509SVID", choices=sorted(pb.METHODS))
     args = parser.parse_args(argv)
     if not args.socket:
         parser.error("no --socket and no SPIFFE_ENDPOINT_SOCKET")
     kw = {"header": not args.no_header, "timeout": args.timeout}
     streams = {"fetch-x509": "FetchX509SVID", "fetch-bundles": "FetchX509Bundles",
                "fetch-jwt-bundles": "FetchJWTBundles"}
+    if args.command == "hold":
+        held = [NonReader(args.socket, args.streams, args.method, args.timeout)
+                for _ in range(args.connections)]
+        _print({"held": args.connections * args.streams})
+        sys.stdin.read()  # until the caller closes our stdin (or we are killed)
+        for h in held:
+            h.close()
+        return 0
     try:
         if args.command in streams:
             for doc in stream_messages(args.socket, streams[args.command], args.count, **kw):
