@@ -171,6 +171,35 @@ def self_signed_root(common_name, td_id):
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def write_jwt_key(path):
+    """A P-256 key for mtls-ca's jwt_svid.signing_key_file, written by
+    rename (as a mounted Secret changes). Returns the key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    os.replace(tmp, path)
+    return key
+
+
+def jwt_kid(key):
+    """mtls-ca's kid: base64url (unpadded) SHA-256 of the DER SubjectPublicKeyInfo."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(public_der(key))
+    return base64.urlsafe_b64encode(digest.finalize()).rstrip(b"=").decode()
+
+
+def mint_jwt(key_path, claims, kid=None):
+    """A token signed with the control plane's own signing key (read from its
+    file): what only mtls-ca could have issued, with claims of our choosing."""
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return jwt.encode(claims, pem, algorithm="ES256",
+                      headers={"kid": kid or jwt_kid(key), "typ": "JWT"})
+
+
 def pem_set(pems):
     return {x509.load_pem_x509_certificate(p.encode()).fingerprint(hashes.SHA256()) for p in pems}
 
@@ -256,9 +285,14 @@ def sidecar(procs, agents, apps, mtls_ca_bin, mca_pki, federated_root, socket_di
                              "allowed_gids": list(gids)},
         }
 
+        jwt_key = tmp_path / "jwt-signing.key"
+        if not jwt_key.exists():
+            write_jwt_key(jwt_key)
+
         def launch_ca():
             ca = MtlsCa(procs, mtls_ca_bin, mca_pki, tmp_path / f"mtls-ca{len(cas) or ''}",
-                        mesh=mesh(mca_pki, federated or federated_root), port=ca_port)
+                        mesh=mesh(mca_pki, federated or federated_root), port=ca_port,
+                        extra={"jwt_svid": {"signing_key_file": str(jwt_key)}})
             cas.append(ca)
             side.ca = ca
             return ca
@@ -266,6 +300,7 @@ def sidecar(procs, agents, apps, mtls_ca_bin, mca_pki, federated_root, socket_di
         side = Sidecar(None, None, sock, port_in)
         side.start_ca = launch_ca
         side.config = cfg
+        side.jwt_key = jwt_key
         if start_ca:
             launch_ca()
         side.agent = agents(name, cfg)
@@ -616,14 +651,33 @@ def forged_tokens(token, jwks):
     return out
 
 
-def test_validate_refuses_wrong_audience_garbage_and_forgeries(sidecar):
+def test_validate_refuses_wrong_audience_garbage_expired_and_forgeries(sidecar):
+    """Every one INVALID_ARGUMENT: the wrong audience, no audience, garbage,
+    forgeries (another key under the real kid, alg none, HS256 keyed with
+    the public key, a flipped signature bit, a payload edited after
+    signing), and tokens signed with the control plane's real key that are
+    expired, have no exp, no aud, or a sub that is no SPIFFE ID."""
     side = sidecar()
     token = wl.fetch_jwt(side.socket, ["payments"])["svids"][0]["svid"]
     jwks = jwks_for(side.socket)
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    good = {"sub": spiffe_id(WORKLOAD), "aud": "payments", "exp": now + 600, "iat": now}
     cases = {"wrong-audience": ("ledger", token), "empty": ("payments", ""),
              "garbage": ("payments", "not a jwt"), "three-dots": ("payments", "a.b.c"),
              "no-audience": ("", token)}
     cases.update({k: ("payments", v) for k, v in forged_tokens(token, jwks).items()})
+    real_key_cases = {
+        "expired": dict(good, exp=now - 600, iat=now - 1200),
+        "no-exp": {k: v for k, v in good.items() if k != "exp"},
+        "no-aud": {k: v for k, v in good.items() if k != "aud"},
+        "sub-not-a-spiffe-id": dict(good, sub="alice"),
+        "sub-of-another-trust-domain": dict(good, sub="spiffe://evil.org/ns/default/sa/x"),
+    }
+    for name, claims in real_key_cases.items():
+        cases[name] = ("payments", mint_jwt(side.jwt_key, claims))
+    # the control: the same key and claims, valid -> validates
+    assert wl.validate(side.socket, "payments", mint_jwt(side.jwt_key, good))["spiffe_id"] \
+        == spiffe_id(WORKLOAD)
     for name, (audience, svid) in cases.items():
         try:
             got = wl.validate(side.socket, audience, svid)
@@ -633,6 +687,42 @@ def test_validate_refuses_wrong_audience_garbage_and_forgeries(sidecar):
         raise AssertionError(f"{name}: validated: {got}")
     # and the real token still validates: no case poisoned a cache
     assert wl.validate(side.socket, "payments", token)["spiffe_id"] == spiffe_id(WORKLOAD)
+
+
+def test_validate_a_token_of_another_workload(sidecar):
+    """ValidateJWTSVID answers for whoever the token names (the caller is a
+    server checking its client's token): a token for another workload,
+    signed by the control plane, validates with that workload's ID."""
+    side = sidecar()
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    caller = spiffe_id("frontend")
+    token = mint_jwt(side.jwt_key, {"sub": caller, "aud": ["backend-api", "x"],
+                                    "exp": now + 300, "iat": now})
+    doc = wl.validate(side.socket, "backend-api", token)
+    assert doc["spiffe_id"] == caller
+    assert doc["claims"]["sub"] == caller and doc["claims"]["exp"] == now + 300
+
+
+def test_a_jwt_key_rotation_is_pushed_and_old_tokens_still_validate(sidecar):
+    side = sidecar()
+    old_token = wl.fetch_jwt(side.socket, ["payments"])["svids"][0]["svid"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    with wl.Stream(side.socket, "FetchJWTBundles") as stream:
+        first = stream.next(WAIT)["bundles"][TD_ID]
+        assert [k["kid"] for k in first["keys"]] == [old_kid]
+        new_kid = jwt_kid(write_jwt_key(side.jwt_key))
+        while True:  # the next JWKS that holds the new key
+            jwks = stream.next(WAIT)["bundles"][TD_ID]
+            kids = [k["kid"] for k in jwks["keys"]]
+            if new_kid in kids:
+                break
+    assert old_kid in kids, f"the old key left the JWKS at once: {kids}"
+    verify_jwt(old_token, jwks, "payments")
+    assert wl.validate(side.socket, "payments", old_token)["spiffe_id"] == spiffe_id(WORKLOAD)
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    fresh = mint_jwt(side.jwt_key, {"sub": spiffe_id(WORKLOAD), "aud": "payments",
+                                    "exp": now + 300})
+    assert wl.validate(side.socket, "payments", fresh)["spiffe_id"] == spiffe_id(WORKLOAD)
 
 
 def test_fetch_jwt_bundles_is_a_jwks_per_trust_domain(sidecar):
