@@ -321,7 +321,11 @@ class NonReader:
                                     ("content-type", "application/grpc"), ("te", "trailers"),
                                     pb.SECURITY_HEADER])
             conn.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)  # the empty request
-        self.sock.sendall(conn.data_to_send())
+        try:
+            self.sock.sendall(conn.data_to_send())
+            self.refused = False
+        except OSError:  # the server closed it at once (its per-caller connection limit)
+            self.refused = True
 
     def close(self):
         self.sock.close()
@@ -367,7 +371,8 @@ def main(argv=None):
     if args.command == "hold":
         held = [NonReader(args.socket, args.streams, args.method, args.timeout)
                 for _ in range(args.connections)]
-        _print({"held": args.connections * args.streams})
+        _print({"held": args.connections * args.streams,
+                "refused_connections": sum(h.refused for h in held)})
         sys.stdin.read()  # until the caller closes our stdin (or we are killed)
         for h in held:
             h.close()
