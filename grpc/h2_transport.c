@@ -229,6 +229,15 @@ ssize_t mt_h2_transport_buffer(mt_h2_transport *t, const uint8_t *data, size_t l
 
 typedef enum { IO_OK, IO_WANT_WRITE, IO_EOF, IO_FAILED } io_result;
 
+/* Bytes that arrived, to nghttp2 (whose callbacks run now). 0: protocol error. */
+static int feed(mt_h2_transport *t, const uint8_t *buf, size_t n) {
+  t->last_activity = ev_now(t->loop);
+  ssize_t rv = nghttp2_session_mem_recv(t->session, buf, n);
+  if (rv >= 0) return 1;
+  snprintf(t->error, sizeof(t->error), "HTTP/2 protocol error: %s", nghttp2_strerror((int)rv));
+  return 0;
+}
+
 /* Plaintext: the bytes the socket has (up to a budget) go to nghttp2. */
 static io_result read_phase_plain(mt_h2_transport *t) {
   uint8_t buf[READ_CHUNK_BYTES];
@@ -237,13 +246,7 @@ static io_result read_phase_plain(mt_h2_transport *t) {
     ssize_t n = recv(t->fd, buf, sizeof(buf), 0);
     if (n > 0) {
       budget = (size_t)n < budget ? budget - (size_t)n : 0;
-      t->last_activity = ev_now(t->loop);
-      ssize_t rv = nghttp2_session_mem_recv(t->session, buf, (size_t)n);
-      if (rv < 0) {
-        snprintf(t->error, sizeof(t->error), "HTTP/2 protocol error: %s",
-                 nghttp2_strerror((int)rv));
-        return IO_FAILED;
-      }
+      if (!feed(t, buf, (size_t)n)) return IO_FAILED;
       continue;
     }
     if (n == 0) {
@@ -271,13 +274,7 @@ static io_result read_phase(mt_h2_transport *t) {
     int n = SSL_read(t->ssl, buf, sizeof(buf));
     if (n > 0) {
       budget = (size_t)n < budget ? budget - (size_t)n : 0;
-      t->last_activity = ev_now(t->loop);
-      ssize_t rv = nghttp2_session_mem_recv(t->session, buf, (size_t)n);
-      if (rv < 0) {
-        snprintf(t->error, sizeof(t->error), "HTTP/2 protocol error: %s",
-                 nghttp2_strerror((int)rv));
-        return IO_FAILED;
-      }
+      if (!feed(t, buf, (size_t)n)) return IO_FAILED;
       continue;
     }
     int err = SSL_get_error(t->ssl, n);

@@ -239,6 +239,17 @@ void DirtyEcho(void *arg, mt_grpc_stream *stream, const mt_grpc_request *req) {
 
 void Tick(struct ev_loop *, ev_timer *, int) {}
 
+// Runs |loop| until |done| holds or |seconds| pass.
+bool RunLoopUntil(struct ev_loop *loop, const std::function<bool()> &done, double seconds) {
+  ev_timer tick;
+  ev_timer_init(&tick, Tick, 0.01, 0.01);
+  ev_timer_start(loop, &tick);
+  double end = ev_time() + seconds;
+  while (!done() && ev_time() < end) ev_run(loop, EVRUN_ONCE);
+  ev_timer_stop(loop, &tick);
+  return done();
+}
+
 class GrpcEndToEnd : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -311,13 +322,7 @@ class GrpcEndToEnd : public ::testing::Test {
 
   // Runs the loop until |done| holds or |seconds| pass.
   bool RunUntil(const std::function<bool()> &done, double seconds = 5.0) {
-    ev_timer tick;
-    ev_timer_init(&tick, Tick, 0.01, 0.01);
-    ev_timer_start(loop_, &tick);
-    double end = ev_time() + seconds;
-    while (!done() && ev_time() < end) ev_run(loop_, EVRUN_ONCE);
-    ev_timer_stop(loop_, &tick);
-    return done();
+    return RunLoopUntil(loop_, done, seconds);
   }
 
   void RunFor(double seconds) {
@@ -1267,13 +1272,7 @@ class GrpcUnixSocket : public ::testing::Test {
     return mt_grpc_client_new(loop_, &o);
   }
   bool RunUntil(const std::function<bool()> &done, double seconds = 5.0) {
-    ev_timer tick;
-    ev_timer_init(&tick, Tick, 0.01, 0.01);
-    ev_timer_start(loop_, &tick);
-    double end = ev_time() + seconds;
-    while (!done() && ev_time() < end) ev_run(loop_, EVRUN_ONCE);
-    ev_timer_stop(loop_, &tick);
-    return done();
+    return RunLoopUntil(loop_, done, seconds);
   }
   CallResult Call(mt_grpc_client *client, const std::string &request) {
     CallResult r;
