@@ -205,6 +205,49 @@ static void render_workload_api_metrics(const mt_admin_view *v, mt_text *out) {
   }
 }
 
+/* The Workload API source: each stream's state, its changes and calls,
+ * what was refused, and when the last new SVID was put into service. */
+static void render_workload_api_source_metrics(const mt_admin_view *v, mt_text *out) {
+  const mt_workload_api_source_stats *w = v->workload_api_source;
+  if (w == NULL) return;
+  metric_header(out, "mtlsd_workload_api_source_stream_state", "gauge",
+                "State of each Workload API stream (1 for the current state).");
+  for (int st = 0; st < MT_WLAPI_NUM_STREAMS; st++)
+    for (int s = 0; s < MT_WLAPI_NUM_STATES; s++)
+      mt_text_printf(out, "mtlsd_workload_api_source_stream_state{stream=\"%s\",state=\"%s\"} %d\n",
+                     mt_wlapi_stream_str((mt_wlapi_stream)st),
+                     mt_wlapi_state_str((mt_wlapi_state)s), w->state[st] == (mt_wlapi_state)s);
+  metric_header(out, "mtlsd_workload_api_source_state_changes_total", "counter",
+                "State changes of each Workload API stream (each is logged once).");
+  for (int st = 0; st < MT_WLAPI_NUM_STREAMS; st++)
+    mt_text_printf(out, "mtlsd_workload_api_source_state_changes_total{stream=\"%s\"} %llu\n",
+                   mt_wlapi_stream_str((mt_wlapi_stream)st),
+                   (unsigned long long)w->state_changes[st]);
+  metric_header(out, "mtlsd_workload_api_source_calls_total", "counter",
+                "Workload API calls started (the first and every reconnect), by stream.");
+  for (int st = 0; st < MT_WLAPI_NUM_STREAMS; st++)
+    mt_text_printf(out, "mtlsd_workload_api_source_calls_total{stream=\"%s\"} %llu\n",
+                   mt_wlapi_stream_str((mt_wlapi_stream)st),
+                   (unsigned long long)w->calls_started[st]);
+  metric_header(
+      out, "mtlsd_workload_api_source_updates_total", "counter",
+      "Workload API messages that passed every check (a new SVID, new trust, or a repeat).");
+  mt_text_printf(out, "mtlsd_workload_api_source_updates_total %llu\n",
+                 (unsigned long long)w->updates_taken);
+  metric_header(out, "mtlsd_workload_api_source_refusals_total", "counter",
+                "Workload API messages refused or calls failed (the last good identity and trust "
+                "stayed), by stream and reason.");
+  for (int st = 0; st < MT_WLAPI_NUM_STREAMS; st++)
+    for (int r = 0; r < MT_WLAPI_NUM_REFUSALS; r++)
+      mt_text_printf(
+          out, "mtlsd_workload_api_source_refusals_total{stream=\"%s\",reason=\"%s\"} %llu\n",
+          mt_wlapi_stream_str((mt_wlapi_stream)st), mt_wlapi_refusal_str((mt_wlapi_refusal)r),
+          (unsigned long long)w->refusals[st][r]);
+  metric_header(out, "mtlsd_certificate_last_issued_seconds", "gauge",
+                "When the last new SVID was put into service (Unix time; 0: none yet).");
+  mt_text_printf(out, "mtlsd_certificate_last_issued_seconds %lld\n", (long long)w->last_served_at);
+}
+
 /* The admin endpoint's own traffic: what reached a page, what its HTTP
  * server refused by itself (malformed, too large, too slow, too many). */
 static void render_admin_http_metrics(const mt_admin_view *v, mt_text *out) {
@@ -237,6 +280,7 @@ void mt_admin_render_metrics(const mt_admin_view *v, mt_text *out) {
   render_identity_metrics(v, out);
   render_control_plane_metrics(v, out);
   render_workload_api_metrics(v, out);
+  render_workload_api_source_metrics(v, out);
   metric_header(out, "mtlsd_config_reloads_total", "counter",
                 "Configuration reloads (SIGHUP, file change or POST /reload), by result.");
   mt_text_printf(out, "mtlsd_config_reloads_total{result=\"success\"} %llu\n",

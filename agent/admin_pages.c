@@ -38,8 +38,24 @@ static int node_certificates_ready(const mt_admin_view *v, char *why, size_t why
   return 0;
 }
 
+/* The Workload API source: why there is no identity, in the terms of its
+ * X509-SVID stream (state and last refusal). */
+static int workload_api_source_ready(const mt_admin_view *v, char *why, size_t why_len) {
+  const mt_workload_api_source_stats *w = v->workload_api_source;
+  /* Expired but not yet replaced by "no identity" (the expiry timer runs
+   * within the second) reads the same. */
+  if (v->identity != NULL && mt_identity_not_after(v->identity) > v->now) return 1;
+  snprintf(why, why_len, "not ready: %s; Workload API %s: X509-SVID stream %s%s%s",
+           w->last_served_at != 0 ? "the SVID expired without a replacement"
+                                  : "no SVID from the Workload API yet",
+           w->socket, mt_wlapi_state_str(w->state[MT_WLAPI_STREAM_X509_SVID]),
+           w->last_error[0] != '\0' ? "; last error: " : "", w->last_error);
+  return 0;
+}
+
 static int sidecar_certificate_ready(const mt_admin_view *v, char *why, size_t why_len) {
   const mt_cert_manager_stats *cp = v->control_plane;
+  if (v->workload_api_source != NULL && !workload_api_source_ready(v, why, why_len)) return 0;
   if (v->identity == NULL && cp != NULL && cp->last_issued_at != 0) {
     snprintf(why, why_len,
              "not ready: the workload certificate expired without renewal; control plane: %s",
@@ -285,6 +301,14 @@ static void render_identity_config(const mt_config *c, mt_text *out, int *first)
   int f = 1;
   mt_json_key(out, first, "identity");
   mt_text_printf(out, "{");
+  if (c->workload_api_source_socket != NULL) {
+    mt_json_str(out, &f, "workload_api_socket", c->workload_api_source_socket);
+    mt_json_str(out, &f, "spiffe_id", c->spiffe_id);
+    mt_json_int(out, &f, "workload_api_retry_initial_ms", c->workload_api_source_retry_initial_ms);
+    mt_json_int(out, &f, "workload_api_retry_max_ms", c->workload_api_source_retry_max_ms);
+    mt_text_printf(out, "}");
+    return;
+  }
   mt_json_str(out, &f, "cert_file", c->cert_file);
   mt_json_str(out, &f, "key_file", c->key_file);
   mt_json_str(out, &f, "pkcs12_file", c->pkcs12_file);

@@ -17,6 +17,7 @@
 #include "agent/identity.h"
 #include "agent/metrics.h"
 #include "agent/workload_api.h"
+#include "agent/workload_api_source.h"
 #include "agent/workloads.h"
 
 #ifdef __cplusplus
@@ -33,11 +34,13 @@ typedef struct {
   const mt_config *config;
   mt_identity *identity;         /* served now; NULL = none (fail closed) */
   const mt_workloads *workloads; /* node mode: the workloads served now (NULL = none) */
-  const char *identity_source;   /* "files" or "control-plane" */
+  const char *identity_source;   /* "files", "control-plane" or "workload_api" */
   mt_worker_metrics *const *worker_metrics;
   size_t num_workers;
-  const mt_cert_manager_stats *control_plane; /* NULL with certificate files */
+  const mt_cert_manager_stats *control_plane; /* NULL unless the control plane is the source */
   const mt_workload_api_stats *workload_api;  /* NULL: the Workload API is not served */
+  /* NULL unless the Workload API (a SPIRE agent) is the identity source */
+  const mt_workload_api_source_stats *workload_api_source;
   uint64_t identity_updates;                  /* new certificates served (files or CA) */
   uint64_t identity_update_failures;          /* reloads / requests that failed */
   uint64_t config_reloads;

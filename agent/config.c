@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -31,6 +32,8 @@ enum {
   DEFAULT_CP_REQUEST_TIMEOUT_MS = 10000,
   DEFAULT_CP_RETRY_INITIAL_MS = 500,
   DEFAULT_CP_RETRY_MAX_MS = 30000,
+  DEFAULT_WORKLOAD_API_SOURCE_RETRY_INITIAL_MS = 500,
+  DEFAULT_WORKLOAD_API_SOURCE_RETRY_MAX_MS = 30000,
   DEFAULT_CP_KEEPALIVE_MS = 30000,
   MAX_TIMEOUT_MS = 24 * 3600 * 1000,
   DEFAULT_SESSION_LIFETIME_S = 3600,
@@ -181,6 +184,24 @@ static void *alloc_for(parse_ctx *pc, yaml_node_t *seq, const char *what, size_t
 
 /* ---- identity ---------------------------------------------------------- */
 
+/* What is wrong with a Workload API address, or NULL. The SPIFFE form is a
+ * unix URI with an empty authority; the path must fit a sockaddr_un. */
+static const char *workload_api_socket_problem(const char *s) {
+  static const char scheme[] = "unix:";
+  if (strncmp(s, scheme, sizeof(scheme) - 1) != 0)
+    return "only Unix domain sockets are supported (no tcp: or other scheme)";
+  const char *path = s + sizeof(scheme) - 1;
+  if (strncmp(path, "//", 2) == 0) {
+    if (path[2] != '/') return "a unix URI has no host: use three slashes";
+    path += 2;
+  }
+  if (path[0] != '/' || path[1] == '\0') return "the socket path must be absolute";
+  if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    return "the socket path is longer than a Unix socket address holds (107 bytes)";
+  if (strpbrk(path, "?#%") != NULL) return "no query, fragment or percent-encoding";
+  return NULL;
+}
+
 static int on_identity_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_t *v,
                            void *target) {
   mt_config *c = target;
@@ -198,6 +219,21 @@ static int on_identity_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_
       return fail(pc, v, "invalid SPIFFE ID '%s': %s", c->spiffe_id, mt_spiffe_err_str(e));
     return 1;
   }
+  if (strcmp(key, "workload_api_socket") == 0) {
+    const char *s;
+    if (!want_scalar(pc, v, key, &s)) return 0;
+    const char *why = workload_api_socket_problem(s);
+    if (why != NULL)
+      return fail(pc, v,
+                  "'workload_api_socket' must be unix:///absolute/path or unix:/absolute/path "
+                  "(a SPIFFE Workload API Unix socket), got '%s': %s",
+                  s, why);
+    return want_string(pc, v, key, &c->workload_api_source_socket);
+  }
+  if (strcmp(key, "workload_api_retry_initial_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->workload_api_source_retry_initial_ms);
+  if (strcmp(key, "workload_api_retry_max_ms") == 0)
+    return want_int(pc, v, key, 1, MAX_TIMEOUT_MS, &c->workload_api_source_retry_max_ms);
   return fail(pc, k, "unknown key 'identity.%s'", key);
 }
 
@@ -1112,9 +1148,48 @@ static int validate_workload_api(parse_ctx *pc, mt_config *c, yaml_node_t *root)
   return 1;
 }
 
+/* The Workload API is the whole identity source: the SVID, its key and
+ * every trust bundle come from it, so nothing else may claim to be one. */
+static int validate_workload_api_source(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
+  if (c->node_mode)
+    return fail(pc, root,
+                "identity.workload_api_socket: node mode cannot take identities from the "
+                "Workload API (a SPIRE agent answers with the caller's own SVIDs, so it serves "
+                "sidecars only); use control_plane for node mode");
+  if (c->has_control_plane)
+    return fail(pc, root,
+                "identity.workload_api_socket and control_plane are exclusive: take identities "
+                "from one source");
+  if (c->cert_file != NULL || c->key_file != NULL || c->pkcs12_file != NULL)
+    return fail(pc, root,
+                "identity.workload_api_socket and certificate files (cert_file, key_file, "
+                "pkcs12_file) are exclusive: take identities from one source");
+  if (c->num_trust_bundles > 0)
+    return fail(pc, root,
+                "trust_bundles: with identity.workload_api_socket the trust bundles come from "
+                "the Workload API (own and federated trust domains); remove 'trust_bundles'");
+  if (c->workload_api_source_retry_initial_ms > c->workload_api_source_retry_max_ms)
+    return fail(pc, root,
+                "identity.workload_api_retry_initial_ms (%d) is larger than "
+                "workload_api_retry_max_ms (%d)",
+                c->workload_api_source_retry_initial_ms, c->workload_api_source_retry_max_ms);
+  if (c->spiffe_id != NULL) {
+    mt_spiffe_id_view view;
+    mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), &view);
+    if (view.trust_domain_len != strlen(c->trust_domain) ||
+        memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
+      return fail(pc, root, "identity.spiffe_id '%s' is not in trust domain '%s'", c->spiffe_id,
+                  c->trust_domain);
+  }
+  if (c->num_inbound_listeners == 0 && c->num_outbound_listeners == 0)
+    return fail(pc, root, "no listeners: configure inbound.listeners and/or outbound.listeners");
+  return 1;
+}
+
 static int validate(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
   if (c->trust_domain == NULL) return fail(pc, root, "missing required key 'trust_domain'");
   if (!validate_workload_api(pc, c, root)) return 0;
+  if (c->workload_api_source_socket != NULL) return validate_workload_api_source(pc, c, root);
   if (c->interception.node_pod_cidrs_from_cp && (!c->has_control_plane || c->cp_token_file == NULL))
     return fail(pc, root,
                 "interception.node_pod_cidrs: " NODE_POD_CIDRS_FROM_CP
@@ -1157,6 +1232,8 @@ static void set_defaults(mt_config *c) {
   c->cp_request_timeout_ms = DEFAULT_CP_REQUEST_TIMEOUT_MS;
   c->cp_retry_initial_ms = DEFAULT_CP_RETRY_INITIAL_MS;
   c->cp_retry_max_ms = DEFAULT_CP_RETRY_MAX_MS;
+  c->workload_api_source_retry_initial_ms = DEFAULT_WORKLOAD_API_SOURCE_RETRY_INITIAL_MS;
+  c->workload_api_source_retry_max_ms = DEFAULT_WORKLOAD_API_SOURCE_RETRY_MAX_MS;
   c->cp_keepalive_ms = DEFAULT_CP_KEEPALIVE_MS;
   c->cp_watch = 1;
   c->admin_enabled = 1;
@@ -1250,6 +1327,7 @@ void mt_config_free(mt_config *c) {
   free(c->pkcs12_file);
   free(c->pkcs12_password_file);
   free(c->spiffe_id);
+  free(c->workload_api_source_socket);
   free(c->cp_address);
   free(c->cp_root_file);
   free(c->cp_spiffe_id);
@@ -1448,6 +1526,10 @@ int mt_config_restart_changes(const mt_config *o, const mt_config *n, char *out,
       {"max_connections", o->max_connections != n->max_connections},
       {"access_log", str_differs(o->access_log, n->access_log)},
       {"identity.spiffe_id", str_differs(o->spiffe_id, n->spiffe_id)},
+      {"identity.workload_api_socket",
+       str_differs(o->workload_api_source_socket, n->workload_api_source_socket) ||
+           o->workload_api_source_retry_initial_ms != n->workload_api_source_retry_initial_ms ||
+           o->workload_api_source_retry_max_ms != n->workload_api_source_retry_max_ms},
       {"control_plane",
        o->has_control_plane != n->has_control_plane || str_differs(o->cp_address, n->cp_address) ||
            str_differs(o->cp_root_file, n->cp_root_file) ||

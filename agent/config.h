@@ -136,7 +136,14 @@ typedef struct {
   char *pkcs12_password_file;
   int reload_interval_ms;
 
-  char *spiffe_id; /* identity.spiffe_id: what to ask the CA for */
+  char *spiffe_id; /* identity.spiffe_id: what to ask the CA for (or pick from the Workload API) */
+
+  /* identity.workload_api_socket: SVIDs and trust bundles from a SPIFFE
+   * Workload API server (a SPIRE agent), "unix:///path" or "unix:/path"
+   * (agent/workload_api_source.h). NULL: not this source. */
+  char *workload_api_source_socket;
+  int workload_api_source_retry_initial_ms;
+  int workload_api_source_retry_max_ms;
 
   /* control_plane: certificates and mesh config from mtls-ca (or istiod). */
   int has_control_plane;

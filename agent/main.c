@@ -20,6 +20,7 @@
 #include "agent/sandbox.h"
 #include "agent/worker.h"
 #include "agent/workload_api.h"
+#include "agent/workload_api_source.h"
 
 #define MTLSD_VERSION "0.1.0"
 
@@ -33,6 +34,7 @@ typedef struct {
   struct ev_loop *loop;
   mt_workers *workers;
   mt_cert_manager *cert_manager; /* control-plane mode; NULL with certificate files */
+  mt_workload_api_source *workload_api_source; /* SPIFFE Workload API (SPIRE) mode */
   mt_demand *demand;             /* destinations on demand; NULL: not configured */
   mt_admin *admin;
   mt_workload_api *workload_api; /* workload_api.socket; NULL: not served */
@@ -98,8 +100,21 @@ static void enforce_expiry(agent *a) {
   publish(a, NULL);
 }
 
-/* The control-plane source hands over snapshots (it owns their timing). */
-static void on_cert_manager_publish(void *arg, mt_identity *identity) { publish(arg, identity); }
+/* The control-plane and Workload API sources hand over snapshots (they own
+ * their timing, expiry included). */
+static void on_source_publish(void *arg, mt_identity *identity) { publish(arg, identity); }
+
+/* Whether the identity comes from a source that runs by itself (not files
+ * this module polls). */
+static int has_live_source(const agent *a) {
+  return a->cert_manager != NULL || a->workload_api_source != NULL;
+}
+
+static const char *identity_source_name(const mt_config *c) {
+  if (c->has_control_plane) return "control-plane";
+  if (c->workload_api_source_socket != NULL) return "workload_api";
+  return "files";
+}
 
 static void on_cert_manager_workloads(void *arg, mt_workloads *table) {
   agent *a = arg;
@@ -146,7 +161,7 @@ static int reload_config(agent *a, int force, char *msg, size_t msg_len) {
     return refuse_reload(a, stamp, msg, msg_len);
   }
   mt_identity *identity = NULL;
-  if (a->cert_manager == NULL) {
+  if (!has_live_source(a)) {
     identity = mt_identity_files_load(next, err, sizeof(err));
     if (identity == NULL) {
       snprintf(msg, msg_len, "%s: identity: %s", next->path, err);
@@ -160,6 +175,8 @@ static int reload_config(agent *a, int force, char *msg, size_t msg_len) {
   a->config = next;
   if (a->cert_manager != NULL) {
     mt_cert_manager_set_config(a->cert_manager, next);
+  } else if (a->workload_api_source != NULL) {
+    mt_workload_api_source_set_config(a->workload_api_source, next);
   } else {
     /* The files were re-read with the new settings; only a different
      * certificate counts as a rotation. */
@@ -189,7 +206,7 @@ static void on_reload_timer(struct ev_loop *loop, ev_timer *t, int revents) {
   agent *a = t->data;
   char msg[ERR_TEXT_MAX];
   reload_config(a, 0, msg, sizeof(msg));
-  if (a->cert_manager != NULL) return;
+  if (has_live_source(a)) return;
   reload_identity(a, 0);
   enforce_expiry(a);
 }
@@ -199,7 +216,7 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents) {
   (void)revents;
   agent *a = s->data;
   char msg[ERR_TEXT_MAX];
-  MT_LOG_I("SIGHUP: reloading the config%s", a->cert_manager ? "" : " and certificate files");
+  MT_LOG_I("SIGHUP: reloading the config%s", has_live_source(a) ? "" : " and certificate files");
   reload_config(a, 1, msg, sizeof(msg)); /* with files, this re-reads them too */
 }
 
@@ -233,11 +250,12 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents) {
 
 static void admin_view(void *arg, mt_admin_view *v) {
   agent *a = arg;
-  static mt_cert_manager_stats cp; /* main thread only; valid for the request */
+  static mt_cert_manager_stats cp;           /* main thread only; valid for the request */
+  static mt_workload_api_source_stats wlapi; /* likewise */
   v->config = a->config;
   v->identity = a->identity;
   v->workloads = a->workloads;
-  v->identity_source = a->cert_manager ? "control-plane" : "files";
+  v->identity_source = identity_source_name(a->config);
   v->worker_metrics = mt_workers_metrics(a->workers, &v->num_workers);
   v->identity_updates = a->identity_updates;
   v->identity_update_failures = a->identity_update_failures;
@@ -251,6 +269,12 @@ static void admin_view(void *arg, mt_admin_view *v) {
   if (a->workload_api != NULL) {
     mt_workload_api_get_stats(a->workload_api, &wl);
     v->workload_api = &wl;
+  }
+  if (a->workload_api_source != NULL) {
+    mt_workload_api_source_get_stats(a->workload_api_source, &wlapi);
+    v->workload_api_source = &wlapi;
+    v->identity_updates = wlapi.svids_served;
+    v->identity_update_failures = wlapi.refusals_total;
   }
   v->config_reloads = a->config_reloads;
   v->config_reload_failures = a->config_reload_failures;
@@ -279,6 +303,10 @@ static int check_config(const char *path) {
   if (config->has_control_plane) {
     printf("%s: OK (identity %s from control plane %s)\n", path, config->spiffe_id,
            config->cp_address);
+  } else if (config->workload_api_source_socket != NULL) {
+    printf("%s: OK (identity %s from the SPIFFE Workload API at %s)\n", path,
+           config->spiffe_id ? config->spiffe_id : "(the first SVID)",
+           config->workload_api_source_socket);
   } else {
     mt_identity *identity = mt_identity_files_load(config, err, sizeof(err));
     if (identity == NULL)
@@ -337,6 +365,7 @@ static void stop_agent(agent *a) {
   mt_admin_free(a->admin);
   mt_workload_api_free(a->workload_api); /* before the manager it asks */
   mt_cert_manager_free(a->cert_manager);
+  mt_workload_api_source_free(a->workload_api_source);
   mt_workers_stop(a->workers, a->config->drain_timeout_ms);
   mt_demand_free(a->demand); /* after the workers that ask and the manager that sends */
   mt_identity_unref(a->identity);
@@ -434,10 +463,11 @@ static int run(const char *path) {
    * line): a SIGTERM sent as soon as the agent looks up is queued by libev
    * and handled by the loop, never the default action. */
   watch_signals(&a);
-  /* With the control plane, workers start with no identity: a connection
-   * that arrives first is held until the certificate is published (or
-   * refused at its handshake deadline: fail closed). */
-  int ok = config->has_control_plane || load_file_source(&a, err, sizeof(err));
+  /* With the control plane or the Workload API, workers start with no
+   * identity: a connection that arrives first is held until the certificate
+   * is published (or refused at its handshake deadline: fail closed). */
+  int live_source = config->has_control_plane || config->workload_api_source_socket != NULL;
+  int ok = live_source || load_file_source(&a, err, sizeof(err));
   if (ok && config->has_control_plane && config->cp_watch && config->cp_on_demand) {
     a.demand = mt_demand_new(a.loop);
     ok = a.demand != NULL;
@@ -448,7 +478,7 @@ static int run(const char *path) {
     ok = a.workers != NULL && start_admin(&a, err, sizeof(err));
   }
   if (ok && config->has_control_plane) {
-    mt_cert_manager_sink sink = {on_cert_manager_publish, on_cert_manager_workloads, &a, a.demand,
+    mt_cert_manager_sink sink = {on_source_publish, on_cert_manager_workloads, &a, a.demand,
                                  on_cert_manager_app_svid};
     a.cert_manager = mt_cert_manager_start(a.loop, config, &sink, err, sizeof(err));
     ok = a.cert_manager != NULL;
@@ -457,12 +487,19 @@ static int run(const char *path) {
     a.workload_api = mt_workload_api_start(a.loop, config, a.cert_manager, err, sizeof(err));
     ok = a.workload_api != NULL;
   }
+  if (ok && config->workload_api_source_socket != NULL) {
+    mt_workload_api_source_sink sink = {on_source_publish, &a};
+    a.workload_api_source = mt_workload_api_source_start(a.loop, config, &sink, err, sizeof(err));
+    ok = a.workload_api_source != NULL;
+  }
   ok = ok && lock_sandbox(config, err, sizeof(err));
   int rc = 1;
   if (ok) {
-    MT_LOG_I("mtlsd " MTLSD_VERSION " started (%s)", config->has_control_plane
-                                                         ? "certificates from the control plane"
-                                                         : "certificates from files");
+    MT_LOG_I("mtlsd " MTLSD_VERSION " started (%s)",
+             config->has_control_plane ? "certificates from the control plane"
+             : config->workload_api_source_socket != NULL
+                 ? "certificates from the SPIFFE Workload API"
+                 : "certificates from files");
     start_polling(&a);
     ev_run(a.loop, 0);
     rc = 0;

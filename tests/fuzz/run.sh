@@ -10,7 +10,9 @@
 # known crashers in tests/fuzz/crashers/<target>/ (reproducers of bugs found
 # earlier: each must now run clean), then fuzzes each target for the given
 # time, starting from tests/fuzz/seeds/<target>/ (new inputs go to
-# tests/out/fuzz/corpus-<target>/, kept between runs).
+# tests/out/fuzz/corpus-<target>/, kept between runs; a target whose seeds
+# would hold private keys makes them there at each run with
+# tests/fuzz/make_<target>_seeds.py instead).
 #
 # Prints one line per target, "fuzz <target>: PASS" or
 # "fuzz <target>: FAIL (<reason>)", then "N passed, N failed"; exits 0 iff
@@ -36,7 +38,7 @@ OUT="$ROOT/tests/out/fuzz"
 BSSL_INC=/usr/include/android
 BSSL_LIB=/usr/lib/x86_64-linux-gnu/android
 TARGETS=(spiffe_id svid policy config client_hello mesh_snapshot mesh_delta jwt http_request
-  istio_policy policy_proto workload_api_request proc_net)
+  istio_policy policy_proto workload_api_request proc_net workload_api_response)
 if [ $# -gt 0 ]; then
   for t in "$@"; do
     if ! [[ " ${TARGETS[*]} " == *" $t "* ]]; then
@@ -70,6 +72,10 @@ target_sources() {
     workload_api_request)
       echo "agent/svid.c agent/workload_api_request.c $GEN/proto/spiffe/workload.pb-c.c"
       echo "$GEN/google/protobuf/struct.pb-c.c"
+      ;;
+    workload_api_response)
+      echo "agent/svid.c agent/workload_api_response.c"
+      echo "$GEN/proto/spiffe/workload.pb-c.c $GEN/google/protobuf/struct.pb-c.c"
       ;;
     istio_policy)
       echo "$POLICY_SRCS agent/policy_proto.c $GEN/proto/mtlsd/mesh.pb-c.c"
@@ -137,6 +143,8 @@ CFLAGS=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
 LDLIBS=(-L"$BSSL_LIB" -Wl,-rpath,"$BSSL_LIB" -lssl -lcrypto -lyaml -lprotobuf-c -ljansson)
 
 # The C code of proto/mtlsd/mesh.proto, as Bazel generates it (//proto:mesh_c).
+# The Workload API's too (//proto:workload_c), with google.protobuf.Struct
+# from Debian's libprotobuf-dev, which it imports.
 generate_protos() {
   mkdir -p "$GEN" && (cd "$ROOT" && protoc-c -I. --c_out="$GEN" proto/mtlsd/mesh.proto) &&
     (cd "$ROOT" && protoc-c -I. -I/usr/include --c_out="$GEN" proto/spiffe/workload.proto) &&
@@ -206,6 +214,12 @@ fuzz() {
   [ -f "$FUZZ/dicts/$t.dict" ] && args+=(-dict="$FUZZ/dicts/$t.dict")
   local seeds=()
   [ -d "$FUZZ/seeds/$t" ] && seeds=("$FUZZ/seeds/$t")
+  # Seeds that hold private keys are made fresh into the corpus, never committed.
+  if [ -f "$FUZZ/make_${t}_seeds.py" ] &&
+    ! /usr/bin/python3 "$FUZZ/make_${t}_seeds.py" "$corpus" >"$OUT/$t.seeds.log" 2>&1; then
+    echo "seed generation failed, see tests/out/fuzz/$t.seeds.log"
+    return 1
+  fi
   # The hard limit only catches a hung libFuzzer; -max_total_time ends a run.
   TMPDIR="$OUT/tmp" timeout $((SECONDS_PER_TARGET + 300)) \
     "$OUT/${t}_fuzz" "${args[@]}" "$corpus" "${seeds[@]}" >"$log" 2>&1

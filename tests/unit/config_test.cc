@@ -491,6 +491,132 @@ TEST_F(ConfigTest, ReloadNamesSettingsThatNeedARestart) {
   mt_config_free(same);
 }
 
+const char kWorkloadApi[] =
+    "trust_domain: example.org\n"
+    "identity:\n"
+    "  workload_api_socket: unix:///run/spire/sockets/agent.sock\n"
+    "inbound:\n"
+    "  listeners:\n"
+    "    - address: 127.0.0.1:15006\n";
+
+TEST_F(ConfigTest, WorkloadApiSocketIsTheWholeIdentitySource) {
+  mt_config *c = Load(kWorkloadApi);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->workload_api_source_socket, "unix:///run/spire/sockets/agent.sock");
+  EXPECT_EQ(c->workload_api_source_retry_initial_ms, 500);
+  EXPECT_EQ(c->workload_api_source_retry_max_ms, 30000);
+  EXPECT_EQ(c->spiffe_id, nullptr);
+  EXPECT_EQ(c->num_trust_bundles, 0u);
+  mt_config_free(c);
+  c = Load(std::string(kWorkloadApi) +
+           "log_level: info\n"
+           "access_log: \"-\"\n");
+  ASSERT_NE(c, nullptr) << error_;
+  mt_config_free(c);
+}
+
+TEST_F(ConfigTest, WorkloadApiSocketMustBeAUnixSocketPath) {
+  auto with_socket = [](const std::string &socket) {
+    return "trust_domain: example.org\nidentity:\n  workload_api_socket: \"" + socket +
+           "\"\ninbound:\n  listeners:\n    - address: 127.0.0.1:15006\n";
+  };
+  mt_config *c = Load(with_socket("unix:/run/spire/agent.sock"));
+  ASSERT_NE(c, nullptr) << error_;
+  mt_config_free(c);
+  const char *bad[][2] = {
+      {"tcp://127.0.0.1:8081", "only Unix domain sockets"},
+      {"/run/spire/agent.sock", "only Unix domain sockets"},
+      {"unix://host/run/agent.sock", "three slashes"},
+      {"unix:run/agent.sock", "must be absolute"},
+      {"unix:///", "must be absolute"},
+      {"unix:///run/agent.sock?x=1", "no query"},
+  };
+  for (const auto &b : bad) {
+    EXPECT_EQ(Load(with_socket(b[0])), nullptr) << b[0];
+    EXPECT_NE(error_.find(At(3) + "'workload_api_socket' must be unix:///absolute/path"),
+              std::string::npos)
+        << error_;
+    EXPECT_NE(error_.find(b[1]), std::string::npos) << error_;
+  }
+  EXPECT_EQ(Load(with_socket("unix:///" + std::string(120, 'a'))), nullptr);
+  EXPECT_NE(error_.find("longer than a Unix socket address holds"), std::string::npos) << error_;
+}
+
+TEST_F(ConfigTest, WorkloadApiExcludesOtherSourcesBundlesAndNodeMode) {
+  std::string yaml = kWorkloadApi;
+  EXPECT_EQ(Load(yaml + "trust_bundles:\n  - trust_domain: example.org\n    file: /b.pem\n"),
+            nullptr);
+  EXPECT_NE(error_.find("trust bundles come from the Workload API"), std::string::npos) << error_;
+  EXPECT_EQ(Load(std::string(kMinimal) + "identity:\n  workload_api_socket: unix:///s\n"), nullptr);
+  EXPECT_NE(error_.find("duplicate"), std::string::npos) << error_;
+  std::string files =
+      "trust_domain: example.org\n"
+      "identity:\n"
+      "  workload_api_socket: unix:///s.sock\n"
+      "  cert_file: /c.pem\n"
+      "  key_file: /k.pem\n"
+      "inbound:\n"
+      "  listeners:\n"
+      "    - address: 127.0.0.1:15006\n";
+  EXPECT_EQ(Load(files), nullptr);
+  EXPECT_NE(error_.find("identity.workload_api_socket and certificate files"), std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(yaml + "control_plane:\n  address: 127.0.0.1:15012\n  root_file: /r.pem\n"
+                        "  spiffe_id: spiffe://example.org/cp\n"),
+            nullptr);
+  EXPECT_NE(error_.find("identity.workload_api_socket and control_plane are exclusive"),
+            std::string::npos)
+      << error_;
+  EXPECT_EQ(Load(yaml + "node:\n  name: n\n  workloads:\n    - {address: 10.0.0.1, spiffe_id: "
+                        "\"spiffe://example.org/ns/a/sa/b\"}\n"),
+            nullptr);
+  EXPECT_NE(error_.find("node mode cannot take identities from the Workload API"),
+            std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, WorkloadApiSpiffeIdAndRetriesAreChecked) {
+  std::string ok =
+      "trust_domain: example.org\n"
+      "identity:\n"
+      "  workload_api_socket: unix:///s.sock\n"
+      "  spiffe_id: spiffe://example.org/ns/a/sa/web\n"
+      "  workload_api_retry_initial_ms: 100\n"
+      "  workload_api_retry_max_ms: 2000\n"
+      "inbound:\n"
+      "  listeners:\n"
+      "    - address: 127.0.0.1:15006\n";
+  mt_config *c = Load(ok);
+  ASSERT_NE(c, nullptr) << error_;
+  EXPECT_STREQ(c->spiffe_id, "spiffe://example.org/ns/a/sa/web");
+  EXPECT_EQ(c->workload_api_source_retry_initial_ms, 100);
+  EXPECT_EQ(c->workload_api_source_retry_max_ms, 2000);
+  mt_config_free(c);
+  std::string other = ok;
+  other.replace(other.find("example.org/ns"), 11, "other.org");
+  EXPECT_EQ(Load(other), nullptr);
+  EXPECT_NE(error_.find("is not in trust domain 'example.org'"), std::string::npos) << error_;
+  std::string inverted = ok;
+  inverted.replace(inverted.find("initial_ms: 100"), 15, "initial_ms: 5000");
+  EXPECT_EQ(Load(inverted), nullptr);
+  EXPECT_NE(error_.find("workload_api_retry_initial_ms (5000) is larger"), std::string::npos)
+      << error_;
+}
+
+TEST_F(ConfigTest, WorkloadApiSocketChangeNeedsARestart) {
+  mt_config *a = Load(kWorkloadApi);
+  ASSERT_NE(a, nullptr) << error_;
+  std::string yaml = kWorkloadApi;
+  yaml.replace(yaml.find("agent.sock"), 10, "other.sock");
+  mt_config *b = Load(yaml);
+  ASSERT_NE(b, nullptr) << error_;
+  char out[256];
+  EXPECT_EQ(mt_config_restart_changes(a, b, out, sizeof(out)), 1);
+  EXPECT_STREQ(out, "identity.workload_api_socket");
+  mt_config_free(a);
+  mt_config_free(b);
+}
+
 }  // namespace
 
 TEST_F(ConfigTest, WorkloadApiNeedsTheControlPlaneAndTheApplicationsUsers) {
