@@ -234,6 +234,9 @@ def test_serves_mtls_with_svids_and_trust_from_the_workload_api(spire, agents, a
 
     status, body = ready(backend)
     assert status == 200 and f"serving as {spiffe_id('backend')}" in body, body
+    bundles_streaming = 'mtlsd_workload_api_source_stream_state{stream="x509_bundles",' \
+                        'state="streaming"}'
+    wait_until(lambda: metric(backend, bundles_streaming) == 1, "the bundles stream to deliver")
     m = metrics(backend)
     assert m['mtlsd_info{version="0.1.0",source="workload_api"}'] == 1
     assert m['mtlsd_workload_api_source_stream_state{stream="x509_svid",state="streaming"}'] == 1
@@ -327,10 +330,16 @@ def test_accepts_a_peer_of_a_federated_trust_domain(spire, agents, apps):
 
 
 def test_fails_closed_at_expiry_without_the_stream_and_recovers(spire, agents, apps):
-    fake = spire(["backend", "frontend"], ttl=6)
+    fake = spire(["backend", "frontend"], ttl=8)
     app = apps("echo")
     backend, frontend, port_out, _ = start_pair(fake, agents, app, timeouts={"handshake_ms": 1500})
     pair = (backend, frontend)
+    # Fresh SVIDs, so that however long the start took, they outlive the
+    # round trip below and expire only after the stop.
+    serials = {a: certs(a)["serial"] for a in pair}
+    fake.command("rotate")
+    for a in pair:
+        wait_until(lambda: certs(a)["serial"] != serials[a], f"{a.dir.name} to take a fresh SVID")
     assert roundtrip(port_out, b"before the outage")[0] == b"before the outage"
     calls_before = calls(frontend)
 
