@@ -991,7 +991,7 @@ def test_node_mode_a_pod_that_leaves_loses_its_stream_and_its_access(bed):
     argv = ["ip", "netns", "exec", bed.ns("other"),
             *podbed.as_uid(nodebed.APP_UID, [PY, str(CLIENT), "--socket",
                                              str(bed.workload_socket("node-1")), "--timeout",
-                                             str(WAIT), "fetch-x509", "--count", "2"])]
+                                             "15", "fetch-x509", "--count", "2"])]
     client = bed.procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = read_until(client.stdout, lambda b: b"\n" in b)
@@ -1000,7 +1000,7 @@ def test_node_mode_a_pod_that_leaves_loses_its_stream_and_its_access(bed):
         assert bed.reload("node-1")[0] == 200
         status, lines = bed.call("other", "fetch-x509")
         assert status == 2 and grpc_code(lines) == "PERMISSION_DENIED", lines
-        out = read_until(client.stdout, lambda b: b.count(b"\n") >= 2, timeout=WAIT + 10)
+        out = read_until(client.stdout, lambda b: b.count(b"\n") >= 2, timeout=WAIT)
         last = json.loads(out.decode().splitlines()[-1])
         log = [l for l in bed.agent_stderr("node-1").splitlines()
                if "sa/other" in l and " debug " not in l]
