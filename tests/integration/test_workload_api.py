@@ -980,6 +980,39 @@ def test_node_mode_a_pod_without_an_issued_identity_waits(bed):
     assert status == 0 and lines[0]["spiffe_id"] == bed.pods["frontend"].spiffe_id, lines
 
 
+@pytest.mark.xfail(strict=True, reason="product: an open FetchX509SVID stream of a pod that left "
+                                       "the node waits silently ('its streams wait') instead of "
+                                       "ending PERMISSION_DENIED (reported)")
+def test_node_mode_a_pod_that_leaves_loses_its_stream_and_its_access(bed):
+    """Pod other leaves node-1's list (reload) while its application holds a
+    FetchX509SVID stream: the caller has no identity any more, so the
+    stream ends PERMISSION_DENIED and a new call is refused; once other is
+    listed again it is served again."""
+    argv = ["ip", "netns", "exec", bed.ns("other"),
+            *podbed.as_uid(nodebed.APP_UID, [PY, str(CLIENT), "--socket",
+                                             str(bed.workload_socket("node-1")), "--timeout",
+                                             "15", "fetch-x509", "--count", "2"])]
+    client = bed.procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = read_until(client.stdout, lambda b: b"\n" in b)
+        assert json.loads(first)["spiffe_id"] == bed.pods["other"].spiffe_id, first
+        bed.write_agent_config("node-1", without=("other",))
+        assert bed.reload("node-1")[0] == 200
+        status, lines = bed.call("other", "fetch-x509")
+        assert status == 2 and grpc_code(lines) == "PERMISSION_DENIED", lines
+        out = read_until(client.stdout, lambda b: b.count(b"\n") >= 2, timeout=WAIT)
+        last = json.loads(out.decode().splitlines()[-1])
+        log = [l for l in bed.agent_stderr("node-1").splitlines()
+               if "sa/other" in l and " debug " not in l]
+        assert last.get("error", {}).get("code") == "PERMISSION_DENIED", \
+            f"the stream of a pod that left: {last}\nnode-1 log:\n" + "\n".join(log[-8:])
+    finally:
+        bed.procs.stop(client)
+        bed.write_agent_config("node-1")  # as the bed started
+        assert bed.reload("node-1")[0] == 200
+    wait_until(lambda: bed.call("other", "fetch-x509")[0] == 0, "other served again")
+
+
 def node_streams(bed, node="node-1"):
     status, text = bed.admin(node, "/metrics")
     assert status == 200, text
