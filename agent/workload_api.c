@@ -68,7 +68,12 @@ struct wl_stream {
   mt_workload_api *api;
   mt_grpc_stream *stream;
   mt_wl_method method;
-  uint64_t caller_key;                      /* whose share of the streams it uses */
+  uint64_t caller_key; /* whose share of the streams it uses */
+  /* Node mode: the caller's process and its namespace's addresses, as
+   * attested, so the stream ends when its pod leaves the node. */
+  pid_t pid;
+  int has_addresses;
+  mt_netns_addresses addresses;
   char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1]; /* the caller's, as attested */
   char caller[64];                          /* "pid P uid U gid G", for logs */
   uint8_t last_sent[SHA256_DIGEST_LENGTH];  /* digest of the last message sent */
@@ -93,28 +98,40 @@ static int attest_sidecar(const mt_workload_api *api, const mt_grpc_peer_cred *c
 }
 
 /* Node mode: the identity of the pod whose network namespace the caller
- * runs in. */
+ * runs in (its addresses in |addresses|). */
 static int attest_node(const mt_workload_api *api, const mt_grpc_peer_cred *c, char *spiffe_id,
-                       size_t id_len, char *why, size_t why_len) {
-  mt_netns_addresses addresses;
+                       size_t id_len, mt_netns_addresses *addresses, char *why, size_t why_len) {
   size_t index = 0;
-  if (!mt_attest_read_netns(c->pid, c->pidfd, &api->agent_netns, &addresses, why, why_len) ||
-      !mt_attest_pick_workload(api->workloads, c->pid, &addresses, &index, why, why_len))
+  if (!mt_attest_read_netns(c->pid, c->pidfd, &api->agent_netns, addresses, why, why_len) ||
+      !mt_attest_pick_workload(api->workloads, c->pid, addresses, &index, why, why_len))
     return 0;
   snprintf(spiffe_id, id_len, "%s", mt_workloads_spiffe_id_at(api->workloads, index));
   return 1;
 }
 
-/* Who the caller is: its SPIFFE ID, or 0 with why not. */
-static int attest(const mt_workload_api *api, const mt_grpc_request *req, char *spiffe_id,
-                  size_t id_len, char *why, size_t why_len) {
+/* Who a caller is, as attested. */
+typedef struct {
+  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
+  pid_t pid;
+  int has_addresses; /* node mode */
+  mt_netns_addresses addresses;
+} wl_caller;
+
+/* Who the caller is: 1 with |out| filled, or 0 with why not. */
+static int attest(const mt_workload_api *api, const mt_grpc_request *req, wl_caller *out, char *why,
+                  size_t why_len) {
+  memset(out, 0, sizeof(*out));
   if (req->peer_cred == NULL) {
     snprintf(why, why_len, "the caller's credentials are unknown");
     return 0;
   }
-  return api->config->node_mode
-             ? attest_node(api, req->peer_cred, spiffe_id, id_len, why, why_len)
-             : attest_sidecar(api, req->peer_cred, spiffe_id, id_len, why, why_len);
+  out->pid = req->peer_cred->pid;
+  if (!api->config->node_mode)
+    return attest_sidecar(api, req->peer_cred, out->spiffe_id, sizeof(out->spiffe_id), why,
+                          why_len);
+  out->has_addresses = 1;
+  return attest_node(api, req->peer_cred, out->spiffe_id, sizeof(out->spiffe_id), &out->addresses,
+                     why, why_len);
 }
 
 /* ---- what callers are sent ---------------------------------------------- */
@@ -262,7 +279,8 @@ static void refuse(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_r
 }
 
 static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_request *req,
-                        mt_wl_method method, const char *spiffe_id) {
+                        mt_wl_method method, const wl_caller *caller) {
+  const char *spiffe_id = caller->spiffe_id;
   size_t mine = 0;
   for (const wl_stream *o = api->streams; o != NULL; o = o->next)
     mine += o->caller_key == req->peer_key;
@@ -284,6 +302,9 @@ static void open_stream(mt_workload_api *api, mt_grpc_stream *stream, const mt_g
   s->stream = stream;
   s->method = method;
   s->caller_key = req->peer_key;
+  s->pid = caller->pid;
+  s->has_addresses = caller->has_addresses;
+  s->addresses = caller->addresses;
   snprintf(s->spiffe_id, sizeof(s->spiffe_id), "%s", spiffe_id);
   snprintf(s->caller, sizeof(s->caller), "%s", req->peer_address);
   s->next = api->streams;
@@ -425,12 +446,19 @@ static void handle(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_r
     refuse(api, stream, req, method, status, why);
     return;
   }
-  char spiffe_id[MT_SPIFFE_ID_MAX_LEN + 1];
-  if (!attest(api, req, spiffe_id, sizeof(spiffe_id), why, sizeof(why))) {
-    refuse(api, stream, req, method, MT_GRPC_PERMISSION_DENIED, why);
+  wl_caller *caller = malloc(sizeof(*caller)); /* ~1 KiB: not on the stack */
+  if (caller == NULL) {
+    refuse(api, stream, req, method, MT_GRPC_RESOURCE_EXHAUSTED, "out of memory");
     mt_wl_request_clear(&decoded);
     return;
   }
+  if (!attest(api, req, caller, why, sizeof(why))) {
+    refuse(api, stream, req, method, MT_GRPC_PERMISSION_DENIED, why);
+    mt_wl_request_clear(&decoded);
+    free(caller);
+    return;
+  }
+  const char *spiffe_id = caller->spiffe_id;
   switch (method) {
     case MT_WL_FETCH_X509_SVID:
       if (!mt_cert_manager_want_app_svid(api->manager, spiffe_id)) {
@@ -438,15 +466,16 @@ static void handle(mt_workload_api *api, mt_grpc_stream *stream, const mt_grpc_r
         refuse(api, stream, req, method, MT_GRPC_PERMISSION_DENIED, why);
         break;
       }
-      open_stream(api, stream, req, method, spiffe_id);
+      open_stream(api, stream, req, method, caller);
       break;
     case MT_WL_FETCH_X509_BUNDLES:
-    case MT_WL_FETCH_JWT_BUNDLES: open_stream(api, stream, req, method, spiffe_id); break;
+    case MT_WL_FETCH_JWT_BUNDLES: open_stream(api, stream, req, method, caller); break;
     case MT_WL_FETCH_JWT_SVID: fetch_jwt_svid(api, stream, req, &decoded, spiffe_id); break;
     case MT_WL_VALIDATE_JWT_SVID: validate_jwt_svid(api, stream, req, &decoded); break;
     case MT_WL_NUM_METHODS: break;
   }
   mt_wl_request_clear(&decoded);
+  free(caller);
 }
 
 #define HANDLER(fn, method)                                                       \
@@ -605,10 +634,33 @@ void mt_workload_api_set_identity(mt_workload_api *api, mt_identity *identity) {
   refresh_streams(api, MT_WL_FETCH_X509_BUNDLES, NULL);
 }
 
+/* Node mode: a stream belongs to the pod that opened it. A pod that left
+ * the node (or whose addresses now name another identity) has no identity
+ * here any more: its streams end as a refused caller's would. */
+static void end_streams_of_departed_pods(mt_workload_api *api) {
+  for (wl_stream *s = api->streams, *next; s != NULL; s = next) {
+    next = s->next;
+    if (!s->has_addresses) continue;
+    size_t index = 0;
+    char why[WHY_MAX] = "";
+    if (mt_attest_pick_workload(api->workloads, s->pid, &s->addresses, &index, why, sizeof(why)) &&
+        strcmp(mt_workloads_spiffe_id_at(api->workloads, index), s->spiffe_id) == 0)
+      continue;
+    if (why[0] == '\0' || strstr(why, "caller pid") == NULL)
+      snprintf(why, sizeof(why), "the caller's pod no longer has the identity %.300s",
+               s->spiffe_id);
+    api->stats.attestation_failures++;
+    MT_LOG_W("workload api: %s from %s ended (PERMISSION_DENIED): %s", mt_wl_method_name(s->method),
+             s->caller, why);
+    stream_finish(s, MT_GRPC_PERMISSION_DENIED, why);
+  }
+}
+
 void mt_workload_api_set_workloads(mt_workload_api *api, mt_workloads *table) {
   if (table != NULL) mt_workloads_ref(table);
   mt_workloads_unref(api->workloads);
   api->workloads = table;
+  end_streams_of_departed_pods(api);
   refresh_streams(api, MT_WL_FETCH_X509_BUNDLES, NULL);
 }
 

@@ -980,9 +980,6 @@ def test_node_mode_a_pod_without_an_issued_identity_waits(bed):
     assert status == 0 and lines[0]["spiffe_id"] == bed.pods["frontend"].spiffe_id, lines
 
 
-@pytest.mark.xfail(strict=True, reason="product: an open FetchX509SVID stream of a pod that left "
-                                       "the node waits silently ('its streams wait') instead of "
-                                       "ending PERMISSION_DENIED (reported)")
 def test_node_mode_a_pod_that_leaves_loses_its_stream_and_its_access(bed):
     """Pod other leaves node-1's list (reload) while its application holds a
     FetchX509SVID stream: the caller has no identity any more, so the
