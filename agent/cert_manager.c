@@ -12,7 +12,6 @@
 #include <openssl/asn1.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,7 @@
 #include "agent/cp_tls.h"
 #include "agent/csr.h"
 #include "agent/identity_files.h"
+#include "agent/jitter.h"
 #include "agent/log.h"
 #include "agent/mesh_watch.h"
 #include "agent/pem.h"
@@ -118,13 +118,6 @@ static cert_slot *find_app_slot(const mt_cert_manager *m, const char *spiffe_id)
 static void tell_app_svid(cert_slot *slot);
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static double jitter(double value, int percent) {
-  uint32_t r = 0;
-  RAND_bytes((uint8_t *)&r, sizeof(r));
-  double unit = (double)r / (double)UINT32_MAX * 2.0 - 1.0; /* [-1, 1] */
-  return value * (1.0 + unit * percent / 100.0);
-}
 
 const char *mt_cp_call_str(mt_cp_call call) {
   return call == MT_CP_CALL_WATCH ? "watch" : "certificate";
@@ -371,7 +364,7 @@ static void schedule_retry(cert_slot *slot) {
   slot->state = CM_BACKOFF;
   m->stats.certificate_failures++;
   if (slot->serving) slot->renewal_failed = 1;
-  double delay_s = jitter(slot->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  double delay_s = mt_jitter(slot->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   MT_LOG_W("control plane: retrying the certificate request for %s in %.1f s", slot->spiffe_id,
            delay_s);
   set_slot_timer(slot, &slot->cert_timer, delay_s);
@@ -389,7 +382,7 @@ static void schedule_renewal(cert_slot *slot) {
   slot->backoff_ms = slot->m->config->cp_retry_initial_ms;
   slot->renewal_failed = 0;
   double remaining = difftime(slot->not_after, time(NULL));
-  double delay = jitter(remaining / 2, JITTER_PERCENT);
+  double delay = mt_jitter(remaining / 2, JITTER_PERCENT);
   if (delay < MIN_RENEWAL_DELAY_S) delay = MIN_RENEWAL_DELAY_S;
   slot->renewal_due = time(NULL) + (time_t)delay;
   set_slot_timer(slot, &slot->cert_timer, delay);
@@ -701,7 +694,7 @@ static void on_watch_end(void *arg, mt_grpc_status status, const char *message) 
     MT_LOG_W("control plane: mesh config stream ended (%s: %s); keeping the last good config",
              mt_grpc_status_name(status), message);
   }
-  double delay_s = jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  double delay_s = mt_jitter(m->watch_backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   m->watch_backoff_ms *= 2;
   if (m->watch_backoff_ms > m->config->cp_retry_max_ms)
     m->watch_backoff_ms = m->config->cp_retry_max_ms;

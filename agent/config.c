@@ -42,7 +42,7 @@ enum {
   MAX_RULE_MATCHERS = 64,
   DEFAULT_OUTBOUND_CAPTURE_PORT = 15001, /* Istio's conventions (PROTOCOL.md §5) */
   DEFAULT_INBOUND_CAPTURE_PORT = 15006,
-  DEFAULT_ADMIN_PORT = 15000,   /* Envoy's admin port: what operators reach for first */
+  DEFAULT_ADMIN_PORT = 15000, /* Envoy's admin port: what operators reach for first */
   DEFAULT_NODE_POD_CIDRS_WAIT_S =
       180, /* a control plane rolled out with the agents starts meanwhile */
   MAX_NODE_POD_CIDRS_WAIT_S = 3600,
@@ -1068,6 +1068,14 @@ static int on_top_key(parse_ctx *pc, const char *key, yaml_node_t *k, yaml_node_
   return fail(pc, k, "unknown key '%s'", key);
 }
 
+/* Whether the valid SPIFFE ID |id| names |trust_domain|. */
+static int in_trust_domain(const char *id, const char *trust_domain) {
+  mt_spiffe_id_view view;
+  mt_spiffe_id_parse(id, strlen(id), &view);
+  return view.trust_domain_len == strlen(trust_domain) &&
+         memcmp(view.trust_domain, trust_domain, view.trust_domain_len) == 0;
+}
+
 /* Cross-field rules that no single key can check. */
 /* With a control plane, certificates come from the CA and bundles may come
  * from the mesh stream, so neither files nor bundles are required. */
@@ -1079,10 +1087,7 @@ static int validate_control_plane(parse_ctx *pc, mt_config *c, yaml_node_t *root
     return fail(pc, root, "identity.spiffe_id is required with a control plane");
   if (c->cert_file != NULL || c->key_file != NULL || c->pkcs12_file != NULL)
     return fail(pc, root, "identity: certificate files and control_plane are exclusive");
-  mt_spiffe_id_view view;
-  mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), &view);
-  if (view.trust_domain_len != strlen(c->trust_domain) ||
-      memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
+  if (!in_trust_domain(c->spiffe_id, c->trust_domain))
     return fail(pc, root, "identity.spiffe_id '%s' is not in trust domain '%s'", c->spiffe_id,
                 c->trust_domain);
   if (c->num_inbound_listeners == 0 && c->num_outbound_listeners == 0)
@@ -1102,10 +1107,7 @@ static int validate_node(parse_ctx *pc, mt_config *c, yaml_node_t *root) {
                 "then says which pods run on this node)");
   for (size_t i = 0; i < c->num_node_workloads; i++) {
     const char *id = c->node_workloads[i].spiffe_id;
-    mt_spiffe_id_view view;
-    mt_spiffe_id_parse(id, strlen(id), &view);
-    if (view.trust_domain_len != strlen(c->trust_domain) ||
-        memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
+    if (!in_trust_domain(id, c->trust_domain))
       return fail(pc, root, "node workload '%s' is not in trust domain '%s'", id, c->trust_domain);
   }
   /* The policy travels with the identity's snapshot, so pods sharing an
@@ -1173,14 +1175,9 @@ static int validate_workload_api_source(parse_ctx *pc, mt_config *c, yaml_node_t
                 "identity.workload_api_retry_initial_ms (%d) is larger than "
                 "workload_api_retry_max_ms (%d)",
                 c->workload_api_source_retry_initial_ms, c->workload_api_source_retry_max_ms);
-  if (c->spiffe_id != NULL) {
-    mt_spiffe_id_view view;
-    mt_spiffe_id_parse(c->spiffe_id, strlen(c->spiffe_id), &view);
-    if (view.trust_domain_len != strlen(c->trust_domain) ||
-        memcmp(view.trust_domain, c->trust_domain, view.trust_domain_len) != 0)
-      return fail(pc, root, "identity.spiffe_id '%s' is not in trust domain '%s'", c->spiffe_id,
-                  c->trust_domain);
-  }
+  if (c->spiffe_id != NULL && !in_trust_domain(c->spiffe_id, c->trust_domain))
+    return fail(pc, root, "identity.spiffe_id '%s' is not in trust domain '%s'", c->spiffe_id,
+                c->trust_domain);
   if (c->num_inbound_listeners == 0 && c->num_outbound_listeners == 0)
     return fail(pc, root, "no listeners: configure inbound.listeners and/or outbound.listeners");
   return 1;

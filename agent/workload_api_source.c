@@ -10,12 +10,12 @@
 #include "agent/workload_api_source.h"
 
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/jitter.h"
 #include "agent/log.h"
 #include "agent/x509_util.h"
 #include "grpc/client.h"
@@ -80,13 +80,6 @@ const char *mt_wlapi_state_str(mt_wlapi_state state) {
     case MT_WLAPI_NUM_STATES: break;
   }
   return "unknown";
-}
-
-static double jitter(double value, int percent) {
-  uint32_t r = 0;
-  RAND_bytes((uint8_t *)&r, sizeof(r));
-  double unit = (double)r / (double)UINT32_MAX * 2.0 - 1.0; /* [-1, 1] */
-  return value * (1.0 + unit * percent / 100.0);
 }
 
 static void set_timer(mt_workload_api_source *src, ev_timer *t, double seconds) {
@@ -375,7 +368,7 @@ static void on_call_end(void *arg, mt_grpc_status status, const char *message) {
   char detail[ERR_MAX];
   snprintf(detail, sizeof(detail), "%s: %s", mt_grpc_status_name(status), message);
   note_refusal(src, s->which, why, detail);
-  double delay_s = jitter(s->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
+  double delay_s = mt_jitter(s->backoff_ms / 1000.0, BACKOFF_JITTER_PERCENT);
   if (was == MT_WLAPI_STATE_RETRYING) {
     MT_LOG_D("workload API: %s: call failed again (%s); next attempt in %.1f s", s->name, detail,
              delay_s);
