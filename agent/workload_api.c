@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <openssl/mem.h>
 #include <openssl/sha.h>
@@ -497,11 +496,10 @@ HANDLER(on_validate_jwt_svid, MT_WL_VALIDATE_JWT_SVID)
 static uint64_t caller_key(void *arg, const mt_grpc_peer_cred *cred) {
   const mt_workload_api *api = arg;
   if (!api->config->node_mode) return (uint64_t)cred->uid + 1;
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%ld/net/fib_trie", (long)cred->pid);
-  struct stat st;
-  if (stat(path, &st) != 0) return 1;
-  return ((uint64_t)st.st_dev << 40) ^ (uint64_t)st.st_ino ^ (1ull << 63);
+  mt_netns_id netns;
+  char err[128];
+  if (!mt_attest_netns_of(cred->pid, &netns, err, sizeof(err))) return 1;
+  return ((uint64_t)netns.dev << 40) ^ (uint64_t)netns.ino ^ (1ull << 63);
 }
 
 static void on_connection_error(void *arg, const char *peer, const char *what) {

@@ -282,15 +282,28 @@ static read_result read_addresses(int dir, const char *name, const mt_netns_id *
   return ok ? READ_OK : READ_FAILED;
 }
 
-int mt_attest_agent_netns(mt_netns_id *out, char *err, size_t err_len) {
+/* The namespace of /proc/<|proc|>/ ("self" or a pid). */
+static int netns_at(const char *proc, mt_netns_id *out, char *err, size_t err_len) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%s/net/fib_trie", proc);
   struct stat st;
-  if (stat("/proc/self/net/fib_trie", &st) != 0) {
-    mt_errmsg_set(err, err_len, "cannot stat /proc/self/net/fib_trie: %s", strerror(errno));
+  if (stat(path, &st) != 0) {
+    mt_errmsg_set(err, err_len, "cannot stat %s: %s", path, strerror(errno));
     return 0;
   }
   out->dev = st.st_dev;
   out->ino = st.st_ino;
   return 1;
+}
+
+int mt_attest_agent_netns(mt_netns_id *out, char *err, size_t err_len) {
+  return netns_at("self", out, err, err_len);
+}
+
+int mt_attest_netns_of(pid_t pid, mt_netns_id *out, char *err, size_t err_len) {
+  char proc[24];
+  snprintf(proc, sizeof(proc), "%ld", (long)pid);
+  return netns_at(proc, out, err, err_len);
 }
 
 int mt_attest_read_netns(pid_t pid, int pidfd, const mt_netns_id *agent, mt_netns_addresses *out,

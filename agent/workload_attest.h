@@ -149,6 +149,12 @@ typedef struct {
  * change while the agent runs, so read it once. Returns 1, or 0 with |err|. */
 int mt_attest_agent_netns(mt_netns_id *out, char *err, size_t err_len);
 
+/* The network namespace process |pid| is in now, by the same rule; a
+ * cheap label (one stat, no pidfd check), e.g. for per-pod limits taken
+ * before attestation, never a verdict on who the caller is. Returns 1, or
+ * 0 with |err|. */
+int mt_attest_netns_of(pid_t pid, mt_netns_id *out, char *err, size_t err_len);
+
 /* Fills |out| with the addresses of the network namespace of process |pid|
  * (see proc_net.h for what counts), checking afterwards that |pid| is still
  * the process that connected: |pidfd| (borrowed, not closed; -1 when the

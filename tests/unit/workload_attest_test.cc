@@ -447,3 +447,14 @@ TEST(AttestLive, APidOutsideTheAgentsNamespaceIsRefused) {
 }
 
 }  // namespace
+
+TEST(WorkloadAttestNetns, AProcessInOurNamespaceHasOurLabelAndADeadPidNone) {
+  mt_netns_id ours, of_self;
+  char err[256];
+  ASSERT_TRUE(mt_attest_agent_netns(&ours, err, sizeof(err))) << err;
+  ASSERT_TRUE(mt_attest_netns_of(getpid(), &of_self, err, sizeof(err))) << err;
+  EXPECT_EQ(ours.dev, of_self.dev);
+  EXPECT_EQ(ours.ino, of_self.ino);
+  EXPECT_FALSE(mt_attest_netns_of(-1, &of_self, err, sizeof(err)));
+  EXPECT_NE(std::string(err).find("cannot stat /proc/-1/net/fib_trie"), std::string::npos) << err;
+}
