@@ -16,7 +16,6 @@
 #include "agent/workload_attest.h"
 #include "agent/workload_api_encode.h"
 #include "grpc/server.h"
-#include "proto/spiffe/workload.pb-c.h"
 
 enum {
   SOCKET_MODE = 0666,            /* anyone may connect; attestation decides per call */
@@ -194,33 +193,6 @@ static void stream_send(wl_stream *s, uint8_t *msg, size_t len) {
   stream_finish(s, MT_GRPC_INTERNAL, "cannot queue the response");
 }
 
-static int encode_jwt_bundles(const mt_jwt_bundles *bundles, uint8_t **out, size_t *len) {
-  size_t n = mt_jwt_bundles_count(bundles);
-  JWTBundlesResponse__BundlesEntry *entries = calloc(n + 1, sizeof(*entries));
-  JWTBundlesResponse__BundlesEntry **ptrs = calloc(n + 1, sizeof(*ptrs));
-  int ok = entries != NULL && ptrs != NULL;
-  for (size_t i = 0; ok && i < n; i++) {
-    mt_jwt_bundle_view b = mt_jwt_bundles_at(bundles, i);
-    jwtbundles_response__bundles_entry__init(&entries[i]);
-    entries[i].key = (char *)b.trust_domain_id;
-    entries[i].value.data = (uint8_t *)b.jwks;
-    entries[i].value.len = b.jwks_len;
-    ptrs[i] = &entries[i];
-  }
-  JWTBundlesResponse resp = JWTBUNDLES_RESPONSE__INIT;
-  resp.n_bundles = n;
-  resp.bundles = ptrs;
-  if (ok) {
-    *len = jwtbundles_response__get_packed_size(&resp);
-    *out = malloc(*len ? *len : 1);
-    ok = *out != NULL;
-    if (ok) jwtbundles_response__pack(&resp, *out);
-  }
-  free(entries);
-  free(ptrs);
-  return ok;
-}
-
 /* Sends what the stream's method has for its caller now, if anything. */
 static void stream_refresh(wl_stream *s) {
   mt_workload_api *api = s->api;
@@ -238,7 +210,7 @@ static void stream_refresh(wl_stream *s) {
   } else if (s->method == MT_WL_FETCH_JWT_BUNDLES) {
     const mt_jwt_bundles *bundles = mt_jwt_svid_bundles(api->jwt);
     if (bundles == NULL) return; /* none from the control plane yet */
-    ok = encode_jwt_bundles(bundles, &msg, &len);
+    ok = mt_wl_encode_jwt_bundles(bundles, &msg, &len);
   } else {
     return;
   }
@@ -339,27 +311,19 @@ static void on_jwt_fetched(void *arg, const mt_jwt_svid_result *r) {
   mt_grpc_status status = r->status;
   const char *message = r->message;
   if (status == MT_GRPC_OK) {
-    JWTSVID one = JWTSVID__INIT;
-    JWTSVID *svids[1] = {&one};
-    one.spiffe_id = (char *)r->spiffe_id;
-    one.svid = (char *)r->token;
-    JWTSVIDResponse resp = JWTSVIDRESPONSE__INIT;
-    resp.n_svids = 1;
-    resp.svids = svids;
-    size_t len = jwtsvidresponse__get_packed_size(&resp);
-    uint8_t *msg = malloc(len ? len : 1);
-    if (msg != NULL) {
-      jwtsvidresponse__pack(&resp, msg);
+    uint8_t *msg = NULL;
+    size_t len = 0;
+    if (mt_wl_encode_jwt_svid(r->spiffe_id, r->token, &msg, &len)) {
       if (mt_grpc_stream_send(call->stream, msg, len) != MT_GRPC_SEND_OK) {
         status = MT_GRPC_INTERNAL;
         message = "cannot queue the response";
       }
       OPENSSL_cleanse(msg, len); /* a bearer token */
-      free(msg);
     } else {
       status = MT_GRPC_RESOURCE_EXHAUSTED;
       message = "out of memory";
     }
+    free(msg);
   } else {
     MT_LOG_W("workload api: FetchJWTSVID from %s: the control plane did not sign (%s): %s",
              call->caller, mt_grpc_status_name(status), message);
@@ -412,21 +376,18 @@ static void validate_jwt_svid(mt_workload_api *api, mt_grpc_stream *stream,
     refuse(api, stream, req, MT_WL_VALIDATE_JWT_SVID, MT_GRPC_INVALID_ARGUMENT, why);
     return;
   }
-  ValidateJWTSVIDResponse resp = VALIDATE_JWTSVIDRESPONSE__INIT;
-  resp.spiffe_id = valid.spiffe_id;
-  resp.claims = mt_json_struct_from_text(valid.claims_json, valid.claims_json_len);
-  size_t len = validate_jwtsvidresponse__get_packed_size(&resp);
-  uint8_t *msg = resp.claims != NULL ? malloc(len ? len : 1) : NULL;
+  Google__Protobuf__Struct *claims =
+      mt_json_struct_from_text(valid.claims_json, valid.claims_json_len);
+  uint8_t *msg = NULL;
+  size_t len = 0;
   mt_grpc_status status = MT_GRPC_RESOURCE_EXHAUSTED;
-  if (msg != NULL) {
-    validate_jwtsvidresponse__pack(&resp, msg);
+  if (claims != NULL && mt_wl_encode_validated(valid.spiffe_id, claims, &msg, &len))
     status =
         mt_grpc_stream_send(stream, msg, len) == MT_GRPC_SEND_OK ? MT_GRPC_OK : MT_GRPC_INTERNAL;
-    free(msg);
-  }
+  free(msg);
   count_call(api, MT_WL_VALIDATE_JWT_SVID, status);
   mt_grpc_stream_finish(stream, status, status == MT_GRPC_OK ? NULL : "cannot build the response");
-  mt_json_struct_free(resp.claims);
+  mt_json_struct_free(claims);
   mt_jwt_svid_valid_dispose(&valid);
 }
 

@@ -152,3 +152,46 @@ int mt_wl_encode_x509_bundles(const mt_trust *trust, uint8_t **out, size_t *out_
   if (entries != NULL) free_entries(entries, n);
   return ok;
 }
+
+int mt_wl_encode_jwt_svid(const char *spiffe_id, const char *token, uint8_t **out,
+                          size_t *out_len) {
+  JWTSVID one = JWTSVID__INIT;
+  JWTSVID *svids[1] = {&one};
+  one.spiffe_id = (char *)spiffe_id;
+  one.svid = (char *)token;
+  JWTSVIDResponse resp = JWTSVIDRESPONSE__INIT;
+  resp.n_svids = 1;
+  resp.svids = svids;
+  return pack(&resp.base, out, out_len);
+}
+
+int mt_wl_encode_jwt_bundles(const mt_jwt_bundles *bundles, uint8_t **out, size_t *out_len) {
+  *out = NULL;
+  size_t n = mt_jwt_bundles_count(bundles);
+  JWTBundlesResponse__BundlesEntry *entries = calloc(n + 1, sizeof(*entries));
+  JWTBundlesResponse__BundlesEntry **ptrs = calloc(n + 1, sizeof(*ptrs));
+  int ok = entries != NULL && ptrs != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    mt_jwt_bundle_view b = mt_jwt_bundles_at(bundles, i);
+    jwtbundles_response__bundles_entry__init(&entries[i]);
+    entries[i].key = (char *)b.trust_domain_id;
+    entries[i].value.data = (uint8_t *)b.jwks;
+    entries[i].value.len = b.jwks_len;
+    ptrs[i] = &entries[i];
+  }
+  JWTBundlesResponse resp = JWTBUNDLES_RESPONSE__INIT;
+  resp.n_bundles = n;
+  resp.bundles = ptrs;
+  ok = ok && pack(&resp.base, out, out_len);
+  free(entries);
+  free(ptrs);
+  return ok;
+}
+
+int mt_wl_encode_validated(const char *spiffe_id, const Google__Protobuf__Struct *claims,
+                           uint8_t **out, size_t *out_len) {
+  ValidateJWTSVIDResponse resp = VALIDATE_JWTSVIDRESPONSE__INIT;
+  resp.spiffe_id = (char *)spiffe_id;
+  resp.claims = (Google__Protobuf__Struct *)claims;
+  return pack(&resp.base, out, out_len);
+}

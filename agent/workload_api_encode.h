@@ -1,5 +1,6 @@
-/* workload_api_encode: the SPIFFE Workload API's X.509 answers, encoded
- * from an identity snapshot (identity.h).
+/* workload_api_encode: the SPIFFE Workload API's answers, encoded: the
+ * X.509 ones from an identity snapshot (identity.h), the JWT ones from
+ * jwt_svid.h's results.
  *
  * Pure: no I/O, no state. X509SVIDResponse carries one SVID: the leaf and
  * its intermediates as concatenated DER (leaf first), the key as PKCS#8 DER
@@ -15,6 +16,8 @@
 #include <stdint.h>
 
 #include "agent/identity.h"
+#include "agent/jwt_bundles.h"
+#include "google/protobuf/struct.pb-c.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,6 +28,15 @@ extern "C" {
  * first), or 0 when out of memory or the key is not exportable. */
 int mt_wl_encode_x509_svid(const mt_identity *svid, uint8_t **out, size_t *out_len);
 int mt_wl_encode_x509_bundles(const mt_trust *trust, uint8_t **out, size_t *out_len);
+
+/* JWTSVIDResponse with one JWT-SVID (a bearer token: cleanse it too). */
+int mt_wl_encode_jwt_svid(const char *spiffe_id, const char *token, uint8_t **out, size_t *out_len);
+/* JWTBundlesResponse: each bundle's JWKS as received, keyed by its trust
+ * domain's SPIFFE ID. */
+int mt_wl_encode_jwt_bundles(const mt_jwt_bundles *bundles, uint8_t **out, size_t *out_len);
+/* ValidateJWTSVIDResponse (|claims| borrowed). */
+int mt_wl_encode_validated(const char *spiffe_id, const Google__Protobuf__Struct *claims,
+                           uint8_t **out, size_t *out_len);
 
 #ifdef __cplusplus
 }
